@@ -1,0 +1,5 @@
+"""``python -m mahiax``: the command line."""
+
+from mahiax.cli import main
+
+raise SystemExit(main())

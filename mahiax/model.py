@@ -1,0 +1,163 @@
+"""HybridEfficientModel: text + tabular encoders, fusion, the fabric, the MoE and the memories.
+
+Shape legend: B samples, T tokens per sample, F ``tab_dim``, D ``d_model``.
+
+``encode()`` runs everything up to the fused features **once**; the task heads then turn
+those features into every task's output. Training computes all task losses from one
+``encode()`` and calls ``backward()`` once on their weighted sum: the same gradients as one
+backward per loss, with one forward instead of K (the summary's "long-term solution", which
+makes its ``retain_graph=True`` band-aid unnecessary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mahiax.config import MahiaConfig
+from mahiax.data import Batch
+from mahiax.fabric import DynamicNeuroFabric, LayerRouting
+from mahiax.memory import GraphDiffusionMemory, TinyMemory
+from mahiax.moe import ExpertRouter, RouterOutput
+from mahiax.tasks import TASKS
+from mahiax.validation import check_inputs, check_targets
+
+
+@dataclass
+class Encoded:
+    """Fused features of one forward, plus what the losses and telemetry need."""
+
+    features: torch.Tensor  # (B, D)
+    aux_loss: torch.Tensor  # () MoE load-balancing loss
+    z_loss: torch.Tensor  # () MoE router z-loss
+    router: RouterOutput  # token routing of the MoE (N = B*T tokens)
+    layers: LayerRouting  # per-sample block routing of the fabric
+
+
+class TextEncoder(nn.Module):
+    """Token + position embedding, one pre-norm MoE layer, attention pooling to (B, D)."""
+
+    def __init__(self, c: MahiaConfig):
+        super().__init__()
+        self.tok = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos = nn.Embedding(c.seq_len, c.d_model)
+        self.norm = nn.LayerNorm(c.d_model)
+        self.moe = ExpertRouter(c.d_model, c.num_experts, c.top_k, c.expert_hidden)
+        self.pool = nn.Linear(c.d_model, 1)  # one score per token
+
+    def forward(self, tokens: torch.Tensor):
+        t = tokens.shape[1]
+        h = self.tok(tokens) + self.pos.weight[:t]  # (B, T, D)
+        m = self.moe(self.norm(h))
+        h = h + m.hidden  # (B, T, D) residual
+        a = torch.softmax(self.pool(h).squeeze(-1).float(), dim=-1).to(h.dtype)  # (B, T)
+        pooled = torch.einsum("bt,btd->bd", a, h)  # (B, D)
+        return pooled, m
+
+
+class TabularEncoder(nn.Module):
+    """Two-layer MLP from F features to D."""
+
+    def __init__(self, c: MahiaConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(c.tab_dim, c.d_model)
+        self.fc2 = nn.Linear(c.d_model, c.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))  # (B, D)
+
+
+class TaskHead(nn.Module):
+    """Small MLP from fused features to one task's output."""
+
+    def __init__(self, d_model: int, out_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_model)
+        self.fc2 = nn.Linear(d_model, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))  # (B, out_dim)
+
+
+class HybridEfficientModel(nn.Module):
+    """The MAHIA-X model. ``forward(tokens, tabular) = heads(encode(tokens, tabular))``."""
+
+    def __init__(self, config: MahiaConfig):
+        super().__init__()
+        c = self.config = config
+        self.text = TextEncoder(c)
+        self.tabular = TabularEncoder(c)
+        self.fuse = nn.Linear(2 * c.d_model, c.d_model)
+        self.fuse_norm = nn.LayerNorm(c.d_model)
+        self.fabric = DynamicNeuroFabric(
+            c.d_model, c.fabric_layers, c.fabric_active, c.importance_momentum, c.dropout
+        )
+        self.graph_memory = GraphDiffusionMemory(c.d_model, c.memory_nodes, c.memory_write_rate)
+        self.tiny_memory = TinyMemory(c.d_model, c.tiny_slots)
+        self.out_norm = nn.LayerNorm(c.d_model)
+        self.heads = nn.ModuleDict({t: TaskHead(c.d_model, TASKS[t].out_dim) for t in c.tasks})
+
+    def encode(self, tokens: torch.Tensor | Batch, tabular: torch.Tensor | None = None) -> Encoded:
+        """Fused features of a batch, computed once for every task head.
+
+        Accepts ``encode(batch)`` or ``encode(tokens, tabular)``. Inputs are checked first:
+        a wrong id, shape, dtype or NaN gets a clear error here, not deep inside torch.
+        """
+        if isinstance(tokens, Batch):
+            tokens, tabular = tokens.tokens, tokens.tabular
+        check_inputs(tokens, tabular, self.config)
+        assert tabular is not None  # checked above; narrows the type
+        text, moe = self.text(tokens)  # (B, D)
+        tab = self.tabular(tabular.float())  # (B, D)
+        x = self.fuse_norm(F.gelu(self.fuse(torch.cat([text, tab], dim=-1))))  # (B, D)
+        x, layers = self.fabric(x)  # (B, D)
+        x = self.out_norm(x + self.graph_memory(x) + self.tiny_memory(x))  # (B, D)
+        return Encoded(x, moe.aux_loss, moe.z_loss, moe.router, layers)
+
+    def heads_forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every task's output from fused features (B, D): logits (B, C) or values (B,)."""
+        out = {}
+        for name, head in self.heads.items():
+            y = head(features)
+            out[name] = y.squeeze(-1) if TASKS[name].kind == "regression" else y
+        return out
+
+    def forward(
+        self, tokens: torch.Tensor | Batch, tabular: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        return self.heads_forward(self.encode(tokens, tabular).features)
+
+    def task_losses(
+        self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """One float32 loss per task, in ``config.tasks`` order: (K,)."""
+        b = next(iter(outputs.values())).shape[0]
+        check_targets(targets, self.config, b)
+        losses = []
+        for name in self.config.tasks:
+            y, t = outputs[name].float(), targets[name]
+            if TASKS[name].kind == "classification":
+                losses.append(F.cross_entropy(y, t.long()))
+            else:
+                losses.append(F.mse_loss(y, t.float()))
+        return torch.stack(losses)
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Apply the stateful modules' staged updates (after the optimiser step)."""
+        self.fabric.commit()
+        self.graph_memory.commit()
+        self.tiny_memory.commit()
+
+    def state_summary(self) -> dict[str, object]:
+        """Copies of the stateful buffers, for probes and tests (no graph)."""
+        return {
+            "memory_nodes": self.graph_memory.nodes.detach().clone(),
+            "adjacency": self.graph_memory.adjacency().detach().clone(),
+            "layer_importance": self.fabric.controller.importance.detach().clone(),
+            "tiny_slots": self.tiny_memory.slots.detach().clone(),
+            "tiny_count": int(self.tiny_memory.count),
+        }

@@ -1,0 +1,187 @@
+"""Mixture of experts: a top-k router, SwiGLU experts held as stacked weights, and the MoE block.
+
+Shape legend: N tokens (B * T flattened), D ``d_model``, E ``num_experts``, K ``top_k``,
+H ``expert_hidden``.
+
+The block computes what the Mixtral sparse MoE block of Hugging Face ``transformers``
+computes (softmax in float32 over all experts, top-k, weights renormalised to sum to 1,
+``down(silu(gate(x)) * up(x))`` per expert); ``tests/test_moe.py`` loads identical weights into
+both and compares. Tokens are dispatched grouped by expert: one sort of the N*K assignments,
+then one contiguous matmul per expert that received tokens. There is no Python loop over
+tokens and no ``experts[idx]`` with a tensor ``idx`` (the summary's bug 1). Every token is
+processed by its K experts: no capacity limit, no dropped tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RouterOutput:
+    """What the router decided, with everything telemetry and the aux losses need."""
+
+    logits: torch.Tensor  # (N, E) router logits, input dtype
+    probs: torch.Tensor  # (N, E) float32 softmax over all experts
+    weights: torch.Tensor  # (N, K) float32 top-k probabilities renormalised to sum to 1
+    ids: torch.Tensor  # (N, K) int64 expert ids, best first
+
+
+@dataclass
+class MoEOutput:
+    """Output of :class:`ExpertRouter`; the losses carry graph for this step only."""
+
+    hidden: torch.Tensor  # same shape as the input (..., D)
+    aux_loss: torch.Tensor  # () load-balancing loss, 1.0 at perfect balance
+    z_loss: torch.Tensor  # () router z-loss
+    router: RouterOutput
+
+
+class TopKRouter(nn.Module):
+    """Linear router (no bias, Mixtral layout ``weight: (E, D)``), softmax in float32, top-k."""
+
+    def __init__(self, d_model: int, num_experts: int, top_k: int):
+        super().__init__()
+        self.num_experts, self.top_k = num_experts, top_k
+        self.weight = nn.Parameter(torch.empty(num_experts, d_model))  # (E, D)
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(d_model))
+
+    def forward(self, x: torch.Tensor) -> RouterOutput:
+        logits = F.linear(x, self.weight)  # (N, E)
+        # float32 softmax: in bf16/fp16 near-equal logits round to ties and routing flips
+        probs = torch.softmax(logits.float(), dim=-1)  # (N, E)
+        top_p, ids = torch.topk(probs, self.top_k, dim=-1)  # (N, K), (N, K)
+        weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (N, K) renormalised
+        return RouterOutput(logits, probs, weights, ids)
+
+
+class SwiGLUExperts(nn.Module):
+    """E SwiGLU experts, ``down(silu(x W_gate) * (x W_up))``, as three stacked 3-D weights.
+
+    Stacked weights (rather than a ModuleList of experts) let the dispatch index experts with
+    plain integers from one ``counts`` list and keep the parameters contiguous.
+    """
+
+    def __init__(self, num_experts: int, d_model: int, hidden: int):
+        super().__init__()
+        self.num_experts = num_experts
+        self.w_gate = nn.Parameter(torch.empty(num_experts, d_model, hidden))  # (E, D, H)
+        self.w_up = nn.Parameter(torch.empty(num_experts, d_model, hidden))  # (E, D, H)
+        self.w_down = nn.Parameter(torch.empty(num_experts, hidden, d_model))  # (E, H, D)
+        for w, fan_in in ((self.w_gate, d_model), (self.w_up, d_model), (self.w_down, hidden)):
+            nn.init.normal_(w, std=1.0 / math.sqrt(fan_in))
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Weighted sum over each token's K experts. x (N, D), ids/weights (N, K) -> (N, D)."""
+        n, k = ids.shape
+        flat_ids = ids.reshape(-1)  # (N*K,)
+        order = torch.argsort(flat_ids, stable=True)  # (N*K,) assignments grouped by expert
+        token_of = order // k  # (N*K,) which token each sorted assignment belongs to
+        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()  # host sync
+        xs = x[token_of]  # (N*K, D) tokens in expert order
+        outs = []
+        for e, xs_e in enumerate(torch.split(xs, counts)):  # loop over experts, not tokens
+            if xs_e.shape[0] == 0:
+                continue  # an expert with no tokens costs nothing
+            h = F.silu(xs_e @ self.w_gate[e]) * (xs_e @ self.w_up[e])  # (n_e, H)
+            outs.append(h @ self.w_down[e])  # (n_e, D)
+        ys = torch.cat(outs, dim=0)  # (N*K, D)
+        ys = ys * weights.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)  # (N*K, D)
+        # out-of-place index_add: a fresh tensor, nothing autograd saved is written into
+        return torch.zeros(n, x.shape[-1], dtype=ys.dtype, device=x.device).index_add(
+            0, token_of, ys
+        )  # (N, D)
+
+
+def load_balancing_loss(probs: torch.Tensor, ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Switch Transformer load-balancing loss ``E * sum_i f_i * P_i`` (Fedus et al. 2021, eq. 4-6).
+
+    ``f_i`` is the fraction of the N*K routing assignments that went to expert i (a count, no
+    gradient) and ``P_i`` the mean router probability of expert i (differentiable). The product
+    is smallest when both are uniform; it equals 1.0 at perfect balance for any K. (The
+    ``transformers`` Mixtral version sums f over the K slots, which is K times this value.)
+    probs (N, E) float32, ids (N, K) -> scalar.
+    """
+    counts = torch.bincount(ids.reshape(-1), minlength=num_experts).to(probs.dtype)  # (E,)
+    f = counts / ids.numel()  # (E,)
+    p = probs.mean(dim=0)  # (E,)
+    return num_experts * torch.sum(f * p)
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE router z-loss ``mean_n logsumexp(logits_n)^2`` (Zoph et al. 2022, eq. 5).
+
+    Keeps router logits small so the float32 softmax stays well conditioned. logits (N, E).
+    """
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+def load_statistics(tokens_per_expert: torch.Tensor) -> dict[str, float]:
+    """Balance figures of one routing: the dashboard's and the tests' vocabulary.
+
+    - ``cv``: coefficient of variation std/mean of tokens per expert (0 = perfect balance).
+    - ``entropy``: entropy of the expert fractions divided by log E (1 = perfect balance).
+    - ``max_over_mean``: the busiest expert's load over the mean load (1 = perfect balance).
+    - ``dead``: experts that got no token.
+    """
+    counts = tokens_per_expert.detach().double().cpu()  # host sync: telemetry only
+    e = counts.numel()
+    total = counts.sum().item()
+    frac = counts / total if total > 0 else torch.full_like(counts, 1.0 / e)
+    nz = frac[frac > 0]
+    entropy = float(-(nz * nz.log()).sum() / math.log(e)) if e > 1 else 1.0
+    mean = counts.mean().item()
+    return {
+        "cv": float(counts.std(unbiased=False) / mean) if mean > 0 else 0.0,
+        "entropy": entropy,
+        "max_over_mean": float(counts.max() / mean) if mean > 0 else 0.0,
+        "dead": int((counts == 0).sum()),
+    }
+
+
+class ExpertRouter(nn.Module):
+    """The MoE block: route each token to its top-k SwiGLU experts and mix their outputs.
+
+    Load counts are written into non-persistent buffers under ``no_grad`` in training mode
+    ("the model counts, the loop writes"): :meth:`load_stats` reads them for the logger.
+    """
+
+    tokens_per_expert: torch.Tensor
+
+    def __init__(self, d_model: int, num_experts: int, top_k: int, expert_hidden: int):
+        super().__init__()
+        if not 0 < top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} must lie in 1 .. num_experts ({num_experts})")
+        self.num_experts, self.top_k = num_experts, top_k
+        self.router = TopKRouter(d_model, num_experts, top_k)
+        self.experts = SwiGLUExperts(num_experts, d_model, expert_hidden)
+        self.register_buffer("tokens_per_expert", torch.zeros(num_experts), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> MoEOutput:
+        shape = x.shape  # (..., D)
+        flat = x.reshape(-1, shape[-1])  # (N, D)
+        r = self.router(flat)
+        y = self.experts(flat, r.ids, r.weights).to(x.dtype)  # (N, D)
+        aux = load_balancing_loss(r.probs, r.ids, self.num_experts)
+        z = router_z_loss(r.logits)
+        if self.training:
+            with torch.no_grad():
+                counts = torch.bincount(r.ids.reshape(-1), minlength=self.num_experts)
+                self.tokens_per_expert = counts.to(self.tokens_per_expert.dtype)
+        return MoEOutput(y.reshape(shape), aux, z, r)
+
+    def load_stats(self) -> dict[str, object]:
+        """Tokens per expert, fractions and balance figures of the last training forward."""
+        counts = self.tokens_per_expert.detach().cpu()
+        total = float(counts.sum())
+        stats: dict[str, object] = {
+            "tokens_per_expert": counts.tolist(),
+            "fraction": (counts / total).tolist() if total else [0.0] * self.num_experts,
+        }
+        stats.update(load_statistics(counts))
+        return stats

@@ -1,0 +1,176 @@
+"""The training loop: one ``encode()``, one weighted loss, one ``backward()``, then commit.
+
+A step reads top to bottom:
+
+1. forward: ``encode()`` once under autocast, every task head on the same features;
+2. losses: per-task losses (float32) combined by the weighting, plus the MoE aux and z losses;
+3. backward: **once**, through the scaler when fp16 (no ``retain_graph``: nothing needs the
+   graph afterwards, so autograd frees it);
+4. unscale, clip, optimiser step (skipped by the scaler on overflow);
+5. commit: memories, layer importance and DWA take their staged, detached updates.
+
+Seeded runs are deterministic on CPU: weights come from ``torch.manual_seed(config.seed)``
+and every batch is a pure function of ``(seed, step)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from mahiax.config import MahiaConfig
+from mahiax.data import Batch, SyntheticMultiTask
+from mahiax.model import HybridEfficientModel
+from mahiax.precision import PrecisionManager
+from mahiax.weighting import LossWeighting, make_weighting
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to ``floor * peak`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when there is one; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use cpu|auto")
+    return torch.device(name)
+
+
+@dataclass
+class StepRecord:
+    """What one step did: the row a logger or the run store writes."""
+
+    step: int
+    loss: float  # the weighted total that was backpropagated
+    task_losses: dict[str, float]
+    weights: dict[str, float]  # loss weights in force for this step
+    aux_loss: float
+    z_loss: float
+    grad_norm: float  # true (unscaled) global norm before clipping
+    lr: float
+    scale: float  # AMP loss scale (1.0 without a scaler)
+    skipped: bool  # optimiser step skipped by the scaler
+    step_time: float  # seconds
+    samples_per_s: float
+    load: dict[str, object] = field(default_factory=dict)  # MoE load statistics
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+class Trainer:
+    """Owns the model, data, optimiser, weighting and precision of one run."""
+
+    def __init__(self, config: MahiaConfig, model: HybridEfficientModel | None = None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.model = (model or HybridEfficientModel(config)).to(self.device)
+        self.data = SyntheticMultiTask(config)
+        self.weighting: LossWeighting = make_weighting(
+            config.weighting, len(config.tasks), config.dwa_temperature, config.dwa_window
+        ).to(self.device)
+        params = list(self.model.parameters()) + list(self.weighting.parameters())
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.precision = PrecisionManager(config.precision, self.device)
+        self.step_num = 0
+
+    def loss_of(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """Forward and losses of one batch: (total, task losses (K,), weights (K,), extras)."""
+        with self.precision.autocast():
+            enc = self.model.encode(batch)  # once, for every task
+            outputs = self.model.heads_forward(enc.features)
+        losses = self.model.task_losses(outputs, batch.targets)  # (K,) float32
+        weights = self.weighting.weights()
+        c = self.config
+        total = (
+            self.weighting.combine(losses)
+            + c.aux_loss_coef * enc.aux_loss
+            + c.z_loss_coef * enc.z_loss
+        )
+        return total, losses, weights, {"aux": enc.aux_loss, "z": enc.z_loss}
+
+    def step(self, batch: Batch | None = None) -> StepRecord:
+        """One optimisation step on ``batch`` (default: the data set's batch of this step)."""
+        c, step = self.config, self.step_num
+        t0 = time.perf_counter()
+        batch = (batch or self.data.batch(step)).to(self.device)
+        self.model.train()
+        lr = lr_at(step, c.lr, c.warmup_steps, c.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # 1-2. one forward, all losses
+        total, losses, weights, extras = self.loss_of(batch)
+        # 3. one backward
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(total)
+        # 4. unscale, clip, step
+        params = list(self.model.parameters()) + list(self.weighting.parameters())
+        grad_norm = self.precision.clip(self.optimizer, params, c.grad_clip)  # host sync
+        stepped = self.precision.step(self.optimizer)
+        # 5. commit state from detached values
+        self.model.commit()
+        self.weighting.update(losses.detach())
+        self.step_num += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # honest step time
+        dt = time.perf_counter() - t0
+        lv = losses.detach().cpu().tolist()  # host sync: the record is for people
+        return StepRecord(
+            step=step,
+            loss=float(total.detach()),
+            task_losses=dict(zip(c.tasks, lv, strict=True)),
+            weights=dict(zip(c.tasks, weights.cpu().tolist(), strict=True)),
+            aux_loss=float(extras["aux"].detach()),
+            z_loss=float(extras["z"].detach()),
+            grad_norm=grad_norm,
+            lr=lr,
+            scale=self.precision.scale,
+            skipped=not stepped,
+            step_time=dt,
+            samples_per_s=batch.size / dt if dt > 0 else float("inf"),
+            load=self.model.text.moe.load_stats(),
+        )
+
+    def fit(
+        self, steps: int, on_step: Callable[[StepRecord], None] | None = None
+    ) -> list[StepRecord]:
+        """Run ``steps`` steps; call ``on_step`` after each; return the records."""
+        records = []
+        for _ in range(steps):
+            rec = self.step()
+            records.append(rec)
+            if on_step is not None:
+                on_step(rec)
+        return records
+
+    @torch.no_grad()
+    def evaluate(self, batch_size: int = 512) -> dict[str, float]:
+        """Held-out metric per task: accuracy for classification, R^2 for regression."""
+        from mahiax.tasks import TASKS
+
+        batch = self.data.eval_batch(0, batch_size).to(self.device)
+        self.model.eval()
+        outputs = self.model(batch)
+        result = {}
+        for name in self.config.tasks:
+            y, t = outputs[name].float(), batch.targets[name]
+            if TASKS[name].kind == "classification":
+                result[name] = float((y.argmax(-1) == t).float().mean())
+            else:
+                result[name] = float(1 - ((y - t) ** 2).mean() / t.var(unbiased=False))
+        self.model.train()
+        return result

@@ -1,0 +1,141 @@
+"""Multi-task loss weighting: Dynamic Weight Averaging, equal weights, uncertainty weighting.
+
+All three share one interface: ``combine(losses)`` returns the weighted total for this step's
+single backward, ``update(losses)`` folds this step's **detached** losses into the state after
+the optimiser step, and ``weights()`` reports the weights in force. K = number of tasks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LossWeighting(nn.Module):
+    """Base class: equal weights (1 per task). Subclasses change how weights are chosen."""
+
+    name = "equal"
+
+    def __init__(self, num_tasks: int):
+        super().__init__()
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks={num_tasks} must be >= 1")
+        self.num_tasks = num_tasks
+
+    def weights(self) -> torch.Tensor:
+        """Current weights (K,), float32, no graph."""
+        return torch.ones(self.num_tasks)
+
+    def combine(self, losses: torch.Tensor) -> torch.Tensor:
+        """Weighted total of ``losses`` (K,) -> scalar, differentiable in the losses."""
+        self._check(losses)
+        return (self.weights().to(losses) * losses).sum()
+
+    def update(self, losses: torch.Tensor) -> None:
+        """Observe this step's losses (K,), detached; nothing to do for fixed weights."""
+
+    def _check(self, losses: torch.Tensor) -> None:
+        if losses.shape != (self.num_tasks,):
+            raise ValueError(
+                f"expected one loss per task, shape ({self.num_tasks},), "
+                f"got {tuple(losses.shape)}"
+            )
+
+
+class EqualWeighting(LossWeighting):
+    """Every task weighs 1: the baseline."""
+
+
+class DynamicWeightAveraging(LossWeighting):
+    """Dynamic Weight Averaging (Liu, Johns & Davison, CVPR 2019, eq. 7).
+
+    ``lambda_k(t) = K * exp(r_k(t-1) / T) / sum_i exp(r_i(t-1) / T)`` with the descent-rate
+    ratio ``r_k(t-1) = L_k(t-1) / L_k(t-2)``, where ``L_k`` is task k's mean loss over one
+    window (the paper's epoch; here ``window`` steps) and T the temperature (2 in the paper).
+    A task whose loss falls slowly gets more weight. The first two windows use equal weights
+    (there is no ratio yet). Weights are computed from detached losses only: they are
+    constants of this step's graph, never part of it, and sum to K.
+
+    Note: ``softmax(-L)`` (the summary's version) is not DWA. It weighs tasks by their loss
+    *level*, so a task with a naturally small loss dominates forever, and computed from live
+    losses it drags the graph into the next step.
+    """
+
+    name = "dwa"
+    history: torch.Tensor
+    current: torch.Tensor
+
+    def __init__(self, num_tasks: int, temperature: float = 2.0, window: int = 10):
+        super().__init__(num_tasks)
+        if temperature <= 0 or window < 1:
+            raise ValueError(f"temperature={temperature} must be > 0 and window={window} >= 1")
+        self.temperature, self.window = temperature, window
+        # mean losses of the last two complete windows: row 0 = t-2, row 1 = t-1
+        self.register_buffer("history", torch.zeros(2, num_tasks, dtype=torch.float64))
+        self.register_buffer("windows_done", torch.zeros((), dtype=torch.long))
+        self.register_buffer("acc", torch.zeros(num_tasks, dtype=torch.float64))
+        self.register_buffer("acc_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("current", torch.ones(num_tasks))
+
+    def weights(self) -> torch.Tensor:
+        return self.current.clone()
+
+    def ratios(self) -> torch.Tensor:
+        """The descent rates r_k = L_k(t-1) / L_k(t-2) (K,); ones before two windows."""
+        if int(self.windows_done) < 2:
+            return torch.ones(self.num_tasks, device=self.current.device)
+        return (self.history[1] / self.history[0].clamp_min(1e-12)).float()
+
+    @torch.no_grad()
+    def update(self, losses: torch.Tensor) -> None:
+        self._check(losses)
+        self.acc = self.acc + losses.detach().to(self.acc.device, torch.float64)
+        self.acc_steps = self.acc_steps + 1
+        if int(self.acc_steps) < self.window:
+            return
+        mean = self.acc / self.acc_steps
+        self.history = torch.stack([self.history[1], mean])
+        self.windows_done = self.windows_done + 1
+        self.acc = torch.zeros_like(self.acc)
+        self.acc_steps = torch.zeros_like(self.acc_steps)
+        if int(self.windows_done) >= 2:
+            r = self.ratios()
+            self.current = (self.num_tasks * torch.softmax(r / self.temperature, dim=0)).to(
+                self.current
+            )
+
+
+class UncertaintyWeighting(LossWeighting):
+    """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018, eq. 7).
+
+    Learns ``s_k = log sigma_k^2`` per task; total ``sum_k 0.5 * exp(-s_k) * L_k + 0.5 * s_k``.
+    The ``0.5 * s_k`` term stops every sigma from growing without bound. Reported weights are
+    ``0.5 * exp(-s_k)``.
+    """
+
+    name = "uncertainty"
+
+    def __init__(self, num_tasks: int):
+        super().__init__(num_tasks)
+        self.log_vars = nn.Parameter(torch.zeros(num_tasks))  # (K,) s_k = log sigma_k^2
+
+    def weights(self) -> torch.Tensor:
+        return (0.5 * torch.exp(-self.log_vars)).detach().float().cpu()
+
+    def combine(self, losses: torch.Tensor) -> torch.Tensor:
+        self._check(losses)
+        s = self.log_vars.to(losses)
+        return (0.5 * torch.exp(-s) * losses + 0.5 * s).sum()
+
+
+def make_weighting(
+    method: str, num_tasks: int, temperature: float = 2.0, window: int = 10
+) -> LossWeighting:
+    """The weighting called ``method``: ``dwa``, ``equal`` or ``uncertainty``."""
+    if method == "dwa":
+        return DynamicWeightAveraging(num_tasks, temperature, window)
+    if method == "equal":
+        return EqualWeighting(num_tasks)
+    if method == "uncertainty":
+        return UncertaintyWeighting(num_tasks)
+    raise ValueError(f"unknown weighting {method!r}; allowed: dwa | equal | uncertainty")

@@ -19,7 +19,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def check_tokens(tokens: object, config: MahiaConfig) -> None:
     """Token ids: an integer tensor (B, T) with T <= seq_len and ids in [0, vocab_size)."""
     if not isinstance(tokens, torch.Tensor):
-        raise TypeError(f"tokens must be a torch.Tensor of shape (B, T), got {type(tokens).__name__}")
+        raise TypeError(
+            f"tokens must be a torch.Tensor of shape (B, T), got {type(tokens).__name__}"
+        )
     if tokens.dtype not in _INT_DTYPES:
         raise TypeError(
             f"tokens must hold integer ids (torch.int64 or another integer dtype), "

@@ -4,8 +4,8 @@ Shape legend: B samples, D ``d_model``, L ``fabric_layers`` (candidate blocks),
 K ``fabric_active`` (blocks each sample runs through).
 
 The fabric holds a bank of L candidate blocks. For each sample the DynamicLayerRouter picks
-K of them; the fabric runs every block once on the samples that picked it and adds the
-weighted outputs to the input, **out of place**. The summary's bug 2 was the in-place form
+K of them and mixes them: every block runs once on the samples that picked it, and the
+weighted outputs are added to the input **out of place**. The summary's bug 2 was the in-place form
 ``output[b] += w * layer_out`` into a tensor autograd had saved; here every partial result
 is a new tensor, so nothing saved is ever written to.
 """
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mahiax.dtypes import at_least_fp32
 
 
 @dataclass
@@ -54,9 +56,26 @@ class DynamicLayerRouter(nn.Module):
         self.gate = nn.Linear(d_model, num_layers)
 
     def forward(self, x: torch.Tensor) -> LayerRouting:
-        probs = torch.softmax(self.gate(x).float(), dim=-1)  # (B, L)
+        """The routing decision for x (B, D)."""
+        probs = torch.softmax(at_least_fp32(self.gate(x)), dim=-1)  # (B, L)
         top_p, ids = torch.topk(probs, self.top_k, dim=-1)  # (B, K)
         return LayerRouting(probs, ids, top_p / top_p.sum(dim=-1, keepdim=True), top_p)
+
+    def mix(self, x: torch.Tensor, blocks: nn.ModuleList, routing: LayerRouting) -> torch.Tensor:
+        """x + sum_k w_k * block_{id_k}(x), per sample, out of place. x (B, D) -> (B, D).
+
+        Each block runs once, on the samples that chose it (grouped by block, no loop over
+        samples). Every partial sum is a new tensor: ``x`` itself, which the gate saved for
+        its backward, is never written to.
+        """
+        out = x
+        for j, block in enumerate(blocks):
+            rows, slot = (routing.ids == j).nonzero(as_tuple=True)  # host sync, once per block
+            if rows.numel() == 0:
+                continue
+            w = routing.weights[rows, slot].unsqueeze(-1).to(x.dtype)  # (n_j, 1)
+            out = out.index_add(0, rows, w * block(x[rows]))  # out of place: a new tensor
+        return out
 
 
 class MetaController(nn.Module):
@@ -111,16 +130,10 @@ class DynamicNeuroFabric(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, LayerRouting]:
         """x (B, D) -> (x + sum_k w_k * block_{id_k}(x), routing)."""
         routing = self.router(x)
-        update = torch.zeros_like(x)  # (B, D) a fresh accumulator, never saved by autograd
-        for j, block in enumerate(self.blocks):
-            rows, slot = (routing.ids == j).nonzero(as_tuple=True)  # host sync, once per block
-            if rows.numel() == 0:
-                continue
-            w = routing.weights[rows, slot].unsqueeze(-1).to(x.dtype)  # (n_j, 1)
-            update = update.index_add(0, rows, w * block(x[rows]))  # out of place: new tensor
+        y = self.router.mix(x, self.blocks, routing)  # (B, D)
         if self.training:
             self.controller.observe(routing)
-        return x + update, routing
+        return y, routing
 
     def commit(self) -> None:
         """Commit the MetaController's staged importance."""

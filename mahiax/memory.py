@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mahiax.dtypes import at_least_fp32
+
 
 class GraphDiffusionMemory(nn.Module):
     """Memory nodes diffused over a learnable adjacency, read by per-sample attention.
@@ -60,15 +62,19 @@ class GraphDiffusionMemory(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, D) -> memory read (B, D); stages the write in training mode."""
+        out = self.read(x)
+        if self.training:
+            self._stage_write(x.detach())
+        return out
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention of each sample over the diffused nodes. x (B, D) -> (B, D)."""
         nodes = self.nodes.to(x.dtype)  # (N, D) state: a buffer, no graph
         diffused = self.adjacency().to(x.dtype) @ nodes  # (N, D)
         q, k, v = self.q(x), self.k(diffused), self.v(diffused)  # (B, D), (N, D), (N, D)
-        attn = torch.softmax((q @ k.T).float() / math.sqrt(x.shape[-1]), dim=-1)  # (B, N)
-        read = attn.to(v.dtype) @ v  # (B, D)
+        attn = torch.softmax(at_least_fp32(q @ k.T) / math.sqrt(x.shape[-1]), dim=-1)  # (B, N)
         self.last_attention = attn.detach()
-        if self.training:
-            self._stage_write(x.detach())
-        return self.out(read)
+        return self.out(attn.to(v.dtype) @ v)  # (B, D)
 
     @torch.no_grad()
     def _stage_write(self, x: torch.Tensor) -> None:
@@ -112,17 +118,20 @@ class TinyMemory(nn.Module):
         """Slots that hold a summary (host sync)."""
         return min(int(self.count), self.num_slots)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, D) -> read (B, D), zeros while the buffer is empty; stages the write."""
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention over the filled slots; zeros while nothing is remembered. (B, D)."""
         n = self.filled()
         if n == 0:
-            read = torch.zeros_like(x)  # nothing remembered yet
-        else:
-            mem = self.slots[:n].to(x.dtype)  # (n, D)
-            attn = torch.softmax(
-                (self.q(x) @ self.k(mem).T).float() / math.sqrt(x.shape[-1]), dim=-1
-            )  # (B, n)
-            read = self.out(attn.to(x.dtype) @ self.v(mem))  # (B, D)
+            return torch.zeros_like(x)
+        mem = self.slots[:n].to(x.dtype)  # (n, D)
+        attn = torch.softmax(
+            at_least_fp32(self.q(x) @ self.k(mem).T) / math.sqrt(x.shape[-1]), dim=-1
+        )  # (B, n)
+        return self.out(attn.to(x.dtype) @ self.v(mem))  # (B, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, D) -> read (B, D); stages this batch's summary for the next slot."""
+        read = self.read(x)
         if self.training:
             with torch.no_grad():
                 ptr = int(self.count) % self.num_slots

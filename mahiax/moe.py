@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mahiax.dtypes import at_least_fp32
+
 
 @dataclass
 class RouterOutput:
@@ -54,7 +56,7 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> RouterOutput:
         logits = F.linear(x, self.weight)  # (N, E)
         # float32 softmax: in bf16/fp16 near-equal logits round to ties and routing flips
-        probs = torch.softmax(logits.float(), dim=-1)  # (N, E)
+        probs = torch.softmax(at_least_fp32(logits), dim=-1)  # (N, E)
         top_p, ids = torch.topk(probs, self.top_k, dim=-1)  # (N, K), (N, K)
         weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (N, K) renormalised
         return RouterOutput(logits, probs, weights, ids)
@@ -118,7 +120,7 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 
     Keeps router logits small so the float32 softmax stays well conditioned. logits (N, E).
     """
-    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+    return torch.logsumexp(at_least_fp32(logits), dim=-1).pow(2).mean()
 
 
 def load_statistics(tokens_per_expert: torch.Tensor) -> dict[str, float]:

@@ -1,0 +1,89 @@
+"""The catalog: one entry per claim of the summary, each with three runnable variants.
+
+An entry knows how to *run* a variant (``buggy``: the original pattern; ``summary``: the fix
+exactly as the summary states it; ``fixed``: the correct fix) and returns a measured
+:class:`~mahiax.bugs.outcome.Outcome`. The verdict on the summary's fix is derived from those
+outcomes every time (:mod:`mahiax.bugs.verdicts`); nothing here stores a verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mahiax.bugs.outcome import Outcome
+
+VARIANTS = ("buggy", "summary", "fixed")
+
+# run(variant, steps, candidate) -> Outcome; variant may also be "candidate"
+Runner = Callable[[str, int, object], Outcome]
+
+
+@dataclass(frozen=True)
+class BugEntry:
+    """One claim of the summary, turned into something that runs."""
+
+    id: str
+    section: str  # where the summary makes the claim, e.g. "2" or "remaining 1"
+    component: str  # the MAHIA-X part involved
+    title: str
+    pattern: str  # the buggy line(s), as code
+    summary_fix: str  # what the summary did, as code or words
+    right_fix: str  # what actually fixes it
+    explanation: str  # why, in a few sentences
+    runner: Runner
+    steps: int = 6  # steps for a quick run (enough for every buggy variant to show itself)
+    candidate_kind: str = ""  # what `check()` accepts, in words
+    probes: tuple[str, ...] = ()  # extra measured runs that the verdict reads
+
+    def run(self, variant: str, steps: int | None = None, candidate: object = None) -> Outcome:
+        """Run one variant (or a learner's candidate) and return what was measured."""
+        allowed = VARIANTS + self.probes + ("candidate",)
+        if variant not in allowed:
+            raise ValueError(
+                f"unknown variant {variant!r} for {self.id!r}; allowed: {' | '.join(allowed)}"
+            )
+        if variant == "candidate" and candidate is None:
+            raise ValueError("variant 'candidate' needs the candidate to run")
+        n = self.steps if steps is None else steps
+        if n < 1:
+            raise ValueError(f"steps={n} must be a positive integer")
+        return self.runner(variant, n, candidate)
+
+
+_REGISTRY: dict[str, BugEntry] = {}
+
+
+def register(entry: BugEntry) -> BugEntry:
+    """Add an entry to the catalog (ids are unique)."""
+    if entry.id in _REGISTRY:
+        raise ValueError(f"duplicate catalog id {entry.id!r}")
+    _REGISTRY[entry.id] = entry
+    return entry
+
+
+def entries() -> list[BugEntry]:
+    """Every entry, in the summary's order."""
+    _load()
+    return list(_REGISTRY.values())
+
+
+def get(entry_id: str) -> BugEntry:
+    """The entry called ``entry_id``; unknown ids list the ones there are."""
+    _load()
+    if entry_id not in _REGISTRY:
+        raise ValueError(f"unknown bug id {entry_id!r}; allowed: {', '.join(_REGISTRY)}")
+    return _REGISTRY[entry_id]
+
+
+def _load() -> None:
+    """Import the modules that define entries (once; order = the summary's order)."""
+    if _REGISTRY:
+        return
+    from mahiax.bugs import (  # noqa: F401  (imported for their register() calls)
+        accumulate,
+        expert_index,
+        loops,
+        profiling,
+        stateful,
+    )

@@ -1,0 +1,212 @@
+"""The measuring harness: train a small float64 model with one variant installed, step by step.
+
+Every run is fresh and leaves no trace: a new model from a fixed seed, its own data
+generator, the RNG forked, anomaly mode and grad mode restored afterwards. At each step the
+harness records the autograd graph size, the live tensor bytes (MemoryMeter), and the largest
+difference between the variant's gradients and those of the **clean** package model loaded
+with the same weights and state at the start of the step (float64, so 1e-6 is a real bound).
+Exceptions are caught and recorded with their step, type and PyTorch's own message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from mahiax.bugs.outcome import Outcome, graph_size
+from mahiax.config import MahiaConfig, tiny
+from mahiax.data import Batch, SyntheticMultiTask
+from mahiax.model import HybridEfficientModel
+from mahiax.weighting import LossWeighting, make_weighting
+
+SEED = 1234
+
+
+def harness_config() -> MahiaConfig:
+    """The catalog's model: the tiny preset with DWA windows of 2 steps."""
+    return tiny().replace(seed=SEED, dwa_window=2, lr=1e-3, warmup_steps=0)
+
+
+@dataclass
+class StepContext:
+    """What a loop function gets for one step; it fills ``total`` and does the backward."""
+
+    model: HybridEfficientModel
+    weighting: LossWeighting
+    optimizer: torch.optim.Optimizer
+    batch: Batch
+    step: int
+    config: MahiaConfig
+    total: torch.Tensor | None = None  # the loss whose graph is measured
+    losses: torch.Tensor | None = None  # (K,) this step's task losses
+    weights: torch.Tensor | None = None  # (K,) weights used (detached) for the reference
+    did_step: bool = False  # the loop already called optimizer.step()
+    keep_grads: bool = False  # accumulate: zero_grad() leaves the gradients alone
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def zero_grad(self) -> None:
+        """Clear gradients before this step's backward, unless accumulating."""
+        if not self.keep_grads:
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def forward_losses(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """One encode(), every head, per-task losses and the weighted total (with aux losses)."""
+    m, c = ctx.model, ctx.config
+    enc = m.encode(ctx.batch)
+    losses = m.task_losses(m.heads_forward(enc.features), ctx.batch.targets)  # (K,)
+    ctx.weights = ctx.weighting.weights().detach().clone()
+    total = ctx.weighting.combine(losses) + c.aux_loss_coef * enc.aux_loss
+    total = total + c.z_loss_coef * enc.z_loss
+    return total, losses
+
+
+def clean_loop(ctx: StepContext) -> None:
+    """The package's loop: one forward, one backward of the weighted sum."""
+    total, losses = forward_losses(ctx)
+    ctx.total, ctx.losses = total, losses
+    ctx.zero_grad()
+    total.backward()
+
+
+def reference_grads(
+    config: MahiaConfig, state: dict[str, torch.Tensor], batch: Batch, weights: torch.Tensor,
+    clip: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """Gradients of the clean model with ``state`` loaded, on ``batch``, with fixed weights
+    (clipped to a global norm of ``clip`` when given, as a correct AMP step would be)."""
+    with torch.random.fork_rng():
+        ref = HybridEfficientModel(config).double()
+    ref.load_state_dict(state)
+    ref.train()
+    enc = ref.encode(batch)
+    losses = ref.task_losses(ref.heads_forward(enc.features), batch.targets)
+    total = (weights.to(losses) * losses).sum() + config.aux_loss_coef * enc.aux_loss
+    total = total + config.z_loss_coef * enc.z_loss
+    total.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)
+    return {n: p.grad.detach().clone() for n, p in ref.named_parameters() if p.grad is not None}
+
+
+def max_grad_diff(model: torch.nn.Module, ref: dict[str, torch.Tensor]) -> float:
+    """Largest absolute difference between the model's gradients and the reference's."""
+    worst = 0.0
+    for name, p in model.named_parameters():
+        g, r = p.grad, ref.get(name)
+        if g is None and r is None:
+            continue
+        g = torch.zeros_like(p) if g is None else g
+        r = torch.zeros_like(p) if r is None else r
+        worst = max(worst, float((g.double() - r.double()).abs().max()))
+    return worst
+
+
+@contextlib.contextmanager
+def isolated(anomaly: bool = False) -> Iterator[None]:
+    """Fork the RNG and restore anomaly and grad mode, whatever happens inside."""
+    was_anomaly = torch.is_anomaly_enabled()
+    was_grad = torch.is_grad_enabled()
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        torch.autograd.set_detect_anomaly(anomaly)
+        try:
+            yield
+        finally:
+            torch.autograd.set_detect_anomaly(was_anomaly)
+            torch.set_grad_enabled(was_grad)
+
+
+Installer = Callable[[HybridEfficientModel], LossWeighting | None]
+LoopFn = Callable[[StepContext], None]
+
+
+def train_variant(
+    entry: str,
+    variant: str,
+    steps: int,
+    install: Installer | None = None,
+    loop: LoopFn = clean_loop,
+    config: MahiaConfig | None = None,
+    anomaly: bool = False,
+    reference: bool = True,
+    reference_clip: float | None = None,
+    measure_memory: bool = True,
+    data_config: MahiaConfig | None = None,
+    prepare: Callable[[Batch], Batch] | None = None,
+    on_step: Callable[[StepContext, Outcome], None] | None = None,
+) -> Outcome:
+    """Train the float64 tiny model with ``install`` applied, measuring every step.
+
+    ``install(model)`` swaps components for the variant's (it may return a replacement loss
+    weighting); ``loop(ctx)`` does one step's forward and backward (default: the clean one);
+    ``data_config`` lets a variant feed data the model was not built for (bug 1), and
+    ``prepare`` transforms each batch first (a learner's data-side fix).
+    """
+    config = config or harness_config()
+    from mahiax.telemetry import MemoryMeter  # late: telemetry imports are heavier
+
+    out = Outcome(entry, variant, steps)
+    memory_every = max(1, steps // 20)  # ~20 readings per run; each one scans every object
+    meter = MemoryMeter() if measure_memory else None
+    with isolated(anomaly):
+        model = HybridEfficientModel(config).double()
+        weighting = (install(model) if install else None) or make_weighting(
+            config.weighting, len(config.tasks), config.dwa_temperature, config.dwa_window
+        )
+        weighting = weighting.double()
+        optimizer = torch.optim.AdamW(
+            list(model.parameters()) + list(weighting.parameters()), lr=config.lr
+        )
+        data = SyntheticMultiTask(data_config or config)
+        worst = 0.0 if reference else None
+        for step in range(steps):
+            raw = data.batch(step)
+            raw = prepare(raw) if prepare is not None else raw
+            batch = Batch(raw.tokens, raw.tabular.double(), raw.targets)
+            start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            ctx = StepContext(model, weighting, optimizer, batch, step, config)
+            try:
+                model.train()
+                loop(ctx)
+                out.graph_nodes.append(graph_size(ctx.total))
+                if reference and ctx.weights is not None:
+                    ref = reference_grads(
+                        config, start_state, batch, ctx.weights, reference_clip
+                    )
+                    worst = max(worst or 0.0, max_grad_diff(model, ref))
+                if not ctx.did_step:
+                    optimizer.step()
+                with torch.no_grad():
+                    model.commit()
+                if ctx.losses is not None:
+                    weighting.update(ctx.losses.detach())
+            except Exception as e:  # the point: record PyTorch's own error and the step
+                out.error_type, out.error_message, out.error_step = (
+                    type(e).__name__, str(e), step,
+                )
+                break
+            finally:
+                del ctx
+            out.steps_run += 1
+            if on_step is not None:
+                on_step(StepContext(model, weighting, optimizer, batch, step, config), out)
+            if meter is not None and (step % memory_every == 0 or step == steps - 1):
+                out.tensor_bytes.append(meter.read().tensor_bytes or 0)  # ~0.1 s: gc scan
+        out.max_grad_diff = worst
+        out.final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return out
+
+
+def swap_class(module: torch.nn.Module, cls: type) -> None:
+    """Turn ``module`` into a ``cls``: a variant subclass with the same parameters and state.
+
+    The variants override methods only, so the weights, buffers and state-dict keys stay the
+    clean module's, and the clean reference can load the variant's state.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, type(module))):
+        raise TypeError(f"{cls.__name__} is not a variant of {type(module).__name__}")
+    module.__class__ = cls

@@ -1,0 +1,75 @@
+"""Remaining issue 1: "Memory profiling shows 0 MB" on a CPU-only machine.
+
+``torch.cuda.memory_allocated()`` counts the CUDA caching allocator's bytes. On a machine
+without a GPU it is 0 however many tensors are alive, so a profiler built on it reports
+0 MB while the model trains. The summary called that expected and said to use a GPU; the
+lab's :class:`~mahiax.telemetry.MemoryMeter` reports what tensors really hold on either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mahiax.bugs.catalog import BugEntry, register
+from mahiax.bugs.harness import StepContext, train_variant
+from mahiax.bugs.outcome import Outcome
+from mahiax.telemetry import MemoryMeter
+from mahiax.telemetry import legacy_cuda_reading as summary_profiler_mb
+
+MB = 2**20
+
+
+def meter_mb() -> float:
+    """What the lab's meter reads: allocator bytes on CUDA, live tensor bytes on CPU."""
+    r = MemoryMeter().read()
+    return (r.allocated if r.allocated is not None else r.tensor_bytes) / MB
+
+
+def _run(variant: str, steps: int, candidate: object = None) -> Outcome:
+    readers: dict[str, Callable[[], float]] = {
+        "buggy": summary_profiler_mb,
+        "summary": summary_profiler_mb,  # the advice: same code, "run it on a GPU"
+        "fixed": meter_mb,
+    }
+    if variant == "candidate":
+        if not callable(candidate):
+            raise TypeError("a candidate for 'memory-zero-cpu' is a function () -> megabytes")
+        reader = candidate
+    else:
+        reader = readers[variant]
+    reported: list[float] = []
+
+    def on_step(ctx: StepContext, out: Outcome) -> None:
+        reported.append(float(reader()))
+
+    out = train_variant("memory-zero-cpu", variant, steps, on_step=on_step)
+    true_mb = [b / MB for b in out.tensor_bytes]
+    out.figures["reported_mb"] = reported
+    out.figures["tensor_mb"] = true_mb
+    out.figures["device"] = "cuda" if torch.cuda.is_available() else "cpu (no GPU found)"
+    if true_mb and reported:
+        # relative error of the last reading against the live tensor bytes
+        out.state_diff = abs(reported[-1] - true_mb[-1]) / max(true_mb[-1], 1e-9)
+    out.figures["damage"] = "relative error of the reported MB vs live tensor MB"
+    return out
+
+
+register(BugEntry(
+    id="memory-zero-cpu",
+    section="remaining 1",
+    component="memory profiler",
+    title="Memory profiling shows 0 MB",
+    pattern="mem_mb = torch.cuda.memory_allocated() / 2**20",
+    summary_fix="'expected on CPU-only systems': run the demo on a GPU",
+    right_fix="a meter that reads the CUDA allocator on a GPU and live tensor bytes + RSS on CPU",
+    explanation=(
+        "torch.cuda.memory_allocated() only counts CUDA memory: on a CPU it reads 0 while "
+        "the tensors hold megabytes. The summary's advice changes nothing on the machine "
+        "where the problem is; a real meter measures CPU memory too."
+    ),
+    runner=_run,
+    steps=3,
+    candidate_kind="a function () -> megabytes read during training",
+))

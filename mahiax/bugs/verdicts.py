@@ -1,0 +1,144 @@
+"""Verdicts on the summary's fixes, derived from measured outcomes (never stored text).
+
+- ``holds``: the summary's variant runs every step, gradients equal the clean reference,
+  nothing grows.
+- ``same-error``: it raises the buggy variant's error, at the same step or later.
+- ``worse``: it fails earlier than the bug, or with a new error, without running first.
+- ``no-effect``: it runs exactly like the buggy variant: the same measured damage.
+- ``hides-the-error``: no exception (or one only much later), but the graph or memory grows
+  every step, or the gradients are wrong.
+- ``wrong-diagnosis``: the buggy error is still there, and what the change does fix (measured
+  by a probe) is a different problem from the one that was reported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mahiax.bugs.outcome import Outcome
+
+VERDICTS = ("holds", "same-error", "worse", "no-effect", "hides-the-error", "wrong-diagnosis")
+GRAD_TOL = 1e-6  # float64: a correct fix agrees to ~1e-12; a wrong gradient is far off
+
+
+@dataclass
+class Verdict:
+    """A verdict with the one sentence of why, and the outcomes it was read from."""
+
+    label: str
+    reason: str
+    outcomes: dict[str, Outcome]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "verdict": self.label,
+            "reason": self.reason,
+            "outcomes": {k: v.to_dict() for k, v in self.outcomes.items()},
+        }
+
+
+def _where(o: Outcome) -> str:
+    return f"{o.error_type} at step {o.error_step}"
+
+
+def _damage(o: Outcome) -> float:
+    return o.state_diff if o.state_diff is not None else 0.0
+
+
+def same_damage(a: Outcome, b: Outcome) -> bool:
+    """Both ran, and the entry's measured damage is the same (and non-zero)."""
+    da, db = _damage(a), _damage(b)
+    return da > GRAD_TOL and math.isclose(da, db, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def decide(buggy: Outcome, summary: Outcome) -> tuple[str, str]:
+    """The verdict label and its reason, from the buggy and summary outcomes."""
+    diagnosis = summary.figures.get("diagnosis")  # set by entries that measure one
+    if not summary.passed:
+        same = summary.error_signature() == buggy.error_signature()
+        if same and diagnosis is not None and not diagnosis.get("correct", True):
+            return "wrong-diagnosis", str(diagnosis["why"])
+        if same:
+            if buggy.error_step is not None and summary.error_step < buggy.error_step:
+                return "worse", (
+                    f"the same error comes earlier: {_where(summary)} instead of "
+                    f"{_where(buggy)}"
+                )
+            return "same-error", f"it raises the bug's own error again ({_where(summary)})"
+        if summary.steps_run > 0 and summary.grows():
+            return "hides-the-error", (
+                f"the original error is gone, but the graph grew by "
+                f"{summary.graph_growth()} nodes a step for {summary.steps_run} steps, then "
+                f"{_where(summary)}: {first_line(summary.error_message)}"
+            )
+        if buggy.passed or (
+            buggy.error_step is not None and summary.error_step <= buggy.error_step
+        ):
+            return "worse", (
+                f"it fails sooner, with a new error: {_where(summary)} "
+                f"({first_line(summary.error_message)})"
+                + ("" if buggy.passed else f"; the bug itself failed at step {buggy.error_step}")
+            )
+        return "worse", f"it trades the bug's error for another: {_where(summary)}"
+    # the summary's variant ran every step
+    if diagnosis is not None and not diagnosis.get("correct", True):
+        return "wrong-diagnosis", str(diagnosis["why"])
+    if buggy.passed and same_damage(buggy, summary):
+        return "no-effect", (
+            f"it runs exactly like the bug, with the same measured damage "
+            f"({summary.figures.get('damage', 'state error')} = {_damage(summary):.3g})"
+        )
+    if summary.grows():
+        return "hides-the-error", (
+            f"no exception, but the graph grows by {summary.graph_growth()} nodes and memory "
+            f"by {summary.memory_growth() / 1024:.1f} KiB every step"
+        )
+    if summary.max_grad_diff is not None and summary.max_grad_diff > GRAD_TOL:
+        return "hides-the-error", (
+            f"no exception, but the gradients differ from the clean reference by up to "
+            f"{summary.max_grad_diff:.3g}"
+        )
+    if _damage(summary) > GRAD_TOL:
+        return "hides-the-error", (
+            f"no exception, but {summary.figures.get('damage', 'the state')} is off by "
+            f"{_damage(summary):.3g}"
+        )
+    return "holds", (
+        f"{summary.steps_run} steps ran, gradients match the clean reference"
+        + (f" (max diff {summary.max_grad_diff:.1e})" if summary.max_grad_diff is not None else "")
+        + " and nothing grows"
+    )
+
+
+def first_line(message: str | None) -> str:
+    """The first line of an error message, for one-sentence reasons."""
+    return (message or "").strip().splitlines()[0] if message else ""
+
+
+def judge_candidate(out: Outcome) -> tuple[bool, str]:
+    """Does a learner's candidate hold? The answer in plain words."""
+    if not out.passed:
+        return False, (
+            f"it raised {out.error_type} at step {out.error_step}: "
+            f"{first_line(out.error_message)}"
+        )
+    if out.grows():
+        return False, (
+            f"it runs, but the autograd graph grows by {out.graph_growth()} nodes every step: "
+            f"something keeps the previous steps' graph alive (detach the state you keep)"
+        )
+    if out.max_grad_diff is not None and out.max_grad_diff > GRAD_TOL:
+        return False, (
+            f"it runs, but its gradients differ from the clean reference by up to "
+            f"{out.max_grad_diff:.3g}"
+        )
+    if _damage(out) > GRAD_TOL:
+        return False, (
+            f"it runs, but {out.figures.get('damage', 'the state it keeps')} is off by "
+            f"{_damage(out):.3g}"
+        )
+    return True, (
+        f"it holds: {out.steps_run} steps ran, gradients match the clean reference and "
+        f"nothing grows"
+    )

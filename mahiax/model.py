@@ -138,7 +138,7 @@ class HybridEfficientModel(nn.Module):
     def task_losses(
         self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """One float32 (float64 for a float64 model) loss per task, in ``config.tasks`` order: (K,)."""
+        """One loss per task in ``config.tasks`` order: (K,), float32 (float64 if the model is)."""
         b = next(iter(outputs.values())).shape[0]
         check_targets(targets, self.config, b)
         losses = []

@@ -133,5 +133,7 @@ register(BugEntry(
         {"buggy": BuggyLayerRouter, "summary": SummaryLayerRouter, "fixed": None},
         DynamicLayerRouter,
     ),
-    candidate_kind="a subclass of mahiax.fabric.DynamicLayerRouter overriding mix(x, blocks, routing)",
+    candidate_kind=(
+        "a subclass of mahiax.fabric.DynamicLayerRouter overriding mix(x, blocks, routing)"
+    ),
 ))

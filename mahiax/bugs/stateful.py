@@ -220,7 +220,10 @@ register(BugEntry(
     section="2",
     component="GraphDiffusionMemory",
     title="Memory nodes updated from live activations",
-    pattern="self.memory_nodes = (1 - s) * self.memory_nodes + s * x_mean.mean(dim=0, keepdim=True)",
+    pattern=(
+        "self.memory_nodes = (1 - s) * self.memory_nodes "
+        "+ s * x_mean.mean(dim=0, keepdim=True)"
+    ),
     summary_fix="self.memory_nodes.copy_(new_memory_nodes)",
     right_fix="stage the update from x.detach() and swap it in after the optimiser step",
     explanation=(

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=("cpu", "cuda", "auto"))
     t.add_argument("--json", action="store_true", help="print one JSON record per step")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from mahiax.bugs.cli import add_parser as add_bugs
+
+    add_bugs(sub)
     return p
 
 
@@ -98,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "bugs":
+            from mahiax.bugs.cli import run_command
+
+            return run_command(args)
     except ValueError as e:  # config and input errors: one clear line, no traceback
         print(f"mahiax: error: {e}", file=sys.stderr)
         return 2

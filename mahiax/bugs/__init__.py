@@ -1,0 +1,67 @@
+"""The bug catalog: every claim of the fix summary, reproduced, measured and judged.
+
+>>> from mahiax import bugs
+>>> [e.id for e in bugs.entries()][:2]
+['expert-index', 'fabric-accumulate']
+>>> bugs.run("tiny-memory-write", "buggy").error_type          # doctest: +SKIP
+'RuntimeError'
+>>> bugs.verdict("dwa-weights").label                           # doctest: +SKIP
+'worse'
+>>> bugs.check("fabric-accumulate", MyFabric).holds             # doctest: +SKIP
+
+Nothing here stores a verdict: each one is derived from fresh runs (see ``verdicts``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mahiax.bugs.catalog import VARIANTS, BugEntry, entries, get
+from mahiax.bugs.outcome import Outcome
+from mahiax.bugs.verdicts import VERDICTS, Verdict, decide, judge_candidate
+
+
+def run(entry_id: str, variant: str, steps: int | None = None) -> Outcome:
+    """Run one variant (``buggy`` | ``summary`` | ``fixed``) of an entry and measure it."""
+    return get(entry_id).run(variant, steps)
+
+
+def verdict(entry_id: str, steps: int | None = None) -> Verdict:
+    """Run the buggy, summary and fixed variants, and judge the summary's fix."""
+    entry = get(entry_id)
+    outs = {v: entry.run(v, steps) for v in VARIANTS}
+    label, reason = decide(outs["buggy"], outs["summary"])
+    return Verdict(label, reason, outs)
+
+
+@dataclass
+class CheckResult:
+    """Whether a learner's candidate holds, in plain words, with what was measured."""
+
+    entry: str
+    holds: bool
+    message: str
+    outcome: Outcome
+
+    def __str__(self) -> str:
+        mark = "PASS" if self.holds else "NOT YET"
+        return f"[{mark}] {self.entry}: {self.message}"
+
+
+def check(entry_id: str, candidate: object, steps: int | None = None) -> CheckResult:
+    """Run a learner's class or function through the entry's measurement and judge it.
+
+    What a candidate is depends on the entry (``get(entry_id).candidate_kind`` says, e.g. a
+    subclass of ``TinyMemory`` or a loop function). A wrong kind of candidate gets a
+    ``TypeError`` saying what is expected.
+    """
+    entry = get(entry_id)
+    out = entry.run("candidate", steps, candidate)
+    holds, message = judge_candidate(out)
+    return CheckResult(entry_id, holds, message, out)
+
+
+__all__ = [
+    "VARIANTS", "VERDICTS", "BugEntry", "CheckResult", "Outcome", "Verdict", "check",
+    "entries", "get", "run", "verdict",
+]

@@ -53,6 +53,13 @@ class BugEntry:
 
 _REGISTRY: dict[str, BugEntry] = {}
 
+# the summary's order: section 1, section 2 top to bottom, section 3, remaining issues, extras
+ORDER = (
+    "expert-index", "fabric-accumulate", "layer-router-accumulate", "graph-memory-update",
+    "controller-importance", "tiny-memory-write", "dwa-weights", "retain-graph",
+    "encode-multi-loss", "memory-zero-cpu", "persistent-inplace", "amp-clip-before-unscale",
+)
+
 
 def register(entry: BugEntry) -> BugEntry:
     """Add an entry to the catalog (ids are unique)."""
@@ -84,6 +91,12 @@ def _load() -> None:
         accumulate,
         expert_index,
         loops,
+        persistent,
         profiling,
         stateful,
     )
+
+    rank = {k: i for i, k in enumerate(ORDER)}
+    ordered = sorted(_REGISTRY.values(), key=lambda e: rank.get(e.id, len(rank)))
+    _REGISTRY.clear()
+    _REGISTRY.update((e.id, e) for e in ordered)

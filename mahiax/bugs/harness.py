@@ -137,6 +137,7 @@ def train_variant(
     measure_memory: bool = True,
     data_config: MahiaConfig | None = None,
     prepare: Callable[[Batch], Batch] | None = None,
+    context: Callable[[HybridEfficientModel], contextlib.AbstractContextManager] | None = None,
     on_step: Callable[[StepContext, Outcome], None] | None = None,
 ) -> Outcome:
     """Train the float64 tiny model with ``install`` applied, measuring every step.
@@ -144,7 +145,8 @@ def train_variant(
     ``install(model)`` swaps components for the variant's (it may return a replacement loss
     weighting); ``loop(ctx)`` does one step's forward and backward (default: the clean one);
     ``data_config`` lets a variant feed data the model was not built for (bug 1), and
-    ``prepare`` transforms each batch first (a learner's data-side fix).
+    ``prepare`` transforms each batch first (a learner's data-side fix); ``context(model)``
+    wraps the whole run (the mutation locator).
     """
     config = config or harness_config()
     from mahiax.telemetry import MemoryMeter  # late: telemetry imports are heavier
@@ -163,42 +165,58 @@ def train_variant(
         )
         data = SyntheticMultiTask(data_config or config)
         worst = 0.0 if reference else None
-        for step in range(steps):
-            raw = data.batch(step)
-            raw = prepare(raw) if prepare is not None else raw
-            batch = Batch(raw.tokens, raw.tabular.double(), raw.targets)
-            start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            ctx = StepContext(model, weighting, optimizer, batch, step, config)
-            try:
-                model.train()
-                loop(ctx)
-                out.graph_nodes.append(graph_size(ctx.total))
-                if reference and ctx.weights is not None:
-                    ref = reference_grads(
-                        config, start_state, batch, ctx.weights, reference_clip
+        around = context(model) if context is not None else contextlib.nullcontext()
+        with around:
+            for step in range(steps):
+                raw = data.batch(step)
+                raw = prepare(raw) if prepare is not None else raw
+                batch = Batch(raw.tokens, raw.tabular.double(), raw.targets)
+                ctx = StepContext(model, weighting, optimizer, batch, step, config)
+                try:
+                    diff = _one_step(ctx, loop, reference, reference_clip)
+                except Exception as e:  # the point: record PyTorch's own error and step
+                    out.error_type, out.error_message, out.error_step = (
+                        type(e).__name__, str(e), step,
                     )
-                    worst = max(worst or 0.0, max_grad_diff(model, ref))
-                if not ctx.did_step:
-                    optimizer.step()
-                with torch.no_grad():
-                    model.commit()
-                if ctx.losses is not None:
-                    weighting.update(ctx.losses.detach())
-            except Exception as e:  # the point: record PyTorch's own error and the step
-                out.error_type, out.error_message, out.error_step = (
-                    type(e).__name__, str(e), step,
-                )
-                break
-            finally:
+                    break
+                out.graph_nodes.append(ctx.figures.pop("graph_nodes"))
+                if diff is not None:
+                    worst = max(worst or 0.0, diff)
+                out.steps_run += 1
+                if on_step is not None:
+                    on_step(ctx, out)
                 del ctx
-            out.steps_run += 1
-            if on_step is not None:
-                on_step(StepContext(model, weighting, optimizer, batch, step, config), out)
-            if meter is not None and (step % memory_every == 0 or step == steps - 1):
-                out.tensor_bytes.append(meter.read().tensor_bytes or 0)  # ~0.1 s: gc scan
+                if meter is not None and (step % memory_every == 0 or step == steps - 1):
+                    out.tensor_bytes.append(meter.read().tensor_bytes or 0)  # a gc scan
         out.max_grad_diff = worst
         out.final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return out
+
+
+def _one_step(
+    ctx: StepContext, loop: LoopFn, reference: bool, reference_clip: float | None
+) -> float | None:
+    """One step: the variant's loop, the reference gradients, the optimiser step, commit.
+
+    Returns the largest gradient difference from the clean reference (None if not measured).
+    """
+    model = ctx.model
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.train()
+    loop(ctx)
+    ctx.figures["graph_nodes"] = graph_size(ctx.total)
+    diff = None
+    if reference and ctx.weights is not None:
+        ref = reference_grads(ctx.config, start_state, ctx.batch, ctx.weights, reference_clip)
+        diff = max_grad_diff(model, ref)
+    if not ctx.did_step:
+        ctx.optimizer.step()
+    with torch.no_grad():
+        model.commit()
+    if ctx.losses is not None:
+        ctx.weighting.update(ctx.losses.detach())
+    ctx.total = None  # drop this step's graph before memory is measured
+    return diff
 
 
 def swap_class(module: torch.nn.Module, cls: type) -> None:

@@ -19,8 +19,9 @@ How CPU tensor bytes are found, and why both sources are needed:
   summary's ``retain_graph=True``.
 
 Storages are counted once: views and aliases share a storage, keyed by its data pointer and
-size. Cost: one read with ~3,000 live tensors and their graphs takes a few tens of ms on one
-CPU core (see ``tests/test_memory_meter.py``), so read between steps, not inside one.
+size. Cost: the scan visits every object the garbage collector tracks. Measured: one read
+with 3,000 live tensors and 300 small graphs, among ~180,000 Python objects, takes ~60 ms on
+this lab's CPU (mostly the ``gc.get_objects()`` filter), so read between steps, not inside one.
 """
 
 from __future__ import annotations
@@ -70,7 +71,11 @@ class MemoryReading:
 
 
 def _mb(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / MB:.1f} MB"
+    if n is None:
+        return "n/a"
+    if 0 < n < MB // 20:  # would round to "0.0 MB": say how small instead
+        return f"{n / 1024:.1f} KB"
+    return f"{n / MB:.1f} MB"
 
 
 class MemoryMeter:

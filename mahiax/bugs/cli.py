@@ -1,0 +1,90 @@
+"""``python -m mahiax bugs list | run ID --variant V | verdict ID`` (``--json`` for machines)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mahiax.bugs import VARIANTS, entries, get, verdict
+from mahiax.bugs.outcome import Outcome
+
+MB = 2**20
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``bugs`` command and its subcommands."""
+    p = sub.add_parser("bugs", help="the bug catalog: reproduce, measure, judge")
+    bsub = p.add_subparsers(dest="bugs_command", required=True, metavar="SUBCOMMAND")
+    ls = bsub.add_parser("list", help="every entry of the catalog")
+    ls.add_argument("--json", action="store_true")
+    r = bsub.add_parser("run", help="run one variant of an entry and show what happened")
+    r.add_argument("id")
+    r.add_argument("--variant", choices=VARIANTS, required=True)
+    r.add_argument("--steps", type=int, help="training steps (the entry's default if omitted)")
+    r.add_argument("--json", action="store_true")
+    v = bsub.add_parser("verdict", help="run all three variants and judge the summary's fix")
+    v.add_argument("id")
+    v.add_argument("--steps", type=int)
+    v.add_argument("--json", action="store_true")
+
+
+def describe(out: Outcome) -> str:
+    """A person's view of one outcome: the error as PyTorch wrote it, or what ran."""
+    lines = []
+    if out.passed:
+        lines.append(f"passed: {out.steps_run} of {out.steps_requested} steps ran")
+    else:
+        lines.append(
+            f"{out.error_type} at step {out.error_step} "
+            f"({out.steps_run} of {out.steps_requested} steps ran):"
+        )
+        lines.extend("    " + ln for ln in (out.error_message or "").splitlines())
+    if out.graph_nodes:
+        lines.append(f"  autograd nodes per step: {out.graph_nodes}")
+    if out.tensor_bytes:
+        mb = ", ".join(f"{b / MB:.2f}" for b in out.tensor_bytes)
+        lines.append(f"  live tensor MB: {mb}")
+    if out.max_grad_diff is not None:
+        lines.append(f"  largest gradient difference from the clean reference: "
+                     f"{out.max_grad_diff:.3g}")
+    if out.state_diff is not None:
+        lines.append(f"  {out.figures.get('damage', 'state error')}: {out.state_diff:.3g}")
+    return "\n".join(lines)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.bugs_command == "list":
+        items = [
+            {"id": e.id, "section": e.section, "component": e.component, "title": e.title}
+            for e in entries()
+        ]
+        if args.json:
+            print(json.dumps(items, indent=2))
+        else:
+            for it in items:
+                print(f"{it['id']:<26} §{it['section']:<12} {it['component']:<28} {it['title']}")
+        return 0
+    entry = get(args.id)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    if args.bugs_command == "run":
+        out = entry.run(args.variant, args.steps)
+        if args.json:
+            print(json.dumps(out.to_dict(), indent=2, default=str))
+        else:
+            print(f"{entry.id} / {args.variant}   ({entry.component}, summary section "
+                  f"{entry.section})")
+            print(describe(out))
+        return 0
+    result = verdict(entry.id, args.steps)
+    if args.json:
+        print(json.dumps({"id": entry.id, **result.to_dict()}, indent=2, default=str))
+        return 0
+    print(f"{entry.id}: the summary's fix -> {result.label}")
+    print(f"  why: {result.reason}")
+    print(f"  the bug:     {entry.pattern.splitlines()[0]}")
+    print(f"  summary fix: {entry.summary_fix}")
+    print(f"  right fix:   {entry.right_fix}")
+    for name, out in result.outcomes.items():
+        print(f"\n[{name}] " + describe(out))
+    return 0

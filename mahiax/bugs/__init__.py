@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mahiax.bugs.catalog import VARIANTS, BugEntry, entries, get
+from mahiax.bugs.harness import watching_mutations
 from mahiax.bugs.outcome import Outcome
 from mahiax.bugs.verdicts import VERDICTS, Verdict, decide, judge_candidate
 
@@ -61,7 +62,19 @@ def check(entry_id: str, candidate: object, steps: int | None = None) -> CheckRe
     return CheckResult(entry_id, holds, message, out)
 
 
+def locate(entry_id: str, variant: str = "buggy", steps: int | None = None):
+    """Run a variant under the mutation locator: ``(outcome, mutations)``.
+
+    The mutations that backward actually tripped on come first; each names the in-place op,
+    the module and the source ``file:line`` that wrote into a tensor autograd had saved.
+    """
+    with watching_mutations() as locators:
+        out = get(entry_id).run(variant, steps)
+    muts = [m for loc in locators for m in loc.mutations]
+    return out, sorted(muts, key=lambda m: not m.tripped_backward)
+
+
 __all__ = [
     "VARIANTS", "VERDICTS", "BugEntry", "CheckResult", "Outcome", "Verdict", "check",
-    "entries", "get", "run", "verdict",
+    "entries", "get", "locate", "run", "verdict",
 ]

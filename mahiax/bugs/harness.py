@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -120,6 +121,33 @@ def isolated(anomaly: bool = False) -> Iterator[None]:
             torch.set_grad_enabled(was_grad)
 
 
+# a context factory that every train_variant run inside `watching_mutations()` is wrapped in
+_AMBIENT: ContextVar[Callable | None] = ContextVar("mahiax_bugs_ambient", default=None)
+
+
+@contextlib.contextmanager
+def watching_mutations() -> Iterator[list]:
+    """Run every catalog run started inside under :func:`mahiax.debug.locate_mutations`.
+
+    Yields the list of locators, one per training run, filled as runs happen.
+    """
+    from mahiax.debug import locate_mutations
+
+    locators: list = []
+
+    @contextlib.contextmanager
+    def factory(model: torch.nn.Module) -> Iterator[object]:
+        with locate_mutations(model) as loc:
+            locators.append(loc)
+            yield loc
+
+    token = _AMBIENT.set(factory)
+    try:
+        yield locators
+    finally:
+        _AMBIENT.reset(token)
+
+
 Installer = Callable[[HybridEfficientModel], LossWeighting | None]
 LoopFn = Callable[[StepContext], None]
 
@@ -165,6 +193,7 @@ def train_variant(
         )
         data = SyntheticMultiTask(data_config or config)
         worst = 0.0 if reference else None
+        context = context or _AMBIENT.get()
         around = context(model) if context is not None else contextlib.nullcontext()
         with around:
             for step in range(steps):

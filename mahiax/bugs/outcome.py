@@ -74,8 +74,12 @@ class Outcome:
 
 
 def normalise_message(message: str) -> str:
-    """First line of an error message with numbers and bracketed shapes replaced by '#'."""
+    """First line of an error message without PyTorch's hint, numbers and shapes as '#'.
+
+    The hint differs with anomaly mode on or off; the error itself does not.
+    """
     first = message.strip().splitlines()[0] if message.strip() else ""
+    first = first.split(" Hint:")[0]
     first = re.sub(r"\[[^\]]*\]", "[#]", first)
     return re.sub(r"\d+", "#", first)
 

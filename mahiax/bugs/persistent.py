@@ -14,7 +14,13 @@ import re
 import warnings
 
 from mahiax.bugs.catalog import BugEntry, register
-from mahiax.bugs.harness import StepContext, clean_loop, swap_class, train_variant
+from mahiax.bugs.harness import (
+    StepContext,
+    clean_loop,
+    swap_class,
+    train_variant,
+    watching_mutations,
+)
 from mahiax.bugs.loops import backward_per_loss
 from mahiax.bugs.outcome import Outcome
 from mahiax.bugs.stateful import BuggyGraphMemory
@@ -47,12 +53,12 @@ def _short(path: str) -> str:
     return path.split("/mahiax/", 1)[-1] if "/mahiax/" in path else path
 
 
-def _run_scenario(variant: str, steps: int, anomaly: bool, context=None) -> tuple[Outcome, str]:
+def _run_scenario(variant: str, steps: int, anomaly: bool) -> tuple[Outcome, str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = train_variant(
             "persistent-inplace", variant, steps, loop=_summary_era_loop,
-            install=_install_carried_state, anomaly=anomaly, reference=False, context=context,
+            install=_install_carried_state, anomaly=anomaly, reference=False,
         )
     text = "\n".join(str(w.message) for w in caught if "Traceback of forward" in str(w.message))
     return out, text
@@ -68,27 +74,12 @@ def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
             raise TypeError("a candidate for 'persistent-inplace' is a loop function loop(ctx)")
         return train_variant("persistent-inplace", variant, steps, loop=candidate)
     # the summary's recommendation: the same run under anomaly mode; then ask the locator
-    from mahiax.debug import locate_mutations
-
     out, text = _run_scenario(variant, steps, anomaly=True)
     said = anomaly_site(text)
-    found: list = []
-
-    def locator(model):
-        cm = locate_mutations(model)
-
-        class _Keep:
-            def __enter__(self):
-                found.append(cm.__enter__())
-                return found[-1]
-
-            def __exit__(self, *exc):
-                return cm.__exit__(*exc)
-
-        return _Keep()
-
-    _run_scenario("locator", steps, anomaly=False, context=locator)
-    muts = found[0].mutations if found else []
+    with watching_mutations() as locators:
+        _run_scenario("locator", steps, anomaly=False)
+    muts = [m for loc in locators for m in loc.mutations]
+    muts = [m for m in muts if m.tripped_backward] or muts  # the write backward tripped on
     mutated_at = f"{_short(muts[0].file)}:{muts[0].line}" if muts else None
     out.figures["anomaly_points_to"] = said
     out.figures["mutation_at"] = mutated_at

@@ -1,0 +1,269 @@
+"""The mixture of experts: equal to Hugging Face's Mixtral block, equal to a naive per-token
+loop, and the load-balancing figures on hand-made examples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import MixtralConfig
+from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+from mahiax.moe import ExpertRouter, load_balancing_loss, load_statistics, router_z_loss
+
+F64 = torch.float64
+
+# (D, H, E, K, B, T): the teaching size (config.teaching()) and a top-1 size
+SIZES = [
+    pytest.param(64, 128, 8, 2, 32, 32, id="teaching-E8-K2"),
+    pytest.param(32, 48, 4, 1, 4, 16, id="E4-K1"),
+]
+
+
+def mixtral_copy(moe: ExpertRouter) -> MixtralSparseMoeBlock:
+    """A transformers Mixtral sparse MoE block holding ``moe``'s weights.
+
+    Layouts: router ``(E, D)`` is ``gate.weight`` as is; ``gate_up_proj`` (E, 2H, D) stacks
+    the transposed gate and up weights; ``down_proj`` (E, D, H) is the transposed down weight.
+    """
+    e, d = moe.router.weight.shape
+    config = MixtralConfig(
+        hidden_size=d,
+        intermediate_size=moe.experts.w_gate.shape[-1],
+        num_local_experts=e,
+        num_experts_per_tok=moe.top_k,
+        router_jitter_noise=0.0,
+        experts_implementation="eager",  # the plain per-expert loop, not a fused kernel
+    )
+    block = MixtralSparseMoeBlock(config).eval()
+    experts = moe.experts
+    with torch.no_grad():
+        block.gate.weight.copy_(moe.router.weight)
+        block.experts.gate_up_proj.copy_(
+            torch.cat([experts.w_gate.transpose(1, 2), experts.w_up.transpose(1, 2)], dim=1)
+        )
+        block.experts.down_proj.copy_(experts.w_down.transpose(1, 2))
+    return block
+
+
+def naive_moe(
+    moe: ExpertRouter, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """Reference: for each token, for each of its K experts, SwiGLU with that expert's weights,
+    weighted by the routing weight and summed. x (N, D), ids/w (N, K) -> (N, D)."""
+    ex = moe.experts
+    out = torch.zeros_like(x)
+    for n in range(x.shape[0]):
+        for slot in range(ids.shape[1]):
+            e = int(ids[n, slot])
+            gate, up = x[n] @ ex.w_gate[e], x[n] @ ex.w_up[e]  # (H,), (H,)
+            hidden = gate * torch.sigmoid(gate) * up  # silu(gate) * up
+            out[n] += w[n, slot].to(x.dtype) * (hidden @ ex.w_down[e])
+    return out
+
+
+def starve_expert(moe: ExpertRouter, x: torch.Tensor, expert: int) -> torch.Tensor:
+    """Make ``expert``'s router logit -30 for every token: feature 0 of x is set to 1 and the
+    expert's router row reads only that feature. Returns the modified x."""
+    x = x.clone()
+    x[..., 0] = 1.0
+    with torch.no_grad():
+        moe.router.weight[expert] = 0.0
+        moe.router.weight[expert, 0] = -30.0
+    return x
+
+
+# --- equivalence with transformers' Mixtral ---
+
+
+def test_mixtral_reference_runs_its_eager_experts_forward():
+    """The reference really is Mixtral's eager loop: the ``use_experts_implementation``
+    decorator dispatches ``experts_implementation='eager'`` to the original forward."""
+    block = mixtral_copy(ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=16))
+    original = object()
+
+    impl = block.experts.config._experts_implementation
+    assert impl == "eager"
+    assert ALL_EXPERTS_FUNCTIONS.get_interface(impl, original) is original
+    assert block.experts.config.hidden_act == "silu"
+
+
+@pytest.mark.parametrize(("d", "h", "e", "k", "b", "t"), SIZES)
+def test_routing_matches_mixtral_router(d, h, e, k, b, t):
+    """Same logits, same experts, same renormalised weights as Mixtral's router."""
+    torch.manual_seed(0)
+    moe = ExpertRouter(d, e, k, h)
+    block = mixtral_copy(moe)
+    x = torch.randn(b * t, d)
+
+    ours = moe.router(x)
+    logits, weights, ids = block.gate(x)
+
+    assert torch.equal(ours.logits, logits)
+    assert torch.equal(ours.ids, ids)
+    torch.testing.assert_close(ours.weights, weights, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize(("d", "h", "e", "k", "b", "t"), SIZES)
+def test_output_matches_mixtral_sparse_moe_block(d, h, e, k, b, t):
+    """With identical weights the block computes what Mixtral's block computes (float32)."""
+    torch.manual_seed(1)
+    moe = ExpertRouter(d, e, k, h)
+    block = mixtral_copy(moe)
+    x = torch.randn(b, t, d)
+
+    with torch.no_grad():
+        ours, theirs = moe(x).hidden, block(x)
+
+    assert ours.shape == theirs.shape == (b, t, d)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("d", "h", "e", "k", "b", "t"), SIZES)
+def test_input_gradient_matches_mixtral_sparse_moe_block(d, h, e, k, b, t):
+    """Backpropagating one cotangent through both blocks gives the same input gradient."""
+    torch.manual_seed(2)
+    moe = ExpertRouter(d, e, k, h)
+    block = mixtral_copy(moe)
+    x = torch.randn(b, t, d)
+    cotangent = torch.randn(b, t, d)
+
+    x_ours = x.clone().requires_grad_(True)
+    x_theirs = x.clone().requires_grad_(True)
+    (g_ours,) = torch.autograd.grad((moe(x_ours).hidden * cotangent).sum(), x_ours)
+    (g_theirs,) = torch.autograd.grad((block(x_theirs) * cotangent).sum(), x_theirs)
+
+    torch.testing.assert_close(g_ours, g_theirs, atol=1e-5, rtol=0)
+
+
+# --- dispatch vs a naive per-token loop ---
+
+
+@pytest.mark.parametrize("starved", [None, 2], ids=["all-experts-used", "expert-2-gets-none"])
+def test_dispatch_equals_naive_per_token_reference(starved):
+    """Grouping the N*K assignments by expert and running one matmul per expert gives exactly
+    the per-token loop, also when an expert receives no token (float64)."""
+    torch.manual_seed(3)
+    moe = ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=12).double()
+    x = torch.randn(3, 5, 8, dtype=F64)
+    if starved is not None:
+        x = starve_expert(moe, x, starved)
+
+    out = moe(x)
+    counts = torch.bincount(out.router.ids.flatten(), minlength=4)
+    if starved is None:
+        assert bool((counts > 0).all()), f"every expert should get tokens, got {counts}"
+    else:
+        assert counts[starved] == 0, f"expert {starved} should get no token, got {counts}"
+
+    flat = x.reshape(-1, 8)
+    expected = naive_moe(moe, flat, out.router.ids, out.router.weights)
+    torch.testing.assert_close(out.hidden.reshape(-1, 8), expected, atol=1e-6, rtol=0)
+
+
+def test_load_stats_report_a_starved_expert_as_dead():
+    """An expert that received no token in the last training forward is counted as dead."""
+    torch.manual_seed(4)
+    moe = ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=12).train()
+    x = starve_expert(moe, torch.randn(3, 5, 8), expert=1)
+
+    moe(x)
+    stats = moe.load_stats()
+
+    assert stats["tokens_per_expert"][1] == 0
+    assert stats["dead"] == 1
+
+
+# --- load-balancing loss, z-loss, balance figures ---
+
+
+def test_load_balancing_loss_is_one_at_perfect_balance():
+    """Uniform router probabilities and a uniform assignment give exactly 1.0 (any K)."""
+    n, e, k = 8, 4, 2
+    probs = torch.full((n, e), 1.0 / e)
+    ids = (torch.arange(n * k) % e).reshape(n, k)  # every expert gets N*K/E = 4 assignments
+
+    assert load_balancing_loss(probs, ids, e).item() == pytest.approx(1.0, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    [(1, 4.0), (2, 2.0)],
+    ids=["all-tokens-on-one-expert", "all-tokens-on-two-experts"],
+)
+def test_load_balancing_loss_grows_when_the_router_collapses(k, expected):
+    """A router that sends every token to the same K of E experts scores E/K, above 1.0."""
+    n, e = 8, 4
+    probs = torch.zeros(n, e)
+    probs[:, :k] = 1.0 / k
+    ids = torch.arange(k).expand(n, k)
+
+    loss = load_balancing_loss(probs, ids, e).item()
+
+    assert loss == pytest.approx(expected, abs=1e-6)
+    assert loss > 1.0
+
+
+def test_router_z_loss_matches_formula_on_hand_example():
+    """z-loss = mean over tokens of logsumexp(logits)^2: rows [0, 0] and [ln 3, 0] have
+    logsumexp ln 2 and ln 4, so the loss is (ln2^2 + (2 ln2)^2) / 2 = 2.5 ln2^2."""
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+
+    assert router_z_loss(logits).item() == pytest.approx(2.5 * math.log(2.0) ** 2, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ([4, 4, 4, 4], {"cv": 0.0, "entropy": 1.0, "max_over_mean": 1.0, "dead": 0}),
+        ([16, 0, 0, 0], {"cv": math.sqrt(3.0), "entropy": 0.0, "max_over_mean": 4.0, "dead": 3}),
+        ([8, 8, 0, 0], {"cv": 1.0, "entropy": 0.5, "max_over_mean": 2.0, "dead": 2}),
+    ],
+    ids=["balanced", "collapsed", "half-dead"],
+)
+def test_load_statistics_on_hand_made_counts(counts, expected):
+    """cv = std/mean (population std), entropy of the fractions / log E, busiest / mean,
+    and the number of experts with no token."""
+    stats = load_statistics(torch.tensor(counts, dtype=torch.float32))
+
+    assert stats == pytest.approx(expected, abs=1e-12)
+
+
+# --- load telemetry of ExpertRouter ---
+
+
+def test_load_stats_count_only_training_forwards():
+    """tokens_per_expert is written by training-mode forwards only: evaluating the model
+    leaves the figures of the last training step on the dashboard."""
+    torch.manual_seed(5)
+    moe = ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=12)
+
+    moe.eval()(torch.randn(2, 6, 8))
+    assert moe.tokens_per_expert.sum() == 0, "an eval forward must not count"
+
+    moe.train()(torch.randn(2, 6, 8))
+    after_training = moe.tokens_per_expert.clone()
+    moe.eval()(torch.randn(3, 7, 8))
+
+    assert after_training.sum() > 0
+    assert torch.equal(moe.tokens_per_expert, after_training)
+
+
+def test_load_stats_tokens_sum_to_n_times_k():
+    """Every token is counted once per expert it went to: the counts sum to N*K."""
+    torch.manual_seed(6)
+    moe = ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=12).train()
+
+    moe(torch.randn(3, 7, 8))  # N = 21 tokens
+    stats = moe.load_stats()
+
+    assert sum(stats["tokens_per_expert"]) == 21 * 2
+    assert sum(stats["fraction"]) == pytest.approx(1.0)
+
+
+def test_top_k_larger_than_num_experts_raises():
+    """Asking for more experts per token than there are fails at construction, naming both."""
+    with pytest.raises(ValueError, match=r"top_k=5 .*num_experts \(4\)"):
+        ExpertRouter(d_model=8, num_experts=4, top_k=5, expert_hidden=12)

@@ -52,6 +52,7 @@ class BugEntry:
 
 
 _REGISTRY: dict[str, BugEntry] = {}
+_LOADED = False
 
 # the summary's order: section 1, section 2 top to bottom, section 3, remaining issues, extras
 ORDER = (
@@ -85,7 +86,8 @@ def get(entry_id: str) -> BugEntry:
 
 def _load() -> None:
     """Import the modules that define entries (once; order = the summary's order)."""
-    if _REGISTRY:
+    global _LOADED
+    if _LOADED:
         return
     from mahiax.bugs import (  # noqa: F401  (imported for their register() calls)
         accumulate,
@@ -100,3 +102,4 @@ def _load() -> None:
     ordered = sorted(_REGISTRY.values(), key=lambda e: rank.get(e.id, len(rank)))
     _REGISTRY.clear()
     _REGISTRY.update((e.id, e) for e in ordered)
+    _LOADED = True

@@ -113,7 +113,7 @@ def isolated(anomaly: bool = False) -> Iterator[None]:
     was_grad = torch.is_grad_enabled()
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
-        torch.autograd.set_detect_anomaly(anomaly)
+        torch.autograd.set_detect_anomaly(anomaly or was_anomaly)  # an outer mode stays on
         try:
             yield
         finally:

@@ -46,10 +46,14 @@ def _damage(o: Outcome) -> float:
     return o.state_diff if o.state_diff is not None else 0.0
 
 
+def _damaged(o: Outcome) -> bool:
+    """The entry's measured damage is above the entry's tolerance (default GRAD_TOL)."""
+    return _damage(o) > float(o.figures.get("damage_tol", GRAD_TOL))
+
+
 def same_damage(a: Outcome, b: Outcome) -> bool:
     """Both ran, and the entry's measured damage is the same (and non-zero)."""
-    da, db = _damage(a), _damage(b)
-    return da > GRAD_TOL and math.isclose(da, db, rel_tol=1e-6, abs_tol=1e-9)
+    return _damaged(a) and math.isclose(_damage(a), _damage(b), rel_tol=1e-6, abs_tol=1e-9)
 
 
 def decide(buggy: Outcome, summary: Outcome) -> tuple[str, str]:
@@ -99,7 +103,7 @@ def decide(buggy: Outcome, summary: Outcome) -> tuple[str, str]:
             f"no exception, but the gradients differ from the clean reference by up to "
             f"{summary.max_grad_diff:.3g}"
         )
-    if _damage(summary) > GRAD_TOL:
+    if _damaged(summary):
         return "hides-the-error", (
             f"no exception, but {summary.figures.get('damage', 'the state')} is off by "
             f"{_damage(summary):.3g}"
@@ -133,7 +137,7 @@ def judge_candidate(out: Outcome) -> tuple[bool, str]:
             f"it runs, but its gradients differ from the clean reference by up to "
             f"{out.max_grad_diff:.3g}"
         )
-    if _damage(out) > GRAD_TOL:
+    if _damaged(out):
         return False, (
             f"it runs, but {out.figures.get('damage', 'the state it keeps')} is off by "
             f"{_damage(out):.3g}"

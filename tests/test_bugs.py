@@ -1,0 +1,276 @@
+"""The bug catalog: each claim of the summary, reproduced and judged by measurement.
+
+The expected errors and verdicts below are what PyTorch 2.13 does (DESIGN.md's table). The
+catalog measures them on every run; these tests pin them, so a change in PyTorch's
+behaviour shows up here as a failure instead of as a stale lesson.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mahiax import bugs
+from mahiax.bugs import accumulate, harness, loops, stateful
+from mahiax.bugs.cli import describe
+from mahiax.bugs.profiling import meter_mb
+from mahiax.fabric import DynamicNeuroFabric, MetaController
+from mahiax.memory import GraphDiffusionMemory, TinyMemory
+from mahiax.telemetry import legacy_cuda_reading
+from mahiax.weighting import DynamicWeightAveraging
+
+INPLACE = "one of the variables needed for gradient computation has been modified by an inplace"
+TWICE = "Trying to backward through the graph a second time"
+
+IDS = [
+    "expert-index", "fabric-accumulate", "layer-router-accumulate", "graph-memory-update",
+    "controller-importance", "tiny-memory-write", "dwa-weights", "retain-graph",
+    "encode-multi-loss", "memory-zero-cpu", "persistent-inplace", "amp-clip-before-unscale",
+]
+
+# buggy variants that raise: (exception type, PyTorch's message starts with, step)
+RAISES = {
+    "expert-index": ("IndexError", "index out of range in self", 0),
+    "fabric-accumulate": ("RuntimeError", INPLACE, 0),
+    "layer-router-accumulate": ("RuntimeError", INPLACE, 0),
+    "graph-memory-update": ("RuntimeError", TWICE, 1),
+    "tiny-memory-write": ("RuntimeError", INPLACE, 1),
+    "dwa-weights": ("RuntimeError", TWICE, 1),
+    "retain-graph": ("RuntimeError", TWICE, 0),
+    "persistent-inplace": ("RuntimeError", INPLACE, 1),
+}
+
+# the summary's fixes, as measured on torch 2.13
+SUMMARY_VERDICTS = {
+    "expert-index": "wrong-diagnosis",
+    "fabric-accumulate": "holds",
+    "layer-router-accumulate": "holds",
+    "graph-memory-update": "worse",
+    "controller-importance": "no-effect",
+    "tiny-memory-write": "same-error",
+    "dwa-weights": "worse",
+    "retain-graph": "hides-the-error",
+    "encode-multi-loss": "holds",
+    "memory-zero-cpu": "no-effect",
+    "persistent-inplace": "wrong-diagnosis",
+    "amp-clip-before-unscale": "no-effect",
+}
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> dict[str, bugs.Verdict]:
+    """Every entry judged once (buggy, summary and fixed at each entry's default steps)."""
+    return {eid: bugs.verdict(eid) for eid in IDS}
+
+
+def test_catalog_lists_every_claim_of_the_summary_in_order():
+    """Learners find one entry per row of the design table, plus the AMP entry."""
+    assert [e.id for e in bugs.entries()] == IDS
+    for e in bugs.entries():
+        assert e.section and e.component and e.explanation and e.summary_fix and e.right_fix
+
+
+def test_unknown_entry_and_variant_get_clear_errors():
+    with pytest.raises(ValueError, match=r"unknown bug id 'nope'; allowed: expert-index, "):
+        bugs.get("nope")
+    with pytest.raises(ValueError, match=r"unknown variant 'best' .* buggy \| summary \| fixed"):
+        bugs.run("dwa-weights", "best")
+    with pytest.raises(ValueError, match=r"steps=0 must be a positive integer"):
+        bugs.run("dwa-weights", "buggy", steps=0)
+
+
+@pytest.mark.parametrize("eid", sorted(RAISES))
+def test_buggy_variant_raises_pytorchs_own_error(verdicts, eid):
+    """The buggy pattern reproduces the summary's error: its type, message and step."""
+    out = verdicts[eid].outcomes["buggy"]
+    etype, message, step = RAISES[eid]
+    assert (out.error_type, out.error_step) == (etype, step)
+    assert out.error_message.startswith(message)
+
+
+def test_silent_bugs_show_their_measured_damage(verdicts):
+    """Bugs that raise nothing still show what they break, in numbers."""
+    ctl = verdicts["controller-importance"].outcomes["buggy"]
+    assert ctl.passed and ctl.state_diff > 0.01  # importance per slot, not per layer
+    enc = verdicts["encode-multi-loss"].outcomes["buggy"]
+    assert enc.passed and enc.figures["forwards_per_step"] == 3
+    mem = verdicts["memory-zero-cpu"].outcomes["buggy"]
+    if not torch.cuda.is_available():
+        assert mem.figures["reported_mb"] == [0.0] * mem.steps_run
+        assert min(mem.figures["tensor_mb"]) > 0.1 and mem.state_diff == 1.0
+    amp = verdicts["amp-clip-before-unscale"].outcomes["buggy"]
+    assert amp.passed and amp.state_diff > 1e-3  # the applied gradient is far off
+
+
+@pytest.mark.parametrize("eid", IDS)
+def test_summary_verdict_is_the_measured_one(verdicts, eid):
+    """The verdict on the summary's fix, derived from fresh runs, is what torch 2.13 gives."""
+    v = verdicts[eid]
+    assert v.label == SUMMARY_VERDICTS[eid], v.reason
+    assert v.reason
+
+
+def test_wrong_diagnosis_of_bug_1_names_both_errors(verdicts):
+    d = verdicts["expert-index"].outcomes["summary"].figures["diagnosis"]
+    assert d["reported_error"] == "IndexError: index out of range in self"
+    assert d["error_the_fix_removes"].startswith(
+        "TypeError: only integer tensors of a single element can be converted to an index"
+    )
+
+
+def test_anomaly_mode_points_away_from_the_mutation(verdicts):
+    """Anomaly mode names the forward line that saved the tensor, not optimizer.step()."""
+    f = verdicts["persistent-inplace"].outcomes["summary"].figures
+    step_line = _line_of(harness._one_step, "ctx.optimizer.step()")
+    assert f["mutation_at"] == f"bugs/harness.py:{step_line}"
+    assert f["anomaly_points_to"] and f["anomaly_points_to"] != f["mutation_at"]
+    assert f["mutating_op"].startswith("aten.")
+
+
+def test_retain_graph_grows_every_step_then_fails_after_the_optimizer_step(verdicts):
+    """retain_graph=True: graph and memory grow each step, the in-place error returns once
+    optimizer.step() has changed a weight an old graph saved; the fixed loop stays flat."""
+    s = verdicts["retain-graph"].outcomes["summary"]
+    g, m = s.graph_nodes, s.tensor_bytes
+    assert len(g) == loops.ACCUMULATE and all(b > a for a, b in zip(g, g[1:], strict=False))
+    assert all(b > a for a, b in zip(m, m[1:], strict=False))
+    assert s.error_type == "RuntimeError" and s.error_message.startswith(INPLACE)
+    assert s.error_step == loops.ACCUMULATE  # the first backward after optimizer.step()
+    f = verdicts["retain-graph"].outcomes["fixed"]
+    assert f.passed and f.graph_growth() == 0 and not f.grows()
+
+
+@pytest.mark.parametrize("eid", IDS)
+def test_fixed_variant_runs_200_steps_under_anomaly_mode(eid):
+    """The right fix: 200 steps with anomaly detection on, gradients equal to the clean
+    reference in float64, autograd graph and memory flat."""
+    with torch.autograd.detect_anomaly(check_nan=False):
+        out = bugs.run(eid, "fixed", steps=200)
+    assert out.passed, f"{out.error_type}: {out.error_message}"
+    assert out.steps_run == 200
+    assert out.max_grad_diff is not None and out.max_grad_diff <= 1e-6
+    assert out.graph_growth() == 0
+    assert out.memory_growth() < 4096, out.tensor_bytes
+
+
+def _line_of(obj: object, text: str) -> int:
+    """Line number of the source line of ``obj`` that contains ``text``."""
+    lines, start = inspect.getsourcelines(obj)
+    hits = [start + i for i, ln in enumerate(lines) if text in ln]
+    assert len(hits) == 1, (text, hits)
+    return hits[0]
+
+
+LOCATED = [
+    ("fabric-accumulate", "buggy", accumulate._per_sample_inplace,
+     "output[batch_idx] += layer_weight * layer_output"),
+    ("layer-router-accumulate", "buggy", accumulate._per_sample_inplace,
+     "output[batch_idx] += layer_weight * layer_output"),
+    ("graph-memory-update", "summary", stateful.SummaryGraphMemory.forward,
+     "self.nodes.copy_(new_memory_nodes)"),
+    ("tiny-memory-write", "buggy", stateful.BuggyTinyMemory.forward,
+     "self.slots[ptr] = x.mean(dim=0).detach()"),
+    ("tiny-memory-write", "summary", stateful.SummaryTinyMemory.forward,
+     "self.slots[ptr].copy_("),
+    ("dwa-weights", "summary", stateful.SummaryDWA.combine, "self.w.copy_("),
+    ("retain-graph", "summary", loops.accumulating, "ctx.optimizer.step()"),
+    ("persistent-inplace", "buggy", harness._one_step, "ctx.optimizer.step()"),
+]
+
+
+@pytest.mark.parametrize(("eid", "variant", "where", "text"), LOCATED)
+def test_locator_names_the_line_that_mutated_the_saved_tensor(eid, variant, where, text):
+    """For every in-place error of the catalog, the locator names the mutating file:line."""
+    out, muts = bugs.locate(eid, variant)
+    assert out.error_type == "RuntimeError" and INPLACE in out.error_message
+    first = muts[0]
+    assert first.tripped_backward
+    assert Path(first.file) == Path(inspect.getsourcefile(where))
+    assert first.line == _line_of(where, text)
+
+
+def test_check_accepts_the_right_fixes():
+    for eid, candidate in [
+        ("tiny-memory-write", TinyMemory),
+        ("graph-memory-update", GraphDiffusionMemory),
+        ("dwa-weights", DynamicWeightAveraging),
+        ("fabric-accumulate", DynamicNeuroFabric),
+        ("controller-importance", MetaController),
+        ("retain-graph", harness.clean_loop),
+        ("amp-clip-before-unscale", loops.amp_loop(unscale_first=True)),
+        ("memory-zero-cpu", meter_mb),
+        ("expert-index", lambda tokens, vocab: tokens % vocab),
+    ]:
+        result = bugs.check(eid, candidate, steps=4)
+        assert result.holds, f"{eid}: {result.message}"
+        assert str(result).startswith(f"[PASS] {eid}: it holds")
+
+
+@pytest.mark.parametrize(("eid", "candidate", "says"), [
+    ("tiny-memory-write", stateful.BuggyTinyMemory, "raised RuntimeError at step 1: " + INPLACE),
+    ("tiny-memory-write", stateful.SummaryTinyMemory, "raised RuntimeError at step 1"),
+    ("graph-memory-update", stateful.SummaryGraphMemory, "raised RuntimeError at step 0"),
+    ("graph-memory-update", stateful.BuggyGraphMemory, "raised RuntimeError at step 1: " + TWICE),
+    ("dwa-weights", stateful.BuggyDWA, "raised RuntimeError at step 1"),
+    ("dwa-weights", stateful.SummaryDWA, "raised RuntimeError at step 0"),
+    ("fabric-accumulate", accumulate.BuggyFabric, "raised RuntimeError at step 0"),
+    ("controller-importance", stateful.SummaryController, "layer importance vs the per-layer"),
+    ("retain-graph", loops.backward_per_loss(retain=False), "raised RuntimeError at step 0"),
+    ("retain-graph", loops.accumulating(loops.backward_per_loss(True), 2),
+     "gradients differ from the clean reference"),
+    ("amp-clip-before-unscale", loops.amp_loop(unscale_first=False),
+     "gradients differ from the clean reference"),
+    ("memory-zero-cpu", legacy_cuda_reading, "reported MB"),
+    ("expert-index", lambda tokens, vocab: tokens, "raised IndexError at step 0"),
+])
+def test_check_rejects_the_bug_and_the_wrong_fixes(eid, candidate, says):
+    if eid == "memory-zero-cpu" and torch.cuda.is_available():
+        pytest.skip("on a GPU the CUDA reading is the real figure")
+    result = bugs.check(eid, candidate, steps=4)
+    assert not result.holds
+    assert says in result.message
+    assert str(result).startswith(f"[NOT YET] {eid}: ")
+
+
+def test_check_says_what_kind_of_candidate_it_needs():
+    with pytest.raises(TypeError, match=r"must be a subclass of TinyMemory"):
+        bugs.check("tiny-memory-write", GraphDiffusionMemory)
+    with pytest.raises(TypeError, match=r"is a loop function"):
+        bugs.check("retain-graph", 42)
+
+
+def test_cli_lists_runs_and_judges(capsys):
+    from mahiax.cli import main
+
+    assert main(["bugs", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(eid in listed for eid in IDS)
+    assert main(["bugs", "list", "--json"]) == 0
+    assert [e["id"] for e in json.loads(capsys.readouterr().out)] == IDS
+
+    assert main(["bugs", "run", "tiny-memory-write", "--variant", "buggy"]) == 0
+    text = capsys.readouterr().out
+    assert "RuntimeError at step 1" in text and INPLACE in text
+
+    assert main(["bugs", "verdict", "dwa-weights", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"] == "worse" and data["outcomes"]["buggy"]["error_step"] == 1
+
+    assert main(["bugs", "verdict", "tiny-memory-write"]) == 0
+    text = capsys.readouterr().out
+    assert "tiny-memory-write: the summary's fix -> same-error" in text
+    assert "why: it raises the bug's own error again" in text
+
+    assert main(["bugs", "run", "nope", "--variant", "buggy"]) == 2
+    assert "mahiax: error: unknown bug id 'nope'" in capsys.readouterr().err
+
+
+def test_describe_shows_the_exact_pytorch_message():
+    out = bugs.run("dwa-weights", "buggy")
+    text = describe(out)
+    assert text.startswith("RuntimeError at step 1 (1 of 6 steps ran):")
+    assert out.error_message.splitlines()[0] in text

@@ -20,7 +20,7 @@ lint: setup
 	$(PY) -m ruff check mahiax tests
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist load
 
 dashboard: setup
 	@echo "The live dashboard (streamlit run dashboard) comes with issue 5; it is not built yet."

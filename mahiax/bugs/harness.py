@@ -73,24 +73,37 @@ def clean_loop(ctx: StepContext) -> None:
     total.backward()
 
 
-def reference_grads(
-    config: MahiaConfig, state: dict[str, torch.Tensor], batch: Batch, weights: torch.Tensor,
-    clip: float | None = None,
-) -> dict[str, torch.Tensor]:
-    """Gradients of the clean model with ``state`` loaded, on ``batch``, with fixed weights
-    (clipped to a global norm of ``clip`` when given, as a correct AMP step would be)."""
-    with torch.random.fork_rng():
-        ref = HybridEfficientModel(config).double()
-    ref.load_state_dict(state)
-    ref.train()
-    enc = ref.encode(batch)
-    losses = ref.task_losses(ref.heads_forward(enc.features), batch.targets)
-    total = (weights.to(losses) * losses).sum() + config.aux_loss_coef * enc.aux_loss
-    total = total + config.z_loss_coef * enc.z_loss
-    total.backward()
-    if clip is not None:
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)
-    return {n: p.grad.detach().clone() for n, p in ref.named_parameters() if p.grad is not None}
+class Reference:
+    """The clean package model, loaded with a variant's weights and state, one step at a time.
+
+    Built once per run and reloaded every step (building a model per step would cost more
+    than the step). It runs with anomaly mode off: it is the yardstick, not the suspect.
+    """
+
+    def __init__(self, config: MahiaConfig):
+        self.config = config
+        with torch.random.fork_rng():
+            self.model = HybridEfficientModel(config).double()
+
+    def grads(
+        self, state: dict[str, torch.Tensor], batch: Batch, weights: torch.Tensor,
+        clip: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Gradients on ``batch`` with ``state`` loaded and fixed loss ``weights`` (clipped to
+        a global norm of ``clip`` when given, as a correct AMP step would be)."""
+        ref, c = self.model, self.config
+        ref.load_state_dict(state)
+        ref.zero_grad(set_to_none=True)
+        ref.train()
+        with torch.autograd.set_detect_anomaly(False):
+            enc = ref.encode(batch)
+            losses = ref.task_losses(ref.heads_forward(enc.features), batch.targets)
+            total = (weights.to(losses) * losses).sum() + c.aux_loss_coef * enc.aux_loss
+            total = total + c.z_loss_coef * enc.z_loss
+            total.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)
+        return {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
 
 
 def max_grad_diff(model: torch.nn.Module, ref: dict[str, torch.Tensor]) -> float:
@@ -193,6 +206,7 @@ def train_variant(
         )
         data = SyntheticMultiTask(data_config or config)
         worst = 0.0 if reference else None
+        ref = Reference(config) if reference else None
         context = context or _AMBIENT.get()
         around = context(model) if context is not None else contextlib.nullcontext()
         with around:
@@ -202,7 +216,7 @@ def train_variant(
                 batch = Batch(raw.tokens, raw.tabular.double(), raw.targets)
                 ctx = StepContext(model, weighting, optimizer, batch, step, config)
                 try:
-                    diff = _one_step(ctx, loop, reference, reference_clip)
+                    diff = _one_step(ctx, loop, ref, reference_clip)
                 except Exception as e:  # the point: record PyTorch's own error and step
                     out.error_type, out.error_message, out.error_step = (
                         type(e).__name__, str(e), step,
@@ -223,7 +237,7 @@ def train_variant(
 
 
 def _one_step(
-    ctx: StepContext, loop: LoopFn, reference: bool, reference_clip: float | None
+    ctx: StepContext, loop: LoopFn, reference: Reference | None, reference_clip: float | None
 ) -> float | None:
     """One step: the variant's loop, the reference gradients, the optimiser step, commit.
 
@@ -235,8 +249,8 @@ def _one_step(
     loop(ctx)
     ctx.figures["graph_nodes"] = graph_size(ctx.total)
     diff = None
-    if reference and ctx.weights is not None:
-        ref = reference_grads(ctx.config, start_state, ctx.batch, ctx.weights, reference_clip)
+    if reference is not None and ctx.weights is not None:
+        ref = reference.grads(start_state, ctx.batch, ctx.weights, reference_clip)
         diff = max_grad_diff(model, ref)
     if not ctx.did_step:
         ctx.optimizer.step()

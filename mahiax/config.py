@@ -22,6 +22,7 @@ before any tensor is made.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,15 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(MahiaConfig)]
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A finite real number (bools, NaN and inf are not)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ValueError(f"config field '{name}' = {value!r} is invalid; allowed: {allowed}")
@@ -116,18 +126,12 @@ def validate_config(c: MahiaConfig) -> None:
     ).split()
     for name in positive:
         v = getattr(c, name)
-        _require(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0,
-            name, v, "a positive integer",
-        )
+        _require(_is_int(v) and v > 0, name, v, "a positive integer")
     _require(
-        isinstance(c.warmup_steps, int) and c.warmup_steps >= 0,
+        _is_int(c.warmup_steps) and c.warmup_steps >= 0,
         "warmup_steps", c.warmup_steps, "an integer >= 0",
     )
-    _require(
-        isinstance(c.seed, int) and not isinstance(c.seed, bool) and c.seed >= 0,
-        "seed", c.seed, "an integer >= 0",
-    )
+    _require(_is_int(c.seed) and c.seed >= 0, "seed", c.seed, "an integer >= 0")
     _require(
         c.top_k <= c.num_experts,
         "top_k", c.top_k, f"1 .. num_experts ({c.num_experts})",
@@ -142,18 +146,18 @@ def validate_config(c: MahiaConfig) -> None:
     ):
         v = getattr(c, name)
         _require(
-            isinstance(v, int | float) and lo <= v <= hi, name, v, f"a number in [{lo}, {hi}]"
+            _is_number(v) and lo <= v <= hi, name, v, f"a number in [{lo}, {hi}]"
         )
     _require(
-        isinstance(c.dropout, int | float) and 0.0 <= c.dropout < 1.0,
+        _is_number(c.dropout) and 0.0 <= c.dropout < 1.0,
         "dropout", c.dropout, "a number in [0, 1)",
     )
     for name in ("dwa_temperature", "lr"):
         v = getattr(c, name)
-        _require(isinstance(v, int | float) and v > 0, name, v, "a number > 0")
+        _require(_is_number(v) and v > 0, name, v, "a finite number > 0")
     for name in ("weight_decay", "aux_loss_coef", "z_loss_coef", "grad_clip"):
         v = getattr(c, name)
-        _require(isinstance(v, int | float) and v >= 0, name, v, "a number >= 0")
+        _require(_is_number(v) and v >= 0, name, v, "a finite number >= 0")
     _require(c.precision in PRECISIONS, "precision", c.precision, " | ".join(PRECISIONS))
     _require(c.weighting in WEIGHTINGS, "weighting", c.weighting, " | ".join(WEIGHTINGS))
     _require(c.device in DEVICES, "device", c.device, " | ".join(DEVICES))

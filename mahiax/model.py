@@ -6,7 +6,7 @@ Shape legend: B samples, T tokens per sample, F ``tab_dim``, D ``d_model``.
 those features into every task's output. Training computes all task losses from one
 ``encode()`` and calls ``backward()`` once on their weighted sum: the same gradients as one
 backward per loss, with one forward instead of K (the summary's "long-term solution", which
-makes its ``retain_graph=True`` band-aid unnecessary).
+makes its retain_graph band-aid unnecessary).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class StepRecord:
     z_loss: float
     grad_norm: float  # true (unscaled) global norm before clipping
     lr: float
-    scale: float  # AMP loss scale (1.0 without a scaler)
+    scale: float  # AMP loss scale after this step's update (1.0 without a scaler)
     skipped: bool  # optimiser step skipped by the scaler
     step_time: float  # seconds
     samples_per_s: float

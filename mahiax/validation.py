@@ -37,7 +37,7 @@ def check_tokens(tokens: object, config: MahiaConfig) -> None:
     if tokens.shape[1] > config.seq_len:
         raise ValueError(
             f"tokens have {tokens.shape[1]} positions but the model was built for at most "
-            f"seq_len={config.seq_len}"
+            f"seq_len={config.seq_len} (got shape {tuple(tokens.shape)})"
         )
     lo, hi = int(tokens.min()), int(tokens.max())  # host sync: once per batch
     if lo < 0 or hi >= config.vocab_size:

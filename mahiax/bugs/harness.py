@@ -205,7 +205,7 @@ def train_variant(
             list(model.parameters()) + list(weighting.parameters()), lr=config.lr
         )
         data = SyntheticMultiTask(data_config or config)
-        worst = 0.0 if reference else None
+        worst: float | None = None  # stays None until a step's gradients were compared
         ref = Reference(config) if reference else None
         context = context or _AMBIENT.get()
         around = context(model) if context is not None else contextlib.nullcontext()

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint dashboard clean
+.PHONY: setup test lint dashboard bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(PY) -m ruff check mahiax tests
+	$(PY) -m ruff check mahiax tests benchmarks
 
 test: lint
 	$(PY) -m pytest -n 2 --dist load
@@ -25,6 +25,9 @@ test: lint
 dashboard: setup
 	@echo "The live dashboard (streamlit run dashboard) comes with issue 5; it is not built yet."
 	@echo "Meanwhile, train and watch in the terminal:  $(PY) -m mahiax train --steps 300"
+
+bench: setup
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -36,9 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=("cpu", "cuda", "auto"))
     t.add_argument("--json", action="store_true", help="print one JSON record per step")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rec = t.add_argument_group("recording into the run store")
+    rec.add_argument("--run", metavar="NAME", help="record the run live under this name")
+    rec.add_argument("--store", metavar="PATH",
+                     help="store file or folder (default: $MAHIAX_STORE, else runs/)")
+    rec.add_argument("--resume", action="store_true",
+                     help="continue run NAME from its last checkpoint")
+    rec.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="N")
+    rec.add_argument("--snapshot-every", type=_positive_int, default=25, metavar="N",
+                     help="memory-node snapshots every N steps (25)")
+    rec.add_argument("--memory-every", type=_positive_int, default=250, metavar="N",
+                     help="full memory-meter reading every N steps (250)")
+    rec.add_argument("--bug", metavar="ID", help="train a catalog bug's variant instead")
+    rec.add_argument("--variant", choices=("buggy", "summary", "fixed"),
+                     help="with --bug: which variant")
     from mahiax.bugs.cli import add_parser as add_bugs
 
     add_bugs(sub)
+    r = sub.add_parser("runs", help="runs in the store: list, show, export")
+    rsub = r.add_subparsers(dest="runs_command", required=True, metavar="SUBCOMMAND")
+    for name, helptext in (("list", "every run with its status"),
+                           ("show", "one run: config, status, last metrics"),
+                           ("export", "a run's per-step scalars as CSV or Parquet")):
+        q = rsub.add_parser(name, help=helptext)
+        if name != "list":
+            q.add_argument("name")
+        q.add_argument("--store", metavar="PATH")
+        q.add_argument("--json", action="store_true")
+        if name == "export":
+            q.add_argument("--format", choices=("csv", "parquet"), default="csv")
+            q.add_argument("--out", metavar="FILE", help="default: NAME.csv / NAME.parquet")
     return p
 
 
@@ -59,8 +86,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from mahiax.train import Trainer
 
+    if (args.bug is None) != (args.variant is None):
+        raise ValueError("--bug and --variant go together: --bug ID --variant buggy|summary|fixed")
+    if args.resume and not args.run:
+        raise ValueError("--resume needs --run NAME (the run to continue)")
+    if args.bug is not None:
+        if not args.run:
+            raise ValueError("--bug needs --run NAME: a catalog run is recorded into the store")
+        return cmd_train_bug(args)
     config = _config_from(args)
-    trainer = Trainer(config)
+    if args.run:
+        from mahiax.store import validate_run_name
+
+        validate_run_name(args.run)  # before any work: a bad name costs nothing
+        trainer = None
+    else:
+        trainer = Trainer(config)
     show = not (args.no_progress or args.json)
     bar = tqdm(total=args.steps, desc="train", unit="step", disable=not show, file=sys.stderr)
     first: dict[str, float] = {}
@@ -76,7 +117,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.set_postfix(loss=f"{rec.loss:.3f}", gnorm=f"{rec.grad_norm:.2f}", refresh=False)
         bar.update(1)
 
-    trainer.fit(args.steps, on_step)
+    if args.run:
+        from mahiax.recording import record_training
+        from mahiax.telemetry.probes import Cadence
+
+        trainer = record_training(
+            config, args.run, args.steps, store=args.store, resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            cadence=Cadence(args.snapshot_every, args.memory_every), on_step=on_step,
+        )
+    else:
+        trainer.fit(args.steps, on_step)
     bar.close()
     metrics = trainer.evaluate()
     if args.json:
@@ -96,16 +147,78 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_bug(args: argparse.Namespace) -> int:
+    """Train a catalog variant, recording its failure, leak or damage live."""
+    from mahiax.recording import record_bug
+
+    out = record_bug(args.bug, args.variant, args.run, args.steps, store=args.store)
+    if out.passed:
+        print(f"{args.bug} / {args.variant}: {out.steps_run} steps ran; recorded as "
+              f"run '{args.run}'.")
+        return 0
+    print(f"{args.bug} / {args.variant}: {out.error_type} at step {out.error_step}: "
+          f"{out.error_message}\nrecorded as failed run '{args.run}'.")
+    return 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from mahiax.store import RunReader
+
+    reader = RunReader(args.store)
+    if args.runs_command == "list":
+        df = reader.runs()
+        if args.json:
+            print(df.to_json(orient="records", date_format="iso"))
+        elif df.empty:
+            print("no runs yet: start one with  python -m mahiax train --run NAME")
+        else:
+            cols = ["name", "status", "last_step", "error_type", "updated"]
+            print(df[cols].to_string(index=False))
+        return 0
+    if args.runs_command == "show":
+        info = reader.run(args.name)
+        scal = reader.scalars(args.name)
+        last = scal.iloc[-1].dropna().to_dict() if not scal.empty else {}
+        if args.json:
+            print(json.dumps({"run": info, "last": last}, default=str, indent=2))
+            return 0
+        for k, v in info.items():
+            if k != "config":
+                print(f"{k:>14}: {v}")
+        print(f"{'config':>14}: {json.dumps(info['config'])}")
+        if last:
+            print(f"last step {int(scal.index[-1])}:")
+            for k, v in last.items():
+                print(f"  {k:<28} {v:.6g}")
+        return 0
+    out = args.out or f"{args.name}.{args.format}"
+    reader.export(args.name, out, args.format)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "runs":
+            return cmd_runs(args)
         if args.command == "bugs":
             from mahiax.bugs.cli import run_command
 
             return run_command(args)
-    except ValueError as e:  # config and input errors: one clear line, no traceback
+    except ValueError as e:  # config, input and store errors: one clear line, no traceback
         print(f"mahiax: error: {e}", file=sys.stderr)
         return 2
+    except FileNotFoundError as e:
+        print(f"mahiax: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from mahiax.recording import TrainingFailed
+
+        if not isinstance(e, TrainingFailed):
+            raise
+        print(f"mahiax: {e}", file=sys.stderr)
+        return 1
     return 1

@@ -136,6 +136,24 @@ def isolated(anomaly: bool = False) -> Iterator[None]:
 
 # a context factory that every train_variant run inside `watching_mutations()` is wrapped in
 _AMBIENT: ContextVar[Callable | None] = ContextVar("mahiax_bugs_ambient", default=None)
+# a callback that sees every step of every run started inside `observing(...)`
+_OBSERVER: ContextVar[Callable[[dict], None] | None] = ContextVar(
+    "mahiax_bugs_observer", default=None
+)
+
+
+@contextlib.contextmanager
+def observing(callback: Callable[[dict], None]) -> Iterator[None]:
+    """Call ``callback(row)`` after every step of catalog runs started inside.
+
+    ``row`` has ``step``, ``variant``, ``graph_nodes``, ``loss`` and ``loss/<task>``, and
+    ``tensor_bytes`` / ``grad_diff`` when measured: what ``mahiax train --bug`` records live.
+    """
+    token = _OBSERVER.set(callback)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
 
 
 @contextlib.contextmanager
@@ -228,12 +246,29 @@ def train_variant(
                 out.steps_run += 1
                 if on_step is not None:
                     on_step(ctx, out)
+                row = _row(ctx, out, diff)
                 del ctx
                 if meter is not None and (step % memory_every == 0 or step == steps - 1):
                     out.tensor_bytes.append(meter.read().tensor_bytes or 0)  # a gc scan
+                    row["tensor_bytes"] = out.tensor_bytes[-1]
+                observer = _OBSERVER.get()
+                if observer is not None:
+                    observer(row)
         out.max_grad_diff = worst
         out.final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return out
+
+
+def _row(ctx: StepContext, out: Outcome, diff: float | None) -> dict:
+    """What an observer sees of one finished step."""
+    row: dict = {"step": ctx.step, "variant": out.variant, "graph_nodes": out.graph_nodes[-1]}
+    if ctx.losses is not None:
+        losses = ctx.losses.detach().tolist()
+        row.update({f"loss/{t}": v for t, v in zip(ctx.config.tasks, losses, strict=True)})
+        row["loss"] = float(sum(losses))
+    if diff is not None:
+        row["grad_diff"] = diff
+    return row
 
 
 def _one_step(

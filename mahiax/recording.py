@@ -1,0 +1,130 @@
+"""Training runs recorded live into the run store (what ``mahiax train --run`` does).
+
+One process writes a run: it trains, the probes read each step, the store's writer batches the
+rows, and a checkpoint is written atomically every ``checkpoint_every`` steps so that
+``--resume`` continues exactly where the last checkpoint left off. A run that raises is
+marked failed with its error and step; a killed one is shown as interrupted by readers once
+its heartbeat goes stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mahiax.checkpoint import load_checkpoint, restore, save_checkpoint
+from mahiax.config import MahiaConfig
+from mahiax.store import RunReader, RunWriter, resolve_store_path
+from mahiax.telemetry.probes import Cadence, TrainingProbe
+from mahiax.train import StepRecord, Trainer
+
+
+def checkpoint_path(store: str | Path | None, name: str) -> Path:
+    """Where run ``name``'s checkpoint lives: ``<store dir>/checkpoints/<name>.pt``."""
+    return resolve_store_path(store).parent / "checkpoints" / f"{name}.pt"
+
+
+class TrainingFailed(RuntimeError):
+    """Training raised; the run is stored as failed with the original error and step."""
+
+    def __init__(self, step: int, error: BaseException):
+        super().__init__(f"training failed at step {step}: {type(error).__name__}: {error}")
+        self.step, self.error = step, error
+
+
+def record_training(
+    config: MahiaConfig,
+    name: str,
+    steps: int,
+    *,
+    store: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 100,
+    cadence: Cadence | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> Trainer:
+    """Train ``steps`` steps in total (counting resumed ones), writing every step to the store.
+
+    With ``resume=True`` the run's checkpoint and stored config are used (``config`` is then
+    ignored) and training continues from the checkpoint's step.
+    """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={checkpoint_every} must be a positive integer")
+    ckpt = checkpoint_path(store, name)
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt) if ckpt.exists() else None
+        config = MahiaConfig.from_dict(RunReader(store).config(name))
+    trainer = Trainer(config)
+    if state is not None:
+        restore(trainer, state)
+    writer = RunWriter(
+        name, config.to_dict(), path=store, resume=resume, device=str(trainer.device)
+    )
+    if resume:
+        writer.rewind(trainer.step_num)  # rows past the checkpoint are recomputed, not kept
+    probe = TrainingProbe(writer, cadence)
+    step = trainer.step_num
+    try:
+        while trainer.step_num < steps:
+            step = trainer.step_num
+            record = trainer.step()
+            probe.observe(trainer, record)
+            writer.heartbeat()
+            if on_step is not None:
+                on_step(record)
+            if trainer.step_num % checkpoint_every == 0:
+                writer.flush()  # the store never lags behind the checkpoint
+                save_checkpoint(trainer, ckpt)
+        if trainer.step_num > 0 and (trainer.step_num - 1) % probe.cadence.snapshot_every:
+            probe.snapshot(trainer, trainer.step_num - 1)  # the final state, for the dashboard
+        save_checkpoint(trainer, ckpt)
+    except KeyboardInterrupt:
+        writer.finish("interrupted")
+        raise
+    except Exception as e:
+        writer.finish("failed", error=e, error_step=step)
+        raise TrainingFailed(step, e) from e
+    else:
+        writer.finish("finished")
+    finally:
+        writer.close()
+    return trainer
+
+
+def record_bug(
+    entry_id: str, variant: str, name: str, steps: int, *, store: str | Path | None = None
+):
+    """Train a catalog variant and record each step live: losses, graph size, memory,
+    gradient error; a failure is stored with PyTorch's own error type, message and step."""
+    import builtins
+
+    from mahiax.bugs import get
+    from mahiax.bugs.harness import harness_config, observing
+
+    entry = get(entry_id)  # an unknown id fails here, before the store is touched
+    writer = RunWriter(name, harness_config().to_dict(), path=store)
+
+    def log(row: dict) -> None:
+        if row["variant"] != variant:
+            return  # a probe run the entry makes to judge the variant, not the variant itself
+        step = row["step"]
+        writer.log({k: v for k, v in row.items() if k not in ("step", "variant")}, step)
+        writer.heartbeat()
+
+    try:
+        with observing(log):
+            out = entry.run(variant, steps)
+    except BaseException as e:
+        writer.finish("failed", error=e, error_step=None)
+        writer.close()
+        raise
+    if out.passed:
+        writer.finish("finished")
+    else:
+        exc_type = getattr(builtins, out.error_type or "", None)
+        if not (isinstance(exc_type, type) and issubclass(exc_type, Exception)):
+            exc_type = RuntimeError
+        writer.finish("failed", error=exc_type(out.error_message), error_step=out.error_step)
+    writer.close()
+    return out

@@ -1,0 +1,214 @@
+"""Probes, recorded runs, checkpoints and resume, and the `train --run` / `runs` commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mahiax.checkpoint import load_checkpoint, save_checkpoint
+from mahiax.cli import main
+from mahiax.config import tiny
+from mahiax.recording import checkpoint_path, record_bug, record_training
+from mahiax.store import RunReader, RunWriter
+from mahiax.telemetry.probes import Cadence, TrainingProbe
+from mahiax.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_probes_do_not_change_what_the_model_computes(tmp_path):
+    """Training with every probe writing gives bit-identical losses to training without."""
+    c = tiny().replace(max_steps=30)
+    plain = [r.loss for r in Trainer(c).fit(30)]
+    trainer = Trainer(c)
+    writer = RunWriter("probed", c.to_dict(), path=tmp_path / "s.sqlite")
+    probe = TrainingProbe(writer, Cadence(snapshot_every=1, memory_every=1))
+    probed = []
+    for _ in range(30):
+        rec = trainer.step()
+        probe.observe(trainer, rec)
+        probed.append(rec.loss)
+    writer.finish("finished")
+    writer.close()
+    assert probed == plain
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A 30-step tiny run recorded into a fresh store."""
+    store = tmp_path_factory.mktemp("store") / "runs.sqlite"
+    c = tiny().replace(max_steps=30)
+    record_training(c, "tiny-30", 30, store=store, checkpoint_every=10,
+                    cadence=Cadence(snapshot_every=10, memory_every=10))
+    return store, c
+
+
+def test_recorded_run_has_every_documented_series(recorded):
+    store, c = recorded
+    reader = RunReader(store)
+    runs = reader.runs()
+    row = runs[runs["name"] == "tiny-30"].iloc[0]
+    assert row["status"] == "finished" and row["last_step"] == 29
+    scal = reader.scalars("tiny-30")
+    assert list(scal.index) == list(range(30))
+    expected = {"loss", "moe/aux_loss", "moe/z_loss", "moe/cv", "moe/entropy",
+                "moe/max_over_mean", "moe/dead", "moe/dropped", "optim/grad_norm",
+                "optim/lr", "amp/scale", "amp/skipped", "amp/skipped_total", "time/step_s",
+                "time/samples_per_s", "mem/rss", "mem/tensor_bytes", "mem/peak"}
+    expected |= {f"{p}/{t}" for t in c.tasks for p in ("loss", "weight", "dwa/ratio")}
+    assert expected <= set(scal.columns)
+    assert scal["mem/tensor_bytes"].dropna().index.tolist() == [0, 10, 20]
+    tpe = reader.vectors("tiny-30", "moe/tokens_per_expert")
+    assert tpe.shape == (30, c.num_experts)
+    assert (tpe.sum(axis=1) == c.batch_size * c.seq_len * c.top_k).all()
+    assert reader.vectors("tiny-30", "fabric/importance").shape == (30, c.fabric_layers)
+    assert reader.snapshot_steps("tiny-30", "memory/nodes") == [0, 10, 20, 29]  # + final
+    nodes = reader.snapshot("tiny-30", "memory/nodes", 20)
+    assert nodes.shape == (c.memory_nodes, c.d_model)
+    adj = reader.snapshot("tiny-30", "memory/adjacency", 0)
+    assert adj.shape == (c.memory_nodes, c.memory_nodes)
+    assert abs(float(adj.sum(axis=1).mean()) - 1.0) < 1e-5  # row-stochastic
+
+
+def test_resumed_run_reproduces_the_uninterrupted_losses_exactly(tmp_path):
+    c = tiny().replace(max_steps=40)
+    store = tmp_path / "r.sqlite"
+    full = [r.loss for r in Trainer(c).fit(40)]
+    record_training(c, "split", 20, store=store, checkpoint_every=10)
+    record_training(c, "split", 40, store=store, resume=True, checkpoint_every=10)
+    scal = RunReader(store).scalars("split", ["loss"])
+    assert list(scal.index) == list(range(40))
+    assert scal["loss"].tolist() == full
+
+
+def test_killed_training_resumes_to_the_same_losses(tmp_path):
+    """SIGKILL mid-run, then --resume: the store opens, shows the run interrupted, and the
+    finished run's losses equal an uninterrupted run's, step for step."""
+    store = tmp_path / "k.sqlite"
+    cmd = [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps", "120",
+           "--run", "killed", "--store", str(store), "--checkpoint-every", "10",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = checkpoint_path(store, "killed")
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    runs = RunReader(store).runs()
+    assert runs.set_index("name").loc["killed", "status"] == "interrupted"
+    assert main(["train", "--preset", "tiny", "--steps", "120", "--run", "killed",
+                 "--store", str(store), "--resume", "--no-progress"]) == 0
+    c = tiny().replace(max_steps=120)
+    full = [r.loss for r in Trainer(c).fit(120)]
+    scal = RunReader(store).scalars("killed", ["loss"])
+    assert list(scal.index) == list(range(120))
+    assert scal["loss"].tolist() == full
+    assert RunReader(store).runs().set_index("name").loc["killed", "status"] == "finished"
+
+
+def test_checkpoint_is_written_atomically_and_checked_on_load(tmp_path):
+    trainer = Trainer(tiny())
+    trainer.fit(2)
+    path = save_checkpoint(trainer, tmp_path / "c.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+    state = load_checkpoint(path)
+    assert state["step"] == 2
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk.pt is not a readable MAHIA-X checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_bug_run_records_its_failure_and_growth_live(tmp_path):
+    store = tmp_path / "b.sqlite"
+    out = record_bug("retain-graph", "summary", "rg", 8, store=store)
+    assert out.error_step == 4
+    reader = RunReader(store)
+    info = reader.run("rg")
+    assert info["status"] == "failed" and info["error_type"] == "RuntimeError"
+    assert info["error_step"] == 4
+    assert "modified by an inplace operation" in info["error_message"]
+    nodes = reader.scalars("rg", ["graph_nodes"])["graph_nodes"].tolist()
+    assert len(nodes) == 4 and all(b > a for a, b in zip(nodes, nodes[1:], strict=False))
+
+
+def test_cli_records_lists_shows_and_exports(tmp_path, capsys):
+    store = str(tmp_path / "c.sqlite")
+    assert main(["train", "--preset", "tiny", "--steps", "5", "--run", "cli-run",
+                 "--store", store, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["runs", "list", "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "cli-run" in out and "finished" in out
+    assert main(["runs", "show", "cli-run", "--store", store]) == 0
+    assert "last step 4:" in capsys.readouterr().out
+    for fmt in ("csv", "parquet"):
+        dest = tmp_path / f"e.{fmt}"
+        assert main(["runs", "export", "cli-run", "--store", store, "--format", fmt,
+                     "--out", str(dest)]) == 0
+        df = pd.read_csv(dest) if fmt == "csv" else pd.read_parquet(dest)
+        assert len(df) == 5 and "loss" in df.columns
+
+
+def test_cli_bug_run_exits_1_with_the_error(tmp_path, capsys):
+    store = str(tmp_path / "c.sqlite")
+    code = main(["train", "--bug", "tiny-memory-write", "--variant", "buggy", "--run", "tm",
+                 "--steps", "4", "--store", store])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "tiny-memory-write / buggy: RuntimeError at step 1" in out
+    assert RunReader(store).run("tm")["status"] == "failed"
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["train", "--run", "a/b", "--steps", "2"], "run name"),
+    (["train", "--bug", "tiny-memory-write", "--steps", "2"], "--bug and --variant go together"),
+    (["train", "--resume", "--steps", "2"], "--resume needs --run NAME"),
+    (["runs", "show", "nope"], "nope"),
+])
+def test_cli_bad_requests_get_one_clear_line(tmp_path, capsys, argv, says):
+    argv = argv + ["--store", str(tmp_path / "x.sqlite")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mahiax: error: ") and says in err
+    assert "Traceback" not in err
+
+
+def test_probe_cadence_is_validated():
+    with pytest.raises(ValueError, match=r"snapshot_every=0 must be a positive integer"):
+        Cadence(snapshot_every=0)
+
+
+def test_probe_snapshot_tensors_are_copies():
+    """A probe's snapshot is a copy: later steps do not change what was logged."""
+
+    class Keep:
+        def __init__(self):
+            self.tensors = {}
+
+        def log(self, metrics, step):
+            pass
+
+        def log_vector(self, key, values, step):
+            pass
+
+        def log_tensor(self, key, tensor, step):
+            self.tensors[(key, step)] = tensor
+
+    trainer, keep = Trainer(tiny()), Keep()
+    probe = TrainingProbe(keep, Cadence(snapshot_every=1))
+    probe.observe(trainer, trainer.step())
+    first = keep.tensors[("memory/nodes", 0)].clone()
+    trainer.step()
+    assert torch.equal(keep.tensors[("memory/nodes", 0)], first)

@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         trainer = Trainer(config)
     show = not (args.no_progress or args.json)
-    bar = tqdm(total=args.steps, desc="train", unit="step", disable=not show, file=sys.stderr)
+    bars: list = []  # made at the first step: an early error prints no empty bar
     first: dict[str, float] = {}
     window: list[dict[str, float]] = []
 
@@ -114,8 +114,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         del window[:-20]
         if args.json:
             print(json.dumps(rec.to_dict()), flush=True)
-        bar.set_postfix(loss=f"{rec.loss:.3f}", gnorm=f"{rec.grad_norm:.2f}", refresh=False)
-        bar.update(1)
+        if not bars:
+            bars.append(tqdm(total=args.steps, initial=rec.step, desc="train", unit="step",
+                             disable=not show, file=sys.stderr))
+        bars[0].set_postfix(loss=f"{rec.loss:.3f}", gnorm=f"{rec.grad_norm:.2f}", refresh=False)
+        bars[0].update(1)
 
     if args.run:
         from mahiax.recording import record_training
@@ -128,7 +131,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         trainer.fit(args.steps, on_step)
-    bar.close()
+    if bars:
+        bars[0].close()
     metrics = trainer.evaluate()
     if args.json:
         print(json.dumps({"summary": metrics}))

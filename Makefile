@@ -17,14 +17,14 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(PY) -m ruff check mahiax tests benchmarks
+	$(PY) -m ruff check mahiax tests benchmarks dashboard
 
 test: lint
 	$(PY) -m pytest -n 2 --dist load
 
+# Opens on localhost (.streamlit/config.toml); with an empty store it starts a demo run.
 dashboard: setup
-	@echo "The live dashboard (streamlit run dashboard) comes with issue 5; it is not built yet."
-	@echo "Meanwhile, train and watch in the terminal:  $(PY) -m mahiax train --steps 300"
+	$(VENV)/bin/streamlit run dashboard
 
 bench: setup
 	$(PY) -m benchmarks.run_all

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from mahiax.config import PRECISIONS, PRESETS, WEIGHTINGS, MahiaConfig, preset
 
@@ -201,8 +204,31 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt(active: bool) -> Iterator[None]:
+    """While training a recorded run, SIGTERM (the dashboard's stop button) ends it like
+    Ctrl-C, so the store records it as interrupted; the old handler is put back after."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _sigterm_as_interrupt(args.command == "train" and bool(args.run)):
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
@@ -225,4 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mahiax: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("mahiax: stopped; a recorded run is stored as interrupted", file=sys.stderr)
+        return 130
     return 1

@@ -115,7 +115,11 @@ def record_bug(
     try:
         with observing(log):
             out = entry.run(variant, steps)
-    except BaseException as e:
+    except KeyboardInterrupt:
+        writer.finish("interrupted")
+        writer.close()
+        raise
+    except Exception as e:
         writer.finish("failed", error=e, error_step=None)
         writer.close()
         raise

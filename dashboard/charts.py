@@ -1,0 +1,108 @@
+"""Plotly figure builders: pure functions from DataFrames/arrays to figures, no Streamlit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+_LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), height=320, hovermode="x unified",
+               legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+
+
+def lines(df: pd.DataFrame, title: str, y_title: str = "", log_y: bool = False) -> go.Figure:
+    """One line per column against the index (steps); gaps from NaN are bridged."""
+    fig = go.Figure()
+    for col in df.columns:
+        fig.add_trace(go.Scattergl(x=df.index, y=df[col], mode="lines", name=str(col),
+                                   connectgaps=True))
+    fig.update_layout(title=title, xaxis_title=df.index.name or "step", yaxis_title=y_title,
+                      **_LAYOUT)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def markers(df: pd.DataFrame, title: str, y_title: str = "") -> go.Figure:
+    """Sparse series (e.g. readings every N steps) as lines with markers."""
+    fig = lines(df, title, y_title)
+    fig.update_traces(mode="lines+markers")
+    return fig
+
+
+def stacked_area(df: pd.DataFrame, title: str, y_title: str = "") -> go.Figure:
+    """Columns stacked as areas over the index (e.g. each expert's share of tokens)."""
+    fig = go.Figure()
+    for col in df.columns:
+        fig.add_trace(go.Scatter(x=df.index, y=df[col], mode="lines", name=str(col),
+                                 stackgroup="one", line=dict(width=0.5)))
+    fig.update_layout(title=title, xaxis_title=df.index.name or "step", yaxis_title=y_title,
+                      **_LAYOUT)
+    return fig
+
+
+def heatmap_over_steps(df: pd.DataFrame, title: str, row_label: str,
+                       colorbar: str = "") -> go.Figure:
+    """Columns as rows of a heatmap over steps (x), e.g. tokens per expert."""
+    fig = go.Figure(go.Heatmap(z=df.to_numpy().T, x=df.index, y=[str(c) for c in df.columns],
+                               colorscale="Viridis", colorbar=dict(title=colorbar)))
+    fig.update_layout(title=title, xaxis_title=df.index.name or "step", yaxis_title=row_label,
+                      **{**_LAYOUT, "hovermode": "closest"})
+    return fig
+
+
+def bars(values: pd.Series, title: str, x_title: str, y_title: str,
+         reference: float | None = None) -> go.Figure:
+    """A bar per entry, with an optional dashed reference line (e.g. the uniform load)."""
+    fig = go.Figure(go.Bar(x=[str(i) for i in values.index], y=values.to_numpy()))
+    if reference is not None:
+        fig.add_hline(y=reference, line_dash="dash", annotation_text="uniform")
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title,
+                      **{**_LAYOUT, "hovermode": "closest"})
+    return fig
+
+
+def matrix(m: np.ndarray, title: str, zmin: float | None = None, zmax: float | None = None,
+           colorscale: str = "RdBu_r") -> go.Figure:
+    """A square matrix (similarity, adjacency) as a heatmap, row 0 at the top."""
+    labels = [str(i) for i in range(m.shape[0])]
+    fig = go.Figure(go.Heatmap(z=m, x=labels, y=labels, zmin=zmin, zmax=zmax,
+                               colorscale=colorscale))
+    fig.update_layout(title=title, xaxis_title="node", yaxis_title="node",
+                      **{**_LAYOUT, "height": 380, "hovermode": "closest"})
+    fig.update_yaxes(autorange="reversed", scaleanchor="x")
+    return fig
+
+
+def node_trajectories(paths: pd.DataFrame, step: int, title: str,
+                      explained: np.ndarray | None = None) -> go.Figure:
+    """Each node's 2-D path up to ``step`` (faint line) and its position at ``step`` (marker).
+
+    The axes are fixed to the range of all steps, so moving the slider shows motion rather
+    than rescaling."""
+    fig = go.Figure()
+    upto = paths[paths["step"] <= step]
+    for node, track in upto.groupby("node", sort=True):
+        fig.add_trace(go.Scatter(x=track["x"], y=track["y"], mode="lines",
+                                 line=dict(width=1), opacity=0.45, showlegend=False,
+                                 hoverinfo="skip", legendgroup=str(node)))
+    now = upto[upto["step"] == upto["step"].max()] if len(upto) else upto
+    fig.add_trace(go.Scatter(x=now["x"], y=now["y"], mode="markers+text",
+                             text=[str(n) for n in now["node"]], textposition="top center",
+                             marker=dict(size=10, color=now["node"], colorscale="Turbo"),
+                             name=f"step {step}", showlegend=False))
+    if len(paths):
+        fig.update_xaxes(range=_padded(paths["x"].min(), paths["x"].max()))
+        fig.update_yaxes(range=_padded(paths["y"].min(), paths["y"].max()))
+    share = ""
+    if explained is not None:
+        share = f" (PC1 {explained[0]:.0%}, PC2 {explained[1]:.0%} of variance)"
+    fig.update_layout(title=title + share, xaxis_title="PC1", yaxis_title="PC2",
+                      **{**_LAYOUT, "height": 460, "hovermode": "closest"})
+    return fig
+
+
+def _padded(lo: float, hi: float) -> tuple[float, float]:
+    """An axis range with 5% room on both sides."""
+    room = 0.05 * (hi - lo) + 1e-9
+    return lo - room, hi + room

@@ -1,0 +1,146 @@
+"""Pure pandas/numpy transforms behind the charts: no Streamlit, no store, easy to test."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+def downsample_minmax(df: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """At most ``max_points`` rows of ``df`` (sorted by its index), keeping in every bucket of
+    consecutive rows the rows holding each column's minimum and maximum.
+
+    Plotting every step of a long run is slow; plain striding hides spikes. Keeping each
+    bucket's extremes (and the first and last row) keeps every spike visible, the global
+    minimum and maximum of every column included. Rows are kept whole, so no value is made up.
+    """
+    if max_points < 2:
+        raise ValueError(f"max_points={max_points} must be at least 2")
+    n = len(df)
+    if n <= max_points:
+        return df
+    numeric = df.select_dtypes("number")
+    ncols = max(1, numeric.shape[1])
+    n_buckets = max(1, (max_points - 2) // (2 * ncols))
+    bucket = np.arange(n) * n_buckets // n
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    keep = [np.array([0, n - 1])]
+    for col in numeric.columns:
+        values = numeric[col].to_numpy(dtype=np.float64)
+        for fill, reduce in ((-np.inf, np.maximum), (np.inf, np.minimum)):
+            v = np.where(np.isnan(values), fill, values)
+            extreme = reduce.reduceat(v, starts)
+            hits = np.flatnonzero(v == extreme[bucket])
+            _, first = np.unique(bucket[hits], return_index=True)
+            keep.append(hits[first])
+    rows = np.unique(np.concatenate(keep))
+    return df.iloc[rows]
+
+
+def to_megabytes(df: pd.DataFrame) -> pd.DataFrame:
+    """Byte counts as MB (10^6 bytes), for memory charts."""
+    return df / 1e6
+
+
+@dataclass(frozen=True)
+class Pca:
+    """A 2-D PCA: ``mean`` (D,) and ``components`` (2, D), fitted once on every snapshot so
+    that frames of different steps share one projection and can be compared."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained: np.ndarray  # fraction of variance per component
+
+
+def pca_fit(arrays: list[np.ndarray] | Mapping[int, np.ndarray]) -> Pca:
+    """Fit a 2-D PCA on the rows of all arrays (each (N, D)); D < 2 or rank < 2 pads with
+    zero components so projections are always (N, 2)."""
+    if isinstance(arrays, Mapping):
+        arrays = list(arrays.values())
+    if not arrays:
+        raise ValueError("pca_fit needs at least one array")
+    x = np.concatenate([np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in arrays])
+    x = np.nan_to_num(x)
+    mean = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    comps = np.zeros((2, x.shape[1]))
+    k = min(2, vt.shape[0])
+    comps[:k] = vt[:k]
+    var = s**2
+    explained = np.zeros(2)
+    if var.sum() > 0:
+        explained[:k] = var[:k] / var.sum()
+    return Pca(mean=mean, components=comps, explained=explained)
+
+
+def pca_project(pca: Pca, x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (N, D) in the PCA's 2-D plane: (N, 2)."""
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
+    return (x - pca.mean) @ pca.components.T
+
+
+def node_paths(snapshots: Mapping[int, np.ndarray], pca: Pca) -> pd.DataFrame:
+    """Long table of every node's 2-D position per step: columns step, node, x, y."""
+    frames = []
+    for step, nodes in sorted(snapshots.items()):
+        xy = pca_project(pca, nodes)
+        frames.append(pd.DataFrame({"step": step, "node": np.arange(len(xy)),
+                                    "x": xy[:, 0], "y": xy[:, 1]}))
+    if not frames:
+        return pd.DataFrame(columns=["step", "node", "x", "y"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def node_norms(snapshots: Mapping[int, np.ndarray]) -> pd.DataFrame:
+    """L2 norm of each node per step: index step, one column per node."""
+    steps = sorted(snapshots)
+    data = [np.linalg.norm(np.asarray(snapshots[s], dtype=np.float64), axis=1) for s in steps]
+    return _per_node(steps, data)
+
+
+def node_displacement(snapshots: Mapping[int, np.ndarray]) -> pd.DataFrame:
+    """How far each node has moved from its first snapshot (L2): index step, column per node."""
+    steps = sorted(snapshots)
+    if not steps:
+        return pd.DataFrame()
+    first = np.asarray(snapshots[steps[0]], dtype=np.float64)
+    data = []
+    for s in steps:
+        x = np.asarray(snapshots[s], dtype=np.float64)
+        if x.shape != first.shape:  # a resized memory: distance is undefined
+            data.append(np.full(len(x), np.nan))
+        else:
+            data.append(np.linalg.norm(x - first, axis=1))
+    return _per_node(steps, data)
+
+
+def _per_node(steps: list[int], rows: list[np.ndarray]) -> pd.DataFrame:
+    width = max((len(r) for r in rows), default=0)
+    table = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        table[i, : len(r)] = r
+    return pd.DataFrame(table, index=pd.Index(steps, name="step"),
+                        columns=[f"node {i}" for i in range(width)])
+
+
+def cosine_similarity(x: np.ndarray) -> np.ndarray:
+    """Pairwise cosine similarity of the rows of ``x`` (N, D) -> (N, N); zero rows give 0."""
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64))
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return np.clip(unit @ unit.T, -1.0, 1.0)
+
+
+def columns_with_prefix(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """The columns named ``<prefix><something>``, renamed to ``<something>`` (e.g. tasks)."""
+    cols = [c for c in df.columns if isinstance(c, str) and c.startswith(prefix)]
+    return df[cols].rename(columns=lambda c: c[len(prefix):])
+
+
+def expert_shares(tokens: pd.DataFrame) -> pd.DataFrame:
+    """Tokens per expert as fractions of each step's total (rows sum to 1)."""
+    total = tokens.sum(axis=1).replace(0, np.nan)
+    return tokens.div(total, axis=0)

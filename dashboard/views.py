@@ -1,0 +1,365 @@
+"""The dashboard's pages, one function each. Every page draws inside a live fragment that
+re-reads only new steps; every store fault becomes a message on the page, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, data, processing, runs
+from mahiax.store import NotAStoreError, RunNotFoundError, StoreError
+
+# session-state keys shared with streamlit_app.py
+STORE_KEY = "dashboard_store"
+RUN_KEY = "run"
+PAGE_KEY = "dashboard_page"  # which page opens first (tests set it to render each page)
+LIVE_KEY = "live_refresh"
+INTERVAL_KEY = "refresh_s"
+POINTS_KEY = "max_points"
+
+Body = Callable[[str, dict], None]
+
+
+def _max_points() -> int:
+    return int(st.session_state.get(POINTS_KEY, 2000))
+
+
+def _ds(df: pd.DataFrame) -> pd.DataFrame:
+    return processing.downsample_minmax(df, _max_points())
+
+
+def _present(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    return [k for k in keys if k in df.columns and df[k].notna().any()]
+
+
+def _chart(fig) -> None:
+    st.plotly_chart(fig, width="stretch")
+
+
+# -- the frame every page shares ------------------------------------------------------------
+
+
+def _page(title: str, body: Body) -> None:
+    """Title, then a live fragment: the run's status line and the page's charts."""
+    st.title(title)
+    path = st.session_state.get(STORE_KEY)
+    if path is None:
+        st.error("No run store is configured.")
+        return
+    live = bool(st.session_state.get(LIVE_KEY, True))
+    interval = float(st.session_state.get(INTERVAL_KEY, 2.0)) if live else None
+    name = st.session_state.get(RUN_KEY)
+    try:
+        known = list(data.list_runs(path)["name"])
+    except StoreError as e:
+        _store_error(path, e)
+        return
+
+    @st.fragment(run_every=interval)
+    def refresh() -> None:
+        try:
+            if list(data.list_runs(path)["name"]) != known:
+                st.rerun()  # a run appeared or vanished: the sidebar's picker must change
+            if name is None:
+                _no_run(path)
+                return
+            info = data.run_info(path, name)
+            _status(info, detailed=body is training_body)
+            body(path, info)
+        except RunNotFoundError:
+            data.forget_run(path, name)
+            st.warning(f"Run {name!r} is no longer in the store (it was deleted). "
+                       "Pick another run in the sidebar.")
+        except StoreError as e:
+            _store_error(path, e)
+        except Exception as e:  # a page must never show a traceback
+            st.error(f"This page could not be drawn: {type(e).__name__}: {e}")
+
+    refresh()
+
+
+def _store_error(path: str, e: StoreError) -> None:
+    if isinstance(e, NotAStoreError):
+        st.error(f"Cannot read the run store at `{path}`: {e}. Point `MAHIAX_STORE` at a "
+                 "MAHIA-X run store (or a folder for a new one); this file was left untouched.")
+    else:
+        st.error(f"Cannot read the run store at `{path}`: {e}")
+
+
+def _no_run(path: str) -> None:
+    starting = runs.active_runs(path)
+    if starting:
+        names = ", ".join(f"{n!r} (process {p})" for n, p in starting.items())
+        st.info(f"Starting {names}; it appears here as soon as it writes its first step.")
+    elif not runs.autostart_enabled():
+        st.info("The run store is empty. Start a run with the form in the sidebar, or run "
+                "`python -m mahiax train --run demo --steps 300`.")
+    else:
+        st.info("No run selected. Start one with the form in the sidebar.")
+    tail = runs.log_tail(path, runs.DEMO_NAME)
+    if tail and not starting:
+        st.error("The demo run ended before writing anything; its output:")
+        st.code(tail)
+
+
+def _status(info: dict, detailed: bool) -> None:
+    """One line on where the run stands; a failure or interruption spelled out."""
+    status, name = info["status"], info["name"]
+    last = info["last_step"]
+    step = "no step yet" if pd.isna(last) else f"last step {int(last)}"
+    where = f"**{name}** · {step} · {info['steps']} steps stored · device `{info['device']}`"
+    if status == "running":
+        st.success(f"Running (live) · {where}")
+    elif status == "finished":
+        st.success(f"Finished · {where}")
+    elif status == "interrupted":
+        st.warning(f"Interrupted · {where}. The process stopped without finishing; continue "
+                   f"it with `python -m mahiax train --run {name} --resume`.")
+    elif status == "failed":
+        at = "" if pd.isna(info["error_step"]) else f" at step {int(info['error_step'])}"
+        st.error(f"Failed{at} · {where}\n\n**{info['error_type']}**{at}: "
+                 + ("" if detailed else _short(info["error_message"])))
+        if detailed and info["error_message"]:
+            st.code(info["error_message"], language=None, wrap_lines=True)
+    else:
+        st.info(f"{status} · {where}")
+
+
+def _short(text: str | None, limit: int = 300) -> str:
+    text = text or ""
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+def training_body(path: str, info: dict) -> None:
+    """Losses, gradient norm, step time and throughput."""
+    df = data.live_scalars(path, info)
+    if df.empty:
+        st.info("No steps stored yet.")
+        return
+    last = df.ffill().iloc[-1]
+    cols = st.columns(5)
+    for col, (label, key, fmt) in zip(cols, (
+            ("loss", "loss", "{:.4f}"), ("grad norm", "optim/grad_norm", "{:.3f}"),
+            ("step time (s)", "time/step_s", "{:.3f}"),
+            ("samples / s", "time/samples_per_s", "{:.0f}"), ("lr", "optim/lr", "{:.2e}")),
+            strict=True):
+        value = last.get(key, np.nan)
+        col.metric(label, "–" if pd.isna(value) else fmt.format(value))
+    log_y = st.toggle("log scale for losses", value=True, key="loss_log")
+    left, right = st.columns(2)
+    with left:
+        loss_keys = _present(df, ["loss", *sorted(c for c in df if c.startswith("loss/"))])
+        _chart(charts.lines(_ds(df[loss_keys]), "Losses (total and per task)", log_y=log_y))
+    with right:
+        if _present(df, ["optim/grad_norm"]):
+            _chart(charts.lines(_ds(df[["optim/grad_norm"]]), "Gradient norm (before clipping)"))
+    left, right = st.columns(2)
+    with left:
+        if _present(df, ["time/step_s"]):
+            _chart(charts.lines(_ds(df[["time/step_s"]]), "Step time", "seconds"))
+    with right:
+        if _present(df, ["time/samples_per_s"]):
+            _chart(charts.lines(_ds(df[["time/samples_per_s"]]), "Throughput", "samples / s"))
+    shown = ("loss", "loss/", "optim/grad_norm", "time/", "moe/", "weight/", "dwa/", "mem/",
+             "amp/", "optim/lr")
+    other = [c for c in df.columns if not c.startswith(shown) and df[c].notna().any()]
+    if other:
+        with st.expander(f"Other metrics of this run ({len(other)})", expanded=True):
+            for key in other:
+                _chart(charts.lines(_ds(df[[key]]), key))
+
+
+def experts_body(path: str, info: dict) -> None:
+    """Tokens per expert over steps, the current load, balance figures, aux and z losses."""
+    tokens = data.live_vectors(path, info, "moe/tokens_per_expert")
+    if tokens.empty:
+        st.info("This run logged no expert routing (`moe/tokens_per_expert`).")
+        return
+    tokens = tokens.rename(columns=lambda i: f"expert {i}")
+    df = data.live_scalars(path, info)
+    current = tokens.iloc[-1]
+    dead = [c for c in tokens.columns if current[c] == 0]
+    cols = st.columns(4)
+    for col, (label, key) in zip(cols, (("CV", "moe/cv"), ("entropy", "moe/entropy"),
+                                        ("max / mean", "moe/max_over_mean"),
+                                        ("dead experts", "moe/dead")), strict=True):
+        value = df[key].dropna().iloc[-1] if _present(df, [key]) else np.nan
+        col.metric(label, "–" if pd.isna(value) else f"{value:.3g}")
+    if dead:
+        st.warning(f"Dead at step {int(tokens.index[-1])} (no tokens): {', '.join(dead)}")
+    view = st.radio("tokens per expert as", ["heatmap", "stacked area (share)"],
+                    horizontal=True, key="expert_view")
+    shown = _ds(tokens)
+    if view == "heatmap":
+        _chart(charts.heatmap_over_steps(shown, "Tokens per expert over steps", "expert",
+                                         "tokens"))
+    else:
+        _chart(charts.stacked_area(processing.expert_shares(shown),
+                                   "Share of tokens per expert", "share"))
+    left, right = st.columns(2)
+    with left:
+        _chart(charts.bars(current, f"Load at step {int(tokens.index[-1])}", "expert", "tokens",
+                           reference=float(current.sum()) / max(1, len(current))))
+    with right:
+        keys = _present(df, ["moe/cv", "moe/max_over_mean", "moe/entropy"])
+        if keys:
+            _chart(charts.lines(_ds(df[keys]), "Balance: CV, max/mean, entropy"))
+    left, right = st.columns(2)
+    with left:
+        keys = _present(df, ["moe/aux_loss", "moe/z_loss"])
+        if keys:
+            _chart(charts.lines(_ds(df[keys]), "Load-balancing (aux) and z losses"))
+    with right:
+        if _present(df, ["moe/dead"]):
+            _chart(charts.lines(_ds(df[["moe/dead"]]), "Dead experts per step", "experts"))
+
+
+def memory_nodes_body(path: str, info: dict) -> None:
+    """Graph-memory nodes in one shared 2-D PCA plane, their norms, motion and matrices."""
+    snaps = data.live_snapshots(path, info, "memory/nodes")
+    if not snaps:
+        st.info("This run stored no memory-node snapshots (`memory/nodes`).")
+        return
+    steps = sorted(snaps)
+    follow = st.checkbox("follow the newest snapshot", value=True, key="nodes_follow")
+    if follow or st.session_state.get("nodes_step") not in steps:
+        st.session_state["nodes_step"] = steps[-1]
+    step = steps[0]
+    if len(steps) > 1:
+        step = st.select_slider("step", options=steps, key="nodes_step")
+    else:
+        st.caption(f"One snapshot so far, at step {step}.")
+    pca = processing.pca_fit(snaps)  # fitted on every snapshot: frames share one plane
+    paths = processing.node_paths(snaps, pca)
+    _chart(charts.node_trajectories(paths, step, "Memory nodes (PCA of all snapshots)",
+                                    pca.explained))
+    left, right = st.columns(2)
+    with left:
+        _chart(charts.markers(processing.node_norms(snaps), "Node norms", "L2 norm"))
+    with right:
+        _chart(charts.markers(processing.node_displacement(snaps),
+                              "Distance moved from the first snapshot", "L2 distance"))
+    left, right = st.columns(2)
+    with left:
+        _chart(charts.matrix(processing.cosine_similarity(snaps[step]),
+                             f"Cosine similarity of nodes, step {step}", -1.0, 1.0))
+    with right:
+        adjacency = data.live_snapshots(path, info, "memory/adjacency")
+        before = [s for s in sorted(adjacency) if s <= step]
+        if before:
+            _chart(charts.matrix(np.asarray(adjacency[before[-1]], dtype=float),
+                                 f"Diffusion matrix A, step {before[-1]}", colorscale="Viridis"))
+        else:
+            st.info("No diffusion-matrix snapshot (`memory/adjacency`) at or before this step.")
+
+
+def loss_weights_body(path: str, info: dict) -> None:
+    """Loss weight per task, per-task losses and DWA descent ratios."""
+    df = data.live_scalars(path, info)
+    weights = processing.columns_with_prefix(df, "weight/")
+    losses = processing.columns_with_prefix(df, "loss/")
+    ratios = processing.columns_with_prefix(df, "dwa/ratio/")
+    weighting = (info.get("config") or {}).get("weighting", "unknown")
+    st.caption(f"Weighting: **{weighting}**")
+    if weights.empty and losses.empty:
+        st.info("This run logged no per-task losses or weights.")
+        return
+    left, right = st.columns(2)
+    with left:
+        if not weights.empty:
+            _chart(charts.lines(_ds(weights), "Loss weight per task"))
+        else:
+            st.info("No loss weights were logged.")
+    with right:
+        if not losses.empty:
+            _chart(charts.lines(_ds(losses), "Loss per task", log_y=True))
+    if not ratios.dropna(how="all").empty:
+        _chart(charts.lines(_ds(ratios), "DWA descent ratio L(t-1) / L(t-2) per task"))
+    else:
+        st.info("No DWA ratios: they are logged only with `--weighting dwa`.")
+
+
+def memory_body(path: str, info: dict) -> None:
+    """Memory on CPU (tensor bytes, RSS) or GPU (allocated, reserved), and AMP scaling."""
+    df = data.live_scalars(path, info)
+    device = str(info.get("device") or "")
+    if device.startswith("cuda"):
+        st.caption(f"GPU memory (`{device}`)")
+        keys = _present(df, ["mem/allocated", "mem/reserved", "mem/peak"])
+        if keys:
+            _chart(charts.lines(_ds(processing.to_megabytes(df[keys])),
+                                "CUDA allocator", "MB"))
+        else:
+            st.info("No CUDA memory readings stored yet.")
+    else:
+        st.info(f"**CPU, no GPU found** (device `{device or 'unknown'}`): memory is live tensor "
+                "bytes (read every few hundred steps) and the process RSS.")
+        left, right = st.columns(2)
+        with left:
+            keys = _present(df, ["mem/tensor_bytes", "mem/peak", "tensor_bytes"])
+            if keys:
+                sparse = processing.to_megabytes(df[keys].dropna(how="all"))
+                _chart(charts.markers(_ds(sparse), "Live tensor bytes", "MB"))
+            else:
+                st.info("No tensor-bytes reading stored yet.")
+        with right:
+            if _present(df, ["mem/rss"]):
+                _chart(charts.lines(_ds(processing.to_megabytes(df[["mem/rss"]])),
+                                    "Process RSS", "MB"))
+            else:
+                st.info("No RSS reading stored.")
+    if not _present(df, ["amp/scale", "amp/skipped"]):
+        st.info("No mixed-precision readings (`amp/*`) in this run.")
+        return
+    total = df["amp/skipped_total"].dropna() if "amp/skipped_total" in df else pd.Series()
+    st.metric("skipped steps (total)", int(total.iloc[-1]) if len(total) else 0)
+    left, right = st.columns(2)
+    with left:
+        _chart(charts.lines(_ds(df[_present(df, ["amp/scale"])]), "AMP loss scale",
+                            log_y=True))
+    with right:
+        if _present(df, ["amp/skipped"]):
+            _chart(charts.lines(_ds(df[["amp/skipped"]]), "Skipped steps (1 = skipped)"))
+
+
+def training() -> None:
+    _page("Training", training_body)
+
+
+def experts() -> None:
+    _page("Expert load balance", experts_body)
+
+
+def memory_nodes() -> None:
+    _page("Memory-node evolution", memory_nodes_body)
+
+
+def loss_weights() -> None:
+    _page("Loss weights", loss_weights_body)
+
+
+def memory() -> None:
+    _page("Memory", memory_body)
+
+
+PAGES: dict[str, tuple[Callable[[], None], str, str]] = {
+    "training": (training, "Training", ":material/show_chart:"),
+    "experts": (experts, "Expert load balance", ":material/balance:"),
+    "memory-nodes": (memory_nodes, "Memory-node evolution", ":material/hub:"),
+    "loss-weights": (loss_weights, "Loss weights", ":material/tune:"),
+    "memory": (memory, "Memory", ":material/memory:"),
+}
+
+
+def pages() -> list:
+    """The st.Page objects, in menu order; the default is ``st.session_state[PAGE_KEY]``
+    (Training unless set), which lets tests open each page."""
+    first = st.session_state.get(PAGE_KEY, "training")
+    return [st.Page(func, title=title, icon=icon, url_path=key, default=(key == first))
+            for key, (func, title, icon) in PAGES.items()]

@@ -1,0 +1,67 @@
+"""Run stores for the dashboard tests: one per situation the dashboard must handle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mahiax.config import tiny
+from mahiax.recording import record_training
+from mahiax.store import RunWriter
+from mahiax.telemetry.probes import Cadence
+
+FAILED_MESSAGE = "one of the variables needed for gradient computation has been modified"
+
+
+def finished_store(root: Path) -> Path:
+    """A tiny preset trained 12 steps: every key the probes write, snapshots included."""
+    path = root / "finished.sqlite"
+    record_training(tiny(), "done", 12, store=path,
+                    cadence=Cadence(snapshot_every=4, memory_every=5))
+    return path
+
+
+def _log_steps(writer: RunWriter, steps: range) -> None:
+    for step in steps:
+        writer.log({"loss": 1.0 / (step + 1), "loss/keywords": 0.5, "weight/keywords": 1.0,
+                    "optim/grad_norm": 0.1 * step, "time/step_s": 0.01,
+                    "mem/rss": 3e8}, step)
+        writer.log_vector("moe/tokens_per_expert", [4, 0, 2, 2], step)
+        writer.log_tensor("memory/nodes", np.random.default_rng(step).normal(size=(6, 16)),
+                          step)
+
+
+def failed_store(root: Path) -> Path:
+    """A run that failed at step 3 with an in-place RuntimeError."""
+    path = root / "failed.sqlite"
+    writer = RunWriter("bad", tiny().to_dict(), path=path, device="cpu")
+    _log_steps(writer, range(3))
+    writer.finish("failed", error=RuntimeError(FAILED_MESSAGE), error_step=3)
+    writer.close()
+    return path
+
+
+def interrupted_store(root: Path) -> Path:
+    """A run closed without finishing: recorded interrupted."""
+    path = root / "interrupted.sqlite"
+    writer = RunWriter("cut", tiny().to_dict(), path=path, device="cpu")
+    _log_steps(writer, range(4))
+    writer.close()
+    return path
+
+
+def running_writer(root: Path) -> tuple[Path, RunWriter]:
+    """A run still being written (the caller closes the writer): status running."""
+    path = root / "running.sqlite"
+    writer = RunWriter("live", tiny().to_dict(), path=path, device="cpu")
+    _log_steps(writer, range(5))
+    writer.flush()
+    return path, writer
+
+
+def corrupt_store(root: Path) -> Path:
+    """A file that is not an SQLite database at all."""
+    path = root / "corrupt.sqlite"
+    path.write_bytes(b"this is not a run store\n" * 200)
+    return path

@@ -1,0 +1,202 @@
+"""The live dashboard: every page renders for every kind of store without a traceback, the
+demo autostarts in its own process, and the pure transforms behave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("plotly")
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from dashboard import processing, runs  # noqa: E402
+from dashboard.views import PAGE_KEY, PAGES, RUN_KEY  # noqa: E402
+from tests import dashboard_fixtures as fx  # noqa: E402
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py")
+ALL_PAGES = list(PAGES)
+
+
+@pytest.fixture(autouse=True)
+def _no_autostart(monkeypatch):
+    monkeypatch.setenv(runs.AUTOSTART_ENV, "0")
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stores")
+    return {
+        "finished": fx.finished_store(root),
+        "failed": fx.failed_store(root),
+        "interrupted": fx.interrupted_store(root),
+        "corrupt": fx.corrupt_store(root),
+        "empty": root / "empty" / "mahiax.sqlite",
+    }
+
+
+def render(monkeypatch, store: Path, page: str, run: str | None = None) -> AppTest:
+    """Run the app once on ``page`` against ``store``; fail on any uncaught exception."""
+    monkeypatch.setenv("MAHIAX_STORE", str(store))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state[PAGE_KEY] = page
+    if run is not None:
+        at.session_state[RUN_KEY] = run
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_empty_store(monkeypatch, stores, page):
+    at = render(monkeypatch, stores["empty"], page)
+    assert "store is empty" in texts(at.info)
+    assert not at.error
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_finished_run(monkeypatch, stores, page):
+    at = render(monkeypatch, stores["finished"], page)
+    assert "Finished" in texts(at.success)
+    assert not at.error
+    assert at.get("plotly_chart"), "every page of a full run draws charts"
+
+
+def test_finished_run_memory_page_labels_cpu(monkeypatch, stores):
+    at = render(monkeypatch, stores["finished"], "memory")
+    assert "CPU, no GPU found" in texts(at.info)
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_failed_run(monkeypatch, stores, page):
+    at = render(monkeypatch, stores["failed"], page)
+    shown = texts(at.error)
+    assert "Failed" in shown and "RuntimeError" in shown and "step 3" in shown
+
+
+def test_failed_run_message_on_training_page(monkeypatch, stores):
+    at = render(monkeypatch, stores["failed"], "training")
+    assert fx.FAILED_MESSAGE in texts(at.error) + texts(at.code)
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_interrupted_run(monkeypatch, stores, page):
+    at = render(monkeypatch, stores["interrupted"], page)
+    assert "Interrupted" in texts(at.warning)
+    assert "--resume" in texts(at.warning)
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_corrupt_store(monkeypatch, stores, page):
+    at = render(monkeypatch, stores["corrupt"], page)
+    shown = texts(at.error)
+    assert str(stores["corrupt"]) in shown and "not a MAHIA-X run store" in shown
+
+
+def test_deleted_run(monkeypatch, stores):
+    at = render(monkeypatch, stores["finished"], "training", run="gone")
+    assert "no longer in the store" in texts(at.warning)
+
+
+def test_running_run_reads_new_steps(monkeypatch, tmp_path):
+    path, writer = fx.running_writer(tmp_path)
+    try:
+        for page in ALL_PAGES:
+            at = render(monkeypatch, path, page)
+            assert "Running" in texts(at.success)
+        assert "last step 4" in texts(at.success)
+        fx._log_steps(writer, range(5, 9))
+        writer.flush()
+        at.run()  # the same session: its cache reads only steps after 4
+        assert not at.exception
+        assert "last step 8" in texts(at.success)
+        assert "9 steps stored" in texts(at.success)
+    finally:
+        writer.close()
+
+
+def test_autostart_starts_demo_in_a_process(monkeypatch, tmp_path):
+    monkeypatch.setenv(runs.AUTOSTART_ENV, "1")
+    store = tmp_path / "mahiax.sqlite"
+    at = render(monkeypatch, store, "training")
+    try:
+        active = runs.active_runs(store)
+        assert runs.DEMO_NAME in active
+        assert "Starting 'demo'" in texts(at.info)
+        at.run()  # a rerun does not start a second demo
+        assert not at.exception
+        assert list(runs.active_runs(store)) == [runs.DEMO_NAME]
+    finally:
+        assert runs.stop_run(store, runs.DEMO_NAME)
+    assert runs.active_runs(store) == {}
+    assert not runs.maybe_start_demo(store, 0), "a demo is started once per store"
+
+
+# -- pure transforms ------------------------------------------------------------------------
+
+
+def test_downsample_keeps_spikes_and_bounds_rows():
+    rng = np.random.default_rng(0)
+    n = 100_000
+    df = pd.DataFrame({"loss": rng.normal(size=n), "grad": rng.random(n)},
+                      index=pd.Index(np.arange(n), name="step"))
+    df.iloc[54_321, 0] = 1e6
+    df.iloc[77_777, 0] = -1e6
+    df.iloc[123, 1] = np.nan
+    out = processing.downsample_minmax(df, 1000)
+    assert len(out) <= 1000
+    assert out["loss"].max() == 1e6 and out["loss"].min() == -1e6
+    assert out["grad"].max() == df["grad"].max() and out["grad"].min() == df["grad"].min()
+    assert out.index.is_monotonic_increasing
+    assert out.index[0] == 0 and out.index[-1] == n - 1
+    small = df.iloc[:50]
+    assert processing.downsample_minmax(small, 1000) is small
+
+
+def test_downsample_rejects_tiny_budget():
+    with pytest.raises(ValueError):
+        processing.downsample_minmax(pd.DataFrame({"a": [1.0, 2.0, 3.0]}), 1)
+
+
+def test_pca_projection_shapes_and_shared_plane():
+    rng = np.random.default_rng(1)
+    snaps = {s: rng.normal(size=(16, 64)) for s in (0, 25, 50)}
+    pca = processing.pca_fit(snaps)
+    assert pca.components.shape == (2, 64)
+    assert processing.pca_project(pca, snaps[25]).shape == (16, 2)
+    paths = processing.node_paths(snaps, pca)
+    assert paths.shape == (48, 4) and set(paths["step"]) == {0, 25, 50}
+    flat = processing.pca_fit([np.ones((3, 1))])  # one dimension, no variance: still 2-D
+    assert processing.pca_project(flat, np.ones((3, 1))).shape == (3, 2)
+
+
+def test_node_motion_and_similarity():
+    a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    snaps = {0: a, 10: a + np.array([[3.0, 4.0], [0.0, 0.0]])}
+    moved = processing.node_displacement(snaps)
+    assert moved.loc[0].tolist() == [0.0, 0.0] and moved.loc[10].tolist() == [5.0, 0.0]
+    assert processing.node_norms(snaps).loc[0].tolist() == [1.0, 2.0]
+    sim = processing.cosine_similarity(np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 0.0]]))
+    assert np.allclose(sim, [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_run_request_command_line(tmp_path):
+    req = runs.RunRequest(name="x", steps=5, experts=4, top_k=1, weighting="equal",
+                          precision="bf16")
+    argv = req.argv(tmp_path / "s.sqlite")
+    assert argv[1:4] == ["-m", "mahiax", "train"]
+    assert ["--experts", "4"] == argv[argv.index("--experts"):][:2]
+    bug = runs.RunRequest(name="b", steps=3, bug="retain-graph", variant="summary")
+    assert bug.argv(tmp_path)[-4:] == ["--bug", "retain-graph", "--variant", "summary"]
+
+
+def test_stop_unknown_run_is_refused(tmp_path):
+    assert runs.stop_run(tmp_path / "s.sqlite", "nothing") is False

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint dashboard bench clean
+.PHONY: setup test lint browser dashboard bench clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,14 @@ $(STAMP): requirements.lock pyproject.toml
 lint: setup
 	$(PY) -m ruff check mahiax tests benchmarks dashboard
 
-test: lint
+# The browser tests drive Debian's chromium (never a downloaded browser build).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	} || echo "could not install chromium: the browser tests will be skipped"
+
+test: lint browser
 	$(PY) -m pytest -n 2 --dist load
 
 # Opens on localhost (.streamlit/config.toml); with an empty store it starts a demo run.

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-_LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), height=320, hovermode="x unified",
-               legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+# legend below the plot: above it, a long legend wraps over the chart's title
+_LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), height=340, hovermode="x unified",
+               legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))
 
 
 def lines(df: pd.DataFrame, title: str, y_title: str = "", log_y: bool = False) -> go.Figure:

@@ -1,0 +1,223 @@
+"""End to end: the real dashboard (``streamlit run dashboard``) in a real headless Chromium.
+
+A store holds a finished tiny run, and a child process trains a ``live`` run into the same
+store during the test. The test opens every page through the sidebar navigation, checks each
+draws Plotly charts without a Streamlit exception, checks the Training page's "last step N"
+grows while the live run trains, and saves a screenshot of every page to
+``test-artifacts/dashboard/``.
+
+Skipped where ``/usr/bin/chromium`` or the ``playwright`` package is missing (Debian's
+chromium is used; ``playwright install`` is never run).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"end-to-end dashboard test needs Debian's chromium at {CHROMIUM}",
+                allow_module_level=True)
+pytest.importorskip("playwright.sync_api",
+                    reason="end-to-end dashboard test needs the playwright Python package")
+pytest.importorskip("streamlit")
+pytest.importorskip("plotly")
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from dashboard import data  # noqa: E402
+from mahiax.config import tiny  # noqa: E402
+from mahiax.recording import record_training  # noqa: E402
+from mahiax.telemetry.probes import Cadence  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# url path -> page title, in menu order (dashboard/views.py PAGES)
+PAGES = {
+    "training": "Training",
+    "experts": "Expert load balance",
+    "memory-nodes": "Memory-node evolution",
+    "loss-weights": "Loss weights",
+    "memory": "Memory",
+}
+CHART = '[data-testid="stPlotlyChart"], .js-plotly-plot'
+EXCEPTION = '[data-testid="stException"]'
+LAST_STEP = re.compile(r"last step (\d+)")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate, then kill if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _child_env(store: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(MAHIAX_STORE=str(store), MAHIAX_DASHBOARD_AUTOSTART="0", OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("e2e_store") / "mahiax.sqlite"
+    record_training(tiny().replace(max_steps=40), "done", 40, store=path,
+                    cadence=Cadence(snapshot_every=10, memory_every=10))
+    return path
+
+
+@pytest.fixture(scope="module")
+def live_run(store, tmp_path_factory):
+    """``python -m mahiax train ... --run live`` writing into ``store``; stopped at the end."""
+    log = open(tmp_path_factory.mktemp("e2e_logs") / "live.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps", "2000",
+         "--run", "live", "--store", str(store), "--no-progress"],
+        cwd=ROOT, env=_child_env(store), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"live run exited early ({proc.returncode})"
+            runs = data.list_runs(str(store))
+            live = runs[runs["name"] == "live"]
+            if len(live) and live["last_step"].notna().all():
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the live run stored no step within 30 s")
+        yield proc
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(store, live_run, tmp_path_factory):
+    """The dashboard on 127.0.0.1:<free port>; yields its base URL."""
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("e2e_logs") / "streamlit.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=_child_env(store), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"streamlit exited early ({proc.returncode})"
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the dashboard did not answer /_stcore/health within 30 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            pg = context.new_page()
+            pg.set_default_timeout(20_000)
+            yield pg
+        finally:
+            browser.close()
+
+
+def _nav_link(pg, title: str):
+    nav = pg.locator('[data-testid="stSidebarNav"]')
+    return nav.get_by_role("link").filter(
+        has=pg.get_by_text(title, exact=True))
+
+
+def _open(pg, title: str) -> None:
+    """Click the page's sidebar link and wait for its title and its charts."""
+    _nav_link(pg, title).first.click()
+    expect(pg.get_by_role("heading", name=title, exact=True)).to_be_visible()
+    expect(pg.locator(CHART).first).to_be_visible()
+
+
+def _last_step(pg) -> int:
+    text = pg.locator('[data-testid="stMain"]').inner_text()
+    m = LAST_STEP.search(text)
+    assert m, f"no 'last step N' on the page:\n{text[:500]}"
+    return int(m.group(1))
+
+
+def _select_run(pg, name: str) -> None:
+    box = pg.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Run")
+    box.click()
+    pg.get_by_role("option").filter(has_text=re.compile(rf"^{re.escape(name)} ·")).click()
+    expect(box).to_have_value(re.compile(rf"^{re.escape(name)} ·"))
+
+
+def test_dashboard_pages_and_live_refresh(page, server):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.goto(server)
+    expect(page.get_by_role("heading", name="Training", exact=True)).to_be_visible(
+        timeout=30_000)
+
+    # every page of the finished run draws charts, no exception; screenshot each
+    _select_run(page, "done")
+    for key, title in PAGES.items():
+        _open(page, title)
+        page.wait_for_timeout(500)  # let the remaining charts lay out before the shot
+        assert page.locator(EXCEPTION).count() == 0, f"{title}: Streamlit exception shown"
+        assert page.locator(CHART).count() >= 1, f"{title}: no Plotly chart"
+        if key == "memory":
+            expect(page.get_by_text("CPU, no GPU found")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / f"done-{key}.png"), full_page=True)
+
+    # the live run: Training's "last step N" grows while it trains
+    _select_run(page, "live")
+    _open(page, "Training")
+    expect(page.get_by_text(re.compile(r"Running \(live\)"))).to_be_visible()
+    first = _last_step(page)
+    deadline = time.monotonic() + 15
+    latest = first
+    while latest <= first and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        latest = _last_step(page)
+    assert latest > first, f"last step stayed at {first} for 15 s while the run trained"
+    assert page.locator(EXCEPTION).count() == 0
+    page.screenshot(path=str(ARTIFACTS / "live-training.png"), full_page=True)
+    for key, title in PAGES.items():
+        if key == "training":
+            continue
+        _open(page, title)
+        page.wait_for_timeout(500)
+        assert page.locator(EXCEPTION).count() == 0, f"live {title}: Streamlit exception"
+        page.screenshot(path=str(ARTIFACTS / f"live-{key}.png"), full_page=True)

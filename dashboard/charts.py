@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly
 import plotly.graph_objects as go
 
 # legend below the plot: above it, a long legend wraps over the chart's title
@@ -83,14 +84,19 @@ def node_trajectories(paths: pd.DataFrame, step: int, title: str,
     than rescaling."""
     fig = go.Figure()
     upto = paths[paths["step"] <= step]
+    palette = plotly.colors.qualitative.Dark24  # one colour per node, trail and dot alike
+
+    def colour(node: object) -> str:
+        return palette[int(node) % len(palette)]
+
     for node, track in upto.groupby("node", sort=True):
         fig.add_trace(go.Scatter(x=track["x"], y=track["y"], mode="lines",
-                                 line=dict(width=1), opacity=0.45, showlegend=False,
-                                 hoverinfo="skip", legendgroup=str(node)))
+                                 line=dict(width=1, color=colour(node)), opacity=0.45,
+                                 showlegend=False, hoverinfo="skip", legendgroup=str(node)))
     now = upto[upto["step"] == upto["step"].max()] if len(upto) else upto
     fig.add_trace(go.Scatter(x=now["x"], y=now["y"], mode="markers+text",
                              text=[str(n) for n in now["node"]], textposition="top center",
-                             marker=dict(size=10, color=now["node"], colorscale="Turbo"),
+                             marker=dict(size=10, color=[colour(n) for n in now["node"]]),
                              name=f"step {step}", showlegend=False))
     if len(paths):
         fig.update_xaxes(range=_padded(paths["x"].min(), paths["x"].max()))

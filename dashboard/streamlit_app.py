@@ -39,8 +39,13 @@ def _run_picker(table: pd.DataFrame) -> None:
         st.session_state[views.RUN_KEY] = pending
         del st.session_state[PENDING_KEY]
     elif chosen is not None and chosen not in names:
-        st.warning(f"Run {chosen!r} is no longer in the store (it was deleted).")
-        del st.session_state[views.RUN_KEY]
+        # the select box can hand back its old *label* ("name · status") when a status changes
+        base = str(chosen).split(" · ")[0]
+        if base in names:
+            st.session_state[views.RUN_KEY] = base
+        else:
+            st.warning(f"Run {base!r} is no longer in the store (it was deleted).")
+            del st.session_state[views.RUN_KEY]
     if not names:
         st.caption("No runs in the store yet.")
         st.session_state.pop(views.RUN_KEY, None)

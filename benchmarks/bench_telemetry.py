@@ -88,6 +88,20 @@ def run(rounds: int = 10, steps: int = 100) -> dict:
     }
 
 
+def markdown(t: dict) -> str:
+    """The result as a Markdown section for benchmarks/results/latest.md."""
+    return "\n".join([
+        "### Telemetry overhead",
+        "",
+        "| benchmark | median step, off (ms) | median step, on (ms) | on/off total time "
+        "(rounds min-max) | goal | met |",
+        "|---|---|---|---|---|---|",
+        f"| telemetry overhead, default cadence | {t['median_step_off_ms']:.2f} | "
+        f"{t['median_step_on_ms']:.2f} | {t['ratio']:.3f} ({t['ratio_min']:.3f}-"
+        f"{t['ratio_max']:.3f}) | <= 1.03 | {'yes' if t['met'] else 'NO'} |",
+    ])
+
+
 if __name__ == "__main__":
     import json
 

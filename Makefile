@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint browser dashboard bench clean
+.PHONY: setup test lint browser dashboard lab bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(PY) -m ruff check mahiax tests benchmarks dashboard
+	$(PY) -m ruff check mahiax tests benchmarks dashboard notebooks
 
 # The browser tests drive Debian's chromium (never a downloaded browser build).
 browser:
@@ -32,6 +32,10 @@ test: lint browser
 # Opens on localhost (.streamlit/config.toml); with an empty store it starts a demo run.
 dashboard: setup
 	$(VENV)/bin/streamlit run dashboard
+
+# The lesson notebooks in JupyterLab, on localhost only; open the URL it prints.
+lab: setup
+	cd notebooks && ../$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser
 
 bench: setup
 	$(PY) -m benchmarks.run_all

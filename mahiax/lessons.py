@@ -1,0 +1,238 @@
+"""What the lesson notebooks share: show an error, a verdict, a step chart, a variant switch.
+
+The notebooks in ``notebooks/`` import from ``mahiax`` and define no library code, so that
+what a lesson shows is what the package does (one source of truth). The helpers here only
+*present*: every figure comes from :mod:`mahiax.bugs` runs or the run store, measured when the
+cell runs.
+
+Charts are Plotly (``plotly`` is a runtime dependency); widgets are ipywidgets, imported only
+when a widget is built (the ``lab`` extra), so importing this module needs neither Jupyter
+nor a browser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import textwrap
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mahiax.bugs.cli import describe
+from mahiax.bugs.outcome import Outcome
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from mahiax.bugs import BugEntry, Verdict
+
+MB = 2**20
+# one colour per variant, the same in every lesson (Plotly's default qualitative palette)
+VARIANT_COLORS = {
+    "buggy": "#EF553B", "summary": "#636EFA", "fixed": "#00CC96", "candidate": "#AB63FA",
+}
+
+
+@dataclass
+class Caught:
+    """The exception an :func:`expect_error` block raised (``None`` until it has)."""
+
+    error: BaseException | None = None
+
+    @property
+    def message(self) -> str:
+        return str(self.error) if self.error is not None else ""
+
+
+@contextlib.contextmanager
+def expect_error(exc_type: type[BaseException], contains: str) -> Iterator[Caught]:
+    """Run a block that must raise ``exc_type`` with ``contains`` in its message.
+
+    Prints PyTorch's own error, word for word, so the lesson shows it; fails with an
+    ``AssertionError`` when nothing (or something else) was raised, so a lesson can never go
+    on telling a story the code no longer shows. An exception of another type propagates.
+    """
+    caught = Caught()
+    try:
+        yield caught
+    except exc_type as e:
+        caught.error = e
+        print(f"{type(e).__name__}: {e}")
+        assert contains in str(e), f"expected {contains!r} in the message, got: {e}"
+    else:
+        raise AssertionError(f"expected {exc_type.__name__} ({contains!r}); nothing was raised")
+
+
+class Markdown:
+    """Markdown text that Jupyter renders (and ``print`` shows as plain text)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def _repr_markdown_(self) -> str:
+        return self.text
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+
+def source(obj: Any, title: str | None = None) -> Markdown:
+    """The source of a function or class from the package, as a highlighted code block.
+
+    Lessons show the catalog's buggy and summary variants this way instead of copying them,
+    so the text a learner reads is the code that runs.
+    """
+    code = textwrap.dedent(inspect.getsource(obj)).rstrip()
+    where = f"`{obj.__module__}.{obj.__qualname__}`"
+    head = f"**{title}** ({where})\n\n" if title else f"{where}\n\n"
+    return Markdown(f"{head}```python\n{code}\n```")
+
+
+def entry_card(entry: BugEntry) -> Markdown:
+    """The catalog's record of one claim: the bug, the summary's fix, the right fix, why."""
+    return Markdown(
+        f"**{entry.title}** (`{entry.id}`, summary section {entry.section}, "
+        f"{entry.component})\n\n"
+        f"- the bug: `{entry.pattern.splitlines()[0]}`\n"
+        f"- the summary's fix: `{entry.summary_fix}`\n"
+        f"- the right fix: {entry.right_fix}\n\n{entry.explanation}"
+    )
+
+
+def outcome_row(out: Outcome) -> dict[str, object]:
+    """One outcome as a table row: error, step, steps run, growth, gradient error, damage."""
+    return {
+        "variant": out.variant,
+        "error": f"{out.error_type} at step {out.error_step}" if out.error_type else "none",
+        "steps run": f"{out.steps_run} / {out.steps_requested}",
+        "graph nodes (last step)": out.graph_nodes[-1] if out.graph_nodes else None,
+        "graph growth / step": out.graph_growth(),
+        "memory growth / step (KB)": round(out.memory_growth() / 1024, 1),
+        "max grad diff": out.max_grad_diff,
+        "damage": out.state_diff,
+    }
+
+
+def outcome_table(outcomes: Mapping[str, Outcome] | Sequence[Outcome]) -> pd.DataFrame:
+    """A DataFrame with one row per outcome (see :func:`outcome_row`)."""
+    import pandas as pd
+
+    outs = outcomes.values() if isinstance(outcomes, Mapping) else outcomes
+    return pd.DataFrame([outcome_row(o) for o in outs]).set_index("variant")
+
+
+def verdict_report(v: Verdict) -> Markdown:
+    """The measured verdict on the summary's fix, its one-sentence reason, and each variant's
+    error as PyTorch wrote it (first line)."""
+    lines = [f"**Measured verdict on the summary's fix: `{v.label}`**", "", f"Why: {v.reason}", ""]
+    for name, out in v.outcomes.items():
+        first = (out.error_message or "").strip().splitlines()
+        what = f"`{out.error_type}` at step {out.error_step}: {first[0]}" if first else (
+            f"no error, {out.steps_run} steps ran"
+        )
+        lines.append(f"- **{name}**: {what}")
+    return Markdown("\n".join(lines))
+
+
+def step_figure(
+    outcomes: Mapping[str, Outcome] | Sequence[Outcome],
+    field: str = "graph_nodes",
+    title: str | None = None,
+) -> go.Figure:
+    """Plotly lines of a per-step measurement, one line per variant.
+
+    ``field`` is ``graph_nodes`` (autograd nodes reachable from the loss) or ``tensor_mb``
+    (live tensor memory, MB). A run that failed ends where it failed, with an ``x`` marker.
+    """
+    import plotly.graph_objects as go
+
+    outs = list(outcomes.values() if isinstance(outcomes, Mapping) else outcomes)
+    fig = go.Figure()
+    for out in outs:
+        ys = out.graph_nodes if field == "graph_nodes" else [b / MB for b in out.tensor_bytes]
+        if not ys:
+            continue
+        fig.add_trace(go.Scatter(
+            x=list(range(len(ys))), y=ys, mode="lines+markers", name=out.variant,
+            line={"color": VARIANT_COLORS.get(out.variant)},
+        ))
+        if out.error_type is not None:
+            fig.add_trace(go.Scatter(
+                x=[len(ys) - 0.5], y=[ys[-1]], mode="markers", showlegend=False,
+                marker={"symbol": "x", "size": 14, "color": VARIANT_COLORS.get(out.variant)},
+                hovertext=f"{out.error_type} at step {out.error_step}", hoverinfo="text",
+            ))
+    label = "autograd nodes in the step's graph" if field == "graph_nodes" else "live tensor MB"
+    fig.update_layout(
+        title=title or label, xaxis_title="step", yaxis_title=label, height=360,
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
+def variant_switch(outcomes: Mapping[str, Outcome], field: str = "graph_nodes") -> Any:
+    """A widget: toggle between variants; shows each one's error (or what ran) and its chart.
+
+    The runs are already measured (``verdict.outcomes``), so switching is instant.
+    """
+    import ipywidgets as w
+
+    names = list(outcomes)
+    pick = w.ToggleButtons(options=names, value=names[0], description="variant")
+    text = w.HTML()
+    out = w.Output()
+
+    def show(name: str) -> None:
+        o = outcomes[name]
+        text.value = f"<pre style='white-space:pre-wrap'>{_escape(describe(o))}</pre>"
+        out.clear_output(wait=True)
+        with out:
+            step_figure([o], field, title=f"{name}: per step").show()
+
+    pick.observe(lambda change: show(change["new"]), names="value")
+    show(names[0])
+    return w.VBox([pick, text, out])
+
+
+def step_scrubber(
+    steps: Sequence[int], render: Any, description: str = "step"
+) -> Any:
+    """A widget: a slider over ``steps``; ``render(step)`` returns what to show at that step
+    (a Plotly figure, a DataFrame or text)."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    slider = w.SelectionSlider(options=list(steps), value=steps[0], description=description,
+                               continuous_update=False)
+    out = w.Output()
+
+    def show(step: int) -> None:
+        out.clear_output(wait=True)
+        with out:
+            shown = render(step)
+            if hasattr(shown, "show") and callable(shown.show):
+                shown.show()
+            else:
+                display(shown)
+
+    slider.observe(lambda change: show(change["new"]), names="value")
+    show(steps[0])
+    return w.VBox([slider, out])
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+SUMMARY_PATH = Path(__file__).resolve().parents[1] / "docs" / "FIXES_SUMMARY.md"
+
+
+def fixes_summary() -> Markdown:
+    """The user's bug-fix summary, the document every lesson tests, as it was written."""
+    return Markdown(SUMMARY_PATH.read_text())

@@ -21,6 +21,8 @@ OUT = Path(__file__).parent / "results"
 # name -> module under benchmarks/, in the order they run
 BENCHMARKS: dict[str, str] = {
     "telemetry": "bench_telemetry",
+    "moe": "bench_moe",
+    "train_step": "bench_train_step",
 }
 
 

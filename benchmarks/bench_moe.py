@@ -1,0 +1,410 @@
+"""MoE layer, forward + backward: the summary's loops, our dispatch, Mixtral's block, the floor.
+
+Shape legend: N tokens (B * T), D ``d_model``, E ``num_experts``, K ``top_k``, H
+``expert_hidden``.
+
+Every arm gets the same router and expert weights, the same input (B, T, D) and the same
+cotangent, and computes the output and the gradients of the input and of every weight
+(float32, train mode):
+
+- ``per-token loop``: the original pattern, a Python loop over tokens calling
+  ``experts[id]`` once per token and slot (ids made Python ints, the smallest change that
+  lets ``experts[idx]`` run; the original's tensor ``idx`` raises ``TypeError``);
+- ``summary fix``: ``torch.unique`` + ``int(u.item())``, the catalog's ``SummaryExpertRouter``;
+- ``ours``: :class:`mahiax.moe.ExpertRouter` (sort once, one contiguous matmul per expert);
+- ``mixtral eager``: ``transformers``' ``MixtralSparseMoeBlock`` as built directly (its
+  per-expert loop); ``mixtral grouped_mm``: the experts implementation ``from_pretrained``
+  picks by default;
+- ``floor``: one dense SwiGLU FFN over K*N rows with plain matmuls: the experts' FLOPs with
+  no routing, no gather and no scatter.
+
+Both original-style arms hold each expert as its own module with its own weights (the
+original's ``ModuleList`` layout). The catalog's experts are views on the stacked weights,
+whose backward writes a zero-filled gradient of all E experts for every expert call: a cost
+the original never paid, which would flatter our ratio.
+
+Method: one process; in each round every arm runs once, in an order rotated round by round,
+so machine noise hits all arms alike; each ratio to the floor is taken within its round, then
+the median and min-max of those ratios are reported. The per-token loop is slow, so it runs in
+a few rounds only (its ratios are still paired with the floor of the same round).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mahiax.bugs.expert_index import SummaryExpertRouter, _OriginalRouter
+from mahiax.config import MahiaConfig, medium, teaching
+from mahiax.moe import ExpertRouter, SwiGLUExperts
+
+FLOOR = "floor"
+OURS = "ours"
+PER_TOKEN = "per-token loop"
+SUMMARY = "summary fix"
+MIXTRAL = "mixtral eager"
+MIXTRAL_GROUPED = "mixtral grouped_mm"
+
+
+@dataclass(frozen=True)
+class Size:
+    """One benchmarked shape of the MoE layer."""
+
+    name: str
+    batch: int  # B
+    seq: int  # T; N = B * T tokens
+    d_model: int  # D
+    hidden: int  # H
+    experts: int  # E
+    top_k: int  # K
+
+    @classmethod
+    def of(cls, name: str, c: MahiaConfig) -> Size:
+        """The MoE layer's shape in a model built from ``c``."""
+        return cls(name, c.batch_size, c.seq_len, c.d_model, c.expert_hidden, c.num_experts,
+                   c.top_k)
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+    def label(self) -> str:
+        return (f"{self.name}: {self.tokens} tokens, D={self.d_model}, H={self.hidden}, "
+                f"E={self.experts}, K={self.top_k}")
+
+
+# Goals of issue 7: the largest allowed ratio to the floor, the smallest speed-up over the
+# Mixtral block, the smallest speed-up over the per-token loop (None: no goal).
+GOALS: dict[str, dict[str, float | None]] = {
+    "teaching": {"floor": 1.5, "mixtral": 1.5, "per_token": None},
+    "medium": {"floor": 1.10, "mixtral": 1.0, "per_token": 50.0},
+}
+
+
+# --- the original's layout and its per-token loop ---------------------------------------
+
+
+class _SeparateExpert(nn.Module):
+    """One SwiGLU expert with its own weights, as the original's ``ModuleList`` held them."""
+
+    def __init__(self, experts: SwiGLUExperts, e: int):
+        super().__init__()
+        self.w_gate = nn.Parameter(experts.w_gate[e].detach().clone())  # (D, H)
+        self.w_up = nn.Parameter(experts.w_up[e].detach().clone())  # (D, H)
+        self.w_down = nn.Parameter(experts.w_down[e].detach().clone())  # (H, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (F.silu(x @ self.w_gate) * (x @ self.w_up)) @ self.w_down  # (..., D)
+
+
+class _OriginalLayout(_OriginalRouter):
+    """The catalog's original router with experts as separate modules (see module docstring).
+
+    The separate experts copy the stacked weights the first time they are asked for: load the
+    weights first, then call :meth:`expert_list`.
+    """
+
+    def expert_list(self) -> nn.ModuleList:
+        if "_separate" not in self.__dict__:  # kept out of _modules: not a registered child
+            self.__dict__["_separate"] = nn.ModuleList(
+                _SeparateExpert(self.experts, e) for e in range(self.num_experts)
+            )
+        return self.__dict__["_separate"]
+
+
+class PerTokenRouter(_OriginalLayout):
+    """The original per-token loop: for each token, for each slot, ``experts[id](x_n)``.
+
+    Given its best chance: one host sync for all ids (not one ``int()`` per id), and rows and
+    weights split with one ``unbind`` each instead of one indexing op per token.
+    """
+
+    def combine(self, flat: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        experts = self.expert_list()
+        rows = flat.unbind(0)  # N x (D,)
+        weights = w.to(flat.dtype).unbind(0)  # N x (K,)
+        out = []
+        for x_n, w_n, ids_n in zip(rows, weights, ids.tolist(), strict=True):  # host sync
+            y = w_n[0] * experts[ids_n[0]](x_n)  # (D,)
+            for j in range(1, len(ids_n)):
+                y = y + w_n[j] * experts[ids_n[j]](x_n)
+            out.append(y)
+        return torch.stack(out)  # (N, D)
+
+
+class SummaryLoopRouter(_OriginalLayout, SummaryExpertRouter):
+    """The summary's ``torch.unique`` + ``int(u.item())`` loop (the catalog's code) on the
+    original's layout."""
+
+
+def original_style(cls: type[_OriginalLayout], moe: ExpertRouter) -> _OriginalLayout:
+    """A ``cls`` router holding ``moe``'s weights (router and experts)."""
+    s = moe.router.weight.shape  # (E, D)
+    router = cls(s[1], s[0], moe.top_k, moe.experts.w_gate.shape[-1])
+    router.load_state_dict(moe.state_dict())
+    router.expert_list()  # copy the experts now, from the loaded weights
+    return router.train(moe.training)
+
+
+# --- the peer and the floor -------------------------------------------------------------
+
+
+def mixtral_block(moe: ExpertRouter, implementation: str = "eager") -> nn.Module:
+    """A ``transformers`` Mixtral sparse MoE block holding ``moe``'s weights.
+
+    The mapping of ``tests/test_moe.py``: the router ``(E, D)`` is ``gate.weight`` as is;
+    ``gate_up_proj`` (E, 2H, D) stacks the transposed gate and up weights; ``down_proj``
+    (E, D, H) is the transposed down weight.
+    """
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    e, d = moe.router.weight.shape
+    ex = moe.experts
+    config = MixtralConfig(
+        hidden_size=d, intermediate_size=ex.w_gate.shape[-1], num_local_experts=e,
+        num_experts_per_tok=moe.top_k, router_jitter_noise=0.0,
+        experts_implementation=implementation,
+    )
+    block = MixtralSparseMoeBlock(config).train(moe.training)
+    with torch.no_grad():
+        block.gate.weight.copy_(moe.router.weight)
+        block.experts.gate_up_proj.copy_(
+            torch.cat([ex.w_gate.transpose(1, 2), ex.w_up.transpose(1, 2)], dim=1)
+        )
+        block.experts.down_proj.copy_(ex.w_down.transpose(1, 2))
+    return block
+
+
+class DenseSwiGLU(nn.Module):
+    """The floor: one SwiGLU FFN ``down(silu(x W_gate) * (x W_up))`` with plain matmuls."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.w_gate = nn.Parameter(torch.randn(d_model, hidden) / d_model**0.5)  # (D, H)
+        self.w_up = nn.Parameter(torch.randn(d_model, hidden) / d_model**0.5)  # (D, H)
+        self.w_down = nn.Parameter(torch.randn(hidden, d_model) / hidden**0.5)  # (H, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (F.silu(x @ self.w_gate) * (x @ self.w_up)) @ self.w_down  # (K*N, D)
+
+
+# --- arms -------------------------------------------------------------------------------
+
+
+class Arm:
+    """Forward + backward of one implementation on its own copy of the input.
+
+    ``__call__`` clears the gradients, runs ``forward(x)`` and backpropagates the fixed
+    cotangent; afterwards ``out`` and ``x.grad`` hold this call's results.
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor],
+                 params: list[torch.Tensor], x: torch.Tensor, cotangent: torch.Tensor):
+        self.forward, self.params = forward, params
+        self.x = x.detach().clone().requires_grad_(True)
+        self.cotangent = cotangent
+        self.out: torch.Tensor | None = None
+
+    def __call__(self) -> None:
+        for p in self.params:
+            p.grad = None
+        self.x.grad = None
+        out = self.forward(self.x)
+        out.backward(self.cotangent)
+        self.out = out.detach()
+
+
+def build_arms(size: Size, seed: int = 0, names: list[str] | None = None) -> dict[str, Arm]:
+    """Every arm of ``size`` with identical weights, input and cotangent (``names``: a subset)."""
+    torch.manual_seed(seed)
+    moe = ExpertRouter(size.d_model, size.experts, size.top_k, size.hidden).train()
+    x = torch.randn(size.batch, size.seq, size.d_model)  # (B, T, D)
+    cot = torch.randn(size.batch, size.seq, size.d_model)  # (B, T, D)
+    floor = DenseSwiGLU(size.d_model, size.hidden)
+    rows = x.reshape(-1, size.d_model).repeat_interleave(size.top_k, 0)  # (K*N, D)
+    rows_cot = cot.reshape(-1, size.d_model).repeat_interleave(size.top_k, 0)  # (K*N, D)
+
+    def hidden_of(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda t: module(t).hidden
+
+    def original(cls: type[_OriginalLayout]) -> Arm:
+        r = original_style(cls, moe)
+        params = list(r.parameters()) + list(r.expert_list().parameters())
+        return Arm(hidden_of(r), params, x, cot)
+
+    makers: dict[str, Callable[[], Arm]] = {
+        FLOOR: lambda: Arm(floor, list(floor.parameters()), rows, rows_cot),
+        OURS: lambda: Arm(hidden_of(moe), list(moe.parameters()), x, cot),
+        MIXTRAL: lambda: _mixtral_arm(moe, "eager", x, cot),
+        MIXTRAL_GROUPED: lambda: _mixtral_arm(moe, "grouped_mm", x, cot),
+        SUMMARY: lambda: original(SummaryLoopRouter),
+        PER_TOKEN: lambda: original(PerTokenRouter),
+    }
+    return {n: makers[n]() for n in (names or list(makers))}
+
+
+def _mixtral_arm(moe: ExpertRouter, impl: str, x: torch.Tensor, cot: torch.Tensor) -> Arm:
+    block = mixtral_block(moe, impl)
+    return Arm(block, list(block.parameters()), x, cot)
+
+
+def agreement(arms: dict[str, Arm], reference: str = OURS) -> dict[str, dict[str, float]]:
+    """Largest |difference| of each arm's output and input gradient from ``reference``'s.
+
+    Call after every arm has run at least once. The floor computes something else: skipped.
+    """
+    ref = arms[reference]
+    assert ref.out is not None and ref.x.grad is not None
+    found = {}
+    for name, arm in arms.items():
+        if name in (reference, FLOOR):
+            continue
+        assert arm.out is not None and arm.x.grad is not None, f"{name} has not run"
+        found[name] = {
+            "output": float((arm.out - ref.out).abs().max()),
+            "input_grad": float((arm.x.grad - ref.x.grad).abs().max()),
+        }
+    return found
+
+
+# --- timing -----------------------------------------------------------------------------
+
+
+def interleaved(arms: dict[str, Callable[[], None]], rounds: int,
+                every: dict[str, int] | None = None) -> dict[str, dict[int, float]]:
+    """Seconds of each arm in each round it ran; arms named in ``every`` run every n-th round.
+
+    The order of the arms is rotated each round, so none always runs first (cold caches) or
+    right after the same neighbour.
+    """
+    every = every or {}
+    names = list(arms)
+    times: dict[str, dict[int, float]] = {n: {} for n in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            if r % every.get(name, 1):
+                continue
+            t0 = time.perf_counter()
+            arms[name]()
+            times[name][r] = time.perf_counter() - t0
+    return times
+
+
+def paired_ratios(times: dict[int, float], base: dict[int, float]) -> list[float]:
+    """``times[r] / base[r]`` for every round ``r`` both ran."""
+    return [times[r] / base[r] for r in sorted(times) if r in base]
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def measure(size: Size, rounds: int, per_token_every: int, warmup: int = 1,
+            names: list[str] | None = None) -> dict:
+    """Time every arm of ``size`` in interleaved rounds; figures per arm and pairwise ratios."""
+    arms = build_arms(size, names=names)
+    for arm in arms.values():
+        for _ in range(warmup):
+            arm()
+    agree = agreement(arms) if OURS in arms else {}
+    times = interleaved(dict(arms), rounds, {PER_TOKEN: per_token_every})
+    per_arm: dict[str, dict] = {}
+    for name, t in times.items():
+        ms = [1e3 * v for v in t.values()]
+        entry: dict = {"runs": len(ms), "ms": _spread(ms)}
+        if name != FLOOR:
+            entry["over_floor"] = _spread(paired_ratios(t, times[FLOOR]))
+        if OURS in times and name not in (OURS, FLOOR):
+            entry["over_ours"] = _spread(paired_ratios(t, times[OURS]))  # speed-up of ours
+        if name in agree:
+            entry["max_abs_diff_vs_ours"] = agree[name]
+        per_arm[name] = entry
+    return {"size": size.__dict__ | {"tokens": size.tokens}, "label": size.label(),
+            "rounds": rounds, "arms": per_arm}
+
+
+def judge(name: str, figures: dict) -> dict[str, dict]:
+    """The goals of size ``name`` against the measured medians of the paired ratios."""
+    goals, arms = GOALS[name], figures["arms"]
+    checks: dict[str, dict] = {}
+    ours_floor = arms[OURS]["over_floor"]["median"]
+    checks["ours/floor"] = {"value": ours_floor, "goal": f"<= {goals['floor']}",
+                            "met": ours_floor <= goals["floor"]}
+    for peer in (MIXTRAL, MIXTRAL_GROUPED):
+        if peer in arms:
+            speedup = arms[peer]["over_ours"]["median"]
+            checks[f"{peer}/ours"] = {"value": speedup, "goal": f">= {goals['mixtral']}",
+                                      "met": speedup >= goals["mixtral"]}
+    if goals["per_token"] is not None and PER_TOKEN in arms:
+        speedup = arms[PER_TOKEN]["over_ours"]["median"]
+        checks["per-token/ours"] = {"value": speedup, "goal": f">= {goals['per_token']}",
+                                    "met": speedup >= goals["per_token"]}
+    return checks
+
+
+def run(rounds: dict[str, int] | None = None, per_token_every: dict[str, int] | None = None,
+        sizes: dict[str, Size] | None = None) -> dict:
+    """Both sizes of issue 7; ``met`` is True when every goal of both sizes is met."""
+    sizes = sizes or {"teaching": Size.of("teaching", teaching()),
+                      "medium": Size.of("medium", medium())}
+    rounds = rounds or {"teaching": 30, "medium": 12}
+    per_token_every = per_token_every or {"teaching": 3, "medium": 6}
+    result: dict = {"name": "MoE layer, forward + backward", "threads": torch.get_num_threads(),
+                    "sizes": {}}
+    for name, size in sizes.items():
+        figures = measure(size, rounds[name], per_token_every[name])
+        if name in GOALS:
+            figures["goals"] = judge(name, figures)
+        result["sizes"][name] = figures
+    result["met"] = all(g["met"] for s in result["sizes"].values()
+                        for g in s.get("goals", {}).values())
+    return result
+
+
+def _ratio(s: dict | None) -> str:
+    return "-" if s is None else f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+
+
+def markdown(result: dict) -> str:
+    """The result as a Markdown section for benchmarks/results/latest.md."""
+    lines = ["### MoE layer, forward + backward", "",
+             f"float32, train mode, {result['threads']} threads. Ratios are paired within "
+             "each round (median, min-max over rounds); the floor is one dense SwiGLU FFN over "
+             "K*N rows.", ""]
+    for fig in result["sizes"].values():
+        lines += [f"**{fig['label']}** ({fig['rounds']} rounds)", "",
+                  "| arm | runs | median ms (min-max) | / floor (min-max) | ours faster by "
+                  "(min-max) | max abs diff vs ours (out, grad x) |",
+                  "|---|---|---|---|---|---|"]
+        for arm, a in fig["arms"].items():
+            ms = a["ms"]
+            over = a.get("over_floor")
+            speed = a.get("over_ours")
+            diff = a.get("max_abs_diff_vs_ours")
+            lines.append(
+                f"| {arm} | {a['runs']} | {ms['median']:.2f} ({ms['min']:.2f}-{ms['max']:.2f}) "
+                f"| {_ratio(over)} | {_ratio(speed)} | "
+                + (f"{diff['output']:.1e}, {diff['input_grad']:.1e}" if diff else "-") + " |"
+            )
+        goals = fig.get("goals", {})
+        if goals:
+            lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
+            for g, c in goals.items():
+                lines.append(f"| {g} | {c['value']:.2f} | {c['goal']} | "
+                             f"{'yes' if c['met'] else 'NO'} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(), indent=2))

@@ -1,0 +1,156 @@
+"""The MoE and training-step benchmarks at tiny sizes: the shape of their results, and that the
+implementations they race compute the same thing. No timing is asserted here: speed targets
+live in the benchmarks' own ``met`` flags, measured by ``make bench``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import bench_moe, bench_train_step, run_all
+from benchmarks.bench_moe import FLOOR, OURS, PER_TOKEN, Size
+from mahiax.config import tiny
+from mahiax.moe import ExpertRouter
+
+# both goal-bearing size names, at shapes that run in milliseconds
+TINY_SIZES = {
+    "teaching": Size("teaching", batch=2, seq=6, d_model=8, hidden=12, experts=4, top_k=2),
+    "medium": Size("medium", batch=3, seq=4, d_model=16, hidden=24, experts=4, top_k=1),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from a second intra-op thread, and on a busy 2-core machine
+    its spin-waiting made these steps ~100x slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def moe_result() -> dict:
+    return bench_moe.run(rounds={"teaching": 2, "medium": 2},
+                         per_token_every={"teaching": 1, "medium": 2}, sizes=TINY_SIZES)
+
+
+@pytest.fixture(scope="module")
+def train_result() -> dict:
+    # 6 steps: the carried-state band-aid steps the optimiser after step 3 and fails at step 4
+    return bench_train_step.run(steps=6, block=2, config=tiny())
+
+
+def test_both_benchmarks_are_registered():
+    assert run_all.BENCHMARKS["moe"] == "bench_moe"
+    assert run_all.BENCHMARKS["train_step"] == "bench_train_step"
+
+
+def test_moe_result_has_every_arm_with_times_and_paired_ratios(moe_result):
+    for name, size in moe_result["sizes"].items():
+        arms = size["arms"]
+        assert set(arms) == {FLOOR, OURS, PER_TOKEN, bench_moe.SUMMARY, bench_moe.MIXTRAL,
+                             bench_moe.MIXTRAL_GROUPED}, name
+        for arm, a in arms.items():
+            assert a["ms"]["min"] <= a["ms"]["median"] <= a["ms"]["max"], arm
+            if arm != FLOOR:
+                assert a["over_floor"]["min"] <= a["over_floor"]["median"]
+        assert arms[PER_TOKEN]["runs"] == (2 if name == "teaching" else 1)
+
+
+def test_moe_goals_are_judged_and_met_is_their_conjunction(moe_result):
+    goals = [g for s in moe_result["sizes"].values() for g in s["goals"].values()]
+    assert {"ours/floor", "mixtral eager/ours", "per-token/ours"} <= set(
+        moe_result["sizes"]["medium"]["goals"])
+    assert all(isinstance(g["met"], bool) for g in goals)
+    assert moe_result["met"] == all(g["met"] for g in goals)
+
+
+def test_moe_arms_compute_the_same_output_and_input_gradient(moe_result):
+    """Every raced implementation (loops, ours, both Mixtral implementations) agrees with
+    ours within 1e-5: same weights, same routing, same result."""
+    for size in moe_result["sizes"].values():
+        for arm, a in size["arms"].items():
+            if arm in (FLOOR, OURS):
+                continue
+            diff = a["max_abs_diff_vs_ours"]
+            assert diff["output"] <= 1e-5 and diff["input_grad"] <= 1e-5, (arm, diff)
+
+
+@pytest.mark.parametrize("cls", [bench_moe.PerTokenRouter, bench_moe.SummaryLoopRouter])
+def test_original_layout_loops_give_our_weight_gradients(cls):
+    """The original-layout loops hold copies of the expert weights: their gradients are the
+    per-expert slices of ours, and the router's gradient is ours."""
+    torch.manual_seed(0)
+    moe = ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=12).train()
+    loop = bench_moe.original_style(cls, moe)
+    x = torch.randn(2, 6, 8)
+
+    moe(x).hidden.sum().backward()
+    loop(x).hidden.sum().backward()
+
+    experts = loop.expert_list()
+    for name in ("w_gate", "w_up", "w_down"):
+        theirs = torch.stack([getattr(e, name).grad for e in experts])  # (E, ., .)
+        torch.testing.assert_close(theirs, getattr(moe.experts, name).grad, atol=1e-5, rtol=0)
+    torch.testing.assert_close(loop.router.weight.grad, moe.router.weight.grad, atol=1e-5,
+                               rtol=0)
+
+
+def test_floor_runs_k_times_the_tokens():
+    arms = bench_moe.build_arms(TINY_SIZES["teaching"], names=[FLOOR])
+    arms[FLOOR]()
+    assert arms[FLOOR].out.shape == (2 * 6 * 2, 8)  # (K*N, D)
+
+
+def test_moe_markdown_has_a_table_per_size_and_the_goals(moe_result):
+    text = bench_moe.markdown(moe_result)
+    assert text.startswith("### MoE layer")
+    assert text.count("| arm | runs |") == 2
+    assert "| ours/floor |" in text
+
+
+def test_training_loops_compute_the_same_gradients():
+    """The summary's two retain_graph loops and the one-backward loop apply the same
+    gradients on the same first step (float32)."""
+    grads = {}
+    for name, loop in bench_train_step.LOOPS.items():
+        arm = bench_train_step.TrainArm(tiny(), loop)
+        arm.step()
+        grads[name] = arm.gradients()
+    ref = grads[bench_train_step.ONE_BACKWARD]
+    for name, g in grads.items():
+        assert g.keys() == ref.keys(), name
+        for k in ref:
+            torch.testing.assert_close(g[k], ref[k], atol=1e-5, rtol=1e-5, msg=f"{name} {k}")
+
+
+def test_train_step_result_structure_and_goals(train_result):
+    arms = train_result["arms"]
+    assert set(arms) == set(bench_train_step.LOOPS)
+    for a in arms.values():
+        assert a["steps"] == 6
+        assert a["min_step_ms"] <= a["median_step_ms"] <= a["max_step_ms"]
+    assert "over_one_backward" in arms[bench_train_step.SUMMARY_FORWARDS]
+    assert all(isinstance(g["met"], bool) for g in train_result["goals"].values())
+    assert train_result["met"] == all(g["met"] for g in train_result["goals"].values())
+
+
+def test_one_backward_keeps_live_tensor_bytes_flat(train_result):
+    """A memory figure, not a timing: nothing carries graph from step to step."""
+    assert train_result["arms"][bench_train_step.ONE_BACKWARD]["bytes_growth_per_step"] == 0
+
+
+def test_carried_state_band_aid_grows_then_fails(train_result):
+    c = train_result["carried_state"]
+    assert c["error"] is not None and c["error"]["type"] == "RuntimeError"
+    assert c["error"]["step"] == 4  # the first backward after optimizer.step()
+    nodes = c["graph_nodes"]
+    assert all(b > a for a, b in zip(nodes, nodes[1:], strict=False)), nodes
+    assert c["bytes_growth_per_step"] > 0
+
+
+def test_train_step_markdown(train_result):
+    text = bench_train_step.markdown(train_result)
+    assert text.startswith("### Training step")
+    assert "RuntimeError" in text

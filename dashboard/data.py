@@ -35,6 +35,28 @@ def list_runs(path: str) -> pd.DataFrame:
     return get_reader(path).runs().drop(columns=["config"])
 
 
+@st.cache_data(ttl=1.0, show_spinner=False)
+def catalog_runs(path: str) -> pd.DataFrame:
+    """The store's bug-catalog runs (``mahiax train --bug``): name, status, bug, variant,
+    created; oldest first. Other runs are left out."""
+    from mahiax.recording import CATALOG_KEY
+
+    table = get_reader(path).runs()
+    tags = table["config"].map(lambda c: c.get(CATALOG_KEY) if isinstance(c, dict) else None)
+    keep = tags.map(lambda t: isinstance(t, dict) and "bug" in t and "variant" in t)
+    out = table.loc[keep, ["name", "status", "created"]].copy()
+    out["bug"] = [t["bug"] for t in tags[keep]]
+    out["variant"] = [t["variant"] for t in tags[keep]]
+    return out.reset_index(drop=True)
+
+
+def latest_variant_runs(path: str, entry_id: str) -> dict[str, str]:
+    """variant -> name of the newest recorded run of catalog entry ``entry_id``."""
+    runs = catalog_runs(path)
+    mine = runs[runs["bug"] == entry_id]
+    return {str(v): str(group.iloc[-1]["name"]) for v, group in mine.groupby("variant")}
+
+
 def run_info(path: str, name: str) -> dict:
     """One run's current row (status, steps, error ...): read fresh, it changes live."""
     return get_reader(path).run(name)

@@ -357,9 +357,21 @@ PAGES: dict[str, tuple[Callable[[], None], str, str]] = {
 }
 
 
+BUG_LAB = "bug-lab"  # url path of the Bug lab page (dashboard/bug_lab.py), after PAGES
+
+
+def bug_lab() -> None:
+    from dashboard.bug_lab import bug_lab as page  # late: bug_lab imports this module
+
+    page()
+
+
 def pages() -> list:
-    """The st.Page objects, in menu order; the default is ``st.session_state[PAGE_KEY]``
-    (Training unless set), which lets tests open each page."""
+    """The st.Page objects, in menu order: the run pages (PAGES), then the Bug lab, which
+    compares catalog runs rather than showing the picked run. The default page is
+    ``st.session_state[PAGE_KEY]`` (Training unless set), which lets tests open each page."""
     first = st.session_state.get(PAGE_KEY, "training")
+    listed = [*((key, func, title, icon) for key, (func, title, icon) in PAGES.items()),
+              (BUG_LAB, bug_lab, "Bug lab", ":material/bug_report:")]
     return [st.Page(func, title=title, icon=icon, url_path=key, default=(key == first))
-            for key, (func, title, icon) in PAGES.items()]
+            for key, func, title, icon in listed]

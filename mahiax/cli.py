@@ -96,6 +96,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.bug is not None:
         if not args.run:
             raise ValueError("--bug needs --run NAME: a catalog run is recorded into the store")
+        if args.resume:
+            raise ValueError("--bug runs cannot be resumed (they are a few steps long): "
+                             "record a new one under another --run NAME")
         return cmd_train_bug(args)
     config = _config_from(args)
     if args.run:

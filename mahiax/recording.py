@@ -54,7 +54,15 @@ def record_training(
     state = None
     if resume:
         state = load_checkpoint(ckpt) if ckpt.exists() else None
-        config = MahiaConfig.from_dict(RunReader(store).config(name))
+        stored = RunReader(store).config(name)
+        if CATALOG_KEY in stored:
+            tag = stored[CATALOG_KEY]
+            raise ValueError(
+                f"run {name!r} is a bug-catalog run ({tag.get('bug')} / {tag.get('variant')}); "
+                "catalog runs are short and cannot be resumed: record a new one with "
+                "--bug ID --variant V --run NEW_NAME"
+            )
+        config = MahiaConfig.from_dict(stored)
     trainer = Trainer(config)
     if state is not None:
         restore(trainer, state)
@@ -92,6 +100,10 @@ def record_training(
     return trainer
 
 
+# config key of a catalog run: {"bug": id, "variant": buggy | summary | fixed}
+CATALOG_KEY = "catalog"
+
+
 def record_bug(
     entry_id: str, variant: str, name: str, steps: int, *, store: str | Path | None = None
 ):
@@ -103,7 +115,10 @@ def record_bug(
     from mahiax.bugs.harness import harness_config, observing
 
     entry = get(entry_id)  # an unknown id fails here, before the store is touched
-    writer = RunWriter(name, harness_config().to_dict(), path=store)
+    # the catalog identity rides along in the config, so the dashboard's Bug lab can group
+    # the variants of one entry; the rest is the harness model's config
+    config = {**harness_config().to_dict(), CATALOG_KEY: {"bug": entry_id, "variant": variant}}
+    writer = RunWriter(name, config, path=store)
 
     def log(row: dict) -> None:
         if row["variant"] != variant:

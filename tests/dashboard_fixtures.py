@@ -65,3 +65,14 @@ def corrupt_store(root: Path) -> Path:
     path = root / "corrupt.sqlite"
     path.write_bytes(b"this is not a run store\n" * 200)
     return path
+
+
+def catalog_store(root: Path) -> Path:
+    """The three variants of ``retain-graph`` recorded (8 steps each), plus a plain run."""
+    from mahiax.recording import record_bug
+
+    path = root / "catalog.sqlite"
+    record_training(tiny(), "plain", 2, store=path)
+    for variant in ("buggy", "summary", "fixed"):
+        record_bug("retain-graph", variant, f"retain-graph-{variant}", 8, store=path)
+    return path

@@ -3,6 +3,9 @@ demo autostarts in its own process, and the pure transforms behave."""
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +17,8 @@ pytest.importorskip("plotly")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from dashboard import processing, runs  # noqa: E402
-from dashboard.views import PAGE_KEY, PAGES, RUN_KEY  # noqa: E402
+from dashboard import bug_lab, data, processing, runs  # noqa: E402
+from dashboard.views import BUG_LAB, PAGE_KEY, PAGES, RUN_KEY  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py")
@@ -36,6 +39,7 @@ def stores(tmp_path_factory) -> dict[str, Path]:
         "interrupted": fx.interrupted_store(root),
         "corrupt": fx.corrupt_store(root),
         "empty": root / "empty" / "mahiax.sqlite",
+        "catalog": fx.catalog_store(root),
     }
 
 
@@ -138,6 +142,90 @@ def test_autostart_starts_demo_in_a_process(monkeypatch, tmp_path):
         assert runs.stop_run(store, runs.DEMO_NAME)
     assert runs.active_runs(store) == {}
     assert not runs.maybe_start_demo(store, 0), "a demo is started once per store"
+
+
+# -- Bug lab --------------------------------------------------------------------------------
+
+
+def render_lab(monkeypatch, store: Path, entry: str | None = None) -> AppTest:
+    """The Bug lab page against ``store`` (optionally on ``entry``); no uncaught exception."""
+    monkeypatch.setenv("MAHIAX_STORE", str(store))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[PAGE_KEY] = BUG_LAB
+    if entry is not None:
+        at.session_state[bug_lab.ENTRY_KEY] = entry
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def chart_series(chart) -> dict[str, np.ndarray]:
+    """trace name -> y values of a rendered Plotly chart (Plotly sends them base64-packed)."""
+    out = {}
+    for trace in json.loads(chart.proto.spec)["data"]:
+        y = trace["y"]
+        if isinstance(y, dict):
+            y = np.frombuffer(base64.b64decode(y["bdata"]), dtype=y["dtype"])
+        out[trace["name"]] = np.asarray(y, dtype=float)
+    return out
+
+
+def test_bug_lab_compares_recorded_variants(monkeypatch, stores):
+    at = render_lab(monkeypatch, stores["catalog"])
+    assert at.selectbox(key=bug_lab.ENTRY_KEY).value == "retain-graph", \
+        "the lab opens on the newest recorded entry"
+    assert "Verdict on the summary's fix: hides-the-error" in texts(at.warning)
+    errors = texts(at.error)
+    assert "**RuntimeError** at step 0 · `retain-graph-buggy` · 0 steps ran" in errors
+    assert "**RuntimeError** at step 4 · `retain-graph-summary` · 4 steps ran" in errors
+    code = texts(at.code)
+    assert "Trying to backward through the graph a second time" in code
+    assert "modified by an inplace operation" in code
+    assert "No error · `retain-graph-fixed` · 8 steps ran" in texts(at.success)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 4, "graph size, memory, loss and gradient error overlays"
+    graph = chart_series(charts[0])
+    assert list(graph) == ["summary", "fixed"], "the bug fails at step 0: nothing to draw"
+    grown = graph["summary"][~np.isnan(graph["summary"])]
+    assert len(grown) == 4 and np.all(np.diff(grown) > 0), "retain_graph grows the graph"
+    assert graph["fixed"][-1] == graph["fixed"][1], "the right fix keeps it constant"
+
+
+def test_bug_lab_empty_and_corrupt_store(monkeypatch, stores):
+    at = render_lab(monkeypatch, stores["empty"], entry="expert-index")
+    assert "No recorded runs of `expert-index` yet" in texts(at.info)
+    assert "Verdict on the summary's fix: wrong-diagnosis" in texts(at.warning)
+    at = render_lab(monkeypatch, stores["corrupt"], entry="expert-index")
+    assert "not a MAHIA-X run store" in texts(at.error)
+
+
+def test_bug_lab_button_runs_three_variants(monkeypatch, tmp_path):
+    store = tmp_path / "mahiax.sqlite"
+    at = render_lab(monkeypatch, store, entry="tiny-memory-write")
+    at.number_input[0].set_value(3)
+    next(b for b in at.button if b.label.startswith("Run the three variants")).click()
+    at.run()
+    assert not at.exception
+    names = [f"tiny-memory-write-{v}" for v in ("buggy", "summary", "fixed")]
+    assert f"Started {', '.join(names)}" in texts(at.success)
+    deadline = time.monotonic() + 120
+    while runs.active_runs(store) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert runs.active_runs(store) == {}, "the three variant processes end on their own"
+    at.run()
+    assert not at.exception
+    errors = texts(at.error)
+    assert "at step 1 · `tiny-memory-write-buggy`" in errors
+    assert "at step 1 · `tiny-memory-write-summary`" in errors  # the same error again
+    assert "No error · `tiny-memory-write-fixed` · 3 steps ran" in texts(at.success)
+
+
+def test_catalog_runs_and_unique_names(stores):
+    table = data.catalog_runs(str(stores["catalog"]))
+    assert list(table["name"]) == [f"retain-graph-{v}" for v in ("buggy", "summary", "fixed")]
+    assert set(table["bug"]) == {"retain-graph"}, "the plain run is left out"
+    assert bug_lab.unique_name("a", {"a", "a-2"}) == "a-3"
+    assert bug_lab.unique_name("b", {"a"}) == "b"
 
 
 # -- pure transforms ------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A store holds a finished tiny run, and a child process trains a ``live`` run into the same
 store during the test. The test opens every page through the sidebar navigation, checks each
 draws Plotly charts without a Streamlit exception, checks the Training page's "last step N"
-grows while the live run trains, and saves a screenshot of every page to
+grows while the live run trains, opens the Bug lab on two recorded variants of
+``retain-graph``, and saves a screenshot of every page to
 ``test-artifacts/dashboard/``.
 
 Skipped where ``/usr/bin/chromium`` or the ``playwright`` package is missing (Debian's
@@ -36,7 +37,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from dashboard import data  # noqa: E402
 from mahiax.config import tiny  # noqa: E402
-from mahiax.recording import record_training  # noqa: E402
+from mahiax.recording import record_bug, record_training  # noqa: E402
 from mahiax.telemetry.probes import Cadence  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +87,8 @@ def store(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("e2e_store") / "mahiax.sqlite"
     record_training(tiny().replace(max_steps=40), "done", 40, store=path,
                     cadence=Cadence(snapshot_every=10, memory_every=10))
+    for variant in ("summary", "fixed"):  # for the Bug lab: retain_graph's growth vs the fix
+        record_bug("retain-graph", variant, f"retain-graph-{variant}", 8, store=path)
     return path
 
 
@@ -165,13 +168,13 @@ def _nav_link(pg, title: str):
         has=pg.get_by_text(title, exact=True))
 
 
-def _open(pg, title: str) -> None:
+def _open(pg, title: str, timeout_ms: float = 20_000) -> None:
     """Click the page's sidebar link and wait for its title and its charts."""
     link = _nav_link(pg, title).first
     if link.get_attribute("aria-current") != "page":  # already there: a click may not land
         link.click()
     expect(pg.get_by_role("heading", name=title, exact=True)).to_be_visible()
-    expect(pg.locator(CHART).first).to_be_visible()
+    expect(pg.locator(CHART).first).to_be_visible(timeout=timeout_ms)
 
 
 def _last_step(pg) -> int:
@@ -221,3 +224,12 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
         if key == "memory":
             expect(page.get_by_text("CPU, no GPU found")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / f"done-{key}.png"))
+
+    # the Bug lab opens on the recorded entry: measured verdict, errors, overlaid curves
+    _open(page, "Bug lab", timeout_ms=60_000)  # the verdict is measured first (seconds)
+    expect(page.get_by_text("Verdict on the summary's fix: hides-the-error")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^RuntimeError at step 4 ·"))).to_be_visible()
+    expect(page.get_by_text("Autograd graph size per step")).to_be_visible()
+    assert page.locator(EXCEPTION).count() == 0, "Bug lab: Streamlit exception shown"
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "bug-lab.png"), full_page=True)

@@ -54,6 +54,22 @@ def test_a_view_is_not_counted_twice():
     assert counted == pytest.approx(8 * MB, rel=0.1)
 
 
+def test_a_broken_view_does_not_crash_the_meter():
+    """The catalog's buggy programs leave views whose ``grad_fn`` PyTorch refuses to give
+    (an unbind output whose base was changed in place); the meter still reads them."""
+    meter = MemoryMeter("cpu")
+    base_bytes = _tensor_bytes(meter)
+    w = torch.randn(MB // 4, 2, requires_grad=True)  # 2 MB
+    base = w * 1  # 2 MB, in the graph
+    parts = base.unbind(1)
+    base.mul_(2)
+    with pytest.raises(RuntimeError, match="Output 0 of Unbind is a view"):
+        _ = parts[0].grad_fn
+    counted = _tensor_bytes(meter) - base_bytes
+    del w, base, parts
+    assert counted == pytest.approx(4 * MB, rel=0.2)
+
+
 def test_tensors_kept_only_by_a_graph_are_counted():
     meter = MemoryMeter("cpu")
     base = _tensor_bytes(meter)

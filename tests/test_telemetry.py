@@ -178,12 +178,21 @@ def test_cli_bug_run_exits_1_with_the_error(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tiny-memory-write / buggy: RuntimeError at step 1" in out
     assert RunReader(store).run("tm")["status"] == "failed"
+    tag = RunReader(store).config("tm")["catalog"]
+    assert tag == {"bug": "tiny-memory-write", "variant": "buggy"}, "the lab groups by this"
+    # a catalog run is a few steps long: resuming it is refused with one clear line
+    assert main(["train", "--run", "tm", "--resume", "--steps", "8", "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert "'tm' is a bug-catalog run (tiny-memory-write / buggy)" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(("argv", "says"), [
     (["train", "--run", "a/b", "--steps", "2"], "run name"),
     (["train", "--bug", "tiny-memory-write", "--steps", "2"], "--bug and --variant go together"),
     (["train", "--resume", "--steps", "2"], "--resume needs --run NAME"),
+    (["train", "--bug", "retain-graph", "--variant", "fixed", "--run", "r", "--resume"],
+     "--bug runs cannot be resumed"),
     (["runs", "show", "nope"], "nope"),
 ])
 def test_cli_bad_requests_get_one_clear_line(tmp_path, capsys, argv, says):

@@ -120,8 +120,9 @@ def cpu_tensor_bytes() -> int:
     kinds = _tensor_types()
     for t in [obj for obj in gc.get_objects() if type(obj) in kinds]:
         _add_storage(t, storages)
-        if t.grad_fn is not None:
-            stack.append(t.grad_fn)
+        grad_fn = _grad_fn(t)
+        if grad_fn is not None:
+            stack.append(grad_fn)
     saved_names: dict[type, list[str]] = {}
     while stack:
         node = stack.pop()
@@ -146,6 +147,16 @@ def _tensor_types() -> set[type]:
             kinds.add(kind)
             todo.extend(kind.__subclasses__())
     return kinds
+
+
+def _grad_fn(t: torch.Tensor) -> Any:
+    """``t.grad_fn``, or None where reading it raises: a view from a multi-output op (unbind,
+    split) whose base was changed in place refuses it ("Output 0 of Unbind is a view ...").
+    A meter must read the memory of a broken program too, not crash it."""
+    try:
+        return t.grad_fn
+    except RuntimeError:
+        return None
 
 
 def _add_storage(t: torch.Tensor, storages: dict[tuple[int, int], int]) -> None:

@@ -70,6 +70,36 @@ def test_a_broken_view_does_not_crash_the_meter():
     assert counted == pytest.approx(4 * MB, rel=0.2)
 
 
+class _Keep(torch.autograd.Function):
+    """Doubles its input and saves it through ``ctx.save_for_backward`` (a custom node)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2
+
+
+def test_a_graph_whose_saved_tensor_was_modified_does_not_crash_the_meter():
+    """A notebook keeps a caught in-place error (and its graph) alive; reading the custom
+    node's ``saved_tensors`` then raises PyTorch's version error, which the meter skips."""
+    meter = MemoryMeter("cpu")
+    base_bytes = _tensor_bytes(meter)
+    a = torch.randn(MB // 4, requires_grad=True)  # 1 MB
+    x = a * 1.0  # 1 MB, saved by _Keep
+    y = _Keep.apply(x)  # 1 MB
+    with torch.no_grad():
+        x.add_(1.0)  # the saved tensor is now at a newer version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        _ = y.grad_fn.saved_tensors
+    counted = _tensor_bytes(meter) - base_bytes
+    del a, x, y
+    assert counted == pytest.approx(3 * MB, rel=0.2)
+
+
 def test_tensors_kept_only_by_a_graph_are_counted():
     meter = MemoryMeter("cpu")
     base = _tensor_bytes(meter)

@@ -176,16 +176,26 @@ def _saved_tensors(node: Any, names_cache: dict[type, list[str]]) -> list[torch.
     kind = type(node)
     if kind not in names_cache:
         names_cache[kind] = [a for a in dir(node) if a.startswith("_saved_")] + [
-            a for a in ("saved_tensors", "variable") if hasattr(node, a)
+            a for a in ("saved_tensors", "variable") if _has_attribute(node, a)
         ]
     found: list[torch.Tensor] = []
     for name in names_cache[kind]:
         try:
             value = getattr(node, name)
-        except RuntimeError:  # "saved tensors ... have already been freed"
+        except RuntimeError:  # freed, or modified in place since it was saved
             continue
         if isinstance(value, torch.Tensor):
             found.append(value)
         elif isinstance(value, tuple | list):
             found.extend(v for v in value if isinstance(v, torch.Tensor))
     return found
+
+
+def _has_attribute(node: Any, name: str) -> bool:
+    """``hasattr`` for autograd nodes: reading ``saved_tensors`` raises a RuntimeError (not an
+    AttributeError) when a saved tensor was freed or modified in place since it was saved, as
+    in a graph kept alive by a caught in-place error; the attribute exists all the same."""
+    try:
+        return hasattr(node, name)
+    except RuntimeError:
+        return True

@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "telemetry": "bench_telemetry",
     "moe": "bench_moe",
     "train_step": "bench_train_step",
+    "dashboard": "bench_dashboard",
 }
 
 

@@ -82,30 +82,62 @@ def pca_project(pca: Pca, x: np.ndarray) -> np.ndarray:
     return (x - pca.mean) @ pca.components.T
 
 
+def thin_steps(steps: list[int], max_n: int) -> list[int]:
+    """At most ``max_n`` of the sorted ``steps``, evenly spread, the first and last kept:
+    a 100,000-step run has 4,000 snapshots, more than a chart or a slider can show usefully."""
+    if max_n < 2:
+        raise ValueError(f"max_n={max_n} must be at least 2")
+    steps = sorted(steps)
+    if len(steps) <= max_n:
+        return steps
+    picks = np.unique(np.linspace(0, len(steps) - 1, max_n).round().astype(int))
+    return [steps[i] for i in picks]
+
+
+def _stack(snapshots: Mapping[int, np.ndarray]) -> tuple[list[int], np.ndarray | None]:
+    """Sorted steps and the snapshots as one (S, N, D) float64 array (None if shapes differ)."""
+    steps = sorted(snapshots)
+    arrays = [np.asarray(snapshots[s], dtype=np.float64) for s in steps]
+    if not arrays or any(a.shape != arrays[0].shape for a in arrays):
+        return steps, None
+    return steps, np.stack([a.reshape(len(a), -1) for a in arrays])
+
+
 def node_paths(snapshots: Mapping[int, np.ndarray], pca: Pca) -> pd.DataFrame:
     """Long table of every node's 2-D position per step: columns step, node, x, y."""
-    frames = []
-    for step, nodes in sorted(snapshots.items()):
-        xy = pca_project(pca, nodes)
-        frames.append(pd.DataFrame({"step": step, "node": np.arange(len(xy)),
-                                    "x": xy[:, 0], "y": xy[:, 1]}))
-    if not frames:
+    steps, stacked = _stack(snapshots)
+    if not steps:
         return pd.DataFrame(columns=["step", "node", "x", "y"])
-    return pd.concat(frames, ignore_index=True)
+    if stacked is None:  # the memory was resized between snapshots: one step at a time
+        frames = []
+        for step in steps:
+            xy = pca_project(pca, snapshots[step])
+            frames.append(pd.DataFrame({"step": step, "node": np.arange(len(xy)),
+                                        "x": xy[:, 0], "y": xy[:, 1]}))
+        return pd.concat(frames, ignore_index=True)
+    n_steps, n_nodes, _ = stacked.shape
+    xy = (np.nan_to_num(stacked) - pca.mean) @ pca.components.T  # (S, N, 2)
+    return pd.DataFrame({"step": np.repeat(steps, n_nodes),
+                         "node": np.tile(np.arange(n_nodes), n_steps),
+                         "x": xy[..., 0].ravel(), "y": xy[..., 1].ravel()})
 
 
 def node_norms(snapshots: Mapping[int, np.ndarray]) -> pd.DataFrame:
     """L2 norm of each node per step: index step, one column per node."""
-    steps = sorted(snapshots)
+    steps, stacked = _stack(snapshots)
+    if stacked is not None:
+        return _per_node(steps, list(np.linalg.norm(stacked, axis=2)))
     data = [np.linalg.norm(np.asarray(snapshots[s], dtype=np.float64), axis=1) for s in steps]
     return _per_node(steps, data)
 
 
 def node_displacement(snapshots: Mapping[int, np.ndarray]) -> pd.DataFrame:
     """How far each node has moved from its first snapshot (L2): index step, column per node."""
-    steps = sorted(snapshots)
+    steps, stacked = _stack(snapshots)
     if not steps:
         return pd.DataFrame()
+    if stacked is not None:
+        return _per_node(steps, list(np.linalg.norm(stacked - stacked[:1], axis=2)))
     first = np.asarray(snapshots[steps[0]], dtype=np.float64)
     data = []
     for s in steps:

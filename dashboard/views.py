@@ -19,6 +19,7 @@ PAGE_KEY = "dashboard_page"  # which page opens first (tests set it to render ea
 LIVE_KEY = "live_refresh"
 INTERVAL_KEY = "refresh_s"
 POINTS_KEY = "max_points"
+MAX_SNAPSHOTS = 200  # memory-node snapshots drawn at most (a 100,000-step run stores 4,000)
 
 Body = Callable[[str, dict], None]
 
@@ -226,10 +227,18 @@ def memory_nodes_body(path: str, info: dict) -> None:
     if not snaps:
         st.info("This run stored no memory-node snapshots (`memory/nodes`).")
         return
-    steps = sorted(snaps)
+    every = sorted(snaps)
+    steps = processing.thin_steps(every, MAX_SNAPSHOTS)
+    if len(steps) < len(every):
+        st.caption(f"Showing {len(steps)} of {len(every)} snapshots, evenly spread (first and "
+                   "newest included): trails, PCA and charts stay readable and fast.")
+        snaps = {s: snaps[s] for s in steps}
     follow = st.checkbox("follow the newest snapshot", value=True, key="nodes_follow")
-    if follow or st.session_state.get("nodes_step") not in steps:
+    chosen = st.session_state.get("nodes_step")
+    if follow or not isinstance(chosen, int | np.integer):
         st.session_state["nodes_step"] = steps[-1]
+    elif chosen not in steps:  # the thinned steps moved as the run grew: keep the place
+        st.session_state["nodes_step"] = min(steps, key=lambda s: abs(s - chosen))
     step = steps[0]
     if len(steps) > 1:
         step = st.select_slider("step", options=steps, key="nodes_step")

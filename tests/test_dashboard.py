@@ -266,6 +266,25 @@ def test_pca_projection_shapes_and_shared_plane():
     assert processing.pca_project(flat, np.ones((3, 1))).shape == (3, 2)
 
 
+def test_thin_steps_keeps_ends_and_spreads_evenly():
+    steps = list(range(0, 100_000, 25))  # a 100,000-step run's snapshots
+    thin = processing.thin_steps(steps, 200)
+    assert len(thin) == 200 and thin[0] == 0 and thin[-1] == 99_975
+    gaps = np.diff(thin)
+    assert gaps.max() - gaps.min() <= 25, "evenly spread"
+    assert processing.thin_steps([5, 1, 3], 200) == [1, 3, 5]
+    with pytest.raises(ValueError, match="max_n=1 must be at least 2"):
+        processing.thin_steps(steps, 1)
+
+
+def test_node_paths_of_a_resized_memory_still_project():
+    rng = np.random.default_rng(2)
+    snaps = {0: rng.normal(size=(4, 8)), 10: rng.normal(size=(6, 8))}  # nodes added
+    paths = processing.node_paths(snaps, processing.pca_fit(snaps))
+    assert len(paths) == 10 and list(paths.groupby("step").size()) == [4, 6]
+    assert processing.node_displacement(snaps).loc[10].isna().all()
+
+
 def test_node_motion_and_similarity():
     a = np.array([[1.0, 0.0], [0.0, 2.0]])
     snaps = {0: a, 10: a + np.array([[3.0, 4.0], [0.0, 0.0]])}

@@ -1,0 +1,314 @@
+"""Dashboard figures (issue 5): a refresh's server time on a 100,000-step run, and the delay
+from a step being written to it being on screen.
+
+Refresh: a run with the keys, vectors and snapshots a real run logs (27 scalars and 2 vectors
+a step, 3 snapshots every 25 steps; values synthetic, written through the real RunWriter) is
+opened with Streamlit's AppTest on each page. The first render reads the whole run; each
+later one is what a live refresh does: read the steps written since (10 here), downsample,
+rebuild every chart. A rerun executes the whole script (sidebar too), so it bounds the
+fragment's own cost from above.
+
+Latency: the real server (``streamlit run dashboard``) in headless Chromium, a child process
+logging one step every 0.1 s through RunWriter (it flushes every 0.5 s), and a
+MutationObserver in the page noting when each "last step N" appears. For every step written,
+the delay is the time until the page first shows that step or a later one. Needs Debian's
+chromium and the playwright package; skipped (and said so) without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from mahiax.config import MahiaConfig
+from mahiax.store import RunWriter
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "dashboard" / "streamlit_app.py"
+CHROMIUM = Path("/usr/bin/chromium")
+REFRESH_GOAL_S = 1.0
+LATENCY_GOAL_S = 2.0
+PAGES = ("training", "experts", "memory-nodes", "loss-weights", "memory")
+TASKS = ("keywords", "mixed", "tabular")
+EXPERTS = 8
+
+
+def _step_metrics(step: int, rng: np.random.Generator) -> dict[str, float]:
+    """One step's scalars, with the keys and cadence of the real probes."""
+    loss = {t: float(1.0 / (1 + step / 5000) + 0.05 * rng.random()) for t in TASKS}
+    row = {"loss": sum(loss.values()), **{f"loss/{t}": v for t, v in loss.items()},
+           **{f"weight/{t}": float(1 + 0.1 * rng.normal()) for t in TASKS},
+           **{f"dwa/ratio/{t}": float(1 + 0.01 * rng.normal()) for t in TASKS},
+           "amp/scale": 1.0, "amp/skipped": 0.0, "amp/skipped_total": 0.0,
+           "mem/rss": 5e8 + 1e3 * step, "moe/aux_loss": float(1 + 0.01 * rng.random()),
+           "moe/cv": float(0.2 * rng.random()), "moe/dead": 0.0, "moe/dropped": 0.0,
+           "moe/entropy": float(0.99 - 0.01 * rng.random()), "moe/max_over_mean": 1.2,
+           "moe/z_loss": float(rng.random()), "optim/grad_norm": float(rng.gamma(2.0)),
+           "optim/lr": 1e-3, "time/samples_per_s": 800.0, "time/step_s": 0.04}
+    if step % 250 == 0:
+        row.update({"mem/tensor_bytes": 2e6, "mem/peak": 2.2e6})
+    return row
+
+
+def _log_step(writer: RunWriter, step: int, rng: np.random.Generator) -> None:
+    writer.log(_step_metrics(step, rng), step)
+    writer.log_vector("moe/tokens_per_expert", rng.multinomial(1024, [1 / EXPERTS] * EXPERTS),
+                      step)
+    writer.log_vector("fabric/importance", rng.dirichlet(np.ones(4)), step)
+    if step % 25 == 0:
+        writer.log_tensor("memory/nodes", rng.normal(size=(16, 64)).astype(np.float32), step)
+        writer.log_tensor("memory/adjacency", rng.random((16, 16)).astype(np.float32), step)
+        writer.log_tensor("tiny/slots", rng.normal(size=(8, 64)).astype(np.float32), step)
+
+
+def write_long_run(path: Path, steps: int, name: str = "long") -> RunWriter:
+    """A run of ``steps`` steps written through RunWriter; returned open (status running)."""
+    rng = np.random.default_rng(0)
+    writer = RunWriter(name, MahiaConfig().to_dict(), path=path, device="cpu",
+                       flush_rows=50_000)
+    for step in range(steps):
+        _log_step(writer, step, rng)
+    writer.flush()
+    return writer
+
+
+def refresh_times(steps: int = 100_000, reruns: int = 5) -> dict:
+    """Per page: the first render and the median of ``reruns`` live refreshes, in seconds."""
+    os.environ["MAHIAX_DASHBOARD_AUTOSTART"] = "0"
+    from streamlit.testing.v1 import AppTest
+
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mahiax.sqlite"
+        t0 = time.perf_counter()
+        writer = write_long_run(path, steps)
+        write_s = time.perf_counter() - t0
+        os.environ["MAHIAX_STORE"] = str(path)
+        rng = np.random.default_rng(1)
+        step = steps
+        try:
+            for page in PAGES:
+                at = AppTest.from_file(str(APP), default_timeout=600)
+                at.session_state["dashboard_page"] = page
+                t0 = time.perf_counter()
+                at.run()
+                first = time.perf_counter() - t0
+                if at.exception:
+                    raise RuntimeError(f"{page}: {at.exception[0].value}")
+                times = []
+                for _ in range(reruns):
+                    for _ in range(10):  # ten new steps between refreshes
+                        _log_step(writer, step, rng)
+                        step += 1
+                    writer.flush()
+                    t0 = time.perf_counter()
+                    at.run()
+                    times.append(time.perf_counter() - t0)
+                    if at.exception:
+                        raise RuntimeError(f"{page}: {at.exception[0].value}")
+                shown = "\n".join(str(e.value) for e in at.success)
+                if f"last step {step - 1}" not in shown:
+                    raise RuntimeError(f"{page}: the refresh did not show step {step - 1}")
+                out[page] = {"first_s": first, "refresh_median_s": statistics.median(times),
+                             "refresh_min_s": min(times), "refresh_max_s": max(times)}
+        finally:
+            writer.close()
+    worst = max(p["refresh_median_s"] for p in out.values())
+    return {"steps": steps, "write_s": write_s, "pages": out, "worst_refresh_median_s": worst,
+            "met": worst < REFRESH_GOAL_S}
+
+
+# -- write-to-screen latency ----------------------------------------------------------------
+
+_WRITER_CHILD = """
+import json, sys, time
+import numpy as np
+from benchmarks.bench_dashboard import _log_step
+from mahiax.config import MahiaConfig
+from mahiax.store import RunWriter
+path, steps, every, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+rng = np.random.default_rng(0)
+writer = RunWriter("live", MahiaConfig().to_dict(), path=path, device="cpu")
+written = []
+start = time.time()
+for step in range(steps):
+    time.sleep(max(0.0, start + step * every - time.time()))
+    _log_step(writer, step, rng)  # handed to telemetry now; committed by the next flush
+    written.append(time.time())
+    writer.heartbeat()
+writer.finish("finished")
+writer.close()
+json.dump(written, open(out, "w"))
+"""
+
+# records (Date.now() in ms, N) each time the page's "last step N" changes
+_OBSERVER_JS = """
+() => {
+  window.__seen = [];
+  let last = -1;
+  const look = () => {
+    const main = document.querySelector('[data-testid="stMain"]');
+    const m = main && main.innerText.match(/last step (\\d+)/);
+    if (m && Number(m[1]) !== last) { last = Number(m[1]); window.__seen.push([Date.now(), last]); }
+  };
+  new MutationObserver(look).observe(document.body, {subtree: true, childList: true,
+                                                     characterData: true});
+  look();
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited early ({proc.returncode})")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the dashboard did not answer within {timeout_s:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def delays(written: list[float], seen: list[tuple[float, int]]) -> list[float]:
+    """For every step written, seconds until the screen first showed it or a later step;
+    steps written after the last screen update are left out (never shown in the window)."""
+    out = []
+    j = 0
+    seen = sorted(seen)
+    for step, at in enumerate(written):
+        while j < len(seen) and (seen[j][0] < at or seen[j][1] < step):
+            j += 1
+        if j == len(seen):
+            break
+        out.append(seen[j][0] - at)
+    return out
+
+
+def screen_latency(seconds: float = 30.0, every_s: float = 0.1, refresh_s: float = 2.0) -> dict:
+    """Write-to-screen delays over ``seconds`` of a run logging a step every ``every_s``."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return {"skipped": "the playwright package is not installed", "met": True}
+    if not CHROMIUM.exists():
+        return {"skipped": f"no chromium at {CHROMIUM} (make browser installs it)", "met": True}
+    steps = int(seconds / every_s)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "mahiax.sqlite"  # empty: the run appears once the child writes
+        env = {**os.environ, "MAHIAX_STORE": str(store), "MAHIAX_DASHBOARD_AUTOSTART": "0",
+               "OMP_NUM_THREADS": "1"}
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child = None
+        try:
+            _wait_healthy(url, server)
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(
+                    executable_path=str(CHROMIUM), headless=True,
+                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run"])
+                try:
+                    page = browser.new_page(viewport={"width": 1400, "height": 900})
+                    page.goto(url)
+                    page.get_by_role("heading", name="Training", exact=True).wait_for(
+                        timeout=60_000)
+                    page.evaluate(_OBSERVER_JS)
+                    written_file = Path(tmp) / "written.json"
+                    child = subprocess.Popen(
+                        [sys.executable, "-c", _WRITER_CHILD, str(store), str(steps),
+                         str(every_s), str(written_file)], cwd=ROOT, env=env)
+                    child.wait(timeout=seconds + 120)
+                    page.wait_for_timeout(1000 * (refresh_s + 1.5))
+                    seen = [(ms / 1000, n) for ms, n in page.evaluate("window.__seen")]
+                finally:
+                    browser.close()
+            written = json.loads(written_file.read_text())
+        finally:
+            if child is not None:
+                _stop(child)
+            _stop(server)
+    d = delays(written, seen)
+    if not d:
+        raise RuntimeError("the page never showed a step of the live run")
+    q = np.quantile(d, [0.5, 0.95])
+    return {"steps_written": len(written), "steps_measured": len(d),
+            "screen_updates": len(seen), "refresh_s": refresh_s, "write_every_s": every_s,
+            "median_s": float(q[0]), "p95_s": float(q[1]), "max_s": float(max(d)),
+            "met": float(q[0]) < LATENCY_GOAL_S and float(max(d)) < LATENCY_GOAL_S + refresh_s}
+
+
+def run() -> dict:
+    """Both dashboard figures."""
+    refresh = refresh_times()
+    latency = screen_latency()
+    return {"refresh": refresh, "latency": latency,
+            "met": bool(refresh["met"] and latency["met"])}
+
+
+def markdown(r: dict) -> str:
+    """The results as a Markdown section for benchmarks/results/latest.md."""
+    f = r["refresh"]
+    lines = ["### Dashboard", "",
+             f"Refresh on a {f['steps']:,}-step run (27 scalars, 2 vectors a step; 3 snapshots "
+             "every 25 steps); a refresh reads the 10 new steps, downsamples to 2,000 points "
+             "per chart and redraws the page (AppTest, whole script).", "",
+             "| page | first open (s) | refresh, median (min-max) (s) | goal | met |",
+             "|---|---|---|---|---|"]
+    for page, p in f["pages"].items():
+        ok = "yes" if p["refresh_median_s"] < REFRESH_GOAL_S else "NO"
+        lines.append(f"| {page} | {p['first_s']:.2f} | {p['refresh_median_s']:.3f} "
+                     f"({p['refresh_min_s']:.3f}-{p['refresh_max_s']:.3f}) | < 1 s | {ok} |")
+    lat = r["latency"]
+    lines.append("")
+    if "skipped" in lat:
+        lines.append(f"Write-to-screen latency: skipped ({lat['skipped']}).")
+    else:
+        lines += [
+            "| write-to-screen delay | median (s) | p95 (s) | max (s) | goal | met |",
+            "|---|---|---|---|---|---|",
+            f"| a step every {lat['write_every_s']} s, refresh every {lat['refresh_s']:.0f} s, "
+            f"{lat['steps_measured']} steps | {lat['median_s']:.2f} | {lat['p95_s']:.2f} | "
+            f"{lat['max_s']:.2f} | median < 2 s | {'yes' if lat['met'] else 'NO'} |",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    result = run()
+    print(json.dumps(result, indent=2))
+    print(markdown(result))

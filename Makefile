@@ -30,14 +30,16 @@ test: lint browser
 	$(PY) -m pytest -n 2 --dist load
 
 # Opens on localhost (.streamlit/config.toml); with an empty store it starts a demo run.
+# STREAMLIT_ARGS passes options through, e.g. STREAMLIT_ARGS="--server.port 8600".
 dashboard: setup
-	$(VENV)/bin/streamlit run dashboard
+	$(VENV)/bin/streamlit run dashboard $(STREAMLIT_ARGS)
 
 # The lesson notebooks in JupyterLab, on localhost only; open the URL it prints.
 lab: setup
-	cd notebooks && ../$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser
+	cd notebooks && ../$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
-bench: setup
+bench: setup browser
 	$(PY) -m benchmarks.run_all
 
 clean:

@@ -154,14 +154,28 @@ def stop_run(store: Path, name: str, timeout_s: float = 5.0) -> bool:
         if proc is None:
             return False
         proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except psutil.TimeoutExpired:
+        if not _ended(proc, timeout_s):
             proc.kill()
-            proc.wait(timeout_s)
+            if not _ended(proc, timeout_s):
+                raise RuntimeError(f"process {proc.pid} training {name!r} did not stop")
         child = _children.pop(proc.pid, None)
         if child is not None:
             child.wait(timeout_s)
+        return True
+
+
+def _ended(proc: psutil.Process, timeout_s: float) -> bool:
+    """Whether ``proc`` ended within ``timeout_s``. A zombie has ended: only its parent can
+    reap it, and the parent may be another dashboard process (or one that died)."""
+    try:
+        proc.wait(timeout_s)
+        return True
+    except psutil.TimeoutExpired:
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    except ChildProcessError:  # waited on a pid another process reaped meanwhile
         return True
 
 

@@ -233,3 +233,64 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
     assert page.locator(EXCEPTION).count() == 0, "Bug lab: Streamlit exception shown"
     page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / "bug-lab.png"), full_page=True)
+
+
+def test_make_dashboard_opens_a_live_demo_run(tmp_path):
+    """``make dashboard`` with nothing else: an empty store gets a demo run, trained in its
+    own process, and the Training page shows it live (its last step grows)."""
+    store = tmp_path / "fresh" / "mahiax.sqlite"
+    port = _free_port()
+    env = {**os.environ, "MAHIAX_STORE": str(store), "PYTHONUNBUFFERED": "1"}
+    env.pop("MAHIAX_DASHBOARD_AUTOSTART", None)
+    log = open(tmp_path / "make-dashboard.log", "wb")  # noqa: SIM115
+    server = subprocess.Popen(
+        ["make", "-s", "dashboard",
+         f"STREAMLIT_ARGS=--server.port {port} --server.address 127.0.0.1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, f"make dashboard exited ({server.returncode})"
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("make dashboard did not answer /_stcore/health within 60 s")
+            time.sleep(0.3)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                         args=CHROMIUM_ARGS)
+            try:
+                pg = browser.new_page(viewport={"width": 1400, "height": 900})
+                pg.set_default_timeout(60_000)
+                pg.goto(url)
+                expect(pg.get_by_text(re.compile(r"Running \(live\) · demo · last step \d+"))
+                       ).to_be_visible(timeout=90_000)
+                first = latest = _last_step(pg)
+                deadline = time.monotonic() + 30
+                while latest <= first and time.monotonic() < deadline:
+                    pg.wait_for_timeout(500)
+                    latest = _last_step(pg)
+                assert latest > first, f"the demo's last step stayed at {first} for 30 s"
+                expect(pg.locator(CHART).first).to_be_visible()
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                pg.screenshot(path=str(ARTIFACTS / "make-dashboard-demo.png"))
+            finally:
+                browser.close()
+    finally:
+        from dashboard import runs
+
+        if server.poll() is None:
+            os.killpg(server.pid, 15)  # make and the streamlit it started
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, 9)
+                server.wait(timeout=10)
+        runs.stop_run(store, runs.DEMO_NAME)  # the demo is its own process: stop it too
+        assert runs.active_runs(store) == {}
+        log.close()

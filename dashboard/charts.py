@@ -65,12 +65,12 @@ def bars(values: pd.Series, title: str, x_title: str, y_title: str,
 
 
 def matrix(m: np.ndarray, title: str, zmin: float | None = None, zmax: float | None = None,
-           colorscale: str = "RdBu_r") -> go.Figure:
+           colorscale: str = "RdBu_r", label: str = "node") -> go.Figure:
     """A square matrix (similarity, adjacency) as a heatmap, row 0 at the top."""
     labels = [str(i) for i in range(m.shape[0])]
     fig = go.Figure(go.Heatmap(z=m, x=labels, y=labels, zmin=zmin, zmax=zmax,
                                colorscale=colorscale))
-    fig.update_layout(title=title, xaxis_title="node", yaxis_title="node",
+    fig.update_layout(title=title, xaxis_title=label, yaxis_title=label,
                       **{**_LAYOUT, "height": 380, "hovermode": "closest"})
     fig.update_yaxes(autorange="reversed", scaleanchor="x")
     return fig

@@ -266,6 +266,14 @@ def memory_nodes_body(path: str, info: dict) -> None:
                                  f"Diffusion matrix A, step {before[-1]}", colorscale="Viridis"))
         else:
             st.info("No diffusion-matrix snapshot (`memory/adjacency`) at or before this step.")
+    slots = data.live_snapshots(path, info, "tiny/slots")
+    before = [s for s in sorted(slots) if s <= step]
+    if before:
+        ring = np.asarray(slots[before[-1]], dtype=float)
+        _chart(charts.matrix(processing.cosine_similarity(ring),
+                             f"TinyMemory: cosine similarity of its {len(ring)} slots "
+                             f"(recent batch summaries), step {before[-1]}", -1.0, 1.0,
+                             label="slot"))
 
 
 def loss_weights_body(path: str, info: dict) -> None:
@@ -314,7 +322,11 @@ def memory_body(path: str, info: dict) -> None:
             keys = _present(df, ["mem/tensor_bytes", "mem/peak", "tensor_bytes"])
             if keys:
                 sparse = processing.to_megabytes(df[keys].dropna(how="all"))
-                _chart(charts.markers(_ds(sparse), "Live tensor bytes", "MB"))
+                fig = charts.markers(_ds(sparse), "Live tensor bytes", "MB")
+                # the peak so far often equals the reading: dashed, so both stay visible
+                fig.update_traces(selector=dict(name="mem/peak"), line=dict(dash="dash"),
+                                  marker=dict(symbol="circle-open", size=9))
+                _chart(fig)
             else:
                 st.info("No tensor-bytes reading stored yet.")
         with right:
@@ -323,6 +335,14 @@ def memory_body(path: str, info: dict) -> None:
                                     "Process RSS", "MB"))
             else:
                 st.info("No RSS reading stored.")
+    precision = (info.get("config") or {}).get("precision")
+    if precision == "fp32":
+        st.caption("Mixed precision is off for this run (fp32): no loss scaling, no skipped "
+                   "steps. Start a run with precision fp16 to watch the GradScaler.")
+        return
+    if precision == "bf16":
+        st.caption("bf16 autocast needs no loss scaling: the scale stays 1 and no step is "
+                   "skipped.")
     if not _present(df, ["amp/scale", "amp/skipped"]):
         st.info("No mixed-precision readings (`amp/*`) in this run.")
         return

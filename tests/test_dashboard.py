@@ -77,6 +77,15 @@ def test_finished_run(monkeypatch, stores, page):
 def test_finished_run_memory_page_labels_cpu(monkeypatch, stores):
     at = render(monkeypatch, stores["finished"], "memory")
     assert "CPU, no GPU found" in texts(at.info)
+    assert "Mixed precision is off for this run (fp32)" in texts(at.caption), \
+        "no AMP charts for an fp32 run"
+
+
+def test_memory_nodes_page_shows_tiny_memory_slots(monkeypatch, stores):
+    at = render(monkeypatch, stores["finished"], "memory-nodes")
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"]
+              for c in at.get("plotly_chart")]
+    assert any(t.startswith("TinyMemory: cosine similarity of its") for t in titles), titles
 
 
 @pytest.mark.parametrize("page", ALL_PAGES)

@@ -59,6 +59,7 @@ ORDER = (
     "expert-index", "fabric-accumulate", "layer-router-accumulate", "graph-memory-update",
     "controller-importance", "tiny-memory-write", "dwa-weights", "retain-graph",
     "encode-multi-loss", "memory-zero-cpu", "persistent-inplace", "amp-clip-before-unscale",
+    "ddp-unused-experts", "ddp-broadcast-buffers",
 )
 
 
@@ -91,6 +92,7 @@ def _load() -> None:
         return
     from mahiax.bugs import (  # noqa: F401  (imported for their register() calls)
         accumulate,
+        ddp,
         expert_index,
         loops,
         persistent,

@@ -15,21 +15,24 @@ import pytest
 import torch
 
 from mahiax import bugs
-from mahiax.bugs import accumulate, harness, loops, stateful
+from mahiax.bugs import accumulate, ddp, harness, loops, stateful
 from mahiax.bugs.cli import describe
 from mahiax.bugs.profiling import meter_mb
 from mahiax.fabric import DynamicNeuroFabric, MetaController
 from mahiax.memory import GraphDiffusionMemory, TinyMemory
+from mahiax.moe import SwiGLUExperts
 from mahiax.telemetry import legacy_cuda_reading
 from mahiax.weighting import DynamicWeightAveraging
 
 INPLACE = "one of the variables needed for gradient computation has been modified by an inplace"
 TWICE = "Trying to backward through the graph a second time"
+UNREDUCED = "Expected to have finished reduction in the prior iteration before starting a new one"
 
 IDS = [
     "expert-index", "fabric-accumulate", "layer-router-accumulate", "graph-memory-update",
     "controller-importance", "tiny-memory-write", "dwa-weights", "retain-graph",
     "encode-multi-loss", "memory-zero-cpu", "persistent-inplace", "amp-clip-before-unscale",
+    "ddp-unused-experts", "ddp-broadcast-buffers",
 ]
 
 # buggy variants that raise: (exception type, PyTorch's message starts with, step)
@@ -42,6 +45,7 @@ RAISES = {
     "dwa-weights": ("RuntimeError", TWICE, 1),
     "retain-graph": ("RuntimeError", TWICE, 0),
     "persistent-inplace": ("RuntimeError", INPLACE, 1),
+    "ddp-unused-experts": ("RuntimeError", UNREDUCED, 1),
 }
 
 # the summary's fixes, as measured on torch 2.13
@@ -58,6 +62,8 @@ SUMMARY_VERDICTS = {
     "memory-zero-cpu": "no-effect",
     "persistent-inplace": "wrong-diagnosis",
     "amp-clip-before-unscale": "no-effect",
+    "ddp-unused-experts": "holds",
+    "ddp-broadcast-buffers": "hides-the-error",
 }
 
 
@@ -68,7 +74,7 @@ def verdicts() -> dict[str, bugs.Verdict]:
 
 
 def test_catalog_lists_every_claim_of_the_summary_in_order():
-    """Learners find one entry per row of the design table, plus the AMP entry."""
+    """Learners find one entry per row of the design table, plus the AMP and DDP entries."""
     assert [e.id for e in bugs.entries()] == IDS
     for e in bugs.entries():
         assert e.section and e.component and e.explanation and e.summary_fix and e.right_fix
@@ -204,6 +210,8 @@ def test_check_accepts_the_right_fixes():
         ("amp-clip-before-unscale", loops.amp_loop(unscale_first=True)),
         ("memory-zero-cpu", meter_mb),
         ("expert-index", lambda tokens, vocab: tokens % vocab),
+        ("ddp-unused-experts", SwiGLUExperts),
+        ("ddp-broadcast-buffers", ddp.all_reduce_statistics),
     ]:
         result = bugs.check(eid, candidate, steps=4)
         assert result.holds, f"{eid}: {result.message}"
@@ -226,6 +234,8 @@ def test_check_accepts_the_right_fixes():
      "gradients differ from the clean reference"),
     ("memory-zero-cpu", legacy_cuda_reading, "reported MB"),
     ("expert-index", lambda tokens, vocab: tokens, "raised IndexError at step 0"),
+    ("ddp-unused-experts", ddp.ExpertList, "raised RuntimeError at step 1: " + UNREDUCED),
+    ("ddp-broadcast-buffers", lambda sums, counts: (sums, counts), "gradients differ"),
 ])
 def test_check_rejects_the_bug_and_the_wrong_fixes(eid, candidate, says):
     if eid == "memory-zero-cpu" and torch.cuda.is_available():
@@ -241,6 +251,75 @@ def test_check_says_what_kind_of_candidate_it_needs():
         bugs.check("tiny-memory-write", GraphDiffusionMemory)
     with pytest.raises(TypeError, match=r"is a loop function"):
         bugs.check("retain-graph", 42)
+    with pytest.raises(TypeError, match=r"is an nn.Module class Experts\(num_experts"):
+        bugs.check("ddp-unused-experts", SwiGLUExperts(2, 4, 4))
+    with pytest.raises(TypeError, match=r"is a function sync\(sums"):
+        bugs.check("ddp-broadcast-buffers", 42)
+
+
+# ---- DistributedDataParallel entries ---------------------------------------------------------
+
+
+def test_ddp_unused_experts_error_names_the_idle_experts_parameters(verdicts):
+    """DDP's message lists parameter indices; they are exactly the idle experts' weights."""
+    buggy = verdicts["ddp-unused-experts"].outcomes["buggy"]
+    (idle,) = buggy.figures["idle_experts"]  # step 0 ran; step 1's forward raised
+    assert len(idle) >= 2  # 3 tokens x top-2 = 6 assignments for 8 experts
+    named = ddp.unused_named_in(buggy.error_message)
+    assert named == [f"experts.experts.{e}.{w}" for e in idle for w in ("w_gate", "w_up", "w_down")]
+
+
+def test_ddp_find_unused_parameters_and_stacked_experts_both_train_with_idle_experts(verdicts):
+    """The usual fix and the right one both run with idle experts at every step, gradients
+    equal to the same model without DDP."""
+    for variant in ("summary", "fixed"):
+        out = verdicts["ddp-unused-experts"].outcomes[variant]
+        assert out.passed and out.max_grad_diff == 0.0
+        assert all(len(idle) >= 2 for idle in out.figures["idle_experts"])
+    assert verdicts["ddp-unused-experts"].outcomes["summary"].figures["find_unused_parameters"]
+
+
+def test_ddp_on_two_ranks_idle_experts_differ_and_every_rank_raises():
+    ranks = ddp.per_rank_idle_experts(steps=2)
+    assert [r["rank"] for r in ranks] == [0, 1]
+    idle = [r["steps"][0]["idle"] for r in ranks]
+    assert idle[0] != idle[1]
+    for r, experts in zip(ranks, idle, strict=True):
+        assert r["steps"][0]["no_grad"] == [
+            f"experts.experts.{e}.{w}" for e in experts for w in ("w_gate", "w_up", "w_down")
+        ]
+        assert r["error"][0] == "RuntimeError" and r["error"][1].startswith(UNREDUCED)
+        assert r["error_step"] == 1
+
+
+def test_ddp_buffer_broadcast_bumps_no_version_but_overwrites_rank_1(verdicts):
+    """torch 2.13: the per-forward broadcast keeps the version counter (two forwards before one
+    backward raise nothing) and silently writes rank 0's nodes over rank 1's own update."""
+    outs = verdicts["ddp-broadcast-buffers"].outcomes
+    buggy = outs["buggy"]
+    assert buggy.passed and buggy.figures["forwards_per_step"] == 2
+    assert buggy.figures["version_bumps_by_forward"] == [0, 0]
+    rank0, rank1 = buggy.figures["overwritten_by_forward"]
+    assert max(rank0) == 0.0 and max(rank1[1:]) > 0.1  # from step 1 on: rank 0's nodes
+    assert buggy.max_grad_diff < 1e-12 and buggy.state_diff > 0.1  # the damage is the state
+    summary = outs["summary"]  # broadcast_buffers=False: ranks drift apart, gradients disagree
+    assert summary.figures["rank_spread"] > 0.1 and summary.max_grad_diff > 1e-3
+    assert "`broadcast_buffers` is deprecated" in summary.figures["ddp_warnings"][0]
+    fixed = outs["fixed"]
+    assert fixed.figures["rank_spread"] == 0.0 and fixed.state_diff < 1e-12
+    assert fixed.figures["ddp_warnings"] == []
+
+
+def test_ddp_entries_leave_no_process_group_behind():
+    import sys
+
+    import torch.distributed as dist
+
+    hook = sys.excepthook
+    bugs.run("ddp-unused-experts", "fixed", steps=1)
+    bugs.run("ddp-broadcast-buffers", "fixed", steps=1)
+    assert not dist.is_initialized()
+    assert sys.excepthook is hook  # init_process_group's "[rank0]:" prefix is undone
 
 
 def test_cli_lists_runs_and_judges(capsys):

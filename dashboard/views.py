@@ -112,6 +112,9 @@ def _status(info: dict, detailed: bool) -> None:
     last = info["last_step"]
     step = "no step yet" if pd.isna(last) else f"last step {int(last)}"
     where = f"**{name}** · {step} · {info['steps']} steps stored · device `{info['device']}`"
+    world = info.get("world_size") or 1
+    if world > 1:
+        where += f" · {world} processes (data parallel; figures over the global batch)"
     if status == "running":
         st.success(f"Running (live) · {where}")
     elif status == "finished":

@@ -85,15 +85,15 @@ def _config_from(args: argparse.Namespace) -> MahiaConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from mahiax.train import Trainer
+    from mahiax import distributed
 
     if (args.bug is None) != (args.variant is None):
         raise ValueError("--bug and --variant go together: --bug ID --variant buggy|summary|fixed")
     if args.resume and not args.run:
         raise ValueError("--resume needs --run NAME (the run to continue)")
     if args.bug is not None:
+        if distributed.env_world_size() > 1:
+            raise ValueError("--bug runs are single-process: run them without torchrun")
         if not args.run:
             raise ValueError("--bug needs --run NAME: a catalog run is recorded into the store")
         if args.resume:
@@ -105,10 +105,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         from mahiax.store import validate_run_name
 
         validate_run_name(args.run)  # before any work: a bad name costs nothing
-        trainer = None
-    else:
-        trainer = Trainer(config)
-    show = not (args.no_progress or args.json)
+    from mahiax.train import resolve_device
+
+    if distributed.env_world_size() > 1:  # started by torchrun: one process per rank
+        distributed.shard_bounds(config.batch_size, 0, distributed.env_world_size())
+        info = distributed.init_from_env(resolve_device(config.device))
+        try:
+            return _train(args, config, quiet=not info.is_main)
+        finally:
+            distributed.shutdown()
+    return _train(args, config, quiet=False)
+
+
+def _train(args: argparse.Namespace, config: MahiaConfig, quiet: bool) -> int:
+    """Train (and record) ``config``; ``quiet`` ranks (not rank 0) print nothing."""
+    from tqdm import tqdm
+
+    from mahiax.train import Trainer
+
+    trainer = None if args.run else Trainer(config)
+    show = not (args.no_progress or args.json or quiet)
     bars: list = []  # made at the first step: an early error prints no empty bar
     first: dict[str, float] = {}
     window: list[dict[str, float]] = []
@@ -118,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             first.update(rec.task_losses)
         window.append(rec.task_losses)
         del window[:-20]
-        if args.json:
+        if args.json and not quiet:
             print(json.dumps(rec.to_dict()), flush=True)
         if not bars:
             bars.append(tqdm(total=args.steps, initial=rec.step, desc="train", unit="step",
@@ -139,13 +155,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.fit(args.steps, on_step)
     if bars:
         bars[0].close()
+    if quiet:
+        return 0
     metrics = trainer.evaluate()
     if args.json:
         print(json.dumps({"summary": metrics}))
         return 0
     from mahiax.tasks import TASKS
 
-    print(f"\nTrained {args.steps} steps on {trainer.device} ({config.precision}, "
+    world = trainer.dist.world_size
+    where = f"{world} processes ({trainer.dist.backend}) on {trainer.device}" if world > 1 \
+        else str(trainer.device)
+    print(f"\nTrained {args.steps} steps on {where} ({config.precision}, "
           f"{config.weighting} weighting).")
     print(f"{'task':<10} {'kind':<15} {'first loss':>10} {'last-20 loss':>13} {'held-out':>14}")
     for name in config.tasks:

@@ -33,6 +33,11 @@ class Batch:
             {k: v.to(device) for k, v in self.targets.items()},
         )
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """Samples ``[start, stop)``: one rank's shard of a global batch."""
+        return Batch(self.tokens[start:stop], self.tabular[start:stop],
+                     {k: v[start:stop] for k, v in self.targets.items()})
+
     @property
     def size(self) -> int:
         """Number of samples (B)."""

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mahiax import distributed
 from mahiax.dtypes import at_least_fp32
 
 
@@ -103,7 +104,7 @@ class MetaController(nn.Module):
         scattered = torch.zeros_like(routing.probs).scatter(
             1, routing.ids, routing.topk_probs
         )  # (B, L)
-        self._pending = scattered.mean(dim=0).detach()  # (L,)
+        self._pending = distributed.all_mean(scattered.mean(dim=0).detach())  # (L,) global
 
     @torch.no_grad()
     def commit(self) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mahiax import distributed
 from mahiax.dtypes import at_least_fp32
 
 
@@ -83,9 +84,12 @@ class GraphDiffusionMemory(nn.Module):
         xf = x.to(nodes.dtype)
         sim = F.normalize(xf, dim=-1) @ F.normalize(nodes, dim=-1).T  # (B, N) cosine
         assign = torch.softmax(sim / self.write_temperature, dim=-1)  # (B, N)
-        mass = assign.sum(dim=0)  # (N,) how much of the batch each node received
-        target = (assign.T @ xf) / mass.clamp_min(1e-6).unsqueeze(-1)  # (N, D)
-        share = (mass * nodes.shape[0] / x.shape[0]).clamp(max=1.0)  # (N,) 1 = a fair share
+        # sums over the global batch: under data parallelism every rank moves the nodes alike
+        mass = distributed.all_sum(assign.sum(dim=0))  # (N,) share of the batch per node
+        pulled = distributed.all_sum(assign.T @ xf)  # (N, D)
+        batch = x.shape[0] * distributed.world_size()
+        target = pulled / mass.clamp_min(1e-6).unsqueeze(-1)  # (N, D)
+        share = (mass * nodes.shape[0] / batch).clamp(max=1.0)  # (N,) 1 = a fair share
         rate = (self.write_rate * share).unsqueeze(-1)  # (N, 1)
         self._pending = nodes + rate * (target - nodes)  # a new tensor
 
@@ -136,6 +140,7 @@ class TinyMemory(nn.Module):
             with torch.no_grad():
                 ptr = int(self.count) % self.num_slots
                 summary = x.detach().mean(dim=0).to(self.slots.dtype)  # (D,)
+                summary = distributed.all_mean(summary)  # the global batch's, on every rank
                 slots = self.slots.clone()  # write into a copy: the read saved self.slots
                 slots[ptr] = summary
                 self._pending = (slots, self.count + 1)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mahiax import distributed
 from mahiax.dtypes import at_least_fp32
 
 
@@ -179,6 +180,7 @@ class ExpertRouter(nn.Module):
         if self.training:
             with torch.no_grad():
                 counts = torch.bincount(r.ids.reshape(-1), minlength=self.num_experts)
+                counts = distributed.all_sum(counts)  # the load over every rank's tokens
                 self.tokens_per_expert = counts.to(self.tokens_per_expert.dtype)
         return MoEOutput(y.reshape(shape), aux, z, r)
 

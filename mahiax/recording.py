@@ -46,7 +46,9 @@ def record_training(
     """Train ``steps`` steps in total (counting resumed ones), writing every step to the store.
 
     With ``resume=True`` the run's checkpoint and stored config are used (``config`` is then
-    ignored) and training continues from the checkpoint's step.
+    ignored) and training continues from the checkpoint's step. Under ``torchrun`` every rank
+    calls this; rank 0 writes the run (its figures are over the global batch) and the
+    checkpoints, the other ranks only train.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every} must be a positive integer")
@@ -66,8 +68,15 @@ def record_training(
     trainer = Trainer(config)
     if state is not None:
         restore(trainer, state)
+    if not trainer.dist.is_main:  # data parallel: rank 0 alone writes the store
+        while trainer.step_num < steps:
+            record = trainer.step()
+            if on_step is not None:
+                on_step(record)
+        return trainer
     writer = RunWriter(
-        name, config.to_dict(), path=store, resume=resume, device=str(trainer.device)
+        name, config.to_dict(), path=store, resume=resume, device=str(trainer.device),
+        world_size=trainer.dist.world_size,
     )
     if resume:
         writer.rewind(trainer.step_num)  # rows past the checkpoint are recomputed, not kept

@@ -9,6 +9,12 @@ A step reads top to bottom:
 4. unscale, clip, optimiser step (skipped by the scaler on overflow);
 5. commit: memories, layer importance and DWA take their staged, detached updates.
 
+Under ``torchrun`` (see :mod:`mahiax.distributed`) each rank trains on its shard of the
+global batch of ``config.batch_size`` samples; the loss module is wrapped in
+DistributedDataParallel, which averages the gradients, and every reported figure is the
+mean (or, for expert load, the sum) over ranks: what one process would see on the global
+batch.
+
 Seeded runs are deterministic on CPU: weights come from ``torch.manual_seed(config.seed)``
 and every batch is a pure function of ``(seed, step)``.
 """
@@ -21,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
+from mahiax import distributed
 from mahiax.config import MahiaConfig
 from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.model import HybridEfficientModel
@@ -69,12 +77,46 @@ class StepRecord:
         return dict(self.__dict__)
 
 
+class LossModule(nn.Module):
+    """The model and the loss weighting as one module, whose forward is a whole step's loss:
+    what DistributedDataParallel wraps, so its gradient hooks cover every parameter (the
+    uncertainty weighting's included) and ``encode()`` + heads run inside its forward."""
+
+    def __init__(self, model: HybridEfficientModel, weighting: LossWeighting,
+                 precision: PrecisionManager):
+        super().__init__()
+        self.model, self.weighting = model, weighting
+        self._precision = precision  # not a module: autocast and the scaler
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """(total, task losses (K,), weights (K,), aux loss, z loss) of one batch."""
+        with self._precision.autocast():
+            enc = self.model.encode(batch)  # once, for every task
+            outputs = self.model.heads_forward(enc.features)
+        losses = self.model.task_losses(outputs, batch.targets)  # (K,) float32
+        weights = self.weighting.weights()
+        c = self.model.config
+        total = (
+            self.weighting.combine(losses)
+            + c.aux_loss_coef * enc.aux_loss
+            + c.z_loss_coef * enc.z_loss
+        )
+        return total, losses, weights, enc.aux_loss, enc.z_loss
+
+
 class Trainer:
-    """Owns the model, data, optimiser, weighting and precision of one run."""
+    """Owns the model, data, optimiser, weighting and precision of one run.
+
+    Inside a process group of several ranks (``torchrun``) it trains data-parallel: the loss
+    module is wrapped in DistributedDataParallel (``forward_sync_buffers=False``: the stateful
+    modules keep their buffers identical by reducing their statistics instead) and each step
+    uses this rank's shard of the global batch.
+    """
 
     def __init__(self, config: MahiaConfig, model: HybridEfficientModel | None = None):
         self.config = config
         self.device = resolve_device(config.device)
+        self.dist = distributed.current()
         torch.manual_seed(config.seed)
         self.model = (model or HybridEfficientModel(config)).to(self.device)
         self.data = SyntheticMultiTask(config)
@@ -86,28 +128,34 @@ class Trainer:
             params, lr=config.lr, weight_decay=config.weight_decay
         )
         self.precision = PrecisionManager(config.precision, self.device)
+        self.loss_module: nn.Module = LossModule(self.model, self.weighting, self.precision)
+        if self.dist.world_size > 1:
+            self.shard = distributed.shard_bounds(config.batch_size, self.dist.rank,
+                                                  self.dist.world_size)
+            from torch.nn.parallel import DistributedDataParallel
+
+            # find_unused_parameters: a fabric block no sample of this shard picked takes no
+            # part in this rank's graph; DDP must not wait for its gradient
+            self.loss_module = DistributedDataParallel(
+                self.loss_module, forward_sync_buffers=False, find_unused_parameters=True,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
         self.step_num = 0
 
     def loss_of(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """Forward and losses of one batch: (total, task losses (K,), weights (K,), extras)."""
-        with self.precision.autocast():
-            enc = self.model.encode(batch)  # once, for every task
-            outputs = self.model.heads_forward(enc.features)
-        losses = self.model.task_losses(outputs, batch.targets)  # (K,) float32
-        weights = self.weighting.weights()
-        c = self.config
-        total = (
-            self.weighting.combine(losses)
-            + c.aux_loss_coef * enc.aux_loss
-            + c.z_loss_coef * enc.z_loss
-        )
-        return total, losses, weights, {"aux": enc.aux_loss, "z": enc.z_loss}
+        total, losses, weights, aux, z = self.loss_module(batch)
+        return total, losses, weights, {"aux": aux, "z": z}
 
     def step(self, batch: Batch | None = None) -> StepRecord:
         """One optimisation step on ``batch`` (default: the data set's batch of this step)."""
         c, step = self.config, self.step_num
         t0 = time.perf_counter()
-        batch = (batch or self.data.batch(step)).to(self.device)
+        if batch is None:
+            batch = self.data.batch(step)  # the global batch: a pure function of the step
+            if self.dist.world_size > 1:
+                batch = batch.rows(*self.shard)  # this rank's shard
+        batch = batch.to(self.device)
         self.model.train()
         lr = lr_at(step, c.lr, c.warmup_steps, c.max_steps)
         for group in self.optimizer.param_groups:
@@ -123,25 +171,31 @@ class Trainer:
         stepped = self.precision.step(self.optimizer)
         # 5. commit state from detached values
         self.model.commit()
-        self.weighting.update(losses.detach())
+        # the global batch's losses (mean over ranks): DWA's history is the same everywhere
+        global_losses = distributed.all_mean(losses.detach())
+        self.weighting.update(global_losses)
         self.step_num += 1
+        # one reduction for the figures people read: total, aux and z over the global batch
+        figures = distributed.all_mean(torch.stack([
+            total.detach().double(), extras["aux"].detach().double(), extras["z"].detach().double()
+        ])).tolist()
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # honest step time
         dt = time.perf_counter() - t0
-        lv = losses.detach().cpu().tolist()  # host sync: the record is for people
+        lv = global_losses.cpu().tolist()  # host sync: the record is for people
         return StepRecord(
             step=step,
-            loss=float(total.detach()),
+            loss=figures[0],
             task_losses=dict(zip(c.tasks, lv, strict=True)),
             weights=dict(zip(c.tasks, weights.cpu().tolist(), strict=True)),
-            aux_loss=float(extras["aux"].detach()),
-            z_loss=float(extras["z"].detach()),
+            aux_loss=figures[1],
+            z_loss=figures[2],
             grad_norm=grad_norm,
             lr=lr,
             scale=self.precision.scale,
             skipped=not stepped,
             step_time=dt,
-            samples_per_s=batch.size / dt if dt > 0 else float("inf"),
+            samples_per_s=batch.size * self.dist.world_size / dt if dt > 0 else float("inf"),
             load=self.model.text.moe.load_stats(),
         )
 

@@ -1,0 +1,122 @@
+"""Data-parallel training with ``torch.distributed``: the process group, and the reductions
+that keep stateful buffers identical across ranks.
+
+``torchrun --nproc-per-node N -m mahiax train ...`` starts N processes with ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_from_env`
+joins them into one group (gloo on CPU, NCCL on CUDA). Gradients are averaged by
+DistributedDataParallel. Buffers are not broadcast by DDP (that writes them in place every
+forward): each stateful module reduces the *statistics* of its update across ranks with
+:func:`all_sum` / :func:`all_mean`, then every rank applies the same update, so the buffers
+stay identical. In a single process both are the identity, so the same code trains alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the group."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that writes the run store, checkpoints and prints."""
+        return self.rank == 0
+
+
+SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, backend="none")
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when unset); a bad value is a clear error."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE={raw!r} is not an integer; torchrun sets it") from None
+    if n < 1:
+        raise ValueError(f"WORLD_SIZE={n} must be at least 1")
+    return n
+
+
+def init_from_env(device: torch.device) -> DistInfo:
+    """Join the process group torchrun describes; :data:`SINGLE` when there is none.
+
+    gloo on CPU, NCCL on CUDA (each rank then uses GPU ``LOCAL_RANK``).
+    """
+    world = env_world_size()
+    if world == 1:
+        return SINGLE
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+               if k not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the "
+                         "processes with `torchrun --nproc-per-node N -m mahiax train ...`")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend=backend)
+    return current()
+
+
+def current() -> DistInfo:
+    """This process's place in the initialised group (:data:`SINGLE` outside one)."""
+    if not active():
+        return SINGLE
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+                    backend=str(dist.get_backend()))
+
+
+def active() -> bool:
+    """Whether a process group of more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over ranks, as a new tensor (``t`` itself when alone)."""
+    if not active():
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+@torch.no_grad()
+def all_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks (equal shards: the mean over the global batch)."""
+    if not active():
+        return t
+    return all_sum(t) / dist.get_world_size()
+
+
+def world_size() -> int:
+    """Processes in the running group (1 outside one)."""
+    return dist.get_world_size() if active() else 1
+
+
+def shard_bounds(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of a global batch that ``rank`` trains on (equal shards)."""
+    if batch_size % world_size:
+        raise ValueError(f"batch_size={batch_size} must divide evenly over {world_size} "
+                         f"processes; choose a multiple of {world_size}")
+    per = batch_size // world_size
+    return rank * per, (rank + 1) * per
+
+
+def shutdown() -> None:
+    """Leave the process group (a no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

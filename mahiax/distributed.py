@@ -4,8 +4,9 @@ that keep stateful buffers identical across ranks.
 ``torchrun --nproc-per-node N -m mahiax train ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_from_env`
 joins them into one group (gloo on CPU, NCCL on CUDA). Gradients are averaged by
-DistributedDataParallel. Buffers are not broadcast by DDP (that writes them in place every
-forward): each stateful module reduces the *statistics* of its update across ranks with
+DistributedDataParallel. Buffers are not synced by DDP before each forward (that overwrites
+every rank's buffers with rank 0's, discarding the other ranks' updates; they are synced once,
+when DDP is built): each stateful module reduces the *statistics* of its update across ranks with
 :func:`all_sum` / :func:`all_mean`, then every rank applies the same update, so the buffers
 stay identical. In a single process both are the identity, so the same code trains alone.
 """

@@ -392,7 +392,16 @@ WHY = (
     "weight gradients per weight), index_select for the gather (kept), one fused gate/up "
     "matmul (no gain), a hand-written autograd Function with preallocated buffers (slower: "
     "more elementwise passes than autograd's fused silu backward); torch._grouped_mm runs "
-    "forward on this CPU build but its backward fails for (2-D, 3-D) inputs."
+    "forward on this CPU build but its backward fails for (2-D, 3-D) inputs. Later, on a "
+    "loaded machine (1 and 2 threads, paired with the floor): one bincount shared by the "
+    "dispatch, the aux loss and the logged load (kept: 3-8% less time where op overhead is "
+    "everything, 32 tokens at D=8; within noise at both benchmark sizes); a padded (E, C, D) "
+    "dispatch with 3 bmm forward, C the busiest expert's count (not kept: it saves ~0.6 ms of "
+    "op overhead but pads 2,048 rows to 8 x 292 at the teaching size, +14% FLOPs; 1.09-1.24x "
+    "ours at 1 thread, 0.69-0.92x at 2 threads inside a 1.4-5x spread: no size rule could "
+    "be trusted to choose it); an inverse-permutation (N, K, D) "
+    "weighted sum instead of the scatter-add, and a fused Function with out= matmuls (no "
+    "gain: Python slicing costs what autograd's nodes cost)."
 )
 
 

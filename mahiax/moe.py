@@ -79,13 +79,20 @@ class SwiGLUExperts(nn.Module):
         for w, fan_in in ((self.w_gate, d_model), (self.w_up, d_model), (self.w_down, hidden)):
             nn.init.normal_(w, std=1.0 / math.sqrt(fan_in))
 
-    def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Weighted sum over each token's K experts. x (N, D), ids/weights (N, K) -> (N, D)."""
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+                counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted sum over each token's K experts. x (N, D), ids/weights (N, K) -> (N, D).
+
+        ``counts`` (E,) int64: assignments per expert, ``bincount(ids)``, when the caller has it
+        already (:class:`ExpertRouter` counts once for the dispatch, the aux loss and the load).
+        """
         n, k = ids.shape
         flat_ids = ids.reshape(-1)  # (N*K,)
+        if counts is None:
+            counts = torch.bincount(flat_ids, minlength=self.num_experts)  # (E,)
+        sizes = counts.tolist()  # host sync: the split sizes
         order = torch.argsort(flat_ids, stable=True)  # (N*K,) assignments grouped by expert
         token_of = order // k  # (N*K,) which token each sorted assignment belongs to
-        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()  # host sync
         # index_select, not x[token_of]: its backward is one index_add, where indexing's is an
         # accumulating index_put (measured slower on CPU)
         xs = x.index_select(0, token_of)  # (N*K, D) tokens in expert order
@@ -93,30 +100,33 @@ class SwiGLUExperts(nn.Module):
         # zero-filled (E, D, H) gradient, E times per weight; unbind's backward stacks once
         w_gate, w_up, w_down = self.w_gate.unbind(0), self.w_up.unbind(0), self.w_down.unbind(0)
         outs = []
-        for e, xs_e in enumerate(torch.split(xs, counts)):  # loop over experts, not tokens
+        for e, xs_e in enumerate(torch.split(xs, sizes)):  # loop over experts, not tokens
             if xs_e.shape[0] == 0:
                 continue  # an expert with no tokens costs nothing
             h = F.silu(xs_e @ w_gate[e]) * (xs_e @ w_up[e])  # (n_e, H)
             outs.append(h @ w_down[e])  # (n_e, D)
         ys = torch.cat(outs, dim=0)  # (N*K, D)
-        ys = ys * weights.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)  # (N*K, D)
+        w_sorted = weights.reshape(-1).index_select(0, order)  # (N*K,) same reason as xs
+        ys = ys * w_sorted.unsqueeze(-1).to(ys.dtype)  # (N*K, D)
         # out-of-place index_add: a fresh tensor, nothing autograd saved is written into
         return torch.zeros(n, x.shape[-1], dtype=ys.dtype, device=x.device).index_add(
             0, token_of, ys
         )  # (N, D)
 
 
-def load_balancing_loss(probs: torch.Tensor, ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+def load_balancing_loss(probs: torch.Tensor, ids: torch.Tensor, num_experts: int,
+                        counts: torch.Tensor | None = None) -> torch.Tensor:
     """Switch Transformer load-balancing loss ``E * sum_i f_i * P_i`` (Fedus et al. 2021, eq. 4-6).
 
     ``f_i`` is the fraction of the N*K routing assignments that went to expert i (a count, no
     gradient) and ``P_i`` the mean router probability of expert i (differentiable). The product
     is smallest when both are uniform; it equals 1.0 at perfect balance for any K. (The
     ``transformers`` Mixtral version sums f over the K slots, which is K times this value.)
-    probs (N, E) float32, ids (N, K) -> scalar.
+    probs (N, E) float32, ids (N, K), optional ``counts`` (E,) ``bincount(ids)`` -> scalar.
     """
-    counts = torch.bincount(ids.reshape(-1), minlength=num_experts).to(probs.dtype)  # (E,)
-    f = counts / ids.numel()  # (E,)
+    if counts is None:
+        counts = torch.bincount(ids.reshape(-1), minlength=num_experts)  # (E,)
+    f = counts.to(probs.dtype) / ids.numel()  # (E,)
     p = probs.mean(dim=0)  # (E,)
     return num_experts * torch.sum(f * p)
 
@@ -174,14 +184,15 @@ class ExpertRouter(nn.Module):
         shape = x.shape  # (..., D)
         flat = x.reshape(-1, shape[-1])  # (N, D)
         r = self.router(flat)
-        y = self.experts(flat, r.ids, r.weights).to(x.dtype)  # (N, D)
-        aux = load_balancing_loss(r.probs, r.ids, self.num_experts)
+        # count once: the dispatch, the aux loss and the logged load share one bincount
+        counts = torch.bincount(r.ids.reshape(-1), minlength=self.num_experts)  # (E,) int64
+        y = self.experts(flat, r.ids, r.weights, counts).to(x.dtype)  # (N, D)
+        aux = load_balancing_loss(r.probs, r.ids, self.num_experts, counts)  # this rank's counts
         z = router_z_loss(r.logits)
         if self.training:
             with torch.no_grad():
-                counts = torch.bincount(r.ids.reshape(-1), minlength=self.num_experts)
-                counts = distributed.all_sum(counts)  # the load over every rank's tokens
-                self.tokens_per_expert = counts.to(self.tokens_per_expert.dtype)
+                load = distributed.all_sum(counts)  # the load over every rank's tokens (a copy)
+                self.tokens_per_expert = load.to(self.tokens_per_expert.dtype)
         return MoEOutput(y.reshape(shape), aux, z, r)
 
     def load_stats(self) -> dict[str, object]:

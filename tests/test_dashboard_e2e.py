@@ -75,6 +75,22 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Until the server at ``url`` answers its health check; fail if it exits or is slow."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"the dashboard exited early ({proc.returncode})"
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the dashboard did not answer /_stcore/health within {timeout_s} s")
+        time.sleep(0.3)
+
+
 def _child_env(store: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(MAHIAX_STORE=str(store), MAHIAX_DASHBOARD_AUTOSTART="0", OMP_NUM_THREADS="1",
@@ -130,18 +146,7 @@ def server(store, tmp_path_factory):
         cwd=ROOT, env=_child_env(store), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"streamlit exited early ({proc.returncode})"
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the dashboard did not answer /_stcore/health within 30 s")
-            time.sleep(0.3)
+        _wait_healthy(url, proc, 30)
         yield url
     finally:
         _stop(proc)
@@ -149,17 +154,24 @@ def server(store, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One headless Chromium for the module (Playwright's sync API allows one at a time)."""
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=CHROMIUM_ARGS)
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                      args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1600, "height": 1000})
-            pg = context.new_page()
-            pg.set_default_timeout(20_000)
-            yield pg
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    yield pg
+    context.close()
 
 
 def _nav_link(pg, title: str):
@@ -235,7 +247,7 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
     page.screenshot(path=str(ARTIFACTS / "bug-lab.png"), full_page=True)
 
 
-def test_make_dashboard_opens_a_live_demo_run(tmp_path):
+def test_make_dashboard_opens_a_live_demo_run(tmp_path, browser):
     """``make dashboard`` with nothing else: an empty store gets a demo run, trained in its
     own process, and the Training page shows it live (its last step grows)."""
     store = tmp_path / "fresh" / "mahiax.sqlite"
@@ -249,38 +261,25 @@ def test_make_dashboard_opens_a_live_demo_run(tmp_path):
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"make dashboard exited ({server.returncode})"
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("make dashboard did not answer /_stcore/health within 60 s")
-            time.sleep(0.3)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                         args=CHROMIUM_ARGS)
-            try:
-                pg = browser.new_page(viewport={"width": 1400, "height": 900})
-                pg.set_default_timeout(60_000)
-                pg.goto(url)
-                expect(pg.get_by_text(re.compile(r"Running \(live\) · demo · last step \d+"))
-                       ).to_be_visible(timeout=90_000)
-                first = latest = _last_step(pg)
-                deadline = time.monotonic() + 30
-                while latest <= first and time.monotonic() < deadline:
-                    pg.wait_for_timeout(500)
-                    latest = _last_step(pg)
-                assert latest > first, f"the demo's last step stayed at {first} for 30 s"
-                expect(pg.locator(CHART).first).to_be_visible()
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                pg.screenshot(path=str(ARTIFACTS / "make-dashboard-demo.png"))
-            finally:
-                browser.close()
+        _wait_healthy(url, server, 60)
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        try:
+            pg = context.new_page()
+            pg.set_default_timeout(60_000)
+            pg.goto(url)
+            expect(pg.get_by_text(re.compile(r"Running \(live\) · demo · last step \d+"))
+                   ).to_be_visible(timeout=90_000)
+            first = latest = _last_step(pg)
+            deadline = time.monotonic() + 30
+            while latest <= first and time.monotonic() < deadline:
+                pg.wait_for_timeout(500)
+                latest = _last_step(pg)
+            assert latest > first, f"the demo's last step stayed at {first} for 30 s"
+            expect(pg.locator(CHART).first).to_be_visible()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            pg.screenshot(path=str(ARTIFACTS / "make-dashboard-demo.png"))
+        finally:
+            context.close()
     finally:
         from dashboard import runs
 

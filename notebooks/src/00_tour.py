@@ -104,6 +104,8 @@ LESSON = {
     "memory-zero-cpu": "05_memory_meter",
     "persistent-inplace": "06_finding_the_mutation",
     "amp-clip-before-unscale": "08_amp_and_clipping",
+    "ddp-unused-experts": "09_ddp_pitfalls",
+    "ddp-broadcast-buffers": "09_ddp_pitfalls",
 }
 assert set(LESSON) == {e.id for e in bugs.entries()}, "every catalog entry has a lesson"
 

@@ -27,7 +27,7 @@ browser:
 	} || echo "could not install chromium: the browser tests will be skipped"
 
 test: lint browser
-	$(PY) -m pytest -n 2 --dist load
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # Opens on localhost (.streamlit/config.toml); with an empty store it starts a demo run.
 # STREAMLIT_ARGS passes options through, e.g. STREAMLIT_ARGS="--server.port 8600".

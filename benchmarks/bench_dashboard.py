@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from mahiax.config import MahiaConfig
 from mahiax.store import RunWriter
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "streamlit_app.py"
-CHROMIUM = Path("/usr/bin/chromium")
 REFRESH_GOAL_S = 1.0
 LATENCY_GOAL_S = 2.0
 PAGES = ("training", "experts", "memory-nodes", "loss-weights", "memory")
@@ -136,6 +134,7 @@ import numpy as np
 from benchmarks.bench_dashboard import _log_step
 from mahiax.config import MahiaConfig
 from mahiax.store import RunWriter
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
 path, steps, every, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(0)
 writer = RunWriter("live", MahiaConfig().to_dict(), path=path, device="cpu")
@@ -168,37 +167,6 @@ _OBSERVER_JS = """
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early ({proc.returncode})")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the dashboard did not answer within {timeout_s:.0f} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def delays(written: list[float], seen: list[tuple[float, int]]) -> list[float]:
     """For every step written, seconds until the screen first showed it or a later step;
     steps written after the last screen update are left out (never shown in the window)."""
@@ -227,7 +195,7 @@ def screen_latency(seconds: float = 30.0, every_s: float = 0.1, refresh_s: float
         store = Path(tmp) / "mahiax.sqlite"  # empty: the run appears once the child writes
         env = {**os.environ, "MAHIAX_STORE": str(store), "MAHIAX_DASHBOARD_AUTOSTART": "0",
                "OMP_NUM_THREADS": "1"}
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
@@ -236,12 +204,11 @@ def screen_latency(seconds: float = 30.0, every_s: float = 0.1, refresh_s: float
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         child = None
         try:
-            _wait_healthy(url, server)
+            wait_until_up(f"{url}/_stcore/health", server, 60, "streamlit")
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(
                     executable_path=str(CHROMIUM), headless=True,
-                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--disable-component-update", "--disable-sync", "--no-first-run"])
+                    args=CHROMIUM_ARGS)
                 try:
                     page = browser.new_page(viewport={"width": 1400, "height": 900})
                     page.goto(url)
@@ -260,8 +227,8 @@ def screen_latency(seconds: float = 30.0, every_s: float = 0.1, refresh_s: float
             written = json.loads(written_file.read_text())
         finally:
             if child is not None:
-                _stop(child)
-            _stop(server)
+                stop(child)
+            stop(server)
     d = delays(written, seen)
     if not d:
         raise RuntimeError("the page never showed a step of the live run")

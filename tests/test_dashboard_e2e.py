@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
+
+# the heavy tests (kernels, servers, browsers, several processes) share one xdist
+# worker and run one at a time: together on 2 cores they starve each other
+pytestmark = pytest.mark.xdist_group("heavy")
+
 if not CHROMIUM.exists():
     pytest.skip(f"end-to-end dashboard test needs Debian's chromium at {CHROMIUM}",
                 allow_module_level=True)
@@ -42,8 +45,6 @@ from mahiax.telemetry.probes import Cadence  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 # url path -> page title, in menu order (dashboard/views.py PAGES)
 PAGES = {
     "training": "Training",
@@ -56,39 +57,6 @@ CHART = '[data-testid="stPlotlyChart"], .js-plotly-plot'
 EXCEPTION = '[data-testid="stException"]'
 LAST_STEP = re.compile(r"last step (\d+)")
 expect.set_options(timeout=20_000)  # pages re-render every 2 s while a run is live
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate, then kill if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    """Until the server at ``url`` answers its health check; fail if it exits or is slow."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert proc.poll() is None, f"the dashboard exited early ({proc.returncode})"
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"the dashboard did not answer /_stcore/health within {timeout_s} s")
-        time.sleep(0.3)
 
 
 def _child_env(store: Path) -> dict[str, str]:
@@ -130,14 +98,14 @@ def live_run(store, server, tmp_path_factory):
             pytest.fail("the live run stored no step within 30 s")
         yield proc
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
 
 
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
     """The dashboard on 127.0.0.1:<free port>; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("e2e_logs") / "streamlit.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
@@ -146,10 +114,10 @@ def server(store, tmp_path_factory):
         cwd=ROOT, env=_child_env(store), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, proc, 30)
+        wait_until_up(f"{url}/_stcore/health", proc, 30, "streamlit")
         yield url
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
 
 
@@ -224,7 +192,7 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
     page.screenshot(path=str(ARTIFACTS / "live-training.png"))
     # stop training now: on a small machine (2 cores) the trainer, the server and Chromium
     # redrawing every 2 s together starve the browser, and clicks then time out
-    _stop(live_run)
+    stop(live_run)
 
     # every page of the finished run draws charts, no exception; screenshot each
     _select_run(page, "done")
@@ -251,7 +219,7 @@ def test_make_dashboard_opens_a_live_demo_run(tmp_path, browser):
     """``make dashboard`` with nothing else: an empty store gets a demo run, trained in its
     own process, and the Training page shows it live (its last step grows)."""
     store = tmp_path / "fresh" / "mahiax.sqlite"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MAHIAX_STORE": str(store), "PYTHONUNBUFFERED": "1"}
     env.pop("MAHIAX_DASHBOARD_AUTOSTART", None)
     log = open(tmp_path / "make-dashboard.log", "wb")  # noqa: SIM115
@@ -261,7 +229,7 @@ def test_make_dashboard_opens_a_live_demo_run(tmp_path, browser):
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, server, 60)
+        wait_until_up(f"{url}/_stcore/health", server, 60, "make dashboard")
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         try:
             pg = context.new_page()

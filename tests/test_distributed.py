@@ -4,7 +4,6 @@ match one process on the same global batch, and record one run that the dashboar
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,15 @@ import torch
 
 from mahiax import distributed
 from mahiax.store import RunReader
+from tests.servers import free_port
+
+# the heavy tests (kernels, servers, browsers, several processes) share one xdist
+# worker and run one at a time: together on 2 cores they starve each other
+pytestmark = pytest.mark.xdist_group("heavy")
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "ddp_worker.py"
 STEPS = 50
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -38,7 +36,7 @@ def torchrun(nproc: int, *argv: str, timeout: float = 300) -> subprocess.Complet
     """``torchrun --nproc-per-node nproc`` on 127.0.0.1 (a free port), waited for."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", *argv]
+           "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *argv]
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=timeout)
     assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stderr[-3000:]}"

@@ -17,18 +17,19 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.notebook_env import ROOT, jupyter_env, notebook_path
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
 
-CHROMIUM = Path("/usr/bin/chromium")
+# the heavy tests (kernels, servers, browsers, several processes) share one xdist
+# worker and run one at a time: together on 2 cores they starve each other
+pytestmark = pytest.mark.xdist_group("heavy")
+
 if not CHROMIUM.exists():
     pytest.skip(f"the JupyterLab end-to-end test needs Debian's chromium at {CHROMIUM}",
                 allow_module_level=True)
@@ -38,8 +39,6 @@ pytest.importorskip("jupyterlab")
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = ROOT / "test-artifacts" / "lab"
 WIDGET = ".jp-OutputArea-output .jupyter-widgets"  # an ipywidget view in an output
 PLOTLY = ".jp-RenderedPlotly.js-plotly-plot"  # an output drawn by plotly.js (jupyterlab-plotly)
@@ -63,37 +62,6 @@ NOTEBOOK_STATE = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate, then kill if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"JupyterLab exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"JupyterLab did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 def _lab_settings(env: dict[str, str]) -> None:
     """Render every cell (no windowing) and never ask about news: a quiet, complete page."""
     tracker = Path(env["JUPYTERLAB_SETTINGS_DIR"]) / "@jupyterlab" / "notebook-extension"
@@ -113,7 +81,7 @@ def test_tour_runs_in_jupyterlab_and_renders_a_widget_and_a_plotly_chart(tmp_pat
     root = tmp_path / "lab-root"
     root.mkdir()
     shutil.copy(notebook_path("00_tour"), root / "00_tour.ipynb")
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
     cmd = [
         sys.executable, "-m", "jupyter", "lab", "--no-browser",
@@ -125,7 +93,8 @@ def test_tour_runs_in_jupyterlab_and_renders_a_widget_and_a_plotly_chart(tmp_pat
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_for_server(f"{base}/api/status?token={token}", proc, log)
+        wait_until_up(f"{base}/api/status?token={token}", proc, 90, "JupyterLab",
+                      lambda: log.read_text()[-3000:])
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                          args=CHROMIUM_ARGS)
@@ -157,5 +126,5 @@ def test_tour_runs_in_jupyterlab_and_renders_a_widget_and_a_plotly_chart(tmp_pat
             finally:
                 browser.close()
     finally:
-        _stop(proc)
+        stop(proc)
     assert proc.returncode is not None

@@ -29,6 +29,10 @@ from tests.notebook_env import (
     stated_verdicts,
 )
 
+# the heavy tests (kernels, servers, browsers, several processes) share one xdist
+# worker and run one at a time: together on 2 cores they starve each other
+pytestmark = pytest.mark.xdist_group("heavy")
+
 RUN_LIMIT_S = 90  # the budget per notebook, kernel start included
 
 

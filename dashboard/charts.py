@@ -16,7 +16,7 @@ def lines(df: pd.DataFrame, title: str, y_title: str = "", log_y: bool = False) 
     """One line per column against the index (steps); gaps from NaN are bridged."""
     fig = go.Figure()
     for col in df.columns:
-        fig.add_trace(go.Scattergl(x=df.index, y=df[col], mode="lines", name=str(col),
+        fig.add_trace(go.Scatter(x=df.index, y=df[col], mode="lines", name=str(col),
                                    connectgaps=True))
     fig.update_layout(title=title, xaxis_title=df.index.name or "step", yaxis_title=y_title,
                       **_LAYOUT)

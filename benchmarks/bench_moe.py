@@ -158,7 +158,7 @@ def original_style(cls: type[_OriginalLayout], moe: ExpertRouter) -> _OriginalLa
 def mixtral_block(moe: ExpertRouter, implementation: str = "eager") -> nn.Module:
     """A ``transformers`` Mixtral sparse MoE block holding ``moe``'s weights.
 
-    The mapping of ``tests/test_moe.py``: the router ``(E, D)`` is ``gate.weight`` as is;
+    The mapping (``tests/test_moe.py`` checks it): the router ``(E, D)`` is ``gate.weight`` as is;
     ``gate_up_proj`` (E, 2H, D) stacks the transposed gate and up weights; ``down_proj``
     (E, D, H) is the transposed down weight.
     """

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from transformers import MixtralConfig
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
+from benchmarks.bench_moe import mixtral_block
 from mahiax.moe import ExpertRouter, load_balancing_loss, load_statistics, router_z_loss
 
 F64 = torch.float64
@@ -23,29 +23,10 @@ SIZES = [
 
 
 def mixtral_copy(moe: ExpertRouter) -> MixtralSparseMoeBlock:
-    """A transformers Mixtral sparse MoE block holding ``moe``'s weights.
-
-    Layouts: router ``(E, D)`` is ``gate.weight`` as is; ``gate_up_proj`` (E, 2H, D) stacks
-    the transposed gate and up weights; ``down_proj`` (E, D, H) is the transposed down weight.
-    """
-    e, d = moe.router.weight.shape
-    config = MixtralConfig(
-        hidden_size=d,
-        intermediate_size=moe.experts.w_gate.shape[-1],
-        num_local_experts=e,
-        num_experts_per_tok=moe.top_k,
-        router_jitter_noise=0.0,
-        experts_implementation="eager",  # the plain per-expert loop, not a fused kernel
-    )
-    block = MixtralSparseMoeBlock(config).eval()
-    experts = moe.experts
-    with torch.no_grad():
-        block.gate.weight.copy_(moe.router.weight)
-        block.experts.gate_up_proj.copy_(
-            torch.cat([experts.w_gate.transpose(1, 2), experts.w_up.transpose(1, 2)], dim=1)
-        )
-        block.experts.down_proj.copy_(experts.w_down.transpose(1, 2))
-    return block
+    """A transformers Mixtral sparse MoE block holding ``moe``'s weights, in eval mode, with
+    its plain per-expert loop ("eager"); the weight mapping is the benchmark's, documented in
+    :func:`benchmarks.bench_moe.mixtral_block`."""
+    return mixtral_block(moe, "eager").eval()
 
 
 def naive_moe(

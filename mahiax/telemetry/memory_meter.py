@@ -16,7 +16,7 @@ How CPU tensor bytes are found, and why both sources are needed:
   (``y = (x * w).exp().sum(); del x`` keeps ``x`` and the ``exp`` result alive inside ``y``'s
   graph). They are reached by walking each tensor's ``grad_fn`` graph and reading the nodes'
   ``_saved_*`` attributes; retained graphs are exactly the memory that grows under the
-  summary's ``retain_graph=True``.
+  summary's retain_graph band-aid.
 
 Storages are counted once: views and aliases share a storage, keyed by its data pointer and
 size. Cost: the scan visits every object the garbage collector tracks. Measured: one read

@@ -4,17 +4,29 @@
 # # 05 · "Memory profiling shows 0 MB": measuring real memory on CPU and GPU
 #
 # **Goal.** See why the summary's profiler printed 0 MB, measure what the tensors really
-# hold on a CPU (including the tensors autograd saved), and read the same meter on a GPU.
+# hold on a CPU (including the tensors autograd saved for backward), and read the same kind
+# of meter on a GPU. About 12 minutes live.
 #
-# **Context (read cold).** The demo printed its memory use with
-# `torch.cuda.memory_allocated() / 2**20`. The summary, remaining issue 1:
+# **Context (read cold).** The summary, remaining issue 1 and recommendation 1:
 #
 # > **Memory Profiling Shows 0 MB**: This is expected behavior when running on CPU-only
 # > systems. On GPU systems, actual memory usage would be reported.
-# > *Recommendation*: Run the demo on a GPU-enabled system to see actual memory usage values.
+#
+# > **For Memory Profiling**: Run the demo on a GPU-enabled system to see actual memory
+# > usage values.
+#
+# > **Reconstruction.** The summary does not show the demo's profiler. A reading that is
+# > 0 MB on a CPU and "actual memory usage" on a GPU is what `torch.cuda.memory_allocated()`
+# > does, so the lab assumes the demo printed `torch.cuda.memory_allocated() / 2**20`
+# > (`mahiax.telemetry.legacy_cuda_reading`).
 #
 # There is no exception in this lesson: the bug is a number that looks like a measurement
 # and is not one.
+#
+# PyTorch docs this lesson builds on:
+# [CUDA semantics: memory management](https://docs.pytorch.org/docs/stable/notes/cuda.html#cuda-memory-management),
+# [`torch.cuda.memory_allocated`](https://docs.pytorch.org/docs/stable/generated/torch.cuda.memory_allocated.html),
+# [autograd mechanics: saved tensors](https://docs.pytorch.org/docs/stable/notes/autograd.html#saved-tensors).
 
 # %%
 import ipywidgets as widgets
@@ -25,15 +37,19 @@ from mahiax import bugs, lessons
 from mahiax.telemetry import MemoryMeter, legacy_cuda_reading
 
 MB = 2**20
-meter = MemoryMeter()
+meter = MemoryMeter("cpu")  # this lesson's tensors live on the CPU: measure the CPU
 print("GPU found:", torch.cuda.is_available(), "| meter reads:", meter.device)
 
 # %% [markdown]
 # ## 1. The 0 MB
 #
-# `torch.cuda.memory_allocated()` counts the bytes of the CUDA caching allocator. On a
-# machine without a GPU nothing was ever allocated there, so it truthfully reports 0, however
-# much the model holds. Allocate 64 MB of tensors and ask again:
+# On a GPU, PyTorch does not ask the driver for memory for every tensor: its **caching
+# allocator** takes large blocks from the driver, cuts them into tensors, and keeps freed
+# blocks in a pool for reuse. `torch.cuda.memory_allocated()` is the bytes of that
+# allocator's blocks now occupied by CUDA tensors. It knows nothing about CPU tensors.
+#
+# **Predict.** The next cell keeps 64 MB of float32 in a CPU tensor. What does the
+# summary's profiler, `torch.cuda.memory_allocated() / 2**20`, print?
 
 # %%
 big = torch.zeros(64 * MB // 4)  # 64 MB of float32, on the CPU
@@ -43,11 +59,16 @@ if not torch.cuda.is_available():
     assert legacy_cuda_reading() == 0.0
 
 # %% [markdown]
+# 0 MB, truthfully: no CUDA tensor exists. The zero says nothing about the model.
+#
 # ## 2. A meter that measures CPU memory too
 #
-# `mahiax.telemetry.MemoryMeter` reads the CUDA allocator on a GPU. On a CPU it counts the
-# bytes of every storage held by a live tensor (each storage once, views included), plus the
-# process RSS. A figure that does not apply is `None`, never 0.
+# `mahiax.telemetry.MemoryMeter(device)` measures the device it is given. For `"cpu"` it
+# counts the bytes of every **storage** (the memory block behind a tensor; views share
+# their base's storage, and each storage is counted once) held by a live tensor, and it
+# reports the process **RSS** (resident set size: the pages of this process in physical
+# RAM, which include the Python interpreter and the libraries, torch among them, not only
+# tensors). A figure that does not apply is `None`, never 0.
 
 # %%
 before = meter.read()
@@ -58,26 +79,35 @@ print(after.format())
 freed = (before.tensor_bytes - after.tensor_bytes) / MB
 print(f"freed by `del big`: {freed:.1f} MB")
 assert 63 < freed < 65
+assert after.rss > after.tensor_bytes  # RSS holds far more than the tensors
 
 # %% [markdown]
 # ## 3. The memory you cannot see: tensors saved by autograd
 #
-# A forward saves tensors for the backward, often tensors no Python variable names any
-# more. Here `exp` saves its 4 MB output inside `y`'s graph; the meter walks the graph and
-# counts it. Deleting `y` frees the graph and its saved tensors.
+# A forward **saves** some tensors for the backward (autograd's *saved tensors*), often
+# tensors no Python variable names any more. `exp` saves its own output (the derivative of
+# `exp` is `exp`); multiplying by the Python number 2 saves only that number.
+#
+# **Predict.** `w` holds 4 MB. After `y = (w * 2).exp().sum()`, how many MB beyond `w` does
+# `y`'s graph hold? And after `del y`?
 
 # %%
 w = torch.randn(MB, requires_grad=True)  # 4 MB
 base = meter.read().tensor_bytes
-y = (w * 2).exp().sum()  # exp's 4 MB output lives on, inside y's graph
+y = (w * 2).exp().sum()  # w * 2 is freed; exp's 4 MB output lives on, inside y's graph
+exp_node = y.grad_fn.next_functions[0][0]
+print(type(exp_node).__name__, "saved a tensor of shape", tuple(exp_node._saved_result.shape))
 with_graph = meter.read().tensor_bytes
-del y
+del y, exp_node
 without_graph = meter.read().tensor_bytes
 print(f"y's graph holds {(with_graph - base) / MB:.1f} MB; after `del y`: "
       f"{(without_graph - base) / MB:.1f} MB")
 assert with_graph - base >= 4 * MB and without_graph - base < MB
 
 # %% [markdown]
+# The meter found the 4 MB by walking `y`'s graph (`grad_fn`, `next_functions`) and reading
+# each node's `_saved_*` tensors. Deleting the last reference to the graph freed them.
+#
 # Try it: pick how many MB of tensors to keep alive and compare the two readings.
 
 # %%
@@ -105,17 +135,22 @@ widgets.VBox([size, shown])
 # %% [markdown]
 # ## 4. The summary's advice, measured
 #
-# The catalog trains the tiny model and, after every step, reads memory two ways: with the
-# summary's profiler (`buggy`), with the same profiler after following the advice on the
-# same machine (`summary`: the advice changes no code), and with the meter (`fixed`). The
-# damage is the relative error against the live tensor bytes.
+# The catalog trains the tiny model on the CPU (as the demo that printed 0 MB ran) and,
+# after every step, reads memory three ways: with the summary's profiler (`buggy`), with
+# the same profiler after following the advice (`summary`: the advice changes no code, and
+# the machine with the problem has no GPU), and with the meter (`fixed`). The damage is
+# the relative error against the live tensor bytes.
 #
-# **Expected verdict** on the summary's fix for `memory-zero-cpu`: **no-effect** (on a CPU
-# machine; on a GPU the CUDA reading is a real figure, but the problem was reported on a CPU).
+# **Predict.** Which of the three readings follows the live tensor bytes during training?
 
 # %%
 v_mem = bugs.verdict("memory-zero-cpu")
 lessons.verdict_report(v_mem)
+
+# %% [markdown]
+# **Expected verdict** on the summary's fix for `memory-zero-cpu`: **no-effect**. Advice
+# to use other hardware changes nothing on the machine where the problem is: the reading
+# stays 0 while the tensors hold megabytes.
 
 # %%
 fig = go.Figure()
@@ -136,27 +171,32 @@ lessons.outcome_table(v_mem.outcomes)[["error", "damage"]]
 # %% [markdown]
 # ## 5. On a GPU
 #
-# On a GPU the same `MemoryMeter()` picks `cuda:0` and reads the allocator: allocated,
-# reserved (the caching allocator's pool) and the peak. The cell below runs that reading when
-# a GPU is present, and says so when not.
+# `MemoryMeter("cuda")` reads the caching allocator of the current GPU: **allocated**
+# (bytes occupied by CUDA tensors, `torch.cuda.memory_allocated`), **reserved** (allocated
+# plus the freed blocks the allocator keeps in its pool, `torch.cuda.memory_reserved`) and
+# the **peak** of allocated (`torch.cuda.max_memory_allocated`). On a GPU the summary's
+# profiler is a real figure, but only for tensors that were moved to the GPU: a model left
+# on the CPU still reads 0. The cell below runs the GPU reading when a GPU is present, and
+# says so when not.
 
 # %%
 if torch.cuda.is_available():
     gpu = MemoryMeter("cuda")
     x = torch.zeros(64 * MB // 4, device="cuda")
     print(gpu.read().format())
-    print(f"the summary's profiler: {legacy_cuda_reading():.1f} MB (a real figure on a GPU)")
+    print(f"the summary's profiler: {legacy_cuda_reading():.1f} MB (a real figure: x is on "
+          f"the GPU)")
     del x
 else:
-    print("No GPU here: MemoryMeter() reads the CPU:", meter.read().format())
+    print("No GPU here; the CPU meter reads:", meter.read().format())
 
 # %% [markdown]
 # ## Exercise
 #
-# Write a reader `() -> megabytes` that reports the memory held by live tensors during
-# training, on this machine. `bugs.check("memory-zero-cpu", reader)` calls it after every
-# step and compares it with the live tensor bytes (within 5%). The attempt below is the
-# summary's profiler.
+# Write a reader `() -> megabytes` that reports the memory held by live tensors during the
+# catalog's training, which runs on this machine's CPU. `bugs.check("memory-zero-cpu",
+# reader)` calls it after every step and compares it with the live tensor bytes (within 5%).
+# The attempt below is the summary's profiler.
 
 # %%
 def my_reader() -> float:
@@ -167,9 +207,8 @@ print(bugs.check("memory-zero-cpu", my_reader))
 
 # %% tags=["solution"]
 def my_reader() -> float:
-    """Allocator bytes on a GPU, live tensor bytes on a CPU."""
-    r = MemoryMeter().read()
-    return (r.allocated if r.allocated is not None else r.tensor_bytes) / MB
+    """Live CPU tensor bytes: the catalog's model trains on the CPU, on any machine."""
+    return MemoryMeter("cpu").read().tensor_bytes / MB
 
 
 result = bugs.check("memory-zero-cpu", my_reader)
@@ -177,10 +216,52 @@ print(result)
 assert result.holds
 
 # %% [markdown]
+# ## Check your understanding
+#
+# 1. Why is `torch.cuda.memory_allocated()` 0 on a CPU-only machine, and what does that 0
+#    tell you about the model's memory?
+#    <details><summary>Answer</summary>
+#    It counts bytes of the CUDA caching allocator occupied by CUDA tensors. On a CPU-only
+#    machine no CUDA tensor exists, so it is 0 whatever the model holds. The 0 tells you
+#    nothing about the model (section 1).
+#    </details>
+# 2. The meter printed a process RSS of hundreds of MB while the tensors held a few MB. Why
+#    is RSS not a measure of tensor memory?
+#    <details><summary>Answer</summary>
+#    RSS is every page of the process in physical RAM: the interpreter, imported libraries
+#    (torch itself), Python objects and allocator caches, as well as tensors. It is useful
+#    for "is the process growing?", not for "what do my tensors hold?".
+#    </details>
+# 3. In `y = (w * 2).exp().sum()`, which tensor does `y`'s graph keep alive, and why not
+#    `w * 2`?
+#    <details><summary>Answer</summary>
+#    `exp` saves its output (its derivative is its output); `mul` by the Python number 2
+#    saves only the number, so the intermediate `w * 2` is freed as soon as `exp` has read
+#    it. The graph keeps the 4 MB `exp` result until the last reference to `y` goes (section
+#    3).
+#    </details>
+# 4. On a GPU, what is the difference between *allocated* and *reserved*, and which one
+#    does `nvidia-smi` come closer to?
+#    <details><summary>Answer</summary>
+#    Allocated: bytes occupied by live CUDA tensors. Reserved: everything the caching
+#    allocator holds from the driver, including freed blocks kept for reuse. As the CUDA
+#    memory-management notes (linked above) say, `nvidia-smi` still shows the pool's unused
+#    blocks as used, so it stays high after tensors are freed.
+#    </details>
+# 5. Would "run the demo on a GPU" have shown the model's memory?
+#    <details><summary>Answer</summary>
+#    Only if the demo also moved the model and its data to the GPU: the CUDA allocator
+#    counts CUDA tensors only. On the CPU machine where the 0 was seen, the advice changes
+#    nothing (**no-effect**, measured in section 4).
+#    </details>
+
+# %% [markdown]
 # ## Recap
 #
-# - `torch.cuda.memory_allocated()` measures the CUDA allocator only: 0 on a CPU machine,
-#   whatever the model holds.
+# - `torch.cuda.memory_allocated()` measures the CUDA caching allocator only: 0 on a CPU
+#   machine, whatever the model holds.
 # - "Run it on a GPU" has **no effect** where the problem is (measured).
-# - `MemoryMeter` counts live tensor storages and the tensors autograd saved on a CPU, and
-#   reads the allocator on a GPU; the dashboard and the run store use it (lesson 07).
+# - A meter measures the device it is given: `MemoryMeter("cpu")` counts live tensor
+#   storages and the tensors autograd saved for backward, plus the process RSS;
+#   `MemoryMeter("cuda")` reads the allocator (allocated, reserved, peak). The dashboard and
+#   the run store use it (lesson 07).

@@ -12,7 +12,7 @@
 # graph sizes, memory), the summary's fix *as written* and what it really does (measured when
 # you run the cell, never a stored answer), the right fix and its proof, an exercise that
 # `mahiax.bugs.check` grades, and a recap. Run the cells top to bottom (*Run → Run All
-# Cells*); the whole notebook takes a few seconds on a laptop CPU.
+# Cells*); this notebook's cells take about 15 seconds on 2 CPU cores.
 
 # %%
 import plotly.express as px
@@ -80,12 +80,10 @@ assert enc.features.shape == (config.batch_size, config.d_model)
 # %% [markdown]
 # ## 3. The bug catalog: every claim, runnable
 #
-# `mahiax.bugs` holds one entry per claim of the summary (plus one for mixed precision). Each
-# entry has three variants you can run: `buggy` (the original pattern), `summary` (the fix
-# exactly as the summary states it) and `fixed` (the right fix). Running a variant trains a
-# tiny float64 model for a few steps and measures what happens: PyTorch's own error and its
-# step, the autograd graph size and live tensor memory per step, and how far the gradients are
-# from the clean model's. Pick an entry to read its record; the last line says which lesson
+# `mahiax.bugs` holds one entry per claim of the summary, plus a few the summary does not make
+# but users run into (mixed precision, DDP). Each entry has three variants you can run:
+# `buggy` (the original pattern), `summary` (the fix exactly as the summary states it) and
+# `fixed` (the right fix). Pick an entry to read its record; the last line says which lesson
 # tells its story.
 
 # %%
@@ -95,10 +93,10 @@ LESSON = {
     "expert-index": "01_expert_router_index",
     "fabric-accumulate": "02_inplace_accumulation",
     "layer-router-accumulate": "02_inplace_accumulation",
-    "graph-memory-update": "03_stateful_buffers",
-    "controller-importance": "03_stateful_buffers (and 07_train_and_watch)",
-    "tiny-memory-write": "03_stateful_buffers",
-    "dwa-weights": "03_stateful_buffers",
+    "graph-memory-update": "03a_memories",
+    "tiny-memory-write": "03a_memories",
+    "controller-importance": "03b_controller_and_dwa (and 07_train_and_watch)",
+    "dwa-weights": "03b_controller_and_dwa",
     "retain-graph": "04_retain_graph_and_encode",
     "encode-multi-loss": "04_retain_graph_and_encode",
     "memory-zero-cpu": "05_memory_meter",
@@ -128,14 +126,97 @@ show_entry()
 widgets.VBox([picker, card])
 
 # %% [markdown]
-# Running a variant is one call. This is the summary's `TinyMemory` bug: the measured
-# outcome carries PyTorch's error word for word, with the step it happened at.
+# ### How a verdict is measured: the harness
+#
+# Every variant runs through one harness, `mahiax.bugs.harness.train_variant`. It builds a
+# fresh **float64** copy of the `tiny` model from a fixed seed, installs the variant, and
+# trains it for a few steps. Each step is the function below; read it once, because every
+# verdict in every lesson comes from it.
+
+# %%
+from IPython.display import display
+
+from mahiax.bugs import harness
+
+display(
+    lessons.source(harness._one_step, "one measured step"),
+    lessons.source(harness.max_grad_diff, "the gradient yardstick"),
+)
+
+# %% [markdown]
+# What it records, per step, in an `Outcome`:
+#
+# | field | what it measures |
+# |---|---|
+# | `graph_nodes` | the size of the autograd graph reachable from the step's loss (after the first step it should stay flat) |
+# | `tensor_bytes` | live tensor bytes after the step, read by `MemoryMeter` (lesson 05); a steady rise means something keeps old tensors alive |
+# | `max_grad_diff` | the largest difference between the variant's gradients and those of the **clean** package model, loaded with the same weights and state at the start of the step, on the same batch (in float64, so a bound of 1e-6 means something) |
+# | `error_type`, `error_message`, `error_step` | PyTorch's own exception, caught unedited, and the step it was raised at |
+#
+# **Predict.** The original `TinyMemory` writes the batch summary into its ring buffer right
+# after the forward read that buffer. Does step 0 finish? If not, what type of error do you
+# expect?
 
 # %%
 out = bugs.run("tiny-memory-write", "buggy")
 print(out.error_type, "at step", out.error_step)
 print(out.error_message.splitlines()[0])
 assert out.error_type == "RuntimeError" and "modified by an inplace operation" in out.error_message
+
+# %% [markdown]
+# Read the step as well as the error: lesson 03a explains why this one comes when it does.
+# The `fixed` variant of the same entry: every step ran, the graph stays the same size, and
+# the gradients equal the clean model's to float64 rounding.
+
+# %%
+ok = bugs.run("tiny-memory-write", "fixed")
+print(f"steps run: {ok.steps_run} of {ok.steps_requested}")
+print("graph nodes per step:", ok.graph_nodes)
+print("live tensor KB:      ", [round(b / 1024) for b in ok.tensor_bytes])
+print(f"largest gradient difference from the clean model: {ok.max_grad_diff:.1e}")
+assert ok.passed and ok.max_grad_diff < 1e-9
+
+# %% [markdown]
+# ### Why trust the clean model? An independent check
+#
+# The yardstick above is the clean model's own gradients, so the clean model must be right.
+# `tests/test_gradients.py` checks that with `torch.autograd.gradcheck`, which compares the
+# gradients autograd computes with finite differences (nudge each input by a tiny step and
+# watch the output), in float64, for every component and for the whole `encode()`. One such
+# check, done the same way: a fabric block, differentiated with respect to its input *and* all
+# of its parameters (`torch.func.functional_call` runs the block with the parameters passed
+# in, so that gradcheck can nudge them).
+
+# %%
+from torch.autograd import gradcheck
+from torch.func import functional_call
+
+from mahiax.fabric import FabricBlock
+
+torch.manual_seed(2)
+block = FabricBlock(d_model=6).double()  # LayerNorm, Linear, GELU, Linear
+names = [n for n, _ in block.named_parameters()]
+params = [p.detach().clone().requires_grad_(True) for p in block.parameters()]
+x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)  # (B, D)
+
+
+def block_fn(x, *ps):
+    return functional_call(block, dict(zip(names, ps, strict=True)), (x,))
+
+
+print("parameters checked:", names)
+print("gradcheck:", gradcheck(block_fn, (x, *params)))
+
+# %% [markdown]
+# A check that cannot fail proves nothing, so here is gradcheck failing: `x * x.detach()`
+# hides one factor from autograd, whose gradient is then `x` instead of `2x`.
+
+# %%
+def wrong(x):
+    return x * x.detach()
+
+
+print("gradcheck of x * x.detach():", gradcheck(wrong, (x,), raise_exception=False))
 
 # %% [markdown]
 # `bugs.verdict(id)` runs all three variants and judges the summary's fix from what it
@@ -190,11 +271,69 @@ print(result)
 assert result.holds
 
 # %% [markdown]
+# ## Check your understanding
+#
+# 1. A variant runs every step without an exception. Which of the harness's measurements can
+#    still show that it is broken?
+#
+#    <details><summary>Answer</summary>
+#
+#    `graph_nodes` rising step after step (graph carried across steps), `tensor_bytes` rising
+#    (old tensors kept alive) and `max_grad_diff` above float64 rounding (wrong gradients).
+#    The label for that case is `hides-the-error`.
+#
+#    </details>
+#
+# 2. Why does the harness train in float64 rather than float32?
+#
+#    <details><summary>Answer</summary>
+#
+#    So that "the gradients equal the clean model's" is a sharp test: the `fixed` run above
+#    matches the reference to float64 rounding (around 1e-16 at most), so any real mistake
+#    stands far above it. gradcheck's finite differences need float64 for the same reason.
+#
+#    </details>
+#
+# 3. Every verdict compares against the clean model's gradients. What shows that the clean
+#    model's gradients are right, independently of the lab's own code?
+#
+#    <details><summary>Answer</summary>
+#
+#    `torch.autograd.gradcheck`: it compares autograd's gradients with finite differences,
+#    for the inputs and the parameters (`tests/test_gradients.py` does it for every component
+#    and for `encode()`). The `x * x.detach()` cell shows that the check does fail on a wrong
+#    gradient.
+#
+#    </details>
+#
+# 4. Why does `bugs.verdict` run the three variants each time instead of printing a stored
+#    answer?
+#
+#    <details><summary>Answer</summary>
+#
+#    Because the verdict is a fact about the PyTorch you have installed: measured each time,
+#    it cannot go stale. The lessons state the verdict they expect in prose, and a test fails
+#    if the measurement ever disagrees.
+#
+#    </details>
+
+# %% [markdown]
+# ## PyTorch documentation
+#
+# - [Autograd mechanics](https://docs.pytorch.org/docs/stable/notes/autograd.html): how the
+#   graph is recorded, "Saved tensors", "In-place correctness checks" (lessons 02 to 06).
+# - [`torch.autograd.gradcheck`](https://docs.pytorch.org/docs/stable/generated/torch.autograd.gradcheck.gradcheck.html)
+#   and [Gradcheck mechanics](https://docs.pytorch.org/docs/stable/notes/gradcheck.html).
+# - [`torch.func.functional_call`](https://docs.pytorch.org/docs/stable/generated/torch.func.functional_call.html).
+
+# %% [markdown]
 # ## Recap
 #
 # - MAHIA-X = text encoder with a mixture of experts + tabular encoder + a routed fabric of
 #   blocks + two memories + one head per task, all from one `encode()`.
 # - `mahiax.bugs` turns each claim of the summary into three runnable variants; verdicts are
-#   measured every time you ask.
+#   measured every time you ask, by one harness: graph size, live tensor bytes, gradient
+#   difference from the clean float64 model, and PyTorch's own error with its step.
+# - The clean model itself is checked against finite differences (gradcheck).
 # - `bugs.check` grades your own fix the same way.
 # - Next: `01_expert_router_index`, or any lesson: each one explains what it needs.

@@ -3,8 +3,8 @@
 # %% [markdown]
 # # 01 · "index out of range in self" in the ExpertRouter
 #
-# **Goal.** Find where the summary's first error really comes from, see that the summary's
-# fix answers a *different* error, and fix the real cause.
+# **Goal.** Find which operations raise the summary's first error, see that the summary's fix
+# answers a *different* error, and fix the cause the lab reconstructs.
 #
 # **Context (read cold).** MAHIA-X routes every token to its top-2 of several small
 # feed-forward *experts* (a mixture of experts, the `ExpertRouter`). The summary, section 1:
@@ -15,7 +15,7 @@
 # > **Fix**: use `torch.unique()` to get unique expert indices; convert tensor indices to
 # > Python integers using `int(u.item())`.
 #
-# Two errors hide behind that one sentence. We meet each one on its own first.
+# Two different errors hide behind that one sentence. We meet each one on its own first.
 
 # %%
 import torch
@@ -32,6 +32,8 @@ torch.manual_seed(0)
 # %% [markdown]
 # ## 1. Where "index out of range in self" comes from
 #
+# ### An embedding asked for a row it does not have
+#
 # An embedding table with 1,000 rows, asked for row 4,321. The raw traceback is worth
 # reading: the error is raised inside `torch.nn.functional.embedding`, not in any router.
 
@@ -47,10 +49,54 @@ with lessons.expect_error(IndexError, "index out of range in self"):
     emb(torch.tensor([[5, 4321]]))
 
 # %% [markdown]
-# ## 2. What `experts[idx]` with a tensor raises
+# ### Stacked expert weights asked for an expert they do not have
 #
-# Indexing a Python `nn.ModuleList` with a tensor of several expert ids is a *different*
-# error, of a different type:
+# The embedding is not the only place. The clean model keeps its experts as **stacked
+# weights**: one tensor of shape `(E, D, H)` per weight matrix, expert `e` at index `e`.
+# Each expert is a **SwiGLU** feed-forward layer, `down(silu(x W_gate) * (x W_up))`: a gated
+# variant of the usual two-layer MLP. Picking experts' weights by id from such a stack is an
+# `index_select` along dimension 0.
+#
+# A classic way to get bad expert ids: take the top-k over the wrong dimension of the
+# router's probabilities. `probs` is `(tokens, experts)`; `topk(dim=0)` picks the best
+# *tokens* for each expert, so its "ids" go up to the number of tokens.
+#
+# **Predict.** 16 tokens, 8 experts, `probs.topk(2, dim=0)`: what is the largest "expert id",
+# and what does `index_select` on the `(8, D, H)` stack say about it?
+
+# %%
+model = HybridEfficientModel(teaching())
+w_gate = model.text.moe.experts.w_gate  # (E, D, H) stacked SwiGLU gate weights
+print("stacked weights:", tuple(w_gate.shape))
+probs = torch.softmax(torch.randn(16, w_gate.shape[0]), dim=-1)  # (tokens, experts)
+wrong_ids = probs.topk(2, dim=0).indices  # (2, experts): token positions, not expert ids
+print("largest 'expert id':", int(wrong_ids.max()))
+with lessons.expect_error(IndexError, "index out of range in self"):
+    w_gate.index_select(0, wrong_ids.reshape(-1))
+
+# %% [markdown]
+# Word for word the embedding's message. Why "self"? It is the name PyTorch's operator
+# signature gives the tensor being indexed. And an embedding lookup *is* an `index_select` of
+# rows of its weight table: same result for valid ids, same message for an id outside it.
+
+# %%
+print(torch.ops.aten.index_select.default._schema)
+ids = torch.tensor([[5, 42]])  # (B=1, T=2)
+rows = emb.weight.index_select(0, ids.reshape(-1)).reshape(1, 2, 8)  # (B, T, 8)
+print("same rows as emb(ids):", torch.equal(emb(ids), rows))
+with lessons.expect_error(IndexError, "index out of range in self"):
+    emb.weight.index_select(0, torch.tensor([5, 4321]))
+
+# %% [markdown]
+# So the message names neither the module nor the index tensor. The last frames of the
+# traceback say *which* lookup failed; then compare that index tensor's range with the size
+# of the table it indexes (`ids.min()`, `ids.max()` against `num_embeddings` or `E`).
+
+# %% [markdown]
+# ## 2. What `experts[idx]` raises when `idx` is a tensor
+#
+# The summary names `self.experts[idx]`. Indexing a Python `nn.ModuleList` with a tensor of
+# several expert ids is a *different* error, of a different type:
 
 # %%
 experts = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
@@ -58,14 +104,34 @@ with lessons.expect_error(TypeError, "only integer tensors of a single element")
     experts[torch.tensor([0, 2, 1])]
 
 # %% [markdown]
-# So `int(u.item())` (the summary's fix) is the cure for *this* `TypeError`, not for the
-# `IndexError` the summary reported.
+# And with a one-element tensor holding an id that is too large, the `ModuleList` raises an
+# `IndexError` in its own words, not "index out of range in self":
+
+# %%
+print(experts[torch.tensor(1)])  # one element: converted to the int 1
+with lessons.expect_error(IndexError, "index 5 is out of range"):
+    experts[torch.tensor([5])]
 
 # %% [markdown]
-# ## 3. The evidence: the demo's data did not fit its vocabulary
+# So `int(u.item())` (the summary's fix) is the cure for the `TypeError`. The words the
+# summary reports come from an `index_select`-style lookup (an embedding, stacked weights).
 #
-# The demo built a model with a 1,000-token vocabulary but drew token ids from 10,000.
-# Count how many ids of one batch fall outside the table.
+# > **Reconstruction.** The summary does not show the original `ExpertRouter`. The lab assumes
+# > `self.experts` was an `nn.ModuleList` indexed with the router's id tensor (the catalog's
+# > `BuggyExpertRouter`, shown in section 4), the common layout that matches "accessing
+# > `self.experts[idx]` where `idx` is a tensor".
+
+# %% [markdown]
+# ## 3. A cause that fits the report: data outside the vocabulary
+#
+# > **Reconstruction.** The summary gives neither the demo's vocabulary size nor the range of
+# > its token ids; it only reports the error. The lab assumes the demo built its embedding for
+# > a small vocabulary (here the teaching preset's 1,000 tokens; the catalog's tiny model has
+# > 64) and drew token ids from 10,000 (`DEMO_DATA_VOCAB`). This is one common way to get
+# > "index out of range in self" with a correct router; the cells below adopt it.
+#
+# **Predict.** Ids drawn from 10,000 for a 1,000-row table: roughly what share of them has no
+# row?
 
 # %%
 config = teaching()
@@ -81,7 +147,6 @@ assert outside > 0.5
 # error naming the cause (this check is the lab's, in `mahiax/validation.py`):
 
 # %%
-model = HybridEfficientModel(config)
 with lessons.expect_error(ValueError, "vocab"):
     model.encode(demo_data.batch(0))
 
@@ -102,12 +167,12 @@ lessons.source(SummaryExpertRouter.combine, "the summary's fix")
 lessons.source(BuggyExpertRouter.combine, "the original")
 
 # %% [markdown]
-# **Expected verdict** on the summary's fix for `expert-index`: **wrong-diagnosis**. The
-# change removes the `TypeError` of `experts[idx]`, but the reported `IndexError` comes from
-# token ids outside the vocabulary, and it stays. The next cell measures it now: three short
-# training runs (the original router on the demo's data, the summary's router on the same
-# data, the clean model on valid ids), plus two probe runs that find which error the
-# summary's change actually removes.
+# The next cell measures three short training runs: the original router on the demo's data,
+# the summary's router on the same data, and the clean model on valid ids. Two more probe
+# runs, on valid ids, find which error the summary's change actually removes.
+#
+# **Predict.** With the summary's router, does training on the demo's data still raise the
+# `IndexError`? And which error does the summary's change remove?
 
 # %%
 v = bugs.verdict("expert-index")
@@ -120,6 +185,10 @@ print("error the fix removes: ", diagnosis["error_the_fix_removes"])
 lessons.outcome_table(v.outcomes)
 
 # %% [markdown]
+# **Expected verdict** on the summary's fix for `expert-index`: **wrong-diagnosis**. The
+# change removes the `TypeError` of `experts[idx]`, but the reported `IndexError` comes from
+# token ids outside the vocabulary, and it stays.
+#
 # Switch between the three variants: what each raised, and its autograd graph size per step
 # (the buggy and summary variants fail at the first step, so they have no points).
 
@@ -131,8 +200,9 @@ lessons.variant_switch(v.outcomes)
 #
 # The ids must lie in `[0, vocab_size)`: the tokenizer and the embedding must agree. The
 # clean model also never indexes a module list with a tensor: its experts are stacked
-# weights, and tokens are dispatched grouped by expert. The `fixed` variant trains the clean
-# model on valid ids: every step runs, and its gradients equal the reference's.
+# weights, and tokens are dispatched grouped by expert, with expert ids from a top-k over the
+# expert dimension. The `fixed` variant trains the clean model on valid ids: every step
+# runs, and its gradients equal the reference's.
 
 # %%
 fixed = v.outcomes["fixed"]
@@ -173,12 +243,73 @@ assert result.holds
 # project the fix is upstream: build the vocabulary from the data (or size the embedding to
 # the tokenizer), and keep an input check like `mahiax.validation.check_inputs` so a mismatch
 # fails at once with a clear message.
+
+# %% [markdown]
+# ## Check your understanding
 #
+# 1. `IndexError: index out of range in self`: which two lookups in this lesson raised it,
+#    and what does "self" refer to?
+#
+#    <details><summary>Answer</summary>
+#
+#    `nn.Embedding` with a token id ≥ `num_embeddings`, and `index_select` on the stacked
+#    expert weights with an expert id ≥ `E`. "self" is the name of the indexed tensor in
+#    `aten::index_select`'s signature; an embedding lookup is an `index_select` of rows of
+#    its weight table, and fails with the same words.
+#
+#    </details>
+#
+# 2. What does `self.experts[idx]` raise when `self.experts` is an `nn.ModuleList` and `idx`
+#    is a tensor of several ids? With a one-element tensor holding 5, for 3 experts?
+#
+#    <details><summary>Answer</summary>
+#
+#    A `TypeError` ("only integer tensors of a single element can be converted to an
+#    index"); with `tensor([5])`, the `ModuleList`'s own `IndexError: index 5 is out of
+#    range`. Neither is the reported message.
+#
+#    </details>
+#
+# 3. Why is the summary's fix judged `wrong-diagnosis` rather than `no-effect`?
+#
+#    <details><summary>Answer</summary>
+#
+#    It does have an effect: on valid ids, the original router raises the `TypeError` and the
+#    summary's runs. But that is not the error the summary reported; on the demo's data the
+#    `IndexError` is still raised.
+#
+#    </details>
+#
+# 4. You meet "index out of range in self" in your own MoE. What do you check first?
+#
+#    <details><summary>Answer</summary>
+#
+#    The traceback's last frames, to see which lookup failed (an embedding, an
+#    `index_select` on stacked weights, ...). Then the range of that index tensor against the
+#    table size: token ids against `vocab_size`, expert ids against `num_experts` (a top-k
+#    over the wrong dimension gives ids up to the number of tokens).
+#
+#    </details>
+
+# %% [markdown]
+# ## PyTorch documentation
+#
+# - [`torch.nn.Embedding`](https://docs.pytorch.org/docs/stable/generated/torch.nn.Embedding.html):
+#   valid ids are `0 .. num_embeddings - 1`.
+# - [`torch.index_select`](https://docs.pytorch.org/docs/stable/generated/torch.index_select.html).
+# - [`torch.topk`](https://docs.pytorch.org/docs/stable/generated/torch.topk.html): the `dim`
+#   argument.
+# - [`torch.nn.ModuleList`](https://docs.pytorch.org/docs/stable/generated/torch.nn.ModuleList.html).
+
+# %% [markdown]
 # ## Recap
 #
-# - `IndexError: index out of range in self` is the embedding's error for an id outside its
-#   table. Look at the ids, not at the experts.
+# - `IndexError: index out of range in self` is `index_select`'s error for an index outside
+#   the indexed tensor: an embedding with a token id outside its table, or stacked expert
+#   weights with an expert id outside `[0, E)`. The traceback says which lookup; the index
+#   tensor's range says why.
 # - `experts[idx]` with a many-element tensor raises a `TypeError`; `int(u.item())` cures
 #   that one.
 # - The summary's fix is a **wrong diagnosis**: measured, the reported error is still there.
-# - Right fix: data and vocabulary agree, checked before the embedding.
+# - Right fix (for the cause the lab reconstructs): data and vocabulary agree, checked before
+#   the embedding.

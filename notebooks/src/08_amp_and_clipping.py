@@ -3,16 +3,25 @@
 # %% [markdown]
 # # 08 · Mixed precision: GradScaler, and unscale before clipping
 #
-# **Goal.** See what a `GradScaler` does to the gradients, why clipping *before*
-# `scaler.unscale_` silently stalls training, and the order that is right.
+# **Goal.** See why a gradient scaler exists, what it does to the gradients, why clipping
+# them *before* `scaler.unscale_` silently shrinks every step, by how much, and the order
+# that is right. About 15 minutes.
 #
-# **Context (read cold).** With float16 autocast, small gradients underflow to zero, so the
-# loss is multiplied by a large *scale* (65,536 to start) before `backward()`, and the
-# gradients are divided by it again before the optimiser step. The summary's only AMP change
-# was `precision_manager.scaler.scale(loss).backward(retain_graph=True)` (section 3). It
-# never mentions clipping, but the demo clipped gradients with `clip_grad_norm_` between
-# `backward()` and `scaler.step()`, where they are still scaled. This bug raises **no
-# error**: that is what makes it dangerous.
+# **Context (read cold).** *Mixed precision* runs most of the forward pass in a 16-bit float
+# type (`torch.autocast`). `float16` cannot hold very small numbers: they **underflow**
+# (round to zero). A **gradient scaler** (`torch.amp.GradScaler`) therefore multiplies the
+# loss by a large **scale** (65,536 to start) before `backward()`, so every gradient comes
+# out 65,536 times larger and survives, and divides the gradients by the scale again
+# (**unscales** them) before the optimiser step. The summary's only AMP line is
+# `precision_manager.scaler.scale(loss).backward(retain_graph=True)` (its section 3).
+# This lesson's bug raises **no error**: that is what makes it dangerous.
+#
+# PyTorch docs this lesson builds on:
+# [Gradient Scaling and `torch.amp.GradScaler`](https://docs.pytorch.org/docs/stable/amp.html#gradient-scaling),
+# and the AMP examples'
+# [Working with Unscaled Gradients](https://docs.pytorch.org/docs/stable/notes/amp_examples.html#working-with-unscaled-gradients)
+# (its [Gradient clipping](https://docs.pytorch.org/docs/stable/notes/amp_examples.html#gradient-clipping)
+# example is the right order).
 
 # %%
 import ipywidgets as widgets
@@ -21,34 +30,71 @@ import torch
 from torch import nn
 
 from mahiax import bugs, lessons
+from mahiax.bugs.loops import amp_loop
 from mahiax.precision import PrecisionManager
 
 torch.manual_seed(0)
+print("torch", torch.__version__)
 
 # %% [markdown]
-# ## 1. What the scaler does to the gradients
+# ## 1. Why a scaler exists
 #
-# `GradScaler` exists for the CPU too, so this runs anywhere (on a GPU it would be
-# `GradScaler("cuda")` with float16 autocast).
+# **Predict.** `float16`'s smallest positive number is about 6e-8. What is
+# `torch.tensor(1e-8, dtype=torch.float16)`? And the product of two `float16` values of
+# 1e-4 (the kind of product the chain rule makes in a backward pass)?
+
+# %%
+tiny = torch.tensor(1e-8, dtype=torch.float16)
+product = torch.tensor(1e-4, dtype=torch.float16) * torch.tensor(1e-4, dtype=torch.float16)
+print(f"1e-8 in float16: {tiny.item()};  1e-4 * 1e-4 in float16: {product.item()}")
+scaled = torch.tensor(1e-8 * 65536, dtype=torch.float16)  # the same value, scaled first
+print(f"1e-8 * 65536 in float16: {scaled.item():.3e}; divided back in float32: "
+      f"{scaled.float().item() / 65536:.3e}")
+print(f"1e-8 in bfloat16: {torch.tensor(1e-8, dtype=torch.bfloat16).item():.3e}")
+assert tiny.item() == 0.0 and product.item() == 0.0 and scaled.item() > 0
+
+# what autocast computes in float16, and what stays float32
+lin = nn.Linear(4, 1)
+with torch.autocast("cpu", dtype=torch.float16):
+    out = lin(torch.randn(3, 4))  # (3, 1)
+out.float().sum().backward()
+print(f"under autocast: output {out.dtype}; weight {lin.weight.dtype}, "
+      f"weight.grad {lin.weight.grad.dtype}")
+
+# %% [markdown]
+# Both underflow to exactly 0: a gradient that small, met inside a `float16` backward, would
+# be lost, and the weights upstream of it would never learn. Scaled by 65,536 first, the same
+# value is representable, and dividing it back in `float32` recovers about 1e-8. Under
+# autocast the layer's output is `float16`, but the parameter and its `.grad` stay `float32`:
+# that is where the scaler unscales. `bfloat16` keeps `float32`'s exponent range, so 1e-8
+# survives there: bfloat16 training needs no scaler. That is all a scaler is for.
+#
+# ## 2. What the scaler does to the gradients
+#
+# `GradScaler` exists for the CPU too (`GradScaler("cpu")`), so this runs anywhere. The
+# small model below stays in `float32`: nothing underflows here, but the scaler does
+# exactly the same multiplication and division as on a GPU with `float16`.
+# `get_total_norm` is the **global norm** that clipping uses: the L2 norm of all the
+# parameters' gradients taken together.
 
 # %%
 model = nn.Linear(8, 1)
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 scaler = torch.amp.GradScaler("cpu")
-x, y = torch.randn(32, 8), torch.randn(32, 1)
+x, y = torch.randn(32, 8), torch.randn(32, 1)  # (32, 8), (32, 1)
 
 loss = nn.functional.mse_loss(model(x), y)
-scaler.scale(loss).backward()
+scaler.scale(loss).backward()  # the gradients are now scale times the true ones
 scaled_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
-scaler.unscale_(opt)
+scaler.unscale_(opt)  # divides them by the scale, in place
 true_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
 print(f"scale {scaler.get_scale():.0f}: scaled grad norm {scaled_norm:.1f}, "
-      f"true grad norm {true_norm:.3f}")
+      f"true grad norm {true_norm:.3f}, ratio {scaled_norm / true_norm:.0f}")
 assert abs(scaled_norm / true_norm - scaler.get_scale()) < 1.0
 
 # %% [markdown]
-# `unscale_` may run once per step; a second call is PyTorch's one error in this lesson
-# (you meet it when you add `unscale_` to a loop that already had one):
+# `unscale_` may run at most once per optimiser per step; a second call is the one error in
+# this lesson (you meet it when you add `unscale_` to a loop that already had one):
 
 # %% tags=["raises-exception"]
 scaler.unscale_(opt)
@@ -56,25 +102,74 @@ scaler.unscale_(opt)
 # %%
 with lessons.expect_error(RuntimeError, "unscale_() has already been called"):
     scaler.unscale_(opt)
-scaler.step(opt)
+scaler.step(opt)  # knows the gradients are unscaled already: steps without dividing again
 scaler.update()
 
 # %% [markdown]
-# ## 2. Clipping before unscaling
+# ## 3. Clipping before unscaling: by how much is the step wrong?
 #
-# `clip_grad_norm_(params, 1.0)` on *scaled* gradients sees a norm 65,536 times too large
-# and shrinks them by that much; then `scaler.step()` divides by the scale again. The step
-# the optimiser takes is about 65,536 times too small. Train the same small regression both
-# ways; pick the order and the clipping threshold:
+# `clip_grad_norm_(params, max_norm)` rescales the gradients so that their global norm is at
+# most `max_norm`. Called on **scaled** gradients, it sees the norm `scale × g` (g: the true
+# norm). Whenever `scale × g > max_norm`, which with a scale of 65,536 is almost always, it
+# rescales them to norm `max_norm`; `scaler.step()` then unscales, so the optimiser applies
+# a gradient of norm **`max_norm / scale`**, whatever the true norm was. The right step
+# (unscale, then clip) has norm `min(g, max_norm)`. So the step is too small by
+#
+# - `scale` (65,536) when the true norm exceeds `max_norm`: the clip should have acted;
+# - `scale × g / max_norm` when it does not: the clip should have done nothing, and still
+#   shrinks the step, by less;
+# - nothing only when `max_norm ≥ scale × g`.
+#
+# **Predict.** A small regression whose true gradient norm is about 3, at `max_norm` 1, 100
+# and 1,000,000: how many times too small is the first step each time?
+
+# %%
+def make_regression() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The same small network and data every call: 8 inputs -> 16 tanh units -> 1 output."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    xs = torch.randn(256, 8)  # (256, 8)
+    return net, xs, xs @ torch.randn(8, 1)  # targets (256, 1)
+
+
+def first_step(max_norm: float) -> tuple[float, float, float]:
+    """(true grad norm, norm applied by clip-then-step, norm applied by unscale-then-clip)."""
+    applied = []
+    for unscale_first in (False, True):
+        net, xs, ys = make_regression()
+        opt, scaler = torch.optim.SGD(net.parameters(), lr=0.1), torch.amp.GradScaler("cpu")
+        scaler.scale(nn.functional.mse_loss(net(xs), ys)).backward()
+        if unscale_first:
+            scaler.unscale_(opt)
+            true = torch.nn.utils.get_total_norm([p.grad for p in net.parameters()]).item()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+        if not unscale_first:
+            scaler.unscale_(opt)  # what scaler.step() does first when no unscale_ ran yet
+        applied.append(torch.nn.utils.get_total_norm([p.grad for p in net.parameters()]).item())
+    return true, applied[0], applied[1]
+
+
+for max_norm in (1.0, 100.0, 1e6):
+    g, wrong, right = first_step(max_norm)
+    print(f"max_norm {max_norm:>9,.0f}: true norm {g:.2f}; applied: clip first {wrong:.2e}, "
+          f"unscale first {right:.2f}; clip first is {right / wrong:,.0f} times too small")
+
+# %% [markdown]
+# At `max_norm` 1 the true norm (about 3) exceeds the threshold: the step is 65,536 times too
+# small. At 100 the right clip does nothing, yet clip-first still shrinks the step about
+# 2,000 times (`65,536 × 3 / 100`). Only a threshold above `scale × g` (about 200,000 here)
+# leaves the step alone. No error in any case.
+#
+# Now train the same regression 60 steps both ways. **Predict.** With clip-first at
+# `max_norm` 1, does the loss fall at all? Then move the slider: from which `max_norm` on
+# does clip-first learn like the right order?
 
 # %%
 def train(order: str, max_norm: float, steps: int = 60) -> list[float]:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    """The regression's loss at every step, with a GradScaler and one clipping order."""
+    net, xs, ys = make_regression()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu")
-    xs = torch.randn(256, 8)
-    ys = xs @ torch.randn(8, 1)
     losses = []
     for _ in range(steps):
         loss = nn.functional.mse_loss(net(xs), ys)
@@ -89,10 +184,10 @@ def train(order: str, max_norm: float, steps: int = 60) -> list[float]:
     return losses
 
 
-ORDERS = ["clip, then step (the demo)", "unscale, then clip"]
+ORDERS = ["clip, then step (the bug)", "unscale, then clip"]
 order_pick = widgets.ToggleButtons(options=ORDERS, description="order")
-norm_pick = widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=1, description="max_norm",
-                                   continuous_update=False)
+norm_pick = widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=6, step=0.5,
+                                   description="max_norm", continuous_update=False)
 chart = widgets.Output()
 
 
@@ -102,7 +197,7 @@ def redraw(change=None) -> None:
         chosen = order == order_pick.value
         fig.add_trace(go.Scatter(y=train(order, norm_pick.value), name=order,
                                  line={"width": 3 if chosen else 1}, opacity=1 if chosen else 0.4))
-    fig.update_layout(title=f"training loss, clip_grad_norm_ max_norm={norm_pick.value:.2g}",
+    fig.update_layout(title=f"training loss, clip_grad_norm_ max_norm={norm_pick.value:,.3g}",
                       xaxis_title="step", yaxis_title="MSE", height=340)
     chart.clear_output(wait=True)
     with chart:
@@ -115,20 +210,36 @@ redraw()
 widgets.VBox([order_pick, norm_pick, chart])
 
 # %%
+for max_norm in (1.0, 100.0, 1e6):
+    stalled, learned = train(ORDERS[0], max_norm), train(ORDERS[1], max_norm)
+    print(f"max_norm {max_norm:>9,.0f}: loss after 60 steps, clip first {stalled[-1]:.3f} "
+          f"(from {stalled[0]:.3f}), unscale first {learned[-1]:.3f}")
 stalled, learned = train(ORDERS[0], 1.0), train(ORDERS[1], 1.0)
-print(f"loss after 60 steps: clip first {stalled[-1]:.3f} (from {stalled[0]:.3f}), "
-      f"unscale first {learned[-1]:.3f}")
 assert stalled[-1] > 0.95 * stalled[0] and learned[-1] < 0.5 * learned[0]
 
 # %% [markdown]
-# ## 3. In MAHIA-X, measured
+# The chart should show the clip-first line flat at `max_norm` 1 (and barely moving at 100)
+# while the right order falls; from about 200,000 on the two lines coincide.
 #
-# The catalog trains the tiny model with a `GradScaler`: `buggy` clips before unscaling,
-# `summary` adds the summary's `retain_graph=True` and nothing else, `fixed` unscales first.
-# The damage is the largest difference between the gradient the optimiser applied and the
-# correctly clipped one.
+# ## 4. In MAHIA-X, measured
 #
-# **Expected verdict** on the summary's fix for `amp-clip-before-unscale`: **no-effect**.
+# > **Reconstruction.** The summary never says that the demo clipped gradients: its only AMP
+# > line is `precision_manager.scaler.scale(loss).backward(retain_graph=True)`. The lab
+# > assumes the common pattern of clipping with `clip_grad_norm_(params, 1.0)` between that
+# > backward and `scaler.step()`, where the gradients are still scaled. The next cell shows
+# > the loop the catalog runs: `buggy` clips first, `summary` adds the summary's
+# > `retain_graph=True` and nothing else, `fixed` unscales first.
+
+# %%
+lessons.source(amp_loop, "the catalog's AMP step (the lab's reconstruction)")
+
+# %% [markdown]
+# The catalog trains the tiny MAHIA-X model 4 steps with each variant and compares the
+# gradient the optimiser applied with the correctly clipped one (the **damage**: the largest
+# difference, over steps and parameters).
+#
+# **Predict.** Does `retain_graph=True` change anything here: less damage, the same, or an
+# error?
 
 # %%
 v_amp = bugs.verdict("amp-clip-before-unscale")
@@ -138,7 +249,13 @@ lessons.verdict_report(v_amp)
 lessons.outcome_table(v_amp.outcomes)[["error", "steps run", "max grad diff", "damage"]]
 
 # %% [markdown]
-# ## 4. The right order, in the package
+# **Expected verdict** on the summary's fix for `amp-clip-before-unscale`: **no-effect**.
+#
+# `retain_graph` only decides whether the graph's saved tensors are freed after the
+# backward; it never touches the gradients, so `summary` applies exactly the gradients
+# `buggy` applies. Only the order fixes it.
+#
+# ## 5. The right order, in the package
 #
 # `PrecisionManager.clip` unscales first, then clips, and returns the true norm; the
 # trainer calls it between `backward()` and `step()`.
@@ -205,11 +322,65 @@ print(result)
 assert result.holds
 
 # %% [markdown]
+# ## Check your understanding
+#
+# 1. Why does mixed-precision training with `float16` need a scaler at all, and why does
+#    `bfloat16` usually not?
+#
+#    <details><summary>Answer</summary>
+#
+#    `float16` underflows below about 6e-8 (section 1: `1e-8` becomes 0), so small gradients
+#    vanish; scaling the loss lifts them into range. `bfloat16` has `float32`'s exponent
+#    range (it trades mantissa bits instead), so its small values do not underflow and
+#    `mahiax.precision` uses no scaler for it.
+#
+#    </details>
+#
+# 2. With clip-first and a scale of 65,536, the true gradient norm is 3 and `max_norm` is 100.
+#    What norm does the optimiser apply, and what should it have applied?
+#
+#    <details><summary>Answer</summary>
+#
+#    The clip sees 65,536 × 3 ≈ 196,608 > 100 and rescales to 100; the unscale divides by
+#    65,536: about 0.0015. The right step keeps the true norm 3 (3 < 100, no clipping), so
+#    the step is about 2,000 times too small (measured in section 3).
+#
+#    </details>
+#
+# 3. Your loop calls `scaler.unscale_(opt)` before clipping. Does `scaler.step(opt)` divide
+#    the gradients by the scale a second time?
+#
+#    <details><summary>Answer</summary>
+#
+#    No. The scaler records that `unscale_` ran for this optimiser in this step, so `step`
+#    only checks for inf/NaN and calls `optimizer.step()`. Calling `unscale_` twice before
+#    `update()` raises `RuntimeError: unscale_() has already been called...` (section 2).
+#
+#    </details>
+#
+# 4. Why does the summary's `retain_graph=True` have no effect on this bug?
+#
+#    <details><summary>Answer</summary>
+#
+#    `retain_graph` only keeps the graph's saved tensors alive after `backward()`; it does
+#    not change a single gradient value, and the bug is in what happens to the gradients
+#    between `backward()` and `step()`. The catalog measured the same damage with and
+#    without it (section 4).
+#
+#    </details>
+
+# %% [markdown]
 # ## Recap
 #
-# - A `GradScaler` multiplies the loss, hence every gradient, by its scale (65,536 at the
-#   start); `scaler.step()` divides again.
-# - Clipping scaled gradients shrinks every step by the scale: no error, training stalls.
-#   The summary's `retain_graph=True` has **no effect** on it (measured).
+# - `float16` underflows small values to zero (`1e-8` → 0); a `GradScaler` multiplies the
+#   loss, hence every gradient, by its scale (65,536 at the start) and unscales before the
+#   step.
+# - Clipping scaled gradients applies a gradient of norm `max_norm / scale` whenever the
+#   *scaled* norm exceeds `max_norm`, which is almost always: 65,536 times too small when the
+#   true norm exceeds `max_norm`, `scale × g / max_norm` times too small when it does not.
+#   No error: training stalls or crawls.
+# - The summary's `retain_graph=True` has **no effect** on it (measured); that the demo
+#   clipped at all is the lab's reconstruction.
 # - Order: `scale(loss).backward()` → `unscale_(opt)` → `clip_grad_norm_` → `step` →
-#   `update`; `unscale_` at most once per step.
+#   `update`; `unscale_` at most once per optimiser per step. See the AMP examples,
+#   [Working with Unscaled Gradients](https://docs.pytorch.org/docs/stable/notes/amp_examples.html#working-with-unscaled-gradients).

@@ -168,9 +168,16 @@ assert x._version == 0 and a.grad is not None
 # %% [markdown]
 # ## 2. The fabric and the router in MAHIA-X
 #
-# The catalog's buggy fabric runs the loop of the summary's line inside the real model: per
-# sample, per chosen block, `output[batch_idx] += ...` into an alias of `x`. The summary's
-# fix keeps the loop and adds a fresh tensor instead:
+# > **Reconstruction.** The summary quotes only the line `output[batch_idx] += layer_weight
+# > * layer_output`. That line raises this error only when `output` shares memory with a
+# > tensor autograd saved: the `clone()` cell above runs the same line without error. The lab
+# > assumes the original started from the residual, `output = x`, looping per sample and per
+# > chosen block, with the gate and the blocks reading `x`. The summary does not show its
+# > "non-in-place operations" either; the lab writes them as adding, per step, a fresh zero
+# > tensor with one row filled.
+#
+# The catalog's buggy fabric runs that loop inside the real model; the summary's variant
+# keeps the loop and adds fresh tensors instead:
 
 # %%
 lessons.source(_per_sample_inplace, "the original loop")

@@ -3,30 +3,46 @@
 # %% [markdown]
 # # 06 · Finding the mutation: anomaly mode versus the mutation locator
 #
-# **Goal.** Understand what PyTorch's in-place error really says, why anomaly mode (the
-# summary's recommendation) points at the wrong line, and find the line that changed the
-# tensor with the lab's mutation locator.
+# **Goal.** Read PyTorch's in-place error word by word, see why anomaly mode (the summary's
+# recommendation) points at the line that *saved* the tensor rather than the one that
+# *changed* it, and find the changing line with the lab's mutation locator. About 15
+# minutes live.
 #
 # **Context (read cold).** After its fixes, the summary still had an error left (remaining
-# issue 2):
+# issue 2, recommendation 2):
 #
 # > **Persistent In-Place Operation Error**: There may still be some in-place operations in
 # > other parts of the model that need to be identified and fixed.
-# > *Recommendation*: Enable PyTorch's anomaly detection to identify the exact source of
-# > remaining in-place operations: `torch.autograd.set_detect_anomaly(True)`
 #
-# The error is "one of the variables needed for gradient computation has been modified by an
-# inplace operation". Backward checks that each tensor it saved still has the version it had
-# when saved; something wrote into one in between. Two places matter: where the tensor was
+# > **For In-Place Operations**: Enable PyTorch's anomaly detection to identify the exact
+# > source of remaining in-place operations: `torch.autograd.set_detect_anomaly(True)`
+#
+# The error (summary section 2) is "one of the variables needed for gradient computation has
+# been modified by an inplace operation". Every tensor carries a **version counter**
+# (`t._version`): each in-place operation on it adds to it, and every view of the same
+# storage shares it. When autograd saves a tensor for the backward, it records the
+# version; backward checks that the saved tensor still has that version, and raises this
+# error if something wrote into it in between. Two places matter: where the tensor was
 # **saved** (a forward line) and where it was **modified** (the line to fix).
+#
+# PyTorch docs this lesson builds on: autograd mechanics,
+# [in-place correctness checks](https://docs.pytorch.org/docs/stable/notes/autograd.html#in-place-correctness-checks)
+# and [saved tensors](https://docs.pytorch.org/docs/stable/notes/autograd.html#saved-tensors);
+# [anomaly detection](https://docs.pytorch.org/docs/stable/autograd.html#anomaly-detection);
+# [tensor views](https://docs.pytorch.org/docs/stable/tensor_view.html);
+# [`torch.optim.AdamW`](https://docs.pytorch.org/docs/stable/generated/torch.optim.AdamW.html).
 
 # %%
+import inspect
 import linecache
+from pathlib import Path
 
 import ipywidgets as widgets
 import torch
+import torch.optim.adam as adam_module
 from torch import nn
 
+import mahiax
 from mahiax import bugs, lessons
 from mahiax.debug import anomaly_says, locate_mutations
 from mahiax.memory import GraphDiffusionMemory
@@ -36,9 +52,11 @@ torch.manual_seed(0)
 # %% [markdown]
 # ## 1. An in-place error with no in-place operation in sight
 #
-# Two layers; one backward with `retain_graph=True`, an optimiser step, and a second
-# backward through the same (retained) graph. The second layer's weight was saved by the
-# forward (to compute the first layer's gradient); `optimizer.step()` updated it in place.
+# Two layers; one backward with `retain_graph=True` (keep the graph's saved tensors after
+# the backward), an optimiser step, and a second backward through the same retained graph.
+#
+# **Predict.** None of these lines writes into a tensor in place, as far as you can see.
+# Does the second backward run? If not, which tensor will the error name?
 
 # %%
 class TwoLayers(nn.Module):
@@ -57,7 +75,7 @@ opt = torch.optim.SGD(net.parameters(), lr=0.1)
 def summary_era_step() -> None:
     loss = net(torch.randn(2, 3)).sum()
     loss.backward(retain_graph=True)
-    opt.step()  # writes into l2.weight, which the retained graph saved
+    opt.step()  # writes into every parameter, in place
     loss.backward()
 
 
@@ -65,63 +83,162 @@ def summary_era_step() -> None:
 summary_era_step()
 
 # %% [markdown]
-# ## 2. What anomaly mode says
+# ## 2. Decoding the message
 #
-# Anomaly mode prints the *forward* traceback of the node whose backward failed: the line
-# where the tensor was saved. `mahiax.debug.anomaly_says` runs a function under anomaly
-# mode and collects that text.
+# `[torch.FloatTensor [3, 1]], which is output 0 of AsStrided, is at version 2; expected
+# version 1`. Which tensor is `[3, 1]`? `l2` computes `x @ l2.weight.t() + l2.bias` with
+# one `addmm`; to give `l1` its gradient, the backward of `addmm` needs `l2.weight.t()`, so
+# the forward saved it. `l2.weight` is `[1, 3]`; the saved tensor is its transpose, a
+# **view** (a tensor sharing its base's storage, and its version counter).
+#
+# **Predict.** What is `l2.weight._version` right after the constructor, before any
+# training step?
 
 # %%
-report = anomaly_says(summary_era_step)
-print(type(report.error).__name__, ":", str(report.error).splitlines()[0][:100], "...")
-print("anomaly mode's forward traceback, lines of this notebook only:")
-for file, line in report.frames():
-    if "/torch/" not in file:
-        print(f"  line {line}: {linecache.getline(file, line).strip()}")
+net = TwoLayers()
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+print("versions after construction:", {n: p._version for n, p in net.named_parameters()})
+fresh = torch.empty(1, 3)
+print("a fresh tensor:", fresh._version, end=" ")
+nn.init.kaiming_uniform_(fresh)  # what nn.Linear's constructor does to its weight
+print("-> after one in-place init:", fresh._version)
+
+loss = net(torch.randn(2, 3)).sum()
+addmm = loss.grad_fn.next_functions[0][0]  # the backward node of l2's addmm
+saved = addmm._saved_mat2  # the tensor it saved
+print(f"{addmm.name()} saved a tensor of shape {list(saved.shape)}; "
+      f"l2.weight.t() has shape {list(net.l2.weight.t().shape)}; same storage: "
+      f"{saved.data_ptr() == net.l2.weight.data_ptr()}")
+print("saved at version", saved._version, "| its grad_fn:", saved.grad_fn.name())
+loss.backward(retain_graph=True)
+opt.step()
+print("after opt.step(): l2.weight at version", net.l2.weight._version,
+      "| the saved view reads", saved._version, "| its grad_fn now:", saved.grad_fn.name())
+assert list(saved.shape) == [3, 1] and net.l2.weight._version == 2
 
 # %% [markdown]
-# It points at `self.l2(...)` in `forward`: correct about where `l2.weight` was saved, and
-# silent about `opt.step()`, the line that changed it.
+# So, word by word:
 #
-# ## 3. What the mutation locator says
+# - **`[3, 1]`** is `l2.weight` transposed, the tensor `addmm` saved.
+# - **expected version 1**: the constructor wrote the weight once, in place
+#   (`nn.init.kaiming_uniform_`), so it was at version 1 when the forward saved it.
+# - **is at version 2**: `opt.step()` wrote into `l2.weight` (SGD's `add_`); the view
+#   shares the counter, so it moved too.
+# - **output 0 of AsStrided**: after its base was changed in place, autograd rebuilt the
+#   view's `grad_fn` as an `as_strided` view (**AsStrided**: the general view described
+#   only by sizes, strides and a storage offset), so the message names `AsStrided` instead
+#   of the `t()` that made it (shown by `grad_fn` above: `TBackward0`, then
+#   `AsStridedBackward0`).
 #
-# `mahiax.debug.locate_mutations(model)` watches both ends: it notes every tensor autograd
-# saves (op, module, file and line) and every in-place write to the storage of one (via a
-# `TorchDispatchMode`). When backward fails, it appends the mutating op, module and line to
-# PyTorch's own error.
+# ## 3. What anomaly mode says
+#
+# **Anomaly mode** (`torch.autograd.set_detect_anomaly(True)` or the context manager
+# `torch.autograd.detect_anomaly()`) records, during the forward, the Python traceback that
+# created each backward node. When a backward node fails, it prints that traceback: the
+# forward line of the node whose saved tensor was changed. `mahiax.debug.anomaly_says` runs
+# a function under anomaly mode and collects that text.
+#
+# **Predict.** Which line will anomaly mode point at: `opt.step()`, or a line of `forward`?
 
 # %%
+net = TwoLayers()
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+report = anomaly_says(summary_era_step)
+print(report.text.splitlines()[0])
+print("the innermost frames of its forward traceback, outside torch:")
+for file, line in [(f, n) for f, n in report.frames() if "/torch/" not in f][-2:]:
+    print(f"  line {line}: {linecache.getline(file, line).strip()}")
+hint = str(report.error).split("Hint: ")[1]
+print("\nPyTorch's own hint under anomaly mode:\n ", hint)
+assert "anywhere later" in hint
+
+# %% [markdown]
+# It points at `self.l2(...)` in `forward`: correct about where the weight was saved, and
+# silent about `opt.step()`, the line that changed it. PyTorch says so itself: the variable
+# "was changed in there **or anywhere later**". Anomaly mode names the failing node, not
+# the write.
+#
+# ## 4. What the mutation locator says
+#
+# `mahiax.debug.locate_mutations(model)` watches both ends. It notes every tensor autograd
+# saves (op, module, file and line), and it sees every **ATen** op (PyTorch's C++ operator
+# library: `aten.addmm`, `aten.add_`, ...) through a `TorchDispatchMode` (a Python hook that
+# every op passes through), noting each in-place write to the storage of a saved tensor.
+# When backward fails, it appends the mutating op, module and line to PyTorch's own error.
+
+# %%
+net = TwoLayers()
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
 with lessons.expect_error(RuntimeError, "modified by an inplace operation") as caught:
     with locate_mutations(net):
         summary_era_step()
 
 # %%
 report_text = caught.message.split("Mutation locator:")[1]
-assert "_foreach" in report_text or "add_" in report_text  # the optimiser's in-place update
+assert "add_" in report_text  # SGD's in-place update, inside opt.step()
 
 # %% [markdown]
-# ## 4. The summary's "persistent" error in MAHIA-X
+# ## 5. The summary's "persistent" error in MAHIA-X
 #
-# The catalog's `persistent-inplace` entry trains the summary-era model: `retain_graph=True`
-# on every backward and memory nodes that carry the graph from step to step (lessons 03 and
-# 04). Its `summary` variant follows the recommendation (anomaly mode), then asks the locator.
+# > **Reconstruction.** The summary does not say where its persistent error came from. The
+# > lab assumes the loop the summary describes (`retain_graph=True` on every backward,
+# > summary section 3) together with state that carries the graph from one step to the
+# > next (the original `GraphDiffusionMemory` update, lesson 03a). Then step 2's backward
+# > runs into step 1's retained graph, whose saved parameters the optimiser step has since
+# > changed: an in-place error with no in-place operation in the model.
 #
-# **Expected verdict** on the summary's fix for `persistent-inplace`: **wrong-diagnosis**.
-# The error is still there, and anomaly mode names the forward line that saved the tensor,
-# not the `optimizer.step()` that changed it.
+# The catalog's `persistent-inplace` entry trains that model. Its `summary` variant follows
+# the recommendation (anomaly mode), then asks the locator.
+#
+# **Predict.** Under anomaly mode, does the error go away? Does anomaly mode name the line
+# that changed the tensor?
 
 # %%
 v_pi = bugs.verdict("persistent-inplace")
 lessons.verdict_report(v_pi)
 
+# %% [markdown]
+# **Expected verdict** on the summary's fix for `persistent-inplace`: **wrong-diagnosis**.
+# The error is still there, and anomaly mode names the forward line that saved the tensor,
+# not the optimiser step that changed it.
+
 # %%
 figures = v_pi.outcomes["summary"].figures
 print("anomaly mode points to:", figures["anomaly_points_to"])
 print("the tensor was changed:", figures["mutating_op"], "at", figures["mutation_at"])
+file, line = figures["mutation_at"].rsplit(":", 1)
+print("  that line:", linecache.getline(str(Path(mahiax.__file__).parent / file),
+                                        int(line)).strip())
 assert figures["anomaly_points_to"] != figures["mutation_at"]
 
 # %% [markdown]
-# ## 5. The locator on every in-place bug of the catalog
+# The locator names `aten.mul_` at the catalog harness's `optimizer.step()`. The harness
+# trains with `torch.optim.AdamW`, and AdamW's *decoupled weight decay* first multiplies
+# every parameter in place by `1 - lr * weight_decay` (default `weight_decay` 0.01), before
+# its Adam update. The source of the loop AdamW runs over these CPU parameters, and the
+# effect on a parameter whose gradient is zero (so that only the decay acts):
+
+# %%
+source = inspect.getsource(adam_module._single_tensor_adam).splitlines()
+at = next(i for i, s in enumerate(source) if "param.mul_" in s)
+print("\n".join(source[at - 3:at + 1]))
+
+p = nn.Parameter(torch.randn(4))
+adamw = torch.optim.AdamW([p], lr=0.1)
+p.grad = torch.zeros(4)
+before = p.detach().clone()
+adamw.step()
+decay = adamw.defaults["weight_decay"]
+print(f"weight_decay {decay}: p after == p before * (1 - lr * wd):",
+      torch.allclose(p.detach(), before * (1 - 0.1 * decay)))
+assert torch.allclose(p.detach(), before * (1 - 0.1 * decay))
+
+
+# %% [markdown]
+# The fix is not to move or drop the optimiser step: it is to stop keeping step t's graph
+# alive into step t+1 (detach carried state, one backward per step, no `retain_graph`).
+#
+# ## 6. The locator on every in-place bug of the catalog
 #
 # `bugs.locate(entry_id, variant)` runs a variant under the locator and returns the
 # mutations it saw, the one backward tripped on first. Pick an entry and a variant.
@@ -170,8 +287,9 @@ assert mutations[0].op == "aten.copy_"
 # whose `forward(x)` reads the nodes (`self.read(x)`) and, in training mode, updates
 # `self.nodes` toward the batch mean (`s = self.write_rate`) without writing into the tensor
 # the read saved and without carrying the graph. `bugs.check("graph-memory-update", cls)`
-# trains with it. The attempt below is the summary's `copy_` under `no_grad` (does `no_grad`
-# help?).
+# trains with it. The attempt below is the summary's `copy_` under `no_grad`.
+#
+# **Predict.** Does `torch.no_grad()` around the `copy_` help?
 
 # %%
 class MyMemory(GraphDiffusionMemory):
@@ -185,6 +303,10 @@ class MyMemory(GraphDiffusionMemory):
 
 
 print(bugs.check("graph-memory-update", MyMemory))
+
+# %% [markdown]
+# No: `no_grad` stops autograd from *recording* new operations; the in-place write still
+# bumps the version counter of the tensor the read saved.
 
 # %% tags=["solution"]
 class MyMemory(GraphDiffusionMemory):
@@ -207,11 +329,53 @@ assert result.holds
 # clean memory moves each node toward the inputs assigned to it: see
 # `GraphDiffusionMemory._stage_write`.)
 #
+# ## Check your understanding
+#
+# 1. Decode `[torch.FloatTensor [3, 1]], which is output 0 of AsStrided, is at version 2;
+#    expected version 1` for the two-layer net.
+#    <details><summary>Answer</summary>
+#    The saved tensor is `l2.weight.t()` (`[3, 1]`), which `addmm` saved to compute the
+#    gradient for `l1`. It was at version 1 when saved (the constructor's in-place
+#    `kaiming_uniform_`), and `opt.step()` wrote into the weight, making it 2; the view
+#    shares its base's counter. `AsStrided` is how autograd describes the view once its
+#    base was changed (section 2).
+#    </details>
+# 2. Why does anomaly mode point at a line of `forward` and not at `opt.step()`?
+#    <details><summary>Answer</summary>
+#    It records, for each backward node, the forward traceback that created it, and prints
+#    the one of the node that failed: the node that *saved* the tensor. The write happened
+#    later, somewhere else; PyTorch's hint says "changed in there or anywhere later"
+#    (section 3).
+#    </details>
+# 3. `with torch.no_grad(): nodes.copy_(new)` still fails. Why?
+#    <details><summary>Answer</summary>
+#    `no_grad` only stops recording new graph; the write still bumps the version counter of
+#    `nodes`, which the read saved, so the backward's check fails (the exercise's first
+#    attempt).
+#    </details>
+# 4. In MAHIA-X the locator names `aten.mul_` at `optimizer.step()`. What is multiplied, and
+#    what would it name with plain SGD?
+#    <details><summary>Answer</summary>
+#    AdamW's decoupled weight decay multiplies each parameter in place by
+#    `1 - lr * weight_decay` before its update (section 5). With SGD and no weight decay the
+#    first write is the update itself, `add_` (section 4).
+#    </details>
+# 5. After the locator names the optimiser step, what is the fix?
+#    <details><summary>Answer</summary>
+#    Not to move or remove the step: stop step t's graph from surviving into step t+1.
+#    Detach state carried across steps, do one backward per step, and drop
+#    `retain_graph=True` (lessons 03a and 04).
+#    </details>
+
+# %% [markdown]
 # ## Recap
 #
-# - The in-place error means: a tensor that backward saved was written to afterwards.
+# - The in-place error means: a tensor that backward saved was written to afterwards. Read
+#   its shape (which tensor), its versions (how many writes since it was saved) and
+#   `AsStrided` (a view whose base was changed).
 # - Anomaly mode shows where it was **saved**; the fix is where it was **modified**: here
-#   `optimizer.step()` under a retained graph (a **wrong diagnosis**, measured).
+#   the optimiser step under a retained graph (a **wrong diagnosis**, measured).
 # - `mahiax.debug.locate_mutations(model)` names the mutating op, module and line; use it
-#   around the failing step (it slows each step 5-10x).
+#   around the failing step only (it records every saved tensor and sees every op, so each
+#   step runs slower).
 # - Then remove the cause: detach carried state, one backward per step, no `retain_graph`.

@@ -152,7 +152,7 @@ def first_step(max_norm: float) -> tuple[float, float, float]:
 for max_norm in (1.0, 100.0, 1e6):
     g, wrong, right = first_step(max_norm)
     print(f"max_norm {max_norm:>9,.0f}: true norm {g:.2f}; applied: clip first {wrong:.2e}, "
-          f"unscale first {right:.2f}; clip first is {right / wrong:,.0f} times too small")
+          f"unscale first {right:.2f}; right / clip first = {right / wrong:,.0f}")
 
 # %% [markdown]
 # At `max_norm` 1 the true norm (about 3) exceeds the threshold: the step is 65,536 times too

@@ -3,16 +3,34 @@
 # %% [markdown]
 # # 09 · DistributedDataParallel: idle experts, and buffers DDP broadcasts
 #
-# **Goal.** Meet the two errors-or-silences a mixture of experts runs into under
-# `DistributedDataParallel` (DDP): experts that get no tokens on a rank (parameters DDP waits
-# for), and buffers that DDP copies from rank 0 into every rank at each forward. See where
-# each happens, the evidence, and the fixes, measured.
+# **Goal.** Meet two problems a mixture of experts runs into under
+# `DistributedDataParallel` (DDP): experts that get no tokens on a rank (an error, one step
+# late), and buffers that DDP copies from rank 0 into every rank at each forward (silent).
+# See where each happens, the evidence, and the fixes, measured. About 15 minutes.
 #
-# **Context (read cold).** DDP runs one process per rank, each on its own shard of the batch,
-# and averages the gradients with an all-reduce during `backward()`. The summary has no DDP
-# section: here the "summary's fix" is **the usual first fix** people reach for
-# (`find_unused_parameters=True`, `broadcast_buffers=False`). Everything below really runs DDP
-# with the gloo backend on this CPU: one rank in this process, or two forked processes.
+# **Context (read cold).** Terms used below:
+#
+# - **DDP** trains one copy of the model per process; each process is a **rank** (0, 1, ...)
+#   and works on its own shard of the batch. The ranks form a **process group**; on CPU
+#   they talk through the **gloo** backend.
+# - An **all-reduce** adds (or averages) a tensor across all ranks and gives every rank the
+#   result.
+# - DDP's **reducer** is its gradient machinery: at construction it groups the parameters'
+#   gradients into **buckets** and hooks every parameter; during `backward()` each hook marks
+#   its gradient ready, and a bucket whose gradients are all ready is all-reduced (averaged).
+#   The reducer expects every parameter to report in every backward.
+# - A **buffer** is a tensor a module registers with `register_buffer`: part of its
+#   `state_dict`, but not a parameter (no gradient; the optimiser never touches it).
+#
+# The summary has no DDP section: here the "summary's fix" is **the usual first fix** people
+# reach for (`find_unused_parameters=True`, `broadcast_buffers=False`). Everything below
+# really runs DDP with gloo on this CPU: one rank in this process, or two forked processes.
+#
+# PyTorch docs this lesson builds on: the
+# [DDP design notes](https://docs.pytorch.org/docs/stable/notes/ddp.html#internal-design)
+# (the reducer, buckets, `find_unused_parameters`) and
+# [`DistributedDataParallel`](https://docs.pytorch.org/docs/stable/generated/torch.nn.parallel.DistributedDataParallel.html)
+# (its `find_unused_parameters`, `broadcast_buffers` and `forward_sync_buffers` arguments).
 
 # %%
 import plotly.graph_objects as go
@@ -21,40 +39,49 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mahiax import bugs, lessons
 from mahiax.bugs import ddp
+from mahiax.moe import SwiGLUExperts
+
+print("torch", torch.__version__)  # what DDP does with buffers depends on it (section 3)
 
 # %% [markdown]
 # ## 1. Experts with no tokens: DDP's own error
 #
-# The original MAHIA-X kept its experts in a `ModuleList` and skipped an expert no token
-# chose. The catalog's small MoE (3 tokens, top-2, 8 experts: at least 2 experts idle at
-# every step) does the same:
+# > **Reconstruction.** The summary indexes `self.experts[idx]` and its fix loops over
+# > `torch.unique()` of the chosen expert ids, so an expert no token chose is never called.
+# > The lab reads that as a `ModuleList` of experts with idle experts skipped, and runs that
+# > layout under DDP (the summary never mentions DDP). The catalog's small MoE (3 tokens,
+# > top-2, 8 experts: at most 6 experts chosen, so at least 2 idle at every step):
 
 # %%
-lessons.source(ddp.ExpertList.forward, "the original loop over experts")
+lessons.source(ddp.ExpertList.forward, "the lab's reading of the original expert loop")
 
 # %% [markdown]
-# Under DDP the first step runs; the error comes at the **next** forward, because the
-# previous backward never delivered the idle experts' gradients:
+# **Predict.** Step 0 leaves some experts idle, so their parameters get no gradient. Where
+# does DDP complain: in step 0's `backward()`, at step 1's forward, or never?
 
 # %%
+torch.manual_seed(0)
 with ddp.one_process_group():  # a gloo group of one rank, in this kernel
     model = ddp.TinyMoE(ddp.ExpertList).double()
     net = DistributedDataParallel(model)
     x, y = ddp.global_tokens(0, 1)  # (3, 8) tokens and targets
-    with lessons.expect_error(RuntimeError, "Expected to have finished reduction"):
+    with lessons.expect_error(RuntimeError, "Expected to have finished reduction") as caught:
         for step in range(2):
             torch.nn.functional.mse_loss(net(x), y).backward()
             print(f"step {step} ran; idle experts: {ddp.idle_experts(model.last_ids)}\n")
+print("\nthe parameters behind DDP's indices:", ddp.unused_named_in(caught.message))
 
 # %% [markdown]
-# **Evidence.** DDP lists parameter *indices*; mapped back to names they are exactly the
-# idle experts' weights. With two ranks (two forked processes, each on its own tokens) each
-# rank has its own idle experts, and both raise at step 1: step 0's gradients were never
-# averaged.
+# Step 0's backward returns normally: the reducer is still waiting for the idle experts'
+# gradients. The **next forward** finds the previous reduction unfinished, and raises.
+# Read the message: PyTorch itself suggests `find_unused_parameters=True`, which is why it
+# is everybody's first fix. It lists parameter *indices* (into `model.parameters()`);
+# mapped back to names (last line), they are exactly the idle experts' weights.
+#
+# **Evidence with two ranks** (two forked processes, each on its own tokens): each rank has
+# its own idle experts, and both raise at step 1: step 0's gradients were never averaged.
 
 # %%
-unused = bugs.run("ddp-unused-experts", "buggy")  # the catalog's run of the same loop
-print("parameters DDP names:", ddp.unused_named_in(unused.error_message))
 for r in ddp.per_rank_idle_experts(steps=2):
     row = r["steps"][0]
     print(f"rank {r['rank']}: step 0 idle experts {row['idle']}, {len(row['no_grad'])} "
@@ -64,55 +91,81 @@ for r in ddp.per_rank_idle_experts(steps=2):
 # ## 2. The fixes, measured
 #
 # - the usual fix: `DistributedDataParallel(model, find_unused_parameters=True)`: after every
-#   forward DDP walks the autograd graph to find the parameters that will get no gradient and
-#   marks them ready (a cost every step);
+#   forward DDP walks the autograd graph from the output and marks every parameter it does
+#   not reach as ready. The DDP notes warn that "traversing the autograd graph introduces
+#   extra overheads", so it should be set "only ... when necessary". (We do not time it
+#   here: on a tiny model and a shared 2-core machine the difference is below the noise.)
 # - the right fix: stacked expert weights (`mahiax.moe.SwiGLUExperts`, the clean package's
-#   layout): the whole `(E, D, H)` weight is in every step's graph, an idle expert's gradient
-#   is a zero slice, and nothing needs finding.
-#
-# **Expected verdict** on the summary's fix for `ddp-unused-experts`: **holds**.
+#   layout): one `(E, D, H)` weight per projection. An idle expert is still skipped, but its
+#   slice belongs to a weight that *is* in the graph, so every parameter gets a gradient, an
+#   idle expert's slice being zero. Without DDP, one step of each layout:
+
+# %%
+for layout in (ddp.ExpertList, SwiGLUExperts):
+    torch.manual_seed(0)
+    moe = ddp.TinyMoE(layout).double()
+    torch.nn.functional.mse_loss(moe(x), y).backward()
+    missing = [n for n, p in moe.named_parameters() if p.grad is None]
+    print(f"{layout.__name__}: idle experts {ddp.idle_experts(moe.last_ids)}; "
+          f"parameters without a gradient: {len(missing)}")
+w_gate = moe.experts.w_gate.grad  # (E, D, H), stacked layout
+print("stacked w_gate gradient norm per expert:",
+      [round(float(w_gate[e].norm()), 3) for e in range(w_gate.shape[0])])
+
+# %% [markdown]
+# **Predict.** Both fixes run 6 steps with idle experts at every step. Do their gradients
+# match those of the same model trained without DDP?
 
 # %%
 v_unused = bugs.verdict("ddp-unused-experts")
 lessons.verdict_report(v_unused)
 
 # %%
-table = lessons.outcome_table(v_unused.outcomes)[["error", "steps run", "max grad diff"]]
-table["ms per step (median)"] = [
-    sorted(o.figures["ms_per_step"])[len(o.figures["ms_per_step"]) // 2]
-    if o.figures["ms_per_step"] else None
-    for o in v_unused.outcomes.values()
-]
-table
+lessons.outcome_table(v_unused.outcomes)[["error", "steps run", "max grad diff"]]
 
 # %% [markdown]
-# Both run with idle experts at every step and give the gradients of the same model without
-# DDP. `find_unused_parameters=True` is correct; its graph walk is a per-step cost (tiny here,
-# noticeable on a large model), and stacked experts make it unnecessary.
+# **Expected verdict** on the summary's fix for `ddp-unused-experts`: **holds**.
+#
+# `find_unused_parameters=True` is correct: same gradients as one process. It pays a graph
+# walk every step; stacked experts need none.
 #
 # ## 3. Buffers DDP broadcasts
 #
 # A memory whose nodes are a **buffer** (a miniature `GraphDiffusionMemory`): read by
 # attention in the forward, moved after each step toward the mean of the tokens each node
 # attracted. With DDP's default `broadcast_buffers=True`, at the start of **every forward**
-# DDP copies rank 0's buffers into every other rank's, in place. Older PyTorch bumped the
-# version counter there, and two forwards before one backward raised "modified by an inplace
-# operation ... is at version N" (pytorch/pytorch#22095). What does torch 2.13 do? The buggy
-# variant runs two micro-batch forwards, then one backward, on two ranks:
+# DDP copies rank 0's buffers into every other rank's, in place. In-place writes normally
+# bump the tensor's **version counter** (`tensor._version`; backward compares it with the
+# value it saved, lesson 02), so two forwards before one backward used to raise "modified by
+# an inplace operation": reported in 2019
+# ([pytorch/pytorch#22095](https://github.com/pytorch/pytorch/issues/22095)) and again for
+# torch 2.6 and later ([#175024](https://github.com/pytorch/pytorch/issues/175024)). **This
+# behaviour depends on the torch version.**
+#
+# **Predict.** On the torch printed at the top, the buggy variant runs two micro-batch
+# forwards, then one backward, on two ranks. Error or not?
 
 # %%
 v_buf = bugs.verdict("ddp-broadcast-buffers")
 buggy = v_buf.outcomes["buggy"]
-print(f"error: {buggy.error_type}; steps run {buggy.steps_run}; "
+print(f"torch {torch.__version__}: error: {buggy.error_type}; steps run {buggy.steps_run}; "
       f"forwards per step {buggy.figures['forwards_per_step']}")
 print("version-counter bumps by DDP's forwards, per rank:",
       buggy.figures["version_bumps_by_forward"])
-assert buggy.passed and buggy.figures["version_bumps_by_forward"] == [0, 0]
 
 # %% [markdown]
-# **No error**: torch 2.13 wraps the broadcast in `_unsafe_preserve_version_counter`, so the
-# buffer's `_version` does not move. The damage is silent. How much did the forward change
-# each rank's nodes (the largest value DDP wrote over the rank's own)?
+# On torch 2.13 (what this lab pins) we measured **no error and no bump**: DDP's buffer sync
+# runs inside `torch.autograd._unsafe_preserve_version_counter`, which puts the version back
+# after the copy (the change proposed in
+# [#175851](https://github.com/pytorch/pytorch/pull/175851)). The installed DDP's own code:
+
+# %%
+lessons.source(DistributedDataParallel._sync_buffers, "DDP's buffer sync, in this torch")
+
+# %% [markdown]
+# On a torch whose `_sync_buffers` lacks that wrapper, expect the in-place error instead.
+# Either way the copy happens. How much did the forward change each rank's nodes (the
+# largest value DDP wrote over the rank's own)?
 
 # %%
 fig = go.Figure()
@@ -123,21 +176,30 @@ fig.update_layout(title="max |nodes after DDP's forward - nodes before| (broadca
 fig
 
 # %% [markdown]
-# Rank 0's nodes are never touched; from step 1 on, rank 1's own update is thrown away and
-# replaced by rank 0's. The memory learns from rank 0's shard only: its nodes are off from
-# the update one process would make on the whole batch (the `damage` column).
+# Rank 0's bars are zero: its nodes are never touched. Rank 1's are zero at step 0 (the
+# ranks start equal) and large from step 1 on: its own update is thrown away and replaced
+# by rank 0's. The memory learns from rank 0's shard only, so its nodes are off from the
+# update one process would make on the whole batch (the `damage` column below).
 #
-# The usual fix, `broadcast_buffers=False` (deprecated in 2.13 for `forward_sync_buffers`,
-# DDP warns), stops the copying, and the ranks drift apart: rank 1 computes its gradients
-# against different nodes. The right fix keeps the broadcast off **and** all-reduces the
-# update's statistics, so every rank applies the same update (what `mahiax.distributed` does
-# for the clean model's memories):
+# The usual fix is `broadcast_buffers=False`: no more copying. In torch 2.13 that argument is
+# deprecated in favour of `forward_sync_buffers`, and DDP says so (the warning the catalog
+# caught when it built the `summary` variant):
+
+# %%
+for message in v_buf.outcomes["summary"].figures["ddp_warnings"]:
+    print(message)
+
+# %% [markdown]
+# The right fix keeps the per-forward copy off (`forward_sync_buffers=False`) **and**
+# all-reduces the update's statistics, so every rank applies the same update (what
+# `mahiax.distributed` does for the clean model's memories):
 
 # %%
 lessons.source(ddp.all_reduce_statistics, "the right fix")
 
 # %% [markdown]
-# **Expected verdict** on the summary's fix for `ddp-broadcast-buffers`: **hides-the-error**.
+# **Predict.** With the copying off and nothing else, do the two ranks' nodes stay equal? Do
+# the averaged gradients still match one process on the whole batch?
 
 # %%
 lessons.verdict_report(v_buf)
@@ -148,6 +210,15 @@ buf_table["rank spread"] = [o.figures["rank_spread"] for o in v_buf.outcomes.val
 buf_table
 
 # %% [markdown]
+# **Expected verdict** on the summary's fix for `ddp-broadcast-buffers`: **hides-the-error**.
+#
+# `rank spread` is the largest difference between rank 1's nodes and rank 0's right after a
+# step's update. In `buggy` the ranks differ there too, but the next forward copies rank 0's
+# nodes over rank 1's, so both ranks compute their gradients against the same nodes (the
+# gradients match; the nodes are wrong). With the copying off, the difference reaches the
+# forward: each rank computes its gradients against its own nodes, and the averaged gradients
+# no longer match one process. Only the all-reduced statistics keep both right.
+#
 # ## Exercise
 #
 # Write `sync(sums, counts)`: it gets this rank's per-node token sums `(S, D)` and counts
@@ -176,15 +247,67 @@ print(result)
 assert result.holds
 
 # %% [markdown]
+# ## Check your understanding
+#
+# 1. Why does the error about idle experts appear at step 1's forward and not in step 0's
+#    backward?
+#
+#    <details><summary>Answer</summary>
+#
+#    The reducer all-reduces a bucket only when every gradient in it is ready. The idle
+#    experts' hooks never fire, so step 0's backward ends with the reduction unfinished and
+#    nothing raised; the next forward checks that the previous reduction finished, and
+#    raises there.
+#
+#    </details>
+#
+# 2. Stacked expert weights still skip an idle expert in the forward. Why does DDP not
+#    complain?
+#
+#    <details><summary>Answer</summary>
+#
+#    DDP waits for *parameters*, not experts. With stacked weights an expert is a slice of
+#    one `(E, D, H)` parameter that the busy experts use, so that parameter gets a gradient
+#    every step; the idle expert's slice of it is zero (section 2).
+#
+#    </details>
+#
+# 3. With `broadcast_buffers=True` on torch 2.13, two forwards before one backward raise
+#    nothing. Does that mean the buffers are right?
+#
+#    <details><summary>Answer</summary>
+#
+#    No. DDP still copies rank 0's buffer over rank 1's before every forward; torch 2.13 only
+#    hides that copy from the version counter. Rank 1's own updates are thrown away and the
+#    memory learns from rank 0's shard alone (the `damage` column). On other torch versions
+#    the same code raises the in-place error instead.
+#
+#    </details>
+#
+# 4. Why is `broadcast_buffers=False` alone not enough?
+#
+#    <details><summary>Answer</summary>
+#
+#    Each rank then updates its buffer from its own tokens, so the ranks' buffers drift
+#    apart (`rank spread`), each rank's forward reads different nodes, and the averaged
+#    gradients differ from one process on the whole batch. All-reducing the statistics
+#    before the update keeps every rank's buffer identical and equal to one process's.
+#
+#    </details>
+
+# %% [markdown]
 # ## Recap
 #
-# - An expert skipped for having no tokens leaves parameters DDP waits for: the **next**
-#   forward raises "Expected to have finished reduction in the prior iteration", and the error
-#   lists the idle experts' parameters. `find_unused_parameters=True` **holds** (measured), at
-#   a graph walk per step; stacked expert weights need none.
-# - DDP's default buffer broadcast writes rank 0's buffers over every rank's at each forward.
-#   In torch 2.13 it keeps the version counter, so nothing raises: rank 1's updates vanish.
-#   `broadcast_buffers=False` alone **hides the error** (ranks drift, gradients disagree);
-#   all-reduce the statistics, then update the same way everywhere.
+# - An expert skipped for having no tokens leaves parameters DDP's reducer waits for: the
+#   **next** forward raises "Expected to have finished reduction in the prior iteration",
+#   listing the idle experts' parameters. `find_unused_parameters=True` **holds** (measured),
+#   at a graph walk per step; stacked expert weights need none.
+# - DDP's default buffer sync writes rank 0's buffers over every rank's at each forward.
+#   Whether that raises depends on the torch version: on 2.13 it keeps the version counter,
+#   so nothing raises and rank 1's updates silently vanish.
+# - `broadcast_buffers=False` (deprecated in 2.13 for `forward_sync_buffers`) alone **hides
+#   the error**: ranks drift and gradients disagree. All-reduce the statistics, then update
+#   the same way everywhere.
 # - The clean model trains on several processes with
-#   `torchrun --nproc-per-node 2 -m mahiax train ...` (gloo on CPU, NCCL on GPU).
+#   `torchrun --nproc-per-node 2 -m mahiax train ...` (gloo on CPU, NCCL on GPU); see the
+#   [DDP notes](https://docs.pytorch.org/docs/stable/notes/ddp.html).

@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 LESSONS = (
-    "00_tour", "01_expert_router_index", "02_inplace_accumulation", "03_stateful_buffers",
-    "04_retain_graph_and_encode", "05_memory_meter", "06_finding_the_mutation",
-    "07_train_and_watch", "08_amp_and_clipping", "09_ddp_pitfalls",
+    "00_tour", "01_expert_router_index", "02_inplace_accumulation", "03a_memories",
+    "03b_controller_and_dwa", "04_retain_graph_and_encode", "05_memory_meter",
+    "06_finding_the_mutation", "07_train_and_watch", "08_amp_and_clipping", "09_ddp_pitfalls",
 )
 KERNEL_NAME = "python3"  # what every notebook's metadata names; resolved to this interpreter
 

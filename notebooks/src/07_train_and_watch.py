@@ -6,13 +6,20 @@
 # **Goal.** Record a real training run of the clean MAHIA-X, then read it back with pandas
 # and look at what the summary's bugs would have damaged: expert load balance, memory-node
 # evolution, layer importance, DWA weights and memory. Then open the same run in the
-# dashboard.
+# dashboard. About 15 minutes live.
 #
 # **Context (read cold).** `mahiax.recording.record_training` trains and writes every step
 # to the run store, one SQLite file (`mahiax.store`). Any number of readers can read while
 # it trains: the dashboard, the command line (`python -m mahiax runs show NAME`), or
 # `mahiax.store.RunReader`, which returns pandas DataFrames. This notebook writes its store
 # to a temporary directory, so it leaves nothing behind.
+#
+# PyTorch docs this lesson builds on: autograd mechanics,
+# [in-place correctness checks](https://docs.pytorch.org/docs/stable/notes/autograd.html#in-place-correctness-checks)
+# and [saved tensors](https://docs.pytorch.org/docs/stable/notes/autograd.html#saved-tensors);
+# the note on [`torch.Tensor.detach`](https://docs.pytorch.org/docs/stable/generated/torch.Tensor.detach.html)
+# (`.data` is its older alias, without its protection); for the memory chart,
+# [CUDA semantics: memory management](https://docs.pytorch.org/docs/stable/notes/cuda.html#cuda-memory-management).
 
 # %%
 import tempfile
@@ -37,8 +44,8 @@ print("run store:", store)
 # %% [markdown]
 # ## 1. Record a run
 #
-# 120 steps of the teaching preset (a few seconds on a laptop CPU), memory nodes
-# snapshotted every 10 steps and a full memory reading every 25.
+# 120 steps of the teaching preset (about 10 s on 2 shared CPU cores: the slowest cell of
+# the lesson), memory nodes snapshotted every 10 steps and a full memory reading every 25.
 
 # %%
 config = teaching().replace(max_steps=120, dwa_window=10)
@@ -56,7 +63,10 @@ print(len(keys), "scalar keys, e.g.", keys[:6])
 # %% [markdown]
 # ## 2. Losses
 #
-# `scalars(name, keys)` returns one column per key, indexed by step.
+# `scalars(name, keys)` returns one column per key, indexed by step. The model has three
+# tasks (`keywords`, `tabular`, `mixed`), each with its own head and loss.
+#
+# **Predict.** After 120 steps, has every task's loss fallen? Which falls least?
 
 # %%
 tasks = list(config.tasks)
@@ -98,8 +108,9 @@ px.line(balance, title="load imbalance: coefficient of variation and max / mean"
 # Snapshots of the `GraphDiffusionMemory` nodes `(N, D)`, projected on their first two
 # principal components (computed once over all snapshots, so the axes stay put). Scrub
 # through the steps: the nodes move toward the inputs assigned to them and stay distinct.
-# (The summary's update pulled every node toward the same batch mean: they would collapse
-# onto one point.)
+# (The summary's update, `nodes = (1 - s) * nodes + s * m` with the same batch mean `m` for
+# every node, pulls them together: the difference of two nodes becomes
+# `(1 - s) * (n_i - n_j)` at every step, so it shrinks geometrically toward zero.)
 
 # %%
 snaps = reader.snapshots("lesson07", "memory/nodes")
@@ -131,9 +142,12 @@ assert spread > 0.1, "the nodes stay distinct"
 # %% [markdown]
 # ## 5. Loss weights (DWA)
 #
-# Dynamic Weight Averaging (Liu et al. 2019) keeps equal weights for the first two windows
-# of 10 steps, then gives more weight to the tasks whose loss falls slowest (ratio
-# `L(t-1) / L(t-2)` closer to 1 or above).
+# Dynamic Weight Averaging (DWA, Liu et al. 2019) weights task `k` by
+# `K * softmax(r / T)_k`, with the descent ratio `r_k = L_k(t-1) / L_k(t-2)` of the mean
+# losses of the last two epochs and a temperature `T` (2): the tasks whose loss falls
+# slowest (ratio closer to 1 or above) get more weight, and the weights sum to the number
+# of tasks `K`. The lab's "epoch" is a window of 10 steps (the paper's epochs are passes over
+# the data set), so the weights stay equal for the first two windows (steps 0-19).
 
 # %%
 weights = reader.scalars("lesson07", [f"weight/{t}" for t in tasks])
@@ -149,38 +163,94 @@ fig
 
 # %%
 assert np.allclose(weights.sum(axis=1), len(tasks), atol=1e-4), "DWA weights sum to K"
+assert np.allclose(weights.loc[:19], 1.0), "equal weights for the first two windows"
 
 # %% [markdown]
 # ## 6. Memory
 #
-# The probes read `MemoryMeter` every 25 steps (live tensor bytes on a CPU, the allocator on
-# a GPU) and the process RSS every step. Flat tensor memory is the sign that no graph is
-# carried from step to step (compare lesson 04).
+# The probes read `MemoryMeter` every 25 steps (live tensor bytes on a CPU, lesson 05) and
+# the process RSS (resident set size: all of the process's pages in RAM) every step. A
+# graph carried from step to step would make tensor memory grow every step (lesson 04);
+# the clean loop frees each step's graph.
+#
+# **Predict.** Over 120 steps, does live tensor memory grow, or stay flat? And the RSS?
 
 # %%
 mem = reader.scalars("lesson07", ["mem/tensor_bytes", "mem/rss"]) / 2**20
 px.line(mem.dropna(how="all"), markers=True, labels={"value": "MB", "variable": ""},
         title=f"memory on {run['device']}").update_layout(height=300)
 
+# %%
+tensor_mb = mem["mem/tensor_bytes"].dropna()
+print("live tensor MB at the readings:", tensor_mb.round(2).to_dict())
+print(f"RSS: {mem['mem/rss'].iloc[0]:.0f} MB at step 0, {mem['mem/rss'].iloc[-1]:.0f} MB at "
+      f"step {mem.index[-1]}")
+assert tensor_mb.iloc[1:].max() <= 1.01 * tensor_mb.iloc[1], "flat after the first reading"
+
+# %% [markdown]
+# Tensor memory is flat from the second reading on (the first, at step 0, is
+# lower). The RSS drifts by a few MB: it counts everything the process holds, not tensors,
+# so it is the wrong figure to judge a graph leak by.
+
 # %% [markdown]
 # ## 7. Layer importance, and the exercise
 #
-# The `MetaController` keeps an EMA of how much each fabric block is used, per *layer*
-# (`fabric/importance`). The summary's version averaged the chosen probabilities per top-k
-# *slot* instead, which silently mixes layers (lesson 03 shows it on two samples).
+# The `MetaController` keeps an EMA (exponential moving average,
+# `new = m * old + (1 - m) * value`) of how much each fabric block is used, per *layer*
+# (`fabric/importance`). The summary's version averaged the chosen probabilities
+# `topk_probs` `(B, K)` per top-k *slot* instead (`topk_probs.mean(dim=0)`), which silently
+# mixes layers (lesson 03b shows it on two samples).
 #
-# **Expected verdict** on the summary's fix for `controller-importance`: **no-effect**
-# (`.data.copy_` changes nothing: `.data` bypasses autograd either way, and the per-slot
-# average stays).
+# > **Reconstruction.** As written, the summary's line adds `K` slot means to `L` layer
+# > importances and raises a shape error whenever `K` differs from `L` (lesson 03b raises
+# > it). To measure its fix at all, the lab pads the `K` slot means with zeros to length `L`
+# > (`mahiax.bugs.stateful._slot_means_at_layer_indices`, shown in lesson 03b); the verdict
+# > below is measured on that adaptation.
 
 # %%
 importance = reader.vectors("lesson07", "fabric/importance")
 px.line(importance, labels={"value": "importance", "variable": "layer"},
         title="MetaController importance per layer (EMA)").update_layout(height=300)
 
+# %% [markdown]
+# The summary swapped `importance.data = new` for `importance.data.copy_(new)`. `.data`
+# returns an alias of the tensor's storage that autograd does not track, with a version
+# counter of its own: a write through it does not move the version counter of the tensor,
+# so the in-place check of lesson 06 cannot see it. That does **not** make such a write
+# harmless.
+#
+# **Predict.** `y = x.exp()` saves its result `y` for backward (the derivative of `exp` is
+# `exp`). Overwrite `y` with zeros through `.data`, then call backward: an error, or which
+# `x.grad`?
+
+# %%
+x = torch.ones(3, requires_grad=True)
+y = x.exp()  # ExpBackward saved y itself
+y.data.copy_(torch.zeros(3))  # the summary's pattern: no version bump
+print("y._version:", y._version)
+y.sum().backward()
+print("x.grad:", x.grad.tolist(), "(the true gradient is e = 2.718 each)")
+assert y._version == 0 and (x.grad == 0).all()
+
+# %% [markdown]
+# No error, and a silently wrong gradient: backward used the zeros. Writing through `.data`
+# is harmless in `MetaController` only because nothing saved `importance`: the forward
+# never reads it (only the telemetry does, between steps; lesson 03b checks it with a
+# saved-tensor hook). There, `.data = ...` and `.data.copy_(...)` store the same values,
+# and the per-slot average stays.
+#
+# **Predict.** The catalog trains with the summary's per-slot EMA written through `.data`
+# (`buggy`), then with `.data.copy_` (`summary`). Error? Does the importance differ from
+# the per-layer EMA, and does the fix change it?
+
 # %%
 v_ctl = bugs.verdict("controller-importance")
 lessons.verdict_report(v_ctl)
+
+# %% [markdown]
+# **Expected verdict** on the summary's fix for `controller-importance`: **no-effect**. No
+# error either way; `.data.copy_` stores exactly what `.data =` stored, and the per-slot
+# average is still wrong by the same amount.
 
 # %% [markdown]
 # **Exercise.** Write a `MetaController` whose `observe(routing)` gives each *layer* its
@@ -225,11 +295,51 @@ print(f"MAHIAX_STORE={store} MAHIAX_DASHBOARD_AUTOSTART=0 .venv/bin/streamlit ru
 print(f"MAHIAX_STORE={store} .venv/bin/python -m mahiax runs show lesson07")
 
 # %% [markdown]
+# ## Check your understanding
+#
+# 1. What would the memory chart of section 6 show if a memory module carried the graph
+#    from step to step, as the summary's original `GraphDiffusionMemory` did?
+#    <details><summary>Answer</summary>
+#    Live tensor memory growing at every reading: each step's graph, with its saved
+#    tensors, stays reachable from the carried state (lesson 04 measures it). The clean
+#    run is flat after the first step.
+#    </details>
+# 2. `.data.copy_` raised no error in the catalog run. Why is that not evidence that it is
+#    safe?
+#    <details><summary>Answer</summary>
+#    A write through `.data` does not bump the tensor's version counter, so autograd's
+#    check cannot see it. If a graph saved the tensor, backward silently uses the new
+#    values (`x.grad` was 0 instead of e in section 7). It is harmless in `MetaController`
+#    only because no graph saves `importance`.
+#    </details>
+# 3. Why is `topk_probs.mean(dim=0)` not a per-layer importance?
+#    <details><summary>Answer</summary>
+#    `topk_probs` is `(B, K)`: column `j` holds each sample's `j`-th best probability,
+#    whichever layer that was. Its mean is per top-k slot; "layer 0" would hold the mean of
+#    the first choices of all samples. Scatter each probability to its layer index first
+#    (the exercise).
+#    </details>
+# 4. In the DWA chart, a task's weight rises above 1. What does that say about its loss?
+#    <details><summary>Answer</summary>
+#    Its descent ratio `L(t-1) / L(t-2)` is higher than the others': its loss fell least (or
+#    rose) over the last window, so DWA gives it more weight. The weights always sum to the
+#    number of tasks.
+#    </details>
+# 5. Why would the summary's memory-node update make the nodes collapse?
+#    <details><summary>Answer</summary>
+#    Every node moves toward the same batch mean `m`: `n_i <- (1 - s) n_i + s m`. The
+#    difference of two nodes is multiplied by `(1 - s)` at every step, so all nodes converge
+#    to one point. The clean memory moves each node toward the inputs assigned to it.
+#    </details>
+
+# %% [markdown]
 # ## Recap
 #
 # - `record_training` writes every step to one SQLite store; `RunReader` reads it as pandas
 #   (`scalars`, `vectors`, `snapshots`) while training runs.
 # - Watch what the summary's bugs damage: expert balance (`moe/*`), memory nodes
-#   (`memory/nodes`), layer importance (`fabric/importance`), DWA weights, memory.
-# - The per-slot importance of the summary is a silent bug: **no-effect** for its fix,
-#   and a per-layer scatter for the right one.
+#   (`memory/nodes`), layer importance (`fabric/importance`), DWA weights, memory (flat
+#   when no graph is carried across steps).
+# - `.data` hides a write from autograd's version check; it is harmless only on a tensor no
+#   graph saved. The summary's `.data.copy_` has **no effect** (measured): the real bug is
+#   the per-slot average, fixed by a per-layer scatter.

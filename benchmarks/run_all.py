@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "moe": "bench_moe",
     "train_step": "bench_train_step",
     "dashboard": "bench_dashboard",
+    "lessons": "bench_lessons",
 }
 
 

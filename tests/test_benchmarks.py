@@ -4,10 +4,11 @@ live in the benchmarks' own ``met`` flags, measured by ``make bench``."""
 
 from __future__ import annotations
 
+import nbformat
 import pytest
 import torch
 
-from benchmarks import bench_moe, bench_train_step, run_all
+from benchmarks import bench_lessons, bench_moe, bench_train_step, run_all
 from benchmarks.bench_moe import FLOOR, OURS, PER_TOKEN, Size
 from mahiax.config import tiny
 from mahiax.moe import ExpertRouter
@@ -154,3 +155,56 @@ def test_train_step_markdown(train_result):
     text = bench_train_step.markdown(train_result)
     assert text.startswith("### Training step")
     assert "RuntimeError" in text
+
+
+# ---- lessons' cell time -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lesson_result(tmp_path_factory) -> dict:
+    """Two tiny notebooks, two rounds: one that runs (a tagged error cell included, as in the
+    lessons), one whose untagged cell raises."""
+    folder = tmp_path_factory.mktemp("lessons")
+    cells = {
+        "ok": [("import os\nassert os.environ['CUDA_VISIBLE_DEVICES'] == ''", []),
+               ("1 / 0", ["raises-exception"]), ("x = sum(range(1000))", [])],
+        "broken": [("x = 1", []), ("raise KeyError('no such node')", []), ("y = 2", [])],
+    }
+    for name, sources in cells.items():
+        nb = nbformat.v4.new_notebook()
+        for source, tags in sources:
+            cell = nbformat.v4.new_code_cell(source)
+            if tags:
+                cell.metadata["tags"] = tags
+            nb.cells.append(cell)
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    return bench_lessons.run(["ok", "broken"], rounds=2, notebooks=folder, warm_up=False)
+
+
+def test_lessons_benchmark_is_registered():
+    assert run_all.BENCHMARKS["lessons"] == "bench_lessons"
+
+
+@pytest.mark.xdist_group("heavy")
+def test_lessons_benchmark_times_every_code_cell_and_judges_the_goal(lesson_result):
+    ok = lesson_result["lessons"]["ok"]
+    assert ok["error"] is None  # the tagged cell's error is expected, as in a lesson
+    assert ok["cell_s"]["min"] <= ok["cell_s"]["median"] <= ok["cell_s"]["max"]
+    assert sorted(c["cell"] for c in ok["slowest_cells"]) == [0, 1, 2]
+    assert ok["met"] == (ok["cell_s"]["median"] < bench_lessons.GOAL_S)
+    assert lesson_result["met"] == all(r["met"] for r in lesson_result["lessons"].values())
+
+
+@pytest.mark.xdist_group("heavy")
+def test_lessons_benchmark_reports_a_lesson_that_raises_as_not_met(lesson_result):
+    broken = lesson_result["lessons"]["broken"]
+    assert broken["error"]["cell"] == 1 and "KeyError" in broken["error"]["message"]
+    assert broken["met"] is False and lesson_result["met"] is False
+    text = bench_lessons.markdown(lesson_result)
+    assert text.startswith("### Lessons")
+    assert "| broken |" in text and "stopped at cell 1" in text and "| NO |" in text
+
+
+def test_lessons_benchmark_refuses_an_unknown_lesson(tmp_path):
+    with pytest.raises(ValueError, match="no notebook for 99_nothing"):
+        bench_lessons.run(["99_nothing"], notebooks=tmp_path, warm_up=False)

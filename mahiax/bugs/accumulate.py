@@ -113,6 +113,9 @@ register(BugEntry(
         {"buggy": BuggyFabric, "summary": SummaryFabric, "fixed": None}, DynamicNeuroFabric,
     ),
     candidate_kind="a subclass of mahiax.fabric.DynamicNeuroFabric overriding forward(x)",
+    candidates=lambda: {
+        "buggy": BuggyFabric, "summary": SummaryFabric, "fixed": DynamicNeuroFabric,
+    },
 ))
 
 register(BugEntry(
@@ -136,4 +139,7 @@ register(BugEntry(
     candidate_kind=(
         "a subclass of mahiax.fabric.DynamicLayerRouter overriding mix(x, blocks, routing)"
     ),
+    candidates=lambda: {
+        "buggy": BuggyLayerRouter, "summary": SummaryLayerRouter, "fixed": DynamicLayerRouter,
+    },
 ))

@@ -35,6 +35,9 @@ class BugEntry:
     steps: int = 6  # steps for a quick run (enough for every buggy variant to show itself)
     candidate_kind: str = ""  # what `check()` accepts, in words
     probes: tuple[str, ...] = ()  # extra measured runs that the verdict reads
+    # the buggy, summary and fixed variants as candidates for check(), plus the band-aids
+    # the lessons warn against ("band-aid: <what>"); what the checker-strength test pins
+    candidates: Callable[[], dict[str, object]] | None = None
 
     def run(self, variant: str, steps: int | None = None, candidate: object = None) -> Outcome:
         """Run one variant (or a learner's candidate) and return what was measured."""

@@ -382,6 +382,11 @@ register(BugEntry(
     candidate_kind="an nn.Module class Experts(num_experts, d_model, hidden) with "
                    "forward(x, ids, weights) -> (N, D), trained under DDP without "
                    "find_unused_parameters",
+    candidates=lambda: {
+        "buggy": ExpertList,
+        "summary": ExpertList,  # find_unused_parameters is DDP's flag, not the experts'
+        "fixed": SwiGLUExperts,
+    },
 ))
 
 
@@ -445,6 +450,11 @@ def all_reduce_statistics(
     sums, counts = sums.clone(), counts.clone()
     dist.all_reduce(sums)  # (S, D) summed over ranks
     dist.all_reduce(counts)  # (S,)
+    return sums, counts
+
+
+def own_statistics(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the buggy and the summary's runs do: each rank keeps its own statistics."""
     return sums, counts
 
 
@@ -607,4 +617,7 @@ register(BugEntry(
     steps=4,
     candidate_kind="a function sync(sums, counts) -> (sums, counts) run on every rank before "
                    "the memory update, with broadcast_buffers=False",
+    candidates=lambda: {
+        "buggy": own_statistics, "summary": own_statistics, "fixed": all_reduce_statistics,
+    },
 ))

@@ -107,6 +107,17 @@ def _run(
     )
 
 
+def ids_as_given(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The ids the model got in the buggy and the summary's runs: unchanged (the summary
+    changed the router, not the data)."""
+    return tokens
+
+
+def fold_ids(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Every id folded into ``[0, vocab_size)`` (hashing; ids in range stay)."""
+    return tokens % vocab_size
+
+
 def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
     if variant == "buggy":
         return _run(variant, steps, BuggyExpertRouter, demo_data=True)
@@ -161,4 +172,5 @@ register(BugEntry(
     runner=_runner,
     steps=3,
     candidate_kind="a function (tokens, vocab_size) -> tokens applied to each batch",
+    candidates=lambda: {"buggy": ids_as_given, "summary": ids_as_given, "fixed": fold_ids},
 ))

@@ -53,6 +53,21 @@ class StepContext:
         if not self.keep_grads:
             self.optimizer.zero_grad(set_to_none=True)
 
+    def detach_state(self) -> None:
+        """Cut the state the model carries from step to step off the graph that computed it.
+
+        A buffer rebound to a value computed from live activations (lesson 03a's original
+        GraphDiffusionMemory) links this step's graph to the last one; the next backward then
+        walks into a graph that was already freed. Detaching the carried state at the start
+        of a step (truncated backpropagation's ``h = h.detach()``) starts a fresh graph: the
+        values stay, the history goes.
+        """
+        for owner in (self.model, self.weighting):
+            for module in owner.modules():
+                for name, buf in list(module.named_buffers(recurse=False)):
+                    if buf.requires_grad:
+                        setattr(module, name, buf.detach())
+
 
 def forward_losses(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
     """One encode(), every head, per-task losses and the weighted total (with aux losses)."""
@@ -87,13 +102,15 @@ class Reference:
 
     def grads(
         self, state: dict[str, torch.Tensor], batch: Batch, weights: torch.Tensor,
-        clip: float | None = None,
+        clip: float | None = None, accumulate: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Gradients on ``batch`` with ``state`` loaded and fixed loss ``weights`` (clipped to
-        a global norm of ``clip`` when given, as a correct AMP step would be)."""
+        a global norm of ``clip`` when given, as a correct AMP step would be); with
+        ``accumulate``, added to the previous call's, as gradient accumulation does."""
         ref, c = self.model, self.config
         ref.load_state_dict(state)
-        ref.zero_grad(set_to_none=True)
+        if not accumulate:
+            ref.zero_grad(set_to_none=True)
         ref.train()
         with torch.autograd.set_detect_anomaly(False):
             enc = ref.encode(batch)
@@ -212,6 +229,7 @@ def train_variant(
 
     out = Outcome(entry, variant, steps)
     memory_every = max(1, steps // 20)  # ~20 readings per run; each one scans every object
+    out.memory_every = memory_every
     meter = MemoryMeter() if measure_memory else None
     with isolated(anomaly):
         model = HybridEfficientModel(config).double()
@@ -285,7 +303,10 @@ def _one_step(
     ctx.figures["graph_nodes"] = graph_size(ctx.total)
     diff = None
     if reference is not None and ctx.weights is not None:
-        ref = reference.grads(start_state, ctx.batch, ctx.weights, reference_clip)
+        # ctx.keep_grads: the loop kept the cycle's gradients (accumulation), so does the reference
+        ref = reference.grads(
+            start_state, ctx.batch, ctx.weights, reference_clip, accumulate=ctx.keep_grads
+        )
         diff = max_grad_diff(model, ref)
     if not ctx.did_step:
         ctx.optimizer.step()

@@ -4,8 +4,12 @@
   ``retain_graph=True`` silences that, and with state that carries the graph across steps
   the graph and memory then grow every step until ``optimizer.step()`` changes a parameter an
   old graph saved, and an in-place error comes back (the summary's "persistent" error).
+  Every variant, and a learner's loop, runs in that one setting.
 - ``encode-multi-loss``: one forward per loss versus ``encode()`` once and one backward.
 - ``amp-clip-before-unscale``: clipping scaled gradients with a GradScaler.
+
+Every loop here is counted (:class:`PassCounter`): the checker asks for one forward and one
+backward pass a step and no graph kept after its backward (:func:`loop_rules`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from mahiax.bugs.harness import StepContext, clean_loop, forward_losses, swap_cl
 from mahiax.bugs.outcome import Outcome
 from mahiax.bugs.stateful import BuggyGraphMemory
 
-ACCUMULATE = 4  # the summary-era loop stepped the optimiser every few micro-batches
+# a reconstruction: the summary never says how often the original stepped; with an optimiser
+# step every few micro-batches the retained graphs live long enough to show the in-place error
+ACCUMULATE = 4
 
 
 def _terms(ctx: StepContext, losses: torch.Tensor, aux: torch.Tensor) -> list[torch.Tensor]:
@@ -55,13 +61,16 @@ def backward_per_loss(retain: bool) -> Callable[[StepContext], None]:
                 term.backward(retain_graph=True)  # the summary's band-aid
             else:
                 term.backward()  # the second call finds the graph freed
-        ctx.figures["backwards_per_step"] = len(terms)
 
     return loop
 
 
 def accumulating(loop: Callable[[StepContext], None], every: int) -> Callable:
-    """Wrap ``loop`` so gradients accumulate and the optimiser steps every ``every`` steps."""
+    """Wrap ``loop`` so gradients accumulate and the optimiser steps every ``every`` steps.
+
+    ``ctx.keep_grads`` tells ``ctx.zero_grad()`` to keep the cycle's gradients, and the
+    harness to add the reference gradients up over the cycle the same way.
+    """
 
     def wrapped(ctx: StepContext) -> None:
         ctx.keep_grads = ctx.step % every != 0  # clear only at the start of a cycle
@@ -82,80 +91,218 @@ def forward_per_loss(ctx: StepContext) -> None:
         term = ctx.weights.to(losses)[k] * losses[k] + (_aux(ctx, enc) if k == 0 else 0.0)
         term.backward()
         ctx.total, ctx.losses = term, losses
-    ctx.figures["forwards_per_step"] = k_tasks
 
 
-def _timed(loop: Callable[[StepContext], None], forwards: int, backwards: int) -> Callable:
-    def wrapped(ctx: StepContext) -> None:
+class PassCounter:
+    """Counts, per step, the forwards (``encode()`` calls) and backward passes of a loop.
+
+    A forward hook on the fusion layer fires once per ``encode()``; a post-accumulate-grad
+    hook on its weight fires once per backward pass that reaches the model (PyTorch runs it
+    after the pass has added that parameter's gradient). Neither changes what is computed.
+    """
+
+    def __init__(self) -> None:
+        self.forwards = 0
+        self.backwards = 0
+
+    def attach(self, model) -> None:
+        model.fuse.register_forward_hook(lambda *_: self._count("forwards"))
+        model.fuse.weight.register_post_accumulate_grad_hook(lambda _: self._count("backwards"))
+
+    def _count(self, what: str) -> None:
+        setattr(self, what, getattr(self, what) + 1)
+
+    def reset(self) -> None:
+        self.forwards = self.backwards = 0
+
+
+_SAVED: dict[type, list[str]] = {}  # autograd node type -> its saved-value attributes
+
+
+def graph_retained(root: torch.Tensor | None) -> bool:
+    """Does the graph behind ``root`` still hold saved tensors (``retain_graph=True``)?
+
+    A backward frees every saved tensor it used, and reading one afterwards raises; a graph
+    that still lets us read one was kept on purpose. The first node that saved a tensor
+    answers for the whole pass (one backward frees all it ran, or keeps all).
+    """
+    if root is None or root.grad_fn is None:
+        return False
+    seen: set[int] = set()
+    stack = [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names = _SAVED.setdefault(
+            type(node), [a for a in dir(type(node)) if a.startswith("_saved_")]
+        )
+        for attr in names:
+            try:
+                value = getattr(node, attr)
+            except RuntimeError:  # "...access saved tensors after they have already been freed"
+                return False
+            if isinstance(value, torch.Tensor):
+                return True
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return False
+
+
+def loop_rules(out: Outcome) -> list[str]:
+    """What lesson 04 teaches, checked on the counts: one forward and one backward a step,
+    and no graph kept after its backward. Each broken rule, in plain words."""
+    broken = []
+    f = out.figures.get("forwards_per_step")
+    b = out.figures.get("backwards_per_step")
+    if isinstance(f, int) and f > 1:
+        broken.append(
+            f"{f} forwards (encode() calls) a step: one forward per loss recomputes the "
+            f"shared features {f} times; call encode() once and feed every head from it"
+        )
+    if isinstance(b, int) and b > 1:
+        broken.append(
+            f"{b} backward passes a step: each one walks the shared graph again, and every "
+            f"pass but the last needs retain_graph=True to keep its saved tensors alive; "
+            f"gradients add up, so backpropagate the weighted sum of the losses once"
+        )
+    elif out.figures.get("graph_retained"):
+        broken.append(
+            "it keeps the graph's saved tensors after its backward (retain_graph=True), "
+            "though nothing backpropagates through that graph again: drop retain_graph"
+        )
+    return broken
+
+
+def train_counted(entry_id: str, variant: str, steps: int, loop, install=None, **kw) -> Outcome:
+    """Train with ``loop``, counting forwards and backward passes at every step.
+
+    The figures are the most seen in one step; ``rules_broken`` lists what
+    :func:`loop_rules` found, for the checker.
+    """
+    counter = PassCounter()
+    seen: list[dict] = []
+
+    def install_all(model):
+        counter.attach(model)
+        return install(model) if install is not None else None
+
+    def counted(ctx: StepContext) -> None:
+        counter.reset()
         t0 = time.perf_counter()
         loop(ctx)
-        ctx.figures.setdefault("forwards_per_step", forwards)
-        ctx.figures.setdefault("backwards_per_step", backwards)
         ctx.figures["step_seconds"] = time.perf_counter() - t0
+        seen.append({
+            "forwards": counter.forwards, "backwards": counter.backwards,
+            "retained": graph_retained(ctx.total), "seconds": ctx.figures["step_seconds"],
+        })
+
+    out = train_variant(entry_id, variant, steps, install=install_all, loop=counted, **kw)
+    if seen:
+        out.figures["forwards_per_step"] = max(s["forwards"] for s in seen)
+        out.figures["backwards_per_step"] = max(s["backwards"] for s in seen)
+        out.figures["graph_retained"] = any(s["retained"] for s in seen)
+        times = sorted(s["seconds"] for s in seen)
+        out.figures["median_step_seconds"] = times[len(times) // 2]
+    out.figures["rules_broken"] = loop_rules(out)
+    return out
+
+
+def loop_candidate(entry_id: str, candidate: object) -> Callable[[StepContext], None]:
+    if not callable(candidate):
+        raise TypeError(f"a candidate for {entry_id!r} is a loop function loop(ctx)")
+    return candidate  # type: ignore[return-value]
+
+
+def detached_loop(ctx: StepContext) -> None:
+    """The right step when the model carries state across steps: cut it, then one forward
+    and one backward of the weighted sum (``clean_loop``)."""
+    ctx.detach_state()
+    clean_loop(ctx)
+
+
+def _retained_sum_loop(ctx: StepContext) -> None:
+    """One forward, one backward of the weighted sum, with ``retain_graph=True`` anyway."""
+    total, losses = forward_losses(ctx)
+    ctx.total, ctx.losses = total, losses
+    ctx.zero_grad()
+    total.backward(retain_graph=True)  # a band-aid on a loop that needs none
+
+
+def after_detach(loop: Callable[[StepContext], None]) -> Callable[[StepContext], None]:
+    def wrapped(ctx: StepContext) -> None:
+        ctx.detach_state()
+        loop(ctx)
 
     return wrapped
 
 
-def _collect_figures(out: Outcome, ctx_figures: list[dict]) -> None:
-    if not ctx_figures:
-        return
-    last = ctx_figures[-1]
-    out.figures["forwards_per_step"] = last.get("forwards_per_step")
-    out.figures["backwards_per_step"] = last.get("backwards_per_step")
-    times = sorted(f["step_seconds"] for f in ctx_figures if "step_seconds" in f)
-    if times:
-        out.figures["median_step_seconds"] = times[len(times) // 2]
-
-
-def _train_loop(entry_id: str, variant: str, steps: int, loop, **kw) -> Outcome:
-    seen: list[dict] = []
-
-    def keep(ctx: StepContext) -> None:
-        loop(ctx)
-        seen.append(dict(ctx.figures))
-
-    out = train_variant(entry_id, variant, steps, loop=keep, **kw)
-    _collect_figures(out, seen)
-    return out
-
-
 # --- retain-graph -----------------------------------------------------------------------
+#
+# The setting of every variant and of a learner's candidate: the original's memory, whose
+# nodes carry the graph from step to step, and an optimiser step every ACCUMULATE
+# micro-batches (a reconstruction: the summary does not say how often the original stepped).
+
+
+def install_carried_state(model) -> None:
+    swap_class(model.graph_memory, BuggyGraphMemory)
 
 
 def _retain_graph_run(variant: str, steps: int, candidate: object = None) -> Outcome:
-    if variant == "buggy":
-        return _train_loop("retain-graph", variant, steps, backward_per_loss(retain=False))
-    if variant == "summary":
-        # the summary's loop: retain_graph=True, the original's graph-carrying memory, and
-        # an optimiser step every ACCUMULATE micro-batches
-        return _train_loop(
-            "retain-graph", variant, steps,
-            accumulating(backward_per_loss(retain=True), ACCUMULATE),
-            install=lambda m: swap_class(m.graph_memory, BuggyGraphMemory),
-            reference=False,
-        )
-    if variant == "candidate":
-        if not callable(candidate):
-            raise TypeError("a candidate for 'retain-graph' is a loop function loop(ctx)")
-        return _train_loop("retain-graph", variant, steps, candidate)
-    return _train_loop("retain-graph", variant, steps, clean_loop)
+    loops = {
+        "buggy": backward_per_loss(retain=False),
+        "summary": backward_per_loss(retain=True),
+        "fixed": detached_loop,
+    }
+    loop = loop_candidate("retain-graph", candidate) if variant == "candidate" else loops[variant]
+    out = train_counted(
+        "retain-graph", variant, steps, accumulating(loop, ACCUMULATE),
+        install=install_carried_state,
+    )
+    out.memory_warmup_steps = ACCUMULATE  # AdamW's moments appear at the first step
+    return out
+
+
+def _retain_graph_candidates() -> dict[str, object]:
+    return {
+        "buggy": backward_per_loss(retain=False),
+        "summary": backward_per_loss(retain=True),
+        "fixed": detached_loop,
+        "band-aid: retain_graph=True, carried state detached": after_detach(
+            backward_per_loss(retain=True)
+        ),
+        "band-aid: one forward per loss, carried state detached": after_detach(
+            forward_per_loss
+        ),
+        "band-aid: one backward of the sum, carried state kept": clean_loop,
+        "band-aid: one backward of the sum with retain_graph=True": _retained_sum_loop,
+    }
 
 
 # --- encode-multi-loss ------------------------------------------------------------------
 
 
 def _encode_run(variant: str, steps: int, candidate: object = None) -> Outcome:
-    k = 3  # tasks of the harness config
     loops = {
-        "buggy": _timed(forward_per_loss, k, k),
-        "summary": _timed(backward_per_loss(retain=True), 1, k),
-        "fixed": _timed(clean_loop, 1, 1),
+        "buggy": forward_per_loss,
+        "summary": backward_per_loss(retain=True),
+        "fixed": clean_loop,
     }
-    if variant == "candidate":
-        if not callable(candidate):
-            raise TypeError("a candidate for 'encode-multi-loss' is a loop function loop(ctx)")
-        return _train_loop("encode-multi-loss", variant, steps, _timed(candidate, 0, 0))
-    return _train_loop("encode-multi-loss", variant, steps, loops[variant])
+    loop = (
+        loop_candidate("encode-multi-loss", candidate) if variant == "candidate"
+        else loops[variant]
+    )
+    return train_counted("encode-multi-loss", variant, steps, loop)
+
+
+def _encode_candidates() -> dict[str, object]:
+    return {
+        "buggy": forward_per_loss,
+        "summary": backward_per_loss(retain=True),
+        "fixed": clean_loop,
+        "band-aid: retain_graph=True, one backward per loss": backward_per_loss(retain=True),
+        "band-aid: one backward of the sum with retain_graph=True": _retained_sum_loop,
+    }
 
 
 # --- AMP: clipping before unscale -------------------------------------------------------
@@ -189,20 +336,35 @@ def _amp_run(variant: str, steps: int, candidate: object = None) -> Outcome:
         "summary": amp_loop(unscale_first=False, retain=True),
         "fixed": amp_loop(unscale_first=True),
     }
-    if variant == "candidate":
-        if not callable(candidate):
-            raise TypeError("a candidate for 'amp-clip-before-unscale' is a loop function")
-        loop = candidate
-    else:
-        loop = loops[variant]
-    out = train_variant(
-        "amp-clip-before-unscale", variant, steps, loop=loop, reference_clip=MAX_NORM
+    loop = (
+        loop_candidate("amp-clip-before-unscale", candidate) if variant == "candidate"
+        else loops[variant]
+    )
+    out = train_counted(
+        "amp-clip-before-unscale", variant, steps, loop, reference_clip=MAX_NORM
     )
     # the damage is the gradient the optimiser really applied
     out.state_diff = out.max_grad_diff
     out.figures["damage"] = "largest error of the applied gradient vs unscale-then-clip"
     return out
 
+
+def _amp_candidates() -> dict[str, object]:
+    return {
+        "buggy": amp_loop(unscale_first=False),
+        "summary": amp_loop(unscale_first=False, retain=True),
+        "fixed": amp_loop(unscale_first=True),
+        "band-aid: unscale first, with retain_graph=True": amp_loop(
+            unscale_first=True, retain=True
+        ),
+    }
+
+
+LOOP_KIND = (
+    "a loop function loop(ctx) for one step: set ctx.weights "
+    "(ctx.weighting.weights().detach()), ctx.losses and ctx.total, call ctx.zero_grad(), then "
+    "backward; counted: one encode() and one backward pass a step, no retained graph"
+)
 
 register(BugEntry(
     id="retain-graph",
@@ -214,14 +376,21 @@ register(BugEntry(
     right_fix="detach carried state; one backward of the weighted sum of the losses",
     explanation=(
         "A second backward() through one graph fails because the first freed it. "
-        "retain_graph=True keeps every graph alive, and state that was never detached links "
-        "each step's graph to the last: graph and memory grow every step, and once "
-        "optimizer.step() updates a parameter an old graph saved, backward fails again with "
-        "an in-place error. One backward of the weighted sum needs no retained graph."
+        "retain_graph=True keeps the graph alive; on its own that costs memory only until the "
+        "graph dies with the step. With state that was never detached (the original's "
+        "memory nodes), each step's graph is linked to the last: graph and memory grow every "
+        "step, and once optimizer.step() updates a parameter an old graph saved, backward "
+        "fails again with an in-place error. Detach the carried state and backpropagate the "
+        "weighted sum once: no retained graph needed."
     ),
     runner=_retain_graph_run,
     steps=8,
-    candidate_kind="a loop function loop(ctx) doing one step's forward and backward",
+    candidate_kind=(
+        LOOP_KIND + "; run with the original's graph memory (its nodes carry the graph across "
+        f"steps: call ctx.detach_state() first) and an optimiser step every {ACCUMULATE} "
+        "micro-batches (ctx.zero_grad() keeps the gradients within a cycle)"
+    ),
+    candidates=_retain_graph_candidates,
 ))
 
 register(BugEntry(
@@ -236,11 +405,13 @@ register(BugEntry(
         "Gradients add up, so one backward of sum_k w_k L_k equals the sum of K backwards, "
         "and one encode() feeds every head. The original paid K forwards; the summary's "
         "version pays K backwards over a retained graph; both give the same gradients as "
-        "the fixed loop, which does one of each."
+        "the fixed loop, which does one of each. The verdict judges the summary's claim "
+        "(encode() once removes the extra forwards); the checker also asks for one backward."
     ),
     runner=_encode_run,
     steps=4,
-    candidate_kind="a loop function loop(ctx)",
+    candidate_kind=LOOP_KIND,
+    candidates=_encode_candidates,
 ))
 
 register(BugEntry(
@@ -253,11 +424,17 @@ register(BugEntry(
     right_fix="scaler.unscale_(opt) before clip_grad_norm_",
     explanation=(
         "With a GradScaler the gradients are multiplied by the scale (65536 at the start). "
-        "Clipping them compares a norm 65536 times too large with max_norm, so every step is "
-        "shrunk to almost nothing once scaler.step() unscales. No error: training just "
-        "stalls. Unscale first, then clip (PyTorch AMP examples, 'gradient clipping')."
+        "Clipping them compares the scaled norm with max_norm: whenever the scaled norm is "
+        "above max_norm (almost always), the gradient the optimiser applies after "
+        "scaler.step() unscales has norm max_norm / scale, whatever the true norm was. No "
+        "error: training just crawls. Unscale first, then clip (PyTorch AMP examples, "
+        "'Working with Unscaled Gradients')."
     ),
     runner=_amp_run,
     steps=4,
-    candidate_kind="a loop function loop(ctx) that does the backward, clipping and step",
+    candidate_kind=(
+        LOOP_KIND + "; it also clips to max_norm=1.0, calls scaler.step and scaler.update, and "
+        "sets ctx.did_step = True"
+    ),
+    candidates=_amp_candidates,
 ))

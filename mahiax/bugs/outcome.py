@@ -24,6 +24,10 @@ class Outcome:
     max_grad_diff: float | None = None  # largest |grad - clean reference grad| over steps
     state_diff: float | None = None  # entry-specific state error (documented by the entry)
     figures: dict[str, object] = field(default_factory=dict)  # entry-specific measurements
+    memory_every: int = 1  # steps between two tensor_bytes readings
+    # steps before memory settles: the first optimiser step creates AdamW's moments (with
+    # gradient accumulation that is the end of the first cycle)
+    memory_warmup_steps: int = 1
     final_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -38,7 +42,7 @@ class Outcome:
         return self.error_type, normalise_message(self.error_message or "")
 
     # The first step is a warm-up (optimiser state, the first memory write), so growth is
-    # read from the second measured step on.
+    # read from the second measured step on (memory: from the end of memory_warmup_steps).
 
     def graph_growth(self) -> int:
         """Autograd nodes added per step after the first step (0 if flat)."""
@@ -48,8 +52,9 @@ class Outcome:
         return max(0, (g[-1] - g[0]) // (len(g) - 1))
 
     def memory_growth(self) -> float:
-        """Live tensor bytes added per measurement after the first (least-squares slope)."""
-        ys = self.tensor_bytes[1:]
+        """Live tensor bytes added per measurement after the warm-up (least-squares slope)."""
+        skip = max(1, -(-self.memory_warmup_steps // max(1, self.memory_every)))  # ceil
+        ys = self.tensor_bytes[skip:]
         n = len(ys)
         if n < 3:
             return 0.0

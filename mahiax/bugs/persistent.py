@@ -14,16 +14,16 @@ import re
 import warnings
 
 from mahiax.bugs.catalog import BugEntry, register
-from mahiax.bugs.harness import (
-    StepContext,
-    clean_loop,
-    swap_class,
-    train_variant,
-    watching_mutations,
+from mahiax.bugs.harness import StepContext, clean_loop, train_variant, watching_mutations
+from mahiax.bugs.loops import (
+    after_detach,
+    backward_per_loss,
+    detached_loop,
+    install_carried_state,
+    loop_candidate,
+    train_counted,
 )
-from mahiax.bugs.loops import backward_per_loss
 from mahiax.bugs.outcome import Outcome
-from mahiax.bugs.stateful import BuggyGraphMemory
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
@@ -31,10 +31,6 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 def _summary_era_loop(ctx: StepContext) -> None:
     """retain_graph=True on every backward, an optimiser step every step."""
     backward_per_loss(retain=True)(ctx)
-
-
-def _install_carried_state(model) -> None:
-    swap_class(model.graph_memory, BuggyGraphMemory)
 
 
 def anomaly_site(text: str) -> str | None:
@@ -58,7 +54,7 @@ def _run_scenario(variant: str, steps: int, anomaly: bool) -> tuple[Outcome, str
         warnings.simplefilter("always")
         out = train_variant(
             "persistent-inplace", variant, steps, loop=_summary_era_loop,
-            install=_install_carried_state, anomaly=anomaly, reference=False,
+            install=install_carried_state, anomaly=anomaly, reference=False,
         )
     text = "\n".join(str(w.message) for w in caught if "Traceback of forward" in str(w.message))
     return out, text
@@ -67,12 +63,14 @@ def _run_scenario(variant: str, steps: int, anomaly: bool) -> tuple[Outcome, str
 def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
     if variant == "buggy":
         return _run_scenario(variant, steps, anomaly=False)[0]
-    if variant == "fixed":
-        return train_variant("persistent-inplace", variant, steps, loop=clean_loop)
-    if variant == "candidate":
-        if not callable(candidate):
-            raise TypeError("a candidate for 'persistent-inplace' is a loop function loop(ctx)")
-        return train_variant("persistent-inplace", variant, steps, loop=candidate)
+    if variant in ("fixed", "candidate"):  # the scenario's model and cadence, counted
+        loop = (
+            detached_loop if variant == "fixed"
+            else loop_candidate("persistent-inplace", candidate)
+        )
+        return train_counted(
+            "persistent-inplace", variant, steps, loop, install=install_carried_state
+        )
     # the summary's recommendation: the same run under anomaly mode; then ask the locator
     out, text = _run_scenario(variant, steps, anomaly=True)
     said = anomaly_site(text)
@@ -115,5 +113,18 @@ register(BugEntry(
     ),
     runner=_runner,
     steps=3,
-    candidate_kind="a loop function loop(ctx)",
+    candidate_kind=(
+        "a loop function loop(ctx) (as for 'retain-graph'), run with the original's graph "
+        "memory, whose nodes carry the graph across steps (call ctx.detach_state() first), "
+        "and an optimiser step every step"
+    ),
+    candidates=lambda: {
+        "buggy": _summary_era_loop,
+        "summary": _summary_era_loop,  # anomaly mode changes what is printed, not the loop
+        "fixed": detached_loop,
+        "band-aid: retain_graph=True, carried state detached": after_detach(
+            backward_per_loss(retain=True)
+        ),
+        "band-aid: one backward of the sum, carried state kept": clean_loop,
+    },
 ))

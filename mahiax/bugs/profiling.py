@@ -73,4 +73,7 @@ register(BugEntry(
     runner=_run,
     steps=3,
     candidate_kind="a function () -> megabytes read during training",
+    candidates=lambda: {
+        "buggy": summary_profiler_mb, "summary": summary_profiler_mb, "fixed": meter_mb,
+    },
 ))

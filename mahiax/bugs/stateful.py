@@ -47,6 +47,34 @@ class SummaryGraphMemory(GraphDiffusionMemory):
         return out
 
 
+class NoGradCopyGraphMemory(GraphDiffusionMemory):
+    """A band-aid (lesson 06's first attempt): the summary's ``copy_`` under ``no_grad``.
+
+    ``no_grad`` stops recording; it does not stop the write from bumping the version
+    counter of the nodes ``read()`` saved."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.read(x)
+        if self.training:
+            s = self.write_rate
+            with torch.no_grad():
+                self.nodes.copy_((1 - s) * self.nodes + s * x.mean(dim=0, keepdim=True))
+        return out
+
+
+class DataCopyGraphMemory(GraphDiffusionMemory):
+    """A band-aid: ``.data.copy_`` writes without bumping the version counter, so nothing
+    raises, and backward silently uses the new nodes where ``read()`` saved the old ones."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.read(x)
+        if self.training:
+            s = self.write_rate
+            new_nodes = (1 - s) * self.nodes + s * x.detach().mean(dim=0, keepdim=True)
+            self.nodes.data.copy_(new_nodes)  # no version bump: the saved nodes change
+        return out
+
+
 # --- TinyMemory -------------------------------------------------------------------------
 
 
@@ -70,6 +98,19 @@ class SummaryTinyMemory(TinyMemory):
         if self.training:
             ptr = int(self.count) % self.num_slots
             self.slots[ptr].copy_(x.mean(dim=0).detach())  # the same in-place write
+            self.count = self.count + 1
+        return out
+
+
+class NoGradTinyMemory(TinyMemory):
+    """A band-aid: the original write under ``no_grad`` (the version counter still moves)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.read(x)
+        if self.training:
+            ptr = int(self.count) % self.num_slots
+            with torch.no_grad():
+                self.slots[ptr] = x.mean(dim=0)
             self.count = self.count + 1
         return out
 
@@ -239,6 +280,11 @@ register(BugEntry(
         GraphDiffusionMemory,
     ),
     candidate_kind="a subclass of mahiax.memory.GraphDiffusionMemory",
+    candidates=lambda: {
+        "buggy": BuggyGraphMemory, "summary": SummaryGraphMemory,
+        "fixed": GraphDiffusionMemory, "band-aid: copy_ under no_grad": NoGradCopyGraphMemory,
+        "band-aid: .data.copy_": DataCopyGraphMemory,
+    },
 ))
 
 register(BugEntry(
@@ -258,6 +304,9 @@ register(BugEntry(
     ),
     runner=_controller_run,
     candidate_kind="a subclass of mahiax.fabric.MetaController",
+    candidates=lambda: {
+        "buggy": BuggyController, "summary": SummaryController, "fixed": MetaController,
+    },
 ))
 
 register(BugEntry(
@@ -278,6 +327,10 @@ register(BugEntry(
         {"buggy": BuggyTinyMemory, "summary": SummaryTinyMemory, "fixed": None}, TinyMemory,
     ),
     candidate_kind="a subclass of mahiax.memory.TinyMemory",
+    candidates=lambda: {
+        "buggy": BuggyTinyMemory, "summary": SummaryTinyMemory, "fixed": TinyMemory,
+        "band-aid: the write under no_grad": NoGradTinyMemory,
+    },
 ))
 
 register(BugEntry(
@@ -296,10 +349,14 @@ register(BugEntry(
     ),
     runner=_dwa_run,
     candidate_kind="a subclass of mahiax.weighting.LossWeighting, built as cls(num_tasks)",
+    candidates=lambda: {
+        "buggy": BuggyDWA, "summary": SummaryDWA, "fixed": DynamicWeightAveraging,
+    },
 ))
 
 __all__ = [
     "BuggyController", "BuggyDWA", "BuggyGraphMemory", "BuggyTinyMemory",
-    "DynamicWeightAveraging", "SummaryController", "SummaryDWA", "SummaryGraphMemory",
+    "DataCopyGraphMemory", "DynamicWeightAveraging", "NoGradCopyGraphMemory",
+    "NoGradTinyMemory", "SummaryController", "SummaryDWA", "SummaryGraphMemory",
     "SummaryTinyMemory",
 ]

@@ -121,28 +121,49 @@ def first_line(message: str | None) -> str:
 
 
 def judge_candidate(out: Outcome) -> tuple[bool, str]:
-    """Does a learner's candidate hold? The answer in plain words."""
+    """Does a learner's candidate hold? The answer in plain words.
+
+    First the rules the lesson teaches that the run counted (``figures["rules_broken"]``,
+    e.g. one backward pass a step), then what was measured: an error, growth, wrong
+    gradients or damaged state.
+    """
+    broken = [str(b) for b in out.figures.get("rules_broken") or []]
+    problem = _measured_problem(out)
+    if broken:
+        return False, "; ".join(broken) + (f" (and {problem})" if problem else "")
+    if problem:
+        return False, problem
+    counted = "; one forward and one backward a step" if "rules_broken" in out.figures else ""
+    return True, (
+        f"it holds: {out.steps_run} steps ran, gradients match the clean reference and "
+        f"nothing grows{counted}"
+    )
+
+
+def _measured_problem(out: Outcome) -> str | None:
+    """What the measurements say is wrong with a run, or None."""
     if not out.passed:
-        return False, (
+        return (
             f"it raised {out.error_type} at step {out.error_step}: "
             f"{first_line(out.error_message)}"
         )
     if out.grows():
-        return False, (
-            f"it runs, but the autograd graph grows by {out.graph_growth()} nodes every step: "
-            f"something keeps the previous steps' graph alive (detach the state you keep)"
+        growth = (
+            f"the autograd graph grows by {out.graph_growth()} nodes" if out.graph_growth()
+            else f"live tensor memory grows by {out.memory_growth() / 1024:.1f} KiB"
+        )
+        return (
+            f"it runs, but {growth} every step: something keeps the previous steps' graph "
+            f"alive (detach the state you keep)"
         )
     if out.max_grad_diff is not None and out.max_grad_diff > GRAD_TOL:
-        return False, (
+        return (
             f"it runs, but its gradients differ from the clean reference by up to "
             f"{out.max_grad_diff:.3g}"
         )
     if _damaged(out):
-        return False, (
+        return (
             f"it runs, but {out.figures.get('damage', 'the state it keeps')} is off by "
             f"{_damage(out):.3g}"
         )
-    return True, (
-        f"it holds: {out.steps_run} steps ran, gradients match the clean reference and "
-        f"nothing grows"
-    )
+    return None

@@ -7,8 +7,9 @@
 # them *before* `scaler.unscale_` silently shrinks every step, by how much, and the order
 # that is right. About 15 minutes.
 #
-# **Context (read cold).** *Mixed precision* runs most of the forward pass in a 16-bit float
-# type (`torch.autocast`). `float16` cannot hold very small numbers: they **underflow**
+# **Context (read cold).** *Mixed precision* (`torch.autocast`) runs the heavy operations of
+# the forward pass (matrix multiplies, convolutions) in a 16-bit float type, and the
+# parameters stay `float32`. `float16` cannot hold very small numbers: they **underflow**
 # (round to zero). A **gradient scaler** (`torch.amp.GradScaler`) therefore multiplies the
 # loss by a large **scale** (65,536 to start) before `backward()`, so every gradient comes
 # out 65,536 times larger and survives, and divides the gradients by the scale again
@@ -44,6 +45,9 @@ print("torch", torch.__version__)
 # 1e-4 (the kind of product the chain rule makes in a backward pass)?
 
 # %%
+smallest = torch.nextafter(torch.tensor(0.0, dtype=torch.float16),
+                           torch.tensor(1.0, dtype=torch.float16))
+print(f"smallest positive float16: {smallest.item():.3e}")
 tiny = torch.tensor(1e-8, dtype=torch.float16)
 product = torch.tensor(1e-4, dtype=torch.float16) * torch.tensor(1e-4, dtype=torch.float16)
 print(f"1e-8 in float16: {tiny.item()};  1e-4 * 1e-4 in float16: {product.item()}")
@@ -234,7 +238,7 @@ assert stalled[-1] > 0.95 * stalled[0] and learned[-1] < 0.5 * learned[0]
 lessons.source(amp_loop, "the catalog's AMP step (the lab's reconstruction)")
 
 # %% [markdown]
-# The catalog trains the tiny MAHIA-X model 4 steps with each variant and compares the
+# The catalog trains the tiny MAHIA-X model (float64) 4 steps with each variant and compares the
 # gradient the optimiser applied with the correctly clipped one (the **damage**: the largest
 # difference, over steps and parameters).
 #
@@ -353,8 +357,10 @@ assert result.holds
 #    <details><summary>Answer</summary>
 #
 #    No. The scaler records that `unscale_` ran for this optimiser in this step, so `step`
-#    only checks for inf/NaN and calls `optimizer.step()`. Calling `unscale_` twice before
-#    `update()` raises `RuntimeError: unscale_() has already been called...` (section 2).
+#    only checks for inf/NaN and calls `optimizer.step()` (section 4: the `fixed` variant,
+#    which unscales first, applies exactly the right gradients). Calling `unscale_` twice
+#    before `update()` raises `RuntimeError: unscale_() has already been called...`
+#    (section 2).
 #
 #    </details>
 #

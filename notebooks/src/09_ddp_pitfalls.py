@@ -11,8 +11,8 @@
 # **Context (read cold).** Terms used below:
 #
 # - **DDP** trains one copy of the model per process; each process is a **rank** (0, 1, ...)
-#   and works on its own shard of the batch. The ranks form a **process group**; on CPU
-#   they talk through the **gloo** backend.
+#   and works on its own shard of the batch. The ranks form a **process group**; here, on
+#   CPU, they talk through the **gloo** backend (NCCL is the usual one on GPUs).
 # - An **all-reduce** adds (or averages) a tensor across all ranks and gives every rank the
 #   result.
 # - DDP's **reducer** is its gradient machinery: at construction it groups the parameters'
@@ -121,7 +121,12 @@ v_unused = bugs.verdict("ddp-unused-experts")
 lessons.verdict_report(v_unused)
 
 # %%
-lessons.outcome_table(v_unused.outcomes)[["error", "steps run", "max grad diff"]]
+table = lessons.outcome_table(v_unused.outcomes)[["error", "steps run", "max grad diff"]]
+table["steps with idle experts"] = [
+    f"{sum(1 for ids in o.figures['idle_experts'] if ids)} / {o.steps_run}"
+    for o in v_unused.outcomes.values()
+]
+table
 
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `ddp-unused-experts`: **holds**.
@@ -163,9 +168,11 @@ print("version-counter bumps by DDP's forwards, per rank:",
 lessons.source(DistributedDataParallel._sync_buffers, "DDP's buffer sync, in this torch")
 
 # %% [markdown]
-# On a torch whose `_sync_buffers` lacks that wrapper, expect the in-place error instead.
-# Either way the copy happens. How much did the forward change each rank's nodes (the
-# largest value DDP wrote over the rank's own)?
+# On a torch whose `_sync_buffers` lacks that wrapper, the issues above report the in-place
+# error instead (we measured only the torch printed here). Either way the copy happens.
+#
+# **Predict.** How much did each forward change each rank's nodes (the largest value DDP
+# wrote over the rank's own), rank 0 and rank 1, step by step?
 
 # %%
 fig = go.Figure()
@@ -279,8 +286,8 @@ assert result.holds
 #
 #    No. DDP still copies rank 0's buffer over rank 1's before every forward; torch 2.13 only
 #    hides that copy from the version counter. Rank 1's own updates are thrown away and the
-#    memory learns from rank 0's shard alone (the `damage` column). On other torch versions
-#    the same code raises the in-place error instead.
+#    memory learns from rank 0's shard alone (the `damage` column). On torch versions
+#    without that wrapper, the issues report the in-place error instead.
 #
 #    </details>
 #

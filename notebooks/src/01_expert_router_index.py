@@ -54,11 +54,12 @@ with lessons.expect_error(IndexError, "index out of range in self"):
 # The embedding is not the only place. The clean model keeps its experts as **stacked
 # weights**: one tensor of shape `(E, D, H)` per weight matrix, expert `e` at index `e`.
 # Each expert is a **SwiGLU** feed-forward layer, `down(silu(x W_gate) * (x W_up))`: a gated
-# variant of the usual two-layer MLP. Picking experts' weights by id from such a stack is an
-# `index_select` along dimension 0.
+# variant of the usual two-layer MLP. Picking experts' weights by id from such a stack is
+# naturally written as an `index_select` along dimension 0 (the clean model instead groups
+# tokens by expert and indexes the stack with Python ints).
 #
-# A classic way to get bad expert ids: take the top-k over the wrong dimension of the
-# router's probabilities. `probs` is `(tokens, experts)`; `topk(dim=0)` picks the best
+# One way to get bad expert ids: take the top-k over the wrong dimension of the router's
+# probabilities. `probs` is `(tokens, experts)`; `topk(dim=0)` picks the best
 # *tokens* for each expert, so its "ids" go up to the number of tokens.
 #
 # **Predict.** 16 tokens, 8 experts, `probs.topk(2, dim=0)`: what is the largest "expert id",

@@ -3,7 +3,7 @@
 # %% [markdown]
 # # 00 · A tour of the MAHIA-X Lab
 #
-# **Goal.** In ten minutes: what the model is, what the user's bug-fix summary claims, how
+# **Goal.** In about twelve minutes: what the model is, what the user's bug-fix summary claims, how
 # the lab turns each claim into something you can run, and where everything lives. Every
 # other lesson starts from here, but each one also stands on its own.
 #

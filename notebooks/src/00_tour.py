@@ -3,9 +3,9 @@
 # %% [markdown]
 # # 00 · A tour of the MAHIA-X Lab
 #
-# **Goal.** In about twelve minutes: what the model is, what the user's bug-fix summary claims, how
-# the lab turns each claim into something you can run, and where everything lives. Every
-# other lesson starts from here, but each one also stands on its own.
+# **Goal.** In about twelve minutes: what the model is, what the user's bug-fix summary
+# claims, how the lab turns each claim into something you can run and measures it, and where
+# everything lives. Every other lesson starts from here, but each one also stands on its own.
 #
 # **How the lessons work.** Each lesson takes one section of the summary and tells one bug's
 # story: the symptom, PyTorch's exact error where it happens, the evidence (version counters,

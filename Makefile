@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint browser dashboard lab bench clean
+.PHONY: setup test lint browser dashboard lab bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,13 @@ lab: setup
 
 bench: setup browser
 	$(PY) -m benchmarks.run_all
+
+# Issue 12's GPU check, on a CUDA machine (under 8 minutes): writes
+# benchmarks/results/gpu-latest.md; without CUDA it says so and exits 0. It needs no venv:
+# GPU_PYTHON is the venv's interpreter when there is one, else python3.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -m benchmarks.gpu_check --out test-artifacts/gpu-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

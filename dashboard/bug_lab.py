@@ -5,6 +5,7 @@ on the summary's fix."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -135,6 +136,7 @@ def _comparison(path: str, entry_id: str) -> None:
                     _variant_card(variant, infos.get(variant))
             scalars = {v: data.live_scalars(path, info) for v, info in infos.items()}
             _overlays(scalars)
+            _memory_categories(scalars, infos)
         except StoreError as e:
             st.error(f"Cannot read the run store at `{path}`: {e}")
         except Exception as e:  # a page must never show a traceback
@@ -199,3 +201,34 @@ def _overlays(scalars: dict[str, pd.DataFrame]) -> None:
         for col, fig in zip(cols, figs[i:i + 2], strict=False):
             with col:
                 st.plotly_chart(fig, width="stretch")
+
+
+def _memory_categories(scalars: dict[str, pd.DataFrame], infos: dict[str, dict]) -> None:
+    """Each variant's memory by category, stacked over steps, on one shared y range: a graph
+    kept alive across steps shows as 'saved for backward' growing while parameters stay
+    flat."""
+    split = {v: processing.memory_by_category(df) for v, df in scalars.items()}
+    split = {v: m for v, m in split.items() if not m.empty}
+    if not split:
+        if scalars:
+            st.caption("These runs logged no memory by category (recorded before categories "
+                       "were logged): the overlays above show their live tensor bytes.")
+        return
+    devices = {str(infos[v].get("device") or "cpu") for v in split}
+    where = "GPU" if all(d.startswith("cuda") for d in devices) else "CPU"
+    st.markdown(f"**Memory by category ({where})**, each variant on the same scale")
+    top = max(float(np.nanmax(m.stacked.sum(axis=1).to_numpy(dtype=float), initial=0.0))
+              for m in split.values())
+    top = max([top] + [float(np.nanmax(m.totals.to_numpy(dtype=float), initial=0.0))
+                       for m in split.values() if not m.totals.empty])
+    cols = st.columns(len(VARIANT_LABELS))
+    for col, variant in zip(cols, VARIANT_LABELS, strict=True):
+        with col:
+            m = split.get(variant)
+            if m is None:
+                st.caption(f"{variant}: no step measured.")
+                continue
+            st.plotly_chart(charts.memory_stack(m.stacked, m.totals, f"{variant}: "
+                                                f"{VARIANT_LABELS[variant]}",
+                                                y_max=1.05 * top or None),
+                            width="stretch")

@@ -43,6 +43,40 @@ def stacked_area(df: pd.DataFrame, title: str, y_title: str = "") -> go.Figure:
     return fig
 
 
+# one colour per memory category, the same on every chart (Plotly's qualitative "Safe")
+_CATEGORY_COLOURS = plotly.colors.qualitative.Safe
+_TOTAL_STYLES = {  # lines drawn over the stack
+    "total": dict(color="black", width=1.5),
+    "peak": dict(color="black", width=1.5, dash="dash"),
+    "reserved": dict(color="grey", width=1.5, dash="dot"),
+}
+
+
+def memory_stack(stacked: pd.DataFrame, totals: pd.DataFrame, title: str,
+                 y_title: str = "MB", y_max: float | None = None) -> go.Figure:
+    """Memory categories stacked as areas over steps, the total, peak and reserve as lines.
+
+    ``stacked``: column per category (same order and colours on every chart); ``totals``: any
+    of ``total``, ``peak``, ``reserved``, NaN where not read (drawn with markers when sparse).
+    ``y_max`` fixes the y range, so charts of several runs can be compared by eye."""
+    fig = go.Figure()
+    for i, col in enumerate(stacked.columns):
+        colour = _CATEGORY_COLOURS[i % len(_CATEGORY_COLOURS)]
+        fig.add_trace(go.Scatter(x=stacked.index, y=stacked[col], mode="lines", name=str(col),
+                                 stackgroup="memory", line=dict(width=0.5, color=colour),
+                                 fillcolor=colour))
+    for col in totals.columns:
+        series = totals[col].dropna()
+        sparse = len(series) < 0.5 * max(1, len(stacked))
+        fig.add_trace(go.Scatter(x=series.index, y=series, name=str(col),
+                                 mode="lines+markers" if sparse else "lines",
+                                 line=_TOTAL_STYLES.get(str(col), {})))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title=y_title, **_LAYOUT)
+    if y_max is not None:
+        fig.update_yaxes(range=[0, y_max])
+    return fig
+
+
 def heatmap_over_steps(df: pd.DataFrame, title: str, row_label: str,
                        colorbar: str = "") -> go.Figure:
     """Columns as rows of a heatmap over steps (x), e.g. tokens per expert."""

@@ -176,3 +176,73 @@ def expert_shares(tokens: pd.DataFrame) -> pd.DataFrame:
     """Tokens per expert as fractions of each step's total (rows sum to 1)."""
     total = tokens.sum(axis=1).replace(0, np.nan)
     return tokens.div(total, axis=0)
+
+
+# Memory by category: the keys the probes and the catalog log (mahiax.telemetry's
+# MemoryCategories.as_metrics), in stacking order, with the name a chart shows.
+MEMORY_CATEGORIES = {
+    "mem/params": "parameters",
+    "mem/grads": "gradients",
+    "mem/optimizer": "optimizer state",
+    "mem/saved": "saved for backward",
+    "mem/other": "other",
+}
+# the figures drawn over the stack: the measured total, the peak, the allocator's reserve
+MEMORY_TOTALS = {"mem/total": "total", "mem/peak": "peak", "mem/reserved": "reserved"}
+
+
+@dataclass(frozen=True)
+class MemoryByCategory:
+    """A run's memory split for a stacked chart, in MB (10^6 bytes), index step.
+
+    ``stacked`` holds the categories measured at every step that measured any category: they
+    stack without gaps. A category read only at some of those steps (on a CPU, ``other`` is
+    the rest of the live tensors, found by a slow scan every few hundred steps) is not stacked
+    (its gaps would tear the stack) but listed in ``sparse``; ``totals`` then shows the
+    measured total at the steps it was read, and the gap above the stack is that category.
+    """
+
+    stacked: pd.DataFrame  # column per category label
+    totals: pd.DataFrame  # columns among total, peak, reserved (NaN where not read)
+    sparse: list[str]  # category labels read at only some steps
+    sparse_every: int | None = None  # the usual number of steps between their readings
+
+    @property
+    def empty(self) -> bool:
+        return self.stacked.empty
+
+
+def memory_by_category(df: pd.DataFrame) -> MemoryByCategory:
+    """Split the ``mem/*`` scalars of ``df`` (index step, bytes) for :func:`charts` stacking.
+
+    A run recorded before memory was logged by category gives an empty ``stacked``."""
+    present = [k for k in MEMORY_CATEGORIES if k in df.columns and df[k].notna().any()]
+    if not present:
+        return MemoryByCategory(pd.DataFrame(), pd.DataFrame(), [])
+    measured = df[present].notna().any(axis=1)
+    rows = df.loc[measured]
+    dense = [k for k in present if rows[k].notna().all()]
+    sparse = [MEMORY_CATEGORIES[k] for k in present if k not in dense]
+    stacked = to_megabytes(rows[dense]).rename(columns=MEMORY_CATEGORIES)
+    totals_keys = [k for k in MEMORY_TOTALS if k in df.columns and df[k].notna().any()]
+    totals = to_megabytes(df.loc[df[totals_keys].notna().any(axis=1), totals_keys]) \
+        .rename(columns=MEMORY_TOTALS) if totals_keys else pd.DataFrame()
+    stacked.index.name = totals.index.name = "step"
+    every = None
+    if sparse:
+        rarest = min((k for k in present if k not in dense), key=lambda k: rows[k].count())
+        read = rows.index[rows[rarest].notna()]
+        if len(read) > 1:
+            every = int(np.median(np.diff(read)))
+    return MemoryByCategory(stacked, totals, sparse, every)
+
+
+def latest_values(df: pd.DataFrame) -> dict[str, tuple[int, float]]:
+    """Each column's last measured (step, value), NaN skipped; columns never measured left
+    out. The step matters: a figure read every few hundred steps may be older than the rest."""
+    out = {}
+    for col, series in df.items():
+        measured = series.dropna()
+        if len(measured):
+            out[str(col)] = int(measured.index[-1]), float(measured.iloc[-1])
+    return out

@@ -306,38 +306,85 @@ def loss_weights_body(path: str, info: dict) -> None:
 
 
 def memory_body(path: str, info: dict) -> None:
-    """Memory on CPU (tensor bytes, RSS) or GPU (allocated, reserved), and AMP scaling."""
+    """Memory by category (parameters, gradients, optimizer state, saved for backward, other)
+    stacked over steps, on the device the run measured, with total and peak; then AMP."""
     df = data.live_scalars(path, info)
     device = str(info.get("device") or "")
-    if device.startswith("cuda"):
-        st.caption(f"GPU memory (`{device}`)")
+    gpu = device.startswith("cuda")
+    where = f"**{'GPU' if gpu else 'CPU'}** memory (device `{device or 'unknown'}`)"
+    mem = processing.memory_by_category(df)
+    if mem.empty:
+        st.info(f"{where}. This run logged no memory by category (it was recorded before "
+                "categories were logged): showing the totals it has.")
+        _memory_totals(df, gpu)
+    else:
+        _memory_categories(df, mem, gpu, where)
+    _amp(df, info)
+
+
+def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: bool,
+                       where: str) -> None:
+    """Latest figures, then the stacked chart of the categories with total and peak."""
+    if gpu:
+        st.info(f"{where}, read from the CUDA allocator every step: 'other' is allocated "
+                "minus the known categories; reserved is what the caching allocator holds.")
+    else:
+        st.info(f"{where}: the bytes of the tensors each category holds, every step.")
+    if mem.sparse:
+        every = f"every {mem.sparse_every} steps" if mem.sparse_every else "at some steps"
+        st.caption(f"{', '.join(mem.sparse)}: read only {every} (a scan of every live "
+                   "tensor), so not stacked; the markers are the measured total at those "
+                   "steps, and the gap above the stack is what the scan found.")
+    last = processing.latest_values(mem.stacked) | processing.latest_values(mem.totals)
+    shown = [*mem.stacked.columns, *(c for c in ("total", "peak", "reserved") if c in last)]
+    newest = max((step for step, _ in last.values()), default=None)
+    cols = st.columns(len(shown))
+    for col, label in zip(cols, shown, strict=True):
+        step, value = last.get(label, (newest, None))
+        older = f" (step {step})" if step != newest else ""
+        col.metric(label + older, "–" if value is None else f"{value:.2f} MB")
+    stacked, totals = _ds(mem.stacked), mem.totals
+    if len(totals) > _max_points():
+        totals = _ds(totals)
+    title = f"Memory by category ({'GPU' if gpu else 'CPU'})"
+    _chart(charts.memory_stack(stacked, totals, title))
+    if not gpu and _present(df, ["mem/rss"]):
+        _chart(charts.lines(_ds(processing.to_megabytes(df[["mem/rss"]])),
+                            "Process RSS (all memory of the process, not only tensors)", "MB"))
+
+
+def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
+    """What a run recorded before categories has: allocator totals, or tensor bytes and RSS."""
+    if gpu:
         keys = _present(df, ["mem/allocated", "mem/reserved", "mem/peak"])
         if keys:
             _chart(charts.lines(_ds(processing.to_megabytes(df[keys])),
                                 "CUDA allocator", "MB"))
         else:
             st.info("No CUDA memory readings stored yet.")
-    else:
-        st.info(f"**CPU, no GPU found** (device `{device or 'unknown'}`): memory is live tensor "
-                "bytes (read every few hundred steps) and the process RSS.")
-        left, right = st.columns(2)
-        with left:
-            keys = _present(df, ["mem/tensor_bytes", "mem/peak", "tensor_bytes"])
-            if keys:
-                sparse = processing.to_megabytes(df[keys].dropna(how="all"))
-                fig = charts.markers(_ds(sparse), "Live tensor bytes", "MB")
-                # the peak so far often equals the reading: dashed, so both stay visible
-                fig.update_traces(selector=dict(name="mem/peak"), line=dict(dash="dash"),
-                                  marker=dict(symbol="circle-open", size=9))
-                _chart(fig)
-            else:
-                st.info("No tensor-bytes reading stored yet.")
-        with right:
-            if _present(df, ["mem/rss"]):
-                _chart(charts.lines(_ds(processing.to_megabytes(df[["mem/rss"]])),
-                                    "Process RSS", "MB"))
-            else:
-                st.info("No RSS reading stored.")
+        return
+    left, right = st.columns(2)
+    with left:
+        keys = _present(df, ["mem/tensor_bytes", "mem/peak", "tensor_bytes"])
+        if keys:
+            sparse = processing.to_megabytes(df[keys].dropna(how="all"))
+            fig = charts.markers(_ds(sparse), "Live tensor bytes", "MB")
+            # the peak so far often equals the reading: dashed, so both stay visible
+            fig.update_traces(selector=dict(name="mem/peak"), line=dict(dash="dash"),
+                              marker=dict(symbol="circle-open", size=9))
+            _chart(fig)
+        else:
+            st.info("No tensor-bytes reading stored yet.")
+    with right:
+        if _present(df, ["mem/rss"]):
+            _chart(charts.lines(_ds(processing.to_megabytes(df[["mem/rss"]])),
+                                "Process RSS", "MB"))
+        else:
+            st.info("No RSS reading stored.")
+
+
+def _amp(df: pd.DataFrame, info: dict) -> None:
+    """The GradScaler's loss scale and skipped steps (nothing for fp32 runs, said why)."""
     precision = (info.get("config") or {}).get("precision")
     if precision == "fp32":
         st.caption("Mixed precision is off for this run (fp32): no loss scaling, no skipped "

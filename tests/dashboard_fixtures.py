@@ -67,6 +67,25 @@ def corrupt_store(root: Path) -> Path:
     return path
 
 
+def gpu_categories_store(root: Path) -> Path:
+    """A run recorded on ``cuda:0`` (written here: the dashboard only reads the figures), with
+    every memory category every step, as the probes log them on a GPU."""
+    path = root / "gpu.sqlite"
+    writer = RunWriter("gpu", tiny().replace(precision="fp16").to_dict(), path=path,
+                       device="cuda:0")
+    for step in range(10):
+        known = {"mem/params": 4e6, "mem/grads": 4e6, "mem/optimizer": 8e6,
+                 "mem/saved": 1e6 * (1 + step % 3)}
+        other = 2e6
+        total = sum(known.values()) + other
+        writer.log({**known, "mem/other": other, "mem/total": total,
+                    "mem/reserved": 40e6, "mem/peak": 30e6, "loss": 1.0,
+                    "amp/scale": 65536.0, "amp/skipped": 0.0, "amp/skipped_total": 0.0}, step)
+    writer.finish("finished")
+    writer.close()
+    return path
+
+
 def catalog_store(root: Path) -> Path:
     """The three variants of ``retain-graph`` recorded (8 steps each), plus a plain run."""
     from mahiax.recording import record_bug

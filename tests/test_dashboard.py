@@ -74,11 +74,61 @@ def test_finished_run(monkeypatch, stores, page):
     assert at.get("plotly_chart"), "every page of a full run draws charts"
 
 
-def test_finished_run_memory_page_labels_cpu(monkeypatch, stores):
+def chart_titled(at: AppTest, prefix: str):
+    """The one rendered Plotly chart whose title starts with ``prefix``."""
+    found = [c for c in at.get("plotly_chart")
+             if json.loads(c.proto.spec)["layout"]["title"]["text"].startswith(prefix)]
+    assert len(found) == 1, [json.loads(c.proto.spec)["layout"]["title"]["text"]
+                             for c in at.get("plotly_chart")]
+    return found[0]
+
+
+def stack_groups(chart) -> dict[str, str | None]:
+    """trace name -> its stack group (None: a line drawn over the stack)."""
+    return {t["name"]: t.get("stackgroup") for t in json.loads(chart.proto.spec)["data"]}
+
+
+def test_memory_page_stacks_the_categories_of_a_cpu_run(monkeypatch, stores):
     at = render(monkeypatch, stores["finished"], "memory")
-    assert "CPU, no GPU found" in texts(at.info)
+    assert "**CPU** memory (device `cpu`)" in texts(at.info)
+    chart = chart_titled(at, "Memory by category (CPU)")
+    groups = stack_groups(chart)
+    stacked = ["parameters", "gradients", "optimizer state", "saved for backward"]
+    assert [n for n, g in groups.items() if g] == stacked, groups
+    assert groups["total"] is None and groups["peak"] is None, "totals drawn over the stack"
+    series = chart_series(chart)
+    params = series["parameters"]
+    assert len(params) == 12 and params.min() > 0 and np.all(params == params[0]), \
+        "the tiny model's parameters: the same bytes at every step"
+    assert np.all(series["saved for backward"][1:] > 0), "each step's graph saves activations"
+    # the CPU scan (memory_every=5) reads the rest at steps 0, 5, 10: the total is the
+    # stack plus what the scan found, so it is never below the stack at those steps
+    total = series["total"]
+    assert len(total) == 3
+    stack = sum(series[n] for n in stacked)[[0, 5, 10]]
+    assert np.all(total >= stack)
+    assert "other: read only every 5 steps" in texts(at.caption)
+    labels = [m.label for m in at.metric]
+    assert labels[:4] == stacked and "total (step 10)" in labels, labels
     assert "Mixed precision is off for this run (fp32)" in texts(at.caption), \
         "no AMP charts for an fp32 run"
+
+
+def test_memory_page_labels_a_gpu_run_and_stacks_other(monkeypatch, tmp_path):
+    path = fx.gpu_categories_store(tmp_path)
+    at = render(monkeypatch, path, "memory")
+    assert "**GPU** memory (device `cuda:0`)" in texts(at.info)
+    chart = chart_titled(at, "Memory by category (GPU)")
+    groups = stack_groups(chart)
+    assert [n for n, g in groups.items() if g][-1] == "other", "read every step: stacked"
+    assert {"total", "peak", "reserved"} <= {n for n, g in groups.items() if g is None}
+    assert not any("read only" in str(c.value) for c in at.caption)
+
+
+def test_memory_page_of_a_run_without_categories_draws_its_totals(monkeypatch, stores):
+    at = render(monkeypatch, stores["failed"], "memory")  # logged mem/rss only
+    assert "recorded before categories were logged" in texts(at.info)
+    assert chart_titled(at, "Process RSS")
 
 
 def test_memory_nodes_page_shows_tiny_memory_slots(monkeypatch, stores):
@@ -302,6 +352,22 @@ def test_node_motion_and_similarity():
     assert processing.node_norms(snaps).loc[0].tolist() == [1.0, 2.0]
     sim = processing.cosine_similarity(np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 0.0]]))
     assert np.allclose(sim, [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_memory_by_category_stacks_dense_categories_only():
+    steps = pd.Index(range(6), name="step")
+    df = pd.DataFrame({"mem/params": 1e6, "mem/grads": [np.nan] + [1e6] * 5,
+                       "mem/saved": 2e6, "mem/other": [3e6, np.nan, np.nan, 4e6, np.nan, np.nan],
+                       "mem/total": [7e6, np.nan, np.nan, 8e6, np.nan, np.nan],
+                       "mem/rss": 5e8}, index=steps)
+    mem = processing.memory_by_category(df)
+    assert list(mem.stacked.columns) == ["parameters", "saved for backward"]
+    assert mem.sparse == ["gradients", "other"] and mem.sparse_every == 3
+    assert mem.stacked.loc[0, "parameters"] == 1.0, "MB"
+    assert list(mem.totals.index) == [0, 3] and list(mem.totals.columns) == ["total"]
+    assert processing.latest_values(mem.totals) == {"total": (3, 8.0)}
+    legacy = processing.memory_by_category(df[["mem/rss"]])
+    assert legacy.empty and legacy.sparse == []
 
 
 def test_run_request_command_line(tmp_path):

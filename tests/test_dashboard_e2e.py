@@ -2,7 +2,8 @@
 
 A store holds a finished tiny run, and a child process trains a ``live`` run into the same
 store during the test. The test opens every page through the sidebar navigation, checks each
-draws Plotly charts without a Streamlit exception, checks the Training page's "last step N"
+draws Plotly charts without a Streamlit exception (the Memory page: the memory categories
+stacked, labelled CPU), checks the Training page's "last step N"
 grows while the live run trains, opens the Bug lab on two recorded variants of
 ``retain-graph``, and saves a screenshot of every page to
 ``test-artifacts/dashboard/``.
@@ -201,8 +202,15 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
         page.wait_for_timeout(500)  # let the remaining charts lay out before the shot
         assert page.locator(EXCEPTION).count() == 0, f"{title}: Streamlit exception shown"
         assert page.locator(CHART).count() >= 1, f"{title}: no Plotly chart"
-        if key == "memory":
-            expect(page.get_by_text("CPU, no GPU found")).to_be_visible()
+        if key == "memory":  # the categories stacked, on the device the run measured
+            expect(page.get_by_text("CPU memory (device cpu)", exact=False)).to_be_visible()
+            expect(page.locator(".js-plotly-plot .gtitle").filter(
+                has_text="Memory by category (CPU)")).to_be_visible()
+            legend = page.locator(".js-plotly-plot .legendtext")
+            for name in ("parameters", "gradients", "optimizer state", "saved for backward"):
+                expect(legend.filter(has_text=name).first).to_be_visible()
+            assert page.locator(".js-plotly-plot .fills path").count() >= 4, \
+                "stacked areas: one filled path per category"
         page.screenshot(path=str(ARTIFACTS / f"done-{key}.png"))
 
     # the Bug lab opens on the recorded entry: measured verdict, errors, overlaid curves

@@ -1,0 +1,855 @@
+"""The GPU check of issue 12: the lab's CUDA path, run once on a CUDA machine, in one report.
+
+``python -m benchmarks.gpu_check --out DIR`` (``make gpu-check``) checks, in this order:
+
+1. ``environment``: torch, CUDA, the GPU, the packages found;
+2. ``amp``: 300 recorded steps of the teaching model with fp16 + GradScaler and with bf16
+   (every loss finite; the loss scale and the skipped steps per run), into a run store;
+3. ``meter``: ``MemoryMeter``'s categories against ``torch.cuda.memory_allocated`` (they add
+   up within 5%), between steps and with a live graph; a CPU model on the GPU machine is
+   still read on the CPU;
+4. ``store``: the CUDA runs' store copied to ``DIR`` (for the dashboard screenshot);
+5. ``catalog``: every catalog verdict on the GPU next to the CPU one;
+6. ``lessons``: lessons 05 and 08 run top to bottom on the GPU machine (nbclient);
+7. ``moe``: the MoE benchmark's arms (ours, Mixtral's block, the summary's loop, the floor)
+   on the GPU, timed with CUDA synchronisation;
+8. ``screenshot``: the dashboard's Memory page on the CUDA run in headless Chromium, where
+   Streamlit, Playwright and Chromium are installed; elsewhere a second step does it:
+   ``python -m benchmarks.gpu_check --screenshot-from DIR/gpu-runs.sqlite``.
+
+Each section runs on its own: an error or a missing package ends that section only, and the
+report (``gpu-latest.md`` and ``gpu-latest.json``, into ``DIR`` and, on a GPU,
+``benchmarks/results/``) is rewritten after every section, so a crash or a timeout keeps
+everything measured before it. On a machine without CUDA it says so in one line and exits 0;
+``--device cpu --quick`` runs every section on the CPU instead (a dry run of the code paths,
+reported apart, never into ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+REPORT = "gpu-latest"  # .md and .json
+STORE_FILE = "gpu-runs.sqlite"
+SCREENSHOT = "gpu-memory-page.png"
+LESSONS = ("05_memory_meter", "08_amp_and_clipping")
+TOLERANCE = 0.05  # categories against the allocator
+AMP_RUNS = ("fp16", "bf16")
+
+
+def log(message: str) -> None:
+    print(f"[gpu-check {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- the report: sections written as they finish -------------------------------------------
+
+
+@dataclass
+class Section:
+    """One part of the report: its verdict (``ok``, ``failed``, ``skipped``), what it found."""
+
+    name: str
+    title: str
+    status: str = "running"
+    seconds: float = 0.0
+    lines: list[str] = field(default_factory=list)  # markdown
+    data: dict = field(default_factory=dict)  # figures, for the JSON
+    checks: list[dict] = field(default_factory=list)  # {"what", "ok", "detail"}
+
+    def check(self, what: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append({"what": what, "ok": bool(ok), "detail": detail})
+        log(f"  {'ok  ' if ok else 'FAIL'} {what}{': ' + detail if detail else ''}")
+        return bool(ok)
+
+    def skip(self, why: str) -> None:
+        self.status = "skipped"
+        self.lines.append(f"Skipped: {why}")
+        log(f"  skipped: {why}")
+
+
+class Report:
+    """The sections so far, written (Markdown and JSON) to every target after each one."""
+
+    def __init__(self, targets: list[Path], header: dict):
+        self.targets = targets
+        self.header = header
+        self.sections: dict[str, Section] = {}
+
+    @classmethod
+    def load(cls, path: Path, targets: list[Path]) -> Report:
+        """A report written before (its JSON), to add a section to."""
+        saved = json.loads(path.read_text())
+        report = cls(targets, saved["header"])
+        for s in saved["sections"]:
+            report.sections[s["name"]] = Section(**s)
+        return report
+
+    @contextlib.contextmanager
+    def section(self, name: str, title: str) -> Iterator[Section]:
+        """Run one section: its exception is recorded, never raised; the report is written."""
+        s = self.sections[name] = Section(name, title)
+        log(f"{title} ...")
+        t0 = time.perf_counter()
+        try:
+            yield s
+        except Exception as e:  # one section's failure must not lose the others
+            s.status = "failed"
+            tail = "".join(traceback.format_exception(e)[-6:])
+            s.lines.append(f"**Error**: `{type(e).__name__}: {_one_line(str(e))}`")
+            s.lines += ["", "```", tail.rstrip(), "```"]
+            log(f"  FAILED: {type(e).__name__}: {e}")
+        else:
+            if s.status == "running":
+                s.status = "ok" if all(c["ok"] for c in s.checks) else "failed"
+        finally:
+            s.seconds = time.perf_counter() - t0
+            log(f"  {s.status} ({s.seconds:.1f} s)")
+            self.write()
+
+    def markdown(self) -> str:
+        h = self.header
+        out = [f"# GPU check ({h['device']})", "",
+               f"Command: `{h['command']}` · started {h['started']} · "
+               f"{h.get('total_s', 0):.0f} s in all.", ""]
+        out += [f"- {k}: {v}" for k, v in h.get("environment", {}).items()]
+        out += ["", "| section | status | seconds | checks passed |", "|---|---|---|---|"]
+        for s in self.sections.values():
+            passed = sum(c["ok"] for c in s.checks)
+            out.append(f"| {s.title} | {s.status} | {s.seconds:.1f} | "
+                       f"{passed}/{len(s.checks)} |")
+        for s in self.sections.values():
+            out += ["", f"## {s.title}", "", *s.lines]
+            if s.checks:
+                out += ["", "| check | result | measured |", "|---|---|---|"]
+                out += [f"| {c['what']} | {'yes' if c['ok'] else '**NO**'} | "
+                        f"{c['detail'].replace('|', '/')} |" for c in s.checks]
+        return "\n".join(out).rstrip() + "\n"
+
+    def write(self) -> None:
+        payload = {"header": self.header,
+                   "sections": [s.__dict__ for s in self.sections.values()]}
+        for target in self.targets:
+            target.mkdir(parents=True, exist_ok=True)
+            (target / f"{REPORT}.json").write_text(json.dumps(payload, indent=1, default=str))
+            (target / f"{REPORT}.md").write_text(self.markdown())
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= limit else first[:limit] + " ..."
+
+
+def _mb(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.2f} MiB"
+
+
+# --- what every section shares ---------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    device: torch.device  # cuda:N, or cpu for a dry run
+    quick: bool  # dry run sizes: a few steps, a few rounds
+    out: Path  # where the store, executed lessons and screenshots go
+    deadline: float  # time.monotonic() after which sections are skipped
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def store(self) -> Path:
+        return self.out / "work" / STORE_FILE
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def environment(ctx: Context) -> dict:
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "CUDA (torch built with)": torch.version.cuda or "none"}
+    if ctx.cuda:
+        p = torch.cuda.get_device_properties(ctx.device)
+        env.update({"GPU": p.name, "compute capability": f"{p.major}.{p.minor}",
+                    "GPU memory": f"{p.total_memory / 2**30:.1f} GiB",
+                    "bf16 supported": torch.cuda.is_bf16_supported(),
+                    "cuDNN": torch.backends.cudnn.version()})
+    else:
+        env["GPU"] = "none: a dry run on the CPU"
+    for dist in ("transformers", "numpy", "pandas", "nbclient", "ipykernel", "plotly",
+                 "streamlit", "playwright"):
+        env[dist] = _version(dist) or "not installed"
+    env["chromium"] = "yes" if Path("/usr/bin/chromium").exists() else "no"
+    return env
+
+
+# --- 2. AMP: 300 recorded steps in fp16 + GradScaler and in bf16 ------------------------------
+
+
+def amp_section(ctx: Context, s: Section) -> None:
+    from mahiax.config import teaching
+    from mahiax.recording import record_training
+    from mahiax.store import RunReader
+    from mahiax.telemetry.probes import Cadence
+
+    steps = 20 if ctx.quick else 300
+    ctx.store.parent.mkdir(parents=True, exist_ok=True)
+    s.lines.append(f"The teaching model, {steps} steps per run, recorded into the run store "
+                   "with the probes on (memory by category every step).")
+    s.lines += ["", "| run | steps | losses finite | final loss | loss scale (min / final) | "
+                "skipped steps | median step ms | peak allocated |",
+                "|---|---|---|---|---|---|---|---|"]
+    for precision in AMP_RUNS:
+        if precision == "bf16" and ctx.cuda and not torch.cuda.is_bf16_supported():
+            s.check("bf16 run", False, "this GPU does not support bf16")
+            continue
+        name = f"gpu-{precision}" if ctx.cuda else f"dry-{precision}"
+        config = teaching().replace(device=ctx.device.type, precision=precision, seed=0,
+                                    max_steps=steps)
+        records: list = []
+        if ctx.cuda:
+            torch.cuda.reset_peak_memory_stats(ctx.device)
+        record_training(config, name, steps, store=ctx.store, checkpoint_every=steps,
+                        cadence=Cadence(snapshot_every=50, memory_every=50),
+                        on_step=records.append)
+        peak = torch.cuda.max_memory_allocated(ctx.device) if ctx.cuda else None
+        losses = [r.loss for r in records] + [v for r in records for v in r.task_losses.values()]
+        finite = all(math.isfinite(v) for v in losses)
+        scales = [r.scale for r in records]
+        skipped = sum(r.skipped for r in records)
+        ms = statistics.median(r.step_time for r in records[1:] or records) * 1e3
+        stored = RunReader(ctx.store).scalars(name)
+        mem_keys = sorted(k for k in stored.columns if k.startswith("mem/"))
+        s.data[name] = {"precision": precision, "steps": len(records), "finite": finite,
+                        "final_loss": records[-1].loss, "scale_min": min(scales),
+                        "scale_final": scales[-1], "skipped": skipped,
+                        "median_step_ms": ms, "peak_allocated": peak, "mem_keys": mem_keys,
+                        "scale_per_step": scales, "skipped_steps": [r.step for r in records
+                                                                      if r.skipped]}
+        s.lines.append(f"| `{name}` | {len(records)} | {'yes' if finite else '**NO**'} | "
+                       f"{records[-1].loss:.4f} | {min(scales):g} / {scales[-1]:g} | {skipped} "
+                       f"| {ms:.1f} | {_mb(peak)} |")
+        s.check(f"{name}: {steps} steps, every loss finite", finite and len(records) == steps,
+                f"{len(records)} steps, final loss {records[-1].loss:.4f}")
+        if precision == "fp16":
+            s.check(f"{name}: GradScaler on (scale recorded, skipped steps counted)",
+                    stored["amp/scale"].notna().all() and "amp/skipped_total" in stored,
+                    f"scale {min(scales):g}..{max(scales):g}, {skipped} skipped")
+        else:
+            s.check(f"{name}: no loss scaling (scale 1, nothing skipped)",
+                    set(scales) == {1.0} and skipped == 0, f"{skipped} skipped")
+        categories = [k for k in ("mem/params", "mem/grads", "mem/optimizer", "mem/saved")
+                      if k in stored and stored[k].notna().all()]
+        s.check(f"{name}: memory categories stored every step", len(categories) == 4,
+                ", ".join(mem_keys) or "no mem/* key")
+    s.lines += ["", "Skipped steps (fp16): " + "; ".join(
+        f"`{n}`: {d['skipped_steps'][:20]}" for n, d in s.data.items()
+        if d["precision"] == "fp16")]
+
+
+# --- 3. the meter against the allocator --------------------------------------------------------
+
+
+def _independent(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device) -> dict[str, int]:
+    """Bytes on ``device`` of the model's parameters, their gradients, the optimizer's state
+    and the model's buffers, counted here from the tensors themselves, apart from the meter.
+    (AdamW keeps its step counters on the CPU unless fused or capturable: not counted.)"""
+    def on(t: torch.Tensor) -> bool:
+        return t.device.type == device.type and (device.index is None
+                                                 or t.device.index == device.index)
+
+    def total(tensors) -> int:
+        seen: dict[int, int] = {}
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and on(t):
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+        return sum(seen.values())
+
+    params = list(model.parameters())
+    state = [v for st in optimizer.state.values() for v in st.values()]
+    return {"params": total(params), "grads": total(p.grad for p in params),
+            "optimizer": total(state), "buffers": total(model.buffers())}
+
+
+def _categories_row(label: str, cats, allocated: int | None) -> str:
+    known = [cats.params, cats.grads, cats.optimizer, cats.saved]
+    return (f"| {label} | " + " | ".join(_mb(v) for v in known) + f" | {_mb(cats.other)} | "
+            f"{_mb(cats.total)} | {_mb(allocated)} |")
+
+
+def _within(a: float | None, b: float | None, tol: float = TOLERANCE) -> tuple[bool, str]:
+    if a is None or b is None:
+        return False, f"{_mb(a)} vs {_mb(b)}"
+    rel = abs(a - b) / max(abs(b), 1.0)
+    return rel <= tol, f"{_mb(a)} vs {_mb(b)} ({rel:.1%})"
+
+
+def _warm_up_libraries(device: torch.device) -> None:
+    """One small forward and backward on ``device``: cuBLAS allocates its workspaces (through
+    the caching allocator, one per handle: the backward runs on its own thread) on first use,
+    and they must not be counted as the model's."""
+    layer = torch.nn.Linear(64, 64, device=device)
+    layer(torch.randn(8, 64, device=device)).sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def meter_section(ctx: Context, s: Section) -> None:
+    from mahiax.config import medium, teaching
+    from mahiax.telemetry import MemoryMeter
+    from mahiax.train import Trainer
+
+    # medium: big enough that what the allocator holds besides the model is small beside it
+    config = (teaching() if ctx.quick else medium()).replace(device=ctx.device.type, seed=0)
+    cuda = ctx.cuda
+
+    def allocated() -> int | None:
+        return torch.cuda.memory_allocated(ctx.device) if cuda else None
+
+    _warm_up_libraries(ctx.device)
+    before = allocated()
+    trainer = Trainer(config)
+    for _ in range(3):  # gradients and AdamW's state exist from now on
+        trainer.step()
+    ctx.sync()
+    model, opt = trainer.model, trainer.optimizer
+    meter = MemoryMeter(ctx.device)
+    ind = _independent(model, opt, ctx.device)
+    between = meter.categories([model, trainer.weighting], opt, full=True)
+    a_between = allocated()
+    s.lines += [f"The {'teaching' if ctx.quick else 'medium'} model after 3 fp32 steps.", "",
+                "| when | params | grads | optimizer | saved | other | meter total | "
+                "torch.cuda.memory_allocated |", "|---|---|---|---|---|---|---|---|",
+                _categories_row("between steps", between, a_between)]
+    s.check("the meter reads the device it was given",
+            str(between.device).startswith(ctx.device.type), f"{between.device} · {between.label}")
+    for key in ("params", "grads", "optimizer"):
+        ok, detail = _within(getattr(between, key), ind[key])
+        s.check(f"{key}: the meter's figure = bytes counted from the tensors", ok, detail)
+    parts = [between.params, between.grads, between.optimizer, between.saved, between.other]
+    ok, detail = _within(sum(v or 0 for v in parts), between.total)
+    s.check("the categories add up to the meter's total", ok, detail)
+    if cuda:
+        ok, detail = _within(between.total, a_between)
+        s.check("the meter's total = torch.cuda.memory_allocated", ok, detail)
+        expected = between.params + between.grads + between.optimizer + ind["buffers"]
+        ok, detail = _within(expected, a_between - before)
+        s.check("params + grads + optimizer (+ the model's buffers, "
+                f"{_mb(ind['buffers'])}, in 'other') = what the allocator gained since the "
+                "model was built", ok, detail)
+    # a live graph: the forward done, its backward not yet
+    batch = trainer.data.batch(10_000).to(ctx.device)
+    pre = allocated()
+    total, *_ = trainer.loss_of(batch)
+    ctx.sync()
+    live = meter.categories([model, trainer.weighting], opt, graph=total, full=True)
+    a_live = allocated()
+    s.lines.append(_categories_row("live graph (forward done)", live, a_live))
+    s.check("memory saved for backward > 0 with a live graph", (live.saved or 0) > 0,
+            _mb(live.saved))
+    parts = [live.params, live.grads, live.optimizer, live.saved, live.other]
+    ok, detail = _within(sum(v or 0 for v in parts), live.total)
+    s.check("live graph: the categories add up to the meter's total", ok, detail)
+    if cuda:
+        ok, detail = _within(live.total, a_live)
+        s.check("live graph: the meter's total = torch.cuda.memory_allocated", ok, detail)
+        ok, detail = _within(live.saved, a_live - pre)
+        s.check("saved for backward = what the forward added to the allocator", ok, detail)
+        s.data.update({"forward_gain": a_live - pre, "reserved": live.reserved,
+                       "peak": live.peak})
+    del total
+    # a CPU model on this machine is read on the CPU, never from the GPU's allocator
+    cpu_trainer = Trainer(teaching().replace(device="cpu", seed=0))
+    cpu_trainer.step()
+    cpu = MemoryMeter("cpu").categories(cpu_trainer.model, cpu_trainer.optimizer)
+    s.check("a CPU model on this machine is read on the CPU",
+            str(cpu.device) == "cpu" and cpu.params > 0,
+            f"{cpu.device} · {cpu.label} · params {_mb(cpu.params)}")
+    default = MemoryMeter().device
+    s.check("MemoryMeter() with no device reads the CPU", str(default) == "cpu", str(default))
+    s.data.update({"between": between.to_dict(), "live": live.to_dict(), "independent": ind,
+                   "allocated_between": a_between, "allocated_live": a_live,
+                   "allocated_before_model": before})
+
+
+# --- 4. the store, for the dashboard ---------------------------------------------------------
+
+
+def copy_store(src: Path, dest: Path) -> Path:
+    """A consistent one-file copy of a run store (SQLite's backup: the WAL folded in)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as a, \
+            contextlib.closing(sqlite3.connect(dest)) as b:
+        a.backup(b)
+        # a rollback-journal file opens read-only in a read-only folder; a WAL one does not
+        b.execute("PRAGMA journal_mode=DELETE")
+    return dest
+
+
+def store_section(ctx: Context, s: Section) -> None:
+    from mahiax.store import RunReader
+
+    if not ctx.store.exists():
+        s.skip("no run was recorded (the amp section failed first)")
+        return
+    dest = copy_store(ctx.store, ctx.out / STORE_FILE)
+    with RunReader(ctx.store) as reader:
+        table = reader.runs()
+        runs = [f"`{r.name}` ({r.status}, device `{r.device}`, {r.steps} steps)"
+                for r in table.itertuples()]
+        keys = {n: [k for k in reader.scalar_keys(n) if k.startswith("mem/")]
+                for n in table["name"]}
+        snapshots = {n: reader.snapshot_keys(n) for n in table["name"]}
+    s.data.update({"store": str(dest), "runs": runs, "mem_keys": keys, "snapshots": snapshots})
+    s.lines += [f"Store copied to `{dest.name}` in the output folder: " + ", ".join(runs) + ".",
+                "", "Memory keys stored: " + "; ".join(f"`{n}`: {', '.join(k)}"
+                                                        for n, k in keys.items())]
+    spikes = sorted(p.name for p in ctx.out.rglob("*.pickle"))
+    if spikes:
+        s.lines.append("\nMemory snapshots found in the output folder (open them at "
+                       "https://pytorch.org/memory_viz): " + ", ".join(spikes))
+    s.check("the store holds the CUDA runs" if ctx.cuda else "the store holds the runs",
+            len(runs) >= 1, f"{len(runs)} runs")
+
+
+# --- 5. the catalog's verdicts on the GPU next to the CPU's --------------------------------
+
+
+def catalog_section(ctx: Context, s: Section) -> None:
+    from mahiax import bugs
+
+    takes_device = "device" in inspect.signature(bugs.verdict).parameters
+    if not takes_device and ctx.cuda:
+        s.skip("`mahiax.bugs.verdict` takes no `device`: the catalog cannot be run on the GPU "
+               "yet")
+        return
+    ids = [e.id for e in bugs.entries()]
+    if ctx.quick:
+        ids = ids[:3]
+    s.lines += ["| entry | CPU | GPU | same | GPU reason (where it differs) |",
+                "|---|---|---|---|---|"]
+    for entry_id in ids:
+        if ctx.left() < 20:
+            s.lines.append(f"| {entry_id} | - | - | - | not run: out of time |")
+            s.check(f"{entry_id}: run", False, "out of time")
+            continue
+        kwargs = {"device": "cpu"} if takes_device else {}
+        t0 = time.perf_counter()
+        cpu = bugs.verdict(entry_id, **kwargs)
+        t_cpu = time.perf_counter() - t0
+        kwargs = {"device": str(ctx.device)} if takes_device else {}
+        t0 = time.perf_counter()
+        try:
+            gpu = bugs.verdict(entry_id, **kwargs)
+            g_label, g_reason = gpu.label, gpu.reason
+        except Exception as e:  # an entry that cannot run on the GPU says why
+            g_label, g_reason = "error", f"{type(e).__name__}: {_one_line(str(e))}"
+        t_gpu = time.perf_counter() - t0
+        same = g_label == cpu.label
+        s.data[entry_id] = {"cpu": cpu.label, "gpu": g_label, "cpu_reason": cpu.reason,
+                            "gpu_reason": g_reason, "cpu_s": t_cpu, "gpu_s": t_gpu}
+        s.lines.append(f"| {entry_id} | {cpu.label} | {g_label} | {'yes' if same else '**no**'}"
+                       f" | {'' if same else _one_line(g_reason, 200).replace('|', '/')} |")
+        s.check(f"{entry_id}: same verdict on both devices", same,
+                f"{cpu.label} / {g_label} ({t_cpu:.1f} s / {t_gpu:.1f} s)")
+
+
+# --- 6. lessons 05 and 08 on the GPU machine -----------------------------------------------
+
+
+def _absolute_pythonpath() -> str:
+    """PYTHONPATH with the repository first and every entry absolute: the kernel runs in
+    notebooks/, where a relative ``.`` would name the wrong folder."""
+    parts = [str(ROOT)] + [str(Path(p).resolve()) for p in
+                           os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(parts))
+
+
+def lessons_section(ctx: Context, s: Section) -> None:
+    missing = [m for m in ("nbclient", "nbformat", "ipykernel", "plotly", "ipywidgets")
+               if not _has(m)]
+    if missing:
+        s.skip(f"{', '.join(missing)} not installed (carry the wheels in `.whl/`)")
+        return
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tests.notebook_env import KERNEL_NAME, NOTEBOOKS, jupyter_env, notebook_path
+
+    s.lines += ["| lesson | cells | errors | seconds | GPU lines printed |",
+                "|---|---|---|---|---|"]
+    dest = ctx.out / "lessons"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in LESSONS:
+        if ctx.left() < 60:
+            s.check(f"{name}: runs top to bottom", False, "out of time")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            env = jupyter_env(Path(tmp), threads=4)
+            env["PYTHONPATH"] = _absolute_pythonpath()
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                nb = nbformat.read(notebook_path(name), as_version=4)
+                client = NotebookClient(nb, timeout=int(min(240, ctx.left())),
+                                        kernel_name=KERNEL_NAME, startup_timeout=120,
+                                        allow_errors=True,
+                                        resources={"metadata": {"path": str(NOTEBOOKS)}})
+                t0 = time.perf_counter()
+                client.execute(env=dict(os.environ))
+                seconds = time.perf_counter() - t0
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        nbformat.write(nb, dest / f"{name}.ipynb")
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        errors = []
+        for i, c in enumerate(code):
+            errs = [o for o in c.get("outputs", []) if o.output_type == "error"]
+            expected = "raises-exception" in c.metadata.get("tags", [])
+            if bool(errs) != expected:
+                what = f"{errs[0].ename}: {_one_line(errs[0].evalue, 120)}" if errs \
+                    else "tagged raises-exception, raised nothing"
+                errors.append(f"code cell {i}: {what}")
+        printed = [line for c in code for o in c.get("outputs", [])
+                   if o.output_type == "stream" for line in o.text.splitlines()
+                   if any(w in line for w in ("GPU", "cuda", "CUDA"))]
+        s.data[name] = {"cells": len(code), "errors": errors, "seconds": seconds,
+                        "gpu_lines": printed[:8]}
+        shown = "<br>".join(p.replace("|", "/")[:120] for p in printed[:4])
+        s.lines.append(f"| {name} | {len(code)} | {len(errors)} | {seconds:.1f} | {shown} |")
+        s.check(f"{name}: runs top to bottom", not errors, "; ".join(errors)[:300])
+    s.lines.append("\nThe executed notebooks (with outputs) are in `lessons/` of the output "
+                   "folder.")
+
+
+# --- 7. the MoE benchmark on the GPU ---------------------------------------------------------
+
+
+def moe_section(ctx: Context, s: Section) -> None:
+    from benchmarks import bench_moe as bm
+    from mahiax.config import medium, teaching
+
+    sizes = [bm.Size.of("teaching", teaching())]
+    if not ctx.quick:
+        sizes += [bm.Size.of("medium", medium()),
+                  bm.Size("large", batch=16, seq=512, d_model=1024, hidden=2816, experts=8,
+                          top_k=2)]
+    rounds = 2 if ctx.quick else 20
+    names = [bm.FLOOR, bm.OURS, bm.MIXTRAL, bm.MIXTRAL_GROUPED, bm.SUMMARY, bm.PER_TOKEN]
+    s.lines.append(f"float32, train mode, forward + backward, {rounds} interleaved rounds, each "
+                   "call timed with CUDA synchronisation; ratios paired within a round "
+                   "(median). The per-token loop runs at the teaching size only.")
+    for size in sizes:
+        if ctx.left() < 45:
+            s.lines.append(f"\n**{size.label()}**: not run, out of time.")
+            continue
+        arms: dict = {}
+        failed: dict[str, str] = {}
+        with torch.device(ctx.device):  # weights, inputs and Mixtral's block on the GPU
+            for name in names:
+                if name == bm.PER_TOKEN and size.name != "teaching":
+                    continue
+                try:
+                    arm = bm.build_arms(size, names=[name])[name]
+                    arm()  # warm-up: kernels, workspaces
+                    ctx.sync()
+                    arms[name] = arm
+                except Exception as e:  # e.g. grouped_mm where this GPU or dtype lacks it
+                    failed[name] = f"{type(e).__name__}: {_one_line(str(e), 160)}"
+        agree = bm.agreement(arms) if bm.OURS in arms else {}
+
+        def synced(arm: Callable[[], None]) -> Callable[[], None]:
+            def call() -> None:
+                arm()
+                ctx.sync()
+            return call
+
+        ctx.sync()
+        times = bm.interleaved({n: synced(a) for n, a in arms.items()}, rounds,
+                               {bm.PER_TOKEN: max(1, rounds // 4)})
+        s.lines += ["", f"**{size.label()}**", "",
+                    "| arm | runs | median ms | / floor | ours faster by | max abs diff vs ours "
+                    "(out, grad x) |", "|---|---|---|---|---|---|"]
+        fig: dict = {}
+        for name, t in times.items():
+            ms = statistics.median(t.values()) * 1e3
+            over = bm.paired_ratios(t, times[bm.FLOOR]) if bm.FLOOR in times else []
+            faster = bm.paired_ratios(t, times[bm.OURS]) if bm.OURS in times else []
+            diff = agree.get(name)
+            fig[name] = {"ms": ms, "over_floor": statistics.median(over) if over else None,
+                         "over_ours": statistics.median(faster) if faster else None,
+                         "diff": diff}
+            s.lines.append(
+                f"| {name} | {len(t)} | {ms:.3f} | "
+                + (f"{fig[name]['over_floor']:.2f}" if over and name != bm.FLOOR else "-")
+                + " | " + (f"{fig[name]['over_ours']:.2f}" if faster and name != bm.OURS
+                           else "-")
+                + " | " + (f"{diff['output']:.1e}, {diff['input_grad']:.1e}" if diff else "-")
+                + " |")
+        for name, why in failed.items():
+            s.lines.append(f"| {name} | 0 | could not run: {why.replace('|', '/')} | | | |")
+        s.data[size.name] = {"label": size.label(), "arms": fig, "failed": failed}
+        for name, d in fig.items():
+            if d["diff"] is not None:
+                worst = max(d["diff"].values())
+                s.check(f"{size.name}: {name} computes what ours computes", worst < 1e-3,
+                        f"max abs diff {worst:.1e}")
+        if bm.MIXTRAL in fig:
+            s.data[size.name]["mixtral_over_ours"] = fig[bm.MIXTRAL]["over_ours"]
+
+
+# --- 8. the dashboard's Memory page in headless Chromium -------------------------------------
+
+
+def can_screenshot() -> str | None:
+    """Why the screenshot cannot be taken here, or None when it can."""
+    from tests.servers import CHROMIUM
+
+    missing = [m for m in ("streamlit", "plotly", "playwright") if not _has(m)]
+    if missing:
+        return f"{', '.join(missing)} not installed"
+    if not CHROMIUM.exists():
+        return f"no chromium at {CHROMIUM}"
+    return None
+
+
+def screenshot_memory_page(store: Path, dest: Path, run: str | None = None) -> dict:
+    """Open ``store`` in the real dashboard (``streamlit run dashboard``), pick ``run`` (default:
+    the newest CUDA run, else the newest), open the Memory page in headless Chromium, save a
+    full-page screenshot to ``dest`` and return what the page showed."""
+    import subprocess
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from mahiax.store import RunReader
+    from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = copy_store(store, Path(tmp) / "mahiax.sqlite")  # the source may be read-only
+        with RunReader(work) as reader:
+            table = reader.runs()
+        if run is None:  # the newest CUDA run, an fp16 one (its loss scale) if there is one
+            cuda = table[table["device"].astype(str).str.startswith("cuda")]
+            pool = cuda if len(cuda) else table
+            fp16 = pool[pool["name"].str.endswith("fp16")]
+            run = str((fp16 if len(fp16) else pool).iloc[-1]["name"])
+        device = str(table.set_index("name").loc[run, "device"])
+        port = free_port()
+        env = {**os.environ, "MAHIAX_STORE": str(work), "MAHIAX_DASHBOARD_AUTOSTART": "0",
+               "PYTHONPATH": _absolute_pythonpath()}
+        log_file = open(Path(tmp) / "streamlit.log", "wb")  # noqa: SIM115
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(f"{url}/_stcore/health", server, 60, "streamlit")
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+                    page.set_default_timeout(30_000)
+                    page.goto(f"{url}/memory")
+                    box = page.locator('[data-testid="stSidebar"]').get_by_role(
+                        "combobox", name="Run")
+                    box.click()
+                    page.get_by_role("option").filter(has_text=f"{run} ·").first.click()
+                    expect(page.get_by_role("heading", name="Memory", exact=True)
+                           ).to_be_visible()
+                    chart = page.locator('[data-testid="stPlotlyChart"], .js-plotly-plot')
+                    expect(chart.first).to_be_visible()
+                    stacked = page.get_by_text("saved for backward", exact=True).first
+                    try:  # the metric above the stacked chart: only a categories run has it
+                        expect(stacked).to_be_visible()
+                    except AssertionError:
+                        pass  # an older run: the screenshot shows what the page says instead
+                    page.wait_for_timeout(1500)  # the remaining charts lay out
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(dest), full_page=True)
+                    text = page.locator('[data-testid="stMain"]').inner_text()
+                    exceptions = page.locator('[data-testid="stException"]').count()
+                finally:
+                    browser.close()
+        finally:
+            stop(server)
+            log_file.close()
+    label = "GPU" if device.startswith("cuda") else "CPU"
+    return {"run": run, "device": device, "png": str(dest), "exceptions": exceptions,
+            "labelled": f"**{label}** memory".replace("**", "") in text,
+            "stacked": "saved for backward" in text}
+
+
+def screenshot_section(ctx: Context | None, s: Section, store: Path, dest: Path) -> None:
+    why = can_screenshot()
+    if why is not None:
+        s.skip(f"{why}. Take it on a machine with the dashboard: `python -m "
+               f"benchmarks.gpu_check --screenshot-from <output folder>/{STORE_FILE}`")
+        return
+    shot = screenshot_memory_page(store, dest)
+    s.data.update(shot)
+    s.lines.append(f"Run `{shot['run']}` (device `{shot['device']}`), the Memory page: "
+                   f"![Memory page]({Path(shot['png']).name})")
+    s.check("the page draws the memory categories stacked, no exception",
+            shot["stacked"] and shot["exceptions"] == 0, f"{shot['exceptions']} exceptions")
+    s.check(f"the page says which device ({shot['device']})", shot["labelled"])
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def _targets(ctx: Context) -> list[Path]:
+    """Where the report goes: the output folder, and benchmarks/results/ for a GPU run."""
+    return [ctx.out, RESULTS] if ctx.cuda else [ctx.out]
+
+
+def run_all(ctx: Context, command: str) -> Report:
+    started = time.monotonic()
+    header = {"device": str(ctx.device) + (" (dry run)" if not ctx.cuda else ""),
+              "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "environment": environment(ctx)}
+    report = Report(_targets(ctx), header)
+    for key, value in header["environment"].items():
+        log(f"{key}: {value}")
+    steps: list[tuple[str, str, Callable[[Context, Section], None], float]] = [
+        ("amp", "fp16 + GradScaler and bf16, 300 steps each", amp_section, 60),
+        ("meter", "Memory meter against the allocator", meter_section, 20),
+        ("store", "The CUDA runs' store, for the dashboard", store_section, 5),
+        ("catalog", "Catalog verdicts, GPU next to CPU", catalog_section, 40),
+        ("lessons", "Lessons 05 and 08 on the GPU machine", lessons_section, 60),
+        ("moe", "MoE layer against Mixtral's block on the GPU", moe_section, 45),
+    ]
+    for name, title, fn, needs in steps:
+        with report.section(name, title) as s:
+            if ctx.left() < needs:
+                s.skip(f"out of time ({ctx.left():.0f} s left, needs ~{needs:.0f} s)")
+            else:
+                fn(ctx, s)
+    with report.section("screenshot", "Dashboard Memory page (headless Chromium)") as s:
+        store = ctx.out / STORE_FILE
+        if not store.exists():
+            s.skip("no store was saved")
+        else:
+            screenshot_section(ctx, s, store, ctx.out / SCREENSHOT)
+    report.header["total_s"] = time.monotonic() - started
+    report.write()
+    return report
+
+
+def screenshot_from(store: Path, report_json: Path) -> int:
+    """The second step, on a machine with the dashboard: the Memory page of the stored CUDA
+    run as a screenshot beside the report, added to it as a section."""
+    store = store.resolve()
+    if not store.exists():
+        print(f"gpu-check: no store at {store}")
+        return 2
+    targets = [report_json.parent]
+    if report_json.exists():
+        report = Report.load(report_json, targets)
+    else:
+        report = Report(targets, {"device": "unknown", "command": "", "started": "",
+                                  "environment": {}})
+    with report.section("screenshot", "Dashboard Memory page (headless Chromium)") as s:
+        screenshot_section(None, s, store, report_json.parent / SCREENSHOT)
+    print(f"gpu-check: screenshot section {report.sections['screenshot'].status}; report in "
+          f"{report_json.parent / (REPORT + '.md')}")
+    return 0 if report.sections["screenshot"].status == "ok" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: test-artifacts/gpu-check)")
+    parser.add_argument("--device", default=None,
+                        help="cuda (default when there is a GPU), cuda:N, or cpu for a dry run")
+    parser.add_argument("--quick", action="store_true",
+                        help="dry-run sizes: a few steps and rounds, three catalog entries")
+    parser.add_argument("--budget-s", type=float, default=450.0,
+                        help="sections that would start after this many seconds are skipped")
+    parser.add_argument("--screenshot-from", type=Path, metavar="STORE",
+                        help="only take the Memory page screenshot of the CUDA run in STORE "
+                             "and add it to the report (--report)")
+    parser.add_argument("--report", type=Path, default=RESULTS / f"{REPORT}.json",
+                        help="with --screenshot-from: the report JSON to add it to")
+    args = parser.parse_args(argv)
+    if args.screenshot_from is not None:
+        return screenshot_from(args.screenshot_from, args.report)
+    if args.device is None:
+        if not torch.cuda.is_available():
+            print(f"gpu-check: no CUDA GPU on this machine (torch {torch.__version__}): "
+                  "nothing to check.")
+            return 0
+        args.device = "cuda"
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print(f"gpu-check: no CUDA GPU on this machine (torch {torch.__version__}): "
+                  "nothing to check.")
+            return 0
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    elif device.type != "cpu":
+        parser.error(f"--device {args.device!r}: use cuda, cuda:N or cpu")
+    out = (args.out or ROOT / "test-artifacts" / "gpu-check").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(device, args.quick, out, time.monotonic() + args.budget_s)
+    command = "python -m benchmarks.gpu_check " + " ".join(argv if argv is not None
+                                                          else sys.argv[1:])
+    report = run_all(ctx, command.strip())
+    shutil.rmtree(out / "work", ignore_errors=True)
+    failed = [s.title for s in report.sections.values() if s.status == "failed"]
+    log(f"done in {report.header['total_s']:.0f} s; report: {out / (REPORT + '.md')}"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

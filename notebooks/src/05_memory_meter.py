@@ -46,7 +46,8 @@ print("GPU found:", torch.cuda.is_available(), "| meter reads:", meter.device)
 # On a GPU, PyTorch does not ask the driver for memory for every tensor: its **caching
 # allocator** takes large blocks from the driver, cuts them into tensors, and keeps freed
 # blocks in a pool for reuse. `torch.cuda.memory_allocated()` is the bytes of that
-# allocator's blocks now occupied by CUDA tensors. It knows nothing about CPU tensors.
+# allocator's blocks now occupied by CUDA tensors on the current GPU. It knows nothing about
+# CPU tensors.
 #
 # **Predict.** The next cell keeps 64 MB of float32 in a CPU tensor. What does the
 # summary's profiler, `torch.cuda.memory_allocated() / 2**20`, print?

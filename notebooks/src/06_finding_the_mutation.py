@@ -19,7 +19,7 @@
 #
 # The error (summary section 2) is "one of the variables needed for gradient computation has
 # been modified by an inplace operation". Every tensor carries a **version counter**
-# (`t._version`): each in-place operation on it adds to it, and every view of the same
+# (`t._version`): each in-place operation on it increases it, and every view of the same
 # storage shares it. When autograd saves a tensor for the backward, it records the
 # version; backward checks that the saved tensor still has that version, and raises this
 # error if something wrote into it in between. Two places matter: where the tensor was

@@ -119,8 +119,8 @@ with lessons.expect_error(RuntimeError, "modified by an inplace operation"):
 
 # %% [markdown]
 # The saved values did not change, and backward still refuses: the check is on the shared
-# version counter, not on the values. (It is conservative: it never lets a changed saved
-# tensor through, at the price of refusing some writes that would have been harmless.)
+# version counter, not on the values. (The check is conservative: it refuses some writes
+# that would have been harmless, and in exchange never has to compare values.)
 #
 # Two ways to get a second name for a tensor without a copy differ exactly here. `.detach()`
 # returns an alias that *shares* the version counter (its docs: in-place changes "may

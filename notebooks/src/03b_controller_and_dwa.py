@@ -68,7 +68,7 @@ with lessons.expect_error(RuntimeError, "must match the size of tensor b"):
 # sum before its `copy_`. The summary does not say how its model got past this line.
 #
 # > **Reconstruction.** The summary gives neither the number of layers nor `K`, and its line
-# > raises a shape error whenever `K` differs from `L`. To measure its fix at all, the lab
+# > raises a shape error unless `K` equals `L` or is 1 (broadcasting). To measure its fix at all, the lab
 # > pads the `K` slot means with zeros to length `L`: slot `j`'s mean is stored as the
 # > importance of layer `j`. The lab's model has `L` = 3 layers and top-2, so it needs the
 # > padding too. The verdict in section 3 is measured on this adaptation; it is shown next.
@@ -102,9 +102,10 @@ print("per layer (scattered):           ", [round(v, 2) for v in ctl.importance.
 # ## 2. What `.data` really does
 #
 # It is tempting to say the summary's change does nothing "because `.data` bypasses
-# autograd". Half true. A write through `.data` does not bump the version counter (03a,
-# section 3), so autograd cannot see it; if a graph saved the tensor, backward silently uses
-# the new values.
+# autograd". Half true. Backward refuses a saved tensor whose **version counter** (a number
+# every in-place write increments; 03a, section 3) has moved since it was saved. A write
+# through `.data` does not bump that counter, so autograd cannot see it; if a graph saved the
+# tensor, backward silently uses the new values.
 #
 # **Predict.** `y = x.exp()` saves its *result* `y` (the derivative of `exp` is `exp`). We
 # overwrite `y` with zeros through `.data`, then run backward. Error, or which `x.grad`?
@@ -175,8 +176,9 @@ lessons.outcome_table(v_ctl.outcomes)[["error", "steps run", "max grad diff", "d
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `controller-importance`: **no-effect**. There
 # was no error to fix, both variants write the same wrong, per-slot statistic (`damage`: the
-# largest error of the importance against the per-layer EMA), and the gradients match the
-# clean model's (`max grad diff` 0) only because nothing saved the importance.
+# largest error of the importance against the per-layer EMA). The gradients match the clean
+# model's (`max grad diff` 0): nothing in the forward reads the importance, so nothing saved
+# it, and writing it through `.data` corrupts no gradient.
 #
 # ## 4. Dynamic Weight Averaging: the verdict
 #
@@ -247,8 +249,8 @@ assert falling_a[0] < 1 < falling_a[1], "right: DWA favours stalled B, softmax(-
 # %% [markdown]
 # On the left both rules favour A, so a chart of that case alone cannot tell them apart. On
 # the right they disagree: DWA gives the stalled task B more weight (gently: at `T` = 2 a
-# ratio of 0.8 against 1 moves the weights to about 0.95 and 1.05), while `softmax(-L)` keeps
-# favouring A because its loss is small, while A needs help least.
+# ratio of 0.8 against 1 moves the weights to about 0.95 and 1.05). `softmax(-L)` keeps
+# favouring A because its loss is small, though A is the task still improving on its own.
 #
 # ## 6. Exercise
 #

@@ -115,6 +115,7 @@ def run(lessons: Sequence[str] | None = None, rounds: int = 1, threads: int = 1,
         raise ValueError(f"no notebook for {', '.join(missing)} in {notebooks}; "
                          f"allowed: {', '.join(sorted(p.stem for p in notebooks.glob('*.ipynb')))}")
     runs: dict[str, list[dict]] = {n: [] for n in names}
+    load_start = os.getloadavg()[0]  # other work on the machine: it shows in these times
     with tempfile.TemporaryDirectory(prefix="mahiax-bench-lessons-") as tmp:
         env = jupyter_env(Path(tmp), threads=threads)
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU, as in CI
@@ -142,6 +143,7 @@ def run(lessons: Sequence[str] | None = None, rounds: int = 1, threads: int = 1,
         "threads": threads,
         "rounds": rounds,
         "goal": f"every lesson's cell time < {GOAL_S:.0f} s",
+        "load_avg_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "lessons": result,
         "met": all(r["met"] for r in result.values()),
     }
@@ -154,7 +156,9 @@ def markdown(r: dict) -> str:
         "",
         f"Each notebook in a fresh kernel ({r['threads']} intra-op thread(s), CPU), "
         f"{r['rounds']} round(s); cell time is the sum over code cells, kernel start apart. "
-        f"Goal: under {GOAL_S:.0f} s per lesson.",
+        f"Goal: under {GOAL_S:.0f} s per lesson. 1-minute load average at start / end: "
+        f"{r['load_avg_1min']['start']:.1f} / {r['load_avg_1min']['end']:.1f} "
+        f"({os.cpu_count()} cores).",
         "",
         "| lesson | cell time s, median (min-max) | kernel start s | slowest cells (s) | "
         "goal | met |",

@@ -143,11 +143,11 @@ assert spread > 0.1, "the nodes stay distinct"
 # ## 5. Loss weights (DWA)
 #
 # Dynamic Weight Averaging (DWA, Liu et al. 2019) weights task `k` by
-# `K * softmax(r / T)_k`, with the descent ratio `r_k = L_k(t-1) / L_k(t-2)` of the mean
-# losses of the last two epochs and a temperature `T` (2): the tasks whose loss falls
-# slowest (ratio closer to 1 or above) get more weight, and the weights sum to the number
-# of tasks `K`. The lab's "epoch" is a window of 10 steps (the paper's epochs are passes over
-# the data set), so the weights stay equal for the first two windows (steps 0-19).
+# `n * softmax(r / T)_k`, with `n` tasks, the descent ratio `r_k = L_k(t-1) / L_k(t-2)` of
+# the mean losses of the last two epochs and a temperature `T` (2): the tasks whose loss
+# falls slowest (ratio closer to 1 or above) get more weight, and the weights sum to `n`.
+# The lab's "epoch" is a window of 10 steps (the paper's epochs are passes over the data
+# set), so the weights stay equal for the first two windows (steps 0-19).
 
 # %%
 weights = reader.scalars("lesson07", [f"weight/{t}" for t in tasks])
@@ -162,7 +162,7 @@ fig.update_layout(title="DWA weights (solid) and descent ratios (dotted)", heigh
 fig
 
 # %%
-assert np.allclose(weights.sum(axis=1), len(tasks), atol=1e-4), "DWA weights sum to K"
+assert np.allclose(weights.sum(axis=1), len(tasks), atol=1e-4), "DWA weights sum to n"
 assert np.allclose(weights.loc[:19], 1.0), "equal weights for the first two windows"
 
 # %% [markdown]
@@ -214,9 +214,9 @@ px.line(importance, labels={"value": "importance", "variable": "layer"},
 
 # %% [markdown]
 # The summary swapped `importance.data = new` for `importance.data.copy_(new)`. `.data`
-# returns an alias of the tensor's storage that autograd does not track, with a version
-# counter of its own: a write through it does not move the version counter of the tensor,
-# so the in-place check of lesson 06 cannot see it. That does **not** make such a write
+# returns an alias of the tensor's storage that autograd does not track: a write through it
+# does not move the tensor's version counter, so the in-place check of lesson 06 cannot see
+# it. That does **not** make such a write
 # harmless.
 #
 # **Predict.** `y = x.exp()` saves its result `y` for backward (the derivative of `exp` is

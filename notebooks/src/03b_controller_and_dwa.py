@@ -281,7 +281,27 @@ class MyWeighting(LossWeighting):
 print(bugs.check("dwa-weights", MyWeighting))
 
 # %% [markdown]
-# A solution (folded; try yours first). The last lines compare its weights with the
+# **Predict.** The band-aid: the same write through `.data`, so that the version counter
+# does not move (section 2). The multiply `w * losses` saved `w`. Does the checker accept it?
+
+# %%
+class DataWriteWeighting(MyWeighting):
+    """The band-aid: the summary's write, through .data."""
+
+    def combine(self, losses):
+        total = (self.w * losses).sum()
+        self.w.data.copy_(torch.softmax(-losses.detach(), dim=0))  # no version bump
+        return total
+
+
+band_aid = bugs.check("dwa-weights", DataWriteWeighting)
+print(band_aid)
+assert not band_aid.holds
+
+# %% [markdown]
+# No error, and wrong gradients: the backward of `w * losses` multiplies by the *new*
+# weights, not the ones this step's total used. This is the silent corruption of section 2,
+# in the real training step. A solution (folded; try yours first). The last lines compare its weights with the
 # package's `DynamicWeightAveraging` on the right-hand losses of section 5.
 
 # %% tags=["solution"]
@@ -380,7 +400,8 @@ print("same weights as the package's DWA at every step:", ref.weights().tolist()
 # - The summary's MetaController line raises a shape error whenever top-k differs from the
 #   number of layers; the lab pads it to measure it (a reconstruction).
 # - `.data` hides a write from the version counter: harmless only where no graph saved the
-#   tensor (true of the importance), silently wrong where one did (`x.exp()`).
+#   tensor (true of the importance), silently wrong where one did (`x.exp()`, the DWA
+#   weights that `w * losses` saved).
 # - Measured: MetaController **no-effect** (and averaged per slot, not per layer), DWA
 #   **worse** (the `copy_` fails a step earlier).
 # - `softmax(-L)` weighs by loss level; DWA by how fast each loss falls, `K ·

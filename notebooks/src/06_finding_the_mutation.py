@@ -55,8 +55,8 @@ torch.manual_seed(0)
 # Two layers; one backward with `retain_graph=True` (keep the graph's saved tensors after
 # the backward), an optimiser step, and a second backward through the same retained graph.
 #
-# **Predict.** None of these lines writes into a tensor in place, as far as you can see.
-# Does the second backward run? If not, which tensor will the error name?
+# **Predict.** The model has no in-place operation. Does the second backward run? If not,
+# which tensor will the error name?
 
 # %%
 class TwoLayers(nn.Module):
@@ -75,7 +75,7 @@ opt = torch.optim.SGD(net.parameters(), lr=0.1)
 def summary_era_step() -> None:
     loss = net(torch.randn(2, 3)).sum()
     loss.backward(retain_graph=True)
-    opt.step()  # writes into every parameter, in place
+    opt.step()
     loss.backward()
 
 

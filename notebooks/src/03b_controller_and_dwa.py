@@ -45,7 +45,7 @@ from mahiax.weighting import DynamicWeightAveraging, LossWeighting
 torch.manual_seed(0)
 
 # %% [markdown]
-# ## 1. The summary's line, as written, does not run
+# ## 1. The summary's line, at 4 layers and top-2, raises a shape error
 #
 # `topk_probs.mean(dim=0)` has one value per top-k *slot* (`K` values: the mean probability
 # of each sample's first choice, of its second choice), while the importance has one value
@@ -56,7 +56,7 @@ torch.manual_seed(0)
 # %%
 importance = torch.full((4,), 0.25)  # (L,) one value per layer
 probs = torch.softmax(torch.randn(8, 4), dim=-1)  # (B, L) the gate's probabilities
-topk_probs, topk_ids = probs.topk(2, dim=-1)  # (B, K)
+topk_probs, _ = probs.topk(2, dim=-1)  # (B, K)
 with lessons.expect_error(RuntimeError, "must match the size of tensor b"):
     importance.data = 0.9 * importance.data + 0.1 * topk_probs.mean(dim=0)  # the original
 with lessons.expect_error(RuntimeError, "must match the size of tensor b"):
@@ -68,10 +68,10 @@ with lessons.expect_error(RuntimeError, "must match the size of tensor b"):
 # sum before its `copy_`. The summary does not say how its model got past this line.
 #
 # > **Reconstruction.** The summary gives neither the number of layers nor `K`, and its line
-# > raises a shape error unless `K` equals `L` or is 1 (broadcasting). To measure its fix at all, the lab
-# > pads the `K` slot means with zeros to length `L`: slot `j`'s mean is stored as the
-# > importance of layer `j`. The lab's model has `L` = 3 layers and top-2, so it needs the
-# > padding too. The verdict in section 3 is measured on this adaptation; it is shown next.
+# > raises a shape error unless `K` equals `L` or is 1 (broadcasting). To measure its fix at
+# > all, the lab pads the `K` slot means with zeros to length `L`: slot `j`'s mean is stored
+# > as the importance of layer `j`. The lab's model has `L` = 3 layers and top-2, so it needs
+# > the padding too. The verdict in section 3 is measured on this adaptation, shown next.
 
 # %%
 config = harness_config()
@@ -301,7 +301,9 @@ assert not band_aid.holds
 # %% [markdown]
 # No error, and wrong gradients: the backward of `w * losses` multiplies by the *new*
 # weights, not the ones this step's total used. This is the silent corruption of section 2,
-# in the real training step. A solution (folded; try yours first). The last lines compare its weights with the
+# in the real training step.
+#
+# A solution (folded; try yours first). Its last lines compare its weights with the
 # package's `DynamicWeightAveraging` on the right-hand losses of section 5.
 
 # %% tags=["solution"]

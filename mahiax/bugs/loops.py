@@ -160,7 +160,8 @@ def loop_rules(out: Outcome) -> list[str]:
             f"{f} forwards (encode() calls) a step: one forward per loss recomputes the "
             f"shared features {f} times; call encode() once and feed every head from it"
         )
-    if isinstance(b, int) and b > 1:
+    forwards = f if isinstance(f, int) and f > 0 else 1
+    if isinstance(b, int) and b > forwards:  # more than one backward pass through a forward
         broken.append(
             f"{b} backward passes a step: each one walks the shared graph again, and every "
             f"pass but the last needs retain_graph=True to keep its saved tensors alive; "

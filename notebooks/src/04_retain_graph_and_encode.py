@@ -3,9 +3,10 @@
 # %% [markdown]
 # # 04 · `retain_graph=True` hides the error; `encode()` + one backward removes it
 #
-# **Goal.** See why a second `backward()` fails, what `retain_graph=True` does to a training
-# loop whose state carries the graph (watch the graph and memory grow), the in-place error
-# it brings back, and the loop that needs no retained graph at all.
+# **Goal.** See why a second `backward()` through one graph fails, what `retain_graph=True`
+# really costs (alone: little; with state that carries the graph across steps: a graph and
+# memory that grow every step, then an in-place error), and the loop that needs no retained
+# graph at all: one forward, one backward of the weighted sum.
 #
 # **Context (read cold).** MAHIA-X trains three tasks at once: one loss per task, combined by
 # loss weights. The summary, section 3:
@@ -15,24 +16,45 @@
 # > **Fix**: Added `retain_graph=True` to backward calls as a temporary solution.
 # > **Long-term Solution**: Implemented an `encode()` method in HybridEfficientModel to avoid
 # > multiple forward passes.
+#
+# **Terms.**
+#
+# - **Graph.** During the forward, autograd records each operation as a node (`grad_fn`);
+#   backward walks these nodes from the loss to the weights.
+# - **Saved tensors.** Values a node keeps for the backward (a `tanh` keeps its output, a
+#   matrix product its inputs). Backward frees them as it goes, unless it is called with
+#   `retain_graph=True`.
+# - **Carried state.** A tensor a module keeps from one step to the next (memory nodes, loss
+#   weights). If it was computed from live activations and not detached, it carries that
+#   step's graph into the next step (lesson 03a).
+# - **Micro-batch / gradient accumulation.** Several forward+backward passes whose gradients
+#   add up in `.grad` before one optimiser step.
+#
+# PyTorch docs: autograd mechanics,
+# [Saved tensors](https://docs.pytorch.org/docs/stable/notes/autograd.html#saved-tensors);
+# [`torch.Tensor.backward`](https://docs.pytorch.org/docs/stable/generated/torch.Tensor.backward.html)
+# (`retain_graph`: "in nearly all cases setting this option to True is not needed and often
+# can be worked around in a much more efficient way").
 
 # %%
 import plotly.graph_objects as go
 import torch
 
 from mahiax import bugs, lessons
-from mahiax.bugs.loops import backward_per_loss
+from mahiax.bugs.loops import accumulating, backward_per_loss, install_carried_state
 from mahiax.config import tiny
 from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.model import HybridEfficientModel
+from mahiax.telemetry import MemoryMeter
 
 torch.manual_seed(0)
+MB = 2**20
 
 # %% [markdown]
 # ## 1. Two losses, one graph, two backwards
 #
-# `backward()` frees the graph's saved tensors as it goes (that is what keeps training
-# memory flat). A second `backward()` through the same graph finds them gone:
+# **Predict.** One forward `h = tanh(2w)`, two losses computed from `h`, then
+# `loss_a.backward()` and `loss_b.backward()`. Does the second call run?
 
 # %% tags=["raises-exception"]
 w = torch.randn(3, requires_grad=True)
@@ -40,6 +62,10 @@ h = torch.tanh(2 * w)  # one shared forward
 loss_a, loss_b = h.sum(), h.pow(2).sum()  # two task losses
 loss_a.backward()
 loss_b.backward()
+
+# %% [markdown]
+# The first backward freed the saved tensors of the shared part (`tanh` saved its output).
+# The second walks into that part and finds them gone. The same, caught:
 
 # %%
 w.grad = None
@@ -69,30 +95,105 @@ print("one backward: ", w.grad.tolist())
 assert torch.allclose(two_backwards, w.grad)
 
 # %% [markdown]
-# ## 2. What `retain_graph=True` did to the MAHIA-X loop
+# ## 2. What `retain_graph=True` costs, and when it grows
 #
-# The summary-era loop called `backward(retain_graph=True)` once per task loss, and its
-# memory module rebound its nodes to a value computed from live activations (lesson 03), so
-# each step's graph stayed linked to the previous one. The catalog's `summary` variant runs
-# exactly that loop (stepping the optimiser every 4 micro-batches, as the original did):
+# Freeing saved tensors during backward lowers the *peak* within a step. It is not what keeps
+# training memory flat from step to step: a graph is freed anyway once nothing references it
+# any more, which happens when the next step rebinds `h` and the losses.
+#
+# **Predict.** Six steps, `retain_graph=True` on every backward. (a) Each step starts from
+# fresh inputs. (b) Each step also adds a state computed from the previous step's `h`,
+# without detaching it. Which one's live tensor memory grows?
 
 # %%
-lessons.source(backward_per_loss, "one backward per loss")
+meter = MemoryMeter()  # live tensor bytes, saved tensors of reachable graphs included
+w = torch.randn(256, 256, requires_grad=True)  # (256, 256)
+
+
+def six_steps(carry_graph: bool) -> list[float]:
+    """Six steps of two losses, retain_graph=True on both backwards; live tensor MB after each."""
+    state = torch.zeros(256)  # (256,) carried from step to step
+    readings = []
+    for _ in range(6):
+        x = torch.randn(512, 256) + state  # (512, 256)
+        h = torch.tanh(x @ w)  # (512, 256): saved for backward
+        loss_a, loss_b = h.sum(), h.pow(2).sum()
+        loss_a.backward(retain_graph=True)
+        loss_b.backward(retain_graph=True)  # the band-aid, on every backward
+        state = h.mean(dim=0) if carry_graph else h.mean(dim=0).detach()
+        readings.append(round(meter.read().tensor_bytes / MB, 2))
+    return readings
+
+
+flat = six_steps(carry_graph=False)
+growing = six_steps(carry_graph=True)
+print("(a) retain_graph=True, state detached:", flat)
+print("(b) retain_graph=True, state carries graph:", growing)
+assert max(flat) - min(flat) < 0.01
+assert all(b > a for a, b in zip(growing, growing[1:], strict=False))
 
 # %% [markdown]
-# **Expected verdict** on the summary's fix for `retain-graph`: **hides-the-error**. The
-# original error is gone, the graph and memory grow every step, and when `optimizer.step()`
-# updates a weight that an old, retained graph still needs, backward fails again, this time
-# with an in-place error (the summary's "persistent in-place error", lesson 06).
+# (a) stays flat: each step's retained graph dies when the next step rebinds `h` and the
+# losses. (b) grows by about one step's graph a step: `state` references `h`'s graph, which
+# references the previous `state`, and so on back to step 0. `retain_graph=True` hurts only
+# together with state that carries the graph across steps, which is exactly what lesson
+# 03a's original `GraphDiffusionMemory` does.
+#
+# ## 3. What `retain_graph=True` did to the MAHIA-X loop
+#
+# > **Reconstruction.** The summary shows neither the training loop nor how often it stepped
+# > the optimiser. The lab assumes (1) one `backward()` per task loss, which fits "multiple
+# > losses being computed from the same forward pass"; (2) the original graph memory of
+# > lesson 03a (`BuggyGraphMemory`, nodes rebound to a blend with the live batch mean), whose
+# > nodes carry each step's graph into the next; and (3) an optimiser step every 4
+# > micro-batches (gradient accumulation), so the retained graphs live a few steps before an
+# > update changes the weights they saved. Every variant of `retain-graph`, and your loop in
+# > the exercise, runs in exactly this setting; the cells below show it.
+
+# %%
+lessons.source(backward_per_loss, "(1) one backward per loss")
+
+# %%
+lessons.source(install_carried_state, "(2) the carried state")
+
+# %%
+lessons.source(accumulating, "(3) an optimiser step every 4 micro-batches")
+
+# %% [markdown]
+# The catalog runs three loops in that setting, 8 steps each: `buggy` (one backward per loss,
+# no retained graph), `summary` (the same with `retain_graph=True`) and `fixed` (detach the
+# carried state at the start of the step, then one backward of the weighted sum).
+#
+# **Predict.** With `retain_graph=True`, does the summary's loop raise? If so, which error,
+# and at which step? What happens to the graph size meanwhile?
 
 # %%
 v_rg = bugs.verdict("retain-graph")
 lessons.verdict_report(v_rg)
 
-# %%
-lessons.step_figure(v_rg.outcomes, "graph_nodes", "autograd nodes reachable from the loss")
+# %% [markdown]
+# **Expected verdict** on the summary's fix for `retain-graph`: **hides-the-error**. The
+# original error is gone; the graph and memory grow every step; and the first backward
+# after `optimizer.step()` (step 4) fails again, this time with an in-place error: the
+# optimiser updated, in place, a weight that an old, retained graph saved (the summary's
+# "persistent in-place error", lesson 06).
 
 # %%
+summary_out, fixed_out = v_rg.outcomes["summary"], v_rg.outcomes["fixed"]
+lessons.step_figure(v_rg.outcomes, "graph_nodes", "autograd nodes reachable from the loss")
+
+# %% [markdown]
+# Memory, compared like with like: every variant runs in the same harness, with the same
+# model, memory, optimiser cadence and the same clean reference model loaded to check
+# gradients, so the readings share one baseline and their difference is what the loop keeps
+# alive. (`buggy` failed during step 0, before its first reading.) The fixed loop's line
+# steps up at step 3, when the first optimiser step creates AdamW's two moment buffers, then
+# stays flat.
+
+# %%
+pairs = zip(summary_out.tensor_bytes, fixed_out.tensor_bytes, strict=False)
+extra = [(s - f) / MB for s, f in pairs]  # the summary ran 4 steps, the fixed loop 8
+print("summary minus fixed, MB per step:", [round(x, 2) for x in extra])
 lessons.step_figure(v_rg.outcomes, "tensor_mb", "live tensor memory (MB), graphs included")
 
 # %% [markdown]
@@ -100,9 +201,6 @@ lessons.step_figure(v_rg.outcomes, "tensor_mb", "live tensor memory (MB), graphs
 # grows until it fails.
 
 # %%
-summary_out, fixed_out = v_rg.outcomes["summary"], v_rg.outcomes["fixed"]
-
-
 def at_step(step: int) -> go.Figure:
     def value(out, series):
         return series[step] if step < len(series) else None
@@ -127,12 +225,15 @@ assert summary_out.graph_growth() > 0 and fixed_out.graph_growth() == 0
 assert "modified by an inplace operation" in summary_out.error_message
 
 # %% [markdown]
-# ## 3. The long-term solution: `encode()` once, one backward
+# ## 4. The long-term solution: `encode()` once, one backward
 #
 # The original ran a whole forward for every loss. `encode()` computes the fused features
 # once; every task head reads them; the weighted sum of the task losses is backpropagated
-# once. On the real model (tiny preset, float64), K forwards with K backwards and one
-# `encode()` with one backward give the same gradients:
+# once.
+#
+# **Predict.** On the real model (tiny preset, float64): K forwards each with its own
+# backward, versus one `encode()` and one backward of `Σ w_k L_k`. Same gradients, or only
+# close?
 
 # %%
 config = tiny()
@@ -164,9 +265,14 @@ print(f"largest gradient difference: {diff:.1e} over {len(once)} parameter tenso
 assert per_loss.keys() == once.keys() and diff < 1e-12
 
 # %% [markdown]
-# **Expected verdict** on the summary's fix for `encode-multi-loss`: **holds**. The
-# summary's version (`encode()` once, then one `backward(retain_graph=True)` per loss) gives
-# the same gradients; the fixed loop does one forward and one backward.
+# Equal to float64 rounding. The catalog's `encode-multi-loss` entry runs three loops on the
+# clean model and counts, at every step, the `encode()` calls (a forward hook) and the
+# backward passes (a hook that fires once per backward pass on a shared weight):
+# `buggy` (one forward per loss), `summary` (`encode()` once, then
+# `backward(retain_graph=True)` per loss) and `fixed` (one of each).
+#
+# **Predict.** Does the summary's version give the clean gradients? How many forwards and
+# backward passes does each loop do per step?
 
 # %%
 v_enc = bugs.verdict("encode-multi-loss")
@@ -179,6 +285,12 @@ table["backwards / step"] = [o.figures.get("backwards_per_step") for o in v_enc.
 table[["error", "max grad diff", "forwards / step", "backwards / step"]]
 
 # %% [markdown]
+# **Expected verdict** on the summary's fix for `encode-multi-loss`: **holds**. The verdict
+# judges the summary's claim: `encode()` once removes the extra forwards, with the same
+# gradients and nothing growing (no state carries the graph here, so the retained graphs die
+# each step, as in section 2). It still does K backward passes where one would do; the
+# exercise's checker asks for one forward *and* one backward.
+#
 # ## Exercise
 #
 # Write the training step as a loop function `loop(ctx)`. `ctx` is a
@@ -188,10 +300,20 @@ table[["error", "max grad diff", "forwards / step", "backwards / step"]]
 # (the task losses) and `ctx.total` (the loss you backpropagate), call `ctx.zero_grad()`,
 # then backward. Include the router's two auxiliary losses:
 # `config.aux_loss_coef * enc.aux_loss + config.z_loss_coef * enc.z_loss`.
-# `bugs.check("retain-graph", loop)` trains with it. The attempt below is the original: one
-# backward per loss, no retained graph.
+#
+# `bugs.check("retain-graph", loop)` trains with it **in the summary's setting** (section 3):
+# the graph memory carries the graph across steps and the optimiser steps every 4
+# micro-batches (`ctx.zero_grad()` keeps the gradients within a cycle). To cut the carried
+# state, call `ctx.detach_state()` at the start of the step: it detaches every buffer that
+# still hangs on a previous step's graph (truncated backpropagation's `h = h.detach()`). The
+# checker counts `encode()` calls and backward passes, and wants one of each per step.
+#
+# The attempt below is the original: one backward per loss, no retained graph.
 
 # %%
+print(bugs.get("retain-graph").candidate_kind)
+
+
 def my_loop(ctx) -> None:
     enc = ctx.model.encode(ctx.batch)
     losses = ctx.model.task_losses(ctx.model.heads_forward(enc.features), ctx.batch.targets)
@@ -205,9 +327,38 @@ def my_loop(ctx) -> None:
 
 print(bugs.check("retain-graph", my_loop))
 
+# %% [markdown]
+# **Predict.** Three tempting repairs. Which ones pass?
+# (a) add `retain_graph=True` to each backward (and detach the carried state);
+# (b) one forward per loss (and detach the carried state);
+# (c) one backward of the weighted sum, without detaching the carried state.
+# The catalog keeps each as a candidate; the checker grades them in the same setting:
+
+# %%
+attempts = bugs.get("retain-graph").candidates()
+for name in ("band-aid: retain_graph=True, carried state detached",
+             "band-aid: one forward per loss, carried state detached",
+             "band-aid: one backward of the sum, carried state kept"):
+    result = bugs.check("retain-graph", attempts[name])
+    print(f"{name}\n  {result}\n")
+    assert not result.holds
+
+# on the clean model (no carried state), one forward per loss runs, and is still not the fix
+one_forward_per_loss = bugs.get("encode-multi-loss").candidates()["buggy"]
+print("encode-multi-loss, one forward per loss\n ", bugs.check("encode-multi-loss",
+                                                               one_forward_per_loss))
+
+# %% [markdown]
+# None passes. (a) gives the right gradients and nothing grows (the state is detached), but
+# it makes 3 backward passes a step where one would do. (b) fails at step 0: the second
+# forward reads memory nodes that carry the first forward's graph, which its backward already
+# freed; without carried state it runs, but with 3 forwards a step. (c) fails at step 1 with
+# the original error: step 1's backward walks through the nodes into step 0's graph.
+
 # %% tags=["solution"]
 def my_loop(ctx) -> None:
-    """One encode(), one backward of the weighted sum: nothing to retain."""
+    """Cut the carried state, one encode(), one backward of the weighted sum."""
+    ctx.detach_state()  # the memory nodes lose the previous step's graph, keep their values
     enc = ctx.model.encode(ctx.batch)
     losses = ctx.model.task_losses(ctx.model.heads_forward(enc.features), ctx.batch.targets)
     ctx.weights = ctx.weighting.weights().detach()
@@ -222,12 +373,77 @@ print(result)
 assert result.holds
 
 # %% [markdown]
+# ## Check your understanding
+#
+# 1. Why does the second `backward()` in section 1 fail, and why does one backward of
+#    `loss_a + loss_b` give the same gradients as two?
+#
+#    <details><summary>Answer</summary>
+#
+#    The first backward freed the saved tensors of the shared part of the graph (`tanh`'s
+#    output); the second needs them. Gradients are linear: d(a + b)/dw = da/dw + db/dw, and
+#    `.grad` accumulates, so one pass over the sum gives what two passes add up to.
+#
+#    </details>
+#
+# 2. Section 2's run (a) used `retain_graph=True` on every backward and stayed flat. What
+#    freed each step's graph?
+#
+#    <details><summary>Answer</summary>
+#
+#    Reference counting: once the next step rebinds `h`, `loss_a` and `loss_b`, nothing
+#    points at the old graph any more and it is freed with its saved tensors. Without
+#    `retain_graph`, backward frees them earlier (a lower peak); that is not what keeps
+#    memory flat from step to step.
+#
+#    </details>
+#
+# 3. In the summary's setting, why does the in-place error appear at step 4 and not before?
+#
+#    <details><summary>Answer</summary>
+#
+#    The optimiser steps every 4 micro-batches, first at the end of step 3. It updates the
+#    weights in place, bumping their version counters. Step 4's backward walks through the
+#    carried memory nodes into the retained graphs of steps 0-3, which saved those weights at
+#    their old versions, and refuses.
+#
+#    </details>
+#
+# 4. The verdict on `encode-multi-loss` is **holds**, yet the checker gives the same loop
+#    (`encode()` once, `retain_graph=True` per loss) NOT YET. Why both?
+#
+#    <details><summary>Answer</summary>
+#
+#    The verdict judges the summary's claim: `encode()` once removes the extra forwards, with
+#    the clean gradients. The checker grades what the lesson teaches: one forward and one
+#    backward per step. K backward passes over a retained graph are correct but wasteful,
+#    and the retained graph is what turns into growth as soon as some state carries it.
+#
+#    </details>
+#
+# 5. What does `ctx.detach_state()` change, and what does it keep?
+#
+#    <details><summary>Answer</summary>
+#
+#    It rebinds every buffer that still has a `grad_fn` to its `.detach()`: same values, no
+#    history. The next forward starts a fresh graph, so backward stops at this step. The
+#    right place to fix it for good is the module (lesson 03a's clean memory stages its
+#    update from `x.detach()` and swaps it in after the optimiser step).
+#
+#    </details>
+
+# %% [markdown]
 # ## Recap
 #
-# - A second `backward()` through one graph fails because the first freed it.
-# - `retain_graph=True` **hides the error**: with state that links steps, the graph and
-#   memory grow every step, and once the optimiser updates a weight an old graph saved, an
-#   in-place error comes back.
-# - Gradients add up: one backward of `Σ w_k L_k` equals K backwards. `encode()` once + one
-#   backward gives the same gradients with one forward and nothing retained (**holds**).
-# - Keep no graph across steps: detach the state you carry (lesson 03).
+# - A second `backward()` through one graph fails because the first freed its saved tensors.
+# - `retain_graph=True` on its own costs memory only until the graph dies with the step
+#   (section 2). With state that carries the graph across steps it **hides the error**: graph
+#   and memory grow every step, and once the optimiser updates a weight an old graph saved,
+#   an in-place error comes back.
+# - Gradients add up: one backward of `Σ w_k L_k` equals K backwards. `encode()` once gives
+#   the same gradients with one forward (**holds**); one backward of the sum removes the
+#   retained graph too.
+# - Keep no graph across steps: detach the state you carry (lesson 03a), and backpropagate
+#   once. The checker counts forwards and backward passes to hold you to it.
+# - Docs: [Saved tensors](https://docs.pytorch.org/docs/stable/notes/autograd.html#saved-tensors),
+#   [`torch.Tensor.backward`](https://docs.pytorch.org/docs/stable/generated/torch.Tensor.backward.html).

@@ -202,8 +202,10 @@ assert tensor_mb.iloc[1:].max() <= 1.01 * tensor_mb.iloc[1], "flat after the fir
 # mixes layers (lesson 03b shows it on two samples).
 #
 # > **Reconstruction.** As written, the summary's line adds `K` slot means to `L` layer
-# > importances and raises a shape error whenever `K` differs from `L` (lesson 03b raises
-# > it). To measure its fix at all, the lab pads the `K` slot means with zeros to length `L`
+# > importances: a shape error unless `K` is 1 (broadcast) or equals `L`. This run's model
+# > (`L` = 4, top-2) and the catalog's (`L` = 3, top-2) both hit it (lesson 03b raises
+# > it). To measure the summary's fix at all, the lab pads the `K` slot means with zeros to
+# > length `L`
 # > (`mahiax.bugs.stateful._slot_means_at_layer_indices`, shown in lesson 03b); the verdict
 # > below is measured on that adaptation.
 

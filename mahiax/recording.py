@@ -80,7 +80,7 @@ def record_training(
     )
     if resume:
         writer.rewind(trainer.step_num)  # rows past the checkpoint are recomputed, not kept
-    probe = TrainingProbe(writer, cadence)
+    probe = TrainingProbe(writer, cadence, trainer=trainer)  # reads memory after each forward
     step = trainer.step_num
     try:
         while trainer.step_num < steps:
@@ -105,6 +105,7 @@ def record_training(
     else:
         writer.finish("finished")
     finally:
+        probe.close()
         writer.close()
     return trainer
 

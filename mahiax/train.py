@@ -141,6 +141,9 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
         self.step_num = 0
+        # called with each step's loss after the forward, before the backward frees its
+        # graph: the memory probe reads what the graph saved (observers only read)
+        self.graph_observers: list[Callable[[torch.Tensor], None]] = []
 
     def loss_of(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """Forward and losses of one batch: (total, task losses (K,), weights (K,), extras)."""
@@ -162,6 +165,8 @@ class Trainer:
             group["lr"] = lr
         # 1-2. one forward, all losses
         total, losses, weights, extras = self.loss_of(batch)
+        for observe in self.graph_observers:
+            observe(total)
         # 3. one backward
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(total)

@@ -25,12 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_probes_do_not_change_what_the_model_computes(tmp_path):
-    """Training with every probe writing gives bit-identical losses to training without."""
+    """Training with every probe writing gives bit-identical losses to training without:
+    memory by category walks each step's graph between the forward and the backward, and
+    the full memory scan runs at every step."""
     c = tiny().replace(max_steps=30)
     plain = [r.loss for r in Trainer(c).fit(30)]
     trainer = Trainer(c)
     writer = RunWriter("probed", c.to_dict(), path=tmp_path / "s.sqlite")
-    probe = TrainingProbe(writer, Cadence(snapshot_every=1, memory_every=1))
+    probe = TrainingProbe(writer, Cadence(snapshot_every=1, memory_every=1), trainer=trainer)
     probed = []
     for _ in range(30):
         rec = trainer.step()
@@ -62,10 +64,12 @@ def test_recorded_run_has_every_documented_series(recorded):
     expected = {"loss", "moe/aux_loss", "moe/z_loss", "moe/cv", "moe/entropy",
                 "moe/max_over_mean", "moe/dead", "moe/dropped", "optim/grad_norm",
                 "optim/lr", "amp/scale", "amp/skipped", "amp/skipped_total", "time/step_s",
-                "time/samples_per_s", "mem/rss", "mem/tensor_bytes", "mem/peak"}
+                "time/samples_per_s", "mem/rss", "mem/tensor_bytes", "mem/peak", "mem/params",
+                "mem/grads", "mem/optimizer", "mem/saved", "mem/other", "mem/total"}
     expected |= {f"{p}/{t}" for t in c.tasks for p in ("loss", "weight", "dwa/ratio")}
     assert expected <= set(scal.columns)
     assert scal["mem/tensor_bytes"].dropna().index.tolist() == [0, 10, 20]
+    assert not {"mem/allocated", "mem/reserved", "mem/spike"} & set(scal.columns)  # a CPU run
     tpe = reader.vectors("tiny-30", "moe/tokens_per_expert")
     assert tpe.shape == (30, c.num_experts)
     assert (tpe.sum(axis=1) == c.batch_size * c.seq_len * c.top_k).all()
@@ -76,6 +80,61 @@ def test_recorded_run_has_every_documented_series(recorded):
     adj = reader.snapshot("tiny-30", "memory/adjacency", 0)
     assert adj.shape == (c.memory_nodes, c.memory_nodes)
     assert abs(float(adj.sum(axis=1).mean()) - 1.0) < 1e-5  # row-stochastic
+
+
+def test_recorded_run_has_memory_by_category_every_step(recorded):
+    """Read after each forward: parameters flat, the step's saved activations present at
+    every step; the CPU scan ("other", the total) at the memory cadence, adding up."""
+    store, _ = recorded
+    mem = RunReader(store).scalars("tiny-30", ["mem/params", "mem/grads", "mem/optimizer",
+                                                "mem/saved", "mem/other", "mem/total",
+                                                "mem/tensor_bytes", "mem/peak"])
+    every = mem[["mem/params", "mem/grads", "mem/optimizer", "mem/saved"]]
+    assert every.notna().all().all() and list(every.index) == list(range(30))
+    assert mem["mem/params"].nunique() == 1 and (mem["mem/saved"] > 0).all()
+    assert mem["mem/grads"].iloc[0] == 0  # step 0's forward: no gradient exists yet
+    grads = mem["mem/grads"].iloc[1:]  # the last step's (a fabric block no sample chose has
+    assert ((grads > 0) & (grads <= mem["mem/params"].iloc[1:])).all()  # none)
+    assert mem["mem/optimizer"].iloc[0] == 0 and (mem["mem/optimizer"].iloc[1:] > 0).all()
+    full = mem.dropna()
+    assert list(full.index) == [0, 10, 20]
+    parts = full[["mem/params", "mem/grads", "mem/optimizer", "mem/saved", "mem/other"]]
+    assert (parts.sum(axis=1) == full["mem/total"]).all()
+    assert (full["mem/tensor_bytes"] == full["mem/total"]).all()  # the older name, same figure
+    assert (full["mem/peak"] >= full["mem/total"]).all()
+
+
+def test_probe_measures_the_trainers_device_on_a_gpu_machine(tmp_path, monkeypatch):
+    """A GPU exists (simulated) but the trainer runs on the CPU: the probe reads the CPU,
+    and spike capture says it is off and why."""
+
+    class Keep:
+        def __init__(self):
+            self.metrics = {}
+
+        def log(self, metrics, step):
+            self.metrics[step] = dict(metrics)
+
+        def log_vector(self, key, values, step):
+            pass
+
+        def log_tensor(self, key, tensor, step):
+            pass
+
+    trainer, keep = Trainer(tiny()), Keep()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    probe = TrainingProbe(keep, Cadence(memory_every=1), trainer=trainer)
+    probe.observe(trainer, trainer.step())
+    assert probe.meter.device == torch.device("cpu") and probe.meter.label == "CPU"
+    m = keep.metrics[0]
+    assert m["mem/tensor_bytes"] == m["mem/total"] > 0 and "mem/allocated" not in m
+    assert "measured on the CPU" in probe.spikes.status and not probe.spikes.enabled
+
+
+def test_probe_cadence_validates_spike_settings():
+    with pytest.raises(ValueError, match=r"spike_bytes=0 must be a positive number of bytes"):
+        Cadence(spike_bytes=0)
+    assert Cadence(spike_bytes=None).spike_bytes is None
 
 
 def test_resumed_run_reproduces_the_uninterrupted_losses_exactly(tmp_path):

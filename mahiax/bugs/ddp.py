@@ -266,7 +266,7 @@ def _unused_run(variant: str, steps: int, candidate: object = None) -> Outcome:
     idle: list[list[int]] = []
     step_ms: list[float] = []
     memory_every = max(1, steps // 20)
-    meter = MemoryMeter()
+    meter = MemoryMeter("cpu")  # TinyMoE trains on the CPU (gloo), GPU or not
     worst: float | None = None
     with isolated(), one_process_group():
         model = TinyMoE(experts_cls).double()
@@ -480,7 +480,7 @@ def _buffer_rank(variant: str, steps: int, sync: Sync | None) -> Callable[[int, 
                                "tensor_bytes": [], "losses": [], "grad_diff": [],
                                "damage": [], "version_bumps": 0, "overwritten": [],
                                "nodes": [], "warnings": [str(w.message) for w in caught]}
-        meter = MemoryMeter() if rank == 0 else None
+        meter = MemoryMeter("cpu") if rank == 0 else None  # the ranks train on the CPU
         memory_every = max(1, steps // 20)
         for step in range(steps):
             xg, yg = global_tokens(step, world)  # (world*TOKENS, D) each

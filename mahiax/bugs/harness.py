@@ -2,7 +2,9 @@
 
 Every run is fresh and leaves no trace: a new model from a fixed seed, its own data
 generator, the RNG forked, anomaly mode and grad mode restored afterwards. At each step the
-harness records the autograd graph size, the live tensor bytes (MemoryMeter), and the largest
+harness records the autograd graph size, the live tensor bytes and memory by category
+(MemoryMeter, on the CPU the model trains on; the graph is read after the step's backward, so
+"saved for backward" is what the graph still holds: 0 unless it was retained), and the largest
 difference between the variant's gradients and those of the **clean** package model loaded
 with the same weights and state at the start of the step (float64, so 1e-6 is a real bound).
 Exceptions are caught and recorded with their step, type and PyTorch's own message.
@@ -14,6 +16,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +25,9 @@ from mahiax.config import MahiaConfig, tiny
 from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.model import HybridEfficientModel
 from mahiax.weighting import LossWeighting, make_weighting
+
+if TYPE_CHECKING:
+    from mahiax.telemetry import MemoryMeter
 
 SEED = 1234
 
@@ -163,7 +169,8 @@ _OBSERVER: ContextVar[Callable[[dict], None] | None] = ContextVar(
 def observing(callback: Callable[[dict], None]) -> Iterator[None]:
     """Call ``callback(row)`` after every step of catalog runs started inside.
 
-    ``row`` has ``step``, ``variant``, ``graph_nodes``, ``loss`` and ``loss/<task>``, and
+    ``row`` has ``step``, ``variant``, ``graph_nodes``, ``loss`` and ``loss/<task>``, memory
+    by category (``mem/params``, ``mem/grads``, ``mem/optimizer``, ``mem/saved``), and
     ``tensor_bytes`` / ``grad_diff`` when measured: what ``mahiax train --bug`` records live.
     """
     token = _OBSERVER.set(callback)
@@ -230,13 +237,14 @@ def train_variant(
     out = Outcome(entry, variant, steps)
     memory_every = max(1, steps // 20)  # ~20 readings per run; each one scans every object
     out.memory_every = memory_every
-    meter = MemoryMeter() if measure_memory else None
     with isolated(anomaly):
         model = HybridEfficientModel(config).double()
         weighting = (install(model) if install else None) or make_weighting(
             config.weighting, len(config.tasks), config.dwa_temperature, config.dwa_window
         )
         weighting = weighting.double()
+        # the meter measures the device the catalog's model lives on (the CPU), GPU or not
+        meter = MemoryMeter(next(model.parameters()).device) if measure_memory else None
         optimizer = torch.optim.AdamW(
             list(model.parameters()) + list(weighting.parameters()), lr=config.lr
         )
@@ -252,19 +260,24 @@ def train_variant(
                 batch = Batch(raw.tokens, raw.tabular.double(), raw.targets)
                 ctx = StepContext(model, weighting, optimizer, batch, step, config)
                 try:
-                    diff = _one_step(ctx, loop, ref, reference_clip)
+                    diff = _one_step(ctx, loop, ref, reference_clip, meter)
                 except Exception as e:  # the point: record PyTorch's own error and step
                     out.error_type, out.error_message, out.error_step = (
                         type(e).__name__, str(e), step,
                     )
                     break
                 out.graph_nodes.append(ctx.figures.pop("graph_nodes"))
+                memory = ctx.figures.pop("memory", None)  # MemoryCategories, or None
+                if memory is not None:
+                    out.memory_categories.append({"step": step, **memory.to_dict()})
                 if diff is not None:
                     worst = max(worst or 0.0, diff)
                 out.steps_run += 1
                 if on_step is not None:
                     on_step(ctx, out)
                 row = _row(ctx, out, diff)
+                if memory is not None:
+                    row.update(memory.as_metrics())  # mem/params, mem/saved, ...
                 del ctx
                 if meter is not None and (step % memory_every == 0 or step == steps - 1):
                     out.tensor_bytes.append(meter.read().tensor_bytes or 0)  # a gc scan
@@ -290,7 +303,8 @@ def _row(ctx: StepContext, out: Outcome, diff: float | None) -> dict:
 
 
 def _one_step(
-    ctx: StepContext, loop: LoopFn, reference: Reference | None, reference_clip: float | None
+    ctx: StepContext, loop: LoopFn, reference: Reference | None, reference_clip: float | None,
+    meter: MemoryMeter | None = None,
 ) -> float | None:
     """One step: the variant's loop, the reference gradients, the optimiser step, commit.
 
@@ -301,6 +315,8 @@ def _one_step(
     model.train()
     loop(ctx)
     ctx.figures["graph_nodes"] = graph_size(ctx.total)
+    if meter is not None:  # after the backward: what the step's graph still holds, by category
+        ctx.figures["memory"] = meter.categories((model, ctx.weighting), ctx.optimizer, ctx.total)
     diff = None
     if reference is not None and ctx.weights is not None:
         # ctx.keep_grads: the loop kept the cycle's gradients (accumulation), so does the reference

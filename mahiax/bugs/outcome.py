@@ -21,6 +21,9 @@ class Outcome:
     error_step: int | None = None  # 0-based step at which it was raised
     graph_nodes: list[int] = field(default_factory=list)  # autograd nodes per step
     tensor_bytes: list[int] = field(default_factory=list)  # live tensor bytes after each step
+    # per step: {"step", "params", "grads", "optimizer", "saved", ...} bytes on the catalog's
+    # device (MemoryCategories.to_dict()), read after the step's backward
+    memory_categories: list[dict[str, object]] = field(default_factory=list)
     max_grad_diff: float | None = None  # largest |grad - clean reference grad| over steps
     state_diff: float | None = None  # entry-specific state error (documented by the entry)
     figures: dict[str, object] = field(default_factory=dict)  # entry-specific measurements

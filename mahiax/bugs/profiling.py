@@ -19,11 +19,14 @@ from mahiax.telemetry import MemoryMeter
 from mahiax.telemetry import legacy_cuda_reading as summary_profiler_mb
 
 MB = 2**20
+CATALOG_DEVICE = "cpu"  # where the catalog trains its float64 models, on any machine
 
 
-def meter_mb() -> float:
-    """What the lab's meter reads: allocator bytes on CUDA, live tensor bytes on CPU."""
-    r = MemoryMeter().read()
+def meter_mb(device: str | torch.device = CATALOG_DEVICE) -> float:
+    """What the lab's meter reads on ``device`` (the catalog's CPU unless told): allocator
+    bytes on a GPU, live tensor bytes on a CPU. Measuring the device the tensors are on is
+    the fix; reading a GPU because one exists would repeat the summary's 0 MB."""
+    r = MemoryMeter(device).read()
     return (r.allocated if r.allocated is not None else r.tensor_bytes) / MB
 
 
@@ -48,7 +51,7 @@ def _run(variant: str, steps: int, candidate: object = None) -> Outcome:
     true_mb = [b / MB for b in out.tensor_bytes]
     out.figures["reported_mb"] = reported
     out.figures["tensor_mb"] = true_mb
-    out.figures["device"] = "cuda" if torch.cuda.is_available() else "cpu (no GPU found)"
+    out.figures["device"] = MemoryMeter(CATALOG_DEVICE).label  # "CPU" or "CPU, no GPU found"
     if true_mb and reported:
         # relative error of the last reading against the live tensor bytes
         out.state_diff = abs(reported[-1] - true_mb[-1]) / max(true_mb[-1], 1e-9)

@@ -1,10 +1,21 @@
-"""A memory meter that reports what this process really holds, on CPU as on GPU.
+"""A memory meter that reports what this process really holds, on the device it is given.
 
 The summary's profiler printed ``torch.cuda.memory_allocated() / 2**20`` and got 0 MB on a
 CPU-only machine: the CUDA caching allocator was never used, so it truthfully counts nothing,
-and the zero says nothing about the model. :class:`MemoryMeter` reads the CUDA allocator on a
-GPU and, on a CPU, counts the bytes of every storage held by a live tensor, plus the process
-RSS on both. A field that does not apply is ``None``, never ``0``.
+and the zero says nothing about the model. A :class:`MemoryMeter` measures **one device,
+named by its caller**: ``MemoryMeter("cpu")`` (the default) counts the bytes of every storage
+held by a live CPU tensor; ``MemoryMeter("cuda")`` / ``"cuda:N"`` reads that GPU's caching
+allocator. It never picks a GPU because one exists: a model trained on the CPU of a GPU
+machine is measured on the CPU (the allocator would say 0 there too). Process RSS comes with
+every reading. A field that does not apply is ``None``, never ``0``.
+
+Two readings:
+
+- :meth:`MemoryMeter.read`: totals (:class:`MemoryReading`). On a CPU this is a scan of
+  every live object (tens of milliseconds): read it every few hundred steps.
+- :meth:`MemoryMeter.categories`: parameters, gradients, optimizer state and memory saved
+  for backward (:class:`~mahiax.telemetry.categories.MemoryCategories`), cheap enough for
+  every step; with ``full=True`` on a CPU it adds the scan to fill "other" and the total.
 
 "MB" in :meth:`MemoryReading.format` means 2**20 bytes, the unit the summary printed.
 
@@ -16,24 +27,40 @@ How CPU tensor bytes are found, and why both sources are needed:
   (``y = (x * w).exp().sum(); del x`` keeps ``x`` and the ``exp`` result alive inside ``y``'s
   graph). They are reached by walking each tensor's ``grad_fn`` graph and reading the nodes'
   ``_saved_*`` attributes; retained graphs are exactly the memory that grows under the
-  summary's retain_graph band-aid.
+  summary's retain-graph band-aid.
 
 Storages are counted once: views and aliases share a storage, keyed by its data pointer and
-size. Cost: the scan visits every object the garbage collector tracks. Measured: one read
-with 3,000 live tensors and 300 small graphs, among ~180,000 Python objects, takes ~60 ms on
-this lab's CPU (mostly the ``gc.get_objects()`` filter), so read between steps, not inside one.
+size. Cost of the scan: it visits every object the garbage collector tracks. Measured: one
+read with 3,000 live tensors and 300 small graphs, among ~180,000 Python objects, takes
+~60 ms on this lab's CPU (mostly the ``gc.get_objects()`` filter).
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import psutil
 import torch
+from torch import nn
+
+from mahiax.telemetry.categories import (
+    MemoryCategories,
+    Storages,
+    add_storage,
+    add_tensors,
+    device_filter,
+    grad_fn_of,
+    has_attribute,
+    optimizer_tensors,
+    saved_bytes,
+    saved_names,
+)
 
 MB = 2**20  # the summary's unit
+ALLOWED = "'cpu', 'cuda', 'cuda:N' or a torch.device of one of those"
 
 
 def legacy_cuda_reading() -> float:
@@ -78,61 +105,224 @@ def _mb(n: int | None) -> str:
     return f"{n / MB:.1f} MB"
 
 
-class MemoryMeter:
-    """Reads memory for one device; ``MemoryMeter()`` picks ``cuda:0`` if present, else CPU."""
+def meter_device(device: str | torch.device) -> torch.device:
+    """The device a meter measures: ``cpu`` or ``cuda:N`` (``cuda`` is the current GPU).
 
-    def __init__(self, device: str | torch.device | None = None):
-        if device is None:
-            device = "cuda:0" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        if dev.type not in ("cpu", "cuda"):
-            raise ValueError(f"MemoryMeter measures 'cpu' or 'cuda', not {dev.type!r}")
-        self.device = dev
+    Raises ValueError naming what is allowed for anything else, and for a GPU this machine
+    does not have.
+    """
+    if isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(
+                f"MemoryMeter device {device!r} is not a device; use {ALLOWED}"
+            ) from None
+    elif isinstance(device, torch.device):
+        dev = device
+    else:
+        raise ValueError(
+            f"MemoryMeter device must be {ALLOWED}, not {type(device).__name__} {device!r}"
+        )
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ValueError(f"MemoryMeter measures {ALLOWED}; {str(dev)!r} is not one of those")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"MemoryMeter device {str(dev)!r}: no CUDA GPU is available here; measure 'cpu'"
+        )
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise ValueError(
+            f"MemoryMeter device {str(dev)!r}: this machine has {count} GPU(s), "
+            f"cuda:0..cuda:{count - 1}"
+        )
+    return torch.device("cuda", index)
+
+
+class MemoryMeter:
+    """Reads memory for one device: ``"cpu"`` (the default), ``"cuda"`` or ``"cuda:N"``.
+
+    Give it the device the measured tensors live on (the trainer's device, the catalog's):
+    a CPU run on a GPU machine reads the CPU, a CUDA run reads the allocator.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = meter_device(device)
+        self._on_device = device_filter(self.device)
         self._process = psutil.Process()
-        self._cpu_peak = 0
+        self._cpu_peak: int | None = None  # largest CPU total seen (reads and full scans)
+        # Parameters and optimizer state keep their storages from step to step (updates are
+        # in place), so their lists and storages are kept here and looked up again on every
+        # full reading, when other modules are given, or when the optimizer state changes.
+        # (A parameter given a new storage by ``p.data = ...`` is seen at the next of those.)
+        self._modules: tuple[nn.Module, ...] = ()
+        self._params: list[torch.Tensor] = []
+        self._param_storages: Storages = {}
+        self._opt_key: tuple[Any, ...] | None = None
+        self._opt_storages: Storages = {}
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def label(self) -> str:
+        """``GPU <name>``, ``CPU``, or ``CPU, no GPU found`` (so a CPU reading is never taken
+        for a GPU's)."""
+        if self.is_cuda:
+            return f"GPU {torch.cuda.get_device_name(self.device)}"
+        return "CPU" if torch.cuda.is_available() else "CPU, no GPU found"
+
+    # -- totals ----------------------------------------------------------------------------
 
     def read(self) -> MemoryReading:
+        """Totals: the allocator's figures on a GPU, live tensor bytes on a CPU (a scan)."""
         rss = self._process.memory_info().rss
-        if self.device.type == "cuda":
+        if self.is_cuda:
             return MemoryReading(
                 device=str(self.device),
-                label=f"GPU {torch.cuda.get_device_name(self.device)}",
+                label=self.label,
                 rss=rss,
                 allocated=torch.cuda.memory_allocated(self.device),
                 reserved=torch.cuda.memory_reserved(self.device),
                 peak=torch.cuda.max_memory_allocated(self.device),
             )
         held = cpu_tensor_bytes()
-        self._cpu_peak = max(self._cpu_peak, held)
-        label = "CPU" if torch.cuda.is_available() else "CPU, no GPU found"
+        self._cpu_peak = max(self._cpu_peak or 0, held)
         return MemoryReading(
-            device="cpu", label=label, rss=rss, tensor_bytes=held, peak=self._cpu_peak
+            device="cpu", label=self.label, rss=rss, tensor_bytes=held, peak=self._cpu_peak
         )
+
+    # -- by category -----------------------------------------------------------------------
+
+    def categories(
+        self,
+        model: nn.Module | Iterable[nn.Module],
+        optimizer: torch.optim.Optimizer | None = None,
+        graph: torch.Tensor | None = None,
+        full: bool = False,
+    ) -> MemoryCategories:
+        """What holds this device's memory now: parameters, gradients, optimizer state, and
+        the tensors ``graph`` (a loss) saved for backward.
+
+        ``model`` is a module or several (the model and its loss weighting). Read the graph
+        after the forward and before the backward frees it to see the step's activations;
+        read it after a backward to see what stays retained (``retain_graph=True``, or older
+        graphs reached through state that was never detached). On a GPU the allocator gives
+        "other" (allocated minus the four categories), reserved and peak every time; on a CPU
+        "other" and the total need ``full=True``, a scan of every live object (~60 ms).
+        """
+        on = self._on_device
+        params = self._parameters(model, refresh=full)
+        storages: Storages = dict(self._param_storages)
+        n_params = sum(storages.values())
+        n_grads = add_tensors((p.grad for p in params), on, storages)
+        n_opt = 0
+        if optimizer is not None:
+            opt = self._optimizer_storages(optimizer, refresh=full)
+            n_opt = sum(n for key, n in opt.items() if key not in storages)
+            storages.update(opt)
+        n_saved = saved_bytes(graph, self.device, storages)
+        cats = MemoryCategories(
+            device=str(self.device), label=self.label, params=n_params, grads=n_grads,
+            optimizer=n_opt, saved=n_saved,
+        )
+        if self.is_cuda:
+            cats.total = torch.cuda.memory_allocated(self.device)
+            cats.other = cats.total - cats.known
+            cats.reserved = torch.cuda.memory_reserved(self.device)
+            cats.peak = torch.cuda.max_memory_allocated(self.device)
+        elif full:
+            live = live_storages()
+            cats.other = sum(n for key, n in live.items() if key not in storages)
+            cats.total = cats.known + cats.other
+            self._cpu_peak = max(self._cpu_peak or 0, cats.total)
+            cats.peak = self._cpu_peak
+        return cats
+
+    def _parameters(self, model: nn.Module | Iterable[nn.Module],
+                    refresh: bool) -> list[torch.Tensor]:
+        """The distinct parameters of ``model``; their storages go to ``_param_storages``."""
+        modules = (model,) if isinstance(model, nn.Module) else tuple(model)
+        for m in modules:
+            if not isinstance(m, nn.Module):
+                raise TypeError(
+                    "MemoryMeter.categories takes an nn.Module or an iterable of them, "
+                    f"not {type(m).__name__}"
+                )
+        same = len(modules) == len(self._modules) and all(
+            a is b for a, b in zip(modules, self._modules, strict=True)
+        )
+        if refresh or not same:
+            seen: dict[int, torch.Tensor] = {}
+            for m in modules:
+                for p in m.parameters():
+                    seen.setdefault(id(p), p)
+            self._modules, self._params = modules, list(seen.values())
+            self._param_storages = {}
+            add_tensors(self._params, self._on_device, self._param_storages)
+        return self._params
+
+    def _optimizer_storages(self, optimizer: torch.optim.Optimizer, refresh: bool) -> Storages:
+        """Storages of the optimizer's state tensors, looked up again when the state dict is
+        replaced (``load_state_dict``) or gains entries (parameters getting state); the
+        optimizers update their state tensors in place."""
+        key = (optimizer, optimizer.state, len(optimizer.state))
+        old = self._opt_key
+        if refresh or old is None or old[0] is not key[0] or old[1] is not key[1] \
+                or old[2] != key[2]:
+            self._opt_key, self._opt_storages = key, {}
+            add_tensors(optimizer_tensors(optimizer), self._on_device, self._opt_storages)
+        return self._opt_storages
+
+
+# ---- the CPU scan --------------------------------------------------------------------------
 
 
 def cpu_tensor_bytes() -> int:
     """Bytes of the distinct CPU storages held by Python tensors and by their autograd graphs."""
-    storages: dict[tuple[int, int], int] = {}
+    return sum(live_storages().values())
+
+
+def live_storages() -> Storages:
+    """Every distinct CPU storage held by a live Python tensor or by the autograd graphs they
+    lead to (saved tensors, and leaves only a graph still holds)."""
+    storages: Storages = {}
     nodes: dict[int, Any] = {}  # id -> node; holding the node keeps its id unique meanwhile
     stack: list[Any] = []
     kinds = _tensor_types()
     for t in [obj for obj in gc.get_objects() if type(obj) in kinds]:
-        _add_storage(t, storages)
-        grad_fn = _grad_fn(t)
+        if t.is_cpu:  # also skips meta tensors
+            add_storage(t, storages)
+        grad_fn = grad_fn_of(t)
         if grad_fn is not None:
             stack.append(grad_fn)
-    saved_names: dict[type, list[str]] = {}
+    leaf_types: dict[type, bool] = {}
     while stack:
         node = stack.pop()
-        if node is None or id(node) in nodes:
+        if id(node) in nodes:
             continue
         nodes[id(node)] = node
-        for t in _saved_tensors(node, saved_names):
-            _add_storage(t, storages)
-        stack.extend(fn for fn, _ in node.next_functions)
-    return sum(storages.values())
+        names = saved_names(node)
+        kind = type(node)
+        if kind not in leaf_types:  # AccumulateGrad holds its leaf as `variable`
+            leaf_types[kind] = has_attribute(node, "variable")
+        if leaf_types[kind]:
+            names = (*names, "variable")
+        for name in names:
+            try:
+                value = getattr(node, name)
+            except RuntimeError:  # freed, or modified in place since it was saved
+                continue
+            values = value if isinstance(value, list | tuple) else (value,)
+            for v in values:
+                if isinstance(v, torch.Tensor) and v.is_cpu:
+                    add_storage(v, storages)
+        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+    return storages
 
 
 def _tensor_types() -> set[type]:
@@ -147,55 +337,3 @@ def _tensor_types() -> set[type]:
             kinds.add(kind)
             todo.extend(kind.__subclasses__())
     return kinds
-
-
-def _grad_fn(t: torch.Tensor) -> Any:
-    """``t.grad_fn``, or None where reading it raises: a view from a multi-output op (unbind,
-    split) whose base was changed in place refuses it ("Output 0 of Unbind is a view ...").
-    A meter must read the memory of a broken program too, not crash it."""
-    try:
-        return t.grad_fn
-    except RuntimeError:
-        return None
-
-
-def _add_storage(t: torch.Tensor, storages: dict[tuple[int, int], int]) -> None:
-    if not t.is_cpu:  # also skips meta tensors
-        return
-    try:
-        s = t.untyped_storage()
-    except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts
-        return
-    n = s.nbytes()
-    if n:
-        storages[(s.data_ptr(), n)] = n
-
-
-def _saved_tensors(node: Any, names_cache: dict[type, list[str]]) -> list[torch.Tensor]:
-    """Tensors an autograd node holds for backward; empty once the graph has been freed."""
-    kind = type(node)
-    if kind not in names_cache:
-        names_cache[kind] = [a for a in dir(node) if a.startswith("_saved_")] + [
-            a for a in ("saved_tensors", "variable") if _has_attribute(node, a)
-        ]
-    found: list[torch.Tensor] = []
-    for name in names_cache[kind]:
-        try:
-            value = getattr(node, name)
-        except RuntimeError:  # freed, or modified in place since it was saved
-            continue
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif isinstance(value, tuple | list):
-            found.extend(v for v in value if isinstance(v, torch.Tensor))
-    return found
-
-
-def _has_attribute(node: Any, name: str) -> bool:
-    """``hasattr`` for autograd nodes: reading ``saved_tensors`` raises a RuntimeError (not an
-    AttributeError) when a saved tensor was freed or modified in place since it was saved, as
-    in a graph kept alive by a caught in-place error; the attribute exists all the same."""
-    try:
-        return hasattr(node, name)
-    except RuntimeError:
-        return True

@@ -22,8 +22,20 @@ Keys written (scalars unless marked; ``<task>`` is each task name):
 ``amp/skipped_total``
 ``time/step_s``, ``time/samples_per_s``
 ``mem/rss``                           process RSS, bytes (every step: cheap)
-``mem/tensor_bytes``, ``mem/peak``    CPU: live tensor bytes (every ``memory_every`` steps)
-``mem/allocated``, ``mem/reserved``   CUDA allocator bytes (on a GPU)
+``mem/params``, ``mem/grads``,        memory by category on the trainer's device, bytes,
+``mem/optimizer``, ``mem/saved``      every step, read after the forward (the step's graph
+                                      still holds its saved tensors; the gradients are the
+                                      previous step's, not yet cleared)
+``mem/other``, ``mem/total``,         CUDA: every step (allocated minus the categories,
+``mem/peak``                          memory_allocated, max_memory_allocated); CPU: every
+                                      ``memory_every`` steps (a scan of every live object)
+``mem/reserved``                      CUDA: the caching allocator's reserve
+``mem/tensor_bytes``                  CPU: the same figure as ``mem/total`` (older name)
+``mem/allocated``                     CUDA: the same figure as ``mem/total`` (older name)
+``mem/spike``                         CUDA: the jump, bytes, at the step that saved a
+                                      memory snapshot (see :mod:`mahiax.telemetry.spikes`)
+``mem/spike_snapshot`` (snapshot)     that snapshot's path, UTF-8 bytes
+                                      (:func:`~mahiax.telemetry.spikes.spike_snapshots`)
 ``memory/nodes`` (snapshot)           GraphDiffusionMemory nodes (N, D), every
                                       ``snapshot_every`` steps
 ``memory/adjacency`` (snapshot)       its diffusion matrix A (N, N)
@@ -35,12 +47,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import psutil
 import torch
 
+from mahiax.telemetry.categories import MemoryCategories
 from mahiax.telemetry.memory_meter import MemoryMeter
+from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture, encode_path
 
 
 class Logger(Protocol):
@@ -55,31 +70,96 @@ class Logger(Protocol):
 
 @dataclass(frozen=True)
 class Cadence:
-    """How often each kind of reading is taken (in steps). Scalars: every step."""
+    """How often each kind of reading is taken (in steps), and when memory is a spike.
+
+    Scalars, memory by category included, are written every step.
+    """
 
     snapshot_every: int = 25  # memory nodes, adjacency, ring buffer
-    memory_every: int = 250  # full MemoryMeter read: a scan of every live object (~80 ms)
+    memory_every: int = 250  # CPU: full memory reading, a scan of every live object (~80 ms)
+    spike_bytes: int | None = 128 * 2**20  # CUDA: a step whose allocated or peak memory rises
+    #                                        by more than this saves one memory snapshot
+    #                                        (None: never)
+    spike_history: int = 100_000  # CUDA: allocation events the snapshot's ring buffer keeps
 
     def __post_init__(self) -> None:
-        for name in ("snapshot_every", "memory_every"):
+        for name in ("snapshot_every", "memory_every", "spike_history"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
+        v = self.spike_bytes
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ValueError(f"spike_bytes={v!r} must be a positive number of bytes or None")
 
 
 class TrainingProbe:
-    """Turns each :class:`~mahiax.train.StepRecord` plus the model's state into log rows."""
+    """Turns each :class:`~mahiax.train.StepRecord` plus the model's state into log rows.
 
-    def __init__(self, logger: Logger, cadence: Cadence | None = None):
+    Memory is measured on the trainer's device. Given the trainer (here or by
+    :meth:`attach`), the probe reads memory by category right after each forward, while the
+    step's graph still holds what it saved for backward; a probe first meeting its trainer
+    in :meth:`observe` reads that first step after it, when the graph is already freed.
+    """
+
+    def __init__(self, logger: Logger, cadence: Cadence | None = None, trainer=None,
+                 snapshot_dir: str | Path | None = None):
         self.logger = logger
         self.cadence = cadence or Cadence()
-        self.meter = MemoryMeter()
+        self.meter: MemoryMeter | None = None
+        self.spikes: SpikeCapture | None = None
+        self._snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
+        self._trainer = None
+        self._reading: tuple[int, MemoryCategories] | None = None  # (step, after forward)
         self._process = psutil.Process()
+        if trainer is not None:
+            self.attach(trainer)
+
+    def attach(self, trainer) -> None:
+        """Measure ``trainer``'s device and read memory by category after each of its
+        forwards; arm spike capture (CUDA only)."""
+        if self._trainer is trainer:
+            return
+        self._trainer = trainer
+        self.meter = MemoryMeter(trainer.device)
+        trainer.graph_observers.append(self._after_forward)
+        if self.spikes is not None:
+            self.spikes.stop()
+        self.spikes = SpikeCapture(
+            self.meter.device, self.cadence.spike_bytes, self._spike_dir(),
+            max_entries=self.cadence.spike_history,
+        )
+        self.spikes.start()
+
+    def close(self) -> None:
+        """Stop the allocator history recording spike capture may have left on."""
+        if self.spikes is not None:
+            self.spikes.stop()
+
+    def _spike_dir(self) -> Path | None:
+        """``<store dir>/memory_snapshots/<run name>`` for a run-store writer."""
+        if self._snapshot_dir is not None:
+            return self._snapshot_dir
+        path, name = getattr(self.logger, "path", None), getattr(self.logger, "name", None)
+        if path is None or name is None:
+            return None
+        return Path(path).parent / "memory_snapshots" / str(name)
+
+    def _categories(self, trainer, graph: torch.Tensor | None, step: int) -> MemoryCategories:
+        assert self.meter is not None
+        return self.meter.categories(
+            (trainer.model, trainer.weighting), trainer.optimizer, graph,
+            full=step % self.cadence.memory_every == 0,
+        )
+
+    def _after_forward(self, loss: torch.Tensor) -> None:
+        trainer = self._trainer
+        self._reading = (trainer.step_num, self._categories(trainer, loss, trainer.step_num))
 
     @torch.no_grad()
     def observe(self, trainer, record) -> None:
         """Write everything about the step ``record`` describes (call after ``step()``)."""
         step, c = record.step, self.cadence
+        self.attach(trainer)
         m = {"loss": record.loss}
         for task, v in record.task_losses.items():
             m[f"loss/{task}"] = v
@@ -107,18 +187,33 @@ class TrainingProbe:
             "time/samples_per_s": record.samples_per_s,
             "mem/rss": self._process.memory_info().rss,
         })
-        if step % c.memory_every == 0:
-            r = self.meter.read()
-            for key in ("tensor_bytes", "peak", "allocated", "reserved"):
-                value = getattr(r, key)
-                if value is not None:
-                    m[f"mem/{key}"] = value
+        m.update(self._memory(trainer, step))
         self.logger.log(m, step)
         self.logger.log_vector("moe/tokens_per_expert", load["tokens_per_expert"], step)
         importance = trainer.model.fabric.controller.importance
         self.logger.log_vector("fabric/importance", importance.tolist(), step)
         if step % c.snapshot_every == 0:
             self.snapshot(trainer, step)
+
+    def _memory(self, trainer, step: int) -> dict[str, float]:
+        """This step's ``mem/*`` figures; saves a snapshot if memory spiked (CUDA)."""
+        reading, self._reading = self._reading, None
+        if reading is not None and reading[0] == step:
+            cats = reading[1]
+        else:  # attached after this step's forward: its graph is gone, read what is left
+            cats = self._categories(trainer, None, step)
+        m = cats.as_metrics()
+        if cats.total is not None:  # the total under its older names
+            m["mem/allocated" if cats.device.startswith("cuda") else "mem/tensor_bytes"] = \
+                float(cats.total)
+        assert self.spikes is not None
+        spike = self.spikes.after_step(step)
+        if spike is not None:
+            m[SPIKE_KEY] = float(spike.jump)
+            store = getattr(self.logger, "path", None)
+            where = encode_path(spike.path, Path(store).parent if store is not None else None)
+            self.logger.log_tensor(SPIKE_SNAPSHOT_KEY, where, step)
+        return m
 
     @torch.no_grad()
     def snapshot(self, trainer, step: int) -> None:

@@ -225,6 +225,26 @@ assert summary_out.graph_growth() > 0 and fixed_out.graph_growth() == 0
 assert "modified by an inplace operation" in summary_out.error_message
 
 # %% [markdown]
+# Reading the message: `[32, 16]` is a Linear's weight as its matrix product saved it,
+# transposed (`weight.t()`, a view). Once AdamW has updated the weight in place, autograd
+# describes that view as **AsStrided** (the general view: sizes, strides and an offset;
+# lesson 06 decodes it fully). "expected version 1": initialisation wrote the weight once;
+# "version 3": AdamW's step wrote it twice more (weight decay, then the update). The same
+# message from one `Linear(32, 16)`:
+
+# %%
+layer = torch.nn.Linear(32, 16).double()  # weight (16, 32)
+print("weight version after init:", layer.weight._version)
+x = torch.randn(4, 32, dtype=torch.float64, requires_grad=True)  # (4, 32)
+y = layer(x)  # (4, 16); the product saved weight.t(), (32, 16)
+y.sum().backward(retain_graph=True)
+torch.optim.AdamW(layer.parameters(), lr=1e-3).step()
+print("weight version after one AdamW step:", layer.weight._version)
+with lessons.expect_error(RuntimeError, "[32, 16]], which is output 0 of AsStrided, is at "
+                                        "version 3; expected version 1"):
+    y.sum().backward()  # the retained graph, after the weight changed
+
+# %% [markdown]
 # ## 4. The long-term solution: `encode()` once, one backward
 #
 # The original ran a whole forward for every loss. `encode()` computes the fused features

@@ -771,6 +771,9 @@ def screenshot_memory_page(store: Path, dest: Path, run: str | None = None) -> d
 
     with tempfile.TemporaryDirectory() as tmp:
         work = copy_store(store, Path(tmp) / "mahiax.sqlite")  # the source may be read-only
+        snapshots = store.parent / "memory_snapshots"  # spike snapshots: paths relative to it
+        if snapshots.is_dir():
+            shutil.copytree(snapshots, Path(tmp) / snapshots.name)
         with RunReader(work) as reader:
             table = reader.runs()
         if run is None:  # the newest CUDA run, an fp16 one (its loss scale) if there is one

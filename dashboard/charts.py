@@ -53,12 +53,14 @@ _TOTAL_STYLES = {  # lines drawn over the stack
 
 
 def memory_stack(stacked: pd.DataFrame, totals: pd.DataFrame, title: str,
-                 y_title: str = "MB", y_max: float | None = None) -> go.Figure:
+                 y_title: str = "MB", y_max: float | None = None,
+                 marks: dict[int, str] | None = None) -> go.Figure:
     """Memory categories stacked as areas over steps, the total, peak and reserve as lines.
 
     ``stacked``: column per category (same order and colours on every chart); ``totals``: any
     of ``total``, ``peak``, ``reserved``, NaN where not read (drawn with markers when sparse).
-    ``y_max`` fixes the y range, so charts of several runs can be compared by eye."""
+    ``y_max`` fixes the y range, so charts of several runs can be compared by eye; ``marks``
+    draws a dotted vertical line at each step given, with its label (e.g. a spike)."""
     fig = go.Figure()
     for i, col in enumerate(stacked.columns):
         colour = _CATEGORY_COLOURS[i % len(_CATEGORY_COLOURS)]
@@ -71,6 +73,8 @@ def memory_stack(stacked: pd.DataFrame, totals: pd.DataFrame, title: str,
         fig.add_trace(go.Scatter(x=series.index, y=series, name=str(col),
                                  mode="lines+markers" if sparse else "lines",
                                  line=_TOTAL_STYLES.get(str(col), {})))
+    for step, label in (marks or {}).items():
+        fig.add_vline(x=step, line_dash="dot", line_color="red", annotation_text=label)
     fig.update_layout(title=title, xaxis_title="step", yaxis_title=y_title, **_LAYOUT)
     if y_max is not None:
         fig.update_yaxes(range=[0, y_max])

@@ -130,6 +130,18 @@ def live_snapshots(path: str, info: dict, key: str) -> dict[int, np.ndarray]:
     return held
 
 
+def spike_snapshots(path: str, info: dict) -> dict[int, Path]:
+    """The run's GPU memory-spike snapshots, ``{step: path of the .pickle}`` (usually none:
+    at most one per run, and only on a GPU)."""
+    from mahiax.telemetry.spikes import SPIKE_SNAPSHOT_KEY
+    from mahiax.telemetry.spikes import spike_snapshots as read
+
+    reader = get_reader(path)
+    if SPIKE_SNAPSHOT_KEY not in reader.snapshot_keys(info["name"]):
+        return {}
+    return read(reader, info["name"])
+
+
 def forget_run(path: str, name: str) -> None:
     """Drop this session's cache of a run (it was deleted)."""
     st.session_state.get(LIVE_KEY, {}).pop((path, name), None)

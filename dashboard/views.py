@@ -4,6 +4,7 @@ re-reads only new steps; every store fault becomes a message on the page, never 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -313,17 +314,19 @@ def memory_body(path: str, info: dict) -> None:
     gpu = device.startswith("cuda")
     where = f"**{'GPU' if gpu else 'CPU'}** memory (device `{device or 'unknown'}`)"
     mem = processing.memory_by_category(df)
+    spikes = data.spike_snapshots(path, info)
     if mem.empty:
         st.info(f"{where}. This run logged no memory by category (it was recorded before "
                 "categories were logged): showing the totals it has.")
         _memory_totals(df, gpu)
     else:
-        _memory_categories(df, mem, gpu, where)
+        _memory_categories(df, mem, gpu, where, spikes)
+    _memory_spikes(df, spikes)
     _amp(df, info)
 
 
 def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: bool,
-                       where: str) -> None:
+                       where: str, spikes: dict[int, Path]) -> None:
     """Latest figures, then the stacked chart of the categories with total and peak."""
     if gpu:
         st.info(f"{where}, read from the CUDA allocator every step: 'other' is allocated "
@@ -342,15 +345,35 @@ def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: 
     for col, label in zip(cols, shown, strict=True):
         step, value = last.get(label, (newest, None))
         older = f" (step {step})" if step != newest else ""
-        col.metric(label + older, "–" if value is None else f"{value:.2f} MB")
+        col.metric(label + older, "–" if value is None else _megabytes(value))
     stacked, totals = _ds(mem.stacked), mem.totals
     if len(totals) > _max_points():
         totals = _ds(totals)
     title = f"Memory by category ({'GPU' if gpu else 'CPU'})"
-    _chart(charts.memory_stack(stacked, totals, title))
+    _chart(charts.memory_stack(stacked, totals, title, marks={s: "spike" for s in spikes}))
     if not gpu and _present(df, ["mem/rss"]):
         _chart(charts.lines(_ds(processing.to_megabytes(df[["mem/rss"]])),
                             "Process RSS (all memory of the process, not only tensors)", "MB"))
+
+
+def _megabytes(mb: float) -> str:
+    """Three significant figures at most, so eight figures fit side by side."""
+    return f"{mb:.0f} MB" if mb >= 100 else f"{mb:.3g} MB"
+
+
+def _memory_spikes(df: pd.DataFrame, spikes: dict[int, Path]) -> None:
+    """Where the memory snapshot of a spike was saved, and how to open it."""
+    from mahiax.telemetry.spikes import SPIKE_KEY, VIEWER
+
+    for step, file in sorted(spikes.items()):
+        jump = df[SPIKE_KEY].get(step) if SPIKE_KEY in df.columns else None
+        rose = "" if jump is None or pd.isna(jump) else \
+            f": allocated memory rose {jump / 1e6:.1f} MB in one step"
+        here = "" if file.exists() else " (not on this machine: the run trained elsewhere)"
+        st.warning(f"**Memory spike at step {step}**{rose}. A snapshot of the allocator's "
+                   f"history around it was saved to `{file}`{here}. Open it at {VIEWER} "
+                   "(drop the file on the page) to see every allocation with the Python "
+                   "stack that made it.")
 
 
 def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:

@@ -67,10 +67,19 @@ def corrupt_store(root: Path) -> Path:
     return path
 
 
+SPIKE_STEP = 5
+
+
 def gpu_categories_store(root: Path) -> Path:
     """A run recorded on ``cuda:0`` (written here: the dashboard only reads the figures), with
-    every memory category every step, as the probes log them on a GPU."""
+    every memory category every step, as the probes log them on a GPU, and one memory spike
+    at ``SPIKE_STEP`` whose snapshot file lies beside the store."""
+    from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, encode_path
+
     path = root / "gpu.sqlite"
+    snapshot = root / "memory_snapshots" / "gpu" / f"spike-step{SPIKE_STEP}.pickle"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_bytes(b"")  # the dashboard only says where it is
     writer = RunWriter("gpu", tiny().replace(precision="fp16").to_dict(), path=path,
                        device="cuda:0")
     for step in range(10):
@@ -81,6 +90,9 @@ def gpu_categories_store(root: Path) -> Path:
         writer.log({**known, "mem/other": other, "mem/total": total,
                     "mem/reserved": 40e6, "mem/peak": 30e6, "loss": 1.0,
                     "amp/scale": 65536.0, "amp/skipped": 0.0, "amp/skipped_total": 0.0}, step)
+        if step == SPIKE_STEP:
+            writer.log({SPIKE_KEY: 300e6}, step)
+            writer.log_tensor(SPIKE_SNAPSHOT_KEY, encode_path(snapshot, root), step)
     writer.finish("finished")
     writer.close()
     return path

@@ -125,6 +125,18 @@ def test_memory_page_labels_a_gpu_run_and_stacks_other(monkeypatch, tmp_path):
     assert not any("read only" in str(c.value) for c in at.caption)
 
 
+def test_memory_page_says_where_the_spike_snapshot_is(monkeypatch, tmp_path):
+    path = fx.gpu_categories_store(tmp_path)
+    at = render(monkeypatch, path, "memory")
+    warning = texts(at.warning)
+    snapshot = tmp_path / "memory_snapshots" / "gpu" / f"spike-step{fx.SPIKE_STEP}.pickle"
+    assert f"Memory spike at step {fx.SPIKE_STEP}" in warning and "rose 300.0 MB" in warning
+    assert f"`{snapshot}`" in warning and "https://pytorch.org/memory_viz" in warning
+    assert "not on this machine" not in warning
+    shapes = json.loads(chart_titled(at, "Memory by category").proto.spec)["layout"]["shapes"]
+    assert [s["x0"] for s in shapes] == [fx.SPIKE_STEP], "a line marks the spike's step"
+
+
 def test_memory_page_of_a_run_without_categories_draws_its_totals(monkeypatch, stores):
     at = render(monkeypatch, stores["failed"], "memory")  # logged mem/rss only
     assert "recorded before categories were logged" in texts(at.info)
@@ -242,12 +254,28 @@ def test_bug_lab_compares_recorded_variants(monkeypatch, stores):
     assert "modified by an inplace operation" in code
     assert "No error · `retain-graph-fixed` · 8 steps ran" in texts(at.success)
     charts = at.get("plotly_chart")
-    assert len(charts) == 4, "graph size, memory, loss and gradient error overlays"
+    assert len(charts) == 4 + 2, "graph size, memory, loss and gradient error overlays, " \
+        "then memory by category of the two variants that ran a step"
     graph = chart_series(charts[0])
     assert list(graph) == ["summary", "fixed"], "the bug fails at step 0: nothing to draw"
     grown = graph["summary"][~np.isnan(graph["summary"])]
     assert len(grown) == 4 and np.all(np.diff(grown) > 0), "retain_graph grows the graph"
     assert graph["fixed"][-1] == graph["fixed"][1], "the right fix keeps it constant"
+
+
+def test_bug_lab_shows_retain_graph_saving_more_every_step(monkeypatch, stores):
+    at = render_lab(monkeypatch, stores["catalog"])
+    charts = {json.loads(c.proto.spec)["layout"]["title"]["text"]: c
+              for c in at.get("plotly_chart")}
+    summary = chart_series(charts["summary: the summary's fix"])
+    saved, params = summary["saved for backward"], summary["parameters"]
+    assert len(saved) == 4 and np.all(np.diff(saved) > 0), \
+        "retain_graph: every step's graph stays alive, saved tensors pile up"
+    assert np.all(params == params[0]), "while the parameters stay the same size"
+    fixed = chart_series(charts["fixed: the right fix"])
+    assert fixed["saved for backward"][-1] <= fixed["saved for backward"][1], \
+        "the right fix frees each step's graph"
+    assert "buggy: no step measured." in texts(at.caption)
 
 
 def test_bug_lab_empty_and_corrupt_store(monkeypatch, stores):

@@ -5,7 +5,7 @@ store during the test. The test opens every page through the sidebar navigation,
 draws Plotly charts without a Streamlit exception (the Memory page: the memory categories
 stacked, labelled CPU), checks the Training page's "last step N"
 grows while the live run trains, opens the Bug lab on two recorded variants of
-``retain-graph``, and saves a screenshot of every page to
+``retain-graph`` (their overlays and memory by category), and saves a screenshot of every page to
 ``test-artifacts/dashboard/``.
 
 Skipped where ``/usr/bin/chromium`` or the ``playwright`` package is missing (Debian's
@@ -221,6 +221,14 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
     assert page.locator(EXCEPTION).count() == 0, "Bug lab: Streamlit exception shown"
     page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / "bug-lab.png"), full_page=True)
+    # below: each variant's memory by category, the summary's saved-for-backward growing
+    heading = page.get_by_text(re.compile(r"^Memory by category \(CPU\), each variant"))
+    heading.scroll_into_view_if_needed()
+    expect(heading).to_be_visible()
+    for title in ("summary: the summary's fix", "fixed: the right fix"):
+        expect(page.locator(".js-plotly-plot .gtitle").filter(has_text=title)).to_be_visible()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "bug-lab-memory.png"))
 
 
 def test_make_dashboard_opens_a_live_demo_run(tmp_path, browser):

@@ -54,7 +54,11 @@ def check(entry_id: str, candidate: object, steps: int | None = None) -> CheckRe
 
     What a candidate is depends on the entry (``get(entry_id).candidate_kind`` says, e.g. a
     subclass of ``TinyMemory`` or a loop function). A wrong kind of candidate gets a
-    ``TypeError`` saying what is expected.
+    ``TypeError`` saying what is expected. The candidate runs in exactly the setting of the
+    entry's variants (same carried state, steps and optimiser cadence); loop functions are
+    also counted: one forward and one backward pass a step, no graph kept after it.
+    ``get(entry_id).candidates()`` gives the entry's own variants and the band-aids the
+    lessons warn against, as candidates.
     """
     entry = get(entry_id)
     out = entry.run("candidate", steps, candidate)

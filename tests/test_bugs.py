@@ -297,6 +297,10 @@ def test_checker_grades_each_variant_and_band_aid(eid, name):
     ("graph-memory-update", "band-aid: .data.copy_", "gradients differ from the clean reference"),
     ("graph-memory-update", "band-aid: copy_ under no_grad", "raised RuntimeError at step 0"),
     ("tiny-memory-write", "band-aid: the write under no_grad", "raised RuntimeError at step 1"),
+    ("tiny-memory-write", "band-aid: the write through .data",
+     "gradients differ from the clean reference"),
+    ("dwa-weights", "band-aid: the summary's copy_ through .data",
+     "gradients differ from the clean reference"),
 ])
 def test_checker_says_why_in_plain_words(eid, name, says):
     result = bugs.check(eid, bugs.get(eid).candidates()[name])

@@ -30,6 +30,12 @@ def meter_mb(device: str | torch.device = CATALOG_DEVICE) -> float:
     return (r.allocated if r.allocated is not None else r.tensor_bytes) / MB
 
 
+def process_rss_mb() -> float:
+    """A band-aid (lesson 05): the process RSS, every page the process has in RAM (the
+    interpreter, libraries, allocator caches), read as if it were tensor memory."""
+    return MemoryMeter().read().rss / MB
+
+
 def _run(variant: str, steps: int, candidate: object = None) -> Outcome:
     readers: dict[str, Callable[[], float]] = {
         "buggy": summary_profiler_mb,
@@ -78,5 +84,6 @@ register(BugEntry(
     candidate_kind="a function () -> megabytes read during training",
     candidates=lambda: {
         "buggy": summary_profiler_mb, "summary": summary_profiler_mb, "fixed": meter_mb,
+        "band-aid: the process RSS": process_rss_mb,
     },
 ))

@@ -115,6 +115,20 @@ class NoGradTinyMemory(TinyMemory):
         return out
 
 
+class DataWriteTinyMemory(TinyMemory):
+    """A band-aid (lesson 03a): the original write through ``.data``. No version bump, so no
+    error; once the ring wraps round onto a slot the read saved, backward silently computes
+    with the overwritten values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.read(x)
+        if self.training:
+            ptr = int(self.count) % self.num_slots
+            self.slots.data[ptr] = x.detach().mean(dim=0)  # invisible to the version counter
+            self.count = self.count + 1
+        return out
+
+
 # --- MetaController ---------------------------------------------------------------------
 
 
@@ -186,6 +200,16 @@ class SummaryDWA(LossWeighting):
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
         total = (self.w * losses).sum()  # the multiply saved self.w
         self.w.copy_(F.softmax(-losses, dim=0))  # in place on what was saved
+        return total
+
+
+class DataWriteDWA(SummaryDWA):
+    """A band-aid (lesson 03b): the summary's ``copy_`` through ``.data``. No error; the
+    backward of ``w * losses`` multiplies by the new weights, not the ones the total used."""
+
+    def combine(self, losses: torch.Tensor) -> torch.Tensor:
+        total = (self.w * losses).sum()  # the multiply saved self.w
+        self.w.data.copy_(F.softmax(-losses.detach(), dim=0))  # no version bump
         return total
 
 
@@ -330,6 +354,7 @@ register(BugEntry(
     candidates=lambda: {
         "buggy": BuggyTinyMemory, "summary": SummaryTinyMemory, "fixed": TinyMemory,
         "band-aid: the write under no_grad": NoGradTinyMemory,
+        "band-aid: the write through .data": DataWriteTinyMemory,
     },
 ))
 
@@ -351,12 +376,13 @@ register(BugEntry(
     candidate_kind="a subclass of mahiax.weighting.LossWeighting, built as cls(num_tasks)",
     candidates=lambda: {
         "buggy": BuggyDWA, "summary": SummaryDWA, "fixed": DynamicWeightAveraging,
+        "band-aid: the summary's copy_ through .data": DataWriteDWA,
     },
 ))
 
 __all__ = [
     "BuggyController", "BuggyDWA", "BuggyGraphMemory", "BuggyTinyMemory",
-    "DataCopyGraphMemory", "DynamicWeightAveraging", "NoGradCopyGraphMemory",
-    "NoGradTinyMemory", "SummaryController", "SummaryDWA", "SummaryGraphMemory",
-    "SummaryTinyMemory",
+    "DataCopyGraphMemory", "DataWriteDWA", "DataWriteTinyMemory", "DynamicWeightAveraging",
+    "NoGradCopyGraphMemory", "NoGradTinyMemory", "SummaryController", "SummaryDWA",
+    "SummaryGraphMemory", "SummaryTinyMemory",
 ]

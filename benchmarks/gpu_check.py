@@ -933,6 +933,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=RESULTS / f"{REPORT}.json",
                         help="with --screenshot-from: the report JSON to add it to")
     args = parser.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
+    if only and only - set(SECTIONS):
+        parser.error(f"--only {args.only!r}: sections are {', '.join(SECTIONS)}")
     if args.screenshot_from is not None:
         return screenshot_from(args.screenshot_from, args.report)
     if args.device is None:
@@ -941,7 +944,10 @@ def main(argv: list[str] | None = None) -> int:
                   "nothing to check.")
             return 0
         args.device = "cuda"
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r}: use cuda, cuda:N or cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             print(f"gpu-check: no CUDA GPU on this machine (torch {torch.__version__}): "
@@ -956,9 +962,6 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(device, args.quick, out, time.monotonic() + args.budget_s)
     command = "python -m benchmarks.gpu_check " + " ".join(argv if argv is not None
                                                           else sys.argv[1:])
-    only = set(args.only.split(",")) if args.only else None
-    if only and only - set(SECTIONS):
-        parser.error(f"--only {args.only!r}: sections are {', '.join(SECTIONS)}")
     report = run_all(ctx, command.strip(), only)
     shutil.rmtree(out / "work", ignore_errors=True)
     failed = [s.title for s in report.sections.values() if s.status == "failed"]

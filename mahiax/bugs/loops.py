@@ -14,7 +14,6 @@ backward pass a step and no graph kept after its backward (:func:`loop_rules`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -190,12 +189,10 @@ def train_counted(entry_id: str, variant: str, steps: int, loop, install=None, *
 
     def counted(ctx: StepContext) -> None:
         counter.reset()
-        t0 = time.perf_counter()
         loop(ctx)
-        ctx.figures["step_seconds"] = time.perf_counter() - t0
         seen.append({
             "forwards": counter.forwards, "backwards": counter.backwards,
-            "retained": graph_retained(ctx.total), "seconds": ctx.figures["step_seconds"],
+            "retained": graph_retained(ctx.total),
         })
 
     out = train_variant(entry_id, variant, steps, install=install_all, loop=counted, **kw)
@@ -203,8 +200,6 @@ def train_counted(entry_id: str, variant: str, steps: int, loop, install=None, *
         out.figures["forwards_per_step"] = max(s["forwards"] for s in seen)
         out.figures["backwards_per_step"] = max(s["backwards"] for s in seen)
         out.figures["graph_retained"] = any(s["retained"] for s in seen)
-        times = sorted(s["seconds"] for s in seen)
-        out.figures["median_step_seconds"] = times[len(times) // 2]
     out.figures["rules_broken"] = loop_rules(out)
     return out
 

@@ -894,23 +894,32 @@ def run_all(ctx: Context, command: str, only: set[str] | None = None) -> Report:
     return report
 
 
-def screenshot_from(store: Path, report_json: Path) -> int:
+def screenshot_from(store: Path, report_json: Path | None) -> int:
     """The second step, on a machine with the dashboard: the Memory page of the stored CUDA
-    run as a screenshot beside the report, added to it as a section."""
+    run as a screenshot, added as a section to the report of the run that made the store.
+
+    The report read is ``report_json``, else the ``gpu-latest.json`` beside the store (the
+    device run's output folder), else ``benchmarks/results/``'s; the report, with the
+    screenshot beside it, is written to ``report_json``'s folder, else ``benchmarks/results/``.
+    """
     store = store.resolve()
     if not store.exists():
         print(f"gpu-check: no store at {store}")
         return 2
-    targets = [report_json.parent]
-    if report_json.exists():
-        report = Report.load(report_json, targets)
+    target = report_json.parent if report_json is not None else RESULTS
+    sources = [report_json] if report_json is not None else [
+        store.parent / f"{REPORT}.json", RESULTS / f"{REPORT}.json"]
+    source = next((p for p in sources if p.exists()), None)
+    if source is not None:
+        report = Report.load(source, [target])
+        log(f"adding the screenshot to the report {source}")
     else:
-        report = Report(targets, {"device": "unknown", "command": "", "started": "",
-                                  "environment": {}})
+        report = Report([target], {"device": "unknown", "command": "", "started": "",
+                                   "environment": {}})
     with report.section("screenshot", "Dashboard Memory page (headless Chromium)") as s:
-        screenshot_section(None, s, store, report_json.parent / SCREENSHOT)
+        screenshot_section(None, s, store, target / SCREENSHOT)
     print(f"gpu-check: screenshot section {report.sections['screenshot'].status}; report in "
-          f"{report_json.parent / (REPORT + '.md')}")
+          f"{target / (REPORT + '.md')}")
     return 0 if report.sections["screenshot"].status == "ok" else 1
 
 
@@ -930,8 +939,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshot-from", type=Path, metavar="STORE",
                         help="only take the Memory page screenshot of the CUDA run in STORE "
                              "and add it to the report (--report)")
-    parser.add_argument("--report", type=Path, default=RESULTS / f"{REPORT}.json",
-                        help="with --screenshot-from: the report JSON to add it to")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="with --screenshot-from: the report JSON to add it to (default: "
+                             "the one beside STORE, written to benchmarks/results/)")
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     if only and only - set(SECTIONS):

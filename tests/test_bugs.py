@@ -166,6 +166,17 @@ def test_retain_graph_variants_share_one_setting(verdicts):
     assert outs["fixed"].tensor_bytes and outs["summary"].tensor_bytes[0] > 0
 
 
+def test_graph_retained_tells_a_kept_graph_from_a_freed_one():
+    w = torch.randn(3, requires_grad=True)
+    loss = torch.tanh(2 * w).pow(2).sum()
+    assert loops.graph_retained(loss)  # before backward: saved tensors are there
+    loss.backward()
+    assert not loops.graph_retained(loss)
+    kept = torch.tanh(2 * w).pow(2).sum()
+    kept.backward(retain_graph=True)
+    assert loops.graph_retained(kept)
+
+
 def test_retain_graph_alone_keeps_memory_flat_without_carried_state(verdicts):
     """retain_graph=True on every backward, no carried state: the graph dies with the step,
     nothing grows (lesson 04); only the counted rule rejects it."""

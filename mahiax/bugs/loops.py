@@ -19,9 +19,18 @@ from collections.abc import Callable
 import torch
 
 from mahiax.bugs.catalog import BugEntry, register
-from mahiax.bugs.harness import StepContext, clean_loop, forward_losses, swap_class, train_variant
+from mahiax.bugs.harness import (
+    Installer,
+    StepContext,
+    clean_loop,
+    forward_losses,
+    swap_class,
+    train_variant,
+)
 from mahiax.bugs.outcome import Outcome
 from mahiax.bugs.stateful import BuggyGraphMemory
+from mahiax.model import HybridEfficientModel
+from mahiax.weighting import LossWeighting
 
 # a reconstruction: the summary never says how often the original stepped; with an optimiser
 # step every few micro-batches the retained graphs live long enough to show the in-place error
@@ -104,7 +113,7 @@ class PassCounter:
         self.forwards = 0
         self.backwards = 0
 
-    def attach(self, model) -> None:
+    def attach(self, model: HybridEfficientModel) -> None:
         model.fuse.register_forward_hook(lambda *_: self._count("forwards"))
         model.fuse.weight.register_post_accumulate_grad_hook(lambda _: self._count("backwards"))
 
@@ -174,7 +183,10 @@ def loop_rules(out: Outcome) -> list[str]:
     return broken
 
 
-def train_counted(entry_id: str, variant: str, steps: int, loop, install=None, **kw) -> Outcome:
+def train_counted(
+    entry_id: str, variant: str, steps: int, loop: Callable[[StepContext], None],
+    install: Installer | None = None, **kw,
+) -> Outcome:
     """Train with ``loop``, counting forwards and backward passes at every step.
 
     The figures are the most seen in one step; ``rules_broken`` lists what
@@ -183,7 +195,7 @@ def train_counted(entry_id: str, variant: str, steps: int, loop, install=None, *
     counter = PassCounter()
     seen: list[dict] = []
 
-    def install_all(model):
+    def install_all(model: HybridEfficientModel) -> LossWeighting | None:
         counter.attach(model)
         return install(model) if install is not None else None
 

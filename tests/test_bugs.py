@@ -22,7 +22,6 @@ from mahiax.fabric import DynamicNeuroFabric, MetaController
 from mahiax.memory import GraphDiffusionMemory, TinyMemory
 from mahiax.moe import SwiGLUExperts
 from mahiax.telemetry import legacy_cuda_reading
-from mahiax.weighting import DynamicWeightAveraging
 
 INPLACE = "one of the variables needed for gradient computation has been modified by an inplace"
 TWICE = "Trying to backward through the graph a second time"
@@ -242,7 +241,7 @@ def test_check_accepts_the_right_fixes():
     for eid, candidate in [
         ("tiny-memory-write", TinyMemory),
         ("graph-memory-update", GraphDiffusionMemory),
-        ("dwa-weights", DynamicWeightAveraging),
+        ("dwa-weights", stateful.OneStepDWA),
         ("fabric-accumulate", DynamicNeuroFabric),
         ("controller-importance", MetaController),
         ("retain-graph", loops.detached_loop),
@@ -312,6 +311,8 @@ def test_checker_grades_each_variant_and_band_aid(eid, name):
      "gradients differ from the clean reference"),
     ("dwa-weights", "band-aid: the summary's copy_ through .data",
      "gradients differ from the clean reference"),
+    ("dwa-weights", "band-aid: softmax(-L) from detached losses",
+     "loss weights vs DWA (one-step windows, T = 2) is off by"),
 ])
 def test_checker_says_why_in_plain_words(eid, name, says):
     result = bugs.check(eid, bugs.get(eid).candidates()[name])

@@ -213,6 +213,37 @@ class DataWriteDWA(SummaryDWA):
         return total
 
 
+class DetachedSoftmaxWeighting(LossWeighting):
+    """A band-aid (lesson 03b): ``softmax(-L)`` from detached losses, applied from the next
+    step on. Autograd has nothing left to object to; it is still not DWA."""
+
+    name = "softmax-detached"
+
+    def __init__(self, num_tasks: int):
+        super().__init__(num_tasks)
+        self.w = torch.ones(num_tasks) / num_tasks  # (K,) constants of the graph
+
+    def weights(self) -> torch.Tensor:
+        return self.w.clone()
+
+    def combine(self, losses: torch.Tensor) -> torch.Tensor:
+        return (self.w.to(losses) * losses).sum()
+
+    def update(self, losses: torch.Tensor) -> None:
+        self.w = F.softmax(-losses.detach().float(), dim=0)  # a new tensor, no graph
+
+
+DWA_TEMPERATURE = 2.0  # T of Liu et al. 2019, as in lesson 03b's exercise
+
+
+class OneStepDWA(DynamicWeightAveraging):
+    """The right fix as a candidate, built as ``cls(num_tasks)``: DWA with one-step windows
+    and T = 2 (what lesson 03b's exercise asks for, and what the checker compares with)."""
+
+    def __init__(self, num_tasks: int):
+        super().__init__(num_tasks, temperature=DWA_TEMPERATURE, window=1)
+
+
 # --- runners ----------------------------------------------------------------------------
 
 
@@ -270,14 +301,29 @@ def _controller_run(variant: str, steps: int, candidate: object = None) -> Outco
 
 
 def _dwa_run(variant: str, steps: int, candidate: object = None) -> Outcome:
-    classes = {"buggy": BuggyDWA, "summary": SummaryDWA, "fixed": None}
+    """Train with the variant's weighting; measure its weights against DWA (one-step windows,
+    T = 2) fed the same detached losses after every step."""
+    classes = {"buggy": BuggyDWA, "summary": SummaryDWA, "fixed": OneStepDWA}
     cls = candidate if variant == "candidate" else classes[variant]
     _check_candidate("dwa-weights", variant, cls, LossWeighting)
+    truth: dict[str, DynamicWeightAveraging] = {}
+    worst = [0.0]
 
     def install(model):
-        return cls(len(model.config.tasks)) if cls is not None else None
+        truth["dwa"] = OneStepDWA(len(model.config.tasks)).double()
+        return cls(len(model.config.tasks))
 
-    return train_variant("dwa-weights", variant, steps, install)
+    def on_step(ctx, out) -> None:
+        dwa = truth["dwa"]
+        dwa.update(ctx.losses.detach())  # the harness just gave the variant the same losses
+        diff = (ctx.weighting.weights().double() - dwa.weights().double()).abs().max()
+        worst[0] = max(worst[0], float(diff))
+        out.state_diff = worst[0]
+
+    out = train_variant("dwa-weights", variant, steps, install, on_step=on_step)
+    out.figures["damage"] = "largest error of the loss weights vs DWA (one-step windows, T = 2)"
+    out.figures["damage_tol"] = 1e-5  # float32 weights
+    return out
 
 
 register(BugEntry(
@@ -373,16 +419,23 @@ register(BugEntry(
         "falls (K * softmax((L(t-1)/L(t-2)) / T))."
     ),
     runner=_dwa_run,
-    candidate_kind="a subclass of mahiax.weighting.LossWeighting, built as cls(num_tasks)",
+    candidate_kind=(
+        "a subclass of mahiax.weighting.LossWeighting, built as cls(num_tasks): Dynamic Weight "
+        "Averaging with one-step windows and T = 2 (weights all 1 until two steps were seen); "
+        "its weights() are compared with mahiax.weighting.DynamicWeightAveraging fed the same "
+        "losses"
+    ),
     candidates=lambda: {
-        "buggy": BuggyDWA, "summary": SummaryDWA, "fixed": DynamicWeightAveraging,
+        "buggy": BuggyDWA, "summary": SummaryDWA, "fixed": OneStepDWA,
         "band-aid: the summary's copy_ through .data": DataWriteDWA,
+        "band-aid: softmax(-L) from detached losses": DetachedSoftmaxWeighting,
     },
 ))
 
 __all__ = [
     "BuggyController", "BuggyDWA", "BuggyGraphMemory", "BuggyTinyMemory",
     "DataCopyGraphMemory", "DataWriteDWA", "DataWriteTinyMemory", "DynamicWeightAveraging",
-    "NoGradCopyGraphMemory", "NoGradTinyMemory", "SummaryController", "SummaryDWA",
+    "DetachedSoftmaxWeighting", "NoGradCopyGraphMemory", "NoGradTinyMemory", "OneStepDWA",
+    "SummaryController", "SummaryDWA",
     "SummaryGraphMemory", "SummaryTinyMemory",
 ]

@@ -259,9 +259,11 @@ assert falling_a[0] < 1 < falling_a[1], "right: DWA favours stalled B, softmax(-
 # step's single backward; `update(losses)` (called after the optimiser step, with detached
 # losses) computes the next weights; `weights()` reports the weights in force. Before two
 # steps have been seen, the weights are all 1. `bugs.check("dwa-weights", ...)` trains the
-# lab's model with your class exactly as it trains the `buggy` and `summary` variants and
-# compares the gradients with the clean model's at the weights your class reports. The
-# attempt below is the summary's `copy_`: run it, read the checker, fix it.
+# lab's model with your class exactly as it trains the `buggy` and `summary` variants,
+# compares the gradients with the clean model's at the weights your class reports, and
+# compares those weights with the package's `DynamicWeightAveraging` (one-step windows,
+# T = 2) fed the same losses. The attempt below is the summary's `copy_`: run it, read the
+# checker, fix it.
 
 # %%
 class MyWeighting(LossWeighting):

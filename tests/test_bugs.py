@@ -454,3 +454,36 @@ def test_describe_shows_the_exact_pytorch_message():
     text = describe(out)
     assert text.startswith("RuntimeError at step 1 (1 of 6 steps ran):")
     assert out.error_message.splitlines()[0] in text
+
+
+# ---- the device catalog runs train on ---------------------------------------------------
+
+
+def test_catalog_refuses_a_device_it_cannot_train_on_and_says_what_is_allowed():
+    with pytest.raises(ValueError, match=r"'tpu' is not supported; allowed: cpu, cuda"):
+        bugs.verdict("tiny-memory-write", device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"no CUDA device here; allowed: cpu"):
+            bugs.run("tiny-memory-write", "buggy", device="cuda")
+
+
+def test_cpu_only_entry_refuses_cuda_and_says_why():
+    """The DDP entries use gloo ranks on the CPU: asked for CUDA they refuse before running,
+    naming the devices they take and the catalog's reason (what gpu-check reports)."""
+    from mahiax.bugs import harness
+
+    token = harness._DEVICE.set(torch.device("cuda", 0))  # no CUDA work happens before the check
+    try:
+        with pytest.raises(ValueError, match=r"runs on cpu, not 'cuda': its ranks are"):
+            bugs.get("ddp-unused-experts").run("buggy", 1)
+    finally:
+        harness._DEVICE.reset(token)
+    assert bugs.current_device() == torch.device("cpu")
+
+
+def test_run_on_the_cpu_device_is_the_default_run():
+    default = bugs.run("tiny-memory-write", "buggy")
+    explicit = bugs.run("tiny-memory-write", "buggy", device="cpu")
+    assert (explicit.error_type, explicit.error_step) == (default.error_type, default.error_step)
+    assert explicit.error_message == default.error_message
+    assert explicit.graph_nodes == default.graph_nodes

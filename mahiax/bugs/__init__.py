@@ -14,23 +14,37 @@ Nothing here stores a verdict: each one is derived from fresh runs (see ``verdic
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from mahiax.bugs.catalog import VARIANTS, BugEntry, entries, get
-from mahiax.bugs.harness import watching_mutations
+from mahiax.bugs.harness import current_device, on_device, watching_mutations
 from mahiax.bugs.outcome import Outcome
 from mahiax.bugs.verdicts import VERDICTS, Verdict, decide, judge_candidate
 
 
-def run(entry_id: str, variant: str, steps: int | None = None) -> Outcome:
-    """Run one variant (``buggy`` | ``summary`` | ``fixed``) of an entry and measure it."""
-    return get(entry_id).run(variant, steps)
+def _device(device: str | None) -> contextlib.AbstractContextManager:
+    """``on_device(device)``, or the device already in force when ``device`` is None."""
+    return contextlib.nullcontext() if device is None else on_device(device)
 
 
-def verdict(entry_id: str, steps: int | None = None) -> Verdict:
-    """Run the buggy, summary and fixed variants, and judge the summary's fix."""
+def run(entry_id: str, variant: str, steps: int | None = None,
+        device: str | None = None) -> Outcome:
+    """Run one variant (``buggy`` | ``summary`` | ``fixed``) of an entry and measure it
+    (on the CPU unless ``device`` names another, e.g. ``"cuda"``)."""
+    with _device(device):
+        return get(entry_id).run(variant, steps)
+
+
+def verdict(entry_id: str, steps: int | None = None, device: str | None = None) -> Verdict:
+    """Run the buggy, summary and fixed variants, and judge the summary's fix.
+
+    ``device``: where the variants train (the CPU unless given); an entry whose runs need
+    one kind of device (the DDP entries use gloo on the CPU) refuses another, saying why.
+    """
     entry = get(entry_id)
-    outs = {v: entry.run(v, steps) for v in VARIANTS}
+    with _device(device):
+        outs = {v: entry.run(v, steps) for v in VARIANTS}
     label, reason = decide(outs["buggy"], outs["summary"])
     return Verdict(label, reason, outs)
 
@@ -49,7 +63,8 @@ class CheckResult:
         return f"[{mark}] {self.entry}: {self.message}"
 
 
-def check(entry_id: str, candidate: object, steps: int | None = None) -> CheckResult:
+def check(entry_id: str, candidate: object, steps: int | None = None,
+          device: str | None = None) -> CheckResult:
     """Run a learner's class or function through the entry's measurement and judge it.
 
     What a candidate is depends on the entry (``get(entry_id).candidate_kind`` says, e.g. a
@@ -61,7 +76,8 @@ def check(entry_id: str, candidate: object, steps: int | None = None) -> CheckRe
     lessons warn against, as candidates.
     """
     entry = get(entry_id)
-    out = entry.run("candidate", steps, candidate)
+    with _device(device):
+        out = entry.run("candidate", steps, candidate)
     holds, message = judge_candidate(out)
     return CheckResult(entry_id, holds, message, out)
 
@@ -80,5 +96,5 @@ def locate(entry_id: str, variant: str = "buggy", steps: int | None = None):
 
 __all__ = [
     "VARIANTS", "VERDICTS", "BugEntry", "CheckResult", "Outcome", "Verdict", "check",
-    "entries", "get", "locate", "run", "verdict",
+    "current_device", "entries", "get", "locate", "on_device", "run", "verdict",
 ]

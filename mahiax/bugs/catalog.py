@@ -35,6 +35,8 @@ class BugEntry:
     steps: int = 6  # steps for a quick run (enough for every buggy variant to show itself)
     candidate_kind: str = ""  # what `check()` accepts, in words
     probes: tuple[str, ...] = ()  # extra measured runs that the verdict reads
+    devices: tuple[str, ...] = ("cpu", "cuda")  # device types its runs can train on
+    device_note: str = ""  # what changes on another device, and why (measured by gpu-check)
     # the buggy, summary and fixed variants as candidates for check(), plus the band-aids
     # the lessons warn against ("band-aid: <what>"); what the checker-strength test pins
     candidates: Callable[[], dict[str, object]] | None = None
@@ -51,6 +53,14 @@ class BugEntry:
         n = self.steps if steps is None else steps
         if n < 1:
             raise ValueError(f"steps={n} must be a positive integer")
+        from mahiax.bugs.harness import current_device  # late: the harness imports the model
+
+        device = current_device()
+        if device.type not in self.devices:
+            raise ValueError(
+                f"{self.id!r} runs on {' | '.join(self.devices)}, not {device.type!r}"
+                + (f": {self.device_note}" if self.device_note else "")
+            )
         return self.runner(variant, n, candidate)
 
 

@@ -355,8 +355,17 @@ def unused_named_in(message: str) -> list[str]:
     return [names[int(i)] for i in found.group(1).split()]
 
 
+# why the DDP entries stay on the CPU on any machine
+DDP_DEVICE_NOTE = (
+    "its ranks are processes joined by gloo on the CPU, so that one machine without a GPU "
+    "shows the reducer's behaviour; NCCL on GPUs runs the same reducer and buffer broadcast"
+)
+
+
 register(BugEntry(
     id="ddp-unused-experts",
+    devices=("cpu",),
+    device_note=DDP_DEVICE_NOTE,
     section="DDP (not in the summary)",
     component="ExpertRouter under DistributedDataParallel",
     title="Experts with no tokens on a rank: parameters DDP waits for",
@@ -593,6 +602,8 @@ def _buffer_run(variant: str, steps: int, candidate: object = None) -> Outcome:
 
 register(BugEntry(
     id="ddp-broadcast-buffers",
+    devices=("cpu",),
+    device_note=DDP_DEVICE_NOTE,
     section="DDP (not in the summary)",
     component="stateful buffers under DistributedDataParallel",
     title="Buffers DDP broadcasts: rank 0's state written over every rank's",

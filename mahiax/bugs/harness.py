@@ -101,10 +101,10 @@ class Reference:
     than the step). It runs with anomaly mode off: it is the yardstick, not the suspect.
     """
 
-    def __init__(self, config: MahiaConfig):
+    def __init__(self, config: MahiaConfig, device: torch.device | None = None):
         self.config = config
         with torch.random.fork_rng():
-            self.model = HybridEfficientModel(config).double()
+            self.model = HybridEfficientModel(config).double().to(device or "cpu")
 
     def grads(
         self, state: dict[str, torch.Tensor], batch: Batch, weights: torch.Tensor,
@@ -155,6 +155,42 @@ def isolated(anomaly: bool = False) -> Iterator[None]:
         finally:
             torch.autograd.set_detect_anomaly(was_anomaly)
             torch.set_grad_enabled(was_grad)
+
+
+# the device catalog runs train on (see `on_device`); the CPU unless a caller asks otherwise
+_DEVICE: ContextVar[torch.device | None] = ContextVar("mahiax_bugs_device", default=None)
+
+
+def current_device() -> torch.device:
+    """The device that catalog runs started here train on (``on_device`` sets it)."""
+    return _DEVICE.get() or torch.device("cpu")
+
+
+@contextlib.contextmanager
+def on_device(device: str | torch.device) -> Iterator[torch.device]:
+    """Run every catalog run started inside on ``device`` ("cpu", "cuda", "cuda:N").
+
+    The model is still built on the CPU from the same seed and then moved, so a variant
+    starts from the same weights on every device; the batches, the loss weighting and the
+    clean reference move with it. An unknown or absent device is refused here, with what is
+    allowed, before anything runs.
+    """
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # torch's own message lists every backend it knows, not ours
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"catalog device {str(device)!r} is not supported; allowed: cpu, cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"catalog device {str(device)!r}: no CUDA device here; allowed: cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    token = _DEVICE.set(dev)
+    try:
+        yield dev
+    finally:
+        _DEVICE.reset(token)
 
 
 # a context factory that every train_variant run inside `watching_mutations()` is wrapped in
@@ -232,32 +268,33 @@ def train_variant(
     wraps the whole run (the mutation locator).
     """
     config = config or harness_config()
+    device = current_device()
     from mahiax.telemetry import MemoryMeter  # late: telemetry imports are heavier
 
     out = Outcome(entry, variant, steps)
     memory_every = max(1, steps // 20)  # ~20 readings per run; each one scans every object
     out.memory_every = memory_every
     with isolated(anomaly):
-        model = HybridEfficientModel(config).double()
+        model = HybridEfficientModel(config).double()  # built on the CPU: same weights anywhere
         weighting = (install(model) if install else None) or make_weighting(
             config.weighting, len(config.tasks), config.dwa_temperature, config.dwa_window
         )
-        weighting = weighting.double()
-        # the meter measures the device the catalog's model lives on (the CPU), GPU or not
+        model, weighting = model.to(device), weighting.double().to(device)
+        # the meter measures the device the catalog's model lives on (CPU unless on_device)
         meter = MemoryMeter(next(model.parameters()).device) if measure_memory else None
         optimizer = torch.optim.AdamW(
             list(model.parameters()) + list(weighting.parameters()), lr=config.lr
         )
         data = SyntheticMultiTask(data_config or config)
         worst: float | None = None  # stays None until a step's gradients were compared
-        ref = Reference(config) if reference else None
+        ref = Reference(config, device) if reference else None
         context = context or _AMBIENT.get()
         around = context(model) if context is not None else contextlib.nullcontext()
         with around:
             for step in range(steps):
                 raw = data.batch(step)
                 raw = prepare(raw) if prepare is not None else raw
-                batch = Batch(raw.tokens, raw.tabular.double(), raw.targets)
+                batch = Batch(raw.tokens, raw.tabular.double(), raw.targets).to(device)
                 ctx = StepContext(model, weighting, optimizer, batch, step, config)
                 try:
                     diff = _one_step(ctx, loop, ref, reference_clip, meter)
@@ -280,7 +317,11 @@ def train_variant(
                     row.update(memory.as_metrics())  # mem/params, mem/saved, ...
                 del ctx
                 if meter is not None and (step % memory_every == 0 or step == steps - 1):
-                    out.tensor_bytes.append(meter.read().tensor_bytes or 0)  # a gc scan
+                    reading = meter.read()  # CPU: a gc scan; CUDA: the allocator
+                    held = reading.tensor_bytes if reading.tensor_bytes is not None else (
+                        reading.allocated or 0
+                    )
+                    out.tensor_bytes.append(held)
                     row["tensor_bytes"] = out.tensor_bytes[-1]
                 observer = _OBSERVER.get()
                 if observer is not None:

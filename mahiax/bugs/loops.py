@@ -323,7 +323,8 @@ def amp_loop(unscale_first: bool, retain: bool = False) -> Callable[[StepContext
     scalers: dict[int, torch.amp.GradScaler] = {}
 
     def loop(ctx: StepContext) -> None:
-        scaler = scalers.setdefault(id(ctx.optimizer), torch.amp.GradScaler("cpu"))
+        device_type = ctx.batch.tabular.device.type  # the scaler lives where the grads do
+        scaler = scalers.setdefault(id(ctx.optimizer), torch.amp.GradScaler(device_type))
         total, losses = forward_losses(ctx)
         ctx.total, ctx.losses = total, losses
         ctx.zero_grad()

@@ -13,20 +13,20 @@ from collections.abc import Callable
 import torch
 
 from mahiax.bugs.catalog import BugEntry, register
-from mahiax.bugs.harness import StepContext, train_variant
+from mahiax.bugs.harness import StepContext, current_device, train_variant
 from mahiax.bugs.outcome import Outcome
 from mahiax.telemetry import MemoryMeter
 from mahiax.telemetry import legacy_cuda_reading as summary_profiler_mb
 
 MB = 2**20
-CATALOG_DEVICE = "cpu"  # where the catalog trains its float64 models, on any machine
 
 
-def meter_mb(device: str | torch.device = CATALOG_DEVICE) -> float:
-    """What the lab's meter reads on ``device`` (the catalog's CPU unless told): allocator
-    bytes on a GPU, live tensor bytes on a CPU. Measuring the device the tensors are on is
-    the fix; reading a GPU because one exists would repeat the summary's 0 MB."""
-    r = MemoryMeter(device).read()
+def meter_mb(device: str | torch.device | None = None) -> float:
+    """What the lab's meter reads on ``device`` (the device the catalog trains on unless
+    told: the CPU, or the one ``bugs.on_device`` set): allocator bytes on a GPU, live tensor
+    bytes on a CPU. Measuring the device the tensors are on is the fix; reading a GPU because
+    one exists would repeat the summary's 0 MB."""
+    r = MemoryMeter(device if device is not None else current_device()).read()
     return (r.allocated if r.allocated is not None else r.tensor_bytes) / MB
 
 
@@ -57,7 +57,7 @@ def _run(variant: str, steps: int, candidate: object = None) -> Outcome:
     true_mb = [b / MB for b in out.tensor_bytes]
     out.figures["reported_mb"] = reported
     out.figures["tensor_mb"] = true_mb
-    out.figures["device"] = MemoryMeter(CATALOG_DEVICE).label  # "CPU" or "CPU, no GPU found"
+    out.figures["device"] = MemoryMeter(current_device()).label  # "CPU", "GPU <name>", ...
     if true_mb and reported:
         # relative error of the last reading against the live tensor bytes
         out.state_diff = abs(reported[-1] - true_mb[-1]) / max(true_mb[-1], 1e-9)
@@ -81,6 +81,11 @@ register(BugEntry(
     ),
     runner=_run,
     steps=3,
+    device_note=(
+        "on a CUDA device the summary's profiler reads the allocator that really holds the "
+        "tensors, so there its reading is right and the verdict is holds: the 0 MB bug "
+        "exists only where the tensors live on the CPU, the case the summary dismissed"
+    ),
     candidate_kind="a function () -> megabytes read during training",
     candidates=lambda: {
         "buggy": summary_profiler_mb, "summary": summary_profiler_mb, "fixed": meter_mb,

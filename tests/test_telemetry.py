@@ -49,7 +49,7 @@ def recorded(tmp_path_factory):
     store = tmp_path_factory.mktemp("store") / "runs.sqlite"
     c = tiny().replace(max_steps=30)
     record_training(c, "tiny-30", 30, store=store, checkpoint_every=10,
-                    cadence=Cadence(snapshot_every=10, memory_every=10))
+                    cadence=Cadence(snapshot_every=10, memory_every=10, categories_every=1))
     return store, c
 
 
@@ -129,6 +129,33 @@ def test_probe_measures_the_trainers_device_on_a_gpu_machine(tmp_path, monkeypat
     m = keep.metrics[0]
     assert m["mem/tensor_bytes"] == m["mem/total"] > 0 and "mem/allocated" not in m
     assert "measured on the CPU" in probe.spikes.status and not probe.spikes.enabled
+
+
+def test_memory_by_category_follows_its_cadence(tmp_path):
+    """Categories at every ``categories_every``-th step (and at each full memory reading);
+    the cheap figures at every step."""
+
+    class Keep:
+        def __init__(self):
+            self.metrics = {}
+
+        def log(self, metrics, step):
+            self.metrics[step] = dict(metrics)
+
+        def log_vector(self, key, values, step):
+            pass
+
+        def log_tensor(self, key, tensor, step):
+            pass
+
+    trainer, keep = Trainer(tiny()), Keep()
+    probe = TrainingProbe(keep, Cadence(categories_every=4, memory_every=6), trainer=trainer)
+    for _ in range(13):
+        probe.observe(trainer, trainer.step())
+    assert [s for s, m in keep.metrics.items() if "mem/saved" in m] == [0, 4, 6, 8, 12]
+    assert [s for s, m in keep.metrics.items() if "mem/total" in m] == [0, 6, 12]
+    assert all("mem/rss" in m for m in keep.metrics.values())
+    assert Cadence().categories_every == 10
 
 
 def test_probe_cadence_validates_spike_settings():

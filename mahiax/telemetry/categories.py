@@ -189,15 +189,23 @@ def grad_fn_of(t: torch.Tensor) -> Any:
         return None
 
 
-def saved_bytes(root: torch.Tensor | None, device: torch.device, storages: Storages) -> int:
+def saved_bytes(
+    root: torch.Tensor | None,
+    device: torch.device,
+    storages: Storages,
+    counted: frozenset[int] = frozenset(),
+) -> int:
     """Bytes of the new storages on ``device`` that the graph behind ``root`` holds saved for
     backward.
 
     Walks every node reachable from ``root.grad_fn`` once. After a backward without
     ``retain_graph`` the saved tensors are freed (reading one raises) and count 0; a graph
     kept by ``retain_graph=True``, or older graphs reached through state that was never
-    detached, still hold theirs and count them. The loop is written out (no helper calls per
-    tensor): it runs every training step.
+    detached, still hold theirs and count them. ``counted`` holds the ``id`` of tensors
+    whose storages are already in ``storages`` (the parameters): a saved tensor that is one
+    of them, or a view of one (a linear layer saves ``weight.t()``), is skipped without
+    reading its storage. The loop is written out, without a helper call per tensor: it runs
+    every training step.
     """
     if root is None:
         return 0
@@ -205,29 +213,37 @@ def saved_bytes(root: torch.Tensor | None, device: torch.device, storages: Stora
     if first is None:
         return 0
     cpu, index = device.type == "cpu", device.index
-    added = 0
-    visited: dict[int, Any] = {}  # id -> node; holding the node keeps its id unique meanwhile
-    stack = [first]
-    pending: list[torch.Tensor] = []
+    names_of = _SAVED_NAMES
+    visited: set[int] = set()
+    alive: list[Any] = []  # the nodes seen: a live wrapper keeps its id unique meanwhile
+    found: list[torch.Tensor] = []
+    stack: list[tuple[Any, int]] = [(first, 0)]  # next_functions entries: (node, input nr)
     while stack:
-        node = stack.pop()
+        node = stack.pop()[0]
+        if node is None:
+            continue
         key = id(node)
         if key in visited:
             continue
-        visited[key] = node
-        for name in saved_names(node):
+        visited.add(key)
+        alive.append(node)
+        names = names_of.get(type(node))
+        if names is None:
+            names = saved_names(node)
+        for name in names:
             try:
                 value = getattr(node, name)
             except RuntimeError:  # freed by a backward, or modified in place since saved
                 continue
             if isinstance(value, torch.Tensor):
-                pending.append(value)
+                found.append(value)
             elif value is not None:
-                pending.extend(v for v in value if isinstance(v, torch.Tensor))
-        for nxt, _ in node.next_functions:
-            if nxt is not None:
-                stack.append(nxt)
-    for t in pending:
+                found.extend(v for v in value if isinstance(v, torch.Tensor))
+        stack.extend(node.next_functions)
+    added = 0
+    for t in found:
+        if id(t) in counted or id(t._base) in counted:
+            continue
         if not (t.is_cpu if cpu else t.is_cuda and t.get_device() == index):
             continue
         try:

@@ -161,6 +161,7 @@ class MemoryMeter:
         self._modules: tuple[nn.Module, ...] = ()
         self._params: list[torch.Tensor] = []
         self._param_storages: Storages = {}
+        self._param_ids: frozenset[int] = frozenset()
         self._opt_key: tuple[Any, ...] | None = None
         self._opt_storages: Storages = {}
 
@@ -219,13 +220,13 @@ class MemoryMeter:
         params = self._parameters(model, refresh=full)
         storages: Storages = dict(self._param_storages)
         n_params = sum(storages.values())
-        n_grads = add_tensors((p.grad for p in params), on, storages)
+        n_grads = add_tensors([p.grad for p in params], on, storages)
         n_opt = 0
         if optimizer is not None:
             opt = self._optimizer_storages(optimizer, refresh=full)
             n_opt = sum(n for key, n in opt.items() if key not in storages)
             storages.update(opt)
-        n_saved = saved_bytes(graph, self.device, storages)
+        n_saved = saved_bytes(graph, self.device, storages, self._param_ids)
         cats = MemoryCategories(
             device=str(self.device), label=self.label, params=n_params, grads=n_grads,
             optimizer=n_opt, saved=n_saved,
@@ -264,6 +265,7 @@ class MemoryMeter:
             self._modules, self._params = modules, list(seen.values())
             self._param_storages = {}
             add_tensors(self._params, self._on_device, self._param_storages)
+            self._param_ids = frozenset(id(p) for p in self._params)
         return self._params
 
     def _optimizer_storages(self, optimizer: torch.optim.Optimizer, refresh: bool) -> Storages:

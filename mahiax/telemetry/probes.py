@@ -23,13 +23,16 @@ Keys written (scalars unless marked; ``<task>`` is each task name):
 ``time/step_s``, ``time/samples_per_s``
 ``mem/rss``                           process RSS, bytes (every step: cheap)
 ``mem/params``, ``mem/grads``,        memory by category on the trainer's device, bytes,
-``mem/optimizer``, ``mem/saved``      every step, read after the forward (the step's graph
-                                      still holds its saved tensors; the gradients are the
-                                      previous step's, not yet cleared)
-``mem/other``, ``mem/total``,         CUDA: every step (allocated minus the categories,
-``mem/peak``                          memory_allocated, max_memory_allocated); CPU: every
-                                      ``memory_every`` steps (a scan of every live object)
-``mem/reserved``                      CUDA: the caching allocator's reserve
+``mem/optimizer``, ``mem/saved``      every ``categories_every`` steps (and every
+                                      ``memory_every``), read after the forward (the step's
+                                      graph still holds its saved tensors; the gradients
+                                      are the previous step's, not yet cleared)
+``mem/other``                         with the categories: CUDA: allocated minus them; CPU:
+                                      every ``memory_every`` steps (a scan of every live
+                                      object)
+``mem/total``, ``mem/peak``           CUDA: every step (memory_allocated,
+                                      max_memory_allocated); CPU: every ``memory_every``
+``mem/reserved``                      CUDA: the caching allocator's reserve, every step
 ``mem/tensor_bytes``                  CPU: the same figure as ``mem/total`` (older name)
 ``mem/allocated``                     CUDA: the same figure as ``mem/total`` (older name)
 ``mem/spike``                         CUDA: the jump, bytes, at the step that saved a
@@ -57,6 +60,13 @@ from mahiax.telemetry.categories import MemoryCategories
 from mahiax.telemetry.memory_meter import MemoryMeter
 from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture, encode_path
 
+# Steps between two readings of memory by category in training runs. One reading walks the
+# step's autograd graph in Python: ~0.4-0.6 ms on the default model on this lab's CPU, 2-3%
+# of a ~18 ms step, on top of the ~2% the other probes cost; every 10 steps keeps the whole
+# telemetry near the 3% goal of ``make bench``. ``Cadence(categories_every=1)`` reads every
+# step (lessons, short runs, a big model whose step dwarfs the walk).
+CATEGORIES_EVERY = 10
+
 
 class Logger(Protocol):
     """Where probes write: the run store's writer, or anything with these methods."""
@@ -76,6 +86,8 @@ class Cadence:
     """
 
     snapshot_every: int = 25  # memory nodes, adjacency, ring buffer
+    categories_every: int = CATEGORIES_EVERY  # memory by category: a walk of the step's
+    #                                           autograd graph (~0.5 ms on the default model)
     memory_every: int = 250  # CPU: full memory reading, a scan of every live object (~80 ms)
     spike_bytes: int | None = 128 * 2**20  # CUDA: a step whose allocated or peak memory rises
     #                                        by more than this saves one memory snapshot
@@ -83,7 +95,7 @@ class Cadence:
     spike_history: int = 100_000  # CUDA: allocation events the snapshot's ring buffer keeps
 
     def __post_init__(self) -> None:
-        for name in ("snapshot_every", "memory_every", "spike_history"):
+        for name in ("snapshot_every", "categories_every", "memory_every", "spike_history"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
@@ -151,9 +163,15 @@ class TrainingProbe:
             full=step % self.cadence.memory_every == 0,
         )
 
+    def _reads_categories(self, step: int) -> bool:
+        c = self.cadence
+        return step % c.categories_every == 0 or step % c.memory_every == 0
+
     def _after_forward(self, loss: torch.Tensor) -> None:
         trainer = self._trainer
-        self._reading = (trainer.step_num, self._categories(trainer, loss, trainer.step_num))
+        step = trainer.step_num
+        if self._reads_categories(step):
+            self._reading = (step, self._categories(trainer, loss, step))
 
     @torch.no_grad()
     def observe(self, trainer, record) -> None:
@@ -198,15 +216,17 @@ class TrainingProbe:
     def _memory(self, trainer, step: int) -> dict[str, float]:
         """This step's ``mem/*`` figures; saves a snapshot if memory spiked (CUDA)."""
         reading, self._reading = self._reading, None
+        assert self.meter is not None and self.spikes is not None
+        m: dict[str, float] = {}
         if reading is not None and reading[0] == step:
-            cats = reading[1]
-        else:  # attached after this step's forward: its graph is gone, read what is left
-            cats = self._categories(trainer, None, step)
-        m = cats.as_metrics()
-        if cats.total is not None:  # the total under its older names
-            m["mem/allocated" if cats.device.startswith("cuda") else "mem/tensor_bytes"] = \
-                float(cats.total)
-        assert self.spikes is not None
+            m = reading[1].as_metrics()
+        elif self._reads_categories(step):  # attached after this forward: its graph is gone
+            m = self._categories(trainer, None, step).as_metrics()
+        elif self.meter.is_cuda:  # between category readings the allocator's totals are free
+            r = self.meter.read()
+            m = {"mem/total": r.allocated, "mem/reserved": r.reserved, "mem/peak": r.peak}
+        if "mem/total" in m:  # the total under its older names
+            m["mem/allocated" if self.meter.is_cuda else "mem/tensor_bytes"] = m["mem/total"]
         spike = self.spikes.after_step(step)
         if spike is not None:
             m[SPIKE_KEY] = float(spike.jump)

@@ -38,7 +38,7 @@ class MahiaConfig:
     """Everything a run needs; defaults train 300 steps in seconds on 2 CPU cores."""
 
     # --- data ---
-    vocab_size: int = 1000  # token ids 0..999; the summary's demo drew ids from 10000
+    vocab_size: int = 1000  # token ids 0..999 (lesson 01 feeds ids from 10000: out of range)
     seq_len: int = 32  # tokens per sample
     tab_dim: int = 16  # tabular features per sample
     tasks: tuple[str, ...] = ("keywords", "tabular", "mixed")  # see mahiax.tasks.TASKS

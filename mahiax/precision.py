@@ -7,9 +7,10 @@
   when a scaled gradient overflowed to inf/NaN and lowers the scale; those skips are counted.
 
 Clipping must see the *true* gradients: ``clip_grad_norm_`` on scaled gradients compares a
-norm inflated by the scale (65536 at the start) against ``max_norm`` and clips almost
-everything to nothing. :meth:`PrecisionManager.clip` therefore calls ``scaler.unscale_``
-first (PyTorch AMP docs, "Gradient clipping").
+norm inflated by the scale (65536 at the start) against ``max_norm``: whenever that scaled
+norm exceeds ``max_norm`` (almost always), the update applied after unscaling has norm
+``max_norm / scale``, whatever the true norm was. :meth:`PrecisionManager.clip` therefore
+calls ``scaler.unscale_`` first (PyTorch AMP docs, "Gradient clipping").
 """
 
 from __future__ import annotations

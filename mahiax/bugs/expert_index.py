@@ -3,8 +3,10 @@
 Two different errors hide behind the summary's one:
 
 - ``IndexError: index out of range in self`` is what ``nn.Embedding`` / ``index_select``
-  raise for an id outside the table. The demo built a small vocabulary but drew token ids
-  from 10,000: the ids, not the experts, were out of range.
+  raise for an id outside the table, from the token embedding or from any lookup by id (an
+  ``index_select`` over stacked expert weights raises the same words). The summary does not
+  say where its ids came from; the lab's reconstruction is a demo with a small vocabulary
+  fed ids drawn from 10,000 (lesson 01 marks it as such).
 - ``self.experts[idx]`` with a many-element tensor ``idx`` raises ``TypeError: only integer
   tensors of a single element can be converted to an index``. That is the error the
   summary's fix (``torch.unique`` + ``int(u.item())``) actually removes.
@@ -159,13 +161,15 @@ register(BugEntry(
     component="ExpertRouter / token embedding",
     title="Index out of range in ExpertRouter",
     pattern="expert_out = self.experts[idx](x)  # idx: a tensor of expert ids\n"
-            "# ...and token ids drawn from 10000 for a vocabulary of 1000",
+            "# ...and (the lab's reconstruction) token ids drawn from 10000 for a vocabulary "
+            "of 1000",
     summary_fix="for u in torch.unique(idx): expert = self.experts[int(u.item())]",
     right_fix="keep token ids in [0, vocab_size) (validate before the embedding); dispatch "
               "tokens grouped by expert with stacked weights",
     explanation=(
-        "'index out of range in self' is the embedding's error for an id outside its table: "
-        "the demo drew ids from 10,000 for a smaller vocabulary. experts[idx] with a tensor "
+        "'index out of range in self' is the error of an embedding or index_select for an id "
+        "outside its table; in the lab's reconstruction the demo drew ids from 10,000 for a "
+        "smaller vocabulary. experts[idx] with a tensor "
         "raises a different error (TypeError), and that is the one the summary's unique + "
         "int(u.item()) removes; the out-of-range ids stay, and so does the error."
     ),

@@ -367,8 +367,11 @@ register(BugEntry(
     summary_fix="self.layer_importance.data.copy_(new_data)",
     right_fix="scatter the chosen probabilities to their layer indices, EMA under no_grad",
     explanation=(
-        "There was no error to fix: writing through .data bypasses autograd either way, so "
-        "the summary's copy_ changes nothing. The real bug is silent: topk_probs.mean(0) "
+        "There was no error to fix: nothing in the forward saves the importance, so writing "
+        "it through .data (which skips the version counter) corrupts no gradient here, and "
+        "the summary's .data.copy_ is the same write. (A .data write into a tensor a graph "
+        "did save would silently corrupt its gradient.) The real bug is silent: "
+        "topk_probs.mean(0) "
         "averages per top-k slot (best, second best), not per layer, so the 'importance' of "
         "layer 0 is the mean probability of whichever layer ranked first."
     ),

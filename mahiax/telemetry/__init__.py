@@ -2,5 +2,22 @@
 
 from mahiax.telemetry.categories import MemoryCategories
 from mahiax.telemetry.memory_meter import MemoryMeter, MemoryReading, legacy_cuda_reading
+from mahiax.telemetry.spikes import (
+    SPIKE_KEY,
+    SPIKE_SNAPSHOT_KEY,
+    Spike,
+    SpikeCapture,
+    spike_snapshots,
+)
 
-__all__ = ["MemoryCategories", "MemoryMeter", "MemoryReading", "legacy_cuda_reading"]
+__all__ = [
+    "SPIKE_KEY",
+    "SPIKE_SNAPSHOT_KEY",
+    "MemoryCategories",
+    "MemoryMeter",
+    "MemoryReading",
+    "Spike",
+    "SpikeCapture",
+    "legacy_cuda_reading",
+    "spike_snapshots",
+]

@@ -3,7 +3,7 @@
 Every run is fresh and leaves no trace: a new model from a fixed seed, its own data
 generator, the RNG forked, anomaly mode and grad mode restored afterwards. At each step the
 harness records the autograd graph size, the live tensor bytes and memory by category
-(MemoryMeter, on the CPU the model trains on; the graph is read after the step's backward, so
+(MemoryMeter, on the device the model trains on; the graph is read after the step's backward, so
 "saved for backward" is what the graph still holds: 0 unless it was retained), and the largest
 difference between the variant's gradients and those of the **clean** package model loaded
 with the same weights and state at the start of the step (float64, so 1e-6 is a real bound).

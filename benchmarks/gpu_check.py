@@ -248,7 +248,8 @@ def amp_section(ctx: Context, s: Section) -> None:
         if ctx.cuda:
             torch.cuda.reset_peak_memory_stats(ctx.device)
         record_training(config, name, steps, store=ctx.store, checkpoint_every=steps,
-                        cadence=Cadence(snapshot_every=50, memory_every=50),
+                        cadence=Cadence(snapshot_every=50, memory_every=50,
+                                        categories_every=1),
                         on_step=records.append)
         peak = torch.cuda.max_memory_allocated(ctx.device) if ctx.cuda else None
         losses = [r.loss for r in records] + [v for r in records for v in r.task_losses.values()]

@@ -525,15 +525,45 @@ _ONE_VERDICT = """
 import json, sys
 from mahiax import bugs
 entry_id, device = sys.argv[1], sys.argv[2]
-try:
+import torch
+entry = bugs.get(entry_id)
+if torch.device(device).type not in entry.devices:  # the entry refuses it, saying why
+    found = {"label": "refused", "reason": f"runs on {', '.join(entry.devices)}: "
+             + entry.device_note}
+else:  # anything raised here is a crash, reported with its last line
     v = bugs.verdict(entry_id, device=device)
     found = {"label": v.label, "reason": v.reason, "errors": {
         k: (f"{o.error_type} at step {o.error_step}: " + (o.error_message or "").strip()
             .splitlines()[0]) if o.error_type else "none" for k, o in v.outcomes.items()}}
-except ValueError as e:  # the entry refuses this device, saying why
-    found = {"label": "refused", "reason": str(e)}
 print(json.dumps(found))
 """
+
+
+_OUT_OF_RANGE_ON_GPU = """
+import torch
+emb = torch.nn.Embedding(1000, 8).to(sys.argv[1])
+try:
+    emb(torch.tensor([[12, 9999]], device=sys.argv[1]))
+    torch.cuda.synchronize()
+    print("no error")
+except Exception as e:
+    print(f"{type(e).__name__}: {str(e).strip().splitlines()[0]}")
+try:
+    torch.ones(1, device=sys.argv[1]) + 1
+    print("CUDA still usable afterwards")
+except Exception as e:
+    print(f"afterwards, any CUDA op: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+"""
+
+
+def _out_of_range_on_gpu(device: str) -> list[str]:
+    """What an embedding given an id past its table does on the GPU (expert-index's note),
+    in a process of its own: a device-side assert leaves its CUDA context unusable."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + _OUT_OF_RANGE_ON_GPU,
+                           device], capture_output=True, text=True, timeout=120)
+    return done.stdout.strip().splitlines() or [done.stderr.strip().splitlines()[-1]]
 
 
 def _verdict_in_process(entry_id: str, device: str, hide_gpu: bool, timeout_s: float) -> dict:
@@ -599,6 +629,12 @@ def catalog_section(ctx: Context, s: Section) -> None:
         s.check(f"{e.id}: the same verdict on every device, or the difference explained",
                 same or explained,
                 " / ".join(str(x["label"]) for x in (hidden, cpu, gpu)))
+    if ctx.cuda:
+        seen = _out_of_range_on_gpu(str(ctx.device))
+        s.data["out_of_range_on_gpu"] = seen
+        s.lines += ["", "Why `expert-index` is measured on the CPU: an embedding given id 9999 "
+                    "of 1000 on the GPU, in a process of its own: " + " / ".join(
+                        f"`{line}`" for line in seen)]
 
 
 # --- 6. lessons 05 and 08 on the GPU machine -----------------------------------------------

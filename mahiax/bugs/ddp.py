@@ -581,7 +581,8 @@ def _buffer_run(variant: str, steps: int, candidate: object = None) -> Outcome:
     damages = [d for r in done for d in r["damage"]]
     out.state_diff = max(damages, default=0.0)
     spread = [
-        float(max((a - b).abs().max() for a, b in zip(ns, done[0]["nodes"], strict=False)))
+        float(max((float((a - b).abs().max()) for a, b in zip(ns, done[0]["nodes"],
+                                                                strict=False)), default=0.0))
         for ns in (r["nodes"] for r in done[1:])
     ]
     out.figures.update(

@@ -175,6 +175,15 @@ register(BugEntry(
     ),
     runner=_runner,
     steps=3,
+    devices=("cpu",),
+    device_note=(
+        "on CUDA an id out of range is caught by an assert inside the GPU kernel: the error "
+        "arrives asynchronously as 'CUDA error: device-side assert triggered' and leaves the "
+        "process's CUDA context unusable (measured by make gpu-check on an H100), so the "
+        "catalog measures this entry on the CPU, where PyTorch checks the ids and raises "
+        "'index out of range in self'; on a GPU, run with CUDA_LAUNCH_BLOCKING=1 or on the "
+        "CPU to read the reported error"
+    ),
     candidate_kind="a function (tokens, vocab_size) -> tokens applied to each batch",
     candidates=lambda: {"buggy": ids_as_given, "summary": ids_as_given, "fixed": fold_ids},
 ))

@@ -285,7 +285,7 @@ def _controller_run(variant: str, steps: int, candidate: object = None) -> Outco
             swap_class(ctl, cls)
 
     def on_step(ctx, out) -> None:
-        ema = truth["ema"]
+        ema = truth["ema"].to(ctx.batch.tabular.device)  # built before the model moved
         ema.observe(seen[-1])  # the per-layer EMA, fed the same routing
         ema.commit()
         seen.clear()
@@ -314,7 +314,7 @@ def _dwa_run(variant: str, steps: int, candidate: object = None) -> Outcome:
         return cls(len(model.config.tasks))
 
     def on_step(ctx, out) -> None:
-        dwa = truth["dwa"]
+        dwa = truth["dwa"].to(ctx.batch.tabular.device)  # built before the model moved
         dwa.update(ctx.losses.detach())  # the harness just gave the variant the same losses
         diff = (ctx.weighting.weights().double() - dwa.weights().double()).abs().max()
         worst[0] = max(worst[0], float(diff))

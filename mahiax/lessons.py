@@ -176,6 +176,57 @@ def step_figure(
     return fig
 
 
+# the memory categories a catalog run records every step (Outcome.memory_categories), in
+# stacking order, with the names a chart shows
+CATEGORY_NAMES = {
+    "params": "parameters", "grads": "gradients", "optimizer": "optimizer state",
+    "saved": "saved for backward",
+}
+
+
+def category_table(out: Outcome) -> pd.DataFrame:
+    """One run's memory by category per step (MB): what the harness's meter read after each
+    step's backward, on the device the run trained on."""
+    import pandas as pd
+
+    rows = [{CATEGORY_NAMES[k]: r[k] / MB for k in CATEGORY_NAMES} | {"step": r["step"]}
+            for r in out.memory_categories]
+    return pd.DataFrame(rows).set_index("step") if rows else pd.DataFrame()
+
+
+def category_figure(
+    outcomes: Mapping[str, Outcome] | Sequence[Outcome], title: str | None = None
+) -> go.Figure:
+    """Memory by category stacked over steps, one panel per variant, on one shared y scale
+    (so a category that grows in one variant and stays flat in another is seen at a glance).
+    """
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    outs = [o for o in (outcomes.values() if isinstance(outcomes, Mapping) else outcomes)
+            if o.memory_categories]
+    fig = make_subplots(rows=1, cols=max(1, len(outs)), shared_yaxes=True,
+                        subplot_titles=[o.variant for o in outs])
+    colours = dict(zip(CATEGORY_NAMES.values(), qualitative.Safe, strict=False))
+    for col, out in enumerate(outs, start=1):
+        table = category_table(out)
+        for name in table.columns:
+            fig.add_trace(go.Scatter(
+                x=table.index, y=table[name], name=name, stackgroup=f"v{col}",
+                mode="lines", line={"width": 0.5, "color": colours[name]},
+                fillcolor=colours[name], legendgroup=name, showlegend=col == 1,
+            ), row=1, col=col)
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    device = outs[0].memory_categories[0].get("label", "") if outs else ""
+    fig.update_yaxes(title_text="MB", row=1, col=1)
+    fig.update_layout(
+        title=title or f"memory by category after each step ({device})", height=380,
+        margin={"l": 60, "r": 20, "t": 70, "b": 40}, legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
 def variant_switch(outcomes: Mapping[str, Outcome], field: str = "graph_nodes") -> Any:
     """A widget: toggle between variants; shows each one's error (or what ran) and its chart.
 

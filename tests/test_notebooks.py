@@ -297,3 +297,16 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
         else:
             assert not errors, f"{name} cell {i}: {errors[0].ename}: {errors[0].evalue}"
     assert _files_under(NOTEBOOKS) == before, f"{name} wrote into notebooks/"
+
+
+def test_instructor_notes_cover_every_lesson_with_timing_questions_and_slow_cells():
+    """``notebooks/INSTRUCTOR.md``: one section per lesson, in teaching order, each with a
+    timing plan, the questions to ask (with answers) and the slow cells."""
+    text = (NOTEBOOKS / "INSTRUCTOR.md").read_text()
+    heads = [ln[3:].strip() for ln in text.splitlines() if ln.startswith("## ")]
+    assert heads == list(LESSONS)
+    sections = text.split("\n## ")[1:]
+    for name, body in zip(LESSONS, sections, strict=True):
+        lower = body.lower()
+        for needed in ("timing", "question", "slow"):
+            assert needed in lower, f"INSTRUCTOR.md, {name}: no {needed!r}"

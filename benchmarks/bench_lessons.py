@@ -19,39 +19,22 @@ time; the slowest cells of the median round are listed (the instructor notes quo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from tests.notebook_env import KERNEL_NAME, LESSONS, NOTEBOOKS, jupyter_env
+from tests.notebook_env import KERNEL_NAME, LESSONS, NOTEBOOKS, environ_set, jupyter_env
 
 GOAL_S = 20.0  # issue 11: every lesson's cells, top to bottom, under 20 s on 2 cores
 CELL_TIMEOUT_S = 300  # a hang guard per cell, far above any lesson's
 SLOWEST = 3  # cells listed per lesson
-
-
-@contextlib.contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` updated with ``env`` inside the block (the kernel manager looks the
-    kernelspec up through it), restored afterwards."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _first_line(source: str) -> str:
@@ -119,7 +102,7 @@ def run(lessons: Sequence[str] | None = None, rounds: int = 1, threads: int = 1,
     with tempfile.TemporaryDirectory(prefix="mahiax-bench-lessons-") as tmp:
         env = jupyter_env(Path(tmp), threads=threads)
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU, as in CI
-        with _environ(env):
+        with environ_set(env):
             if warm_up:
                 _warm_up(notebooks)
             for _ in range(rounds):  # round after round: noise spreads over every lesson

@@ -657,7 +657,13 @@ def lessons_section(ctx: Context, s: Section) -> None:
     import nbformat
     from nbclient import NotebookClient
 
-    from tests.notebook_env import KERNEL_NAME, NOTEBOOKS, jupyter_env, notebook_path
+    from tests.notebook_env import (
+        KERNEL_NAME,
+        NOTEBOOKS,
+        environ_set,
+        jupyter_env,
+        notebook_path,
+    )
 
     s.lines += ["| lesson | cells | errors | seconds | GPU lines printed |",
                 "|---|---|---|---|---|"]
@@ -670,9 +676,7 @@ def lessons_section(ctx: Context, s: Section) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             env = jupyter_env(Path(tmp), threads=4)
             env["PYTHONPATH"] = _absolute_pythonpath()
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
+            with environ_set(env):
                 nb = nbformat.read(notebook_path(name), as_version=4)
                 client = NotebookClient(nb, timeout=int(min(240, ctx.left())),
                                         kernel_name=KERNEL_NAME, startup_timeout=120,
@@ -681,12 +685,6 @@ def lessons_section(ctx: Context, s: Section) -> None:
                 t0 = time.perf_counter()
                 client.execute(env=dict(os.environ))
                 seconds = time.perf_counter() - t0
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
         nbformat.write(nb, dest / f"{name}.ipynb")
         code = [c for c in nb.cells if c.cell_type == "code"]
         errors = []

@@ -10,9 +10,12 @@ temp dirs: nothing is written to ``~`` or to the repository.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,3 +81,19 @@ def jupyter_env(tmp: Path, threads: int = 1) -> dict[str, str]:
         MAHIAX_DASHBOARD_AUTOSTART="0", PYDEVD_DISABLE_FILE_VALIDATION="1",
     )
     return env
+
+
+@contextlib.contextmanager
+def environ_set(env: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``env`` inside the block (a kernel manager looks the
+    kernelspec up through it), restored afterwards, whatever happens inside."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

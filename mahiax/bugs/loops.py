@@ -27,7 +27,7 @@ from mahiax.bugs.harness import (
     swap_class,
     train_variant,
 )
-from mahiax.bugs.outcome import Outcome
+from mahiax.bugs.outcome import Outcome, graph_nodes
 from mahiax.bugs.stateful import BuggyGraphMemory
 from mahiax.model import HybridEfficientModel
 from mahiax.weighting import LossWeighting
@@ -134,15 +134,7 @@ def graph_retained(root: torch.Tensor | None) -> bool:
     that still lets us read one was kept on purpose. The first node that saved a tensor
     answers for the whole pass (one backward frees all it ran, or keeps all).
     """
-    if root is None or root.grad_fn is None:
-        return False
-    seen: set[int] = set()
-    stack = [root.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in graph_nodes(root):
         names = _SAVED.setdefault(
             type(node), [a for a in dir(type(node)) if a.startswith("_saved_")]
         )
@@ -153,7 +145,6 @@ def graph_retained(root: torch.Tensor | None) -> bool:
                 return False
             if isinstance(value, torch.Tensor):
                 return True
-        stack.extend(nxt for nxt, _ in node.next_functions)
     return False
 
 

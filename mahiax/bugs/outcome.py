@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -92,14 +94,10 @@ def normalise_message(message: str) -> str:
     return re.sub(r"\d+", "#", first)
 
 
-def graph_size(root: torch.Tensor | None) -> int:
-    """Number of distinct autograd nodes reachable from ``root.grad_fn``.
-
-    A graph that carries the previous steps along (state that was never detached, or a
-    graph kept by ``retain_graph=True``) shows up as a count that grows every step.
-    """
+def graph_nodes(root: torch.Tensor | None) -> Iterator[Any]:
+    """Each distinct autograd node reachable from ``root.grad_fn``, once (depth first)."""
     if root is None or root.grad_fn is None:
-        return 0
+        return
     seen: set[int] = set()
     stack = [root.grad_fn]
     while stack:
@@ -107,5 +105,14 @@ def graph_size(root: torch.Tensor | None) -> int:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
+        yield node
         stack.extend(nxt for nxt, _ in getattr(node, "next_functions", ()))
-    return len(seen)
+
+
+def graph_size(root: torch.Tensor | None) -> int:
+    """Number of distinct autograd nodes reachable from ``root.grad_fn``.
+
+    A graph that carries the previous steps along (state that was never detached, or a
+    graph kept by ``retain_graph=True``) shows up as a count that grows every step.
+    """
+    return sum(1 for _ in graph_nodes(root))

@@ -77,8 +77,8 @@ with lessons.expect_error(RuntimeError, "Trying to backward through the graph a 
 
 # %% [markdown]
 # `retain_graph=True` keeps the saved tensors, so the second call runs. But gradients add
-# up: one backward of the sum gives exactly the same gradients, with one pass and nothing
-# retained.
+# up: one backward of the sum gives the same gradients (equal up to float32 rounding in the
+# last digits), with one pass and nothing retained.
 
 # %%
 w.grad = None
@@ -197,8 +197,8 @@ print("summary minus fixed, MB per step:", [round(x, 2) for x in extra])
 lessons.step_figure(v_rg.outcomes, "tensor_mb", "live tensor memory (MB), graphs included")
 
 # %% [markdown]
-# Scrub through the steps: the fixed loop's graph is the same size every step; the summary's
-# grows until it fails.
+# Scrub through the steps: the fixed loop's graph is the same size from step 1 on; the
+# summary's grows until it fails.
 
 # %%
 def at_step(step: int) -> go.Figure:

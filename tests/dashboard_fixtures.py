@@ -18,7 +18,7 @@ def finished_store(root: Path) -> Path:
     """A tiny preset trained 12 steps: every key the probes write, snapshots included."""
     path = root / "finished.sqlite"
     record_training(tiny(), "done", 12, store=path,
-                    cadence=Cadence(snapshot_every=4, memory_every=5))
+                    cadence=Cadence(snapshot_every=4, memory_every=5, categories_every=1))
     return path
 
 

@@ -47,7 +47,7 @@ from mahiax import bugs, lessons
 from mahiax.debug import anomaly_says, locate_mutations
 from mahiax.memory import GraphDiffusionMemory
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. An in-place error with no in-place operation in sight
@@ -183,9 +183,11 @@ assert "add_" in report_text  # SGD's in-place update, inside opt.step()
 # > **Reconstruction.** The summary does not say where its persistent error came from. The
 # > lab assumes the loop the summary describes (`retain_graph=True` on every backward,
 # > summary section 3) together with state that carries the graph from one step to the
-# > next (the original `GraphDiffusionMemory` update, lesson 03a). Then step 2's backward
-# > runs into step 1's retained graph, whose saved parameters the optimiser step has since
-# > changed: an in-place error with no in-place operation in the model.
+# > next (the original `GraphDiffusionMemory` update, lesson 03a), with an optimiser step
+# > after every step. Then step 1's backward runs into step 0's retained graph, whose saved
+# > parameters step 0's optimiser step has since changed: an in-place error with no in-place
+# > operation in the model. (Lesson 04's setting steps every 4 micro-batches, so there the
+# > same error comes at step 4.)
 #
 # The catalog's `persistent-inplace` entry trains that model. Its `summary` variant follows
 # the recommendation (anomaly mode), then asks the locator.

@@ -17,8 +17,9 @@
 # PyTorch docs this lesson builds on: autograd mechanics,
 # [in-place correctness checks](https://docs.pytorch.org/docs/stable/notes/autograd.html#in-place-correctness-checks)
 # and [saved tensors](https://docs.pytorch.org/docs/stable/notes/autograd.html#saved-tensors);
-# the note on [`torch.Tensor.detach`](https://docs.pytorch.org/docs/stable/generated/torch.Tensor.detach.html)
-# (`.data` is its older alias, without its protection); for the memory chart,
+# [`torch.Tensor.detach`](https://docs.pytorch.org/docs/stable/generated/torch.Tensor.detach.html)
+# (its note: in-place changes to a detached tensor are seen by autograd's correctness checks;
+# a write through `.data` is not, section 7); for the memory chart,
 # [CUDA semantics: memory management](https://docs.pytorch.org/docs/stable/notes/cuda.html#cuda-memory-management).
 
 # %%
@@ -44,8 +45,8 @@ print("run store:", store)
 # %% [markdown]
 # ## 1. Record a run
 #
-# 120 steps of the teaching preset (about 10 s on 2 shared CPU cores: the slowest cell of
-# the lesson), memory nodes snapshotted every 10 steps and a full memory reading every 25.
+# 120 steps of the teaching preset (the slowest cell of the lesson), memory nodes
+# snapshotted every 10 steps and a full memory reading every 25.
 
 # %%
 config = teaching().replace(max_steps=120, dwa_window=10)
@@ -66,7 +67,8 @@ print(len(keys), "scalar keys, e.g.", keys[:6])
 # `scalars(name, keys)` returns one column per key, indexed by step. The model has three
 # tasks (`keywords`, `tabular`, `mixed`), each with its own head and loss.
 #
-# **Predict.** After 120 steps, has every task's loss fallen? Which falls least?
+# **Predict.** After 120 steps, has every task's loss fallen? Which falls least, relative to
+# where it started?
 
 # %%
 tasks = list(config.tasks)
@@ -80,6 +82,7 @@ fig
 first, last = losses.iloc[:10].mean(), losses.iloc[-10:].mean()
 print("mean of the first 10 steps:\n", first.round(3).to_string())
 print("mean of the last 10 steps:\n", last.round(3).to_string())
+print("last / first (lower = fell more):\n", (last / first).round(2).to_string())
 assert (last < first).all(), "every task learns"
 
 # %% [markdown]
@@ -189,8 +192,8 @@ assert tensor_mb.iloc[1:].max() <= 1.01 * tensor_mb.iloc[1], "flat after the fir
 
 # %% [markdown]
 # Tensor memory is flat from the second reading on (the first, at step 0, is
-# lower). The RSS drifts by a few MB: it counts everything the process holds, not tensors,
-# so it is the wrong figure to judge a graph leak by.
+# lower). The RSS moves on its own (printed above): it counts everything the process holds,
+# not tensors, so it is the wrong figure to judge a graph leak by.
 
 # %% [markdown]
 # ## 7. Layer importance, and the exercise
@@ -304,7 +307,7 @@ print(f"MAHIAX_STORE={store} .venv/bin/python -m mahiax runs show lesson07")
 #    <details><summary>Answer</summary>
 #    Live tensor memory growing at every reading: each step's graph, with its saved
 #    tensors, stays reachable from the carried state (lesson 04 measures it). The clean
-#    run is flat after the first step.
+#    run is flat after the first reading.
 #    </details>
 # 2. `.data.copy_` raised no error in the catalog run. Why is that not evidence that it is
 #    safe?

@@ -117,12 +117,7 @@ scaler.update()
 # norm). Whenever `scale × g > max_norm`, which with a scale of 65,536 is almost always, it
 # rescales them to norm `max_norm`; `scaler.step()` then unscales, so the optimiser applies
 # a gradient of norm **`max_norm / scale`**, whatever the true norm was. The right step
-# (unscale, then clip) has norm `min(g, max_norm)`. So the step is too small by
-#
-# - `scale` (65,536) when the true norm exceeds `max_norm`: the clip should have acted;
-# - `scale × g / max_norm` when it does not: the clip should have done nothing, and still
-#   shrinks the step, by less;
-# - nothing only when `max_norm ≥ scale × g`.
+# (unscale, then clip) has norm `min(g, max_norm)`.
 #
 # **Predict.** A small regression whose true gradient norm is about 3, at `max_norm` 1, 100
 # and 1,000,000: how many times too small is the first step each time?
@@ -153,16 +148,31 @@ def first_step(max_norm: float) -> tuple[float, float, float]:
     return true, applied[0], applied[1]
 
 
+too_small = {}  # max_norm -> (true norm, right / clip first)
 for max_norm in (1.0, 100.0, 1e6):
     g, wrong, right = first_step(max_norm)
+    too_small[max_norm] = (g, right / wrong)
     print(f"max_norm {max_norm:>9,.0f}: true norm {g:.2f}; applied: clip first {wrong:.2e}, "
           f"unscale first {right:.2f}; right / clip first = {right / wrong:,.0f}")
+SCALE = 65536.0  # GradScaler's initial scale
+g = too_small[1.0][0]
+assert 2.5 < g < 3.5  # "about 3"
+assert abs(too_small[1.0][1] / SCALE - 1) < 1e-3  # g > max_norm: scale times too small
+assert abs(too_small[100.0][1] / (SCALE * g / 100) - 1) < 1e-3  # scale * g / max_norm
+assert abs(too_small[1e6][1] - 1) < 1e-4  # max_norm above scale * g: untouched
 
 # %% [markdown]
+# So clip-first makes the step too small by
+#
+# - `scale` (65,536) when the true norm exceeds `max_norm`: the clip should have acted;
+# - `scale × g / max_norm` when it does not: the clip should have done nothing, and still
+#   shrinks the step, by less;
+# - nothing only when `max_norm ≥ scale × g`.
+#
 # At `max_norm` 1 the true norm (about 3) exceeds the threshold: the step is 65,536 times too
 # small. At 100 the right clip does nothing, yet clip-first still shrinks the step about
 # 2,000 times (`65,536 × 3 / 100`). Only a threshold above `scale × g` (about 200,000 here)
-# leaves the step alone. No error in any case.
+# leaves the step alone. No error in any case. (The cell asserts all three.)
 #
 # Now train the same regression 60 steps both ways. **Predict.** With clip-first at
 # `max_norm` 1, does the loss fall at all? Then move the slider: from which `max_norm` on

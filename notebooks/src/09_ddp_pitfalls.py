@@ -33,6 +33,8 @@
 # (its `find_unused_parameters`, `broadcast_buffers` and `forward_sync_buffers` arguments).
 
 # %%
+import inspect
+
 import plotly.graph_objects as go
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -167,6 +169,13 @@ print("version-counter bumps by DDP's forwards, per rank:",
 # %%
 lessons.source(DistributedDataParallel._sync_buffers, "DDP's buffer sync, in this torch")
 
+# %%
+wrapped = "_unsafe_preserve_version_counter" in inspect.getsource(
+    DistributedDataParallel._sync_buffers)
+print("this torch's buffer sync preserves the version counter:", wrapped)
+if wrapped:  # then two forwards before one backward raise nothing, and nothing is bumped
+    assert buggy.error_type is None and set(buggy.figures["version_bumps_by_forward"]) == {0}
+
 # %% [markdown]
 # On a torch whose `_sync_buffers` lacks that wrapper, the issues above report the in-place
 # error instead (we measured only the torch printed here). Either way the copy happens.
@@ -180,6 +189,8 @@ for rank, changed in enumerate(buggy.figures["overwritten_by_forward"]):
     fig.add_trace(go.Bar(x=list(range(len(changed))), y=changed, name=f"rank {rank}"))
 fig.update_layout(title="max |nodes after DDP's forward - nodes before| (broadcast_buffers=True)",
                   xaxis_title="step", yaxis_title="largest change", barmode="group", height=320)
+rank0, rank1 = buggy.figures["overwritten_by_forward"]
+assert max(rank0) == 0 and rank1[0] == 0 and min(rank1[1:]) > 0  # what the text below reads
 fig
 
 # %% [markdown]

@@ -97,9 +97,8 @@ assert torch.allclose(two_backwards, w.grad)
 # %% [markdown]
 # ## 2. What `retain_graph=True` costs, and when it grows
 #
-# Freeing saved tensors during backward lowers the *peak* within a step. It is not what keeps
-# training memory flat from step to step: a graph is freed anyway once nothing references it
-# any more, which happens when the next step rebinds `h` and the losses.
+# Freeing saved tensors during backward lowers the *peak* within a step. Is it also what
+# keeps training memory flat from step to step?
 #
 # **Predict.** Six steps, `retain_graph=True` on every backward. (a) Each step starts from
 # fresh inputs. (b) Each step also adds a state computed from the previous step's `h`,
@@ -133,8 +132,8 @@ assert max(flat) - min(flat) < 0.01
 assert all(b > a for a, b in zip(growing, growing[1:], strict=False))
 
 # %% [markdown]
-# (a) stays flat: each step's retained graph dies when the next step rebinds `h` and the
-# losses. (b) grows by about one step's graph a step: `state` references `h`'s graph, which
+# (a) stays flat: a graph is freed anyway once nothing references it any more, and each
+# step's retained graph dies when the next step rebinds `h` and the losses. (b) grows by about one step's graph a step: `state` references `h`'s graph, which
 # references the previous `state`, and so on back to step 0. `retain_graph=True` hurts only
 # together with state that carries the graph across steps, which is exactly what lesson
 # 03a's original `GraphDiffusionMemory` does.
@@ -146,8 +145,7 @@ assert all(b > a for a, b in zip(growing, growing[1:], strict=False))
 # > losses being computed from the same forward pass"; (2) the original graph memory of
 # > lesson 03a (`BuggyGraphMemory`, nodes rebound to a blend with the live batch mean), whose
 # > nodes carry each step's graph into the next; and (3) an optimiser step every 4
-# > micro-batches (gradient accumulation), so the retained graphs live a few steps before an
-# > update changes the weights they saved. Every variant of `retain-graph`, and your loop in
+# > micro-batches (gradient accumulation). Every variant of `retain-graph`, and your loop in
 # > the exercise, runs in exactly this setting; the cells below show it.
 
 # %%

@@ -86,8 +86,7 @@ assert after.rss > after.tensor_bytes  # RSS holds far more than the tensors
 # ## 3. The memory you cannot see: tensors saved by autograd
 #
 # A forward **saves** some tensors for the backward (autograd's *saved tensors*), often
-# tensors no Python variable names any more. `exp` saves its own output (the derivative of
-# `exp` is `exp`); multiplying by the Python number 2 saves only that number.
+# tensors no Python variable names any more.
 #
 # **Predict.** `w` holds 4 MB. After `y = (w * 2).exp().sum()`, how many MB beyond `w` does
 # `y`'s graph hold? And after `del y`?
@@ -107,7 +106,9 @@ assert 4 * MB <= with_graph - base < 5 * MB  # exp's output only: w * 2 was not 
 assert without_graph - base < MB
 
 # %% [markdown]
-# The meter found the 4 MB by walking `y`'s graph (`grad_fn`, `next_functions`) and reading
+# `exp` saved its own output (the derivative of `exp` is `exp`); multiplying by the Python
+# number 2 saves only that number, so `w * 2` was freed once `exp` had read it. The meter
+# found the 4 MB by walking `y`'s graph (`grad_fn`, `next_functions`) and reading
 # each node's `_saved_*` tensors. Deleting the last reference to the graph freed them.
 #
 # Try it: pick how many MB of tensors to keep alive and compare the two readings.

@@ -134,8 +134,8 @@ assert list(saved.shape) == [3, 1] and net.l2.weight._version == 2
 #
 # **Anomaly mode** (`torch.autograd.set_detect_anomaly(True)` or the context manager
 # `torch.autograd.detect_anomaly()`) records, during the forward, the Python traceback that
-# created each backward node. When a backward node fails, it prints that traceback: the
-# forward line of the node whose saved tensor was changed. `mahiax.debug.anomaly_says` runs
+# created each backward node. When a backward node fails, it prints the traceback it
+# recorded for that node. `mahiax.debug.anomaly_says` runs
 # a function under anomaly mode and collects that text.
 #
 # **Predict.** Which line will anomaly mode point at: `opt.step()`, or a line of `forward`?

@@ -219,10 +219,7 @@ px.line(importance, labels={"value": "importance", "variable": "layer"},
 
 # %% [markdown]
 # The summary swapped `importance.data = new` for `importance.data.copy_(new)`. `.data`
-# returns an alias of the tensor's storage that autograd does not track: a write through it
-# does not move the tensor's version counter, so the in-place check of lesson 06 cannot see
-# it. That does **not** make such a write
-# harmless.
+# returns an alias of the tensor's storage that autograd does not track.
 #
 # **Predict.** `y = x.exp()` saves its result `y` for backward (the derivative of `exp` is
 # `exp`). Overwrite `y` with zeros through `.data`, then call backward: an error, or which
@@ -238,11 +235,11 @@ print("x.grad:", x.grad.tolist(), "(the true gradient is e = 2.718 each)")
 assert y._version == 0 and (x.grad == 0).all()
 
 # %% [markdown]
-# No error, and a silently wrong gradient: backward used the zeros. Writing through `.data`
-# is harmless in `MetaController` only because nothing saved `importance`: the forward
-# never reads it (only the telemetry does, between steps; lesson 03b checks it with a
-# saved-tensor hook). There, `.data = ...` and `.data.copy_(...)` store the same values,
-# and the per-slot average stays.
+# No error, and a silently wrong gradient: a write through `.data` does not move the
+# tensor's version counter (`y._version` stayed 0), so the in-place check of lesson 06
+# cannot see it, and backward used the zeros. Writing through `.data` is harmless in
+# `MetaController` only because nothing saved `importance`: the forward never reads it
+# (only the telemetry does, between steps; lesson 03b checks it with a saved-tensor hook).
 #
 # **Predict.** The catalog trains with the summary's per-slot EMA written through `.data`
 # (`buggy`), then with `.data.copy_` (`summary`). Error? Does the importance differ from

@@ -19,6 +19,10 @@
 #   gradients into **buckets** and hooks every parameter; during `backward()` each hook marks
 #   its gradient ready, and a bucket whose gradients are all ready is all-reduced (averaged).
 #   The reducer expects every parameter to report in every backward.
+# - A **mixture of experts** (MoE) layer sends each token to the `k` **experts** (small
+#   feed-forward layers) its router scores highest (**top-k**); here each expert is a
+#   **SwiGLU** layer, `down(silu(x W_gate) * (x W_up))`. An expert no token chose in a step
+#   is **idle**.
 # - A **buffer** is a tensor a module registers with `register_buffer`: part of its
 #   `state_dict`, but not a parameter (no gradient; the optimiser never touches it).
 #
@@ -98,7 +102,8 @@ for r in ddp.per_rank_idle_experts(steps=2):
 #   extra overheads", so it should be set "only ... when necessary". (We do not time it
 #   here: on a tiny model and a shared 2-core machine the difference is below the noise.)
 # - the right fix: stacked expert weights (`mahiax.moe.SwiGLUExperts`, the clean package's
-#   layout): one `(E, D, H)` weight per projection. An idle expert is still skipped, but its
+#   layout): one `(E, D, H)` weight per projection (`E` experts, model width `D`, hidden
+#   width `H`). An idle expert is still skipped, but its
 #   slice belongs to a weight that *is* in the graph, so every parameter gets a gradient, an
 #   idle expert's slice being zero. Without DDP, one step of each layout:
 

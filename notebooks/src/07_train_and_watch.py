@@ -90,6 +90,8 @@ assert (last < first).all(), "every task learns"
 #
 # The vector `moe/tokens_per_expert` holds, per step, how many tokens each expert got. A
 # balanced router spreads tokens evenly; the load-balancing loss pushes toward that.
+# `moe/cv` is the coefficient of variation of those counts (standard deviation / mean: 0
+# when perfectly even), `moe/max_over_mean` the busiest expert's count over the mean.
 
 # %%
 load = reader.vectors("lesson07", "moe/tokens_per_expert")

@@ -3,10 +3,10 @@
 # %% [markdown]
 # # 04 · `retain_graph=True` hides the error; `encode()` + one backward removes it
 #
-# **Goal.** See why a second `backward()` through one graph fails, what `retain_graph=True`
-# really costs (alone: little; with state that carries the graph across steps: a graph and
-# memory that grow every step, then an in-place error), and the loop that needs no retained
-# graph at all: one forward, one backward of the weighted sum.
+# **Goal.** See why a second `backward()` through one graph fails, measure what
+# `retain_graph=True` really costs, alone and together with state that carries the graph
+# across steps, and write the loop that needs no retained graph at all: one forward, one
+# backward of the weighted sum.
 #
 # **Context (read cold).** MAHIA-X trains three tasks at once: one loss per task, combined by
 # loss weights. The summary, section 3:
@@ -323,7 +323,8 @@ table[["error", "max grad diff", "forwards / step", "backwards / step"]]
 # the graph memory carries the graph across steps and the optimiser steps every 4
 # micro-batches (`ctx.zero_grad()` keeps the gradients within a cycle). To cut the carried
 # state, call `ctx.detach_state()` at the start of the step: it detaches every buffer that
-# still hangs on a previous step's graph (truncated backpropagation's `h = h.detach()`). The
+# still hangs on a previous step's graph (as truncated backpropagation through time cuts an
+# RNN's hidden state with `h = h.detach()` between chunks). The
 # checker counts `encode()` calls and backward passes, and wants one of each per step.
 #
 # The attempt below is the original: one backward per loss, no retained graph.

@@ -3,10 +3,9 @@
 # %% [markdown]
 # # 06 · Finding the mutation: anomaly mode versus the mutation locator
 #
-# **Goal.** Read PyTorch's in-place error word by word, see why anomaly mode (the summary's
-# recommendation) points at the line that *saved* the tensor rather than the one that
-# *changed* it, and find the changing line with the lab's mutation locator. About 15
-# minutes live.
+# **Goal.** Read PyTorch's in-place error word by word, see which line anomaly mode (the
+# summary's recommendation) points at and why, and find the line that changed the tensor
+# with the lab's mutation locator. About 15 minutes live.
 #
 # **Context (read cold).** After its fixes, the summary still had an error left (remaining
 # issue 2, recommendation 2):

@@ -4,9 +4,9 @@
 # # 09 · DistributedDataParallel: idle experts, and buffers DDP broadcasts
 #
 # **Goal.** Meet two problems a mixture of experts runs into under
-# `DistributedDataParallel` (DDP): experts that get no tokens on a rank (an error, one step
-# late), and buffers that DDP copies from rank 0 into every rank at each forward (silent).
-# See where each happens, the evidence, and the fixes, measured. About 15 minutes.
+# `DistributedDataParallel` (DDP): experts that get no tokens on a rank, and buffers that
+# DDP copies from rank 0 into every rank at each forward. See where each goes wrong, the
+# evidence, and the fixes, measured. About 15 minutes.
 #
 # **Context (read cold).** Terms used below:
 #

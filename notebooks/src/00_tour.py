@@ -12,7 +12,7 @@
 # graph sizes, memory), the summary's fix *as written* and what it really does (measured when
 # you run the cell, never a stored answer), the right fix and its proof, an exercise that
 # `mahiax.bugs.check` grades, and a recap. Run the cells top to bottom (*Run → Run All
-# Cells*); this notebook's cells take about 15 seconds on 2 CPU cores.
+# Cells*); this notebook's cells take under 20 seconds on 2 CPU cores.
 
 # %%
 import plotly.express as px
@@ -165,8 +165,9 @@ assert out.error_type == "RuntimeError" and "modified by an inplace operation" i
 
 # %% [markdown]
 # Read the step as well as the error: lesson 03a explains why this one comes when it does.
-# The `fixed` variant of the same entry: every step ran, the graph stays the same size, and
-# the gradients equal the clean model's to float64 rounding.
+# The `fixed` variant of the same entry: every step ran; from step 1 on, the graph and the
+# live tensor bytes keep one size (step 0 is smaller: the ring buffer is still empty, so its
+# read builds no graph); and the gradients equal the clean model's to float64 rounding.
 
 # %%
 ok = bugs.run("tiny-memory-write", "fixed")

@@ -49,7 +49,7 @@ with lessons.expect_error(IndexError, "index out of range in self"):
     emb(torch.tensor([[5, 4321]]))
 
 # %% [markdown]
-# ### Stacked expert weights asked for an expert they do not have
+# ### Stacked expert weights, picked by expert id
 #
 # The embedding is not the only place. The clean model keeps its experts as **stacked
 # weights**: one tensor of shape `(E, D, H)` per weight matrix, expert `e` at index `e`.
@@ -60,7 +60,7 @@ with lessons.expect_error(IndexError, "index out of range in self"):
 #
 # One way to get bad expert ids: take the top-k over the wrong dimension of the router's
 # probabilities. `probs` is `(tokens, experts)`; `topk(dim=0)` picks the best
-# *tokens* for each expert, so its "ids" go up to the number of tokens.
+# *tokens* for each expert, not the best experts for each token.
 #
 # **Predict.** 16 tokens, 8 experts, `probs.topk(2, dim=0)`: what is the largest "expert id",
 # and what does `index_select` on the `(8, D, H)` stack say about it?
@@ -76,7 +76,8 @@ with lessons.expect_error(IndexError, "index out of range in self"):
     w_gate.index_select(0, wrong_ids.reshape(-1))
 
 # %% [markdown]
-# Word for word the embedding's message. Why "self"? It is the name PyTorch's operator
+# The "ids" are token positions, which go up to the number of tokens; the message is word
+# for word the embedding's. Why "self"? It is the name PyTorch's operator
 # signature gives the tensor being indexed. And an embedding lookup *is* an `index_select` of
 # rows of its weight table: same result for valid ids, same message for an id outside it.
 
@@ -240,7 +241,9 @@ print(result)
 assert result.holds
 
 # %% [markdown]
-# Folding ids with `%` makes training run, but different words now share a row. In a real
+# Folding ids with `%` makes training run, but different words now share a row. The checker
+# measures only that training runs with correct gradients; it cannot judge what your mapping
+# does to the data (`clamp`, or even mapping every id to 0, passes as well). In a real
 # project the fix is upstream: build the vocabulary from the data (or size the embedding to
 # the tokenizer), and keep an input check like `mahiax.validation.check_inputs` so a mismatch
 # fails at once with a clear message.

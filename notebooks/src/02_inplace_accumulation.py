@@ -319,8 +319,8 @@ assert result.holds
 #    <details><summary>Answer</summary>
 #
 #    Yes: the clone is a new tensor with its own counter, and no operation saved it, so the
-#    `+=` bump nothing autograd checks (the clone cell of section 1 shows it). It still runs
-#    a per-sample loop.
+#    bumps of `+=` touch nothing autograd checks (the clone cell of section 1 shows it). It
+#    still runs a per-sample loop.
 #
 #    </details>
 #

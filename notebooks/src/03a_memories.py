@@ -5,7 +5,7 @@
 #
 # **Goal.** Learn the two mistakes a module that keeps state across training steps can make
 # with autograd, the rule that decides when an in-place write breaks backward (the version
-# counter, shared by every view of one storage), and the protocol that avoids both. Then
+# counter, shared by a tensor and all its views), and the protocol that avoids both. Then
 # measure the summary's fixes for two memories, `GraphDiffusionMemory` and `TinyMemory`.
 # (Lesson 03b does the same for the `MetaController` and the loss weighting.)
 #
@@ -90,12 +90,12 @@ attn.sum().backward()
 # Yes: `no_grad` does not stop the version counter. The `[3, 4]` in the message is `mem.T`,
 # the transposed **view** that the matmul saved.
 #
-# ## 3. The key concept: one version counter per storage, shared by every view
+# ## 3. The key concept: one version counter, shared by a tensor and all its views
 #
 # A **view** is a tensor that reads another tensor's memory (its *storage*) through its own
 # shape and offset, without a copy: slicing (`buf[:1]`), indexing one row (`buf[1]`) and `.T`
-# all return views. All views of one storage share **one** version counter, so autograd
-# cannot tell a write into the rows it saved from a write into rows it never read.
+# all return views. A tensor and every view made from it share **one** version counter, so
+# autograd cannot tell a write into the rows it saved from a write into rows it never read.
 #
 # **Predict.** `first` is row 0 of a buffer, `second` is row 1. We write into `second` only.
 # What are the three version numbers after the write? And does a backward that saved only
@@ -124,8 +124,9 @@ with lessons.expect_error(RuntimeError, "modified by an inplace operation"):
 #
 # Two ways to get a second name for a tensor without a copy differ exactly here. `.detach()`
 # returns an alias that *shares* the version counter (its docs: in-place changes "may
-# trigger errors in correctness checks"); the old `.data` returns an alias with a version
-# counter of its *own*, so a write through it is invisible to the check:
+# trigger errors in correctness checks"); the old `.data` returns an alias of the same storage
+# that is not a view in autograd's sense: it gets a version counter of its *own*, so a write
+# through it is invisible to the check:
 
 # %%
 buf = torch.zeros(4, 3)
@@ -180,8 +181,14 @@ lessons.outcome_table(v_graph.outcomes)[["error", "steps run", "max grad diff"]]
 # **Expected verdict** on the summary's fix for `graph-memory-update`: **worse**. The
 # original fails on the second step (step 1: backward through step 0's freed graph); `copy_`
 # fails on the first (step 0: version counter). The message calls the nodes "output 0 of
-# CopyBackwards" because `copy_` from a live tensor also made the buffer part of the graph.
-#
+# CopyBackwards" because `copy_` from a live tensor also made the buffer part of the graph:
+
+# %%
+nodes = torch.zeros(4, 8)  # (N, D) a buffer: no grad_fn
+nodes.copy_(torch.randn(4, 8, requires_grad=True) * 1.0)  # copy_ from a live tensor
+print("after copy_:", nodes.grad_fn.name(), "| requires_grad:", nodes.requires_grad)
+
+# %% [markdown]
 # Wrapping the `copy_` in `torch.no_grad()` does not rescue it, as section 2 predicts. The
 # real memory, one read, one write:
 
@@ -278,8 +285,7 @@ print(bugs.check("tiny-memory-write", MyTinyMemory))
 
 # %% [markdown]
 # **Predict.** The tempting band-aid writes through `.data`, which hides the write from the
-# version counter (section 3). Does the checker accept it? (It runs 6 steps: at step 4 the
-# ring wraps round and slot 0, which the read saved, is overwritten.)
+# version counter (section 3). Does the checker accept it?
 
 # %%
 class DataWriteTinyMemory(TinyMemory):
@@ -302,10 +308,11 @@ print("largest gradient error per step:", [f"{r['grad_diff']:.1g}" for r in rows
 assert not band_aid.holds
 
 # %% [markdown]
-# No error, and wrong gradients from step 4 on: from the step where the write hits a row
-# the read saved, backward computes with the overwritten values. (Steps 1 to 3 wrote rows the
-# read had not saved: their gradients are right, and the version check would still have
-# refused them.) A solution (folded; try yours first):
+# No error, and wrong gradients from step 4 on. The checker runs 6 steps on 4 slots: at step 4
+# the ring wraps round and the write overwrites slot 0, which that step's read saved, and
+# backward computes with the overwritten values. (Steps 1 to 3 wrote rows the read had not
+# saved: their gradients are right, and the version check would still have refused them.)
+# A solution (folded; try yours first):
 
 # %% tags=["solution"]
 class MyTinyMemory(TinyMemory):
@@ -333,7 +340,7 @@ assert result.holds
 #
 #    <details><summary>Answer</summary>
 #
-#    Yes, it fails: `buf[:2]` and `buf[3]` are views of one storage and share one version
+#    Yes, it fails: `buf[:2]` and `buf[3]` are views of `buf` and share its version
 #    counter, so the write moves the version backward checks (section 3). Writing into
 #    `buf.clone()[3]` is fine: the clone is a new tensor with its own storage and counter.
 #
@@ -388,8 +395,8 @@ assert result.holds
 #   through the graph a second time" on the next step.
 # - Mistake two, an in-place write into a tensor a graph saved: "modified by an inplace
 #   operation", under `no_grad` too.
-# - The version counter belongs to the storage: every view shares it, so a write into rows
-#   that were never saved still trips the check. `.data` has a counter of its own and hides
+# - A tensor and all its views share one version counter, so a write into rows that were
+#   never saved still trips the check. `.data` has a counter of its own and hides
 #   the write: no error, wrong gradients.
 # - Measured: GraphDiffusionMemory **worse** (the `copy_` fails a step earlier),
 #   TinyMemory **same-error** (indexed assignment and `copy_` are the same write).

@@ -45,7 +45,7 @@ from mahiax.weighting import DynamicWeightAveraging, LossWeighting
 torch.manual_seed(0)
 
 # %% [markdown]
-# ## 1. The summary's line, at 4 layers and top-2, raises a shape error
+# ## 1. The summary's line, at 4 layers and top-2
 #
 # `topk_probs.mean(dim=0)` has one value per top-k *slot* (`K` values: the mean probability
 # of each sample's first choice, of its second choice), while the importance has one value
@@ -103,9 +103,8 @@ print("per layer (scattered):           ", [round(v, 2) for v in ctl.importance.
 #
 # It is tempting to say the summary's change does nothing "because `.data` bypasses
 # autograd". Half true. Backward refuses a saved tensor whose **version counter** (a number
-# every in-place write increments; 03a, section 3) has moved since it was saved. A write
-# through `.data` does not bump that counter, so autograd cannot see it; if a graph saved the
-# tensor, backward silently uses the new values.
+# every in-place write increments; 03a, section 3) has moved since it was saved. What if the
+# write goes through `.data`?
 #
 # **Predict.** `y = x.exp()` saves its *result* `y` (the derivative of `exp` is `exp`). We
 # overwrite `y` with zeros through `.data`, then run backward. Error, or which `x.grad`?
@@ -126,7 +125,9 @@ with lessons.expect_error(RuntimeError, "modified by an inplace operation"):
     y.sum().backward()
 
 # %% [markdown]
-# So `.data.copy_` is safe only where no graph saved the tensor. In MAHIA-X nothing reads
+# A write through `.data` does not bump the counter, so autograd cannot see it: backward
+# used the zeros and reported nothing. Through `.detach()` the same write is caught. So
+# `.data.copy_` is safe only where no graph saved the tensor. In MAHIA-X nothing reads
 # the importance in the forward (only the telemetry does, between steps), so no graph ever
 # saves it. A saved-tensor hook, called by autograd for every tensor it saves, checks that on
 # one training forward of the lab's model, against the two memories of lesson 03a:
@@ -175,7 +176,7 @@ lessons.outcome_table(v_ctl.outcomes)[["error", "steps run", "max grad diff", "d
 
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `controller-importance`: **no-effect**. There
-# was no error to fix, both variants write the same wrong, per-slot statistic (`damage`: the
+# was no error to fix; both variants write the same wrong, per-slot statistic (`damage`: the
 # largest error of the importance against the per-layer EMA). The gradients match the clean
 # model's (`max grad diff` 0): nothing in the forward reads the importance, so nothing saved
 # it, and writing it through `.data` corrupts no gradient.
@@ -388,21 +389,23 @@ print("same weights as the package's DWA at every step:", ref.weights().tolist()
 #
 #    </details>
 #
-# 5. Your DWA passed `bugs.check`. Does the checker prove it is DWA?
+# 5. A weighting computes `K · softmax(-L)` from the detached losses in `update()`, into a new
+#    tensor. Training with it is correct. Does `bugs.check("dwa-weights", ...)` pass it?
 #
 #    <details><summary>Answer</summary>
 #
-#    No. The checker measures that training is correct with the weights your class reports
-#    (no error, no carried graph, gradients equal to the clean model's at those weights).
-#    That the weights follow Liu et al. is what the comparison with the package's
-#    `DynamicWeightAveraging` in the solution checks.
+#    No. The checker measures two things: that training is correct with the weights your
+#    class reports (no error, no carried graph, gradients equal to the clean model's at those
+#    weights), and that those weights are DWA's (one-step windows, `T` = 2) for the same
+#    losses. `softmax(-L)` passes the first and fails the second: `NOT YET`, with the weights'
+#    error against DWA.
 #
 #    </details>
 #
 # ## Recap
 #
-# - The summary's MetaController line raises a shape error whenever top-k differs from the
-#   number of layers; the lab pads it to measure it (a reconstruction).
+# - The summary's MetaController line raises a shape error whenever top-k is neither 1 nor
+#   the number of layers; the lab pads it to measure it (a reconstruction).
 # - `.data` hides a write from the version counter: harmless only where no graph saved the
 #   tensor (true of the importance), silently wrong where one did (`x.exp()`, the DWA
 #   weights that `w * losses` saved).

@@ -150,7 +150,7 @@ display(
 # |---|---|
 # | `graph_nodes` | the size of the autograd graph reachable from the step's loss (after the first step it should stay flat) |
 # | `tensor_bytes` | live tensor bytes after the step, read by `MemoryMeter` (lesson 05); a steady rise means something keeps old tensors alive |
-# | `max_grad_diff` | the largest difference between the variant's gradients and those of the **clean** package model, loaded with the same weights and state at the start of the step, on the same batch (in float64, so a bound of 1e-6 means something) |
+# | `max_grad_diff` | the largest difference between the variant's gradients and those of the **clean** package model, loaded with the same weights and state at the start of the step, on the same batch, in float64: a verdict calls gradients wrong above 1e-6, far above float64 rounding |
 # | `error_type`, `error_message`, `error_step` | PyTorch's own exception, caught unedited, and the step it was raised at |
 #
 # **Predict.** The original `TinyMemory` writes the batch summary into its ring buffer right

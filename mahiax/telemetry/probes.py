@@ -61,10 +61,13 @@ from mahiax.telemetry.memory_meter import MemoryMeter
 from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture, encode_path
 
 # Steps between two readings of memory by category in training runs. One reading walks the
-# step's autograd graph in Python: ~0.4-0.6 ms on the default model on this lab's CPU, 2-3%
-# of a ~18 ms step, on top of the ~2% the other probes cost; every 10 steps keeps the whole
-# telemetry near the 3% goal of ``make bench``. ``Cadence(categories_every=1)`` reads every
-# step (lessons, short runs, a big model whose step dwarfs the walk).
+# step's autograd graph in Python: 0.65-0.95 ms (median per run) on the default model on this
+# lab's shared 2-core CPU, 3.5-5% of a ~18 ms step on its own (where the time goes:
+# :mod:`mahiax.telemetry.categories`), so reading at every step cannot meet the 3% goal of
+# ``make bench`` here; ``benchmarks/bench_telemetry.py`` measured the whole telemetry at
+# 1.10-1.12 with a reading every step against 1.04-1.07 every 10 steps.
+# ``Cadence(categories_every=1)`` reads every step (lessons, short runs, a big model whose
+# step dwarfs the walk).
 CATEGORIES_EVERY = 10
 
 
@@ -87,7 +90,7 @@ class Cadence:
 
     snapshot_every: int = 25  # memory nodes, adjacency, ring buffer
     categories_every: int = CATEGORIES_EVERY  # memory by category: a walk of the step's
-    #                                           autograd graph (~0.5 ms on the default model)
+    #                                           autograd graph (~0.8 ms on the default model)
     memory_every: int = 250  # CPU: full memory reading, a scan of every live object (~80 ms)
     spike_bytes: int | None = 128 * 2**20  # CUDA: a step whose allocated or peak memory rises
     #                                        by more than this saves one memory snapshot

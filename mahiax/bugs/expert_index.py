@@ -120,6 +120,19 @@ def fold_ids(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return tokens % vocab_size
 
 
+def every_id_to_zero(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """A band-aid: no id is out of range any more, and no id means anything either."""
+    return torch.zeros_like(tokens)
+
+
+def in_range_ids_changed(fix: object, vocab_size: int) -> float:
+    """The share of the valid ids ``0 .. vocab_size-1`` that ``fix(tokens, vocab_size)``
+    changes: a data fix may only touch the ids the model cannot take."""
+    valid = torch.arange(vocab_size).reshape(1, -1)  # (1, V): every valid id once
+    seen = fix(valid.clone(), vocab_size)
+    return float((seen != valid).float().mean())
+
+
 def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
     if variant == "buggy":
         return _run(variant, steps, BuggyExpertRouter, demo_data=True)
@@ -131,7 +144,14 @@ def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
                 "a candidate for 'expert-index' is a function (tokens, vocab_size) -> tokens "
                 "applied to every batch before the model"
             )
-        return _run(variant, steps, None, demo_data=True, prepare=candidate)
+        out = _run(variant, steps, None, demo_data=True, prepare=candidate)
+        out.state_diff = in_range_ids_changed(candidate, harness_config().vocab_size)
+        out.figures["damage"] = (
+            "the share of valid token ids it changed (they must reach the model as "
+            "they were)"
+        )
+        out.figures["damage_tol"] = 0.0
+        return out
     # the summary's fix, on the demo's data; then measure which error it really answers
     out = _run(variant, steps, SummaryExpertRouter, demo_data=True)
     reported = _run("buggy", 1, BuggyExpertRouter, demo_data=True)
@@ -185,5 +205,8 @@ register(BugEntry(
         "CPU to read the reported error"
     ),
     candidate_kind="a function (tokens, vocab_size) -> tokens applied to each batch",
-    candidates=lambda: {"buggy": ids_as_given, "summary": ids_as_given, "fixed": fold_ids},
+    candidates=lambda: {
+        "buggy": ids_as_given, "summary": ids_as_given, "fixed": fold_ids,
+        "band-aid: every id to 0": every_id_to_zero,
+    },
 ))

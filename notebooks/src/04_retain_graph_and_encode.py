@@ -195,6 +195,35 @@ print("summary minus fixed, MB per step:", [round(x, 2) for x in extra])
 lessons.step_figure(v_rg.outcomes, "tensor_mb", "live tensor memory (MB), graphs included")
 
 # %% [markdown]
+# **Predict.** The same memory split by what holds it: parameters, gradients, optimizer
+# state, and the tensors autograd **saved for backward** that a graph still holds after its
+# backward. Which category grows under the band-aid, and which stay flat?
+
+# %% [markdown]
+# The harness reads the categories after each step's backward with
+# `MemoryMeter(device).categories(model, optimizer, graph=loss)`, which walks the loss's
+# autograd graph and reads each node's saved tensors (no `saved_tensors_hooks`: those would
+# switch off the in-place check this lesson relies on). A backward frees what it used, so
+# "saved for backward" is what a *retained* graph keeps.
+
+# %%
+print("summary, saved for backward (MB):",
+      lessons.category_table(summary_out)["saved for backward"].round(3).tolist())
+print("fixed,   saved for backward (MB):",
+      lessons.category_table(fixed_out)["saved for backward"].round(3).tolist())
+saved_rg = lessons.category_table(summary_out)["saved for backward"].tolist()
+assert all(b > a for a, b in zip(saved_rg, saved_rg[1:], strict=False))
+assert lessons.category_table(summary_out)["parameters"].nunique() == 1
+assert (lessons.category_table(fixed_out)["saved for backward"] == 0).all()
+lessons.category_figure({"summary": summary_out, "fixed": fixed_out})
+
+# %% [markdown]
+# Only "saved for backward" grows: each retained graph, linked to the last by the carried
+# memory, keeps its activations. Parameters stay flat; gradients and optimizer state are
+# the same in both loops (optimizer state appears at step 3, AdamW's first step). The
+# dashboard's Bug lab and Memory page draw the same categories for any run.
+
+# %% [markdown]
 # Scrub through the steps: the fixed loop's graph is the same size from step 1 on; the
 # summary's grows until it fails.
 

@@ -136,6 +136,51 @@ compare()
 widgets.VBox([size, shown])
 
 # %% [markdown]
+# ### Memory by category
+#
+# A total says how much; a training loop also needs to know *what*. `meter.categories(model,
+# optimizer, graph=loss, full=True)` splits the CPU's live tensor bytes into parameters,
+# gradients, optimizer state, tensors **saved for backward** by `loss`'s graph (the walk
+# above), and everything else. Here, the tiny MAHIA-X model after one training step and a
+# second forward (so its graph is alive):
+#
+# **Predict.** Which category is largest right after the forward: parameters, or what the
+# graph saved for backward?
+
+# %%
+from mahiax.config import tiny  # noqa: E402
+from mahiax.data import SyntheticMultiTask  # noqa: E402
+from mahiax.model import HybridEfficientModel  # noqa: E402
+
+torch.manual_seed(0)
+cfg = tiny()
+model = HybridEfficientModel(cfg)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+data = SyntheticMultiTask(cfg)
+for step in range(2):
+    enc = model.encode(data.batch(step))
+    loss = model.task_losses(model.heads_forward(enc.features), data.batch(step).targets).sum()
+    if step == 0:  # one full step: gradients and AdamW's state exist afterwards
+        loss.backward()
+        opt.step()
+cats = meter.categories(model, opt, graph=loss, full=True)
+print({k: f"{getattr(cats, k) / MB:.3f} MB"
+       for k in ("params", "grads", "optimizer", "saved", "other", "total")})
+parts = cats.params + cats.grads + cats.optimizer + cats.saved + cats.other
+assert abs(parts - cats.total) <= 0.05 * cats.total  # the categories add up to the total
+assert cats.saved > 0 and cats.params < cats.optimizer <= 2 * cats.params + 4096
+
+# %% [markdown]
+# The categories add up to the live total. AdamW keeps two moment tensors (and a step
+# counter) for each parameter it has updated, so optimizer state is close to twice the
+# parameters, a little less here: a parameter that got no gradient in the first step (an
+# expert no token reached) has no state yet. "Saved for backward" is this forward's
+# activations, freed by the next backward; under `retain_graph=True` with carried state it
+# grows step after step (lesson 04 charts it). On a GPU the same call reads the allocator:
+# "other" is then `memory_allocated` minus the named categories. Training runs log these
+# categories (`mem/*`) and the dashboard's Memory page stacks them over steps.
+
+# %% [markdown]
 # ## 4. The summary's advice, measured
 #
 # The catalog trains the tiny model on the CPU (as the demo that printed 0 MB ran) and,

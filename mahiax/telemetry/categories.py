@@ -208,7 +208,7 @@ def saved_bytes(
 
     Walks every node reachable from ``root.grad_fn`` once. After a backward without
     ``retain_graph`` the saved tensors are freed (reading one raises) and count 0; a graph
-    kept by ``retain_graph=True``, or older graphs reached through state that was never
+    kept by a backward told to retain it, or older graphs reached through state never
     detached, still hold theirs and count them. ``counted`` holds the ``id`` of tensors
     whose storages are already in ``storages`` (the parameters): a saved tensor that is one
     of them, or a view of one (a linear layer saves ``weight.t()``), is skipped without

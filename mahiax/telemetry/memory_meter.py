@@ -211,7 +211,7 @@ class MemoryMeter:
 
         ``model`` is a module or several (the model and its loss weighting). Read the graph
         after the forward and before the backward frees it to see the step's activations;
-        read it after a backward to see what stays retained (``retain_graph=True``, or older
+        read it after a backward to see what stays retained (a graph kept on purpose, or older
         graphs reached through state that was never detached). On a GPU the allocator gives
         "other" (allocated minus the four categories), reserved and peak every time; on a CPU
         "other" and the total need ``full=True``, a scan of every live object (~60 ms).

@@ -42,7 +42,7 @@ lab: setup
 bench: setup browser
 	$(PY) -m benchmarks.run_all
 
-# Issue 12's GPU check, on a CUDA machine (under 8 minutes): writes
+# The GPU check, on a CUDA machine (under 8 minutes): writes
 # benchmarks/results/gpu-latest.md; without CUDA it says so and exits 0. It needs no venv:
 # GPU_PYTHON is the venv's interpreter when there is one, else python3.
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))

@@ -104,24 +104,27 @@ def test_recorded_run_has_memory_by_category_every_step(recorded):
     assert (full["mem/peak"] >= full["mem/total"]).all()
 
 
+class KeepScalars:
+    """A logger that keeps each step's scalars in memory (vectors and tensors dropped)."""
+
+    def __init__(self):
+        self.metrics: dict[int, dict] = {}
+
+    def log(self, metrics, step):
+        self.metrics[step] = dict(metrics)
+
+    def log_vector(self, key, values, step):
+        pass
+
+    def log_tensor(self, key, tensor, step):
+        pass
+
+
 def test_probe_measures_the_trainers_device_on_a_gpu_machine(tmp_path, monkeypatch):
     """A GPU exists (simulated) but the trainer runs on the CPU: the probe reads the CPU,
     and spike capture says it is off and why."""
 
-    class Keep:
-        def __init__(self):
-            self.metrics = {}
-
-        def log(self, metrics, step):
-            self.metrics[step] = dict(metrics)
-
-        def log_vector(self, key, values, step):
-            pass
-
-        def log_tensor(self, key, tensor, step):
-            pass
-
-    trainer, keep = Trainer(tiny()), Keep()
+    trainer, keep = Trainer(tiny()), KeepScalars()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     probe = TrainingProbe(keep, Cadence(memory_every=1), trainer=trainer)
     probe.observe(trainer, trainer.step())
@@ -135,20 +138,7 @@ def test_memory_by_category_follows_its_cadence(tmp_path):
     """Categories at every ``categories_every``-th step (and at each full memory reading);
     the cheap figures at every step."""
 
-    class Keep:
-        def __init__(self):
-            self.metrics = {}
-
-        def log(self, metrics, step):
-            self.metrics[step] = dict(metrics)
-
-        def log_vector(self, key, values, step):
-            pass
-
-        def log_tensor(self, key, tensor, step):
-            pass
-
-    trainer, keep = Trainer(tiny()), Keep()
+    trainer, keep = Trainer(tiny()), KeepScalars()
     probe = TrainingProbe(keep, Cadence(categories_every=4, memory_every=6), trainer=trainer)
     for _ in range(13):
         probe.observe(trainer, trainer.step())
@@ -310,7 +300,7 @@ def test_probe_snapshot_tensors_are_copies():
         def log_tensor(self, key, tensor, step):
             self.tensors[(key, step)] = tensor
 
-    trainer, keep = Trainer(tiny()), Keep()
+    trainer, keep = Trainer(tiny()), KeepScalars()
     probe = TrainingProbe(keep, Cadence(snapshot_every=1))
     probe.observe(trainer, trainer.step())
     first = keep.tensors[("memory/nodes", 0)].clone()

@@ -394,6 +394,17 @@ def _warm_up_libraries(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _check_adds_up(s: Section, prefix: str, cats, allocated: int | None) -> None:
+    """The categories add up to the meter's total and, on a GPU, that total is the
+    allocator's own figure (both within the tolerance)."""
+    parts = [cats.params, cats.grads, cats.optimizer, cats.saved, cats.other]
+    ok, detail = _within(sum(v or 0 for v in parts), cats.total)
+    s.check(f"{prefix}the categories add up to the meter's total", ok, detail)
+    if allocated is not None:
+        ok, detail = _within(cats.total, allocated)
+        s.check(f"{prefix}the meter's total = torch.cuda.memory_allocated", ok, detail)
+
+
 def meter_section(ctx: Context, s: Section) -> None:
     from mahiax.config import medium, teaching
     from mahiax.telemetry import MemoryMeter
@@ -426,12 +437,8 @@ def meter_section(ctx: Context, s: Section) -> None:
     for key in ("params", "grads", "optimizer"):
         ok, detail = _within(getattr(between, key), ind[key])
         s.check(f"{key}: the meter's figure = bytes counted from the tensors", ok, detail)
-    parts = [between.params, between.grads, between.optimizer, between.saved, between.other]
-    ok, detail = _within(sum(v or 0 for v in parts), between.total)
-    s.check("the categories add up to the meter's total", ok, detail)
+    _check_adds_up(s, "", between, a_between if cuda else None)
     if cuda:
-        ok, detail = _within(between.total, a_between)
-        s.check("the meter's total = torch.cuda.memory_allocated", ok, detail)
         expected = between.params + between.grads + between.optimizer + ind["buffers"]
         ok, detail = _within(expected, a_between - before)
         s.check("params + grads + optimizer (+ the model's buffers, "
@@ -447,12 +454,8 @@ def meter_section(ctx: Context, s: Section) -> None:
     s.lines.append(_categories_row("live graph (forward done)", live, a_live))
     s.check("memory saved for backward > 0 with a live graph", (live.saved or 0) > 0,
             _mb(live.saved))
-    parts = [live.params, live.grads, live.optimizer, live.saved, live.other]
-    ok, detail = _within(sum(v or 0 for v in parts), live.total)
-    s.check("live graph: the categories add up to the meter's total", ok, detail)
+    _check_adds_up(s, "live graph: ", live, a_live if cuda else None)
     if cuda:
-        ok, detail = _within(live.total, a_live)
-        s.check("live graph: the meter's total = torch.cuda.memory_allocated", ok, detail)
         ok, detail = _within(live.saved, a_live - pre)
         s.check("saved for backward = what the forward added to the allocator", ok, detail)
         s.data.update({"forward_gain": a_live - pre, "reserved": live.reserved,

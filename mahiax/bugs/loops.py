@@ -30,6 +30,7 @@ from mahiax.bugs.harness import (
 from mahiax.bugs.outcome import Outcome, graph_nodes
 from mahiax.bugs.stateful import BuggyGraphMemory
 from mahiax.model import HybridEfficientModel
+from mahiax.telemetry.categories import saved_names
 from mahiax.weighting import LossWeighting
 
 # a reconstruction: the summary never says how often the original stepped; with an optimiser
@@ -124,9 +125,6 @@ class PassCounter:
         self.forwards = self.backwards = 0
 
 
-_SAVED: dict[type, list[str]] = {}  # autograd node type -> its saved-value attributes
-
-
 def graph_retained(root: torch.Tensor | None) -> bool:
     """Does the graph behind ``root`` still hold saved tensors (``retain_graph=True``)?
 
@@ -135,10 +133,9 @@ def graph_retained(root: torch.Tensor | None) -> bool:
     answers for the whole pass (one backward frees all it ran, or keeps all).
     """
     for node in graph_nodes(root):
-        names = _SAVED.setdefault(
-            type(node), [a for a in dir(type(node)) if a.startswith("_saved_")]
-        )
-        for attr in names:
+        for attr in saved_names(node):  # the meter's per-type cache of saved attributes
+            if not attr.startswith("_saved_"):
+                continue  # a custom Function's saved_tensors: not what backward frees here
             try:
                 value = getattr(node, attr)
             except RuntimeError:  # "...access saved tensors after they have already been freed"

@@ -85,7 +85,7 @@ class Logger(Protocol):
 class Cadence:
     """How often each kind of reading is taken (in steps), and when memory is a spike.
 
-    Scalars, memory by category included, are written every step.
+    Scalars are written every step; memory by category every ``categories_every`` steps.
     """
 
     snapshot_every: int = 25  # memory nodes, adjacency, ring buffer

@@ -300,7 +300,7 @@ def test_probe_snapshot_tensors_are_copies():
         def log_tensor(self, key, tensor, step):
             self.tensors[(key, step)] = tensor
 
-    trainer, keep = Trainer(tiny()), KeepScalars()
+    trainer, keep = Trainer(tiny()), Keep()
     probe = TrainingProbe(keep, Cadence(snapshot_every=1))
     probe.observe(trainer, trainer.step())
     first = keep.tensors[("memory/nodes", 0)].clone()

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data, processing, runs
-from dashboard.views import INTERVAL_KEY, LIVE_KEY, STORE_KEY
+from dashboard.state import INTERVAL_KEY, LIVE_KEY, STORE_KEY
 from mahiax.store import StoreError
 
 ENTRY_KEY = "bug_lab_entry"

@@ -23,9 +23,6 @@ import psutil
 AUTOSTART_ENV = "MAHIAX_DASHBOARD_AUTOSTART"
 DEMO_NAME = "demo"
 DEMO_STEPS = 300
-WEIGHTINGS = ("dwa", "equal", "uncertainty")
-PRECISIONS = ("fp32", "bf16", "fp16")
-VARIANTS = ("buggy", "summary", "fixed")
 
 _lock = threading.RLock()  # one start/stop at a time across the app's sessions
 _children: dict[int, subprocess.Popen] = {}  # processes this app started: reaped on poll

@@ -16,7 +16,8 @@ if str(_ROOT) not in sys.path:  # `streamlit run dashboard` puts only dashboard/
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dashboard import data, runs, views  # noqa: E402
+from dashboard import data, runs, state, views  # noqa: E402
+from mahiax.config import PRECISIONS, WEIGHTINGS  # noqa: E402
 from mahiax.store import StoreError, validate_run_name  # noqa: E402
 
 PENDING_KEY = "dashboard_pending_run"  # a run just started, to select once it appears
@@ -33,26 +34,26 @@ def _run_picker(table: pd.DataFrame) -> None:
     """Select box of runs labelled with their status; newest run preselected."""
     names = list(table["name"])
     status = dict(zip(table["name"], table["status"], strict=True))
-    chosen = st.session_state.get(views.RUN_KEY)
+    chosen = st.session_state.get(state.RUN_KEY)
     pending = st.session_state.get(PENDING_KEY)
     if pending in names:
-        st.session_state[views.RUN_KEY] = pending
+        st.session_state[state.RUN_KEY] = pending
         del st.session_state[PENDING_KEY]
     elif chosen is not None and chosen not in names:
         # the select box can hand back its old *label* ("name · status") when a status changes
         base = str(chosen).split(" · ")[0]
         if base in names:
-            st.session_state[views.RUN_KEY] = base
+            st.session_state[state.RUN_KEY] = base
         else:
             st.warning(f"Run {base!r} is no longer in the store (it was deleted).")
-            del st.session_state[views.RUN_KEY]
+            del st.session_state[state.RUN_KEY]
     if not names:
         st.caption("No runs in the store yet.")
-        st.session_state.pop(views.RUN_KEY, None)
+        st.session_state.pop(state.RUN_KEY, None)
         return
-    if views.RUN_KEY not in st.session_state:
-        st.session_state[views.RUN_KEY] = names[-1]
-    st.selectbox("Run", names, key=views.RUN_KEY,
+    if state.RUN_KEY not in st.session_state:
+        st.session_state[state.RUN_KEY] = names[-1]
+    st.selectbox("Run", names, key=state.RUN_KEY,
                  format_func=lambda n: f"{n} · {status.get(n, '?')}")
 
 
@@ -68,7 +69,7 @@ def _stop_buttons(path: str) -> None:
 
 def _start_form(path: str, names: list[str]) -> None:
     """Form that starts a training run (or a catalog bug's variant) in the background."""
-    from mahiax.bugs import entries
+    from mahiax.bugs import VARIANTS, entries
 
     with st.form("start_run", clear_on_submit=False):
         st.markdown("**Start a run**")
@@ -77,10 +78,10 @@ def _start_form(path: str, names: list[str]) -> None:
         c1, c2 = st.columns(2)
         experts = c1.number_input("experts", min_value=1, max_value=64, value=8)
         top_k = c2.number_input("top-k", min_value=1, max_value=64, value=2)
-        weighting = c1.selectbox("weighting", runs.WEIGHTINGS)
-        precision = c2.selectbox("precision", runs.PRECISIONS)
+        weighting = c1.selectbox("weighting", WEIGHTINGS)
+        precision = c2.selectbox("precision", PRECISIONS)
         bug = st.selectbox("catalog bug (optional)", ["(none)", *(e.id for e in entries())])
-        variant = st.selectbox("variant", runs.VARIANTS,
+        variant = st.selectbox("variant", VARIANTS,
                                help="used only with a catalog bug")
         submitted = st.form_submit_button("Start", icon=":material/play_arrow:")
     if not submitted:
@@ -104,10 +105,10 @@ def _start_form(path: str, names: list[str]) -> None:
 
 
 def _settings() -> None:
-    st.toggle("Live refresh", value=True, key=views.LIVE_KEY)
-    st.slider("refresh every (s)", 1.0, 10.0, 2.0, 0.5, key=views.INTERVAL_KEY)
+    st.toggle("Live refresh", value=True, key=state.LIVE_KEY)
+    st.slider("refresh every (s)", 1.0, 10.0, 2.0, 0.5, key=state.INTERVAL_KEY)
     st.number_input("max points per chart", min_value=200, max_value=20_000, value=2000,
-                    step=200, key=views.POINTS_KEY,
+                    step=200, key=state.POINTS_KEY,
                     help="longer series keep each bucket's min and max, so spikes stay visible")
 
 
@@ -115,7 +116,7 @@ def main() -> None:
     st.set_page_config(page_title="MAHIA-X Lab", page_icon=":material/monitoring:",
                        layout="wide")
     path = str(data.store_path())
-    st.session_state[views.STORE_KEY] = path
+    st.session_state[state.STORE_KEY] = path
     table, error = _load_runs(path)
     if error is None and runs.maybe_start_demo(path, len(table)):
         st.session_state[PENDING_KEY] = runs.DEMO_NAME

@@ -10,16 +10,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, processing, runs
+from dashboard import bug_lab, charts, data, processing, runs
+from dashboard.state import INTERVAL_KEY, LIVE_KEY, PAGE_KEY, POINTS_KEY, RUN_KEY, STORE_KEY
 from mahiax.store import NotAStoreError, RunNotFoundError, StoreError
 
-# session-state keys shared with streamlit_app.py
-STORE_KEY = "dashboard_store"
-RUN_KEY = "run"
-PAGE_KEY = "dashboard_page"  # which page opens first (tests set it to render each page)
-LIVE_KEY = "live_refresh"
-INTERVAL_KEY = "refresh_s"
-POINTS_KEY = "max_points"
 MAX_SNAPSHOTS = 200  # memory-node snapshots drawn at most (a 100,000-step run stores 4,000)
 
 Body = Callable[[str, dict], None]
@@ -462,18 +456,12 @@ PAGES: dict[str, tuple[Callable[[], None], str, str]] = {
 BUG_LAB = "bug-lab"  # url path of the Bug lab page (dashboard/bug_lab.py), after PAGES
 
 
-def bug_lab() -> None:
-    from dashboard.bug_lab import bug_lab as page  # late: bug_lab imports this module
-
-    page()
-
-
 def pages() -> list:
     """The st.Page objects, in menu order: the run pages (PAGES), then the Bug lab, which
     compares catalog runs rather than showing the picked run. The default page is
     ``st.session_state[PAGE_KEY]`` (Training unless set), which lets tests open each page."""
     first = st.session_state.get(PAGE_KEY, "training")
     listed = [*((key, func, title, icon) for key, (func, title, icon) in PAGES.items()),
-              (BUG_LAB, bug_lab, "Bug lab", ":material/bug_report:")]
+              (BUG_LAB, bug_lab.bug_lab, "Bug lab", ":material/bug_report:")]
     return [st.Page(func, title=title, icon=icon, url_path=key, default=(key == first))
             for key, func, title, icon in listed]

@@ -2,20 +2,39 @@
 
 Start with :class:`MahiaConfig`, :class:`HybridEfficientModel` and :class:`Trainer`, or run
 ``python -m mahiax train --steps 300``.
+
+The names below are imported on first use (PEP 562): ``import mahiax.store`` or
+``import mahiax.config`` loads neither torch nor the model, so the dashboard and the CLI's
+store commands start without it.
 """
 
-from mahiax.config import MahiaConfig, preset
-from mahiax.data import Batch, SyntheticMultiTask
-from mahiax.model import HybridEfficientModel
-from mahiax.train import StepRecord, Trainer
+from __future__ import annotations
 
-__all__ = [
-    "Batch",
-    "HybridEfficientModel",
-    "MahiaConfig",
-    "StepRecord",
-    "SyntheticMultiTask",
-    "Trainer",
-    "preset",
-]
+import importlib
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Batch": "mahiax.data",
+    "HybridEfficientModel": "mahiax.model",
+    "MahiaConfig": "mahiax.config",
+    "StepRecord": "mahiax.train",
+    "SyntheticMultiTask": "mahiax.data",
+    "Trainer": "mahiax.train",
+    "preset": "mahiax.config",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Import a public name's module the first time the name is asked for."""
+    if name not in _EXPORTS:  # AttributeError lets `from mahiax import bugs` import the submodule
+        raise AttributeError(f"module 'mahiax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -18,7 +18,8 @@ pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dashboard import bug_lab, data, processing, runs  # noqa: E402
-from dashboard.views import BUG_LAB, PAGE_KEY, PAGES, RUN_KEY  # noqa: E402
+from dashboard.state import PAGE_KEY, RUN_KEY  # noqa: E402
+from dashboard.views import BUG_LAB, PAGES  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py")
@@ -64,6 +65,16 @@ def test_empty_store(monkeypatch, stores, page):
     at = render(monkeypatch, stores["empty"], page)
     assert "store is empty" in texts(at.info)
     assert not at.error
+
+
+def test_start_form_offers_the_config_options(monkeypatch, stores):
+    from mahiax.bugs import VARIANTS
+    from mahiax.config import PRECISIONS, WEIGHTINGS
+
+    at = render(monkeypatch, stores["finished"], "training")
+    boxes = {b.label: list(b.options) for b in at.sidebar.selectbox}
+    assert boxes["weighting"] == list(WEIGHTINGS) and boxes["precision"] == list(PRECISIONS)
+    assert boxes["variant"] == list(VARIANTS)
 
 
 @pytest.mark.parametrize("page", ALL_PAGES)

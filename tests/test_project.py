@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -71,3 +75,74 @@ def test_streamlit_config_is_headless_local_and_private():
     assert config["server"]["headless"] is True
     assert config["server"]["address"] == "localhost"
     assert config["browser"]["gatherUsageStats"] is False
+
+
+# -- import structure -------------------------------------------------------------------------
+
+
+def _dashboard_imports(path: Path) -> set[str]:
+    """The dashboard modules ``path`` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names
+                      if a.name.startswith("dashboard.")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "dashboard":  # from dashboard import data, views
+                found |= {a.name for a in node.names}
+            elif node.module.startswith("dashboard."):
+                found.add(node.module.split(".")[1])
+    return found
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (module -> modules it imports) as a path ``[a, b, ..., a]``,
+    or None when there is none (depth-first search, white/grey/black)."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "grey"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "grey":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = "black"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle_and_accepts_a_tree():
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_circle_among_dashboard_modules():
+    modules = {p.stem: p for p in (ROOT / "dashboard").glob("*.py") if p.stem != "__init__"}
+    graph = {name: _dashboard_imports(path) & set(modules) for name, path in modules.items()}
+    assert graph["views"], "the scan sees the dashboard's imports (views imports charts ...)"
+    cycle = import_cycle(graph)
+    assert cycle is None, "dashboard modules import each other: " + " -> ".join(cycle or [])
+
+
+def _modules_after(statement: str) -> set[str]:
+    """The top-level packages loaded after running ``statement`` in a fresh interpreter."""
+    code = f"{statement}; import sys, json; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    return {m.split(".")[0] for m in json.loads(out)}
+
+
+def test_importing_the_store_and_the_config_loads_no_torch():
+    loaded = _modules_after("import mahiax.store, mahiax.config")
+    assert "mahiax" in loaded and "torch" not in loaded
+    assert "torch" in _modules_after("import mahiax; mahiax.Trainer"), \
+        "the package still offers the model on first use"
+

@@ -15,17 +15,22 @@ Vocabulary, written once and used everywhere in the package:
 - ``tasks``: task names from :data:`mahiax.tasks.TASKS`.
 - ``precision``: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 adds a GradScaler).
 
-Invalid values raise :class:`ValueError` naming the field, the value and what is allowed,
-before any tensor is made.
+Invalid values raise :class:`~mahiax.errors.BadInput` (a ``ValueError``) naming the field,
+the value and what is allowed, before any tensor is made.
+
+A resumed run keeps its config; only ``max_steps`` (``--steps``) may change
+(:data:`RESUME_MAY_CHANGE`, :func:`continue_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mahiax.errors import BadInput, ResumeConflict, shown
 from mahiax.tasks import TASKS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -78,7 +83,7 @@ class MahiaConfig:
         """A copy with ``changes`` applied and validated again."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; allowed: {field_names()}")
+            raise BadInput(f"unknown config field(s) {unknown}; allowed: {field_names()}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,7 +97,7 @@ class MahiaConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
         unknown = sorted(set(data) - set(field_names()))
         if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; allowed: {field_names()}")
+            raise BadInput(f"unknown config field(s) {unknown}; allowed: {field_names()}")
         data = dict(data)
         if "tasks" in data:
             data["tasks"] = tuple(data["tasks"])
@@ -115,11 +120,11 @@ def _is_number(v: Any) -> bool:
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ValueError(f"config field '{name}' = {value!r} is invalid; allowed: {allowed}")
+        raise BadInput(f"config field '{name}' = {value!r} is invalid; allowed: {allowed}")
 
 
 def validate_config(c: MahiaConfig) -> None:
-    """Check every field and every combination; raise ValueError on the first problem."""
+    """Check every field and every combination; raise BadInput on the first problem."""
     positive = (
         "vocab_size seq_len tab_dim d_model num_experts top_k expert_hidden fabric_layers "
         "fabric_active memory_nodes tiny_slots dwa_window batch_size max_steps"
@@ -186,6 +191,47 @@ def validate_config(c: MahiaConfig) -> None:
         )
 
 
+# --- resuming a run ---
+
+# Fields a resumed run may change. ``max_steps`` is the length of the cosine schedule: asking
+# a run to train to step N stretches its schedule to N (see ``mahiax.train.lr_at``). Any other
+# change would make the resumed run a different run than the one its checkpoint continues.
+RESUME_MAY_CHANGE = ("max_steps",)
+
+
+def config_differences(
+    stored: MahiaConfig, given: MahiaConfig, ignore: tuple[str, ...] = RESUME_MAY_CHANGE
+) -> dict[str, tuple[Any, Any]]:
+    """``{field: (stored value, given value)}`` for every field that differs, but ``ignore``."""
+    return {
+        f: (getattr(stored, f), getattr(given, f))
+        for f in field_names()
+        if f not in ignore and getattr(stored, f) != getattr(given, f)
+    }
+
+
+def continue_config(
+    stored: MahiaConfig, given: Mapping[str, Any], run: str,
+    flags: Mapping[str, str] | None = None,
+) -> MahiaConfig:
+    """The config resumed run ``run`` continues with: ``stored``, with ``max_steps`` from
+    ``given`` if it is there.
+
+    Every other field in ``given`` must equal the stored value; the first that does not raises
+    :class:`~mahiax.errors.ResumeConflict` naming it as the person wrote it (``flags`` maps a
+    field to its flag, e.g. ``{"lr": "--lr 0.01"}``), with the stored and the given value.
+    """
+    unknown = sorted(set(given) - set(field_names()))
+    if unknown:
+        raise BadInput(f"unknown config field(s) {unknown}; allowed: {field_names()}")
+    for name, value in given.items():
+        value = tuple(value) if name == "tasks" else value
+        if name not in RESUME_MAY_CHANGE and value != getattr(stored, name):
+            flag = (flags or {}).get(name) or f"{name}={shown(value)}"
+            raise ResumeConflict(run, name, getattr(stored, name), value, flag)
+    return stored.replace(**{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
+
+
 # --- presets: named functions returning configs (nanoGPT / torchtitan style) ---
 
 
@@ -217,5 +263,5 @@ PRESETS = {"teaching": teaching, "tiny": tiny, "medium": medium}
 def preset(name: str) -> MahiaConfig:
     """Config of a named preset; unknown names list the ones there are."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}")
+        raise BadInput(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}")
     return PRESETS[name]()

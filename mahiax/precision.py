@@ -77,3 +77,13 @@ class PrecisionManager:
         skipped = self.scaler.get_scale() < before  # the scaler backs off only on inf/NaN
         self.skipped_steps += int(skipped)
         return not skipped
+
+    def state_dict(self) -> dict[str, object]:
+        """The scaler's state (``{}`` when it is disabled) and the count of skipped steps."""
+        return {"scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        if state["scaler"]:  # an enabled scaler's state; a disabled one saved {}
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps = int(state["skipped_steps"])

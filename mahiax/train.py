@@ -30,10 +30,12 @@ import torch
 from torch import nn
 
 from mahiax import distributed
-from mahiax.config import MahiaConfig
+from mahiax.config import MahiaConfig, config_differences
 from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.model import HybridEfficientModel
+from mahiax.errors import BadInput
 from mahiax.precision import PrecisionManager
+from mahiax.rng import rng_state, set_rng_state
 from mahiax.weighting import LossWeighting, make_weighting
 
 
@@ -50,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use cpu|auto")
+        raise BadInput("device 'cuda' was asked for but no CUDA GPU is available; use cpu|auto")
     return torch.device(name)
 
 
@@ -233,3 +235,42 @@ class Trainer:
                 result[name] = float(1 - ((y - t) ** 2).mean() / t.var(unbiased=False))
         self.model.train()
         return result
+
+    def state_dict(self) -> dict[str, object]:
+        """Everything the next step depends on, each part from its owner's ``state_dict``.
+
+        The model (weights and state buffers: memory nodes, ring buffer, layer importance),
+        the optimiser's moments, the weighting (DWA windows), the precision manager (GradScaler,
+        skipped steps), the step number and the RNG states (:mod:`mahiax.rng`; dropout draws
+        from them). Batches are a pure function of ``(seed, step)``, so they need nothing
+        saved. ``config`` says which run the state belongs to. Under ``torchrun`` this is the
+        calling rank's state; rank 0's is the one checkpointed.
+        """
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step_num,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "precision": self.precision.state_dict(),
+            "rng": rng_state(self.device),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Continue from ``state`` (:meth:`state_dict` of a trainer of the same run).
+
+        The configs must agree in every field but ``max_steps`` (the schedule may be
+        stretched: see :data:`mahiax.config.RESUME_MAY_CHANGE`); a difference is refused with
+        the field and both values.
+        """
+        diff = config_differences(MahiaConfig.from_dict(state["config"]), self.config)
+        if diff:
+            shown = ", ".join(f"{k}: {a!r} saved, {b!r} now" for k, (a, b) in diff.items())
+            raise BadInput(f"the state is from a run with another config ({shown}); "
+                           f"only max_steps may differ")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.precision.load_state_dict(state["precision"])
+        set_rng_state(state["rng"], self.device)
+        self.step_num = int(state["step"])

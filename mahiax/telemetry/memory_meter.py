@@ -30,9 +30,10 @@ How CPU tensor bytes are found, and why both sources are needed:
   summary's retain-graph band-aid.
 
 Storages are counted once: views and aliases share a storage, keyed by its data pointer and
-size. Cost of the scan: it visits every object the garbage collector tracks. Measured: one
-read with 3,000 live tensors and 300 small graphs, among ~180,000 Python objects, takes
-~60 ms on this lab's CPU (mostly the ``gc.get_objects()`` filter).
+size. Cost of the scan: it visits every object the garbage collector tracks. Measured in a
+training process of the default model (~290,000 tracked objects, ~360 tensors) on this lab's
+shared 2-core CPU: 27-31 ms a scan, of which ``gc.get_objects()`` takes 15-20 ms and picking
+the tensors out 9-11 ms (a list comprehension took 20-27 ms for the same).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from itertools import compress
 from typing import Any
 
 import psutil
@@ -214,7 +216,7 @@ class MemoryMeter:
         read it after a backward to see what stays retained (a graph kept on purpose, or older
         graphs reached through state that was never detached). On a GPU the allocator gives
         "other" (allocated minus the four categories), reserved and peak every time; on a CPU
-        "other" and the total need ``full=True``, a scan of every live object (~60 ms).
+        "other" and the total need ``full=True``, a scan of every live object (~30 ms).
         """
         on = self._on_device
         params = self._parameters(model, refresh=full)
@@ -296,7 +298,12 @@ def live_storages() -> Storages:
     nodes: dict[int, Any] = {}  # id -> node; holding the node keeps its id unique meanwhile
     stack: list[Any] = []
     kinds = _tensor_types()
-    for t in [obj for obj in gc.get_objects() if type(obj) in kinds]:
+    objects = gc.get_objects()
+    # the tensors among them, filtered by C-level iterators (~35% faster than a list
+    # comprehension over ~290,000 objects)
+    tensors = list(compress(objects, map(kinds.__contains__, map(type, objects))))
+    del objects
+    for t in tensors:
         if t.is_cpu:  # also skips meta tensors
             add_storage(t, storages)
         grad_fn = grad_fn_of(t)

@@ -1,7 +1,8 @@
 """The Bug lab page: one catalog entry's three variants (the bug, the summary's fix, the right
 fix) trained side by side in background processes, their graph size, memory, loss and
-gradient error overlaid, each one's error shown as PyTorch wrote it, and the measured verdict
-on the summary's fix."""
+gradient error overlaid, each one's error shown as PyTorch wrote it, and the verdict on the
+summary's fix, measured in a process of its own (``verdict_jobs``): the server only reads and
+draws. ``?entry=ID`` in the page's address opens it on that entry."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, processing, runs
+from dashboard import charts, data, processing, runs, verdict_jobs
 from dashboard.state import INTERVAL_KEY, LIVE_KEY, STORE_KEY
 from mahiax.store import StoreError
 
@@ -24,17 +25,6 @@ def _catalog() -> dict:
     from mahiax.bugs import entries
 
     return {e.id: e for e in entries()}
-
-
-@st.cache_data(show_spinner="Measuring the verdict: the three variants train for a few "
-               "seconds...", max_entries=32)
-def measured_verdict(entry_id: str) -> tuple[str, str]:
-    """(label, reason) of the summary's fix, measured by running the variants (never stored;
-    cached for the server's life, as the code it measures does not change while it runs)."""
-    from mahiax.bugs import verdict
-
-    v = verdict(entry_id)
-    return v.label, v.reason
 
 
 def unique_name(base: str, taken: set[str]) -> str:
@@ -69,6 +59,9 @@ def bug_lab() -> None:
         return
     catalog = _catalog()
     ids = list(catalog)
+    asked = st.query_params.get("entry")
+    if ENTRY_KEY not in st.session_state and asked in ids:  # a link to one entry
+        st.session_state[ENTRY_KEY] = asked
     if st.session_state.get(ENTRY_KEY) not in ids:  # open on the newest recorded entry
         try:
             recorded = [b for b in data.catalog_runs(path)["bug"] if b in ids]
@@ -89,14 +82,7 @@ def bug_lab() -> None:
     with st.expander("Why", expanded=False):
         st.markdown(entry.explanation)
 
-    try:
-        label, reason = measured_verdict(entry_id)
-    except Exception as e:  # the verdict runs real training: show, never crash the page
-        st.error(f"The verdict could not be measured: {type(e).__name__}: {e}")
-    else:
-        show = st.success if label == "holds" else st.warning
-        show(f"**Verdict on the summary's fix: {label}** (measured just now over "
-             f"{entry.steps} steps per variant). {reason}")
+    _verdict(entry_id, entry.steps)
 
     with st.form("bug_lab_start"):
         steps = st.number_input("steps per variant", min_value=1, max_value=MAX_STEPS,
@@ -113,6 +99,42 @@ def bug_lab() -> None:
         else:
             st.success(f"Started {', '.join(names)}; they appear below as they train.")
     _comparison(path, entry_id)
+
+
+def _verdict(entry_id: str, steps: int) -> None:
+    """The measured verdict on the summary's fix. It is measured in a process of its own
+    (``dashboard/verdict_jobs.py``); while that runs, a fragment polls it every second and
+    the rest of the page stays usable."""
+    job = verdict_jobs.request(entry_id)
+    if not job.running:
+        _show_verdict(job, steps)
+        return
+
+    @st.fragment(run_every=1.0)
+    def poll() -> None:
+        current = verdict_jobs.request(entry_id)
+        if current.running:
+            st.info(f"Measuring the verdict on the summary's fix: the three variants train "
+                    f"in process {current.pid} ({current.elapsed_s():.0f} s so far; a few "
+                    "seconds, up to half a minute for the DDP entries).",
+                    icon=":material/hourglass_top:")
+        else:
+            st.rerun()  # the whole page, so the finished verdict needs no polling
+
+    poll()
+
+
+def _show_verdict(job: verdict_jobs.VerdictJob, steps: int) -> None:
+    if job.error is not None:
+        st.error(f"The verdict could not be measured: {job.error}")
+        if st.button("Measure again", key=f"remeasure_{job.entry_id}",
+                     icon=":material/refresh:"):
+            verdict_jobs.forget(job.entry_id)
+            st.rerun()
+        return
+    show = st.success if job.label == "holds" else st.warning
+    show(f"**Verdict on the summary's fix: {job.label}** (measured by `python -m mahiax bugs "
+         f"verdict {job.entry_id}` over {steps} steps per variant). {job.reason}")
 
 
 def _comparison(path: str, entry_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ pytest.importorskip("plotly")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from dashboard import bug_lab, data, processing, runs  # noqa: E402
+from dashboard import bug_lab, data, processing, runs, verdict_jobs  # noqa: E402
 from dashboard.state import PAGE_KEY, RUN_KEY  # noqa: E402
 from dashboard.views import BUG_LAB, PAGES  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402
@@ -229,8 +230,10 @@ def test_autostart_starts_demo_in_a_process(monkeypatch, tmp_path):
 # -- Bug lab --------------------------------------------------------------------------------
 
 
-def render_lab(monkeypatch, store: Path, entry: str | None = None) -> AppTest:
-    """The Bug lab page against ``store`` (optionally on ``entry``); no uncaught exception."""
+def render_lab(monkeypatch, store: Path, entry: str | None = None,
+               measured: bool = True) -> AppTest:
+    """The Bug lab page against ``store`` (optionally on ``entry``); no uncaught exception.
+    With ``measured``, once the verdict's process has ended (the page is drawn again)."""
     monkeypatch.setenv("MAHIAX_STORE", str(store))
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state[PAGE_KEY] = BUG_LAB
@@ -238,7 +241,20 @@ def render_lab(monkeypatch, store: Path, entry: str | None = None) -> AppTest:
         at.session_state[bug_lab.ENTRY_KEY] = entry
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    if measured:
+        wait_for_verdict(at.selectbox(key=bug_lab.ENTRY_KEY).value)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def wait_for_verdict(entry_id: str, timeout_s: float = 180) -> verdict_jobs.VerdictJob:
+    """The server's job for ``entry_id`` once its process has ended (a hang guard only)."""
+    deadline = time.monotonic() + timeout_s
+    while (job := verdict_jobs.request(entry_id)).running:
+        assert time.monotonic() < deadline, f"the verdict of {entry_id} ran over {timeout_s} s"
+        time.sleep(0.3)
+    return job
 
 
 def chart_series(chart) -> dict[str, np.ndarray]:
@@ -295,6 +311,79 @@ def test_bug_lab_empty_and_corrupt_store(monkeypatch, stores):
     assert "Verdict on the summary's fix: wrong-diagnosis" in texts(at.warning)
     at = render_lab(monkeypatch, stores["corrupt"], entry="expert-index")
     assert "not a MAHIA-X run store" in texts(at.error)
+
+
+def _recording(calls: list[str], name: str, fn):
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+@pytest.fixture
+def global_effects(monkeypatch) -> list[str]:
+    """Records every call in this process that starts a process group, forks a rank,
+    reseeds the global RNG or installs a global module hook (the calls still happen)."""
+    import multiprocessing.process
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.modules import module
+
+    calls: list[str] = []
+    for owner, name in ((dist, "init_process_group"), (torch, "manual_seed"),
+                        (module, "register_module_forward_hook"),
+                        (module, "register_module_forward_pre_hook"),
+                        (multiprocessing.process.BaseProcess, "start")):
+        monkeypatch.setattr(owner, name, _recording(calls, name, getattr(owner, name)))
+    return calls
+
+
+def test_the_global_effects_fixture_sees_a_verdict_measured_in_process(global_effects):
+    from mahiax import bugs
+
+    bugs.run("ddp-unused-experts", "fixed", steps=1)
+    assert {"init_process_group", "manual_seed"} <= set(global_effects)
+
+
+def test_bug_lab_measures_the_verdict_in_a_process_of_its_own(monkeypatch, tmp_path,
+                                                              global_effects):
+    import psutil
+
+    store, entry = tmp_path / "mahiax.sqlite", "ddp-unused-experts"  # a process group
+    verdict_jobs.forget(entry)
+    first = render_lab(monkeypatch, store, entry=entry, measured=False)
+    measuring = texts(first.info)
+    assert "Measuring the verdict on the summary's fix" in measuring, "the page is not blocked"
+    job = verdict_jobs.request(entry)
+    assert f"in process {job.pid}" in measuring
+    if job.running:  # (it takes seconds: it is still importing torch)
+        assert psutil.Process(job.pid).cmdline()[-5:] == ["mahiax", "bugs", "verdict", entry,
+                                                          "--json"]
+        second = render_lab(monkeypatch, store, entry=entry, measured=False)
+        assert f"in process {job.pid}" in texts(second.info), \
+            "a second session waits for the same process, it starts none"
+    at = render_lab(monkeypatch, store, entry=entry)
+    assert "Verdict on the summary's fix: holds" in texts(at.success)
+    assert "Measuring the verdict" not in texts(at.info)
+    assert global_effects == [], "the server itself started a group, forked, reseeded or hooked"
+
+
+def test_bug_lab_says_why_a_verdict_failed_and_measures_again(monkeypatch, tmp_path):
+    store, entry = tmp_path / "mahiax.sqlite", "fabric-accumulate"
+    verdict_jobs.forget(entry)
+    with monkeypatch.context() as m:  # a measuring process that fails
+        m.setattr(verdict_jobs, "argv", lambda entry_id: [
+            sys.executable, "-c", f"import sys; sys.exit('no verdict for {entry_id} today')"])
+        at = render_lab(monkeypatch, store, entry=entry)
+    assert "no verdict for fabric-accumulate today" in texts(at.error)
+    assert "exited with status 1" in texts(at.error)
+    next(b for b in at.button if b.label == "Measure again").click()
+    at.run()
+    wait_for_verdict(entry)
+    at.run()
+    assert not at.exception
+    assert "Verdict on the summary's fix: holds" in texts(at.success)
 
 
 def test_bug_lab_button_runs_three_variants(monkeypatch, tmp_path):

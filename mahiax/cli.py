@@ -1,4 +1,16 @@
-"""Command line: ``python -m mahiax train --steps N`` (also installed as ``mahiax``)."""
+"""Command line: ``python -m mahiax train --steps N`` (also installed as ``mahiax``).
+
+``train --run NAME --resume`` continues a recorded run from its last checkpoint with the
+config it was started with. ``--steps N`` may change: the run trains to step N, and its
+cosine schedule becomes the one of a run planned for N steps from the start (the steps
+already stored keep the LR they ran with; from the resume step on, the LR is
+``lr_at(step, lr, warmup_steps, N)``). Without ``--steps`` the run goes on to its stored
+length. Any other flag given with ``--resume`` must match the stored value, else it is
+refused with one line naming the flag, the stored value and the given one.
+
+Errors: a bad request (:class:`~mahiax.errors.BadInput`, a run-store error) is printed as one
+line, exit status 2; any other exception keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +20,25 @@ import json
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator, Sequence
 
-from mahiax.config import PRECISIONS, PRESETS, WEIGHTINGS, MahiaConfig, preset
+from mahiax.config import (
+    PRECISIONS,
+    PRESETS,
+    RESUME_MAY_CHANGE,
+    WEIGHTINGS,
+    MahiaConfig,
+    continue_config,
+    preset,
+)
+from mahiax.errors import BadInput, shown
+
+DEFAULT_STEPS, DEFAULT_PRESET = 300, "teaching"
+# config field -> the flag that sets it
+FLAGS = {"seed": "--seed", "num_experts": "--experts", "top_k": "--top-k",
+         "batch_size": "--batch-size", "lr": "--lr", "weighting": "--weighting",
+         "precision": "--precision", "device": "--device"}
 
 
 def _positive_int(text: str) -> int:
@@ -27,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mahiax", description="MAHIA-X Lab command line")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     t = sub.add_parser("train", help="train the model on the synthetic multi-task data")
-    t.add_argument("--steps", type=_positive_int, default=300, help="training steps (300)")
-    t.add_argument("--preset", choices=sorted(PRESETS), default="teaching", help="base config")
+    t.add_argument("--steps", type=_positive_int,
+                   help=f"training steps ({DEFAULT_STEPS}); with --resume: train the run to "
+                        f"step N on a schedule stretched to N (default: its stored length)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"base config ({DEFAULT_PRESET})")
     t.add_argument("--seed", type=int, help="seed for weights and data")
     t.add_argument("--experts", type=_positive_int, dest="num_experts", help="num_experts")
     t.add_argument("--top-k", type=_positive_int, dest="top_k", help="experts per token")
@@ -44,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--store", metavar="PATH",
                      help="store file or folder (default: $MAHIAX_STORE, else runs/)")
     rec.add_argument("--resume", action="store_true",
-                     help="continue run NAME from its last checkpoint")
+                     help="continue run NAME from its last checkpoint, with its config")
     rec.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="N")
     rec.add_argument("--snapshot-every", type=_positive_int, default=25, metavar="N",
                      help="memory-node snapshots every N steps (25)")
@@ -73,38 +104,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from(args: argparse.Namespace) -> MahiaConfig:
-    base = preset(args.preset)
-    changes = {
-        k: getattr(args, k)
-        for k in ("seed", "num_experts", "top_k", "batch_size", "lr", "weighting",
-                  "precision", "device")
-        if getattr(args, k) is not None
-    }
-    changes["max_steps"] = args.steps
-    return base.replace(**changes)
+    """A new run's config: the preset, the flags given, ``max_steps`` = ``--steps``."""
+    changes = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    changes["max_steps"] = args.steps or DEFAULT_STEPS
+    return preset(args.preset or DEFAULT_PRESET).replace(**changes)
+
+
+def _resume_config(args: argparse.Namespace) -> MahiaConfig:
+    """A resumed run's config: the stored one, ``max_steps`` = ``--steps`` if given; every
+    other flag given must match it (a preset: in the fields no flag sets)."""
+    from mahiax.recording import stored_config
+
+    stored = stored_config(args.run, args.store)
+    given: dict[str, object] = {}
+    flags: dict[str, str] = {}
+    if args.preset is not None:
+        for k, v in preset(args.preset).to_dict().items():
+            if k not in FLAGS and k not in RESUME_MAY_CHANGE:
+                given[k], flags[k] = v, f"--preset {args.preset} ({k}={shown(v)})"
+    for k, flag in FLAGS.items():
+        if getattr(args, k) is not None:
+            given[k], flags[k] = getattr(args, k), f"{flag} {shown(getattr(args, k))}"
+    if args.steps is not None:
+        given["max_steps"] = args.steps
+    return continue_config(stored, given, args.run, flags)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mahiax import distributed
 
     if (args.bug is None) != (args.variant is None):
-        raise ValueError("--bug and --variant go together: --bug ID --variant buggy|summary|fixed")
+        raise BadInput("--bug and --variant go together: --bug ID --variant buggy|summary|fixed")
     if args.resume and not args.run:
-        raise ValueError("--resume needs --run NAME (the run to continue)")
+        raise BadInput("--resume needs --run NAME (the run to continue)")
     if args.bug is not None:
         if distributed.env_world_size() > 1:
-            raise ValueError("--bug runs are single-process: run them without torchrun")
+            raise BadInput("--bug runs are single-process: run them without torchrun")
         if not args.run:
-            raise ValueError("--bug needs --run NAME: a catalog run is recorded into the store")
+            raise BadInput("--bug needs --run NAME: a catalog run is recorded into the store")
         if args.resume:
-            raise ValueError("--bug runs cannot be resumed (they are a few steps long): "
-                             "record a new one under another --run NAME")
+            raise BadInput("--bug runs cannot be resumed (they are a few steps long): "
+                           "record a new one under another --run NAME")
         return cmd_train_bug(args)
-    config = _config_from(args)
     if args.run:
         from mahiax.store import validate_run_name
 
         validate_run_name(args.run)  # before any work: a bad name costs nothing
+    config = _resume_config(args) if args.resume else _config_from(args)
     from mahiax.train import resolve_device
 
     if distributed.env_world_size() > 1:  # started by torchrun: one process per rank
@@ -118,26 +164,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, config: MahiaConfig, quiet: bool) -> int:
-    """Train (and record) ``config``; ``quiet`` ranks (not rank 0) print nothing."""
+    """Train (and record) ``config`` to step ``config.max_steps``; ``quiet`` ranks (not
+    rank 0) print nothing."""
     from tqdm import tqdm
 
     from mahiax.train import Trainer
 
+    steps = config.max_steps
     trainer = None if args.run else Trainer(config)
     show = not (args.no_progress or args.json or quiet)
     bars: list = []  # made at the first step: an early error prints no empty bar
     first: dict[str, float] = {}
+    first_step = [0]  # where training started: 0, or the checkpoint's step when resumed
     window: list[dict[str, float]] = []
 
     def on_step(rec) -> None:
         if not first:
             first.update(rec.task_losses)
+            first_step[0] = rec.step
         window.append(rec.task_losses)
         del window[:-20]
         if args.json and not quiet:
             print(json.dumps(rec.to_dict()), flush=True)
         if not bars:
-            bars.append(tqdm(total=args.steps, initial=rec.step, desc="train", unit="step",
+            bars.append(tqdm(total=steps, initial=rec.step, desc="train", unit="step",
                              disable=not show, file=sys.stderr))
         bars[0].set_postfix(loss=f"{rec.loss:.3f}", gnorm=f"{rec.grad_norm:.2f}", refresh=False)
         bars[0].update(1)
@@ -147,12 +197,12 @@ def _train(args: argparse.Namespace, config: MahiaConfig, quiet: bool) -> int:
         from mahiax.telemetry.probes import Cadence
 
         trainer = record_training(
-            config, args.run, args.steps, store=args.store, resume=args.resume,
+            config, args.run, steps, store=args.store, resume=args.resume,
             checkpoint_every=args.checkpoint_every,
             cadence=Cadence(args.snapshot_every, args.memory_every), on_step=on_step,
         )
     else:
-        trainer.fit(args.steps, on_step)
+        trainer.fit(steps, on_step)
     if bars:
         bars[0].close()
     if quiet:
@@ -166,7 +216,9 @@ def _train(args: argparse.Namespace, config: MahiaConfig, quiet: bool) -> int:
     world = trainer.dist.world_size
     where = f"{world} processes ({trainer.dist.backend}) on {trainer.device}" if world > 1 \
         else str(trainer.device)
-    print(f"\nTrained {args.steps} steps on {where} ({config.precision}, "
+    done = f"Trained {steps} steps" if first_step[0] == 0 else \
+        f"Resumed at step {first_step[0]} and trained to step {steps}"
+    print(f"\n{done} on {where} ({config.precision}, "
           f"{config.weighting} weighting).")
     print(f"{'task':<10} {'kind':<15} {'first loss':>10} {'last-20 loss':>13} {'held-out':>14}")
     for name in config.tasks:
@@ -253,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from mahiax.store.errors import StoreError
+
     try:
         if args.command == "train":
             return cmd_train(args)
@@ -262,10 +316,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             from mahiax.bugs.cli import run_command
 
             return run_command(args)
-    except ValueError as e:  # config, input and store errors: one clear line, no traceback
-        print(f"mahiax: error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
+    except (BadInput, StoreError) as e:  # a bad request: one clear line, no traceback
         print(f"mahiax: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
@@ -273,7 +324,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if not isinstance(e, TrainingFailed):
             raise
-        print(f"mahiax: {e}", file=sys.stderr)
+        if not isinstance(e.error, BadInput):  # a bug, not a request: keep where it happened
+            traceback.print_exception(e.error, file=sys.stderr)
+        print(f"mahiax: {e} (stored as failed)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mahiax: stopped; a recorded run is stored as interrupted", file=sys.stderr)

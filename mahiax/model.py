@@ -38,6 +38,18 @@ class Encoded:
     layers: LayerRouting  # per-sample block routing of the fabric
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """The model's state between steps, copied (N ``memory_nodes``, S ``tiny_slots``, L
+    ``fabric_layers``): what probes and the dashboard read, without reaching into modules."""
+
+    importance: torch.Tensor  # (L,) MetaController layer importance
+    memory_nodes: torch.Tensor  # (N, D) GraphDiffusionMemory nodes
+    adjacency: torch.Tensor  # (N, N) its diffusion matrix A
+    tiny_slots: torch.Tensor  # (S, D) TinyMemory ring buffer
+    tiny_count: int  # TinyMemory writes so far
+
+
 class TextEncoder(nn.Module):
     """Token + position embedding, one pre-norm MoE layer, attention pooling to (B, D)."""
 
@@ -157,12 +169,16 @@ class HybridEfficientModel(nn.Module):
         self.graph_memory.commit()
         self.tiny_memory.commit()
 
-    def state_summary(self) -> dict[str, object]:
-        """Copies of the stateful buffers, for probes and tests (no graph)."""
-        return {
-            "memory_nodes": self.graph_memory.nodes.detach().clone(),
-            "adjacency": self.graph_memory.adjacency().detach().clone(),
-            "layer_importance": self.fabric.controller.importance.detach().clone(),
-            "tiny_slots": self.tiny_memory.slots.detach().clone(),
-            "tiny_count": int(self.tiny_memory.count),
-        }
+    @torch.no_grad()
+    def state_snapshot(self) -> ModelState:
+        """Copies of the stateful buffers on the CPU (no graph): what probes log."""
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", copy=True)
+
+        return ModelState(
+            importance=copy(self.fabric.controller.importance),
+            memory_nodes=copy(self.graph_memory.nodes),
+            adjacency=copy(self.graph_memory.adjacency()),
+            tiny_slots=copy(self.tiny_memory.slots),
+            tiny_count=int(self.tiny_memory.count),
+        )

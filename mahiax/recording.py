@@ -2,9 +2,9 @@
 
 One process writes a run: it trains, the probes read each step, the store's writer batches the
 rows, and a checkpoint is written atomically every ``checkpoint_every`` steps so that
-``--resume`` continues exactly where the last checkpoint left off. A run that raises is
-marked failed with its error and step; a killed one is shown as interrupted by readers once
-its heartbeat goes stale.
+``--resume`` continues exactly where the last checkpoint left off (RNG states included). A run
+that raises is marked failed with its error and step; a killed one is shown as interrupted by
+readers once its heartbeat goes stale.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mahiax.checkpoint import load_checkpoint, restore, save_checkpoint
-from mahiax.config import MahiaConfig
+from mahiax.checkpoint import load_checkpoint, save_checkpoint
+from mahiax.config import MahiaConfig, config_differences
+from mahiax.errors import BadInput, ResumeConflict
 from mahiax.store import RunReader, RunWriter, resolve_store_path
 from mahiax.telemetry.probes import Cadence, TrainingProbe
 from mahiax.train import StepRecord, Trainer
@@ -32,6 +33,19 @@ class TrainingFailed(RuntimeError):
         self.step, self.error = step, error
 
 
+def stored_config(name: str, store: str | Path | None = None) -> MahiaConfig:
+    """The config run ``name`` was recorded with; a catalog run is refused (it cannot resume)."""
+    stored = RunReader(store).config(name)
+    if CATALOG_KEY in stored:
+        tag = stored[CATALOG_KEY]
+        raise BadInput(
+            f"run {name!r} is a bug-catalog run ({tag.get('bug')} / {tag.get('variant')}); "
+            "catalog runs are short and cannot be resumed: record a new one with "
+            "--bug ID --variant V --run NEW_NAME"
+        )
+    return MahiaConfig.from_dict(stored)
+
+
 def record_training(
     config: MahiaConfig,
     name: str,
@@ -43,31 +57,38 @@ def record_training(
     cadence: Cadence | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> Trainer:
-    """Train ``steps`` steps in total (counting resumed ones), writing every step to the store.
+    """Train run ``name`` up to step ``steps`` (counting resumed ones), writing every step to
+    the store; the LR follows ``lr_at(step, lr, warmup_steps, config.max_steps)``.
 
-    With ``resume=True`` the run's checkpoint and stored config are used (``config`` is then
-    ignored) and training continues from the checkpoint's step. Under ``torchrun`` every rank
-    calls this; rank 0 writes the run (its figures are over the global batch) and the
-    checkpoints, the other ranks only train.
+    With ``resume=True`` the run continues from its checkpoint (from step 0 if it has none
+    yet). ``config`` must then equal the stored config in every field but ``max_steps``
+    (:func:`mahiax.config.continue_config` builds it from the stored one; a difference raises
+    :class:`~mahiax.errors.ResumeConflict`), and ``steps`` must lie past the checkpoint. The
+    schedule is the one of a run planned for ``config.max_steps`` steps from the start: the
+    stored steps keep the LR they ran with, and the resumed steps take that schedule's LR,
+    step for step; resuming with the stored ``max_steps`` reproduces the uninterrupted run
+    exactly (RNG states included, so with ``dropout > 0`` too).
+
+    Under ``torchrun`` every rank calls this; rank 0 writes the run (its figures are over the
+    global batch) and the checkpoints, the other ranks only train.
     """
     if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every={checkpoint_every} must be a positive integer")
+        raise BadInput(f"checkpoint_every={checkpoint_every} must be a positive integer")
     ckpt = checkpoint_path(store, name)
     state = None
     if resume:
+        diff = config_differences(stored_config(name, store), config)
+        if diff:
+            field, (old, new) = next(iter(diff.items()))
+            raise ResumeConflict(name, field, old, new)
         state = load_checkpoint(ckpt) if ckpt.exists() else None
-        stored = RunReader(store).config(name)
-        if CATALOG_KEY in stored:
-            tag = stored[CATALOG_KEY]
-            raise ValueError(
-                f"run {name!r} is a bug-catalog run ({tag.get('bug')} / {tag.get('variant')}); "
-                "catalog runs are short and cannot be resumed: record a new one with "
-                "--bug ID --variant V --run NEW_NAME"
-            )
-        config = MahiaConfig.from_dict(stored)
+        done = int(state["step"]) if state is not None else 0
+        if steps <= done:
+            raise BadInput(f"run {name!r} has trained {done} steps already; ask for more "
+                           f"(--steps N with N > {done}) to continue it")
     trainer = Trainer(config)
     if state is not None:
-        restore(trainer, state)
+        trainer.load_state_dict(state)
     if not trainer.dist.is_main:  # data parallel: rank 0 alone writes the store
         while trainer.step_num < steps:
             record = trainer.step()
@@ -92,10 +113,10 @@ def record_training(
                 on_step(record)
             if trainer.step_num % checkpoint_every == 0:
                 writer.flush()  # the store never lags behind the checkpoint
-                save_checkpoint(trainer, ckpt)
+                save_checkpoint(trainer.state_dict(), ckpt)
         if trainer.step_num > 0 and (trainer.step_num - 1) % probe.cadence.snapshot_every:
             probe.snapshot(trainer, trainer.step_num - 1)  # the final state, for the dashboard
-        save_checkpoint(trainer, ckpt)
+        save_checkpoint(trainer.state_dict(), ckpt)
     except KeyboardInterrupt:
         writer.finish("interrupted")
         raise

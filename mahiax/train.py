@@ -32,8 +32,8 @@ from torch import nn
 from mahiax import distributed
 from mahiax.config import MahiaConfig, config_differences
 from mahiax.data import Batch, SyntheticMultiTask
-from mahiax.model import HybridEfficientModel
 from mahiax.errors import BadInput
+from mahiax.model import HybridEfficientModel
 from mahiax.precision import PrecisionManager
 from mahiax.rng import rng_state, set_rng_state
 from mahiax.weighting import LossWeighting, make_weighting

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mahiax.bugs.outcome import Outcome
+from mahiax.errors import BadInput
 
 VARIANTS = ("buggy", "summary", "fixed")
 
@@ -94,7 +95,7 @@ def get(entry_id: str) -> BugEntry:
     """The entry called ``entry_id``; unknown ids list the ones there are."""
     _load()
     if entry_id not in _REGISTRY:
-        raise ValueError(f"unknown bug id {entry_id!r}; allowed: {', '.join(_REGISTRY)}")
+        raise BadInput(f"unknown bug id {entry_id!r}; allowed: {', '.join(_REGISTRY)}")
     return _REGISTRY[entry_id]
 
 

@@ -7,6 +7,7 @@ import json
 
 from mahiax.bugs import VARIANTS, entries, get, verdict
 from mahiax.bugs.outcome import Outcome
+from mahiax.errors import BadInput
 
 MB = 2**20
 
@@ -66,7 +67,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     entry = get(args.id)
     if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+        raise BadInput(f"--steps must be a positive integer, got {args.steps}")
     if args.bugs_command == "run":
         out = entry.run(args.variant, args.steps)
         if args.json:

@@ -56,6 +56,7 @@ from typing import Protocol
 import psutil
 import torch
 
+from mahiax.model import ModelState
 from mahiax.telemetry.categories import MemoryCategories
 from mahiax.telemetry.memory_meter import MemoryMeter
 from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture, encode_path
@@ -211,10 +212,10 @@ class TrainingProbe:
         m.update(self._memory(trainer, step))
         self.logger.log(m, step)
         self.logger.log_vector("moe/tokens_per_expert", load["tokens_per_expert"], step)
-        importance = trainer.model.fabric.controller.importance
-        self.logger.log_vector("fabric/importance", importance.tolist(), step)
+        state = trainer.model.state_snapshot()
+        self.logger.log_vector("fabric/importance", state.importance.tolist(), step)
         if step % c.snapshot_every == 0:
-            self.snapshot(trainer, step)
+            self._log_state(state, step)
 
     def _memory(self, trainer, step: int) -> dict[str, float]:
         """This step's ``mem/*`` figures; saves a snapshot if memory spiked (CUDA)."""
@@ -238,10 +239,11 @@ class TrainingProbe:
             self.logger.log_tensor(SPIKE_SNAPSHOT_KEY, where, step)
         return m
 
-    @torch.no_grad()
     def snapshot(self, trainer, step: int) -> None:
         """Copies of the memory nodes, diffusion matrix and ring buffer at ``step``."""
-        mem, tiny = trainer.model.graph_memory, trainer.model.tiny_memory
-        self.logger.log_tensor("memory/nodes", mem.nodes.detach().cpu().clone(), step)
-        self.logger.log_tensor("memory/adjacency", mem.adjacency().detach().cpu(), step)
-        self.logger.log_tensor("tiny/slots", tiny.slots.detach().cpu().clone(), step)
+        self._log_state(trainer.model.state_snapshot(), step)
+
+    def _log_state(self, state: ModelState, step: int) -> None:
+        self.logger.log_tensor("memory/nodes", state.memory_nodes, step)
+        self.logger.log_tensor("memory/adjacency", state.adjacency, step)
+        self.logger.log_tensor("tiny/slots", state.tiny_slots, step)

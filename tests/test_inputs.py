@@ -17,7 +17,9 @@ from torch import nn
 from mahiax.cli import main
 from mahiax.config import MahiaConfig, field_names, preset, tiny
 from mahiax.data import SyntheticMultiTask
+from mahiax.errors import BadInput
 from mahiax.model import HybridEfficientModel
+from mahiax.train import Trainer
 
 
 def field_error(name: str, value: object, allowed: str) -> str:
@@ -315,3 +317,39 @@ def test_cli_rejects_zero_steps_in_argparse(capsys):
     err = capsys.readouterr().err
     assert "argument --steps: expected a positive integer, got 0" in err
     assert "Traceback" not in err
+
+
+def _broken_step(self, batch=None):
+    raise ValueError("a bug inside the step")
+
+
+def test_cli_keeps_the_traceback_of_a_value_error_that_is_not_bad_input(monkeypatch):
+    """Only BadInput (and store errors) become one line: a ValueError raised by code inside
+    an unrecorded run propagates with its traceback."""
+    monkeypatch.setattr(Trainer, "step", _broken_step)
+    with pytest.raises(ValueError, match="a bug inside the step") as e:
+        main(["train", "--preset", "tiny", "--steps", "2", "--no-progress"])
+    assert not isinstance(e.value, BadInput)
+
+
+def test_cli_prints_the_traceback_of_a_recorded_run_that_failed_on_a_bug(
+    monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setattr(Trainer, "step", _broken_step)
+    code = main(["train", "--preset", "tiny", "--steps", "2", "--no-progress", "--run", "r",
+                 "--store", str(tmp_path / "s.sqlite")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback (most recent call last)" in err and "in _broken_step" in err
+    assert err.rstrip().endswith(
+        "mahiax: training failed at step 0: ValueError: a bug inside the step (stored as failed)"
+    )
+
+
+def test_bad_requests_are_bad_input():
+    """The one type the command line prints as one line; still a ValueError for callers."""
+    with pytest.raises(BadInput):
+        tiny().replace(top_k=9)
+    with pytest.raises(BadInput):
+        preset("huge")
+    assert issubclass(BadInput, ValueError)

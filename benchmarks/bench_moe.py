@@ -11,7 +11,7 @@ cotangent, and computes the output and the gradients of the input and of every w
   ``experts[id]`` once per token and slot (ids made Python ints, the smallest change that
   lets ``experts[idx]`` run; the original's tensor ``idx`` raises ``TypeError``);
 - ``summary fix``: ``torch.unique`` + ``int(u.item())``, the catalog's ``SummaryExpertRouter``;
-- ``ours``: :class:`mahiax.moe.ExpertRouter` (sort once, one contiguous matmul per expert);
+- ``ours``: :class:`mahiax.moe.MixtureOfExperts` (sort once, one contiguous matmul per expert);
 - ``mixtral eager``: ``transformers``' ``MixtralSparseMoeBlock`` as built directly (its
   per-expert loop); ``mixtral grouped_mm``: the experts implementation ``from_pretrained``
   picks by default;
@@ -42,7 +42,7 @@ from torch import nn
 
 from mahiax.bugs.expert_index import SummaryExpertRouter, _OriginalRouter
 from mahiax.config import MahiaConfig, medium, teaching
-from mahiax.moe import ExpertRouter, SwiGLUExperts
+from mahiax.moe import MixtureOfExperts, SwiGLUExperts
 
 FLOOR = "floor"
 OURS = "ours"
@@ -143,7 +143,7 @@ class SummaryLoopRouter(_OriginalLayout, SummaryExpertRouter):
     original's layout."""
 
 
-def original_style(cls: type[_OriginalLayout], moe: ExpertRouter) -> _OriginalLayout:
+def original_style(cls: type[_OriginalLayout], moe: MixtureOfExperts) -> _OriginalLayout:
     """A ``cls`` router holding ``moe``'s weights (router and experts)."""
     s = moe.router.weight.shape  # (E, D)
     router = cls(s[1], s[0], moe.top_k, moe.experts.w_gate.shape[-1])
@@ -155,7 +155,7 @@ def original_style(cls: type[_OriginalLayout], moe: ExpertRouter) -> _OriginalLa
 # --- the peer and the floor -------------------------------------------------------------
 
 
-def mixtral_block(moe: ExpertRouter, implementation: str = "eager") -> nn.Module:
+def mixtral_block(moe: MixtureOfExperts, implementation: str = "eager") -> nn.Module:
     """A ``transformers`` Mixtral sparse MoE block holding ``moe``'s weights.
 
     The mapping (``tests/test_moe.py`` checks it): the router ``(E, D)`` is ``gate.weight`` as is;
@@ -224,7 +224,7 @@ class Arm:
 def build_arms(size: Size, seed: int = 0, names: list[str] | None = None) -> dict[str, Arm]:
     """Every arm of ``size`` with identical weights, input and cotangent (``names``: a subset)."""
     torch.manual_seed(seed)
-    moe = ExpertRouter(size.d_model, size.experts, size.top_k, size.hidden).train()
+    moe = MixtureOfExperts(size.d_model, size.experts, size.top_k, size.hidden).train()
     x = torch.randn(size.batch, size.seq, size.d_model)  # (B, T, D)
     cot = torch.randn(size.batch, size.seq, size.d_model)  # (B, T, D)
     floor = DenseSwiGLU(size.d_model, size.hidden)
@@ -250,7 +250,7 @@ def build_arms(size: Size, seed: int = 0, names: list[str] | None = None) -> dic
     return {n: makers[n]() for n in (names or list(makers))}
 
 
-def _mixtral_arm(moe: ExpertRouter, impl: str, x: torch.Tensor, cot: torch.Tensor) -> Arm:
+def _mixtral_arm(moe: MixtureOfExperts, impl: str, x: torch.Tensor, cot: torch.Tensor) -> Arm:
     block = mixtral_block(moe, impl)
     return Arm(block, list(block.parameters()), x, cot)
 

@@ -10,8 +10,9 @@ with its own model and optimiser:
 - ``one backward``: ``encode()`` once, one backward of the weighted sum (the catalog's clean
   loop, the one ``mahiax.train.Trainer`` runs).
 
-Every step then does the same AdamW step, state commit and loss-weighting update (no LR
-schedule, no clipping: equal in all arms, so left out). The batch is made before the clock
+Every step then ends the same way (``StepContext.finish``: the AdamW step, then
+``mahiax.objective.finish_step``'s state commit and loss-weighting update; no LR schedule, no
+clipping: equal in all arms, so left out). The batch is made before the clock
 starts.
 
 Time: the arms advance in alternating blocks of steps (A, B, C, A, B, C, ...), so machine noise
@@ -61,15 +62,13 @@ def summary_forwards(ctx: StepContext) -> None:
     The weights are fixed for the step (as the weighting's ``combine`` does), so the gradients
     add up to those of one backward of the weighted sum.
     """
-    m, c = ctx.model, ctx.config
     ctx.zero_grad()
-    for k in range(len(c.tasks)):
-        enc = m.encode(ctx.batch)
-        losses = m.task_losses(m.heads_forward(enc.features), ctx.batch.targets)  # (K,)
+    for k in range(len(ctx.config.tasks)):
+        losses, enc = ctx.model.losses(ctx.batch)  # (K,) a whole forward each time
         ctx.weights = ctx.weighting.weights().detach().clone()  # (K,)
         term = ctx.weights.to(losses)[k] * losses[k]
         if k == 0:  # the router's aux losses ride on the first term
-            term = term + c.aux_loss_coef * enc.aux_loss + c.z_loss_coef * enc.z_loss
+            term = term + enc.router_loss(ctx.config)
         term.backward(retain_graph=True)  # the summary's band-aid
         ctx.total, ctx.losses = term, losses
 
@@ -98,11 +97,7 @@ class TrainArm:
         t0 = time.perf_counter()
         t.model.train()
         self.loop(ctx)
-        if not ctx.did_step:
-            t.optimizer.step()
-        t.model.commit()
-        assert ctx.losses is not None
-        t.weighting.update(ctx.losses.detach())
+        ctx.finish()  # the optimiser step, commit and weighting update, as the trainer does
         seconds = time.perf_counter() - t0
         if measure_graph:
             self.graph_nodes = graph_size(ctx.total)

@@ -1,19 +1,22 @@
-"""Data-parallel training with ``torch.distributed``: the process group, and the reductions
-that keep stateful buffers identical across ranks.
+"""Data-parallel training with ``torch.distributed``: the process group, and the one reduction
+a training step needs beyond DDP's gradients.
 
 ``torchrun --nproc-per-node N -m mahiax train ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_from_env`
 joins them into one group (gloo on CPU, NCCL on CUDA). Gradients are averaged by
 DistributedDataParallel. Buffers are not synced by DDP before each forward (that overwrites
 every rank's buffers with rank 0's, discarding the other ranks' updates; they are synced once,
-when DDP is built): each stateful module reduces the *statistics* of its update across ranks with
-:func:`all_sum` / :func:`all_mean`, then every rank applies the same update, so the buffers
-stay identical. In a single process both are the identity, so the same code trains alone.
+when DDP is built). Instead the stateful modules stage the *statistics* of their update as sums
+over this rank's samples, with no collective inside the model; the trainer adds every staged
+statistic up over the ranks with :func:`sum_over_ranks` (one flat all-reduce per step) before
+``commit()``, and every rank applies the same update, so the buffers stay identical. In a single
+process the sum is the identity, so the same code trains alone.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,21 +89,22 @@ def active() -> bool:
 
 
 @torch.no_grad()
-def all_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum of ``t`` over ranks, as a new tensor (``t`` itself when alone)."""
-    if not active():
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+def sum_over_ranks(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor summed over the ranks, with **one** ``all_reduce`` for all of them.
 
-
-@torch.no_grad()
-def all_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean of ``t`` over ranks (equal shards: the mean over the global batch)."""
-    if not active():
-        return t
-    return all_sum(t) / dist.get_world_size()
+    The tensors (any shapes and dtypes, one device) are flattened into one float64 buffer,
+    reduced once and split back into new tensors of their own shapes and dtypes: a step pays
+    one collective, not one per statistic. float64 holds integer counts exactly and, for two
+    ranks, rounds each float32 sum once, as a float32 all-reduce would. Alone (no group of
+    more than one rank) the tensors come back as they are, and nothing is communicated.
+    """
+    tensors = list(tensors)
+    if not active() or not tensors:
+        return tensors
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])  # (sum n_i,)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    parts = flat.split([t.numel() for t in tensors])
+    return [p.reshape(t.shape).to(t.dtype) for p, t in zip(parts, tensors, strict=True)]
 
 
 def world_size() -> int:

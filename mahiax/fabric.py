@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mahiax import distributed
 from mahiax.dtypes import at_least_fp32
 
 
@@ -85,9 +84,10 @@ class MetaController(nn.Module):
     Each sample's chosen probabilities are scattered to the indices of the blocks it chose
     (zeros elsewhere) and averaged over the batch, giving one value per *layer*. (The
     summary's version averaged ``topk_probs`` per top-k *slot*, which mixes different layers
-    into one number.) :meth:`observe` stages the batch's value under ``no_grad``;
-    :meth:`commit` folds it into the EMA after the optimiser step, replacing the buffer with
-    a new tensor rather than writing through ``.data``.
+    into one number.) :meth:`observe` stages the batch's sum and size under ``no_grad`` (sums
+    add up over data-parallel ranks: the trainer reduces them, no collective runs here);
+    :meth:`commit` folds their mean into the EMA after the optimiser step, replacing the
+    buffer with a new tensor rather than writing through ``.data``.
     """
 
     importance: torch.Tensor
@@ -96,24 +96,29 @@ class MetaController(nn.Module):
         super().__init__()
         self.momentum = momentum
         self.register_buffer("importance", torch.full((num_layers,), 1.0 / num_layers))
-        self._pending: torch.Tensor | None = None
+        # this step's statistics, sums over this process's samples (see HybridEfficientModel)
+        self.staged: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def observe(self, routing: LayerRouting) -> None:
-        """Stage this batch's per-layer mean probability (no graph kept)."""
+        """Stage this batch's per-layer probability sum and its size (no graph kept)."""
         scattered = torch.zeros_like(routing.probs).scatter(
             1, routing.ids, routing.topk_probs
         )  # (B, L)
-        self._pending = distributed.all_mean(scattered.mean(dim=0).detach())  # (L,) global
+        self.staged = {
+            "sum": scattered.sum(dim=0),  # (L,)
+            "samples": torch.full((), scattered.shape[0], dtype=scattered.dtype,
+                                  device=scattered.device),
+        }
 
     @torch.no_grad()
     def commit(self) -> None:
-        """Fold the staged value into the EMA; a no-op if nothing was observed."""
-        if self._pending is None:
+        """Fold the staged batch mean into the EMA; a no-op if nothing was observed."""
+        if not self.staged:
             return
+        mean = self.staged.pop("sum") / self.staged.pop("samples")  # (L,)
         m = self.momentum
-        self.importance = m * self.importance + (1 - m) * self._pending.to(self.importance)
-        self._pending = None
+        self.importance = m * self.importance + (1 - m) * mean.to(self.importance)
 
 
 class DynamicNeuroFabric(nn.Module):

@@ -5,13 +5,20 @@ Shape legend: B samples, D ``d_model``, N ``memory_nodes``, S ``tiny_slots``.
 Both follow one protocol, which is what the summary's bug 2 got wrong three times:
 
 1. ``forward`` *reads* the state (a buffer, never part of any graph) and, in training mode,
-   stages the next state from **detached** inputs;
-2. after the optimiser step, ``commit()`` swaps the staged tensor in as the new buffer.
+   stages the *statistics* of the next write from **detached** inputs, in ``self.staged``:
+   sums over this process's samples (and the number of samples), nothing else;
+2. after the optimiser step, ``commit()`` builds the next state from the staged statistics
+   and swaps it in as the new buffer.
 
 Commit replaces the buffer with a new tensor instead of writing into the old one, so a graph
 that saved the old state (the read's attention saved it) is never invalidated, whatever the
-order of ``commit()`` and ``backward()``; and because the staged state was built from
+order of ``commit()`` and ``backward()``; and because the statistics were computed from
 detached inputs, no graph is carried to the next step. Hence no ``retain_graph`` anywhere.
+
+Sums, not means, because sums add up over processes: under data parallelism the trainer sums
+every rank's staged statistics (one all-reduce, :func:`mahiax.distributed.sum_over_ranks`)
+before ``commit()``, which then makes the global batch's update on every rank. No collective
+runs inside these modules, so a memory runs on its own under any process group or none.
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mahiax import distributed
 from mahiax.dtypes import at_least_fp32
 
 
@@ -54,7 +60,8 @@ class GraphDiffusionMemory(nn.Module):
         self.k = nn.Linear(d_model, d_model, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model)
-        self._pending: torch.Tensor | None = None
+        # this step's write statistics, sums over this process's samples (see the module doc)
+        self.staged: dict[str, torch.Tensor] = {}
         self.last_attention: torch.Tensor | None = None  # (B, N) detached, for telemetry
 
     def adjacency(self) -> torch.Tensor:
@@ -79,26 +86,31 @@ class GraphDiffusionMemory(nn.Module):
 
     @torch.no_grad()
     def _stage_write(self, x: torch.Tensor) -> None:
-        """Next node matrix from detached inputs x (B, D)."""
+        """Stage the write's statistics from detached inputs x (B, D): per node, the soft
+        count of samples assigned to it and the sum of those samples."""
         nodes = self.nodes  # (N, D)
         xf = x.to(nodes.dtype)
         sim = F.normalize(xf, dim=-1) @ F.normalize(nodes, dim=-1).T  # (B, N) cosine
         assign = torch.softmax(sim / self.write_temperature, dim=-1)  # (B, N)
-        # sums over the global batch: under data parallelism every rank moves the nodes alike
-        mass = distributed.all_sum(assign.sum(dim=0))  # (N,) share of the batch per node
-        pulled = distributed.all_sum(assign.T @ xf)  # (N, D)
-        batch = x.shape[0] * distributed.world_size()
-        target = pulled / mass.clamp_min(1e-6).unsqueeze(-1)  # (N, D)
-        share = (mass * nodes.shape[0] / batch).clamp(max=1.0)  # (N,) 1 = a fair share
-        rate = (self.write_rate * share).unsqueeze(-1)  # (N, 1)
-        self._pending = nodes + rate * (target - nodes)  # a new tensor
+        self.staged = {
+            "mass": assign.sum(dim=0),  # (N,) share of the batch per node
+            "pulled": assign.T @ xf,  # (N, D) assigned samples, summed
+            "samples": torch.full((), x.shape[0], dtype=nodes.dtype, device=nodes.device),
+        }
 
     @torch.no_grad()
     def commit(self) -> None:
-        """Swap the staged node matrix in; a no-op if nothing was staged."""
-        if self._pending is not None:
-            self.nodes = self._pending
-            self._pending = None
+        """Move each node toward the mean of the samples assigned to it, by ``write_rate``
+        times its share of the batch (capped at 1: a fair share); a new tensor replaces the
+        nodes. A no-op if nothing was staged."""
+        if not self.staged:
+            return
+        mass, pulled, samples = (self.staged.pop(k) for k in ("mass", "pulled", "samples"))
+        nodes = self.nodes  # (N, D)
+        target = pulled / mass.clamp_min(1e-6).unsqueeze(-1)  # (N, D)
+        share = (mass * nodes.shape[0] / samples).clamp(max=1.0)  # (N,) 1 = a fair share
+        rate = (self.write_rate * share).unsqueeze(-1)  # (N, 1)
+        self.nodes = nodes + rate * (target - nodes)  # a new tensor
 
 
 class TinyMemory(nn.Module):
@@ -116,7 +128,8 @@ class TinyMemory(nn.Module):
         self.k = nn.Linear(d_model, d_model, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model)
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        # this step's batch summary, as a sum over this process's samples (see the module doc)
+        self.staged: dict[str, torch.Tensor] = {}
 
     def filled(self) -> int:
         """Slots that hold a summary (host sync)."""
@@ -138,17 +151,20 @@ class TinyMemory(nn.Module):
         read = self.read(x)
         if self.training:
             with torch.no_grad():
-                ptr = int(self.count) % self.num_slots
-                summary = x.detach().mean(dim=0).to(self.slots.dtype)  # (D,)
-                summary = distributed.all_mean(summary)  # the global batch's, on every rank
-                slots = self.slots.clone()  # write into a copy: the read saved self.slots
-                slots[ptr] = summary
-                self._pending = (slots, self.count + 1)
+                self.staged = {
+                    "sum": x.detach().to(self.slots.dtype).sum(dim=0),  # (D,)
+                    "samples": torch.full((), x.shape[0], dtype=self.slots.dtype,
+                                          device=self.slots.device),
+                }
         return read
 
     @torch.no_grad()
     def commit(self) -> None:
-        """Swap the staged ring buffer in; a no-op if nothing was staged."""
-        if self._pending is not None:
-            self.slots, self.count = self._pending
-            self._pending = None
+        """Write the staged batch mean into the next slot of the ring; a no-op if nothing was
+        staged. The ring is copied first: the read saved ``self.slots``, which stays as it was."""
+        if not self.staged:
+            return
+        summary = self.staged.pop("sum") / self.staged.pop("samples")  # (D,) the batch mean
+        slots = self.slots.clone()  # (S, D) write into a copy: a graph may hold the old one
+        slots[int(self.count) % self.num_slots] = summary
+        self.slots, self.count = slots, self.count + 1

@@ -11,6 +11,8 @@ makes its retain_graph band-aid unnecessary).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +24,7 @@ from mahiax.data import Batch
 from mahiax.dtypes import at_least_fp32
 from mahiax.fabric import DynamicNeuroFabric, LayerRouting
 from mahiax.memory import GraphDiffusionMemory, TinyMemory
-from mahiax.moe import ExpertRouter, RouterOutput
+from mahiax.moe import MixtureOfExperts, RouterOutput
 from mahiax.tasks import TASKS
 from mahiax.validation import check_inputs, check_targets
 
@@ -36,6 +38,11 @@ class Encoded:
     z_loss: torch.Tensor  # () MoE router z-loss
     router: RouterOutput  # token routing of the MoE (N = B*T tokens)
     layers: LayerRouting  # per-sample block routing of the fabric
+
+    def router_loss(self, config: MahiaConfig) -> torch.Tensor:
+        """The MoE's terms of the training objective: ``aux_loss_coef`` times the
+        load-balancing loss plus ``z_loss_coef`` times the z-loss. () float32."""
+        return config.aux_loss_coef * self.aux_loss + config.z_loss_coef * self.z_loss
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class TextEncoder(nn.Module):
         self.tok = nn.Embedding(c.vocab_size, c.d_model)
         self.pos = nn.Embedding(c.seq_len, c.d_model)
         self.norm = nn.LayerNorm(c.d_model)
-        self.moe = ExpertRouter(c.d_model, c.num_experts, c.top_k, c.expert_hidden)
+        self.moe = MixtureOfExperts(c.d_model, c.num_experts, c.top_k, c.expert_hidden)
         self.pool = nn.Linear(c.d_model, 1)  # one score per token
 
     def forward(self, tokens: torch.Tensor):
@@ -162,9 +169,44 @@ class HybridEfficientModel(nn.Module):
                 losses.append(F.mse_loss(y, t.to(y.dtype)))
         return torch.stack(losses)
 
+    def losses(
+        self, batch: Batch,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> tuple[torch.Tensor, Encoded]:
+        """Every task's loss from one ``encode()``: ((K,) float32 losses, the encoding).
+
+        The forward runs under ``autocast()`` (the trainer's mixed precision, if any); the
+        losses are computed outside it, in float32. The training objective adds the router's
+        terms (:meth:`Encoded.router_loss`) to their weighted sum: see :mod:`mahiax.objective`.
+        """
+        with autocast():
+            enc = self.encode(batch)  # once, for every task
+            outputs = self.heads_forward(enc.features)
+        return self.task_losses(outputs, batch.targets), enc  # (K,)
+
+    def staged_statistics(self) -> dict[str, torch.Tensor]:
+        """The statistics the stateful modules staged in this step's training forward, keyed
+        ``"<module path>/<name>"``: sums over this process's samples, no graph.
+
+        Sums add up over processes: under data parallelism the trainer sums each one over the
+        ranks (:func:`mahiax.objective.finish_step`, one all-reduce for all of them) and hands
+        the result to :meth:`commit`. The model itself never communicates, so it runs on its
+        own (a training forward, then ``commit()``) under any process group or none.
+        """
+        return {f"{path}/{name}": t for path, module in self.named_modules()
+                for name, t in getattr(module, "staged", {}).items()}
+
     @torch.no_grad()
-    def commit(self) -> None:
-        """Apply the stateful modules' staged updates (after the optimiser step)."""
+    def commit(self, statistics: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Apply the stateful modules' staged updates (after the optimiser step).
+
+        ``statistics``: :meth:`staged_statistics` summed over the ranks; by default each module
+        uses its own (one process: the same thing).
+        """
+        for key, value in (statistics or {}).items():
+            path, name = key.rsplit("/", 1)
+            self.get_submodule(path).staged[name] = value
+        self.text.moe.commit()
         self.fabric.commit()
         self.graph_memory.commit()
         self.tiny_memory.commit()

@@ -1,4 +1,5 @@
-"""Mixture of experts: a top-k router, SwiGLU experts held as stacked weights, and the MoE block.
+"""Mixture of experts: a top-k router, SwiGLU experts held as stacked weights, and the MoE block
+(:class:`MixtureOfExperts`, the summary's ``ExpertRouter``).
 
 Shape legend: N tokens (B * T flattened), D ``d_model``, E ``num_experts``, K ``top_k``,
 H ``expert_hidden``.
@@ -21,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mahiax import distributed
 from mahiax.dtypes import at_least_fp32
 
 
@@ -37,7 +37,7 @@ class RouterOutput:
 
 @dataclass
 class MoEOutput:
-    """Output of :class:`ExpertRouter`; the losses carry graph for this step only."""
+    """Output of :class:`MixtureOfExperts`; the losses carry graph for this step only."""
 
     hidden: torch.Tensor  # same shape as the input (..., D)
     aux_loss: torch.Tensor  # () load-balancing loss, 1.0 at perfect balance
@@ -84,7 +84,7 @@ class SwiGLUExperts(nn.Module):
         """Weighted sum over each token's K experts. x (N, D), ids/weights (N, K) -> (N, D).
 
         ``counts`` (E,) int64: assignments per expert, ``bincount(ids)``, when the caller has it
-        already (:class:`ExpertRouter` counts once for the dispatch, the aux loss and the load).
+        already (:class:`MixtureOfExperts` counts once for the dispatch, the aux loss and the load).
         """
         n, k = ids.shape
         flat_ids = ids.reshape(-1)  # (N*K,)
@@ -162,11 +162,15 @@ def load_statistics(tokens_per_expert: torch.Tensor) -> dict[str, float]:
     }
 
 
-class ExpertRouter(nn.Module):
-    """The MoE block: route each token to its top-k SwiGLU experts and mix their outputs.
+class MixtureOfExperts(nn.Module):
+    """The MoE block: a :class:`TopKRouter` (``.router``) sends each token to its top-k
+    :class:`SwiGLUExperts` (``.experts``), whose outputs are mixed with the router's weights.
 
-    Load counts are written into non-persistent buffers under ``no_grad`` in training mode
-    ("the model counts, the loop writes"): :meth:`load_stats` reads them for the logger.
+    Load counts are written into a non-persistent buffer under ``no_grad`` in training mode
+    ("the model counts, the loop writes"): :meth:`load_stats` reads them for the logger. The
+    forward counts this process's tokens and stages them; no collective runs here. A trainer
+    that trains data-parallel sums the staged counts over the ranks (with every other staged
+    statistic, in one all-reduce) and :meth:`commit` then writes the global load.
     """
 
     tokens_per_expert: torch.Tensor
@@ -179,6 +183,8 @@ class ExpertRouter(nn.Module):
         self.router = TopKRouter(d_model, num_experts, top_k)
         self.experts = SwiGLUExperts(num_experts, d_model, expert_hidden)
         self.register_buffer("tokens_per_expert", torch.zeros(num_experts), persistent=False)
+        # this step's statistics, sums over this process's tokens (see HybridEfficientModel)
+        self.staged: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
         shape = x.shape  # (..., D)
@@ -191,9 +197,17 @@ class ExpertRouter(nn.Module):
         z = router_z_loss(r.logits)
         if self.training:
             with torch.no_grad():
-                load = distributed.all_sum(counts)  # the load over every rank's tokens (a copy)
-                self.tokens_per_expert = load.to(self.tokens_per_expert.dtype)
+                load = counts.to(self.tokens_per_expert.dtype)  # (E,) this process's tokens
+                self.tokens_per_expert = load
+                self.staged = {"tokens_per_expert": load}
         return MoEOutput(y.reshape(shape), aux, z, r)
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Write the staged load (summed over ranks when a trainer reduced it); a no-op if
+        nothing was staged."""
+        if "tokens_per_expert" in self.staged:
+            self.tokens_per_expert = self.staged.pop("tokens_per_expert")
 
     def load_stats(self) -> dict[str, object]:
         """Tokens per expert, fractions and balance figures of the last training forward."""
@@ -205,3 +219,8 @@ class ExpertRouter(nn.Module):
         }
         stats.update(load_statistics(counts))
         return stats
+
+
+# The summary's name for the whole block (section 1, "index out of range in self in
+# ExpertRouter"): lesson 01 and the catalog's expert-index entry quote it.
+ExpertRouter = MixtureOfExperts

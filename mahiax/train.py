@@ -3,17 +3,21 @@
 A step reads top to bottom:
 
 1. forward: ``encode()`` once under autocast, every task head on the same features;
-2. losses: per-task losses (float32) combined by the weighting, plus the MoE aux and z losses;
+2. losses: per-task losses (float32) combined by the weighting, plus the MoE aux and z losses
+   (1 and 2 are :func:`mahiax.objective.objective`, the one definition of the objective);
 3. backward: **once**, through the scaler when fp16 (no ``retain_graph``: nothing needs the
    graph afterwards, so autograd frees it);
 4. unscale, clip, optimiser step (skipped by the scaler on overflow);
-5. commit: memories, layer importance and DWA take their staged, detached updates.
+5. :func:`mahiax.objective.finish_step`: one all-reduce of the stateful modules' staged
+   statistics and this step's figures, then memories, layer importance and DWA take their
+   detached updates.
 
 Under ``torchrun`` (see :mod:`mahiax.distributed`) each rank trains on its shard of the
 global batch of ``config.batch_size`` samples; the loss module is wrapped in
 DistributedDataParallel, which averages the gradients, and every reported figure is the
 mean (or, for expert load, the sum) over ranks: what one process would see on the global
-batch.
+batch. Besides DDP's gradient reduction a step makes exactly one collective call (step 5);
+the model makes none.
 
 Seeded runs are deterministic on CPU: weights come from ``torch.manual_seed(config.seed)``
 and every batch is a pure function of ``(seed, step)``.
@@ -34,6 +38,7 @@ from mahiax.config import MahiaConfig, config_differences
 from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.errors import BadInput
 from mahiax.model import HybridEfficientModel
+from mahiax.objective import Objective, finish_step, objective
 from mahiax.precision import PrecisionManager
 from mahiax.rng import rng_state, set_rng_state
 from mahiax.weighting import LossWeighting, make_weighting
@@ -90,29 +95,19 @@ class LossModule(nn.Module):
         self.model, self.weighting = model, weighting
         self._precision = precision  # not a module: autocast and the scaler
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, ...]:
-        """(total, task losses (K,), weights (K,), aux loss, z loss) of one batch."""
-        with self._precision.autocast():
-            enc = self.model.encode(batch)  # once, for every task
-            outputs = self.model.heads_forward(enc.features)
-        losses = self.model.task_losses(outputs, batch.targets)  # (K,) float32
-        weights = self.weighting.weights()
-        c = self.model.config
-        total = (
-            self.weighting.combine(losses)
-            + c.aux_loss_coef * enc.aux_loss
-            + c.z_loss_coef * enc.z_loss
-        )
-        return total, losses, weights, enc.aux_loss, enc.z_loss
+    def forward(self, batch: Batch) -> Objective:
+        """The training objective of one batch (forward under the run's autocast)."""
+        return objective(self.model, self.weighting, batch, self._precision.autocast)
 
 
 class Trainer:
     """Owns the model, data, optimiser, weighting and precision of one run.
 
     Inside a process group of several ranks (``torchrun``) it trains data-parallel: the loss
-    module is wrapped in DistributedDataParallel (``forward_sync_buffers=False``: the stateful
-    modules keep their buffers identical by reducing their statistics instead) and each step
-    uses this rank's shard of the global batch.
+    module is wrapped in DistributedDataParallel (``forward_sync_buffers=False``: the buffers
+    stay identical because every rank commits the same update, from the stateful modules'
+    statistics summed over the ranks by ``finish_step``) and each step uses this rank's shard
+    of the global batch.
     """
 
     def __init__(self, config: MahiaConfig, model: HybridEfficientModel | None = None):
@@ -122,9 +117,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = (model or HybridEfficientModel(config)).to(self.device)
         self.data = SyntheticMultiTask(config)
-        self.weighting: LossWeighting = make_weighting(
-            config.weighting, len(config.tasks), config.dwa_temperature, config.dwa_window
-        ).to(self.device)
+        self.weighting: LossWeighting = make_weighting(config).to(self.device)
         params = list(self.model.parameters()) + list(self.weighting.parameters())
         self.optimizer = torch.optim.AdamW(
             params, lr=config.lr, weight_decay=config.weight_decay
@@ -149,8 +142,9 @@ class Trainer:
 
     def loss_of(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """Forward and losses of one batch: (total, task losses (K,), weights (K,), extras)."""
-        total, losses, weights, aux, z = self.loss_module(batch)
-        return total, losses, weights, {"aux": aux, "z": z}
+        obj: Objective = self.loss_module(batch)
+        enc = obj.encoded
+        return obj.total, obj.losses, obj.weights, {"aux": enc.aux_loss, "z": enc.z_loss}
 
     def step(self, batch: Batch | None = None) -> StepRecord:
         """One optimisation step on ``batch`` (default: the data set's batch of this step)."""
@@ -176,20 +170,18 @@ class Trainer:
         params = list(self.model.parameters()) + list(self.weighting.parameters())
         grad_norm = self.precision.clip(self.optimizer, params, c.grad_clip)  # host sync
         stepped = self.precision.step(self.optimizer)
-        # 5. commit state from detached values
-        self.model.commit()
-        # the global batch's losses (mean over ranks): DWA's history is the same everywhere
-        global_losses = distributed.all_mean(losses.detach())
-        self.weighting.update(global_losses)
-        self.step_num += 1
-        # one reduction for the figures people read: total, aux and z over the global batch
-        figures = distributed.all_mean(torch.stack([
+        # 5. one all-reduce (staged statistics, losses, the figures people read), commit state
+        # from detached values, update the weighting with the global batch's losses
+        shared = finish_step(self.model, self.weighting, losses, figures=torch.stack([
             total.detach().double(), extras["aux"].detach().double(), extras["z"].detach().double()
-        ])).tolist()
+        ]))
+        assert shared is not None and shared.figures is not None
+        self.step_num += 1
+        figures = shared.figures.tolist()  # total, aux, z over the global batch
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # honest step time
         dt = time.perf_counter() - t0
-        lv = global_losses.cpu().tolist()  # host sync: the record is for people
+        lv = shared.losses.cpu().tolist()  # host sync: the record is for people
         return StepRecord(
             step=step,
             loss=figures[0],

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mahiax.config import MahiaConfig
+
 
 class LossWeighting(nn.Module):
     """Base class: equal weights (1 per task). Subclasses change how weights are chosen."""
@@ -128,14 +130,32 @@ class UncertaintyWeighting(LossWeighting):
         return (0.5 * torch.exp(-s) * losses + 0.5 * s).sum()
 
 
-def make_weighting(
-    method: str, num_tasks: int, temperature: float = 2.0, window: int = 10
-) -> LossWeighting:
-    """The weighting called ``method``: ``dwa``, ``equal`` or ``uncertainty``."""
+class FixedWeighting(LossWeighting):
+    """Weights given once and never updated: the weights some other weighting had in force.
+
+    The bug catalog's clean reference recomputes a variant's step with the weights the variant
+    used, whatever its own weighting would have done; ``combine`` is the base class's
+    ``sum_k w_k L_k``, the same total DWA and equal weighting backpropagate.
+    """
+
+    name = "fixed"
+
+    def __init__(self, weights: torch.Tensor):
+        super().__init__(weights.numel())
+        self._weights = weights.detach().clone()  # (K,)
+
+    def weights(self) -> torch.Tensor:
+        return self._weights.clone()
+
+
+def make_weighting(config: MahiaConfig) -> LossWeighting:
+    """The weighting ``config.weighting`` names (``dwa``, ``equal`` or ``uncertainty``), for
+    ``config.tasks``, with the config's DWA temperature and window."""
+    method, k = config.weighting, len(config.tasks)
     if method == "dwa":
-        return DynamicWeightAveraging(num_tasks, temperature, window)
+        return DynamicWeightAveraging(k, config.dwa_temperature, config.dwa_window)
     if method == "equal":
-        return EqualWeighting(num_tasks)
+        return EqualWeighting(k)
     if method == "uncertainty":
-        return UncertaintyWeighting(num_tasks)
+        return UncertaintyWeighting(k)
     raise ValueError(f"unknown weighting {method!r}; allowed: dwa | equal | uncertainty")

@@ -1,7 +1,8 @@
 """One process of the data-parallel tests (started by torchrun, or alone as the reference).
 
 Trains the tiny preset for ``steps`` steps, then saves its parameters, every buffer, the
-weighting's state and the per-step figures to ``<out>/rank<R>.pt``.
+weighting's state, the per-step figures and the collective calls of each step to
+``<out>/rank<R>.pt``.
 
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py OUT STEPS WEIGHTING
     python tests/ddp_worker.py OUT STEPS WEIGHTING        # one process, the same global batch
@@ -13,19 +14,49 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from mahiax import distributed
 from mahiax.config import tiny
+from mahiax.model import HybridEfficientModel
 from mahiax.train import Trainer
+
+# the collectives of torch.distributed's Python API (DDP's own gradient all-reduce runs in its
+# C++ reducer and is not among them): every call the package makes goes through one of these
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object",
+               "broadcast", "broadcast_object_list", "reduce", "reduce_scatter",
+               "reduce_scatter_tensor", "all_to_all", "all_to_all_single", "barrier")
+calls: list[str] = []
+
+
+def count_collectives() -> None:
+    """Wrap each collective so that every call is appended to ``calls`` (then made)."""
+    for name in COLLECTIVES:
+        real = getattr(dist, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        setattr(dist, name, counted)
 
 
 def main(out: Path, steps: int, weighting: str) -> None:
     torch.set_num_threads(1)
+    count_collectives()
     config = tiny().replace(max_steps=steps, weighting=weighting)
     info = distributed.init_from_env(torch.device("cpu"))
     try:
         trainer = Trainer(config)
-        records = trainer.fit(steps)
+        per_step: list[list[str]] = []
+        calls.clear()
+        records = trainer.fit(steps, on_step=lambda _: (per_step.append(calls[:]),
+                                                         calls.clear()))
+        # a training-mode forward and commit on this rank alone, inside the group: it must
+        # neither wait for the other rank nor call any collective
+        alone = HybridEfficientModel(config).train()
+        alone.losses(trainer.data.batch(0))
+        alone.commit()
         torch.save({
             "rank": info.rank,
             "world_size": info.world_size,
@@ -35,6 +66,8 @@ def main(out: Path, steps: int, weighting: str) -> None:
             "loss": [r.loss for r in records],
             "task_losses": [r.task_losses for r in records],
             "tokens_per_expert": [r.load["tokens_per_expert"] for r in records],
+            "collectives_per_step": per_step,  # the names of the calls each step made
+            "collectives_alone": calls[:],  # the lone model's forward and commit
         }, out / f"rank{info.rank}.pt")
     finally:
         distributed.shutdown()

@@ -70,6 +70,17 @@ def test_parameters_and_every_buffer_are_identical_across_ranks(runs):
     assert a["tokens_per_expert"] == b["tokens_per_expert"]
 
 
+def test_one_collective_call_per_step_and_none_from_the_model(runs):
+    """The stateful modules stage local sums; the trainer reduces them, with the losses and
+    the logged figures, in one flat all-reduce a step (seven calls before: five inside the
+    model's forward, two in the trainer). A model on one rank alone calls none, so it cannot
+    wait for the other rank."""
+    for rank in ("rank0", "rank1"):
+        assert runs[rank]["collectives_per_step"] == [["all_reduce"]] * STEPS, rank
+        assert runs[rank]["collectives_alone"] == [], rank
+    assert runs["single"]["collectives_per_step"] == [[]] * STEPS  # alone: nothing to reduce
+
+
 def test_two_ranks_match_one_process_on_the_global_batch(runs):
     two, one = runs["rank0"], runs["single"]
     assert one["world_size"] == 1

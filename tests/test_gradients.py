@@ -34,7 +34,7 @@ from mahiax.config import tiny
 from mahiax.fabric import DynamicLayerRouter, DynamicNeuroFabric, FabricBlock
 from mahiax.memory import GraphDiffusionMemory, TinyMemory
 from mahiax.model import HybridEfficientModel, TaskHead
-from mahiax.moe import ExpertRouter, SwiGLUExperts
+from mahiax.moe import MixtureOfExperts, SwiGLUExperts
 from mahiax.weighting import DynamicWeightAveraging, UncertaintyWeighting
 
 F64 = torch.float64
@@ -171,7 +171,7 @@ def test_expert_router_gradients_of_hidden_aux_loss_and_z_loss():
     """The MoE block's output, load-balancing loss and z-loss all have exact gradients w.r.t.
     the tokens, the router and every expert, which is what training on their sum relies on."""
     torch.manual_seed(1)
-    moe = ExpertRouter(d_model=6, num_experts=4, top_k=2, expert_hidden=5).double().eval()
+    moe = MixtureOfExperts(d_model=6, num_experts=4, top_k=2, expert_hidden=5).double().eval()
     x = leaf(2, 4, 6)  # (B, T, D): 8 tokens
 
     margin = topk_margin(moe(x).router.probs, k=2)

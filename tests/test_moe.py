@@ -11,7 +11,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
 from benchmarks.bench_moe import mixtral_block
-from mahiax.moe import ExpertRouter, load_balancing_loss, load_statistics, router_z_loss
+from mahiax.moe import MixtureOfExperts, load_balancing_loss, load_statistics, router_z_loss
 
 F64 = torch.float64
 
@@ -22,7 +22,7 @@ SIZES = [
 ]
 
 
-def mixtral_copy(moe: ExpertRouter) -> MixtralSparseMoeBlock:
+def mixtral_copy(moe: MixtureOfExperts) -> MixtralSparseMoeBlock:
     """A transformers Mixtral sparse MoE block holding ``moe``'s weights, in eval mode, with
     its plain per-expert loop ("eager"); the weight mapping is the benchmark's, documented in
     :func:`benchmarks.bench_moe.mixtral_block`."""
@@ -30,7 +30,7 @@ def mixtral_copy(moe: ExpertRouter) -> MixtralSparseMoeBlock:
 
 
 def naive_moe(
-    moe: ExpertRouter, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
+    moe: MixtureOfExperts, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
 ) -> torch.Tensor:
     """Reference: for each token, for each of its K experts, SwiGLU with that expert's weights,
     weighted by the routing weight and summed. x (N, D), ids/w (N, K) -> (N, D)."""
@@ -45,7 +45,7 @@ def naive_moe(
     return out
 
 
-def starve_expert(moe: ExpertRouter, x: torch.Tensor, expert: int) -> torch.Tensor:
+def starve_expert(moe: MixtureOfExperts, x: torch.Tensor, expert: int) -> torch.Tensor:
     """Make ``expert``'s router logit -30 for every token: feature 0 of x is set to 1 and the
     expert's router row reads only that feature. Returns the modified x."""
     x = x.clone()
@@ -62,7 +62,7 @@ def starve_expert(moe: ExpertRouter, x: torch.Tensor, expert: int) -> torch.Tens
 def test_mixtral_reference_runs_its_eager_experts_forward():
     """The reference really is Mixtral's eager loop: the ``use_experts_implementation``
     decorator dispatches ``experts_implementation='eager'`` to the original forward."""
-    block = mixtral_copy(ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=16))
+    block = mixtral_copy(MixtureOfExperts(d_model=8, num_experts=4, top_k=2, expert_hidden=16))
     original = object()
 
     impl = block.experts.config._experts_implementation
@@ -75,7 +75,7 @@ def test_mixtral_reference_runs_its_eager_experts_forward():
 def test_routing_matches_mixtral_router(d, h, e, k, b, t):
     """Same logits, same experts, same renormalised weights as Mixtral's router."""
     torch.manual_seed(0)
-    moe = ExpertRouter(d, e, k, h)
+    moe = MixtureOfExperts(d, e, k, h)
     block = mixtral_copy(moe)
     x = torch.randn(b * t, d)
 
@@ -91,7 +91,7 @@ def test_routing_matches_mixtral_router(d, h, e, k, b, t):
 def test_output_matches_mixtral_sparse_moe_block(d, h, e, k, b, t):
     """With identical weights the block computes what Mixtral's block computes (float32)."""
     torch.manual_seed(1)
-    moe = ExpertRouter(d, e, k, h)
+    moe = MixtureOfExperts(d, e, k, h)
     block = mixtral_copy(moe)
     x = torch.randn(b, t, d)
 
@@ -106,7 +106,7 @@ def test_output_matches_mixtral_sparse_moe_block(d, h, e, k, b, t):
 def test_input_gradient_matches_mixtral_sparse_moe_block(d, h, e, k, b, t):
     """Backpropagating one cotangent through both blocks gives the same input gradient."""
     torch.manual_seed(2)
-    moe = ExpertRouter(d, e, k, h)
+    moe = MixtureOfExperts(d, e, k, h)
     block = mixtral_copy(moe)
     x = torch.randn(b, t, d)
     cotangent = torch.randn(b, t, d)
@@ -127,7 +127,7 @@ def test_dispatch_equals_naive_per_token_reference(starved):
     """Grouping the N*K assignments by expert and running one matmul per expert gives exactly
     the per-token loop, also when an expert receives no token (float64)."""
     torch.manual_seed(3)
-    moe = ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=12).double()
+    moe = MixtureOfExperts(d_model=8, num_experts=4, top_k=2, expert_hidden=12).double()
     x = torch.randn(3, 5, 8, dtype=F64)
     if starved is not None:
         x = starve_expert(moe, x, starved)
@@ -147,7 +147,7 @@ def test_dispatch_equals_naive_per_token_reference(starved):
 def test_load_stats_report_a_starved_expert_as_dead():
     """An expert that received no token in the last training forward is counted as dead."""
     torch.manual_seed(4)
-    moe = ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=12).train()
+    moe = MixtureOfExperts(d_model=8, num_experts=4, top_k=2, expert_hidden=12).train()
     x = starve_expert(moe, torch.randn(3, 5, 8), expert=1)
 
     moe(x)
@@ -212,14 +212,14 @@ def test_load_statistics_on_hand_made_counts(counts, expected):
     assert stats == pytest.approx(expected, abs=1e-12)
 
 
-# --- load telemetry of ExpertRouter ---
+# --- load telemetry of MixtureOfExperts ---
 
 
 def test_load_stats_count_only_training_forwards():
     """tokens_per_expert is written by training-mode forwards only: evaluating the model
     leaves the figures of the last training step on the dashboard."""
     torch.manual_seed(5)
-    moe = ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=12)
+    moe = MixtureOfExperts(d_model=8, num_experts=4, top_k=2, expert_hidden=12)
 
     moe.eval()(torch.randn(2, 6, 8))
     assert moe.tokens_per_expert.sum() == 0, "an eval forward must not count"
@@ -235,7 +235,7 @@ def test_load_stats_count_only_training_forwards():
 def test_load_stats_tokens_sum_to_n_times_k():
     """Every token is counted once per expert it went to: the counts sum to N*K."""
     torch.manual_seed(6)
-    moe = ExpertRouter(d_model=8, num_experts=4, top_k=2, expert_hidden=12).train()
+    moe = MixtureOfExperts(d_model=8, num_experts=4, top_k=2, expert_hidden=12).train()
 
     moe(torch.randn(3, 7, 8))  # N = 21 tokens
     stats = moe.load_stats()
@@ -247,4 +247,4 @@ def test_load_stats_tokens_sum_to_n_times_k():
 def test_top_k_larger_than_num_experts_raises():
     """Asking for more experts per token than there are fails at construction, naming both."""
     with pytest.raises(ValueError, match=r"top_k=5 .*num_experts \(4\)"):
-        ExpertRouter(d_model=8, num_experts=4, top_k=5, expert_hidden=12)
+        MixtureOfExperts(d_model=8, num_experts=4, top_k=5, expert_hidden=12)

@@ -5,6 +5,9 @@
 - Determinism of seeded runs and of the synthetic data.
 - One backward per step, no ``retain_graph=True``, no graph carried in any state, and
   ``commit()`` may come before or after ``backward()``.
+- One objective: the bug catalog's clean reference computes the loss and gradients the
+  trainer does; staged statistics are sums, so two half-batches commit the whole batch's
+  update (what data parallelism relies on), and the model communicates nothing.
 - Dynamic Weight Averaging against a hand computation, equal and uncertainty weighting.
 - Mixed precision: bf16/fp16 on CPU, the GradScaler's scale, clipping on true gradients.
 - The learning-rate schedule and the ``train`` command line.
@@ -260,8 +263,8 @@ def test_commit_before_backward_gives_the_same_gradients():
     second = copy.deepcopy(first)
 
     def loss(model):
-        enc = model.encode(data.batch(1))
-        return model.task_losses(model.heads_forward(enc.features), data.batch(1).targets).sum()
+        losses, _ = model.losses(data.batch(1))
+        return losses.sum()
 
     nodes_before = first.graph_memory.nodes
     loss_first = loss(first)
@@ -278,6 +281,98 @@ def test_commit_before_backward_gives_the_same_gradients():
         assert (p.grad is None) == (grads[name] is None), name
         if p.grad is not None:
             assert torch.equal(p.grad, grads[name]), name
+
+
+# --------------------------------------------------------------------------- one objective
+
+
+def test_catalog_reference_computes_the_trainers_loss_and_gradients():
+    """The catalog judges every variant against its clean reference: it must optimise what
+    ``Trainer`` optimises. Same float64 weights and state (after 5 trainer steps: DWA weights
+    in force, memories written), same batch: the same loss and gradients, bit for bit (the
+    same ops in the same order on the same CPU, so no rounding can differ)."""
+    from mahiax.bugs.harness import Reference, harness_config
+
+    config = harness_config()
+    torch.manual_seed(config.seed)
+    trainer = Trainer(config, model=HybridEfficientModel(config).double())
+    trainer.fit(5)
+    weights = trainer.weighting.weights()
+    assert not torch.equal(weights, torch.ones(3)), "DWA weights are in force"
+    state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    batch = trainer.data.batch(5)
+
+    trainer.model.train()
+    total, _, used, _ = trainer.loss_of(batch)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    ref = Reference(config)
+    expected = ref.objective(state, batch, used)
+
+    assert torch.equal(used, weights)
+    assert total.dtype == torch.float64 and torch.equal(total, expected.total)
+    ref_grads = ref.grads(state, batch, used)
+    grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+    assert grads.keys() == ref_grads.keys() and len(grads) > 40
+    for name, g in grads.items():
+        assert torch.equal(g, ref_grads[name]), name
+
+
+def test_two_half_batches_commit_the_whole_batchs_update():
+    """The stateful modules stage sums over their samples; summed over two halves (what the
+    trainer's all-reduce does over two ranks) they commit the update of the whole batch."""
+    from mahiax.objective import finish_step
+
+    config = tiny()
+    torch.manual_seed(0)
+    whole = HybridEfficientModel(config).double().train()
+    halves = copy.deepcopy(whole)
+    batch = SyntheticMultiTask(config).batch(0)
+    rows = batch.size // 2
+
+    whole.losses(batch)
+    halves.losses(batch.rows(0, rows))
+    first = halves.staged_statistics()
+    halves.losses(batch.rows(rows, batch.size))
+    second = halves.staged_statistics()
+    assert first.keys() == second.keys() == {
+        "text.moe/tokens_per_expert", "fabric.controller/sum", "fabric.controller/samples",
+        "graph_memory/mass", "graph_memory/pulled", "graph_memory/samples",
+        "tiny_memory/sum", "tiny_memory/samples",
+    }
+    whole.commit()
+    halves.commit({k: first[k] + second[k] for k in first})
+
+    for name, value in whole.state_dict().items():
+        assert torch.allclose(halves.state_dict()[name], value, rtol=0, atol=1e-12), name
+    assert torch.equal(halves.text.moe.tokens_per_expert, whole.text.moe.tokens_per_expert)
+    assert halves.staged_statistics() == {}, "commit consumes what was staged"
+    # the trainer's tail, alone: it reduces nothing and commits what the model staged
+    tail = copy.deepcopy(whole)
+    whole.losses(batch)
+    tail.losses(batch)
+    finish_step(tail, make_weighting(config), None)
+    whole.commit()
+    for name, value in whole.state_dict().items():
+        assert torch.equal(tail.state_dict()[name], value), name
+
+
+def test_the_model_makes_no_collective_call(monkeypatch):
+    """Forward in training mode and commit communicate nothing, under any process group: the
+    one reduction of a step is the trainer's (``finish_step``)."""
+    import torch.distributed as dist
+
+    calls = []
+    for name in ("all_reduce", "all_gather", "broadcast", "reduce", "all_gather_into_tensor",
+                 "reduce_scatter_tensor", "barrier"):
+        monkeypatch.setattr(dist, name, lambda *a, _n=name, **k: calls.append(_n))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # as if inside a group
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+    model = HybridEfficientModel(tiny()).train()
+    losses, _ = model.losses(SyntheticMultiTask(tiny()).batch(0))
+    losses.sum().backward()
+    model.commit()
+    assert calls == []
 
 
 # --------------------------------------------------------------------------- weighting
@@ -352,7 +447,7 @@ def test_dwa_update_with_live_losses_keeps_weights_out_of_the_graph():
 
 
 def test_equal_weighting_returns_ones():
-    eq = make_weighting("equal", 3)
+    eq = make_weighting(tiny().replace(weighting="equal"))
     assert isinstance(eq, EqualWeighting)
     eq.update(torch.tensor([3.0, 2.0, 1.0]))
     assert torch.equal(eq.weights(), torch.ones(3))

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from mahiax import distributed
 from mahiax.bugs.catalog import BugEntry, register
 from mahiax.bugs.harness import _OBSERVER, SEED, isolated, max_grad_diff
 from mahiax.bugs.outcome import Outcome, graph_size
@@ -367,7 +368,7 @@ register(BugEntry(
     devices=("cpu",),
     device_note=DDP_DEVICE_NOTE,
     section="DDP (not in the summary)",
-    component="ExpertRouter under DistributedDataParallel",
+    component="mixture of experts (the summary's ExpertRouter) under DistributedDataParallel",
     title="Experts with no tokens on a rank: parameters DDP waits for",
     pattern="for e, expert in enumerate(self.experts):  # a ModuleList\n"
             "    if no_tokens(e): continue\n"
@@ -455,10 +456,12 @@ Sync = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 def all_reduce_statistics(
     sums: torch.Tensor, counts: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The right fix: add every rank's statistics up, so every rank applies one update."""
-    sums, counts = sums.clone(), counts.clone()
-    dist.all_reduce(sums)  # (S, D) summed over ranks
-    dist.all_reduce(counts)  # (S,)
+    """The right fix: add every rank's statistics up, so every rank applies one update.
+
+    One all-reduce for both, the package's :func:`mahiax.distributed.sum_over_ranks`: the
+    trainer sums every statistic the clean model's memories staged the same way, in one call.
+    """
+    sums, counts = distributed.sum_over_ranks([sums, counts])  # (S, D), (S,) over ranks
     return sums, counts
 
 
@@ -614,7 +617,8 @@ register(BugEntry(
     summary_fix="DistributedDataParallel(model, broadcast_buffers=False)  # the usual first "
                 "fix: the summary has no DDP section",
     right_fix="broadcast_buffers=False and all-reduce the update's statistics, so every rank "
-              "applies the same update (mahiax.distributed); one forward per backward",
+              "applies the same update (the package's trainer sums every staged statistic in "
+              "one all-reduce: mahiax.distributed.sum_over_ranks); one forward per backward",
     explanation=(
         "With broadcast_buffers=True DDP copies rank 0's buffers into every rank's at the start "
         "of every forward, in place. Older PyTorch bumped the version counter there, so two "

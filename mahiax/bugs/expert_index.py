@@ -1,5 +1,8 @@
 """Summary section 1: "index out of range in self" in the ExpertRouter.
 
+(The summary's ``ExpertRouter`` is the whole MoE block, :class:`mahiax.moe.MixtureOfExperts`;
+its router alone is ``.router``.)
+
 Two different errors hide behind the summary's one:
 
 - ``IndexError: index out of range in self`` is what ``nn.Embedding`` / ``index_select``
@@ -25,7 +28,7 @@ from mahiax.bugs.catalog import BugEntry, register
 from mahiax.bugs.harness import harness_config, swap_class, train_variant
 from mahiax.bugs.outcome import Outcome
 from mahiax.data import Batch
-from mahiax.moe import ExpertRouter, MoEOutput, load_balancing_loss, router_z_loss
+from mahiax.moe import MixtureOfExperts, MoEOutput, load_balancing_loss, router_z_loss
 
 DEMO_DATA_VOCAB = 10_000  # the demo drew token ids from this range
 
@@ -33,7 +36,7 @@ DEMO_DATA_VOCAB = 10_000  # the demo drew token ids from this range
 class _Expert(nn.Module):
     """One expert as its own module, a view on the stacked weights (the original's layout)."""
 
-    def __init__(self, moe: ExpertRouter, e: int):
+    def __init__(self, moe: MixtureOfExperts, e: int):
         super().__init__()
         self._moe = [moe]  # a list, so the parent is not registered as a child (no cycle)
         self.e = e
@@ -44,7 +47,7 @@ class _Expert(nn.Module):
         return h @ ex.w_down[self.e]
 
 
-class _OriginalRouter(ExpertRouter):
+class _OriginalRouter(MixtureOfExperts):
     """Shared by the original and the summary's router: experts as a ModuleList."""
 
     def expert_list(self) -> nn.ModuleList:

@@ -24,7 +24,8 @@ from mahiax.bugs.outcome import Outcome, graph_size
 from mahiax.config import MahiaConfig, tiny
 from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.model import HybridEfficientModel
-from mahiax.weighting import LossWeighting, make_weighting
+from mahiax.objective import Objective, finish_step, objective
+from mahiax.weighting import FixedWeighting, LossWeighting, make_weighting
 
 if TYPE_CHECKING:
     from mahiax.telemetry import MemoryMeter
@@ -59,6 +60,13 @@ class StepContext:
         if not self.keep_grads:
             self.optimizer.zero_grad(set_to_none=True)
 
+    def finish(self) -> None:
+        """The step's tail, as the trainer ends its steps: the optimiser step (unless the loop
+        took it), then :func:`mahiax.objective.finish_step` (commit, weighting update)."""
+        if not self.did_step:
+            self.optimizer.step()
+        finish_step(self.model, self.weighting, self.losses)
+
     def detach_state(self) -> None:
         """Cut the state the model carries from step to step off the graph that computed it.
 
@@ -76,14 +84,11 @@ class StepContext:
 
 
 def forward_losses(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """One encode(), every head, per-task losses and the weighted total (with aux losses)."""
-    m, c = ctx.model, ctx.config
-    enc = m.encode(ctx.batch)
-    losses = m.task_losses(m.heads_forward(enc.features), ctx.batch.targets)  # (K,)
-    ctx.weights = ctx.weighting.weights().detach().clone()
-    total = ctx.weighting.combine(losses) + c.aux_loss_coef * enc.aux_loss
-    total = total + c.z_loss_coef * enc.z_loss
-    return total, losses
+    """The trainer's objective (:func:`mahiax.objective.objective`): one encode(), every
+    head, the weighted total with the router's terms; sets ``ctx.weights``."""
+    obj = objective(ctx.model, ctx.weighting, ctx.batch)
+    ctx.weights = obj.weights
+    return obj.total, obj.losses
 
 
 def clean_loop(ctx: StepContext) -> None:
@@ -97,14 +102,25 @@ def clean_loop(ctx: StepContext) -> None:
 class Reference:
     """The clean package model, loaded with a variant's weights and state, one step at a time.
 
-    Built once per run and reloaded every step (building a model per step would cost more
-    than the step). It runs with anomaly mode off: it is the yardstick, not the suspect.
+    Its loss is the trainer's objective (:func:`mahiax.objective.objective`) with the loss
+    weights the variant had in force. Built once per run and reloaded every step (building a
+    model per step would cost more than the step). It runs with anomaly mode off: it is the
+    yardstick, not the suspect.
     """
 
     def __init__(self, config: MahiaConfig, device: torch.device | None = None):
         self.config = config
         with torch.random.fork_rng():
             self.model = HybridEfficientModel(config).double().to(device or "cpu")
+
+    def objective(
+        self, state: dict[str, torch.Tensor], batch: Batch, weights: torch.Tensor
+    ) -> Objective:
+        """The trainer's objective on ``batch`` with ``state`` loaded and fixed loss
+        ``weights`` (K,), in training mode."""
+        self.model.load_state_dict(state)
+        self.model.train()
+        return objective(self.model, FixedWeighting(weights), batch)
 
     def grads(
         self, state: dict[str, torch.Tensor], batch: Batch, weights: torch.Tensor,
@@ -113,17 +129,11 @@ class Reference:
         """Gradients on ``batch`` with ``state`` loaded and fixed loss ``weights`` (clipped to
         a global norm of ``clip`` when given, as a correct AMP step would be); with
         ``accumulate``, added to the previous call's, as gradient accumulation does."""
-        ref, c = self.model, self.config
-        ref.load_state_dict(state)
+        ref = self.model
         if not accumulate:
             ref.zero_grad(set_to_none=True)
-        ref.train()
         with torch.autograd.set_detect_anomaly(False):
-            enc = ref.encode(batch)
-            losses = ref.task_losses(ref.heads_forward(enc.features), batch.targets)
-            total = (weights.to(losses) * losses).sum() + c.aux_loss_coef * enc.aux_loss
-            total = total + c.z_loss_coef * enc.z_loss
-            total.backward()
+            self.objective(state, batch, weights).total.backward()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)
         return {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
@@ -276,9 +286,7 @@ def train_variant(
     out.memory_every = memory_every
     with isolated(anomaly):
         model = HybridEfficientModel(config).double()  # built on the CPU: same weights anywhere
-        weighting = (install(model) if install else None) or make_weighting(
-            config.weighting, len(config.tasks), config.dwa_temperature, config.dwa_window
-        )
+        weighting = (install(model) if install else None) or make_weighting(config)
         model, weighting = model.to(device), weighting.double().to(device)
         # the meter measures the device the catalog's model lives on (CPU unless on_device)
         meter = MemoryMeter(next(model.parameters()).device) if measure_memory else None
@@ -365,12 +373,7 @@ def _one_step(
             start_state, ctx.batch, ctx.weights, reference_clip, accumulate=ctx.keep_grads
         )
         diff = max_grad_diff(model, ref)
-    if not ctx.did_step:
-        ctx.optimizer.step()
-    with torch.no_grad():
-        model.commit()
-    if ctx.losses is not None:
-        ctx.weighting.update(ctx.losses.detach())
+    ctx.finish()
     ctx.total = None  # drop this step's graph before memory is measured
     return diff
 

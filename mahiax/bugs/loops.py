@@ -45,14 +45,8 @@ def _terms(ctx: StepContext, losses: torch.Tensor, aux: torch.Tensor) -> list[to
     return terms
 
 
-def _aux(ctx: StepContext, enc) -> torch.Tensor:
-    return ctx.config.aux_loss_coef * enc.aux_loss + ctx.config.z_loss_coef * enc.z_loss
-
-
 def _encode_and_losses(ctx: StepContext):
-    m = ctx.model
-    enc = m.encode(ctx.batch)
-    losses = m.task_losses(m.heads_forward(enc.features), ctx.batch.targets)
+    losses, enc = ctx.model.losses(ctx.batch)  # (K,)
     ctx.weights = ctx.weighting.weights().detach().clone()
     return enc, losses
 
@@ -62,7 +56,7 @@ def backward_per_loss(retain: bool) -> Callable[[StepContext], None]:
 
     def loop(ctx: StepContext) -> None:
         enc, losses = _encode_and_losses(ctx)
-        terms = _terms(ctx, losses, _aux(ctx, enc))
+        terms = _terms(ctx, losses, enc.router_loss(ctx.config))
         ctx.total, ctx.losses = sum(terms), losses
         ctx.zero_grad()
         for term in terms:
@@ -97,7 +91,9 @@ def forward_per_loss(ctx: StepContext) -> None:
     k_tasks = len(ctx.config.tasks)
     for k in range(k_tasks):
         enc, losses = _encode_and_losses(ctx)
-        term = ctx.weights.to(losses)[k] * losses[k] + (_aux(ctx, enc) if k == 0 else 0.0)
+        term = ctx.weights.to(losses)[k] * losses[k] + (
+            enc.router_loss(ctx.config) if k == 0 else 0.0
+        )
         term.backward()
         ctx.total, ctx.losses = term, losses
 

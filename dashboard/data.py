@@ -39,15 +39,10 @@ def list_runs(path: str) -> pd.DataFrame:
 def catalog_runs(path: str) -> pd.DataFrame:
     """The store's bug-catalog runs (``mahiax train --bug``): name, status, bug, variant,
     created; oldest first. Other runs are left out."""
-    from mahiax.recording import CATALOG_KEY
-
     table = get_reader(path).runs()
-    tags = table["config"].map(lambda c: c.get(CATALOG_KEY) if isinstance(c, dict) else None)
-    keep = tags.map(lambda t: isinstance(t, dict) and "bug" in t and "variant" in t)
-    out = table.loc[keep, ["name", "status", "created"]].copy()
-    out["bug"] = [t["bug"] for t in tags[keep]]
-    out["variant"] = [t["variant"] for t in tags[keep]]
-    return out.reset_index(drop=True)
+    tagged = table["bug"].notna() & table["variant"].notna()
+    return table.loc[tagged, ["name", "status", "created", "bug", "variant"]] \
+        .reset_index(drop=True)
 
 
 def latest_variant_runs(path: str, entry_id: str) -> dict[str, str]:

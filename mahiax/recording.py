@@ -35,15 +35,14 @@ class TrainingFailed(RuntimeError):
 
 def stored_config(name: str, store: str | Path | None = None) -> MahiaConfig:
     """The config run ``name`` was recorded with; a catalog run is refused (it cannot resume)."""
-    stored = RunReader(store).config(name)
-    if CATALOG_KEY in stored:
-        tag = stored[CATALOG_KEY]
+    run = RunReader(store).run(name)
+    if run["bug"] is not None:
         raise BadInput(
-            f"run {name!r} is a bug-catalog run ({tag.get('bug')} / {tag.get('variant')}); "
+            f"run {name!r} is a bug-catalog run ({run['bug']} / {run['variant']}); "
             "catalog runs are short and cannot be resumed: record a new one with "
             "--bug ID --variant V --run NEW_NAME"
         )
-    return MahiaConfig.from_dict(stored)
+    return MahiaConfig.from_dict(run["config"])
 
 
 def record_training(
@@ -131,10 +130,6 @@ def record_training(
     return trainer
 
 
-# config key of a catalog run: {"bug": id, "variant": buggy | summary | fixed}
-CATALOG_KEY = "catalog"
-
-
 def record_bug(
     entry_id: str, variant: str, name: str, steps: int, *, store: str | Path | None = None
 ):
@@ -146,10 +141,10 @@ def record_bug(
     from mahiax.bugs.harness import harness_config, observing
 
     entry = get(entry_id)  # an unknown id fails here, before the store is touched
-    # the catalog identity rides along in the config, so the dashboard's Bug lab can group
-    # the variants of one entry; the rest is the harness model's config
-    config = {**harness_config().to_dict(), CATALOG_KEY: {"bug": entry_id, "variant": variant}}
-    writer = RunWriter(name, config, path=store)
+    # the catalog tag is store data (the Bug lab groups an entry's variants by it); the
+    # config is the harness model's
+    writer = RunWriter(name, harness_config().to_dict(), path=store,
+                       catalog=(entry_id, variant))
 
     def log(row: dict) -> None:
         if row["variant"] != variant:

@@ -411,8 +411,21 @@ def test_catalog_runs_and_unique_names(stores):
     table = data.catalog_runs(str(stores["catalog"]))
     assert list(table["name"]) == [f"retain-graph-{v}" for v in ("buggy", "summary", "fixed")]
     assert set(table["bug"]) == {"retain-graph"}, "the plain run is left out"
+    assert list(table.columns) == ["name", "status", "created", "bug", "variant"]
     assert bug_lab.unique_name("a", {"a", "a-2"}) == "a-3"
     assert bug_lab.unique_name("b", {"a"}) == "b"
+
+
+def test_a_catalog_run_stored_with_the_old_config_tag_is_still_listed(tmp_path):
+    from mahiax.store import RunWriter
+
+    store = tmp_path / "old.sqlite"
+    with RunWriter("old-buggy", {"catalog": {"bug": "dwa-weights", "variant": "buggy"}},
+                   path=store) as w:
+        w.log({"loss": 1.0}, 0)
+    table = data.catalog_runs(str(store))
+    assert table[["name", "bug", "variant"]].values.tolist() == [
+        ["old-buggy", "dwa-weights", "buggy"]]
 
 
 # -- pure transforms ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Real SQLite files in ``tmp_path`` and real processes (``store_writer_child.py``)
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import select
@@ -44,7 +45,7 @@ CHILD = Path(__file__).with_name("store_writer_child.py")
 # the documented columns of RunReader.runs(), restated here so that a change to them is seen
 RUN_COLUMNS = [
     "name", "status", "created", "updated", "heartbeat", "last_step", "steps", "error_type",
-    "error_message", "error_step", "device", "world_size", "config",
+    "error_message", "error_step", "device", "world_size", "config", "bug", "variant",
 ]
 KEYS = [f"k{i:02d}" for i in range(20)]  # what the child writes with --keys 20
 
@@ -202,6 +203,57 @@ def test_runs_has_exactly_the_documented_columns(tmp_path):
     assert set(RunReader(tmp_path).run("cols")) == set(RUN_COLUMNS)
     docs = (ROOT / "docs" / "store.md").read_text()
     assert all(f"`{c}`" in docs for c in RUN_COLUMNS)
+
+
+def _stored(store: Path, name: str) -> tuple[dict, dict]:
+    """The raw config and notes JSON of a run, as SQLite holds them."""
+    with sqlite3.connect(store) as conn:
+        config, notes = conn.execute("SELECT config, notes FROM runs WHERE name = ?",
+                                     (name,)).fetchone()
+    return json.loads(config), json.loads(notes)
+
+
+def test_a_catalog_tag_is_store_data_not_config(tmp_path):
+    store = tmp_path / "mahiax.sqlite"
+    with RunWriter("tagged", {"seed": 1}, path=store, catalog=("dwa-weights", "summary")) as w:
+        w.log({"loss": 1.0}, 0)
+    with RunWriter("plain", {"seed": 2}, path=store) as w:
+        w.log({"loss": 1.0}, 0)
+    config, notes = _stored(store, "tagged")
+    assert config == {"seed": 1}, "the config JSON stays the config"
+    assert notes["catalog"] == {"bug": "dwa-weights", "variant": "summary"}
+    df = RunReader(store).runs().set_index("name")
+    assert (df.loc["tagged", "bug"], df.loc["tagged", "variant"]) == ("dwa-weights", "summary")
+    assert pd.isna(df.loc["plain", "bug"]) and pd.isna(df.loc["plain", "variant"])
+    assert RunReader(store).run("plain")["bug"] is None
+    # a resume that says nothing of the tag keeps it; a failure's notes keep it too
+    with pytest.raises(RuntimeError), RunWriter("tagged", {"seed": 1}, path=store,
+                                                resume=True):
+        raise RuntimeError("boom")
+    _, notes = _stored(store, "tagged")
+    assert notes["catalog"] == {"bug": "dwa-weights", "variant": "summary"}
+    assert "boom" in notes["traceback"]
+    assert RunReader(store).run("tagged")["bug"] == "dwa-weights"
+
+
+def test_a_run_stored_with_the_tag_in_its_config_still_reads_as_a_catalog_run(tmp_path):
+    """Stores written before the tag was store data kept it in the config JSON."""
+    store = tmp_path / "mahiax.sqlite"
+    old_tag = {"bug": "retain-graph", "variant": "fixed"}
+    with RunWriter("old", {"seed": 3, "catalog": old_tag}, path=store) as w:
+        w.log({"loss": 1.0}, 0)
+    assert "catalog" not in _stored(store, "old")[1], "written as before: config only"
+    reader = RunReader(store)
+    run = reader.run("old")
+    assert (run["bug"], run["variant"]) == ("retain-graph", "fixed")
+    assert run["config"] == {"seed": 3} and reader.config("old") == {"seed": 3}
+
+
+@pytest.mark.parametrize("catalog", [("only-id",), ("", "buggy"), ["a", "b"], ("a", 1)])
+def test_a_bad_catalog_tag_is_refused_before_the_store_is_touched(tmp_path, catalog):
+    with pytest.raises(ValueError, match=r"catalog must be \(entry id, variant\)"):
+        RunWriter("x", {}, path=tmp_path / "s.sqlite", catalog=catalog)
+    assert not (tmp_path / "s.sqlite").exists()
 
 
 def test_finish_with_an_error_records_it_and_the_run_as_failed(tmp_path):

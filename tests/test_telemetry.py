@@ -254,8 +254,9 @@ def test_cli_bug_run_exits_1_with_the_error(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tiny-memory-write / buggy: RuntimeError at step 1" in out
     assert RunReader(store).run("tm")["status"] == "failed"
-    tag = RunReader(store).config("tm")["catalog"]
-    assert tag == {"bug": "tiny-memory-write", "variant": "buggy"}, "the lab groups by this"
+    run = RunReader(store).run("tm")
+    assert (run["bug"], run["variant"]) == ("tiny-memory-write", "buggy"), \
+        "the lab groups by this"
     # a catalog run is a few steps long: resuming it is refused with one clear line
     assert main(["train", "--run", "tm", "--resume", "--steps", "8", "--store", store]) == 2
     err = capsys.readouterr().err

@@ -48,8 +48,9 @@ Schema, version 1 (``SCHEMA_VERSION``); all times are Unix seconds (UTC):
     world_size     INTEGER        processes training the run (default 1)
     device         TEXT           e.g. ``cpu``, ``cuda:0``
     notes          TEXT           JSON object of writer bookkeeping: ``host``, ``pid``,
-                                  ``pid_started`` (to tell a live writer from a reused pid)
-                                  and, after a failure, ``traceback``
+                                  ``pid_started`` (to tell a live writer from a reused pid),
+                                  after a failure ``traceback``, and for a bug-catalog run
+                                  ``catalog``: ``{"bug": entry id, "variant": ...}``
     =============  =============  ========================================================
 
 ``scalars`` (run_id INTEGER, step INTEGER, key TEXT, value REAL), PRIMARY KEY (run_id, key,

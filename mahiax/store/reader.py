@@ -23,7 +23,12 @@ Columns of :meth:`RunReader.runs` (one row per run, oldest first), also the keys
 ``device``         e.g. ``cpu`` or ``cuda:0``
 ``world_size``     number of processes training the run (int)
 ``config``         the run's configuration (dict)
+``bug``            a bug-catalog run's entry id (``mahiax train --bug``); missing for others
+``variant``        its variant: ``buggy``, ``summary`` or ``fixed``; missing for others
 =================  =========================================================================
+
+The catalog tag (``bug``, ``variant``) is store data, kept in ``notes``; in stores written
+before that, it rode in the config JSON, from where it is read (and left out of ``config``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from mahiax.store.connection import DEFAULT_BUSY_TIMEOUT_S, connect_reader, tran
 from mahiax.store.errors import RunNotFoundError, SnapshotNotFoundError
 from mahiax.store.liveness import STALE_AFTER_S, effective_status
 from mahiax.store.paths import resolve_store_path
+from mahiax.store.schema import CATALOG_NOTE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,7 +60,7 @@ T = TypeVar("T")
 
 RUN_COLUMNS = (
     "name", "status", "created", "updated", "heartbeat", "last_step", "steps", "error_type",
-    "error_message", "error_step", "device", "world_size", "config",
+    "error_message", "error_step", "device", "world_size", "config", "bug", "variant",
 )
 
 _RUNS_SQL = """
@@ -210,22 +216,19 @@ class RunReader:
 
     def config(self, name: str) -> dict:
         """The configuration run ``name`` was written with."""
-        rows = self._query("SELECT config FROM runs WHERE name = ?", (name,))
+        rows = self._query("SELECT config, notes FROM runs WHERE name = ?", (name,))
         if not rows:
             raise RunNotFoundError(name, self.path, self.run_names())
-        return json.loads(rows[0][0])
+        config, _ = _config_and_tag(rows[0][0], _notes(rows[0][1]))
+        return config
 
     def _record(self, row: tuple) -> dict[str, Any]:
         import pandas as pd
 
         (run_id, name, status, created, updated, heartbeat, last_step, error_type,
          error_message, error_step, device, world_size, config, pid, notes) = row
-        try:
-            notes_dict = json.loads(notes) if notes else {}
-        except ValueError:
-            notes_dict = {}
-        if not isinstance(notes_dict, dict):
-            notes_dict = {}
+        notes_dict = _notes(notes)
+        config_dict, tag = _config_and_tag(config, notes_dict)
         status = effective_status(status, heartbeat, pid, notes_dict, self.stale_after_s,
                                   now=time.time())
 
@@ -245,7 +248,9 @@ class RunReader:
             "error_step": error_step,
             "device": device,
             "world_size": int(world_size),
-            "config": json.loads(config),
+            "config": config_dict,
+            "bug": None if tag is None else tag["bug"],
+            "variant": None if tag is None else tag["variant"],
         }
 
     def _count_steps(self, run_id: int, created: float, last_step: int | None) -> int:
@@ -410,6 +415,32 @@ class RunReader:
         else:
             table.to_parquet(dest, engine="pyarrow", index=False)
         return dest
+
+
+def _notes(text: str | None) -> dict:
+    """A run's ``notes`` as a dict ({} when missing or not a JSON object)."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _is_tag(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(value.get(k), str)
+                                           for k in ("bug", "variant"))
+
+
+def _config_and_tag(config_json: str, notes: dict) -> tuple[dict, dict | None]:
+    """The run's config and its catalog tag (None: not a catalog run). The tag is in the
+    notes; a run stored before that carries it in the config, which is returned without it."""
+    config = json.loads(config_json)
+    tag = notes.get(CATALOG_NOTE)
+    if _is_tag(tag):
+        return config, tag
+    if isinstance(config, dict) and _is_tag(config.get(CATALOG_NOTE)):
+        return {k: v for k, v in config.items() if k != CATALOG_NOTE}, config[CATALOG_NOTE]
+    return config, None
 
 
 def _array(dtype: str, shape: str, data: bytes) -> np.ndarray:

@@ -11,6 +11,11 @@ SCHEMA_VERSION = 1
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 
+# the key of ``runs.notes`` that tags a bug-catalog run: {"bug": entry id, "variant": ...}.
+# Stores written before tags were notes carry it in the config JSON under the same key; the
+# reader takes it from there (and leaves it out of the config it returns).
+CATALOG_NOTE = "catalog"
+
 TABLES = ("meta", "runs", "scalars", "vectors", "snapshots")
 
 DDL = f"""

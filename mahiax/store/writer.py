@@ -35,7 +35,7 @@ from mahiax.store.connection import (
 from mahiax.store.errors import RunExistsError, RunNotFoundError, StoreError
 from mahiax.store.liveness import STALE_AFTER_S, effective_status, owner_notes
 from mahiax.store.paths import resolve_store_path, validate_run_name
-from mahiax.store.schema import INSERT_SCALARS, INSERT_SNAPSHOTS, INSERT_VECTORS
+from mahiax.store.schema import CATALOG_NOTE, INSERT_SCALARS, INSERT_SNAPSHOTS, INSERT_VECTORS
 
 ENDINGS = ("finished", "failed", "interrupted")
 _MAX_TEXT = 20_000  # characters kept of an error message or traceback
@@ -97,6 +97,9 @@ class RunWriter:
 
     Values: ``None`` scalars are skipped; NaN and ±inf are stored as SQL NULL and read back as
     NaN. Steps are integers >= 0. Not thread-safe: call it from the training thread.
+
+    ``catalog=(entry id, variant)`` tags a run of the bug catalog (``mahiax train --bug``):
+    stored in ``notes``, read back as the ``bug`` and ``variant`` columns, kept on resume.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class RunWriter:
         resume: bool = False,
         device: str = "cpu",
         world_size: int = 1,
+        catalog: tuple[str, str] | None = None,
         flush_every_s: float = 0.5,
         flush_rows: int = 2000,
         heartbeat_s: float = 2.0,
@@ -129,6 +133,8 @@ class RunWriter:
         self._newest: int | None = None
         self._finished = self._closed = False
         self._notes = owner_notes()
+        if catalog is not None:
+            self._notes[CATALOG_NOTE] = _catalog_tag(catalog)
         self._conn = connect_writer(self.path, self.busy_timeout_s)
         try:
             self._run_id, self._last_step = self._open_run(config_json, resume, device,
@@ -167,6 +173,10 @@ class RunWriter:
                 raise RunExistsError(self.name, self.path, writer_pid=pid)
             if not resume:
                 raise RunExistsError(self.name, self.path)
+            tag = _json_object(old_notes).get(CATALOG_NOTE)
+            if tag is not None and CATALOG_NOTE not in self._notes:  # a run keeps its tag
+                self._notes[CATALOG_NOTE] = tag
+                notes = json.dumps(self._notes)
             c.execute(
                 "UPDATE runs SET config = ?, status = 'running', updated = ?, heartbeat = ?, "
                 "pid = ?, error_type = NULL, error_message = NULL, error_step = NULL, "
@@ -459,6 +469,15 @@ def _json_object(text: str | None) -> dict:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _catalog_tag(catalog: object) -> dict[str, str]:
+    """``(entry id, variant)`` as the notes' ``catalog`` object; anything else is refused."""
+    if not (isinstance(catalog, tuple) and len(catalog) == 2
+            and all(isinstance(part, str) and part for part in catalog)):
+        raise ValueError(f"catalog must be (entry id, variant), two non-empty strings, "
+                         f"got {catalog!r}")
+    return {"bug": catalog[0], "variant": catalog[1]}
 
 
 def _config_json(config: Mapping[str, Any]) -> str:

@@ -38,8 +38,8 @@ class VerdictJob:
     entry_id: str
     pid: int
     started: float  # time.monotonic() at start
-    out: Path  # the process's stdout: the verdict as JSON
-    err: Path  # its stderr
+    out: Path  # the process's stdout: the verdict as JSON (removed once read)
+    err: Path  # its stderr (removed once read)
     proc: subprocess.Popen | None = None  # None once reaped
     label: str | None = None  # set when measured
     reason: str | None = None
@@ -94,15 +94,19 @@ def _poll(job: VerdictJob) -> None:
     if job.proc is None or job.proc.poll() is None:
         return
     code, job.proc = job.proc.returncode, None
-    if code != 0:
-        job.error = f"the measuring process exited with status {code}: {_tail(job.err)}"
-        return
     try:
-        result = json.loads(job.out.read_text())
-        job.label, job.reason = str(result["verdict"]), str(result["reason"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        job.error = f"the measuring process wrote no verdict ({type(e).__name__}: {e}); " \
-                    f"its output: {_tail(job.err)}"
+        if code != 0:
+            job.error = f"the measuring process exited with status {code}: {_tail(job.err)}"
+            return
+        try:
+            result = json.loads(job.out.read_text())
+            job.label, job.reason = str(result["verdict"]), str(result["reason"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            job.error = f"the measuring process wrote no verdict ({type(e).__name__}: " \
+                        f"{e}); its output: {_tail(job.err)}"
+    finally:  # what the page needs is in the job now
+        job.out.unlink(missing_ok=True)
+        job.err.unlink(missing_ok=True)
 
 
 def _tail(path: Path) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mahiax.bugs.cli import describe
 from mahiax.bugs.outcome import Outcome
+from mahiax.units import MIB
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
     from mahiax.bugs import BugEntry, Verdict
 
-MB = 2**20
 # one colour per variant, the same in every lesson (Plotly's default qualitative palette)
 VARIANT_COLORS = {
     "buggy": "#EF553B", "summary": "#636EFA", "fixed": "#00CC96", "candidate": "#AB63FA",
@@ -147,14 +147,14 @@ def step_figure(
     """Plotly lines of a per-step measurement, one line per variant.
 
     ``field`` is ``graph_nodes`` (autograd nodes reachable from the loss) or ``tensor_mb``
-    (live tensor memory, MB). A run that failed ends where it failed, with an ``x`` marker.
+    (live tensor memory, MiB). A run that failed ends where it failed, with an ``x`` marker.
     """
     import plotly.graph_objects as go
 
     outs = list(outcomes.values() if isinstance(outcomes, Mapping) else outcomes)
     fig = go.Figure()
     for out in outs:
-        ys = out.graph_nodes if field == "graph_nodes" else [b / MB for b in out.tensor_bytes]
+        ys = out.graph_nodes if field == "graph_nodes" else [b / MIB for b in out.tensor_bytes]
         if not ys:
             continue
         fig.add_trace(go.Scatter(
@@ -167,7 +167,7 @@ def step_figure(
                 marker={"symbol": "x", "size": 14, "color": VARIANT_COLORS.get(out.variant)},
                 hovertext=f"{out.error_type} at step {out.error_step}", hoverinfo="text",
             ))
-    label = "autograd nodes in the step's graph" if field == "graph_nodes" else "live tensor MB"
+    label = "autograd nodes in the step's graph" if field == "graph_nodes" else "live tensor MiB"
     fig.update_layout(
         title=title or label, xaxis_title="step", yaxis_title=label, height=360,
         margin={"l": 60, "r": 20, "t": 50, "b": 40},
@@ -185,11 +185,11 @@ CATEGORY_NAMES = {
 
 
 def category_table(out: Outcome) -> pd.DataFrame:
-    """One run's memory by category per step (MB): what the harness's meter read after each
+    """One run's memory by category per step (MiB): what the harness's meter read after each
     step's backward, on the device the run trained on."""
     import pandas as pd
 
-    rows = [{CATEGORY_NAMES[k]: r[k] / MB for k in CATEGORY_NAMES} | {"step": r["step"]}
+    rows = [{CATEGORY_NAMES[k]: r[k] / MIB for k in CATEGORY_NAMES} | {"step": r["step"]}
             for r in out.memory_categories]
     return pd.DataFrame(rows).set_index("step") if rows else pd.DataFrame()
 
@@ -219,7 +219,7 @@ def category_figure(
             ), row=1, col=col)
         fig.update_xaxes(title_text="step", row=1, col=col)
     device = outs[0].memory_categories[0].get("label", "") if outs else ""
-    fig.update_yaxes(title_text="MB", row=1, col=1)
+    fig.update_yaxes(title_text="MiB", row=1, col=1)
     fig.update_layout(
         title=title or f"memory by category after each step ({device})", height=380,
         margin={"l": 60, "r": 20, "t": 70, "b": 40}, legend={"orientation": "h", "y": -0.25},

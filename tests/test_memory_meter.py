@@ -143,7 +143,7 @@ def test_legacy_reading_says_zero_while_the_meter_sees_tensors():
 
 def test_format_shows_small_amounts_instead_of_zero():
     reading = MemoryReading(device="cpu", label="CPU", rss=300 * MB, tensor_bytes=4096, peak=4096)
-    assert reading.format() == "CPU: tensors 4.0 KB, process RSS 300.0 MB"
+    assert reading.format() == "CPU: tensors 4.0 KiB, process RSS 300.0 MiB"
 
 
 @pytest.mark.timeout(120)  # a hang guard: ~0.06 s measured; how fast is a bench question

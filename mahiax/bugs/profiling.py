@@ -17,8 +17,7 @@ from mahiax.bugs.harness import StepContext, current_device, train_variant
 from mahiax.bugs.outcome import Outcome
 from mahiax.telemetry import MemoryMeter
 from mahiax.telemetry import legacy_cuda_reading as summary_profiler_mb
-
-MB = 2**20
+from mahiax.units import MIB
 
 
 def meter_mb(device: str | torch.device | None = None) -> float:
@@ -27,13 +26,13 @@ def meter_mb(device: str | torch.device | None = None) -> float:
     bytes on a CPU. Measuring the device the tensors are on is the fix; reading a GPU because
     one exists would repeat the summary's 0 MB."""
     r = MemoryMeter(device if device is not None else current_device()).read()
-    return (r.allocated if r.allocated is not None else r.tensor_bytes) / MB
+    return (r.allocated if r.allocated is not None else r.tensor_bytes) / MIB
 
 
 def process_rss_mb() -> float:
     """A band-aid (lesson 05): the process RSS, every page the process has in RAM (the
     interpreter, libraries, allocator caches), read as if it were tensor memory."""
-    return MemoryMeter().read().rss / MB
+    return MemoryMeter().read().rss / MIB
 
 
 def _run(variant: str, steps: int, candidate: object = None) -> Outcome:
@@ -44,7 +43,9 @@ def _run(variant: str, steps: int, candidate: object = None) -> Outcome:
     }
     if variant == "candidate":
         if not callable(candidate):
-            raise TypeError("a candidate for 'memory-zero-cpu' is a function () -> megabytes")
+            raise TypeError(
+                "a candidate for 'memory-zero-cpu' is a function () -> MiB (bytes / 2**20)"
+            )
         reader = candidate
     else:
         reader = readers[variant]
@@ -54,14 +55,17 @@ def _run(variant: str, steps: int, candidate: object = None) -> Outcome:
         reported.append(float(reader()))
 
     out = train_variant("memory-zero-cpu", variant, steps, on_step=on_step)
-    true_mb = [b / MB for b in out.tensor_bytes]
+    true_mb = [b / MIB for b in out.tensor_bytes]
     out.figures["reported_mb"] = reported
     out.figures["tensor_mb"] = true_mb
     out.figures["device"] = MemoryMeter(current_device()).label  # "CPU", "GPU <name>", ...
     if true_mb and reported:
         # relative error of the last reading against the live tensor bytes
         out.state_diff = abs(reported[-1] - true_mb[-1]) / max(true_mb[-1], 1e-9)
-    out.figures["damage"] = "relative error of the reported MB vs live tensor MB"
+    out.figures["damage"] = (
+        "relative error of the reported MB (the summary's mem_mb: bytes / 2**20, i.e. MiB) "
+        "vs live tensor MiB"
+    )
     out.figures["damage_tol"] = 0.05  # the two readings are taken moments apart
     return out
 
@@ -86,7 +90,7 @@ register(BugEntry(
         "tensors, so there its reading is right and the verdict is holds: the 0 MB bug "
         "exists only where the tensors live on the CPU, the case the summary dismissed"
     ),
-    candidate_kind="a function () -> megabytes read during training",
+    candidate_kind="a function () -> MiB (bytes / 2**20) read during training",
     candidates=lambda: {
         "buggy": summary_profiler_mb, "summary": summary_profiler_mb, "fixed": meter_mb,
         "band-aid: the process RSS": process_rss_mb,

@@ -17,7 +17,8 @@ Two readings:
   for backward (:class:`~mahiax.telemetry.categories.MemoryCategories`), cheap enough for
   every step; with ``full=True`` on a CPU it adds the scan to fill "other" and the total.
 
-"MB" in :meth:`MemoryReading.format` means 2**20 bytes, the unit the summary printed.
+:meth:`MemoryReading.format` writes MiB (2**20 bytes, :mod:`mahiax.units`): the summary's
+"MB" was that unit too.
 
 How CPU tensor bytes are found, and why both sources are needed:
 
@@ -60,14 +61,15 @@ from mahiax.telemetry.categories import (
     saved_bytes,
     saved_names,
 )
+from mahiax.units import MIB, format_bytes
 
-MB = 2**20  # the summary's unit
 ALLOWED = "'cpu', 'cuda', 'cuda:N' or a torch.device of one of those"
 
 
 def legacy_cuda_reading() -> float:
-    """What the summary's profiler printed: CUDA allocator megabytes (0.0 on a CPU machine)."""
-    return torch.cuda.memory_allocated() / MB
+    """What the summary's profiler printed as "MB": CUDA allocator bytes / 2**20 (0.0 on a CPU
+    machine)."""
+    return torch.cuda.memory_allocated() / MIB
 
 
 @dataclass
@@ -86,25 +88,18 @@ class MemoryReading:
         return asdict(self)
 
     def format(self) -> str:
-        """One line, e.g. ``CPU, no GPU found: tensors 12.3 MB, process RSS 410.2 MB``."""
+        """One line, e.g. ``CPU, no GPU found: tensors 12.3 MiB, process RSS 410.2 MiB``."""
         if self.device.startswith("cuda"):
             parts = [
-                f"allocated {_mb(self.allocated)}",
-                f"reserved {_mb(self.reserved)}",
-                f"peak {_mb(self.peak)}",
+                f"allocated {format_bytes(self.allocated)}",
+                f"reserved {format_bytes(self.reserved)}",
+                f"peak {format_bytes(self.peak)}",
             ]
         else:
-            parts = [f"tensors {_mb(self.tensor_bytes)}"]
-        parts.append(f"process RSS {_mb(self.rss)}")
+            parts = [f"tensors {format_bytes(self.tensor_bytes)}"]
+        parts.append(f"process RSS {format_bytes(self.rss)}")
         return f"{self.label}: " + ", ".join(parts)
 
-
-def _mb(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    if 0 < n < MB // 20:  # would round to "0.0 MB": say how small instead
-        return f"{n / 1024:.1f} KB"
-    return f"{n / MB:.1f} MB"
 
 
 def meter_device(device: str | torch.device) -> torch.device:

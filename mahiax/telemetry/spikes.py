@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mahiax.telemetry.memory_meter import MB, meter_device
+from mahiax.telemetry.memory_meter import meter_device
+from mahiax.units import format_bytes
 
 SPIKE_KEY = "mem/spike"  # scalar at the spike step: the jump, bytes
 SPIKE_SNAPSHOT_KEY = "mem/spike_snapshot"  # snapshot row at the spike step: the file's path
@@ -88,7 +89,7 @@ class SpikeCapture:
         else:
             self.status = (
                 f"spike capture armed on {self.device}: the first step whose allocated or peak "
-                f"memory rises by more than {threshold / MB:.1f} MB saves one snapshot "
+                f"memory rises by more than {format_bytes(threshold)} saves one snapshot "
                 f"under {self.directory}"
             )
         log.info(self.status)
@@ -136,7 +137,7 @@ class SpikeCapture:
         self.stop()
         self.spike = Spike(step=step, jump=jump, allocated=allocated, peak=peak, path=path)
         self.status = (
-            f"step {step}: memory rose {jump / MB:.1f} MB; snapshot saved to {path} "
+            f"step {step}: memory rose {format_bytes(jump)}; snapshot saved to {path} "
             f"(open it at {VIEWER})"
         )
         log.warning(self.status)

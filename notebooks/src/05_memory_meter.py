@@ -35,8 +35,8 @@ import torch
 
 from mahiax import bugs, lessons
 from mahiax.telemetry import MemoryMeter, legacy_cuda_reading
+from mahiax.units import MIB  # 2**20 bytes
 
-MB = 2**20
 meter = MemoryMeter("cpu")  # this lesson's tensors live on the CPU: measure the CPU
 print("GPU found:", torch.cuda.is_available(), "| meter reads:", meter.device)
 
@@ -49,13 +49,17 @@ print("GPU found:", torch.cuda.is_available(), "| meter reads:", meter.device)
 # allocator's blocks now occupied by CUDA tensors on the current GPU. It knows nothing about
 # CPU tensors.
 #
-# **Predict.** The next cell keeps 64 MB of float32 in a CPU tensor. What does the
+# **Units.** The summary divides by `2**20`, so its "MB" is a mebibyte (MiB, 1,048,576
+# bytes). The lab labels every figure it prints MiB and writes "MB" only where it quotes the
+# summary.
+#
+# **Predict.** The next cell keeps 64 MiB of float32 in a CPU tensor. What does the
 # summary's profiler, `torch.cuda.memory_allocated() / 2**20`, print?
 
 # %%
-big = torch.zeros(64 * MB // 4)  # 64 MB of float32, on the CPU
+big = torch.zeros(64 * MIB // 4)  # 64 MiB of float32, on the CPU
 print(f"the summary's profiler: {legacy_cuda_reading():.1f} MB")
-print(f"the tensor alone:       {big.nbytes / MB:.1f} MB")
+print(f"the tensor alone:       {big.nbytes / MIB:.1f} MiB")
 if not torch.cuda.is_available():
     assert legacy_cuda_reading() == 0.0
 
@@ -77,8 +81,8 @@ print(before.format())
 del big
 after = meter.read()
 print(after.format())
-freed = (before.tensor_bytes - after.tensor_bytes) / MB
-print(f"freed by `del big`: {freed:.1f} MB")
+freed = (before.tensor_bytes - after.tensor_bytes) / MIB
+print(f"freed by `del big`: {freed:.1f} MiB")
 assert 63 < freed < 65
 assert after.rss > after.tensor_bytes  # RSS holds far more than the tensors
 
@@ -88,33 +92,33 @@ assert after.rss > after.tensor_bytes  # RSS holds far more than the tensors
 # A forward **saves** some tensors for the backward (autograd's *saved tensors*), often
 # tensors no Python variable names any more.
 #
-# **Predict.** `w` holds 4 MB. After `y = (w * 2).exp().sum()`, how many MB beyond `w` does
+# **Predict.** `w` holds 4 MiB. After `y = (w * 2).exp().sum()`, how many MiB beyond `w` does
 # `y`'s graph hold? And after `del y`?
 
 # %%
-w = torch.randn(MB, requires_grad=True)  # 4 MB
+w = torch.randn(MIB, requires_grad=True)  # 4 MiB
 base = meter.read().tensor_bytes
-y = (w * 2).exp().sum()  # w * 2 is freed; exp's 4 MB output lives on, inside y's graph
+y = (w * 2).exp().sum()  # w * 2 is freed; exp's 4 MiB output lives on, inside y's graph
 exp_node = y.grad_fn.next_functions[0][0]
 print(type(exp_node).__name__, "saved a tensor of shape", tuple(exp_node._saved_result.shape))
 with_graph = meter.read().tensor_bytes
 del y, exp_node
 without_graph = meter.read().tensor_bytes
-print(f"y's graph holds {(with_graph - base) / MB:.1f} MB; after `del y`: "
-      f"{(without_graph - base) / MB:.1f} MB")
-assert 4 * MB <= with_graph - base < 5 * MB  # exp's output only: w * 2 was not kept
-assert without_graph - base < MB
+print(f"y's graph holds {(with_graph - base) / MIB:.1f} MiB; after `del y`: "
+      f"{(without_graph - base) / MIB:.1f} MiB")
+assert 4 * MIB <= with_graph - base < 5 * MIB  # exp's output only: w * 2 was not kept
+assert without_graph - base < MIB
 
 # %% [markdown]
 # `exp` saved its own output (the derivative of `exp` is `exp`); multiplying by the Python
 # number 2 saves only that number, so `w * 2` was freed once `exp` had read it. The meter
-# found the 4 MB by walking `y`'s graph (`grad_fn`, `next_functions`) and reading
+# found the 4 MiB by walking `y`'s graph (`grad_fn`, `next_functions`) and reading
 # each node's `_saved_*` tensors. Deleting the last reference to the graph freed them.
 #
-# Try it: pick how many MB of tensors to keep alive and compare the two readings.
+# Try it: pick how many MiB of tensors to keep alive and compare the two readings.
 
 # %%
-size = widgets.IntSlider(value=16, min=0, max=128, step=16, description="keep MB",
+size = widgets.IntSlider(value=16, min=0, max=128, step=16, description="keep MiB",
                          continuous_update=False)
 shown = widgets.HTML()
 kept: list[torch.Tensor] = []
@@ -123,7 +127,7 @@ kept: list[torch.Tensor] = []
 def compare(change=None) -> None:
     kept.clear()
     if size.value:
-        kept.append(torch.zeros(size.value * MB // 4))
+        kept.append(torch.zeros(size.value * MIB // 4))
     r = meter.read()
     shown.value = (
         f"the summary's profiler: <b>{legacy_cuda_reading():.1f} MB</b> &nbsp;|&nbsp; "
@@ -164,7 +168,7 @@ for step in range(2):
         loss.backward()
         opt.step()
 cats = meter.categories(model, opt, graph=loss, full=True)
-print({k: f"{getattr(cats, k) / MB:.3f} MB"
+print({k: f"{getattr(cats, k) / MIB:.3f} MiB"
        for k in ("params", "grads", "optimizer", "saved", "other", "total")})
 parts = cats.params + cats.grads + cats.optimizer + cats.saved + cats.other
 assert abs(parts - cats.total) <= 0.05 * cats.total  # the categories add up to the total
@@ -198,7 +202,7 @@ lessons.verdict_report(v_mem)
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `memory-zero-cpu`: **no-effect**. Advice
 # to use other hardware changes nothing on the machine where the problem is: the reading
-# stays 0 while the tensors hold megabytes.
+# stays 0 while the tensors hold mebibytes.
 
 # %%
 fig = go.Figure()
@@ -207,10 +211,10 @@ for name, out in v_mem.outcomes.items():
     fig.add_trace(go.Scatter(y=out.figures["reported_mb"], mode="lines+markers",
                              name=f"{name}: reported", line={"color": color}))
 fixed = v_mem.outcomes["fixed"]
-fig.add_trace(go.Scatter(y=fixed.figures["tensor_mb"], mode="lines", name="live tensor MB",
+fig.add_trace(go.Scatter(y=fixed.figures["tensor_mb"], mode="lines", name="live tensor MiB",
                          line={"dash": "dot", "color": "black"}))
 fig.update_layout(title=f"memory read during training ({fixed.figures['device']})",
-                  xaxis_title="step", yaxis_title="MB", height=340)
+                  xaxis_title="step", yaxis_title="MiB", height=340)
 fig
 
 # %%
@@ -230,7 +234,7 @@ lessons.outcome_table(v_mem.outcomes)[["error", "damage"]]
 # %%
 if torch.cuda.is_available():
     gpu = MemoryMeter("cuda")
-    x = torch.zeros(64 * MB // 4, device="cuda")
+    x = torch.zeros(64 * MIB // 4, device="cuda")
     print(gpu.read().format())
     print(f"the summary's profiler: {legacy_cuda_reading():.1f} MB (a real figure: x is on "
           f"the GPU)")
@@ -241,14 +245,14 @@ else:
 # %% [markdown]
 # ## Exercise
 #
-# Write a reader `() -> megabytes` that reports the memory held by live tensors during the
+# Write a reader `() -> MiB` that reports the memory held by live tensors during the
 # catalog's training, which runs on this machine's CPU. `bugs.check("memory-zero-cpu",
 # reader)` calls it after every step and compares it with the live tensor bytes (within 5%).
 # The attempt below is the summary's profiler.
 
 # %%
 def my_reader() -> float:
-    return torch.cuda.memory_allocated() / MB  # TODO
+    return torch.cuda.memory_allocated() / 2**20  # TODO
 
 
 print(bugs.check("memory-zero-cpu", my_reader))
@@ -256,7 +260,7 @@ print(bugs.check("memory-zero-cpu", my_reader))
 # %% tags=["solution"]
 def my_reader() -> float:
     """Live CPU tensor bytes: the catalog's model trains on the CPU, on any machine."""
-    return MemoryMeter("cpu").read().tensor_bytes / MB
+    return MemoryMeter("cpu").read().tensor_bytes / MIB
 
 
 result = bugs.check("memory-zero-cpu", my_reader)
@@ -273,7 +277,7 @@ assert result.holds
 #    machine no CUDA tensor exists, so it is 0 whatever the model holds. The 0 tells you
 #    nothing about the model (section 1).
 #    </details>
-# 2. The meter printed a process RSS of hundreds of MB while the tensors held a few MB. Why
+# 2. The meter printed a process RSS of hundreds of MiB while the tensors held a few MiB. Why
 #    is RSS not a measure of tensor memory?
 #    <details><summary>Answer</summary>
 #    RSS is every page of the process in physical RAM: the interpreter, imported libraries
@@ -285,7 +289,7 @@ assert result.holds
 #    <details><summary>Answer</summary>
 #    `exp` saves its output (its derivative is its output); `mul` by the Python number 2
 #    saves only the number, so the intermediate `w * 2` is freed as soon as `exp` has read
-#    it. The graph keeps the 4 MB `exp` result until the last reference to `y` goes (section
+#    it. The graph keeps the 4 MiB `exp` result until the last reference to `y` goes (section
 #    3).
 #    </details>
 # 4. On a GPU, what is the difference between *allocated* and *reserved*, and which one

@@ -192,7 +192,7 @@ def _variant_card(variant: str, info: dict | None) -> None:
 # (key, title, y title, log y, sparse)
 _OVERLAYS = (
     ("graph_nodes", "Autograd graph size per step", "nodes", False, False),
-    ("tensor_bytes", "Live tensor memory", "MB", False, True),
+    ("tensor_bytes", "Live tensor memory", "MiB", False, True),
     ("loss", "Total loss", "", True, False),
     ("grad_diff", "Largest gradient error vs the clean reference", "", False, False),
 )
@@ -209,7 +209,7 @@ def _overlays(scalars: dict[str, pd.DataFrame]) -> None:
         df = pd.DataFrame(series)
         df.index.name = "step"
         if key == "tensor_bytes":
-            df = processing.to_megabytes(df)
+            df = processing.to_mib(df)
         if sparse:
             figs.append(charts.markers(df, title, y_title))
         else:

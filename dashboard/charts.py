@@ -53,7 +53,7 @@ _TOTAL_STYLES = {  # lines drawn over the stack
 
 
 def memory_stack(stacked: pd.DataFrame, totals: pd.DataFrame, title: str,
-                 y_title: str = "MB", y_max: float | None = None,
+                 y_title: str = "MiB", y_max: float | None = None,
                  marks: dict[int, str] | None = None) -> go.Figure:
     """Memory categories stacked as areas over steps, the total, peak and reserve as lines.
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mahiax.units import MIB
+
 
 def downsample_minmax(df: pd.DataFrame, max_points: int) -> pd.DataFrame:
     """At most ``max_points`` rows of ``df`` (sorted by its index), keeping in every bucket of
@@ -40,9 +42,9 @@ def downsample_minmax(df: pd.DataFrame, max_points: int) -> pd.DataFrame:
     return df.iloc[rows]
 
 
-def to_megabytes(df: pd.DataFrame) -> pd.DataFrame:
-    """Byte counts as MB (10^6 bytes), for memory charts."""
-    return df / 1e6
+def to_mib(df: pd.DataFrame) -> pd.DataFrame:
+    """Byte counts in MiB (2^20 bytes), the lab's one unit for memory, for charts."""
+    return df / MIB
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ MEMORY_TOTALS = {"mem/total": "total", "mem/peak": "peak", "mem/reserved": "rese
 
 @dataclass(frozen=True)
 class MemoryByCategory:
-    """A run's memory split for a stacked chart, in MB (10^6 bytes), index step.
+    """A run's memory split for a stacked chart, in MiB (2^20 bytes), index step.
 
     ``stacked`` holds the categories measured at every step that measured any category: they
     stack without gaps. A category read only at some of those steps (on a CPU, ``other`` is
@@ -223,9 +225,9 @@ def memory_by_category(df: pd.DataFrame) -> MemoryByCategory:
     rows = df.loc[measured]
     dense = [k for k in present if rows[k].notna().all()]
     sparse = [MEMORY_CATEGORIES[k] for k in present if k not in dense]
-    stacked = to_megabytes(rows[dense]).rename(columns=MEMORY_CATEGORIES)
+    stacked = to_mib(rows[dense]).rename(columns=MEMORY_CATEGORIES)
     totals_keys = [k for k in MEMORY_TOTALS if k in df.columns and df[k].notna().any()]
-    totals = to_megabytes(df.loc[df[totals_keys].notna().any(axis=1), totals_keys]) \
+    totals = to_mib(df.loc[df[totals_keys].notna().any(axis=1), totals_keys]) \
         .rename(columns=MEMORY_TOTALS) if totals_keys else pd.DataFrame()
     stacked.index.name = totals.index.name = "step"
     every = None

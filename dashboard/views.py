@@ -13,6 +13,7 @@ import streamlit as st
 from dashboard import bug_lab, charts, data, processing, runs
 from dashboard.state import INTERVAL_KEY, LIVE_KEY, PAGE_KEY, POINTS_KEY, RUN_KEY, STORE_KEY
 from mahiax.store import NotAStoreError, RunNotFoundError, StoreError
+from mahiax.units import MIB
 
 MAX_SNAPSHOTS = 200  # memory-node snapshots drawn at most (a 100,000-step run stores 4,000)
 
@@ -339,20 +340,21 @@ def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: 
     for col, label in zip(cols, shown, strict=True):
         step, value = last.get(label, (newest, None))
         older = f" (step {step})" if step != newest else ""
-        col.metric(label + older, "–" if value is None else _megabytes(value))
+        col.metric(label + older, "–" if value is None else _mib(value))
     stacked, totals = _ds(mem.stacked), mem.totals
     if len(totals) > _max_points():
         totals = _ds(totals)
     title = f"Memory by category ({'GPU' if gpu else 'CPU'})"
     _chart(charts.memory_stack(stacked, totals, title, marks={s: "spike" for s in spikes}))
     if not gpu and _present(df, ["mem/rss"]):
-        _chart(charts.lines(_ds(processing.to_megabytes(df[["mem/rss"]])),
-                            "Process RSS (all memory of the process, not only tensors)", "MB"))
+        _chart(charts.lines(_ds(processing.to_mib(df[["mem/rss"]])),
+                            "Process RSS (all memory of the process, not only tensors)", "MiB"))
 
 
-def _megabytes(mb: float) -> str:
-    """Three significant figures at most, so eight figures fit side by side."""
-    return f"{mb:.0f} MB" if mb >= 100 else f"{mb:.3g} MB"
+def _mib(value: float) -> str:
+    """A figure already in MiB, labelled, with three significant figures at most, so eight
+    figures fit side by side."""
+    return f"{value:.0f} MiB" if value >= 100 else f"{value:.3g} MiB"
 
 
 def _memory_spikes(df: pd.DataFrame, spikes: dict[int, Path]) -> None:
@@ -362,7 +364,7 @@ def _memory_spikes(df: pd.DataFrame, spikes: dict[int, Path]) -> None:
     for step, file in sorted(spikes.items()):
         jump = df[SPIKE_KEY].get(step) if SPIKE_KEY in df.columns else None
         rose = "" if jump is None or pd.isna(jump) else \
-            f": allocated memory rose {jump / 1e6:.1f} MB in one step"
+            f": allocated memory rose {jump / MIB:.1f} MiB in one step"
         here = "" if file.exists() else " (not on this machine: the run trained elsewhere)"
         st.warning(f"**Memory spike at step {step}**{rose}. A snapshot of the allocator's "
                    f"history around it was saved to `{file}`{here}. Open it at {VIEWER} "
@@ -375,8 +377,8 @@ def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
     if gpu:
         keys = _present(df, ["mem/allocated", "mem/reserved", "mem/peak"])
         if keys:
-            _chart(charts.lines(_ds(processing.to_megabytes(df[keys])),
-                                "CUDA allocator", "MB"))
+            _chart(charts.lines(_ds(processing.to_mib(df[keys])),
+                                "CUDA allocator", "MiB"))
         else:
             st.info("No CUDA memory readings stored yet.")
         return
@@ -384,8 +386,8 @@ def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
     with left:
         keys = _present(df, ["mem/tensor_bytes", "mem/peak", "tensor_bytes"])
         if keys:
-            sparse = processing.to_megabytes(df[keys].dropna(how="all"))
-            fig = charts.markers(_ds(sparse), "Live tensor bytes", "MB")
+            sparse = processing.to_mib(df[keys].dropna(how="all"))
+            fig = charts.markers(_ds(sparse), "Live tensor bytes", "MiB")
             # the peak so far often equals the reading: dashed, so both stay visible
             fig.update_traces(selector=dict(name="mem/peak"), line=dict(dash="dash"),
                               marker=dict(symbol="circle-open", size=9))
@@ -394,8 +396,8 @@ def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
             st.info("No tensor-bytes reading stored yet.")
     with right:
         if _present(df, ["mem/rss"]):
-            _chart(charts.lines(_ds(processing.to_megabytes(df[["mem/rss"]])),
-                                "Process RSS", "MB"))
+            _chart(charts.lines(_ds(processing.to_mib(df[["mem/rss"]])),
+                                "Process RSS", "MiB"))
         else:
             st.info("No RSS reading stored.")
 

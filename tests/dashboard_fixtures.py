@@ -10,6 +10,7 @@ from mahiax.config import tiny
 from mahiax.recording import record_training
 from mahiax.store import RunWriter
 from mahiax.telemetry.probes import Cadence
+from mahiax.units import MIB
 
 FAILED_MESSAGE = "one of the variables needed for gradient computation has been modified"
 
@@ -91,7 +92,7 @@ def gpu_categories_store(root: Path) -> Path:
                     "mem/reserved": 40e6, "mem/peak": 30e6, "loss": 1.0,
                     "amp/scale": 65536.0, "amp/skipped": 0.0, "amp/skipped_total": 0.0}, step)
         if step == SPIKE_STEP:
-            writer.log({SPIKE_KEY: 300e6}, step)
+            writer.log({SPIKE_KEY: 300 * MIB}, step)
             writer.log_tensor(SPIKE_SNAPSHOT_KEY, encode_path(snapshot, root), step)
     writer.finish("finished")
     writer.close()

@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from dashboard import bug_lab, data, processing, runs, verdict_jobs  # noqa: E402
 from dashboard.state import PAGE_KEY, RUN_KEY  # noqa: E402
 from dashboard.views import BUG_LAB, PAGES  # noqa: E402
+from mahiax.units import MIB  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py")
@@ -122,6 +123,11 @@ def test_memory_page_stacks_the_categories_of_a_cpu_run(monkeypatch, stores):
     assert "other: read only every 5 steps" in texts(at.caption)
     labels = [m.label for m in at.metric]
     assert labels[:4] == stacked and "total (step 10)" in labels, labels
+    values = {m.label: m.value for m in at.metric}
+    assert all(v.endswith(" MiB") for v in values.values()), values
+    assert float(values["parameters"].split()[0]) == pytest.approx(params[0], rel=5e-3), \
+        "the metric and the chart read the same figure, in the same unit"
+    assert json.loads(chart.proto.spec)["layout"]["yaxis"]["title"]["text"] == "MiB"
     assert "Mixed precision is off for this run (fp32)" in texts(at.caption), \
         "no AMP charts for an fp32 run"
 
@@ -142,7 +148,7 @@ def test_memory_page_says_where_the_spike_snapshot_is(monkeypatch, tmp_path):
     at = render(monkeypatch, path, "memory")
     warning = texts(at.warning)
     snapshot = tmp_path / "memory_snapshots" / "gpu" / f"spike-step{fx.SPIKE_STEP}.pickle"
-    assert f"Memory spike at step {fx.SPIKE_STEP}" in warning and "rose 300.0 MB" in warning
+    assert f"Memory spike at step {fx.SPIKE_STEP}" in warning and "rose 300.0 MiB" in warning
     assert f"`{snapshot}`" in warning and "https://pytorch.org/memory_viz" in warning
     assert "not on this machine" not in warning
     shapes = json.loads(chart_titled(at, "Memory by category").proto.spec)["layout"]["shapes"]
@@ -497,14 +503,14 @@ def test_node_motion_and_similarity():
 
 def test_memory_by_category_stacks_dense_categories_only():
     steps = pd.Index(range(6), name="step")
-    df = pd.DataFrame({"mem/params": 1e6, "mem/grads": [np.nan] + [1e6] * 5,
-                       "mem/saved": 2e6, "mem/other": [3e6, np.nan, np.nan, 4e6, np.nan, np.nan],
-                       "mem/total": [7e6, np.nan, np.nan, 8e6, np.nan, np.nan],
-                       "mem/rss": 5e8}, index=steps)
+    df = pd.DataFrame({"mem/params": 1.0, "mem/grads": [np.nan] + [1.0] * 5,
+                       "mem/saved": 2.0, "mem/other": [3.0, np.nan, np.nan, 4.0, np.nan, np.nan],
+                       "mem/total": [7.0, np.nan, np.nan, 8.0, np.nan, np.nan],
+                       "mem/rss": 500.0}, index=steps) * MIB
     mem = processing.memory_by_category(df)
     assert list(mem.stacked.columns) == ["parameters", "saved for backward"]
     assert mem.sparse == ["gradients", "other"] and mem.sparse_every == 3
-    assert mem.stacked.loc[0, "parameters"] == 1.0, "MB"
+    assert mem.stacked.loc[0, "parameters"] == 1.0, "MiB: 2**20 bytes"
     assert list(mem.totals.index) == [0, 3] and list(mem.totals.columns) == ["total"]
     assert processing.latest_values(mem.totals) == {"total": (3, 8.0)}
     legacy = processing.memory_by_category(df[["mem/rss"]])

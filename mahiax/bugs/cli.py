@@ -8,8 +8,7 @@ import json
 from mahiax.bugs import VARIANTS, entries, get, verdict
 from mahiax.bugs.outcome import Outcome
 from mahiax.errors import BadInput
-
-MB = 2**20
+from mahiax.units import MIB
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +42,8 @@ def describe(out: Outcome) -> str:
     if out.graph_nodes:
         lines.append(f"  autograd nodes per step: {out.graph_nodes}")
     if out.tensor_bytes:
-        mb = ", ".join(f"{b / MB:.2f}" for b in out.tensor_bytes)
-        lines.append(f"  live tensor MB: {mb}")
+        mib = ", ".join(f"{b / MIB:.2f}" for b in out.tensor_bytes)
+        lines.append(f"  live tensor MiB: {mib}")
     if out.max_grad_diff is not None:
         lines.append(f"  largest gradient difference from the clean reference: "
                      f"{out.max_grad_diff:.3g}")

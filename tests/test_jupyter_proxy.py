@@ -1,0 +1,129 @@
+"""The dashboard inside JupyterLab, through jupyter-server-proxy (``mahiax/jupyter_proxy.py``).
+
+The unit tests check what the package declares to the proxy; the end-to-end test starts a
+real JupyterLab on a free 127.0.0.1 port with a token, its store holding one recorded run,
+and checks what a learner sees: the proxy lists the "MAHIA-X dashboard" launcher entry, the
+lab page shows the tile, ``/mahiax-dashboard/`` serves Streamlit (its health endpoint through
+the proxy) and headless Chromium renders the dashboard with that run in its run picker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mahiax import jupyter_proxy
+from tests.notebook_env import jupyter_env
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
+
+pytest.importorskip("jupyter_server_proxy")
+
+RUN = "proxy-check"  # the run the e2e test records and expects the dashboard to list
+
+
+def test_the_entry_point_is_declared_and_valid_for_jupyter_server_proxy():
+    from jupyter_server_proxy.config import get_entrypoint_server_processes
+
+    servers = {s.name: s for s in get_entrypoint_server_processes()}
+    assert jupyter_proxy.NAME in servers, sorted(servers)
+    server = servers[jupyter_proxy.NAME]
+    assert server.launcher_entry.title == "MAHIA-X dashboard"
+    assert server.launcher_entry.enabled
+    assert Path(server.launcher_entry.icon_path).read_text().lstrip().startswith("<svg")
+    assert server.absolute_url  # Streamlit is told the full path, so it must receive it
+    assert server.timeout >= 30
+
+
+def test_command_serves_the_dashboard_under_the_proxy_path_on_loopback_only():
+    cmd = jupyter_proxy.dashboard_command(8765, "/user/alice/")
+    assert cmd[:4] == [sys.executable, "-m", "streamlit", "run"]
+    assert Path(cmd[4]) == jupyter_proxy.dashboard_app()
+    assert Path(cmd[4]).name == "streamlit_app.py" and Path(cmd[4]).is_file()
+    opts = dict(zip(cmd[5::2], cmd[6::2], strict=True))
+    assert opts["--server.baseUrlPath"] == "/user/alice/mahiax-dashboard"
+    assert opts["--server.port"] == "8765"
+    assert opts["--server.address"] == "127.0.0.1"
+    assert opts["--server.headless"] == "true"
+    assert opts["--browser.gatherUsageStats"] == "false"
+    assert jupyter_proxy.dashboard_command(1, "/")[cmd.index("--server.baseUrlPath") + 1] \
+        == "/mahiax-dashboard"
+
+
+def test_store_is_mahiax_store_when_set_else_runs_under_the_server_root(tmp_path):
+    assert jupyter_proxy.store_for_server(tmp_path, {"MAHIAX_STORE": "/h/a/runs/x.sqlite"}) \
+        == Path("/h/a/runs/x.sqlite")
+    assert jupyter_proxy.store_for_server(tmp_path, {}) == tmp_path / "runs" / "mahiax.sqlite"
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.status, r.read().decode()
+
+
+@pytest.mark.xdist_group("heavy")
+@pytest.mark.timeout(420)
+def test_launcher_tile_opens_the_dashboard_with_the_servers_own_store(tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    env = {**os.environ, **jupyter_env(tmp_path / "jupyter"), "CUDA_VISIBLE_DEVICES": ""}
+    store = Path(env["MAHIAX_STORE"])
+    subprocess.run(
+        [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps", "3",
+         "--run", RUN, "--store", str(store), "--no-progress"],
+        env=env, check=True, capture_output=True, timeout=180,
+    )
+    root = tmp_path / "lab-root"
+    root.mkdir()
+    port, token = free_port(), secrets.token_hex(16)
+    log = tmp_path / "jupyterlab.log"
+    cmd = [
+        sys.executable, "-m", "jupyter", "lab", "--no-browser",
+        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+    ] + (["--allow-root"] if os.geteuid() == 0 else [])
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{base}/api/status?token={token}", proc, 90, "JupyterLab",
+                      lambda: log.read_text()[-3000:])
+        # the launcher entry, as the proxy hands it to JupyterLab's launcher
+        _, body = _get(f"{base}/server-proxy/servers-info?token={token}")
+        info = {s["name"]: s for s in json.loads(body)["server_processes"]}
+        assert info[jupyter_proxy.NAME]["launcher_entry"]["title"] == "MAHIA-X dashboard"
+        # Streamlit through the proxy: started on this first request, under the base path
+        status, health = _get(f"{base}/{jupyter_proxy.NAME}/_stcore/health?token={token}")
+        assert (status, health.strip()) == (200, "ok"), (status, health)
+
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                         args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(f"{base}/lab?token={token}")
+                tile = page.locator(".jp-LauncherCard", has_text="MAHIA-X dashboard")
+                tile.first.wait_for(state="visible", timeout=120_000)
+                with page.context.expect_page(timeout=60_000) as opened:
+                    tile.first.click()  # the tile opens the dashboard in a new browser tab
+                dash = opened.value
+                dash.wait_for_load_state()
+                assert dash.url.rstrip("/").endswith(f"/{jupyter_proxy.NAME}"), dash.url
+                dash.get_by_text("MAHIA-X Lab").first.wait_for(state="visible",
+                                                               timeout=120_000)
+                dash.get_by_text(RUN).first.wait_for(state="visible", timeout=60_000)
+                caption = dash.get_by_text("Run store:").first.inner_text()
+                assert str(store) in caption, caption
+            finally:
+                browser.close()
+    finally:
+        stop(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

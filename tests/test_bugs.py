@@ -134,7 +134,7 @@ def test_wrong_diagnosis_of_bug_1_names_both_errors(verdicts):
 def test_anomaly_mode_points_away_from_the_mutation(verdicts):
     """Anomaly mode names the forward line that saved the tensor, not optimizer.step()."""
     f = verdicts["persistent-inplace"].outcomes["summary"].figures
-    step_line = _line_of(harness._one_step, "ctx.optimizer.step()")
+    step_line = _line_of(harness.StepContext.finish, "self.optimizer.step()")
     assert f["mutation_at"] == f"bugs/harness.py:{step_line}"
     assert f["anomaly_points_to"] and f["anomaly_points_to"] != f["mutation_at"]
     assert f["mutating_op"].startswith("aten.")
@@ -222,7 +222,7 @@ LOCATED = [
      "self.slots[ptr].copy_("),
     ("dwa-weights", "summary", stateful.SummaryDWA.combine, "self.w.copy_("),
     ("retain-graph", "summary", loops.accumulating, "ctx.optimizer.step()"),
-    ("persistent-inplace", "buggy", harness._one_step, "ctx.optimizer.step()"),
+    ("persistent-inplace", "buggy", harness.StepContext.finish, "self.optimizer.step()"),
 ]
 
 

@@ -373,7 +373,7 @@ def _one_step(
             start_state, ctx.batch, ctx.weights, reference_clip, accumulate=ctx.keep_grads
         )
         diff = max_grad_diff(model, ref)
-    ctx.finish()
+    ctx.finish()  # the optimiser step (unless the loop took it), commit, weighting update
     ctx.total = None  # drop this step's graph before memory is measured
     return diff
 

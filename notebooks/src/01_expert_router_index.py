@@ -7,7 +7,10 @@
 # answers a *different* error, and fix the cause the lab reconstructs.
 #
 # **Context (read cold).** MAHIA-X routes every token to its top-2 of several small
-# feed-forward *experts* (a mixture of experts, the `ExpertRouter`). The summary, section 1:
+# feed-forward *experts* (a mixture of experts, the summary's `ExpertRouter`: in the lab's
+# package the whole block is `mahiax.moe.MixtureOfExperts`, `ExpertRouter` its alias; its
+# `.router` picks each token's experts and its `.experts` hold their weights). The summary,
+# section 1:
 #
 # > **Problem**: `index out of range in self` error in ExpertRouter when accessing
 # > `self.experts[idx]` where `idx` is a tensor.

@@ -45,6 +45,7 @@ from mahiax.bugs.loops import accumulating, backward_per_loss, install_carried_s
 from mahiax.config import tiny
 from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.model import HybridEfficientModel
+from mahiax.objective import objective
 from mahiax.telemetry import MemoryMeter
 
 torch.manual_seed(0)
@@ -276,7 +277,8 @@ with lessons.expect_error(RuntimeError, "[32, 16]], which is output 0 of AsStrid
 #
 # The original ran a whole forward for every loss. `encode()` computes the fused features
 # once; every task head reads them; the weighted sum of the task losses is backpropagated
-# once.
+# once. `model.losses(batch)` is that forward: one `encode()`, every head, and the K task
+# losses (with the encoding, which carries the router's losses).
 #
 # **Predict.** On the real model (tiny preset, float64): K forwards each with its own
 # backward, versus one `encode()` and one backward of `Σ w_k L_k`. Same gradients, or only
@@ -296,14 +298,12 @@ def grads() -> dict[str, torch.Tensor]:
 
 model.zero_grad()
 for k in range(len(config.tasks)):  # the original: one forward per loss
-    enc = model.encode(batch)
-    losses = model.task_losses(model.heads_forward(enc.features), batch.targets)
+    losses, _ = model.losses(batch)  # encode() and every head: a whole forward each time
     (weights[k] * losses[k]).backward()
 per_loss = grads()
 
 model.zero_grad()
-enc = model.encode(batch)  # once
-losses = model.task_losses(model.heads_forward(enc.features), batch.targets)  # (K,)
+losses, _ = model.losses(batch)  # encode() once, every head on its features: (K,)
 (weights * losses).sum().backward()  # once
 once = grads()
 
@@ -345,8 +345,11 @@ table[["error", "max grad diff", "forwards / step", "backwards / step"]]
 # `ctx.config`. Your function must set `ctx.weights` (the loss weights in force,
 # `ctx.weighting.weights().detach()`, so the checker can build the reference), `ctx.losses`
 # (the task losses) and `ctx.total` (the loss you backpropagate), call `ctx.zero_grad()`,
-# then backward. Include the router's two auxiliary losses:
-# `config.aux_loss_coef * enc.aux_loss + config.z_loss_coef * enc.z_loss`.
+# then backward. Include the router's two auxiliary losses, `enc.router_loss(ctx.config)`
+# (`aux_loss_coef * enc.aux_loss + z_loss_coef * enc.z_loss`). The whole objective, as the
+# trainer and the catalog's reference compute it, is one function,
+# `mahiax.objective.objective(model, weighting, batch)`: the weighted sum of the task losses
+# plus the router's terms, with the weights and losses it used.
 #
 # `bugs.check("retain-graph", loop)` trains with it **in the summary's setting** (section 3):
 # the graph memory carries the graph across steps and the optimiser steps every 4
@@ -363,14 +366,14 @@ print(bugs.get("retain-graph").candidate_kind)
 
 
 def my_loop(ctx) -> None:
-    enc = ctx.model.encode(ctx.batch)
-    losses = ctx.model.task_losses(ctx.model.heads_forward(enc.features), ctx.batch.targets)
+    losses, enc = ctx.model.losses(ctx.batch)  # one encode(), every head: (K,)
     ctx.weights = ctx.weighting.weights().detach()
-    aux = ctx.config.aux_loss_coef * enc.aux_loss + ctx.config.z_loss_coef * enc.z_loss
-    ctx.losses, ctx.total = losses, ctx.weighting.combine(losses) + aux
+    terms = [ctx.weights[k].to(losses) * losses[k] for k in range(losses.numel())]
+    terms[0] = terms[0] + enc.router_loss(ctx.config)  # the router's terms ride on the first
+    ctx.losses, ctx.total = losses, sum(terms)
     ctx.zero_grad()
-    for k in range(losses.numel()):  # TODO
-        (ctx.weights[k].to(losses) * losses[k] + (aux if k == 0 else 0.0)).backward()
+    for term in terms:  # TODO
+        term.backward()
 
 
 print(bugs.check("retain-graph", my_loop))
@@ -407,13 +410,10 @@ print("encode-multi-loss, one forward per loss\n ", bugs.check("encode-multi-los
 def my_loop(ctx) -> None:
     """Cut the carried state, one encode(), one backward of the weighted sum."""
     ctx.detach_state()  # the memory nodes lose the previous step's graph, keep their values
-    enc = ctx.model.encode(ctx.batch)
-    losses = ctx.model.task_losses(ctx.model.heads_forward(enc.features), ctx.batch.targets)
-    ctx.weights = ctx.weighting.weights().detach()
-    aux = ctx.config.aux_loss_coef * enc.aux_loss + ctx.config.z_loss_coef * enc.z_loss
-    ctx.losses, ctx.total = losses, ctx.weighting.combine(losses) + aux
+    obj = objective(ctx.model, ctx.weighting, ctx.batch)  # one encode(), the weighted sum
+    ctx.weights, ctx.losses, ctx.total = obj.weights, obj.losses, obj.total
     ctx.zero_grad()
-    ctx.total.backward()
+    ctx.total.backward()  # once
 
 
 result = bugs.check("retain-graph", my_loop)

@@ -32,6 +32,7 @@ from torch import nn
 
 from mahiax import bugs, lessons
 from mahiax.bugs.loops import amp_loop
+from mahiax.objective import objective
 from mahiax.precision import PrecisionManager
 
 torch.manual_seed(0)
@@ -282,8 +283,9 @@ lessons.source(PrecisionManager.clip, "the package's clip")
 #
 # Write the training step as a loop `loop(ctx)` with a `GradScaler`: forward, scaled
 # backward, clip to `max_norm=1.0`, `scaler.step`, `scaler.update`. The scaler must live
-# across steps, so `make_loop()` creates it and returns the loop. As in lesson 04, set
-# `ctx.weights`, `ctx.losses` and `ctx.total`, call `ctx.zero_grad()`; and set
+# across steps, so `make_loop()` creates it and returns the loop. As in lesson 04, compute
+# the trainer's objective (`mahiax.objective.objective`), set `ctx.weights`, `ctx.losses` and
+# `ctx.total` from it, call `ctx.zero_grad()`; and set
 # `ctx.did_step = True` because your loop steps the optimiser itself.
 # `bugs.check("amp-clip-before-unscale", make_loop())` grades it.
 
@@ -292,11 +294,8 @@ def make_loop():
     scaler = torch.amp.GradScaler("cpu")
 
     def loop(ctx) -> None:
-        enc = ctx.model.encode(ctx.batch)
-        losses = ctx.model.task_losses(ctx.model.heads_forward(enc.features), ctx.batch.targets)
-        ctx.weights = ctx.weighting.weights().detach()
-        aux = ctx.config.aux_loss_coef * enc.aux_loss + ctx.config.z_loss_coef * enc.z_loss
-        ctx.losses, ctx.total = losses, ctx.weighting.combine(losses) + aux
+        obj = objective(ctx.model, ctx.weighting, ctx.batch)  # the trainer's objective
+        ctx.weights, ctx.losses, ctx.total = obj.weights, obj.losses, obj.total
         ctx.zero_grad()
         scaler.scale(ctx.total).backward()
         torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), 1.0)  # TODO
@@ -315,11 +314,8 @@ def make_loop():
     scaler = torch.amp.GradScaler("cpu")
 
     def loop(ctx) -> None:
-        enc = ctx.model.encode(ctx.batch)
-        losses = ctx.model.task_losses(ctx.model.heads_forward(enc.features), ctx.batch.targets)
-        ctx.weights = ctx.weighting.weights().detach()
-        aux = ctx.config.aux_loss_coef * enc.aux_loss + ctx.config.z_loss_coef * enc.z_loss
-        ctx.losses, ctx.total = losses, ctx.weighting.combine(losses) + aux
+        obj = objective(ctx.model, ctx.weighting, ctx.batch)  # the trainer's objective
+        ctx.weights, ctx.losses, ctx.total = obj.weights, obj.losses, obj.total
         ctx.zero_grad()
         scaler.scale(ctx.total).backward()
         scaler.unscale_(ctx.optimizer)

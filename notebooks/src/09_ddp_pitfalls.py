@@ -43,7 +43,7 @@ import plotly.graph_objects as go
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from mahiax import bugs, lessons
+from mahiax import bugs, distributed, lessons
 from mahiax.bugs import ddp
 from mahiax.moe import SwiGLUExperts
 
@@ -214,11 +214,24 @@ for message in v_buf.outcomes["summary"].figures["ddp_warnings"]:
 
 # %% [markdown]
 # The right fix keeps the per-forward copy off (`forward_sync_buffers=False`) **and**
-# all-reduces the update's statistics, so every rank applies the same update (what
-# `mahiax.distributed` does for the clean model's memories):
+# all-reduces the update's statistics, so every rank applies the same update. The fix below
+# reduces both statistics with one call of the package's `sum_over_ranks`:
 
 # %%
 lessons.source(ddp.all_reduce_statistics, "the right fix")
+
+# %% [markdown]
+# The clean model trains the same way. Its memories, layer importance and expert counts
+# never communicate: each training forward *stages* sums over this rank's samples (a sum
+# adds up over ranks, a mean does not), and the trainer, after the optimiser step, sums all
+# of them over the ranks, together with the task losses, in **one** flat all-reduce, then
+# calls `commit()`, which builds every buffer's update from the global sums. One collective
+# call a step besides DDP's gradients (`tests/test_distributed.py` counts them on two ranks),
+# and a model that runs alone under any process group (none of its forwards waits for
+# another rank):
+
+# %%
+lessons.source(distributed.sum_over_ranks, "one all-reduce for every statistic")
 
 # %% [markdown]
 # **Predict.** With the copying off and nothing else, do the two ranks' nodes stay equal? Do

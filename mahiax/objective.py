@@ -75,6 +75,8 @@ def finish_step(
     3. ``weighting.update(...)`` with the global batch's losses (their mean over ranks), so
        DWA's history is the same everywhere.
 
+    Under data parallelism every rank calls this after the same training forward, so the
+    statistics (the same keys and shapes on every rank) line up in the flat buffer.
     ``losses`` is None when a loop set none (a catalog variant): then only the commit runs.
     Returns the global losses and figures (None without losses).
     """

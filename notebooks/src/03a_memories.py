@@ -140,15 +140,16 @@ print("after a write through .data:    ", buf._version, "(unchanged: the write i
 # with the new values. Section 6 measures that on the `TinyMemory`.
 #
 # **The protocol** that avoids both mistakes (what the clean modules do): in `forward`,
-# **read** the state and **stage** the next state from *detached* inputs into a *new*
-# tensor; after the optimiser step, `commit()` swaps it in. No graph is carried, and nothing
-# a graph saved is ever written.
+# **read** the state and **stage** what the next state needs (here the batch's sum and size)
+# from *detached* inputs; after the optimiser step, `commit()` builds the next state in a
+# *new* tensor and swaps it in. No graph is carried, and nothing a graph saved is ever
+# written.
 
 # %%
-lessons.source(TinyMemory.forward, "the clean TinyMemory: stage into a copy")
+lessons.source(TinyMemory.forward, "the clean TinyMemory: read, stage detached sums")
 
 # %%
-lessons.source(TinyMemory.commit, "then swap it in after the step")
+lessons.source(TinyMemory.commit, "after the step: write into a copy, swap it in")
 
 # %% [markdown]
 # ## 4. GraphDiffusionMemory
@@ -400,5 +401,5 @@ assert result.holds
 #   the write: no error, wrong gradients.
 # - Measured: GraphDiffusionMemory **worse** (the `copy_` fails a step earlier),
 #   TinyMemory **same-error** (indexed assignment and `copy_` are the same write).
-# - Protocol: read; stage the next state from detached inputs in a new tensor; commit after
-#   the optimiser step.
+# - Protocol: read; stage what the next state needs from detached inputs; after the
+#   optimiser step, commit builds the next state in a new tensor and swaps it in.

@@ -1,9 +1,16 @@
-"""Store access for the dashboard: one cached reader per store, cached run lists, and a
-per-session live cache that reads only the steps newer than those it already holds."""
+"""Store access for the dashboard: one cached reader per store, cached run lists, and one
+live cache per run shared by every session of the server, which reads only the steps newer
+than those it holds, once per commit of the writer however many sessions watch the run.
+
+Streamlit runs each session's script in a thread of its own, so the shared cache is guarded
+by locks: one for the table of runs, one per run (two sessions asking for the same run wait
+for one read; sessions on different runs do not wait for each other)."""
 
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,8 +19,6 @@ import pandas as pd
 import streamlit as st
 
 from mahiax.store import RunReader, resolve_store_path
-
-LIVE_KEY = "_live_cache"
 
 
 def store_path() -> Path:
@@ -59,26 +64,51 @@ def run_info(path: str, name: str) -> dict:
 
 @dataclass
 class _Series:
-    """What one session holds of one run: scalars, vectors and snapshots read so far."""
+    """What the server holds of one run, for every session: scalars, vectors and snapshots
+    read so far, and the run's ``last_step`` when each was last read (``read_at``): a kind is
+    read again only once the run has committed a newer step, so thirty sessions refreshing a
+    live run cause one read per new commit, not thirty."""
 
     created: pd.Timestamp | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
     scalars: pd.DataFrame = field(default_factory=pd.DataFrame)
     vectors: dict[str, pd.DataFrame] = field(default_factory=dict)
     snapshots: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    read_at: dict[str, object] = field(default_factory=dict)  # kind -> last_step then
+
+
+MAX_RUNS_HELD = 16  # runs whose series the server keeps; the least recently read goes first
+
+_series: OrderedDict[tuple[str, str], _Series] = OrderedDict()
+_series_lock = threading.Lock()
 
 
 def _entry(path: str, info: dict) -> _Series:
-    """This session's cache of run ``info``; a run that was made again (deleted and
+    """The server's series of run ``info``; a run that was made again (deleted and
     recreated) or rewound (resumed from an older checkpoint) starts afresh."""
-    cache: dict[tuple[str, str], _Series] = st.session_state.setdefault(LIVE_KEY, {})
     key = (path, info["name"])
-    entry = cache.get(key)
     last = info["last_step"]
-    held = entry.scalars.index.max() if entry is not None and len(entry.scalars) else None
-    rewound = held is not None and (pd.isna(last) or int(last) < int(held))
-    if entry is None or entry.created != info["created"] or rewound:
-        entry = cache[key] = _Series(created=info["created"])
-    return entry
+    with _series_lock:
+        entry = _series.get(key)
+        held = entry.scalars.index.max() if entry is not None and len(entry.scalars) else None
+        rewound = held is not None and (pd.isna(last) or int(last) < int(held))
+        if entry is None or entry.created != info["created"] or rewound:
+            entry = _series[key] = _Series(created=info["created"])
+        _series.move_to_end(key)
+        while len(_series) > MAX_RUNS_HELD:
+            _series.popitem(last=False)
+        return entry
+
+
+def _version(info: dict) -> int | None:
+    last = info["last_step"]
+    return None if pd.isna(last) else int(last)
+
+
+def _stale(entry: _Series, kind: str, info: dict) -> bool:
+    """Whether ``kind`` must be read: never read, or the run committed a step since (the
+    store commits whole steps and ``last_step`` with them)."""
+    return kind not in entry.read_at or entry.read_at[kind] != _version(info)
 
 
 def _since(df: pd.DataFrame) -> int | None:
@@ -94,35 +124,48 @@ def _append(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 
 
 def live_scalars(path: str, info: dict) -> pd.DataFrame:
-    """Every scalar of the run (index step, column per key), reading only new steps."""
+    """Every scalar of the run (index step, column per key), reading only new steps.
+
+    The frame is shared by every session: read it, never modify it in place."""
     entry = _entry(path, info)
-    new = get_reader(path).scalars(info["name"], since_step=_since(entry.scalars))
-    entry.scalars = _append(entry.scalars, new)
-    return entry.scalars
+    with entry.lock:
+        if _stale(entry, "scalars", info):
+            new = get_reader(path).scalars(info["name"], since_step=_since(entry.scalars))
+            entry.scalars = _append(entry.scalars, new)
+            entry.read_at["scalars"] = _version(info)
+        return entry.scalars
 
 
 def live_vectors(path: str, info: dict, key: str) -> pd.DataFrame:
-    """Vector ``key`` of the run (index step, column per entry), reading only new steps."""
+    """Vector ``key`` of the run (index step, column per entry), reading only new steps.
+    Shared by every session, like :func:`live_scalars`."""
     entry = _entry(path, info)
-    reader = get_reader(path)
-    old = entry.vectors.get(key, pd.DataFrame())
-    if key not in reader.vector_keys(info["name"]):
-        return old
-    entry.vectors[key] = _append(old, reader.vectors(info["name"], key, since_step=_since(old)))
-    return entry.vectors[key]
+    with entry.lock:
+        old = entry.vectors.get(key, pd.DataFrame())
+        if not _stale(entry, f"vector:{key}", info):
+            return old
+        reader = get_reader(path)
+        if key in reader.vector_keys(info["name"]):
+            new = reader.vectors(info["name"], key, since_step=_since(old))
+            entry.vectors[key] = _append(old, new)
+        entry.read_at[f"vector:{key}"] = _version(info)
+        return entry.vectors.get(key, old)
 
 
 def live_snapshots(path: str, info: dict, key: str) -> dict[int, np.ndarray]:
-    """Snapshots ``key`` of the run by step, reading only those not held yet."""
+    """Snapshots ``key`` of the run by step, reading only those not held yet. The dict is a
+    copy (the arrays are shared: read them, never modify them)."""
     entry = _entry(path, info)
-    reader = get_reader(path)
-    held = entry.snapshots.setdefault(key, {})
-    if key not in reader.snapshot_keys(info["name"]):
-        return held
-    for step in reader.snapshot_steps(info["name"], key):
-        if step not in held:
-            held[step] = reader.snapshot(info["name"], key, step)
-    return held
+    with entry.lock:
+        held = entry.snapshots.setdefault(key, {})
+        if _stale(entry, f"snapshot:{key}", info):
+            reader = get_reader(path)
+            if key in reader.snapshot_keys(info["name"]):
+                for step in reader.snapshot_steps(info["name"], key):
+                    if step not in held:
+                        held[step] = reader.snapshot(info["name"], key, step)
+            entry.read_at[f"snapshot:{key}"] = _version(info)
+        return dict(held)
 
 
 def spike_snapshots(path: str, info: dict) -> dict[int, Path]:
@@ -138,5 +181,6 @@ def spike_snapshots(path: str, info: dict) -> dict[int, Path]:
 
 
 def forget_run(path: str, name: str) -> None:
-    """Drop this session's cache of a run (it was deleted)."""
-    st.session_state.get(LIVE_KEY, {}).pop((path, name), None)
+    """Drop the server's series of a run (it was deleted)."""
+    with _series_lock:
+        _series.pop((path, name), None)

@@ -115,6 +115,7 @@ def _settings() -> None:
 def main() -> None:
     st.set_page_config(page_title="MAHIA-X Lab", page_icon=":material/monitoring:",
                        layout="wide")
+    page = views.navigate()
     path = str(data.store_path())
     st.session_state[state.STORE_KEY] = path
     table, error = _load_runs(path)
@@ -131,7 +132,7 @@ def main() -> None:
             _start_form(path, list(table["name"]))
         with st.expander("Refresh and charts"):
             _settings()
-    st.navigation(views.pages()).run()
+    page.run()
 
 
 main()

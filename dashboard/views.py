@@ -40,22 +40,30 @@ def _chart(fig) -> None:
 
 
 def _page(title: str, body: Body) -> None:
-    """Title, then a live fragment: the run's status line and the page's charts."""
+    """Title, then a fragment with the run's status line and the page's charts.
+
+    Only a live run is redrawn on a timer (every INTERVAL_KEY seconds, the fragment alone).
+    A finished, failed or interrupted run is drawn once: the page then only watches, in a
+    fragment that draws nothing (:func:`watch`), for the run list or this run's status to
+    change (a resumed run, a new run), and redraws the whole page when one does."""
     st.title(title)
     path = st.session_state.get(STORE_KEY)
     if path is None:
         st.error("No run store is configured.")
         return
-    live = bool(st.session_state.get(LIVE_KEY, True))
-    interval = float(st.session_state.get(INTERVAL_KEY, 2.0)) if live else None
     name = st.session_state.get(RUN_KEY)
     try:
         known = list(data.list_runs(path)["name"])
+        status = None if name is None else data.run_info(path, name)["status"]
+    except RunNotFoundError:
+        status = None
     except StoreError as e:
         _store_error(path, e)
         return
+    live = status == "running" and bool(st.session_state.get(LIVE_KEY, True))
+    interval = float(st.session_state.get(INTERVAL_KEY, 2.0))
 
-    @st.fragment(run_every=interval)
+    @st.fragment(run_every=interval if live else None)
     def refresh() -> None:
         try:
             if list(data.list_runs(path)["name"]) != known:
@@ -64,6 +72,8 @@ def _page(title: str, body: Body) -> None:
                 _no_run(path)
                 return
             info = data.run_info(path, name)
+            if info["status"] != status:
+                st.rerun()  # started or stopped being live: the timer must change
             _status(info, detailed=body is training_body)
             body(path, info)
         except RunNotFoundError:
@@ -76,6 +86,37 @@ def _page(title: str, body: Body) -> None:
             st.error(f"This page could not be drawn: {type(e).__name__}: {e}")
 
     refresh()
+    if not live and st.session_state.get(LIVE_KEY, True):
+        watch(lambda: _run_states(path, name), (known, status))
+
+
+WATCH_S = 10.0  # how often a page that is not live checks whether it should be
+
+
+def watch(signature: Callable[[], object], drawn: object) -> None:
+    """A fragment that draws nothing and, every WATCH_S seconds, reruns the whole page once
+    ``signature()`` differs from ``drawn``, what the page was drawn from. ``signature`` must
+    read only data shared by the server's sessions (``data.list_runs`` is one query a
+    second for all of them), so an idle page costs one small fragment run every WATCH_S."""
+
+    @st.fragment(run_every=WATCH_S)
+    def check() -> None:
+        try:
+            now = signature()
+        except Exception:  # the page itself shows store faults; a watch keeps quiet
+            return
+        if now != drawn:
+            st.rerun()
+
+    check()
+
+
+def _run_states(path: str, name: str | None) -> tuple[list[str], str | None]:
+    """The run names of the store and the status of run ``name`` (None when not there),
+    from the run list all sessions share."""
+    table = data.list_runs(path)
+    mine = table.loc[table["name"] == name, "status"]
+    return list(table["name"]), (str(mine.iloc[0]) if len(mine) else None)
 
 
 def _store_error(path: str, e: StoreError) -> None:
@@ -456,14 +497,25 @@ PAGES: dict[str, tuple[Callable[[], None], str, str]] = {
 
 
 BUG_LAB = "bug-lab"  # url path of the Bug lab page (dashboard/bug_lab.py), after PAGES
+ROOT_PAGE = "start"  # the hidden page at the root, which opens the first page
 
 
-def pages() -> list:
-    """The st.Page objects, in menu order: the run pages (PAGES), then the Bug lab, which
-    compares catalog runs rather than showing the picked run. The default page is
-    ``st.session_state[PAGE_KEY]`` (Training unless set), which lets tests open each page."""
+def navigate():
+    """Declare the pages (``st.navigation``) and return the one to run. Every listed page has
+    its own address, ``/training`` included: Streamlit serves its default page at the root
+    only, so the root is a hidden page, and opening it switches at once, before anything is
+    drawn, to the first page: ``st.session_state[PAGE_KEY]``, Training unless set (tests
+    set it to open each page). The menu lists the run pages (PAGES), then the Bug lab, which
+    compares catalog runs rather than showing the picked run."""
     first = st.session_state.get(PAGE_KEY, "training")
     listed = [*((key, func, title, icon) for key, (func, title, icon) in PAGES.items()),
               (BUG_LAB, bug_lab.bug_lab, "Bug lab", ":material/bug_report:")]
-    return [st.Page(func, title=title, icon=icon, url_path=key, default=(key == first))
-            for key, func, title, icon in listed]
+    shown = [st.Page(func, title=title, icon=icon, url_path=key)
+             for key, func, title, icon in listed]
+    target = next(p for p in shown if p.url_path == first)
+    root = st.Page(lambda: st.switch_page(target), title="MAHIA-X Lab", url_path=ROOT_PAGE,
+                   default=True, visibility="hidden")
+    page = st.navigation([root, *shown])
+    if page is root:
+        st.switch_page(target, query_params=st.query_params.to_dict())
+    return page

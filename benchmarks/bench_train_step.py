@@ -47,6 +47,7 @@ from mahiax.bugs.stateful import BuggyGraphMemory
 from mahiax.config import MahiaConfig, teaching
 from mahiax.telemetry import MemoryMeter
 from mahiax.train import Trainer
+from mahiax.units import format_bytes
 
 Loop = Callable[[StepContext], None]
 
@@ -225,10 +226,6 @@ def run(steps: int = 300, block: int = 25, config: MahiaConfig | None = None) ->
     }
 
 
-def _kb(n: float) -> str:
-    return f"{n / 1024:.1f} KB"
-
-
 def markdown(r: dict) -> str:
     """The result as a Markdown section for benchmarks/results/latest.md."""
     lines = [
@@ -257,7 +254,7 @@ def markdown(r: dict) -> str:
     lines += [
         "",
         f"{c['name']}: ran {c['steps_run']} steps of {r['steps_per_arm']}; live tensor bytes "
-        f"grew {_kb(c['bytes_growth_per_step'])} per step and the graph "
+        f"grew {format_bytes(c['bytes_growth_per_step'])} per step and the graph "
         f"{c['graph_nodes_growth_per_step']:.0f} nodes per step (step times "
         + ", ".join(f"{t:.0f}" for t in c["step_ms"]) + f" ms), {ended}",
         "",

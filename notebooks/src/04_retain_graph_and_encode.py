@@ -47,9 +47,9 @@ from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.model import HybridEfficientModel
 from mahiax.objective import objective
 from mahiax.telemetry import MemoryMeter
+from mahiax.units import MIB  # 2**20 bytes: the lab's unit for memory
 
 torch.manual_seed(0)
-MB = 2**20
 
 # %% [markdown]
 # ## 1. Two losses, one graph, two backwards
@@ -111,7 +111,7 @@ w = torch.randn(256, 256, requires_grad=True)  # (256, 256)
 
 
 def six_steps(carry_graph: bool) -> list[float]:
-    """Six steps of two losses, retain_graph=True on both backwards; live tensor MB after each."""
+    """Six steps of two losses, retain_graph=True on both backwards; live tensor MiB after each."""
     state = torch.zeros(256)  # (256,) carried from step to step
     readings = []
     for _ in range(6):
@@ -121,7 +121,7 @@ def six_steps(carry_graph: bool) -> list[float]:
         loss_a.backward(retain_graph=True)
         loss_b.backward(retain_graph=True)  # the band-aid, on every backward
         state = h.mean(dim=0) if carry_graph else h.mean(dim=0).detach()
-        readings.append(round(meter.read().tensor_bytes / MB, 2))
+        readings.append(round(meter.read().tensor_bytes / MIB, 2))
     return readings
 
 
@@ -191,9 +191,9 @@ lessons.step_figure(v_rg.outcomes, "graph_nodes", "autograd nodes reachable from
 
 # %%
 pairs = zip(summary_out.tensor_bytes, fixed_out.tensor_bytes, strict=False)
-extra = [(s - f) / MB for s, f in pairs]  # the summary ran 4 steps, the fixed loop 8
-print("summary minus fixed, MB per step:", [round(x, 2) for x in extra])
-lessons.step_figure(v_rg.outcomes, "tensor_mb", "live tensor memory (MB), graphs included")
+extra = [(s - f) / MIB for s, f in pairs]  # the summary ran 4 steps, the fixed loop 8
+print("summary minus fixed, MiB per step:", [round(x, 2) for x in extra])
+lessons.step_figure(v_rg.outcomes, "tensor_mb", "live tensor memory (MiB), graphs included")
 
 # %% [markdown]
 # **Predict.** The same memory split by what holds it: parameters, gradients, optimizer
@@ -208,9 +208,9 @@ lessons.step_figure(v_rg.outcomes, "tensor_mb", "live tensor memory (MB), graphs
 # "saved for backward" is what a *retained* graph keeps.
 
 # %%
-print("summary, saved for backward (MB):",
+print("summary, saved for backward (MiB):",
       lessons.category_table(summary_out)["saved for backward"].round(3).tolist())
-print("fixed,   saved for backward (MB):",
+print("fixed,   saved for backward (MiB):",
       lessons.category_table(fixed_out)["saved for backward"].round(3).tolist())
 saved_rg = lessons.category_table(summary_out)["saved for backward"].tolist()
 assert all(b > a for a, b in zip(saved_rg, saved_rg[1:], strict=False))

@@ -162,8 +162,8 @@ model = HybridEfficientModel(cfg)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 data = SyntheticMultiTask(cfg)
 for step in range(2):
-    enc = model.encode(data.batch(step))
-    loss = model.task_losses(model.heads_forward(enc.features), data.batch(step).targets).sum()
+    losses, _ = model.losses(data.batch(step))  # (K,) task losses of one encode()
+    loss = losses.sum()
     if step == 0:  # one full step: gradients and AdamW's state exist afterwards
         loss.backward()
         opt.step()

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mahiax.errors import BadInput
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -47,9 +49,9 @@ def env_world_size() -> int:
     try:
         n = int(raw)
     except ValueError:
-        raise ValueError(f"WORLD_SIZE={raw!r} is not an integer; torchrun sets it") from None
+        raise BadInput(f"WORLD_SIZE={raw!r} is not an integer; torchrun sets it") from None
     if n < 1:
-        raise ValueError(f"WORLD_SIZE={n} must be at least 1")
+        raise BadInput(f"WORLD_SIZE={n} must be at least 1")
     return n
 
 
@@ -64,7 +66,7 @@ def init_from_env(device: torch.device) -> DistInfo:
     missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
                if k not in os.environ]
     if missing:
-        raise ValueError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the "
+        raise BadInput(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the "
                          "processes with `torchrun --nproc-per-node N -m mahiax train ...`")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
@@ -115,7 +117,7 @@ def world_size() -> int:
 def shard_bounds(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of a global batch that ``rank`` trains on (equal shards)."""
     if batch_size % world_size:
-        raise ValueError(f"batch_size={batch_size} must divide evenly over {world_size} "
+        raise BadInput(f"batch_size={batch_size} must divide evenly over {world_size} "
                          f"processes; choose a multiple of {world_size}")
     per = batch_size // world_size
     return rank * per, (rank + 1) * per

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mahiax import distributed
+from mahiax.errors import BadInput
 from mahiax.store import RunReader
 from tests.servers import free_port
 
@@ -137,7 +138,7 @@ def test_torchrun_cli_records_one_run_from_rank_0(tmp_path, monkeypatch):
 
 def test_batch_must_split_evenly_over_ranks():
     assert distributed.shard_bounds(8, 1, 2) == (4, 8)
-    with pytest.raises(ValueError, match=r"batch_size=10 must divide evenly over 4 processes"):
+    with pytest.raises(BadInput, match=r"batch_size=10 must divide evenly over 4 processes"):
         distributed.shard_bounds(10, 0, 4)
 
 
@@ -145,12 +146,12 @@ def test_world_size_without_torchrun_is_a_clear_error(monkeypatch):
     for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match=r"WORLD_SIZE=2 but RANK, LOCAL_RANK, MASTER_ADDR, "
+    with pytest.raises(BadInput, match=r"WORLD_SIZE=2 but RANK, LOCAL_RANK, MASTER_ADDR, "
                                          r"MASTER_PORT not set: start the processes with "
                                          r"`torchrun"):
         distributed.init_from_env(torch.device("cpu"))
     monkeypatch.setenv("WORLD_SIZE", "two")
-    with pytest.raises(ValueError, match=r"WORLD_SIZE='two' is not an integer"):
+    with pytest.raises(BadInput, match=r"WORLD_SIZE='two' is not an integer"):
         distributed.env_world_size()
     monkeypatch.delenv("WORLD_SIZE")
     assert distributed.init_from_env(torch.device("cpu")) == distributed.SINGLE

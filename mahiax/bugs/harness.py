@@ -23,6 +23,7 @@ import torch
 from mahiax.bugs.outcome import Outcome, graph_size
 from mahiax.config import MahiaConfig, tiny
 from mahiax.data import Batch, SyntheticMultiTask
+from mahiax.errors import BadInput
 from mahiax.model import HybridEfficientModel
 from mahiax.objective import Objective, finish_step, objective
 from mahiax.weighting import FixedWeighting, LossWeighting, make_weighting
@@ -190,10 +191,10 @@ def on_device(device: str | torch.device) -> Iterator[torch.device]:
     except RuntimeError:  # torch's own message lists every backend it knows, not ours
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"catalog device {str(device)!r} is not supported; allowed: cpu, cuda")
+        raise BadInput(f"catalog device {str(device)!r} is not supported; allowed: cpu, cuda")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"catalog device {str(device)!r}: no CUDA device here; allowed: cpu")
+            raise BadInput(f"catalog device {str(device)!r}: no CUDA device here; allowed: cpu")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
     token = _DEVICE.set(dev)

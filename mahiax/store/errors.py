@@ -1,7 +1,7 @@
 """The run store's errors: each one says what is wrong, where, and what to do about it.
 
-All derive from :class:`StoreError`, a ``ValueError``, so the CLI reports any of them as one
-line without a traceback.
+All derive from :class:`StoreError`, a :class:`~mahiax.errors.BadInput` (so a
+``ValueError``): the CLI reports any of them as one line without a traceback.
 """
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mahiax.errors import BadInput
 
-class StoreError(ValueError):
-    """A run store could not be used as asked."""
+
+class StoreError(BadInput):
+    """A run store could not be used as asked (a bad request: one line, no traceback)."""
 
 
 class NotAStoreError(StoreError):

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from mahiax.store.errors import BadRunNameError
+from mahiax.store.errors import BadRunNameError, StoreError
 
 DEFAULT_DIR = "runs"
 ENV_VAR = "MAHIAX_STORE"
@@ -31,7 +31,7 @@ def resolve_store_path(path: str | os.PathLike | None = None) -> Path:
     if raw is None:
         return Path.cwd() / DEFAULT_DIR / FILE_NAME
     if raw == "":
-        raise ValueError("the run store path is empty; give a file or folder")
+        raise StoreError("the run store path is empty; give a file or folder")
     p = Path(raw).expanduser()
     is_dir = (
         p.is_dir()

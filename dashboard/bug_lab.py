@@ -6,11 +6,15 @@ draws. ``?entry=ID`` in the page's address opens it on that entry."""
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, processing, runs, verdict_jobs
+from dashboard import charts, data, processing, runs, slots, verdict_jobs, watch
 from dashboard.state import INTERVAL_KEY, LIVE_KEY, STORE_KEY
 from mahiax.store import StoreError
 
@@ -37,17 +41,53 @@ def unique_name(base: str, taken: set[str]) -> str:
     return f"{base}-{n}"
 
 
-def _start_variants(path: str, entry_id: str, steps: int, taken: set[str]) -> list[str]:
-    """Start the three variants of ``entry_id`` as background runs; returns their names."""
-    started = []
-    taken = set(taken) | set(runs.load_registry(path))
-    for variant in VARIANT_LABELS:
-        name = unique_name(f"{entry_id}-{variant}", taken)
-        taken.add(name)
-        runs.start_run(path, runs.RunRequest(name=name, steps=steps, bug=entry_id,
-                                             variant=variant))
-        started.append(name)
-    return started
+@dataclass
+class VariantSet:
+    """One request's three runs of an entry (variant -> run name, and its ticket for a core),
+    shared by every session of the server that asks for the same entry while it runs."""
+
+    entry_id: str
+    steps: int
+    names: dict[str, str]
+    tickets: dict[str, slots.Ticket]
+
+    @property
+    def active(self) -> bool:
+        """Some variant still waits for a core or trains."""
+        return any(t.waiting or t.running for t in self.tickets.values())
+
+
+_sets: dict[tuple[str, str], VariantSet] = {}  # (store, entry id) -> the newest set started
+_sets_lock = threading.Lock()
+
+
+def active_set(path: str, entry_id: str) -> VariantSet | None:
+    """The set of ``entry_id``'s variants this server is running or has queued, if any."""
+    with _sets_lock:
+        found = _sets.get((path, entry_id))
+    return found if found is not None and found.active else None
+
+
+def request_variants(path: str, entry_id: str, steps: int,
+                     taken: set[str]) -> tuple[VariantSet, bool]:
+    """The three variants of ``entry_id`` as background runs, each waiting for a free core
+    (``dashboard/slots.py``). When a session of this server already started them and they
+    still wait or train, that set is returned and nothing is started: ``(set, False)``;
+    else ``(the new set, True)``."""
+    with _sets_lock:
+        current = _sets.get((path, entry_id))
+        if current is not None and current.active:
+            return current, False
+        taken = set(taken) | set(runs.load_registry(path)) | set(runs.queued_runs(path))
+        names, tickets = {}, {}
+        for variant in VARIANT_LABELS:
+            name = unique_name(f"{entry_id}-{variant}", taken)
+            taken.add(name)
+            tickets[variant] = runs.start_run(path, runs.RunRequest(
+                name=name, steps=steps, bug=entry_id, variant=variant))
+            names[variant] = name
+        made = _sets[(path, entry_id)] = VariantSet(entry_id, steps, names, tickets)
+        return made, True
 
 
 def bug_lab() -> None:
@@ -93,18 +133,23 @@ def bug_lab() -> None:
     if go:
         try:
             taken = set(data.list_runs(path)["name"])
-            names = _start_variants(path, entry_id, int(steps), taken)
+            chosen, new = request_variants(path, entry_id, int(steps), taken)
         except (ValueError, OSError, StoreError) as e:
             st.error(f"Could not start the variants: {e}")
         else:
-            st.success(f"Started {', '.join(names)}; they appear below as they train.")
+            names = ", ".join(chosen.names.values())
+            if new:
+                st.success(f"Started {names}; they appear below as they train.")
+            else:
+                st.info(f"These variants were already started ({chosen.steps} steps each) "
+                        f"by another page: {names}. Showing them below; nothing new started.")
     _comparison(path, entry_id)
 
 
 def _verdict(entry_id: str, steps: int) -> None:
     """The measured verdict on the summary's fix. It is measured in a process of its own
-    (``dashboard/verdict_jobs.py``); while that runs, a fragment polls it every second and
-    the rest of the page stays usable."""
+    (``dashboard/verdict_jobs.py``), after waiting for a free core if every core is busy;
+    meanwhile a fragment polls it every second and the rest of the page stays usable."""
     job = verdict_jobs.request(entry_id)
     if not job.running:
         _show_verdict(job, steps)
@@ -113,13 +158,18 @@ def _verdict(entry_id: str, steps: int) -> None:
     @st.fragment(run_every=1.0)
     def poll() -> None:
         current = verdict_jobs.request(entry_id)
-        if current.running:
+        if not current.running:
+            st.rerun()  # the whole page, so the finished verdict needs no polling
+        place = current.place
+        if place is not None:
+            st.info(f"The verdict on the summary's fix waits for a free core: number {place} "
+                    f"in the queue ({slots.cores()} training processes at a time).",
+                    icon=":material/hourglass_top:")
+        else:
             st.info(f"Measuring the verdict on the summary's fix: the three variants train "
                     f"in process {current.pid} ({current.elapsed_s():.0f} s so far; a few "
                     "seconds, up to half a minute for the DDP entries).",
                     icon=":material/hourglass_top:")
-        else:
-            st.rerun()  # the whole page, so the finished verdict needs no polling
 
     poll()
 
@@ -133,29 +183,50 @@ def _show_verdict(job: verdict_jobs.VerdictJob, steps: int) -> None:
             st.rerun()
         return
     show = st.success if job.label == "holds" else st.warning
+    when = time.strftime("%H:%M:%S", time.localtime(job.measured_at)) \
+        if job.measured_at else "?"
     show(f"**Verdict on the summary's fix: {job.label}** (measured by `python -m mahiax bugs "
-         f"verdict {job.entry_id}` over {steps} steps per variant). {job.reason}")
+         f"verdict {job.entry_id}` over {steps} steps per variant, at {when} on torch "
+         f"{job.torch_version}). {job.reason}")
 
 
 def _comparison(path: str, entry_id: str) -> None:
-    """A live fragment: the newest run of each variant, side by side, and overlays."""
-    live = bool(st.session_state.get(LIVE_KEY, True))
-    interval = float(st.session_state.get(INTERVAL_KEY, 2.0)) if live else None
+    """A fragment: the newest run of each variant (or the set this server runs or queues),
+    side by side, and overlays. Redrawn on a timer only while a variant waits or trains;
+    otherwise a watch (``dashboard/watch.py``) redraws the page when new runs of the entry
+    appear."""
+    enabled = bool(st.session_state.get(LIVE_KEY, True))
+    interval = float(st.session_state.get(INTERVAL_KEY, 2.0))
+    try:
+        drawn = _signature(path, entry_id)
+    except StoreError:
+        drawn = None
+    live = enabled and drawn is not None and drawn[1]
 
-    @st.fragment(run_every=interval)
+    @st.fragment(run_every=interval if live else None)
     def refresh() -> None:
         try:
+            ongoing = active_set(path, entry_id)
             latest = data.latest_variant_runs(path, entry_id)
+            if ongoing is not None:
+                latest |= ongoing.names
             if not latest:
                 st.info(f"No recorded runs of `{entry_id}` yet. Press the button above, or "
                         f"run `python -m mahiax train --bug {entry_id} --variant buggy "
                         f"--run {entry_id}-buggy`.")
                 return
-            infos = {v: data.run_info(path, latest[v]) for v in VARIANT_LABELS if v in latest}
+            recorded = set(data.list_runs(path)["name"])
+            infos = {v: data.run_info(path, latest[v]) for v in VARIANT_LABELS
+                     if latest.get(v) in recorded}
+            if live and not _signature(path, entry_id)[1]:
+                st.rerun()  # the last variant ended: drawn once more, then the timer stops
             cols = st.columns(len(VARIANT_LABELS))
             for col, variant in zip(cols, VARIANT_LABELS, strict=True):
                 with col:
-                    _variant_card(variant, infos.get(variant))
+                    if variant in infos or variant not in latest:
+                        _variant_card(variant, infos.get(variant))
+                    else:
+                        _pending_card(variant, latest[variant], ongoing)
             scalars = {v: data.live_scalars(path, info) for v, info in infos.items()}
             _overlays(scalars)
             _memory_categories(scalars, infos)
@@ -165,6 +236,36 @@ def _comparison(path: str, entry_id: str) -> None:
             st.error(f"This page could not be drawn: {type(e).__name__}: {e}")
 
     refresh()
+    if not live and enabled:
+        watch.watch(lambda: _signature(path, entry_id), drawn)
+
+
+def _signature(path: str, entry_id: str) -> tuple[dict[str, tuple[str, str]], bool]:
+    """What the comparison is drawn from: each variant's newest recorded run with its status
+    (from the run table all sessions share), and whether a variant waits or trains."""
+    table = data.catalog_runs(path)
+    mine = table[table["bug"] == entry_id]
+    newest = {str(v): (str(g.iloc[-1]["name"]), str(g.iloc[-1]["status"]))
+              for v, g in mine.groupby("variant")}
+    busy = active_set(path, entry_id) is not None or \
+        any(status == "running" for _, status in newest.values())
+    return newest, busy
+
+
+def _pending_card(variant: str, name: str, ongoing: VariantSet | None) -> None:
+    """A variant asked for that has stored nothing yet: its place in the queue, or starting."""
+    st.markdown(f"**{variant}** · {VARIANT_LABELS[variant]}")
+    ticket = None if ongoing is None else ongoing.tickets.get(variant)
+    place = None if ticket is None else slots.position(ticket)
+    if place is not None:
+        st.info(f"`{name}` · waiting for a free core: number {place} in the queue "
+                f"({slots.cores()} training processes at a time)",
+                icon=":material/hourglass_top:")
+    elif ticket is not None and ticket.error is not None:
+        st.error(f"`{name}` could not start: {ticket.error}")
+    else:
+        pid = "" if ticket is None or ticket.pid is None else f" (process {ticket.pid})"
+        st.info(f"`{name}` · starting{pid}; it appears once its first step is stored.")
 
 
 def _variant_card(variant: str, info: dict | None) -> None:

@@ -2,9 +2,11 @@
 (``python -m mahiax train ...`` with this interpreter), never a thread inside Streamlit, so a
 slow or crashing run cannot stall the app and the app can stop it.
 
-The processes started are remembered in ``dashboard_runs.json`` beside the store (name ->
-pid and process start time), so a reloaded page, another browser tab or a restarted
-dashboard can still stop them; the start time tells our process from a reused pid.
+At most one of them runs per core (``dashboard/slots.py``): the others wait in a queue, and
+:func:`queued_runs` says where each stands. The processes started are remembered in
+``dashboard_runs.json`` beside the store (name -> pid and process start time), so a reloaded
+page, another browser tab or a restarted dashboard can still stop them; the start time
+tells our process from a reused pid.
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ from pathlib import Path
 
 import psutil
 
+from dashboard import slots
+
 AUTOSTART_ENV = "MAHIAX_DASHBOARD_AUTOSTART"
 DEMO_NAME = "demo"
 DEMO_STEPS = 300
 
+# Locks, always taken in this order (never the reverse), so none waits on another forever:
+# _lock, then slots' lock, then _registry_lock (a queued run is launched under slots' lock).
 _lock = threading.RLock()  # one start/stop at a time across the app's sessions
+_registry_lock = threading.Lock()  # the registry file, _children and _queued
 _children: dict[int, subprocess.Popen] = {}  # processes this app started: reaped on poll
+_queued: dict[tuple[str, str], slots.Ticket] = {}  # (store, name) -> ticket, while it waits
 
 
 @dataclass(frozen=True)
@@ -86,16 +94,36 @@ def _save_registry(store: Path, registry: dict[str, dict]) -> None:
     tmp.replace(path)
 
 
-def start_run(store: Path, request: RunRequest) -> int:
-    """Start ``request`` as a background process writing into ``store``; return its pid.
+def start_run(store: Path, request: RunRequest) -> slots.Ticket:
+    """Start ``request`` as a background process writing into ``store``, at once when a core
+    is free, else once one is (``dashboard/slots.py``); ``ticket.pid`` is its process once
+    started, :func:`queued_runs` says where a waiting one stands.
 
-    A run of that name still alive from this dashboard is refused (ValueError)."""
+    A run of that name still alive or waiting from this dashboard is refused (ValueError)."""
     store = Path(store)
     with _lock:
         registry = load_registry(store)
         if request.name in registry and process_of(registry[request.name]) is not None:
             raise ValueError(f"run {request.name!r} is already being trained by process "
                              f"{registry[request.name]['pid']}")
+        if request.name in queued_runs(store):
+            raise ValueError(f"run {request.name!r} is already waiting for a free core")
+        ticket = slots.submit(_slot_key(store, request.name), lambda: _launch(store, request))
+        with _registry_lock:
+            if ticket.waiting:
+                _queued[(str(store), request.name)] = ticket
+        return ticket
+
+
+def _slot_key(store: Path, name: str) -> str:
+    return f"run:{store}:{name}"
+
+
+def _launch(store: Path, request: RunRequest) -> subprocess.Popen:
+    """Start the process now and remember it in the registry (called by ``slots``)."""
+    with _registry_lock:
+        _queued.pop((str(store), request.name), None)
+        registry = load_registry(store)
         log = log_path(store, request.name)
         log.parent.mkdir(parents=True, exist_ok=True)
         argv = request.argv(store)
@@ -110,7 +138,19 @@ def start_run(store: Path, request: RunRequest) -> int:
         registry[request.name] = {"pid": proc.pid, "started": started, "log": str(log),
                                   "argv": argv[1:], "at": time.time()}
         _save_registry(store, registry)
-        return proc.pid
+        return proc
+
+
+def queued_runs(store: Path) -> dict[str, int]:
+    """Runs of ``store`` waiting for a free core: name -> place in the queue (1: next)."""
+    with _registry_lock:
+        mine = {name: t for (s, name), t in _queued.items() if s == str(Path(store))}
+    places = {name: slots.position(t) for name, t in mine.items()}
+    with _registry_lock:  # started (or cancelled) meanwhile: forget
+        for name, place in places.items():
+            if place is None and _queued.get((str(Path(store)), name)) is mine[name]:
+                del _queued[(str(Path(store)), name)]
+    return {name: p for name, p in places.items() if p is not None}
 
 
 def process_of(entry: dict) -> psutil.Process | None:
@@ -184,7 +224,7 @@ def maybe_start_demo(store: Path, run_count: int) -> bool:
     if not autostart_enabled() or run_count:
         return False
     with _lock:  # two sessions opening an empty store at once start one demo
-        if DEMO_NAME in load_registry(Path(store)):
+        if DEMO_NAME in load_registry(Path(store)) or DEMO_NAME in queued_runs(store):
             return False
         start_run(Path(store), RunRequest(name=DEMO_NAME, steps=DEMO_STEPS))
         return True

@@ -58,7 +58,10 @@ def _run_picker(table: pd.DataFrame) -> None:
 
 
 def _stop_buttons(path: str) -> None:
-    """One stop button per run this dashboard started that is still training."""
+    """One stop button per run this dashboard started that is still training; then the runs
+    waiting for a free core, with their place in the queue."""
+    for name, place in runs.queued_runs(path).items():
+        st.caption(f"{name}: waiting for a free core, number {place} in the queue")
     for name, pid in runs.active_runs(path).items():
         if st.button(f"Stop {name} (process {pid})", key=f"stop_{name}",
                      icon=":material/stop_circle:"):
@@ -96,12 +99,17 @@ def _start_form(path: str, names: list[str]) -> None:
             name=name, steps=int(steps), experts=int(experts), top_k=int(top_k),
             weighting=weighting, precision=precision,
             bug=None if bug == "(none)" else bug, variant=variant)
-        pid = runs.start_run(path, request)
+        ticket = runs.start_run(path, request)
     except (ValueError, OSError) as e:
         st.error(str(e))
         return
     st.session_state[PENDING_KEY] = name
-    st.success(f"Started {name!r} (process {pid}); it appears once its first step is stored.")
+    if ticket.pid is None:
+        st.info(f"{name!r} waits for a free core (every core trains a run already); it "
+                "starts on its own and appears once its first step is stored.")
+    else:
+        st.success(f"Started {name!r} (process {ticket.pid}); it appears once its first "
+                   "step is stored.")
 
 
 def _settings() -> None:

@@ -6,10 +6,13 @@ fork ranks. None of that may happen inside the Streamlit server, whose sessions 
 process: two of them measuring at once would collide, and a forked rank would copy the
 server. So the server only starts the command, polls it, and reads its JSON when it ends.
 
-One job per entry, shared by every session of the server: a second session asking for an
+A measurement takes one of the server's slots (``dashboard/slots.py``: at most one training
+process per core), waiting in the queue while every core is taken. One job per entry, shared
+by every session of the server: a second session asking for an
 entry being measured waits for the same process, and a measured verdict is kept for the
 server's life (the code it measures does not change while it runs). A failed measurement is
-kept too, with the end of what the process wrote, until :func:`forget` is called.
+kept too, with the end of what the process wrote, until :func:`forget` is called. A verdict
+keeps when it was measured and on which torch, for the page to say.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dashboard import slots
+
 ROOT = Path(__file__).resolve().parent.parent  # `python -m mahiax` runs from here
 TAIL_CHARS = 2000  # characters of a failed process's output kept for the page
 
@@ -33,24 +38,37 @@ _workdir: Path | None = None  # where the jobs' output goes, made on first use
 
 @dataclass
 class VerdictJob:
-    """One measurement of an entry's verdict, in process ``pid``."""
+    """One measurement of an entry's verdict: waiting for a free core (``slots``), then
+    measured in process ``pid``."""
 
     entry_id: str
-    pid: int
-    started: float  # time.monotonic() at start
+    ticket: slots.Ticket  # its place in the queue, then its process
     out: Path  # the process's stdout: the verdict as JSON (removed once read)
     err: Path  # its stderr (removed once read)
-    proc: subprocess.Popen | None = None  # None once reaped
     label: str | None = None  # set when measured
     reason: str | None = None
     error: str | None = None  # set when the measurement failed
+    measured_at: float | None = None  # time.time() when the verdict was read
+    torch_version: str | None = None  # the torch that measured it
 
     @property
     def running(self) -> bool:
+        """Waiting or measuring: neither measured nor failed yet."""
         return self.label is None and self.error is None
 
+    @property
+    def pid(self) -> int | None:
+        return self.ticket.pid
+
+    @property
+    def place(self) -> int | None:
+        """Its place in the queue for a core (1: next); None once it started."""
+        return slots.position(self.ticket)
+
     def elapsed_s(self) -> float:
-        return time.monotonic() - self.started
+        """Seconds since it started measuring (0 while it waits)."""
+        started = self.ticket.started_at
+        return 0.0 if started is None else time.monotonic() - started
 
 
 def argv(entry_id: str) -> list[str]:
@@ -83,17 +101,26 @@ def _start(entry_id: str) -> VerdictJob:
         _workdir = Path(tempfile.mkdtemp(prefix="mahiax-verdicts-"))
     stem = _workdir / f"{entry_id}-{time.time_ns()}"
     out, err = stem.with_suffix(".json"), stem.with_suffix(".log")
-    with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(argv(entry_id), cwd=ROOT, stdout=o, stderr=e,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    return VerdictJob(entry_id, proc.pid, time.monotonic(), out, err, proc)
+
+    def launch() -> subprocess.Popen:
+        with open(out, "wb") as o, open(err, "wb") as e:
+            return subprocess.Popen(argv(entry_id), cwd=ROOT, stdout=o, stderr=e,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+
+    return VerdictJob(entry_id, slots.submit(f"verdict:{entry_id}", launch), out, err)
 
 
 def _poll(job: VerdictJob) -> None:
-    """Reap ``job``'s process if it ended, and read its verdict or its error."""
-    if job.proc is None or job.proc.poll() is None:
+    """Read ``job``'s verdict or its error once its process has ended."""
+    ticket = job.ticket
+    if not job.running or ticket.waiting:
         return
-    code, job.proc = job.proc.returncode, None
+    if ticket.error is not None:
+        job.error = f"the measuring process could not start: {ticket.error}"
+        return
+    if ticket.running:
+        return
+    code = ticket.proc.returncode
     try:
         if code != 0:
             job.error = f"the measuring process exited with status {code}: {_tail(job.err)}"
@@ -101,12 +128,25 @@ def _poll(job: VerdictJob) -> None:
         try:
             result = json.loads(job.out.read_text())
             job.label, job.reason = str(result["verdict"]), str(result["reason"])
+            job.torch_version = str(result.get("torch") or _torch_version())
+            job.measured_at = time.time()
         except (OSError, ValueError, KeyError, TypeError) as e:
             job.error = f"the measuring process wrote no verdict ({type(e).__name__}: " \
                         f"{e}); its output: {_tail(job.err)}"
     finally:  # what the page needs is in the job now
         job.out.unlink(missing_ok=True)
         job.err.unlink(missing_ok=True)
+
+
+def _torch_version() -> str:
+    """The torch the measuring process imported: the one installed beside this server's
+    interpreter (the process runs ``sys.executable``), read without importing torch here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _tail(path: Path) -> str:

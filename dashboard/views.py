@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import bug_lab, charts, data, processing, runs
+from dashboard import bug_lab, charts, data, processing, runs, watch
 from dashboard.state import INTERVAL_KEY, LIVE_KEY, PAGE_KEY, POINTS_KEY, RUN_KEY, STORE_KEY
 from mahiax.store import NotAStoreError, RunNotFoundError, StoreError
 from mahiax.units import MIB
@@ -44,7 +44,7 @@ def _page(title: str, body: Body) -> None:
 
     Only a live run is redrawn on a timer (every INTERVAL_KEY seconds, the fragment alone).
     A finished, failed or interrupted run is drawn once: the page then only watches, in a
-    fragment that draws nothing (:func:`watch`), for the run list or this run's status to
+    fragment that draws nothing (``dashboard/watch.py``), for the run list or this run's status to
     change (a resumed run, a new run), and redraws the whole page when one does."""
     st.title(title)
     path = st.session_state.get(STORE_KEY)
@@ -60,7 +60,9 @@ def _page(title: str, body: Body) -> None:
     except StoreError as e:
         _store_error(path, e)
         return
-    live = status == "running" and bool(st.session_state.get(LIVE_KEY, True))
+    # live: the run trains, or no run is picked yet and one is starting or waiting for a core
+    starting = name is None and bool(runs.active_runs(path) or runs.queued_runs(path))
+    live = (status == "running" or starting) and bool(st.session_state.get(LIVE_KEY, True))
     interval = float(st.session_state.get(INTERVAL_KEY, 2.0))
 
     @st.fragment(run_every=interval if live else None)
@@ -87,28 +89,7 @@ def _page(title: str, body: Body) -> None:
 
     refresh()
     if not live and st.session_state.get(LIVE_KEY, True):
-        watch(lambda: _run_states(path, name), (known, status))
-
-
-WATCH_S = 10.0  # how often a page that is not live checks whether it should be
-
-
-def watch(signature: Callable[[], object], drawn: object) -> None:
-    """A fragment that draws nothing and, every WATCH_S seconds, reruns the whole page once
-    ``signature()`` differs from ``drawn``, what the page was drawn from. ``signature`` must
-    read only data shared by the server's sessions (``data.list_runs`` is one query a
-    second for all of them), so an idle page costs one small fragment run every WATCH_S."""
-
-    @st.fragment(run_every=WATCH_S)
-    def check() -> None:
-        try:
-            now = signature()
-        except Exception:  # the page itself shows store faults; a watch keeps quiet
-            return
-        if now != drawn:
-            st.rerun()
-
-    check()
+        watch.watch(lambda: _run_states(path, name), (known, status))
 
 
 def _run_states(path: str, name: str | None) -> tuple[list[str], str | None]:
@@ -129,9 +110,14 @@ def _store_error(path: str, e: StoreError) -> None:
 
 def _no_run(path: str) -> None:
     starting = runs.active_runs(path)
+    queued = runs.queued_runs(path)
     if starting:
         names = ", ".join(f"{n!r} (process {p})" for n, p in starting.items())
         st.info(f"Starting {names}; it appears here as soon as it writes its first step.")
+    elif queued:
+        names = ", ".join(f"{n!r} (number {p} in the queue)" for n, p in queued.items())
+        st.info(f"Waiting for a free core: {names}. Every core trains a run already; it "
+                "starts on its own.")
     elif not runs.autostart_enabled():
         st.info("The run store is empty. Start a run with the form in the sidebar, or run "
                 "`python -m mahiax train --run demo --steps 300`.")

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint browser dashboard lab bench gpu-check clean
+.PHONY: setup test lint browser dashboard lab bench gpu-check clean hub hub-setup hub-learners
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(PY) -m ruff check mahiax tests benchmarks dashboard notebooks
+	$(PY) -m ruff check mahiax tests benchmarks dashboard notebooks hub
 
 # The browser tests drive Debian's chromium (never a downloaded browser build).
 browser:
@@ -26,7 +26,7 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	} || echo "could not install chromium: the browser tests will be skipped"
 
-test: lint browser
+test: lint browser hub-setup
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 # Opens on localhost (.streamlit/config.toml); with an empty store it starts a demo run.
@@ -38,6 +38,33 @@ dashboard: setup
 lab: setup
 	cd notebooks && ../$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# A workshop on one machine (docs/workshop.md), as root: a JupyterHub on 127.0.0.1:8000 where
+# the learners of `make hub-learners LEARNERS="alice bob"` sign in with the workshop password:
+#   MAHIAX_HUB_PASSWORD='...' make hub
+# hub-setup installs what it needs into build/hub: configurable-http-proxy (npm, pinned by
+# hub/package-lock.json) and the learners' interpreter (hub/runtime.py; HUB_PYTHON is an
+# interpreter every user may run: the venv's own may live in a root-only home).
+HUB_DIR := build/hub
+HUB_PYTHON ?= /usr/bin/python3
+HUB_STAMP := $(HUB_DIR)/.installed
+
+hub-setup: $(HUB_STAMP)
+
+$(HUB_STAMP): $(STAMP) hub/package.json hub/package-lock.json hub/runtime.py
+	mkdir -p $(HUB_DIR)
+	cp hub/package.json hub/package-lock.json $(HUB_DIR)/
+	cd $(HUB_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	$(PY) hub/runtime.py --python $(HUB_PYTHON) --venv $(HUB_DIR)/venv
+	chmod -R a+rX $(HUB_DIR)
+	touch $@
+
+hub: hub-setup
+	$(VENV)/bin/jupyterhub -f hub/jupyterhub_config.py
+
+hub-learners: setup
+	@test -n "$(LEARNERS)" || { echo 'usage: make hub-learners LEARNERS="alice bob"'; exit 2; }
+	$(PY) hub/learners.py add $(LEARNERS)
 
 bench: setup browser
 	$(PY) -m benchmarks.run_all

@@ -1,0 +1,149 @@
+"""JupyterHub for a MAHIA-X Lab workshop on one machine: ``make hub`` (docs/workshop.md).
+
+- Sign-in: JupyterHub's shared-password authenticator. Learners use the workshop password
+  the instructor sets (``MAHIAX_HUB_PASSWORD``, 8+ characters); the admin (``instructor``
+  by default) has a password of their own (``MAHIAX_HUB_ADMIN_PASSWORD``, 32+ characters;
+  generated and kept in the hub's state folder when unset). Only members of the system group
+  ``mahiax-learners`` (``make hub-learners``) and the admins may sign in, so the workshop
+  password never opens a server as ``root`` or any other account of the machine.
+- Isolation: each learner's server runs as their own system user (LocalProcessSpawner), in
+  a home of mode 0700; the hub's cookie secret, database and proxy token live in a root-only
+  folder (``MAHIAX_HUB_STATE_DIR``, default ``/var/lib/mahiax-hub``, mode 0700).
+- The lab for all: learners' servers run ``build/hub/venv`` (``hub/runtime.py``), the
+  project's packages; on first start a learner gets a copy of the lessons in ``~/lessons``;
+  ``MAHIAX_STORE`` puts their runs in ``~/runs``, read by their own dashboard (the
+  "MAHIA-X dashboard" tile, ``mahiax/jupyter_proxy.py``).
+
+Settings (environment): ``MAHIAX_HUB_IP`` (127.0.0.1), ``MAHIAX_HUB_PORT`` (8000),
+``MAHIAX_HUB_API_PORT`` (8081), ``MAHIAX_HUB_PROXY_API_PORT`` (8001), ``MAHIAX_HUB_ADMIN``
+(instructor), ``MAHIAX_HUB_THREADS`` (torch threads per kernel, 1), ``MAHIAX_HUB_RUNTIME``
+(build/hub). The passwords are removed from the hub's environment once read.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+from traitlets import Unicode
+
+HUB_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(HUB_DIR))
+from learners import GROUP, NAME, is_learner  # noqa: E402
+
+REPO = HUB_DIR.parent
+LESSONS = REPO / "notebooks"
+RUNTIME = Path(os.environ.get("MAHIAX_HUB_RUNTIME", REPO / "build" / "hub"))
+PYTHON = RUNTIME / "venv" / "bin" / "python"  # hub/runtime.py builds it
+CHP = RUNTIME / "node_modules" / ".bin" / "configurable-http-proxy"
+STATE = Path(os.environ.get("MAHIAX_HUB_STATE_DIR", "/var/lib/mahiax-hub"))
+ADMIN = os.environ.get("MAHIAX_HUB_ADMIN", "instructor")
+
+c = get_config()  # noqa: F821  (JupyterHub defines it when it loads this file)
+
+for needed, hint in ((PYTHON, "make hub-setup"), (CHP, "make hub-setup")):
+    if not needed.exists():
+        raise SystemExit(f"{needed} is missing: run `{hint}` first")
+
+# -- the hub's secrets: a root-only folder ------------------------------------------------
+STATE.mkdir(parents=True, exist_ok=True)
+STATE.chmod(0o700)
+c.JupyterHub.cookie_secret_file = str(STATE / "jupyterhub_cookie_secret")
+c.JupyterHub.db_url = f"sqlite:///{STATE / 'jupyterhub.sqlite'}"
+c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
+
+# -- addresses: everything on loopback unless the instructor opens the public port --------
+c.JupyterHub.ip = os.environ.get("MAHIAX_HUB_IP", "127.0.0.1")
+c.JupyterHub.port = int(os.environ.get("MAHIAX_HUB_PORT", "8000"))
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = int(os.environ.get("MAHIAX_HUB_API_PORT", "8081"))
+c.ConfigurableHTTPProxy.api_url = (
+    f"http://127.0.0.1:{int(os.environ.get('MAHIAX_HUB_PROXY_API_PORT', '8001'))}")
+c.ConfigurableHTTPProxy.command = [str(CHP)]
+
+
+# -- sign-in ------------------------------------------------------------------------------
+class WorkshopAuthenticator(SharedPasswordAuthenticator):
+    """The shared-password login, open only to the workshop's learner accounts and admins."""
+
+    learners_group = Unicode(GROUP, config=True,
+                             help="system group whose members may sign in as learners")
+
+    def check_allowed(self, username, authentication=None):
+        return username in self.admin_users or is_learner(username, self.learners_group)
+
+
+def _password(var: str, minimum: int, generate_into: Path | None = None) -> str:
+    value = os.environ.pop(var, "")  # not inherited by the proxy or learners' servers
+    if not value and generate_into is not None:
+        if not generate_into.exists():
+            generate_into.write_text(secrets.token_urlsafe(32) + "\n")
+            generate_into.chmod(0o600)
+        value = generate_into.read_text().strip()
+        print(f"admin password: in {generate_into} (root only)", file=sys.stderr)
+    if len(value) < minimum:
+        raise SystemExit(f"{var} must be set to a password of {minimum} or more characters "
+                         f"(got {len(value)}); e.g. {var}='...' make hub")
+    return value
+
+
+c.JupyterHub.authenticator_class = WorkshopAuthenticator
+c.SharedPasswordAuthenticator.user_password = _password("MAHIAX_HUB_PASSWORD", 8)
+c.SharedPasswordAuthenticator.admin_password = _password(
+    "MAHIAX_HUB_ADMIN_PASSWORD", 32, STATE / "admin_password")
+c.Authenticator.admin_users = {ADMIN}
+c.Authenticator.username_pattern = NAME.pattern
+# allow_all must stay False: when True, JupyterHub skips check_allowed and the workshop
+# password would open a server as any account of the machine, root included
+c.Authenticator.allow_all = False
+
+
+# -- each learner's server: their own user, their own home, the lab's packages -----------
+def _home(spawner) -> Path:
+    return Path(pwd.getpwnam(spawner.user.name).pw_dir)
+
+
+def prepare_home(spawner) -> None:
+    """Before each start: the home is the learner's and 0700; lessons copied on first start;
+    ``~/runs`` for the run store."""
+    user = pwd.getpwnam(spawner.user.name)  # KeyError: no such account (learners.py add)
+    home = Path(user.pw_dir)
+    home.mkdir(mode=0o700, exist_ok=True)
+    os.chown(home, user.pw_uid, user.pw_gid)
+    home.chmod(0o700)
+    made = []
+    lessons = home / "lessons"
+    if not lessons.exists():
+        lessons.mkdir()
+        made.append(lessons)
+        for nb in sorted(LESSONS.glob("*.ipynb")):
+            shutil.copy(nb, lessons / nb.name)
+            made.append(lessons / nb.name)
+    runs = home / "runs"
+    if not runs.exists():
+        runs.mkdir()
+        made.append(runs)
+    for p in made:
+        os.chown(p, user.pw_uid, user.pw_gid)
+
+
+c.JupyterHub.spawner_class = "localprocess"
+c.Spawner.pre_spawn_hook = prepare_home
+c.Spawner.cmd = [str(PYTHON), "-m", "jupyterhub.singleuser"]
+c.Spawner.default_url = "/lab"
+c.Spawner.notebook_dir = "~"
+c.Spawner.start_timeout = 120  # a cold start imports JupyterLab on a busy small machine
+c.Spawner.http_timeout = 120
+_threads = os.environ.get("MAHIAX_HUB_THREADS", "1")  # a class shares the cores
+c.Spawner.environment = {
+    "MAHIAX_STORE": lambda spawner: str(_home(spawner) / "runs" / "mahiax.sqlite"),
+    "MAHIAX_DASHBOARD_AUTOSTART": "0",  # runs come from the lessons, not a demo per learner
+    "OMP_NUM_THREADS": _threads,
+    "MKL_NUM_THREADS": _threads,
+    "PATH": f"{PYTHON.parent}:/usr/local/bin:/usr/bin:/bin",
+}

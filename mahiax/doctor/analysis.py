@@ -1,0 +1,339 @@
+"""From what the watchers recorded to findings: one finding per line to change.
+
+Each rule reads the :class:`~mahiax.doctor.watch.Watch` records after the loop ran and says
+what happened, with the numbers that show it. Where two rules see one cause, one finding
+carries both pieces of evidence: a graph that grows because a held tensor carries it is one
+``graph-carried-across-steps`` finding with the growth in its message; ``retain_graph=True``
+that only keeps several backward passes (or a carried graph) working belongs to that finding.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+from torch import nn
+
+from mahiax.debug import VERSION_ERROR
+from mahiax.doctor import sites
+from mahiax.doctor.findings import Finding, LoopError, compose
+from mahiax.doctor.watch import BackwardCall, Watch
+from mahiax.units import format_bytes
+
+MIN_STEPS_FOR_GROWTH = 3  # steps of strictly growing graphs before growth is called a trend
+
+
+def findings_of(w: Watch) -> list[Finding]:
+    """Every finding the records support, in the order a learner should fix them."""
+    out: list[Finding] = []
+    out += _inplace(w)
+    out += _silent(w)
+    carried = _carried(w)
+    out += carried
+    out += _growing(w, carried)
+    out += _per_loss(w)
+    out += _retained(w, carried)
+    out += _clips(w)
+    out += _unused(w)
+    out += _state(w)
+    seen: set[tuple[str, str, int]] = set()
+    unique = []
+    for f in out:
+        key = (f.kind, f.file, f.line)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _at(file: str, line: int) -> str:
+    return f"{os.path.basename(file)}:{line}" if file else "an unknown line"
+
+
+def _inplace(w: Watch) -> list[Finding]:
+    if w.loc is None:
+        return []
+    w.loc._settle()
+    found = []
+    for m in w.loc.mutations:
+        if not m.tripped_backward or m.version_after == m.version_before:
+            continue
+        s = m.saved
+        where = f" in {m.module}" if m.module else ""
+        found.append(Finding(
+            "inplace-on-saved", m.file, m.line, compose(
+                "inplace-on-saved",
+                f"`{sites.line_text(m.file, m.line)}` writes in place ({m.op}){where} into "
+                f"a {s.describe()} tensor that {s.op} at {_at(s.file, s.line)} saved for "
+                "backward.",
+                f"Its version was {s.version} when saved and {m.version_after} after this "
+                "write; backward() tripped on it: PyTorch raised 'modified by an inplace "
+                "operation'.",
+            )))
+    return found
+
+
+def _silent(w: Watch) -> list[Finding]:
+    found = []
+    for s in w.silent:
+        if not s.used:
+            continue
+        found.append(Finding("silent-write", s.file, s.line, compose(
+            "silent-write",
+            f"`{sites.line_text(s.file, s.line)}` ({s.op}) changed the memory of a "
+            f"{list(s.shape)} tensor that {s.saved_by} saved for backward, without bumping "
+            "its version counter.",
+            "PyTorch could not notice: the next backward() used the new values and computed "
+            "wrong gradients, with no error.",
+        ), s.step))
+    return found
+
+
+def _growth(values: list[int]) -> list[int] | None:
+    """Per-step growth if ``values`` grows at every step, steadily; else None."""
+    if len(values) < MIN_STEPS_FOR_GROWTH:
+        return None
+    deltas = [b - a for a, b in zip(values, values[1:], strict=False)]
+    if not all(d > 0 for d in deltas):
+        return None
+    mid = statistics.median(deltas)
+    if any(d < mid / 2 or d > mid * 2 for d in deltas):
+        return None
+    return deltas
+
+
+def _per_step(w: Watch) -> tuple[list[int], list[int]]:
+    """Largest graph (nodes) and saved bytes behind a backward, for each completed step."""
+    nodes, saved = [], []
+    for step in range(w.steps_done):
+        calls = [b for b in w.backwards if b.step == step]
+        if not calls:
+            return [], []
+        nodes.append(max(b.nodes for b in calls))
+        saved.append(max(b.saved for b in calls))
+    return nodes, saved
+
+
+def _growth_text(nodes: list[int], saved: list[int]) -> str:
+    n, s = _growth(nodes), _growth(saved)
+    parts = []
+    if n:
+        parts.append(f"the graph behind backward() grew from {nodes[0]} to {nodes[-1]} nodes "
+                     f"over {len(nodes)} steps (+{round(statistics.mean(n))} a step)")
+    if s:
+        parts.append(f"memory saved for backward grew from {format_bytes(saved[0])} to "
+                     f"{format_bytes(saved[-1])} (+{format_bytes(round(statistics.mean(s)))} "
+                     "a step)")
+    return "; ".join(parts)
+
+
+def _carried(w: Watch) -> list[Finding]:
+    found = []
+    growth = _growth_text(*_per_step(w))
+    for h in w.held.values():
+        saved = h.saved[-1] if h.saved else 0
+        span = h.last_step - h.built_step + 1
+        what = (f"{h.label} holds {h.items} tensors" if h.items > 1 else f"{h.label} holds "
+                "a tensor") + " with a grad_fn"
+        built = f" (stored by `{sites.line_text(h.file, h.line)}`)" if h.line else ""
+        evidence = (f"At the end of step {h.last_step} its graph still reaches step "
+                    f"{h.built_step}: {span} steps, {h.nodes[-1]} nodes, "
+                    f"{format_bytes(saved)} saved for backward.")
+        if growth:
+            evidence += f" Meanwhile {growth}."
+        failed = w.error_info and "backward through the graph a second time" in w.error_info[1]
+        if failed:
+            evidence += (" The next backward() walked into the earlier step's graph, already "
+                         "freed: 'Trying to backward through the graph a second time'.")
+        found.append(Finding("graph-carried-across-steps", h.file, h.line, compose(
+            "graph-carried-across-steps", f"{what} that outlives its step{built}.", evidence,
+        ), h.first_step))
+    if not found:  # no holder found, but a backward reached into an earlier step's graph
+        for b in w.backwards:
+            if b.earliest_step < b.step:
+                found.append(Finding("graph-carried-across-steps", b.file, b.line, compose(
+                    "graph-carried-across-steps",
+                    f"The graph behind `{sites.line_text(b.file, b.line)}` at step {b.step} "
+                    f"reaches into step {max(b.earliest_step, 0)}'s graph: some state "
+                    "carries it from step to step.",
+                    f"{b.nodes} nodes, {format_bytes(b.saved)} saved for backward.",
+                ), b.step))
+                break
+    return found
+
+
+def _growing(w: Watch, carried: list[Finding]) -> list[Finding]:
+    nodes, saved = _per_step(w)
+    text = _growth_text(nodes, saved)
+    if not text or carried:
+        return []
+    last = [b for b in w.backwards if b.step == w.steps_done - 1][-1]
+    return [Finding("growing-graph", last.file, last.line, compose(
+        "growing-graph",
+        f"Each step the graph that `{sites.line_text(last.file, last.line)}` walks is bigger "
+        "than the last:",
+        f"{text}. At that rate memory runs out in a long run.",
+    ), 0)]
+
+
+def _per_loss(w: Watch) -> list[Finding]:
+    found = []
+    by_step: dict[int, list[BackwardCall]] = {}
+    for b in w.backwards:
+        by_step.setdefault(b.step, []).append(b)
+    for step, calls in by_step.items():
+        for j in range(1, len(calls)):
+            b = calls[j]
+            earlier = frozenset().union(*(c.seqs for c in calls[:j]))
+            shared = len(b.seqs & earlier)
+            if shared:
+                evidence = (f"{len(calls)} backward() calls in step {step}; this one walks "
+                            f"{shared} graph nodes an earlier backward() of the same step "
+                            "already walked")
+                retained = [c for c in calls[:j] if c.retain]
+                evidence += (", which only works because retain_graph=True kept them." if
+                             retained else ", which the first backward() freed.")
+            elif b.repeated_forward:
+                evidence = (f"{len(calls)} backward() calls in step {step}, and before this "
+                            "one the model ran its forward again on the same batch: one "
+                            "forward and one backward per loss.")
+            else:
+                continue
+            found.append(Finding("backward-per-loss", b.file, b.line, compose(
+                "backward-per-loss",
+                f"`{sites.line_text(b.file, b.line)}` runs a backward pass per loss.", evidence,
+            ), step))
+    return found
+
+
+def _retained(w: Watch, carried: list[Finding]) -> list[Finding]:
+    found = []
+    for i, b in enumerate(w.backwards):
+        if not b.retain or b.create:
+            continue
+        later = w.backwards[i + 1:]
+        if any(b.seqs & c.seqs for c in later):
+            continue  # another backward used the kept graph: that pattern is the finding
+        if carried and any(c.earliest_step < c.step for c in later):
+            continue
+        if i + 1 == len(w.backwards) and w.steps_done <= b.step:
+            continue  # the loop stopped before anything could use it
+        found.append(Finding("retain-graph", b.file, b.line, compose(
+            "retain-graph",
+            f"`{sites.line_text(b.file, b.line)}` keeps its graph (retain_graph=True), but no "
+            "later backward() uses it.",
+            f"It held {b.nodes} nodes and {format_bytes(b.saved)} saved for backward past "
+            f"the backward of step {b.step}, for nothing.",
+        ), b.step))
+    return found
+
+
+def _clips(w: Watch) -> list[Finding]:
+    found = []
+    for c in w.clips:
+        scale = f"{c.scale:g}" if c.scale is not None else "the scale"
+        norm = (f" It measured a gradient norm of {c.norm:.4g}, the true norm times {scale}, "
+                f"against max_norm={c.limit:g}: the gradients the optimiser applies are cut "
+                f"to norm {c.limit:g}/{scale}" + (f" = {c.limit / c.scale:.3g}"
+                                                     if c.scale else "") + ".") \
+            if c.norm is not None else ""
+        found.append(Finding("clip-before-unscale", c.file, c.line, compose(
+            "clip-before-unscale",
+            f"`{sites.line_text(c.file, c.line)}` ({c.function}) clipped {c.scaled} of "
+            f"{c.total} gradients while a GradScaler still multiplied them by {scale}.",
+            norm + " No error: training just crawls.",
+        ), c.step))
+    return found
+
+
+def _unused(w: Watch) -> list[Finding]:
+    model = w.model
+    if model is None or w.steps_done < 1 or not any(w.grad_counts.values()):
+        return []
+    unused = {id(p) for p in model.parameters() if w.grad_counts.get(id(p), 1) == 0}
+    if not unused:
+        return []
+    found = []
+    reported: set[int] = set()
+    for path, m in model.named_modules():
+        params = list(m.parameters())
+        if not params or not all(id(p) in unused for p in params):
+            continue
+        if any(id(p) in reported for p in params):
+            continue
+        reported |= {id(p) for p in params}
+        found.append(_unused_finding(w, model, path, m, params))
+    for name, p in model.named_parameters():
+        if id(p) in unused and id(p) not in reported:
+            owner_path, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_path) if owner_path else model
+            found.append(_unused_finding(w, model, name, owner, [p], attr=attr))
+    return found
+
+
+def _unused_finding(w: Watch, model: nn.Module, path: str, m: nn.Module,
+                    params: list, attr: str | None = None) -> Finding:
+    if attr is None:  # a whole module: the line of its parent that creates it
+        parent_path, _, attr = path.rpartition(".")
+        owner = model.get_submodule(parent_path) if parent_path else model
+    else:
+        owner = m
+    candidates = sites.class_stores(type(owner), attr)
+    setup = [c for c in candidates if c[2]] or candidates
+    file, line = (setup[0][0], setup[0][1]) if setup else ("", 0)
+    count = sum(p.numel() for p in params)
+    label = f"model.{path}" if path else "model"
+    return Finding("unused-parameters", file, line, compose(
+        "unused-parameters",
+        f"{label} ({len(params)} parameter tensors, {count} numbers) never received a "
+        f"gradient in {w.steps_done} steps.",
+        "The optimiser never changes them, and DistributedDataParallel waits for their "
+        "gradients forever (or fails: 'Expected to have finished reduction in the prior "
+        "iteration').",
+    ))
+
+
+def _state(w: Watch) -> list[Finding]:
+    found = []
+    for label, (owner, attr) in w.state_requiring_grad.items():
+        candidates = sites.class_stores(type(owner), attr)
+        setup = [c for c in candidates if c[2]] or candidates
+        file, line = (setup[0][0], setup[0][1]) if setup else ("", 0)
+        found.append(Finding("buffer-requires-grad", file, line, compose(
+            "buffer-requires-grad",
+            f"{label} requires grad, but it is state, not a parameter the optimiser trains.",
+            "Autograd records every operation on it (and a graph it is assigned from stays "
+            "alive); the optimiser never updates it.",
+        )))
+    return found
+
+
+def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
+    """The loop's exception, explained with the findings that cause it."""
+    if w.error_info is None:
+        return None
+    type_name, message, step, file, line = w.error_info
+    kinds = {f.kind: f for f in findings}
+    why = ""
+    if VERSION_ERROR in message:
+        f = kinds.get("inplace-on-saved")
+        why = (f"The in-place write at {f.where} changed a tensor backward needed (see the "
+               "inplace-on-saved finding)." if f else
+               "An in-place write changed a tensor backward needed; the write happened "
+               "outside what the doctor could see.")
+    elif "backward through the graph a second time" in message:
+        if "backward-per-loss" in kinds:
+            why = ("The first backward() freed the graph; a second one through the same graph "
+                   f"(at {kinds['backward-per-loss'].where}) finds it gone. Sum the losses and "
+                   "call backward() once.")
+        elif "graph-carried-across-steps" in kinds:
+            why = ("This step's graph is linked to the previous step's, which its backward "
+                   f"already freed: the state at {kinds['graph-carried-across-steps'].where} "
+                   "carries it. Detach it.")
+    elif "index out of range" in message:
+        why = ("An index (a token id, an expert id) is outside the table it indexes: check "
+               "the largest id against num_embeddings. Lesson: 01_expert_router_index.")
+    elif "does not require grad and does not have a grad_fn" in message:
+        why = ("backward() was called on a tensor with no graph: it was computed under "
+               "no_grad, or from detached values.")
+    return LoopError(type_name, message, step, file, line, why)

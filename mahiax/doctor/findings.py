@@ -1,0 +1,99 @@
+"""The doctor's fixed vocabulary: what each kind of finding means, its fix, its lesson.
+
+A :class:`Finding` is one thing wrong with a training loop, pointed at the user's own source
+line; :class:`LoopError` is an exception the loop raised, kept with its step and explained.
+The kinds are fixed (``KINDS``): tests, the CLI's ``--json`` and lesson 10 rely on them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of finding: a title a learner reads, the usual fix, the lesson that teaches it."""
+
+    name: str
+    title: str
+    fix: str
+    lesson: str  # notebook stem, e.g. "02_inplace_accumulation"
+
+
+_KINDS = (
+    Kind("inplace-on-saved", "an in-place write to a tensor autograd saved",
+         "compute a new tensor instead (out-of-place: `y = x + d`, `torch.cat`, "
+         "`torch.where`), or make the write after backward() and optimizer.step()",
+         "02_inplace_accumulation"),
+    Kind("silent-write", "a write that bypassed the version counter into a saved tensor",
+         "never write through `.data` (or swap a tensor's `.data`); update state after "
+         "backward under `torch.no_grad()`, or build a new tensor", "03a_memories"),
+    Kind("graph-carried-across-steps", "a tensor with a graph that outlives its step",
+         "keep numbers, not graphs: store `x.detach()` (state carried to the next step), "
+         "`loss.item()` (logs and running totals)", "03a_memories"),
+    Kind("growing-graph", "the graph behind backward grows every step",
+         "find what each step adds to the graph and cut it: `detach()` carried state at the "
+         "start of a step; bound buffers that grow", "05_memory_meter"),
+    Kind("backward-per-loss", "several backward passes over one forward",
+         "add the losses up and call backward() once on the sum (the gradients are the same, "
+         "one pass instead of several)", "04_retain_graph_and_encode"),
+    Kind("retain-graph", "retain_graph=True where nothing uses the kept graph",
+         "drop `retain_graph=True`: it only keeps the graph's memory alive",
+         "04_retain_graph_and_encode"),
+    Kind("clip-before-unscale", "gradients clipped while a GradScaler still scales them",
+         "call `scaler.unscale_(optimizer)` before `clip_grad_norm_`", "08_amp_and_clipping"),
+    Kind("unused-parameters", "parameters that never receive a gradient",
+         "use the parameters in the forward, freeze them (`requires_grad_(False)`) or remove "
+         "them; under DDP, `find_unused_parameters=True` only as a last resort",
+         "09_ddp_pitfalls"),
+    Kind("buffer-requires-grad", "a buffer or state tensor that requires grad",
+         "create state without `requires_grad` (a buffer is not trained); if it should be "
+         "trained, make it an `nn.Parameter`", "03a_memories"),
+)
+
+KINDS: dict[str, Kind] = {k.name: k for k in _KINDS}
+
+
+@dataclass
+class Finding:
+    """One thing wrong with the loop, at the line of the user's code to change."""
+
+    kind: str  # one of KINDS
+    file: str  # the user's source file ("" if unknown)
+    line: int  # the line to change (0 if unknown)
+    message: str  # what happened, the evidence in numbers, the fix, the lesson
+    step: int | None = None  # the step it was first seen at
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown finding kind {self.kind!r}; allowed: {', '.join(KINDS)}")
+
+    @property
+    def where(self) -> str:
+        """``file.py:12``, or ``?`` when the line is unknown."""
+        return f"{os.path.basename(self.file)}:{self.line}" if self.file else "?"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoopError:
+    """An exception the examined loop raised: kept, with its step and an explanation."""
+
+    type: str  # "RuntimeError"
+    message: str  # the exception's own text (PyTorch's message, word for word)
+    step: int
+    file: str  # the user's line that raised it (innermost frame outside torch)
+    line: int
+    explanation: str  # what the doctor makes of it ("" when it has nothing to add)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compose(kind: str, what: str, evidence: str) -> str:
+    """A finding's message: what happened, the numbers, the fix, the lesson."""
+    k = KINDS[kind]
+    return f"{what} {evidence} Fix: {k.fix}. Lesson: {k.lesson}."

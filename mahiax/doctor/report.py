@@ -1,0 +1,104 @@
+"""The doctor's report: findings and the loop's error, for a terminal, a notebook or JSON."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import textwrap
+from dataclasses import dataclass, field
+
+from mahiax.doctor import sites
+from mahiax.doctor.findings import KINDS, Finding, LoopError
+
+
+@dataclass
+class Report:
+    """What :func:`mahiax.doctor.examine` found.
+
+    ``findings``: one per line to change (empty: nothing wrong was seen); ``error``: what the
+    loop raised, if it did (type, message, step), explained; ``steps_run`` of ``steps``.
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    error: LoopError | None = None
+    steps: int = 0
+    steps_run: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """No finding and no error."""
+        return not self.findings and self.error is None
+
+    def kinds(self) -> list[str]:
+        return [f.kind for f in self.findings]
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps, "steps_run": self.steps_run,
+            "findings": [f.to_dict() for f in self.findings],
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def _headline(self) -> str:
+        n = len(self.findings)
+        head = (f"mahiax doctor: {self.steps_run} of {self.steps} steps ran; "
+                f"{n} finding{'' if n == 1 else 's'}")
+        if self.error is not None:
+            head += f"; the loop raised {self.error.type} at step {self.error.step}"
+        return head + "."
+
+    def __str__(self) -> str:
+        lines = [self._headline()]
+        if self.ok:
+            lines.append("Nothing wrong seen: no in-place write into saved tensors, no graph "
+                         "kept across steps, one backward per forward, gradients reach every "
+                         "parameter.")
+        for i, f in enumerate(self.findings, 1):
+            lines.append("")
+            lines.append(f"{i}. {f.kind}: {KINDS[f.kind].title}")
+            lines.append(f"   at {f.where}" + (f"   {sites.line_text(f.file, f.line)}"
+                                               if f.line else ""))
+            lines.extend(textwrap.wrap(f.message, 92, initial_indent="   ",
+                                       subsequent_indent="   "))
+        if self.error is not None:
+            e = self.error
+            lines.append("")
+            first = e.message.strip().splitlines()[0] if e.message.strip() else ""
+            where = f" (at {os.path.basename(e.file)}:{e.line})" if e.line else ""
+            lines.append(f"The loop raised {e.type} at step {e.step}{where}:")
+            lines.extend(textwrap.wrap(first, 92, initial_indent="   ",
+                                       subsequent_indent="   "))
+            if e.explanation:
+                lines.extend(textwrap.wrap(e.explanation, 92, initial_indent="   ",
+                                           subsequent_indent="   "))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"Report(findings={self.kinds()}, error="
+                f"{self.error.type if self.error else None}, steps_run={self.steps_run})")
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        parts = [f"<p><b>{esc(self._headline())}</b></p>"]
+        if self.ok:
+            parts.append("<p>Nothing wrong seen.</p>")
+        if self.findings:
+            parts.append("<table><tr><th>#</th><th>kind</th><th>line</th><th>what, evidence, "
+                         "fix, lesson</th></tr>")
+            for i, f in enumerate(self.findings, 1):
+                code = esc(sites.line_text(f.file, f.line))
+                parts.append(
+                    f"<tr><td>{i}</td><td><code>{esc(f.kind)}</code></td>"
+                    f"<td>{esc(f.where)}<br><code>{code}</code></td>"
+                    f"<td style='text-align:left'>{esc(f.message)}</td></tr>")
+            parts.append("</table>")
+        if self.error is not None:
+            e = self.error
+            parts.append(f"<p><b>The loop raised {esc(e.type)} at step {e.step}</b>: "
+                         f"<code>{esc(e.message.strip().splitlines()[0] if e.message else '')}"
+                         f"</code><br>{esc(e.explanation)}</p>")
+        return "\n".join(parts)

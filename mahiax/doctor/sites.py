@@ -1,0 +1,147 @@
+"""Where in the user's code: the calling frame outside torch, and the line that stores a name.
+
+The doctor points at the line a learner must change. A wrapped call (``backward()``,
+``clip_grad_norm_``) is located by the innermost frame outside torch, the doctor and the
+mutation locator; a tensor held across steps by the statement that stores it, found by reading
+the source of the code that holds it (the class of the module, the step function's file).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import linecache
+import os
+import re
+import sys
+import traceback
+from types import FrameType, TracebackType
+
+from mahiax.debug import _is_internal
+
+_HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+@functools.cache
+def internal(path: str) -> bool:
+    """A frame the user did not write: torch, the doctor itself, the locator."""
+    return _is_internal(path) or os.path.abspath(path).startswith(_HERE)
+
+
+def user_site(frame: FrameType | None = None) -> tuple[str, int]:
+    """``(file, line)`` of the innermost frame outside torch and the doctor."""
+    f = frame if frame is not None else sys._getframe(1)
+    while f is not None:
+        if not internal(f.f_code.co_filename):
+            return f.f_code.co_filename, f.f_lineno
+        f = f.f_back
+    return "", 0
+
+
+def traceback_site(tb: TracebackType | None) -> tuple[str, int]:
+    """The innermost user frame of a traceback: the user's line that raised."""
+    best = ("", 0)
+    for frame, line in traceback.walk_tb(tb):
+        if not internal(frame.f_code.co_filename):
+            best = (frame.f_code.co_filename, line)
+    return best
+
+
+_COMPARE = re.compile(r"[=!<>]=")
+
+
+def _stores(text: str, name: str, attribute: bool) -> bool:
+    """Does this line of code store into ``name`` (``x = ``, ``x += ``, ``a, x = ``,
+    ``x[i] = ``, ``x.append(``)? ``attribute``: ``name`` is ``obj.name``."""
+    code = text.split("#", 1)[0]
+    ref = rf"\.{re.escape(name)}\b" if attribute else rf"(?<![\w.]){re.escape(name)}\b"
+    if re.search(ref + r"\s*\.\s*(append|extend|insert)\s*\(", code):
+        return True
+    if re.search(r"register_buffer\(\s*['\"]" + re.escape(name) + "['\"]", code):
+        return True
+    masked = _COMPARE.sub("  ", code)
+    if "=" not in masked:
+        return False
+    lhs = masked.split("=", 1)[0]
+    lhs = lhs.rstrip("+-*/%@&|^ ")
+    return re.search(ref, lhs) is not None
+
+
+def storing_lines(file: str, name: str, attribute: bool,
+                  span: tuple[int, int] | None = None) -> list[tuple[int, bool]]:
+    """Lines of ``file`` (within ``span``, inclusive) that store into ``name``, each with
+    whether it sits in an ``__init__`` or at module top level (setup, not the step)."""
+    lines = linecache.getlines(file)
+    lo, hi = span if span is not None else (1, len(lines))
+    found: list[tuple[int, bool]] = []
+    for n in range(lo, min(hi, len(lines)) + 1):
+        text = lines[n - 1]
+        if _stores(text, name, attribute):
+            found.append((n, _in_setup(lines, n)))
+    return found
+
+
+def _in_setup(lines: list[str], n: int) -> bool:
+    """Is line ``n`` at module top level or inside a ``def __init__``?"""
+    text = lines[n - 1]
+    indent = len(text) - len(text.lstrip())
+    if indent == 0:
+        return True
+    for k in range(n - 2, -1, -1):
+        above = lines[k]
+        stripped = above.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        level = len(above) - len(stripped)
+        if level < indent and stripped.startswith(("def ", "async def ")):
+            return stripped.startswith("def __init__")
+        if level == 0:
+            return False
+    return False
+
+
+def source_span(obj: object) -> tuple[str, tuple[int, int]] | None:
+    """``(file, (first, last))`` of a class's or function's source, or None."""
+    try:
+        file = inspect.getsourcefile(obj)  # type: ignore[arg-type]
+        lines, start = inspect.getsourcelines(obj)  # type: ignore[arg-type]
+    except (TypeError, OSError):
+        return None
+    if file is None:
+        return None
+    return file, (max(start, 1), max(start, 1) + len(lines) - 1)
+
+
+def pick_store(candidates: list[tuple[str, int, bool]], built: tuple[str, int] | None
+               ) -> tuple[str, int] | None:
+    """The line to name among storing lines ``(file, line, in_setup)``: the one where the held
+    tensor was built if it is one of them, else the first outside setup code, else where it
+    was built."""
+    if built is not None and any((f, n) == built for f, n, _ in candidates):
+        return built
+    for f, n, setup in candidates:
+        if not setup:
+            return f, n
+    if built is not None:
+        return built
+    return (candidates[0][0], candidates[0][1]) if candidates else None
+
+
+def class_stores(cls: type, name: str) -> list[tuple[str, int, bool]]:
+    """Storing lines of attribute ``name`` in ``cls`` and its bases outside torch."""
+    found: list[tuple[str, int, bool]] = []
+    for klass in cls.__mro__:
+        if klass is object or internal(getattr(sys.modules.get(klass.__module__), "__file__",
+                                               "") or ""):
+            continue
+        where = source_span(klass)
+        if where is None:
+            continue
+        file, span = where
+        found.extend((file, n, setup) for n, setup in storing_lines(file, name, True, span))
+    return found
+
+
+def line_text(file: str, line: int) -> str:
+    """The stripped source text of ``file:line`` ("" if unavailable)."""
+    return linecache.getline(file, line).strip() if file and line else ""

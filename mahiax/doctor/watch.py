@@ -1,0 +1,652 @@
+"""The watchers: what the doctor records while a loop runs, step by step.
+
+:class:`Watch` installs, for the duration of an examination only (everything is removed in a
+``finally``, also when the loop raises):
+
+- the lab's mutation locator (:func:`mahiax.debug.locate_mutations`): in-place writes into
+  tensors a live graph saved, and writes that bypassed the version counter. The locator keeps
+  PyTorch's own version check working: it re-raises PyTorch's error word for word;
+- a ``TorchFunctionMode`` that notes the user's line that built each tensor with a
+  ``grad_fn`` (to name where a carried graph was made) and sees ``x.data = y`` (a swap of a
+  tensor's storage that no version counter and no dispatch mode sees);
+- wrappers of ``torch.Tensor.backward``, ``torch.autograd.backward``,
+  ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` and ``GradScaler.scale`` /
+  ``unscale_`` / ``step``: who called them, from which line, over which graph;
+- ``register_post_accumulate_grad_hook`` on the model's parameters (which ones ever get a
+  gradient) and forward pre-hooks on its modules (the same batch forwarded again after a
+  backward: one forward per loss);
+- at the end of every step, a scan of the live tensors for graphs that outlive their step,
+  and of the model's buffers and state for tensors that require grad.
+
+Nodes are told apart by their autograd sequence number, which grows with every node created
+on the thread: a node numbered below the step's first number was built in an earlier step.
+The watch keeps numbers and weak references only, never the user's tensors, so it does not
+change what lives and what is freed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sys
+import traceback
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from mahiax import debug
+from mahiax.debug import MutationLocator, _Packed, _storage_key, locate_mutations
+from mahiax.doctor import sites
+from mahiax.telemetry.categories import grad_fn_of, saved_bytes
+
+_DATA_DESCRIPTOR = torch._C.TensorBase.__dict__["data"]  # ``x.data = y`` calls its __set__
+
+# The locator names the innermost frame outside torch and its own file; the doctor's watchers
+# sit in that stack too (the function mode's frame), so they join its list of frames to skip.
+debug._SKIP_EXACT.update(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    for name in os.listdir(os.path.dirname(os.path.abspath(__file__))) if name.endswith(".py")
+)
+debug._is_internal.cache_clear()
+
+
+def _seq(node: Any) -> int:
+    return node._sequence_nr()
+
+
+def _is_leaf_node(node: Any) -> bool:
+    return type(node).__name__ == "AccumulateGrad"
+
+
+@dataclass
+class BackwardCall:
+    """One ``backward()`` (or ``torch.autograd.backward``) call."""
+
+    step: int
+    file: str
+    line: int
+    retain: bool  # retain_graph=True given explicitly
+    create: bool  # create_graph=True
+    nodes: int  # autograd nodes reachable from the roots (AccumulateGrad nodes excluded)
+    saved: int  # bytes saved for backward in that graph (parameters not counted)
+    seqs: frozenset[int]  # sequence numbers of those nodes
+    earliest_step: int  # the earliest step one of its nodes was built in
+    repeated_forward: bool  # the model ran again on the same batch since the last backward
+    leaves: frozenset[int] = frozenset()  # id() of the leaf tensors it reaches
+
+
+@dataclass
+class ClipCall:
+    """A clipping call that hit gradients a GradScaler still scaled."""
+
+    step: int
+    file: str
+    line: int
+    function: str  # "clip_grad_norm_"
+    scaled: int  # how many of the clipped gradients were still scaled
+    total: int  # how many gradients it clipped
+    scale: float | None  # the scaler's scale
+    norm: float | None  # the norm clip_grad_norm_ measured (a scaled norm)
+    limit: float  # max_norm / clip_value
+
+
+@dataclass
+class SilentWrite:
+    """A write into a saved tensor's memory that its version counter did not see."""
+
+    step: int
+    file: str
+    line: int
+    op: str
+    shape: tuple[int, ...]
+    saved_by: str  # "aten.mm at file.py:12"
+    packed: Any  # weakref to the locator's record of the saved tensor
+    used: bool = False  # a backward ran while that saved tensor was still held
+
+
+@dataclass
+class Held:
+    """A tensor with a graph that outlived its step, and who holds it."""
+
+    label: str  # "model.memory.nodes (a buffer)", "global `total` (loop.py)"
+    file: str
+    line: int
+    first_step: int  # the step it was first seen held at
+    built_step: int  # the earliest step its graph reaches
+    last_step: int
+    nodes: list[int] = field(default_factory=list)  # nodes of its graph, at each step seen
+    saved: list[int] = field(default_factory=list)  # bytes its graph holds saved, per step
+    items: int = 1  # tensors held (several for a list)
+
+
+@dataclass
+class Holder:
+    kind: str  # "global" | "attribute" | "buffer" | "list" | "closure" | "entry"
+    name: str
+    owner: Any = None  # the object whose attribute it is (attribute, buffer)
+    file: str = ""  # global / closure: the file that defines it
+    container: str = ""  # "list" when the tensor sits in a list held under `name`
+    count: int = 1
+
+
+class _Sites(TorchFunctionMode):
+    """Notes the user's line that built each tensor with a grad_fn; sees ``x.data = y``."""
+
+    def __init__(self, watch: Watch):
+        super().__init__()
+        self.watch = watch
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__self__", None) is _DATA_DESCRIPTOR and func.__name__ == "__set__":
+            self.watch._on_set_data(args[0])
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            if grad_fn_of(out) is not None:
+                self.watch.built[out] = sites.user_site()
+        elif isinstance(out, tuple | list):
+            site = None
+            for t in out:
+                if isinstance(t, torch.Tensor) and grad_fn_of(t) is not None:
+                    site = site or sites.user_site()
+                    self.watch.built[t] = site
+        return out
+
+
+class Watch:
+    """Everything recorded while one loop runs; :meth:`active` installs the watchers."""
+
+    def __init__(self, model: nn.Module | None = None,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 scaler: Any = None, code: Callable | None = None,
+                 ignore_types: tuple[type, ...] = ()):
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.ignore_types = ignore_types
+        self.names: dict[int, str] = {}
+        if model is not None:
+            self.names = {id(m): f"model.{n}" if n else "model"
+                          for n, m in model.named_modules()}
+        self.code_files: set[str] = set()  # files of the user's step code
+        if code is not None:
+            target = getattr(code, "__func__", code)
+            file = getattr(getattr(target, "__code__", None), "co_filename", None)
+            if file:
+                self.code_files.add(file)
+        self.step = -1
+        self.steps_done = 0
+        self.examine_seq = 0  # first sequence number of the examination
+        self.step_seqs: list[int] = []  # first sequence number of each step
+        self.backwards: list[BackwardCall] = []
+        self.clips: list[ClipCall] = []
+        self.silent: list[SilentWrite] = []
+        self.held: dict[str, Held] = {}
+        self.grad_counts: dict[int, int] = {}
+        self.state_requiring_grad: dict[str, tuple[Any, str]] = {}  # label -> (owner, attr)
+        self.error: BaseException | None = None
+        self.error_info: tuple[str, str, int, str, int] | None = None
+        self.loc: MutationLocator | None = None
+        self.built: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (file, line)
+        self._scaled_roots: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> scaler
+        self._scaled_params: set[int] = set()  # id(p) whose .grad a scaler still scales
+        self._scaler_ref: Any = None
+        self._mutations_seen = 0
+        self._in_backward = 0
+        self._forward_seen: dict[tuple, tuple[Any, int]] = {}
+        self._backwards_this_step = 0
+        self._repeat = False
+        self._busy = False
+
+    # ---- lifetime ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Watch]:
+        """Install every watcher; remove them all on exit, whatever happens inside."""
+        with contextlib.ExitStack() as stack:
+            self.loc = stack.enter_context(locate_mutations(self.model))
+            self._patch(stack)
+            self._hook_model(stack)
+            stack.enter_context(_Sites(self))
+            self.examine_seq = torch._C._autograd._get_sequence_nr()
+            yield self
+
+    def begin_step(self, i: int) -> None:
+        self.step = i
+        self.step_seqs.append(torch._C._autograd._get_sequence_nr())
+        self._forward_seen.clear()
+        self._backwards_this_step = 0
+        self._repeat = False
+
+    def end_step(self, i: int) -> None:
+        self._collect_silent()
+        self.steps_done = i + 1
+        self._scan_state(i)
+        self._scan_held(i)
+
+    def fail(self, exc: BaseException, i: int) -> None:
+        """Keep what the loop raised (type, message, step, the user's line), then forget the
+        exception's frames, so the step's locals do not look held, and scan."""
+        file, line = sites.traceback_site(exc.__traceback__)
+        self.error_info = (type(exc).__name__, str(exc), i, file, line)
+        traceback.clear_frames(exc.__traceback__)
+        exc.__traceback__ = None
+        self._after_failure(i)
+
+    def fail_recorded(self, type_name: str, message: str, i: int) -> None:
+        """The same for an error already caught by someone else (the catalog's harness)."""
+        self.error_info = (type_name, message, i, "", 0)
+        self._after_failure(i)
+
+    def _after_failure(self, i: int) -> None:
+        gc.collect()
+        self._collect_silent()
+        self._scan_state(i)
+        self._scan_held(i)
+
+    # ---- patches ------------------------------------------------------------------------------
+    def _patch(self, stack: contextlib.ExitStack) -> None:
+        def patch(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+            original = getattr(owner, name)
+            setattr(owner, name, make(original))
+            stack.callback(setattr, owner, name, original)
+
+        watch = self
+
+        def tensor_backward(original):
+            def backward(self, gradient=None, retain_graph=None, create_graph=False,
+                         inputs=None):
+                if not watch._in_backward:  # not the torch-function re-dispatch of this call
+                    watch._before_backward([self], retain_graph, create_graph)
+                watch._in_backward += 1
+                try:
+                    return original(self, gradient, retain_graph, create_graph, inputs)
+                finally:
+                    watch._in_backward -= 1
+            return backward
+
+        def autograd_backward(original):
+            def backward(tensors, *args, **kwargs):
+                if not watch._in_backward:
+                    roots = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+                    retain = kwargs.get("retain_graph", args[1] if len(args) > 1 else None)
+                    create = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
+                    watch._before_backward(roots, retain, create)
+                watch._in_backward += 1
+                try:
+                    return original(tensors, *args, **kwargs)
+                finally:
+                    watch._in_backward -= 1
+            return backward
+
+        patch(torch.Tensor, "backward", tensor_backward)
+        patch(torch.autograd, "backward", autograd_backward)
+        from torch.nn.utils import clip_grad
+
+        for fn_name in ("clip_grad_norm_", "clip_grad_value_"):
+            original = getattr(torch.nn.utils, fn_name)
+            wrapped = self._clip_wrapper(original, fn_name)
+            for owner in (torch.nn.utils, clip_grad):
+                if getattr(owner, fn_name, None) is original:
+                    setattr(owner, fn_name, wrapped)
+                    stack.callback(setattr, owner, fn_name, original)
+            for module in self._user_modules():  # `from torch.nn.utils import clip_grad_norm_`
+                for key, value in list(vars(module).items()):
+                    if value is original:
+                        setattr(module, key, wrapped)
+                        stack.callback(setattr, module, key, original)
+        scaler_cls = torch.amp.GradScaler
+        patch(scaler_cls, "scale", self._scale_wrapper)
+        patch(scaler_cls, "unscale_", self._unscale_wrapper)
+        patch(scaler_cls, "step", self._unscale_wrapper)
+
+    def _user_modules(self) -> list[Any]:
+        files = {os.path.abspath(f) for f in self.code_files}
+        found = []
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if path and os.path.abspath(path) in files:
+                found.append(module)
+        return found
+
+    def _hook_model(self, stack: contextlib.ExitStack) -> None:
+        if self.model is None:
+            return
+        for p in self.model.parameters():
+            if p.requires_grad:
+                self.grad_counts.setdefault(id(p), 0)
+                handle = p.register_post_accumulate_grad_hook(self._on_grad)
+                stack.callback(handle.remove)
+        owned = {_storage_key(t) for t in
+                 list(self.model.parameters()) + list(self.model.buffers())}
+        for m in self.model.modules():
+            handle = m.register_forward_pre_hook(self._forward_pre(owned))
+            stack.callback(handle.remove)
+
+    def _on_grad(self, p: torch.Tensor) -> None:
+        self.grad_counts[id(p)] = self.grad_counts.get(id(p), 0) + 1
+
+    def _forward_pre(self, owned: set) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if t is None or t.requires_grad or _storage_key(t) in owned:
+                return
+            key = (id(module), t.data_ptr(), tuple(t.shape), t.dtype, t._version)
+            seen = self._forward_seen.get(key)
+            if seen is not None and seen[0]() is t and seen[1] < self._backwards_this_step:
+                self._repeat = True
+            elif seen is None or seen[0]() is not t:
+                self._forward_seen[key] = (weakref.ref(t), self._backwards_this_step)
+        return hook
+
+    # ---- backward ----------------------------------------------------------------------------
+    def _before_backward(self, roots: list[torch.Tensor], retain: Any, create: Any) -> None:
+        file, line = sites.user_site()
+        self._collect_silent()
+        seqs: set[int] = set()
+        leaves: set[int] = set()
+        stack = [grad_fn_of(r) for r in roots if isinstance(r, torch.Tensor)]
+        seen: set[int] = set()
+        alive: list[Any] = []
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            alive.append(node)
+            if _is_leaf_node(node):
+                leaves.add(id(node.variable))
+                continue
+            seqs.add(_seq(node))
+            stack.extend(n for n, _ in node.next_functions)
+        del alive
+        params = [] if self.model is None else list(self.model.parameters())
+        counted = frozenset(id(p) for p in params)
+        storages: dict = {}
+        saved = 0
+        for r in roots:
+            if isinstance(r, torch.Tensor):
+                saved += saved_bytes(r, r.device, storages, counted)
+        earliest = self.step
+        low = min(seqs) if seqs else None
+        if low is not None and low < self.step_seqs[-1]:
+            earliest = max(k for k, s in enumerate(self.step_seqs) if s <= low) \
+                if low >= self.examine_seq else -1
+        self.backwards.append(BackwardCall(
+            self.step, file, line, retain is True, bool(create), len(seqs), saved,
+            frozenset(seqs), earliest, self._repeat, frozenset(leaves),
+        ))
+        self._repeat = False
+        self._backwards_this_step += 1
+        if any(isinstance(r, torch.Tensor) and r in self._scaled_roots for r in roots):
+            self._scaled_params |= leaves
+        for s in self.silent:  # a backward runs while the silently changed tensor is held
+            if not s.used and s.packed() is not None:
+                s.used = True
+
+    # ---- clipping and the scaler ----------------------------------------------------------
+    def _clip_wrapper(self, original: Callable, name: str) -> Callable:
+        watch = self
+
+        def clip(parameters, limit, *args, **kwargs):
+            params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+            file, line = sites.user_site()
+            hit = [p for p in params if id(p) in watch._scaled_params and p.grad is not None]
+            out = original(params, limit, *args, **kwargs)
+            if hit:
+                scaler = watch._scaler_ref() if watch._scaler_ref is not None else None
+                scale = float(scaler.get_scale()) if scaler is not None else None
+                norm = float(out) if isinstance(out, torch.Tensor) else None
+                watch.clips.append(ClipCall(watch.step, file, line, name, len(hit),
+                                            len(params), scale, norm, float(limit)))
+            return out
+        return clip
+
+    def _scale_wrapper(self, original: Callable) -> Callable:
+        watch = self
+
+        def scale(scaler, outputs):
+            out = original(scaler, outputs)
+            if scaler.is_enabled():
+                watch._scaler_ref = weakref.ref(scaler)
+                for t in (out if isinstance(out, list | tuple) else [out]):
+                    if isinstance(t, torch.Tensor):
+                        watch._scaled_roots[t] = True
+            return out
+        return scale
+
+    def _unscale_wrapper(self, original: Callable) -> Callable:
+        watch = self
+
+        def unscale(scaler, optimizer, *args, **kwargs):
+            out = original(scaler, optimizer, *args, **kwargs)
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    watch._scaled_params.discard(id(p))
+            return out
+        return unscale
+
+    # ---- silent writes ------------------------------------------------------------------------
+    def _on_set_data(self, t: torch.Tensor) -> None:
+        """``t.data = y`` swaps the memory of ``t``: a tensor a live graph saved then reads y."""
+        loc = self.loc
+        key = _storage_key(t)
+        refs = loc._saved.get(key) if loc is not None and key is not None else None
+        live = [p for p in (r() for r in refs or ()) if p is not None]
+        if not live:
+            return
+        file, line = sites.user_site()
+        info = live[-1].info
+        self.silent.append(SilentWrite(
+            self.step, file, line, "x.data = ...", tuple(t.shape),
+            f"{info.op} at {os.path.basename(info.file)}:{info.line}", weakref.ref(live[-1]),
+        ))
+
+    def _collect_silent(self) -> None:
+        """Turn the locator's writes that left the version unchanged into silent writes."""
+        loc = self.loc
+        if loc is None:
+            return
+        loc._settle()
+        new = loc.mutations[self._mutations_seen:]
+        self._mutations_seen = len(loc.mutations)
+        for m in new:
+            if m.version_after is None or m.version_after != m.version_before:
+                continue
+            packed = None
+            for refs in loc._saved.values():
+                for r in refs:
+                    p = r()
+                    if p is not None and p.info is m.saved:
+                        packed = r
+            self.silent.append(SilentWrite(
+                self.step, m.file, m.line, m.op, m.saved.shape,
+                f"{m.saved.op} at {os.path.basename(m.saved.file)}:{m.saved.line}",
+                packed or (lambda: None),
+            ))
+
+    # ---- end of step scans -------------------------------------------------------------------
+    def _label(self, obj: Any) -> str:
+        name = self.names.get(id(obj))
+        return name if name is not None else type(obj).__name__
+
+    def _scan_state(self, step: int) -> None:
+        """Buffers and plain tensor attributes of the model that are leaves requiring grad."""
+        if self.model is None:
+            return
+        params = {id(p) for p in self.model.parameters()}
+        if self.optimizer is not None:
+            params |= {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        for m in self.model.modules():
+            for attr, value in list(vars(m).items()) + list(m._buffers.items()):
+                if not isinstance(value, torch.Tensor) or isinstance(value, nn.Parameter):
+                    continue
+                if value.requires_grad and value.grad_fn is None and id(value) not in params:
+                    kind = "a buffer" if attr in m._buffers else "a tensor attribute"
+                    label = f"{self._label(m)}.{attr} ({kind})"
+                    self.state_requiring_grad.setdefault(label, (m, attr))
+
+    def _scan_held(self, step: int) -> None:
+        """Find live tensors whose graph reaches an earlier step, and who holds them."""
+        start = self.step_seqs[step] if step < len(self.step_seqs) else self.step_seqs[-1]
+        found: list[tuple[torch.Tensor, int]] = []  # (tensor, earliest step its graph reaches)
+        memo: dict[int, int] = {}  # node id -> lowest sequence number reachable
+        keep: list[Any] = []  # nodes seen: keeps their ids unique during the scan
+        tensor = torch.Tensor
+        for obj in gc.get_objects():
+            if not issubclass(type(obj), tensor):  # type(): no __class__ lookups (warnings)
+                continue
+            node = grad_fn_of(obj)
+            if node is None or _is_leaf_node(node):
+                continue
+            low = self._lowest(node, memo, keep)
+            if self.examine_seq <= low < start:
+                earliest = max(k for k, s in enumerate(self.step_seqs) if s <= low)
+                found.append((obj, earliest))
+        del keep, memo
+        if not found:
+            return
+        found.sort(key=lambda pair: -_seq(pair[0].grad_fn))
+        exclude = {id(found)}
+        for t, earliest in found[:64]:
+            holder = self._holder(t, exclude)
+            if holder is None:
+                continue
+            self._record_held(holder, t, earliest, step)
+        found.clear()
+
+    def _lowest(self, first: Any, memo: dict[int, int], keep: list[Any]) -> int:
+        """The lowest sequence number of a node reachable from ``first`` (memoised)."""
+        if id(first) in memo:
+            return memo[id(first)]
+        order: list[Any] = []
+        stack = [first]
+        pending: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in memo or id(node) in pending or _is_leaf_node(node):
+                continue
+            pending.add(id(node))
+            keep.append(node)
+            order.append(node)
+            stack.extend(n for n, _ in node.next_functions)
+        # the graph is a DAG built in sequence order: children have lower numbers, so visiting
+        # in increasing sequence order settles every child before its parents
+        for node in sorted(order, key=_seq):
+            low = _seq(node)
+            for child, _ in node.next_functions:
+                if child is not None and not _is_leaf_node(child) and id(child) in memo:
+                    low = min(low, memo[id(child)])
+            memo[id(node)] = low
+        return memo.get(id(first), _seq(first))
+
+    def _holder(self, t: torch.Tensor, exclude: set[int]) -> Holder | None:
+        refs = gc.get_referrers(t)
+        exclude = exclude | {id(refs)}
+        for r in refs:
+            if id(r) in exclude or isinstance(r, _Packed | FrameType):
+                continue
+            h = self._name_reference(r, t, exclude, depth=0)
+            if h is not None:
+                return h
+        return None
+
+    def _name_reference(self, r: Any, t: Any, exclude: set[int], depth: int) -> Holder | None:
+        """Name what ``r``, a referrer of ``t``, is: a global, an attribute or buffer of an
+        object, a closure variable, or (one level) a list or tuple held by one of those."""
+        if isinstance(r, dict):
+            key = next((k for k, v in r.items() if v is t), None)
+            if not isinstance(key, str):
+                return None
+            if "__builtins__" in r and "__name__" in r:
+                return Holder("global", key, file=r.get("__file__") or "")
+            owners = gc.get_referrers(r)
+            for o in owners:
+                if id(o) in exclude or o is owners:
+                    continue
+                if isinstance(o, nn.Module) and o._buffers is r:
+                    return None if isinstance(o, self.ignore_types) else \
+                        Holder("buffer", key, owner=o)
+                if getattr(o, "__dict__", None) is r:
+                    return None if isinstance(o, self.ignore_types) else \
+                        Holder("attribute", key, owner=o)
+            return None
+        if isinstance(r, list | tuple) and depth == 0:
+            if isinstance(r, tuple) and r and all(type(c).__name__ == "cell" for c in r):
+                return None
+            outer = gc.get_referrers(r)
+            for rr in outer:
+                if id(rr) in exclude or rr is outer or isinstance(rr, FrameType):
+                    continue
+                h = self._name_reference(rr, r, exclude | {id(outer)}, depth + 1)
+                if h is not None:
+                    h.container = type(r).__name__
+                    h.count = sum(1 for v in r if isinstance(v, torch.Tensor)
+                                  and grad_fn_of(v) is not None)
+                    return h
+            return None
+        if type(r).__name__ == "cell":
+            for closure in gc.get_referrers(r):
+                if not isinstance(closure, tuple):
+                    continue
+                for fn in gc.get_referrers(closure):
+                    if getattr(fn, "__closure__", None) is closure:
+                        name = fn.__code__.co_freevars[closure.index(r)]
+                        return Holder("closure", name, owner=fn, file=fn.__code__.co_filename)
+        return None
+
+    def _record_held(self, h: Holder, t: torch.Tensor, earliest: int, step: int) -> None:
+        if h.kind == "global":
+            label = f"global `{h.name}` ({os.path.basename(h.file)})"
+        elif h.kind == "closure":
+            label = f"`{h.name}` (a variable of {h.owner.__qualname__})"
+        else:
+            kind = " (a buffer)" if h.kind == "buffer" else ""
+            label = f"{self._label(h.owner)}.{h.name}{kind}"
+        if h.container:
+            label = f"a {h.container} in {label}"
+        nodes = len(self._nodes(t))
+        saved = saved_bytes(t, t.device, {}, frozenset(
+            id(p) for p in (self.model.parameters() if self.model is not None else ())))
+        record = self.held.get(label)
+        if record is None:
+            file, line = self._store_line(h, t)
+            record = self.held[label] = Held(label, file, line, step, earliest, step)
+        record.last_step = step
+        record.built_step = min(record.built_step, earliest)
+        record.nodes.append(nodes)
+        record.saved.append(saved)
+        record.items = h.count
+
+    def _nodes(self, t: torch.Tensor) -> set[int]:
+        seen: set[int] = set()
+        alive: list[Any] = []
+        stack = [grad_fn_of(t)]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            alive.append(node)
+            stack.extend(n for n, _ in node.next_functions)
+        return seen
+
+    def _store_line(self, h: Holder, t: torch.Tensor) -> tuple[str, int]:
+        """The user's line that stores the held tensor (or, failing that, that built it)."""
+        built = self.built.get(t)
+        candidates: list[tuple[str, int, bool]] = []
+        if h.kind in ("attribute", "buffer"):
+            candidates += sites.class_stores(type(h.owner), h.name)
+            for f in self.code_files:
+                candidates += [(f, n, s) for n, s in sites.storing_lines(f, h.name, True)]
+        elif h.kind in ("global", "closure") and h.file:
+            candidates += [(h.file, n, s) for n, s in sites.storing_lines(h.file, h.name, False)]
+        picked = sites.pick_store(candidates, built)
+        return picked if picked is not None else ("", 0)
+

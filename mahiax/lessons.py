@@ -287,3 +287,35 @@ SUMMARY_PATH = Path(__file__).resolve().parents[1] / "docs" / "FIXES_SUMMARY.md"
 def fixes_summary() -> Markdown:
     """The user's bug-fix summary, the document every lesson tests, as it was written."""
     return Markdown(SUMMARY_PATH.read_text())
+
+
+def dashboard_link(store: str | Path | None = None) -> Markdown:
+    """Where to open the live dashboard from this notebook, on a hub and locally alike.
+
+    Inside JupyterLab the dashboard is the "MAHIA-X dashboard" launcher tile, served by
+    jupyter-server-proxy under the server's own address (``mahiax/jupyter_proxy.py``): on a
+    JupyterHub that is ``$JUPYTERHUB_SERVICE_PREFIX`` (``/user/<name>/``), in a local
+    JupyterLab the server's root. Outside JupyterLab, ``make dashboard`` serves it on
+    http://localhost:8501. The link is root-relative, so it works from whatever host the
+    browser reached the server on.
+
+    ``store``: the run store the lesson wrote (default: the one this kernel writes,
+    ``$MAHIAX_STORE`` or ``runs/`` here). The tile reads ``$MAHIAX_STORE`` when the server has
+    it, else ``runs/`` in the folder the server started in; the terminal command names the
+    store explicitly.
+    """
+    import os
+
+    from mahiax.jupyter_proxy import NAME
+    from mahiax.store.paths import ENV_VAR, resolve_store_path
+
+    path = resolve_store_path(store)
+    on_hub = "JUPYTERHUB_SERVICE_PREFIX" in os.environ
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+    text = (f"**[Open the MAHIA-X dashboard]({prefix}{NAME}/)** (in "
+            f"{'your JupyterHub server' if on_hub else 'JupyterLab'}; it is also the "
+            f"**MAHIA-X dashboard** tile in the Launcher). Run store: `{path}`.")
+    if not on_hub:
+        text += (f"\n\nOutside JupyterLab, from a terminal at the repository root: "
+                 f"`{ENV_VAR}={path} make dashboard`, then open <http://localhost:8501>.")
+    return Markdown(text)

@@ -227,6 +227,10 @@ def _learner_session(browser, base: str, name: str, password: str, others: list[
         lesson = page.evaluate(f"({NOTEBOOK_STATE})()")
         assert lesson["errors"] == [], (name, lesson["errors"])
         assert lesson["ran"] == lesson["code"], (name, lesson)
+        # the lesson's link to the dashboard is the learner's own proxy address
+        link = page.get_by_role("link", name="Open the MAHIA-X dashboard").first
+        assert link.get_attribute("href").endswith(f"/user/{name}/mahiax-dashboard/"), \
+            link.get_attribute("href")
 
         # a run of their own, then the others' homes and the hub's secret
         homes = [pwd.getpwnam(o).pw_dir for o in others]

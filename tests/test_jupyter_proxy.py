@@ -127,3 +127,18 @@ def test_launcher_tile_opens_the_dashboard_with_the_servers_own_store(tmp_path):
     finally:
         stop(proc)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_lesson_link_points_at_the_proxy_on_a_hub_and_in_a_local_jupyterlab(monkeypatch,
+                                                                            tmp_path):
+    from mahiax import lessons
+
+    store = tmp_path / "runs" / "mahiax.sqlite"
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
+    on_hub = str(lessons.dashboard_link(store))
+    assert "](/user/alice/mahiax-dashboard/)" in on_hub
+    assert str(store) in on_hub and "make dashboard" not in on_hub  # no terminal on a hub
+    monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX")
+    local = str(lessons.dashboard_link(store))
+    assert "](/mahiax-dashboard/)" in local
+    assert f"MAHIAX_STORE={store} make dashboard" in local and "http://localhost:8501" in local

@@ -251,10 +251,15 @@ print("gradcheck of x * x.detach():", gradcheck(wrong, (x,), raise_exception=Fal
 #
 # ## 5. The dashboard
 #
-# In a terminal at the repository root: `make dashboard` (or `.venv/bin/streamlit run
-# dashboard`), then open <http://localhost:8501>. With no run recorded yet it starts a
-# 300-step demo run and shows it live: losses, expert load balance, memory-node evolution, DWA
-# weights and memory. Lesson 07 records a run from a notebook and opens the same run there.
+# The live dashboard shows a run's losses, expert load balance, memory-node evolution, DWA
+# weights and memory. In JupyterLab (here, on a JupyterHub or on Binder) it is the
+# **MAHIA-X dashboard** tile in the Launcher, or the link the next cell prints; it reads your
+# own run store. Outside JupyterLab, `make dashboard` in a terminal at the repository root
+# serves it on <http://localhost:8501>, and with an empty store starts a 300-step demo run.
+# Lesson 07 records a run from a notebook and opens the same run there.
+
+# %%
+lessons.dashboard_link()
 
 # %% [markdown]
 # ## Exercise: meet the checker

@@ -11,8 +11,9 @@
 # **Context (read cold).** `mahiax.recording.record_training` trains and writes every step
 # to the run store, one SQLite file (`mahiax.store`). Any number of readers can read while
 # it trains: the dashboard, the command line (`python -m mahiax runs show NAME`), or
-# `mahiax.store.RunReader`, which returns pandas DataFrames. This notebook writes its store
-# to a temporary directory, so it leaves nothing behind.
+# `mahiax.store.RunReader`, which returns pandas DataFrames. This notebook writes to your own
+# run store (`$MAHIAX_STORE`, else `runs/` beside the notebook), the one your dashboard
+# reads, under a new run name each time it runs.
 #
 # PyTorch docs this lesson builds on: autograd mechanics,
 # [in-place correctness checks](https://docs.pytorch.org/docs/stable/notes/autograd.html#in-place-correctness-checks)
@@ -23,13 +24,13 @@
 # [CUDA semantics: memory management](https://docs.pytorch.org/docs/stable/notes/cuda.html#cuda-memory-management).
 
 # %%
-import tempfile
-from pathlib import Path
+import time
 
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
 import torch
+from IPython.display import display
 
 from mahiax import bugs, lessons
 from mahiax.bugs.stateful import BuggyController
@@ -37,10 +38,12 @@ from mahiax.config import teaching
 from mahiax.fabric import MetaController
 from mahiax.recording import record_training
 from mahiax.store import RunReader
+from mahiax.store.paths import ENV_VAR, resolve_store_path
 from mahiax.telemetry.probes import Cadence
 
-store = Path(tempfile.mkdtemp(prefix="mahiax-lesson-")) / "mahiax.sqlite"
-print("run store:", store)
+store = resolve_store_path()  # $MAHIAX_STORE, else runs/mahiax.sqlite here
+RUN = f"lesson07-{time.strftime('%Y%m%d-%H%M%S')}"  # a new name each time the lesson runs
+print("run store:", store, "· run:", RUN)
 
 # %% [markdown]
 # ## 1. Record a run
@@ -50,15 +53,15 @@ print("run store:", store)
 
 # %%
 config = teaching().replace(max_steps=120, dwa_window=10)
-trainer = record_training(config, "lesson07", steps=120, store=store,
+trainer = record_training(config, RUN, steps=120, store=store,
                           cadence=Cadence(snapshot_every=10, memory_every=25))
 reader = RunReader(store)
 reader.runs()[["name", "status", "last_step", "steps", "device"]]
 
 # %%
-run = reader.run("lesson07")
+run = reader.run(RUN)
 assert run["status"] == "finished" and run["last_step"] == 119
-keys = reader.scalar_keys("lesson07")
+keys = reader.scalar_keys(RUN)
 print(len(keys), "scalar keys, e.g.", keys[:6])
 
 # %% [markdown]
@@ -72,7 +75,7 @@ print(len(keys), "scalar keys, e.g.", keys[:6])
 
 # %%
 tasks = list(config.tasks)
-losses = reader.scalars("lesson07", [f"loss/{t}" for t in tasks])
+losses = reader.scalars(RUN, [f"loss/{t}" for t in tasks])
 fig = px.line(losses, labels={"value": "loss", "variable": "task"},
               title="per-task losses (clean model, one encode(), one backward per step)")
 fig.update_layout(height=340)
@@ -94,7 +97,7 @@ assert (last < first).all(), "every task learns"
 # when perfectly even), `moe/max_over_mean` the busiest expert's count over the mean.
 
 # %%
-load = reader.vectors("lesson07", "moe/tokens_per_expert")
+load = reader.vectors(RUN, "moe/tokens_per_expert")
 share = load.div(load.sum(axis=1), axis=0)
 fig = px.imshow(share.T, aspect="auto", origin="lower", color_continuous_scale="Viridis",
                 labels={"x": "step", "y": "expert", "color": "share of tokens"},
@@ -103,7 +106,7 @@ fig.update_layout(height=320)
 fig
 
 # %%
-balance = reader.scalars("lesson07", ["moe/cv", "moe/max_over_mean"])
+balance = reader.scalars(RUN, ["moe/cv", "moe/max_over_mean"])
 px.line(balance, title="load imbalance: coefficient of variation and max / mean",
         labels={"value": "", "variable": ""}).update_layout(height=300)
 
@@ -118,7 +121,7 @@ px.line(balance, title="load imbalance: coefficient of variation and max / mean"
 # `(1 - s) * (n_i - n_j)` at every step, so it shrinks geometrically toward zero.)
 
 # %%
-snaps = reader.snapshots("lesson07", "memory/nodes")
+snaps = reader.snapshots(RUN, "memory/nodes")
 all_nodes = np.concatenate(list(snaps.values()))
 mean = all_nodes.mean(axis=0)
 _, _, vt = np.linalg.svd(all_nodes - mean, full_matrices=False)
@@ -155,8 +158,8 @@ assert spread > 0.1, "the nodes stay distinct"
 # set), so the weights stay equal for the first two windows (steps 0-19).
 
 # %%
-weights = reader.scalars("lesson07", [f"weight/{t}" for t in tasks])
-ratios = reader.scalars("lesson07", [f"dwa/ratio/{t}" for t in tasks])
+weights = reader.scalars(RUN, [f"weight/{t}" for t in tasks])
+ratios = reader.scalars(RUN, [f"dwa/ratio/{t}" for t in tasks])
 fig = go.Figure()
 for t in tasks:
     fig.add_trace(go.Scatter(x=weights.index, y=weights[f"weight/{t}"], name=f"weight {t}"))
@@ -181,7 +184,7 @@ assert np.allclose(weights.loc[:19], 1.0), "equal weights for the first two wind
 # **Predict.** Over 120 steps, does live tensor memory grow, or stay flat? And the RSS?
 
 # %%
-mem = reader.scalars("lesson07", ["mem/tensor_bytes", "mem/rss"]) / 2**20
+mem = reader.scalars(RUN, ["mem/tensor_bytes", "mem/rss"]) / 2**20
 px.line(mem.dropna(how="all"), markers=True, labels={"value": "MB", "variable": ""},
         title=f"memory on {run['device']}").update_layout(height=300)
 
@@ -215,7 +218,7 @@ assert tensor_mb.iloc[1:].max() <= 1.01 * tensor_mb.iloc[1], "flat after the fir
 # > below is measured on that adaptation.
 
 # %%
-importance = reader.vectors("lesson07", "fabric/importance")
+importance = reader.vectors(RUN, "fabric/importance")
 px.line(importance, labels={"value": "importance", "variable": "layer"},
         title="MetaController importance per layer (EMA)").update_layout(height=300)
 
@@ -289,14 +292,13 @@ assert result.holds
 # %% [markdown]
 # ## 8. The same run in the dashboard
 #
-# The dashboard reads the store named by `MAHIAX_STORE`. From a terminal at the repository
-# root (the exact command for this notebook's store is printed below), then open
-# <http://localhost:8501>: the run `lesson07` is listed with the same charts, live while a
-# run trains.
+# The dashboard reads the same store: open it from the link below (or the **MAHIA-X
+# dashboard** tile in the Launcher) and pick the run named above. It lists the same series
+# with the same charts, live while a run trains. The command line reads it too.
 
 # %%
-print(f"MAHIAX_STORE={store} MAHIAX_DASHBOARD_AUTOSTART=0 .venv/bin/streamlit run dashboard")
-print(f"MAHIAX_STORE={store} .venv/bin/python -m mahiax runs show lesson07")
+display(lessons.dashboard_link(store))
+print(f"{ENV_VAR}={store} python -m mahiax runs show {RUN}")
 
 # %% [markdown]
 # ## Check your understanding

@@ -183,8 +183,12 @@ def delays(written: list[float], seen: list[tuple[float, int]]) -> list[float]:
     return out
 
 
-def screen_latency(seconds: float = 30.0, every_s: float = 0.1, refresh_s: float = 2.0) -> dict:
-    """Write-to-screen delays over ``seconds`` of a run logging a step every ``every_s``."""
+def screen_latency(seconds: float = 30.0, every_s: float = 0.1, refresh_s: float = 2.0,
+                   extra_viewers: int = 0) -> dict:
+    """Write-to-screen delays over ``seconds`` of a run logging a step every ``every_s``,
+    seen in Chromium while ``extra_viewers`` simulated viewers watch the same page."""
+    from benchmarks.viewers import Viewers
+
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -216,13 +220,18 @@ def screen_latency(seconds: float = 30.0, every_s: float = 0.1, refresh_s: float
                     page.get_by_role("heading", name="Training", exact=True).wait_for(
                         timeout=60_000)
                     page.evaluate(_OBSERVER_JS)
-                    written_file = Path(tmp) / "written.json"
-                    child = subprocess.Popen(
-                        [sys.executable, "-c", _WRITER_CHILD, str(store), str(steps),
-                         str(every_s), str(written_file)], cwd=ROOT, env=env)
-                    child.wait(timeout=seconds + 120)
-                    page.wait_for_timeout(1000 * (refresh_s + 1.5))
-                    seen = [(ms / 1000, n) for ms, n in page.evaluate("window.__seen")]
+                    others = Viewers(url, "training", extra_viewers).start()
+                    try:
+                        others.wait_ready(120)
+                        written_file = Path(tmp) / "written.json"
+                        child = subprocess.Popen(
+                            [sys.executable, "-c", _WRITER_CHILD, str(store), str(steps),
+                             str(every_s), str(written_file)], cwd=ROOT, env=env)
+                        child.wait(timeout=seconds + 120)
+                        page.wait_for_timeout(1000 * (refresh_s + 1.5))
+                        seen = [(ms / 1000, n) for ms, n in page.evaluate("window.__seen")]
+                    finally:
+                        others.close()
                 finally:
                     browser.close()
             written = json.loads(written_file.read_text())
@@ -242,15 +251,150 @@ def screen_latency(seconds: float = 30.0, every_s: float = 0.1, refresh_s: float
             "median_s": float(q[0]), "p95_s": float(q[1]), "max_s": float(max(d)),
             "steady_median_s": float(np.median(warm)) if warm else float("nan"),
             "steady_max_s": float(max(warm)) if warm else float("nan"),
-            "met": float(q[0]) < LATENCY_GOAL_S}
+            "viewers": 1 + extra_viewers, "met": float(q[0]) < LATENCY_GOAL_S}
+
+
+# -- what viewers cost the server, and the training run --------------------------------------
+
+VIEWER_COUNTS = (1, 10, 30)
+IDLE_GOAL = 1.0  # % of one core per viewer of a finished run
+SLOWDOWN_GOAL = 10.0  # % fewer training steps per second with 30 viewers than with none
+
+
+def _server(store: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """``streamlit run dashboard`` on ``store``, on a free port; returns it and its URL."""
+    port = free_port()
+    env = {**os.environ, "MAHIAX_STORE": str(store), "MAHIAX_DASHBOARD_AUTOSTART": "0",
+           "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{url}/_stcore/health", server, 60, "streamlit",
+                  lambda: log.read_text()[-2000:])
+    return server, url
+
+
+def _cpu_s(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def _window(server: subprocess.Popen, seconds: float, steps=None) -> dict:
+    """Server CPU (% of one core), this process's CPU (the simulated viewers) and, with
+    ``steps`` (a function returning the run's last step), training steps per second."""
+    c0, me0, t0 = _cpu_s(server.pid), time.process_time(), time.monotonic()
+    s0 = steps() if steps else None
+    time.sleep(seconds)
+    c1, me1, t1 = _cpu_s(server.pid), time.process_time(), time.monotonic()
+    out = {"server_pct": 100 * (c1 - c0) / (t1 - t0),
+           "viewers_process_pct": 100 * (me1 - me0) / (t1 - t0)}
+    if steps:
+        out["steps_per_s"] = (steps() - s0) / (t1 - t0)
+    return out
+
+
+def _with_viewers(server: subprocess.Popen, url: str, page: str, n: int, seconds: float,
+                  steps=None) -> dict:
+    """Measure a window while ``n`` simulated viewers watch ``page``."""
+    from benchmarks.viewers import Viewers
+
+    if n == 0:
+        return _window(server, seconds, steps)
+    with Viewers(url, page, n) as viewers:
+        viewers.wait_ready(180)
+        time.sleep(2.0)  # the first renders are over; the steady state is measured
+        out = _window(server, seconds, steps)
+        stats = viewers.stats
+    if any(s.not_found or s.exceptions for s in stats):
+        raise RuntimeError(f"{page}: a viewer got 'page not found' or an exception")
+    out["runs_per_viewer_per_min"] = 60 * statistics.mean(s.runs_finished for s in stats) \
+        / (seconds + 2.0)
+    return out
+
+
+def viewer_costs(window_s: float = 15.0) -> dict:
+    """Server CPU per viewer of a finished run and of a live run at 1, 10 and 30 viewers, and
+    the training run's steps per second with 0 to 30 viewers (see ``benchmarks/viewers.py``
+    for how viewers are simulated)."""
+    from mahiax.store import RunReader
+
+    out: dict = {"window_s": window_s, "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        # a finished 2,000-step run on Expert load balance (the page the issue measured)
+        store = Path(tmp) / "finished.sqlite"
+        writer = write_long_run(store, 2000)
+        writer.finish("finished")
+        writer.close()
+        server, url = _server(store, Path(tmp) / "finished.log")
+        try:
+            idle = _window(server, window_s)
+            rows = {}
+            for n in VIEWER_COUNTS:
+                r = _with_viewers(server, url, "experts", n, window_s)
+                r["per_viewer_pct"] = (r["server_pct"] - idle["server_pct"]) / n
+                rows[n] = r
+        finally:
+            stop(server)
+        out["finished"] = {"idle_server_pct": idle["server_pct"], "viewers": rows}
+
+        # a live run: the tiny preset training (one thread) while viewers watch Training
+        store = Path(tmp) / "live.sqlite"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MAHIAX_DASHBOARD_AUTOSTART": "0"}
+        with open(Path(tmp) / "train.log", "wb") as log:
+            trainer = subprocess.Popen(
+                [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps",
+                 "1000000", "--run", "live", "--store", str(store), "--no-progress"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = None
+        try:
+            reader = RunReader(store)
+            deadline = time.monotonic() + 120
+            while not (store.exists() and "live" in reader.run_names()):
+                if trainer.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the live run did not start: "
+                                       + (Path(tmp) / "train.log").read_text()[-2000:])
+                time.sleep(0.5)
+
+            def last_step() -> int:
+                last = reader.run("live")["last_step"]
+                return 0 if last is None else int(last)
+
+            server, url = _server(store, Path(tmp) / "live.log")
+            time.sleep(3.0)  # the trainer's first steps are slower (warm-up)
+            rows = {0: _with_viewers(server, url, "training", 0, window_s, last_step)}
+            for n in VIEWER_COUNTS:
+                rows[n] = _with_viewers(server, url, "training", n, window_s, last_step)
+            again = _with_viewers(server, url, "training", 0, window_s, last_step)
+            reader.close()
+        finally:
+            if server is not None:
+                stop(server)
+            stop(trainer)
+        base = (rows[0]["steps_per_s"] + again["steps_per_s"]) / 2
+        for n in VIEWER_COUNTS:
+            rows[n]["per_viewer_pct"] = (rows[n]["server_pct"] - rows[0]["server_pct"]) / n
+            rows[n]["slowdown_pct"] = 100 * (1 - rows[n]["steps_per_s"] / base)
+        out["live"] = {"viewers": rows, "no_viewers_after": again, "steps_per_s_base": base}
+    worst_idle = max(r["per_viewer_pct"] for r in out["finished"]["viewers"].values())
+    slowdown = out["live"]["viewers"][max(VIEWER_COUNTS)]["slowdown_pct"]
+    out["met"] = bool(worst_idle <= IDLE_GOAL and slowdown <= SLOWDOWN_GOAL)
+    return out
 
 
 def run() -> dict:
-    """Both dashboard figures."""
+    """The dashboard's figures: refresh time, what viewers cost, write-to-screen delay with
+    30 viewers."""
     refresh = refresh_times()
-    latency = screen_latency()
-    return {"refresh": refresh, "latency": latency,
-            "met": bool(refresh["met"] and latency["met"])}
+    viewers = viewer_costs()
+    latency = screen_latency(extra_viewers=max(VIEWER_COUNTS) - 1)
+    return {"refresh": refresh, "viewers": viewers, "latency": latency,
+            "met": bool(refresh["met"] and viewers["met"] and latency["met"])}
 
 
 def markdown(r: dict) -> str:
@@ -266,13 +410,16 @@ def markdown(r: dict) -> str:
         ok = "yes" if p["refresh_median_s"] < REFRESH_GOAL_S else "NO"
         lines.append(f"| {page} | {p['first_s']:.2f} | {p['refresh_median_s']:.3f} "
                      f"({p['refresh_min_s']:.3f}-{p['refresh_max_s']:.3f}) | < 1 s | {ok} |")
+    lines += ["", *_viewer_lines(r["viewers"])]
     lat = r["latency"]
     lines.append("")
     if "skipped" in lat:
         lines.append(f"Write-to-screen latency: skipped ({lat['skipped']}).")
     else:
         lines += [
-            "Write-to-screen delay: the real server in headless Chromium; a child process logs "
+            f"Write-to-screen delay with {lat.get('viewers', 1)} viewers: the real server, "
+            "one viewer in headless Chromium (where the delay is measured), the others "
+            "simulated as above, all on the Training page; a child process logs "
             f"a step every {lat['write_every_s']} s (the writer commits every 0.5 s); the page "
             f"refreshes every {lat['refresh_s']:.0f} s (the default). For each step, the time "
             "until the page first shows it or a later one.", "",
@@ -288,6 +435,46 @@ def markdown(r: dict) -> str:
             "interval plus the writer's 0.5 s commit and the redraw.",
         ]
     return "\n".join(lines)
+
+
+def _viewer_lines(v: dict) -> list[str]:
+    """The viewer-cost tables."""
+    fin, live = v["finished"], v["live"]
+    lines = [
+        "What viewers cost. Viewers are simulated (`benchmarks/viewers.py`): Streamlit "
+        "websocket clients in one process that ask for the page by its address and keep "
+        "the fragment timers the server sends, as the browser's frontend does, but draw "
+        "nothing and report no cached messages. Server CPU is the Streamlit process's user "
+        f"+ system time over {v['window_s']:.0f} s, in % of one core ({v['cores']} cores "
+        "here); per viewer is (with n viewers - with none) / n.", "",
+        f"Finished 2,000-step run, Expert load balance page (the server alone: "
+        f"{fin['idle_server_pct']:.2f} %):", "",
+        "| viewers | server CPU (% of a core) | per viewer | goal | met | page runs per "
+        "viewer per minute | viewers' process CPU |",
+        "|---|---|---|---|---|---|---|"]
+    for n, r in fin["viewers"].items():
+        ok = "yes" if r["per_viewer_pct"] <= IDLE_GOAL else "NO"
+        lines.append(f"| {n} | {r['server_pct']:.2f} | {r['per_viewer_pct']:.3f} | "
+                     f"<= {IDLE_GOAL:.0f} % | {ok} | {r['runs_per_viewer_per_min']:.1f} | "
+                     f"{r['viewers_process_pct']:.1f} % |")
+    rows = live["viewers"]
+    lines += [
+        "", "Live run: `mahiax train --preset tiny` (one thread, `OMP_NUM_THREADS=1`) while "
+        "the viewers watch the Training page (refresh every 2 s). Training speed without "
+        f"viewers is the mean of a window before and after ({live['steps_per_s_base']:.1f} "
+        "steps/s).", "",
+        "| viewers | server CPU (% of a core) | per viewer | training steps/s | slower than "
+        "with none | goal | met |", "|---|---|---|---|---|---|---|"]
+    for n, r in rows.items():
+        if n == 0:
+            lines.append(f"| 0 | {r['server_pct']:.2f} | – | {r['steps_per_s']:.1f} | – | "
+                         "| |")
+            continue
+        goal = f"<= {SLOWDOWN_GOAL:.0f} %" if n == max(VIEWER_COUNTS) else ""
+        ok = ("yes" if r["slowdown_pct"] <= SLOWDOWN_GOAL else "NO") if goal else ""
+        lines.append(f"| {n} | {r['server_pct']:.2f} | {r['per_viewer_pct']:.2f} | "
+                     f"{r['steps_per_s']:.1f} | {r['slowdown_pct']:.1f} % | {goal} | {ok} |")
+    return lines
 
 
 if __name__ == "__main__":

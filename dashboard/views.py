@@ -3,11 +3,14 @@ re-reads only new steps; every store fault becomes a message on the page, never 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import bug_lab, charts, data, processing, runs, watch
@@ -32,8 +35,54 @@ def _present(df: pd.DataFrame, keys: list[str]) -> list[str]:
     return [k for k in keys if k in df.columns and df[k].notna().any()]
 
 
-def _chart(fig) -> None:
+def _chart(build: Callable[[], go.Figure]) -> None:
+    """Draw the figure ``build()`` makes, shared by every session drawing the same run at the
+    same step: building a figure (plotly validates every trace) costs more than sending it,
+    so thirty viewers of a live run build each chart once per new step, not thirty times.
+
+    The figure is a function of the run's data at that step (``_drawing.version``, set by
+    the page's fragment) and of the small values ``build`` closes over (the metric keys, the
+    step picked, log scale ...): those make the key, with where ``build`` is written. A
+    closed-over frame or array is derived from the run's data, so the step stands for it."""
+    version = getattr(_drawing, "version", None)
+    key = None if version is None else \
+        (version, _max_points(), build.__code__, _closure_key(build))
+    fig = None
+    if key is not None:
+        with _figures_lock:
+            fig = _figures.get(key)
+            if fig is not None:
+                _figures.move_to_end(key)
+    if fig is None:
+        fig = build()
+        if key is not None:
+            with _figures_lock:
+                _figures[key] = fig
+                while len(_figures) > MAX_FIGURES:
+                    _figures.popitem(last=False)
     st.plotly_chart(fig, width="stretch")
+
+
+MAX_FIGURES = 256  # figures kept for the server's sessions; the least recently drawn go first
+_figures: OrderedDict[tuple, go.Figure] = OrderedDict()
+_figures_lock = threading.Lock()
+_drawing = threading.local()  # .version: (store, run, created, last step) being drawn
+
+
+def _closure_key(build: Callable) -> tuple:
+    """The plain values ``build`` closes over or takes as defaults (numbers, strings, and
+    lists of them); other values (frames, arrays) only by their type."""
+    plain = (str, int, float, bool, type(None), np.integer, np.floating)
+    key = []
+    values = [c.cell_contents for c in build.__closure__ or ()] + list(build.__defaults__ or ())
+    for value in values:
+        if isinstance(value, plain):
+            key.append(value)
+        elif isinstance(value, list | tuple) and all(isinstance(v, plain) for v in value):
+            key.append(tuple(value))
+        else:
+            key.append(type(value).__name__)
+    return tuple(key)
 
 
 # -- the frame every page shares ------------------------------------------------------------
@@ -77,7 +126,11 @@ def _page(title: str, body: Body) -> None:
             if info["status"] != status:
                 st.rerun()  # started or stopped being live: the timer must change
             _status(info, detailed=body is training_body)
-            body(path, info)
+            _drawing.version = (path, name, info["created"], info["last_step"])
+            try:
+                body(path, info)
+            finally:
+                _drawing.version = None
         except RunNotFoundError:
             data.forget_run(path, name)
             st.warning(f"Run {name!r} is no longer in the store (it was deleted). "
@@ -182,24 +235,26 @@ def training_body(path: str, info: dict) -> None:
     left, right = st.columns(2)
     with left:
         loss_keys = _present(df, ["loss", *sorted(c for c in df if c.startswith("loss/"))])
-        _chart(charts.lines(_ds(df[loss_keys]), "Losses (total and per task)", log_y=log_y))
+        _chart(lambda: charts.lines(_ds(df[loss_keys]), "Losses (total and per task)", log_y=log_y))
     with right:
         if _present(df, ["optim/grad_norm"]):
-            _chart(charts.lines(_ds(df[["optim/grad_norm"]]), "Gradient norm (before clipping)"))
+            _chart(lambda: charts.lines(_ds(df[["optim/grad_norm"]]),
+                                        "Gradient norm (before clipping)"))
     left, right = st.columns(2)
     with left:
         if _present(df, ["time/step_s"]):
-            _chart(charts.lines(_ds(df[["time/step_s"]]), "Step time", "seconds"))
+            _chart(lambda: charts.lines(_ds(df[["time/step_s"]]), "Step time", "seconds"))
     with right:
         if _present(df, ["time/samples_per_s"]):
-            _chart(charts.lines(_ds(df[["time/samples_per_s"]]), "Throughput", "samples / s"))
+            _chart(lambda: charts.lines(_ds(df[["time/samples_per_s"]]), "Throughput",
+                                        "samples / s"))
     shown = ("loss", "loss/", "optim/grad_norm", "time/", "moe/", "weight/", "dwa/", "mem/",
              "amp/", "optim/lr")
     other = [c for c in df.columns if not c.startswith(shown) and df[c].notna().any()]
     if other:
         with st.expander(f"Other metrics of this run ({len(other)})", expanded=True):
             for key in other:
-                _chart(charts.lines(_ds(df[[key]]), key))
+                _chart(lambda key=key: charts.lines(_ds(df[[key]]), key))
 
 
 def experts_body(path: str, info: dict) -> None:
@@ -224,27 +279,27 @@ def experts_body(path: str, info: dict) -> None:
                     horizontal=True, key="expert_view")
     shown = _ds(tokens)
     if view == "heatmap":
-        _chart(charts.heatmap_over_steps(shown, "Tokens per expert over steps", "expert",
-                                         "tokens"))
+        _chart(lambda: charts.heatmap_over_steps(shown, "Tokens per expert over steps", "expert",
+                                                 "tokens"))
     else:
-        _chart(charts.stacked_area(processing.expert_shares(shown),
-                                   "Share of tokens per expert", "share"))
+        _chart(lambda: charts.stacked_area(processing.expert_shares(shown),
+                                           "Share of tokens per expert", "share"))
     left, right = st.columns(2)
     with left:
-        _chart(charts.bars(current, f"Load at step {int(tokens.index[-1])}", "expert", "tokens",
-                           reference=float(current.sum()) / max(1, len(current))))
+        _chart(lambda: charts.bars(current, f"Load at step {int(tokens.index[-1])}", "expert",
+                                   "tokens", reference=float(current.sum()) / max(1, len(current))))
     with right:
         keys = _present(df, ["moe/cv", "moe/max_over_mean", "moe/entropy"])
         if keys:
-            _chart(charts.lines(_ds(df[keys]), "Balance: CV, max/mean, entropy"))
+            _chart(lambda: charts.lines(_ds(df[keys]), "Balance: CV, max/mean, entropy"))
     left, right = st.columns(2)
     with left:
         keys = _present(df, ["moe/aux_loss", "moe/z_loss"])
         if keys:
-            _chart(charts.lines(_ds(df[keys]), "Load-balancing (aux) and z losses"))
+            _chart(lambda: charts.lines(_ds(df[keys]), "Load-balancing (aux) and z losses"))
     with right:
         if _present(df, ["moe/dead"]):
-            _chart(charts.lines(_ds(df[["moe/dead"]]), "Dead experts per step", "experts"))
+            _chart(lambda: charts.lines(_ds(df[["moe/dead"]]), "Dead experts per step", "experts"))
 
 
 def memory_nodes_body(path: str, info: dict) -> None:
@@ -270,36 +325,39 @@ def memory_nodes_body(path: str, info: dict) -> None:
         step = st.select_slider("step", options=steps, key="nodes_step")
     else:
         st.caption(f"One snapshot so far, at step {step}.")
-    pca = processing.pca_fit(snaps)  # fitted on every snapshot: frames share one plane
-    paths = processing.node_paths(snaps, pca)
-    _chart(charts.node_trajectories(paths, step, "Memory nodes (PCA of all snapshots)",
-                                    pca.explained))
+    def trajectories() -> go.Figure:
+        pca = processing.pca_fit(snaps)  # fitted on every snapshot: frames share one plane
+        return charts.node_trajectories(processing.node_paths(snaps, pca), step,
+                                        "Memory nodes (PCA of all snapshots)", pca.explained)
+
+    _chart(trajectories)
     left, right = st.columns(2)
     with left:
-        _chart(charts.markers(processing.node_norms(snaps), "Node norms", "L2 norm"))
+        _chart(lambda: charts.markers(processing.node_norms(snaps), "Node norms", "L2 norm"))
     with right:
-        _chart(charts.markers(processing.node_displacement(snaps),
-                              "Distance moved from the first snapshot", "L2 distance"))
+        _chart(lambda: charts.markers(processing.node_displacement(snaps),
+                                      "Distance moved from the first snapshot", "L2 distance"))
     left, right = st.columns(2)
     with left:
-        _chart(charts.matrix(processing.cosine_similarity(snaps[step]),
-                             f"Cosine similarity of nodes, step {step}", -1.0, 1.0))
+        _chart(lambda: charts.matrix(processing.cosine_similarity(snaps[step]),
+                                     f"Cosine similarity of nodes, step {step}", -1.0, 1.0))
     with right:
         adjacency = data.live_snapshots(path, info, "memory/adjacency")
         before = [s for s in sorted(adjacency) if s <= step]
         if before:
-            _chart(charts.matrix(np.asarray(adjacency[before[-1]], dtype=float),
-                                 f"Diffusion matrix A, step {before[-1]}", colorscale="Viridis"))
+            _chart(lambda: charts.matrix(np.asarray(adjacency[before[-1]], dtype=float),
+                                         f"Diffusion matrix A, step {before[-1]}",
+                                         colorscale="Viridis"))
         else:
             st.info("No diffusion-matrix snapshot (`memory/adjacency`) at or before this step.")
     slots = data.live_snapshots(path, info, "tiny/slots")
     before = [s for s in sorted(slots) if s <= step]
     if before:
         ring = np.asarray(slots[before[-1]], dtype=float)
-        _chart(charts.matrix(processing.cosine_similarity(ring),
-                             f"TinyMemory: cosine similarity of its {len(ring)} slots "
-                             f"(recent batch summaries), step {before[-1]}", -1.0, 1.0,
-                             label="slot"))
+        _chart(lambda: charts.matrix(processing.cosine_similarity(ring),
+                                     f"TinyMemory: cosine similarity of its {len(ring)} slots "
+                                     f"(recent batch summaries), step {before[-1]}", -1.0, 1.0,
+                                     label="slot"))
 
 
 def loss_weights_body(path: str, info: dict) -> None:
@@ -316,14 +374,14 @@ def loss_weights_body(path: str, info: dict) -> None:
     left, right = st.columns(2)
     with left:
         if not weights.empty:
-            _chart(charts.lines(_ds(weights), "Loss weight per task"))
+            _chart(lambda: charts.lines(_ds(weights), "Loss weight per task"))
         else:
             st.info("No loss weights were logged.")
     with right:
         if not losses.empty:
-            _chart(charts.lines(_ds(losses), "Loss per task", log_y=True))
+            _chart(lambda: charts.lines(_ds(losses), "Loss per task", log_y=True))
     if not ratios.dropna(how="all").empty:
-        _chart(charts.lines(_ds(ratios), "DWA descent ratio L(t-1) / L(t-2) per task"))
+        _chart(lambda: charts.lines(_ds(ratios), "DWA descent ratio L(t-1) / L(t-2) per task"))
     else:
         st.info("No DWA ratios: they are logged only with `--weighting dwa`.")
 
@@ -372,10 +430,11 @@ def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: 
     if len(totals) > _max_points():
         totals = _ds(totals)
     title = f"Memory by category ({'GPU' if gpu else 'CPU'})"
-    _chart(charts.memory_stack(stacked, totals, title, marks={s: "spike" for s in spikes}))
+    _chart(lambda: charts.memory_stack(stacked, totals, title, marks={s: "spike" for s in spikes}))
     if not gpu and _present(df, ["mem/rss"]):
-        _chart(charts.lines(_ds(processing.to_mib(df[["mem/rss"]])),
-                            "Process RSS (all memory of the process, not only tensors)", "MiB"))
+        _chart(lambda: charts.lines(_ds(processing.to_mib(df[["mem/rss"]])),
+                                    "Process RSS (all memory of the process, not only tensors)",
+                                    "MiB"))
 
 
 def _mib(value: float) -> str:
@@ -404,8 +463,8 @@ def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
     if gpu:
         keys = _present(df, ["mem/allocated", "mem/reserved", "mem/peak"])
         if keys:
-            _chart(charts.lines(_ds(processing.to_mib(df[keys])),
-                                "CUDA allocator", "MiB"))
+            _chart(lambda: charts.lines(_ds(processing.to_mib(df[keys])),
+                                        "CUDA allocator", "MiB"))
         else:
             st.info("No CUDA memory readings stored yet.")
         return
@@ -413,18 +472,21 @@ def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
     with left:
         keys = _present(df, ["mem/tensor_bytes", "mem/peak", "tensor_bytes"])
         if keys:
-            sparse = processing.to_mib(df[keys].dropna(how="all"))
-            fig = charts.markers(_ds(sparse), "Live tensor bytes", "MiB")
-            # the peak so far often equals the reading: dashed, so both stay visible
-            fig.update_traces(selector=dict(name="mem/peak"), line=dict(dash="dash"),
-                              marker=dict(symbol="circle-open", size=9))
-            _chart(fig)
+            def tensor_bytes() -> go.Figure:
+                sparse = processing.to_mib(df[keys].dropna(how="all"))
+                fig = charts.markers(_ds(sparse), "Live tensor bytes", "MiB")
+                # the peak so far often equals the reading: dashed, so both stay visible
+                fig.update_traces(selector=dict(name="mem/peak"), line=dict(dash="dash"),
+                                  marker=dict(symbol="circle-open", size=9))
+                return fig
+
+            _chart(tensor_bytes)
         else:
             st.info("No tensor-bytes reading stored yet.")
     with right:
         if _present(df, ["mem/rss"]):
-            _chart(charts.lines(_ds(processing.to_mib(df[["mem/rss"]])),
-                                "Process RSS", "MiB"))
+            _chart(lambda: charts.lines(_ds(processing.to_mib(df[["mem/rss"]])),
+                                        "Process RSS", "MiB"))
         else:
             st.info("No RSS reading stored.")
 
@@ -446,11 +508,11 @@ def _amp(df: pd.DataFrame, info: dict) -> None:
     st.metric("skipped steps (total)", int(total.iloc[-1]) if len(total) else 0)
     left, right = st.columns(2)
     with left:
-        _chart(charts.lines(_ds(df[_present(df, ["amp/scale"])]), "AMP loss scale",
-                            log_y=True))
+        _chart(lambda: charts.lines(_ds(df[_present(df, ["amp/scale"])]), "AMP loss scale",
+                                    log_y=True))
     with right:
         if _present(df, ["amp/skipped"]):
-            _chart(charts.lines(_ds(df[["amp/skipped"]]), "Skipped steps (1 = skipped)"))
+            _chart(lambda: charts.lines(_ds(df[["amp/skipped"]]), "Skipped steps (1 = skipped)"))
 
 
 def training() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-WATCH_S = 10.0  # how often a page that is not live checks whether it should be
+WATCH_S = 3.0  # how often a page that is not live checks whether it should be (s)
 
 
 def watch(signature: Callable[[], object], drawn: object) -> None:

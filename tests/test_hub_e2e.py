@@ -185,7 +185,8 @@ def _signed_in(ctx) -> bool:
 
 
 def _learner_processes(uid: int) -> dict[str, dict[str, float]]:
-    """RSS (MiB) and CPU seconds of the learner's server, kernel and dashboard processes."""
+    """Memory (RSS, PSS, USS in MiB) and CPU seconds of the learner's server, kernel and
+    dashboard processes."""
     import psutil
 
     kinds = {"jupyterhub.singleuser": "server", "ipykernel_launcher": "kernel",
@@ -198,8 +199,15 @@ def _learner_processes(uid: int) -> dict[str, dict[str, float]]:
         for needle, kind in kinds.items():
             if needle in cmd:
                 cpu = p.info["cpu_times"]
-                slot = found.setdefault(kind, {"rss_mib": 0.0, "cpu_s": 0.0, "processes": 0})
+                slot = found.setdefault(kind, {"rss_mib": 0.0, "pss_mib": 0.0, "uss_mib": 0.0,
+                                               "cpu_s": 0.0, "processes": 0})
                 slot["rss_mib"] += p.info["memory_info"].rss / 2**20
+                try:  # PSS shares the pages several learners map (torch's libraries) fairly
+                    full = p.memory_full_info()
+                    slot["pss_mib"] += full.pss / 2**20
+                    slot["uss_mib"] += full.uss / 2**20
+                except psutil.Error:
+                    pass
                 slot["cpu_s"] += cpu.user + cpu.system
                 slot["processes"] += 1
     return found
@@ -308,8 +316,8 @@ def test_three_learners_sign_in_run_a_lesson_and_see_only_their_own_runs(hub, le
         assert {"server", "kernel", "dashboard"} <= set(memory[name]), (name, memory[name])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "memory-per-learner.json").write_text(json.dumps({
-        "measured": "RSS (MiB) and CPU seconds since start of each learner's processes, "
-                    "by psutil, after the learner ran lessons/00_tour.ipynb, recorded a "
+        "measured": "RSS, PSS and USS (MiB) and CPU seconds since start of each learner's "
+                    "processes, by psutil, after the learner ran lessons/00_tour.ipynb, recorded a "
                     "3-step tiny run and opened the dashboard tile",
         "learners": memory,
     }, indent=2))

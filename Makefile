@@ -52,6 +52,9 @@ HUB_STAMP := $(HUB_DIR)/.installed
 hub-setup: $(HUB_STAMP)
 
 $(HUB_STAMP): $(STAMP) hub/package.json hub/package-lock.json hub/runtime.py
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian's nodejs and npm for configurable-http-proxy"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	mkdir -p $(HUB_DIR)
 	cp hub/package.json hub/package-lock.json $(HUB_DIR)/
 	cd $(HUB_DIR) && npm ci --no-audit --no-fund --loglevel=error

@@ -35,6 +35,7 @@ from traitlets import Unicode
 HUB_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(HUB_DIR))
 from learners import GROUP, NAME, is_learner  # noqa: E402
+from runtime import unreachable  # noqa: E402
 
 REPO = HUB_DIR.parent
 LESSONS = REPO / "notebooks"
@@ -46,9 +47,14 @@ ADMIN = os.environ.get("MAHIAX_HUB_ADMIN", "instructor")
 
 c = get_config()  # noqa: F821  (JupyterHub defines it when it loads this file)
 
-for needed, hint in ((PYTHON, "make hub-setup"), (CHP, "make hub-setup")):
+for needed in (PYTHON, CHP):
     if not needed.exists():
-        raise SystemExit(f"{needed} is missing: run `{hint}` first")
+        raise SystemExit(f"{needed} is missing: run `make hub-setup` first")
+_blocked = unreachable(REPO)
+if _blocked is not None:  # learners' servers would fail to start, one confusing error each
+    raise SystemExit(f"learners cannot enter {_blocked} (no o+x), so they cannot run the lab "
+                     f"from {REPO}: serve the hub from a checkout every user can read, e.g. "
+                     "/opt/mahiax-lab")
 
 # -- the hub's secrets: a root-only folder ------------------------------------------------
 STATE.mkdir(parents=True, exist_ok=True)

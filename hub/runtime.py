@@ -33,6 +33,17 @@ REPO = Path(__file__).resolve().parent.parent
 LAYER = "mahiax-lab.pth"
 
 
+def unreachable(path: Path) -> Path | None:
+    """The first folder on the way to ``path`` that other users cannot enter (no ``o+x``),
+    or None: learners' servers run as other users, so the lab must lie on a path they can
+    walk (``/root/...`` or a 0700 temp folder cannot serve a hub)."""
+    path = path.resolve()
+    for folder in [*reversed(path.parents), path]:
+        if folder.is_dir() and not folder.stat().st_mode & 0o001:
+            return folder
+    return None
+
+
 def version_of(python: str) -> str:
     """``X.Y`` of an interpreter."""
     out = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
@@ -86,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="an interpreter every user may run (default /usr/bin/python3)")
     ap.add_argument("--venv", type=Path, default=REPO / "build" / "hub" / "venv")
     args = ap.parse_args(argv)
+    blocked = unreachable(REPO)
+    if blocked is not None:
+        print(f"warning: other users cannot enter {blocked}, so learners cannot run the lab "
+              f"from {REPO}; serve the hub from a checkout every user can read "
+              "(e.g. /opt/mahiax-lab)", file=sys.stderr)
     how = build(args.python, args.venv.absolute())
     probe = subprocess.run(
         [str(args.venv / "bin" / "python"), "-c",

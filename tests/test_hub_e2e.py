@@ -52,9 +52,20 @@ RUNTIME = ROOT / "build" / "hub"
 ARTIFACTS = ROOT / "test-artifacts" / "hub"
 TILE = "MAHIA-X dashboard"
 
-_spec = importlib.util.spec_from_file_location("hub_learners", ROOT / "hub" / "learners.py")
-learners = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(learners)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"hub_{name}", ROOT / "hub" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+learners, runtime = _load("learners"), _load("runtime")
+if runtime.unreachable(ROOT) is not None:
+    pytest.skip(f"learner accounts cannot enter {runtime.unreachable(ROOT)}, so a hub cannot "
+                f"serve the lab from this checkout ({ROOT}); a hub needs a checkout every "
+                "user can read", allow_module_level=True)
 
 # the open notebook's code cells, how many ran, their errors, the kernel's state
 NOTEBOOK_STATE = """() => {

@@ -248,7 +248,8 @@ def _clips(w: Watch) -> list[Finding]:
 
 def _unused(w: Watch) -> list[Finding]:
     model = w.model
-    if model is None or w.steps_done < 1 or not any(w.grad_counts.values()):
+    if (model is None or w.error_info is not None or w.steps_done < 2
+            or not any(w.grad_counts.values())):  # judged on a loop that ran
         return []
     unused = {id(p) for p in model.parameters() if w.grad_counts.get(id(p), 1) == 0}
     if not unused:

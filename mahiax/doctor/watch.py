@@ -150,15 +150,10 @@ class _Sites(TorchFunctionMode):
         if getattr(func, "__self__", None) is _DATA_DESCRIPTOR and func.__name__ == "__set__":
             self.watch._on_set_data(args[0])
         out = func(*args, **kwargs)
-        if isinstance(out, torch.Tensor):
-            if grad_fn_of(out) is not None:
-                self.watch.built[out] = sites.user_site()
-        elif isinstance(out, tuple | list):
-            site = None
-            for t in out:
-                if isinstance(t, torch.Tensor) and grad_fn_of(t) is not None:
-                    site = site or sites.user_site()
-                    self.watch.built[t] = site
+        for t in (out,) if isinstance(out, torch.Tensor) else \
+                out if isinstance(out, tuple | list) else ():
+            if isinstance(t, torch.Tensor):
+                self.watch._note_built(t)
         return out
 
 
@@ -194,11 +189,14 @@ class Watch:
         self.error: BaseException | None = None
         self.error_info: tuple[str, str, int, str, int] | None = None
         self.loc: MutationLocator | None = None
-        self.built: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (file, line)
+        self.built: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (file, line, seq)
         self._scaled_roots: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> scaler
         self._scaled_params: set[int] = set()  # id(p) whose .grad a scaler still scales
         self._scaler_ref: Any = None
         self._mutations_seen = 0
+        # this step's graphs held at its end: grad_fn sequence number -> (label, file, line,
+        # step); a later backward that reaches one of them names its holder
+        self._carriers: dict[int, tuple[str, str, int, int]] = {}
         self._in_backward = 0
         self._forward_seen: dict[tuple, tuple[Any, int]] = {}
         self._backwards_this_step = 0
@@ -216,6 +214,17 @@ class Watch:
             stack.enter_context(_Sites(self))
             self.examine_seq = torch._C._autograd._get_sequence_nr()
             yield self
+
+    def _note_built(self, t: torch.Tensor) -> None:
+        """Note the user's line that gave ``t`` its current grad_fn. An op that returns its
+        input unchanged (``x.to(x.dtype)``) keeps the line that built it."""
+        node = grad_fn_of(t)
+        if node is None or _is_leaf_node(node):
+            return
+        seq = _seq(node)
+        known = self.built.get(t)
+        if known is None or known[2] != seq:
+            self.built[t] = (*sites.user_site(), seq)
 
     def begin_step(self, i: int) -> None:
         self.step = i
@@ -240,9 +249,15 @@ class Watch:
         self._after_failure(i)
 
     def fail_recorded(self, type_name: str, message: str, i: int) -> None:
-        """The same for an error already caught by someone else (the catalog's harness)."""
+        """Keep an error someone else caught and already scanned after (the catalog's
+        harness: see :meth:`finish_unfinished`)."""
         self.error_info = (type_name, message, i, "", 0)
-        self._after_failure(i)
+
+    def finish_unfinished(self) -> None:
+        """A step began and never ended (the loop raised): scan after it, while the model
+        and what holds its graphs still live."""
+        if len(self.step_seqs) > self.steps_done:
+            self._after_failure(len(self.step_seqs) - 1)
 
     def _after_failure(self, i: int) -> None:
         gc.collect()
@@ -378,6 +393,15 @@ class Watch:
         if low is not None and low < self.step_seqs[-1]:
             earliest = max(k for k, s in enumerate(self.step_seqs) if s <= low) \
                 if low >= self.examine_seq else -1
+        if earliest < self.step:
+            for seq in seqs & self._carriers.keys():
+                label, hfile, hline, built = self._carriers[seq]
+                record = self.held.get(label)
+                if record is None:
+                    record = self.held[label] = Held(label, hfile, hline, built, built, built)
+                record.last_step = self.step
+                record.nodes.append(len(seqs))
+                record.saved.append(saved)
         self.backwards.append(BackwardCall(
             self.step, file, line, retain is True, bool(create), len(seqs), saved,
             frozenset(seqs), earliest, self._repeat, frozenset(leaves),
@@ -493,9 +517,57 @@ class Watch:
                     self.state_requiring_grad.setdefault(label, (m, attr))
 
     def _scan_held(self, step: int) -> None:
-        """Find live tensors whose graph reaches an earlier step, and who holds them."""
+        """Find live tensors whose graph reaches an earlier step, and who holds them; note
+        who holds this step's graphs, in case the next step builds on them.
+
+        A tensor that only the mutation locator's records of saved tensors hold is part of a
+        graph, not held by the user: it is skipped by counting references (cheap), before
+        asking the garbage collector who refers to the rest (``gc.get_referrers`` walks the
+        whole heap, tens of milliseconds each).
+        """
+        old, fresh = self._carried(step)
+        self._carriers.clear()
+        if not old and not fresh:
+            return
+        in_packs: dict[int, int] = {}
+        for refs in (self.loc._saved.values() if self.loc is not None else ()):
+            for r in refs:
+                p = r()
+                for held in (p.tensor, p.probe) if p is not None else ():
+                    in_packs[id(held)] = in_packs.get(id(held), 0) + 1
+        exclude = {id(old), id(fresh)}
+        looked = 0
+        for t, earliest in old:
+            # references: getrefcount's argument, the loop variable, the pair in `old`
+            if sys.getrefcount(t) - 3 - in_packs.get(id(t), 0) <= 0:
+                continue
+            holder = self._holder(t, exclude)
+            if holder is not None:
+                self._record_held(holder, t, earliest, step)
+            looked += 1
+            if looked >= 16:
+                break
+        looked = 0
+        for t in fresh:
+            # references: getrefcount's argument, the loop variable, the entry in `fresh`
+            if sys.getrefcount(t) - 3 - in_packs.get(id(t), 0) <= 0:
+                continue
+            holder = self._holder(t, exclude)
+            if holder is not None:
+                label = self._holder_label(holder)
+                self._carriers[_seq(t.grad_fn)] = (label, *self._store_line(holder, t), step)
+            looked += 1
+            if looked >= 16:
+                break
+        old.clear()
+        fresh.clear()
+
+    def _carried(self, step: int) -> tuple[list[tuple[torch.Tensor, int]], list[torch.Tensor]]:
+        """Live tensors with a graph, newest first: those whose graph reaches a step before
+        ``step`` (each with the earliest step it reaches), and those built in ``step``."""
         start = self.step_seqs[step] if step < len(self.step_seqs) else self.step_seqs[-1]
-        found: list[tuple[torch.Tensor, int]] = []  # (tensor, earliest step its graph reaches)
+        old: list[tuple[torch.Tensor, int]] = []
+        fresh: list[torch.Tensor] = []
         memo: dict[int, int] = {}  # node id -> lowest sequence number reachable
         keep: list[Any] = []  # nodes seen: keeps their ids unique during the scan
         tensor = torch.Tensor
@@ -503,23 +575,17 @@ class Watch:
             if not issubclass(type(obj), tensor):  # type(): no __class__ lookups (warnings)
                 continue
             node = grad_fn_of(obj)
-            if node is None or _is_leaf_node(node):
+            if node is None or _is_leaf_node(node) or _seq(node) < self.examine_seq:
                 continue
             low = self._lowest(node, memo, keep)
             if self.examine_seq <= low < start:
                 earliest = max(k for k, s in enumerate(self.step_seqs) if s <= low)
-                found.append((obj, earliest))
-        del keep, memo
-        if not found:
-            return
-        found.sort(key=lambda pair: -_seq(pair[0].grad_fn))
-        exclude = {id(found)}
-        for t, earliest in found[:64]:
-            holder = self._holder(t, exclude)
-            if holder is None:
-                continue
-            self._record_held(holder, t, earliest, step)
-        found.clear()
+                old.append((obj, earliest))
+            elif low >= start:
+                fresh.append(obj)
+        old.sort(key=lambda pair: -_seq(pair[0].grad_fn))
+        fresh.sort(key=lambda t: -_seq(t.grad_fn))
+        return old, fresh
 
     def _lowest(self, first: Any, memo: dict[int, int], keep: list[Any]) -> int:
         """The lowest sequence number of a node reachable from ``first`` (memoised)."""
@@ -570,12 +636,14 @@ class Watch:
             for o in owners:
                 if id(o) in exclude or o is owners:
                     continue
-                if isinstance(o, nn.Module) and o._buffers is r:
-                    return None if isinstance(o, self.ignore_types) else \
-                        Holder("buffer", key, owner=o)
                 if getattr(o, "__dict__", None) is r:
                     return None if isinstance(o, self.ignore_types) else \
                         Holder("attribute", key, owner=o)
+                if isinstance(o, dict) and o.get("_buffers") is r:  # a module's buffers
+                    module = next((m for m in gc.get_referrers(o)
+                                   if isinstance(m, nn.Module) and m.__dict__ is o), None)
+                    if module is not None and not isinstance(module, self.ignore_types):
+                        return Holder("buffer", key, owner=module)
             return None
         if isinstance(r, list | tuple) and depth == 0:
             if isinstance(r, tuple) and r and all(type(c).__name__ == "cell" for c in r):
@@ -601,7 +669,7 @@ class Watch:
                         return Holder("closure", name, owner=fn, file=fn.__code__.co_filename)
         return None
 
-    def _record_held(self, h: Holder, t: torch.Tensor, earliest: int, step: int) -> None:
+    def _holder_label(self, h: Holder) -> str:
         if h.kind == "global":
             label = f"global `{h.name}` ({os.path.basename(h.file)})"
         elif h.kind == "closure":
@@ -609,8 +677,10 @@ class Watch:
         else:
             kind = " (a buffer)" if h.kind == "buffer" else ""
             label = f"{self._label(h.owner)}.{h.name}{kind}"
-        if h.container:
-            label = f"a {h.container} in {label}"
+        return f"a {h.container} in {label}" if h.container else label
+
+    def _record_held(self, h: Holder, t: torch.Tensor, earliest: int, step: int) -> None:
+        label = self._holder_label(h)
         nodes = len(self._nodes(t))
         saved = saved_bytes(t, t.device, {}, frozenset(
             id(p) for p in (self.model.parameters() if self.model is not None else ())))
@@ -639,7 +709,8 @@ class Watch:
 
     def _store_line(self, h: Holder, t: torch.Tensor) -> tuple[str, int]:
         """The user's line that stores the held tensor (or, failing that, that built it)."""
-        built = self.built.get(t)
+        known = self.built.get(t)
+        built = (known[0], known[1]) if known is not None else None
         candidates: list[tuple[str, int, bool]] = []
         if h.kind in ("attribute", "buffer"):
             candidates += sites.class_stores(type(h.owner), h.name)

@@ -1,5 +1,8 @@
 """Command line: ``python -m mahiax train --steps N`` (also installed as ``mahiax``).
 
+``doctor FILE.py:FUNCTION`` runs a few steps of your own training loop under the lab's
+detectors (:mod:`mahiax.doctor`); exit status 1 when it finds something.
+
 ``train --run NAME --resume`` continues a recorded run from its last checkpoint with the
 config it was started with. ``--steps N`` may change: the run trains to step N, and its
 cosine schedule becomes the one of a run planned for N steps from the start (the steps
@@ -87,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mahiax.bugs.cli import add_parser as add_bugs
 
     add_bugs(sub)
+    from mahiax.doctor.cli import add_parser as add_doctor
+
+    add_doctor(sub)
     r = sub.add_parser("runs", help="runs in the store: list, show, export")
     rsub = r.add_subparsers(dest="runs_command", required=True, metavar="SUBCOMMAND")
     for name, helptext in (("list", "every run with its status"),
@@ -316,6 +322,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             from mahiax.bugs.cli import run_command
 
             return run_command(args)
+        if args.command == "doctor":
+            from mahiax.doctor.cli import run_command as run_doctor
+
+            return run_doctor(args)
     except (BadInput, StoreError) as e:  # a bad request: one clear line, no traceback
         print(f"mahiax: error: {e}", file=sys.stderr)
         return 2

@@ -139,7 +139,8 @@ class Temperature(MLP):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = super().forward(x) * self.temp  # mul saved temp for backward
-        self.temp.data = 0.9 * self.temp + 0.1 * logits.detach().std(0)  # doctor[data-swap]: silent-write
+        new = 0.9 * self.temp + 0.1 * logits.detach().std(0)
+        self.temp.data = new  # doctor[data-swap]: silent-write
         return logits
 
 
@@ -172,7 +173,8 @@ class Recurrent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.detach:
             self.h = self.h.detach()  # truncated backpropagation through time
-        self.h = torch.tanh(self.inp(x) + self.rec(self.h))  # doctor[hidden-state]: graph-carried-across-steps
+        pre = self.inp(x) + self.rec(self.h)
+        self.h = torch.tanh(pre)  # doctor[hidden-state]: graph-carried-across-steps
         return self.head(self.h)
 
 
@@ -336,7 +338,8 @@ def _amp(unscale_first: bool) -> Loop:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         else:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # doctor[clip-scaled]: clip-before-unscale
+            params = model.parameters()
+            nn.utils.clip_grad_norm_(params, 1.0)  # doctor[clip-scaled]: clip-before-unscale
         scaler.step(opt)
         scaler.update()
 
@@ -371,7 +374,8 @@ def unused_head() -> Loop:
 class Scaled(MLP):
     def __init__(self):
         super().__init__()
-        self.register_buffer("scale", torch.ones(C, requires_grad=True))  # doctor[buffer-grad]: buffer-requires-grad
+        ones = torch.ones(C, requires_grad=True)
+        self.register_buffer("scale", ones)  # doctor[buffer-grad]: buffer-requires-grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * self.scale

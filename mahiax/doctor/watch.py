@@ -147,8 +147,11 @@ class _Sites(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if getattr(func, "__self__", None) is _DATA_DESCRIPTOR and func.__name__ == "__set__":
-            self.watch._on_set_data(args[0])
+        if getattr(func, "__self__", None) is _DATA_DESCRIPTOR:
+            if func.__name__ == "__set__":
+                self.watch._on_set_data(args[0])
+            else:  # `x.data`: a later write through it bypasses x's version counter
+                self.watch.data_sites.add(sites.user_site())
         out = func(*args, **kwargs)
         for t in (out,) if isinstance(out, torch.Tensor) else \
                 out if isinstance(out, tuple | list) else ():
@@ -194,6 +197,7 @@ class Watch:
         self._scaled_params: set[int] = set()  # id(p) whose .grad a scaler still scales
         self._scaler_ref: Any = None
         self._mutations_seen = 0
+        self.data_sites: set[tuple[str, int]] = set()  # lines that read some tensor's .data
         # this step's graphs held at its end: grad_fn sequence number -> (label, file, line,
         # step); a later backward that reaches one of them names its holder
         self._carriers: dict[int, tuple[str, str, int, int]] = {}
@@ -483,6 +487,8 @@ class Watch:
         for m in new:
             if m.version_after is None or m.version_after != m.version_before:
                 continue
+            if (m.file, m.line) not in self.data_sites:
+                continue  # not through .data: torch's own kernels (a GRU's gates) do this
             packed = None
             for refs in loc._saved.values():
                 for r in refs:

@@ -1,0 +1,83 @@
+"""``python -m mahiax doctor FILE.py:FUNCTION --steps 6 [--json]``.
+
+The file's top level builds the model and the optimiser (a script of the usual shape);
+``FUNCTION(i)`` runs one training step. The model, optimiser and GradScaler are found among
+the module's globals: the one named ``model`` / ``optimizer`` / ``opt`` / ``scaler`` if there
+is one, else the only one of its type. Exit status 1 when the report has a finding or the loop
+raised, 0 when it is clean; a bad request (no such file or function) is one line, status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from mahiax.errors import BadInput
+
+DEFAULT_STEPS = 6
+
+
+def add_parser(sub: Any) -> None:
+    d = sub.add_parser("doctor", help="run a few steps of your training loop and report "
+                                      "what is wrong, where, and how to fix it")
+    d.add_argument("target", metavar="FILE.py:FUNCTION",
+                   help="FUNCTION(i) runs one training step; the file's top level builds "
+                        "the model and optimiser")
+    d.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help=f"steps to run ({DEFAULT_STEPS})")
+    d.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def load_target(target: str) -> tuple[Callable[[int], Any], ModuleType]:
+    """Import ``FILE.py`` (running its top level) and return ``(FUNCTION, module)``."""
+    path, sep, name = target.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise BadInput(f"expected FILE.py:FUNCTION (e.g. train.py:step), got {target!r}")
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise BadInput(f"no such file: {path}")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(stem, path)
+    if spec is None or spec.loader is None:
+        raise BadInput(f"{path} is not a Python file that can be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.dirname(path))  # the script's own imports, as `python FILE`
+    sys.modules[stem] = module
+    spec.loader.exec_module(module)  # the user's setup: its errors keep their traceback
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        defined = sorted(k for k, v in vars(module).items()
+                         if callable(v) and getattr(v, "__module__", None) == stem)
+        raise BadInput(f"{os.path.basename(path)} has no function {name!r}; functions there: "
+                       f"{', '.join(defined) or 'none'}")
+    return fn, module
+
+
+def _pick(module: ModuleType, kind: type, names: tuple[str, ...]) -> Any:
+    """The global of type ``kind`` named one of ``names``, else the only one of that type."""
+    found = {k: v for k, v in vars(module).items() if isinstance(v, kind)}
+    for n in names:
+        if n in found:
+            return found[n]
+    return next(iter(found.values())) if len(found) == 1 else None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from mahiax import doctor
+
+    if args.steps < 1:
+        raise BadInput(f"--steps must be a positive integer, got {args.steps}")
+    fn, module = load_target(args.target)
+    model = _pick(module, torch.nn.Module, ("model", "net"))
+    optimizer = _pick(module, torch.optim.Optimizer, ("optimizer", "opt", "optim"))
+    scaler = _pick(module, torch.amp.GradScaler, ("scaler",))
+    report = doctor.examine(fn, args.steps, model=model, optimizer=optimizer, scaler=scaler)
+    print(report.to_json() if args.json else report)
+    return 0 if report.ok else 1

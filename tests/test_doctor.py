@@ -1,0 +1,273 @@
+"""The doctor: every loop bug it knows, at the line to change; no finding on correct loops.
+
+Three sources of loops: plain-PyTorch loops written for these tests (``doctor_loops.py``,
+expected kinds and lines marked in the file), the catalog's variants (buggy: the finding of
+the entry's kind at the catalog's buggy line; fixed: none), and the lab's own Trainer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from doctor_loops import BUGGY, CORRECT, FILE, expected
+from torch.nn.modules import module as nn_module
+from torch.overrides import _get_current_function_mode_stack
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from mahiax import bugs, doctor
+from mahiax.bugs import accumulate, harness, loops, stateful
+from mahiax.cli import main
+from mahiax.doctor.catalog import examine_entry
+from mahiax.errors import BadInput
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _examine(make, steps: int = 6) -> doctor.Report:
+    loop = make()
+    return doctor.examine(loop.step, steps, model=loop.model, optimizer=loop.optimizer,
+                          scaler=loop.scaler)
+
+
+@pytest.mark.parametrize("name", sorted(BUGGY))
+def test_each_buggy_loop_gets_exactly_its_finding_at_its_line(name):
+    report = _examine(BUGGY[name])
+    got = {(f.kind, f.line) for f in report.findings}
+    assert got == expected(name), str(report)
+    assert all(f.file == FILE for f in report.findings)
+
+
+def test_the_buggy_loops_cover_every_kind():
+    kinds = {kind for name in BUGGY for kind, _ in expected(name)}
+    assert kinds == set(doctor.KINDS)
+    assert len(BUGGY) >= 10
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_correct_loops_get_no_finding(name):
+    report = _examine(CORRECT[name])
+    assert report.ok, str(report)
+    assert report.steps_run == 6
+
+
+def test_the_trainer_step_gets_no_finding():
+    from mahiax.config import tiny
+    from mahiax.train import Trainer
+
+    trainer = Trainer(tiny())
+    report = doctor.examine(lambda i: trainer.step(), 6, model=trainer.model,
+                            optimizer=trainer.optimizer)
+    assert report.ok, str(report)
+
+
+def _line_of(obj: object, text: str) -> tuple[str, int]:
+    lines, start = inspect.getsourcelines(obj)
+    hits = [start + i for i, ln in enumerate(lines) if text in ln]
+    assert len(hits) == 1, (text, hits)
+    return inspect.getsourcefile(obj), hits[0]
+
+
+# entry -> (kind, where the buggy line is, text of that line)
+CATALOG = {
+    "fabric-accumulate": ("inplace-on-saved", accumulate._per_sample_inplace,
+                          "output[batch_idx] += layer_weight * layer_output"),
+    "layer-router-accumulate": ("inplace-on-saved", accumulate._per_sample_inplace,
+                                "output[batch_idx] += layer_weight * layer_output"),
+    "graph-memory-update": ("graph-carried-across-steps", stateful.BuggyGraphMemory.forward,
+                            "self.nodes = (1 - s) * self.nodes"),
+    "tiny-memory-write": ("inplace-on-saved", stateful.BuggyTinyMemory.forward,
+                          "self.slots[ptr] = x.mean(dim=0).detach()"),
+    "dwa-weights": ("graph-carried-across-steps", stateful.BuggyDWA.combine,
+                    "self.w = F.softmax(-losses, dim=0)"),
+    "retain-graph": ("backward-per-loss", loops.backward_per_loss,
+                     "term.backward()  # the second call"),
+    "encode-multi-loss": ("backward-per-loss", loops.forward_per_loss, "term.backward()"),
+    "persistent-inplace": ("inplace-on-saved", harness.StepContext.finish,
+                           "self.optimizer.step()"),
+    "amp-clip-before-unscale": ("clip-before-unscale", loops.amp_loop,
+                                "torch.nn.utils.clip_grad_norm_("),
+}
+# entries whose bug is not a misuse of autograd the watchers can see
+NOT_A_LOOP_BUG = {
+    "expert-index": "an IndexError: kept in report.error and explained, not a finding",
+    "controller-importance": "an EMA of the wrong slots, written through .data into a buffer "
+                             "no live graph saved: gradients are right, the numbers are not",
+    "memory-zero-cpu": "a profiler reading 0 MB on the CPU: a measurement bug, not the loop",
+    "ddp-unused-experts": "runs two gloo ranks in child processes; the single-process "
+                          "unused-parameters finding is tested on doctor_loops.unused_head",
+    "ddp-broadcast-buffers": "runs two gloo ranks in child processes",
+}
+
+
+def test_every_catalog_entry_is_covered_or_excluded_with_a_reason():
+    assert set(CATALOG) | set(NOT_A_LOOP_BUG) == {e.id for e in bugs.entries()}
+    assert not set(CATALOG) & set(NOT_A_LOOP_BUG)
+
+
+@pytest.mark.parametrize("eid", sorted(CATALOG))
+def test_catalog_buggy_variant_found_at_the_buggy_line(eid):
+    kind, where, text = CATALOG[eid]
+    report = examine_entry(eid, "buggy")
+    file, line = _line_of(where, text)
+    hits = [f for f in report.findings if f.kind == kind]
+    assert [(Path(f.file), f.line) for f in hits] == [(Path(file), line)], str(report)
+
+
+@pytest.mark.parametrize("eid", sorted(set(CATALOG) | {"expert-index", "controller-importance",
+                                                       "memory-zero-cpu"}))
+def test_catalog_fixed_variant_gets_no_finding(eid):
+    report = examine_entry(eid, "fixed")
+    assert report.ok, str(report)
+
+
+def test_an_error_of_the_loop_is_kept_and_explained():
+    report = examine_entry("expert-index", "buggy")
+    assert report.findings == []
+    e = report.error
+    assert e is not None and e.type == "IndexError" and e.step == 0
+    assert "index out of range" in e.message
+    assert "01_expert_router_index" in e.explanation
+
+
+def test_an_inplace_error_keeps_pytorchs_message_and_names_the_write():
+    report = _examine(BUGGY["inplace-gate"])
+    e = report.error
+    assert e.type == "RuntimeError" and e.step == 0
+    assert "modified by an inplace operation" in e.message
+    assert Path(e.file) == Path(FILE)  # the user's line that raised: the backward() call
+    assert "gate.mul_(2.0)" in str(report)
+    (finding,) = report.findings
+    assert f"doctor_loops.py:{finding.line}" in e.explanation
+
+
+def _global_state() -> tuple:
+    return (
+        torch.Tensor.backward, torch.autograd.backward, torch.nn.utils.clip_grad_norm_,
+        torch.nn.utils.clip_grad_value_, torch.amp.GradScaler.scale,
+        torch.amp.GradScaler.unscale_, torch.amp.GradScaler.step,
+        len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks),
+        torch._C._autograd._top_saved_tensors_default_hooks(False),
+        _get_current_dispatch_mode(), len(_get_current_function_mode_stack()),
+    )
+
+
+@pytest.mark.parametrize("name", ["inplace-gate", "clip-scaled", "classifier"])
+def test_everything_installed_is_removed_afterwards(name):
+    before = _global_state()
+    make = BUGGY.get(name) or CORRECT[name]
+    loop = make()
+    hooks = [(len(m._forward_pre_hooks), [len(p._post_accumulate_grad_hooks or {})
+                                          for p in m.parameters(recurse=False)])
+             for m in loop.model.modules()]
+    doctor.examine(loop.step, 3, model=loop.model, optimizer=loop.optimizer)
+    assert _global_state() == before
+    assert [(len(m._forward_pre_hooks), [len(p._post_accumulate_grad_hooks or {})
+                                         for p in m.parameters(recurse=False)])
+            for m in loop.model.modules()] == hooks
+
+
+def test_the_doctor_does_not_change_what_the_loop_computes():
+    plain, watched = CORRECT["classifier"](), CORRECT["classifier"]()
+    for i in range(3):
+        plain.step(i)
+    doctor.examine(watched.step, 3, model=watched.model, optimizer=watched.optimizer)
+    for a, b in zip(plain.model.parameters(), watched.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_report_reads_in_a_terminal_a_notebook_and_json():
+    report = _examine(BUGGY["total-loss"])
+    text = str(report)
+    (f,) = report.findings
+    assert text.startswith("mahiax doctor: 6 of 6 steps ran; 1 finding.")
+    assert f"doctor_loops.py:{f.line}" in text and "running_total += loss" in text
+    assert "Fix:" in f.message and "Lesson: 03a_memories" in f.message
+    assert "global `running_total`" in f.message
+    html = report._repr_html_()
+    assert "<table>" in html and "graph-carried-across-steps" in html
+    data = json.loads(report.to_json())
+    assert data["findings"][0]["kind"] == "graph-carried-across-steps"
+    assert data["findings"][0]["line"] == f.line
+
+
+def test_bad_arguments_are_refused_with_what_is_allowed():
+    loop = CORRECT["classifier"]()
+    with pytest.raises(BadInput, match="positive integer"):
+        doctor.examine(loop.step, 0)
+    with pytest.raises(BadInput, match="step must be a function"):
+        doctor.examine("train", 2)
+    with pytest.raises(BadInput, match="torch.nn.Module"):
+        doctor.examine(loop.step, 2, model=loop.optimizer)
+    with pytest.raises(ValueError, match="unknown finding kind"):
+        doctor.Finding("leak", "", 0, "")
+
+
+# ---- the command line ---------------------------------------------------------------------------
+def test_cli_on_the_example_finds_its_bug_and_exits_1(capsys):
+    example = ROOT / "examples" / "my_loop.py"
+    code = main(["doctor", f"{example}:train_step", "--steps", "4"])
+    out = capsys.readouterr().out
+    assert code == 1
+    marked = [n for n, t in enumerate(example.read_text().splitlines(), 1)
+              if "# the bug" in t]
+    assert f"my_loop.py:{marked[0]}" in out
+
+
+LOOP_FILE = """
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+model = nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+seen = []
+
+
+def step(i):
+    x = torch.randn(8, 4)
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    seen.append({keep})
+"""
+
+
+def test_cli_on_a_file_in_a_temp_dir_json_and_exit_codes(tmp_path):
+    bad, good = tmp_path / "bad_loop.py", tmp_path / "good_loop.py"
+    bad.write_text(textwrap.dedent(LOOP_FILE.format(keep="loss")))
+    good.write_text(textwrap.dedent(LOOP_FILE.format(keep="loss.item()")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "mahiax", "doctor"]
+    out = subprocess.run(run + [f"{bad}:step", "--steps", "3", "--json"], capture_output=True,
+                         text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    data = json.loads(out.stdout)
+    (f,) = data["findings"]
+    assert f["kind"] == "graph-carried-across-steps" and f["file"] == str(bad)
+    assert f["line"] == LOOP_FILE.splitlines().index("    seen.append({keep})") + 1
+    ok = subprocess.run(run + [f"{good}:step", "--steps", "3"], capture_output=True, text=True,
+                        env=env, timeout=300, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "0 findings" in ok.stdout
+
+
+def test_cli_bad_requests_get_one_line(tmp_path, capsys):
+    f = tmp_path / "loop.py"
+    f.write_text("def step(i):\n    pass\n")
+    for target, says in [
+        (str(f), "FILE.py:FUNCTION"),
+        (f"{tmp_path / 'missing.py'}:step", "no such file"),
+        (f"{f}:train", "has no function 'train'"),
+    ]:
+        assert main(["doctor", target]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, err

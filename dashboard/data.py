@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,8 @@ class _Series:
     vectors: dict[str, pd.DataFrame] = field(default_factory=dict)
     snapshots: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     read_at: dict[str, object] = field(default_factory=dict)  # kind -> last_step then
+    read_when: dict[str, float] = field(default_factory=dict)  # kind -> time.monotonic() then
+    epoch: int = 0  # counts the reads that brought new data: figures are keyed by it
 
 
 MAX_RUNS_HELD = 16  # runs whose series the server keeps; the least recently read goes first
@@ -105,10 +108,35 @@ def _version(info: dict) -> int | None:
     return None if pd.isna(last) else int(last)
 
 
+READ_GAP_S = 1.0  # a live run is read at most this often, for all sessions together
+
+
 def _stale(entry: _Series, kind: str, info: dict) -> bool:
     """Whether ``kind`` must be read: never read, or the run committed a step since (the
-    store commits whole steps and ``last_step`` with them)."""
-    return kind not in entry.read_at or entry.read_at[kind] != _version(info)
+    store commits whole steps and ``last_step`` with them) and, while the run trains, the
+    last read is READ_GAP_S old: the writer commits every 0.5 s, and sessions refreshing at
+    different moments then share one read, and the figures drawn from it, per second."""
+    if kind not in entry.read_at:
+        return True
+    if entry.read_at[kind] == _version(info):
+        return False
+    return info["status"] != "running" or \
+        time.monotonic() - entry.read_when.get(kind, 0.0) >= READ_GAP_S
+
+
+def _mark_read(entry: _Series, kind: str, info: dict, new_rows: int) -> None:
+    entry.read_at[kind] = _version(info)
+    entry.read_when[kind] = time.monotonic()
+    if new_rows:
+        entry.epoch += 1
+
+
+def held_version(path: str, info: dict) -> tuple:
+    """What identifies the data the server holds of run ``info`` now: (store, run, created,
+    reads that brought new data). Equal versions mean equal data, so a figure drawn from
+    it can be shared."""
+    entry = _entry(path, info)
+    return (path, info["name"], info["created"], entry.epoch)
 
 
 def _since(df: pd.DataFrame) -> int | None:
@@ -132,7 +160,7 @@ def live_scalars(path: str, info: dict) -> pd.DataFrame:
         if _stale(entry, "scalars", info):
             new = get_reader(path).scalars(info["name"], since_step=_since(entry.scalars))
             entry.scalars = _append(entry.scalars, new)
-            entry.read_at["scalars"] = _version(info)
+            _mark_read(entry, "scalars", info, len(new))
         return entry.scalars
 
 
@@ -145,10 +173,11 @@ def live_vectors(path: str, info: dict, key: str) -> pd.DataFrame:
         if not _stale(entry, f"vector:{key}", info):
             return old
         reader = get_reader(path)
+        new = pd.DataFrame()
         if key in reader.vector_keys(info["name"]):
             new = reader.vectors(info["name"], key, since_step=_since(old))
             entry.vectors[key] = _append(old, new)
-        entry.read_at[f"vector:{key}"] = _version(info)
+        _mark_read(entry, f"vector:{key}", info, len(new))
         return entry.vectors.get(key, old)
 
 
@@ -160,11 +189,12 @@ def live_snapshots(path: str, info: dict, key: str) -> dict[int, np.ndarray]:
         held = entry.snapshots.setdefault(key, {})
         if _stale(entry, f"snapshot:{key}", info):
             reader = get_reader(path)
+            before = len(held)
             if key in reader.snapshot_keys(info["name"]):
                 for step in reader.snapshot_steps(info["name"], key):
                     if step not in held:
                         held[step] = reader.snapshot(info["name"], key, step)
-            entry.read_at[f"snapshot:{key}"] = _version(info)
+            _mark_read(entry, f"snapshot:{key}", info, len(held) - before)
         return dict(held)
 
 

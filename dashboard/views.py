@@ -40,13 +40,14 @@ def _chart(build: Callable[[], go.Figure]) -> None:
     same step: building a figure (plotly validates every trace) costs more than sending it,
     so thirty viewers of a live run build each chart once per new step, not thirty times.
 
-    The figure is a function of the run's data at that step (``_drawing.version``, set by
-    the page's fragment) and of the small values ``build`` closes over (the metric keys, the
-    step picked, log scale ...): those make the key, with where ``build`` is written. A
-    closed-over frame or array is derived from the run's data, so the step stands for it."""
-    version = getattr(_drawing, "version", None)
-    key = None if version is None else \
-        (version, _max_points(), build.__code__, _closure_key(build))
+    The figure is a function of the data the server holds of the run (``data.held_version``
+    of the run the page's fragment draws, ``_drawing.run``) and of the small values
+    ``build`` closes over (the metric keys, the step picked, log scale ...): those make the
+    key, with where ``build`` is written. A closed-over frame or array is derived from the
+    run's data, so the version stands for it."""
+    drawing = getattr(_drawing, "run", None)
+    key = None if drawing is None else \
+        (data.held_version(*drawing), _max_points(), build.__code__, _closure_key(build))
     fig = None
     if key is not None:
         with _figures_lock:
@@ -66,7 +67,7 @@ def _chart(build: Callable[[], go.Figure]) -> None:
 MAX_FIGURES = 256  # figures kept for the server's sessions; the least recently drawn go first
 _figures: OrderedDict[tuple, go.Figure] = OrderedDict()
 _figures_lock = threading.Lock()
-_drawing = threading.local()  # .version: (store, run, created, last step) being drawn
+_drawing = threading.local()  # .run: (store, run info) of the page being drawn
 
 
 def _closure_key(build: Callable) -> tuple:
@@ -126,11 +127,11 @@ def _page(title: str, body: Body) -> None:
             if info["status"] != status:
                 st.rerun()  # started or stopped being live: the timer must change
             _status(info, detailed=body is training_body)
-            _drawing.version = (path, name, info["created"], info["last_step"])
+            _drawing.run = (path, info)
             try:
                 body(path, info)
             finally:
-                _drawing.version = None
+                _drawing.run = None
         except RunNotFoundError:
             data.forget_run(path, name)
             st.warning(f"Run {name!r} is no longer in the store (it was deleted). "

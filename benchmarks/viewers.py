@@ -34,6 +34,9 @@ class ViewerStats:
     reruns_sent: int = 0
     not_found: int = 0  # "page not found" messages
     exceptions: int = 0  # Streamlit exception elements received
+    charts: int = 0  # Plotly charts received (each one drawn by the server for this viewer)
+    timers: dict[str, float] = field(default_factory=dict)  # fragment id -> interval (s), now
+    texts: list[str] = field(default_factory=list)  # the last 50 markdown/alert texts received
     steps_seen: list[tuple[float, int]] = field(default_factory=list)  # (time, last step N)
 
 
@@ -64,6 +67,7 @@ async def _viewer(url: str, page: str, stats: ViewerStats, stop: asyncio.Event) 
                 await rerun(fragment_id)
 
         def drop(fragment_id: str) -> None:
+            stats.timers.pop(fragment_id, None)
             held = timers.pop(fragment_id, None)
             if held is not None:
                 held[1].cancel()
@@ -97,6 +101,7 @@ async def _viewer(url: str, page: str, stats: ViewerStats, stop: asyncio.Event) 
                         continue
                     drop(fid)
                     timers[fid] = (every, asyncio.ensure_future(tick(fid, every)))
+                    stats.timers[fid] = every
                 elif kind == "stop_auto_rerun":
                     for fid in msg.stop_auto_rerun.fragment_ids:
                         drop(fid)
@@ -105,8 +110,14 @@ async def _viewer(url: str, page: str, stats: ViewerStats, stop: asyncio.Event) 
                 elif kind == "page_not_found":
                     stats.not_found += 1
                 elif kind == "delta":
-                    if msg.delta.new_element.WhichOneof("type") == "exception":
+                    element = msg.delta.new_element
+                    what = element.WhichOneof("type")
+                    if what == "exception":
                         stats.exceptions += 1
+                    elif what == "plotly_chart":
+                        stats.charts += 1
+                    elif what in ("markdown", "alert"):
+                        stats.texts = [*stats.texts[-49:], getattr(element, what).body]
                     m = LAST_STEP.search(raw)
                     if m:
                         stats.steps_seen.append((time.time(), int(m.group(1))))

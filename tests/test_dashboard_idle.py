@@ -1,0 +1,164 @@
+"""An idle dashboard costs nothing: the real server (``streamlit run dashboard``) with viewers
+simulated as Streamlit websocket clients (``benchmarks/viewers.py``: they keep the fragment
+timers the server asks for, as the browser does).
+
+A finished run's page is drawn once: its only timer is the watch (every ``WATCH_S``), which
+draws no chart; when the run is resumed, the watch brings the page back to life (a refresh
+timer at the chosen interval, new steps shown), and when it finishes again the refresh timer
+goes. Then: the server reads a live run's new steps once for all its sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("websockets")
+
+from benchmarks.viewers import Viewers  # noqa: E402
+from dashboard import data  # noqa: E402
+from dashboard.watch import WATCH_S  # noqa: E402
+from mahiax.config import tiny  # noqa: E402
+from mahiax.store import RunReader, RunWriter  # noqa: E402
+from tests import dashboard_fixtures as fx  # noqa: E402
+from tests.servers import free_port, stop, wait_until_up  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("heavy")
+
+ROOT = Path(__file__).resolve().parent.parent
+REFRESH_S = 2.0  # the dashboard's default refresh interval
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A store with one finished run, and the dashboard serving it; yields (store, url)."""
+    store = tmp_path / "mahiax.sqlite"
+    writer = RunWriter("done", tiny().to_dict(), path=store, device="cpu")
+    fx._log_steps(writer, range(5))
+    writer.finish("finished")
+    writer.close()
+    port = free_port()
+    env = {**os.environ, "MAHIAX_STORE": str(store), "MAHIAX_DASHBOARD_AUTOSTART": "0",
+           "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "streamlit.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{url}/_stcore/health", server, 60, "streamlit",
+                      lambda: log.read_text()[-3000:])
+        yield store, url
+    finally:
+        stop(server)
+
+
+def _until(condition, timeout_s: float, what: str) -> None:
+    """Wait for ``condition()`` (a hang guard, not a speed check)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
+        time.sleep(0.2)
+
+
+def _shows(viewer, text: str) -> bool:
+    return any(text in t for t in viewer.texts)
+
+
+@pytest.mark.timeout(180)
+def test_a_finished_run_is_drawn_once_and_comes_back_when_resumed(served):
+    store, url = served
+    with Viewers(url, "training", 1) as viewers:
+        viewers.wait_ready(60)
+        viewer = viewers.stats[0]
+        _until(lambda: _shows(viewer, "last step 4"), 30, "the finished run drawn")
+        time.sleep(1.0)
+        assert set(viewer.timers.values()) == {WATCH_S}, \
+            f"a finished run's page keeps only its watch, got timers {viewer.timers}"
+        charts, runs = viewer.charts, viewer.runs_finished
+        assert charts >= 1, "the page drew its charts once"
+        time.sleep(2 * WATCH_S + 1)
+        assert viewer.runs_finished > runs, "the watch ran"
+        assert viewer.charts == charts, "the watch redrew charts of a run that did not change"
+        assert not viewer.exceptions and not viewer.not_found
+
+        # resumed: the watch sees it running, the page refreshes again and shows new steps
+        writer = RunWriter("done", tiny().to_dict(), path=store, device="cpu", resume=True)
+        try:
+            fx._log_steps(writer, range(5, 10))
+            writer.flush()
+            _until(lambda: REFRESH_S in viewer.timers.values(), WATCH_S + 15,
+                   "the resumed run's page refreshing on a timer")
+            _until(lambda: _shows(viewer, "last step 9"), 15, "the new steps shown")
+            fx._log_steps(writer, range(10, 12))
+            writer.flush()
+            _until(lambda: _shows(viewer, "last step 11"), 15, "steps shown as they come")
+            writer.finish("finished")
+        finally:
+            writer.close()
+        # finished again: the refresh timer goes, the watch stays
+        _until(lambda: set(viewer.timers.values()) == {WATCH_S}, 15,
+               f"only the watch left once the run finished, timers {viewer.timers}")
+        assert not viewer.exceptions and not viewer.not_found
+
+
+@pytest.mark.timeout(120)
+def test_many_viewers_of_a_finished_run_draw_it_once_each(served):
+    """Ten sessions: each draws the page once; afterwards only their watches run."""
+    _, url = served
+    with Viewers(url, "experts", 10) as viewers:
+        viewers.wait_ready(90)
+        time.sleep(1.0)
+        drawn = [s.charts for s in viewers.stats]
+        time.sleep(WATCH_S + 1)
+        assert [s.charts for s in viewers.stats] == drawn, "a viewer's page was redrawn"
+        assert all(set(s.timers.values()) == {WATCH_S} for s in viewers.stats)
+        assert all(s.runs_finished >= 2 for s in viewers.stats), "every watch ran"
+
+
+def test_sessions_share_one_read_of_a_live_run(monkeypatch, tmp_path):
+    """Two sessions of a live run: the store is read once per new commit, not per session."""
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.state import PAGE_KEY
+
+    path, writer = fx.running_writer(tmp_path)
+    reads: list[int | None] = []
+    real = RunReader.scalars
+
+    def counting(self, name, keys=None, since_step=None):
+        reads.append(since_step)
+        return real(self, name, keys, since_step)
+
+    monkeypatch.setattr(RunReader, "scalars", counting)
+    monkeypatch.setenv("MAHIAX_STORE", str(path))
+    monkeypatch.setenv("MAHIAX_DASHBOARD_AUTOSTART", "0")
+    app = str(ROOT / "dashboard" / "streamlit_app.py")
+    try:
+        sessions = []
+        for _ in range(2):
+            at = AppTest.from_file(app, default_timeout=60)
+            at.session_state[PAGE_KEY] = "training"
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+            sessions.append(at)
+        assert reads == [None], "the second session drew from the first one's read"
+        fx._log_steps(writer, range(5, 9))
+        writer.flush()
+        time.sleep(data.READ_GAP_S)
+        for at in sessions:
+            at.run()
+            assert not at.exception
+            assert "last step 8" in "\n".join(str(e.value) for e in at.success)
+        assert reads == [None, 4], "one read of the new steps (after step 4) for both"
+    finally:
+        writer.close()

@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from mahiax import bugs, doctor
 from mahiax.bugs import accumulate, harness, loops, stateful
 from mahiax.cli import main
+from mahiax.doctor import exercise
 from mahiax.doctor.catalog import examine_entry
 from mahiax.errors import BadInput
 
@@ -271,3 +272,14 @@ def test_cli_bad_requests_get_one_line(tmp_path, capsys):
         assert main(["doctor", target]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and says in err, err
+
+
+# ---- lesson 10's exercise ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(exercise.candidates()))
+def test_exercise_checker_rejects_the_bug_and_both_band_aids(name):
+    result = exercise.check(exercise.candidates()[name])
+    assert result.holds == (name == "fixed"), str(result)
+    if name == "band-aid: reset the hidden state every chunk":
+        assert result.report.ok and "do not drop it" in result.message
+    elif name != "fixed":
+        assert not result.report.ok

@@ -19,13 +19,18 @@ from types import FrameType, TracebackType
 
 from mahiax.debug import _is_internal
 
-_HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# the doctor's own machinery; lesson 10's exercise (loops a learner would write) is not
+MACHINERY = frozenset(
+    os.path.join(_HERE, name) for name in os.listdir(_HERE)
+    if name.endswith(".py") and name != "exercise.py"
+)
 
 
 @functools.cache
 def internal(path: str) -> bool:
-    """A frame the user did not write: torch, the doctor itself, the locator."""
-    return _is_internal(path) or os.path.abspath(path).startswith(_HERE)
+    """A frame the user did not write: torch, the doctor's machinery, the locator."""
+    return _is_internal(path) or os.path.abspath(path) in MACHINERY
 
 
 def user_site(frame: FrameType | None = None) -> tuple[str, int]:

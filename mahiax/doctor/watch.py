@@ -51,10 +51,7 @@ _DATA_DESCRIPTOR = torch._C.TensorBase.__dict__["data"]  # ``x.data = y`` calls 
 
 # The locator names the innermost frame outside torch and its own file; the doctor's watchers
 # sit in that stack too (the function mode's frame), so they join its list of frames to skip.
-debug._SKIP_EXACT.update(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    for name in os.listdir(os.path.dirname(os.path.abspath(__file__))) if name.endswith(".py")
-)
+debug._SKIP_EXACT.update(sites.MACHINERY)
 debug._is_internal.cache_clear()
 
 
@@ -677,7 +674,7 @@ class Watch:
 
     def _holder_label(self, h: Holder) -> str:
         if h.kind == "global":
-            label = f"global `{h.name}` ({os.path.basename(h.file)})"
+            label = f"global `{h.name}`" + (f" ({os.path.basename(h.file)})" if h.file else "")
         elif h.kind == "closure":
             label = f"`{h.name}` (a variable of {h.owner.__qualname__})"
         else:
@@ -722,8 +719,10 @@ class Watch:
             candidates += sites.class_stores(type(h.owner), h.name)
             for f in self.code_files:
                 candidates += [(f, n, s) for n, s in sites.storing_lines(f, h.name, True)]
-        elif h.kind in ("global", "closure") and h.file:
-            candidates += [(h.file, n, s) for n, s in sites.storing_lines(h.file, h.name, False)]
+        elif h.kind in ("global", "closure"):
+            # a notebook's globals have no __file__: search the step function's own cell
+            for f in [h.file] if h.file else sorted(self.code_files):
+                candidates += [(f, n, s) for n, s in sites.storing_lines(f, h.name, False)]
         picked = sites.pick_store(candidates, built)
         return picked if picked is not None else ("", 0)
 

@@ -1,0 +1,162 @@
+"""Lesson 10's exercise: fix a learner's streaming loop until the doctor is quiet.
+
+A small GRU reads BATCH parallel streams of text chunk by chunk and carries its hidden state
+from one chunk to the next, so it can remember across chunk boundaries. The learner writes
+``train_step(s, i)`` (``s``: a :class:`Stream` holding the model, optimiser, data and the
+carried ``s.hidden``); :func:`check` runs it under the doctor and then compares what it
+learned with truncated backpropagation through time (the right fix: carry the hidden
+state's values, cut its graph with ``detach()``).
+
+It rejects the bug (the hidden state keeps its graph: backward fails on step 1), and both
+band-aids lesson 10 warns against: ``retain_graph=True`` (the graph grows every step, and the
+optimiser soon changes weights an old graph saved) and resetting the hidden state every chunk
+(the doctor is quiet, but the model no longer remembers across chunks: it learns something
+else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mahiax.doctor.examine import examine
+from mahiax.doctor.report import Report
+
+VOCAB, EMB, HID, SEQ, BATCH = 24, 12, 16, 12, 4  # characters, widths, chunk length, streams
+STEPS = 6
+TOLERANCE = 1e-6  # float32, same operations in the same order: equal up to rounding
+
+
+class CharGRU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, EMB)
+        self.rnn = nn.GRU(EMB, HID, batch_first=True)
+        self.head = nn.Linear(HID, VOCAB)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None):
+        out, h = self.rnn(self.embed(x), h)  # (BATCH, SEQ, HID), (1, BATCH, HID)
+        return self.head(out), h  # (BATCH, SEQ, VOCAB)
+
+
+@dataclass
+class Stream:
+    """Everything one training run keeps: model, optimiser, the text, the carried state."""
+
+    model: CharGRU
+    optimizer: torch.optim.Optimizer
+    text: torch.Tensor  # (BATCH, N) token ids: BATCH parallel streams
+    hidden: torch.Tensor | None = None  # (1, BATCH, HID): the GRU state after the last chunk
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunk ``i``: inputs (BATCH, SEQ) and next-character targets (BATCH, SEQ)."""
+        x = self.text[:, i * SEQ:(i + 1) * SEQ]
+        y = self.text[:, i * SEQ + 1:(i + 1) * SEQ + 1]
+        return x, y
+
+
+def make_stream(seed: int = 0) -> Stream:
+    """A fresh run: the same weights and text for every call with the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, VOCAB, (BATCH, SEQ * (STEPS + 2) + 1), generator=g)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CharGRU()
+    return Stream(model, torch.optim.Adam(model.parameters(), lr=3e-3), text)
+
+
+def loss_of(s: Stream, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+
+
+def buggy_step(s: Stream, i: int) -> None:
+    """The learner's first loop: the hidden state keeps this chunk's graph."""
+    x, y = s.batch(i)
+    logits, s.hidden = s.model(x, s.hidden)
+    loss = loss_of(s, logits, y)
+    s.optimizer.zero_grad()
+    loss.backward()
+    s.optimizer.step()
+
+
+def retain_graph_step(s: Stream, i: int) -> None:
+    """Band-aid: retain_graph=True silences 'backward through the graph a second time'."""
+    x, y = s.batch(i)
+    logits, s.hidden = s.model(x, s.hidden)
+    loss = loss_of(s, logits, y)
+    s.optimizer.zero_grad()
+    loss.backward(retain_graph=True)
+    s.optimizer.step()
+
+
+def reset_step(s: Stream, i: int) -> None:
+    """Band-aid: start every chunk from a zero state; no graph carried, no memory either."""
+    x, y = s.batch(i)
+    logits, _ = s.model(x, None)
+    loss = loss_of(s, logits, y)
+    s.optimizer.zero_grad()
+    loss.backward()
+    s.optimizer.step()
+
+
+def fixed_step(s: Stream, i: int) -> None:
+    """Truncated backpropagation through time: carry the values, cut the graph."""
+    x, y = s.batch(i)
+    logits, hidden = s.model(x, s.hidden)
+    s.hidden = hidden.detach()
+    loss = loss_of(s, logits, y)
+    s.optimizer.zero_grad()
+    loss.backward()
+    s.optimizer.step()
+
+
+def candidates() -> dict[str, Callable[[Stream, int], None]]:
+    """The bug, the band-aids lesson 10 warns against, and the fix, as candidates."""
+    return {
+        "buggy": buggy_step,
+        "band-aid: retain_graph=True": retain_graph_step,
+        "band-aid: reset the hidden state every chunk": reset_step,
+        "fixed": fixed_step,
+    }
+
+
+@dataclass
+class Result:
+    holds: bool
+    message: str
+    report: Report
+
+    def __str__(self) -> str:
+        return f"[{'PASS' if self.holds else 'NOT YET'}] {self.message}"
+
+
+def check(train_step: Callable[[Stream, int], None]) -> Result:
+    """Run ``train_step(s, i)`` for STEPS chunks under the doctor, then compare what it learned
+    with truncated backpropagation through time from the same start."""
+    if not callable(train_step):
+        raise TypeError("a candidate is a function train_step(s, i) for one chunk")
+    s = make_stream()
+    report = examine(lambda i: train_step(s, i), STEPS, model=s.model, optimizer=s.optimizer)
+    if not report.ok:
+        first = report.findings[0] if report.findings else None
+        said = (f"{first.kind} at {first.where}" if first is not None
+                else f"{report.error.type} at step {report.error.step}")
+        return Result(False, f"the doctor is not quiet yet: {said} (print(result.report))",
+                      report)
+    ref = make_stream()
+    for i in range(STEPS):
+        fixed_step(ref, i)
+    diff = max(float((a - b).detach().abs().max())
+               for a, b in zip(s.model.parameters(), ref.model.parameters(), strict=True))
+    if s.hidden is None or diff > TOLERANCE:
+        return Result(False, (
+            "the doctor is quiet, but the model did not learn what it should: the weights "
+            f"differ from truncated backpropagation by up to {diff:.3g}. The hidden state "
+            "must carry its values to the next chunk (s.hidden); detach it, do not drop it."
+        ), report)
+    return Result(True, f"the doctor is quiet over {STEPS} chunks and the weights match "
+                        "truncated backpropagation through time", report)

@@ -1,0 +1,115 @@
+"""The workshop hub's configuration (``hub/jupyterhub_config.py``), loaded as JupyterHub loads
+it, without starting a hub: who may sign in, where secrets go, what a learner's server gets.
+The end-to-end test (``test_hub_e2e.py``, root only) runs the real thing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jupyterhub")
+from traitlets.config.loader import PyFileConfigLoader  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HUB = ROOT / "hub"
+WORKSHOP, ADMIN = "workshop-pass-1", "an-admin-password-of-more-than-32-chars"
+
+
+def _load(tmp_path: Path, monkeypatch, **env: str):
+    """The config as JupyterHub reads it, its runtime and state folder under ``tmp_path``."""
+    runtime = tmp_path / "runtime"
+    for f in (runtime / "venv" / "bin" / "python",
+              runtime / "node_modules" / ".bin" / "configurable-http-proxy"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.touch()
+    defaults = {"MAHIAX_HUB_RUNTIME": str(runtime),
+                "MAHIAX_HUB_STATE_DIR": str(tmp_path / "state"),
+                "MAHIAX_HUB_PASSWORD": WORKSHOP, "MAHIAX_HUB_ADMIN_PASSWORD": ADMIN}
+    for k, v in {**defaults, **env}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the config adds hub/ to the path
+    return PyFileConfigLoader("jupyterhub_config.py", path=str(HUB)).load_config()
+
+
+def test_a_short_or_missing_workshop_password_is_refused_with_the_variable_named(
+        tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="MAHIAX_HUB_PASSWORD must be set .* 8 or more"):
+        _load(tmp_path, monkeypatch, MAHIAX_HUB_PASSWORD="short")
+
+
+def test_passwords_leave_the_hubs_environment_once_read(tmp_path, monkeypatch):
+    cfg = _load(tmp_path, monkeypatch)
+    assert cfg.SharedPasswordAuthenticator.user_password == WORKSHOP
+    assert "MAHIAX_HUB_PASSWORD" not in os.environ
+    assert "MAHIAX_HUB_ADMIN_PASSWORD" not in os.environ
+
+
+def test_an_unset_admin_password_is_generated_into_the_root_only_state_folder(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv("MAHIAX_HUB_ADMIN_PASSWORD", raising=False)
+    cfg = _load(tmp_path, monkeypatch, MAHIAX_HUB_ADMIN_PASSWORD="")
+    state = tmp_path / "state"
+    secret = (state / "admin_password").read_text().strip()
+    assert cfg.SharedPasswordAuthenticator.admin_password == secret and len(secret) >= 32
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "admin_password").stat().st_mode) == 0o600
+    assert cfg.JupyterHub.cookie_secret_file.startswith(str(state))
+    assert cfg.JupyterHub.db_url == f"sqlite:///{state / 'jupyterhub.sqlite'}"
+
+
+def test_only_the_learners_group_and_the_admin_may_sign_in(tmp_path, monkeypatch):
+    cfg = _load(tmp_path, monkeypatch)
+    assert cfg.Authenticator.allow_all is False  # True would skip check_allowed
+    auth = cfg.JupyterHub.authenticator_class(config=cfg)
+    assert auth.check_allowed("instructor") is True
+    assert auth.check_allowed("root") is False  # an account, but not a learner
+    assert auth.check_allowed("nobody-with-this-name") is False
+
+    async def login(name: str, password: str):
+        return await auth.authenticate(None, {"username": name, "password": password})
+
+    assert asyncio.run(login("alice", WORKSHOP))["name"] == "alice"
+    assert asyncio.run(login("alice", WORKSHOP + "x")) is None
+    assert asyncio.run(login("instructor", WORKSHOP)) is None  # the admin has their own
+    assert asyncio.run(login("instructor", ADMIN))["admin"] is True
+
+
+def test_a_learners_server_is_their_jupyterlab_on_the_lab_interpreter_with_their_store(
+        tmp_path, monkeypatch):
+    cfg = _load(tmp_path, monkeypatch)
+    assert cfg.JupyterHub.ip == "127.0.0.1" and cfg.JupyterHub.hub_ip == "127.0.0.1"
+    assert cfg.JupyterHub.spawner_class == "localprocess"
+    assert cfg.Spawner.cmd == [str(tmp_path / "runtime" / "venv" / "bin" / "python"), "-m",
+                               "jupyterhub.singleuser"]
+    assert cfg.Spawner.default_url == "/lab"
+    assert callable(cfg.Spawner.pre_spawn_hook)
+    env = cfg.Spawner.environment
+    assert env["MAHIAX_DASHBOARD_AUTOSTART"] == "0" and env["OMP_NUM_THREADS"] == "1"
+
+    class _User:
+        name = "root"  # an account every machine has; the store goes under its home
+
+    class _Spawner:
+        user = _User()
+
+    import pwd
+    home = pwd.getpwnam("root").pw_dir
+    assert env["MAHIAX_STORE"](_Spawner()) == f"{home}/runs/mahiax.sqlite"
+
+
+def test_learner_names_are_checked_before_any_account_is_touched():
+    sys.path.insert(0, str(HUB))
+    try:
+        import learners
+    finally:
+        sys.path.remove(str(HUB))
+    for bad in ["Root", "a b", "-x", "../etc", "x" * 33, ""]:
+        with pytest.raises(SystemExit, match="bad learner name"):
+            learners.check_name(bad)
+    assert learners.check_name("alice_2") == "alice_2"
+    assert not learners.is_learner("root")

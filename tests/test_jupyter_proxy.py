@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from mahiax import jupyter_proxy
-from tests.notebook_env import jupyter_env
+from tests.notebook_env import ROOT, jupyter_env
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
 
 pytest.importorskip("jupyter_server_proxy")
 
+ARTIFACTS = ROOT / "test-artifacts" / "jupyter-proxy"
 RUN = "proxy-check"  # the run the e2e test records and expects the dashboard to list
 
 
@@ -112,6 +113,8 @@ def test_launcher_tile_opens_the_dashboard_with_the_servers_own_store(tmp_path):
                 page.goto(f"{base}/lab?token={token}")
                 tile = page.locator(".jp-LauncherCard", has_text="MAHIA-X dashboard")
                 tile.first.wait_for(state="visible", timeout=120_000)
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "launcher.png"))
                 with page.context.expect_page(timeout=60_000) as opened:
                     tile.first.click()  # the tile opens the dashboard in a new browser tab
                 dash = opened.value
@@ -120,6 +123,7 @@ def test_launcher_tile_opens_the_dashboard_with_the_servers_own_store(tmp_path):
                 dash.get_by_text("MAHIA-X Lab").first.wait_for(state="visible",
                                                                timeout=120_000)
                 dash.get_by_text(RUN).first.wait_for(state="visible", timeout=60_000)
+                dash.screenshot(path=str(ARTIFACTS / "dashboard.png"))
                 caption = dash.get_by_text("Run store:").first.inner_text()
                 assert str(store) in caption, caption
             finally:

@@ -163,7 +163,7 @@ def _verdict(entry_id: str, steps: int) -> None:
         place = current.place
         if place is not None:
             st.info(f"The verdict on the summary's fix waits for a free core: number {place} "
-                    f"in the queue ({slots.cores()} training processes at a time).",
+                    f"in the queue ({slots.limit()} training processes at a time).",
                     icon=":material/hourglass_top:")
         else:
             st.info(f"Measuring the verdict on the summary's fix: the three variants train "
@@ -259,7 +259,7 @@ def _pending_card(variant: str, name: str, ongoing: VariantSet | None) -> None:
     place = None if ticket is None else slots.position(ticket)
     if place is not None:
         st.info(f"`{name}` · waiting for a free core: number {place} in the queue "
-                f"({slots.cores()} training processes at a time)",
+                f"({slots.limit()} training processes at a time)",
                 icon=":material/hourglass_top:")
     elif ticket is not None and ticket.error is not None:
         st.error(f"`{name}` could not start: {ticket.error}")

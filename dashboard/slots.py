@@ -66,6 +66,11 @@ _pumping = False  # whether the daemon thread is alive
 _limit: Callable[[], int] = cores  # the number of slots (tests narrow it)
 
 
+def limit() -> int:
+    """How many processes run at once: one per core (:func:`cores`)."""
+    return _limit()
+
+
 def submit(key: str, launch: Callable[[], subprocess.Popen]) -> Ticket:
     """Queue ``launch``; it runs at once when a slot is free. An OSError of the launch is
     raised here when it runs at once, and kept in ``ticket.error`` when it ran later."""

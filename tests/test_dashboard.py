@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -411,6 +412,92 @@ def test_bug_lab_button_runs_three_variants(monkeypatch, tmp_path):
     assert "at step 1 · `tiny-memory-write-buggy`" in errors
     assert "at step 1 · `tiny-memory-write-summary`" in errors  # the same error again
     assert "No error · `tiny-memory-write-fixed` · 3 steps ran" in texts(at.success)
+
+
+def _training_children(entry: str) -> dict[int, list[str]]:
+    """This process's live children that train a variant of ``entry`` (``mahiax train
+    ... --bug ENTRY``): the processes the Bug lab started, seen by their command line."""
+    import psutil
+
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if "train" in cmd and "--bug" in cmd and cmd[cmd.index("--bug") + 1] == entry:
+            found[child.pid] = cmd
+    return found
+
+
+def _press_run(at: AppTest, steps: int) -> None:
+    at.number_input[0].set_value(steps)
+    next(b for b in at.button if b.label.startswith("Run the three variants")).click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _sample_until_ended(entry: str, store: Path, seen: dict, most: list[int],
+                        timeout_s: float = 180) -> None:
+    """Sample the training children until none is alive and none waits (a hang guard)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = _training_children(entry)
+        seen.update(now)
+        most.append(len(now))
+        if not now and not runs.queued_runs(store) and not runs.active_runs(store):
+            return
+        assert time.monotonic() < deadline, f"the variants of {entry} ran over {timeout_s} s"
+        time.sleep(0.05)
+
+
+def test_two_sessions_asking_for_the_same_entry_start_three_processes(monkeypatch, tmp_path):
+    store, entry = tmp_path / "mahiax.sqlite", "tiny-memory-write"
+    first = render_lab(monkeypatch, store, entry=entry)
+    second = render_lab(monkeypatch, store, entry=entry)  # another session, same server
+    seen: dict[int, list[str]] = {}
+    _press_run(first, 20)
+    seen.update(_training_children(entry))
+    _press_run(second, 20)
+    _sample_until_ended(entry, store, seen, [])
+    names = [f"{entry}-{v}" for v in ("buggy", "summary", "fixed")]
+    assert f"Started {', '.join(names)}" in texts(first.success)
+    assert f"already started (20 steps each) by another page: {', '.join(names)}" in \
+        texts(second.info), "the second session is shown the runs the first one started"
+    assert len(seen) == 3, f"three training processes, not six: {list(seen.values())}"
+    assert sorted(cmd[cmd.index("--variant") + 1] for cmd in seen.values()) == \
+        ["buggy", "fixed", "summary"]
+    assert list(data.catalog_runs(str(store))["name"]) == names, "three runs stored"
+    for at in (first, second):  # both pages draw the same three runs
+        at.run()
+        assert "No error · `tiny-memory-write-fixed` · 20 steps ran" in texts(at.success)
+
+
+def test_at_most_one_training_process_per_core_the_rest_wait_in_line(monkeypatch, tmp_path):
+    from dashboard import slots
+
+    store, entry = tmp_path / "mahiax.sqlite", "fabric-accumulate"
+    at = render_lab(monkeypatch, store, entry=entry)  # its verdict measured: no slot taken
+    monkeypatch.setattr(slots, "_limit", lambda: 1)  # a one-core machine
+    seen: dict[int, list[str]] = {}
+    most: list[int] = []
+    _press_run(at, 3)
+    waiting = texts(at.info)
+    assert "`fabric-accumulate-summary` · waiting for a free core: number 1 in the queue " \
+        "(1 training processes at a time)" in waiting, waiting
+    assert "`fabric-accumulate-fixed` · waiting for a free core: number 2 in the queue" in \
+        waiting
+    _sample_until_ended(entry, store, seen, most)
+    assert len(seen) == 3, "each variant ran, one after the other"
+    assert max(most) == 1, f"two variants trained at once on one core: {most}"
+    at.run()
+    assert "No error · `fabric-accumulate-fixed` · 3 steps ran" in texts(at.success)
+
+
+def test_slots_follow_the_cpu_affinity():
+    from dashboard import slots
+
+    assert slots.cores() == len(os.sched_getaffinity(0))
 
 
 def test_catalog_runs_and_unique_names(stores):

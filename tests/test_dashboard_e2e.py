@@ -6,7 +6,8 @@ draws Plotly charts without a Streamlit exception (the Memory page: the memory c
 stacked, labelled CPU), checks the Training page's "last step N"
 grows while the live run trains, opens the Bug lab on two recorded variants of
 ``retain-graph`` (their overlays and memory by category), and saves a screenshot of every page to
-``test-artifacts/dashboard/``.
+``test-artifacts/dashboard/``. Every page opens at its own address, and the toolbar has no
+Deploy button.
 
 Skipped where ``/usr/bin/chromium`` or the ``playwright`` package is missing (Debian's
 chromium is used; ``playwright install`` is never run).
@@ -231,6 +232,36 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
         expect(page.locator(".js-plotly-plot .gtitle").filter(has_text=title)).to_be_visible()
     page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / "bug-lab-memory.png"))
+
+
+def test_every_page_opens_at_its_own_address_and_no_deploy_button(server, browser):
+    """A bookmark or a link to any page opens that page, the first one (``/training``)
+    included; the root opens the first page at its address; the toolbar has no Deploy."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        for key, title in {**PAGES, "bug-lab": "Bug lab"}.items():
+            pg.goto(f"{server}/{key}")
+            expect(pg.get_by_role("heading", name=title, exact=True)).to_be_visible()
+            pg.wait_for_timeout(1000)  # a "Page not found" dialog would be up by now
+            assert pg.get_by_text("Page not found").count() == 0, f"/{key}: page not found"
+            assert pg.url.split("?")[0].rstrip("/").endswith(f"/{key}"), pg.url
+            assert pg.locator(EXCEPTION).count() == 0, f"/{key}: Streamlit exception"
+        pg.goto(server)
+        expect(pg.get_by_role("heading", name="Training", exact=True)).to_be_visible()
+        expect(pg).to_have_url(re.compile(r"/training$"))
+        nav = _nav_link(pg, "Training").first
+        expect(nav).to_have_attribute("aria-current", "page")
+        pg.wait_for_timeout(1000)
+        assert pg.get_by_text("Page not found").count() == 0
+        assert pg.locator('[data-testid="stAppDeployButton"]').count() == 0
+        assert pg.get_by_role("button", name="Deploy").count() == 0
+        assert pg.get_by_text("Deploy", exact=True).count() == 0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "toolbar-no-deploy.png"))
+    finally:
+        context.close()
 
 
 def test_make_dashboard_opens_a_live_demo_run(tmp_path, browser):

@@ -232,7 +232,7 @@ def _clips(w: Watch) -> list[Finding]:
     found = []
     for c in w.clips:
         scale = f"{c.scale:g}" if c.scale is not None else "the scale"
-        norm = (f" It measured a gradient norm of {c.norm:.4g}, the true norm times {scale}, "
+        norm = (f"It measured a gradient norm of {c.norm:.4g}, the true norm times {scale}, "
                 f"against max_norm={c.limit:g}: the gradients the optimiser applies are cut "
                 f"to norm {c.limit:g}/{scale}" + (f" = {c.limit / c.scale:.3g}"
                                                      if c.scale else "") + ".") \
@@ -241,7 +241,7 @@ def _clips(w: Watch) -> list[Finding]:
             "clip-before-unscale",
             f"`{sites.line_text(c.file, c.line)}` ({c.function}) clipped {c.scaled} of "
             f"{c.total} gradients while a GradScaler still multiplied them by {scale}.",
-            norm + " No error: training just crawls.",
+            (norm + " " if norm else "") + "No error: training just crawls.",
         ), c.step))
     return found
 

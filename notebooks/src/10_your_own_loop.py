@@ -1,0 +1,304 @@
+# Source of notebooks/10_your_own_loop.ipynb (built by notebooks/build.py).
+
+# %% [markdown]
+# # 10 · Your own loop: the doctor
+#
+# **Goal.** Take what lessons 02–09 taught out of MAHIA-X and into your own code: run a few
+# steps of *any* training loop under the lab's detectors and get back what is wrong, on which
+# line, with the numbers that show it and the fix. Three short loops a learner might write,
+# then the summary's own fix, then your loop. About 15 minutes.
+#
+# **Context (read cold).** The lab's detectors were built for the summary's bugs: the
+# mutation locator (lesson 06) names the line that wrote into a saved tensor, the memory
+# meter (lesson 05) splits memory by category, the catalog counts forwards and backwards per
+# step (lesson 04). `mahiax.doctor` puts them, and a few watchers more, around a function
+# `step(i)` that runs one step of your loop.
+#
+# **Terms.**
+#
+# - **Finding.** One thing wrong, from a fixed list of kinds (`doctor.KINDS`), pointed at
+#   the line of *your* code to change, with the evidence, the fix and the lesson.
+# - **Holder.** Where a tensor lives after a step ends: a global, a module attribute or
+#   buffer, a list. A tensor with a `grad_fn` that a holder keeps past its step keeps its
+#   graph alive (lesson 03a).
+# - **Truncated backpropagation through time (TBPTT).** Carrying a recurrent state's
+#   *values* from one chunk of a sequence to the next, but not its *graph*: `h.detach()`.
+#
+# PyTorch docs this lesson builds on: autograd mechanics,
+# [In-place correctness checks](https://docs.pytorch.org/docs/stable/notes/autograd.html#in-place-correctness-checks)
+# and [Saved tensors](https://docs.pytorch.org/docs/stable/notes/autograd.html#saved-tensors);
+# [`torch.Tensor.detach`](https://docs.pytorch.org/docs/stable/generated/torch.Tensor.detach.html);
+# the AMP examples'
+# [Working with Unscaled Gradients](https://docs.pytorch.org/docs/stable/notes/amp_examples.html#working-with-unscaled-gradients).
+
+# %%
+import torch
+import torch.nn.functional as F
+from IPython.display import display
+from torch import nn
+
+from mahiax import bugs, doctor, lessons
+from mahiax.doctor import exercise
+from mahiax.doctor.catalog import examine_entry
+
+torch.manual_seed(0)
+print("finding kinds:", ", ".join(doctor.KINDS))
+
+# %% [markdown]
+# ## 1. A loop that keeps a running loss
+#
+# A classifier, and a loop that adds each step's loss to a total to print an average later.
+# It trains; nothing raises.
+#
+# **Predict.** After 6 steps, does the doctor find anything? If so, on which line?
+
+# %%
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+total_loss = 0.0
+
+
+def step(i):
+    global total_loss
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    total_loss += loss  # for the average printed at the end
+
+
+report = doctor.examine(step, steps=6, model=model, optimizer=opt)
+display(report)  # in a notebook the report is a table; print(report) gives text
+
+# %% [markdown]
+# The report names `total_loss += loss`: `total_loss` is a tensor with a `grad_fn` that
+# reaches back to step 0, one more node at every step. Here the backward already freed the
+# saved tensors, so it costs little; with `retain_graph=True` or in an evaluation loop
+# without `no_grad`, every step's activations stay alive. The fix is `loss.item()`.
+#
+# ## 2. A recurrent state carried across chunks
+#
+# **Predict.** A GRU reads a long sequence chunk by chunk and passes its hidden state on.
+# Which step fails, and does the doctor point at the line that raised or at another one?
+
+# %%
+gru, head = nn.GRU(4, 8, batch_first=True), nn.Linear(8, 4)
+rnn_model = nn.ModuleList([gru, head])
+rnn_opt = torch.optim.Adam(rnn_model.parameters(), lr=1e-2)
+seq = torch.randn(2, 6 * 10 + 1, 4)  # (streams, time, features)
+hidden = None
+
+
+def rnn_step(i):
+    global hidden
+    x, y = seq[:, i * 10:(i + 1) * 10], seq[:, i * 10 + 1:(i + 1) * 10 + 1]
+    out, hidden = gru(x, hidden)
+    loss = F.mse_loss(head(out), y)
+    rnn_opt.zero_grad()
+    loss.backward()
+    rnn_opt.step()
+
+
+rnn_report = doctor.examine(rnn_step, steps=6, model=rnn_model, optimizer=rnn_opt)
+print(rnn_report)
+
+# %% [markdown]
+# PyTorch raises at step 1 on `loss.backward()` ("backward through the graph a second
+# time"), and its hint suggests `retain_graph=True`. The doctor keeps that error but points
+# at `out, hidden = gru(x, hidden)`: `hidden` still carries step 0's graph, which step 0's
+# backward freed. Fix: `hidden = hidden.detach()` (TBPTT). The exercise below is this bug.
+#
+# ## 3. Mixed precision, clipped too early
+#
+# **Predict.** This loop raises nothing. What does the doctor measure?
+
+# %%
+amp_model = nn.Linear(8, 1)
+amp_opt = torch.optim.SGD(amp_model.parameters(), lr=0.1)
+scaler = torch.amp.GradScaler("cpu")
+
+
+def amp_step(i):
+    x = torch.randn(32, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = amp_model(x).float().pow(2).mean()
+    amp_opt.zero_grad()
+    scaler.scale(loss).backward()
+    torch.nn.utils.clip_grad_norm_(amp_model.parameters(), 1.0)
+    scaler.step(amp_opt)
+    scaler.update()
+
+
+amp_report = doctor.examine(amp_step, steps=4, model=amp_model, optimizer=amp_opt,
+                            scaler=scaler)
+print(amp_report)
+
+# %% [markdown]
+# The clip measured the gradient norm *times the scale* (65,536) against `max_norm=1`, so the
+# gradient the optimiser applied had norm 1/65,536 instead of the true norm, about 1 here
+# (lesson 08). Fix: `scaler.unscale_(opt)` before the clip.
+#
+# ## 4. The summary's own fix, examined
+#
+# The summary cured "backward through the graph a second time" with `retain_graph=True` on
+# every backward, with state that carried the graph across steps (lesson 04). The doctor
+# runs the catalog's version of that loop, the `summary` variant of `retain-graph`, through
+# the catalog's harness.
+#
+# **Predict.** Does `retain_graph=True` make the doctor quiet?
+
+# %%
+summary_report = examine_entry("retain-graph", "summary")
+print(summary_report)
+
+# %%
+v_retain = bugs.verdict("retain-graph")
+lessons.verdict_report(v_retain)
+
+# %% [markdown]
+# **Expected verdict** on the summary's fix for `retain-graph`: **hides-the-error**. The
+# doctor says why, in one report: the graph carried by the memory nodes grows every step,
+# several backward passes walk one graph, and once the optimiser changes a weight an old
+# graph saved, the in-place error comes back, named at `ctx.optimizer.step()`.
+#
+# ## 5. Your loop
+#
+# Replace the loop below with yours: build the model and optimiser, write `my_step(i)` for
+# one step, run the cell. A clean loop prints "0 findings". From a terminal, the same for a
+# script whose top level builds the model: `python -m mahiax doctor my_script.py:step`.
+
+# %%
+my_model = nn.Linear(8, 1)
+my_opt = torch.optim.Adam(my_model.parameters(), lr=1e-3)
+
+
+def my_step(i):
+    x = torch.randn(16, 8)
+    loss = my_model(x).pow(2).mean()
+    my_opt.zero_grad()
+    loss.backward()
+    my_opt.step()
+
+
+print(doctor.examine(my_step, steps=6, model=my_model, optimizer=my_opt))
+
+# %% [markdown]
+# ## Exercise
+#
+# A character-level GRU reads 4 streams of text chunk by chunk. `s` holds the model, the
+# optimiser, the text and the carried state `s.hidden`; `s.batch(i)` gives chunk `i`. Fix
+# `train_step` until `exercise.check` says PASS: the doctor must be quiet over 6 chunks
+# *and* the weights must match truncated backpropagation through time, so the hidden state
+# has to carry its values to the next chunk. Two band-aids fail on purpose:
+# `retain_graph=True` (the graph grows and the optimiser soon changes weights an old graph
+# saved) and starting each chunk from `None` (quiet doctor, but no memory across chunks).
+
+# %%
+lessons.source(exercise.Stream, "what s is")
+
+
+# %%
+def train_step(s, i):
+    x, y = s.batch(i)
+    logits, s.hidden = s.model(x, s.hidden)  # TODO
+    loss = F.cross_entropy(logits.reshape(-1, exercise.VOCAB), y.reshape(-1))
+    s.optimizer.zero_grad()
+    loss.backward()
+    s.optimizer.step()
+
+
+print(exercise.check(train_step))
+
+# %% tags=["solution"]
+def train_step(s, i):
+    """Carry the values, cut the graph: the next chunk starts from a leaf."""
+    x, y = s.batch(i)
+    logits, hidden = s.model(x, s.hidden)
+    s.hidden = hidden.detach()
+    loss = F.cross_entropy(logits.reshape(-1, exercise.VOCAB), y.reshape(-1))
+    s.optimizer.zero_grad()
+    loss.backward()
+    s.optimizer.step()
+
+
+result = exercise.check(train_step)
+print(result)
+assert result.holds
+
+# %% [markdown]
+# The two band-aids, through the same checker:
+
+# %%
+for name in ("band-aid: retain_graph=True", "band-aid: reset the hidden state every chunk"):
+    print(f"{name}: {exercise.check(exercise.candidates()[name])}")
+
+# %% [markdown]
+# ## Check your understanding
+#
+# 1. In section 1 nothing raised. Why is `total_loss += loss` still a finding, and what
+#    would make it expensive?
+#
+#    <details><summary>Answer</summary>
+#
+#    `total_loss` becomes a tensor whose `grad_fn` chains every step's loss graph: the
+#    graph outlives its step and grows by a node each step. Backward freed the saved tensors,
+#    so here it is small; in a validation loop without `no_grad` (no backward frees
+#    anything) or with `retain_graph=True`, each step's activations stay alive and memory
+#    grows without bound. `total_loss += loss.item()` keeps a number.
+#
+#    </details>
+#
+# 2. PyTorch's error in section 2 is raised by `loss.backward()`. Why does the doctor name
+#    another line, and why is PyTorch's hint (`retain_graph=True`) the wrong fix?
+#
+#    <details><summary>Answer</summary>
+#
+#    The backward only discovers the problem: step 1's graph reaches step 0's through
+#    `hidden`, which still has step 0's `grad_fn`, and step 0's backward freed that graph.
+#    The line to change is where `hidden` is stored. `retain_graph=True` keeps every old
+#    graph alive: the graph grows every chunk, backward walks all of them, and `step()`
+#    changes weights the old graphs saved (the exercise's band-aid fails with an in-place
+#    error).
+#
+#    </details>
+#
+# 3. Why does the exercise's checker compare weights with a reference and not only ask the
+#    doctor?
+#
+#    <details><summary>Answer</summary>
+#
+#    Because the doctor only sees misuse of autograd. Starting every chunk from `None` has
+#    none (no graph crosses steps) but trains a different model, one with no memory across
+#    chunks. The reference (TBPTT from the same start) tells the two apart: its weights
+#    differ by about 0.02 after 6 chunks.
+#
+#    </details>
+#
+# 4. The doctor slows a step down several times (`make bench` reports by how much). When do
+#    you run it?
+#
+#    <details><summary>Answer</summary>
+#
+#    For a few steps, when a loop is new or when something is off (an error, memory that
+#    grows, a loss that will not fall), as with anomaly mode or the mutation locator: most
+#    findings show at step 0 or 1, growth after 3 steps. Not for a whole run.
+#
+#    </details>
+
+# %% [markdown]
+# ## Recap
+#
+# - `doctor.examine(step, steps=6, model=..., optimizer=...)` runs your own step under the
+#   lab's detectors; `python -m mahiax doctor file.py:function` does the same from a shell
+#   (exit status 1 when it finds something).
+# - Each finding names the line of *your* code to change, the evidence in numbers, the fix
+#   and the lesson: in-place writes into saved tensors (02, 06), `.data` writes autograd
+#   cannot see (03a), graphs carried across steps and growing (03a, 04, 05), one backward
+#   per loss and `retain_graph=True` (04), clipping before `unscale_` (08), parameters that
+#   never get a gradient (09), state that requires grad.
+# - An error the loop raises is kept with its step and explained; often the line that
+#   raised is not the line to change.
+# - The summary's `retain_graph=True` **hides the error**: the doctor shows the growing
+#   graph, the repeated backward passes, and the in-place error that comes back.
+# - Quiet is not the same as right: a checker compares against the right computation too.

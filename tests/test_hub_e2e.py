@@ -268,6 +268,8 @@ def _learner_session(browser, base: str, name: str, password: str, others: list[
         dash = opened.value
         assert f"/user/{name}/mahiax-dashboard" in dash.url, dash.url
         dash.get_by_text(f"{name}-run").first.wait_for(state="visible", timeout=150_000)
+        dash.locator(".js-plotly-plot svg.main-svg").first.wait_for(state="visible",
+                                                                   timeout=120_000)
         dashboard_text = dash.locator("body").inner_text()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         dash.screenshot(path=str(ARTIFACTS / f"dashboard-{shot}.png"))

@@ -123,7 +123,16 @@ def test_launcher_tile_opens_the_dashboard_with_the_servers_own_store(tmp_path):
                 dash.get_by_text("MAHIA-X Lab").first.wait_for(state="visible",
                                                                timeout=120_000)
                 dash.get_by_text(RUN).first.wait_for(state="visible", timeout=60_000)
+                # a chart drawn by plotly.js: the app's assets and websocket work under the
+                # proxy's path, not only its first HTML page
+                dash.locator(".js-plotly-plot svg.main-svg").first.wait_for(
+                    state="visible", timeout=120_000)
                 dash.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+                # another page of the app, its address under the proxy's path too
+                dash.get_by_role("link", name="Expert load balance").first.click()
+                dash.get_by_role("heading", name="Expert load balance").first.wait_for(
+                    state="visible", timeout=60_000)
+                assert f"/{jupyter_proxy.NAME}/" in dash.url, dash.url
                 caption = dash.get_by_text("Run store:").first.inner_text()
                 assert str(store) in caption, caption
             finally:

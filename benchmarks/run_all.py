@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "train_step": "bench_train_step",
     "dashboard": "bench_dashboard",
     "lessons": "bench_lessons",
+    "doctor": "bench_doctor",
 }
 
 

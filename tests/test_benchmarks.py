@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import torch
 
-from benchmarks import bench_lessons, bench_moe, bench_train_step, run_all
+from benchmarks import bench_doctor, bench_lessons, bench_moe, bench_train_step, run_all
 from benchmarks.bench_moe import FLOOR, OURS, PER_TOKEN, Size
 from mahiax.config import tiny
 from mahiax.moe import ExpertRouter
@@ -45,6 +45,16 @@ def train_result() -> dict:
 def test_both_benchmarks_are_registered():
     assert run_all.BENCHMARKS["moe"] == "bench_moe"
     assert run_all.BENCHMARKS["train_step"] == "bench_train_step"
+    assert run_all.BENCHMARKS["doctor"] == "bench_doctor"
+
+
+def test_doctor_benchmark_reports_each_loop_plain_and_examined():
+    result = bench_doctor.run(rounds=2, steps=2)
+    assert set(result["arms"]) == set(bench_doctor.LOOPS) and result["met"]
+    for a in result["arms"].values():
+        assert a["plain_ms"] > 0 and a["doctor_ms"] > 0
+        assert a["slowdown"] == pytest.approx(a["doctor_ms"] / a["plain_ms"])
+    assert "slowdown" in bench_doctor.markdown(result)
 
 
 def test_moe_result_has_every_arm_with_times_and_paired_ratios(moe_result):

@@ -336,7 +336,7 @@ def _amp(unscale_first: bool) -> Loop:
         scaler.scale(loss).backward()
         if unscale_first:
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
         else:
             params = model.parameters()
             nn.utils.clip_grad_norm_(params, 1.0)  # doctor[clip-scaled]: clip-before-unscale

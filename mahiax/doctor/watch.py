@@ -419,11 +419,12 @@ class Watch:
     def _clip_wrapper(self, original: Callable, name: str) -> Callable:
         watch = self
 
-        def clip(parameters, limit, *args, **kwargs):
+        def clip(parameters, *args, **kwargs):
             params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
             file, line = sites.user_site()
             hit = [p for p in params if id(p) in watch._scaled_params and p.grad is not None]
-            out = original(params, limit, *args, **kwargs)
+            out = original(params, *args, **kwargs)
+            limit = args[0] if args else kwargs.get("max_norm", kwargs.get("clip_value", 0.0))
             if hit:
                 scaler = watch._scaler_ref() if watch._scaler_ref is not None else None
                 scale = float(scaler.get_scale()) if scaler is not None else None

@@ -5,7 +5,8 @@
   by default) has a password of their own (``MAHIAX_HUB_ADMIN_PASSWORD``, 32+ characters;
   generated and kept in the hub's state folder when unset). Only members of the system group
   ``mahiax-learners`` (``make hub-learners``) and the admins may sign in, so the workshop
-  password never opens a server as ``root`` or any other account of the machine.
+  password never opens a server as ``root`` or any other account of the machine; and each
+  learner name belongs to the first browser that signs in with it (``WorkshopAuthenticator``).
 - Isolation: each learner's server runs as their own system user (LocalProcessSpawner), in
   a home of mode 0700; the hub's cookie secret, database and proxy token live in a root-only
   folder (``MAHIAX_HUB_STATE_DIR``, default ``/var/lib/mahiax-hub``, mode 0700).
@@ -27,14 +28,23 @@ import pwd
 import secrets
 import shutil
 import sys
+from hmac import compare_digest
 from pathlib import Path
 
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
-from traitlets import Unicode
+from traitlets import Bool, Unicode
 
 HUB_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(HUB_DIR))
-from learners import GROUP, NAME, is_learner  # noqa: E402
+from learners import (  # noqa: E402
+    CLAIM_DAYS,
+    GROUP,
+    NAME,
+    claim_hash,
+    is_learner,
+    read_claims,
+    write_claims,
+)
 from runtime import unreachable  # noqa: E402
 
 REPO = HUB_DIR.parent
@@ -75,13 +85,44 @@ c.ConfigurableHTTPProxy.command = [str(CHP)]
 
 # -- sign-in ------------------------------------------------------------------------------
 class WorkshopAuthenticator(SharedPasswordAuthenticator):
-    """The shared-password login, open only to the workshop's learner accounts and admins."""
+    """The shared-password login, open only to the workshop's learner accounts and admins.
+
+    A shared password alone lets anyone who knows it sign in under any learner's name. So
+    each learner name is claimed by the first browser that signs in with it: the hub keeps a
+    hash of a random token in ``claims_file`` (root only) and gives the browser the token in
+    a signed, HTTP-only cookie; a later sign-in under that name without the token is refused.
+    A learner who changes browser asks the instructor: ``hub/learners.py release NAME``.
+    """
 
     learners_group = Unicode(GROUP, config=True,
                              help="system group whose members may sign in as learners")
+    claim_names = Bool(True, config=True,
+                       help="bind each learner name to the first browser that signs in")
+    claims_file = Unicode(config=True, help="where the claims are kept (root only)")
 
     def check_allowed(self, username, authentication=None):
         return username in self.admin_users or is_learner(username, self.learners_group)
+
+    async def authenticate(self, handler, data):
+        user = await super().authenticate(handler, data)
+        if user is None or user.get("admin") or not self.claim_names \
+                or not self.check_allowed(user["name"]):
+            return user  # refused already, an admin, or refused next by check_allowed
+        name, cookie = user["name"], f"mahiax-claim-{user['name']}"
+        claims = read_claims(Path(self.claims_file))
+        token = handler.get_secure_cookie(cookie, max_age_days=CLAIM_DAYS)
+        if name in claims:
+            if token is None or not compare_digest(claim_hash(token), claims[name]):
+                self.log.warning("refused %s: the name is claimed by another browser "
+                                 "(hub/learners.py release %s frees it)", name, name)
+                return None
+            return user
+        token = secrets.token_urlsafe(32).encode()
+        claims[name] = claim_hash(token)
+        write_claims(Path(self.claims_file), claims)
+        handler.set_secure_cookie(cookie, token, path=handler.hub.base_url, httponly=True,
+                                  expires_days=CLAIM_DAYS)
+        return user
 
 
 def _password(var: str, minimum: int, generate_into: Path | None = None) -> str:
@@ -99,6 +140,7 @@ def _password(var: str, minimum: int, generate_into: Path | None = None) -> str:
 
 
 c.JupyterHub.authenticator_class = WorkshopAuthenticator
+c.WorkshopAuthenticator.claims_file = str(STATE / "claims.json")
 c.SharedPasswordAuthenticator.user_password = _password("MAHIAX_HUB_PASSWORD", 8)
 c.SharedPasswordAuthenticator.admin_password = _password(
     "MAHIAX_HUB_ADMIN_PASSWORD", 32, STATE / "admin_password")

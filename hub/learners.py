@@ -7,12 +7,20 @@ reach the machine only through the hub, with the workshop password.
 
     python hub/learners.py add alice bob carol
     python hub/learners.py remove alice bob carol   # deletes their homes too
+    python hub/learners.py release alice            # alice signs in from a new browser
+
+The hub binds each learner name to the first browser that signs in with it (see
+``hub/jupyterhub_config.py``); ``release`` undoes that for a learner who changed browser.
+``remove`` releases too. The claims live in ``$MAHIAX_HUB_STATE_DIR`` (/var/lib/mahiax-hub).
 """
 
 from __future__ import annotations
 
 import argparse
 import grp
+import hashlib
+import json
+import os
 import pwd
 import re
 import subprocess
@@ -20,6 +28,9 @@ import sys
 from pathlib import Path
 
 GROUP = "mahiax-learners"
+STATE_DIR = Path(os.environ.get("MAHIAX_HUB_STATE_DIR", "/var/lib/mahiax-hub"))
+CLAIMS = "claims.json"  # learner name -> hash of the token its browser holds
+CLAIM_DAYS = 14  # how long a browser keeps its claim cookie
 # a portable system user name, and what the hub's username_pattern admits
 NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
@@ -32,6 +43,33 @@ def is_learner(name: str, group: str = GROUP) -> bool:
     except KeyError:
         return False
     return name in g.gr_mem or user.pw_gid == g.gr_gid
+
+
+def claim_hash(token: bytes) -> str:
+    return hashlib.sha256(token).hexdigest()
+
+
+def read_claims(path: Path) -> dict[str, str]:
+    """The hub's claims (name -> token hash); none when the file does not exist yet."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_claims(path: Path, claims: dict[str, str]) -> None:
+    """Replace the claims file atomically, readable by root only."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(claims, indent=1, sort_keys=True))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def release(names: list[str], state_dir: Path = STATE_DIR) -> None:
+    """Forget which browser claimed each name: its next sign-in claims it afresh."""
+    path = state_dir / CLAIMS
+    claims = read_claims(path)
+    for name in map(check_name, names):
+        print(f"released {name}" if claims.pop(name, None) else f"{name} was not claimed")
+    if path.exists():
+        write_claims(path, claims)
 
 
 def check_name(name: str) -> str:
@@ -59,8 +97,9 @@ def add(names: list[str], group: str = GROUP) -> None:
         print(f"learner {name}: home {home} (0700)")
 
 
-def remove(names: list[str], group: str = GROUP) -> None:
+def remove(names: list[str], group: str = GROUP, state_dir: Path = STATE_DIR) -> None:
     """Delete each learner that is in the group, with their home; others are refused."""
+    release(names, state_dir)
     for name in map(check_name, names):
         try:
             pwd.getpwnam(name)
@@ -78,11 +117,17 @@ def remove(names: list[str], group: str = GROUP) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=["add", "remove"])
+    ap.add_argument("action", choices=["add", "remove", "release"])
     ap.add_argument("names", nargs="+")
     ap.add_argument("--group", default=GROUP)
+    ap.add_argument("--state-dir", type=Path, default=STATE_DIR)
     args = ap.parse_args(argv)
-    (add if args.action == "add" else remove)(args.names, args.group)
+    if args.action == "add":
+        add(args.names, args.group)
+    elif args.action == "remove":
+        remove(args.names, args.group, args.state_dir)
+    else:
+        release(args.names, args.state_dir)
     return 0
 
 

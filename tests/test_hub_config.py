@@ -113,3 +113,46 @@ def test_learner_names_are_checked_before_any_account_is_touched():
             learners.check_name(bad)
     assert learners.check_name("alice_2") == "alice_2"
     assert not learners.is_learner("root")
+
+
+class _Browser:
+    """A login request's handler as the authenticator uses it: one browser's cookie jar."""
+
+    def __init__(self):
+        self.jar: dict[str, bytes] = {}
+        self.hub = type("Hub", (), {"base_url": "/hub/"})()
+
+    def get_secure_cookie(self, name, max_age_days=None):
+        return self.jar.get(name)
+
+    def set_secure_cookie(self, name, value, **options):
+        assert options["httponly"] and options["path"] == "/hub/"
+        self.jar[name] = value
+
+
+def test_a_learner_name_belongs_to_the_first_browser_until_released(tmp_path, monkeypatch):
+    cfg = _load(tmp_path, monkeypatch)
+    auth = cfg.JupyterHub.authenticator_class(config=cfg)
+    monkeypatch.setattr(auth, "check_allowed", lambda *a, **k: True)  # alice: a learner
+    sys.path.insert(0, str(HUB))
+    try:
+        import learners
+    finally:
+        sys.path.remove(str(HUB))
+
+    def login(browser):
+        data = {"username": "alice", "password": WORKSHOP}
+        return asyncio.run(auth.authenticate(browser, data))
+
+    first, second = _Browser(), _Browser()
+    assert login(first)["name"] == "alice"  # claims the name
+    claims = tmp_path / "state" / "claims.json"
+    assert stat.S_IMODE(claims.stat().st_mode) == 0o600
+    assert login(first)["name"] == "alice"  # the same browser, again
+    assert login(second) is None  # someone else with the workshop password
+    second.jar = {k: b"forged" for k in first.jar}
+    assert login(second) is None
+    learners.release(["alice"], tmp_path / "state")
+    second.jar = {}
+    assert login(second)["name"] == "alice"  # a new browser after the instructor's release
+    assert login(first) is None

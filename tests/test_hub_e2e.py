@@ -13,8 +13,9 @@ temp folder, and in headless Chromium each learner
    each attempt must raise ``PermissionError``,
 4. clicks the "MAHIA-X dashboard" tile and sees their own run, and no one else's.
 
-A wrong workshop password, and the right one for an account outside the learners' group
-(``root``), are refused. The memory (RSS) of each learner's server, kernel and dashboard is
+A wrong workshop password, the right one for an account outside the learners' group
+(``root``), and the right one from another browser for a name a learner already claimed are
+refused. The memory (RSS) of each learner's server, kernel and dashboard is
 written to ``test-artifacts/hub/memory-per-learner.json`` (docs/workshop.md quotes it).
 
 Needs root (it creates system users and runs the hub as root) and Debian's chromium;
@@ -310,6 +311,14 @@ def test_three_learners_sign_in_run_a_lesson_and_see_only_their_own_runs(hub, le
                                                  shot=f"learner{i + 1}")
                 uid = pwd.getpwnam(name).pw_uid
                 memory[name] = _learner_processes(uid)
+
+            # another browser with the workshop password cannot take a claimed name
+            ctx = browser.new_context()
+            page = ctx.new_page()
+            _sign_in(page, base, learner_names[0], password)
+            page.get_by_text("Invalid username or password").wait_for(timeout=30_000)
+            assert not _signed_in(ctx)
+            ctx.close()
         finally:
             browser.close()
 

@@ -8,7 +8,7 @@
   password never opens a server as ``root`` or any other account of the machine; and each
   learner name belongs to the first browser that signs in with it (``WorkshopAuthenticator``).
 - Isolation: each learner's server runs as their own system user (LocalProcessSpawner), in
-  a home of mode 0700; the hub's cookie secret, database and proxy token live in a root-only
+  a home of mode 0700; the hub's cookie secret, database and name claims live in a root-only
   folder (``MAHIAX_HUB_STATE_DIR``, default ``/var/lib/mahiax-hub``, mode 0700).
 - The lab for all: learners' servers run ``build/hub/venv`` (``hub/runtime.py``), the
   project's packages; on first start a learner gets a copy of the lessons in ``~/lessons``;

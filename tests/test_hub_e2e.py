@@ -112,7 +112,7 @@ for path in {paths!r}:
     try:
         os.listdir(path) if os.path.isdir(path) else open(path).read()
         tried[path] = "read"
-    except PermissionError as e:
+    except PermissionError:
         tried[path] = "PermissionError"
     except OSError as e:
         tried[path] = type(e).__name__

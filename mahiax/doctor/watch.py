@@ -34,6 +34,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import compress
 from types import FrameType
 from typing import Any
 
@@ -46,6 +47,7 @@ from mahiax import debug
 from mahiax.debug import MutationLocator, _Packed, _storage_key, locate_mutations
 from mahiax.doctor import sites
 from mahiax.telemetry.categories import grad_fn_of, saved_bytes
+from mahiax.telemetry.memory_meter import _tensor_types
 
 _DATA_DESCRIPTOR = torch._C.TensorBase.__dict__["data"]  # ``x.data = y`` calls its __set__
 
@@ -574,10 +576,11 @@ class Watch:
         fresh: list[torch.Tensor] = []
         memo: dict[int, int] = {}  # node id -> lowest sequence number reachable
         keep: list[Any] = []  # nodes seen: keeps their ids unique during the scan
-        tensor = torch.Tensor
-        for obj in gc.get_objects():
-            if not issubclass(type(obj), tensor):  # type(): no __class__ lookups (warnings)
-                continue
+        objects = gc.get_objects()
+        # the tensors among them, picked by C-level iterators as the memory meter does
+        tensors = list(compress(objects, map(_tensor_types().__contains__, map(type, objects))))
+        del objects
+        for obj in tensors:
             node = grad_fn_of(obj)
             if node is None or _is_leaf_node(node) or _seq(node) < self.examine_seq:
                 continue

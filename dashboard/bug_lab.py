@@ -142,7 +142,8 @@ def bug_lab() -> None:
                 st.success(f"Started {names}; they appear below as they train.")
             else:
                 st.info(f"These variants were already started ({chosen.steps} steps each) "
-                        f"by another page: {names}. Showing them below; nothing new started.")
+                        f"by an earlier request: {names}. Showing them below; nothing new "
+                        "started.")
     _comparison(path, entry_id)
 
 

@@ -462,8 +462,8 @@ def test_two_sessions_asking_for_the_same_entry_start_three_processes(monkeypatc
     _sample_until_ended(entry, store, seen, [])
     names = [f"{entry}-{v}" for v in ("buggy", "summary", "fixed")]
     assert f"Started {', '.join(names)}" in texts(first.success)
-    assert f"already started (20 steps each) by another page: {', '.join(names)}" in \
-        texts(second.info), "the second session is shown the runs the first one started"
+    shown = f"already started (20 steps each) by an earlier request: {', '.join(names)}"
+    assert shown in texts(second.info), "the second session is shown the first one's runs"
     assert len(seen) == 3, f"three training processes, not six: {list(seen.values())}"
     assert sorted(cmd[cmd.index("--variant") + 1] for cmd in seen.values()) == \
         ["buggy", "fixed", "summary"]

@@ -24,6 +24,7 @@ Needs root (it creates system users and runs the hub as root) and Debian's chrom
 
 from __future__ import annotations
 
+import grp
 import importlib.util
 import json
 import os
@@ -125,6 +126,7 @@ print(json.dumps({{"store": str(resolve_store_path()), "tried": tried,
 def learner_names():
     """Three learner accounts, removed afterwards even when the test fails."""
     names = [f"mxl{secrets.token_hex(3)}{i}" for i in range(3)]
+    group_was_there = _group_exists(learners.GROUP)
     try:
         learners.add(names)
         yield names
@@ -136,12 +138,23 @@ def learner_names():
             except SystemExit:
                 time.sleep(0.5)
         left = [n for n in names if _exists(n)]
+        if not group_was_there and _group_exists(learners.GROUP):  # the group add() made
+            subprocess.run(["groupdel", learners.GROUP], check=False)
         assert not left, f"learner accounts left behind: {left}"
+        assert group_was_there or not _group_exists(learners.GROUP), "group left behind"
 
 
 def _exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
         return True
     except KeyError:
         return False

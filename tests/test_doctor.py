@@ -129,6 +129,26 @@ def test_catalog_fixed_variant_gets_no_finding(eid):
     assert report.ok, str(report)
 
 
+# the catalog's band-aids that write through .data: no error, silently wrong gradients
+DATA_BAND_AIDS = [
+    ("tiny-memory-write", "band-aid: the write through .data",
+     stateful.DataWriteTinyMemory.forward, "self.slots.data[ptr] = x.detach().mean(dim=0)"),
+    ("graph-memory-update", "band-aid: .data.copy_", stateful.DataCopyGraphMemory.forward,
+     "self.nodes.data.copy_(new_nodes)"),
+    ("dwa-weights", "band-aid: the summary's copy_ through .data", stateful.DataWriteDWA.combine,
+     "self.w.data.copy_("),
+]
+
+
+@pytest.mark.parametrize(("eid", "name", "where", "text"), DATA_BAND_AIDS)
+def test_catalog_data_band_aids_are_silent_writes_at_their_line(eid, name, where, text):
+    report = examine_entry(eid, "candidate", candidate=bugs.get(eid).candidates()[name])
+    assert report.error is None
+    file, line = _line_of(where, text)
+    assert [(f.kind, Path(f.file), f.line) for f in report.findings] == [
+        ("silent-write", Path(file), line)], str(report)
+
+
 def test_an_error_of_the_loop_is_kept_and_explained():
     report = examine_entry("expert-index", "buggy")
     assert report.findings == []

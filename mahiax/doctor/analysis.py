@@ -56,7 +56,7 @@ def _inplace(w: Watch) -> list[Finding]:
     w.loc._settle()
     found = []
     for m in w.loc.mutations:
-        if not m.tripped_backward or m.version_after == m.version_before:
+        if id(m) not in w.tripped or m.version_after == m.version_before:
             continue
         s = m.saved
         where = f" in {m.module}" if m.module else ""
@@ -276,6 +276,8 @@ def _unused_finding(w: Watch, model: nn.Module, path: str, m: nn.Module,
                     params: list, attr: str | None = None) -> Finding:
     if attr is None:  # a whole module: the line of its parent that creates it
         parent_path, _, attr = path.rpartition(".")
+        while attr.isdigit() and parent_path:  # experts.3: the line that makes `experts`
+            parent_path, _, attr = parent_path.rpartition(".")
         owner = model.get_submodule(parent_path) if parent_path else model
     else:
         owner = m

@@ -19,8 +19,11 @@ from mahiax.doctor.report import Report
 from mahiax.doctor.watch import Watch
 
 
-def examine_entry(entry_id: str, variant: str = "buggy", steps: int | None = None) -> Report:
-    """Run a catalog variant (``buggy`` | ``summary`` | ``fixed``) under the doctor."""
+def examine_entry(entry_id: str, variant: str = "buggy", steps: int | None = None,
+                  candidate: object = None) -> Report:
+    """Run a catalog variant (``buggy`` | ``summary`` | ``fixed``), or with ``variant=
+    "candidate"`` one of ``bugs.get(entry_id).candidates()`` (a band-aid, a learner's
+    class), under the doctor."""
     from mahiax import bugs
     from mahiax.bugs import harness
 
@@ -48,7 +51,7 @@ def examine_entry(entry_id: str, variant: str = "buggy", steps: int | None = Non
     token = harness._AMBIENT.set(around)
     try:
         with harness.observing(observe):
-            out = entry.run(variant, n)
+            out = entry.run(variant, n, candidate)
     finally:
         harness._AMBIENT.reset(token)
     if not watches:

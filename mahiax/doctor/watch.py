@@ -188,7 +188,7 @@ class Watch:
         self.held: dict[str, Held] = {}
         self.grad_counts: dict[int, int] = {}
         self.state_requiring_grad: dict[str, tuple[Any, str]] = {}  # label -> (owner, attr)
-        self.error: BaseException | None = None
+        self.tripped: set[int] = set()  # id() of mutations a backward tripped on
         self.error_info: tuple[str, str, int, str, int] | None = None
         self.loc: MutationLocator | None = None
         self.built: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (file, line, seq)
@@ -280,18 +280,24 @@ class Watch:
         def tensor_backward(original):
             def backward(self, gradient=None, retain_graph=None, create_graph=False,
                          inputs=None):
-                if not watch._in_backward:  # not the torch-function re-dispatch of this call
+                outer = not watch._in_backward  # not the torch-function re-dispatch
+                seen = watch._failed_count()
+                if outer:
                     watch._before_backward([self], retain_graph, create_graph)
                 watch._in_backward += 1
                 try:
                     return original(self, gradient, retain_graph, create_graph, inputs)
                 finally:
                     watch._in_backward -= 1
+                    if outer:
+                        watch._note_tripped(seen)
             return backward
 
         def autograd_backward(original):
             def backward(tensors, *args, **kwargs):
-                if not watch._in_backward:
+                outer = not watch._in_backward
+                seen = watch._failed_count()
+                if outer:
                     roots = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
                     retain = kwargs.get("retain_graph", args[1] if len(args) > 1 else None)
                     create = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
@@ -301,6 +307,8 @@ class Watch:
                     return original(tensors, *args, **kwargs)
                 finally:
                     watch._in_backward -= 1
+                    if outer:
+                        watch._note_tripped(seen)
             return backward
 
         patch(torch.Tensor, "backward", tensor_backward)
@@ -323,6 +331,19 @@ class Watch:
         patch(scaler_cls, "scale", self._scale_wrapper)
         patch(scaler_cls, "unscale_", self._unscale_wrapper)
         patch(scaler_cls, "step", self._unscale_wrapper)
+
+    def _failed_count(self) -> int:
+        return len(self.loc.failed) if self.loc is not None else 0
+
+    def _note_tripped(self, since: int) -> None:
+        """Keep the mutations whose saved tensor was found changed while a backward ran. The
+        locator also notes stale reads by anything else (a meter, a graph walk after the
+        optimiser step); only a backward's reads mean backward tripped on the write."""
+        loc = self.loc
+        if loc is None:
+            return
+        stale = {id(info) for info in loc.failed[since:]}
+        self.tripped |= {id(m) for m in loc.mutations if id(m.saved) in stale}
 
     def _user_modules(self) -> list[Any]:
         files = {os.path.abspath(f) for f in self.code_files}

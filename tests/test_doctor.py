@@ -7,12 +7,14 @@ the entry's kind at the catalog's buggy line; fixed: none), and the lab's own Tr
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 
 import pytest
@@ -193,6 +195,21 @@ def test_everything_installed_is_removed_afterwards(name):
     assert [(len(m._forward_pre_hooks), [len(p._post_accumulate_grad_hooks or {})
                                          for p in m.parameters(recurse=False)])
             for m in loop.model.modules()] == hooks
+
+
+def test_graphs_retained_during_the_examination_are_freed_with_their_loop():
+    loop = BUGGY["retain-anyway"]()
+    kept = []
+
+    def step(i):
+        x = torch.randn(4, 8)
+        h = torch.sigmoid(loop.model.fc1(x))  # sigmoid saves its output
+        kept.append(weakref.ref(h))
+        h.sum().backward(retain_graph=True)
+
+    doctor.examine(step, 2, model=loop.model, optimizer=loop.optimizer)
+    gc.collect()
+    assert [r() for r in kept] == [None, None]
 
 
 def test_the_doctor_does_not_change_what_the_loop_computes():

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import clip_grad_norm_
 
 FILE = str(Path(__file__).resolve())
 D, B, C = 8, 16, 3  # width, batch, classes
@@ -350,6 +351,24 @@ def clip_scaled() -> Loop:
     return _amp(unscale_first=False)
 
 
+def clip_imported() -> Loop:
+    """The clip imported by name (``from torch.nn.utils import clip_grad_norm_``)."""
+    torch.manual_seed(0)
+    model, opt = _plain(MLP())
+    scaler = torch.amp.GradScaler("cpu")
+
+    def step(i: int) -> None:
+        x, y = _data(i)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        clip_grad_norm_(model.parameters(), 5.0)  # doctor[clip-imported]: clip-before-unscale
+        scaler.step(opt)
+        scaler.update()
+
+    return Loop(step, model, opt, scaler)
+
+
 # ---- parameters and state ---------------------------------------------------------------------
 class AuxHead(MLP):
     def __init__(self):
@@ -408,6 +427,7 @@ BUGGY: dict[str, Callable[[], Loop]] = {
     "forward-each-loss": forward_each_loss,
     "retain-anyway": retain_anyway,
     "clip-scaled": clip_scaled,
+    "clip-imported": clip_imported,
     "unused-head": unused_head,
     "buffer-grad": buffer_grad,
 }

@@ -17,6 +17,7 @@ import textwrap
 import weakref
 from pathlib import Path
 
+import doctor_loops
 import pytest
 import torch
 from doctor_loops import BUGGY, CORRECT, FILE, expected
@@ -182,7 +183,7 @@ def _global_state() -> tuple:
     )
 
 
-@pytest.mark.parametrize("name", ["inplace-gate", "clip-scaled", "classifier"])
+@pytest.mark.parametrize("name", ["inplace-gate", "clip-scaled", "clip-imported", "classifier"])
 def test_everything_installed_is_removed_afterwards(name):
     before = _global_state()
     make = BUGGY.get(name) or CORRECT[name]
@@ -192,6 +193,7 @@ def test_everything_installed_is_removed_afterwards(name):
              for m in loop.model.modules()]
     doctor.examine(loop.step, 3, model=loop.model, optimizer=loop.optimizer)
     assert _global_state() == before
+    assert doctor_loops.clip_grad_norm_ is torch.nn.utils.clip_grad_norm_  # imported by name
     assert [(len(m._forward_pre_hooks), [len(p._post_accumulate_grad_hooks or {})
                                          for p in m.parameters(recurse=False)])
             for m in loop.model.modules()] == hooks

@@ -173,11 +173,13 @@ class Watch:
             self.names = {id(m): f"model.{n}" if n else "model"
                           for n, m in model.named_modules()}
         self.code_files: set[str] = set()  # files of the user's step code
+        self.code_globals: dict | None = None  # its module's globals (a notebook's too)
         if code is not None:
             target = getattr(code, "__func__", code)
             file = getattr(getattr(target, "__code__", None), "co_filename", None)
             if file:
                 self.code_files.add(file)
+            self.code_globals = getattr(target, "__globals__", None)
         self.step = -1
         self.steps_done = 0
         self.examine_seq = 0  # first sequence number of the examination
@@ -338,11 +340,11 @@ class Watch:
                 if getattr(owner, fn_name, None) is original:
                     setattr(owner, fn_name, wrapped)
                     stack.callback(setattr, owner, fn_name, original)
-            for module in self._user_modules():  # `from torch.nn.utils import clip_grad_norm_`
-                for key, value in list(vars(module).items()):
-                    if value is original:
-                        setattr(module, key, wrapped)
-                        stack.callback(setattr, module, key, original)
+            names = self.code_globals if self.code_globals is not None else {}
+            for key, value in list(names.items()):  # `from torch.nn.utils import clip_...`
+                if value is original:
+                    names[key] = wrapped
+                    stack.callback(names.__setitem__, key, original)
         scaler_cls = torch.amp.GradScaler
         patch(scaler_cls, "scale", self._scale_wrapper)
         patch(scaler_cls, "unscale_", self._unscale_wrapper)
@@ -360,15 +362,6 @@ class Watch:
             return
         stale = {id(info) for info in loc.failed[since:]}
         self.tripped |= {id(m) for m in loc.mutations if id(m.saved) in stale}
-
-    def _user_modules(self) -> list[Any]:
-        files = {os.path.abspath(f) for f in self.code_files}
-        found = []
-        for module in list(sys.modules.values()):
-            path = getattr(module, "__file__", None)
-            if path and os.path.abspath(path) in files:
-                found.append(module)
-        return found
 
     def _hook_model(self, stack: contextlib.ExitStack) -> None:
         if self.model is None:

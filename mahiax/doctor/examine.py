@@ -24,8 +24,17 @@ def examine(step: Callable[[int], Any], steps: int = 6, model: nn.Module | None 
     accepted for symmetry (every ``GradScaler`` is watched). An exception raised by the loop
     ends the examination and is kept in ``report.error`` with its step, explained.
 
-    The watchers slow a step down several times (see ``benchmarks/bench_doctor.py``); a few
-    steps are enough: most findings show at step 0 or 1, growth needs 3.
+    The watchers slow a step down many times (``benchmarks/bench_doctor.py``: about 16x on
+    the lab's tiny Trainer step, more on tiny loops whose own step takes under a millisecond,
+    where the end-of-step scan of live objects dominates); a few steps are enough: most
+    findings show at step 0 or 1, growth needs 3.
+
+    Limits: writes that never reach PyTorch's dispatcher (through ``t.numpy()``) and writes
+    from other threads are not seen; a clip function is watched under its torch names and
+    under names in ``step``'s own module; gradients computed with ``torch.autograd.grad``
+    are not counted as backward passes. The mutation locator it uses installs
+    saved-tensor hooks, and keeps PyTorch's own version check working through them (it
+    re-raises PyTorch's error word for word: ``tests/test_debug.py``).
     """
     if not callable(step):
         raise BadInput(f"step must be a function step(i) that runs one training step, got "

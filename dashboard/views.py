@@ -56,12 +56,26 @@ def _chart(build: Callable[[], go.Figure]) -> None:
                 _figures.move_to_end(key)
     if fig is None:
         fig = build()
+        fig.__class__ = SharedFigure  # the same figure, its dict form computed once
         if key is not None:
             with _figures_lock:
                 _figures[key] = fig
                 while len(_figures) > MAX_FIGURES:
                     _figures.popitem(last=False)
     st.plotly_chart(fig, width="stretch")
+
+
+class SharedFigure(go.Figure):
+    """A figure drawn by several sessions: ``st.plotly_chart`` asks for ``to_dict()`` every
+    time it draws it (a deep copy, the data packed in base64: most of a chart's cost once
+    the figure is built), so the dict is made once and shared. Read only: neither Streamlit
+    nor the pages change a figure once it is drawn."""
+
+    def to_dict(self) -> dict:
+        shared = getattr(self, "_shared_dict", None)
+        if shared is None:
+            shared = self._shared_dict = super().to_dict()
+        return shared
 
 
 MAX_FIGURES = 256  # figures kept for the server's sessions; the least recently drawn go first

@@ -244,7 +244,7 @@ class Watch:
         for refs in self.loc._saved.values() if self.loc is not None else ():
             for r in refs:
                 p = r()
-                if p is not None and p.tensor.grad_fn is not None:
+                if p is not None and grad_fn_of(p.tensor) is not None:
                     p.tensor = p.tensor.detach()
 
     def begin_step(self, i: int) -> None:

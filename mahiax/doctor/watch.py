@@ -547,7 +547,7 @@ class Watch:
             for attr, value in list(vars(m).items()) + list(m._buffers.items()):
                 if not isinstance(value, torch.Tensor) or isinstance(value, nn.Parameter):
                     continue
-                if value.requires_grad and value.grad_fn is None and id(value) not in params:
+                if value.requires_grad and value.is_leaf and id(value) not in params:
                     kind = "a buffer" if attr in m._buffers else "a tensor attribute"
                     label = f"{self._label(m)}.{attr} ({kind})"
                     self.state_requiring_grad.setdefault(label, (m, attr))

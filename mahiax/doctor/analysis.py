@@ -136,9 +136,10 @@ def _carried(w: Watch) -> list[Finding]:
         what = (f"{h.label} holds {h.items} tensors" if h.items > 1 else f"{h.label} holds "
                 "a tensor") + " with a grad_fn"
         built = f" (stored by `{sites.line_text(h.file, h.line)}`)" if h.line else ""
+        held = (f"{format_bytes(saved)} saved for backward" if saved else
+                "no saved tensors (backward freed them; without a backward they stay)")
         evidence = (f"At the end of step {h.last_step} its graph still reaches step "
-                    f"{h.built_step}: {span} steps, {h.nodes[-1]} nodes, "
-                    f"{format_bytes(saved)} saved for backward.")
+                    f"{h.built_step}: {span} steps, {h.nodes[-1]} nodes, {held}.")
         if growth:
             evidence += f" Meanwhile {growth}."
         failed = w.error_info and "backward through the graph a second time" in w.error_info[1]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -372,6 +374,8 @@ def test_bug_lab_measures_the_verdict_in_a_process_of_its_own(monkeypatch, tmp_p
             "a second session waits for the same process, it starts none"
     at = render_lab(monkeypatch, store, entry=entry)
     assert "Verdict on the summary's fix: holds" in texts(at.success)
+    assert re.search(r"at \d\d:\d\d:\d\d on torch " + re.escape(version("torch")),
+                     texts(at.success)), "the verdict says when and on which torch"
     assert "Measuring the verdict" not in texts(at.info)
     assert global_effects == [], "the server itself started a group, forked, reseeded or hooked"
 

@@ -162,3 +162,21 @@ def test_sessions_share_one_read_of_a_live_run(monkeypatch, tmp_path):
         assert reads == [None, 4], "one read of the new steps (after step 4) for both"
     finally:
         writer.close()
+
+
+@pytest.mark.timeout(240)
+def test_the_bug_lab_stops_polling_once_its_verdict_is_measured(served):
+    """While the verdict is measured the page polls it; once shown, only the watch is left
+    (no variant trains, so the comparison is not redrawn either)."""
+    _, url = served
+    with Viewers(url, "bug-lab", 1) as viewers:
+        viewers.wait_ready(60)
+        viewer = viewers.stats[0]
+        _until(lambda: _shows(viewer, "Verdict on the summary's fix"), 180,
+               "the verdict measured and shown")
+        _until(lambda: set(viewer.timers.values()) == {WATCH_S}, 15,
+               f"only the watch left, timers {viewer.timers}")
+        charts = viewer.charts
+        time.sleep(WATCH_S + 1)
+        assert viewer.charts == charts
+        assert not viewer.exceptions and not viewer.not_found

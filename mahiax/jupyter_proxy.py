@@ -57,7 +57,12 @@ def store_for_server(cwd: str | os.PathLike | None = None,
 
 def dashboard_command(port: int, base_url: str) -> list[str]:
     """The command the proxy runs: Streamlit on ``127.0.0.1:port`` under
-    ``<base_url>mahiax-dashboard``, headless, without usage statistics or a Deploy button."""
+    ``<base_url>mahiax-dashboard``, headless, without usage statistics or a Deploy button.
+
+    Streamlit runs in the Jupyter server's folder, where the repository's
+    ``.streamlit/config.toml`` is not read, so its settings are passed as flags (a test
+    keeps the two the same): no per-session file watcher and no full garbage collection
+    after every run, which are most of what an idle viewer costs."""
     base_path = f"{base_url.rstrip('/')}/{NAME}"  # e.g. /user/alice/mahiax-dashboard
     return [
         sys.executable, "-m", "streamlit", "run", str(dashboard_app()),
@@ -67,6 +72,8 @@ def dashboard_command(port: int, base_url: str) -> list[str]:
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",
+        "--server.fileWatcherType", "none",
+        "--runner.postScriptGC", "false",
     ]
 
 

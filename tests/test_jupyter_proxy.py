@@ -155,3 +155,20 @@ def test_lesson_link_points_at_the_proxy_on_a_hub_and_in_a_local_jupyterlab(monk
     local = str(lessons.dashboard_link(store))
     assert "](/mahiax-dashboard/)" in local
     assert f"MAHIAX_STORE={store} make dashboard" in local and "http://localhost:8501" in local
+
+
+def test_command_passes_every_setting_of_the_repositorys_streamlit_config():
+    """The proxy's Streamlit does not read .streamlit/config.toml (it runs in the Jupyter
+    server's folder): each setting there is a flag of the command, with the same value,
+    except the address, which the proxy pins to 127.0.0.1."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    cmd = jupyter_proxy.dashboard_command(8765, "/")
+    flags = dict(zip(cmd[5::2], cmd[6::2], strict=True))
+    for section, values in config.items():
+        for key, value in values.items():
+            if (section, key) == ("server", "address"):
+                continue
+            shown = str(value).lower() if isinstance(value, bool) else str(value)
+            assert flags.get(f"--{section}.{key}") == shown, (section, key)

@@ -235,6 +235,59 @@ def loss_history() -> Loop:
     return Loop(step, model, opt)
 
 
+class CarriedState:
+    """State kept on a plain object (not a module): its attributes live inline in the
+    instance (Python 3.11+), so no ``__dict__`` refers to the held tensor."""
+
+    def __init__(self):
+        self.h = torch.zeros(B, D)
+
+
+def plain_state() -> Loop:
+    torch.manual_seed(0)
+    cell, head = nn.GRUCell(D, D), nn.Linear(D, C)
+    model, opt = _plain(nn.ModuleList([cell, head]))
+    state = CarriedState()
+
+    def step(i: int) -> None:
+        x, y = _data(i)
+        state.h = cell(x, state.h)  # doctor[plain-state]: graph-carried-across-steps
+        loss = F.cross_entropy(head(state.h), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return Loop(step, model, opt)
+
+
+class AverageMeter:
+    """The running average of the loss every tutorial prints, fed the loss tensor itself."""
+
+    def __init__(self):
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, value) -> None:
+        self.total += value  # doctor[average-meter]: graph-carried-across-steps
+        self.count += 1
+
+
+def average_meter() -> Loop:
+    torch.manual_seed(0)
+    model, opt = _plain(MLP())
+    meter = AverageMeter()
+
+    def step(i: int) -> None:
+        x, y = _data(i)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        meter.update(loss)
+
+    return Loop(step, model, opt)
+
+
 class Bank(MLP):
     """Contrastive-style memory bank of past features that is never trimmed."""
 
@@ -422,6 +475,8 @@ BUGGY: dict[str, Callable[[], Loop]] = {
     "hidden-state": hidden_state,
     "total-loss": total_loss,
     "loss-history": loss_history,
+    "plain-state": plain_state,
+    "average-meter": average_meter,
     "memory-bank": memory_bank,
     "backward-each-loss": backward_each_loss,
     "forward-each-loss": forward_each_loss,

@@ -172,6 +172,17 @@ def test_an_inplace_error_keeps_pytorchs_message_and_names_the_write():
     assert f"doctor_loops.py:{finding.line}" in e.explanation
 
 
+def test_state_on_a_plain_object_is_named_with_its_storing_line():
+    # a plain class's attributes live inline (Python 3.11+): the instance itself refers to
+    # the tensor; the report names `CarriedState.h` and its line, not the backward() line
+    report = _examine(BUGGY["plain-state"])
+    (finding,) = report.findings
+    assert "CarriedState.h holds a tensor" in finding.message
+    assert report.error is not None and "second time" in report.error.message
+    assert f"doctor_loops.py:{finding.line}" in report.error.explanation
+    assert "could not name" not in report.error.explanation
+
+
 def _global_state() -> tuple:
     return (
         torch.Tensor.backward, torch.autograd.backward, torch.nn.utils.clip_grad_norm_,
@@ -322,3 +333,13 @@ def test_exercise_checker_rejects_the_bug_and_both_band_aids(name):
         assert result.report.ok and "do not drop it" in result.message
     elif name != "fixed":
         assert not result.report.ok
+
+
+def test_exercise_bug_is_named_at_the_line_that_stores_the_hidden_state():
+    # the state lives on a dataclass (inline attributes): named by its storing line, not
+    # at loss.backward() (lesson 10, question 2)
+    result = exercise.check(exercise.buggy_step)
+    file, line = _line_of(exercise.buggy_step, "logits, s.hidden = s.model(x, s.hidden)")
+    assert [(f.kind, Path(f.file), f.line) for f in result.report.findings] == [
+        ("graph-carried-across-steps", Path(file), line)], str(result.report)
+    assert "Stream.hidden" in result.report.findings[0].message

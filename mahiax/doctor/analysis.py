@@ -155,8 +155,10 @@ def _carried(w: Watch) -> list[Finding]:
                 found.append(Finding("graph-carried-across-steps", b.file, b.line, compose(
                     "graph-carried-across-steps",
                     f"The graph behind `{sites.line_text(b.file, b.line)}` at step {b.step} "
-                    f"reaches into step {max(b.earliest_step, 0)}'s graph: some state "
-                    "carries it from step to step.",
+                    f"reaches into step {max(b.earliest_step, 0)}'s graph: a tensor from an "
+                    "earlier step, held somewhere the doctor could not name, carries it from "
+                    "step to step (this line is where it was noticed, not the line to change: "
+                    "look for state the step reads and writes back).",
                     f"{b.nodes} nodes, {format_bytes(b.saved)} saved for backward.",
                 ), b.step))
                 break
@@ -331,9 +333,10 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
                    f"(at {kinds['backward-per-loss'].where}) finds it gone. Sum the losses and "
                    "call backward() once.")
         elif "graph-carried-across-steps" in kinds:
+            holder = (f"the state stored at {kinds['graph-carried-across-steps'].where}"
+                      if w.held else "a tensor held somewhere the doctor could not name")
             why = ("This step's graph is linked to the previous step's, which its backward "
-                   f"already freed: the state at {kinds['graph-carried-across-steps'].where} "
-                   "carries it. Detach it.")
+                   f"already freed: {holder} carries it. Detach it.")
     elif "index out of range" in message:
         why = ("An index (a token id, an expert id) is outside the table it indexes: check "
                "the largest id against num_embeddings. Lesson: 01_expert_router_index.")

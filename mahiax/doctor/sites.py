@@ -86,6 +86,11 @@ def storing_lines(file: str, name: str, attribute: bool,
     return found
 
 
+def stores_at(file: str, line: int, name: str, attribute: bool) -> bool:
+    """Does ``file:line`` store into ``name``?"""
+    return _stores(linecache.getline(file, line), name, attribute) if file and line else False
+
+
 def _in_setup(lines: list[str], n: int) -> bool:
     """Is line ``n`` at module top level or inside a ``def __init__``?"""
     text = lines[n - 1]

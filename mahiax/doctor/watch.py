@@ -27,6 +27,7 @@ change what lives and what is freed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import sys
@@ -136,6 +137,27 @@ class Holder:
     count: int = 1
 
 
+def _attribute_of(obj: Any, value: Any) -> str | None:
+    """The name of the attribute of ``obj`` (in its ``__dict__`` or ``__slots__``) that is
+    ``value``, or None. Since Python 3.11 an instance keeps its attributes inline, without a
+    dict, so ``gc.get_referrers`` of an attribute's value is the instance itself."""
+    if isinstance(obj, type | dict | list | tuple) or type(obj).__name__ == "cell":
+        return None
+    try:
+        names = vars(obj)
+    except TypeError:
+        names = None
+    if isinstance(names, dict):
+        key = next((k for k, v in names.items() if v is value), None)
+        if isinstance(key, str):
+            return key
+    for klass in type(obj).__mro__:
+        for slot in klass.__dict__.get("__slots__", ()):
+            if isinstance(slot, str) and getattr(obj, slot, None) is value:
+                return slot
+    return None
+
+
 class _Sites(TorchFunctionMode):
     """Notes the user's line that built each tensor with a grad_fn; sees ``x.data = y``."""
 
@@ -175,7 +197,10 @@ class Watch:
         self.code_files: set[str] = set()  # files of the user's step code
         self.code_globals: dict | None = None  # its module's globals (a notebook's too)
         if code is not None:
-            target = getattr(code, "__func__", code)
+            target = code
+            while isinstance(target, functools.partial):  # the function the user wrote
+                target = target.func
+            target = getattr(target, "__func__", target)
             file = getattr(getattr(target, "__code__", None), "co_filename", None)
             if file:
                 self.code_files.add(file)
@@ -696,6 +721,10 @@ class Watch:
                                   and grad_fn_of(v) is not None)
                     return h
             return None
+        attr = _attribute_of(r, t)
+        if attr is not None:  # 3.11+: an object's inline attribute values refer directly
+            return None if isinstance(r, self.ignore_types) else \
+                Holder("attribute", attr, owner=r)
         if type(r).__name__ == "cell":
             for closure in gc.get_referrers(r):
                 if not isinstance(closure, tuple):
@@ -757,6 +786,9 @@ class Watch:
             # a notebook's globals have no __file__: search the step function's own cell
             for f in [h.file] if h.file else sorted(self.code_files):
                 candidates += [(f, n, s) for n, s in sites.storing_lines(f, h.name, False)]
+        if built is not None and h.kind != "entry" and sites.stores_at(
+                *built, h.name, h.kind in ("attribute", "buffer")):
+            candidates.append((*built, False))  # the line that built it also stores it
         picked = sites.pick_store(candidates, built)
         return picked if picked is not None else ("", 0)
 

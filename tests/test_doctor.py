@@ -343,3 +343,27 @@ def test_exercise_bug_is_named_at_the_line_that_stores_the_hidden_state():
     assert [(f.kind, Path(f.file), f.line) for f in result.report.findings] == [
         ("graph-carried-across-steps", Path(file), line)], str(result.report)
     assert "Stream.hidden" in result.report.findings[0].message
+
+
+def test_when_the_optimiser_is_the_writer_the_fix_is_the_graph_kept_alive():
+    # retain_graph=True on a carried hidden state: optimizer.step() rewrites weights the
+    # previous chunk's graph saved; rewriting the step line is not the fix
+    report = exercise.check(exercise.retain_graph_step).report
+    inplace = next(f for f in report.findings if f.kind == "inplace-on-saved")
+    assert sites_text(inplace) == "s.optimizer.step()"
+    assert "The writer is the optimiser" in inplace.message
+    assert "compute a new tensor instead" not in inplace.message
+    assert "retain_graph=True" in inplace.message
+    carried = next(f for f in report.findings if f.kind == "graph-carried-across-steps")
+    assert f"finding at {carried.where}" in inplace.message
+    assert "graph from an earlier step" in report.error.explanation
+    # a write by the user's own code keeps the out-of-place advice
+    gate = _examine(BUGGY["inplace-gate"]).findings[0]
+    assert "compute a new tensor instead" in gate.message
+    assert "The writer is the optimiser" not in gate.message
+
+
+def sites_text(f) -> str:
+    from mahiax.doctor import sites
+
+    return sites.line_text(f.file, f.line)

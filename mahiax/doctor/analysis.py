@@ -26,13 +26,13 @@ MIN_STEPS_FOR_GROWTH = 3  # steps of strictly growing graphs before growth is ca
 def findings_of(w: Watch) -> list[Finding]:
     """Every finding the records support, in the order a learner should fix them."""
     out: list[Finding] = []
-    out += _inplace(w)
     out += _silent(w)
     carried = _carried(w)
     out += carried
     out += _growing(w, carried)
     out += _per_loss(w)
     out += _retained(w, carried)
+    out = _inplace(w, out) + out
     out += _clips(w)
     out += _unused(w)
     out += _state(w)
@@ -50,7 +50,13 @@ def _at(file: str, line: int) -> str:
     return f"{os.path.basename(file)}:{line}" if file else "an unknown line"
 
 
-def _inplace(w: Watch) -> list[Finding]:
+# what keeps an earlier step's graph alive, in the order to name it
+_KEEPERS = ("retain-graph", "graph-carried-across-steps", "backward-per-loss")
+
+
+def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
+    """In-place writes backward tripped on. ``others``: the findings of the other rules; when
+    the writer is the optimiser's step, the real cause is among them (what kept the graph)."""
     if w.loc is None:
         return []
     w.loc._settle()
@@ -60,15 +66,31 @@ def _inplace(w: Watch) -> list[Finding]:
             continue
         s = m.saved
         where = f" in {m.module}" if m.module else ""
+        evidence = (f"Its version was {s.version} when saved and {m.version_after} after this "
+                    "write; backward() tripped on it: PyTorch raised 'modified by an inplace "
+                    "operation'.")
+        fix = None
+        if id(m) in w.optimizer_writes:
+            keeper = next((f for kind in _KEEPERS for f in others if f.kind == kind), None)
+            evidence += (" The writer is the optimiser updating the weights, which is its job: "
+                         "the mistake is that a graph from an earlier step saved these weights "
+                         "and is still alive when a later backward() walks it.")
+            retained = next((b for b in w.backwards if b.retain), None)
+            cuts = ([f"drop `retain_graph=True` (at {_at(retained.file, retained.line)})"]
+                    if retained is not None else [])
+            if any(f.kind == "graph-carried-across-steps" for f in others) or not cuts:
+                cuts.append("detach the state carried to the next step")
+            fix = ("no graph should live past its step's optimizer.step(): " +
+                   " and ".join(cuts) +
+                   (f"; the {keeper.kind} finding at {keeper.where} is what keeps it"
+                    if keeper is not None else "") +
+                   ". Moving or rewriting this line is not the fix")
         found.append(Finding(
             "inplace-on-saved", m.file, m.line, compose(
                 "inplace-on-saved",
                 f"`{sites.line_text(m.file, m.line)}` writes in place ({m.op}){where} into "
                 f"a {s.describe()} tensor that {s.op} at {_at(s.file, s.line)} saved for "
-                "backward.",
-                f"Its version was {s.version} when saved and {m.version_after} after this "
-                "write; backward() tripped on it: PyTorch raised 'modified by an inplace "
-                "operation'.",
+                "backward.", evidence, fix,
             )))
     return found
 
@@ -323,7 +345,11 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
     why = ""
     if VERSION_ERROR in message:
         f = kinds.get("inplace-on-saved")
-        why = (f"The in-place write at {f.where} changed a tensor backward needed (see the "
+        by_optimizer = f is not None and "The writer is the optimiser" in f.message
+        why = (f"The optimiser's update at {f.where} changed weights that a graph from an "
+               "earlier step saved: that graph should not still be alive (see the "
+               "inplace-on-saved finding for what keeps it)." if by_optimizer else
+               f"The in-place write at {f.where} changed a tensor backward needed (see the "
                "inplace-on-saved finding)." if f else
                "An in-place write changed a tensor backward needed; the write happened "
                "outside what the doctor could see.")

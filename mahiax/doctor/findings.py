@@ -93,7 +93,8 @@ class LoopError:
         return asdict(self)
 
 
-def compose(kind: str, what: str, evidence: str) -> str:
-    """A finding's message: what happened, the numbers, the fix, the lesson."""
+def compose(kind: str, what: str, evidence: str, fix: str | None = None) -> str:
+    """A finding's message: what happened, the numbers, the fix (the kind's usual one unless
+    ``fix`` is given), the lesson."""
     k = KINDS[kind]
-    return f"{what} {evidence} Fix: {k.fix}. Lesson: {k.lesson}."
+    return f"{what} {evidence} Fix: {fix or k.fix}. Lesson: {k.lesson}."

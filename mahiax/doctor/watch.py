@@ -216,6 +216,8 @@ class Watch:
         self.grad_counts: dict[int, int] = {}
         self.state_requiring_grad: dict[str, tuple[Any, str]] = {}  # label -> (owner, attr)
         self.tripped: set[int] = set()  # id() of mutations a backward tripped on
+        self.optimizer_writes: set[int] = set()  # id() of mutations by optimizer.step()
+        self._optimizer_mark = 0
         self.error_info: tuple[str, str, int, str, int] | None = None
         self.loc: MutationLocator | None = None
         self.built: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (file, line, seq)
@@ -370,10 +372,22 @@ class Watch:
                 if value is original:
                     names[key] = wrapped
                     stack.callback(names.__setitem__, key, original)
+        from torch.optim import optimizer as optim_module
+
+        stack.callback(optim_module.register_optimizer_step_pre_hook(self._step_pre).remove)
+        stack.callback(optim_module.register_optimizer_step_post_hook(self._step_post).remove)
         scaler_cls = torch.amp.GradScaler
         patch(scaler_cls, "scale", self._scale_wrapper)
         patch(scaler_cls, "unscale_", self._unscale_wrapper)
         patch(scaler_cls, "step", self._unscale_wrapper)
+
+    def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._optimizer_mark = len(self.loc.mutations) if self.loc is not None else 0
+
+    def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Note the writes into saved tensors that an optimiser's step made (the weights)."""
+        if self.loc is not None:
+            self.optimizer_writes |= {id(m) for m in self.loc.mutations[self._optimizer_mark:]}
 
     def _failed_count(self) -> int:
         return len(self.loc.failed) if self.loc is not None else 0

@@ -422,6 +422,26 @@ def clip_imported() -> Loop:
     return Loop(step, model, opt, scaler)
 
 
+def clip_scaled_adamw() -> Loop:
+    """Clip before unscale under AdamW: the update is scale-invariant, the clip is a no-op."""
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+
+    def step(i: int) -> None:
+        x, y = _data(i)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        params = model.parameters()
+        nn.utils.clip_grad_norm_(params, 1.0)  # doctor[clip-adamw]: clip-before-unscale
+        scaler.step(opt)
+        scaler.update()
+
+    return Loop(step, model, opt, scaler)
+
+
 # ---- parameters and state ---------------------------------------------------------------------
 class AuxHead(MLP):
     def __init__(self):
@@ -483,6 +503,7 @@ BUGGY: dict[str, Callable[[], Loop]] = {
     "retain-anyway": retain_anyway,
     "clip-scaled": clip_scaled,
     "clip-imported": clip_imported,
+    "clip-adamw": clip_scaled_adamw,
     "unused-head": unused_head,
     "buffer-grad": buffer_grad,
 }

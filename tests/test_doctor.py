@@ -367,3 +367,14 @@ def sites_text(f) -> str:
     from mahiax.doctor import sites
 
     return sites.line_text(f.file, f.line)
+
+
+def test_clip_before_unscale_says_what_it_does_to_this_optimiser():
+    # SGD: every update shrinks by the scale; AdamW: updates are scale-invariant, so the
+    # clip threshold means nothing (always clipped, spikes never cut)
+    (sgd,) = _examine(BUGGY["clip-scaled"]).findings
+    (adamw,) = _examine(BUGGY["clip-adamw"]).findings
+    assert "The optimiser is SGD" in sgd.message and "training just crawls" in sgd.message
+    assert "clipping is silently off" not in sgd.message
+    assert "The optimiser is AdamW" in adamw.message
+    assert "clipping is silently off" in adamw.message and "crawls" not in adamw.message

@@ -266,9 +266,37 @@ def _clips(w: Watch) -> list[Finding]:
             "clip-before-unscale",
             f"`{sites.line_text(c.file, c.line)}` ({c.function}) clipped {c.scaled} of "
             f"{c.total} gradients while a GradScaler still multiplied them by {scale}.",
-            (norm + " " if norm else "") + "No error: training just crawls.",
+            (norm + " " if norm else "") + _clip_effect(w),
         ), c.step))
     return found
+
+
+# optimisers whose update does not scale with the gradient (it is divided by a running
+# estimate of the gradient's own size): scaling every gradient by c leaves the step alone
+_SCALE_INVARIANT = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad",
+                    "Adadelta", "Adafactor", "SparseAdam")
+
+
+def _clip_effect(w: Watch) -> str:
+    """What clipping scaled gradients does, which depends on the optimiser."""
+    types = set(w.scaled_optimizers)
+    if w.optimizer is not None:
+        types.add(type(w.optimizer))
+    adaptive = {t.__name__ for t in types if any(
+        k.__name__ in _SCALE_INVARIANT for k in t.__mro__)}
+    plain = {t.__name__ for t in types} - adaptive
+    sgd = ("With SGD-like optimisers (the step is proportional to the gradient) every update "
+           "shrinks by that factor: no error, training just crawls.")
+    adam = ("With Adam-like optimisers (the update divides by the gradient's running size, "
+            "so a common factor cancels) training moves normally, but the clip threshold is "
+            "meaningless: the scaled norm is always above it, so every step is clipped by "
+            "whatever factor and a gradient spike is never cut: gradient clipping is silently "
+            "off.")
+    if adaptive and not plain:
+        return f"The optimiser is {', '.join(sorted(adaptive))}. {adam}"
+    if plain and not adaptive:
+        return f"The optimiser is {', '.join(sorted(plain))}. {sgd}"
+    return f"{sgd} {adam}"
 
 
 def _unused(w: Watch) -> list[Finding]:

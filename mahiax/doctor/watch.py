@@ -218,6 +218,7 @@ class Watch:
         self.tripped: set[int] = set()  # id() of mutations a backward tripped on
         self.optimizer_writes: set[int] = set()  # id() of mutations by optimizer.step()
         self._optimizer_mark = 0
+        self.scaled_optimizers: set[type] = set()  # optimisers a GradScaler unscaled/stepped
         self.error_info: tuple[str, str, int, str, int] | None = None
         self.loc: MutationLocator | None = None
         self.built: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (file, line, seq)
@@ -522,6 +523,7 @@ class Watch:
         watch = self
 
         def unscale(scaler, optimizer, *args, **kwargs):
+            watch.scaled_optimizers.add(type(optimizer))
             out = original(scaler, optimizer, *args, **kwargs)
             for group in optimizer.param_groups:
                 for p in group["params"]:

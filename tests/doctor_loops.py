@@ -611,6 +611,33 @@ def summed_losses() -> Loop:
     return Loop(step, model, opt)
 
 
+def sharpness_aware() -> Loop:
+    """Sharpness-aware minimisation: two forwards and backwards on one batch, by design, with
+    the weights moved to a nearby worse point in between (another computation, not a
+    repeated one)."""
+    torch.manual_seed(0)
+    model, opt = _plain(MLP())
+    rho = 0.05
+
+    def step(i: int) -> None:
+        x, y = _data(i)
+        F.cross_entropy(model(x), y).backward()
+        with torch.no_grad():
+            norm = torch.stack([p.grad.norm() for p in model.parameters()]).norm()
+            eps = [rho * p.grad / (norm + 1e-12) for p in model.parameters()]
+            for p, e in zip(model.parameters(), eps, strict=True):
+                p.add_(e)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        with torch.no_grad():
+            for p, e in zip(model.parameters(), eps, strict=True):
+                p.sub_(e)
+        opt.step()
+        opt.zero_grad()
+
+    return Loop(step, model, opt)
+
+
 CORRECT: dict[str, Callable[[], Loop]] = {
     "classifier": classifier,
     "amp-unscale-then-clip": amp_unscale_then_clip,
@@ -619,4 +646,5 @@ CORRECT: dict[str, Callable[[], Loop]] = {
     "committed-memory": committed_memory,
     "manual-sgd": manual_sgd,
     "summed-losses": summed_losses,
+    "sharpness-aware": sharpness_aware,
 }

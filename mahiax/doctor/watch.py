@@ -231,7 +231,7 @@ class Watch:
         # step); a later backward that reaches one of them names its holder
         self._carriers: dict[int, tuple[str, str, int, int]] = {}
         self._in_backward = 0
-        self._forward_seen: dict[tuple, tuple[Any, int]] = {}
+        self._forward_seen: dict[tuple, tuple[Any, int, tuple[int, ...]]] = {}
         self._backwards_this_step = 0
         self._repeat = False
         self._busy = False
@@ -427,10 +427,14 @@ class Watch:
                 return
             key = (id(module), t.data_ptr(), tuple(t.shape), t.dtype, t._version)
             seen = self._forward_seen.get(key)
-            if seen is not None and seen[0]() is t and seen[1] < self._backwards_this_step:
+            # the parameters' versions: a forward of the same batch with weights changed in
+            # between (sharpness-aware minimisation perturbs them) is another computation
+            versions = tuple(p._version for p in module.parameters())
+            if (seen is not None and seen[0]() is t and seen[1] < self._backwards_this_step
+                    and seen[2] == versions):
                 self._repeat = True
-            elif seen is None or seen[0]() is not t:
-                self._forward_seen[key] = (weakref.ref(t), self._backwards_this_step)
+            elif seen is None or seen[0]() is not t or seen[2] != versions:
+                self._forward_seen[key] = (weakref.ref(t), self._backwards_this_step, versions)
         return hook
 
     # ---- backward ----------------------------------------------------------------------------

@@ -463,6 +463,31 @@ def unused_head() -> Loop:
     return Loop(step, model, opt)
 
 
+class Tempered(MLP):
+    """A learned temperature read through ``detach()``: used, yet never given a gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.temperature = nn.Parameter(torch.ones(()))  # doctor[detached-param]: unused-parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) / self.temperature.detach()
+
+
+def detached_param() -> Loop:
+    torch.manual_seed(0)
+    model, opt = _plain(Tempered())
+
+    def step(i: int) -> None:
+        x, y = _data(i)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return Loop(step, model, opt)
+
+
 class Scaled(MLP):
     def __init__(self):
         super().__init__()
@@ -505,6 +530,7 @@ BUGGY: dict[str, Callable[[], Loop]] = {
     "clip-imported": clip_imported,
     "clip-adamw": clip_scaled_adamw,
     "unused-head": unused_head,
+    "detached-param": detached_param,
     "buffer-grad": buffer_grad,
 }
 

@@ -378,3 +378,13 @@ def test_clip_before_unscale_says_what_it_does_to_this_optimiser():
     assert "clipping is silently off" not in sgd.message
     assert "The optimiser is AdamW" in adamw.message
     assert "clipping is silently off" in adamw.message and "crawls" not in adamw.message
+
+
+def test_unused_parameters_says_what_ddp_does_and_counts_in_words():
+    (head,) = _examine(BUGGY["unused-head"]).findings
+    (temp,) = _examine(BUGGY["detached-param"]).findings
+    for f in (head, temp):  # lesson 09: the next forward raises, it does not hang
+        assert "next forward raises 'Expected to have finished reduction" in f.message
+        assert "forever" not in f.message and "detach()" in f.message
+    assert "(2 parameter tensors, 9 numbers)" in head.message
+    assert "model.temperature (1 parameter tensor, 1 number)" in temp.message

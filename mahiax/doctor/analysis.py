@@ -341,12 +341,18 @@ def _unused_finding(w: Watch, model: nn.Module, path: str, m: nn.Module,
     label = f"model.{path}" if path else "model"
     return Finding("unused-parameters", file, line, compose(
         "unused-parameters",
-        f"{label} ({len(params)} parameter tensors, {count} numbers) never received a "
-        f"gradient in {w.steps_done} steps.",
-        "The optimiser never changes them, and DistributedDataParallel waits for their "
-        "gradients forever (or fails: 'Expected to have finished reduction in the prior "
-        "iteration').",
+        f"{label} ({_count(len(params), 'parameter tensor')}, {_count(count, 'number')}) "
+        f"never received a gradient in {w.steps_done} steps: the forward never uses them, "
+        "or a `detach()` (or `.data`, `.item()`) sits between them and the loss.",
+        "The optimiser never changes them. Under DistributedDataParallel the reducer waits "
+        "for their gradients, and the next forward raises 'Expected to have finished "
+        "reduction in the prior iteration', listing them.",
     ))
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 number``, ``2 numbers``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _state(w: Watch) -> list[Finding]:

@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 
 from mahiax.config import (
+    BALANCES,
     PRECISIONS,
     PRESETS,
     RESUME_MAY_CHANGE,
@@ -41,7 +42,7 @@ DEFAULT_STEPS, DEFAULT_PRESET = 300, "teaching"
 # config field -> the flag that sets it
 FLAGS = {"seed": "--seed", "num_experts": "--experts", "top_k": "--top-k",
          "batch_size": "--batch-size", "lr": "--lr", "weighting": "--weighting",
-         "precision": "--precision", "device": "--device"}
+         "precision": "--precision", "device": "--device", "balance": "--balance"}
 
 
 def _positive_int(text: str) -> int:
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--weighting", choices=WEIGHTINGS, help="loss weighting (dwa)")
     t.add_argument("--precision", choices=PRECISIONS, help="fp32 | bf16 | fp16")
+    t.add_argument("--balance", choices=BALANCES,
+                   help="expert load balancing: aux loss, DeepSeek-V3 selection bias, or none "
+                        "(aux)")
     t.add_argument("--device", choices=("cpu", "cuda", "auto"))
     t.add_argument("--json", action="store_true", help="print one JSON record per step")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

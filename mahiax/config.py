@@ -14,6 +14,9 @@ Vocabulary, written once and used everywhere in the package:
 - ``tiny_slots``: slots of the TinyMemory ring buffer (S).
 - ``tasks``: task names from :data:`mahiax.tasks.TASKS`.
 - ``precision``: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 adds a GradScaler).
+- ``balance``: how the MoE's expert load is balanced: ``aux`` (the Switch load-balancing
+  loss, weighted by ``aux_loss_coef``), ``bias`` (DeepSeek-V3's auxiliary-loss-free bias on
+  the top-k selection, moved by ``bias_update_rate`` a step) or ``none``.
 
 Invalid values raise :class:`~mahiax.errors.BadInput` (a ``ValueError``) naming the field,
 the value and what is allowed, before any tensor is made.
@@ -36,6 +39,7 @@ from mahiax.tasks import TASKS
 PRECISIONS = ("fp32", "bf16", "fp16")
 WEIGHTINGS = ("dwa", "equal", "uncertainty")
 DEVICES = ("cpu", "cuda", "auto")
+BALANCES = ("aux", "bias", "none")  # see mahiax.moe.MixtureOfExperts
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,11 @@ class MahiaConfig:
     weighting: str = "dwa"  # dwa | equal | uncertainty
     dwa_temperature: float = 2.0  # T of Liu et al. 2019
     dwa_window: int = 10  # steps averaged into one DWA "epoch" loss
-    aux_loss_coef: float = 0.01  # Switch-style load-balancing loss coefficient
-    z_loss_coef: float = 0.001  # router z-loss coefficient (ST-MoE)
+    balance: str = "aux"  # aux | bias | none: how the expert load is balanced
+    aux_loss_coef: float = 0.01  # Switch-style load-balancing loss coefficient (balance=aux)
+    bias_update_rate: float = 1e-3  # bias step per training step (balance=bias; Megatron-LM's
+    #                                 moe_router_bias_update_rate default)
+    z_loss_coef: float = 0.001  # router z-loss coefficient (ST-MoE), with any balance
     # --- optimisation ---
     batch_size: int = 32  # samples per step
     lr: float = 3e-3  # peak AdamW learning rate
@@ -157,7 +164,7 @@ def validate_config(c: MahiaConfig) -> None:
         _is_number(c.dropout) and 0.0 <= c.dropout < 1.0,
         "dropout", c.dropout, "a number in [0, 1)",
     )
-    for name in ("dwa_temperature", "lr"):
+    for name in ("dwa_temperature", "lr", "bias_update_rate"):
         v = getattr(c, name)
         _require(_is_number(v) and v > 0, name, v, "a finite number > 0")
     for name in ("weight_decay", "aux_loss_coef", "z_loss_coef", "grad_clip"):
@@ -166,6 +173,7 @@ def validate_config(c: MahiaConfig) -> None:
     _require(c.precision in PRECISIONS, "precision", c.precision, " | ".join(PRECISIONS))
     _require(c.weighting in WEIGHTINGS, "weighting", c.weighting, " | ".join(WEIGHTINGS))
     _require(c.device in DEVICES, "device", c.device, " | ".join(DEVICES))
+    _require(c.balance in BALANCES, "balance", c.balance, " | ".join(BALANCES))
     _require(
         isinstance(c.tasks, tuple) and len(c.tasks) > 0,
         "tasks", c.tasks, f"a non-empty tuple of names from {sorted(TASKS)}",

@@ -41,7 +41,10 @@ class Encoded:
 
     def router_loss(self, config: MahiaConfig) -> torch.Tensor:
         """The MoE's terms of the training objective: ``aux_loss_coef`` times the
-        load-balancing loss plus ``z_loss_coef`` times the z-loss. () float32."""
+        load-balancing loss (``balance="aux"`` only: ``"bias"`` balances through the selection
+        bias, ``"none"`` not at all) plus ``z_loss_coef`` times the z-loss. () float32."""
+        if config.balance != "aux":
+            return config.z_loss_coef * self.z_loss
         return config.aux_loss_coef * self.aux_loss + config.z_loss_coef * self.z_loss
 
 
@@ -65,7 +68,8 @@ class TextEncoder(nn.Module):
         self.tok = nn.Embedding(c.vocab_size, c.d_model)
         self.pos = nn.Embedding(c.seq_len, c.d_model)
         self.norm = nn.LayerNorm(c.d_model)
-        self.moe = MixtureOfExperts(c.d_model, c.num_experts, c.top_k, c.expert_hidden)
+        self.moe = MixtureOfExperts(c.d_model, c.num_experts, c.top_k, c.expert_hidden,
+                                    c.balance, c.bias_update_rate)
         self.pool = nn.Linear(c.d_model, 1)  # one score per token
 
     def forward(self, tokens: torch.Tensor):

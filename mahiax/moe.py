@@ -11,6 +11,11 @@ both and compares. Tokens are dispatched grouped by expert: one sort of the N*K 
 then one contiguous matmul per expert that received tokens. There is no Python loop over
 tokens and no ``experts[idx]`` with a tensor ``idx`` (the summary's bug 1). Every token is
 processed by its K experts: no capacity limit, no dropped tokens.
+
+Load balance is a choice (``MahiaConfig.balance``): ``"aux"`` adds the Switch load-balancing
+loss to the objective (the model's default), ``"bias"`` moves a per-expert selection bias
+instead (DeepSeek-V3's auxiliary-loss-free balancing, :meth:`MixtureOfExperts.commit`),
+``"none"`` does neither.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mahiax.config import BALANCES
 from mahiax.dtypes import at_least_fp32
 
 
@@ -54,13 +60,51 @@ class TopKRouter(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_experts, d_model))  # (E, D)
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(d_model))
 
-    def forward(self, x: torch.Tensor) -> RouterOutput:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> RouterOutput:
+        """Route tokens x (N, D). ``bias`` (E,) float32, if given, is added to the routing
+        probabilities for the top-k *selection* only; see :func:`biased_top_k`."""
         logits = F.linear(x, self.weight)  # (N, E)
         # float32 softmax: in bf16/fp16 near-equal logits round to ties and routing flips
         probs = torch.softmax(at_least_fp32(logits), dim=-1)  # (N, E)
-        top_p, ids = torch.topk(probs, self.top_k, dim=-1)  # (N, K), (N, K)
+        if bias is None:
+            top_p, ids = torch.topk(probs, self.top_k, dim=-1)  # (N, K), (N, K)
+        else:
+            top_p, ids = biased_top_k(probs, bias, self.top_k)  # (N, K), (N, K)
         weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (N, K) renormalised
         return RouterOutput(logits, probs, weights, ids)
+
+
+def biased_top_k(probs: torch.Tensor, bias: torch.Tensor,
+                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k selection on ``probs + bias``; the values returned are the *unbiased* ``probs``
+    of the selected experts. probs (N, E) float32, bias (E,) -> ((N, K) probs, (N, K) ids).
+
+    Auxiliary-loss-free balancing (Wang et al. 2024, "Auxiliary-Loss-Free Load Balancing
+    Strategy for Mixture-of-Experts", arXiv:2408.15664; DeepSeek-V3 technical report, section
+    2.1.2): the bias decides *which* experts a token goes to and nothing else. The mixing
+    weights are the unbiased scores of the chosen experts (the caller renormalises them over
+    the K chosen, as without a bias), so the bias never enters the output's value, and it
+    reaches no gradient: the sum is taken under ``no_grad`` and ``topk`` of it only yields
+    integer ids. DeepSeek-V3 scores experts with a sigmoid; this router's scores are its
+    float32 softmax probabilities, so that is what the bias is added to (the scores top-k
+    reads, as the paper prescribes).
+    """
+    with torch.no_grad():
+        ids = torch.topk(probs + bias.to(probs.dtype), k, dim=-1).indices  # (N, K)
+    return probs.gather(-1, ids), ids  # (N, K) differentiable wrt probs, (N, K)
+
+
+def bias_update(bias: torch.Tensor, load: torch.Tensor, rate: float) -> torch.Tensor:
+    """One step of the auxiliary-loss-free rule: ``b_i + rate * sign(mean(load) - load_i)``.
+
+    Wang et al. 2024, Algorithm 1 (and DeepSeek-V3, section 2.1.2, "bias update speed"
+    gamma): an expert that got more than the mean load this step has its bias lowered by
+    ``rate``, one that got less has it raised, one exactly at the mean keeps it. ``load`` (E,)
+    is the step's tokens per expert over the **global** batch, so every rank makes the same
+    update. bias (E,) float32 -> new (E,) float32; no graph.
+    """
+    load = load.detach().to(bias.dtype)
+    return bias.detach() + rate * torch.sign(load.mean() - load)
 
 
 class SwiGLUExperts(nn.Module):
@@ -146,6 +190,8 @@ def load_statistics(tokens_per_expert: torch.Tensor) -> dict[str, float]:
     - ``entropy``: entropy of the expert fractions divided by log E (1 = perfect balance).
     - ``max_over_mean``: the busiest expert's load over the mean load (1 = perfect balance).
     - ``dead``: experts that got no token.
+
+    More figures of the same load: :func:`load_percentiles`.
     """
     counts = tokens_per_expert.detach().double().cpu()  # host sync: telemetry only
     e = counts.numel()
@@ -162,6 +208,25 @@ def load_statistics(tokens_per_expert: torch.Tensor) -> dict[str, float]:
     }
 
 
+def load_percentiles(tokens_per_expert: torch.Tensor) -> dict[str, float]:
+    """MaxVio and the spread of one routing's expert loads (0 everywhere with no tokens).
+
+    - ``max_vio``: MaxVio, ``max load / mean load - 1`` (0 = perfect balance), the imbalance
+      measure of Wang et al. 2024 (arXiv:2408.15664, section 4.1), here of one step's batch.
+    - ``load_min``, ``load_p50``, ``load_p90``, ``load_p99``: percentiles of the E experts'
+      loads (linear interpolation, as ``torch.quantile``) in units of the mean load (1 =
+      perfect balance); the maximum is ``max_over_mean`` of :func:`load_statistics`.
+    """
+    counts = tokens_per_expert.detach().double().cpu()  # host sync: telemetry only
+    mean = counts.mean().item()
+    if mean <= 0:
+        return dict.fromkeys(("max_vio", "load_min", "load_p50", "load_p90", "load_p99"), 0.0)
+    rel = counts / mean  # (E,) load in units of the mean load
+    q = torch.quantile(rel, torch.tensor([0.5, 0.9, 0.99], dtype=rel.dtype)).tolist()
+    return {"max_vio": float(rel.max()) - 1.0, "load_min": float(rel.min()),
+            "load_p50": q[0], "load_p90": q[1], "load_p99": q[2]}
+
+
 class MixtureOfExperts(nn.Module):
     """The MoE block: a :class:`TopKRouter` (``.router``) sends each token to its top-k
     :class:`SwiGLUExperts` (``.experts``), whose outputs are mixed with the router's weights.
@@ -171,25 +236,43 @@ class MixtureOfExperts(nn.Module):
     forward counts this process's tokens and stages them; no collective runs here. A trainer
     that trains data-parallel sums the staged counts over the ranks (with every other staged
     statistic, in one all-reduce) and :meth:`commit` then writes the global load.
+
+    ``balance`` says how the load is balanced: ``"aux"`` (the objective adds the aux loss,
+    :meth:`mahiax.model.Encoded.router_loss`), ``"none"``, or ``"bias"``: a per-expert bias
+    ``expert_bias`` (E,) float32, a persistent buffer (checkpointed, not a parameter), is added
+    to the routing scores for the top-k selection only (:func:`biased_top_k`) and moved by
+    :func:`bias_update` with ``bias_update_rate`` in :meth:`commit`, from the load of the
+    global batch, outside autograd: every rank holds the same bias.
     """
 
     tokens_per_expert: torch.Tensor
+    expert_bias: torch.Tensor | None
 
-    def __init__(self, d_model: int, num_experts: int, top_k: int, expert_hidden: int):
+    def __init__(self, d_model: int, num_experts: int, top_k: int, expert_hidden: int,
+                 balance: str = "aux", bias_update_rate: float = 1e-3):
         super().__init__()
         if not 0 < top_k <= num_experts:
             raise ValueError(f"top_k={top_k} must lie in 1 .. num_experts ({num_experts})")
+        if balance not in BALANCES:
+            raise ValueError(f"balance={balance!r} must be one of {' | '.join(BALANCES)}")
         self.num_experts, self.top_k = num_experts, top_k
+        self.balance, self.bias_update_rate = balance, bias_update_rate
         self.router = TopKRouter(d_model, num_experts, top_k)
         self.experts = SwiGLUExperts(num_experts, d_model, expert_hidden)
         self.register_buffer("tokens_per_expert", torch.zeros(num_experts), persistent=False)
+        if balance == "bias":
+            self.register_buffer("expert_bias", torch.zeros(num_experts))  # (E,) float32
+        else:
+            self.expert_bias = None
+        # share of the last step's N*K top-k choices the bias changed (bias only)
+        self.bias_flipped = 0.0
         # this step's statistics, sums over this process's tokens (see HybridEfficientModel)
         self.staged: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
         shape = x.shape  # (..., D)
         flat = x.reshape(-1, shape[-1])  # (N, D)
-        r = self.router(flat)
+        r = self.router(flat, self.expert_bias)
         # count once: the dispatch, the aux loss and the logged load share one bincount
         counts = torch.bincount(r.ids.reshape(-1), minlength=self.num_experts)  # (E,) int64
         y = self.experts(flat, r.ids, r.weights, counts).to(x.dtype)  # (N, D)
@@ -200,17 +283,28 @@ class MixtureOfExperts(nn.Module):
                 load = counts.to(self.tokens_per_expert.dtype)  # (E,) this process's tokens
                 self.tokens_per_expert = load
                 self.staged = {"tokens_per_expert": load}
+                if self.expert_bias is not None:
+                    self.staged["bias_flipped"] = flipped_choices(r.probs, r.ids, self.top_k)
         return MoEOutput(y.reshape(shape), aux, z, r)
 
     @torch.no_grad()
     def commit(self) -> None:
-        """Write the staged load (summed over ranks when a trainer reduced it); a no-op if
-        nothing was staged."""
-        if "tokens_per_expert" in self.staged:
-            self.tokens_per_expert = self.staged.pop("tokens_per_expert")
+        """Write the staged load (summed over ranks when a trainer reduced it) and, with
+        ``balance="bias"``, move the bias by :func:`bias_update` from that global load; a
+        no-op if nothing was staged."""
+        if "tokens_per_expert" not in self.staged:
+            return
+        load = self.tokens_per_expert = self.staged.pop("tokens_per_expert")  # (E,)
+        flipped = self.staged.pop("bias_flipped", None)
+        if self.expert_bias is not None:
+            choices = float(load.sum())  # N*K over the global batch
+            self.bias_flipped = float(flipped) / choices if flipped is not None and choices else 0.0
+            self.expert_bias.copy_(bias_update(self.expert_bias, load, self.bias_update_rate))
 
     def load_stats(self) -> dict[str, object]:
-        """Tokens per expert, fractions and balance figures of the last training forward."""
+        """Tokens per expert, fractions and balance figures of the last training forward;
+        with ``balance="bias"`` also the bias (after this step's update) and the share of
+        top-k choices it changed."""
         counts = self.tokens_per_expert.detach().cpu()
         total = float(counts.sum())
         stats: dict[str, object] = {
@@ -218,7 +312,22 @@ class MixtureOfExperts(nn.Module):
             "fraction": (counts / total).tolist() if total else [0.0] * self.num_experts,
         }
         stats.update(load_statistics(counts))
+        stats.update(load_percentiles(counts))
+        if self.expert_bias is not None:
+            stats["bias"] = self.expert_bias.detach().cpu().tolist()
+            stats["bias_flipped"] = self.bias_flipped
         return stats
+
+
+def flipped_choices(probs: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """How many of the N*K top-k choices ``ids`` (N, K) are not in the unbiased top-k of
+    ``probs`` (N, E): the choices a selection bias changed. () float32 count, no graph
+    (a sum, so it adds up over ranks)."""
+    with torch.no_grad():
+        plain = torch.topk(probs, k, dim=-1).indices  # (N, K) unbiased choice
+        chosen = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, ids, True)  # (N, E)
+        unbiased = torch.zeros_like(chosen).scatter_(-1, plain, True)  # (N, E)
+        return (chosen & ~unbiased).sum().to(torch.float32)
 
 
 # The summary's name for the whole block (section 1, "index out of range in self in

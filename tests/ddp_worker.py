@@ -6,6 +6,8 @@ weighting's state, the per-step figures and the collective calls of each step to
 
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py OUT STEPS WEIGHTING
     python tests/ddp_worker.py OUT STEPS WEIGHTING        # one process, the same global batch
+
+An optional fifth argument sets ``balance`` (aux | bias | none; default aux).
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ def count_collectives() -> None:
         setattr(dist, name, counted)
 
 
-def main(out: Path, steps: int, weighting: str) -> None:
+def main(out: Path, steps: int, weighting: str, balance: str = "aux") -> None:
     torch.set_num_threads(1)
     count_collectives()
-    config = tiny().replace(max_steps=steps, weighting=weighting)
+    config = tiny().replace(max_steps=steps, weighting=weighting, balance=balance)
     info = distributed.init_from_env(torch.device("cpu"))
     try:
         trainer = Trainer(config)
@@ -66,6 +68,7 @@ def main(out: Path, steps: int, weighting: str) -> None:
             "loss": [r.loss for r in records],
             "task_losses": [r.task_losses for r in records],
             "tokens_per_expert": [r.load["tokens_per_expert"] for r in records],
+            "bias": [r.load.get("bias") for r in records],  # balance=bias: after each step
             "collectives_per_step": per_step,  # the names of the calls each step made
             "collectives_alone": calls[:],  # the lone model's forward and commit
         }, out / f"rank{info.rank}.pt")
@@ -74,4 +77,4 @@ def main(out: Path, steps: int, weighting: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])

@@ -108,6 +108,28 @@ def test_uncertainty_weighting_parameters_stay_identical(tmp_path):
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
 
 
+def test_selection_bias_stays_identical_across_ranks(tmp_path):
+    """balance=bias: the bias moves from the global batch's load (the counts are summed with
+    the other staged statistics), so both ranks hold the same bias, bit for bit, at every
+    step, and after the first step it is the bias one process makes from the whole batch."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir(), one.mkdir()
+    torchrun(2, str(WORKER), str(two), "8", "dwa", "bias")
+    subprocess.run([sys.executable, str(WORKER), str(one), "8", "dwa", "bias"], cwd=ROOT,
+                   env=_env(), check=True, timeout=300)
+    a, b = torch.load(two / "rank0.pt"), torch.load(two / "rank1.pt")
+    single = torch.load(one / "rank0.pt")
+    key = "text.moe.expert_bias"
+    assert torch.equal(a["model"][key], b["model"][key])
+    assert a["model"][key].abs().sum() > 0, "the bias moved"
+    assert a["bias"] == b["bias"] and len(a["bias"]) == 8
+    assert all(v is not None for v in a["bias"])
+    assert a["collectives_per_step"] == [["all_reduce"]] * 8  # still one collective a step
+    # step 0: same weights, same global batch: the same load, so the same first update
+    assert a["tokens_per_expert"][0] == single["tokens_per_expert"][0]
+    assert a["bias"][0] == single["bias"][0]
+
+
 def test_torchrun_cli_records_one_run_from_rank_0(tmp_path, monkeypatch):
     store = tmp_path / "mahiax.sqlite"
     done = torchrun(2, "-m", "mahiax", "--", "train", "--preset", "tiny", "--steps", "12",

@@ -12,10 +12,16 @@ Keys written (scalars unless marked; ``<task>`` is each task name):
 ``loss/<task>``, ``weight/<task>``    per-task loss and the loss weight in force
 ``dwa/ratio/<task>``                  DWA descent rate L(t-1)/L(t-2) (DWA only)
 ``moe/aux_loss``, ``moe/z_loss``      load-balancing and z losses
-``moe/cv``, ``moe/entropy``,          balance figures of the step's routing
+``moe/cv``, ``moe/entropy``,          balance figures of the step's routing (global batch)
 ``moe/max_over_mean``, ``moe/dead``
+``moe/max_vio``                       MaxVio = max load / mean load - 1 (Wang et al. 2024)
+``moe/load_min``, ``moe/load_p50``,   percentiles of the E experts' loads, in units of the
+``moe/load_p90``, ``moe/load_p99``    mean load (1 = balanced; the max is max_over_mean)
 ``moe/dropped``                       tokens dropped (always 0: no capacity limit)
 ``moe/tokens_per_expert`` (vector)    tokens routed to each expert (N*K in total)
+``moe/bias`` (vector)                 balance=bias: the selection bias after the step's update
+``moe/bias_flipped``                  balance=bias: share of the N*K top-k choices the bias
+                                      changed against the unbiased top-k
 ``fabric/importance`` (vector)        MetaController per-layer importance
 ``optim/grad_norm``, ``optim/lr``     true grad norm before clipping; learning rate
 ``amp/scale``, ``amp/skipped``,       loss scale; 1 if this step was skipped; total skips
@@ -198,7 +204,12 @@ class TrainingProbe:
             "moe/cv": load["cv"],
             "moe/entropy": load["entropy"],
             "moe/max_over_mean": load["max_over_mean"],
+            "moe/max_vio": load["max_vio"],
             "moe/dead": load["dead"],
+            "moe/load_min": load["load_min"],
+            "moe/load_p50": load["load_p50"],
+            "moe/load_p90": load["load_p90"],
+            "moe/load_p99": load["load_p99"],
             "moe/dropped": 0.0,
             "optim/grad_norm": record.grad_norm,
             "optim/lr": record.lr,
@@ -209,9 +220,13 @@ class TrainingProbe:
             "time/samples_per_s": record.samples_per_s,
             "mem/rss": self._process.memory_info().rss,
         })
+        if "bias" in load:  # balance=bias
+            m["moe/bias_flipped"] = load["bias_flipped"]
         m.update(self._memory(trainer, step))
         self.logger.log(m, step)
         self.logger.log_vector("moe/tokens_per_expert", load["tokens_per_expert"], step)
+        if "bias" in load:
+            self.logger.log_vector("moe/bias", load["bias"], step)
         state = trainer.model.state_snapshot()
         self.logger.log_vector("fabric/importance", state.importance.tolist(), step)
         if step % c.snapshot_every == 0:

@@ -212,7 +212,7 @@ def load_percentiles(tokens_per_expert: torch.Tensor) -> dict[str, float]:
     """MaxVio and the spread of one routing's expert loads (0 everywhere with no tokens).
 
     - ``max_vio``: MaxVio, ``max load / mean load - 1`` (0 = perfect balance), the imbalance
-      measure of Wang et al. 2024 (arXiv:2408.15664, section 4.1), here of one step's batch.
+      measure of Wang et al. 2024 (arXiv:2408.15664), here of one step's batch.
     - ``load_min``, ``load_p50``, ``load_p90``, ``load_p99``: percentiles of the E experts'
       loads (linear interpolation, as ``torch.quantile``) in units of the mean load (1 =
       perfect balance); the maximum is ``max_over_mean`` of :func:`load_statistics`.

@@ -235,6 +235,58 @@ def loss_history() -> Loop:
     return Loop(step, model, opt)
 
 
+class Unrolled(nn.Module):
+    """An RNN cell unrolled over the time steps of each batch; the state it ends with is
+    where the next batch starts."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.RNNCell(D, D)
+        self.head = nn.Linear(D, C)
+        self.state = torch.zeros(B, D)
+
+    def forward(self, xs: torch.Tensor) -> torch.Tensor:  # xs: (T, B, D)
+        for x in xs:
+            self.state = self.cell(x, self.state)  # doctor[time-loop]: graph-carried-across-steps
+        return self.head(self.state)  # (B, C)
+
+
+def time_loop_state() -> Loop:
+    torch.manual_seed(0)
+    model, opt = _plain(Unrolled())
+
+    def step(i: int) -> None:
+        x, y = _data(i)
+        loss = F.cross_entropy(model(torch.stack([x, x.flip(0), -x])), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return Loop(step, model, opt)
+
+
+val_history: list = []
+
+
+def validation_with_grad() -> Loop:
+    """A validation pass after each step, forgetting ``torch.no_grad()``, its loss kept."""
+    torch.manual_seed(0)
+    model, opt = _plain(MLP())
+    val_history.clear()
+
+    def step(i: int) -> None:
+        x, y = _data(i)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        vx, vy = _data(1000 + i)
+        val_loss = F.cross_entropy(model(vx), vy)
+        val_history.append(val_loss)  # doctor[val-with-grad]: graph-carried-across-steps
+
+    return Loop(step, model, opt)
+
+
 class CarriedState:
     """State kept on a plain object (not a module): its attributes live inline in the
     instance (Python 3.11+), so no ``__dict__`` refers to the held tensor."""
@@ -521,6 +573,8 @@ BUGGY: dict[str, Callable[[], Loop]] = {
     "total-loss": total_loss,
     "loss-history": loss_history,
     "plain-state": plain_state,
+    "val-with-grad": validation_with_grad,
+    "time-loop": time_loop_state,
     "average-meter": average_meter,
     "memory-bank": memory_bank,
     "backward-each-loss": backward_each_loss,

@@ -388,3 +388,118 @@ def test_unused_parameters_says_what_ddp_does_and_counts_in_words():
         assert "forever" not in f.message and "detach()" in f.message
     assert "(2 parameter tensors, 9 numbers)" in head.message
     assert "model.temperature (1 parameter tensor, 1 number)" in temp.message
+
+
+def test_carried_graph_fix_is_written_in_the_loops_own_expressions():
+    # state the next step reads: detach once where it starts reading, not in the time loop
+    (state,) = _examine(BUGGY["time-loop"]).findings
+    assert "`self.state = self.state.detach()` once, where the next step starts" in \
+        state.message
+    assert "not inside the time loop" in state.message
+    (hidden,) = _examine(BUGGY["hidden-state"]).findings
+    assert "`self.h = self.h.detach()`" in hidden.message
+    assert "time loop" not in hidden.message
+    # totals and logs: keep numbers, the user's own line rewritten
+    (total,) = _examine(BUGGY["total-loss"]).findings
+    assert "`running_total += loss.item()`" in total.message
+    (meter,) = _examine(BUGGY["average-meter"]).findings
+    assert "`self.total += value.item()`" in meter.message
+    (hist,) = _examine(BUGGY["loss-history"]).findings
+    assert "`history.append(loss.item())`" in hist.message
+
+
+def test_a_validation_loop_without_no_grad_is_told_to_use_it_with_the_growth():
+    (val,) = _examine(BUGGY["val-with-grad"]).findings
+    assert "holds 6 tensors" in val.message
+    assert "No backward() ever ran through them" in val.message
+    assert "with torch.no_grad():" in val.message
+    assert "`val_history.append(val_loss.item())`" in val.message
+    assert " a step from step 1 to step 5" in val.message
+    # a kept training loss was walked by its backward: no no_grad advice there
+    (hist,) = _examine(BUGGY["loss-history"]).findings
+    assert "no_grad" not in hist.message
+
+
+TWO_MODULES = """
+import torch
+from torch import nn
+
+classifier = nn.Linear(4, 3)
+teacher = nn.Linear(4, 3)
+unused = nn.Parameter(torch.ones(2))
+classifier.extra = nn.Linear(4, 1)  # never used in the forward
+opt = torch.optim.SGD(classifier.parameters(), lr=0.1)
+
+
+def step(i):
+    loss = classifier(torch.randn(8, 4)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
+NO_MODEL = """
+import torch
+
+w = torch.randn(4, requires_grad=True)
+
+
+def step(i):
+    (w * 2).sum().backward()
+"""
+
+
+def test_cli_says_which_globals_it_watches_and_what_it_could_not_check(tmp_path, capsys):
+    two, none = tmp_path / "two_modules.py", tmp_path / "no_model.py"
+    two.write_text(TWO_MODULES)
+    none.write_text(NO_MODEL)
+    # two modules, neither named `model`: the one the optimiser trains is picked, and said
+    assert main(["doctor", f"{two}:step", "--steps", "3"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(
+        "mahiax doctor: watching model `classifier` (Linear), optimizer `opt` (SGD), "
+        "no GradScaler")
+    assert "unused-parameters" in out and "model.extra" in out
+    # no module at all: said, and "nothing wrong" does not claim the model's checks
+    assert main(["doctor", f"{none}:step", "--steps", "3"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "watching no model, no optimizer, no GradScaler" in out
+    assert "unused parameters, state requiring grad and repeated forwards were not " \
+        "checked" in out
+    assert "gradients reach every parameter" not in out
+
+
+CELL = """
+import torch
+from torch import nn
+
+model = nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+total = 0.0
+
+
+def step(i):
+    global total
+    loss = model(torch.randn(8, 4)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    total += loss
+"""
+
+
+def test_a_notebook_cell_is_named_as_this_cell_not_its_temp_file():
+    import linecache
+
+    file = "/tmp/ipykernel_4242/3879659301.py"  # where ipykernel compiles a cell
+    linecache.cache[file] = (len(CELL), None, CELL.splitlines(True), file)
+    try:
+        ns: dict = {"__name__": "__main__"}  # a kernel's globals: no __file__
+        exec(compile(CELL, file, "exec"), ns)
+        report = doctor.examine(ns["step"], 3, model=ns["model"], optimizer=ns["opt"])
+    finally:
+        del linecache.cache[file]
+    (f,) = report.findings
+    line = CELL.splitlines().index("    total += loss") + 1
+    assert f.where == f"this cell, line {line}" and f.line == line
+    assert "3879659301" not in str(report) and "3879659301" not in report._repr_html_()

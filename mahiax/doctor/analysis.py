@@ -9,15 +9,14 @@ that only keeps several backward passes (or a carried graph) working belongs to 
 
 from __future__ import annotations
 
-import os
 import statistics
 
 from torch import nn
 
 from mahiax.debug import VERSION_ERROR
 from mahiax.doctor import sites
-from mahiax.doctor.findings import Finding, LoopError, compose
-from mahiax.doctor.watch import BackwardCall, Watch
+from mahiax.doctor.findings import Finding, LoopError, compose, place
+from mahiax.doctor.watch import BackwardCall, Held, Watch
 from mahiax.units import format_bytes
 
 MIN_STEPS_FOR_GROWTH = 3  # steps of strictly growing graphs before growth is called a trend
@@ -47,7 +46,7 @@ def findings_of(w: Watch) -> list[Finding]:
 
 
 def _at(file: str, line: int) -> str:
-    return f"{os.path.basename(file)}:{line}" if file else "an unknown line"
+    return place(file, line) if file else "an unknown line"
 
 
 # what keeps an earlier step's graph alive, in the order to name it
@@ -155,13 +154,25 @@ def _carried(w: Watch) -> list[Finding]:
     for h in w.held.values():
         saved = h.saved[-1] if h.saved else 0
         span = h.last_step - h.built_step + 1
-        what = (f"{h.label} holds {h.items} tensors" if h.items > 1 else f"{h.label} holds "
-                "a tensor") + " with a grad_fn"
+        what = (f"{h.label} holds {h.items} tensors with a grad_fn that outlive their step"
+                if h.items > 1 else f"{h.label} holds a tensor with a grad_fn that outlives "
+                "its step")
         built = f" (stored by `{sites.line_text(h.file, h.line)}`)" if h.line else ""
         held = (f"{format_bytes(saved)} saved for backward" if saved else
                 "no saved tensors (backward freed them; without a backward they stay)")
-        evidence = (f"At the end of step {h.last_step} its graph still reaches step "
-                    f"{h.built_step}: {span} steps, {h.nodes[-1]} nodes, {held}.")
+        its = "their graphs" if h.items > 1 else "its graph"
+        evidence = (f"At the end of step {h.last_step} {its} still reach"
+                    f"{'' if h.items > 1 else 'es'} step {h.built_step}: {span} steps, "
+                    f"{h.nodes[-1]} nodes, {held}.")
+        if len(h.saved) >= 2 and h.saved[-1] > h.saved[0]:
+            per_step = round((h.saved[-1] - h.saved[0]) / (len(h.saved) - 1))
+            evidence += (f" It grew by {format_bytes(per_step)} a step from step "
+                         f"{h.first_step} to step {h.last_step}.")
+        if not h.backwarded and not h.read and saved:
+            evidence += (" No backward() ever ran through " +
+                         ("them: these graphs were" if h.items > 1 else "it: this graph was") +
+                         " never needed (an evaluation or a metric computed with autograd "
+                         "on).")
         if growth:
             evidence += f" Meanwhile {growth}."
         failed = w.error_info and "backward through the graph a second time" in w.error_info[1]
@@ -169,7 +180,8 @@ def _carried(w: Watch) -> list[Finding]:
             evidence += (" The next backward() walked into the earlier step's graph, already "
                          "freed: 'Trying to backward through the graph a second time'.")
         found.append(Finding("graph-carried-across-steps", h.file, h.line, compose(
-            "graph-carried-across-steps", f"{what} that outlives its step{built}.", evidence,
+            "graph-carried-across-steps", f"{what}{built}.", evidence,
+            _carried_fix(h),
         ), h.first_step))
     if not found:  # no holder found, but a backward reached into an earlier step's graph
         for b in w.backwards:
@@ -185,6 +197,31 @@ def _carried(w: Watch) -> list[Finding]:
                 ), b.step))
                 break
     return found
+
+
+def _carried_fix(h: Held) -> str | None:
+    """The fix for this holder, in the user's own expressions: state the next step reads
+    is detached once where that step starts reading it; a total or a log keeps numbers."""
+    text = sites.code_text(h.file, h.line)
+    if not h.line or not h.name:
+        return None
+    if h.read:  # a later step's backward reached into it: state carried on purpose
+        target = sites.target_of(text, h.name, h.attribute)
+        fix = (f"carry the values, cut the graph: `{target} = {target}.detach()` once, where "
+               "the next step starts reading it (e.g. at the start of the step, before the "
+               "forward)")
+        if sites.in_loop(h.file, h.line):
+            fix += (", not inside the time loop (that would cut backpropagation through the "
+                    "sequence itself)")
+        return fix + ". Do not reset it to zeros (the model forgets) or add retain_graph=True"
+    rewritten = sites.as_number(text, h.numel == 1)
+    what = "a Python number" if h.numel == 1 else "a tensor without a graph"
+    keep = f"keep {what}, not the graph: `{rewritten}`" if rewritten is not None else None
+    if not h.backwarded and h.saved and h.saved[-1]:
+        return ("compute it under `with torch.no_grad():` (evaluation needs no graph; "
+                "`model.eval()` as well if the model has dropout or batch norm)" +
+                (f", and {keep}" if keep else ""))
+    return keep
 
 
 def _growing(w: Watch, carried: list[Finding]) -> list[Finding]:

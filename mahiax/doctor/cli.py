@@ -3,14 +3,17 @@
 The file's top level builds the model and the optimiser (a script of the usual shape);
 ``FUNCTION(i)`` runs one training step. The model, optimiser and GradScaler are found among
 the module's globals: the one named ``model`` / ``optimizer`` / ``opt`` / ``scaler`` if there
-is one, else the only one of its type. Exit status 1 when the report has a finding or the loop
-raised, 0 when it is clean; a bad request (no such file or function) is one line, status 2.
+is one, else the only one of its type (for the model, else the one whose parameters the
+optimiser trains); the first line says which it watches. Exit status 1 when the report
+has a finding or the loop raised, 0 when it is clean; a bad request (no such file or
+function) is one line, status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -58,13 +61,34 @@ def load_target(target: str) -> tuple[Callable[[int], Any], ModuleType]:
     return fn, module
 
 
-def _pick(module: ModuleType, kind: type, names: tuple[str, ...]) -> Any:
-    """The global of type ``kind`` named one of ``names``, else the only one of that type."""
-    found = {k: v for k, v in vars(module).items() if isinstance(v, kind)}
+def _pick(module: ModuleType, kind: type, names: tuple[str, ...],
+          prefer: Callable[[Any], float] | None = None) -> tuple[str | None, Any, list[str]]:
+    """``(name, value, all names)``: the global of type ``kind`` named one of ``names``, else
+    the only one of that type, else the one ``prefer`` scores highest (if it is alone
+    there); ``(None, None, all names)`` when none or no single one."""
+    found = {k: v for k, v in vars(module).items()
+             if isinstance(v, kind) and not k.startswith("_")}
     for n in names:
         if n in found:
-            return found[n]
-    return next(iter(found.values())) if len(found) == 1 else None
+            return n, found[n], list(found)
+    if len(found) == 1:
+        (k, v), = found.items()
+        return k, v, list(found)
+    if prefer is not None and found:
+        scores = {k: prefer(v) for k, v in found.items()}
+        best = max(scores.values())
+        top = [k for k, s in scores.items() if s == best]
+        if best > 0 and len(top) == 1:
+            return top[0], found[top[0]], list(found)
+    return None, None, list(found)
+
+
+def _watched(what: str, name: str | None, value: Any, names: list[str], hint: str) -> str:
+    if name is not None:
+        return f"{what} `{name}` ({type(value).__name__})"
+    if names:
+        return (f"no {what} ({len(names)} candidates: {', '.join(names)}; {hint})")
+    return f"no {what}"
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -75,9 +99,26 @@ def run_command(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise BadInput(f"--steps must be a positive integer, got {args.steps}")
     fn, module = load_target(args.target)
-    model = _pick(module, torch.nn.Module, ("model", "net"))
-    optimizer = _pick(module, torch.optim.Optimizer, ("optimizer", "opt", "optim"))
-    scaler = _pick(module, torch.amp.GradScaler, ("scaler",))
+    opt_name, optimizer, opt_names = _pick(module, torch.optim.Optimizer,
+                                           ("optimizer", "opt", "optim"))
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]} \
+        if optimizer is not None else set()
+    model_name, model, model_names = _pick(
+        module, torch.nn.Module, ("model", "net"),
+        prefer=lambda m: sum(id(p) in trained for p in m.parameters()))  # what it trains
+    scaler_name, scaler, scaler_names = _pick(module, torch.amp.GradScaler, ("scaler",))
+    watched = ", ".join([
+        _watched("model", model_name, model, model_names, "name the one to check `model`"),
+        _watched("optimizer", opt_name, optimizer, opt_names, "name one `optimizer`"),
+        _watched("GradScaler", scaler_name, scaler, scaler_names, "name one `scaler`"),
+    ])
     report = doctor.examine(fn, args.steps, model=model, optimizer=optimizer, scaler=scaler)
-    print(report.to_json() if args.json else report)
+    if args.json:
+        out = report.to_dict()
+        out["watched"] = {"model": model_name, "optimizer": opt_name, "scaler": scaler_name}
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"mahiax doctor: watching {watched}, from the globals of "
+              f"{os.path.basename(module.__file__ or args.target)}.")
+        print(report)
     return 0 if report.ok else 1

@@ -8,7 +8,24 @@ The kinds are fixed (``KINDS``): tests, the CLI's ``--json`` and lesson 10 rely 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
+
+_CELL_FILE = re.compile(r"ipykernel_\d+[/\\]\d+\.py$")  # where Jupyter compiles cells
+
+
+def in_notebook(file: str) -> bool:
+    """Is ``file`` the temporary file a Jupyter kernel compiled a cell into?"""
+    return bool(_CELL_FILE.search(file))
+
+
+def place(file: str, line: int) -> str:
+    """``loop.py:12``; ``this cell, line 12`` in a notebook; ``?`` when unknown."""
+    if not file:
+        return "?"
+    if in_notebook(file):
+        return f"this cell, line {line}"
+    return f"{os.path.basename(file)}:{line}"
 
 
 @dataclass(frozen=True)
@@ -71,8 +88,8 @@ class Finding:
 
     @property
     def where(self) -> str:
-        """``file.py:12``, or ``?`` when the line is unknown."""
-        return f"{os.path.basename(self.file)}:{self.line}" if self.file else "?"
+        """``file.py:12`` (``this cell, line 12`` in a notebook), ``?`` when unknown."""
+        return place(self.file, self.line)
 
     def to_dict(self) -> dict:
         return asdict(self)

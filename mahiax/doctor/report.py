@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import textwrap
 from dataclasses import dataclass, field
 
 from mahiax.doctor import sites
-from mahiax.doctor.findings import KINDS, Finding, LoopError
+from mahiax.doctor.findings import KINDS, Finding, LoopError, place
 
 
 @dataclass
@@ -17,13 +16,28 @@ class Report:
     """What :func:`mahiax.doctor.examine` found.
 
     ``findings``: one per line to change (empty: nothing wrong was seen); ``error``: what the
-    loop raised, if it did (type, message, step), explained; ``steps_run`` of ``steps``.
+    loop raised, if it did (type, message, step), explained; ``steps_run`` of ``steps``;
+    ``model_checked``: whether a model was given (the checks of parameters, buffers and
+    forwards need it).
     """
 
     findings: list[Finding] = field(default_factory=list)
     error: LoopError | None = None
     steps: int = 0
     steps_run: int = 0
+    model_checked: bool = True
+
+    def checked(self) -> str:
+        """What "nothing wrong seen" covers: only the checks that ran."""
+        text = ("no in-place write into saved tensors, no write behind the version counter, "
+                "no graph kept across steps, one backward per graph, no retain_graph=True "
+                "kept for nothing, no clipping of scaled gradients")
+        if self.model_checked:
+            return (text + ", one forward per loss, gradients reach every parameter, no state "
+                    "requiring grad.")
+        return (text + ". No model was given, so unused parameters, state requiring grad and "
+                "repeated forwards were not checked (pass model=..., or name a global `model` for "
+                "the command line).")
 
     @property
     def ok(self) -> bool:
@@ -36,6 +50,7 @@ class Report:
     def to_dict(self) -> dict:
         return {
             "steps": self.steps, "steps_run": self.steps_run,
+            "model_checked": self.model_checked,
             "findings": [f.to_dict() for f in self.findings],
             "error": self.error.to_dict() if self.error else None,
         }
@@ -54,9 +69,7 @@ class Report:
     def __str__(self) -> str:
         lines = [self._headline()]
         if self.ok:
-            lines.append("Nothing wrong seen: no in-place write into saved tensors, no graph "
-                         "kept across steps, one backward per forward, gradients reach every "
-                         "parameter.")
+            lines.extend(textwrap.wrap(f"Nothing wrong seen: {self.checked()}", 92))
         for i, f in enumerate(self.findings, 1):
             lines.append("")
             lines.append(f"{i}. {f.kind}: {KINDS[f.kind].title}")
@@ -68,7 +81,7 @@ class Report:
             e = self.error
             lines.append("")
             first = e.message.strip().splitlines()[0] if e.message.strip() else ""
-            where = f" (at {os.path.basename(e.file)}:{e.line})" if e.line else ""
+            where = f" (at {place(e.file, e.line)})" if e.line else ""
             lines.append(f"The loop raised {e.type} at step {e.step}{where}:")
             lines.extend(textwrap.wrap(first, 92, initial_indent="   ",
                                        subsequent_indent="   "))
@@ -85,7 +98,7 @@ class Report:
         esc = html.escape
         parts = [f"<p><b>{esc(self._headline())}</b></p>"]
         if self.ok:
-            parts.append("<p>Nothing wrong seen.</p>")
+            parts.append(f"<p>Nothing wrong seen: {esc(self.checked())}</p>")
         if self.findings:
             parts.append("<table><tr><th>#</th><th>kind</th><th>line</th><th>what, evidence, "
                          "fix, lesson</th></tr>")

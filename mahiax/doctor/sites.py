@@ -155,3 +155,78 @@ def class_stores(cls: type, name: str) -> list[tuple[str, int, bool]]:
 def line_text(file: str, line: int) -> str:
     """The stripped source text of ``file:line`` ("" if unavailable)."""
     return linecache.getline(file, line).strip() if file and line else ""
+
+
+def code_text(file: str, line: int) -> str:
+    """The stripped code of ``file:line`` without a trailing comment ("" if unavailable)."""
+    return _strip_comment(line_text(file, line))
+
+
+def _strip_comment(text: str) -> str:
+    """``text`` without a trailing ``# comment`` (a ``#`` inside a string literal stays)."""
+    quote = ""
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            return text[:i].rstrip()
+    return text
+
+
+def target_of(text: str, name: str, attribute: bool) -> str:
+    """The expression a storing line assigns ``name`` through: ``self.h`` in
+    ``out, self.h = cell(x, self.h)``; ``name`` itself for a variable."""
+    if not attribute:
+        return name
+    lhs = _COMPARE.sub("  ", text).split("=", 1)[0]
+    m = re.search(rf"([A-Za-z_][\w.]*)\.{re.escape(name)}\b", lhs)
+    return f"{m.group(1)}.{name}" if m else f"<object>.{name}"
+
+
+def in_loop(file: str, line: int) -> bool:
+    """Is line ``line`` inside a ``for``/``while`` of its own function?"""
+    lines = linecache.getlines(file)
+    if not 0 < line <= len(lines):
+        return False
+    indent = len(lines[line - 1]) - len(lines[line - 1].lstrip())
+    for k in range(line - 2, -1, -1):
+        above = lines[k]
+        stripped = above.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        level = len(above) - len(stripped)
+        if level < indent:
+            if stripped.startswith(("for ", "while ", "async for ")):
+                return True
+            if stripped.startswith(("def ", "async def ", "class ")):
+                return False
+            indent = level
+    return False
+
+
+def _value(expr: str, scalar: bool) -> str:
+    """``loss`` -> ``loss.item()``; anything else in parentheses first."""
+    method = "item" if scalar else "detach"
+    expr = expr.strip()
+    simple = re.fullmatch(r"[A-Za-z_][\w.]*(\[[^\]]*\])?", expr) is not None
+    return f"{expr}.{method}()" if simple else f"({expr}).{method}()"
+
+
+def as_number(text: str, scalar: bool) -> str | None:
+    """A storing line rewritten to keep numbers, not the graph: ``total += loss`` ->
+    ``total += loss.item()``; ``xs.append(loss)`` -> ``xs.append(loss.item())``;
+    ``.detach()`` instead of ``.item()`` when the tensor is not a scalar. None if the line
+    has none of these shapes."""
+    m = re.fullmatch(r"(.*\.(?:append|insert)\()(.*)\)", text)
+    if m:
+        return f"{m.group(1)}{_value(m.group(2), scalar)})"
+    m = re.fullmatch(r"([\w.\[\]]+)\s*\+=\s*(.+)", text)
+    if m:
+        return f"{m.group(1)} += {_value(m.group(2), scalar)}"
+    m = re.fullmatch(r"([\w.\[\]]+)\s*=\s*([\w.\[\]]+)\s*\+\s*(.+)", text)
+    if m and m.group(1) == m.group(2):
+        return f"{m.group(1)} = {m.group(2)} + {_value(m.group(3), scalar)}"
+    return None

@@ -47,6 +47,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from mahiax import debug
 from mahiax.debug import MutationLocator, _Packed, _storage_key, locate_mutations
 from mahiax.doctor import sites
+from mahiax.doctor.findings import in_notebook, place
 from mahiax.telemetry.categories import grad_fn_of, saved_bytes
 from mahiax.telemetry.memory_meter import _tensor_types
 
@@ -125,6 +126,12 @@ class Held:
     nodes: list[int] = field(default_factory=list)  # nodes of its graph, at each step seen
     saved: list[int] = field(default_factory=list)  # bytes its graph holds saved, per step
     items: int = 1  # tensors held (several for a list)
+    name: str = ""  # the holder's name: the attribute, global or closure variable
+    attribute: bool = False  # `name` is an attribute (`obj.name`)
+    numel: int = 0  # numbers in the held tensor (1: a scalar, such as a loss)
+    read: bool = False  # a later step's backward reached into its graph: carried state
+    backwarded: bool = False  # some backward() walked its graph (else: never needed one)
+    seen_at: int = -1  # the last step the end-of-step scan counted it at
 
 
 @dataclass
@@ -135,6 +142,7 @@ class Holder:
     file: str = ""  # global / closure: the file that defines it
     container: str = ""  # "list" when the tensor sits in a list held under `name`
     count: int = 1
+    members: Any = None  # that list or tuple (during the scan only)
 
 
 def _attribute_of(obj: Any, value: Any) -> str | None:
@@ -229,7 +237,7 @@ class Watch:
         self.data_sites: set[tuple[str, int]] = set()  # lines that read some tensor's .data
         # this step's graphs held at its end: grad_fn sequence number -> (label, file, line,
         # step); a later backward that reaches one of them names its holder
-        self._carriers: dict[int, tuple[str, str, int, int]] = {}
+        self._carriers: dict[int, tuple[str, str, int, int, str, bool, int]] = {}
         self._in_backward = 0
         self._forward_seen: dict[tuple, tuple[Any, int, tuple[int, ...]]] = {}
         self._backwards_this_step = 0
@@ -472,10 +480,13 @@ class Watch:
                 if low >= self.examine_seq else -1
         if earliest < self.step:
             for seq in seqs & self._carriers.keys():
-                label, hfile, hline, built = self._carriers[seq]
+                label, hfile, hline, built, name, attribute, numel = self._carriers[seq]
                 record = self.held.get(label)
                 if record is None:
-                    record = self.held[label] = Held(label, hfile, hline, built, built, built)
+                    record = self.held[label] = Held(label, hfile, hline, built, built, built,
+                                                     name=name, attribute=attribute,
+                                                     numel=numel)
+                record.read = True
                 record.last_step = self.step
                 record.nodes.append(len(seqs))
                 record.saved.append(saved)
@@ -548,7 +559,7 @@ class Watch:
         info = live[-1].info
         self.silent.append(SilentWrite(
             self.step, file, line, "x.data = ...", tuple(t.shape),
-            f"{info.op} at {os.path.basename(info.file)}:{info.line}", weakref.ref(live[-1]),
+            f"{info.op} at {place(info.file, info.line)}", weakref.ref(live[-1]),
         ))
 
     def _collect_silent(self) -> None:
@@ -572,7 +583,7 @@ class Watch:
                         packed = r
             self.silent.append(SilentWrite(
                 self.step, m.file, m.line, m.op, m.saved.shape,
-                f"{m.saved.op} at {os.path.basename(m.saved.file)}:{m.saved.line}",
+                f"{m.saved.op} at {place(m.saved.file, m.saved.line)}",
                 packed or (lambda: None),
             ))
 
@@ -636,7 +647,9 @@ class Watch:
             holder = self._holder(t, exclude)
             if holder is not None:
                 label = self._holder_label(holder)
-                self._carriers[_seq(t.grad_fn)] = (label, *self._store_line(holder, t), step)
+                self._carriers[_seq(t.grad_fn)] = (
+                    label, *self._store_line(holder, t), step, holder.name,
+                    holder.kind in ("attribute", "buffer"), t.numel())
             looked += 1
             if looked >= 16:
                 break
@@ -737,6 +750,7 @@ class Watch:
                 h = self._name_reference(rr, r, exclude | {id(outer)}, depth + 1)
                 if h is not None:
                     h.container = type(r).__name__
+                    h.members = r
                     h.count = sum(1 for v in r if isinstance(v, torch.Tensor)
                                   and grad_fn_of(v) is not None)
                     return h
@@ -757,7 +771,9 @@ class Watch:
 
     def _holder_label(self, h: Holder) -> str:
         if h.kind == "global":
-            label = f"global `{h.name}`" + (f" ({os.path.basename(h.file)})" if h.file else "")
+            source = "" if not h.file else " (this notebook)" if in_notebook(h.file) else \
+                f" ({os.path.basename(h.file)})"
+            label = f"global `{h.name}`{source}"
         elif h.kind == "closure":
             label = f"`{h.name}` (a variable of {h.owner.__qualname__})"
         else:
@@ -766,19 +782,40 @@ class Watch:
         return f"a {h.container} in {label}" if h.container else label
 
     def _record_held(self, h: Holder, t: torch.Tensor, earliest: int, step: int) -> None:
+        """Note what ``h`` holds at the end of ``step``: for a list, all its graphs together
+        (nodes and saved bytes counted once each)."""
         label = self._holder_label(h)
-        nodes = len(self._nodes(t))
-        saved = saved_bytes(t, t.device, {}, frozenset(
-            id(p) for p in (self.model.parameters() if self.model is not None else ())))
         record = self.held.get(label)
+        if record is not None and record.seen_at == step:  # another tensor of that holder
+            record.built_step = min(record.built_step, earliest)
+            h.members = None
+            return
+        held = [v for v in h.members if isinstance(v, torch.Tensor) and
+                grad_fn_of(v) is not None] if h.members is not None else [t]
+        h.members = None
+        nodes: set[int] = set()
+        storages: dict = {}
+        params = frozenset(
+            id(p) for p in (self.model.parameters() if self.model is not None else ()))
+        saved = 0
+        for v in held:
+            nodes |= self._nodes(v)
+            saved += saved_bytes(v, v.device, storages, params)
+        walked = set().union(*(b.seqs for b in self.backwards))
+        backwarded = any(_seq(grad_fn_of(v)) in walked for v in held)
+        nodes_n = len(nodes)
         if record is None:
             file, line = self._store_line(h, t)
-            record = self.held[label] = Held(label, file, line, step, earliest, step)
-        record.last_step = step
+            record = self.held[label] = Held(label, file, line, step, earliest, step,
+                                             name=h.name, attribute=h.kind in (
+                                                 "attribute", "buffer"), numel=t.numel())
         record.built_step = min(record.built_step, earliest)
-        record.nodes.append(nodes)
+        record.seen_at = step
+        record.last_step = step
+        record.nodes.append(nodes_n)
         record.saved.append(saved)
         record.items = h.count
+        record.backwarded = record.backwarded or backwarded
 
     def _nodes(self, t: torch.Tensor) -> set[int]:
         seen: set[int] = set()

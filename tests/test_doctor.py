@@ -503,3 +503,10 @@ def test_a_notebook_cell_is_named_as_this_cell_not_its_temp_file():
     line = CELL.splitlines().index("    total += loss") + 1
     assert f.where == f"this cell, line {line}" and f.line == line
     assert "3879659301" not in str(report) and "3879659301" not in report._repr_html_()
+
+
+def test_quoted_lines_drop_comments_and_inplace_fix_shows_the_out_of_place_line():
+    report = _examine(BUGGY["inplace-gate"])
+    (f,) = report.findings
+    assert "here: `gate = gate.mul(2.0)`" in f.message
+    assert "doctor[" not in str(report) and "doctor[" not in report._repr_html_()

@@ -15,7 +15,7 @@ from torch import nn
 
 from mahiax.debug import VERSION_ERROR
 from mahiax.doctor import sites
-from mahiax.doctor.findings import Finding, LoopError, compose, place
+from mahiax.doctor.findings import KINDS, Finding, LoopError, compose, place
 from mahiax.doctor.watch import BackwardCall, Held, Watch
 from mahiax.units import format_bytes
 
@@ -69,6 +69,9 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
                     "write; backward() tripped on it: PyTorch raised 'modified by an inplace "
                     "operation'.")
         fix = None
+        rewritten = sites.out_of_place(sites.code_text(m.file, m.line))
+        if rewritten is not None:
+            fix = f"{KINDS['inplace-on-saved'].fix}; here: {rewritten}"
         if id(m) in w.optimizer_writes:
             keeper = next((f for kind in _KEEPERS for f in others if f.kind == kind), None)
             evidence += (" The writer is the optimiser updating the weights, which is its job: "
@@ -87,7 +90,7 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
         found.append(Finding(
             "inplace-on-saved", m.file, m.line, compose(
                 "inplace-on-saved",
-                f"`{sites.line_text(m.file, m.line)}` writes in place ({m.op}){where} into "
+                f"`{sites.code_text(m.file, m.line)}` writes in place ({m.op}){where} into "
                 f"a {s.describe()} tensor that {s.op} at {_at(s.file, s.line)} saved for "
                 "backward.", evidence, fix,
             )))
@@ -101,7 +104,7 @@ def _silent(w: Watch) -> list[Finding]:
             continue
         found.append(Finding("silent-write", s.file, s.line, compose(
             "silent-write",
-            f"`{sites.line_text(s.file, s.line)}` ({s.op}) changed the memory of a "
+            f"`{sites.code_text(s.file, s.line)}` ({s.op}) changed the memory of a "
             f"{list(s.shape)} tensor that {s.saved_by} saved for backward, without bumping "
             "its version counter.",
             "PyTorch could not notice: the next backward() used the new values and computed "
@@ -157,7 +160,7 @@ def _carried(w: Watch) -> list[Finding]:
         what = (f"{h.label} holds {h.items} tensors with a grad_fn that outlive their step"
                 if h.items > 1 else f"{h.label} holds a tensor with a grad_fn that outlives "
                 "its step")
-        built = f" (stored by `{sites.line_text(h.file, h.line)}`)" if h.line else ""
+        built = f" (stored by `{sites.code_text(h.file, h.line)}`)" if h.line else ""
         held = (f"{format_bytes(saved)} saved for backward" if saved else
                 "no saved tensors (backward freed them; without a backward they stay)")
         its = "their graphs" if h.items > 1 else "its graph"
@@ -188,7 +191,7 @@ def _carried(w: Watch) -> list[Finding]:
             if b.earliest_step < b.step:
                 found.append(Finding("graph-carried-across-steps", b.file, b.line, compose(
                     "graph-carried-across-steps",
-                    f"The graph behind `{sites.line_text(b.file, b.line)}` at step {b.step} "
+                    f"The graph behind `{sites.code_text(b.file, b.line)}` at step {b.step} "
                     f"reaches into step {max(b.earliest_step, 0)}'s graph: a tensor from an "
                     "earlier step, held somewhere the doctor could not name, carries it from "
                     "step to step (this line is where it was noticed, not the line to change: "
@@ -232,7 +235,7 @@ def _growing(w: Watch, carried: list[Finding]) -> list[Finding]:
     last = [b for b in w.backwards if b.step == w.steps_done - 1][-1]
     return [Finding("growing-graph", last.file, last.line, compose(
         "growing-graph",
-        f"Each step the graph that `{sites.line_text(last.file, last.line)}` walks is bigger "
+        f"Each step the graph that `{sites.code_text(last.file, last.line)}` walks is bigger "
         "than the last:",
         f"{text}. At that rate memory runs out in a long run.",
     ), 0)]
@@ -263,7 +266,7 @@ def _per_loss(w: Watch) -> list[Finding]:
                 continue
             found.append(Finding("backward-per-loss", b.file, b.line, compose(
                 "backward-per-loss",
-                f"`{sites.line_text(b.file, b.line)}` runs a backward pass per loss.", evidence,
+                f"`{sites.code_text(b.file, b.line)}` runs a backward pass per loss.", evidence,
             ), step))
     return found
 
@@ -282,7 +285,7 @@ def _retained(w: Watch, carried: list[Finding]) -> list[Finding]:
             continue  # the loop stopped before anything could use it
         found.append(Finding("retain-graph", b.file, b.line, compose(
             "retain-graph",
-            f"`{sites.line_text(b.file, b.line)}` keeps its graph (retain_graph=True), but no "
+            f"`{sites.code_text(b.file, b.line)}` keeps its graph (retain_graph=True), but no "
             "later backward() uses it.",
             f"It held {b.nodes} nodes and {format_bytes(b.saved)} saved for backward past "
             f"the backward of step {b.step}, for nothing.",
@@ -301,8 +304,8 @@ def _clips(w: Watch) -> list[Finding]:
             if c.norm is not None else ""
         found.append(Finding("clip-before-unscale", c.file, c.line, compose(
             "clip-before-unscale",
-            f"`{sites.line_text(c.file, c.line)}` ({c.function}) clipped {c.scaled} of "
-            f"{c.total} gradients while a GradScaler still multiplied them by {scale}.",
+            f"`{sites.code_text(c.file, c.line)}` ({c.function}) clipped {c.scaled} of "
+            f"{_count(c.total, 'gradient')} while a GradScaler still multiplied them by {scale}.",
             (norm + " " if norm else "") + _clip_effect(w),
         ), c.step))
     return found

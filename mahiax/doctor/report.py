@@ -73,7 +73,7 @@ class Report:
         for i, f in enumerate(self.findings, 1):
             lines.append("")
             lines.append(f"{i}. {f.kind}: {KINDS[f.kind].title}")
-            lines.append(f"   at {f.where}" + (f"   {sites.line_text(f.file, f.line)}"
+            lines.append(f"   at {f.where}" + (f"   {sites.code_text(f.file, f.line)}"
                                                if f.line else ""))
             lines.extend(textwrap.wrap(f.message, 92, initial_indent="   ",
                                        subsequent_indent="   "))
@@ -103,7 +103,7 @@ class Report:
             parts.append("<table><tr><th>#</th><th>kind</th><th>line</th><th>what, evidence, "
                          "fix, lesson</th></tr>")
             for i, f in enumerate(self.findings, 1):
-                code = esc(sites.line_text(f.file, f.line))
+                code = esc(sites.code_text(f.file, f.line))
                 parts.append(
                     f"<tr><td>{i}</td><td><code>{esc(f.kind)}</code></td>"
                     f"<td>{esc(f.where)}<br><code>{code}</code></td>"

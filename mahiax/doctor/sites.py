@@ -230,3 +230,19 @@ def as_number(text: str, scalar: bool) -> str | None:
     if m and m.group(1) == m.group(2):
         return f"{m.group(1)} = {m.group(2)} + {_value(m.group(3), scalar)}"
     return None
+
+
+def out_of_place(text: str) -> str | None:
+    """The out-of-place form of an in-place line, in backticks: ``h.relu_()`` ->
+    `h = h.relu()`, ``x += d`` -> `x = x + d`, ``x[i] = v`` -> a copy first. None if the
+    line is none of these."""
+    m = re.fullmatch(r"([A-Za-z_][\w.]*)\.([a-z]\w*?)_\((.*)\)", text)
+    if m and m.group(1) not in ("torch", "F", "nn", "torch.nn.functional"):
+        return f"`{m.group(1)} = {m.group(1)}.{m.group(2)}({m.group(3)})`"
+    m = re.fullmatch(r"([A-Za-z_][\w.]*)\s*([-+*/@]|//)=\s*(.+)", text)
+    if m:
+        return f"`{m.group(1)} = {m.group(1)} {m.group(2)} {m.group(3)}`"
+    m = re.fullmatch(r"([A-Za-z_][\w.]*)\[(.+)\]\s*([-+*/]?)=\s*(.+)", text)
+    if m:
+        return f"`{m.group(1)} = {m.group(1)}.clone()` before `{text}`"
+    return None

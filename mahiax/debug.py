@@ -228,7 +228,13 @@ class MutationLocator:
         else:  # an input saved before the kernel: named when the kernel dispatches
             self._pending.setdefault(owner, []).append(info)
         is_output = t.grad_fn is not None and t.grad_fn._sequence_nr() == owner
-        packed = _Packed(t, info, self._make_probe(t, is_output, owner))
+        # An output's grad_fn owns this record: a record holding the output itself would make
+        # a cycle through C++ that Python's collector cannot see, and a graph kept with
+        # retain_graph=True would then live as long as the process. A detached alias (same
+        # memory, same version counter) serves backward alike; PyTorch itself saves outputs
+        # that way (``tensor_data()``), and autograd re-attaches the grad_fn on unpack.
+        held = t.detach() if is_output else t
+        packed = _Packed(held, info, self._make_probe(held, owner))
         key = _storage_key(t)
         if key is not None:
             self._saved.setdefault(key, []).append(weakref.ref(packed))
@@ -239,13 +245,11 @@ class MutationLocator:
             }
         return packed
 
-    def _make_probe(self, t: torch.Tensor, is_output: bool, owner: int) -> torch.Tensor | None:
-        # An output's grad_fn owns this save: keeping it in the probe would make a reference
-        # cycle, so the probe keeps a detached alias (same version counter, no grad_fn).
+    def _make_probe(self, held: torch.Tensor, owner: int) -> torch.Tensor | None:
+        # ``held``: what the record keeps (an output's detached alias: no cycle through it)
         self._busy = True  # the probe's own ops are not the user's
         torch._C._autograd._pop_saved_tensors_default_hooks()  # ours: pack only runs on top
         try:
-            held = t.detach() if is_output else t
             with torch.enable_grad():  # pack hooks run with grad off; the probe needs a node
                 probe = _VersionProbe.apply(self._anchor, [held])
         except (RuntimeError, TypeError):

@@ -210,3 +210,22 @@ def test_a_write_through_data_is_recorded_as_invisible_to_autograd():
     m = loc.mutations[0]
     assert m.op == "aten.mul_" and m.version_after == m.version_before
     assert "bypassed the version counter" in loc.report()
+
+
+def test_a_retained_graph_is_freed_when_its_output_is_dropped():
+    """The record of a saved output holds a detached alias, not the output (whose grad_fn
+    holds the record): a graph kept with retain_graph=True dies with its last reference."""
+    import gc
+    import weakref
+
+    x = torch.randn(8, requires_grad=True)
+    with locate_mutations() as loc:
+        y = x.exp()  # exp saves its output
+        z = y.sum()
+        z.backward(retain_graph=True)
+        y.add_(1)  # still located through the alias: same memory, same version counter
+    assert loc.mutations[0].op == "aten.add_"
+    alive = weakref.ref(y)
+    del y, z
+    gc.collect()
+    assert alive() is None

@@ -250,7 +250,6 @@ class Watch:
         """Install every watcher; remove them all on exit, whatever happens inside."""
         with contextlib.ExitStack() as stack:
             self.loc = stack.enter_context(locate_mutations(self.model))
-            stack.callback(self._release_graphs)
             self._patch(stack)
             self._hook_model(stack)
             stack.enter_context(_Sites(self))
@@ -267,21 +266,6 @@ class Watch:
         known = self.built.get(t)
         if known is None or known[2] != seq:
             self.built[t] = (*sites.user_site(), seq)
-
-    def _release_graphs(self) -> None:
-        """Let graphs kept alive by the locator's records go when the user drops them.
-
-        The locator's record of a saved *output* holds the tensor itself, whose ``grad_fn``
-        holds the record: a cycle through C++ that Python's collector cannot see, so a graph
-        kept with ``retain_graph=True`` would live as long as the process. A detached alias
-        (same memory, same version counter) serves backward exactly as well, so the records
-        that outlive the examination hold that instead.
-        """
-        for refs in self.loc._saved.values() if self.loc is not None else ():
-            for r in refs:
-                p = r()
-                if p is not None and grad_fn_of(p.tensor) is not None:
-                    p.tensor = p.tensor.detach()
 
     def begin_step(self, i: int) -> None:
         self.step = i

@@ -212,7 +212,20 @@ def _value(expr: str, scalar: bool) -> str:
     method = "item" if scalar else "detach"
     expr = expr.strip()
     simple = re.fullmatch(r"[A-Za-z_][\w.]*(\[[^\]]*\])?", expr) is not None
-    return f"{expr}.{method}()" if simple else f"({expr}).{method}()"
+    return f"{expr}.{method}()" if simple or _one_call(expr) else f"({expr}).{method}()"
+
+
+def _one_call(expr: str) -> bool:
+    """Is ``expr`` a single call, ``f(...)``, whose first parenthesis closes at its end?"""
+    m = re.match(r"[A-Za-z_][\w.]*\(", expr)
+    if m is None or not expr.endswith(")"):
+        return False
+    depth = 0
+    for i, ch in enumerate(expr[m.end() - 1:], m.end() - 1):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return i == len(expr) - 1
+    return False
 
 
 def as_number(text: str, scalar: bool) -> str | None:

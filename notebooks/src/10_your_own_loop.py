@@ -38,6 +38,7 @@ from IPython.display import display
 from torch import nn
 
 from mahiax import bugs, doctor, lessons
+from mahiax.bugs.outcome import graph_size  # nodes reachable from a tensor's grad_fn
 from mahiax.doctor import exercise
 from mahiax.doctor.catalog import examine_entry
 
@@ -72,10 +73,52 @@ report = doctor.examine(step, steps=6, model=model, optimizer=opt)
 display(report)  # in a notebook the report is a table; print(report) gives text
 
 # %% [markdown]
-# The report names `total_loss += loss`: `total_loss` is a tensor with a `grad_fn` that
-# reaches back to step 0, one more node at every step. Here the backward already freed the
-# saved tensors, so it costs little; with `retain_graph=True` or in an evaluation loop
-# without `no_grad`, every step's activations stay alive. The fix is `loss.item()`.
+# The report names `total_loss += loss` and rewrites it: `total_loss += loss.item()`.
+# `total_loss` is a tensor with a `grad_fn` that reaches back to step 0.
+#
+# **Predict.** How many autograd nodes does `total_loss` reach after each step: one more
+# each step, or more?
+
+# %%
+total_loss = 0.0
+sizes = []
+for i in range(6):
+    step(i)
+    sizes.append(graph_size(total_loss))
+print("nodes total_loss reaches after each step:", sizes)
+print("added per step:", [b - a for a, b in zip(sizes, sizes[1:], strict=False)])
+
+# %% [markdown]
+# Each step adds its whole loss graph, not one node: the cell shows the count growing by
+# the same amount every step (the step's new nodes and the add; the parameters'
+# accumulators are shared). Backward already freed those nodes' saved tensors, so here
+# they cost little memory. When no backward runs through a kept graph, its saved tensors
+# stay too.
+#
+# **Predict.** After each step, a validation pass forgets `torch.no_grad()` and keeps its
+# loss in a list. No backward ever runs through those graphs. What does the doctor measure?
+
+# %%
+val_losses = []
+
+
+def train_and_validate(i):
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    vx, vy = torch.randn(2048, 8), torch.randint(0, 3, (2048,))
+    val_losses.append(F.cross_entropy(model(vx), vy))
+
+
+print(doctor.examine(train_and_validate, steps=6, model=model, optimizer=opt))
+
+# %% [markdown]
+# Every kept validation loss holds its step's activations, saved for a backward that never
+# comes: the saved bytes grow by the same amount every step, without bound in a long run.
+# `with torch.no_grad():` around the validation builds no graph at all; `.item()` keeps a
+# number.
 #
 # ## 2. A recurrent state carried across chunks
 #
@@ -111,6 +154,9 @@ print(rnn_report)
 #
 # ## 3. Mixed precision, clipped too early
 #
+# The loop autocasts to float16, the dtype a `GradScaler` is for. (bfloat16 has float32's
+# range and needs no scaler: lesson 08.)
+#
 # **Predict.** This loop raises nothing. What does the doctor measure?
 
 # %%
@@ -121,7 +167,7 @@ scaler = torch.amp.GradScaler("cpu")
 
 def amp_step(i):
     x = torch.randn(32, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.float16):
         loss = amp_model(x).float().pow(2).mean()
     amp_opt.zero_grad()
     scaler.scale(loss).backward()
@@ -136,8 +182,11 @@ print(amp_report)
 
 # %% [markdown]
 # The clip measured the gradient norm *times the scale* (65,536) against `max_norm=1`, so the
-# gradient the optimiser applied had norm 1/65,536 instead of the true norm, about 1 here
-# (lesson 08). Fix: `scaler.unscale_(opt)` before the clip.
+# gradient the optimiser applied had norm 1/65,536 instead of the true norm (the measured
+# norm divided by the scale) (lesson 08). With SGD every update shrinks by that factor. With Adam or AdamW the update
+# divides by the gradient's own running size, so training moves normally, but the clip
+# always fires and never cuts a spike: clipping is silently off. The report says which, for
+# the optimiser it saw. Fix: `scaler.unscale_(opt)` before the clip.
 #
 # ## 4. The summary's own fix, examined
 #
@@ -160,7 +209,14 @@ lessons.verdict_report(v_retain)
 # **Expected verdict** on the summary's fix for `retain-graph`: **hides-the-error**. The
 # doctor says why, in one report: the graph carried by the memory nodes grows every step,
 # several backward passes walk one graph, and once the optimiser changes a weight an old
-# graph saved, the in-place error comes back, named at `ctx.optimizer.step()`.
+# graph saved, the in-place error comes back at `ctx.optimizer.step()`. That line is not the
+# one to change: the optimiser writing its weights is its job; the report says so and points
+# at what keeps the old graph alive.
+#
+# The verdict's growth (nodes a step) and the doctor's (`+N a step`) are two counts of one
+# trend, so they differ a little: the verdict counts every node reachable from the step's
+# total loss, from step 1 on; the doctor counts the largest graph behind one `backward()`
+# call, parameters' accumulators left out, from step 0.
 #
 # ## 5. Your loop
 #
@@ -191,8 +247,9 @@ print(doctor.examine(my_step, steps=6, model=my_model, optimizer=my_opt))
 # `train_step` until `exercise.check` says PASS: the doctor must be quiet over 6 chunks
 # *and* the weights must match truncated backpropagation through time, so the hidden state
 # has to carry its values to the next chunk. Two band-aids fail on purpose:
-# `retain_graph=True` (the graph grows and the optimiser soon changes weights an old graph
-# saved) and starting each chunk from `None` (quiet doctor, but no memory across chunks).
+# `retain_graph=True` (step 0's graph stays alive, step 1's backward walks into it after
+# the optimiser changed weights it saved: an in-place error at step 1) and starting each
+# chunk from `None` (quiet doctor, but no memory across chunks).
 
 # %%
 lessons.source(exercise.Stream, "what s is")
@@ -242,10 +299,11 @@ for name in ("band-aid: retain_graph=True", "band-aid: reset the hidden state ev
 #    <details><summary>Answer</summary>
 #
 #    `total_loss` becomes a tensor whose `grad_fn` chains every step's loss graph: the
-#    graph outlives its step and grows by a node each step. Backward freed the saved tensors,
-#    so here it is small; in a validation loop without `no_grad` (no backward frees
-#    anything) or with `retain_graph=True`, each step's activations stay alive and memory
-#    grows without bound. `total_loss += loss.item()` keeps a number.
+#    graph outlives its step and grows by a whole loss graph each step (the node counts in
+#    section 1). Backward freed the saved tensors, so here it is small; in a validation loop
+#    without `no_grad` (no backward frees anything) each step's activations stay alive and
+#    memory grows without bound, as the second report in section 1 measured.
+#    `total_loss += loss.item()` keeps a number.
 #
 #    </details>
 #
@@ -256,10 +314,10 @@ for name in ("band-aid: retain_graph=True", "band-aid: reset the hidden state ev
 #
 #    The backward only discovers the problem: step 1's graph reaches step 0's through
 #    `hidden`, which still has step 0's `grad_fn`, and step 0's backward freed that graph.
-#    The line to change is where `hidden` is stored. `retain_graph=True` keeps every old
-#    graph alive: the graph grows every chunk, backward walks all of them, and `step()`
-#    changes weights the old graphs saved (the exercise's band-aid fails with an in-place
-#    error).
+#    The line to change is where `hidden` is stored. `retain_graph=True` keeps the old
+#    graph alive for the next backward to walk into, after `step()` changed weights it
+#    saved: the exercise's band-aid fails at step 1 with an in-place error, named at the
+#    optimiser's step, whose fix is again to stop carrying the graph.
 #
 #    </details>
 #

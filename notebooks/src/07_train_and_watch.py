@@ -40,6 +40,7 @@ from mahiax.recording import record_training
 from mahiax.store import RunReader
 from mahiax.store.paths import ENV_VAR, resolve_store_path
 from mahiax.telemetry.probes import Cadence
+from mahiax.units import MIB  # 2**20 bytes
 
 store = resolve_store_path()  # $MAHIAX_STORE, else runs/mahiax.sqlite here
 RUN = f"lesson07-{time.strftime('%Y%m%d-%H%M%S')}"  # a new name each time the lesson runs
@@ -184,14 +185,14 @@ assert np.allclose(weights.loc[:19], 1.0), "equal weights for the first two wind
 # **Predict.** Over 120 steps, does live tensor memory grow, or stay flat? And the RSS?
 
 # %%
-mem = reader.scalars(RUN, ["mem/tensor_bytes", "mem/rss"]) / 2**20
-px.line(mem.dropna(how="all"), markers=True, labels={"value": "MB", "variable": ""},
+mem = reader.scalars(RUN, ["mem/tensor_bytes", "mem/rss"]) / MIB
+px.line(mem.dropna(how="all"), markers=True, labels={"value": "MiB", "variable": ""},
         title=f"memory on {run['device']}").update_layout(height=300)
 
 # %%
 tensor_mb = mem["mem/tensor_bytes"].dropna()
-print("live tensor MB at the readings:", tensor_mb.round(2).to_dict())
-print(f"RSS: {mem['mem/rss'].iloc[0]:.0f} MB at step 0, {mem['mem/rss'].iloc[-1]:.0f} MB at "
+print("live tensor MiB at the readings:", tensor_mb.round(2).to_dict())
+print(f"RSS: {mem['mem/rss'].iloc[0]:.0f} MiB at step 0, {mem['mem/rss'].iloc[-1]:.0f} MiB at "
       f"step {mem.index[-1]}")
 assert tensor_mb.iloc[1:].max() <= 1.01 * tensor_mb.iloc[1], "flat after the first reading"
 

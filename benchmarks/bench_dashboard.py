@@ -37,7 +37,7 @@ import numpy as np
 
 from mahiax.config import MahiaConfig
 from mahiax.store import RunWriter
-from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, start_dashboard, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "streamlit_app.py"
@@ -271,23 +271,6 @@ IDLE_GOAL = 1.0  # % of one core per viewer of a finished run
 SLOWDOWN_GOAL = 10.0  # % fewer training steps per second with 30 viewers than with none
 
 
-def _server(store: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """``streamlit run dashboard`` on ``store``, on a free port; returns it and its URL."""
-    port = free_port()
-    env = {**os.environ, "MAHIAX_STORE": str(store), "MAHIAX_DASHBOARD_AUTOSTART": "0",
-           "OMP_NUM_THREADS": "1"}
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(f"{url}/_stcore/health", server, 60, "streamlit",
-                  lambda: log.read_text()[-2000:])
-    return server, url
-
-
 def _cpu_s(pid: int) -> float:
     import psutil
 
@@ -341,7 +324,7 @@ def viewer_costs(window_s: float = 12.0) -> dict:
         writer = write_long_run(store, 2000)
         writer.finish("finished")
         writer.close()
-        server, url = _server(store, Path(tmp) / "finished.log")
+        server, url = start_dashboard(store, Path(tmp) / "finished.log")
         try:
             idle = _window(server, window_s)
             rows = {}
@@ -375,7 +358,7 @@ def viewer_costs(window_s: float = 12.0) -> dict:
                 last = reader.run("live")["last_step"]
                 return 0 if last is None else int(last)
 
-            server, url = _server(store, Path(tmp) / "live.log")
+            server, url = start_dashboard(store, Path(tmp) / "live.log")
             time.sleep(3.0)  # the trainer's first steps are slower (warm-up)
             rows = {0: _with_viewers(server, url, "training", 0, window_s, last_step)}
             for n in VIEWER_COUNTS:

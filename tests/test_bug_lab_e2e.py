@@ -13,16 +13,12 @@ chromium is used; ``playwright install`` is never run).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, start_dashboard, stop
 
 # the heavy tests (kernels, servers, browsers, several processes) share one xdist
 # worker and run one at a time: together on 2 cores they starve each other
@@ -37,7 +33,6 @@ pytest.importorskip("streamlit")
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 EXCEPTION = '[data-testid="stException"]'
 # entry -> the label tests/test_bugs.py pins for it (measured, never stored by the app)
 ASKED = {"ddp-broadcast-buffers": "hides-the-error", "expert-index": "wrong-diagnosis"}
@@ -73,20 +68,8 @@ class TreeWatch:
 @pytest.mark.timeout(420)
 def test_two_sessions_measure_two_verdicts_at_once_outside_the_server(tmp_path):
     store = tmp_path / "mahiax.sqlite"
-    port = free_port()
-    env = {**os.environ, "MAHIAX_STORE": str(store), "MAHIAX_DASHBOARD_AUTOSTART": "0",
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    log = tmp_path / "streamlit.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_dashboard(store, tmp_path / "streamlit.log", PYTHONUNBUFFERED="1")
     try:
-        wait_until_up(f"{url}/_stcore/health", server, 60, "streamlit",
-                      lambda: log.read_text()[-3000:])
         watch = TreeWatch(server.pid)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,

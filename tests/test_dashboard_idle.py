@@ -10,9 +10,6 @@ goes. Then: the server reads a live run's new steps once for all its sessions.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from dashboard.watch import WATCH_S  # noqa: E402
 from mahiax.config import tiny  # noqa: E402
 from mahiax.store import RunReader, RunWriter  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402
-from tests.servers import free_port, stop, wait_until_up  # noqa: E402
+from tests.servers import start_dashboard, stop  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("heavy")
 
@@ -43,20 +40,8 @@ def served(tmp_path):
     fx._log_steps(writer, range(5))
     writer.finish("finished")
     writer.close()
-    port = free_port()
-    env = {**os.environ, "MAHIAX_STORE": str(store), "MAHIAX_DASHBOARD_AUTOSTART": "0",
-           "OMP_NUM_THREADS": "1"}
-    log = tmp_path / "streamlit.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_dashboard(store, tmp_path / "streamlit.log")
     try:
-        wait_until_up(f"{url}/_stcore/health", server, 60, "streamlit",
-                      lambda: log.read_text()[-3000:])
         yield store, url
     finally:
         stop(server)

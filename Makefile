@@ -69,7 +69,7 @@ hub-learners: setup
 	@test -n "$(LEARNERS)" || { echo 'usage: make hub-learners LEARNERS="alice bob"'; exit 2; }
 	$(PY) hub/learners.py add $(LEARNERS)
 
-bench: setup browser
+bench: setup browser hub-setup
 	$(PY) -m benchmarks.run_all
 
 # The GPU check, on a CUDA machine (under 8 minutes): writes

@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "dashboard": "bench_dashboard",
     "lessons": "bench_lessons",
     "doctor": "bench_doctor",
+    "hub": "bench_hub",
 }
 
 

@@ -46,6 +46,7 @@ def test_both_benchmarks_are_registered():
     assert run_all.BENCHMARKS["moe"] == "bench_moe"
     assert run_all.BENCHMARKS["train_step"] == "bench_train_step"
     assert run_all.BENCHMARKS["doctor"] == "bench_doctor"
+    assert run_all.BENCHMARKS["hub"] == "bench_hub"
 
 
 def test_doctor_benchmark_reports_each_loop_plain_and_examined():

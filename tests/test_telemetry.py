@@ -18,7 +18,7 @@ from mahiax.cli import main
 from mahiax.config import tiny
 from mahiax.recording import checkpoint_path, record_bug, record_training
 from mahiax.store import RunReader, RunWriter
-from mahiax.telemetry.probes import Cadence, TrainingProbe
+from mahiax.telemetry.probes import MAX_VIO_WINDOW, Cadence, LoadWindow, TrainingProbe
 from mahiax.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,3 +307,33 @@ def test_probe_snapshot_tensors_are_copies():
     first = keep.tensors[("memory/nodes", 0)].clone()
     trainer.step()
     assert torch.equal(keep.tensors[("memory/nodes", 0)], first)
+
+
+def test_global_max_vio_sums_the_load_of_the_last_steps():
+    """MaxVio of a window's summed load (Wang et al. 2024's global MaxVio, in training):
+    batches each skewed to a different expert are balanced together."""
+    window = LoadWindow(steps=2)
+    assert window.add([4, 0, 0, 0]) == pytest.approx(3.0)  # one batch: all on expert 0
+    assert window.add([0, 4, 0, 0]) == pytest.approx(1.0)  # [4, 4, 0, 0]: max 4 / mean 2
+    assert window.add([0, 4, 0, 0]) == pytest.approx(3.0)  # step 0 left: [0, 8, 0, 0]
+    window = LoadWindow(steps=4)
+    for load in ([4, 0, 0, 0], [0, 4, 0, 0], [0, 0, 4, 0]):
+        window.add(load)
+    assert window.add([0, 0, 0, 4]) == pytest.approx(0.0), "each expert once: balanced"
+    with pytest.raises(ValueError, match=r"steps=0 must be a positive integer"):
+        LoadWindow(steps=0)
+    with pytest.raises(ValueError, match=r"max_vio_window=0 must be a positive integer"):
+        Cadence(max_vio_window=0)
+
+
+def test_recorded_global_max_vio_is_the_max_vio_of_the_summed_load(recorded):
+    store, c = recorded
+    reader = RunReader(store)
+    tpe = reader.vectors("tiny-30", "moe/tokens_per_expert").to_numpy()  # (30, E)
+    scal = reader.scalars("tiny-30", ["moe/max_vio", "moe/max_vio_global"])
+    assert c.max_steps < MAX_VIO_WINDOW, "the window holds every step of this run"
+    for step in (0, 9, 29):
+        summed = tpe[: step + 1].sum(axis=0)
+        assert scal.loc[step, "moe/max_vio_global"] == pytest.approx(
+            summed.max() / summed.mean() - 1)
+    assert scal.loc[0, "moe/max_vio_global"] == pytest.approx(scal.loc[0, "moe/max_vio"])

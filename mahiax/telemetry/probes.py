@@ -15,6 +15,13 @@ Keys written (scalars unless marked; ``<task>`` is each task name):
 ``moe/cv``, ``moe/entropy``,          balance figures of the step's routing (global batch)
 ``moe/max_over_mean``, ``moe/dead``
 ``moe/max_vio``                       MaxVio = max load / mean load - 1 (Wang et al. 2024)
+                                      of this step's batch (the paper's MaxVio_batch)
+``moe/max_vio_global``                MaxVio of the load summed over the last
+                                      ``Cadence.max_vio_window`` steps (50; fewer at the
+                                      start): the training-time stand-in for the paper's
+                                      MaxVio_global, which sums a whole validation set's
+                                      load. Low while max_vio is high: each batch is skewed
+                                      but not always to the same experts
 ``moe/load_min``, ``moe/load_p50``,   percentiles of the E experts' loads, in units of the
 ``moe/load_p90``, ``moe/load_p99``    mean load (1 = balanced; the max is max_over_mean)
 ``moe/dropped``                       tokens dropped (always 0: no capacity limit)
@@ -54,6 +61,7 @@ Keys written (scalars unless marked; ``<task>`` is each task name):
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +71,7 @@ import psutil
 import torch
 
 from mahiax.model import ModelState
+from mahiax.moe import load_percentiles
 from mahiax.telemetry.categories import MemoryCategories
 from mahiax.telemetry.memory_meter import MemoryMeter
 from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture, encode_path
@@ -76,6 +85,10 @@ from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture,
 # ``Cadence(categories_every=1)`` reads every step (lessons, short runs, a big model whose
 # step dwarfs the walk).
 CATEGORIES_EVERY = 10
+
+# Steps whose expert loads ``moe/max_vio_global`` sums: long enough that one skewed batch
+# does not set it, short enough that it follows the router as training moves it.
+MAX_VIO_WINDOW = 50
 
 
 class Logger(Protocol):
@@ -103,15 +116,37 @@ class Cadence:
     #                                        by more than this saves one memory snapshot
     #                                        (None: never)
     spike_history: int = 100_000  # CUDA: allocation events the snapshot's ring buffer keeps
+    max_vio_window: int = MAX_VIO_WINDOW  # steps of expert load summed for global MaxVio
 
     def __post_init__(self) -> None:
-        for name in ("snapshot_every", "categories_every", "memory_every", "spike_history"):
+        for name in ("snapshot_every", "categories_every", "memory_every", "spike_history",
+                     "max_vio_window"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
         v = self.spike_bytes
         if v is not None and (not isinstance(v, int) or v < 1):
             raise ValueError(f"spike_bytes={v!r} must be a positive number of bytes or None")
+
+
+class LoadWindow:
+    """The expert loads of the last ``steps`` steps, and the MaxVio of their sum.
+
+    MaxVio of the summed load is the training-time form of Wang et al. 2024's global MaxVio
+    (their MaxVio_global sums a validation set's load; MaxVio_batch is one batch's):
+    a router that sends each batch to different experts has a high batch MaxVio and a low
+    global one; a router that favours the same experts every step has both high."""
+
+    def __init__(self, steps: int = MAX_VIO_WINDOW):
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps={steps!r} must be a positive integer")
+        self._loads: deque[torch.Tensor] = deque(maxlen=steps)
+
+    def add(self, tokens_per_expert: Sequence[float]) -> float:
+        """Add one step's tokens per expert (E,); return MaxVio of the window's summed load
+        (the steps so far while fewer than ``steps``)."""
+        self._loads.append(torch.as_tensor(tokens_per_expert, dtype=torch.float64))
+        return load_percentiles(torch.stack(tuple(self._loads)).sum(0))["max_vio"]
 
 
 class TrainingProbe:
@@ -133,6 +168,7 @@ class TrainingProbe:
         self._trainer = None
         self._reading: tuple[int, MemoryCategories] | None = None  # (step, after forward)
         self._process = psutil.Process()
+        self._load_window = LoadWindow(self.cadence.max_vio_window)
         if trainer is not None:
             self.attach(trainer)
 
@@ -205,6 +241,7 @@ class TrainingProbe:
             "moe/entropy": load["entropy"],
             "moe/max_over_mean": load["max_over_mean"],
             "moe/max_vio": load["max_vio"],
+            "moe/max_vio_global": self._load_window.add(load["tokens_per_expert"]),
             "moe/dead": load["dead"],
             "moe/load_min": load["load_min"],
             "moe/load_p50": load["load_p50"],

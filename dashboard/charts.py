@@ -82,12 +82,71 @@ def memory_stack(stacked: pd.DataFrame, totals: pd.DataFrame, title: str,
 
 
 def heatmap_over_steps(df: pd.DataFrame, title: str, row_label: str,
-                       colorbar: str = "") -> go.Figure:
-    """Columns as rows of a heatmap over steps (x), e.g. tokens per expert."""
+                       colorbar: str = "", row_colours: list[str] | None = None) -> go.Figure:
+    """Columns as rows of a heatmap over steps (x), e.g. tokens per expert. With
+    ``row_colours``, the first column is the top row and each row's label carries its colour
+    (a square), so a line chart of the same columns in those colours reads beside it."""
     fig = go.Figure(go.Heatmap(z=df.to_numpy().T, x=df.index, y=[str(c) for c in df.columns],
                                colorscale="Viridis", colorbar=dict(title=colorbar)))
     fig.update_layout(title=title, xaxis_title=df.index.name or "step", yaxis_title=row_label,
                       **{**_LAYOUT, "hovermode": "closest"})
+    if row_colours is not None:
+        names = [str(c) for c in df.columns]
+        fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=names,
+                         ticktext=[f'<span style="color:{colour}">■</span> {name}'
+                                   for name, colour in zip(names, row_colours, strict=True)])
+    return fig
+
+
+# one colour per expert, the same on the heatmap's labels, the share and the bias charts
+EXPERT_COLOURS = plotly.colors.qualitative.Dark24
+
+
+def expert_colours(n: int) -> list[str]:
+    """The colours of experts 0 .. n-1 (the palette repeats past 24 experts)."""
+    return [EXPERT_COLOURS[i % len(EXPERT_COLOURS)] for i in range(n)]
+
+
+def coloured_lines(df: pd.DataFrame, title: str, y_title: str, colours: list[str],
+                   stacked: bool = False) -> go.Figure:
+    """One line per column in the given colours, legend in column order (e.g. one per
+    expert); ``stacked`` stacks them as areas (shares)."""
+    fig = stacked_area(df, title, y_title) if stacked else lines(df, title, y_title)
+    for trace, colour in zip(fig.data, colours, strict=True):
+        trace.line.color = colour
+        if stacked:
+            trace.fillcolor = colour
+    fig.update_layout(legend_traceorder="normal")
+    return fig
+
+
+# percentile bands of the expert loads: label -> line style (the band spans min to max)
+_BAND_LINES = {
+    "p99": dict(color="#d62728", width=1.5, dash="dot"),
+    "p90": dict(color="#ff7f0e", width=1.5, dash="dash"),
+    "p50": dict(color="#1f77b4", width=2),
+}
+
+
+def load_band(df: pd.DataFrame, title: str, y_title: str = "") -> go.Figure:
+    """The spread of the expert loads over steps: a shaded band from ``min`` to ``max``,
+    lines for ``p50``, ``p90``, ``p99`` (any of these columns present), and a dashed line at
+    1 (every expert at the mean load)."""
+    fig = go.Figure()
+    band = dict(mode="lines", line=dict(width=0.5, color="rgba(90,90,90,0.6)"),
+                connectgaps=True)
+    if "max" in df:
+        fig.add_trace(go.Scatter(x=df.index, y=df["max"], name="max", **band))
+    if "min" in df:
+        fill = dict(fill="tonexty", fillcolor="rgba(90,90,90,0.15)") if "max" in df else {}
+        fig.add_trace(go.Scatter(x=df.index, y=df["min"], name="min", **band, **fill))
+    for label, style in _BAND_LINES.items():
+        if label in df:
+            fig.add_trace(go.Scatter(x=df.index, y=df[label], name=label, mode="lines",
+                                     line=style, connectgaps=True))
+    fig.add_hline(y=1.0, line_dash="dash", line_color="black", annotation_text="mean load")
+    fig.update_layout(title=title, xaxis_title=df.index.name or "step", yaxis_title=y_title,
+                      **_LAYOUT)
     return fig
 
 

@@ -180,6 +180,24 @@ def expert_shares(tokens: pd.DataFrame) -> pd.DataFrame:
     return tokens.div(total, axis=0)
 
 
+# The expert loads' spread as the probes log it, in units of the mean load: key -> label.
+# The maximum is max / mean itself (MaxVio + 1).
+LOAD_PERCENTILES = {
+    "moe/load_min": "min",
+    "moe/load_p50": "p50",
+    "moe/load_p90": "p90",
+    "moe/load_p99": "p99",
+    "moe/max_over_mean": "max",
+}
+
+
+def renamed(df: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
+    """The columns of ``df`` named in ``labels`` that hold any value, in ``labels``' order,
+    renamed to their labels (e.g. ``moe/load_p50`` -> ``p50``): what a chart's legend shows."""
+    keys = [k for k in labels if k in df.columns and df[k].notna().any()]
+    return df[keys].rename(columns=dict(labels))
+
+
 # Memory by category: the keys the probes and the catalog log (mahiax.telemetry's
 # MemoryCategories.as_metrics), in stacking order, with the name a chart shows.
 MEMORY_CATEGORIES = {

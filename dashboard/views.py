@@ -272,41 +272,82 @@ def training_body(path: str, info: dict) -> None:
                 _chart(lambda key=key: charts.lines(_ds(df[[key]]), key))
 
 
+# MaxVio's two readings as the probes log them: key -> legend label
+MAX_VIO = {"moe/max_vio": "this step's batch", "moe/max_vio_global": "global: last 50 steps"}
+MAX_VIO_TITLE = "MaxVio = max load / mean load − 1 (0 = balanced)"
+BALANCE_WORDS = {  # config balance -> why the run has no selection bias to draw
+    "aux": "balances the load with the auxiliary loss (`balance = aux`, the Switch loss)",
+    "none": "does not balance the load at all (`balance = none`)",
+}
+
+
 def experts_body(path: str, info: dict) -> None:
-    """Tokens per expert over steps, the current load, balance figures, aux and z losses."""
+    """Expert load balance: MaxVio and balance figures, tokens per expert over steps with the
+    selection bias beside it (balance = bias), the loads' percentiles, the share of top-k
+    choices the bias changed, the current load, aux and z losses, dead experts."""
     tokens = data.live_vectors(path, info, "moe/tokens_per_expert")
     if tokens.empty:
         st.info("This run logged no expert routing (`moe/tokens_per_expert`).")
         return
     tokens = tokens.rename(columns=lambda i: f"expert {i}")
+    colours = charts.expert_colours(tokens.shape[1])
+    bias = data.live_vectors(path, info, "moe/bias")
     df = data.live_scalars(path, info)
+    _expert_metrics(df, has_bias=not bias.empty)
     current = tokens.iloc[-1]
     dead = [c for c in tokens.columns if current[c] == 0]
-    cols = st.columns(4)
-    for col, (label, key) in zip(cols, (("CV", "moe/cv"), ("entropy", "moe/entropy"),
-                                        ("max / mean", "moe/max_over_mean"),
-                                        ("dead experts", "moe/dead")), strict=True):
-        value = df[key].dropna().iloc[-1] if _present(df, [key]) else np.nan
-        col.metric(label, "–" if pd.isna(value) else f"{value:.3g}")
     if dead:
         st.warning(f"Dead at step {int(tokens.index[-1])} (no tokens): {', '.join(dead)}")
     view = st.radio("tokens per expert as", ["heatmap", "stacked area (share)"],
                     horizontal=True, key="expert_view")
     shown = _ds(tokens)
-    if view == "heatmap":
-        _chart(lambda: charts.heatmap_over_steps(shown, "Tokens per expert over steps", "expert",
-                                                 "tokens"))
+    left, right = st.columns(2) if not bias.empty else (st.container(), None)
+    with left:
+        if view == "heatmap":
+            _chart(lambda: charts.heatmap_over_steps(
+                shown, "Tokens per expert over steps (tokens routed, per step)", "expert",
+                "tokens", row_colours=colours))
+        else:
+            _chart(lambda: charts.coloured_lines(
+                processing.expert_shares(shown), "Share of tokens per expert (per step)",
+                "share of the step's tokens", colours, stacked=True))
+    if right is not None:
+        with right:
+            trajectories = _ds(bias.rename(columns=lambda i: f"expert {i}"))
+            _chart(lambda: charts.coloured_lines(
+                trajectories, "Selection bias per expert (added to routing scores for top-k "
+                "only)", "bias", colours[: trajectories.shape[1]]))
     else:
-        _chart(lambda: charts.stacked_area(processing.expert_shares(shown),
-                                           "Share of tokens per expert", "share"))
+        balance = (info.get("config") or {}).get("balance")
+        why = BALANCE_WORDS.get(balance, "logged no selection bias (`moe/bias`): it balances "
+                                         "with the auxiliary loss or not at all")
+        st.caption(f"No bias chart: this run {why}, so there is no selection bias. A run "
+                   "with `--balance bias` draws each expert's bias here, beside the heatmap.")
+    left, right = st.columns(2)
+    with left:
+        max_vio = processing.renamed(df, MAX_VIO)
+        if not max_vio.empty:
+            _chart(lambda: charts.lines(_ds(max_vio), MAX_VIO_TITLE, "MaxVio"))
+    with right:
+        spread = processing.renamed(df, processing.LOAD_PERCENTILES)
+        if not spread.empty:
+            _chart(lambda: charts.load_band(
+                _ds(spread), "Expert load percentiles (1 = the mean load)",
+                "load / mean load"))
     left, right = st.columns(2)
     with left:
         _chart(lambda: charts.bars(current, f"Load at step {int(tokens.index[-1])}", "expert",
                                    "tokens", reference=float(current.sum()) / max(1, len(current))))
     with right:
-        keys = _present(df, ["moe/cv", "moe/max_over_mean", "moe/entropy"])
-        if keys:
-            _chart(lambda: charts.lines(_ds(df[keys]), "Balance: CV, max/mean, entropy"))
+        if _present(df, ["moe/bias_flipped"]):
+            _chart(lambda: charts.lines(
+                _ds(df[["moe/bias_flipped"]] * 100).rename(columns={"moe/bias_flipped":
+                                                                    "changed by the bias"}),
+                "Top-k choices the bias changed (% of the step's tokens × k)", "%"))
+        else:
+            keys = _present(df, ["moe/cv", "moe/entropy"])
+            if keys:
+                _chart(lambda: charts.lines(_ds(df[keys]), "Balance: CV and entropy"))
     left, right = st.columns(2)
     with left:
         keys = _present(df, ["moe/aux_loss", "moe/z_loss"])
@@ -315,6 +356,20 @@ def experts_body(path: str, info: dict) -> None:
     with right:
         if _present(df, ["moe/dead"]):
             _chart(lambda: charts.lines(_ds(df[["moe/dead"]]), "Dead experts per step", "experts"))
+
+
+def _expert_metrics(df: pd.DataFrame, has_bias: bool) -> None:
+    """The latest balance figures in a row: MaxVio of the batch and global, CV, entropy,
+    dead experts, and with a bias the share of choices it changed."""
+    shown = [("MaxVio (batch)", "moe/max_vio", "{:.3f}"),
+             ("MaxVio (global, 50 steps)", "moe/max_vio_global", "{:.3f}"),
+             ("CV", "moe/cv", "{:.3g}"), ("entropy", "moe/entropy", "{:.3g}"),
+             ("dead experts", "moe/dead", "{:.0f}")]
+    if has_bias:
+        shown.append(("choices the bias changed", "moe/bias_flipped", "{:.1%}"))
+    for col, (label, key, fmt) in zip(st.columns(len(shown)), shown, strict=True):
+        value = df[key].dropna().iloc[-1] if _present(df, [key]) else np.nan
+        col.metric(label, "–" if pd.isna(value) else fmt.format(value))
 
 
 def memory_nodes_body(path: str, info: dict) -> None:

@@ -108,3 +108,15 @@ def catalog_store(root: Path) -> Path:
     for variant in ("buggy", "summary", "fixed"):
         record_bug("retain-graph", variant, f"retain-graph-{variant}", 8, store=path)
     return path
+
+
+BALANCE_STEPS = 12
+
+
+def balance_store(root: Path) -> Path:
+    """Two runs of the tiny preset trained ``BALANCE_STEPS`` steps: ``bias`` (balance = bias,
+    the selection bias logged every step) and ``aux`` (the auxiliary loss: no bias)."""
+    path = root / "balance.sqlite"
+    for balance in ("bias", "aux"):
+        record_training(tiny().replace(balance=balance), balance, BALANCE_STEPS, store=path)
+    return path

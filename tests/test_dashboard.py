@@ -46,6 +46,7 @@ def stores(tmp_path_factory) -> dict[str, Path]:
         "corrupt": fx.corrupt_store(root),
         "empty": root / "empty" / "mahiax.sqlite",
         "catalog": fx.catalog_store(root),
+        "balance": fx.balance_store(root),
     }
 
 
@@ -169,6 +170,73 @@ def test_memory_nodes_page_shows_tiny_memory_slots(monkeypatch, stores):
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"]
               for c in at.get("plotly_chart")]
     assert any(t.startswith("TinyMemory: cosine similarity of its") for t in titles), titles
+
+
+def plotly_spec(chart) -> dict:
+    return json.loads(chart.proto.spec)
+
+
+def test_experts_page_draws_max_vio_percentiles_and_the_bias(monkeypatch, stores):
+    """A real balance = bias run: MaxVio of the batch and of the last 50 steps, the loads'
+    percentiles, each expert's bias beside the heatmap in the heatmap's colours, the share
+    of choices the bias changed, all equal to what the run logged."""
+    from mahiax.store import RunReader
+    from mahiax.telemetry.probes import MAX_VIO_WINDOW
+
+    at = render(monkeypatch, stores["balance"], "experts", run="bias")
+    assert not at.error
+    reader = RunReader(stores["balance"])
+    scal = reader.scalars("bias")
+    bias = reader.vectors("bias", "moe/bias")  # (steps, E)
+    assert bias.shape == (fx.BALANCE_STEPS, 4), "the tiny preset routes to 4 experts"
+
+    max_vio = chart_series(chart_titled(at, "MaxVio = max load / mean load − 1 (0 = balanced)"))
+    assert list(max_vio) == ["this step's batch", f"global: last {MAX_VIO_WINDOW} steps"]
+    np.testing.assert_allclose(max_vio["this step's batch"], scal["moe/max_vio"])
+    np.testing.assert_allclose(max_vio[f"global: last {MAX_VIO_WINDOW} steps"],
+                               scal["moe/max_vio_global"])
+
+    chart = chart_titled(at, "Selection bias per expert")
+    trajectories = chart_series(chart)
+    assert list(trajectories) == [f"expert {i}" for i in range(4)]
+    for i in range(4):
+        np.testing.assert_allclose(trajectories[f"expert {i}"], bias[i].to_numpy())
+    assert np.abs(bias.to_numpy()[-1]).max() > 0, "the bias moved"
+    heatmap = plotly_spec(chart_titled(at, "Tokens per expert over steps"))
+    labels = heatmap["layout"]["yaxis"]["ticktext"]
+    colours = [t["line"]["color"] for t in plotly_spec(chart)["data"]]
+    assert all(f"color:{c}" in label and label.endswith(f"expert {i}")
+               for i, (c, label) in enumerate(zip(colours, labels, strict=True))), \
+        "each expert's bias line has the colour of its heatmap row"
+    assert heatmap["layout"]["yaxis"]["autorange"] == "reversed", "expert 0 on top, as the legend"
+
+    spread = chart_series(chart_titled(at, "Expert load percentiles (1 = the mean load)"))
+    assert set(spread) == {"min", "p50", "p90", "p99", "max"}
+    for label, key in (("min", "moe/load_min"), ("p50", "moe/load_p50"),
+                       ("p99", "moe/load_p99"), ("max", "moe/max_over_mean")):
+        np.testing.assert_allclose(spread[label], scal[key])
+    assert np.all(spread["min"] <= spread["p50"]) and np.all(spread["p99"] <= spread["max"])
+
+    flipped = chart_series(chart_titled(at, "Top-k choices the bias changed"))
+    np.testing.assert_allclose(flipped["changed by the bias"], 100 * scal["moe/bias_flipped"])
+
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["MaxVio (batch)"] == f"{scal['moe/max_vio'].iloc[-1]:.3f}"
+    assert metrics[f"MaxVio (global, {MAX_VIO_WINDOW} steps)"] == \
+        f"{scal['moe/max_vio_global'].iloc[-1]:.3f}"
+    assert metrics["choices the bias changed"] == f"{scal['moe/bias_flipped'].iloc[-1]:.1%}"
+    assert "No bias chart" not in texts(at.caption)
+
+
+def test_experts_page_of_an_aux_run_says_it_has_no_bias(monkeypatch, stores):
+    at = render(monkeypatch, stores["balance"], "experts", run="aux")
+    assert not at.error
+    titles = [plotly_spec(c)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert not any(t.startswith(("Selection bias", "Top-k choices")) for t in titles), titles
+    assert "No bias chart: this run balances the load with the auxiliary loss " \
+           "(`balance = aux`" in texts(at.caption)
+    assert chart_titled(at, "MaxVio = max load") and chart_titled(at, "Expert load percentiles")
+    assert "choices the bias changed" not in [m.label for m in at.metric]
 
 
 @pytest.mark.parametrize("page", ALL_PAGES)

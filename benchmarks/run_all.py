@@ -22,6 +22,7 @@ OUT = Path(__file__).parent / "results"
 BENCHMARKS: dict[str, str] = {
     "telemetry": "bench_telemetry",
     "moe": "bench_moe",
+    "moe_matrix": "bench_moe_matrix",
     "train_step": "bench_train_step",
     "dashboard": "bench_dashboard",
     "lessons": "bench_lessons",

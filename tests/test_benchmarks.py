@@ -4,11 +4,21 @@ live in the benchmarks' own ``met`` flags, measured by ``make bench``."""
 
 from __future__ import annotations
 
+import json
+
 import nbformat
 import pytest
 import torch
+import torch.nn.functional as F
 
-from benchmarks import bench_doctor, bench_lessons, bench_moe, bench_train_step, run_all
+from benchmarks import (
+    bench_doctor,
+    bench_lessons,
+    bench_moe,
+    bench_moe_matrix,
+    bench_train_step,
+    run_all,
+)
 from benchmarks.bench_moe import FLOOR, OURS, PER_TOKEN, Size
 from mahiax.config import tiny
 from mahiax.moe import ExpertRouter
@@ -219,3 +229,134 @@ def test_lessons_benchmark_reports_a_lesson_that_raises_as_not_met(lesson_result
 def test_lessons_benchmark_refuses_an_unknown_lesson(tmp_path):
     with pytest.raises(ValueError, match="no notebook for 99_nothing"):
         bench_lessons.run(["99_nothing"], notebooks=tmp_path, warm_up=False)
+
+
+# --- the MoE matrix under forced routings (issue 16) -------------------------------------
+
+TINY_SHAPE = bench_moe_matrix.Shape("tiny", d_model=8, hidden=12, experts=4, top_k=2, seq=16)
+
+
+def test_moe_matrix_is_registered_right_after_moe():
+    names = list(run_all.BENCHMARKS)
+    assert run_all.BENCHMARKS["moe_matrix"] == "bench_moe_matrix"
+    assert names.index("moe_matrix") == names.index("moe") + 1
+
+
+@pytest.mark.parametrize("routing", bench_moe_matrix.ROUTINGS)
+def test_forced_routing_has_the_promised_shape(routing):
+    n, e, k, seq = 4096, 8, 2, 32
+    ids, w = bench_moe_matrix.forced_routing(routing, n, e, k, seq)
+    assert ids.shape == w.shape == (n, k) and ids.dtype == torch.int64
+    assert (ids[:, 0] != ids[:, 1]).all(), "a token's experts are distinct"
+    torch.testing.assert_close(w.sum(-1), torch.ones(n))
+    assert (w[:, 0] > w[:, 1]).all(), "slot 0 is the first choice"
+    counts = torch.bincount(ids.reshape(-1), minlength=e)
+    if routing == "one-hot":
+        assert (ids[:, 0] == bench_moe_matrix.HOT).all()
+    elif routing == "rotating":
+        assert torch.equal(ids[:, 0], (torch.arange(n) // seq) % e)
+    elif routing == "zipf":  # popularity ~ 1/rank^s: expert 0 first, the last expert least
+        assert counts.argmax() == 0 and counts.argmin() == e - 1
+    else:
+        assert counts.min() > 0.8 * counts.float().mean()
+
+
+@pytest.mark.parametrize("routing", bench_moe_matrix.ROUTINGS)
+def test_forced_routing_reaches_every_arm_identically(routing):
+    """Every arm routes exactly the forced ids with the forced weights: ours counts the
+    forced load, its output is the hand-computed mixture, and Mixtral's blocks agree with
+    it on the output and on the gradients of the input and of the router weight."""
+    size = TINY_SHAPE.size(64)
+    ids, w = bench_moe_matrix.forced_routing(routing, 64, 4, 2, TINY_SHAPE.seq)
+    arms, blocks = bench_moe_matrix.build_forced_arms(size, ids, w)
+    for arm in arms.values():
+        arm()
+    moe = blocks[OURS]
+    for name, block in blocks.items():
+        router = block.router if name == OURS else block.gate
+        assert torch.equal(router.last_ids, ids), name
+    assert torch.equal(moe.tokens_per_expert, torch.bincount(ids.reshape(-1), minlength=4).float())
+    x = arms[OURS].x.detach().reshape(-1, 8)  # (N, D)
+    ex = moe.experts
+    expected = torch.zeros_like(x)
+    for slot in range(2):
+        e = ids[:, slot]
+        h = F.silu(torch.bmm(x[:, None], ex.w_gate[e])) * torch.bmm(x[:, None], ex.w_up[e])
+        expected += w[:, slot, None] * torch.bmm(h, ex.w_down[e])[:, 0]
+    torch.testing.assert_close(arms[OURS].out.reshape(-1, 8), expected.detach(), atol=1e-5,
+                               rtol=1e-5)
+    for name in (bench_moe.MIXTRAL, bench_moe.MIXTRAL_GROUPED):
+        torch.testing.assert_close(arms[name].out, arms[OURS].out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(arms[name].x.grad, arms[OURS].x.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(blocks[name].gate.weight.grad, moe.router.weight.grad,
+                                   atol=1e-5, rtol=1e-5)
+    assert moe.router.weight.grad.abs().sum() > 0, "the router weight still learns"
+
+
+def test_peak_bytes_counts_what_each_call_holds_at_its_highest():
+    kept: list[torch.Tensor] = []
+
+    def transient() -> None:  # 8 KiB, then 16 KiB at once, nothing kept
+        t = torch.ones(2048)
+        u = t + 1
+        del t, u
+
+    found = bench_moe_matrix.peak_bytes({"keep": lambda: kept.append(torch.ones(1024)),
+                                         "transient": transient, "free": kept.clear})
+    assert found["keep"] == 4096
+    assert 16384 <= found["transient"] < 16384 + 64
+    assert found["free"] == 0
+
+
+def test_crossovers_on_a_hand_made_table():
+    table = {64: {OURS: 2.0, bench_moe.MIXTRAL: 1.5, FLOOR: 1.0},
+             256: {OURS: 1.5, bench_moe.MIXTRAL: 1.52, FLOOR: 1.0},
+             1024: {OURS: 1.2, bench_moe.MIXTRAL: 1.6, FLOOR: 1.0},
+             4096: {OURS: 1.1, bench_moe.MIXTRAL: 1.5, FLOOR: 1.0}}
+    found = bench_moe_matrix.crossovers(table, tie=0.05)
+    assert found["ranking"][64] == [FLOOR, bench_moe.MIXTRAL, OURS]
+    assert found["ranking"][256] == [FLOOR, OURS, bench_moe.MIXTRAL]
+    assert found["ranking_changes"] == [256]
+    pair = found["pairs"][f"{OURS} vs {bench_moe.MIXTRAL}"]
+    assert pair["verdicts"] == {64: bench_moe.MIXTRAL, 256: "tie", 1024: OURS, 4096: OURS}
+    assert pair["points"] == [256, 1024]
+    assert pair["sentence"] == (f"{OURS} vs {bench_moe.MIXTRAL}: {bench_moe.MIXTRAL} faster at "
+                                f"64 tokens; within 5% at 256 tokens; {OURS} faster from 1024 "
+                                "tokens on.")
+    floor = found["pairs"][f"{OURS} vs {FLOOR}"]
+    assert floor["points"] == []
+    assert floor["sentence"] == f"{FLOOR} is faster than {OURS} at every size (64-4096 tokens)."
+
+
+@pytest.fixture(scope="module")
+def matrix_result() -> dict:
+    return bench_moe_matrix.run(shapes=(TINY_SHAPE,), tokens=(32, 64), rounds={32: 1, 64: 2})
+
+
+def test_moe_matrix_result_has_every_routing_arm_and_size(matrix_result):
+    json.dumps(matrix_result)  # what run_all writes
+    routings = matrix_result["shapes"]["tiny"]["routings"]
+    assert list(routings) == list(bench_moe_matrix.ROUTINGS) and matrix_result["met"]
+    for r in routings.values():
+        assert list(r["cells"]) == ["32", "64"]
+        for c in r["cells"].values():
+            assert c["same_ids"] and not c["failed"]
+            assert set(c["arms"]) == set(bench_moe_matrix.ARMS)
+            for name, a in c["arms"].items():
+                assert a["ms"]["min"] <= a["ms"]["median"] <= a["ms"]["max"]
+                assert a["peak_mib"] > 0, name
+                if name not in (OURS, FLOOR):
+                    diff = a["max_abs_diff_vs_ours"]
+                    assert diff["output"] <= 1e-5 and diff["input_grad"] <= 1e-5, name
+        assert set(r["crossovers"]["ranking"]) == {"32", "64"}
+
+
+def test_moe_matrix_markdown_prints_every_routing_and_its_crossovers(matrix_result):
+    text = bench_moe_matrix.markdown(matrix_result)
+    assert text.startswith("### MoE layer under forced routings")
+    assert "Machine: " in text
+    for routing in bench_moe_matrix.ROUTINGS:
+        assert f"**{TINY_SHAPE.label()}, {routing} routing**" in text
+    assert text.count("- Ranking at 32 tokens (fastest first): ") == 4
+    assert text.count(f"{OURS} vs {bench_moe.MIXTRAL}") + text.count(
+        f"than {OURS}") + text.count(f"{OURS} is faster") >= 4

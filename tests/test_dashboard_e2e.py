@@ -1,11 +1,12 @@
 """End to end: the real dashboard (``streamlit run dashboard``) in a real headless Chromium.
 
-A store holds a finished tiny run, and a child process trains a ``live`` run into the same
-store during the test. The test opens every page through the sidebar navigation, checks each
-draws Plotly charts without a Streamlit exception (the Memory page: the memory categories
-stacked, labelled CPU), checks the Training page's "last step N"
-grows while the live run trains, opens the Bug lab on two recorded variants of
-``retain-graph`` (their overlays and memory by category), and saves a screenshot of every page to
+A store holds a finished tiny run, and a child process trains a ``live`` run (``--balance
+bias``) into the same store during the test. The test opens every page through the sidebar
+navigation, checks each draws Plotly charts without a Streamlit exception (the Memory page:
+the memory categories stacked, labelled CPU), checks the Training page's "last step N" grows
+while the live run trains and the Expert load balance page's MaxVio and selection-bias charts
+gain steps, opens the Bug lab on two recorded variants of ``retain-graph`` (their overlays
+and memory by category), and saves a screenshot of every page to
 ``test-artifacts/dashboard/``. Every page opens at its own address, and the toolbar has no
 Deploy button.
 
@@ -80,12 +81,14 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def live_run(store, server, tmp_path_factory):
-    """``python -m mahiax train ... --run live`` writing into ``store``; stopped at the end.
-    Started only once the dashboard is up: 2000 tiny steps take only about half a minute."""
+    """``python -m mahiax train ... --balance bias --run live`` writing into ``store``;
+    stopped by the test once its live checks are done (10,000 steps: it must still train
+    then, and 2000 tiny steps take only about half a minute). Started only once the
+    dashboard is up."""
     log = open(tmp_path_factory.mktemp("e2e_logs") / "live.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps", "2000",
-         "--run", "live", "--store", str(store), "--no-progress"],
+        [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps", "10000",
+         "--balance", "bias", "--run", "live", "--store", str(store), "--no-progress"],
         cwd=ROOT, env=_child_env(store), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -166,6 +169,45 @@ def _last_step(pg) -> int:
     return int(m.group(1))
 
 
+# (title, trace names, and the last x of each trace) of every drawn chart whose title
+# starts with the argument, read from the Plotly graph divs' own data
+# (Streamlit's theme wraps a title in <b> tags: the text is compared without tags; the
+# x values are read from _fullData, where Plotly has decoded the base64 arrays it was sent)
+_TRACES_JS = """(prefix) => Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .filter(el => ((el.layout && el.layout.title && el.layout.title.text) || '')
+                  .replace(/<[^>]*>/g, '').startsWith(prefix))
+    .map(el => el._fullData.map(d => [d.name, d.x && d.x.length
+                                                ? Number(d.x[d.x.length - 1]) : null]))"""
+
+
+def _last_x(pg, prefix: str) -> dict[str, float]:
+    """trace name -> its newest step, of the chart titled ``prefix``... (while a live page
+    redraws, the browser may briefly hold the chart twice, as drawn before and after the
+    newest steps: the newest figure is kept)"""
+    found = pg.evaluate(_TRACES_JS, prefix)
+    assert found, f"no chart titled {prefix!r}"
+    assert all(x is not None for chart in found for _, x in chart), found
+    return dict(max(found, key=lambda chart: [x for _, x in chart]))
+
+
+def _charts_gain_steps(pg, prefixes: tuple[str, ...], timeout_s: float = 20) -> None:
+    """Each chart titled by one of ``prefixes`` has traces, and every trace's newest step
+    grows while the live run trains (a hang guard only bounds the wait)."""
+    for prefix in prefixes:
+        title = pg.locator(".js-plotly-plot .gtitle").filter(has_text=prefix).first
+        title.scroll_into_view_if_needed()
+        expect(title).to_be_visible()
+    first = {p: _last_x(pg, p) for p in prefixes}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = {p: _last_x(pg, p) for p in prefixes}
+        if all(now[p].keys() == first[p].keys() and
+               all(now[p][k] > first[p][k] for k in first[p]) for p in prefixes):
+            return
+        assert time.monotonic() < deadline, f"charts did not gain steps: {first} -> {now}"
+        pg.wait_for_timeout(500)
+
+
 def _select_run(pg, name: str) -> None:
     box = pg.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Run")
     box.click()
@@ -192,6 +234,16 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
     assert latest > first, f"last step stayed at {first} for 15 s while the run trained"
     assert page.locator(EXCEPTION).count() == 0, "live Training: Streamlit exception shown"
     page.screenshot(path=str(ARTIFACTS / "live-training.png"))
+
+    # the run balances with the bias: MaxVio and each expert's bias gain steps, live
+    _open(page, "Expert load balance")
+    _charts_gain_steps(page, ("MaxVio = max load / mean load", "Selection bias per expert"))
+    bias = _last_x(page, "Selection bias per expert")
+    assert list(bias) == [f"expert {i}" for i in range(4)], "one line per expert of tiny"
+    assert list(_last_x(page, "MaxVio = max load / mean load")) == \
+        ["this step's batch", "global: last 50 steps"]
+    assert page.locator(EXCEPTION).count() == 0, "live Expert load balance: exception shown"
+    page.screenshot(path=str(ARTIFACTS / "live-experts.png"), full_page=True)
     # stop training now: on a small machine (2 cores) the trainer, the server and Chromium
     # redrawing every 2 s together starve the browser, and clicks then time out
     stop(live_run)

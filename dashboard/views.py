@@ -327,7 +327,17 @@ def experts_body(path: str, info: dict) -> None:
     with left:
         max_vio = processing.renamed(df, MAX_VIO)
         if not max_vio.empty:
-            _chart(lambda: charts.lines(_ds(max_vio), MAX_VIO_TITLE, "MaxVio"))
+            def max_vio_chart() -> go.Figure:
+                fig = charts.lines(_ds(max_vio), MAX_VIO_TITLE, "MaxVio")
+                # the noisy per-batch figure thin and light, the windowed one bold over it
+                batch, window = MAX_VIO.values()
+                fig.update_traces(selector=dict(name=batch), line=dict(width=1,
+                                                                       color="#9ecae1"))
+                fig.update_traces(selector=dict(name=window), line=dict(width=2.5,
+                                                                        color="#d62728"))
+                return fig
+
+            _chart(max_vio_chart)
     with right:
         spread = processing.renamed(df, processing.LOAD_PERCENTILES)
         if not spread.empty:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, processing, runs, slots, verdict_jobs, watch
+from dashboard import charts, data, processing, runs, slots, verdict_jobs, verdict_runs, watch
 from dashboard.state import INTERVAL_KEY, LIVE_KEY, STORE_KEY
 from mahiax.store import StoreError
 
@@ -189,6 +189,8 @@ def _show_verdict(job: verdict_jobs.VerdictJob, steps: int) -> None:
     show(f"**Verdict on the summary's fix: {job.label}** (measured by `python -m mahiax bugs "
          f"verdict {job.entry_id}` over {steps} steps per variant, at {when} on torch "
          f"{job.torch_version}). {job.reason}")
+    if verdict_runs.has_series(job.figures):  # e.g. router-collapse: its runs side by side
+        verdict_runs.show(job.entry_id, job.measured_at, job.figures, VARIANT_LABELS)
 
 
 def _comparison(path: str, entry_id: str) -> None:

@@ -82,12 +82,15 @@ def memory_stack(stacked: pd.DataFrame, totals: pd.DataFrame, title: str,
 
 
 def heatmap_over_steps(df: pd.DataFrame, title: str, row_label: str,
-                       colorbar: str = "", row_colours: list[str] | None = None) -> go.Figure:
+                       colorbar: str = "", row_colours: list[str] | None = None,
+                       zmax: float | None = None) -> go.Figure:
     """Columns as rows of a heatmap over steps (x), e.g. tokens per expert. With
     ``row_colours``, the first column is the top row and each row's label carries its colour
-    (a square), so a line chart of the same columns in those colours reads beside it."""
+    (a square), so a line chart of the same columns in those colours reads beside it.
+    ``zmax`` fixes the colour range to 0..zmax, so heatmaps of several runs compare by eye."""
+    scale = {} if zmax is None else dict(zmin=0.0, zmax=zmax)
     fig = go.Figure(go.Heatmap(z=df.to_numpy().T, x=df.index, y=[str(c) for c in df.columns],
-                               colorscale="Viridis", colorbar=dict(title=colorbar)))
+                               colorscale="Viridis", colorbar=dict(title=colorbar), **scale))
     fig.update_layout(title=title, xaxis_title=df.index.name or "step", yaxis_title=row_label,
                       **{**_LAYOUT, "hovermode": "closest"})
     if row_colours is not None:

@@ -198,6 +198,21 @@ def renamed(df: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
     return df[keys].rename(columns=dict(labels))
 
 
+def per_step(values: list, name: str) -> pd.DataFrame:
+    """A series measured once a step as a frame indexed by step (0, 1, ...): a list of
+    numbers gives one column ``name``; a list of equal-length lists (a vector a step, e.g.
+    tokens per expert) gives columns ``<name> 0``, ``<name> 1``, ..."""
+    table = np.asarray(values, dtype=np.float64)
+    index = pd.RangeIndex(len(table), name="step")
+    if table.ndim == 1:
+        return pd.DataFrame({name: table}, index=index)
+    if table.ndim != 2:
+        raise ValueError(f"{name}: expected numbers or vectors per step, got shape "
+                         f"{table.shape}")
+    return pd.DataFrame(table, index=index,
+                        columns=[f"{name} {i}" for i in range(table.shape[1])])
+
+
 # Memory by category: the keys the probes and the catalog log (mahiax.telemetry's
 # MemoryCategories.as_metrics), in stacking order, with the name a chart shows.
 MEMORY_CATEGORIES = {

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dashboard import slots
@@ -50,6 +50,8 @@ class VerdictJob:
     error: str | None = None  # set when the measurement failed
     measured_at: float | None = None  # time.time() when the verdict was read
     torch_version: str | None = None  # the torch that measured it
+    # variant -> its outcome's entry-specific figures (Outcome.figures), as measured
+    figures: dict[str, dict] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -129,6 +131,8 @@ def _poll(job: VerdictJob) -> None:
             result = json.loads(job.out.read_text())
             job.label, job.reason = str(result["verdict"]), str(result["reason"])
             job.torch_version = str(result.get("torch") or _torch_version())
+            job.figures = {str(v): dict(o.get("figures") or {})
+                           for v, o in (result.get("outcomes") or {}).items()}
             job.measured_at = time.time()
         except (OSError, ValueError, KeyError, TypeError) as e:
             job.error = f"the measuring process wrote no verdict ({type(e).__name__}: " \

@@ -21,7 +21,7 @@ pytest.importorskip("plotly")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from dashboard import bug_lab, data, processing, runs, verdict_jobs  # noqa: E402
+from dashboard import bug_lab, data, processing, runs, verdict_jobs, verdict_runs  # noqa: E402
 from dashboard.state import PAGE_KEY, RUN_KEY  # noqa: E402
 from dashboard.views import BUG_LAB, PAGES  # noqa: E402
 from mahiax.units import MIB  # noqa: E402
@@ -388,6 +388,58 @@ def test_bug_lab_empty_and_corrupt_store(monkeypatch, stores):
     assert "Verdict on the summary's fix: wrong-diagnosis" in texts(at.warning)
     at = render_lab(monkeypatch, stores["corrupt"], entry="expert-index")
     assert "not a MAHIA-X run store" in texts(at.error)
+
+
+def plotly_array(value) -> np.ndarray:
+    """A Plotly array as sent to the page (a list, or base64-packed with dtype and shape)."""
+    if isinstance(value, dict):
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")  # "rows, cols"
+        return flat if shape is None else flat.reshape([int(n) for n in str(shape).split(",")])
+    return np.asarray(value, dtype=float)
+
+
+def test_bug_lab_shows_the_router_collapse_runs_side_by_side(monkeypatch, tmp_path):
+    """router-collapse's verdict measured for real, in its own process as the page does:
+    the three runs (balance none / aux / bias) side by side, each with its tail figures and
+    its tokens per expert, the bias of the bias run, and MaxVio, dead experts and task loss
+    overlaid: the figures the verdict measured."""
+    at = render_lab(monkeypatch, tmp_path / "mahiax.sqlite", entry="router-collapse")
+    job = wait_for_verdict("router-collapse")
+    assert job.error is None and job.reason in texts(at.success) + texts(at.warning)
+    figures, variants = job.figures, list(bug_lab.VARIANT_LABELS)
+    balances = {"buggy": "none", "summary": "aux", "fixed": "bias"}
+    assert {v: figures[v]["balance"] for v in variants} == balances
+    shown = texts(at.markdown)
+    for v in variants:
+        assert f"**{v}** · {bug_lab.VARIANT_LABELS[v]} · balance `{balances[v]}`" in shown
+    assert f"means over the last {figures['fixed']['tail_steps']} steps" in shown
+
+    metrics = [(m.label, m.value) for m in at.metric]
+    expected = [(label, fmt.format(figures[v]["tail"][key])) for v in variants
+                for key, (label, fmt) in verdict_runs.TAIL_LABELS.items()]
+    assert metrics == expected, "each run's tail figures, column by column"
+
+    heatmaps = [plotly_spec(chart_titled(at, f"Tokens per expert · {v}"))["data"][0]
+                for v in variants]
+    for v, heatmap in zip(variants, heatmaps, strict=True):
+        z = plotly_array(heatmap["z"])  # (E, steps)
+        np.testing.assert_allclose(z.T, figures[v]["series"]["tokens_per_expert"])
+    assert len({h["zmax"] for h in heatmaps}) == 1, "the three heatmaps share a colour range"
+
+    bias = chart_series(chart_titled(at, "Selection bias per expert · fixed"))
+    measured = np.asarray(figures["fixed"]["series"]["bias"])  # (steps, E)
+    assert list(bias) == [f"expert {i}" for i in range(measured.shape[1])]
+    for i in range(measured.shape[1]):
+        np.testing.assert_allclose(bias[f"expert {i}"], measured[:, i])
+    assert texts(at.caption).count("No selection bias per expert: not measured") == 2, \
+        "balance none and aux have no bias"
+
+    for key in ("max_vio", "dead", "task_loss"):
+        overlay = chart_series(chart_titled(at, verdict_runs.SERIES_LABELS[key][0]))
+        assert list(overlay) == variants
+        for v in variants:
+            np.testing.assert_allclose(overlay[v], figures[v]["series"][key])
 
 
 def _recording(calls: list[str], name: str, fn):

@@ -1,5 +1,8 @@
 """The MoE layer under forced routings, 64 to 16,384 tokens: ours, Mixtral's block, the floor.
 
+``python -m benchmarks.run_all --only moe_matrix`` (part of ``make bench``); on a GPU,
+``benchmarks/gpu_check.py``'s ``moe_matrix`` section calls :func:`run` with ``device``.
+
 Shape legend: N tokens (B * T), D ``d_model``, E ``num_experts``, K ``top_k``, H
 ``expert_hidden``.
 
@@ -28,9 +31,13 @@ routing rule both blocks use (float32 softmax, top-k, renormalise) turns them in
 the forced ids and weights. The rest of each block's forward runs as is; the router weight
 still gets its gradient.
 
-Time: per cell (routing, N), one process builds the arms, and in each round every arm runs
-once, in an order rotated round by round (:func:`benchmarks.bench_moe.interleaved`); ratios
-to the floor are paired within a round; median and min-max over rounds.
+Shapes (:data:`PLAN`): the teaching layer (D=64, H=128, E=8, K=2) at 64 to 16,384 tokens and
+the medium one (D=256, H=512) at 64 to 4,096 tokens.
+
+Time: per cell (shape, routing, N), the arms are built afresh, and in each round every arm
+runs once, in an order rotated round by round (:func:`benchmarks.bench_moe.interleaved`);
+ratios to the floor are paired within a round; median and min-max over rounds. On the CPU
+with one intra-op thread by default (see :func:`run`); on CUDA each call is synchronised.
 
 Peak memory of one forward + backward, per arm: the bytes the call allocates beyond what was
 live before it, at their highest point. On CUDA that is ``torch.cuda.max_memory_allocated``
@@ -61,9 +68,6 @@ from mahiax.moe import MixtureOfExperts, RouterOutput, load_percentiles
 ROUTINGS = ("uniform", "zipf", "one-hot", "rotating")
 ZIPF_S = 1.2  # expert popularity ~ 1 / rank**ZIPF_S
 ARMS = (bm.OURS, bm.MIXTRAL, bm.MIXTRAL_GROUPED, bm.FLOOR)
-TOKENS = (64, 256, 1024, 4096, 16384)
-# rounds per token count: ~3.5 minutes for the whole matrix on this lab's loaded 2-core CPU
-ROUNDS = {64: 12, 256: 12, 1024: 8, 4096: 5, 16384: 3}
 TIE = 0.05  # two arms within 5% of each other: neither is called faster
 HOT = 0  # the one-hot routing's expert
 
@@ -91,6 +95,14 @@ class Shape:
 
 
 TEACHING = Shape("teaching", d_model=64, hidden=128, experts=8, top_k=2, seq=32)
+MEDIUM = Shape("medium", d_model=256, hidden=512, experts=8, top_k=2, seq=64)
+# shape -> {tokens: rounds}. Fewer rounds where a call is long; the medium shape stops at
+# 4,096 tokens (16,384 would take ~80 s per routing at one thread). About 3 minutes in all
+# on this lab's 2-core CPU while other work shares it.
+PLAN: dict[Shape, dict[int, int]] = {
+    TEACHING: {64: 30, 256: 30, 1024: 12, 4096: 6, 16384: 3},
+    MEDIUM: {64: 20, 256: 12, 1024: 6, 4096: 3},
+}
 
 
 # --- the forced routings ---------------------------------------------------------------
@@ -301,7 +313,11 @@ def measure_cell(shape: Shape, routing: str, tokens: int, rounds: int,
     same_ids = all(torch.equal(r.last_ids.cpu(), ids) for r in routed.values())
     agree = bm.agreement(arms) if bm.OURS in arms else {}
     times = bm.interleaved({n: _synced(a, device) for n, a in arms.items()}, rounds)
+    ours = arms.get(bm.OURS)
+    scale = {} if ours is None else {"output": float(ours.out.abs().max()),
+                                     "input_grad": float(ours.x.grad.abs().max())}
     cell: dict = {"tokens": tokens, "rounds": rounds, "same_ids": same_ids,
+                  "ours_scale": scale,
                   "load": load_percentiles(torch.bincount(ids.reshape(-1),
                                                           minlength=shape.experts)),
                   "failed": failed, "arms": {}}
@@ -387,31 +403,41 @@ def _sentence(a: str, b: str, counts: list[int], verdicts: list[str], tie: float
     return f"{a} vs {b}: " + "; ".join(parts) + "."
 
 
-def run(device: str | torch.device = "cpu", shapes: tuple[Shape, ...] = (TEACHING,),
-        tokens: tuple[int, ...] = TOKENS, rounds: dict[int, int] | None = None,
-        routings: tuple[str, ...] = ROUTINGS, names: tuple[str, ...] = ARMS) -> dict:
-    """The matrix: every shape x routing x token count; crossovers per shape and routing.
+def run(device: str | torch.device = "cpu", plan: dict[Shape, dict[int, int]] | None = None,
+        routings: tuple[str, ...] = ROUTINGS, names: tuple[str, ...] = ARMS,
+        threads: int | None = 1) -> dict:
+    """The matrix: every shape x routing x token count of ``plan`` ({shape: {tokens:
+    rounds}}, default :data:`PLAN`); crossovers per shape and routing.
 
-    No goal is set for the matrix (issue 16 asks for the figures): ``met`` is True.
+    ``threads``: intra-op threads on the CPU for the run (restored after; None: leave as is).
+    One by default: on this lab's shared 2-core machine a second thread mostly spin-waits for
+    a core (a first run at 2 threads spread the paired ratios over 0.02-245x). No goal is set
+    for the matrix (issue 16 asks for the figures): ``met`` is True.
     """
     from benchmarks.run_all import machine
 
     device = torch.device(device)
-    rounds = {**ROUNDS, **(rounds or {})}
-    result: dict = {"name": "MoE layer under forced routings", "machine": machine(),
-                    "device": str(device), "threads": torch.get_num_threads(),
-                    "zipf_s": ZIPF_S, "tie": TIE, "memory": _MEMORY[device.type],
-                    "shapes": {}, "met": True}
-    for shape in shapes:
-        per_routing: dict = {}
-        for routing in routings:
-            cells = {n: measure_cell(shape, routing, n, rounds[n], device, names)
-                     for n in tokens}
-            table = {n: {a: _rank_value(c["arms"][a]) for a in c["arms"]}
-                     for n, c in cells.items()}
-            per_routing[routing] = {"cells": {str(n): c for n, c in cells.items()},
-                                    "crossovers": _jsonable(crossovers(table))}
-        result["shapes"][shape.name] = {"label": shape.label(), "routings": per_routing}
+    plan = plan or PLAN
+    before = torch.get_num_threads()
+    if device.type == "cpu" and threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        result: dict = {"name": "MoE layer under forced routings", "machine": machine(),
+                        "device": str(device), "threads": torch.get_num_threads(),
+                        "zipf_s": ZIPF_S, "tie": TIE, "memory": _MEMORY[device.type],
+                        "shapes": {}, "met": True}
+        for shape, rounds in plan.items():
+            per_routing: dict = {}
+            for routing in routings:
+                cells = {n: measure_cell(shape, routing, n, r, device, names)
+                         for n, r in rounds.items()}
+                table = {n: {a: _rank_value(c["arms"][a]) for a in c["arms"]}
+                         for n, c in cells.items()}
+                per_routing[routing] = {"cells": {str(n): c for n, c in cells.items()},
+                                        "crossovers": _jsonable(crossovers(table))}
+            result["shapes"][shape.name] = {"label": shape.label(), "routings": per_routing}
+    finally:
+        torch.set_num_threads(before)
     return result
 
 
@@ -434,9 +460,10 @@ _MEMORY = {
 
 def markdown(result: dict) -> str:
     """One table per shape and routing, then its crossover sentences."""
+    threads = f"{result['threads']} intra-op thread" + ("" if result["threads"] == 1 else "s")
     lines = ["### MoE layer under forced routings (forward + backward)", "",
-             f"Machine: {result['machine']}; device {result['device']}, "
-             f"{result['threads']} threads. float32, train mode. Every arm routes the same "
+             f"Machine: {result['machine']}; device {result['device']}, {threads}. "
+             "float32, train mode. Every arm routes the same "
              f"forced ids and weights (zipf: popularity ~ 1/rank^{result['zipf_s']}; one-hot: "
              "every first choice expert 0; rotating: the first choice moves every sequence). "
              "Ratios to the floor are paired within each round (median, min-max). "

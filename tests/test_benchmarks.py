@@ -206,7 +206,6 @@ def test_lessons_benchmark_is_registered():
     assert run_all.BENCHMARKS["lessons"] == "bench_lessons"
 
 
-@pytest.mark.xdist_group("heavy")
 def test_lessons_benchmark_times_every_code_cell_and_judges_the_goal(lesson_result):
     ok = lesson_result["lessons"]["ok"]
     assert ok["error"] is None  # the tagged cell's error is expected, as in a lesson
@@ -216,7 +215,6 @@ def test_lessons_benchmark_times_every_code_cell_and_judges_the_goal(lesson_resu
     assert lesson_result["met"] == all(r["met"] for r in lesson_result["lessons"].values())
 
 
-@pytest.mark.xdist_group("heavy")
 def test_lessons_benchmark_reports_a_lesson_that_raises_as_not_met(lesson_result):
     broken = lesson_result["lessons"]["broken"]
     assert broken["error"]["cell"] == 1 and "KeyError" in broken["error"]["message"]
@@ -330,7 +328,7 @@ def test_crossovers_on_a_hand_made_table():
 
 @pytest.fixture(scope="module")
 def matrix_result() -> dict:
-    return bench_moe_matrix.run(shapes=(TINY_SHAPE,), tokens=(32, 64), rounds={32: 1, 64: 2})
+    return bench_moe_matrix.run(plan={TINY_SHAPE: {32: 1, 64: 2}})
 
 
 def test_moe_matrix_result_has_every_routing_arm_and_size(matrix_result):

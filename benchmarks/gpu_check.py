@@ -13,6 +13,8 @@
 6. ``lessons``: lessons 05 and 08 run top to bottom on the GPU machine (nbclient);
 7. ``moe``: the MoE benchmark's arms (ours, Mixtral's block, the summary's loop, the floor)
    on the GPU, timed with CUDA synchronisation;
+   ``moe_matrix``: the same arms (ours, Mixtral's block, the floor) under four forced
+   routings, 64 to 16,384 tokens, with peak memory (``benchmarks/bench_moe_matrix.py``);
 8. ``screenshot``: the dashboard's Memory page on the CUDA run in headless Chromium, where
    Streamlit, Playwright and Chromium are installed; elsewhere a second step does it:
    ``python -m benchmarks.gpu_check --screenshot-from DIR/gpu-runs.sqlite``.
@@ -55,7 +57,8 @@ SCREENSHOT = "gpu-memory-page.png"
 LESSONS = ("05_memory_meter", "08_amp_and_clipping")
 TOLERANCE = 0.05  # categories against the allocator
 AMP_RUNS = ("fp16", "bf16")
-SECTIONS = ("amp", "spike", "meter", "store", "catalog", "lessons", "moe", "screenshot")
+SECTIONS = ("amp", "spike", "meter", "store", "catalog", "lessons", "moe", "moe_matrix",
+            "screenshot")
 
 
 def log(message: str) -> None:
@@ -790,6 +793,30 @@ def moe_section(ctx: Context, s: Section) -> None:
             s.data[size.name]["mixtral_over_ours"] = fig[bm.MIXTRAL]["over_ours"]
 
 
+# --- 7b. the MoE matrix under forced routings on the GPU ------------------------------------
+
+
+def moe_matrix_section(ctx: Context, s: Section) -> None:
+    from benchmarks import bench_moe_matrix as mm
+
+    rounds = 2 if ctx.quick else 10
+    tokens = (64, 256) if ctx.quick else (64, 256, 1024, 4096, 16384)
+    plan = {mm.TEACHING: dict.fromkeys(tokens, rounds)}
+    if not ctx.quick:
+        plan[mm.MEDIUM] = dict.fromkeys(tokens, rounds)
+    result = mm.run(device=ctx.device, plan=plan)
+    s.data.update(result)
+    s.lines.append(mm.markdown(result))
+    cells = [c for shape in result["shapes"].values() for r in shape["routings"].values()
+             for c in r["cells"].values()]
+    s.check("every arm routed exactly the forced ids", all(c["same_ids"] for c in cells))
+    worst = max((d[k] / max(c["ours_scale"][k], 1e-12) for c in cells
+                 for a in c["arms"].values() if (d := a.get("max_abs_diff_vs_ours"))
+                 for k in d), default=0.0)
+    s.check("Mixtral's blocks compute what ours computes (output, input gradient)",
+            worst < 1e-3, f"largest difference {worst:.1e} of the largest value")
+
+
 # --- 8. the dashboard's Memory page in headless Chromium -------------------------------------
 
 
@@ -917,6 +944,7 @@ def run_all(ctx: Context, command: str, only: set[str] | None = None) -> Report:
         ("catalog", "Catalog verdicts, GPU next to CPU", catalog_section, 40),
         ("lessons", "Lessons 05 and 08 on the GPU machine", lessons_section, 60),
         ("moe", "MoE layer against Mixtral's block on the GPU", moe_section, 45),
+        ("moe_matrix", "MoE matrix under forced routings on the GPU", moe_matrix_section, 60),
     ]
     for name, title, fn, needs in steps:
         if only and name not in only:

@@ -59,6 +59,9 @@ class TopKRouter(nn.Module):
         self.num_experts, self.top_k = num_experts, top_k
         self.weight = nn.Parameter(torch.empty(num_experts, d_model))  # (E, D)
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(d_model))
+        # the biased selection rule; the catalog's router-collapse checker swaps in a
+        # learner's own rule with the same signature
+        self.select = biased_top_k
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> RouterOutput:
         """Route tokens x (N, D). ``bias`` (E,) float32, if given, is added to the routing
@@ -69,7 +72,7 @@ class TopKRouter(nn.Module):
         if bias is None:
             top_p, ids = torch.topk(probs, self.top_k, dim=-1)  # (N, K), (N, K)
         else:
-            top_p, ids = biased_top_k(probs, bias, self.top_k)  # (N, K), (N, K)
+            top_p, ids = self.select(probs, bias, self.top_k)  # (N, K), (N, K)
         weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (N, K) renormalised
         return RouterOutput(logits, probs, weights, ids)
 

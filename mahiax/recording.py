@@ -138,13 +138,19 @@ def record_bug(
     import builtins
 
     from mahiax.bugs import get
-    from mahiax.bugs.harness import harness_config, observing
+    from mahiax.bugs.harness import harness_config, observing, observing_trainer
 
     entry = get(entry_id)  # an unknown id fails here, before the store is touched
     # the catalog tag is store data (the Bug lab groups an entry's variants by it); the
-    # config is the harness model's
-    writer = RunWriter(name, harness_config().to_dict(), path=store,
-                       catalog=(entry_id, variant))
+    # config is the harness model's, or the one the entry trains the trainer's model with
+    config = (entry.run_config(variant, steps) if entry.run_config is not None
+              else harness_config())
+    writer = RunWriter(name, config.to_dict(), path=store, catalog=(entry_id, variant))
+    probe = TrainingProbe(writer)  # for entries that train with the Trainer itself
+
+    def observe_trainer(trainer, record) -> None:
+        probe.observe(trainer, record)
+        writer.heartbeat()
 
     def log(row: dict) -> None:
         if row["variant"] != variant:
@@ -154,7 +160,7 @@ def record_bug(
         writer.heartbeat()
 
     try:
-        with observing(log):
+        with observing(log), observing_trainer(observe_trainer):
             out = entry.run(variant, steps)
     except KeyboardInterrupt:
         writer.finish("interrupted")
@@ -164,6 +170,8 @@ def record_bug(
         writer.finish("failed", error=e, error_step=None)
         writer.close()
         raise
+    finally:
+        probe.close()
     if out.passed:
         writer.finish("finished")
     else:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mahiax import bugs
-from mahiax.bugs import accumulate, ddp, harness, loops, stateful
+from mahiax.bugs import accumulate, balance, ddp, harness, loops, stateful
 from mahiax.bugs.cli import describe
 from mahiax.bugs.profiling import meter_mb
 from mahiax.fabric import DynamicNeuroFabric, MetaController
@@ -31,7 +31,7 @@ IDS = [
     "expert-index", "fabric-accumulate", "layer-router-accumulate", "graph-memory-update",
     "controller-importance", "tiny-memory-write", "dwa-weights", "retain-graph",
     "encode-multi-loss", "memory-zero-cpu", "persistent-inplace", "amp-clip-before-unscale",
-    "ddp-unused-experts", "ddp-broadcast-buffers",
+    "ddp-unused-experts", "ddp-broadcast-buffers", "router-collapse",
 ]
 
 # buggy variants that raise: (exception type, PyTorch's message starts with, step)
@@ -63,6 +63,7 @@ SUMMARY_VERDICTS = {
     "amp-clip-before-unscale": "no-effect",
     "ddp-unused-experts": "holds",
     "ddp-broadcast-buffers": "hides-the-error",
+    "router-collapse": "holds",
 }
 
 
@@ -113,6 +114,45 @@ def test_silent_bugs_show_their_measured_damage(verdicts):
         assert min(mem.figures["tensor_mb"]) > 0.1 and mem.state_diff == 1.0
     amp = verdicts["amp-clip-before-unscale"].outcomes["buggy"]
     assert amp.passed and amp.state_diff > 1e-3  # the applied gradient is far off
+
+
+def test_router_collapse_collapses_unbalanced_and_each_cure_balances(verdicts):
+    """No balancing: the load collapses over the steps (MaxVio climbs toward its ceiling and
+    an expert dies); the aux loss and the bias update each keep it balanced, measured."""
+    v = verdicts["router-collapse"]
+    c = balance.collapse_config("none")
+    ceiling = c.num_experts / c.top_k - 1  # one expert among every token's K choices
+    none = v.outcomes["buggy"].figures["series"]
+    first, last = none["max_vio"][:10], none["max_vio"][-balance.TAIL:]
+    assert sum(last) / len(last) > sum(first) / len(first) + 1.0  # it gets worse as it trains
+    assert sum(last) / len(last) > 0.8 * ceiling
+    assert max(none["dead"]) >= 1
+    assert v.outcomes["buggy"].state_diff > balance.MAXVIO_TOL
+    for variant, mode in (("summary", "aux"), ("fixed", "bias")):
+        out = v.outcomes[variant]
+        assert out.figures["balance"] == mode
+        assert out.passed and out.state_diff <= balance.MAXVIO_TOL, (variant, out.state_diff)
+        assert out.figures["tail"]["dead"] == 0
+    bias = v.outcomes["fixed"].figures["series"]["bias"]
+    assert len(bias) == v.outcomes["fixed"].steps_run and len(bias[0]) == c.num_experts
+    assert "bias" not in v.outcomes["summary"].figures["series"]
+    # the reason compares the two cures on what was measured
+    assert "none / aux / bias: MaxVio " in v.reason and "ms a step" in v.reason
+
+
+def test_router_collapse_records_the_full_telemetry(tmp_path):
+    """A recorded variant (the Bug lab's runs) writes the expert load like a training run:
+    the dashboard's Expert load page can draw it, with the entry's own config."""
+    from mahiax.recording import record_bug
+    from mahiax.store import RunReader
+
+    record_bug("router-collapse", "fixed", "rc", 3, store=tmp_path / "runs.sqlite")
+    reader = RunReader(tmp_path / "runs.sqlite")
+    assert reader.config("rc")["balance"] == "bias"
+    assert reader.config("rc")["num_experts"] == balance.collapse_config("bias").num_experts
+    assert {"moe/max_vio", "moe/dead"} <= set(reader.scalar_keys("rc"))
+    assert {"moe/tokens_per_expert", "moe/bias"} <= set(reader.vector_keys("rc"))
+    assert len(reader.vectors("rc", "moe/bias")) == 3
 
 
 @pytest.mark.parametrize("eid", IDS)
@@ -188,7 +228,12 @@ def test_retain_graph_alone_keeps_memory_flat_without_carried_state(verdicts):
     assert "backpropagate the weighted sum of the losses once" in result.message
 
 
-@pytest.mark.parametrize("eid", IDS)
+# router-collapse trains the trainer's own model: its fixed variant is the clean code, whose
+# gradients tests/test_balance.py checks (the bias never reaches them); its runs are 200 steps
+ANOMALY_RUNS = [eid for eid in IDS if eid != "router-collapse"]
+
+
+@pytest.mark.parametrize("eid", ANOMALY_RUNS)
 def test_fixed_variant_runs_200_steps_under_anomaly_mode(eid):
     """The right fix: 200 steps with anomaly detection on, gradients equal to the clean
     reference in float64, autograd graph and memory flat."""
@@ -337,6 +382,7 @@ def test_checker_says_why_in_plain_words(eid, name, says):
     ("expert-index", lambda tokens, vocab: tokens, "raised IndexError at step 0"),
     ("ddp-unused-experts", ddp.ExpertList, "raised RuntimeError at step 1: " + UNREDUCED),
     ("ddp-broadcast-buffers", lambda sums, counts: (sums, counts), "gradients differ"),
+    ("router-collapse", balance.plain_top_k, "MaxVio, mean of the last 30 steps is off by"),
 ])
 def test_check_rejects_the_bug_and_the_wrong_fixes(eid, candidate, says):
     if eid == "memory-zero-cpu" and torch.cuda.is_available():
@@ -347,11 +393,24 @@ def test_check_rejects_the_bug_and_the_wrong_fixes(eid, candidate, says):
     assert str(result).startswith(f"[NOT YET] {eid}: ")
 
 
+@pytest.mark.parametrize(("name", "says"), [
+    ("band-aid: the bias in the mixing weights too", "the mixing weights carry the bias"),
+    ("band-aid: the whole selection under no_grad", "the mixing weights are detached"),
+])
+def test_router_collapse_checker_names_the_rule_a_band_aid_breaks(name, says):
+    # 20 steps: the bias has moved (and the collapse is not cured yet: both are reported)
+    result = bugs.check("router-collapse", bugs.get("router-collapse").candidates()[name],
+                        steps=20)
+    assert not result.holds and result.message.startswith(says), result.message
+
+
 def test_check_says_what_kind_of_candidate_it_needs():
     with pytest.raises(TypeError, match=r"must be a subclass of TinyMemory"):
         bugs.check("tiny-memory-write", GraphDiffusionMemory)
     with pytest.raises(TypeError, match=r"is a loop function"):
         bugs.check("retain-graph", 42)
+    with pytest.raises(TypeError, match=r"router-collapse checks a selection function"):
+        bugs.check("router-collapse", 42)
     with pytest.raises(TypeError, match=r"is an nn.Module class Experts\(num_experts"):
         bugs.check("ddp-unused-experts", SwiGLUExperts(2, 4, 4))
     with pytest.raises(TypeError, match=r"is a function sync\(sums"):

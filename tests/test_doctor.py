@@ -108,6 +108,8 @@ NOT_A_LOOP_BUG = {
     "ddp-unused-experts": "runs two gloo ranks in child processes; the single-process "
                           "unused-parameters finding is tested on doctor_loops.unused_head",
     "ddp-broadcast-buffers": "runs two gloo ranks in child processes",
+    "router-collapse": "a load imbalance that training dynamics build up: no autograd misuse, "
+                       "read on the dashboard's MaxVio, not by the watchers",
 }
 
 

@@ -46,6 +46,8 @@ def verdict(entry_id: str, steps: int | None = None, device: str | None = None) 
     with _device(device):
         outs = {v: entry.run(v, steps) for v in VARIANTS}
     label, reason = decide(outs["buggy"], outs["summary"])
+    if entry.compare is not None:
+        reason = f"{reason}. {entry.compare(outs)}".rstrip(". ") + "."
     return Verdict(label, reason, outs)
 
 

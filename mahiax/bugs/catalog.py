@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mahiax.bugs.outcome import Outcome
+from mahiax.config import MahiaConfig
 from mahiax.errors import BadInput
 
 VARIANTS = ("buggy", "summary", "fixed")
@@ -41,6 +42,12 @@ class BugEntry:
     # the buggy, summary and fixed variants as candidates for check(), plus the band-aids
     # the lessons warn against ("band-aid: <what>"); what the checker-strength test pins
     candidates: Callable[[], dict[str, object]] | None = None
+    # a sentence the verdict's reason ends with, read from all three outcomes (an entry whose
+    # fixed variant is a second cure compares the two)
+    compare: Callable[[dict[str, Outcome]], str] | None = None
+    # the config a variant trains with, for entries that train the trainer's own model rather
+    # than the harness's (what a recording of the variant stores as the run's config)
+    run_config: Callable[[str, int], MahiaConfig] | None = None
 
     def run(self, variant: str, steps: int | None = None, candidate: object = None) -> Outcome:
         """Run one variant (or a learner's candidate) and return what was measured."""
@@ -73,7 +80,7 @@ ORDER = (
     "expert-index", "fabric-accumulate", "layer-router-accumulate", "graph-memory-update",
     "controller-importance", "tiny-memory-write", "dwa-weights", "retain-graph",
     "encode-multi-loss", "memory-zero-cpu", "persistent-inplace", "amp-clip-before-unscale",
-    "ddp-unused-experts", "ddp-broadcast-buffers",
+    "ddp-unused-experts", "ddp-broadcast-buffers", "router-collapse",
 )
 
 
@@ -106,6 +113,7 @@ def _load() -> None:
         return
     from mahiax.bugs import (  # noqa: F401  (imported for their register() calls)
         accumulate,
+        balance,
         ddp,
         expert_index,
         loops,

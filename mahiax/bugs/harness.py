@@ -227,6 +227,30 @@ def observing(callback: Callable[[dict], None]) -> Iterator[None]:
         _OBSERVER.reset(token)
 
 
+# a callback that sees the trainer and the record of every step of catalog runs that train
+# with mahiax.train.Trainer itself (router-collapse), started inside `observing_trainer(...)`
+_TRAINER_OBSERVER: ContextVar[Callable[[object, object], None] | None] = ContextVar(
+    "mahiax_bugs_trainer_observer", default=None
+)
+
+
+@contextlib.contextmanager
+def observing_trainer(callback: Callable[[object, object], None]) -> Iterator[None]:
+    """Call ``callback(trainer, record)`` after every step of the catalog runs started inside
+    that train with :class:`mahiax.train.Trainer`: a recording hands them to the training
+    probe, so the store gets the full telemetry (expert load, bias, memory) of a normal run."""
+    token = _TRAINER_OBSERVER.set(callback)
+    try:
+        yield
+    finally:
+        _TRAINER_OBSERVER.reset(token)
+
+
+def trainer_observer() -> Callable[[object, object], None] | None:
+    """The callback of the innermost :func:`observing_trainer`, or None."""
+    return _TRAINER_OBSERVER.get()
+
+
 @contextlib.contextmanager
 def watching_mutations() -> Iterator[list]:
     """Run every catalog run started inside under :func:`mahiax.debug.locate_mutations`.

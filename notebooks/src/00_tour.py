@@ -104,6 +104,7 @@ LESSON = {
     "amp-clip-before-unscale": "08_amp_and_clipping",
     "ddp-unused-experts": "09_ddp_pitfalls",
     "ddp-broadcast-buffers": "09_ddp_pitfalls",
+    "router-collapse": "11_router_collapse",
 }
 assert set(LESSON) == {e.id for e in bugs.entries()}, "every catalog entry has a lesson"
 

@@ -97,11 +97,12 @@ class Shape:
 TEACHING = Shape("teaching", d_model=64, hidden=128, experts=8, top_k=2, seq=32)
 MEDIUM = Shape("medium", d_model=256, hidden=512, experts=8, top_k=2, seq=64)
 # shape -> {tokens: rounds}. Fewer rounds where a call is long; the medium shape stops at
-# 4,096 tokens (16,384 would take ~80 s per routing at one thread). About 3 minutes in all
-# on this lab's 2-core CPU while other work shares it.
+# 4,096 tokens (16,384 would take ~80 s per routing at one thread). About 3.5 minutes in all
+# on this lab's 2-core CPU while other work shares it (2 m 44 s with 2 rounds fewer at the
+# two largest counts of each shape).
 PLAN: dict[Shape, dict[int, int]] = {
-    TEACHING: {64: 30, 256: 30, 1024: 12, 4096: 6, 16384: 3},
-    MEDIUM: {64: 20, 256: 12, 1024: 6, 4096: 3},
+    TEACHING: {64: 30, 256: 30, 1024: 12, 4096: 8, 16384: 5},
+    MEDIUM: {64: 20, 256: 12, 1024: 8, 4096: 5},
 }
 
 

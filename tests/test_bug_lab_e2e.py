@@ -20,10 +20,6 @@ import pytest
 
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, start_dashboard, stop
 
-# the heavy tests (kernels, servers, browsers, several processes) share one xdist
-# worker and run one at a time: together on 2 cores they starve each other
-pytestmark = pytest.mark.xdist_group("heavy")
-
 if not CHROMIUM.exists():
     pytest.skip(f"the Bug lab end-to-end test needs Debian's chromium at {CHROMIUM}",
                 allow_module_level=True)

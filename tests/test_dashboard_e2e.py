@@ -27,10 +27,6 @@ import pytest
 
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
 
-# the heavy tests (kernels, servers, browsers, several processes) share one xdist
-# worker and run one at a time: together on 2 cores they starve each other
-pytestmark = pytest.mark.xdist_group("heavy")
-
 if not CHROMIUM.exists():
     pytest.skip(f"end-to-end dashboard test needs Debian's chromium at {CHROMIUM}",
                 allow_module_level=True)

@@ -26,8 +26,6 @@ from mahiax.store import RunReader, RunWriter  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402
 from tests.servers import start_dashboard, stop  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("heavy")
-
 ROOT = Path(__file__).resolve().parent.parent
 REFRESH_S = 2.0  # the dashboard's default refresh interval
 

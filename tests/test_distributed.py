@@ -17,10 +17,6 @@ from mahiax.errors import BadInput
 from mahiax.store import RunReader
 from tests.servers import free_port
 
-# the heavy tests (kernels, servers, browsers, several processes) share one xdist
-# worker and run one at a time: together on 2 cores they starve each other
-pytestmark = pytest.mark.xdist_group("heavy")
-
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "ddp_worker.py"
 STEPS = 50

@@ -40,8 +40,6 @@ import pytest
 from tests.notebook_env import ROOT
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
 
-pytestmark = pytest.mark.xdist_group("heavy")  # servers, kernels, a browser: run alone
-
 if os.geteuid() != 0:
     pytest.skip("the hub test needs root: it creates system users and runs the hub as root",
                 allow_module_level=True)

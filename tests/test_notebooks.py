@@ -35,10 +35,6 @@ from tests.notebook_env import (
     stated_verdicts,
 )
 
-# the heavy tests (kernels, servers, browsers, several processes) share one xdist
-# worker and run one at a time: together on 2 cores they starve each other
-pytestmark = pytest.mark.xdist_group("heavy")
-
 CELL_TIMEOUT_S = 300  # hang guard per cell: far above any lesson's cell (a few s)
 HANG_GUARD_S = 900  # hang guard per notebook, kernel start included: not a speed target
 

@@ -18,7 +18,8 @@ Keys written (scalars unless marked; ``<task>`` is each task name):
                                       of this step's batch (the paper's MaxVio_batch)
 ``moe/max_vio_global``                MaxVio of the load summed over the last
                                       ``Cadence.max_vio_window`` steps (50; fewer at the
-                                      start): the training-time stand-in for the paper's
+                                      start and after a resume, which starts the window
+                                      afresh): the training-time stand-in for the paper's
                                       MaxVio_global, which sums a whole validation set's
                                       load. Low while max_vio is high: each batch is skewed
                                       but not always to the same experts

@@ -110,16 +110,23 @@ def expert_colours(n: int) -> list[str]:
     return [EXPERT_COLOURS[i % len(EXPERT_COLOURS)] for i in range(n)]
 
 
+# lines beyond this many (e.g. 16 experts' bias) go without a legend, which would take more
+# room than the chart: the heatmap's row labels beside them carry the same colours, and the
+# hover names each line
+MAX_LEGEND = 8
+
+
 def coloured_lines(df: pd.DataFrame, title: str, y_title: str, colours: list[str],
                    stacked: bool = False) -> go.Figure:
     """One line per column in the given colours, legend in column order (e.g. one per
-    expert); ``stacked`` stacks them as areas (shares)."""
+    expert; none past MAX_LEGEND lines); ``stacked`` stacks them as areas (shares)."""
     fig = stacked_area(df, title, y_title) if stacked else lines(df, title, y_title)
     for trace, colour in zip(fig.data, colours, strict=True):
         trace.line.color = colour
         if stacked:
             trace.fillcolor = colour
-    fig.update_layout(legend_traceorder="normal")
+    fig.update_layout(legend_traceorder="normal",
+                      showlegend=stacked or len(df.columns) <= MAX_LEGEND)
     return fig
 
 

@@ -41,8 +41,6 @@ SERIES_HEIGHT = 300  # px: three charts side by side stay compact
 # a colour per variant on the overlays: the bug red, the summary's fix orange, the right fix
 # green (another variant, e.g. a learner's candidate, gets Plotly's next colour)
 VARIANT_COLOURS = {"buggy": "#d62728", "summary": "#ff7f0e", "fixed": "#2ca02c"}
-MAX_LEGEND = 8  # more lines than this (e.g. 16 experts' bias) go without a legend: the
-#                 heatmap's row labels carry the same colours
 
 
 def has_series(figures: dict[str, dict]) -> bool:
@@ -114,7 +112,6 @@ def show(entry_id: str, measured_at: float | None, figures: dict[str, dict],
                 colours = charts.expert_colours(df.shape[1])
                 if key in LINE_VECTORS:
                     fig = charts.coloured_lines(df, f"{title} · {v}", unit, colours)
-                    fig.update_layout(showlegend=df.shape[1] <= MAX_LEGEND)
                 else:
                     fig = charts.heatmap_over_steps(df, f"{title} · {v}", "expert", unit,
                                                     row_colours=colours, zmax=top or None)

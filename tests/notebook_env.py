@@ -24,7 +24,7 @@ LESSONS = (
     "00_tour", "01_expert_router_index", "02_inplace_accumulation", "03a_memories",
     "03b_controller_and_dwa", "04_retain_graph_and_encode", "05_memory_meter",
     "06_finding_the_mutation", "07_train_and_watch", "08_amp_and_clipping", "09_ddp_pitfalls",
-    "10_your_own_loop",
+    "10_your_own_loop", "11_router_collapse",
 )
 KERNEL_NAME = "python3"  # what every notebook's metadata names; resolved to this interpreter
 

@@ -1,0 +1,473 @@
+# Source of notebooks/11_router_collapse.ipynb (built by notebooks/build.py).
+
+# %% [markdown]
+# # 11 · Routing collapse: a few experts take every token
+#
+# **Goal.** Watch a mixture-of-experts router collapse when nothing balances its load, read
+# the collapse on the dashboard's **Expert load balance** page, and measure the two cures the
+# field uses: the Switch auxiliary loss and DeepSeek-V3's auxiliary-loss-free bias. Keep the
+# dashboard open beside this notebook. About 15 minutes.
+#
+# **Context (read cold).** Terms used below:
+#
+# - A **mixture of experts** (MoE) layer holds `E` **experts** (small feed-forward layers;
+#   here `E = 16`). Its **router** is one linear layer that scores every expert for every
+#   token; a softmax turns the scores into **routing probabilities** `probs` `(N, E)` for `N`
+#   tokens.
+# - **Top-k**: each token goes to the `K` experts with the highest scores (here `K = 2`), and
+#   the layer mixes their outputs with **mixing weights**: the router's probabilities of the
+#   chosen experts, renormalised to sum to 1.
+# - The **load** of an expert is the number of tokens routed to it in a step; the mean load is
+#   `N * K / E`.
+# - **MaxVio** (maximal violation, Wang et al. 2024,
+#   [arXiv:2408.15664](https://arxiv.org/abs/2408.15664)) is `max load / mean load - 1`:
+#   0 when every expert gets the same number of tokens.
+# - A **dead expert** got no token in a step: it computes nothing and learns nothing.
+# - **Routing collapse**: the load piles onto a few experts and the rest die. It feeds itself:
+#   "the favored experts are trained more rapidly and thus are selected even more by the
+#   gating network" (Shazeer et al. 2017).
+#
+# The summary's `ExpertRouter` section says nothing about load balance: this whole lesson is
+# the lab's addition (catalog entry `router-collapse`).
+#
+# PyTorch docs this lesson builds on:
+# [`torch.topk`](https://docs.pytorch.org/docs/stable/generated/torch.topk.html) (values *and*
+# indices), [`torch.gather`](https://docs.pytorch.org/docs/stable/generated/torch.gather.html)
+# (read the chosen experts' probabilities),
+# [`torch.no_grad`](https://docs.pytorch.org/docs/stable/generated/torch.no_grad.html), and
+# autograd mechanics,
+# [Locally disabling gradient computation](https://docs.pytorch.org/docs/stable/notes/autograd.html#locally-disabling-gradient-computation).
+
+# %%
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from IPython.display import display
+from plotly.subplots import make_subplots
+
+from mahiax import bugs, lessons
+from mahiax.bugs import balance
+from mahiax.bugs.harness import isolated  # the catalog's seed, restored afterwards
+from mahiax.moe import (
+    bias_update,
+    biased_top_k,
+    flipped_choices,
+    load_balancing_loss,
+    load_percentiles,
+    load_statistics,
+)
+from mahiax.recording import record_bug
+from mahiax.store import RunReader
+from mahiax.store.paths import ENV_VAR, resolve_store_path
+from mahiax.train import Trainer
+
+store = resolve_store_path()  # $MAHIAX_STORE, else runs/mahiax.sqlite here
+STAMP = time.strftime("%Y%m%d-%H%M%S")  # new run names each time the lesson runs
+RUN_NONE, RUN_BIAS = f"lesson11-none-{STAMP}", f"lesson11-bias-{STAMP}"
+print("run store:", store)
+print("the collapse setting:", balance.COLLAPSE)
+
+# %% [markdown]
+# ## 1. How bad can it get?
+#
+# Every token picks `K` *different* experts, so one expert gets at most `N` tokens (one per
+# token) while the mean is `N * K / E`. MaxVio therefore never exceeds `E / K - 1`. Three
+# routings of 64 tokens, built by hand: round-robin, one expert in every token's pair, and
+# two experts taking everything.
+
+# %%
+E, K, N = 16, 2, 64
+routings = {
+    "round-robin": torch.arange(N * K).reshape(N, K) % E,  # (N, K) every expert 8 times
+    "expert 0 in every pair": torch.stack(
+        [torch.zeros(N, dtype=torch.long), 1 + torch.arange(N) % (E - 1)], dim=1),  # (N, K)
+    "experts 0 and 1 take all": torch.tensor([[0, 1]]).repeat(N, 1),  # (N, K)
+}
+for name, ids in routings.items():
+    load = torch.bincount(ids.reshape(-1), minlength=E)  # (E,) tokens per expert
+    print(f"{name:24} load {load.tolist()}\n{'':24} MaxVio "
+          f"{load_percentiles(load)['max_vio']:.2f}, dead experts "
+          f"{load_statistics(load)['dead']}")
+print(f"\nceiling E/K - 1 = {E / K - 1:.0f}")
+
+# %% [markdown]
+# The last two routings both sit at the ceiling (7): MaxVio reads the busiest expert only.
+# The dead-expert count tells them apart: 0 dead in the second, 14 in the third. Watch both.
+#
+# ## 2. A router with nothing to balance it
+#
+# The catalog's `buggy` variant trains the lab's model (the teaching config with 16 experts,
+# top-2) for 200 steps with `balance="none"`: no auxiliary loss, no bias.
+#
+# **Predict.** Where does MaxVio end after 200 steps: near 0, near 1, or near the ceiling 7?
+# Does any expert die?
+
+# %%
+buggy = bugs.run("router-collapse", "buggy")
+series = buggy.figures["series"]
+steps = list(range(buggy.steps_run))
+fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                    subplot_titles=("MaxVio (dashed: the ceiling E/K - 1)", "dead experts"))
+fig.add_trace(go.Scatter(x=steps, y=series["max_vio"], name="MaxVio"), row=1, col=1)
+fig.add_hline(y=E / K - 1, line_dash="dash", row=1, col=1)
+fig.add_trace(go.Scatter(x=steps, y=series["dead"], name="dead", line_shape="hv"),
+              row=2, col=1)
+fig.update_layout(height=420, showlegend=False, xaxis2_title="step")
+fig
+
+# %%
+heat = torch.tensor(series["tokens_per_expert"]).T  # (E, steps)
+go.Figure(go.Heatmap(z=heat, x=steps, y=list(range(E)), colorscale="Viridis",
+                     colorbar_title="tokens")).update_layout(
+    title="tokens per expert, balance=none", xaxis_title="step", yaxis_title="expert",
+    height=380)
+
+# %% [markdown]
+# MaxVio starts high and climbs to the ceiling within about 50 steps: one bright row in the
+# heatmap, an expert in almost every token's pair, and dark rows of experts that get
+# (nearly) nothing; at least one expert dies.
+#
+# > **Reconstruction.** The summary never shows a collapse, and the lab's default model does
+# > not collapse either (measured with 8 experts: MaxVio 0.2-0.4 with no balancing, no dead
+# > expert). Real MoE layers route hidden states that share a large common component (the
+# > hidden states of trained transformers are anisotropic: Ethayarajh 2019). The entry gives
+# > the router's input that component: `balance.add_shared_direction` adds one fixed
+# > direction of length `sqrt(D)` to the bias of the LayerNorm in front of the MoE, so every
+# > token starts out preferring the same experts. The next cell trains 60 steps of the same
+# > config without and with it.
+
+# %%
+def trained_loads(config, steps, shared):
+    """Each step's load statistics from a Trainer run of ``config`` (the catalog's seed)."""
+    with isolated():
+        trainer = Trainer(config)
+        if shared:
+            balance.add_shared_direction(trainer.model, config)
+        return [trainer.step().load for _ in range(steps)]
+
+
+for shared in (False, True):
+    loads = trained_loads(balance.collapse_config("none", 60), 60, shared)
+    vio = [s["max_vio"] for s in loads]
+    print(f"shared direction {str(shared):5}: MaxVio step 0 {vio[0]:.2f}, mean of steps "
+          f"50-59 {sum(vio[-10:]) / 10:.2f}; most dead experts in a step "
+          f"{max(s['dead'] for s in loads)}")
+
+# %% [markdown]
+# Without the shared direction MaxVio stays low and flat; with it the router starts skewed
+# and training makes it worse: the self-reinforcing loop, not the offset alone.
+#
+# ## 3. The same collapse on the dashboard
+#
+# Record the buggy run into your run store (the one the dashboard reads) under a new name.
+# From a terminal the same run is
+# `python -m mahiax train --bug router-collapse --variant buggy --run NAME`.
+
+# %%
+record_bug("router-collapse", "buggy", RUN_NONE, balance.STEPS, store=store)
+reader = RunReader(store)
+reader.scalars(RUN_NONE, ["moe/max_vio", "moe/dead", "moe/load_p50"]).tail(3)
+
+# %%
+display(lessons.dashboard_link(store))
+print(f"run: {RUN_NONE}")
+print(f"{ENV_VAR}={store} python -m mahiax runs show {RUN_NONE}")
+
+# %% [markdown]
+# On the **Expert load balance** page, with this run selected, look for:
+#
+# - the tokens-per-expert heatmap: one bright row from about step 50 on, and dark rows;
+# - MaxVio over steps (per batch, and smoothed over a window of steps), close to 7, and its
+#   latest value among the figures at the top;
+# - the spread of expert loads in units of the mean load: the maximum near 8 while the
+#   median falls below 1;
+# - no selection bias to draw: the page says which balance this run used (`none`).
+#
+# ## 4. Two cures
+#
+# ### Cure 1: the Switch auxiliary loss
+#
+# Add `aux_loss_coef * E * sum_i f_i * P_i` to the task loss (Fedus et al. 2021), where
+# `f_i` is the fraction of the `N * K` choices that went to expert `i` and `P_i` the mean
+# routing probability of expert `i`. It is 1.0 at perfect balance, and larger when the
+# busiest experts also get the highest probabilities:
+
+# %%
+uniform = torch.full((N, E), 1.0 / E)  # (N, E) a router with no preference
+peaked = torch.softmax(torch.zeros(N, E).index_fill(1, torch.tensor([0]), 4.0), dim=-1)
+print("balanced :", float(load_balancing_loss(uniform, routings["round-robin"], E)))
+print("collapsed:", float(load_balancing_loss(peaked, routings["expert 0 in every pair"], E)))
+
+# %% [markdown]
+# **Predict.** `f_i` comes from a count of `topk`'s indices. Which of `f_i` and `P_i` carries
+# the gradient back to the router's weights?
+
+# %%
+torch.manual_seed(0)
+D = 32
+router = torch.nn.Linear(D, E, bias=False)  # weight (E, D), like the model's router
+tokens = torch.randn(N, D) + 3.0 * torch.nn.functional.normalize(torch.randn(D), dim=0)
+probs = torch.softmax(router(tokens), dim=-1)  # (N, E)
+ids = torch.topk(probs, K, dim=-1).indices  # (N, K) integers: no gradient
+f = torch.bincount(ids.reshape(-1), minlength=E) / ids.numel()  # (E,) fraction of choices
+P = probs.mean(dim=0)  # (E,) mean probability
+print("f requires grad:", f.requires_grad, "| P requires grad:", P.requires_grad)
+aux = load_balancing_loss(probs, ids, E)
+aux.backward()
+print(f"aux loss {aux.item():.3f}; gradient norm on the router's weight "
+      f"{router.weight.grad.norm().item():.4f}")
+busiest = int(f.argmax())
+with torch.no_grad():  # one plain gradient step on the aux loss alone (a copy of the weight)
+    stepped = router.weight - 0.5 * router.weight.grad  # (E, D)
+    after = torch.softmax(tokens @ stepped.T, dim=-1).mean(dim=0)  # (E,)
+print(f"busiest expert {busiest}: f {f[busiest].item():.3f}, P {P[busiest].item():.3f} -> "
+      f"{after[busiest].item():.3f} after one step")
+
+# %% [markdown]
+# Only `P` carries a gradient: the loss lowers the probabilities of the experts that get
+# many tokens, weighted by how many they get. That gradient flows into the same router
+# weights as the task loss's: two objectives pulling on one layer.
+#
+# ### Cure 2: DeepSeek-V3's bias (auxiliary-loss-free balancing)
+#
+# Keep a bias `b` `(E,)` outside autograd. Select the top-k of `probs + b`, but mix with the
+# unbiased `probs` of the chosen experts. After each step move every bias by a fixed rate
+# toward the mean load: `b_i += rate * sign(mean load - load_i)` (Wang et al. 2024,
+# Algorithm 1; Megatron-LM's `moe_router_bias_update_rate` defaults to 1e-3). A hand case,
+# four experts, mean load 4:
+
+# %%
+load = torch.tensor([10.0, 2.0, 4.0, 0.0])  # tokens per expert this step, mean 4
+by_hand = torch.tensor([-0.1, +0.1, 0.0, +0.1])  # busier than the mean: down; idle: up
+updated = bias_update(torch.zeros(4), load, rate=0.1)
+print("bias_update:", updated, "| by hand:", by_hand)
+assert torch.allclose(updated, by_hand)
+
+# %% [markdown]
+# **Predict.** The same router and tokens, a bias of -1 on the busiest expert. Does it still
+# get tokens? Do the mixing weights change? Does the bias get a gradient?
+
+# %%
+logits = router(tokens).detach().requires_grad_()  # (N, E) a leaf, to read its gradient
+probs = torch.softmax(logits, dim=-1)  # (N, E)
+bias = torch.zeros(E).index_fill(0, torch.tensor([busiest]), -1.0).requires_grad_()
+top_p, ids = biased_top_k(probs, bias, K)  # (N, K), (N, K)
+plain = torch.topk(probs, K, dim=-1).indices  # (N, K) the unbiased choice
+print("tokens on the busiest expert: plain", int((plain == busiest).sum()), "| biased",
+      int((ids == busiest).sum()), f"| choices the bias changed: "
+      f"{int(flipped_choices(probs, ids, K))} of {N * K}")
+print("mixing weights == probs of the chosen experts:",
+      torch.equal(top_p, probs.gather(-1, ids)))
+top_p.sum().backward()
+print("gradient on the router's scores:", logits.grad is not None, "| on the bias:", bias.grad)
+
+# %% [markdown]
+# The bias moved every token off that expert (probabilities are at most 1, so a bias of -1
+# always loses), but the weights are still the router's own probabilities, and the bias has
+# no gradient: `biased_top_k` adds it under `torch.no_grad()`, and `topk`'s indices are
+# integers. The model's code:
+
+# %%
+lessons.source(biased_top_k, "the selection rule (mahiax.moe)")
+
+# %% [markdown]
+# Record the bias run too (the catalog's `fixed` variant), then select it on the Expert load
+# balance page. Beside the heatmap each expert's selection bias is drawn as a line, in its
+# heatmap row's colour: the experts that were busy at the start go negative, the starved
+# ones positive, and the lines flatten as the load evens out. The page also shows the share
+# of top-k choices the bias changed at each step.
+
+# %%
+record_bug("router-collapse", "fixed", RUN_BIAS, balance.STEPS, store=store)
+print(f"run: {RUN_BIAS}")
+reader.scalars(RUN_BIAS, ["moe/max_vio", "moe/dead", "moe/bias_flipped"]).tail(3)
+
+# %% [markdown]
+# ## 5. The verdict: both cures, measured
+#
+# The summary has no balance section, so here the entry's `summary` variant is the usual
+# cure, the **aux loss** (`balance="aux"`, the lab model's default), and `fixed` is the
+# **bias** (`balance="bias"`). Each trains 200 steps from the same weights and data; the
+# damage is the mean MaxVio of the last 30 steps, and at most 1.5 counts as balanced.
+#
+# **Predict.** Do both cures bring MaxVio under 1.5? Which reaches the lower task loss:
+# the collapsed router, the aux loss, or the bias?
+
+# %%
+v = bugs.verdict("router-collapse")
+lessons.verdict_report(v)
+
+# %%
+pd.DataFrame({
+    f"{name} ({o.figures['balance']})": {
+        "MaxVio": o.figures["tail"]["max_vio"], "dead experts": o.figures["tail"]["dead"],
+        "task loss": o.figures["tail"]["task_loss"], "ms / step": o.figures["tail"]["step_ms"],
+    } for name, o in v.outcomes.items()
+}).T.round(3)
+
+# %% [markdown]
+# **Expected verdict** on the summary's fix for `router-collapse`: **holds**.
+#
+# Both cures hold: MaxVio far under 1.5, no dead expert. Now the loss beside the load:
+
+# %%
+fig = make_subplots(rows=1, cols=2, subplot_titles=("MaxVio", "task loss"))
+for name, o in v.outcomes.items():
+    s = o.figures["series"]
+    color = lessons.VARIANT_COLORS.get(name)
+    label = o.figures["balance"]
+    fig.add_trace(go.Scatter(y=s["max_vio"], name=label, line_color=color), row=1, col=1)
+    fig.add_trace(go.Scatter(y=s["task_loss"], name=label, line_color=color, showlegend=False),
+                  row=1, col=2)
+fig.update_layout(height=360, xaxis_title="step", xaxis2_title="step")
+fig
+
+# %% [markdown]
+# On this synthetic task the collapsed router reaches the **lowest** task loss: nothing in
+# the loss curve warns you that one expert does most of the work and another is dead (the
+# table's task loss column). **Watch the load, not the loss.** A collapsed MoE wastes the
+# parameters of its dead experts, and on a real model, where capacity matters, it pays in
+# quality later and in speed at once (its busiest expert sets the step time on a GPU).
+#
+# What each cure costs:
+#
+# - the **aux loss** adds a second gradient to the router that competes with the task's;
+#   its coefficient trades balance for task loss (too low: no balance; too high: the router
+#   learns to spread tokens instead of routing them well);
+# - the **bias** adds no gradient and never touches the mixing weights: only the selection
+#   changes. It costs one `(E,)` update per step, outside autograd (the ms / step column is
+#   wall time on a shared CPU: read it as noise unless the gap is large).
+#
+# ## 6. How strong must a cure be?
+#
+# The entry raises both cures above their defaults so that they act within 200 steps:
+# `aux_loss_coef` 0.1 (default 0.01) and `bias_update_rate` 1e-2 (Megatron-LM's default
+# 1e-3).
+#
+# **Predict.** With the defaults, 200 steps, same setting: balanced or not?
+
+# %%
+for mode, strength in (("aux", {"aux_loss_coef": 0.01}), ("bias", {"bias_update_rate": 1e-3})):
+    config = balance.collapse_config(mode).replace(**strength)
+    loads = trained_loads(config, balance.STEPS, shared=True)[-balance.TAIL:]
+    print(f"{mode} {strength}: last {balance.TAIL} steps, MaxVio "
+          f"{sum(s['max_vio'] for s in loads) / len(loads):.2f}, dead experts "
+          f"{sum(s['dead'] for s in loads) / len(loads):.1f}")
+
+# %% [markdown]
+# Neither default balances this setting in 200 steps (the tolerance is 1.5), and the weak
+# aux loss leaves experts dead. A rate of 1e-3 moves a bias by at most 0.2 in 200 steps; a
+# real run of many thousands of steps gives it time, but the knob matters: check the load on
+# the dashboard before trusting a default.
+#
+# ## Exercise
+#
+# Write `select(probs, bias, k)`: given the routing probabilities `(N, E)`, the bias `(E,)`
+# and `k`, return the top-k probabilities `(N, K)` and the expert ids `(N, K)`, int64. The
+# bias must choose the experts and do nothing else. `bugs.check` trains the collapse setting
+# with `balance="bias"` and your rule in the router, and checks the load and the rules. First,
+# what it says about the plain top-k and the two band-aids (20 steps each, to be quick):
+
+# %%
+candidates = bugs.get("router-collapse").candidates()
+for name in ("buggy", "band-aid: the bias in the mixing weights too",
+             "band-aid: the whole selection under no_grad"):
+    print(f"{name}:\n  {bugs.check('router-collapse', candidates[name], steps=20)}\n")
+
+# %% [markdown]
+# Your turn (the check trains 200 steps, a few seconds). Hints: `torch.topk` of what? and
+# `torch.gather` to read the probabilities of the experts you chose.
+
+# %%
+def my_select(probs: torch.Tensor, bias: torch.Tensor, k: int):
+    return torch.topk(probs, k, dim=-1)  # TODO: let the bias choose the experts
+
+
+print(bugs.check("router-collapse", my_select))
+
+# %% tags=["solution"]
+def my_select(probs: torch.Tensor, bias: torch.Tensor, k: int):
+    """The bias picks the experts (no graph through it); the weights are the router's own."""
+    with torch.no_grad():
+        ids = torch.topk(probs + bias, k, dim=-1).indices  # (N, K)
+    return probs.gather(-1, ids), ids  # (N, K) with gradient to the router, (N, K)
+
+
+result = bugs.check("router-collapse", my_select)
+print(result)
+assert result.holds
+
+# %% [markdown]
+# ## Check your understanding
+#
+# 1. A run's MaxVio is 7 with `E = 16`, `K = 2`. Is any expert dead?
+#
+#    <details><summary>Answer</summary>
+#
+#    Not necessarily. MaxVio 7 is the ceiling `E/K - 1`: the busiest expert is in every
+#    token's pair. The other `N` choices may be spread over the 15 other experts (none dead)
+#    or piled onto one (14 dead). Section 1 built both; read the dead-expert count too.
+#
+#    </details>
+#
+# 2. The collapsed run reached the lowest task loss. Why is it still the bug?
+#
+#    <details><summary>Answer</summary>
+#
+#    The loss measures this small task, not what the layer could do: dead experts' parameters
+#    are wasted and the busiest expert does most of the work (and sets the step time when
+#    experts run in parallel). Nothing in the loss curve shows it; the load does.
+#
+#    </details>
+#
+# 3. Why does the aux loss need `P_i` at all, when `f_i` is what we want equal?
+#
+#    <details><summary>Answer</summary>
+#
+#    `f_i` comes from `topk`'s integer indices: it has no gradient. `P_i`, the mean
+#    probability, is differentiable, and multiplying it by `f_i` pushes down the
+#    probabilities of the experts that got many tokens (section 4).
+#
+#    </details>
+#
+# 4. What goes wrong if the bias is added to the mixing weights too
+#    (`torch.topk(probs + bias, k)` with its values)?
+#
+#    <details><summary>Answer</summary>
+#
+#    The bias then changes the layer's output: a balancing device alters what the model
+#    computes, and the values `probs + bias` can even be negative. The checker measures the
+#    gap between the weights and the router's probabilities of the chosen experts and
+#    rejects it.
+#
+#    </details>
+#
+# 5. Why must the bias update use the load of the whole batch across ranks under DDP?
+#
+#    <details><summary>Answer</summary>
+#
+#    Each rank would otherwise move its bias from its own tokens, and the ranks' biases would
+#    drift apart: the same token would go to different experts on different ranks. The
+#    model sums the load over ranks before the update, so every rank applies the same one
+#    (`tests/test_distributed.py` checks it on two ranks).
+#
+#    </details>
+
+# %% [markdown]
+# ## Recap
+#
+# - Routing collapse: a router's early favourites train faster and win more tokens. MaxVio
+#   (`max load / mean load - 1`, ceiling `E/K - 1`) and the dead-expert count show it; the
+#   task loss does not.
+# - The lab reconstructs it (a common direction in the router's input); the default config
+#   does not collapse.
+# - The Switch aux loss `E * sum f_i P_i` balances through a gradient on `P_i`, competing
+#   with the task loss; DeepSeek-V3's bias balances through the selection only: top-k of
+#   `probs + b` under `torch.no_grad()`, weights `probs.gather(ids)`, then
+#   `b += rate * sign(mean - load)`.
+# - Both cures **hold** here at raised strengths; at the defaults 200 steps are not enough.
+# - On the dashboard's Expert load balance page: the heatmap's bright row, MaxVio, and the
+#   bias lines of a `balance=bias` run. Train the clean model with either cure:
+#   `python -m mahiax train --balance bias` (or `aux`, the default).

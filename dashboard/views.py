@@ -361,8 +361,11 @@ def experts_body(path: str, info: dict) -> None:
     left, right = st.columns(2)
     with left:
         keys = _present(df, ["moe/aux_loss", "moe/z_loss"])
+        balance = (info.get("config") or {}).get("balance", "aux")
+        title = "Load-balancing (aux) and z losses" if balance == "aux" else \
+            f"Aux loss (measured only: balance = {balance} does not train on it) and z loss"
         if keys:
-            _chart(lambda: charts.lines(_ds(df[keys]), "Load-balancing (aux) and z losses"))
+            _chart(lambda: charts.lines(_ds(df[keys]), title))
     with right:
         if _present(df, ["moe/dead"]):
             _chart(lambda: charts.lines(_ds(df[["moe/dead"]]), "Dead experts per step", "experts"))

@@ -226,6 +226,7 @@ def test_experts_page_draws_max_vio_percentiles_and_the_bias(monkeypatch, stores
         f"{scal['moe/max_vio_global'].iloc[-1]:.3f}"
     assert metrics["choices the bias changed"] == f"{scal['moe/bias_flipped'].iloc[-1]:.1%}"
     assert "No bias chart" not in texts(at.caption)
+    assert chart_titled(at, "Aux loss (measured only: balance = bias does not train on it)")
 
 
 def test_experts_page_of_an_aux_run_says_it_has_no_bias(monkeypatch, stores):
@@ -237,6 +238,7 @@ def test_experts_page_of_an_aux_run_says_it_has_no_bias(monkeypatch, stores):
            "(`balance = aux`" in texts(at.caption)
     assert chart_titled(at, "MaxVio = max load") and chart_titled(at, "Expert load percentiles")
     assert "choices the bias changed" not in [m.label for m in at.metric]
+    assert chart_titled(at, "Load-balancing (aux) and z losses")
 
 
 @pytest.mark.parametrize("page", ALL_PAGES)

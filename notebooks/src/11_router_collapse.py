@@ -275,9 +275,10 @@ lessons.source(biased_top_k, "the selection rule (mahiax.moe)")
 # %% [markdown]
 # Record the bias run too (the catalog's `fixed` variant), then select it on the Expert load
 # balance page. Beside the heatmap each expert's selection bias is drawn as a line, in its
-# heatmap row's colour: the experts that were busy at the start go negative, the starved
-# ones positive, and the lines flatten as the load evens out. The page also shows the share
-# of top-k choices the bias changed at each step.
+# heatmap row's colour: the favoured expert's line drops well below the others within about
+# 50 steps while the rest rise; then the gap narrows and the lines drift up together (only
+# the differences between biases change a selection). The page also shows the share of
+# top-k choices the bias changed at each step.
 
 # %%
 record_bug("router-collapse", "fixed", RUN_BIAS, balance.STEPS, store=store)

@@ -329,8 +329,9 @@ fig
 # On this synthetic task the collapsed router reaches the **lowest** task loss: nothing in
 # the loss curve warns you that one expert does most of the work and another is dead (the
 # table's task loss column). **Watch the load, not the loss.** A collapsed MoE wastes the
-# parameters of its dead experts, and on a real model, where capacity matters, it pays in
-# quality later and in speed at once (its busiest expert sets the step time on a GPU).
+# parameters of its dead experts; on a real model, where capacity matters, it pays in
+# quality, and where experts run in parallel (one per device) the busiest one sets the step
+# time.
 #
 # What each cure costs:
 #

@@ -1,6 +1,6 @@
 """What the browser tests and the dashboard benchmark share: Debian's Chromium and how it is
-launched, a free localhost port, starting the dashboard, waiting for a server to answer, and
-stopping it.
+launched, a free localhost port, starting the dashboard or a JupyterLab, waiting for a server
+to answer, stopping it, and driving a notebook or a launcher tile in JupyterLab's page.
 
 A server under test listens on 127.0.0.1 only, on a free port, and is stopped by its test.
 """
@@ -8,6 +8,7 @@ A server under test listens on 127.0.0.1 only, on a free port, and is stopped by
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; `playwright install` is never run
@@ -82,3 +84,83 @@ def start_dashboard(store: Path, log: Path, **env: str) -> tuple[subprocess.Pope
         stop(server)
         raise
     return server, url
+
+
+def start_jupyterlab(root: Path, env: dict[str, str], log: Path,
+                     *args: str) -> tuple[subprocess.Popen, str, str]:
+    """``jupyter lab`` serving ``root`` on a free 127.0.0.1 port with a fresh token (``args``
+    adds options); returns the process, its base URL and the token once it answers. Output
+    goes to ``log``. The caller stops it with :func:`stop`; if it never answers, it is
+    stopped here and the AssertionError shows the end of its log."""
+    port, token = free_port(), secrets.token_hex(16)
+    cmd = [
+        sys.executable, "-m", "jupyter", "lab", "--no-browser",
+        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}", *args,
+    ] + (["--allow-root"] if os.geteuid() == 0 else [])  # CI containers run as root
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/api/status?token={token}", proc, 90, "JupyterLab",
+                      lambda: Path(log).read_text()[-3000:])
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, base, token
+
+
+# Asks the running app (a server started with --LabApp.expose_app_in_browser=True) about the
+# open notebook: its code cells, how many have run, the errors among their outputs, and the
+# kernel's state.
+NOTEBOOK_STATE = """() => {
+  if (!window.jupyterapp || !window.jupyterapp.shell) return null;
+  const panel = window.jupyterapp.shell.currentWidget;
+  if (!panel || !panel.content || !panel.sessionContext) return null;
+  const cells = panel.content.widgets.filter(c => c.model.type === 'code');
+  const errors = [];
+  for (const c of cells) {
+    for (const o of c.model.outputs.toJSON()) {
+      if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue);
+    }
+  }
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  return {code: cells.length, ran: cells.filter(c => c.model.executionCount).length,
+          errors, kernel: kernel ? kernel.status : null};
+}"""
+
+
+def run_all_cells(page: Any, *, ready_timeout_ms: float, run_timeout_ms: float,
+                  what: str = "the notebook") -> dict:
+    """In the notebook open in ``page`` (a Playwright page on JupyterLab): wait for its kernel
+    to be idle, "Run All Cells", wait until every code cell has run or one raised, and
+    assert that every cell ran and none raised. Returns the notebook's state
+    (:data:`NOTEBOOK_STATE`). The timeouts are hang guards."""
+    page.wait_for_function(
+        f"(() => {{ const s = ({NOTEBOOK_STATE})(); "
+        f"return s && s.code > 0 && s.kernel === 'idle'; }})", timeout=ready_timeout_ms)
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    page.wait_for_function(
+        f"(() => {{ const s = ({NOTEBOOK_STATE})(); "
+        f"return s && (s.errors.length > 0 || (s.ran === s.code && s.kernel === 'idle')); }})",
+        timeout=run_timeout_ms, polling=500)
+    state = page.evaluate(f"({NOTEBOOK_STATE})()")
+    assert state["errors"] == [], (what, state["errors"])
+    assert state["ran"] == state["code"], (what, state)
+    return state
+
+
+def open_launcher_tile(page: Any, title: str, *, timeout_ms: float,
+                       screenshot: Path | None = None) -> Any:
+    """Click the JupyterLab launcher's tile named ``title`` in ``page`` once it is visible
+    (a screenshot of the launcher to ``screenshot`` first, if given) and return the browser
+    tab the tile opens."""
+    tile = page.locator(".jp-LauncherCard", has_text=title).first
+    tile.wait_for(state="visible", timeout=timeout_ms)
+    if screenshot is not None:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot))
+    with page.context.expect_page(timeout=60_000) as opened:
+        tile.click()
+    return opened.value

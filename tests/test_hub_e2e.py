@@ -38,7 +38,15 @@ from pathlib import Path
 import pytest
 
 from tests.notebook_env import ROOT
-from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
+from tests.servers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    free_port,
+    open_launcher_tile,
+    run_all_cells,
+    stop,
+    wait_until_up,
+)
 
 if os.geteuid() != 0:
     pytest.skip("the hub test needs root: it creates system users and runs the hub as root",
@@ -66,23 +74,6 @@ if runtime.unreachable(ROOT) is not None:
     pytest.skip(f"learner accounts cannot enter {runtime.unreachable(ROOT)}, so a hub cannot "
                 f"serve the lab from this checkout ({ROOT}); a hub needs a checkout every "
                 "user can read", allow_module_level=True)
-
-# the open notebook's code cells, how many ran, their errors, the kernel's state
-NOTEBOOK_STATE = """() => {
-  if (!window.jupyterapp || !window.jupyterapp.shell) return null;
-  const panel = window.jupyterapp.shell.currentWidget;
-  if (!panel || !panel.content || !panel.sessionContext) return null;
-  const cells = panel.content.widgets.filter(c => c.model.type === 'code');
-  const errors = [];
-  for (const c of cells) {
-    for (const o of c.model.outputs.toJSON()) {
-      if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue);
-    }
-  }
-  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
-  return {code: cells.length, ran: cells.filter(c => c.model.executionCount).length,
-          errors, kernel: kernel ? kernel.status : null};
-}"""
 
 # runs code in the open notebook's kernel; returns its reply status and printed text
 EXECUTE = """async (code) => {
@@ -247,17 +238,7 @@ def _learner_session(browser, base: str, name: str, password: str, others: list[
 
         # the lesson, every cell, in the learner's own JupyterLab
         page.goto(f"{base}/user/{name}/lab/tree/lessons/00_tour.ipynb")
-        page.wait_for_function(
-            f"(() => {{ const s = ({NOTEBOOK_STATE})(); "
-            f"return s && s.code > 0 && s.kernel === 'idle'; }})", timeout=40_000)
-        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-        page.wait_for_function(
-            f"(() => {{ const s = ({NOTEBOOK_STATE})(); "
-            f"return s && (s.errors.length > 0 || (s.ran === s.code && s.kernel === 'idle')); }})",
-            timeout=180_000, polling=500)
-        lesson = page.evaluate(f"({NOTEBOOK_STATE})()")
-        assert lesson["errors"] == [], (name, lesson["errors"])
-        assert lesson["ran"] == lesson["code"], (name, lesson)
+        run_all_cells(page, ready_timeout_ms=120_000, run_timeout_ms=180_000, what=name)
         # the lesson's link to the dashboard is the learner's own proxy address
         link = page.get_by_role("link", name="Open the MAHIA-X dashboard").first
         assert link.get_attribute("href").endswith(f"/user/{name}/mahiax-dashboard/"), \
@@ -273,11 +254,7 @@ def _learner_session(browser, base: str, name: str, password: str, others: list[
 
         # the launcher's tile opens the dashboard in a new tab, on the learner's own store
         page.evaluate("() => { window.jupyterapp.commands.execute('launcher:create'); }")
-        tile = page.locator(".jp-LauncherCard", has_text=TILE).first
-        tile.wait_for(state="visible", timeout=60_000)
-        with ctx.expect_page(timeout=60_000) as opened:
-            tile.click()
-        dash = opened.value
+        dash = open_launcher_tile(page, TILE, timeout_ms=60_000)
         assert f"/user/{name}/mahiax-dashboard" in dash.url, dash.url
         dash.get_by_text(f"{name}-run").first.wait_for(state="visible", timeout=150_000)
         dash.locator(".js-plotly-plot svg.main-svg").first.wait_for(state="visible",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import urllib.request
@@ -21,7 +20,7 @@ import pytest
 
 from mahiax import jupyter_proxy
 from tests.notebook_env import ROOT, jupyter_env
-from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, open_launcher_tile, start_jupyterlab, stop
 
 pytest.importorskip("jupyter_server_proxy")
 
@@ -82,20 +81,9 @@ def test_launcher_tile_opens_the_dashboard_with_the_servers_own_store(tmp_path):
     )
     root = tmp_path / "lab-root"
     root.mkdir()
-    port, token = free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
-    cmd = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser",
-        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
-    ] + (["--allow-root"] if os.geteuid() == 0 else [])
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc, base, token = start_jupyterlab(root, env, log)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{base}/api/status?token={token}", proc, 90, "JupyterLab",
-                      lambda: log.read_text()[-3000:])
         # the launcher entry, as the proxy hands it to JupyterLab's launcher
         _, body = _get(f"{base}/server-proxy/servers-info?token={token}")
         info = {s["name"]: s for s in json.loads(body)["server_processes"]}
@@ -110,13 +98,9 @@ def test_launcher_tile_opens_the_dashboard_with_the_servers_own_store(tmp_path):
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"{base}/lab?token={token}")
-                tile = page.locator(".jp-LauncherCard", has_text="MAHIA-X dashboard")
-                tile.first.wait_for(state="visible", timeout=120_000)
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "launcher.png"))
-                with page.context.expect_page(timeout=60_000) as opened:
-                    tile.first.click()  # the tile opens the dashboard in a new browser tab
-                dash = opened.value
+                # the tile opens the dashboard in a new browser tab
+                dash = open_launcher_tile(page, "MAHIA-X dashboard", timeout_ms=120_000,
+                                          screenshot=ARTIFACTS / "launcher.png")
                 dash.wait_for_load_state()
                 assert dash.url.rstrip("/").endswith(f"/{jupyter_proxy.NAME}"), dash.url
                 dash.get_by_text("MAHIA-X Lab").first.wait_for(state="visible",

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.notebook_env import ROOT, jupyter_env, notebook_path
-from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, run_all_cells, start_jupyterlab, stop
 
 if not CHROMIUM.exists():
     pytest.skip(f"the JupyterLab end-to-end test needs Debian's chromium at {CHROMIUM}",
@@ -38,25 +35,6 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 ARTIFACTS = ROOT / "test-artifacts" / "lab"
 WIDGET = ".jp-OutputArea-output .jupyter-widgets"  # an ipywidget view in an output
 PLOTLY = ".jp-RenderedPlotly.js-plotly-plot"  # an output drawn by plotly.js (jupyterlab-plotly)
-
-# Asks the running app (exposed by --LabApp.expose_app_in_browser) about the open notebook:
-# code cells, how many have run, and the errors among their outputs.
-NOTEBOOK_STATE = """() => {
-  if (!window.jupyterapp || !window.jupyterapp.shell) return null;
-  const panel = window.jupyterapp.shell.currentWidget;
-  if (!panel || !panel.content || !panel.sessionContext) return null;
-  const cells = panel.content.widgets.filter(c => c.model.type === 'code');
-  const errors = [];
-  for (const c of cells) {
-    for (const o of c.model.outputs.toJSON()) {
-      if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue);
-    }
-  }
-  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
-  return {code: cells.length, ran: cells.filter(c => c.model.executionCount).length,
-          errors, kernel: kernel ? kernel.status : null};
-}"""
-
 
 def _lab_settings(env: dict[str, str]) -> None:
     """Render every cell (no windowing) and never ask about news: a quiet, complete page."""
@@ -77,41 +55,17 @@ def test_tour_runs_in_jupyterlab_and_renders_a_widget_and_a_plotly_chart(tmp_pat
     root = tmp_path / "lab-root"
     root.mkdir()
     shutil.copy(notebook_path("00_tour"), root / "00_tour.ipynb")
-    port, token = free_port(), secrets.token_hex(16)
-    log = tmp_path / "jupyterlab.log"
-    cmd = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser",
-        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
-    ] + (["--allow-root"] if os.geteuid() == 0 else [])  # CI containers run as root
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc, base, token = start_jupyterlab(root, env, tmp_path / "jupyterlab.log",
+                                         "--LabApp.expose_app_in_browser=True")
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{base}/api/status?token={token}", proc, 90, "JupyterLab",
-                      lambda: log.read_text()[-3000:])
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                          args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"{base}/lab/tree/00_tour.ipynb?token={token}")
-                page.wait_for_function(
-                    f"(() => {{ const s = ({NOTEBOOK_STATE})(); "
-                    f"return s && s.code > 0 && s.kernel === 'idle'; }})",
-                    timeout=120_000,
-                )
-                page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-                page.wait_for_function(
-                    f"(() => {{ const s = ({NOTEBOOK_STATE})(); "
-                    f"return s && (s.errors.length > 0 || "
-                    f"(s.ran === s.code && s.kernel === 'idle')); }})",
-                    timeout=180_000, polling=500,
-                )
-                state = page.evaluate(f"({NOTEBOOK_STATE})()")
-                assert state["errors"] == [], state["errors"]
-                assert state["ran"] == state["code"], state
+                run_all_cells(page, ready_timeout_ms=120_000, run_timeout_ms=180_000,
+                              what="00_tour")
                 page.locator(WIDGET).first.wait_for(state="visible", timeout=30_000)
                 page.locator(PLOTLY).first.wait_for(state="visible", timeout=30_000)
                 assert page.locator(".jp-OutputArea-output select").count() >= 1  # the Dropdown

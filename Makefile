@@ -26,8 +26,10 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	} || echo "could not install chromium: the browser tests will be skipped"
 
+# Two workers; the tests that start servers, kernels or browsers run in the two groups of
+# tests/conftest.py (XDIST_GROUPS). The 25 slowest tests are listed, to keep them balanced.
 test: lint browser hub-setup
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=25
 
 # Opens on localhost (.streamlit/config.toml); with an empty store it starts a demo run.
 # STREAMLIT_ARGS passes options through, e.g. STREAMLIT_ARGS="--server.port 8600".

@@ -99,7 +99,8 @@ print(f"\nceiling E/K - 1 = {E / K - 1:.0f}")
 # ## 2. A router with nothing to balance it
 #
 # The catalog's `buggy` variant trains the lab's model (the teaching config with 16 experts,
-# top-2) for 200 steps with `balance="none"`: no auxiliary loss, no bias.
+# top-2, and one change to the router's input that the Reconstruction callout below explains)
+# for 200 steps with `balance="none"`: no auxiliary loss, no bias.
 #
 # **Predict.** Where does MaxVio end after 200 steps: near 0, near 1, or near the ceiling 7?
 # Does any expert die?
@@ -132,11 +133,15 @@ go.Figure(go.Heatmap(z=heat, x=steps, y=list(range(E)), colorscale="Viridis",
 # > **Reconstruction.** The summary never shows a collapse, and the lab's default model does
 # > not collapse either (measured with 8 experts: MaxVio 0.2-0.4 with no balancing, no dead
 # > expert). Real MoE layers route hidden states that share a large common component (the
-# > hidden states of trained transformers are anisotropic: Ethayarajh 2019). The entry gives
-# > the router's input that component: `balance.add_shared_direction` adds one fixed
-# > direction of length `sqrt(D)` to the bias of the LayerNorm in front of the MoE, so every
-# > token starts out preferring the same experts. The next cell trains 60 steps of the same
-# > config without and with it.
+# > hidden states of trained transformers are anisotropic: Ethayarajh 2019), one of several
+# > early asymmetries the self-reinforcing loop can feed on. The entry gives the router's
+# > input such a component, a strong one: `balance.add_shared_direction` adds one fixed
+# > direction of length `sqrt(D)` to the bias of the LayerNorm in front of the MoE. A
+# > LayerNorm output has length about `sqrt(D)`, so every token's router input starts at a
+# > cosine of about 0.7 with that direction and every token starts out preferring the same
+# > experts. The LayerNorm bias is a trained parameter: this sets where training starts, it
+# > does not hold the input there. The next cell trains 60 steps of the same config without
+# > and with it.
 
 # %%
 def trained_loads(config, steps, shared):
@@ -191,8 +196,11 @@ print(f"{ENV_VAR}={store} python -m mahiax runs show {RUN_NONE}")
 #
 # Add `aux_loss_coef * E * sum_i f_i * P_i` to the task loss (Fedus et al. 2021), where
 # `f_i` is the fraction of the `N * K` choices that went to expert `i` and `P_i` the mean
-# routing probability of expert `i`. It is 1.0 at perfect balance, and larger when the
-# busiest experts also get the highest probabilities:
+# routing probability of expert `i`. (Switch routes each token to one expert, so there `f_i`
+# is a fraction of the `N` tokens; counting all `N * K` choices is the lab's top-k form.
+# Mixtral's code in `transformers` sums over the `K` slots instead, which is `K` times this
+# value.) It is 1.0 at perfect balance, and larger when the busiest experts also get the
+# highest probabilities:
 
 # %%
 uniform = torch.full((N, E), 1.0 / E)  # (N, E) a router with no preference
@@ -235,8 +243,16 @@ print(f"busiest expert {busiest}: f {f[busiest].item():.3f}, P {P[busiest].item(
 # Keep a bias `b` `(E,)` outside autograd. Select the top-k of `probs + b`, but mix with the
 # unbiased `probs` of the chosen experts. After each step move every bias by a fixed rate
 # toward the mean load: `b_i += rate * sign(mean load - load_i)` (Wang et al. 2024,
-# Algorithm 1; Megatron-LM's `moe_router_bias_update_rate` defaults to 1e-3). A hand case,
-# four experts, mean load 4:
+# Algorithm 1; Megatron-LM's `moe_router_bias_update_rate` defaults to 1e-3).
+#
+# One difference from DeepSeek-V3 matters for the numbers: DeepSeek-V3 scores each expert
+# with its own sigmoid (scores in (0, 1) that do not sum to 1) and adds the bias to those
+# scores. This lab's router scores with a softmax, so the bias is added to the softmax
+# probabilities (they sum to 1 over the 16 experts: 1/16 each when uniform). The rule is the
+# same; how large a useful bias or rate is depends on the scores it is added to, so rates
+# are not portable between the two.
+#
+# A hand case, four experts, mean load 4:
 
 # %%
 load = torch.tensor([10.0, 2.0, 4.0, 0.0])  # tokens per expert this step, mean 4
@@ -311,7 +327,10 @@ pd.DataFrame({
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `router-collapse`: **holds**.
 #
-# Both cures hold: MaxVio far under 1.5, no dead expert. Now the loss beside the load:
+# Read "the summary's fix" here as the lab's stand-in: the summary proposes no balancing,
+# so the label judges the aux loss (`summary`). The bias (`fixed`) has no label of its own;
+# its table row shows it balanced too: MaxVio far under 1.5, no dead expert, for both
+# cures. Now the loss beside the load:
 
 # %%
 fig = make_subplots(rows=1, cols=2, subplot_titles=("MaxVio", "task loss"))
@@ -331,7 +350,9 @@ fig
 # table's task loss column). **Watch the load, not the loss.** A collapsed MoE wastes the
 # parameters of its dead experts; on a real model, where capacity matters, it pays in
 # quality, and where experts run in parallel (one per device) the busiest one sets the step
-# time.
+# time. Do not read the aux-versus-bias task-loss gap in the table as a result either way:
+# one seed, 200 steps, a small task. Wang et al. 2024 report the bias's advantage on 1B-3B
+# parameter models trained on up to 200B tokens.
 #
 # What each cure costs:
 #
@@ -345,8 +366,8 @@ fig
 # ## 6. How strong must a cure be?
 #
 # The entry raises both cures above their defaults so that they act within 200 steps:
-# `aux_loss_coef` 0.1 (default 0.01) and `bias_update_rate` 1e-2 (Megatron-LM's default
-# 1e-3).
+# `aux_loss_coef` 0.1 (the lab's default 0.01, Switch's coefficient) and `bias_update_rate`
+# 1e-2 (the lab's default is Megatron-LM's, 1e-3).
 #
 # **Predict.** With the defaults, 200 steps, same setting: balanced or not?
 
@@ -379,7 +400,7 @@ for name in ("buggy", "band-aid: the bias in the mixing weights too",
     print(f"{name}:\n  {bugs.check('router-collapse', candidates[name], steps=20)}\n")
 
 # %% [markdown]
-# Your turn (the check trains 200 steps, a few seconds). Hints: `torch.topk` of what? and
+# Your turn (the check trains 200 steps, as long as one run above). Hints: `torch.topk` of what? and
 # `torch.gather` to read the probabilities of the experts you chose.
 
 # %%

@@ -184,8 +184,9 @@ print(f"{ENV_VAR}={store} python -m mahiax runs show {RUN_NONE}")
 # On the **Expert load balance** page, with this run selected, look for:
 #
 # - the tokens-per-expert heatmap: one bright row from about step 50 on, and dark rows;
-# - MaxVio over steps (per batch, and smoothed over a window of steps), close to 7, and its
-#   latest value among the figures at the top;
+# - MaxVio over steps, close to 7, and its latest value among the figures at the top: per
+#   batch, and "global", the MaxVio of the load summed over the last 50 steps (Wang et al.'s
+#   global MaxVio pools a whole evaluation set; a window is the lab's live version);
 # - the spread of expert loads in units of the mean load: the maximum near 8 while the
 #   median falls below 1;
 # - no selection bias to draw: the page says which balance this run used (`none`).

@@ -87,7 +87,10 @@ class SelectionCheck:
 
     - ``weight_error``: the largest gap between the mixing weights it returns and the
       router's own probabilities of the experts it chose (0 when the bias chooses only);
-    - ``detached``: it returned weights that carry no gradient back to the router.
+    - ``detached``: it returned weights that carry no gradient back to the router;
+    - ``rank_gap``: how far below the k-th best score ``probs + bias`` its worst chosen
+      expert's score lies (0 when the ids are a top-k of ``probs + bias``; ties are fine);
+    - ``repeated``: some token got the same expert twice.
     """
 
     def __init__(self, select: Select):
@@ -99,6 +102,8 @@ class SelectionCheck:
         self.select = select
         self.weight_error = 0.0
         self.detached = False
+        self.rank_gap = 0.0
+        self.repeated = False
 
     def __call__(self, probs: torch.Tensor, bias: torch.Tensor,
                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,16 +124,31 @@ class SelectionCheck:
                                 float((top_p.detach().to(own.dtype) - own).abs().max()))
         if torch.is_grad_enabled() and probs.requires_grad and not top_p.requires_grad:
             self.detached = True
+        with torch.no_grad():
+            score = probs.detach() + bias.detach().to(probs.dtype)  # (N, E) what top-k reads
+            kth = score.topk(k, dim=-1).values[:, -1:]  # (N, 1) the k-th best score
+            gap = (kth - score.gather(-1, ids)).clamp_min(0)  # (N, K) 0 for a top-k choice
+            self.rank_gap = max(self.rank_gap, float(gap.max()))
+            if k > 1 and bool((ids.sort(dim=-1).values.diff(dim=-1) == 0).any()):
+                self.repeated = True
         return top_p, ids
 
     def rules_broken(self) -> list[str]:
         """What the lesson's rules forbid, in words, from what was measured."""
         broken = []
+        if self.repeated:
+            broken.append("a token's ids repeat an expert: top-k chooses k different experts")
+        if self.rank_gap > WEIGHT_TOL:
+            broken.append(
+                f"the ids are not the top-k of probs + bias: a chosen expert's score lies up "
+                f"to {self.rank_gap:.3g} below the k-th best (the bias is added to the "
+                f"probabilities the top-k reads)"
+            )
         if self.weight_error > WEIGHT_TOL:
             broken.append(
-                f"the mixing weights carry the bias: they differ from the router's "
-                f"probabilities of the chosen experts by up to {self.weight_error:.3g} (the "
-                f"bias may choose the experts, never weigh them)"
+                f"the mixing weights are not the router's probabilities of the chosen experts "
+                f"(off by up to {self.weight_error:.3g}): the bias may choose the experts, never "
+                f"weigh them; return probs.gather(-1, ids) (the router renormalises)"
             )
         if self.detached:
             broken.append("the mixing weights are detached: the router gets no gradient from "
@@ -176,7 +196,7 @@ def _run(variant: str, steps: int, candidate: object) -> Outcome:
     tail["step_ms"] = statistics.median(times) * 1e3 if times else float("nan")
     out.figures.update(balance=config.balance, series=series, tail=tail, tail_steps=TAIL,
                        damage=f"MaxVio, mean of the last {TAIL} steps",
-                       damage_tol=MAXVIO_TOL)
+                       damage_tol=MAXVIO_TOL, damage_is_level=True)
     if out.steps_run:
         out.state_diff = tail["max_vio"]
     if check is not None:
@@ -200,7 +220,7 @@ def compare_cures(outcomes: dict[str, Outcome]) -> str:
     return (
         f"Last {TAIL} steps, {names}: MaxVio {row('max_vio', '.2f')}; dead experts "
         f"{row('dead', '.1f')}; task loss {row('task_loss', '.3f')}; "
-        f"{row('step_ms', '.1f')} ms a step."
+        f"{row('step_ms', '.1f')} ms a step (median wall time: noisy on a shared machine)."
     )
 
 
@@ -245,7 +265,8 @@ register(BugEntry(
     component="MixtureOfExperts router (the summary's ExpertRouter)",
     title="Routing collapse: a few experts take every token",
     pattern="ids = torch.topk(probs, k).indices  # and nothing balances the load",
-    summary_fix="loss = task_loss + aux_loss_coef * E * sum(f_i * P_i)  # Switch aux loss",
+    summary_fix=("loss = task_loss + aux_loss_coef * E * sum(f_i * P_i)  # the Switch aux loss: "
+                 "the lab's stand-in, the summary proposes no balancing"),
     right_fix=("ids = topk(probs + bias, k).indices; weights = probs.gather(ids); "
                "bias += rate * sign(mean_load - load)  # DeepSeek-V3, outside autograd"),
     explanation=(

@@ -46,6 +46,15 @@ def _damage(o: Outcome) -> float:
     return o.state_diff if o.state_diff is not None else 0.0
 
 
+def damage_words(o: Outcome) -> str:
+    """How far off the measured damage is, in words: "is off by X" for an error, or the level
+    and its limit for an entry whose damage is a level (``figures["damage_is_level"]``)."""
+    if o.figures.get("damage_is_level"):
+        return (f"is {_damage(o):.3g} (at most {float(o.figures.get('damage_tol', GRAD_TOL)):.3g} "
+                f"counts as fixed)")
+    return f"is off by {_damage(o):.3g}"
+
+
 def _damaged(o: Outcome) -> bool:
     """The entry's measured damage is above the entry's tolerance (default GRAD_TOL)."""
     return _damage(o) > float(o.figures.get("damage_tol", GRAD_TOL))
@@ -105,21 +114,23 @@ def decide(buggy: Outcome, summary: Outcome) -> tuple[str, str]:
         )
     if _damaged(summary):
         return "hides-the-error", (
-            f"no exception, but {summary.figures.get('damage', 'the state')} is off by "
-            f"{_damage(summary):.3g}"
+            f"no exception, but {summary.figures.get('damage', 'the state')} "
+            f"{damage_words(summary)}"
         )
     if summary.max_grad_diff is None and "damage" in summary.figures:
-        measured_growth = bool(summary.graph_nodes or summary.tensor_bytes)
-        return "holds", (
-            f"{summary.steps_run} steps ran" + (", nothing grows" if measured_growth else "")
-            + f" and {summary.figures['damage']} is {_damage(summary):.3g} (at most "
-            f"{summary.figures.get('damage_tol', GRAD_TOL):.3g} counts as fixed)"
-        )
+        return "holds", _holds_by_damage(summary)
     return "holds", (
         f"{summary.steps_run} steps ran, gradients match the clean reference"
         + (f" (max diff {summary.max_grad_diff:.1e})" if summary.max_grad_diff is not None else "")
         + " and nothing grows"
     )
+
+
+def _holds_by_damage(o: Outcome) -> str:
+    """Why a run that compares no gradients holds: its steps ran and its damage is in bounds."""
+    grows = ", nothing grows" if (o.graph_nodes or o.tensor_bytes) else ""
+    return (f"{o.steps_run} steps ran{grows} and {o.figures['damage']} is {_damage(o):.3g} "
+            f"(at most {float(o.figures.get('damage_tol', GRAD_TOL)):.3g} counts as fixed)")
 
 
 def first_line(message: str | None) -> str:
@@ -140,6 +151,8 @@ def judge_candidate(out: Outcome) -> tuple[bool, str]:
         return False, "; ".join(broken) + (f" (and {problem})" if problem else "")
     if problem:
         return False, problem
+    if out.max_grad_diff is None and "damage" in out.figures:
+        return True, f"it holds: {_holds_by_damage(out)}"
     counted = "; one forward and one backward a step" if "rules_broken" in out.figures else ""
     return True, (
         f"it holds: {out.steps_run} steps ran, gradients match the clean reference and "
@@ -170,7 +183,7 @@ def _measured_problem(out: Outcome) -> str | None:
         )
     if _damaged(out):
         return (
-            f"it runs, but {out.figures.get('damage', 'the state it keeps')} is off by "
-            f"{_damage(out):.3g}"
+            f"it runs, but {out.figures.get('damage', 'the state it keeps')} "
+            f"{damage_words(out)}"
         )
     return None

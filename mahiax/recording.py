@@ -131,16 +131,19 @@ def record_training(
 
 
 def record_bug(
-    entry_id: str, variant: str, name: str, steps: int, *, store: str | Path | None = None
+    entry_id: str, variant: str, name: str, steps: int | None = None, *,
+    store: str | Path | None = None,
 ):
     """Train a catalog variant and record each step live: losses, graph size, memory,
-    gradient error; a failure is stored with PyTorch's own error type, message and step."""
+    gradient error; a failure is stored with PyTorch's own error type, message and step.
+    ``steps`` defaults to the entry's own number of steps."""
     import builtins
 
     from mahiax.bugs import get
     from mahiax.bugs.harness import harness_config, observing, observing_trainer
 
     entry = get(entry_id)  # an unknown id fails here, before the store is touched
+    steps = entry.steps if steps is None else steps
     # the catalog tag is store data (the Bug lab groups an entry's variants by it); the
     # config is the harness model's, or the one the entry trains the trainer's model with
     config = (entry.run_config(variant, steps) if entry.run_config is not None

@@ -146,13 +146,15 @@ def test_router_collapse_records_the_full_telemetry(tmp_path):
     from mahiax.recording import record_bug
     from mahiax.store import RunReader
 
-    record_bug("router-collapse", "fixed", "rc", 3, store=tmp_path / "runs.sqlite")
+    # no steps given, as `mahiax train --bug router-collapse --variant fixed` without --steps
+    out = record_bug("router-collapse", "fixed", "rc", store=tmp_path / "runs.sqlite")
+    assert out.steps_run == bugs.get("router-collapse").steps
     reader = RunReader(tmp_path / "runs.sqlite")
     assert reader.config("rc")["balance"] == "bias"
     assert reader.config("rc")["num_experts"] == balance.collapse_config("bias").num_experts
     assert {"moe/max_vio", "moe/dead"} <= set(reader.scalar_keys("rc"))
     assert {"moe/tokens_per_expert", "moe/bias"} <= set(reader.vector_keys("rc"))
-    assert len(reader.vectors("rc", "moe/bias")) == 3
+    assert len(reader.vectors("rc", "moe/bias")) == out.steps_run
 
 
 @pytest.mark.parametrize("eid", IDS)

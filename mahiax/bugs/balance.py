@@ -50,7 +50,7 @@ from mahiax.config import MahiaConfig
 COLLAPSE = {"num_experts": 16, "top_k": 2, "aux_loss_coef": 0.1, "bias_update_rate": 1e-2}
 SHARED_OFFSET = 1.0  # length of the router input's common direction, in units of sqrt(D)
 DIRECTION_SEED = 123  # seeds the common direction (the same for every variant)
-STEPS = 200  # steps of one run: the collapse sets in within ~50, the cures need ~150
+STEPS = 60  # steps of one run: the collapse sets in within ~50 steps, both cures act within ~30
 TAIL = 30  # the damage and the comparison read the mean over the last TAIL steps
 # balanced enough: the busiest expert gets at most 2.5 times the mean load (a collapsed top-2
 # router over 16 experts reaches 7: one expert among every token's two choices)

@@ -231,16 +231,17 @@ def test_retain_graph_alone_keeps_memory_flat_without_carried_state(verdicts):
 
 
 # router-collapse trains the trainer's own model: its fixed variant is the clean code, whose
-# gradients tests/test_balance.py checks (the bias never reaches them); its runs are 200 steps
-ANOMALY_RUNS = [eid for eid in IDS if eid != "router-collapse"]
+# gradients tests/test_balance.py checks (the bias never reaches them)
+LONG_RUNS = [eid for eid in IDS if eid != "router-collapse"]
 
 
-@pytest.mark.parametrize("eid", ANOMALY_RUNS)
-def test_fixed_variant_runs_200_steps_under_anomaly_mode(eid):
-    """The right fix: 200 steps with anomaly detection on, gradients equal to the clean
-    reference in float64, autograd graph and memory flat."""
-    with torch.autograd.detect_anomaly(check_nan=False):
-        out = bugs.run(eid, "fixed", steps=200)
+@pytest.mark.parametrize("eid", LONG_RUNS)
+def test_fixed_variant_runs_200_steps(eid):
+    """The right fix: 200 steps, gradients equal to the clean reference in float64, autograd
+    graph and memory flat. (Anomaly mode would add nothing here: with check_nan=False it only
+    records forward tracebacks, and it doubles the time; tests/test_training.py trains under
+    it.)"""
+    out = bugs.run(eid, "fixed", steps=200)
     assert out.passed, f"{out.error_type}: {out.error_message}"
     assert out.steps_run == 200
     assert out.max_grad_diff is not None and out.max_grad_diff <= 1e-6

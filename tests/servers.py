@@ -77,13 +77,19 @@ def start_dashboard(store: Path, log: Path, **env: str) -> tuple[subprocess.Pope
              "--browser.gatherUsageStats", "false"],
             cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{url}/_stcore/health", server, 60, "streamlit",
-                      lambda: Path(log).read_text()[-3000:])
-    except BaseException:
-        stop(server)
-        raise
+    up_or_stopped(server, f"{url}/_stcore/health", 60, "streamlit", log)
     return server, url
+
+
+def up_or_stopped(proc: subprocess.Popen, health: str, seconds: float, name: str,
+                  log: Path | str) -> None:
+    """Wait until ``health`` answers; a server that never does is stopped, and the
+    AssertionError shows the end of its ``log``."""
+    try:
+        wait_until_up(health, proc, seconds, name, lambda: Path(log).read_text()[-3000:])
+    except BaseException:
+        stop(proc)
+        raise
 
 
 def start_jupyterlab(root: Path, env: dict[str, str], log: Path,
@@ -102,12 +108,7 @@ def start_jupyterlab(root: Path, env: dict[str, str], log: Path,
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{base}/api/status?token={token}", proc, 90, "JupyterLab",
-                      lambda: Path(log).read_text()[-3000:])
-    except BaseException:
-        stop(proc)
-        raise
+    up_or_stopped(proc, f"{base}/api/status?token={token}", 90, "JupyterLab", log)
     return proc, base, token
 
 

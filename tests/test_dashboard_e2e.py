@@ -190,9 +190,9 @@ def _charts_gain_steps(pg, prefixes: tuple[str, ...], timeout_s: float = 20) -> 
     """Each chart titled by one of ``prefixes`` has traces, and every trace's newest step
     grows while the live run trains (a hang guard only bounds the wait)."""
     for prefix in prefixes:
-        title = pg.locator(".js-plotly-plot .gtitle").filter(has_text=prefix).first
-        title.scroll_into_view_if_needed()
-        expect(title).to_be_visible()
+        # no scrolling: a live page redraws its charts, and an element scrolled to can be
+        # replaced in between (seen under load); the check reads the page's data, not pixels
+        expect(pg.locator(".js-plotly-plot .gtitle").filter(has_text=prefix).first).to_be_visible()
     first = {p: _last_x(pg, p) for p in prefixes}
     deadline = time.monotonic() + timeout_s
     while True:

@@ -129,7 +129,8 @@ def _launch(store: Path, request: RunRequest) -> subprocess.Popen:
         argv = request.argv(store)
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=slots.child_env())
         _children[proc.pid] = proc
         try:
             started = psutil.Process(proc.pid).create_time()

@@ -66,6 +66,13 @@ _pumping = False  # whether the daemon thread is alive
 _limit: Callable[[], int] = cores  # the number of slots (tests narrow it)
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a process started in a slot: this server's, with one intra-op
+    thread. A slot is one core; left to its default, torch would start one thread per core
+    in every process, and N processes on N cores would fight over N * N threads."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def limit() -> int:
     """How many processes run at once: one per core (:func:`cores`)."""
     return _limit()

@@ -107,7 +107,8 @@ def _start(entry_id: str) -> VerdictJob:
     def launch() -> subprocess.Popen:
         with open(out, "wb") as o, open(err, "wb") as e:
             return subprocess.Popen(argv(entry_id), cwd=ROOT, stdout=o, stderr=e,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=slots.child_env())
 
     return VerdictJob(entry_id, slots.submit(f"verdict:{entry_id}", launch), out, err)
 

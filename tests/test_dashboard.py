@@ -542,16 +542,19 @@ def test_bug_lab_button_runs_three_variants(monkeypatch, tmp_path):
 
 def _training_children(entry: str) -> dict[int, list[str]]:
     """This process's live children that train a variant of ``entry`` (``mahiax train
-    ... --bug ENTRY``): the processes the Bug lab started, seen by their command line."""
+    ... --bug ENTRY``): the processes the Bug lab started, seen by their command line. Each
+    one runs with one intra-op thread: its slot is one core."""
     import psutil
 
     found = {}
     for child in psutil.Process().children(recursive=True):
         try:
             cmd = child.cmdline()
+            threads = child.environ().get("OMP_NUM_THREADS")
         except psutil.Error:
             continue
         if "train" in cmd and "--bug" in cmd and cmd[cmd.index("--bug") + 1] == entry:
+            assert threads == "1", f"a slot is one core, yet OMP_NUM_THREADS={threads}: {cmd}"
             found[child.pid] = cmd
     return found
 

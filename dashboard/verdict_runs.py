@@ -38,9 +38,6 @@ TAIL_LABELS = {
     "step_ms": ("ms / step", "{:.1f}"),
 }
 SERIES_HEIGHT = 300  # px: three charts side by side stay compact
-# a colour per variant on the overlays: the bug red, the summary's fix orange, the right fix
-# green (another variant, e.g. a learner's candidate, gets Plotly's next colour)
-VARIANT_COLOURS = {"buggy": "#d62728", "summary": "#ff7f0e", "fixed": "#2ca02c"}
 
 
 def has_series(figures: dict[str, dict]) -> bool:
@@ -98,6 +95,8 @@ def show(entry_id: str, measured_at: float | None, figures: dict[str, dict],
                                      if v and not _is_vector(v)))
 
     def build() -> list[go.Figure]:
+        from mahiax.bugs.catalog import VARIANT_COLORS  # late: the catalog loads torch
+
         out = []
         for key in vector_keys:  # variant by variant, on one colour range
             title, unit = _label(key)
@@ -122,9 +121,9 @@ def show(entry_id: str, measured_at: float | None, figures: dict[str, dict],
                                if series[v].get(key)})
             df.index.name = "step"
             fig = charts.lines(df, title, unit).update_layout(height=SERIES_HEIGHT)
-            for trace in fig.data:
-                if trace.name in VARIANT_COLOURS:
-                    trace.line.color = VARIANT_COLOURS[trace.name]
+            for trace in fig.data:  # each variant in its colour of the lessons
+                if trace.name in VARIANT_COLORS:
+                    trace.line.color = VARIANT_COLORS[trace.name]
             out.append(fig)
         return out
 

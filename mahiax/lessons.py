@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mahiax.bugs.catalog import VARIANT_COLORS  # noqa: F401  (the lessons read it here)
 from mahiax.bugs.cli import describe
 from mahiax.bugs.outcome import Outcome
 from mahiax.units import MIB
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
 
     from mahiax.bugs import BugEntry, Verdict
 
-# one colour per variant, the same in every lesson (Plotly's default qualitative palette)
-VARIANT_COLORS = {
-    "buggy": "#EF553B", "summary": "#636EFA", "fixed": "#00CC96", "candidate": "#AB63FA",
-}
 
 
 @dataclass

@@ -16,6 +16,11 @@ from mahiax.config import MahiaConfig
 from mahiax.errors import BadInput
 
 VARIANTS = ("buggy", "summary", "fixed")
+# one colour per variant, the same in every lesson and on the dashboard's Bug lab (Plotly's
+# default qualitative palette)
+VARIANT_COLORS = {
+    "buggy": "#EF553B", "summary": "#636EFA", "fixed": "#00CC96", "candidate": "#AB63FA",
+}
 
 # run(variant, steps, candidate) -> Outcome; variant may also be "candidate"
 Runner = Callable[[str, int, object], Outcome]

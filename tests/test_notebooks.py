@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+from datetime import datetime
 
 import nbformat
 import pytest
@@ -29,6 +30,7 @@ from tests.notebook_env import (
     KERNEL_NAME,
     LESSONS,
     NOTEBOOKS,
+    ROOT,
     STATED_VERDICT,
     jupyter_env,
     notebook_path,
@@ -37,6 +39,7 @@ from tests.notebook_env import (
 
 CELL_TIMEOUT_S = 300  # hang guard per cell: far above any lesson's cell (a few s)
 HANG_GUARD_S = 900  # hang guard per notebook, kernel start included: not a speed target
+TIMING = ROOT / "test-artifacts" / "notebooks"  # where each lesson run's time went (reported)
 
 
 def _load(name: str) -> dict:
@@ -259,6 +262,35 @@ def _files_under(path) -> dict[str, float]:
     }
 
 
+def _cell_seconds(cell: dict) -> float | None:
+    """How long the kernel took over a cell, from the timestamps nbclient records."""
+    stamps = cell.get("metadata", {}).get("execution", {})
+    start, end = stamps.get("iopub.execute_input"), stamps.get("shell.execute_reply")
+    if not (start and end):
+        return None
+    return (datetime.fromisoformat(end.replace("Z", "+00:00"))
+            - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def _write_timing(name: str, nb: dict, kernel_start_s: float, cells_s: float,
+                  stop_s: float) -> None:
+    """Where a lesson run spent its time, kept under ``test-artifacts/notebooks/`` and printed
+    (shown for a failed test): reported so a slow run can be explained, never asserted."""
+    per_cell = [(i, _cell_seconds(c), _text(c).splitlines()[0][:80] if _text(c) else "")
+                for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    slowest = sorted((p for p in per_cell if p[1] is not None), key=lambda p: -p[1])[:5]
+    TIMING.mkdir(parents=True, exist_ok=True)
+    (TIMING / f"{name}.json").write_text(json.dumps({
+        "kernel_start_s": round(kernel_start_s, 2), "cells_s": round(cells_s, 2),
+        "kernel_stop_s": round(stop_s, 2),
+        "slowest_cells": [{"index": i, "seconds": round(s, 2), "first_line": line}
+                          for i, s, line in slowest],
+    }, indent=2))
+    print(f"{name}: cells {cells_s:.1f} s, kernel start {kernel_start_s:.1f} s, "
+          f"stop {stop_s:.1f} s; slowest "
+          + ", ".join(f"cell {i} {s:.1f} s" for i, s, _ in slowest))
+
+
 @pytest.mark.timeout(HANG_GUARD_S)
 @pytest.mark.parametrize("name", LESSONS)
 def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
@@ -283,7 +315,8 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
         for index, cell in enumerate(nb.cells):
             client.execute_cell(cell, index)
         elapsed = time.perf_counter() - started
-    print(f"{name}: cells {elapsed:.1f} s, kernel start {started - t0:.1f} s (reported only)")
+    stopped = time.perf_counter() - started - elapsed
+    _write_timing(name, nb, kernel_start_s=started - t0, cells_s=elapsed, stop_s=stopped)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue

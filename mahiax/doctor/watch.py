@@ -611,32 +611,29 @@ class Watch:
                 p = r()
                 for held in (p.tensor, p.probe) if p is not None else ():
                     in_packs[id(held)] = in_packs.get(id(held), 0) + 1
-        exclude = {id(old), id(fresh)}
-        looked = 0
-        for t, earliest in old:
-            # references: getrefcount's argument, the loop variable, the pair in `old`
-            if sys.getrefcount(t) - 3 - in_packs.get(id(t), 0) <= 0:
-                continue
-            holder = self._holder(t, exclude)
+        # at most 16 of each, newest first; a tensor only the locator's records hold is skipped
+        # references: getrefcount's argument, the loop variable, the pair in `old` / the
+        # entry in `fresh`
+        held_old = [(t, earliest) for t, earliest in old
+                    if sys.getrefcount(t) - 3 - in_packs.get(id(t), 0) > 0][:16]
+        held_fresh = [t for t in fresh if sys.getrefcount(t) - 3 - in_packs.get(id(t), 0) > 0][:16]
+        pairs = {id(pair) for pair in old} | {id(pair) for pair in held_old}
+        referrers = self._referrers_of_each([t for t, _ in held_old] + held_fresh)
+        exclude = {id(old), id(fresh), id(held_old), id(held_fresh), id(referrers)} | pairs
+        for t, earliest in held_old:
+            holder = self._holder(t, referrers[id(t)], exclude)
             if holder is not None:
                 self._record_held(holder, t, earliest, step)
-            looked += 1
-            if looked >= 16:
-                break
-        looked = 0
-        for t in fresh:
-            # references: getrefcount's argument, the loop variable, the entry in `fresh`
-            if sys.getrefcount(t) - 3 - in_packs.get(id(t), 0) <= 0:
-                continue
-            holder = self._holder(t, exclude)
+        for t in held_fresh:
+            holder = self._holder(t, referrers[id(t)], exclude)
             if holder is not None:
                 label = self._holder_label(holder)
                 self._carriers[_seq(t.grad_fn)] = (
                     label, *self._store_line(holder, t), step, holder.name,
                     holder.kind in ("attribute", "buffer"), t.numel())
-            looked += 1
-            if looked >= 16:
-                break
+        held_old.clear()
+        held_fresh.clear()
+        referrers.clear()
         old.clear()
         fresh.clear()
 
@@ -691,9 +688,28 @@ class Watch:
             memo[id(node)] = low
         return memo.get(id(first), _seq(first))
 
-    def _holder(self, t: torch.Tensor, exclude: set[int]) -> Holder | None:
-        refs = gc.get_referrers(t)
-        exclude = exclude | {id(refs)}
+    @staticmethod
+    def _referrers_of_each(tensors: list[torch.Tensor]) -> dict[int, list[Any]]:
+        """The objects that refer directly to each of ``tensors`` (by id), in one walk of the
+        heap: ``gc.get_referrers`` takes tens of milliseconds a call in a full kernel, so all
+        the candidates of a scan share one call, and each referrer is filed under the
+        candidates among its own referents (cheap)."""
+        if not tensors:
+            return {}
+        wanted = {id(t) for t in tensors}
+        found: dict[int, list[Any]] = {id(t): [] for t in tensors}
+        refs = gc.get_referrers(*tensors)
+        for r in refs:
+            if r is tensors or isinstance(r, tuple) and len(r) == len(tensors) and all(
+                    a is b for a, b in zip(r, tensors, strict=True)):
+                continue  # the caller's list and the call's own argument tuple
+            for i in {id(x) for x in gc.get_referents(r)} & wanted:
+                found[i].append(r)
+        refs.clear()
+        return found
+
+    def _holder(self, t: torch.Tensor, refs: list[Any], exclude: set[int]) -> Holder | None:
+        """Who holds ``t``, given the objects that refer to it directly."""
         for r in refs:
             if id(r) in exclude or isinstance(r, _Packed | FrameType):
                 continue
@@ -711,6 +727,11 @@ class Watch:
                 return None
             if "__builtins__" in r and "__name__" in r:
                 return Holder("global", key, file=r.get("__file__") or "")
+            for m in self.model.modules() if self.model is not None else ():
+                # the model's own modules, named without walking the heap
+                if m.__dict__ is r or m._buffers is r:
+                    return None if isinstance(m, self.ignore_types) else \
+                        Holder("attribute" if m.__dict__ is r else "buffer", key, owner=m)
             owners = gc.get_referrers(r)
             for o in owners:
                 if id(o) in exclude or o is owners:

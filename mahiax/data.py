@@ -76,13 +76,19 @@ class SyntheticMultiTask:
             label = torch.randint(0, 2, (b,), generator=g)
             n_major = torch.randint(1, 4, (b,), generator=g)  # 1..3 keys of the label's set
             n_minor = (torch.rand(b, generator=g) * n_major).floor().long()  # fewer distractors
-            for i in range(b):
-                major = POSITIVE_KEYS if label[i] == 1 else NEGATIVE_KEYS
-                minor = NEGATIVE_KEYS if label[i] == 1 else POSITIVE_KEYS
-                keys = [major[j % 4] for j in range(int(n_major[i]))]
-                keys += [minor[j % 4] for j in range(int(n_minor[i]))]
-                for j, key in enumerate(keys):
-                    tokens[i, order[i, used + j]] = key
+            # sample i plants n_major[i] keys of its label's set, then n_minor[i] of the other,
+            # in slots 0..4 of its positions order[i, used:used + 5] (distinct positions)
+            positive = (label == 1).unsqueeze(1)  # (B, 1)
+            major = torch.where(positive, torch.tensor(POSITIVE_KEYS), torch.tensor(NEGATIVE_KEYS))
+            minor = torch.where(positive, torch.tensor(NEGATIVE_KEYS), torch.tensor(POSITIVE_KEYS))
+            slot = torch.arange(5)  # (5,): n_major <= 3 and n_minor <= 2
+            n_maj = n_major.unsqueeze(1)  # (B, 1)
+            is_major = slot < n_maj  # (B, 5)
+            planted = slot < n_maj + n_minor.unsqueeze(1)  # (B, 5)
+            key = torch.where(is_major, major[:, slot % 4],
+                              minor.gather(1, (slot - n_maj).clamp(min=0) % 4))  # (B, 5)
+            rows = torch.arange(b).unsqueeze(1).expand(b, 5)  # (B, 5)
+            tokens[rows[planted], order[:, used:used + 5][planted]] = key[planted]
             used += 5
             targets["keywords"] = label
         if "tabular" in c.tasks:

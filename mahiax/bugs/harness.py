@@ -315,8 +315,8 @@ def train_variant(
         model, weighting = model.to(device), weighting.double().to(device)
         # the meter measures the device the catalog's model lives on (CPU unless on_device)
         meter = MemoryMeter(next(model.parameters()).device) if measure_memory else None
-        optimizer = torch.optim.AdamW(
-            list(model.parameters()) + list(weighting.parameters()), lr=config.lr
+        optimizer = torch.optim.AdamW(  # foreach: as the Trainer's
+            list(model.parameters()) + list(weighting.parameters()), lr=config.lr, foreach=True
         )
         data = SyntheticMultiTask(data_config or config)
         worst: float | None = None  # stays None until a step's gradients were compared

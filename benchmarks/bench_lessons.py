@@ -30,16 +30,18 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from tests.notebook_env import KERNEL_NAME, LESSONS, NOTEBOOKS, environ_set, jupyter_env
+from tests.notebook_env import (
+    KERNEL_NAME,
+    LESSONS,
+    NOTEBOOKS,
+    environ_set,
+    first_line,
+    jupyter_env,
+)
 
 GOAL_S = 20.0  # issue 11: every lesson's cells, top to bottom, under 20 s on 2 cores
 CELL_TIMEOUT_S = 300  # a hang guard per cell, far above any lesson's
 SLOWEST = 3  # cells listed per lesson
-
-
-def _first_line(source: str) -> str:
-    lines = [ln for ln in source.splitlines() if ln.strip() and not ln.startswith("#")]
-    return (lines[0] if lines else source.splitlines()[0] if source else "")[:60]
 
 
 def time_notebook(path: Path, workdir: Path = NOTEBOOKS) -> dict:
@@ -67,7 +69,7 @@ def time_notebook(path: Path, workdir: Path = NOTEBOOKS) -> dict:
                 error = {"cell": index, "message": str(e).strip().splitlines()[-1][:300]}
                 break
             cells.append({"cell": index, "seconds": time.perf_counter() - c0,
-                          "first_line": _first_line(cell.source)})
+                          "first_line": first_line(cell.source)})
     return {"kernel_start_s": kernel_start, "cells": cells,
             "cell_seconds": sum(c["seconds"] for c in cells), "error": error}
 

@@ -39,6 +39,13 @@ def notebook_path(name: str) -> Path:
     return NOTEBOOKS / f"{name}.ipynb"
 
 
+def first_line(source: str) -> str:
+    """A cell's first line of code (comments and blank lines skipped), cut to 60 characters:
+    how timing reports name a cell."""
+    lines = [ln for ln in source.splitlines() if ln.strip() and not ln.startswith("#")]
+    return (lines[0] if lines else source.splitlines()[0] if source else "")[:60]
+
+
 def stated_verdicts(nb: dict) -> dict[str, str]:
     """``{entry id: label}`` from the lesson's markdown (a repeated id must agree)."""
     found: dict[str, str] = {}

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import time
-from datetime import datetime
 
 import nbformat
 import pytest
@@ -32,6 +31,7 @@ from tests.notebook_env import (
     NOTEBOOKS,
     ROOT,
     STATED_VERDICT,
+    first_line,
     jupyter_env,
     notebook_path,
     stated_verdicts,
@@ -262,23 +262,13 @@ def _files_under(path) -> dict[str, float]:
     }
 
 
-def _cell_seconds(cell: dict) -> float | None:
-    """How long the kernel took over a cell, from the timestamps nbclient records."""
-    stamps = cell.get("metadata", {}).get("execution", {})
-    start, end = stamps.get("iopub.execute_input"), stamps.get("shell.execute_reply")
-    if not (start and end):
-        return None
-    return (datetime.fromisoformat(end.replace("Z", "+00:00"))
-            - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
-
-
-def _write_timing(name: str, nb: dict, kernel_start_s: float, cells_s: float,
+def _write_timing(name: str, kernel_start_s: float, cells: list[tuple[int, float, str]],
                   stop_s: float) -> None:
-    """Where a lesson run spent its time, kept under ``test-artifacts/notebooks/`` and printed
-    (shown for a failed test): reported so a slow run can be explained, never asserted."""
-    per_cell = [(i, _cell_seconds(c), _text(c).splitlines()[0][:80] if _text(c) else "")
-                for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    slowest = sorted((p for p in per_cell if p[1] is not None), key=lambda p: -p[1])[:5]
+    """Where a lesson run spent its time (``cells``: index, seconds, first line), kept under
+    ``test-artifacts/notebooks/`` and printed (shown for a failed test): reported so a slow
+    run can be explained, never asserted."""
+    cells_s = sum(s for _, s, _ in cells)
+    slowest = sorted(cells, key=lambda c: -c[1])[:5]
     TIMING.mkdir(parents=True, exist_ok=True)
     (TIMING / f"{name}.json").write_text(json.dumps({
         "kernel_start_s": round(kernel_start_s, 2), "cells_s": round(cells_s, 2),
@@ -309,14 +299,17 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
         nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME, startup_timeout=120,
         resources={"metadata": {"path": str(NOTEBOOKS)}},
     )
+    timed: list[tuple[int, float, str]] = []  # code cells: index, seconds, first line
     t0 = time.perf_counter()
     with client.setup_kernel(env=dict(os.environ)):
         started = time.perf_counter()
         for index, cell in enumerate(nb.cells):
+            c0 = time.perf_counter()
             client.execute_cell(cell, index)
-        elapsed = time.perf_counter() - started
-    stopped = time.perf_counter() - started - elapsed
-    _write_timing(name, nb, kernel_start_s=started - t0, cells_s=elapsed, stop_s=stopped)
+            if cell.cell_type == "code":
+                timed.append((index, time.perf_counter() - c0, first_line(cell.source)))
+        ended = time.perf_counter()
+    _write_timing(name, started - t0, timed, stop_s=time.perf_counter() - ended)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue

@@ -4,6 +4,7 @@
 (:mod:`mahiax.bugs.harness`), the benchmarks and the lessons all compute the loss with
 :func:`objective` and end a step with :func:`finish_step`, so the yardstick of every verdict is
 what the trainer optimises (``tests/test_training.py`` checks that they agree on one batch).
+The Trainer and the catalog's harness build their optimiser with :func:`make_optimizer`.
 
 A step is: ``objective()`` (one ``encode()``, every head, the weighted total), one
 ``backward()``, the optimiser step (the caller's: plain, or unscale-clip-step under AMP), then
@@ -20,9 +21,18 @@ from dataclasses import dataclass
 import torch
 
 from mahiax import distributed
+from mahiax.config import MahiaConfig
 from mahiax.data import Batch
 from mahiax.model import Encoded, HybridEfficientModel
 from mahiax.weighting import LossWeighting
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: MahiaConfig) -> torch.optim.AdamW:
+    """AdamW at the config's learning rate and weight decay, ``foreach``: one kernel per op
+    over all the parameters instead of a Python loop over them (PyTorch's default on CUDA, not
+    on the CPU; the same updates, bit for bit)."""
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                             foreach=True)
 
 
 @dataclass

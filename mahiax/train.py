@@ -38,7 +38,7 @@ from mahiax.config import MahiaConfig, config_differences
 from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.errors import BadInput
 from mahiax.model import HybridEfficientModel
-from mahiax.objective import Objective, finish_step, objective
+from mahiax.objective import Objective, finish_step, make_optimizer, objective
 from mahiax.precision import PrecisionManager
 from mahiax.rng import rng_state, set_rng_state
 from mahiax.weighting import LossWeighting, make_weighting
@@ -119,11 +119,7 @@ class Trainer:
         self.data = SyntheticMultiTask(config)
         self.weighting: LossWeighting = make_weighting(config).to(self.device)
         params = list(self.model.parameters()) + list(self.weighting.parameters())
-        # foreach: one kernel per op over all ~70 tensors instead of a Python loop over them
-        # (PyTorch's default on CUDA, not on the CPU); the same updates, bit for bit
-        self.optimizer = torch.optim.AdamW(
-            params, lr=config.lr, weight_decay=config.weight_decay, foreach=True
-        )
+        self.optimizer = make_optimizer(params, config)
         self.precision = PrecisionManager(config.precision, self.device)
         self.loss_module: nn.Module = LossModule(self.model, self.weighting, self.precision)
         if self.dist.world_size > 1:

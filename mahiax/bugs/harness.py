@@ -25,7 +25,7 @@ from mahiax.config import MahiaConfig, tiny
 from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.errors import BadInput
 from mahiax.model import HybridEfficientModel
-from mahiax.objective import Objective, finish_step, objective
+from mahiax.objective import Objective, finish_step, make_optimizer, objective
 from mahiax.weighting import FixedWeighting, LossWeighting, make_weighting
 
 if TYPE_CHECKING:
@@ -315,9 +315,7 @@ def train_variant(
         model, weighting = model.to(device), weighting.double().to(device)
         # the meter measures the device the catalog's model lives on (CPU unless on_device)
         meter = MemoryMeter(next(model.parameters()).device) if measure_memory else None
-        optimizer = torch.optim.AdamW(  # foreach: as the Trainer's
-            list(model.parameters()) + list(weighting.parameters()), lr=config.lr, foreach=True
-        )
+        optimizer = make_optimizer(list(model.parameters()) + list(weighting.parameters()), config)
         data = SyntheticMultiTask(data_config or config)
         worst: float | None = None  # stays None until a step's gradients were compared
         ref = Reference(config, device) if reference else None

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; `playwright install` is never run
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -60,6 +62,33 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float, what: str,
             raise AssertionError(f"{what} did not answer {url} within {timeout_s:.0f} s:\n"
                                  f"{log()}")
         time.sleep(0.3)
+
+
+class TreeWatch:
+    """Samples the processes under ``pid``: each one's parent and the command line it showed
+    at its latest sighting.
+
+    A process starts as a copy of its parent (``subprocess`` forks, then the child replaces
+    itself with the new program): between the two, ``/proc`` shows the parent's command line.
+    A sample that lands there sees a child of the dashboard server running ``streamlit run
+    dashboard``. Every sample reads every child again, so a child that went on to run a program
+    is kept under that program; a child still showing its parent's command line after its last
+    sighting really ran the parent's code (a ``multiprocessing`` fork doing work in-server, or
+    a start that never reached its program)."""
+
+    def __init__(self, pid: int):
+        self.root = psutil.Process(pid)
+        self.seen: dict[int, tuple[int, list[str]]] = {}  # pid -> (parent pid, cmdline)
+
+    def sample(self) -> None:
+        for child in self.root.children(recursive=True):
+            try:
+                self.seen[child.pid] = (child.ppid(), child.cmdline())
+            except psutil.Error:  # ended between the listing and the read
+                pass
+
+    def children_of(self, pid: int) -> dict[int, list[str]]:
+        return {p: cmd for p, (parent, cmd) in self.seen.items() if parent == pid}
 
 
 def start_dashboard(store: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import time
 
-import psutil
 import pytest
 
-from tests.servers import CHROMIUM, CHROMIUM_ARGS, start_dashboard, stop
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, TreeWatch, start_dashboard, stop
 
 if not CHROMIUM.exists():
     pytest.skip(f"the Bug lab end-to-end test needs Debian's chromium at {CHROMIUM}",
@@ -39,26 +38,6 @@ def _is_verdict_process(cmdline: list[str], entry: str | None = None) -> bool:
     tail = cmdline[-5:]
     return tail[:3] == ["mahiax", "bugs", "verdict"] and tail[-1] == "--json" and \
         (entry is None or tail[3] == entry)
-
-
-class TreeWatch:
-    """Samples the processes under ``pid``: each one's parent and command line, as seen."""
-
-    def __init__(self, pid: int):
-        self.root = psutil.Process(pid)
-        self.seen: dict[int, tuple[int, list[str]]] = {}  # pid -> (parent pid, cmdline)
-
-    def sample(self) -> None:
-        for child in self.root.children(recursive=True):
-            if child.pid in self.seen:
-                continue
-            try:
-                self.seen[child.pid] = (child.ppid(), child.cmdline())
-            except psutil.Error:  # ended between the listing and the read
-                pass
-
-    def children_of(self, pid: int) -> dict[int, list[str]]:
-        return {p: cmd for p, (parent, cmd) in self.seen.items() if parent == pid}
 
 
 @pytest.mark.timeout(420)

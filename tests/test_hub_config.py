@@ -5,9 +5,12 @@ The end-to-end test (``test_hub_e2e.py``, root only) runs the real thing."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
+import shutil
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +23,40 @@ HUB = ROOT / "hub"
 WORKSHOP, ADMIN = "workshop-pass-1", "an-admin-password-of-more-than-32-chars"
 
 
-def _load(tmp_path: Path, monkeypatch, **env: str):
-    """The config as JupyterHub reads it, its runtime and state folder under ``tmp_path``."""
+def _hub_copy(tmp_path: Path) -> Path:
+    """``hub/`` copied into a checkout under a folder of mode 0700 that the test makes: the
+    config's logic must not depend on where the repository was cloned (a ``mktemp -d`` folder
+    is 0700, and so are many homes)."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)  # whatever the umask
+    dest = private / "checkout" / "hub"
+    shutil.copytree(HUB, dest, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+    return dest
+
+
+def _hub_module(hub: Path, name: str):
+    """``hub/<name>.py`` of the checkout ``hub``, imported under its own name, as the config
+    imports it."""
+    spec = importlib.util.spec_from_file_location(name, hub / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load(tmp_path: Path, monkeypatch, *, hub: Path | None = None,
+          location_check: bool = False, **env: str):
+    """The config as JupyterHub reads it, from ``hub`` (default: a copy of ``hub/`` in a
+    checkout learners cannot enter), with its runtime and state folder under ``tmp_path``.
+
+    ``location_check``: whether the config's check that learners can enter the checkout runs
+    for real. Off, it answers "every folder can be entered", so the rest of the config's logic
+    is tested wherever the repository lies; the check itself has tests of its own below."""
+    hub = hub or _hub_copy(tmp_path)
+    runtime_module = _hub_module(hub, "runtime")
+    if not location_check:
+        monkeypatch.setattr(runtime_module, "unreachable", lambda path: None)
+    monkeypatch.setitem(sys.modules, "runtime", runtime_module)
     runtime = tmp_path / "runtime"
     for f in (runtime / "venv" / "bin" / "python",
               runtime / "node_modules" / ".bin" / "configurable-http-proxy"):
@@ -33,7 +68,61 @@ def _load(tmp_path: Path, monkeypatch, **env: str):
     for k, v in {**defaults, **env}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the config adds hub/ to the path
-    return PyFileConfigLoader("jupyterhub_config.py", path=str(HUB)).load_config()
+    return PyFileConfigLoader("jupyterhub_config.py", path=str(hub)).load_config()
+
+
+def test_the_config_refuses_a_checkout_learners_cannot_enter_and_names_the_folder(
+        tmp_path, monkeypatch):
+    private = tmp_path / "private"
+    with pytest.raises(SystemExit) as refused:
+        _load(tmp_path, monkeypatch, location_check=True)
+    message = str(refused.value)
+    # the first folder on the way that others cannot enter: ours, or one above it
+    blocked = next(f for f in [*reversed(private.parents), private]
+                   if not f.stat().st_mode & 0o001)
+    assert message.startswith(f"learners cannot enter {blocked} (no o+x)"), message
+    assert f"cannot run the lab from {private / 'checkout'}" in message
+    assert "serve the hub from a checkout every user can read" in message
+
+
+@pytest.fixture
+def open_base():
+    """A folder of mode 0755 in the system's temp folder, every folder above it enterable by
+    others (skipped where the temp folder is not), removed afterwards."""
+    runtime = _hub_module(HUB, "runtime")
+    tmp = Path(tempfile.gettempdir())
+    if runtime.unreachable(tmp) is not None:
+        pytest.skip(f"others cannot enter {runtime.unreachable(tmp)}, above the temp folder")
+    base = Path(tempfile.mkdtemp(prefix="mahiax-hub-test-"))
+    try:
+        base.chmod(0o755)
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+def test_the_location_check_names_the_first_folder_others_cannot_enter(open_base):
+    runtime = _hub_module(HUB, "runtime")
+    (open_base / "open" / "lab").mkdir(parents=True)
+    for folder in (open_base / "open", open_base / "open" / "lab"):
+        folder.chmod(0o755)
+    closed = open_base / "closed"
+    (closed / "inner" / "lab").mkdir(parents=True)
+    closed.chmod(0o700)
+    assert runtime.unreachable(open_base / "open" / "lab") is None
+    assert runtime.unreachable(closed / "inner" / "lab") == closed
+    assert runtime.unreachable(closed) == closed
+    (open_base / "open").chmod(0o754)  # readable by others, but no o+x: cannot be entered
+    assert runtime.unreachable(open_base / "open" / "lab") == open_base / "open"
+
+
+def test_the_config_serves_a_checkout_every_user_can_enter(open_base, tmp_path, monkeypatch):
+    hub = open_base / "checkout" / "hub"
+    shutil.copytree(HUB, hub, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+    for folder in (hub.parent, hub):
+        folder.chmod(0o755)
+    cfg = _load(tmp_path, monkeypatch, hub=hub, location_check=True)
+    assert cfg.Spawner.cmd[0] == str(tmp_path / "runtime" / "venv" / "bin" / "python")
 
 
 def test_a_short_or_missing_workshop_password_is_refused_with_the_variable_named(

@@ -35,6 +35,23 @@ STATED_VERDICT = re.compile(
 )
 
 
+# What the kernelspec runs: what ``python -m ipykernel_launcher`` runs (the working directory
+# off the path while ipykernel loads), and where ``KERNEL_STACKS`` names a file, Python's
+# faulthandler writing every thread's stack there on SIGUSR1, so a test that sees a kernel
+# stall can ask it where it waits (``tests/test_notebooks.py``).
+KERNEL_STACKS = "MAHIAX_KERNEL_STACKS"
+KERNEL_MAIN = (
+    "import faulthandler, os, signal, sys\n"
+    "if sys.path[0] == '':\n"
+    "    del sys.path[0]\n"
+    f"if os.environ.get({KERNEL_STACKS!r}):\n"
+    f"    _stacks = open(os.environ[{KERNEL_STACKS!r}], 'a')\n"
+    "    faulthandler.register(signal.SIGUSR1, file=_stacks, all_threads=True)\n"
+    "from ipykernel import kernelapp\n"
+    "kernelapp.launch_new_instance()\n"
+)
+
+
 def notebook_path(name: str) -> Path:
     return NOTEBOOKS / f"{name}.ipynb"
 
@@ -78,7 +95,7 @@ def jupyter_env(tmp: Path, threads: int = 1) -> dict[str, str]:
     spec = dirs["JUPYTER_PATH"] / "kernels" / KERNEL_NAME
     spec.mkdir(parents=True, exist_ok=True)
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-c", KERNEL_MAIN, "-f", "{connection_file}"],
         "display_name": "Python 3 (MAHIA-X lab venv)",
         "language": "python",
     }))

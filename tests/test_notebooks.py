@@ -13,12 +13,21 @@ time is measured by ``make bench`` (``benchmarks/bench_lessons.py``, goal: under
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import threading
 import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -26,7 +35,9 @@ from nbclient import NotebookClient
 
 from mahiax import bugs
 from tests.notebook_env import (
+    KERNEL_MAIN,
     KERNEL_NAME,
+    KERNEL_STACKS,
     LESSONS,
     NOTEBOOKS,
     ROOT,
@@ -40,6 +51,7 @@ from tests.notebook_env import (
 CELL_TIMEOUT_S = 300  # hang guard per cell: far above any lesson's cell (a few s)
 HANG_GUARD_S = 900  # hang guard per notebook, kernel start included: not a speed target
 TIMING = ROOT / "test-artifacts" / "notebooks"  # where each lesson run's time went (reported)
+STALL_S = 60  # a kernel start, cell or stop this long is a stall: stacks are taken (reported)
 
 
 def _load(name: str) -> dict:
@@ -262,23 +274,104 @@ def _files_under(path) -> dict[str, float]:
     }
 
 
+class StallWatch:
+    """Watches the phases of one lesson run (kernel start, each cell, kernel stop). A phase
+    that lasts over ``STALL_S`` is a stall: the watch takes every thread's stack of this test
+    process and, through faulthandler (``notebook_env.KERNEL_MAIN``), of the kernel, so the
+    report says where each side waited. It reports; it never fails a test."""
+
+    def __init__(self, kernel_stacks: Path, stall_s: float = STALL_S):
+        self.kernel_stacks = kernel_stacks
+        self.stall_s = stall_s
+        self.kernel_pid: int | None = None
+        self.stalls: list[dict] = []
+        self._phase: tuple[str, float] | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        with self._lock:
+            self._phase = (name, time.perf_counter())
+        try:
+            yield
+        finally:
+            with self._lock:
+                started = self._phase[1] if self._phase else time.perf_counter()
+                self._phase = None
+            for stall in self.stalls:
+                if stall["phase"] == name and "lasted_s" not in stall:
+                    stall["lasted_s"] = round(time.perf_counter() - started, 1)
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        noted: set[str] = set()
+        while not self._done.wait(min(1.0, self.stall_s / 4)):
+            with self._lock:
+                phase = self._phase
+            if phase is None or phase[0] in noted:
+                continue
+            if time.perf_counter() - phase[1] >= self.stall_s:
+                noted.add(phase[0])
+                self.stalls.append({"phase": phase[0], "after_s": self.stall_s,
+                                    "test_stacks": self._own_stacks(),
+                                    "kernel_stacks": self._kernel_stacks()})
+
+    @staticmethod
+    def _own_stacks() -> str:
+        names = {t.ident: t.name for t in threading.enumerate()}
+        return "\n".join(f"thread {names.get(tid, tid)}:\n" + "".join(traceback.format_stack(f))
+                         for tid, f in sys._current_frames().items())
+
+    def _kernel_stacks(self) -> str:
+        if self.kernel_pid is None:
+            return "(no kernel process yet)"
+        before = self.kernel_stacks.stat().st_size if self.kernel_stacks.exists() else 0
+        try:
+            os.kill(self.kernel_pid, signal.SIGUSR1)
+        except OSError as e:
+            return f"(kernel {self.kernel_pid}: {e})"
+        time.sleep(1.0)  # faulthandler writes from the kernel's signal handler
+        with open(self.kernel_stacks, errors="replace") as f:
+            f.seek(before)
+            return f.read() or "(the kernel wrote no stacks)"
+
+
 def _write_timing(name: str, kernel_start_s: float, cells: list[tuple[int, float, str]],
-                  stop_s: float) -> None:
+                  stop_s: float, stalls: list[dict]) -> None:
     """Where a lesson run spent its time (``cells``: index, seconds, first line), kept under
     ``test-artifacts/notebooks/`` and printed (shown for a failed test): reported so a slow
-    run can be explained, never asserted."""
+    run can be explained, never asserted. A run with a stall is also kept under a name of its
+    own (a later run of the same lesson does not overwrite it) and named in a warning, which
+    pytest's summary shows for a test that passed."""
     cells_s = sum(s for _, s, _ in cells)
     slowest = sorted(cells, key=lambda c: -c[1])[:5]
     TIMING.mkdir(parents=True, exist_ok=True)
-    (TIMING / f"{name}.json").write_text(json.dumps({
+    text = json.dumps({
         "kernel_start_s": round(kernel_start_s, 2), "cells_s": round(cells_s, 2),
         "kernel_stop_s": round(stop_s, 2),
         "slowest_cells": [{"index": i, "seconds": round(s, 2), "first_line": line}
                           for i, s, line in slowest],
-    }, indent=2))
+        "stalls": stalls,
+    }, indent=2)
+    (TIMING / f"{name}.json").write_text(text)
     print(f"{name}: cells {cells_s:.1f} s, kernel start {kernel_start_s:.1f} s, "
           f"stop {stop_s:.1f} s; slowest "
           + ", ".join(f"cell {i} {s:.1f} s" for i, s, _ in slowest))
+    if stalls:
+        kept = TIMING / f"{name}-stall-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        kept.write_text(text)
+        for stall in stalls:
+            print(f"STALL in {stall['phase']}:\n--- test process ---\n{stall['test_stacks']}"
+                  f"\n--- kernel ---\n{stall['kernel_stacks']}")
+        warnings.warn(f"{name}: " + "; ".join(
+            f"{st['phase']} took {st.get('lasted_s', '?')} s" for st in stalls)
+            + f" (over {STALL_S} s): both sides' stacks in {kept}", stacklevel=2)
 
 
 @pytest.mark.timeout(HANG_GUARD_S)
@@ -300,16 +393,31 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
         resources={"metadata": {"path": str(NOTEBOOKS)}},
     )
     timed: list[tuple[int, float, str]] = []  # code cells: index, seconds, first line
-    t0 = time.perf_counter()
-    with client.setup_kernel(env=dict(os.environ)):
+    watch = StallWatch(tmp_path / "kernel-stacks.txt")
+    monkeypatch.setenv(KERNEL_STACKS, str(watch.kernel_stacks))
+    try:
+        t0 = time.perf_counter()
+        with watch.phase("kernel start"):
+            client.km = client.create_kernel_manager()
+            client.start_new_kernel(env=dict(os.environ))
+            watch.kernel_pid = client.km.provisioner.pid
+            client.start_new_kernel_client()
         started = time.perf_counter()
-        for index, cell in enumerate(nb.cells):
-            c0 = time.perf_counter()
-            client.execute_cell(cell, index)
-            if cell.cell_type == "code":
-                timed.append((index, time.perf_counter() - c0, first_line(cell.source)))
-        ended = time.perf_counter()
-    _write_timing(name, started - t0, timed, stop_s=time.perf_counter() - ended)
+        try:
+            for index, cell in enumerate(nb.cells):
+                c0 = time.perf_counter()
+                with watch.phase(f"cell {index}: {first_line(cell.source)}"):
+                    client.execute_cell(cell, index)
+                if cell.cell_type == "code":
+                    timed.append((index, time.perf_counter() - c0, first_line(cell.source)))
+        finally:
+            ended = time.perf_counter()
+            with watch.phase("kernel stop"):
+                client._cleanup_kernel()
+    finally:
+        watch.close()
+    _write_timing(name, started - t0, timed, time.perf_counter() - ended, watch.stalls)
+
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
@@ -319,6 +427,38 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
         else:
             assert not errors, f"{name} cell {i}: {errors[0].ename}: {errors[0].evalue}"
     assert _files_under(NOTEBOOKS) == before, f"{name} wrote into notebooks/"
+
+
+# a stand-in kernel: the kernelspec's faulthandler set-up, then a wait in a named function
+_WAITING_KERNEL = KERNEL_MAIN.split("from ipykernel")[0] + """
+import time
+def waiting_for_a_reply():
+    time.sleep(60)
+waiting_for_a_reply()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_phase_reports_where_the_kernel_and_the_test_waited(tmp_path):
+    stacks = tmp_path / "kernel-stacks.txt"
+    kernel = subprocess.Popen([sys.executable, "-c", _WAITING_KERNEL],
+                              env={**os.environ, KERNEL_STACKS: str(stacks)})
+    watch = StallWatch(stacks, stall_s=0.5)
+    try:
+        watch.kernel_pid = kernel.pid
+        time.sleep(0.5)  # the stand-in registers its handler first
+        with watch.phase("cell 3: x = wait()"):
+            time.sleep(2.5)
+        with watch.phase("cell 4: quick"):
+            pass
+    finally:
+        watch.close()
+        kernel.kill()
+        kernel.wait(timeout=10)
+    (stall,) = watch.stalls
+    assert stall["phase"] == "cell 3: x = wait()" and stall["lasted_s"] >= 2.5
+    assert "waiting_for_a_reply" in stall["kernel_stacks"]
+    assert "test_a_stalled_phase_reports_where" in stall["test_stacks"]
 
 
 def test_instructor_notes_cover_every_lesson_with_timing_questions_and_slow_cells():

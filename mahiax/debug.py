@@ -78,6 +78,7 @@ class SavedTensor:
     module: str  # "model.memory"; "" outside any module
     file: str
     line: int
+    node_seq: int = -1  # sequence number of the autograd node that saved it (when it was built)
 
     def describe(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
@@ -222,7 +223,8 @@ class MutationLocator:
     def _pack(self, t: torch.Tensor) -> Any:
         owner = self._node_seq()  # autograd creates a node before saving into it
         module, file, line = self._site()
-        info = SavedTensor(tuple(t.shape), t.dtype, t._version, "an op", module, file, line)
+        info = SavedTensor(tuple(t.shape), t.dtype, t._version, "an op", module, file, line,
+                           node_seq=owner)
         if owner == self._last_seq:  # the op already ran: an output saved after the kernel
             info.op = self._last_op
         else:  # an input saved before the kernel: named when the kernel dispatches

@@ -55,7 +55,8 @@ _KEEPERS = ("retain-graph", "graph-carried-across-steps", "backward-per-loss")
 
 def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
     """In-place writes backward tripped on. ``others``: the findings of the other rules; when
-    the writer is the optimiser's step, the real cause is among them (what kept the graph)."""
+    the writer is the optimiser's step, the real cause is the order of the loop's lines (a
+    graph of the same step) or among them (what kept an earlier step's graph alive)."""
     if w.loc is None:
         return []
     w.loc._settle()
@@ -64,6 +65,12 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
         if id(m) not in w.tripped or m.version_after == m.version_before:
             continue
         s = m.saved
+        tripper = w.backwards[w.tripped[id(m)]]
+        saved_step = w.step_of_seq(s.node_seq)
+        written_step = w.optimizer_writes.get(id(m))
+        if written_step is not None and saved_step == written_step == tripper.step:
+            found.append(_step_before_backward(m, tripper, saved_step))
+            continue
         where = f" in {m.module}" if m.module else ""
         evidence = (f"Its version was {s.version} when saved and {m.version_after} after this "
                     "write; backward() tripped on it: PyTorch raised 'modified by an inplace "
@@ -72,11 +79,12 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
         rewritten = sites.out_of_place(sites.code_text(m.file, m.line))
         if rewritten is not None:
             fix = f"{KINDS['inplace-on-saved'].fix}; here: {rewritten}"
-        if id(m) in w.optimizer_writes:
+        if written_step is not None:
             keeper = next((f for kind in _KEEPERS for f in others if f.kind == kind), None)
             evidence += (" The writer is the optimiser updating the weights, which is its job: "
-                         "the mistake is that a graph from an earlier step saved these weights "
-                         "and is still alive when a later backward() walks it.")
+                         f"the mistake is that a graph from step {saved_step} saved these "
+                         f"weights and is still alive when the backward() of step "
+                         f"{tripper.step} walks it.")
             retained = next((b for b in w.backwards if b.retain), None)
             cuts = ([f"drop `retain_graph=True` (at {_at(retained.file, retained.line)})"]
                     if retained is not None else [])
@@ -93,8 +101,33 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
                 f"`{sites.code_text(m.file, m.line)}` writes in place ({m.op}){where} into "
                 f"a {s.describe()} tensor that {s.op} at {_at(s.file, s.line)} saved for "
                 "backward.", evidence, fix,
-            )))
+            ), evidence={"writer": "code" if written_step is None else "optimizer",
+                         "saved_step": saved_step, "tripped_step": tripper.step}))
     return found
+
+
+def _step_before_backward(m, tripper: BackwardCall, step: int) -> Finding:
+    """The optimiser stepped between a forward and a backward of the same step that walks
+    the weights it changed (a GAN's discriminator step before the generator's backward)."""
+    stepped, walked = sites.code_text(m.file, m.line), sites.code_text(tripper.file,
+                                                                      tripper.line)
+    s = m.saved
+    return Finding("step-before-backward", m.file, m.line, compose(
+        "step-before-backward",
+        f"`{stepped}` changed weights ({s.describe()}, saved by {s.op} at "
+        f"{_at(s.file, s.line)}) that a graph built earlier in the same step still needs: "
+        f"`{walked}` ({_at(tripper.file, tripper.line)}) walks that graph after the step.",
+        f"Step {step}: the weights were at version {s.version} when the forward saved them "
+        f"and {m.version_after} after the optimiser's update, so PyTorch raised 'modified by "
+        "an inplace operation' in that backward. No graph outlived its step: the order of "
+        "these lines is the bug, not retain_graph=True.",
+        f"run the forward that `{walked}` needs again after `{stepped}` (for a GAN: the "
+        "discriminator's output on the fakes, computed anew for the generator's loss), so "
+        f"it walks the new weights; or move `{stepped}` after `{walked}`, and then keep that "
+        "backward out of these weights' gradients (`backward(inputs=...)` with the other "
+        "model's parameters), or the step applies both losses' gradients",
+    ), step, evidence={"writer": "optimizer", "saved_step": step, "tripped_step": step,
+                       "backward_file": tripper.file, "backward_line": tripper.line})
 
 
 def _silent(w: Watch) -> list[Finding]:
@@ -244,11 +277,14 @@ def _growing(w: Watch, carried: list[Finding]) -> list[Finding]:
 def _per_loss(w: Watch) -> list[Finding]:
     found = []
     by_step: dict[int, list[BackwardCall]] = {}
+    index = {id(b): i for i, b in enumerate(w.backwards)}
     for b in w.backwards:
         by_step.setdefault(b.step, []).append(b)
     for step, calls in by_step.items():
         for j in range(1, len(calls)):
             b = calls[j]
+            if w.separated(index[id(calls[j - 1])], index[id(b)]):
+                continue  # a step or a reset between them: separate passes on purpose
             earlier = frozenset().union(*(c.seqs for c in calls[:j]))
             shared = len(b.seqs & earlier)
             if shared:
@@ -419,8 +455,12 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
     why = ""
     if VERSION_ERROR in message:
         f = kinds.get("inplace-on-saved")
-        by_optimizer = f is not None and "The writer is the optimiser" in f.message
-        why = (f"The optimiser's update at {f.where} changed weights that a graph from an "
+        by_optimizer = f is not None and f.evidence.get("writer") == "optimizer"
+        reordered = kinds.get("step-before-backward")
+        why = (f"The optimiser's update at {reordered.where} changed weights that a later "
+               "backward() of the same step still needed (see the step-before-backward "
+               "finding: the order of the lines)." if reordered is not None and f is None else
+               f"The optimiser's update at {f.where} changed weights that a graph from an "
                "earlier step saved: that graph should not still be alive (see the "
                "inplace-on-saved finding for what keeps it)." if by_optimizer else
                f"The in-place write at {f.where} changed a tensor backward needed (see the "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 _CELL_FILE = re.compile(r"ipykernel_\d+[/\\]\d+\.py$")  # where Jupyter compiles cells
 
@@ -43,6 +43,13 @@ _KINDS = (
          "compute a new tensor instead (out-of-place: `y = x + d`, `torch.cat`, "
          "`torch.where`), or make the write after backward() and optimizer.step()",
          "02_inplace_accumulation"),
+    Kind("step-before-backward",
+         "an optimiser step between a forward and a backward of the same step that needs the "
+         "old weights",
+         "run the forward again after the step, so the later backward walks the new weights; "
+         "or move the step after every backward that walks these weights, keeping that "
+         "backward out of their gradients (`backward(inputs=...)`)",
+         "06_finding_the_mutation"),
     Kind("silent-write", "a write that bypassed the version counter into a saved tensor",
          "never write through `.data` (or swap a tensor's `.data`); update state after "
          "backward under `torch.no_grad()`, or build a new tensor", "03a_memories"),
@@ -81,6 +88,9 @@ class Finding:
     line: int  # the line to change (0 if unknown)
     message: str  # what happened, the evidence in numbers, the fix, the lesson
     step: int | None = None  # the step it was first seen at
+    # what the rule measured, by name (e.g. ``writer``: "optimizer" or "code"): what other
+    # rules and the loop's error read, never the message's words
+    evidence: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

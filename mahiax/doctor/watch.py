@@ -223,10 +223,15 @@ class Watch:
         self.held: dict[str, Held] = {}
         self.grad_counts: dict[int, int] = {}
         self.state_requiring_grad: dict[str, tuple[Any, str]] = {}  # label -> (owner, attr)
-        self.tripped: set[int] = set()  # id() of mutations a backward tripped on
-        self.optimizer_writes: set[int] = set()  # id() of mutations by optimizer.step()
+        self.tripped: dict[int, int] = {}  # id() of a mutation a backward tripped on -> the
+        # index in ``backwards`` of the first backward that tripped on it
+        self.optimizer_writes: dict[int, int] = {}  # id() of a mutation by optimizer.step() ->
+        # the step it was made in
         self._optimizer_mark = 0
         self.scaled_optimizers: set[type] = set()  # optimisers a GradScaler unscaled/stepped
+        # optimiser steps and gradient resets, in order with the backward calls: (how many
+        # backward calls had run, "step" or "zero_grad", the user's file and line, the step)
+        self.events: list[tuple[int, str, str, int, int]] = []
         self.error_info: tuple[str, str, int, str, int] | None = None
         self.loc: MutationLocator | None = None
         self.built: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (file, line, seq)
@@ -369,6 +374,8 @@ class Watch:
 
         stack.callback(optim_module.register_optimizer_step_pre_hook(self._step_pre).remove)
         stack.callback(optim_module.register_optimizer_step_post_hook(self._step_post).remove)
+        patch(torch.optim.Optimizer, "zero_grad", self._zero_grad_wrapper)
+        patch(nn.Module, "zero_grad", self._zero_grad_wrapper)
         scaler_cls = torch.amp.GradScaler
         patch(scaler_cls, "scale", self._scale_wrapper)
         patch(scaler_cls, "unscale_", self._unscale_wrapper)
@@ -376,11 +383,28 @@ class Watch:
 
     def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._optimizer_mark = len(self.loc.mutations) if self.loc is not None else 0
+        self.events.append((len(self.backwards), "step", *sites.user_site(), self.step))
+
+    def _zero_grad_wrapper(self, original: Callable) -> Callable:
+        watch = self
+
+        def zero_grad(owner, *args, **kwargs):
+            watch.events.append((len(watch.backwards), "zero_grad", *sites.user_site(),
+                                 watch.step))
+            return original(owner, *args, **kwargs)
+        return zero_grad
+
+    def separated(self, earlier: int, later: int) -> bool:
+        """Whether an optimiser step or a gradient reset ran between the backward calls at
+        indexes ``earlier`` and ``later`` of :attr:`backwards`: passes kept apart on purpose
+        (two optimisers, a two-pass optimiser), not one loss split in several."""
+        return any(earlier < at <= later for at, *_ in self.events)
 
     def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Note the writes into saved tensors that an optimiser's step made (the weights)."""
         if self.loc is not None:
-            self.optimizer_writes |= {id(m) for m in self.loc.mutations[self._optimizer_mark:]}
+            for m in self.loc.mutations[self._optimizer_mark:]:
+                self.optimizer_writes.setdefault(id(m), self.step)
 
     def _failed_count(self) -> int:
         return len(self.loc.failed) if self.loc is not None else 0
@@ -393,7 +417,16 @@ class Watch:
         if loc is None:
             return
         stale = {id(info) for info in loc.failed[since:]}
-        self.tripped |= {id(m) for m in loc.mutations if id(m.saved) in stale}
+        for m in loc.mutations:
+            if id(m.saved) in stale:
+                self.tripped.setdefault(id(m), len(self.backwards) - 1)
+
+    def step_of_seq(self, seq: int) -> int:
+        """The step in which the autograd node numbered ``seq`` was built (-1: before the
+        examination)."""
+        if seq < self.examine_seq:
+            return -1
+        return max((k for k, s in enumerate(self.step_seqs) if s <= seq), default=-1)
 
     def _hook_model(self, stack: contextlib.ExitStack) -> None:
         if self.model is None:

@@ -1,0 +1,116 @@
+"""``zero_grad()`` is forgotten, so every step applies the sum of all gradients so far.
+
+Reported: https://github.com/pytorch/pytorch/issues/47175. The reporter calls forgetting
+``zero_grad()`` (or zeroing once per epoch instead of every iteration) "an extremely nasty
+bug" that nothing warns about, and asks for a warning when ``step()`` runs without a
+``zero_grad()`` since the last one, silenced for deliberate gradient accumulation over
+several mini-batches. The fix is to zero the gradients after each step; ``fixed()`` is the
+deliberate accumulation the thread says must stay silent (two micro-batches per step, the loss
+divided by two, ``zero_grad()`` after every ``step()``). Reproduced minimally in our own code.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.doctor_corpus.common import Loop, data
+
+SOURCE = "https://github.com/pytorch/pytorch/issues/47175"
+KIND = "grads-not-zeroed"
+ARCH = "transformer"
+STATE = "local"
+ERROR = None
+
+ACCUMULATE = 2  # micro-batches per optimizer step in fixed()
+
+
+class TinyEncoder(nn.Module):
+    """Each input feature is a token; one encoder layer, mean-pooled, then a class head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(1, 8)
+        self.layer = nn.TransformerEncoderLayer(8, nhead=2, dim_feedforward=16, dropout=0.0,
+                                                batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, 3)
+        return self.head(self.layer(self.embed(x.unsqueeze(-1))).mean(dim=1))
+
+
+class StaleGradWatch:
+    """At every step of ``optimizer``, whether some parameter's ``.grad`` still holds a
+    backward contribution that an earlier step already applied (a gradient never zeroed)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.held: dict[int, set[int]] = {id(p): set() for p in self.params}
+        self.applied: dict[int, set[int]] = {id(p): set() for p in self.params}
+        self.stale_steps = 0
+        self._ids = itertools.count()
+        for p in self.params:
+            p.register_hook(self._on_grad(p))
+        optimizer.register_step_pre_hook(self._before_step)
+        optimizer.register_step_post_hook(self._after_step)
+
+    def _on_grad(self, p: torch.Tensor):
+        def hook(grad: torch.Tensor) -> None:  # runs before the grad is added into p.grad
+            if p.grad is None or not p.grad.any():
+                self.held[id(p)] = set()
+            self.held[id(p)].add(next(self._ids))
+
+        return hook
+
+    def _before_step(self, optimizer: object, args: object, kwargs: object) -> None:
+        if any(self.held[id(p)] & self.applied[id(p)] for p in self.params):
+            self.stale_steps += 1
+
+    def _after_step(self, optimizer: object, args: object, kwargs: object) -> None:
+        for p in self.params:
+            self.applied[id(p)] = set(self.held[id(p)])
+@dataclass(kw_only=True)
+class WatchedLoop(Loop):
+    watch: StaleGradWatch
+
+
+def buggy() -> Loop:
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step(i: int) -> None:
+        x, y = data(i)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()  # doctor[buggy]: grads-not-zeroed
+        optimizer.step()
+
+    return WatchedLoop(step=step, model=model, optimizer=optimizer,
+                       watch=StaleGradWatch(optimizer))
+
+
+def fixed() -> Loop:
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step(i: int) -> None:  # deliberate accumulation: a step every ACCUMULATE micro-batches
+        x, y = data(i)
+        loss = F.cross_entropy(model(x), y) / ACCUMULATE
+        loss.backward()
+        if (i + 1) % ACCUMULATE == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+
+    return WatchedLoop(step=step, model=model, optimizer=optimizer,
+                       watch=StaleGradWatch(optimizer))
+
+
+def symptom(loop: Loop) -> bool:
+    """True when a step applied a gradient an earlier step had already applied."""
+    assert isinstance(loop, WatchedLoop)
+    return loop.watch.stale_steps > 0

@@ -1,0 +1,112 @@
+"""``optimizer.zero_grad()`` runs once per epoch, so within an epoch the gradients add up.
+
+Reported: https://github.com/heartcored98/Standalone-DeepLearning/issues/11. The CIFAR-10 CNN
+lab called ``optimizer.zero_grad()`` once at the top of each epoch, outside the loop over
+batches, and then ``loss.backward()`` / ``optimizer.step()`` for every batch; the reporter
+asked whether it should run before every ``backward()``. The maintainer agreed it was a
+mistake and moved it into the batch loop in every lab that had it. Reproduced minimally in our
+own code (one step of the loop is one short epoch).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.doctor_corpus.common import Loop, data
+
+SOURCE = "https://github.com/heartcored98/Standalone-DeepLearning/issues/11"
+KIND = "grads-not-zeroed"
+ARCH = "cnn"
+STATE = "local"
+ERROR = None
+
+BATCHES_PER_EPOCH = 3
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 4, 2)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.relu(self.conv2(x)).mean(dim=(2, 3))
+        return self.fc(x)
+
+
+class StaleGradWatch:
+    """At every step of ``optimizer``, whether some parameter's ``.grad`` still holds a
+    backward contribution that an earlier step already applied (a gradient never zeroed)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.held: dict[int, set[int]] = {id(p): set() for p in self.params}
+        self.applied: dict[int, set[int]] = {id(p): set() for p in self.params}
+        self.stale_steps = 0
+        self._ids = itertools.count()
+        for p in self.params:
+            p.register_hook(self._on_grad(p))
+        optimizer.register_step_pre_hook(self._before_step)
+        optimizer.register_step_post_hook(self._after_step)
+
+    def _on_grad(self, p: torch.Tensor):
+        def hook(grad: torch.Tensor) -> None:  # runs before the grad is added into p.grad
+            if p.grad is None or not p.grad.any():
+                self.held[id(p)] = set()
+            self.held[id(p)].add(next(self._ids))
+
+        return hook
+
+    def _before_step(self, optimizer: object, args: object, kwargs: object) -> None:
+        if any(self.held[id(p)] & self.applied[id(p)] for p in self.params):
+            self.stale_steps += 1
+
+    def _after_step(self, optimizer: object, args: object, kwargs: object) -> None:
+        for p in self.params:
+            self.applied[id(p)] = set(self.held[id(p)])
+@dataclass(kw_only=True)
+class WatchedLoop(Loop):
+    watch: StaleGradWatch
+
+
+def _loop(zero_every_batch: bool) -> WatchedLoop:
+    torch.manual_seed(0)
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def train_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+        if zero_every_batch:
+            optimizer.zero_grad()  # the fix: before every backward
+        loss = F.cross_entropy(model(x.view(-1, 1, 4, 2)), y)
+        loss.backward()
+        optimizer.step()
+
+    def step(epoch: int) -> None:  # one short epoch
+        if not zero_every_batch:
+            optimizer.zero_grad()  # doctor[buggy]: grads-not-zeroed
+        for b in range(BATCHES_PER_EPOCH):
+            train_batch(*data(BATCHES_PER_EPOCH * epoch + b))
+
+    return WatchedLoop(step=step, model=model, optimizer=optimizer,
+                       watch=StaleGradWatch(optimizer))
+
+
+def buggy() -> Loop:
+    return _loop(zero_every_batch=False)
+
+
+def fixed() -> Loop:
+    return _loop(zero_every_batch=True)
+
+
+def symptom(loop: Loop) -> bool:
+    """True when a step applied a gradient an earlier step had already applied."""
+    assert isinstance(loop, WatchedLoop)
+    return loop.watch.stale_steps > 0

@@ -16,7 +16,8 @@ from torch import nn
 from mahiax.debug import VERSION_ERROR
 from mahiax.doctor import sites
 from mahiax.doctor.findings import KINDS, Finding, LoopError, compose, place
-from mahiax.doctor.watch import BackwardCall, Held, Watch
+from mahiax.doctor.records import BackwardCall, Held
+from mahiax.doctor.watch import Watch
 from mahiax.units import format_bytes
 
 MIN_STEPS_FOR_GROWTH = 3  # steps of strictly growing graphs before growth is called a trend
@@ -33,6 +34,9 @@ def findings_of(w: Watch) -> list[Finding]:
     out += _retained(w, carried)
     out = _inplace(w, out) + out
     out += _clips(w)
+    out += _eval_mode(w)
+    out += _grads_kept(w)
+    out += _probabilities(w)
     out += _unused(w)
     out += _state(w)
     seen: set[tuple[str, str, int]] = set()
@@ -373,6 +377,110 @@ def _clip_effect(w: Watch) -> str:
     if plain and not adaptive:
         return f"The optimiser is {', '.join(sorted(plain))}. {sgd}"
     return f"{sgd} {adam}"
+
+
+_MODE_EFFECT = {
+    "dropout": "dropout was off, so the model trained without the regularisation it was built "
+               "with",
+    "norm": "batch norm normalised with its running statistics instead of the batch's and "
+            "stopped updating them",
+}
+
+
+def _eval_mode(w: Watch) -> list[Finding]:
+    """A training forward that ran dropout or batch norm in eval mode, named at the
+    ``eval()`` call that left the model there: in the function that both called it and ran
+    the evaluation's forward (a helper that only sets the mode is not the place)."""
+    if not w.trained_in_eval:
+        return []
+    first = w.trained_in_eval[0]
+    call = next((c for c in reversed(w.mode_calls)
+                 if c.order < first.order and first.module_id in c.covered), None)
+    steps = sorted({e.step for e in w.trained_in_eval})
+    kinds = sorted({e.kind for e in w.trained_in_eval})
+    effect = "; ".join(_MODE_EFFECT[k] for k in kinds)
+    in_steps = (f"step {steps[0]}" if len(steps) == 1 else
+                f"{len(steps)} steps (from step {steps[0]})")
+    evidence = (f"{first.module} was in eval mode in the training forward of {in_steps}, "
+                f"and the backward() walked it: {effect}. No error: the loss still falls, "
+                "only worse than it should.")
+    if call is None:  # eval mode from before the examination began
+        file, line = first.frames[0][1], first.frames[0][2]
+        for code, f, ln in first.frames:
+            if code is getattr(w.step_code, "__code__", None):
+                file, line = f, ln
+        return [Finding("eval-mode-training", file, line, compose(
+            "eval-mode-training",
+            f"The model was already in eval mode when the loop started: this forward "
+            f"(`{sites.code_text(file, line)}`) trains it that way.", evidence,
+            "call `model.train()` before the loop (and again after every evaluation)",
+        ), first.step, evidence={"module": first.module, "steps": steps})]
+    after = next((e for e in w.eval_forwards if e.order > call.order), first)
+    file, line = sites.common_caller(call.frames, after.frames) or call.frames[0][1:]
+    return [Finding("eval-mode-training", file, line, compose(
+        "eval-mode-training",
+        f"`{sites.code_text(file, line)}` put the model in eval mode (step {call.step}) and "
+        "nothing put it back in training mode before the next training step.", evidence,
+    ), first.step, evidence={"module": first.module, "steps": steps,
+                             "eval_step": call.step})]
+
+
+def _grads_kept(w: Watch) -> list[Finding]:
+    """Backward calls that add to gradients an optimiser step already applied: named at the
+    reset that runs too rarely, or at the backward when the loop never resets them."""
+    if not w.kept:
+        return []
+    first = w.kept[0]
+    steps = sorted({k.step for k in w.kept})
+    stale = frozenset().union(*(k.ids for k in w.kept))
+    resets = [r for r in w.resets if r[3] & stale]
+    evidence = (f"At {_count(len(steps), 'step')} (from step {first.step}) the backward "
+                f"added this step's gradients to ones optimizer.step() had already applied "
+                f"(for {_count(first.params, 'parameter tensor')}): each update applies the "
+                "sum of every earlier step's gradients again, so updates grow and training "
+                "drifts or diverges, with no error.")
+    if resets:
+        at = sorted({r[0] for r in resets})
+        file, line = resets[-1][1], resets[-1][2]
+        what = (f"`{sites.code_text(file, line)}` resets the gradients at "
+                f"{_count(len(at), 'step')} ({', '.join(map(str, at[:6]))}) of "
+                f"{w.steps_done}, not before every backward that follows an optimiser step.")
+        fix = ("move it where it runs once per optimiser step: just before the backward (or "
+               "just after `optimizer.step()`)")
+    else:
+        file, line = first.file, first.line
+        what = (f"`{sites.code_text(file, line)}` accumulates into gradients that are never "
+                "reset between optimiser steps: no `zero_grad()` covers these parameters.")
+        fix = None
+    return [Finding("grads-not-zeroed", file, line, compose(
+        "grads-not-zeroed", what, evidence, fix,
+    ), first.step, evidence={"steps": steps, "params": first.params,
+                             "resets": len(resets)})]
+
+
+def _probabilities(w: Watch) -> list[Finding]:
+    found = []
+    seen: set[tuple[str, int]] = set()
+    for p in w.probability_losses:
+        file, line = (p.origin_file, p.origin_line) if p.origin_line else (p.file, p.line)
+        if (file, line) in seen:
+            continue
+        seen.add((file, line))
+        squash = "softmax" if p.origin == "values" else p.origin
+        made = (f"`{sites.code_text(file, line)}` applies {squash}, and its output reaches "
+                f"{p.loss} at {_at(p.file, p.line)}" if p.origin_line else
+                f"`{sites.code_text(p.file, p.line)}` gives {p.loss} " +
+                ("rows of probabilities (each >= 0, summing to 1)" if p.origin == "values"
+                 else f"the output of a {squash}"))
+        inside = {"cross_entropy": "log_softmax", "nll_loss": "nothing: it takes "
+                  "log-probabilities", "binary_cross_entropy_with_logits": "a sigmoid"}[p.loss]
+        evidence = (f"{p.loss} applies {inside} itself, so it sees the {squash} of a "
+                    f"{squash}: the loss can no longer go near 0 and its gradients shrink as "
+                    "the model grows confident, so training stalls early, with no error.")
+        found.append(Finding("probabilities-into-loss", file, line, compose(
+            "probabilities-into-loss", f"{made}.", evidence,
+        ), p.step, evidence={"loss": p.loss, "origin": p.origin}))
+    return found
 
 
 def _unused(w: Watch) -> list[Finding]:

@@ -71,6 +71,20 @@ _KINDS = (
          "use the parameters in the forward, freeze them (`requires_grad_(False)`) or remove "
          "them; under DDP, `find_unused_parameters=True` only as a last resort",
          "09_ddp_pitfalls"),
+    Kind("eval-mode-training", "training while the model is in eval mode",
+         "put the model back in training mode after evaluating: `model.train()` at the end of "
+         "the function that called `model.eval()`, or at the start of every training step",
+         "07_train_and_watch"),
+    Kind("grads-not-zeroed", "gradients that an optimiser step already applied are added to "
+         "again",
+         "call `optimizer.zero_grad()` once per optimiser step, before the backward of the "
+         "next one; to accumulate over k micro-batches on purpose, step and zero every k-th "
+         "backward", "04_retain_graph_and_encode"),
+    Kind("probabilities-into-loss", "probabilities fed to a loss that takes logits",
+         "give the loss the logits (the output before the softmax or sigmoid): it applies "
+         "log_softmax (cross_entropy) or a sigmoid (BCEWithLogits) itself; apply the softmax "
+         "or sigmoid only where you need probabilities (predictions, metrics)",
+         "04_retain_graph_and_encode"),
     Kind("buffer-requires-grad", "a buffer or state tensor that requires grad",
          "create state without `requires_grad` (a buffer is not trained); if it should be "
          "trained, make it an `nn.Parameter`", "03a_memories"),

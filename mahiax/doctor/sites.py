@@ -43,6 +43,30 @@ def user_site(frame: FrameType | None = None) -> tuple[str, int]:
     return "", 0
 
 
+def user_frames(frame: FrameType | None = None) -> list[tuple[object, str, int]]:
+    """``(code, file, line)`` of every frame outside torch and the doctor, innermost first:
+    the chain of the user's own calls that led here."""
+    f = frame if frame is not None else sys._getframe(1)
+    out = []
+    while f is not None:
+        if not internal(f.f_code.co_filename):
+            out.append((f.f_code, f.f_code.co_filename, f.f_lineno))
+        f = f.f_back
+    return out
+
+
+def common_caller(first: list[tuple[object, str, int]],
+                  second: list[tuple[object, str, int]]) -> tuple[str, int] | None:
+    """The innermost function that both chains of calls (from :func:`user_frames`) run
+    through, and its line in ``first``: e.g. the function that called ``model.eval()`` and
+    also ran the evaluation's forward."""
+    codes = {code for code, _, _ in second}
+    for code, file, line in first:
+        if code in codes:
+            return file, line
+    return None
+
+
 def traceback_site(tb: TracebackType | None) -> tuple[str, int]:
     """The innermost user frame of a traceback: the user's line that raised."""
     best = ("", 0)

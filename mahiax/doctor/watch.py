@@ -34,7 +34,6 @@ import sys
 import traceback
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from itertools import compress
 from types import FrameType
 from typing import Any
@@ -48,6 +47,17 @@ from mahiax import debug
 from mahiax.debug import MutationLocator, _Packed, _storage_key, locate_mutations
 from mahiax.doctor import sites
 from mahiax.doctor.findings import in_notebook, place
+from mahiax.doctor.records import (
+    BackwardCall,
+    ClipCall,
+    EvalForward,
+    GradsKept,
+    Held,
+    Holder,
+    ModeCall,
+    ProbabilityLoss,
+    SilentWrite,
+)
 from mahiax.telemetry.categories import grad_fn_of, saved_bytes
 from mahiax.telemetry.memory_meter import _tensor_types
 
@@ -67,82 +77,32 @@ def _is_leaf_node(node: Any) -> bool:
     return type(node).__name__ == "AccumulateGrad"
 
 
-@dataclass
-class BackwardCall:
-    """One ``backward()`` (or ``torch.autograd.backward``) call."""
-
-    step: int
-    file: str
-    line: int
-    retain: bool  # retain_graph=True given explicitly
-    create: bool  # create_graph=True
-    nodes: int  # autograd nodes reachable from the roots (AccumulateGrad nodes excluded)
-    saved: int  # bytes saved for backward in that graph (parameters not counted)
-    seqs: frozenset[int]  # sequence numbers of those nodes
-    earliest_step: int  # the earliest step one of its nodes was built in
-    repeated_forward: bool  # the model ran again on the same batch since the last backward
-    leaves: frozenset[int] = frozenset()  # id() of the leaf tensors it reaches
+# losses that take logits (or log-probabilities): name -> what their input must not be
+_LOGIT_LOSSES = {"cross_entropy": "softmax", "nll_loss": "softmax",
+                 "binary_cross_entropy_with_logits": "sigmoid"}
+# autograd nodes that pass values through unchanged in meaning (views, copies, casts)
+_PASS_THROUGH = ("View", "Reshape", "Unsafe", "Squeeze", "Unsqueeze", "Transpose", "Permute",
+                 "Clone", "ToCopy", "Expand", "AsStrided", "Contiguous", "Flatten", "T")
+MAX_EVAL_FORWARDS = 4  # eval-mode forwards kept per step (a validation loop runs many)
 
 
-@dataclass
-class ClipCall:
-    """A clipping call that hit gradients a GradScaler still scaled."""
-
-    step: int
-    file: str
-    line: int
-    function: str  # "clip_grad_norm_"
-    scaled: int  # how many of the clipped gradients were still scaled
-    total: int  # how many gradients it clipped
-    scale: float | None  # the scaler's scale
-    norm: float | None  # the norm clip_grad_norm_ measured (a scaled norm)
-    limit: float  # max_norm / clip_value
+def _mode_kind(m: nn.Module) -> str | None:
+    """``dropout`` or ``norm`` for a module whose forward differs between train and eval
+    mode; None for one that computes the same either way."""
+    if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+        return "dropout"
+    if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+        return "norm"
+    return None
 
 
-@dataclass
-class SilentWrite:
-    """A write into a saved tensor's memory that its version counter did not see."""
-
-    step: int
-    file: str
-    line: int
-    op: str
-    shape: tuple[int, ...]
-    saved_by: str  # "aten.mm at file.py:12"
-    packed: Any  # weakref to the locator's record of the saved tensor
-    used: bool = False  # a backward ran while that saved tensor was still held
-
-
-@dataclass
-class Held:
-    """A tensor with a graph that outlived its step, and who holds it."""
-
-    label: str  # "model.memory.nodes (a buffer)", "global `total` (loop.py)"
-    file: str
-    line: int
-    first_step: int  # the step it was first seen held at
-    built_step: int  # the earliest step its graph reaches
-    last_step: int
-    nodes: list[int] = field(default_factory=list)  # nodes of its graph, at each step seen
-    saved: list[int] = field(default_factory=list)  # bytes its graph holds saved, per step
-    items: int = 1  # tensors held (several for a list)
-    name: str = ""  # the holder's name: the attribute, global or closure variable
-    attribute: bool = False  # `name` is an attribute (`obj.name`)
-    numel: int = 0  # numbers in the held tensor (1: a scalar, such as a loss)
-    read: bool = False  # a later step's backward reached into its graph: carried state
-    backwarded: bool = False  # some backward() walked its graph (else: never needed one)
-    seen_at: int = -1  # the last step the end-of-step scan counted it at
-
-
-@dataclass
-class Holder:
-    kind: str  # "global" | "attribute" | "buffer" | "list" | "closure" | "entry"
-    name: str
-    owner: Any = None  # the object whose attribute it is (attribute, buffer)
-    file: str = ""  # global / closure: the file that defines it
-    container: str = ""  # "list" when the tensor sits in a list held under `name`
-    count: int = 1
-    members: Any = None  # that list or tuple (during the scan only)
+def _origin_node(t: torch.Tensor) -> Any:
+    """The autograd node that made ``t``'s values, looking through views, copies and casts."""
+    node = grad_fn_of(t)
+    while node is not None and type(node).__name__.startswith(_PASS_THROUGH):
+        nxt = [n for n, _ in node.next_functions if n is not None]
+        node = nxt[0] if len(nxt) == 1 else None
+    return node
 
 
 def _attribute_of(obj: Any, value: Any) -> str | None:
@@ -186,6 +146,10 @@ class _Sites(TorchFunctionMode):
                 out if isinstance(out, tuple | list) else ():
             if isinstance(t, torch.Tensor):
                 self.watch._note_built(t)
+        name = getattr(func, "__name__", "")
+        if name in ("softmax", "sigmoid") and isinstance(out, torch.Tensor) \
+                and out.grad_fn is not None:
+            self.watch.squash_sites[_seq(out.grad_fn)] = sites.user_site()
         return out
 
 
@@ -202,6 +166,7 @@ class Watch:
         if model is not None:
             self.names = {id(m): f"model.{n}" if n else "model"
                           for n, m in model.named_modules()}
+        self.step_code: Any = None  # the user's step function
         self.code_files: set[str] = set()  # files of the user's step code
         self.code_globals: dict | None = None  # its module's globals (a notebook's too)
         if code is not None:
@@ -213,6 +178,7 @@ class Watch:
             if file:
                 self.code_files.add(file)
             self.code_globals = getattr(target, "__globals__", None)
+            self.step_code = target
         self.step = -1
         self.steps_done = 0
         self.examine_seq = 0  # first sequence number of the examination
@@ -229,6 +195,22 @@ class Watch:
         # the step it was made in
         self._optimizer_mark = 0
         self.scaled_optimizers: set[type] = set()  # optimisers a GradScaler unscaled/stepped
+        self.mode_calls: list[ModeCall] = []
+        self.eval_forwards: list[EvalForward] = []
+        self.trained_in_eval: list[EvalForward] = []  # the first per step
+        self._order = 0  # counts ordered events (mode calls, eval-mode forwards)
+        self._in_train_call = 0
+        self.optimizers: dict[int, Any] = {}  # id -> weakref of every optimiser that stepped
+        self._applied: dict[int, tuple[Any, Any, int, int]] = {}  # id(p) -> (weakref p,
+        # weakref of its .grad after the step, that grad's version, the step)
+        self.kept: list[GradsKept] = []
+        # id(p) -> (file, line, index in ``backwards``) of the last backward that added to a
+        # gradient already applied, and the step that applied it; cleared by a reset or a step
+        self._stale: dict[int, tuple[str, int, int, int]] = {}
+        # resets of gradients: (step, file, line, id() of the parameters reset)
+        self.resets: list[tuple[int, str, int, frozenset[int]]] = []
+        self.squash_sites: dict[int, tuple[str, int]] = {}  # softmax/sigmoid node -> line
+        self.probability_losses: list[ProbabilityLoss] = []
         # optimiser steps and gradient resets, in order with the backward calls: (how many
         # backward calls had run, "step" or "zero_grad", the user's file and line, the step)
         self.events: list[tuple[int, str, str, int, int]] = []
@@ -376,6 +358,17 @@ class Watch:
         stack.callback(optim_module.register_optimizer_step_post_hook(self._step_post).remove)
         patch(torch.optim.Optimizer, "zero_grad", self._zero_grad_wrapper)
         patch(nn.Module, "zero_grad", self._zero_grad_wrapper)
+        patch(nn.Module, "train", self._train_wrapper)
+        functional = torch.nn.functional
+        for fn_name in _LOGIT_LOSSES:
+            original = getattr(functional, fn_name)
+            wrapped = self._loss_wrapper(original, fn_name)
+            patch(functional, fn_name, lambda _, w=wrapped: w)
+            names = self.code_globals if self.code_globals is not None else {}
+            for key, value in list(names.items()):  # `from torch.nn.functional import ...`
+                if value is original:
+                    names[key] = wrapped
+                    stack.callback(names.__setitem__, key, original)
         scaler_cls = torch.amp.GradScaler
         patch(scaler_cls, "scale", self._scale_wrapper)
         patch(scaler_cls, "unscale_", self._unscale_wrapper)
@@ -383,16 +376,72 @@ class Watch:
 
     def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._optimizer_mark = len(self.loc.mutations) if self.loc is not None else 0
+        self._note_stale_step(optimizer)
         self.events.append((len(self.backwards), "step", *sites.user_site(), self.step))
 
     def _zero_grad_wrapper(self, original: Callable) -> Callable:
         watch = self
 
         def zero_grad(owner, *args, **kwargs):
-            watch.events.append((len(watch.backwards), "zero_grad", *sites.user_site(),
-                                 watch.step))
+            file, line = sites.user_site()
+            watch.events.append((len(watch.backwards), "zero_grad", file, line, watch.step))
+            params = owner.parameters() if isinstance(owner, nn.Module) else \
+                (p for g in owner.param_groups for p in g["params"])
+            ids = frozenset(id(p) for p in params)
+            watch.resets.append((watch.step, file, line, ids))
+            for pid in ids & watch._stale.keys():
+                del watch._stale[pid]
             return original(owner, *args, **kwargs)
         return zero_grad
+
+    def _train_wrapper(self, original: Callable) -> Callable:
+        watch = self
+
+        def train(module, mode=True):
+            outer = not watch._in_train_call
+            watch._in_train_call += 1
+            try:
+                if outer and not mode:
+                    watch._order += 1
+                    watch.mode_calls.append(ModeCall(
+                        step=watch.step, order=watch._order,
+                        covered=frozenset(id(m) for m in module.modules()),
+                        frames=sites.user_frames()))
+                return original(module, mode)
+            finally:
+                watch._in_train_call -= 1
+        return train
+
+    def _loss_wrapper(self, original: Callable, name: str) -> Callable:
+        watch = self
+        squash = _LOGIT_LOSSES[name]
+
+        def loss(input, *args, **kwargs):
+            if isinstance(input, torch.Tensor) and torch.is_grad_enabled():
+                watch._check_loss_input(name, squash, input)
+            return original(input, *args, **kwargs)
+        return loss
+
+    def _check_loss_input(self, name: str, squash: str, x: torch.Tensor) -> None:
+        """Probabilities where the loss takes logits: by the op that made them, or (for the
+        class losses) by their values: every row >= 0 and summing to 1."""
+        node = _origin_node(x)
+        origin = ""
+        if node is not None and type(node).__name__.lower().startswith(squash):
+            origin = squash
+        elif squash == "softmax" and x.dim() >= 2 and x.is_floating_point():
+            with torch.no_grad():
+                v = x.detach()
+                if bool((v >= 0).all()) and bool(
+                        torch.allclose(v.sum(1), torch.ones((), dtype=v.dtype), atol=1e-4)):
+                    origin = "values"
+        if not origin:
+            return
+        file, line = sites.user_site()
+        at = self.squash_sites.get(_seq(node)) if node is not None else None
+        self.probability_losses.append(ProbabilityLoss(
+            step=self.step, loss=name, file=file, line=line, origin=origin,
+            origin_file=at[0] if at else "", origin_line=at[1] if at else 0))
 
     def separated(self, earlier: int, later: int) -> bool:
         """Whether an optimiser step or a gradient reset ran between the backward calls at
@@ -401,7 +450,15 @@ class Watch:
         return any(earlier < at <= later for at, *_ in self.events)
 
     def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Note the writes into saved tensors that an optimiser's step made (the weights)."""
+        """Note the writes into saved tensors that an optimiser's step made (the weights),
+        and the gradients it applied (a later backward must not add to them)."""
+        self.optimizers[id(optimizer)] = weakref.ref(optimizer)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                self._stale.pop(id(p), None)
+                if p.grad is not None:
+                    self._applied[id(p)] = (weakref.ref(p), weakref.ref(p.grad),
+                                            p.grad._version, self.step)
         if self.loc is not None:
             for m in self.loc.mutations[self._optimizer_mark:]:
                 self.optimizer_writes.setdefault(id(m), self.step)
@@ -447,6 +504,8 @@ class Watch:
 
     def _forward_pre(self, owned: set) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
+            if not module.training and (kind := _mode_kind(module)) is not None:
+                self._note_eval_forward(module, kind)
             t = next((a for a in args if isinstance(a, torch.Tensor)), None)
             if t is None or t.requires_grad or _storage_key(t) in owned:
                 return
@@ -461,6 +520,52 @@ class Watch:
             elif seen is None or seen[0]() is not t or seen[2] != versions:
                 self._forward_seen[key] = (weakref.ref(t), self._backwards_this_step, versions)
         return hook
+
+    def _note_eval_forward(self, module: nn.Module, kind: str) -> None:
+        if sum(1 for e in self.eval_forwards if e.step == self.step) >= MAX_EVAL_FORWARDS:
+            return
+        self._order += 1
+        self.eval_forwards.append(EvalForward(
+            step=self.step, order=self._order,
+            module=f"{self._label(module)} ({type(module).__name__})", module_id=id(module),
+            kind=kind, grad=torch.is_grad_enabled(), backwards=self._backwards_this_step,
+            frames=sites.user_frames(), module_ref=weakref.ref(module)))
+
+    def _check_modes_and_grads(self, file: str, line: int, leaves: set[int]) -> None:
+        """Before a backward: did this step's forward run a mode-dependent module in eval
+        mode (still in eval now, so it was not a separate evaluation)? Will this backward add
+        to gradients an optimiser step already applied?"""
+        if not any(e.step == self.step for e in self.trained_in_eval):
+            for e in self.eval_forwards:
+                module = e.module_ref() if e.module_ref is not None else None
+                if (e.step == self.step and e.grad and e.backwards == self._backwards_this_step
+                        and module is not None and not module.training):
+                    self.trained_in_eval.append(e)
+                    break
+        for pid in leaves & self._applied.keys():
+            p_ref, g_ref, version, at = self._applied[pid]
+            if pid in self._stale:  # adds more: the step's last such backward is named
+                self._stale[pid] = (file, line, len(self.backwards), at)
+                continue
+            p = p_ref()
+            if p is not None and p.grad is not None and p.grad is g_ref() \
+                    and p.grad._version == version:
+                self._stale[pid] = (file, line, len(self.backwards), at)
+
+    def _note_stale_step(self, optimizer: Any) -> None:
+        """Before an optimiser steps: which of its gradients hold contributions that an
+        earlier step already applied (a backward added to them and nothing reset them)."""
+        stale = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                mark = self._stale.get(id(p))
+                applied = self._applied.get(id(p))
+                if mark is not None and applied is not None and p.grad is applied[1]():
+                    stale[id(p)] = mark
+        if stale and not any(k.step == self.step for k in self.kept):
+            file, line, _, at = max(stale.values(), key=lambda m: m[2])  # the last backward
+            self.kept.append(GradsKept(step=self.step, file=file, line=line, params=len(stale),
+                                       applied_at=at, ids=frozenset(stale)))
 
     # ---- backward ----------------------------------------------------------------------------
     def _before_backward(self, roots: list[torch.Tensor], retain: Any, create: Any) -> None:
@@ -507,6 +612,7 @@ class Watch:
                 record.last_step = self.step
                 record.nodes.append(len(seqs))
                 record.saved.append(saved)
+        self._check_modes_and_grads(file, line, leaves)
         self.backwards.append(BackwardCall(
             self.step, file, line, retain is True, bool(create), len(seqs), saved,
             frozenset(seqs), earliest, self._repeat, frozenset(leaves),

@@ -1,0 +1,139 @@
+"""What the doctor's watchers record while a loop runs: one dataclass per kind of event.
+
+:class:`~mahiax.doctor.watch.Watch` fills them in; :mod:`mahiax.doctor.analysis` turns them
+into findings. They keep numbers, names, places and weak references, never the user's tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BackwardCall:
+    """One ``backward()`` (or ``torch.autograd.backward``) call."""
+
+    step: int
+    file: str
+    line: int
+    retain: bool  # retain_graph=True given explicitly
+    create: bool  # create_graph=True
+    nodes: int  # autograd nodes reachable from the roots (AccumulateGrad nodes excluded)
+    saved: int  # bytes saved for backward in that graph (parameters not counted)
+    seqs: frozenset[int]  # sequence numbers of those nodes
+    earliest_step: int  # the earliest step one of its nodes was built in
+    repeated_forward: bool  # the model ran again on the same batch since the last backward
+    leaves: frozenset[int] = frozenset()  # id() of the leaf tensors it reaches
+
+
+@dataclass
+class ClipCall:
+    """A clipping call that hit gradients a GradScaler still scaled."""
+
+    step: int
+    file: str
+    line: int
+    function: str  # "clip_grad_norm_"
+    scaled: int  # how many of the clipped gradients were still scaled
+    total: int  # how many gradients it clipped
+    scale: float | None  # the scaler's scale
+    norm: float | None  # the norm clip_grad_norm_ measured (a scaled norm)
+    limit: float  # max_norm / clip_value
+
+
+@dataclass
+class SilentWrite:
+    """A write into a saved tensor's memory that its version counter did not see."""
+
+    step: int
+    file: str
+    line: int
+    op: str
+    shape: tuple[int, ...]
+    saved_by: str  # "aten.mm at file.py:12"
+    packed: Any  # weakref to the locator's record of the saved tensor
+    used: bool = False  # a backward ran while that saved tensor was still held
+
+
+@dataclass
+class Held:
+    """A tensor with a graph that outlived its step, and who holds it."""
+
+    label: str  # "model.memory.nodes (a buffer)", "global `total` (loop.py)"
+    file: str
+    line: int
+    first_step: int  # the step it was first seen held at
+    built_step: int  # the earliest step its graph reaches
+    last_step: int
+    nodes: list[int] = field(default_factory=list)  # nodes of its graph, at each step seen
+    saved: list[int] = field(default_factory=list)  # bytes its graph holds saved, per step
+    items: int = 1  # tensors held (several for a list)
+    name: str = ""  # the holder's name: the attribute, global or closure variable
+    attribute: bool = False  # `name` is an attribute (`obj.name`)
+    numel: int = 0  # numbers in the held tensor (1: a scalar, such as a loss)
+    read: bool = False  # a later step's backward reached into its graph: carried state
+    backwarded: bool = False  # some backward() walked its graph (else: never needed one)
+    seen_at: int = -1  # the last step the end-of-step scan counted it at
+
+
+@dataclass
+class Holder:
+    kind: str  # "global" | "attribute" | "buffer" | "list" | "closure" | "entry"
+    name: str
+    owner: Any = None  # the object whose attribute it is (attribute, buffer)
+    file: str = ""  # global / closure: the file that defines it
+    container: str = ""  # "list" when the tensor sits in a list held under `name`
+    count: int = 1
+    members: Any = None  # that list or tuple (during the scan only)
+
+
+@dataclass(kw_only=True)
+class ModeCall:
+    """A ``module.eval()`` (``train(False)``) call the loop made."""
+
+    step: int
+    order: int  # position among the watch's ordered events
+    covered: frozenset[int]  # id() of the module called and every module under it
+    frames: list[tuple[Any, str, int]]  # the user's calls that led to it, innermost first
+
+
+@dataclass(kw_only=True)
+class EvalForward:
+    """A forward of a module whose behaviour depends on the mode (dropout, batch norm with
+    running statistics) while it was in eval mode."""
+
+    step: int
+    order: int
+    module: str  # "model.drop (Dropout)"
+    module_id: int
+    kind: str  # "dropout" | "norm"
+    grad: bool  # autograd was recording
+    backwards: int  # backward calls of its step before it
+    frames: list[tuple[Any, str, int]]
+    module_ref: Any = None  # weakref to the module (is it still in eval at the backward?)
+
+
+@dataclass(kw_only=True)
+class GradsKept:
+    """A backward that adds to gradients an optimiser step already applied."""
+
+    step: int
+    file: str  # the backward's line
+    line: int
+    params: int  # parameter tensors whose gradient was stale
+    applied_at: int  # the step whose optimizer.step() applied it
+    ids: frozenset[int] = frozenset()
+
+
+@dataclass(kw_only=True)
+class ProbabilityLoss:
+    """Probabilities fed to a loss that takes logits (or log-probabilities)."""
+
+    step: int
+    loss: str  # "cross_entropy"
+    file: str  # the loss's line
+    line: int
+    origin: str  # "softmax" | "sigmoid" | "values" (rows >= 0 summing to 1)
+    origin_file: str = ""  # the line that applied the softmax or sigmoid
+    origin_line: int = 0

@@ -32,13 +32,6 @@ NOT_YET: dict[str, str] = {
     "b_optimizer_kept_after_pruning_speedup": "optimizer-misses-parameters not detected yet",
     "b_quantizer_scale_replaced_after_optimizer": "optimizer-misses-parameters not detected "
                                                   "yet",
-    "b_inference_mode_with_requires_grad_bandaid": "loss-cut-from-graph not detected yet",
-    "b_logits_data_in_decoder": "loss-cut-from-graph not detected yet",
-    "b_loss_after_argmax_of_bins": "loss-cut-from-graph not detected yet",
-    "b_outputs_data_with_requires_grad_bandaid": "loss-cut-from-graph not detected yet",
-    "b_lambda_tensor_not_parameter": "reported as buffer-requires-grad at the forward's "
-                                     "reassignment",
-    "b_layers_in_plain_list": "unregistered-parameter not detected yet",
 }
 
 
@@ -48,8 +41,7 @@ def _examine(loop) -> doctor.Report:
 
 
 # kinds of bugs users report most that the doctor's vocabulary does not have yet
-PLANNED_KINDS = {"optimizer-misses-parameters", "loss-cut-from-graph",
-                 "unregistered-parameter"}
+PLANNED_KINDS = {"optimizer-misses-parameters"}
 
 
 def test_the_corpus_has_30_reports_across_kinds_architectures_and_holders():

@@ -37,6 +37,7 @@ def findings_of(w: Watch) -> list[Finding]:
     out += _eval_mode(w)
     out += _grads_kept(w)
     out += _probabilities(w)
+    out += _loss_cuts(w)
     out += _unused(w)
     out += _state(w)
     seen: set[tuple[str, str, int]] = set()
@@ -483,6 +484,65 @@ def _probabilities(w: Watch) -> list[Finding]:
     return found
 
 
+_CUT_FIX = {
+    "argmax": "argmax has no gradient: compute the loss from the scores it picks from (e.g. "
+              "`cross_entropy(scores, target)`), and keep argmax for predictions",
+    "argmin": "argmin has no gradient: compute the loss from the scores themselves",
+    "data": "drop `.data` here: the loss must be computed from the tensor itself",
+    "detach": "drop `.detach()` on the way to the loss",
+    "item": "keep the loss a tensor: `.item()` is for logging",
+    "tensor": "do not rebuild the loss from its value: use the loss tensor itself, "
+              "computed from the model's output",
+}
+
+
+def _loss_cuts(w: Watch) -> list[Finding]:
+    """A backward whose loss came from a tensor that lost its path to the parameters: named
+    at the op that cut the path (or the ``no_grad`` block or decorator around it)."""
+    found = []
+    seen: set[tuple[str, int]] = set()
+    for c in w.loss_cuts:
+        cut = c.cut
+        if (cut.file, cut.line) in seen:
+            continue
+        seen.add((cut.file, cut.line))
+        text = sites.code_text(cut.file, cut.line)
+        if cut.grad_off:
+            what = (f"`{text}` turns autograd off, and the loss that "
+                    f"`{sites.code_text(c.file, c.line)}` walks is computed under it: no "
+                    "graph links it to the parameters.")
+            fix = ("compute the forward and the loss with autograd on (outside the `no_grad`"
+                   " / `inference_mode` block or decorator)")
+        elif cut.op in _LEAF_MAKERS_TEXT:
+            what = (f"`{text}` makes a new tensor that requires grad from numbers, and "
+                    f"`{sites.code_text(c.file, c.line)}` runs backward from it: the loss's "
+                    "values were copied out of the graph first (`.item()`).")
+            fix = _CUT_FIX["tensor"]
+        else:
+            what = (f"`{text}` ({cut.op}) gives a tensor with no path back to the parameters, "
+                    f"and the loss that `{sites.code_text(c.file, c.line)}` walks is computed "
+                    "from it.")
+            fix = _CUT_FIX.get(cut.op, f"remove `{cut.op}` from the path to the loss")
+        if c.leaf and cut.op not in _LEAF_MAKERS_TEXT:
+            fix += ", and drop the `requires_grad_(True)` (or re-wrapping) that hid the error"
+        count = _count(len(list(w.model.parameters())), "parameter tensor") \
+            if w.model is not None else ""
+        params = f" none of the model's {count}" if count else " no parameter"
+        evidence = (f"At step {c.step} that backward reached{params}: " +
+                    ("the loss is a leaf made to require grad, which silences PyTorch's "
+                     "error ('does not require grad and does not have a grad_fn'), and "
+                     "nothing trains." if c.leaf else "PyTorch refuses it ('does not require "
+                     "grad and does not have a grad_fn')." if w.error_info else
+                     "nothing trains."))
+        found.append(Finding("loss-cut-from-graph", cut.file, cut.line, compose(
+            "loss-cut-from-graph", what, evidence, fix,
+        ), c.step, evidence={"op": cut.op, "grad_off": cut.grad_off, "band_aid": c.leaf}))
+    return found
+
+
+_LEAF_MAKERS_TEXT = ("tensor", "as_tensor", "full", "ones", "zeros")
+
+
 def _unused(w: Watch) -> list[Finding]:
     model = w.model
     if (model is None or w.error_info is not None or w.steps_done < 2
@@ -540,17 +600,65 @@ def _count(n: int, noun: str) -> str:
 
 
 def _state(w: Watch) -> list[Finding]:
+    """Tensors on the model that require grad but are no parameters: a weight the backward
+    trains but no optimiser sees (unregistered), or state that should not require grad."""
     found = []
     for label, (owner, attr) in w.state_requiring_grad.items():
-        candidates = sites.class_stores(type(owner), attr)
-        setup = [c for c in candidates if c[2]] or candidates
-        file, line = (setup[0][0], setup[0][1]) if setup else ("", 0)
+        value = owner._buffers.get(attr) if attr in owner._buffers else getattr(owner, attr,
+                                                                                None)
+        if value is not None and id(value) in w.reached and attr not in owner._buffers:
+            file, line = sites.setup_store(type(owner), attr, avoid=("Parameter(",
+                                                                     "register_"))
+            found.append(Finding("unregistered-parameter", file, line, compose(
+                "unregistered-parameter",
+                f"{label.removesuffix(' (a tensor attribute)')} is a plain tensor with "
+                "requires_grad=True, not an nn.Parameter: the backward gives it a gradient, "
+                "but model.parameters() does not list it.",
+                "So an optimiser built from model.parameters() never updates it (it stays "
+                "at its first value), and state_dict() does not save it.",
+            ), evidence={"attribute": attr}))
+            continue
+        file, line = sites.setup_store(type(owner), attr)
         found.append(Finding("buffer-requires-grad", file, line, compose(
             "buffer-requires-grad",
             f"{label} requires grad, but it is state, not a parameter the optimiser trains.",
             "Autograd records every operation on it (and a graph it is assigned from stays "
             "alive); the optimiser never updates it.",
         )))
+    return found + _stray_modules(w)
+
+
+def _stray_modules(w: Watch) -> list[Finding]:
+    """Modules kept in a plain list, tuple or dict on the model: their parameters get
+    gradients, but model.parameters() does not look inside plain containers."""
+    stray = {pid for pid, ref in w.stray.items() if ref() is not None}
+    if w.model is None or not stray:
+        return []
+    found = []
+    for path, m in w.model.named_modules():
+        for attr, value in vars(m).items():
+            if isinstance(value, nn.Module) or not isinstance(value, list | tuple | dict):
+                continue
+            items = list(value.values()) if isinstance(value, dict) else list(value)
+            mods = [v for v in items if isinstance(v, nn.Module)]
+            params = [p for v in mods for p in v.parameters() if id(p) in stray]
+            if not params:
+                continue
+            file, line = sites.setup_store(type(m), attr, avoid=(
+                "ModuleList", "ModuleDict", "Sequential", "ParameterList"))
+            holder = "ModuleDict" if isinstance(value, dict) else "ModuleList"
+            label = f"model.{path}.{attr}" if path else f"model.{attr}"
+            found.append(Finding("unregistered-parameter", file, line, compose(
+                "unregistered-parameter",
+                f"{label} is a plain Python {type(value).__name__} of "
+                f"{_count(len(mods), 'module')}: their {_count(len(params), 'parameter tensor')}"
+                " get gradients, but model.parameters() does not look inside plain "
+                "containers.",
+                "So an optimiser built from model.parameters() never updates them, and "
+                "state_dict(), .to(device) and train()/eval() miss them too.",
+                f"keep them in an `nn.{holder}` (`self.{attr} = nn.{holder}(...)`), which "
+                "registers every module in it",
+            ), evidence={"attribute": attr, "modules": len(mods)}))
     return found
 
 
@@ -589,6 +697,10 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
         why = ("An index (a token id, an expert id) is outside the table it indexes: check "
                "the largest id against num_embeddings. Lesson: 01_expert_router_index.")
     elif "does not require grad and does not have a grad_fn" in message:
-        why = ("backward() was called on a tensor with no graph: it was computed under "
+        cut = kinds.get("loss-cut-from-graph")
+        why = (f"backward() was called on a tensor with no graph: the path from the "
+               f"parameters was cut at {cut.where} (see the loss-cut-from-graph finding)."
+               if cut is not None else
+               "backward() was called on a tensor with no graph: it was computed under "
                "no_grad, or from detached values.")
     return LoopError(type_name, message, step, file, line, why)

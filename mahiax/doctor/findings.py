@@ -74,17 +74,27 @@ _KINDS = (
     Kind("eval-mode-training", "training while the model is in eval mode",
          "put the model back in training mode after evaluating: `model.train()` at the end of "
          "the function that called `model.eval()`, or at the start of every training step",
-         "07_train_and_watch"),
+         "10_your_own_loop"),
     Kind("grads-not-zeroed", "gradients that an optimiser step already applied are added to "
          "again",
          "call `optimizer.zero_grad()` once per optimiser step, before the backward of the "
          "next one; to accumulate over k micro-batches on purpose, step and zero every k-th "
-         "backward", "04_retain_graph_and_encode"),
+         "backward", "10_your_own_loop"),
     Kind("probabilities-into-loss", "probabilities fed to a loss that takes logits",
          "give the loss the logits (the output before the softmax or sigmoid): it applies "
          "log_softmax (cross_entropy) or a sigmoid (BCEWithLogits) itself; apply the softmax "
          "or sigmoid only where you need probabilities (predictions, metrics)",
-         "04_retain_graph_and_encode"),
+         "10_your_own_loop"),
+    Kind("loss-cut-from-graph", "a loss with no path back to the parameters",
+         "compute the loss from tensors that keep their graph: no `argmax`, `.item()`, "
+         "`.data`, `.detach()` or `no_grad` between the parameters and the loss (a "
+         "non-differentiable choice such as argmax needs a differentiable loss on the scores "
+         "instead); and never `requires_grad_(True)` or `torch.tensor(..., requires_grad=True)` "
+         "on a loss: that only hides PyTorch's error", "10_your_own_loop"),
+    Kind("unregistered-parameter", "a weight the backward trains that no parameter list holds",
+         "make it an `nn.Parameter` (a tensor) or keep modules in `nn.ModuleList` / "
+         "`nn.ModuleDict`, so model.parameters() and the optimiser see it",
+         "10_your_own_loop"),
     Kind("buffer-requires-grad", "a buffer or state tensor that requires grad",
          "create state without `requires_grad` (a buffer is not trained); if it should be "
          "trained, make it an `nn.Parameter`", "03a_memories"),

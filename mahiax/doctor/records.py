@@ -137,3 +137,25 @@ class ProbabilityLoss:
     origin: str  # "softmax" | "sigmoid" | "values" (rows >= 0 summing to 1)
     origin_file: str = ""  # the line that applied the softmax or sigmoid
     origin_line: int = 0
+
+
+@dataclass(kw_only=True, frozen=True)
+class Cut:
+    """Where a tensor lost its path to the parameters: an op whose inputs required grad and
+    whose output does not (``argmax``, ``.detach()``, ``.data``, anything under ``no_grad``)."""
+
+    file: str
+    line: int
+    op: str  # "argmax", "data", "detach", "linear"
+    grad_off: bool  # autograd was off (no_grad / inference_mode) when it ran
+
+
+@dataclass(kw_only=True)
+class LossCut:
+    """A backward whose loss was computed from a cut tensor and reaches no parameter."""
+
+    step: int
+    file: str  # the backward's line
+    line: int
+    cut: Cut
+    leaf: bool  # the loss is a leaf made to require grad (the band-aid that silences the error)

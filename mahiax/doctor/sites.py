@@ -67,6 +67,48 @@ def common_caller(first: list[tuple[object, str, int]],
     return None
 
 
+_GRAD_OFF = ("no_grad", "inference_mode", "set_grad_enabled(False)")
+
+
+@functools.cache
+def _grad_off_in(code: object, line: int) -> int:
+    """The line of ``code``'s function (a decorator, or a ``with`` around ``line``) that
+    turns autograd off, or 0."""
+    file = code.co_filename  # type: ignore[attr-defined]
+    first = code.co_firstlineno  # type: ignore[attr-defined]  # the first decorator's line
+    lines = linecache.getlines(file)
+    if not 0 < line <= len(lines):
+        return 0
+    n = first
+    while n <= len(lines) and lines[n - 1].lstrip().startswith("@"):
+        if any(g in lines[n - 1] for g in _GRAD_OFF):
+            return n
+        n += 1
+    indent = len(lines[line - 1]) - len(lines[line - 1].lstrip())
+    for k in range(line - 1, first - 1, -1):
+        text = lines[k - 1]
+        stripped = text.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        level = len(text) - len(stripped)
+        if level < indent:
+            if stripped.startswith("with ") and any(g in stripped for g in _GRAD_OFF):
+                return k
+            indent = level
+    return 0
+
+
+def grad_off_site(frames: list[tuple[object, str, int]]) -> tuple[str, int] | None:
+    """Where the user's code turned autograd off around the calls in ``frames`` (from
+    :func:`user_frames`): a ``with torch.no_grad()`` / ``inference_mode()`` block or such a
+    decorator, innermost first; None when none of them did."""
+    for code, file, line in frames:
+        found = _grad_off_in(code, line)
+        if found:
+            return file, found
+    return None
+
+
 def traceback_site(tb: TracebackType | None) -> tuple[str, int]:
     """The innermost user frame of a traceback: the user's line that raised."""
     best = ("", 0)
@@ -174,6 +216,17 @@ def class_stores(cls: type, name: str) -> list[tuple[str, int, bool]]:
         file, span = where
         found.extend((file, n, setup) for n, setup in storing_lines(file, name, True, span))
     return found
+
+
+def setup_store(cls: type, name: str, avoid: tuple[str, ...] = ()) -> tuple[str, int]:
+    """The line of ``cls`` that sets attribute ``name`` up (in ``__init__`` first), skipping
+    lines whose code contains one of ``avoid`` (the other branch of an ``if``: the line that
+    registers it properly); ``("", 0)`` when none."""
+    candidates = class_stores(cls, name)
+    setup = [c for c in candidates if c[2]] or candidates
+    fitting = [c for c in setup if not any(a in code_text(c[0], c[1]) for a in avoid)]
+    best = (fitting or setup)[:1]
+    return (best[0][0], best[0][1]) if best else ("", 0)
 
 
 def line_text(file: str, line: int) -> str:

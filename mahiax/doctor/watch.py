@@ -50,10 +50,12 @@ from mahiax.doctor.findings import in_notebook, place
 from mahiax.doctor.records import (
     BackwardCall,
     ClipCall,
+    Cut,
     EvalForward,
     GradsKept,
     Held,
     Holder,
+    LossCut,
     ModeCall,
     ProbabilityLoss,
     SilentWrite,
@@ -83,6 +85,8 @@ _LOGIT_LOSSES = {"cross_entropy": "softmax", "nll_loss": "softmax",
 # autograd nodes that pass values through unchanged in meaning (views, copies, casts)
 _PASS_THROUGH = ("View", "Reshape", "Unsafe", "Squeeze", "Unsqueeze", "Transpose", "Permute",
                  "Clone", "ToCopy", "Expand", "AsStrided", "Contiguous", "Flatten", "T")
+# calls that make a tensor requiring grad from numbers (no graph behind it)
+_LEAF_MAKERS = ("tensor", "as_tensor", "requires_grad_", "full", "ones", "zeros")
 MAX_EVAL_FORWARDS = 4  # eval-mode forwards kept per step (a validation loop runs many)
 
 
@@ -142,10 +146,15 @@ class _Sites(TorchFunctionMode):
             else:  # `x.data`: a later write through it bypasses x's version counter
                 self.watch.data_sites.add(sites.user_site())
         out = func(*args, **kwargs)
-        for t in (out,) if isinstance(out, torch.Tensor) else \
-                out if isinstance(out, tuple | list) else ():
-            if isinstance(t, torch.Tensor):
-                self.watch._note_built(t)
+        outs = [t for t in ((out,) if isinstance(out, torch.Tensor) else
+                            out if isinstance(out, tuple | list) else ())
+                if isinstance(t, torch.Tensor)]
+        for t in outs:
+            self.watch._note_built(t)
+        if outs:
+            self.watch._note_cut(func, args, kwargs, outs)
+            if getattr(func, "__name__", "") in _LEAF_MAKERS:
+                self.watch._note_new_leaf(func, outs)
         name = getattr(func, "__name__", "")
         if name in ("softmax", "sigmoid") and isinstance(out, torch.Tensor) \
                 and out.grad_fn is not None:
@@ -210,6 +219,12 @@ class Watch:
         # resets of gradients: (step, file, line, id() of the parameters reset)
         self.resets: list[tuple[int, str, int, frozenset[int]]] = []
         self.squash_sites: dict[int, tuple[str, int]] = {}  # softmax/sigmoid node -> line
+        self.cut_from: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> Cut
+        self.reached: set[int] = set()  # id() of every leaf a backward reached
+        self.stray: dict[int, Any] = {}  # id -> weakref: parameters reached, not the model's
+        self._model_params = {id(p) for p in model.parameters()} if model is not None \
+            else set()
+        self.loss_cuts: list[LossCut] = []
         self.probability_losses: list[ProbabilityLoss] = []
         # optimiser steps and gradient resets, in order with the backward calls: (how many
         # backward calls had run, "step" or "zero_grad", the user's file and line, the step)
@@ -507,8 +522,8 @@ class Watch:
             if not module.training and (kind := _mode_kind(module)) is not None:
                 self._note_eval_forward(module, kind)
             t = next((a for a in args if isinstance(a, torch.Tensor)), None)
-            if t is None or t.requires_grad or _storage_key(t) in owned:
-                return
+            if t is None or t.requires_grad or t.is_inference() or _storage_key(t) in owned:
+                return  # (inference tensors keep no version counter)
             key = (id(module), t.data_ptr(), tuple(t.shape), t.dtype, t._version)
             seen = self._forward_seen.get(key)
             # the parameters' versions: a forward of the same batch with weights changed in
@@ -530,6 +545,41 @@ class Watch:
             module=f"{self._label(module)} ({type(module).__name__})", module_id=id(module),
             kind=kind, grad=torch.is_grad_enabled(), backwards=self._backwards_this_step,
             frames=sites.user_frames(), module_ref=weakref.ref(module)))
+
+    def _note_cut(self, func: Any, args: tuple, kwargs: dict, outs: list) -> None:
+        """Follow where tensors lose their path to the parameters: an output that does not
+        require grad, made from an input that did (a new cut) or from a cut tensor (the same
+        cut, carried along)."""
+        if any(t.requires_grad for t in outs):
+            return
+        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        inputs += [b for a in (*args, *kwargs.values()) if isinstance(a, list | tuple)
+                   for b in a if isinstance(b, torch.Tensor)]
+        cut = next((self.cut_from[a] for a in inputs if a in self.cut_from), None)
+        if cut is None:
+            if not any(a.requires_grad for a in inputs):
+                return
+            grad_off = not torch.is_grad_enabled()
+            file, line = sites.user_site()
+            if grad_off:
+                frames = sites.user_frames()
+                file, line = sites.grad_off_site(frames) or (file, line)
+            name = getattr(func, "__name__", "an op")
+            cut = Cut(file=file, line=line, grad_off=grad_off,
+                      op="data" if name == "__get__" else name)
+        for t in outs:
+            self.cut_from[t] = cut
+
+    def _note_new_leaf(self, func: Any, outs: list) -> None:
+        """A tensor the user's code made that requires grad with no graph behind it (not a
+        parameter): a loss re-made this way (``torch.tensor(loss.item(), requires_grad=True)``)
+        reaches no parameter."""
+        for t in outs:
+            if t.requires_grad and t.grad_fn is None and t not in self.cut_from \
+                    and not isinstance(t, nn.Parameter):
+                file, line = sites.user_site()
+                self.cut_from[t] = Cut(file=file, line=line, grad_off=False,
+                                       op=getattr(func, "__name__", "an op"))
 
     def _check_modes_and_grads(self, file: str, line: int, leaves: set[int]) -> None:
         """Before a backward: did this step's forward run a mode-dependent module in eval
@@ -576,6 +626,7 @@ class Watch:
         stack = [grad_fn_of(r) for r in roots if isinstance(r, torch.Tensor)]
         seen: set[int] = set()
         alive: list[Any] = []
+        alive_leaves: list[Any] = []
         while stack:
             node = stack.pop()
             if node is None or id(node) in seen:
@@ -584,6 +635,7 @@ class Watch:
             alive.append(node)
             if _is_leaf_node(node):
                 leaves.add(id(node.variable))
+                alive_leaves.append(node)
                 continue
             seqs.add(_seq(node))
             stack.extend(n for n, _ in node.next_functions)
@@ -613,6 +665,21 @@ class Watch:
                 record.nodes.append(len(seqs))
                 record.saved.append(saved)
         self._check_modes_and_grads(file, line, leaves)
+        self.reached |= leaves
+        if self.model is not None:
+            for node in alive_leaves:  # trained leaves the model does not list
+                v = node.variable
+                if isinstance(v, nn.Parameter) and id(v) not in self._model_params:
+                    self.stray[id(v)] = weakref.ref(v)
+        trained = {id(p) for p in self.model.parameters()} if self.model is not None else set()
+        if not leaves & trained:
+            for r in roots:
+                cut = self.cut_from.get(r) if isinstance(r, torch.Tensor) else None
+                if cut is not None:
+                    self.loss_cuts.append(LossCut(step=self.step, file=file, line=line,
+                                                  cut=cut, leaf=r.grad_fn is None
+                                                  and r.requires_grad))
+                    break
         self.backwards.append(BackwardCall(
             self.step, file, line, retain is True, bool(create), len(seqs), saved,
             frozenset(seqs), earliest, self._repeat, frozenset(leaves),

@@ -20,10 +20,6 @@ CASES = cases()
 
 # case -> what the doctor lacks for it (each one a part of the work still open)
 NOT_YET: dict[str, str] = {
-    "a_bert_average_loss_dict": "state in a dict entry is not named",
-    "a_ssc_loss_meters_dict": "state in a dict entry is not named",
-    "a_depth_outputs_list": "a list held in a local of the step function is not named",
-    "a_rnn_hidden_state_global": "named at a same-named local inside forward",
     "a_vqa_dropout_inplace_after_relu": "an in-place torch module is named at its call, "
                                         "not where inplace=True is set",
     "a_xception_relu_inplace_skip_input": "an in-place torch module is named at its call, "

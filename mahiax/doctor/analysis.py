@@ -248,9 +248,9 @@ def _carried_fix(h: Held) -> str | None:
         return None
     if h.read:  # a later step's backward reached into it: state carried on purpose
         target = sites.target_of(text, h.name, h.attribute)
-        fix = (f"carry the values, cut the graph: `{target} = {target}.detach()` once, where "
-               "the next step starts reading it (e.g. at the start of the step, before the "
-               "forward)")
+        fix = (f"carry the values, cut the graph: `{_detached(target, h.container)}` once, "
+               "where the next step starts reading it (e.g. at the start of the step, before "
+               "the forward)")
         if sites.in_loop(h.file, h.line):
             fix += (", not inside the time loop (that would cut backpropagation through the "
                     "sequence itself)")
@@ -263,6 +263,19 @@ def _carried_fix(h: Held) -> str | None:
                 "`model.eval()` as well if the model has dropout or batch norm)" +
                 (f", and {keep}" if keep else ""))
     return keep
+
+
+def _detached(target: str, container: str) -> str:
+    """The statement that cuts the graph of ``target``, written for what it is: a tensor, a
+    tuple or list of tensors (an LSTM's ``(h, c)``), or a tensor in a dict."""
+    if container.startswith("tuple"):
+        return f"{target} = tuple(t.detach() for t in {target})"
+    if container.startswith("list"):
+        return f"{target} = [t.detach() for t in {target}]"
+    if container.startswith("dict entry"):
+        key = container.split("'")[1]
+        return f"{target}[{key!r}] = {target}[{key!r}].detach()"
+    return f"{target} = {target}.detach()"
 
 
 def _growing(w: Watch, carried: list[Finding]) -> list[Finding]:

@@ -75,6 +75,7 @@ class Held:
     read: bool = False  # a later step's backward reached into its graph: carried state
     backwarded: bool = False  # some backward() walked its graph (else: never needed one)
     seen_at: int = -1  # the last step the end-of-step scan counted it at
+    container: str = ""  # "tuple", "list", "dict entry 'k'", "dict entry 'k' in a list", ...
 
 
 @dataclass

@@ -119,6 +119,7 @@ def traceback_site(tb: TracebackType | None) -> tuple[str, int]:
 
 
 _COMPARE = re.compile(r"[=!<>]=")
+_EMPTY = re.compile(r"=\s*(\[\s*\]|\{\s*\}|list\(\s*\)|dict\(\s*\)|\(\s*\)|None)\s*$")
 
 
 def _stores(text: str, name: str, attribute: bool) -> bool:
@@ -128,6 +129,8 @@ def _stores(text: str, name: str, attribute: bool) -> bool:
     ref = rf"\.{re.escape(name)}\b" if attribute else rf"(?<![\w.]){re.escape(name)}\b"
     if re.search(ref + r"\s*\.\s*(append|extend|insert)\s*\(", code):
         return True
+    if re.search(ref + r"(\s*\[[^\]]*\])?\s*\.\s*[a-z]\w*[a-z0-9]_\s*\(", code):
+        return True  # an in-place tensor method on it or an entry: `x["k"].add_(v)`
     if re.search(r"register_buffer\(\s*['\"]" + re.escape(name) + "['\"]", code):
         return True
     masked = _COMPARE.sub("  ", code)
@@ -195,6 +198,9 @@ def pick_store(candidates: list[tuple[str, int, bool]], built: tuple[str, int] |
     was built."""
     if built is not None and any((f, n) == built for f, n, _ in candidates):
         return built
+    # a line that only makes the empty container (`xs = []`) cannot be what put it there
+    candidates = [c for c in candidates if not _EMPTY.search(code_text(c[0], c[1]))] \
+        or candidates
     for f, n, setup in candidates:
         if not setup:
             return f, n
@@ -284,10 +290,39 @@ def in_loop(file: str, line: int) -> bool:
     return False
 
 
+def split_top(expr: str) -> list[str]:
+    """``expr`` split at its commas outside brackets and strings."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(expr):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(expr[start:i])
+            start = i + 1
+    parts.append(expr[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
 def _value(expr: str, scalar: bool) -> str:
-    """``loss`` -> ``loss.item()``; anything else in parentheses first."""
+    """``loss`` -> ``loss.item()``; a dict, list or tuple literal value by value
+    (``{"loss": loss}`` -> ``{"loss": loss.item()}``); anything else in parentheses first."""
     method = "item" if scalar else "detach"
     expr = expr.strip()
+    literal = re.fullmatch(r"([\[{(])(.*)([\]})])", expr, re.DOTALL)
+    if literal and not _one_call(expr):
+        items = []
+        for part in split_top(literal.group(2)):
+            key, colon, value = part.partition(":") if literal.group(1) == "{" else \
+                ("", "", part)
+            items.append(f"{key}: {_value(value, scalar)}" if colon else _value(value, scalar))
+        tail = "," if literal.group(1) == "(" and len(items) == 1 else ""
+        return f"{literal.group(1)}{', '.join(items)}{tail}{literal.group(3)}"
     simple = re.fullmatch(r"[A-Za-z_][\w.]*(\[[^\]]*\])?", expr) is not None
     return f"{expr}.{method}()" if simple or _one_call(expr) else f"({expr}).{method}()"
 
@@ -313,7 +348,11 @@ def as_number(text: str, scalar: bool) -> str | None:
     m = re.fullmatch(r"(.*\.(?:append|insert)\()(.*)\)", text)
     if m:
         return f"{m.group(1)}{_value(m.group(2), scalar)})"
-    m = re.fullmatch(r"([\w.\[\]]+)\s*\+=\s*(.+)", text)
+    m = re.fullmatch(r"(.*\.[a-z]\w*[a-z0-9]_\()(.*)\)", text)  # `x["k"].add_(loss)`
+    if m and split_top(m.group(2)):
+        first, *rest = split_top(m.group(2))
+        return f"{m.group(1)}{', '.join([_value(first, scalar), *rest])})"
+    m = re.fullmatch(r"([\w.\[\]'\"]+)\s*\+=\s*(.+)", text)
     if m:
         return f"{m.group(1)} += {_value(m.group(2), scalar)}"
     m = re.fullmatch(r"([\w.\[\]]+)\s*=\s*([\w.\[\]]+)\s*\+\s*(.+)", text)

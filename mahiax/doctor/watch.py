@@ -88,6 +88,7 @@ _PASS_THROUGH = ("View", "Reshape", "Unsafe", "Squeeze", "Unsqueeze", "Transpose
 # calls that make a tensor requiring grad from numbers (no graph behind it)
 _LEAF_MAKERS = ("tensor", "as_tensor", "requires_grad_", "full", "ones", "zeros")
 MAX_EVAL_FORWARDS = 4  # eval-mode forwards kept per step (a validation loop runs many)
+MAX_CONTAINER_DEPTH = 2  # a held tensor is named through at most two containers
 
 
 def _mode_kind(m: nn.Module) -> str | None:
@@ -239,7 +240,7 @@ class Watch:
         self.data_sites: set[tuple[str, int]] = set()  # lines that read some tensor's .data
         # this step's graphs held at its end: grad_fn sequence number -> (label, file, line,
         # step); a later backward that reaches one of them names its holder
-        self._carriers: dict[int, tuple[str, str, int, int, str, bool, int]] = {}
+        self._carriers: dict[int, tuple[str, str, int, int, str, bool, int, str]] = {}
         self._in_backward = 0
         self._forward_seen: dict[tuple, tuple[Any, int, tuple[int, ...]]] = {}
         self._backwards_this_step = 0
@@ -654,12 +655,13 @@ class Watch:
                 if low >= self.examine_seq else -1
         if earliest < self.step:
             for seq in seqs & self._carriers.keys():
-                label, hfile, hline, built, name, attribute, numel = self._carriers[seq]
+                label, hfile, hline, built, name, attribute, numel, container = \
+                    self._carriers[seq]
                 record = self.held.get(label)
                 if record is None:
                     record = self.held[label] = Held(label, hfile, hline, built, built, built,
                                                      name=name, attribute=attribute,
-                                                     numel=numel)
+                                                     numel=numel, container=container)
                 record.read = True
                 record.last_step = self.step
                 record.nodes.append(len(seqs))
@@ -836,7 +838,7 @@ class Watch:
                 label = self._holder_label(holder)
                 self._carriers[_seq(t.grad_fn)] = (
                     label, *self._store_line(holder, t), step, holder.name,
-                    holder.kind in ("attribute", "buffer"), t.numel())
+                    holder.kind in ("attribute", "buffer"), t.numel(), holder.container)
         held_old.clear()
         held_fresh.clear()
         referrers.clear()
@@ -950,8 +952,16 @@ class Watch:
                                    if isinstance(m, nn.Module) and m.__dict__ is o), None)
                     if module is not None and not isinstance(module, self.ignore_types):
                         return Holder("buffer", key, owner=module)
+            if depth < MAX_CONTAINER_DEPTH:  # a plain dict: named by what holds it
+                for o in owners:
+                    if id(o) in exclude or o is owners or isinstance(o, FrameType) \
+                            or getattr(o, "__dict__", None) is r:
+                        continue
+                    h = self._name_reference(o, r, exclude | {id(owners)}, depth + 1)
+                    if h is not None:
+                        return self._contained(h, r, f"dict entry '{key}'")
             return None
-        if isinstance(r, list | tuple) and depth == 0:
+        if isinstance(r, list | tuple) and depth < MAX_CONTAINER_DEPTH:
             if isinstance(r, tuple) and r and all(type(c).__name__ == "cell" for c in r):
                 return None
             outer = gc.get_referrers(r)
@@ -960,11 +970,7 @@ class Watch:
                     continue
                 h = self._name_reference(rr, r, exclude | {id(outer)}, depth + 1)
                 if h is not None:
-                    h.container = type(r).__name__
-                    h.members = r
-                    h.count = sum(1 for v in r if isinstance(v, torch.Tensor)
-                                  and grad_fn_of(v) is not None)
-                    return h
+                    return self._contained(h, r, type(r).__name__)
             return None
         attr = _attribute_of(r, t)
         if attr is not None:  # 3.11+: an object's inline attribute values refer directly
@@ -979,6 +985,19 @@ class Watch:
                         name = fn.__code__.co_freevars[closure.index(r)]
                         return Holder("closure", name, owner=fn, file=fn.__code__.co_filename)
         return None
+
+    @staticmethod
+    def _contained(h: Holder, container: Any, what: str) -> Holder:
+        """``h``, the holder of ``container``, as the holder of a tensor inside it: the
+        container named from the tensor outwards ("dict entry 'loss' in a list")."""
+        h.container = what + (f" in a {h.container}" if h.container else "")
+        values = list(container.values()) if isinstance(container, dict) else list(container)
+        tensors = [v for v in values if isinstance(v, torch.Tensor)
+                   and grad_fn_of(v) is not None]
+        if tensors:
+            h.members = tensors
+            h.count = len(tensors)
+        return h
 
     def _holder_label(self, h: Holder) -> str:
         if h.kind == "global":
@@ -1019,7 +1038,8 @@ class Watch:
             file, line = self._store_line(h, t)
             record = self.held[label] = Held(label, file, line, step, earliest, step,
                                              name=h.name, attribute=h.kind in (
-                                                 "attribute", "buffer"), numel=t.numel())
+                                                 "attribute", "buffer"), numel=t.numel(),
+                                             container=h.container)
         record.built_step = min(record.built_step, earliest)
         record.seen_at = step
         record.last_step = step

@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from tests.notebook_env import (
     KERNEL_NAME,
     LESSONS,
     NOTEBOOKS,
+    LessonClient,
     environ_set,
     first_line,
     jupyter_env,
@@ -52,7 +52,7 @@ def time_notebook(path: Path, workdir: Path = NOTEBOOKS) -> dict:
     not measured: its time would be that of a shorter lesson).
     """
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
+    client = LessonClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
                             startup_timeout=120, resources={"metadata": {"path": str(workdir)}})
     cells: list[dict] = []
     error = None
@@ -80,7 +80,7 @@ def _warm_up(workdir: Path) -> None:
     nb.cells = [nbformat.v4.new_code_cell(
         "import torch, plotly.graph_objects, ipywidgets, pandas\n"
         "from mahiax import bugs, lessons\nbugs.entries()")]
-    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME, startup_timeout=120,
+    LessonClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME, startup_timeout=120,
                    resources={"metadata": {"path": str(workdir)}}).execute(env=dict(os.environ))
 
 

@@ -15,8 +15,14 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from queue import Empty
+from typing import Any
+
+from jupyter_core.utils import run_sync
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -50,6 +56,54 @@ KERNEL_MAIN = (
     "from ipykernel import kernelapp\n"
     "kernelapp.launch_new_instance()\n"
 )
+
+
+# How long one wait on a kernel channel may last before it looks again (see LessonClient).
+POLL_SLICE_S = 1.0
+
+
+def slice_polls(kc: Any) -> None:
+    """Make every wait of kernel client ``kc`` on its channels a series of waits of at most
+    :data:`POLL_SLICE_S` seconds.
+
+    nbclient waits for a cell's reply with one poll of the shell socket that lasts the whole
+    cell timeout (300 s here). pyzmq's asyncio poll watches the socket's edge-triggered file
+    descriptor and can miss the edge of a message that arrives at the wrong moment; the poll
+    then sleeps until its timeout and only then finds the message waiting
+    (https://github.com/zeromq/pyzmq/issues/1558: "the poller will return a received event
+    after the timeout"). A lesson run caught it with stacks: the kernel idle, its reply sent,
+    the test asleep in that poll for exactly 300 s, then passing. Short polls find such a
+    message at the end of the slice: a missed edge costs at most a second.
+    """
+    for channel in (kc.shell_channel, kc.iopub_channel, kc.stdin_channel,
+                    kc.control_channel):
+        channel.get_msg = _sliced(channel.get_msg)
+
+
+def _sliced(get_msg: Callable[..., Awaitable[dict]]) -> Callable[..., Awaitable[dict]]:
+    async def sliced(timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = POLL_SLICE_S if deadline is None else \
+                max(0.0, min(POLL_SLICE_S, deadline - time.monotonic()))
+            try:
+                return await get_msg(timeout=left)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+    return sliced
+
+
+class LessonClient(NotebookClient):
+    """nbclient's notebook runner with :func:`slice_polls` on its kernel client: how the
+    tests and ``make bench`` run a lesson."""
+
+    async def async_start_new_kernel_client(self) -> Any:
+        kc = await super().async_start_new_kernel_client()
+        slice_polls(kc)
+        return kc
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
 
 def notebook_path(name: str) -> Path:

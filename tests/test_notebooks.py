@@ -31,7 +31,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from mahiax import bugs
 from tests.notebook_env import (
@@ -42,6 +41,7 @@ from tests.notebook_env import (
     NOTEBOOKS,
     ROOT,
     STATED_VERDICT,
+    LessonClient,
     first_line,
     jupyter_env,
     notebook_path,
@@ -388,7 +388,7 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU, as in CI
     nb = nbformat.read(notebook_path(name), as_version=4)
     before = _files_under(NOTEBOOKS)
-    client = NotebookClient(
+    client = LessonClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME, startup_timeout=120,
         resources={"metadata": {"path": str(NOTEBOOKS)}},
     )
@@ -472,3 +472,32 @@ def test_instructor_notes_cover_every_lesson_with_timing_questions_and_slow_cell
         lower = body.lower()
         for needed in ("timing", "question", "slow"):
             assert needed in lower, f"INSTRUCTOR.md, {name}: no {needed!r}"
+
+
+def test_kernel_channel_waits_are_sliced_so_a_missed_wakeup_costs_a_slice_not_the_timeout():
+    # a poll that missed its wakeup answers only at its timeout: each of ours is short, and
+    # the caller's own timeout still holds (Empty once it has passed)
+    import asyncio
+    from queue import Empty
+
+    from tests.notebook_env import POLL_SLICE_S, _sliced
+
+    asked: list[float | None] = []
+
+    async def poll(timeout=None):
+        asked.append(timeout)
+        if len(asked) < 3:
+            raise Empty  # nothing yet (or an edge missed): the slice ends
+        return {"msg_type": "execute_reply"}
+
+    assert asyncio.run(_sliced(poll)(timeout=300))["msg_type"] == "execute_reply"
+    assert len(asked) == 3 and all(t <= POLL_SLICE_S for t in asked)
+    asked.clear()
+    assert asyncio.run(_sliced(poll)(timeout=None))["msg_type"] == "execute_reply"
+    assert asked == [POLL_SLICE_S] * 3  # waiting for ever, a slice at a time
+
+    async def never(timeout=None):
+        raise Empty
+
+    with pytest.raises(Empty):
+        asyncio.run(_sliced(never)(timeout=0.01))

@@ -95,3 +95,24 @@ def test_the_doctor_is_silent_on_the_fixed_loop(name):
     report = _examine(CASES[name].fixed())
     assert report.ok, str(report)
     assert report.steps_run == 6
+
+
+APPLIED = sorted(name for name, case in CASES.items() if hasattr(case, "applied"))
+
+
+def test_every_case_the_doctor_names_keeps_the_doctors_fix_applied():
+    named = set(CASES) - set(NOT_YET)
+    assert named <= set(APPLIED), sorted(named - set(APPLIED))
+
+
+@pytest.mark.parametrize("name", APPLIED)
+def test_the_doctors_fix_applied_as_written_runs_and_passes(name):
+    """``applied()``: the buggy loop with the fix the doctor prints for it, applied as
+    written. It must run, lose the reported harm, and get no finding."""
+    case = CASES[name]
+    loop = case.applied()
+    assert run(loop) is None
+    if case.ERROR is None:
+        assert not case.symptom(loop)
+    report = _examine(case.applied())
+    assert report.ok, str(report)

@@ -19,16 +19,7 @@ from tests.doctor_corpus.common import ARCHS, STATES, cases, expected, run
 CASES = cases()
 
 # case -> what the doctor lacks for it (each one a part of the work still open)
-NOT_YET: dict[str, str] = {
-    "a_vqa_dropout_inplace_after_relu": "an in-place torch module is named at its call, "
-                                        "not where inplace=True is set",
-    "a_xception_relu_inplace_skip_input": "an in-place torch module is named at its call, "
-                                          "not where inplace=True is set",
-    "b_optimizer_kept_after_model_swap": "optimizer-misses-parameters not detected yet",
-    "b_optimizer_kept_after_pruning_speedup": "optimizer-misses-parameters not detected yet",
-    "b_quantizer_scale_replaced_after_optimizer": "optimizer-misses-parameters not detected "
-                                                  "yet",
-}
+NOT_YET: dict[str, str] = {}
 
 
 def _examine(loop) -> doctor.Report:
@@ -36,15 +27,10 @@ def _examine(loop) -> doctor.Report:
                           scaler=loop.scaler)
 
 
-# kinds of bugs users report most that the doctor's vocabulary does not have yet
-PLANNED_KINDS = {"optimizer-misses-parameters"}
-
-
 def test_the_corpus_has_30_reports_across_kinds_architectures_and_holders():
     assert len(CASES) >= 30
     kinds = {m.KIND for m in CASES.values()}
-    assert kinds <= set(doctor.KINDS) | PLANNED_KINDS, kinds - set(doctor.KINDS)
-    assert PLANNED_KINDS <= kinds
+    assert kinds <= set(doctor.KINDS), kinds - set(doctor.KINDS)
     assert {"step-before-backward", "graph-carried-across-steps", "inplace-on-saved",
             "backward-per-loss", "clip-before-unscale"} <= kinds
     assert {"gan", "rnn", "lstm", "actor-critic", "amp", "multi-task", "ema"} <= {

@@ -38,6 +38,7 @@ def findings_of(w: Watch) -> list[Finding]:
     out += _grads_kept(w)
     out += _probabilities(w)
     out += _loss_cuts(w)
+    out += _optimizer_misses(w)
     out += _unused(w)
     out += _state(w)
     seen: set[tuple[str, str, int]] = set()
@@ -76,6 +77,10 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
         if written_step is not None and saved_step == written_step == tripper.step:
             found.append(_step_before_backward(m, tripper, saved_step))
             continue
+        built = _inplace_module(w, m.module) if written_step is None else None
+        if built is not None:
+            found.append(built)
+            continue
         where = f" in {m.module}" if m.module else ""
         evidence = (f"Its version was {s.version} when saved and {m.version_after} after this "
                     "write; backward() tripped on it: PyTorch raised 'modified by an inplace "
@@ -109,6 +114,39 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
             ), evidence={"writer": "code" if written_step is None else "optimizer",
                          "saved_step": saved_step, "tripped_step": tripper.step}))
     return found
+
+
+def _inplace_module(w: Watch, path: str) -> Finding | None:
+    """An in-place write made by a torch module built with ``inplace=True`` (``nn.ReLU``,
+    ``nn.Dropout``): the line to change is where it is built, not where it is called."""
+    if w.model is None or not path.startswith("model"):
+        return None
+    sub = path.removeprefix("model").removeprefix(".")
+    try:
+        module = w.model.get_submodule(sub) if sub else w.model
+    except AttributeError:
+        return None
+    if getattr(module, "inplace", False) is not True:
+        return None
+    parent_path, _, attr = sub.rpartition(".")
+    while attr.isdigit() and parent_path:  # classifier.2: the line that builds `classifier`
+        parent_path, _, attr = parent_path.rpartition(".")
+    owner = w.model.get_submodule(parent_path) if parent_path else w.model
+    name = type(module).__name__
+    site = sites.constructor_line(type(owner), attr, name, "inplace=True")
+    if site is None:
+        return None
+    file, line = site
+    text = sites.code_text(file, line)
+    return Finding("inplace-on-saved", file, line, compose(
+        "inplace-on-saved",
+        f"`{text}` builds {path} ({name}) with inplace=True: it writes its output into its "
+        "input, and that input is a tensor autograd saved for backward (the op before it "
+        "needs it to compute its gradient).",
+        "backward() tripped on it: PyTorch raised 'modified by an inplace operation'.",
+        "build it with `inplace=False` (here: "
+        f"`{text.rstrip(',').replace('inplace=True', 'inplace=False')}`)",
+    ), evidence={"writer": "module", "module": path})
 
 
 def _step_before_backward(m, tripper: BackwardCall, step: int) -> Finding:
@@ -554,6 +592,61 @@ def _loss_cuts(w: Watch) -> list[Finding]:
 
 
 _LEAF_MAKERS_TEXT = ("tensor", "as_tensor", "full", "ones", "zeros")
+
+
+def _optimizer_misses(w: Watch) -> list[Finding]:
+    """Model parameters the backward gave gradients that no optimiser (that stepped, or the
+    one given) holds: the model changed after the optimiser was built. Named where the
+    parameter was replaced by its own module outside ``__init__``, else at the statement
+    after the optimiser's construction that changed the model."""
+    model = w.model
+    if model is None or w.steps_done < 1:
+        return []
+    optimizers = [r() for r in w.optimizers.values()] + [w.optimizer]
+    held = {id(p) for o in optimizers if o is not None for g in o.param_groups
+            for p in g["params"]}
+    if not held:
+        return []
+    missing = [(n, p) for n, p in model.named_parameters()
+               if p.requires_grad and w.grad_counts.get(id(p), 0) > 0 and id(p) not in held]
+    if not missing:
+        return []
+    model_ids = {id(p) for p in model.parameters()}
+    stale = len(held - model_ids)
+    name = missing[0][0]
+    owner_path, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_path) if owner_path else model
+    replaced = [c for c in sites.class_stores(type(owner), attr) if not c[2]]
+    opt = next((o for o in optimizers if o is not None), None)
+    found = None
+    if replaced:
+        file, line = replaced[0][0], replaced[0][1]
+        how = (f"`{sites.code_text(file, line)}` replaces the parameter with a new one after the "
+               "optimiser was built, and the optimiser keeps the old one.")
+    else:
+        for model_name in sites.bound_names(w.step_code, model):
+            for opt_name in sites.bound_names(w.step_code, opt):
+                found = sites.setup_after(w.step_code, opt_name, model_name)
+                if found:
+                    break
+            if found:
+                break
+        if found is None:
+            return []  # no line to name: silence rather than a guess
+        file, made, after = found
+        line = after or made
+        how = (f"`{sites.code_text(file, line)}` changes the model after "
+               f"`{sites.code_text(file, made)}` built the optimiser from its parameters."
+               if after else f"`{sites.code_text(file, made)}` built the optimiser from "
+               "parameters the model no longer has.")
+    names = ", ".join(n for n, _ in missing[:3]) + (" ..." if len(missing) > 3 else "")
+    evidence = (f"{_count(len(missing), 'parameter tensor')} of the model ({names}) got "
+                f"gradients in {w.steps_done} steps, but no optimiser holds them, so they "
+                "never change" + (f"; the optimiser holds {_count(stale, 'tensor')} the model "
+                                  "no longer uses" if stale else "") + ".")
+    return [Finding("optimizer-misses-parameters", file, line, compose(
+        "optimizer-misses-parameters", how, evidence,
+    ), evidence={"missing": len(missing), "stale": stale})]
 
 
 def _unused(w: Watch) -> list[Finding]:

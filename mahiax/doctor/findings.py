@@ -91,6 +91,11 @@ _KINDS = (
          "non-differentiable choice such as argmax needs a differentiable loss on the scores "
          "instead); and never `requires_grad_(True)` or `torch.tensor(..., requires_grad=True)` "
          "on a loss: that only hides PyTorch's error", "10_your_own_loop"),
+    Kind("optimizer-misses-parameters", "parameters the backward trains that no optimiser "
+         "holds", "build the optimiser after the last change to the model (or give it the new "
+         "parameters: `optimizer.add_param_group({'params': ...})`); to give a parameter a "
+         "new value, write into it (`with torch.no_grad(): p.copy_(value)`) instead of "
+         "replacing it", "10_your_own_loop"),
     Kind("unregistered-parameter", "a weight the backward trains that no parameter list holds",
          "make it an `nn.Parameter` (a tensor) or keep modules in `nn.ModuleList` / "
          "`nn.ModuleDict`, so model.parameters() and the optimiser see it",

@@ -375,3 +375,72 @@ def out_of_place(text: str) -> str | None:
     if m:
         return f"`{m.group(1)} = {m.group(1)}.clone()` before `{text}`"
     return None
+
+
+def bound_names(fn: object, value: object) -> list[str]:
+    """The names under which function ``fn`` reaches ``value``: its closure variables, then
+    its module's globals."""
+    names = []
+    code = getattr(fn, "__code__", None)
+    for name, cell in zip(getattr(code, "co_freevars", ()), getattr(fn, "__closure__", None)
+                          or (), strict=False):
+        try:
+            if cell.cell_contents is value:
+                names.append(name)
+        except ValueError:  # an empty cell
+            continue
+    names += [k for k, v in (getattr(fn, "__globals__", None) or {}).items() if v is value]
+    return names
+
+
+def setup_after(fn: object, built: str, changed: str) -> tuple[str, int, int] | None:
+    """In the code that defines ``fn`` (its enclosing function, or its module): the line
+    that stores ``built`` (e.g. the optimiser) and the first statement after it that names
+    ``changed`` (e.g. the model), before ``fn`` itself: ``(file, line built, line changed)``;
+    the changed line is 0 when no statement names it."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    file, start = code.co_filename, code.co_firstlineno
+    lines = linecache.getlines(file)
+    if not lines:
+        return None
+    indent = len(lines[start - 1]) - len(lines[start - 1].lstrip())
+    top = 1
+    for k in range(start - 1, 0, -1):
+        text = lines[k - 1]
+        stripped = text.lstrip()
+        if stripped and not stripped.startswith("#") and len(text) - len(stripped) < indent \
+                and stripped.startswith(("def ", "async def ")):
+            top = k
+            break
+    made = next((n for n in range(top, start) if _stores(lines[n - 1], built, False)), 0)
+    if not made:
+        return None
+    name = re.compile(rf"(?<![\w.]){re.escape(changed)}\b")
+    after = next((n for n in range(made + 1, start)
+                  if name.search(lines[n - 1].split("#", 1)[0])
+                  and not lines[n - 1].lstrip().startswith(("def ", "return "))), 0)
+    return file, made, after
+
+
+def constructor_line(cls: type, attr: str, class_name: str, marker: str
+                     ) -> tuple[str, int] | None:
+    """The line of ``cls`` that builds the module kept under attribute ``attr`` (directly,
+    or inside an ``nn.Sequential(...)`` / ``nn.ModuleList([...])`` spread over several
+    lines): the line within that statement that calls ``class_name(`` with ``marker`` in it
+    (e.g. ``inplace=True``); None unless exactly one line fits."""
+    for file, start, _ in class_stores(cls, attr):
+        lines = linecache.getlines(file)
+        depth, n, fits = 0, start, []
+        while n <= len(lines):
+            code = lines[n - 1].split("#", 1)[0]
+            if f"{class_name}(" in code and marker in code:
+                fits.append(n)
+            depth += code.count("(") + code.count("[") - code.count(")") - code.count("]")
+            if depth <= 0:
+                break
+            n += 1
+        if len(fits) == 1:
+            return file, fits[0]
+    return None

@@ -470,8 +470,8 @@ def test_cli_says_which_globals_it_watches_and_what_it_could_not_check(tmp_path,
     assert main(["doctor", f"{none}:step", "--steps", "3"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "watching no model, no optimizer, no GradScaler" in out
-    assert "unused parameters, state requiring grad and repeated forwards were not " \
-        "checked" in out
+    assert "No model was given, so these were not checked: unused-parameters" in \
+        " ".join(out.split())
     assert "gradients reach every parameter" not in out
 
 
@@ -516,3 +516,20 @@ def test_quoted_lines_drop_comments_and_inplace_fix_shows_the_out_of_place_line(
     (f,) = report.findings
     assert "here: `gate = gate.mul(2.0)`" in f.message
     assert "doctor[" not in str(report) and "doctor[" not in report._repr_html_()
+
+
+def test_a_clean_report_says_what_it_checked_and_over_how_many_steps():
+    report = _examine(CORRECT["classifier"], steps=4)
+    text = str(report)
+    assert "Nothing wrong seen: over 4 steps" in text
+    flat = " ".join(text.split())
+    for kind in doctor.KINDS.values():
+        assert kind.checked and kind.checked in flat, kind.name
+    loop = CORRECT["classifier"]()
+    bare = doctor.examine(loop.step, 3)  # no model: the model's checks are named as skipped
+    assert bare.ok and "over 3 steps" in bare.checked()
+    skipped = bare.checked().split("not checked: ")[1]
+    assert {k.name for k in doctor.KINDS.values() if k.needs_model} == {
+        name.strip(" ") for name in skipped.split(" (pass")[0].split(",")}
+    for kind in doctor.KINDS.values():
+        assert (kind.checked in bare.checked()) != kind.needs_model, kind.name

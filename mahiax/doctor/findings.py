@@ -36,73 +36,91 @@ class Kind:
     title: str
     fix: str
     lesson: str  # notebook stem, e.g. "02_inplace_accumulation"
+    checked: str = ""  # what a clean report says of this kind: what was seen not to happen
+    needs_model: bool = False  # the check needs the model (its parameters, modules, hooks)
 
 
 _KINDS = (
     Kind("inplace-on-saved", "an in-place write to a tensor autograd saved",
          "compute a new tensor instead (out-of-place: `y = x + d`, `torch.cat`, "
          "`torch.where`), or make the write after backward() and optimizer.step()",
-         "02_inplace_accumulation"),
+         "02_inplace_accumulation",
+         checked="no in-place write into a tensor a graph saved"),
     Kind("step-before-backward",
          "an optimiser step between a forward and a backward of the same step that needs the "
          "old weights",
          "run the forward again after the step, so the later backward walks the new weights; "
          "or move the step after every backward that walks these weights, keeping that "
          "backward out of their gradients (`backward(inputs=...)`)",
-         "06_finding_the_mutation"),
+         "06_finding_the_mutation",
+         checked="no optimiser step between a forward and a backward that needs the old weights"),
     Kind("silent-write", "a write that bypassed the version counter into a saved tensor",
          "never write through `.data` (or swap a tensor's `.data`); update state after "
-         "backward under `torch.no_grad()`, or build a new tensor", "03a_memories"),
+         "backward under `torch.no_grad()`, or build a new tensor", "03a_memories",
+         checked="no write behind the version counter"),
     Kind("graph-carried-across-steps", "a tensor with a graph that outlives its step",
          "keep numbers, not graphs: store `x.detach()` (state carried to the next step), "
-         "`loss.item()` (logs and running totals)", "03a_memories"),
+         "`loss.item()` (logs and running totals)", "03a_memories",
+         checked="no graph kept across steps"),
     Kind("growing-graph", "the graph behind backward grows every step",
          "find what each step adds to the graph and cut it: `detach()` carried state at the "
-         "start of a step; bound buffers that grow", "05_memory_meter"),
+         "start of a step; bound buffers that grow", "05_memory_meter",
+         checked="no graph growing step by step"),
     Kind("backward-per-loss", "several backward passes over one forward",
          "add the losses up and call backward() once on the sum (the gradients are the same, "
-         "one pass instead of several)", "04_retain_graph_and_encode"),
+         "one pass instead of several)", "04_retain_graph_and_encode",
+         checked="one backward per graph"),
     Kind("retain-graph", "retain_graph=True where nothing uses the kept graph",
          "drop `retain_graph=True`: it only keeps the graph's memory alive",
-         "04_retain_graph_and_encode"),
+         "04_retain_graph_and_encode",
+         checked="no retain_graph=True kept for nothing"),
     Kind("clip-before-unscale", "gradients clipped while a GradScaler still scales them",
-         "call `scaler.unscale_(optimizer)` before `clip_grad_norm_`", "08_amp_and_clipping"),
+         "call `scaler.unscale_(optimizer)` before `clip_grad_norm_`", "08_amp_and_clipping",
+         checked="no clipping of scaled gradients"),
     Kind("unused-parameters", "parameters that never receive a gradient",
          "use the parameters in the forward, freeze them (`requires_grad_(False)`) or remove "
          "them; under DDP, `find_unused_parameters=True` only as a last resort",
-         "09_ddp_pitfalls"),
+         "09_ddp_pitfalls",
+         checked="gradients reach every parameter", needs_model=True),
     Kind("eval-mode-training", "training while the model is in eval mode",
          "put the model back in training mode after evaluating: `model.train()` at the end of "
          "the function that called `model.eval()`, or at the start of every training step",
-         "10_your_own_loop"),
+         "10_your_own_loop",
+         checked="dropout and batch norm in training mode when training", needs_model=True),
     Kind("grads-not-zeroed", "gradients that an optimiser step already applied are added to "
          "again",
          "call `optimizer.zero_grad()` once per optimiser step, before the backward of the "
          "next one; to accumulate over k micro-batches on purpose, step and zero every k-th "
-         "backward", "10_your_own_loop"),
+         "backward", "10_your_own_loop",
+         checked="gradients reset between optimiser steps"),
     Kind("probabilities-into-loss", "probabilities fed to a loss that takes logits",
          "give the loss the logits (the output before the softmax or sigmoid): it applies "
          "log_softmax (cross_entropy) or a sigmoid (BCEWithLogits) itself; apply the softmax "
          "or sigmoid only where you need probabilities (predictions, metrics)",
-         "10_your_own_loop"),
+         "10_your_own_loop",
+         checked="logits, not probabilities, into cross_entropy, nll_loss and BCEWithLogits"),
     Kind("loss-cut-from-graph", "a loss with no path back to the parameters",
          "compute the loss from tensors that keep their graph: no `argmax`, `.item()`, "
          "`.data`, `.detach()` or `no_grad` between the parameters and the loss (a "
          "non-differentiable choice such as argmax needs a differentiable loss on the scores "
          "instead); and never `requires_grad_(True)` or `torch.tensor(..., requires_grad=True)` "
-         "on a loss: that only hides PyTorch's error", "10_your_own_loop"),
+         "on a loss: that only hides PyTorch's error", "10_your_own_loop",
+         checked="every loss connected to the parameters", needs_model=True),
     Kind("optimizer-misses-parameters", "parameters the backward trains that no optimiser "
          "holds", "build the optimiser after the last change to the model (or give it the new "
          "parameters: `optimizer.add_param_group({'params': ...})`); to give a parameter a "
          "new value, write into it (`with torch.no_grad(): p.copy_(value)`) instead of "
-         "replacing it", "10_your_own_loop"),
+         "replacing it", "10_your_own_loop",
+         checked="every trained parameter in an optimiser", needs_model=True),
     Kind("unregistered-parameter", "a weight the backward trains that no parameter list holds",
          "make it an `nn.Parameter` (a tensor) or keep modules in `nn.ModuleList` / "
          "`nn.ModuleDict`, so model.parameters() and the optimiser see it",
-         "10_your_own_loop"),
+         "10_your_own_loop",
+         checked="every trained weight registered with the model", needs_model=True),
     Kind("buffer-requires-grad", "a buffer or state tensor that requires grad",
          "create state without `requires_grad` (a buffer is not trained); if it should be "
-         "trained, make it an `nn.Parameter`", "03a_memories"),
+         "trained, make it an `nn.Parameter`", "03a_memories",
+         checked="no state requiring grad", needs_model=True),
 )
 
 KINDS: dict[str, Kind] = {k.name: k for k in _KINDS}

@@ -11,6 +11,12 @@ from mahiax.doctor import sites
 from mahiax.doctor.findings import KINDS, Finding, LoopError, place
 
 
+def _wrap(text: str, width: int, **kwargs) -> list[str]:
+    """``textwrap.wrap`` that never splits a kind's name (``buffer-requires-grad``) at a
+    hyphen."""
+    return textwrap.wrap(text, width, break_on_hyphens=False, **kwargs)
+
+
 @dataclass
 class Report:
     """What :func:`mahiax.doctor.examine` found.
@@ -28,16 +34,16 @@ class Report:
     model_checked: bool = True
 
     def checked(self) -> str:
-        """What "nothing wrong seen" covers: only the checks that ran."""
-        text = ("no in-place write into saved tensors, no write behind the version counter, "
-                "no graph kept across steps, one backward per graph, no retain_graph=True "
-                "kept for nothing, no clipping of scaled gradients")
+        """What "nothing wrong seen" covers, over how many steps: only the checks that ran
+        (written once, beside each kind: :attr:`Kind.checked`)."""
+        ran = [k.checked for k in KINDS.values() if self.model_checked or not k.needs_model]
+        text = f"over {self.steps_run} steps, " + ", ".join(ran) + "."
         if self.model_checked:
-            return (text + ", one forward per loss, gradients reach every parameter, no state "
-                    "requiring grad.")
-        return (text + ". No model was given, so unused parameters, state requiring grad and "
-                "repeated forwards were not checked (pass model=..., or name a global `model` for "
-                "the command line).")
+            return text
+        skipped = [k.name for k in KINDS.values() if k.needs_model]
+        return (text + " No model was given, so these were not checked: " +
+                ", ".join(skipped) + " (pass model=..., or name a global `model` for the "
+                "command line).")
 
     @property
     def ok(self) -> bool:
@@ -69,13 +75,13 @@ class Report:
     def __str__(self) -> str:
         lines = [self._headline()]
         if self.ok:
-            lines.extend(textwrap.wrap(f"Nothing wrong seen: {self.checked()}", 92))
+            lines.extend(_wrap(f"Nothing wrong seen: {self.checked()}", 92))
         for i, f in enumerate(self.findings, 1):
             lines.append("")
             lines.append(f"{i}. {f.kind}: {KINDS[f.kind].title}")
             lines.append(f"   at {f.where}" + (f"   {sites.code_text(f.file, f.line)}"
                                                if f.line else ""))
-            lines.extend(textwrap.wrap(f.message, 92, initial_indent="   ",
+            lines.extend(_wrap(f.message, 92, initial_indent="   ",
                                        subsequent_indent="   "))
         if self.error is not None:
             e = self.error
@@ -83,10 +89,10 @@ class Report:
             first = e.message.strip().splitlines()[0] if e.message.strip() else ""
             where = f" (at {place(e.file, e.line)})" if e.line else ""
             lines.append(f"The loop raised {e.type} at step {e.step}{where}:")
-            lines.extend(textwrap.wrap(first, 92, initial_indent="   ",
+            lines.extend(_wrap(first, 92, initial_indent="   ",
                                        subsequent_indent="   "))
             if e.explanation:
-                lines.extend(textwrap.wrap(e.explanation, 92, initial_indent="   ",
+                lines.extend(_wrap(e.explanation, 92, initial_indent="   ",
                                            subsequent_indent="   "))
         return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import doctor_loops
 import pytest
 import torch
+import torch.nn.functional as F
 from doctor_loops import BUGGY, CORRECT, FILE, expected
 from torch.nn.modules import module as nn_module
 from torch.overrides import _get_current_function_mode_stack
@@ -533,3 +534,49 @@ def test_a_clean_report_says_what_it_checked_and_over_how_many_steps():
         name.strip(" ") for name in skipped.split(" (pass")[0].split(",")}
     for kind in doctor.KINDS.values():
         assert (kind.checked in bare.checked()) != kind.needs_model, kind.name
+
+
+def _raising_loop(kind: str):
+    """One-line training steps that raise PyTorch's common errors; returns the step and the
+    line of the step that raises."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(16, 8)
+
+    def step(i: int) -> None:
+        opt.zero_grad()
+        if kind == "shape":
+            loss = model(torch.randn(16, 10)).sum()  # raises: shape
+        elif kind == "dtype":
+            loss = model(x.double()).sum()  # raises: dtype
+        elif kind == "label":
+            loss = F.cross_entropy(model(x), torch.full((16,), 3))  # raises: label
+        elif kind == "label-dtype":
+            loss = F.cross_entropy(model(x), torch.zeros(16))  # raises: label-dtype
+        elif kind == "non-scalar":
+            loss = F.cross_entropy(model(x), torch.zeros(16, dtype=torch.long),
+                                   reduction="none")
+            loss.backward()  # raises: non-scalar
+        loss.backward()
+        opt.step()
+
+    line = next(n for n, text in enumerate(inspect.getsource(_raising_loop).splitlines(),
+                                           inspect.getsourcelines(_raising_loop)[1])
+                if text.endswith(f"# raises: {kind}"))
+    return step, model, opt, line
+
+
+@pytest.mark.parametrize(("kind", "said"), [
+    ("shape", ["10 features per row where the weight expects 8", "in_features=10"]),
+    ("dtype", ["Double and Float", "x.float()"]),
+    ("label", ["A class label is 3", "count from 0"]),
+    ("label-dtype", ["The class labels are Float", "y.long()"]),
+    ("non-scalar", ["reduce the loss to one number", "loss.mean()"]),
+])
+def test_pytorchs_common_errors_are_explained_at_the_users_line(kind, said):
+    step, model, opt, line = _raising_loop(kind)
+    report = doctor.examine(step, 2, model=model, optimizer=opt)
+    assert report.error is not None and report.error.line == line, str(report)
+    for words in said:
+        assert words in report.error.explanation, report.error.explanation

@@ -15,6 +15,7 @@ from torch import nn
 
 from mahiax.debug import VERSION_ERROR
 from mahiax.doctor import sites
+from mahiax.doctor.explain import explain_common
 from mahiax.doctor.findings import KINDS, Finding, LoopError, compose, place
 from mahiax.doctor.records import BackwardCall, Held
 from mahiax.doctor.watch import Watch
@@ -809,4 +810,6 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
                if cut is not None else
                "backward() was called on a tensor with no graph: it was computed under "
                "no_grad, or from detached values.")
+    if not why:
+        why = explain_common(message)
     return LoopError(type_name, message, step, file, line, why)

@@ -96,7 +96,9 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
                          f"the mistake is that a graph from step {saved_step} saved these "
                          f"weights and is still alive when the backward() of step "
                          f"{tripper.step} walks it.")
-            retained = next((b for b in w.backwards if b.retain), None)
+            # retain_graph=True that a later backward of its own step needs stays
+            retained = next((b for i, b in enumerate(w.backwards) if b.retain and not any(
+                b.seqs & c.seqs for c in w.backwards[i + 1:] if c.step == b.step)), None)
             cuts = ([f"drop `retain_graph=True` (at {_at(retained.file, retained.line)})"]
                     if retained is not None else [])
             if any(f.kind == "graph-carried-across-steps" for f in others) or not cuts:

@@ -67,7 +67,7 @@ def _setup() -> tuple[TinyBert, torch.optim.Optimizer, dict]:
     return model, opt, {"average_loss": torch.zeros(()), "steps": 0}
 
 
-def buggy() -> Loop:
+def _loop(item: bool) -> Loop:
     model, opt, stats = _setup()
 
     def step(i: int) -> None:
@@ -76,10 +76,17 @@ def buggy() -> Loop:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        stats["average_loss"].add_(loss)  # doctor[buggy]: graph-carried-across-steps
+        if not item:
+            stats["average_loss"].add_(loss)  # doctor[buggy]: graph-carried-across-steps
+        else:
+            stats["average_loss"].add_(loss.item())
         stats["steps"] += 1
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def buggy() -> Loop:
+    return _loop(item=False)
 
 
 def fixed() -> Loop:
@@ -95,6 +102,11 @@ def fixed() -> Loop:
         stats["steps"] += 1
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def applied() -> Loop:
+    # the doctor's fix: `stats["average_loss"].add_(loss.item())`
+    return _loop(item=True)
 
 
 def symptom(loop: Loop) -> bool:

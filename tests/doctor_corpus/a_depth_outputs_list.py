@@ -50,7 +50,7 @@ def _graph_nodes(t: object) -> int:
     return len(seen)
 
 
-def buggy() -> Loop:
+def _loop(item: bool) -> Loop:
     model = _net()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     outputs: list[dict] = []  # the epoch's per-batch outputs, read at the end of the epoch
@@ -62,9 +62,16 @@ def buggy() -> Loop:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        outputs.append({"loss": loss})  # doctor[buggy]: graph-carried-across-steps
+        if not item:
+            outputs.append({"loss": loss})  # doctor[buggy]: graph-carried-across-steps
+        else:
+            outputs.append({"loss": loss.item()})
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def buggy() -> Loop:
+    return _loop(item=False)
 
 
 def fixed() -> Loop:
@@ -82,6 +89,11 @@ def fixed() -> Loop:
         outputs.append({"loss": loss.detach()})
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def applied() -> Loop:
+    # the doctor's fix: `outputs.append({"loss": loss.item()})`
+    return _loop(item=True)
 
 
 def symptom(loop: Loop) -> bool:

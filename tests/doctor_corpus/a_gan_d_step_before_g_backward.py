@@ -40,7 +40,7 @@ def _batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a * x**2 + (a - 1), torch.randn(BATCH, NOISE, generator=g)
 
 
-def buggy() -> Loop:
+def _loop(forward_again: bool) -> Loop:
     nets = _nets()
     gen, disc = nets["G"], nets["D"]
     opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
@@ -56,11 +56,18 @@ def buggy() -> Loop:
         opt_d.zero_grad()
         loss_d.backward(retain_graph=True)
         opt_d.step()  # doctor[buggy]: step-before-backward
+        if forward_again:
+            p_fake = disc(fake)
+            loss_g = torch.mean(torch.log(1.0 - p_fake))
         opt_g.zero_grad()
         loss_g.backward()  # walks D's graph, which saved the weights opt_d just changed
         opt_g.step()
 
     return Loop(step=step, model=nets, optimizer=opt_g)
+
+
+def buggy() -> Loop:
+    return _loop(forward_again=False)
 
 
 def fixed() -> Loop:
@@ -84,3 +91,8 @@ def fixed() -> Loop:
         opt_d.step()
 
     return Loop(step=step, model=nets, optimizer=opt_g)
+
+
+def applied() -> Loop:
+    # doctor's fix, first option: run the forward `loss_g.backward()` needs again after the step
+    return _loop(forward_again=True)

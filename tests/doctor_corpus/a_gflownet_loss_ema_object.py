@@ -73,7 +73,7 @@ def _setup() -> tuple[FlowNet, torch.optim.Optimizer, LossTracker]:
     return model, torch.optim.Adam(model.parameters(), lr=1e-3), LossTracker()
 
 
-def buggy() -> Loop:
+def _loop(no_grad: bool) -> Loop:
     model, opt, ema = _setup()
 
     def step(i: int) -> None:
@@ -83,9 +83,17 @@ def buggy() -> Loop:
         loss.backward()
         opt.step()
         ema.terminal = 0.9 * ema.terminal + 0.1 * loss_terminal.item()
-        ema.flow = 0.9 * ema.flow + 0.1 * loss_flow  # doctor[buggy]: graph-carried-across-steps
+        if not no_grad:
+            ema.flow = 0.9 * ema.flow + 0.1 * loss_flow  # doctor[buggy]: graph-carried-across-steps
+        else:
+            with torch.no_grad():
+                ema.flow = 0.9 * ema.flow + 0.1 * loss_flow
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def buggy() -> Loop:
+    return _loop(no_grad=False)
 
 
 def fixed() -> Loop:
@@ -101,6 +109,11 @@ def fixed() -> Loop:
         ema.flow = 0.9 * ema.flow + 0.1 * loss_flow.item()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def applied() -> Loop:
+    # the doctor's fix: "compute it under `with torch.no_grad():`" (FlowNet has no dropout/BN)
+    return _loop(no_grad=True)
 
 
 def symptom(loop: Loop) -> bool:

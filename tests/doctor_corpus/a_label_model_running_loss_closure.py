@@ -67,7 +67,7 @@ def _graph_nodes(t: object) -> int:
     return len(seen)
 
 
-def buggy() -> Loop:
+def _loop(item: bool) -> Loop:
     torch.manual_seed(0)
     model = NaiveBayesLabelModel()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -79,9 +79,16 @@ def buggy() -> Loop:
         loss = -model(_votes(i)).mean()
         loss.backward()
         opt.step()
-        running_loss += loss  # doctor[buggy]: graph-carried-across-steps
+        if not item:
+            running_loss += loss  # doctor[buggy]: graph-carried-across-steps
+        else:
+            running_loss += loss.item()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def buggy() -> Loop:
+    return _loop(item=False)
 
 
 def fixed() -> Loop:
@@ -99,6 +106,11 @@ def fixed() -> Loop:
         running_loss += loss.item()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def applied() -> Loop:
+    # the doctor's fix: `running_loss += loss.item()`
+    return _loop(item=True)
 
 
 def symptom(loop: Loop) -> bool:

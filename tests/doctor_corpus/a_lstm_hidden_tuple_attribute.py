@@ -28,6 +28,8 @@ BATCH, TIME, WIDTH = 16, 5, 8
 class SeriesLSTM(nn.Module):
     """Reads a (B, T, W) series of region signals, says one of two classes."""
 
+    detach_hidden = False  # applied(): the doctor's fix, at the start of the forward
+
     def __init__(self):
         super().__init__()
         self.lstm = nn.LSTM(WIDTH, WIDTH, batch_first=True)
@@ -35,8 +37,14 @@ class SeriesLSTM(nn.Module):
         self.hidden = (torch.randn(1, BATCH, WIDTH), torch.randn(1, BATCH, WIDTH))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.detach_hidden:
+            self.hidden = tuple(t.detach() for t in self.hidden)
         out, self.hidden = self.lstm(x, self.hidden)  # doctor[buggy]: graph-carried-across-steps
         return torch.sigmoid(self.linear(out[:, -1]))
+
+
+class DetachedStateLSTM(SeriesLSTM):
+    detach_hidden = True
 
 
 class FreshStateLSTM(SeriesLSTM):
@@ -72,3 +80,8 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(FreshStateLSTM)
+
+
+def applied() -> Loop:
+    # doctor's fix: `self.hidden = tuple(t.detach() for t in self.hidden)` where steps read it
+    return _loop(DetachedStateLSTM)

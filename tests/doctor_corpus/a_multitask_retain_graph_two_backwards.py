@@ -46,7 +46,7 @@ def _setup() -> tuple[TwoTasks, torch.optim.Optimizer]:
     return model, torch.optim.SGD(model.parameters(), lr=0.05)
 
 
-def buggy() -> Loop:
+def _loop(summed: bool) -> Loop:
     model, opt = _setup()
 
     def step(i: int) -> None:
@@ -55,11 +55,18 @@ def buggy() -> Loop:
         loss1 = F.cross_entropy(logits, y)
         loss2 = F.mse_loss(value, x.sum(1))
         opt.zero_grad()
-        loss1.backward(retain_graph=True)
-        loss2.backward()  # doctor[buggy]: backward-per-loss
+        if not summed:
+            loss1.backward(retain_graph=True)
+            loss2.backward()  # doctor[buggy]: backward-per-loss
+        else:
+            (loss1 + loss2).backward()
         opt.step()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def buggy() -> Loop:
+    return _loop(summed=False)
 
 
 def fixed() -> Loop:
@@ -75,6 +82,11 @@ def fixed() -> Loop:
         opt.step()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def applied() -> Loop:
+    # the doctor's fix: "add the losses up and call backward() once on the sum"
+    return _loop(summed=True)
 
 
 def symptom(loop: Loop) -> bool:

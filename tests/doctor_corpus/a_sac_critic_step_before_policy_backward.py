@@ -41,7 +41,7 @@ def _batch(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return obs, act, ret
 
 
-def buggy() -> Loop:
+def _loop(forward_again: bool) -> Loop:
     nets = _nets()
     policy, qf = nets["policy"], nets["qf"]
     policy_opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
@@ -55,11 +55,17 @@ def buggy() -> Loop:
         qf_opt.zero_grad()
         qf_loss.backward()
         qf_opt.step()  # doctor[buggy]: step-before-backward
+        if forward_again:
+            policy_loss = -qf(torch.cat([obs, new_act], 1)).mean()
         policy_opt.zero_grad()
         policy_loss.backward()  # goes back through qf, whose saved weights just changed
         policy_opt.step()
 
     return Loop(step=step, model=nets, optimizer=policy_opt)
+
+
+def buggy() -> Loop:
+    return _loop(forward_again=False)
 
 
 def fixed() -> Loop:
@@ -81,3 +87,8 @@ def fixed() -> Loop:
         qf_opt.step()
 
     return Loop(step=step, model=nets, optimizer=policy_opt)
+
+
+def applied() -> Loop:
+    # doctor's fix, first option: run the forward `policy_loss.backward()` needs again after it
+    return _loop(forward_again=True)

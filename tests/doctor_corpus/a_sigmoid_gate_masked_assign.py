@@ -26,6 +26,8 @@ THRESHOLD = 0.3
 
 
 class SparseGate(nn.Module):
+    clone_first = False  # applied(): the doctor's fix, a clone before the masked write
+
     def __init__(self):
         super().__init__()
         self.gate = nn.Linear(8, 8)
@@ -34,8 +36,14 @@ class SparseGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate(x))  # sigmoid saves g for its backward
+        if self.clone_first:
+            g = g.clone()
         g[g < THRESHOLD] = 0.0  # doctor[buggy]: inplace-on-saved
         return self.head(g * self.value(x))
+
+
+class SparseGateCloned(SparseGate):
+    clone_first = True
 
 
 class SparseGateFixed(SparseGate):
@@ -66,3 +74,8 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(SparseGateFixed)
+
+
+def applied() -> Loop:
+    # the doctor's fix: "here: `g = g.clone()` before `g[g < THRESHOLD] = 0.0`"
+    return _loop(SparseGateCloned)

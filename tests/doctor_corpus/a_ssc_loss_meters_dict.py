@@ -76,7 +76,7 @@ def _setup() -> tuple[TinySSC, torch.optim.Optimizer, dict[str, float]]:
     return model, torch.optim.Adam(model.parameters(), lr=1e-3), meters
 
 
-def buggy() -> Loop:
+def _loop(item: bool) -> Loop:
     model, opt, meters = _setup()
 
     def step(i: int) -> None:
@@ -85,9 +85,16 @@ def buggy() -> Loop:
         loss["total"].backward()
         opt.step()
         for key in meters:
-            meters[key] += loss[key]  # doctor[buggy]: graph-carried-across-steps
+            if not item:
+                meters[key] += loss[key]  # doctor[buggy]: graph-carried-across-steps
+            else:
+                meters[key] += loss[key].item()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def buggy() -> Loop:
+    return _loop(item=False)
 
 
 def fixed() -> Loop:
@@ -102,6 +109,11 @@ def fixed() -> Loop:
             meters[key] += loss[key].item()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def applied() -> Loop:
+    # the doctor's fix: `meters[key] += loss[key].item()`
+    return _loop(item=True)
 
 
 def symptom(loop: Loop) -> bool:

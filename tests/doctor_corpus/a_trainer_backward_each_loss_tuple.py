@@ -47,18 +47,25 @@ def _setup() -> tuple[AutoencoderClassifier, torch.optim.Optimizer]:
     return model, torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
-def buggy() -> Loop:
+def _loop(summed: bool) -> Loop:
     model, opt = _setup()
 
     def step(i: int) -> None:
         batch = data(i)
         losses = model.loss(model(batch[0]), batch)
         opt.zero_grad()
-        for loss in losses:
-            loss.backward()  # doctor[buggy]: backward-per-loss
+        if not summed:
+            for loss in losses:
+                loss.backward()  # doctor[buggy]: backward-per-loss
+        else:
+            sum(losses).backward()
         opt.step()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def buggy() -> Loop:
+    return _loop(summed=False)
 
 
 def fixed() -> Loop:
@@ -73,3 +80,8 @@ def fixed() -> Loop:
         opt.step()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def applied() -> Loop:
+    # the doctor's fix: "add the losses up and call backward() once on the sum"
+    return _loop(summed=True)

@@ -52,7 +52,7 @@ class WatchedLoop(Loop):
     norm_modes: list[bool] = field(default_factory=list)
 
 
-def _loop(back_to_train: bool) -> WatchedLoop:
+def _loop(back_to_train: bool, train_each_step: bool = False) -> WatchedLoop:
     torch.manual_seed(0)
     generator = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 8))
     engine = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
@@ -62,6 +62,8 @@ def _loop(back_to_train: bool) -> WatchedLoop:
     set_mode("train", models)  # once, before the training loop
 
     def step(i: int) -> None:
+        if train_each_step:
+            model.train()
         x, y = data(i)
         opt.zero_grad()
         loss = F.cross_entropy(engine(generator(x)), y)
@@ -86,6 +88,11 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(back_to_train=True)
+
+
+def applied() -> Loop:
+    # the doctor's fix, its second option: `model.train()` at the start of every training step
+    return _loop(back_to_train=False, train_each_step=True)
 
 
 def symptom(loop: Loop) -> bool:

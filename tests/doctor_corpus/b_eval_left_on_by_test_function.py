@@ -61,13 +61,15 @@ class WatchedLoop(Loop):
     dropout_modes: list[bool] = field(default_factory=list)
 
 
-def _loop(set_train_mode: bool) -> WatchedLoop:
+def _loop(set_train_mode: bool, train_each_step: bool = False) -> WatchedLoop:
     global model
     torch.manual_seed(0)
     model = NeuralNetwork()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
 
     def step(epoch: int) -> None:  # one step is one (one-batch) epoch of the quickstart
+        if train_each_step:
+            model.train()
         train(data(epoch), model, loss_fn, optimizer, set_train_mode)
         test(data(1000 + epoch), model, loss_fn)
 
@@ -87,6 +89,11 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(set_train_mode=True)
+
+
+def applied() -> Loop:
+    # the doctor's fix, its second option: `model.train()` at the start of every training step
+    return _loop(set_train_mode=False, train_each_step=True)
 
 
 def symptom(loop: Loop) -> bool:

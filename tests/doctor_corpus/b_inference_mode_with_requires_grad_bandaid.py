@@ -28,9 +28,10 @@ ERROR = None
 class Predictor:
     """A model server's predictor whose ``predict`` fine-tunes the model on what it gets."""
 
-    def __init__(self):
+    def __init__(self, bandaid: bool = True):
         self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.bandaid = bandaid
 
     @torch.inference_mode()  # doctor[buggy]: loss-cut-from-graph
     def predict(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -42,7 +43,8 @@ class Predictor:
     def _fit(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.optimizer.zero_grad()
         loss = F.cross_entropy(self.model(x), y)
-        loss.requires_grad_(True)  # the band-aid that silenced the error
+        if self.bandaid:
+            loss.requires_grad_(True)  # the band-aid that silenced the error
         loss.backward()
         self.optimizer.step()
         return loss.item()
@@ -55,9 +57,9 @@ class SnapshotLoop(Loop):
     before: dict[str, torch.Tensor]
 
 
-def _loop(decorated: bool) -> SnapshotLoop:
+def _loop(decorated: bool, bandaid: bool = True) -> SnapshotLoop:
     torch.manual_seed(0)
-    predictor = Predictor()
+    predictor = Predictor(bandaid)
     predict = predictor.predict if decorated else predictor.predict_with_grad
 
     def step(i: int) -> None:
@@ -74,6 +76,11 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(decorated=False)
+
+
+def applied() -> Loop:
+    # doctor's fix: forward and loss outside the decorator; drop the `requires_grad_(True)`
+    return _loop(decorated=False, bandaid=False)
 
 
 def symptom(loop: Loop) -> bool:

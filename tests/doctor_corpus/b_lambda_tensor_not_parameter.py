@@ -89,6 +89,11 @@ def fixed() -> Loop:
     return _loop(registered=True)
 
 
+def applied() -> Loop:
+    # the doctor's fix (its first option): "make it an `nn.Parameter`", as fixed() does
+    return _loop(registered=True)
+
+
 def symptom(loop: Loop) -> bool:
     """True when the component weights never changed over the run."""
     assert isinstance(loop, SnapshotLoop) and loop.model is not None

@@ -73,6 +73,11 @@ def fixed() -> Loop:
     return _loop(registered=True)
 
 
+def applied() -> Loop:
+    # the doctor's fix: "keep them in an `nn.ModuleList` (`self.hids = nn.ModuleList(...)`)"
+    return _loop(registered=True)
+
+
 def symptom(loop: Loop) -> bool:
     """True when some hidden layer's weight never changed over the run."""
     assert isinstance(loop, SnapshotLoop)

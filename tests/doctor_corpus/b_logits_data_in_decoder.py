@@ -76,3 +76,8 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(keep_graph=True)
+
+
+def applied() -> Loop:
+    # the doctor's fix: "drop `.data` here", as fixed() does
+    return _loop(keep_graph=True)

@@ -47,7 +47,7 @@ def _to_bin(coord: torch.Tensor) -> torch.Tensor:
     return ((coord + 1) / 2 * (BINS - 1)).round().long()
 
 
-def buggy() -> Loop:
+def _loop(loss_on_scores: bool) -> Loop:
     torch.manual_seed(0)
     model = BinNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -57,12 +57,19 @@ def buggy() -> Loop:
         scores = model(x)
         pred_bin = torch.argmax(scores, dim=1)  # doctor[buggy]: loss-cut-from-graph
         pred = 2.0 * pred_bin.float() / (BINS - 1) - 1.0  # back to [-1, 1]
-        loss = F.l1_loss(pred, coord)
+        if not loss_on_scores:
+            loss = F.l1_loss(pred, coord)
+        else:
+            loss = F.cross_entropy(scores, _to_bin(coord))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     return Loop(step=step, model=model, optimizer=optimizer)
+
+
+def buggy() -> Loop:
+    return _loop(loss_on_scores=False)
 
 
 def fixed() -> Loop:
@@ -79,3 +86,8 @@ def fixed() -> Loop:
         optimizer.step()
 
     return Loop(step=step, model=model, optimizer=optimizer)
+
+
+def applied() -> Loop:
+    # the doctor's fix: the loss from the scores (`cross_entropy(scores, target)`, the bins)
+    return _loop(loss_on_scores=True)

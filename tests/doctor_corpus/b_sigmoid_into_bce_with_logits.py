@@ -84,6 +84,11 @@ def fixed() -> Loop:
     return _loop(sigmoid_output=False)
 
 
+def applied() -> Loop:
+    # the doctor's fix: "give the loss the logits (the output before the ... sigmoid)"
+    return _loop(sigmoid_output=False)
+
+
 def symptom(loop: Loop) -> bool:
     """True when every score given to BCEWithLogitsLoss was in [0, 1]: the loss's own sigmoid
     then maps each to a probability of at least 0.5, so nothing is ever predicted negative."""

@@ -88,6 +88,11 @@ def fixed() -> Loop:
     return _loop(softmax_output=False)
 
 
+def applied() -> Loop:
+    # the doctor's fix: "give the loss the logits (the output before the softmax ...)"
+    return _loop(softmax_output=False)
+
+
 def symptom(loop: Loop) -> bool:
     """True when CrossEntropyLoss was given probabilities (rows >= 0 summing to 1), which it
     softmaxes again: its loss can then never fall below log(1 + (NODES - 1) / e)."""

@@ -78,7 +78,7 @@ class WatchedLoop(Loop):
     watch: StaleGradWatch
 
 
-def buggy() -> Loop:
+def _loop(zero_grad: bool) -> Loop:
     torch.manual_seed(0)
     model = TinyEncoder()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -86,11 +86,17 @@ def buggy() -> Loop:
     def step(i: int) -> None:
         x, y = data(i)
         loss = F.cross_entropy(model(x), y)
+        if zero_grad:
+            optimizer.zero_grad()
         loss.backward()  # doctor[buggy]: grads-not-zeroed
         optimizer.step()
 
     return WatchedLoop(step=step, model=model, optimizer=optimizer,
                        watch=StaleGradWatch(optimizer))
+
+
+def buggy() -> Loop:
+    return _loop(zero_grad=False)
 
 
 def fixed() -> Loop:
@@ -108,6 +114,11 @@ def fixed() -> Loop:
 
     return WatchedLoop(step=step, model=model, optimizer=optimizer,
                        watch=StaleGradWatch(optimizer))
+
+
+def applied() -> Loop:
+    # doctor's fix: call `optimizer.zero_grad()` once per optimiser step, before the backward
+    return _loop(zero_grad=True)
 
 
 def symptom(loop: Loop) -> bool:

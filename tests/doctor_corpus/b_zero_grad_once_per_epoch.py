@@ -76,20 +76,22 @@ class WatchedLoop(Loop):
     watch: StaleGradWatch
 
 
-def _loop(zero_every_batch: bool) -> WatchedLoop:
+def _loop(zero_at: str) -> WatchedLoop:
     torch.manual_seed(0)
     model = SmallCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
     def train_batch(x: torch.Tensor, y: torch.Tensor) -> None:
-        if zero_every_batch:
+        if zero_at == "batch":
             optimizer.zero_grad()  # the fix: before every backward
         loss = F.cross_entropy(model(x.view(-1, 1, 4, 2)), y)
+        if zero_at == "backward":
+            optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     def step(epoch: int) -> None:  # one short epoch
-        if not zero_every_batch:
+        if zero_at == "epoch":
             optimizer.zero_grad()  # doctor[buggy]: grads-not-zeroed
         for b in range(BATCHES_PER_EPOCH):
             train_batch(*data(BATCHES_PER_EPOCH * epoch + b))
@@ -99,11 +101,16 @@ def _loop(zero_every_batch: bool) -> WatchedLoop:
 
 
 def buggy() -> Loop:
-    return _loop(zero_every_batch=False)
+    return _loop(zero_at="epoch")
 
 
 def fixed() -> Loop:
-    return _loop(zero_every_batch=True)
+    return _loop(zero_at="batch")
+
+
+def applied() -> Loop:
+    # the doctor's fix: "move it where it runs once per optimiser step: just before the backward"
+    return _loop(zero_at="backward")
 
 
 def symptom(loop: Loop) -> bool:

@@ -66,6 +66,11 @@ def test_doctor_benchmark_reports_each_loop_plain_and_examined():
         assert a["plain_ms"] > 0 and a["doctor_ms"] > 0
         assert a["slowdown"] == pytest.approx(a["doctor_ms"] / a["plain_ms"])
     assert "slowdown" in bench_doctor.markdown(result)
+    c = result["corpus"]
+    assert c["cases"] >= 30 and 0 <= c["hits"] <= c["cases"]
+    assert c["hits"] + len(c["missed"]) == c["cases"]
+    assert 0 <= c["applied_ok"] <= c["applied"] and c["max_s"] >= c["median_s"] > 0
+    assert f"| {c['cases']} | {c['hits']} |" in bench_doctor.markdown(result)
 
 
 def test_moe_result_has_every_arm_with_times_and_paired_ratios(moe_result):

@@ -98,6 +98,9 @@ class Mutation:
     version_before: int
     version_after: int | None = None  # None until read back after the write
     tripped_backward: bool = False  # backward failed on the saved tensor
+    weight: bool = False  # it wrote into a leaf that requires grad (a weight, under no_grad)
+    node_seq: int = -1  # the autograd sequence number when it was made (nodes built later
+    # have higher numbers)
 
     def describe(self) -> str:
         after = "?" if self.version_after is None else self.version_after
@@ -309,7 +312,8 @@ class MutationLocator:
         newest = broken[-1]
         module, file, line = self._site()
         m = Mutation(op, module, file, line, newest.info, len(broken) - 1,
-                     newest.tensor._version)
+                     newest.tensor._version, weight=t.is_leaf and t.requires_grad,
+                     node_seq=torch._C._autograd._get_sequence_nr())
         self.mutations.append(m)
         self._unsettled.append((m, weakref.ref(newest)))
 

@@ -691,24 +691,31 @@ def summed_losses() -> Loop:
     return Loop(step, model, opt)
 
 
-def sharpness_aware() -> Loop:
+def _sam(carry_first_loss: bool) -> Loop:
     """Sharpness-aware minimisation: two forwards and backwards on one batch, by design, with
     the weights moved to a nearby worse point in between (another computation, not a
-    repeated one)."""
+    repeated one). ``carry_first_loss``: the second pass adds the first pass's loss into its
+    own (kept with retain_graph=True), so its backward walks the graph from before the
+    weights moved."""
     torch.manual_seed(0)
     model, opt = _plain(MLP())
     rho = 0.05
 
     def step(i: int) -> None:
         x, y = _data(i)
-        F.cross_entropy(model(x), y).backward()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward(retain_graph=carry_first_loss)
         with torch.no_grad():
             norm = torch.stack([p.grad.norm() for p in model.parameters()]).norm()
             eps = [rho * p.grad / (norm + 1e-12) for p in model.parameters()]
             for p, e in zip(model.parameters(), eps, strict=True):
                 p.add_(e)
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        if carry_first_loss:
+            loss = loss + F.cross_entropy(model(x), y)  # doctor[sam-carried]: step-before-backward
+        else:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         with torch.no_grad():
             for p, e in zip(model.parameters(), eps, strict=True):
                 p.sub_(e)
@@ -716,6 +723,14 @@ def sharpness_aware() -> Loop:
         opt.zero_grad()
 
     return Loop(step, model, opt)
+
+
+def sharpness_aware() -> Loop:
+    return _sam(carry_first_loss=False)
+
+
+def sam_carried() -> Loop:
+    return _sam(carry_first_loss=True)
 
 
 CORRECT: dict[str, Callable[[], Loop]] = {
@@ -728,3 +743,4 @@ CORRECT: dict[str, Callable[[], Loop]] = {
     "summed-losses": summed_losses,
     "sharpness-aware": sharpness_aware,
 }
+BUGGY["sam-carried"] = sam_carried  # beside its correct twin, sharpness-aware

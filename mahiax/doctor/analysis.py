@@ -82,6 +82,9 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
         if built is not None:
             found.append(built)
             continue
+        if written_step is None and m.weight and saved_step == tripper.step and tripper.joins:
+            found.append(_joined_across_update(w, m, tripper, saved_step))
+            continue
         where = f" in {m.module}" if m.module else ""
         evidence = (f"Its version was {s.version} when saved and {m.version_after} after this "
                     "write; backward() tripped on it: PyTorch raised 'modified by an inplace "
@@ -150,6 +153,33 @@ def _inplace_module(w: Watch, path: str) -> Finding | None:
         "build it with `inplace=False` (here: "
         f"`{text.rstrip(',').replace('inplace=True', 'inplace=False')}`)",
     ), evidence={"writer": "module", "module": path})
+
+
+def _joined_across_update(w: Watch, m, tripper: BackwardCall, step: int) -> Finding:
+    """The loop changed its weights on purpose (a two-pass optimiser's perturbation, a manual
+    update under no_grad), then built a loss that still contains the graph from before the
+    change: the line that joins the two graphs is the one to change."""
+    file, line = tripper.joins[0]
+    # the earlier backward that kept its graph only for this one
+    retained = next((b for b in w.backwards if b is not tripper and b.step == step
+                     and b.retain and b.seqs & tripper.seqs), None)
+    joined, wrote = sites.code_text(file, line), sites.code_text(m.file, m.line)
+    walked = sites.code_text(tripper.file, tripper.line)
+    return Finding("step-before-backward", file, line, compose(
+        "step-before-backward",
+        f"`{joined}` builds a loss that still contains the graph from before `{wrote}` "
+        f"changed the weights ({_at(m.file, m.line)}), and `{walked}` walks it.",
+        f"Step {step}: the weights were at version {m.saved.version} when the earlier forward "
+        f"saved them and {m.version_after} after the update, so PyTorch raised 'modified by "
+        "an inplace operation'. Updating the weights is intended (as in a two-pass optimiser "
+        "such as SAM); carrying the earlier loss into the later backward is not.",
+        f"give the backward after `{wrote}` a loss of its own, computed from a forward after "
+        f"it (not added to the earlier loss at `{joined}`); the earlier pass's gradient was "
+        "taken by its own backward already" + (
+            f", so drop the `retain_graph=True` at {_at(retained.file, retained.line)}"
+            if retained is not None else ""),
+    ), step, evidence={"writer": "code", "saved_step": step, "tripped_step": step,
+                       "update_file": m.file, "update_line": m.line})
 
 
 def _step_before_backward(m, tripper: BackwardCall, step: int) -> Finding:
@@ -782,7 +812,13 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
         f = kinds.get("inplace-on-saved")
         by_optimizer = f is not None and f.evidence.get("writer") == "optimizer"
         reordered = kinds.get("step-before-backward")
-        why = (f"The optimiser's update at {reordered.where} changed weights that a later "
+        by_code = reordered is not None and reordered.evidence.get("writer") == "code"
+        update = place(reordered.evidence.get("update_file", ""),
+                       reordered.evidence.get("update_line", 0)) if by_code else ""
+        why = (f"The weight update at {update} is intended; the loss at "
+               f"{reordered.where} still contains the graph from before it (see the "
+               "step-before-backward finding)." if by_code and f is None else
+               f"The optimiser's update at {reordered.where} changed weights that a later "
                "backward() of the same step still needed (see the step-before-backward "
                "finding: the order of the lines)." if reordered is not None and f is None else
                f"The optimiser's update at {f.where} changed weights that a graph from an "

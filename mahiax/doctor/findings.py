@@ -47,8 +47,8 @@ _KINDS = (
          "02_inplace_accumulation",
          checked="no in-place write into a tensor a graph saved"),
     Kind("step-before-backward",
-         "an optimiser step between a forward and a backward of the same step that needs the "
-         "old weights",
+         "weights updated between a forward and a backward of the same step that needs the "
+         "old ones",
          "run the forward again after the step, so the later backward walks the new weights; "
          "or move the step after every backward that walks these weights, keeping that "
          "backward out of their gradients (`backward(inputs=...)`)",

@@ -25,6 +25,9 @@ class BackwardCall:
     earliest_step: int  # the earliest step one of its nodes was built in
     repeated_forward: bool  # the model ran again on the same batch since the last backward
     leaves: frozenset[int] = frozenset()  # id() of the leaf tensors it reaches
+    # the user's lines that joined a graph built before this step's last write into weights
+    # with one built after it (``loss = loss + ...`` in a two-pass optimiser's second pass)
+    joins: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass

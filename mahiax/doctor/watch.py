@@ -193,6 +193,7 @@ class Watch(HeldScan):
         # resets of gradients: (step, file, line, id() of the parameters reset)
         self.resets: list[tuple[int, str, int, frozenset[int]]] = []
         self.squash_sites: dict[int, tuple[str, int]] = {}  # softmax/sigmoid node -> line
+        self.node_sites: dict[int, tuple[str, int]] = {}  # autograd node -> the user's line
         self.cut_from: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> Cut
         self.reached: set[int] = set()  # id() of every leaf a backward reached
         self.stray: dict[int, Any] = {}  # id -> weakref: parameters reached, not the model's
@@ -241,7 +242,9 @@ class Watch(HeldScan):
         seq = _seq(node)
         known = self.built.get(t)
         if known is None or known[2] != seq:
-            self.built[t] = (*sites.user_site(), seq)
+            site = sites.user_site()
+            self.built[t] = (*site, seq)
+            self.node_sites[seq] = site
 
     def begin_step(self, i: int) -> None:
         self.step = i
@@ -520,6 +523,27 @@ class Watch(HeldScan):
             kind=kind, grad=torch.is_grad_enabled(), backwards=self._backwards_this_step,
             frames=sites.user_frames(), module_ref=weakref.ref(module)))
 
+    def _joins(self, nodes: list[Any]) -> tuple[tuple[str, int], ...]:
+        """The user's lines (of ``nodes``, a backward's graph) that built a node after this
+        step's last write into weights from a node built before it, in this step."""
+        if self.loc is None or not self.step_seqs:
+            return ()
+        start = self.step_seqs[-1]
+        writes = [m.node_seq for m in self.loc.mutations if m.weight and m.node_seq >= start]
+        if not writes:
+            return ()
+        cut = max(writes)
+        found = []
+        for node in nodes:
+            if _is_leaf_node(node) or _seq(node) < cut:
+                continue
+            if any(c is not None and not _is_leaf_node(c) and start <= _seq(c) < cut
+                   for c, _ in node.next_functions):
+                site = self.node_sites.get(_seq(node))
+                if site is not None and site not in found:
+                    found.append(site)
+        return tuple(found)
+
     def _note_cut(self, func: Any, args: tuple, kwargs: dict, outs: list) -> None:
         """Follow where tensors lose their path to the parameters: an output that does not
         require grad, made from an input that did (a new cut) or from a cut tensor (the same
@@ -613,6 +637,7 @@ class Watch(HeldScan):
                 continue
             seqs.add(_seq(node))
             stack.extend(n for n, _ in node.next_functions)
+        joins = self._joins(alive)
         del alive
         params = [] if self.model is None else list(self.model.parameters())
         counted = frozenset(id(p) for p in params)
@@ -657,7 +682,7 @@ class Watch(HeldScan):
                     break
         self.backwards.append(BackwardCall(
             self.step, file, line, retain is True, bool(create), len(seqs), saved,
-            frozenset(seqs), earliest, self._repeat, frozenset(leaves),
+            frozenset(seqs), earliest, self._repeat, frozenset(leaves), joins,
         ))
         self._repeat = False
         self._backwards_this_step += 1

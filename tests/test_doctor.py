@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from mahiax import bugs, doctor
 from mahiax.bugs import accumulate, harness, loops, stateful
 from mahiax.cli import main
-from mahiax.doctor import exercise
+from mahiax.doctor import exercise, exercise_eval
 from mahiax.doctor.catalog import examine_entry
 from mahiax.errors import BadInput
 
@@ -340,6 +340,37 @@ def test_exercise_checker_rejects_the_bug_and_both_band_aids(name):
         assert result.report.ok and "do not drop it" in result.message
     elif name != "fixed":
         assert not result.report.ok
+
+
+@pytest.mark.parametrize("name", sorted(exercise_eval.candidates()))
+def test_second_exercise_checker_rejects_the_bug_and_each_band_aid(name):
+    result = exercise_eval.check(exercise_eval.candidates()[name])
+    assert result.holds == (name == "fixed"), str(result)
+    kinds = set(result.report.kinds())
+    expected = {
+        "buggy": {"eval-mode-training", "grads-not-zeroed"},
+        "band-aid: model.train() once before the loop": {"eval-mode-training"},
+        "band-aid: zero_grad() once at the start": {"grads-not-zeroed"},
+    }
+    assert kinds == expected.get(name, set()), str(result.report)
+    if name == "band-aid: zero_grad() between backward and step":
+        assert "did not learn what it should" in result.message  # every update was zero
+    if name == "band-aid: drop the validation":
+        assert "keep the validation" in result.message
+
+
+def test_second_exercise_accepts_the_fix_written_another_way():
+    def train_step(r, i):  # train mode at the start of each step, reset after the step
+        r.model.train()
+        x, y = r.batch(i)
+        loss = F.cross_entropy(r.model(x), y)
+        loss.backward()
+        r.optimizer.step()
+        r.optimizer.zero_grad(set_to_none=False)
+        if i % exercise_eval.VALIDATE_EVERY == exercise_eval.VALIDATE_EVERY - 1:
+            r.accuracy.append(exercise_eval.evaluate(r))
+
+    assert exercise_eval.check(train_step).holds
 
 
 def test_exercise_bug_is_named_at_the_line_that_stores_the_hidden_state():

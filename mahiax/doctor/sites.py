@@ -20,10 +20,10 @@ from types import FrameType, TracebackType
 from mahiax.debug import _is_internal
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# the doctor's own machinery; lesson 10's exercise (loops a learner would write) is not
+# the doctor's own machinery; lesson 10's exercises (loops a learner would write) are not
 MACHINERY = frozenset(
     os.path.join(_HERE, name) for name in os.listdir(_HERE)
-    if name.endswith(".py") and name != "exercise.py"
+    if name.endswith(".py") and not name.startswith("exercise")
 )
 
 

@@ -44,6 +44,12 @@ class XceptionBlockFixed(XceptionBlock):
         self.activ = nn.ReLU()  # out of place: the skip conv's saved input stays intact
 
 
+class XceptionBlockApplied(XceptionBlock):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout)
+        self.activ = nn.ReLU(inplace=False)
+
+
 class TinyXception(nn.Module):
     def __init__(self, block: type[XceptionBlock]):
         super().__init__()
@@ -82,3 +88,8 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(XceptionBlockFixed)
+
+
+def applied() -> Loop:
+    # the doctor's fix: "here: `self.activ = nn.ReLU(inplace=False)`"
+    return _loop(XceptionBlockApplied)

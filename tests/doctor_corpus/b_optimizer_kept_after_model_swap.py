@@ -42,11 +42,14 @@ class SnapshotLoop(Loop):
     before: dict[str, torch.Tensor]
 
 
-def _loop(rebuild_optimizer: bool) -> SnapshotLoop:
+def _loop(rebuild_optimizer: bool, build_after: bool = False) -> SnapshotLoop:
     torch.manual_seed(0)
     net = Net(hidden=8)  # the first network
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-2)
+    if not build_after:
+        optimizer = torch.optim.Adam(net.parameters(), lr=3e-2)
     net = Net(hidden=16)  # doctor[buggy]: optimizer-misses-parameters
+    if build_after:
+        optimizer = torch.optim.Adam(net.parameters(), lr=3e-2)
     if rebuild_optimizer:
         optimizer = torch.optim.Adam(net.parameters(), lr=3e-2)  # the fix
 
@@ -67,6 +70,11 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(rebuild_optimizer=True)
+
+
+def applied() -> Loop:
+    # the doctor's fix, first option: "build the optimiser after the last change to the model"
+    return _loop(rebuild_optimizer=False, build_after=True)
 
 
 def symptom(loop: Loop) -> bool:

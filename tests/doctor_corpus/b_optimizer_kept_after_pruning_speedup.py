@@ -58,11 +58,14 @@ class SnapshotLoop(Loop):
     before: dict[str, torch.Tensor]
 
 
-def _loop(new_optimizer: bool) -> SnapshotLoop:
+def _loop(new_optimizer: bool, build_after: bool = False) -> SnapshotLoop:
     torch.manual_seed(0)
     model = ConvNet()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if not build_after:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     speed_up(model, keep=4)  # doctor[buggy]: optimizer-misses-parameters
+    if build_after:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     if new_optimizer:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # the fix
 
@@ -83,6 +86,11 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(new_optimizer=True)
+
+
+def applied() -> Loop:
+    # the doctor's fix, first option: "build the optimiser after the last change to the model"
+    return _loop(new_optimizer=False, build_after=True)
 
 
 def symptom(loop: Loop) -> bool:

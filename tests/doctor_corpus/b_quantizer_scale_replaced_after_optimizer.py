@@ -67,12 +67,15 @@ class SnapshotLoop(Loop):
     before: dict[str, torch.Tensor]
 
 
-def _loop(replace_on_init: bool) -> SnapshotLoop:
+def _loop(replace_on_init: bool, build_after: bool = False) -> SnapshotLoop:
     torch.manual_seed(0)
     model = QuantizedMLP(replace_on_init)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if not build_after:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     calibration, _ = data(999)  # range initialisation, after the optimizer was built
     model.quant.init_range(model.fc1(calibration))
+    if build_after:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
     def step(i: int) -> None:
         x, y = data(i)
@@ -91,6 +94,11 @@ def buggy() -> Loop:
 
 def fixed() -> Loop:
     return _loop(replace_on_init=False)
+
+
+def applied() -> Loop:
+    # the doctor's fix, first option: "build the optimiser after the last change to the model"
+    return _loop(replace_on_init=True, build_after=True)
 
 
 def symptom(loop: Loop) -> bool:

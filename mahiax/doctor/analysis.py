@@ -76,7 +76,7 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
         saved_step = w.step_of_seq(s.node_seq)
         written_step = w.optimizer_writes.get(id(m))
         if written_step is not None and saved_step == written_step == tripper.step:
-            found.append(_step_before_backward(m, tripper, saved_step))
+            found.append(_step_before_backward(w, m, tripper, saved_step))
             continue
         built = _inplace_module(w, m.module) if written_step is None else None
         if built is not None:
@@ -182,12 +182,17 @@ def _joined_across_update(w: Watch, m, tripper: BackwardCall, step: int) -> Find
                        "update_file": m.file, "update_line": m.line})
 
 
-def _step_before_backward(m, tripper: BackwardCall, step: int) -> Finding:
+def _step_before_backward(w: Watch, m, tripper: BackwardCall, step: int) -> Finding:
     """The optimiser stepped between a forward and a backward of the same step that walks
     the weights it changed (a GAN's discriminator step before the generator's backward)."""
     stepped, walked = sites.code_text(m.file, m.line), sites.code_text(tripper.file,
                                                                       tripper.line)
     s = m.saved
+    # an earlier backward that kept its graph only for this one: a fresh forward frees it
+    kept = next((b for b in w.backwards if b is not tripper and b.step == step and b.retain
+                 and b.seqs & tripper.seqs), None)
+    drop = (f" (and drop the `retain_graph=True` at {_at(kept.file, kept.line)}: nothing "
+            "walks the old graph any more)" if kept is not None else "")
     return Finding("step-before-backward", m.file, m.line, compose(
         "step-before-backward",
         f"`{stepped}` changed weights ({s.describe()}, saved by {s.op} at "
@@ -199,7 +204,8 @@ def _step_before_backward(m, tripper: BackwardCall, step: int) -> Finding:
         "these lines is the bug, not retain_graph=True.",
         f"run the forward that `{walked}` needs again after `{stepped}` (for a GAN: the "
         "discriminator's output on the fakes, computed anew for the generator's loss), so "
-        f"it walks the new weights; or move `{stepped}` after `{walked}`, and then keep that "
+        f"it walks the new weights{drop}; or move `{stepped}` after `{walked}`, and then keep "
+        "that "
         "backward out of these weights' gradients (`backward(inputs=...)` with the other "
         "model's parameters), or the step applies both losses' gradients",
     ), step, evidence={"writer": "optimizer", "saved_step": step, "tripped_step": step,
@@ -319,9 +325,11 @@ def _carried_fix(h: Held) -> str | None:
         return None
     if h.read:  # a later step's backward reached into it: state carried on purpose
         target = sites.target_of(text, h.name, h.attribute)
-        fix = (f"carry the values, cut the graph: `{_detached(target, h.container)}` once, "
-               "where the next step starts reading it (e.g. at the start of the step, before "
-               "the forward)")
+        cut = _detached(target, h.container)
+        if sites.ever_none(h.file, h.name, h.attribute):  # it starts as None
+            cut = f"if {target} is not None: {cut}"
+        fix = (f"carry the values, cut the graph: `{cut}` once, where the next step starts "
+               "reading it (e.g. at the start of the step, before the forward)")
         if sites.in_loop(h.file, h.line):
             fix += (", not inside the time loop (that would cut backpropagation through the "
                     "sequence itself)")
@@ -427,11 +435,15 @@ def _clips(w: Watch) -> list[Finding]:
                 f"to norm {c.limit:g}/{scale}" + (f" = {c.limit / c.scale:.3g}"
                                                      if c.scale else "") + ".") \
             if c.norm is not None else ""
+        scaler = sites.receiver(sites.code_text(*w.scale_site), "scale")
+        opt = sites.first_argument(sites.code_text(*w.scaler_step_site), "step")
+        fix = (f"call `{scaler}.unscale_({opt})` before "
+               f"`{sites.code_text(c.file, c.line)}`" if scaler and opt else None)
         found.append(Finding("clip-before-unscale", c.file, c.line, compose(
             "clip-before-unscale",
             f"`{sites.code_text(c.file, c.line)}` ({c.function}) clipped {c.scaled} of "
             f"{_count(c.total, 'gradient')} while a GradScaler still multiplied them by {scale}.",
-            (norm + " " if norm else "") + _clip_effect(w),
+            (norm + " " if norm else "") + _clip_effect(w), fix,
         ), c.step))
     return found
 
@@ -502,10 +514,17 @@ def _eval_mode(w: Watch) -> list[Finding]:
         ), first.step, evidence={"module": first.module, "steps": steps})]
     after = next((e for e in w.eval_forwards if e.order > call.order), first)
     file, line = sites.common_caller(call.frames, after.frames) or call.frames[0][1:]
+    text = sites.code_text(file, line)
+    function = next((code.co_name for code, f, n in call.frames if (f, n) == (file, line)),
+                    "")
+    model = sites.receiver(text, "eval")
+    fix = (f"put `{model}.train()` after the evaluation, at the end of `{function}` (the "
+           "function that called eval()), or at the start of every training step"
+           if model and function else None)
     return [Finding("eval-mode-training", file, line, compose(
         "eval-mode-training",
-        f"`{sites.code_text(file, line)}` put the model in eval mode (step {call.step}) and "
-        "nothing put it back in training mode before the next training step.", evidence,
+        f"`{text}` put the model in eval mode (step {call.step}) and nothing put it back in "
+        "training mode before the next training step.", evidence, fix,
     ), first.step, evidence={"module": first.module, "steps": steps,
                              "eval_step": call.step})]
 
@@ -537,6 +556,16 @@ def _grads_kept(w: Watch) -> list[Finding]:
         what = (f"`{sites.code_text(file, line)}` accumulates into gradients that are never "
                 "reset between optimiser steps: no `zero_grad()` covers these parameters.")
         fix = None
+        for ref in w.optimizers.values():
+            o = ref()
+            if o is not None and stale & {id(p) for g in o.param_groups for p in g["params"]}:
+                name = sites.receiver(sites.code_text(*w.step_sites.get(id(o), ("", 0))),
+                                      "step")
+                if name:
+                    fix = (f"call `{name}.zero_grad()` once per optimiser step, before "
+                           f"`{sites.code_text(file, line)}`; to accumulate over k "
+                           "micro-batches on purpose, step and zero every k-th backward")
+                break
     return [Finding("grads-not-zeroed", file, line, compose(
         "grads-not-zeroed", what, evidence, fix,
     ), first.step, evidence={"steps": steps, "params": first.params,

@@ -119,6 +119,7 @@ def traceback_site(tb: TracebackType | None) -> tuple[str, int]:
 
 
 _COMPARE = re.compile(r"[=!<>]=")
+_NUMBERS = re.compile(r"\.(item|detach|tolist)\(\)|\bfloat\(")
 _EMPTY = re.compile(r"=\s*(\[\s*\]|\{\s*\}|list\(\s*\)|dict\(\s*\)|\(\s*\)|None)\s*$")
 
 
@@ -198,9 +199,10 @@ def pick_store(candidates: list[tuple[str, int, bool]], built: tuple[str, int] |
     was built."""
     if built is not None and any((f, n) == built for f, n, _ in candidates):
         return built
-    # a line that only makes the empty container (`xs = []`) cannot be what put it there
-    candidates = [c for c in candidates if not _EMPTY.search(code_text(c[0], c[1]))] \
-        or candidates
+    # a line that only makes the empty container (`xs = []`), or that already keeps numbers
+    # (`xs.append(loss.item())`, `h = h.detach()`), cannot be what put a graph there
+    candidates = [c for c in candidates if not _EMPTY.search(code_text(c[0], c[1]))
+                  and not _NUMBERS.search(code_text(c[0], c[1]))] or candidates
     for f, n, setup in candidates:
         if not setup:
             return f, n
@@ -444,3 +446,25 @@ def constructor_line(cls: type, attr: str, class_name: str, marker: str
         if len(fits) == 1:
             return file, fits[0]
     return None
+
+
+def receiver(text: str, method: str) -> str | None:
+    """``r.optimizer`` in ``r.optimizer.step()`` (``method``: "step"): the expression a
+    method is called on in a line of the user's code, or None."""
+    m = re.search(rf"([A-Za-z_][\w.\[\]'\"]*)\s*\.\s*{re.escape(method)}\s*\(", text)
+    return m.group(1) if m else None
+
+
+def first_argument(text: str, method: str) -> str | None:
+    """``opt`` in ``scaler.step(opt)``: the first argument of ``method`` in a line, or None."""
+    m = re.search(rf"\.\s*{re.escape(method)}\s*\((.*)\)", text)
+    if m is None:
+        return None
+    args = split_top(m.group(1))
+    return args[0] if args and "=" not in args[0] else None
+
+
+def ever_none(file: str, name: str, attribute: bool) -> bool:
+    """Whether ``file`` ever sets ``name`` to None (a state that starts empty)."""
+    return any(re.search(r"=\s*None\s*$", code_text(file, n))
+               for n, _ in storing_lines(file, name, attribute)) if file else False

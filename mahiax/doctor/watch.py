@@ -194,6 +194,9 @@ class Watch(HeldScan):
         self.resets: list[tuple[int, str, int, frozenset[int]]] = []
         self.squash_sites: dict[int, tuple[str, int]] = {}  # softmax/sigmoid node -> line
         self.node_sites: dict[int, tuple[str, int]] = {}  # autograd node -> the user's line
+        self.step_sites: dict[int, tuple[str, int]] = {}  # id(optimizer) -> its step() line
+        self.scale_site: tuple[str, int] = ("", 0)  # the user's scaler.scale(...) line
+        self.scaler_step_site: tuple[str, int] = ("", 0)  # the user's scaler.step(...) line
         self.cut_from: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> Cut
         self.reached: set[int] = set()  # id() of every leaf a backward reached
         self.stray: dict[int, Any] = {}  # id -> weakref: parameters reached, not the model's
@@ -369,6 +372,7 @@ class Watch(HeldScan):
     def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._optimizer_mark = len(self.loc.mutations) if self.loc is not None else 0
         self._note_stale_step(optimizer)
+        self.step_sites.setdefault(id(optimizer), sites.user_site())
         self.events.append((len(self.backwards), "step", *sites.user_site(), self.step))
 
     def _zero_grad_wrapper(self, original: Callable) -> Callable:
@@ -715,6 +719,8 @@ class Watch(HeldScan):
         watch = self
 
         def scale(scaler, outputs):
+            if not watch.scale_site[0]:
+                watch.scale_site = sites.user_site()
             out = original(scaler, outputs)
             if scaler.is_enabled():
                 watch._scaler_ref = weakref.ref(scaler)
@@ -729,6 +735,8 @@ class Watch(HeldScan):
 
         def unscale(scaler, optimizer, *args, **kwargs):
             watch.scaled_optimizers.add(type(optimizer))
+            if original.__name__ == "step" and not watch.scaler_step_site[0]:
+                watch.scaler_step_site = sites.user_site()
             out = original(scaler, optimizer, *args, **kwargs)
             for group in optimizer.param_groups:
                 for p in group["params"]:

@@ -42,7 +42,7 @@ def _permute_dims(z: torch.Tensor) -> torch.Tensor:
 
 
 
-def buggy() -> Loop:
+def _loop(forward_again: bool) -> Loop:
     nets = _nets()
     encoder, decoder, disc = nets["encoder"], nets["decoder"], nets["disc"]
     vae_opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
@@ -57,8 +57,14 @@ def buggy() -> Loop:
         tc = (d_z[:, 0] - d_z[:, 1]).mean()
         vae_loss = F.mse_loss(decoder(z1), x1) + GAMMA * tc
         vae_opt.zero_grad()
-        vae_loss.backward(retain_graph=True)  # d_z is used again below
+        if not forward_again:
+            vae_loss.backward(retain_graph=True)  # d_z is used again below
+        else:
+            vae_loss.backward()
         vae_opt.step()  # doctor[buggy]: step-before-backward
+        if forward_again:
+            z1 = encoder(x1)
+            d_z = disc(z1)
         z_perm = _permute_dims(encoder(x2).detach())
         d_tc_loss = 0.5 * (F.cross_entropy(d_z, zeros) + F.cross_entropy(disc(z_perm), ones))
         disc_opt.zero_grad()
@@ -66,6 +72,10 @@ def buggy() -> Loop:
         disc_opt.step()
 
     return Loop(step=step, model=nets, optimizer=vae_opt)
+
+
+def buggy() -> Loop:
+    return _loop(forward_again=False)
 
 
 def fixed() -> Loop:
@@ -92,3 +102,8 @@ def fixed() -> Loop:
         disc_opt.step()
 
     return Loop(step=step, model=nets, optimizer=vae_opt)
+
+
+def applied() -> Loop:
+    # doctor's fix, first option: run the forward again after the step, drop the retain_graph
+    return _loop(forward_again=True)

@@ -55,11 +55,14 @@ def _setup() -> tuple[Regressor, torch.optim.Optimizer]:
     return model, torch.optim.Adam(model.parameters(), lr=1e-2)
 
 
-def buggy() -> Loop:
+def _loop(detach: bool) -> Loop:
     model, opt = _setup()
 
     def step(i: int) -> None:
         global h_state
+        if detach:
+            if h_state is not None:
+                h_state = h_state.detach()
         x, y = _segment(i)
         prediction, h_state = model(x, h_state)  # doctor[buggy]: graph-carried-across-steps
         loss = F.mse_loss(prediction, y)
@@ -68,6 +71,10 @@ def buggy() -> Loop:
         opt.step()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def buggy() -> Loop:
+    return _loop(detach=False)
 
 
 def fixed() -> Loop:
@@ -84,3 +91,8 @@ def fixed() -> Loop:
         opt.step()
 
     return Loop(step=step, model=model, optimizer=opt)
+
+
+def applied() -> Loop:
+    # doctor's fix: `if h_state is not None: h_state = h_state.detach()` at the start of the step
+    return _loop(detach=True)

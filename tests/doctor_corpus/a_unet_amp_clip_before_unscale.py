@@ -38,7 +38,7 @@ def _batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     return image, (image[:, 0] > 0.5).long()
 
 
-def buggy() -> Loop:
+def _loop(unscale: bool) -> Loop:
     model = _net()
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, momentum=0.9)
     grad_scaler = torch.amp.GradScaler("cpu")
@@ -49,11 +49,17 @@ def buggy() -> Loop:
             loss = F.cross_entropy(model(images), masks)
         opt.zero_grad(set_to_none=True)
         grad_scaler.scale(loss).backward()
+        if unscale:
+            grad_scaler.unscale_(opt)
         nn.utils.clip_grad_norm_(model.parameters(), CLIP)  # doctor[buggy]: clip-before-unscale
         grad_scaler.step(opt)
         grad_scaler.update()
 
     return Loop(step=step, model=model, optimizer=opt, scaler=grad_scaler)
+
+
+def buggy() -> Loop:
+    return _loop(unscale=False)
 
 
 def fixed() -> Loop:
@@ -73,6 +79,11 @@ def fixed() -> Loop:
         grad_scaler.update()
 
     return Loop(step=step, model=model, optimizer=opt, scaler=grad_scaler)
+
+
+def applied() -> Loop:
+    # the doctor's fix: "call `grad_scaler.unscale_(opt)` before `nn.utils.clip_grad_norm_(...)`"
+    return _loop(unscale=True)
 
 
 def symptom(loop: Loop) -> bool:

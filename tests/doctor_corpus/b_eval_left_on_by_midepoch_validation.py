@@ -107,6 +107,11 @@ def fixed() -> Loop:
     return _loop(back_to_train=True)
 
 
+def applied() -> Loop:
+    # the doctor's fix, first option: `self.model.train()` at the end of `validate`
+    return _loop(back_to_train=True)
+
+
 def symptom(loop: Loop) -> bool:
     """True when some training forward ran with the dropout in eval mode (dropout off)."""
     assert isinstance(loop, WatchedLoop)

@@ -105,6 +105,11 @@ def fixed() -> Loop:
     return _loop(zero_discriminator=True)
 
 
+def applied() -> Loop:
+    # doctor's fix: `opt_d.zero_grad()` once per optimiser step, before `loss_d.backward()`
+    return _loop(zero_discriminator=True)
+
+
 def symptom(loop: Loop) -> bool:
     """True when a discriminator step applied a gradient an earlier step had already applied."""
     assert isinstance(loop, WatchedLoop)

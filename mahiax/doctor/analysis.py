@@ -122,24 +122,48 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
     return found
 
 
-def _inplace_module(w: Watch, path: str) -> Finding | None:
-    """An in-place write made by a torch module built with ``inplace=True`` (``nn.ReLU``,
-    ``nn.Dropout``): the line to change is where it is built, not where it is called."""
+def _module_of(w: Watch, path: str) -> nn.Module | None:
+    """The model's module at a locator path (``model.classifier.2``), or None."""
     if w.model is None or not path.startswith("model"):
         return None
     sub = path.removeprefix("model").removeprefix(".")
     try:
-        module = w.model.get_submodule(sub) if sub else w.model
+        return w.model.get_submodule(sub) if sub else w.model
     except AttributeError:
         return None
-    if getattr(module, "inplace", False) is not True:
+
+
+def _module_line(w: Watch, path: str, calls: tuple[str, ...],
+                 marker: str = "") -> tuple[str, int] | None:
+    """The line that builds the module at ``path`` when it is one of ``calls``
+    (``"Softmax("``): in its owner's class, or, for a model built in the user's own code
+    (an ``nn.Sequential(...)`` in a script or a cell), in the statement that builds it."""
+    module = _module_of(w, path)
+    name = type(module).__name__ if module is not None else ""
+    if module is None or f"{name}(" not in calls:
         return None
+    sub = path.removeprefix("model").removeprefix(".")
     parent_path, _, attr = sub.rpartition(".")
     while attr.isdigit() and parent_path:  # classifier.2: the line that builds `classifier`
         parent_path, _, attr = parent_path.rpartition(".")
     owner = w.model.get_submodule(parent_path) if parent_path else w.model
+    site = sites.constructor_line(type(owner), attr, name, marker)
+    if site is None and owner is w.model:  # the model itself, built where the loop is
+        for var in sites.bound_names(w.step_code, w.model):
+            site = sites.statement_line(w.code_files, var, f"{name}(", marker)
+            if site is not None:
+                break
+    return site
+
+
+def _inplace_module(w: Watch, path: str) -> Finding | None:
+    """An in-place write made by a torch module built with ``inplace=True`` (``nn.ReLU``,
+    ``nn.Dropout``): the line to change is where it is built, not where it is called."""
+    module = _module_of(w, path)
+    if module is None or getattr(module, "inplace", False) is not True:
+        return None
     name = type(module).__name__
-    site = sites.constructor_line(type(owner), attr, name, "inplace=True")
+    site = _module_line(w, path, (f"{name}(",), "inplace=True")
     if site is None:
         return None
     file, line = site
@@ -577,6 +601,9 @@ def _probabilities(w: Watch) -> list[Finding]:
     seen: set[tuple[str, int]] = set()
     for p in w.probability_losses:
         file, line = (p.origin_file, p.origin_line) if p.origin_line else (p.file, p.line)
+        built = _module_line(w, p.origin_module, ("Softmax(", "Sigmoid("))
+        if built is not None:  # nn.Softmax / nn.Sigmoid: the line that builds it
+            file, line = built
         if (file, line) in seen:
             continue
         seen.add((file, line))

@@ -141,6 +141,7 @@ class ProbabilityLoss:
     origin: str  # "softmax" | "sigmoid" | "values" (rows >= 0 summing to 1)
     origin_file: str = ""  # the line that applied the softmax or sigmoid
     origin_line: int = 0
+    origin_module: str = ""  # the module whose forward applied it ("model.4"), if any
 
 
 @dataclass(kw_only=True, frozen=True)

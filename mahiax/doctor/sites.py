@@ -426,6 +426,31 @@ def setup_after(fn: object, built: str, changed: str) -> tuple[str, int, int] | 
     return file, made, after
 
 
+def _call_in_statement(file: str, start: int, call: str, marker: str) -> list[int]:
+    """Lines of the statement starting at ``file:start`` (brackets balanced) that contain
+    ``call`` and ``marker``."""
+    lines = linecache.getlines(file)
+    depth, n, fits = 0, start, []
+    while n <= len(lines):
+        code = lines[n - 1].split("#", 1)[0]
+        if call in code and marker in code:
+            fits.append(n)
+        depth += code.count("(") + code.count("[") - code.count(")") - code.count("]")
+        if depth <= 0:
+            break
+        n += 1
+    return fits
+
+
+def statement_line(files: set[str], name: str, call: str, marker: str = ""
+                   ) -> tuple[str, int] | None:
+    """In the user's ``files``: the line of the statement that stores ``name`` (``clf =
+    nn.Sequential(...)``) which contains ``call`` and ``marker``; None unless exactly one."""
+    found = [(f, n) for f in sorted(files) for start, _ in storing_lines(f, name, False)
+             for n in _call_in_statement(f, start, call, marker)]
+    return found[0] if len(found) == 1 else None
+
+
 def constructor_line(cls: type, attr: str, class_name: str, marker: str
                      ) -> tuple[str, int] | None:
     """The line of ``cls`` that builds the module kept under attribute ``attr`` (directly,
@@ -433,16 +458,7 @@ def constructor_line(cls: type, attr: str, class_name: str, marker: str
     lines): the line within that statement that calls ``class_name(`` with ``marker`` in it
     (e.g. ``inplace=True``); None unless exactly one line fits."""
     for file, start, _ in class_stores(cls, attr):
-        lines = linecache.getlines(file)
-        depth, n, fits = 0, start, []
-        while n <= len(lines):
-            code = lines[n - 1].split("#", 1)[0]
-            if f"{class_name}(" in code and marker in code:
-                fits.append(n)
-            depth += code.count("(") + code.count("[") - code.count(")") - code.count("]")
-            if depth <= 0:
-                break
-            n += 1
+        fits = _call_in_statement(file, start, f"{class_name}(", marker)
         if len(fits) == 1:
             return file, fits[0]
     return None

@@ -132,7 +132,9 @@ class _Sites(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in ("softmax", "sigmoid") and isinstance(out, torch.Tensor) \
                 and out.grad_fn is not None:
-            self.watch.squash_sites[_seq(out.grad_fn)] = sites.user_site()
+            loc = self.watch.loc
+            module = loc._modules[-1][1] if loc is not None and loc._modules else ""
+            self.watch.squash_sites[_seq(out.grad_fn)] = (*sites.user_site(), module)
         return out
 
 
@@ -192,7 +194,8 @@ class Watch(HeldScan):
         self._stale: dict[int, tuple[str, int, int, int]] = {}
         # resets of gradients: (step, file, line, id() of the parameters reset)
         self.resets: list[tuple[int, str, int, frozenset[int]]] = []
-        self.squash_sites: dict[int, tuple[str, int]] = {}  # softmax/sigmoid node -> line
+        # softmax/sigmoid node -> the user's line and the module whose forward applied it
+        self.squash_sites: dict[int, tuple[str, int, str]] = {}
         self.node_sites: dict[int, tuple[str, int]] = {}  # autograd node -> the user's line
         self.step_sites: dict[int, tuple[str, int]] = {}  # id(optimizer) -> its step() line
         self.scale_site: tuple[str, int] = ("", 0)  # the user's scaler.scale(...) line
@@ -437,7 +440,8 @@ class Watch(HeldScan):
         at = self.squash_sites.get(_seq(node)) if node is not None else None
         self.probability_losses.append(ProbabilityLoss(
             step=self.step, loss=name, file=file, line=line, origin=origin,
-            origin_file=at[0] if at else "", origin_line=at[1] if at else 0))
+            origin_file=at[0] if at else "", origin_line=at[1] if at else 0,
+            origin_module=at[2] if at else ""))
 
     def separated(self, earlier: int, later: int) -> bool:
         """Whether an optimiser step or a gradient reset ran between the backward calls at

@@ -6,7 +6,8 @@
 # **Goal.** Take what lessons 02–09 taught out of MAHIA-X and into your own code: run a few
 # steps of *any* training loop under the lab's detectors and get back what is wrong, on which
 # line, with the numbers that show it and the fix. Three short loops a learner might write,
-# then the summary's own fix, then your loop. About 15 minutes.
+# the summary's own fix, the bugs users report most, then your loop; two exercises. About
+# 25 minutes.
 #
 # **Context (read cold).** The lab's detectors were built for the summary's bugs: the
 # mutation locator (lesson 06) names the line that wrote into a saved tensor, the memory
@@ -39,7 +40,7 @@ from torch import nn
 
 from mahiax import bugs, doctor, lessons
 from mahiax.bugs.outcome import graph_size  # nodes reachable from a tensor's grad_fn
-from mahiax.doctor import exercise
+from mahiax.doctor import exercise, exercise_eval
 from mahiax.doctor.catalog import examine_entry
 
 torch.manual_seed(0)
@@ -218,7 +219,66 @@ lessons.verdict_report(v_retain)
 # total loss, from step 1 on; the doctor counts the largest graph behind one `backward()`
 # call, parameters' accumulators left out, from step 0.
 #
-# ## 5. Your loop
+# ## 5. The bugs users report most
+#
+# The kinds above come from the summary's bugs. In public threads where PyTorch users ask why
+# their loop does not train, other bugs come first: a validation call that leaves the model
+# in eval mode, gradients never reset, probabilities fed to a loss that wants logits, a loss
+# cut from the parameters, an optimiser built before the model changed, a weight that is not
+# an `nn.Parameter`. None of them raises: the loss falls, only not as it should. The doctor
+# has a kind for each; it is tested on a corpus of such reports, each reproduced with the
+# fix its thread accepted (`tests/doctor_corpus/`).
+#
+# A classifier with dropout, validated every other step by a helper of the kind most
+# projects have.
+#
+# **Predict.** Nothing raises. How many findings, and on which lines?
+
+# %%
+clf = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3),
+                    nn.Softmax(dim=1))
+clf_opt = torch.optim.SGD(clf.parameters(), lr=0.1)
+
+
+def validate():
+    clf.eval()
+    vx, vy = torch.randn(256, 8), torch.randint(0, 3, (256,))
+    with torch.no_grad():
+        return (clf(vx).argmax(1) == vy).float().mean().item()
+
+
+def clf_step(i):
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    loss = F.cross_entropy(clf(x), y)
+    loss.backward()
+    clf_opt.step()
+    if i % 2 == 1:
+        validate()
+
+
+habits_report = doctor.examine(clf_step, steps=6, model=clf, optimizer=clf_opt)
+print(habits_report)
+
+# %% [markdown]
+# Three findings, each at the line to change, in this loop's own names:
+#
+# - `clf.eval()` inside `validate`: from step 2 on, dropout is off in training. The fix goes
+#   where the evaluation ends (`clf.train()`), or at the start of each step.
+# - `loss.backward()`: no `zero_grad()` anywhere, so each step's update is the sum of every
+#   gradient so far (deliberate accumulation resets after every k-th step; this never
+#   does).
+# - `nn.Softmax(dim=1)`: `cross_entropy` applies `log_softmax` itself, so it sees the softmax
+#   of a softmax.
+#
+# The cell checks the kinds against the report:
+
+# %%
+print(sorted(habits_report.kinds()))
+assert sorted(habits_report.kinds()) == [
+    "eval-mode-training", "grads-not-zeroed", "probabilities-into-loss"]
+
+# %% [markdown]
+# ## 6. Your loop
 #
 # Replace the loop below with yours: build the model and optimiser, write `my_step(i)` for
 # one step, run the cell. A clean loop prints "0 findings". From a terminal, the same for a
@@ -291,6 +351,59 @@ for name in ("band-aid: retain_graph=True", "band-aid: reset the hidden state ev
     print(f"{name}: {exercise.check(exercise.candidates()[name])}")
 
 # %% [markdown]
+# ## Exercise 2
+#
+# `r` holds a classifier with dropout, its optimiser and a list of accuracies; `r.batch(i)`
+# gives batch `i`, and `exercise_eval.evaluate(r)` measures the accuracy (and, like the
+# helper in section 5, leaves the model in eval mode). Fix `train_step` until
+# `exercise_eval.check` says PASS: the doctor must be quiet over 6 steps, the accuracy must
+# still be measured every other step, and the weights must match the right loop's from the
+# same start. Four band-aids fail on purpose: `r.model.train()` only at the first step,
+# `zero_grad()` only at the first step, `zero_grad()` between `backward()` and `step()`, and
+# dropping the validation.
+
+# %%
+lessons.source(exercise_eval.Run, "what r is")
+
+
+# %%
+def train_step(r, i):
+    x, y = r.batch(i)
+    loss = F.cross_entropy(r.model(x), y)  # TODO
+    loss.backward()
+    r.optimizer.step()
+    if i % 2 == 1:
+        r.accuracy.append(exercise_eval.evaluate(r))
+
+
+print(exercise_eval.check(train_step))
+
+# %% tags=["solution"]
+def train_step(r, i):
+    """Gradients reset before each backward; training mode back after each evaluation."""
+    x, y = r.batch(i)
+    loss = F.cross_entropy(r.model(x), y)
+    r.optimizer.zero_grad()
+    loss.backward()
+    r.optimizer.step()
+    if i % 2 == 1:
+        r.accuracy.append(exercise_eval.evaluate(r))
+        r.model.train()
+
+
+result_2 = exercise_eval.check(train_step)
+print(result_2)
+assert result_2.holds
+
+# %% [markdown]
+# The four band-aids, through the same checker:
+
+# %%
+for name, candidate in exercise_eval.candidates().items():
+    if name.startswith("band-aid"):
+        print(f"{name}: {exercise_eval.check(candidate)}")
+
+# %% [markdown]
 # ## Check your understanding
 #
 # 1. In section 1 nothing raised. Why is `total_loss += loss` still a finding, and what
@@ -343,6 +456,19 @@ for name in ("band-aid: retain_graph=True", "band-aid: reset the hidden state ev
 #    findings show at step 0 or 1, growth after 3 steps. Not for a whole run.
 #
 #    </details>
+#
+# 5. In section 5 the eval-mode finding names `clf.eval()` inside `validate`, not the
+#    forward in `clf_step` that ran with dropout off. Why that line?
+#
+#    <details><summary>Answer</summary>
+#
+#    The forward is where the harm happens, not where it was caused: `clf(x)` is right in
+#    training mode. `validate` switched the mode and returned without switching it back,
+#    so the fix goes at its end (or at the start of each step). The doctor names the call
+#    to `eval()` in the function that also ran the evaluation's forward; a helper that only
+#    sets the mode (`set_mode("eval", models)`) is named where it is called.
+#
+#    </details>
 
 # %% [markdown]
 # ## Recap
@@ -354,7 +480,10 @@ for name in ("band-aid: retain_graph=True", "band-aid: reset the hidden state ev
 #   and the lesson: in-place writes into saved tensors (02, 06), `.data` writes autograd
 #   cannot see (03a), graphs carried across steps and growing (03a, 04, 05), one backward
 #   per loss and `retain_graph=True` (04), clipping before `unscale_` (08), parameters that
-#   never get a gradient (09), state that requires grad.
+#   never get a gradient (09), state that requires grad; and the bugs users report most:
+#   eval mode left on by a validation, gradients never reset, probabilities into a logit
+#   loss, a loss cut from the parameters, an optimiser built before the model changed, a
+#   weight that is not a parameter, weights updated between a forward and its backward.
 # - An error the loop raises is kept with its step and explained; often the line that
 #   raised is not the line to change.
 # - The summary's `retain_graph=True` **hides the error**: the doctor shows the growing

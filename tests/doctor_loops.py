@@ -733,6 +733,57 @@ def sam_carried() -> Loop:
     return _sam(carry_first_loss=True)
 
 
+def frozen_backbone() -> Loop:
+    """Fine-tuning a head on a frozen feature extractor kept in eval mode on purpose (its
+    batch norm statistics and dropout fixed): no graph runs through the backbone."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(D, 4 * D), nn.BatchNorm1d(4 * D), nn.ReLU(),
+                             nn.Dropout(0.2))
+    head = nn.Linear(4 * D, C)
+    model = nn.Sequential(backbone, head)
+    backbone.requires_grad_(False)
+    backbone.eval()
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+
+    def step(i: int) -> None:
+        x, y = _data(i)
+        loss = F.cross_entropy(head(backbone(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return Loop(step, model, opt)
+
+
+class _FrozenNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(D, D), nn.BatchNorm1d(D), nn.Linear(D, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.norm(self.fc1(x))))
+
+
+def frozen_batch_norm() -> Loop:
+    """The whole model trains, with its batch norm layers switched to eval mode one by one
+    at each step (detection fine-tuning keeps their statistics)."""
+    torch.manual_seed(0)
+    model, opt = _plain(_FrozenNorm())
+
+    def step(i: int) -> None:
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.eval()
+        x, y = _data(i)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return Loop(step, model, opt)
+
+
 CORRECT: dict[str, Callable[[], Loop]] = {
     "classifier": classifier,
     "amp-unscale-then-clip": amp_unscale_then_clip,
@@ -742,5 +793,7 @@ CORRECT: dict[str, Callable[[], Loop]] = {
     "manual-sgd": manual_sgd,
     "summed-losses": summed_losses,
     "sharpness-aware": sharpness_aware,
+    "frozen-backbone": frozen_backbone,
+    "frozen-batch-norm": frozen_batch_norm,
 }
 BUGGY["sam-carried"] = sam_carried  # beside its correct twin, sharpness-aware

@@ -512,17 +512,30 @@ def _eval_mode(w: Watch) -> list[Finding]:
     """A training forward that ran dropout or batch norm in eval mode, named at the
     ``eval()`` call that left the model there: in the function that both called it and ran
     the evaluation's forward (a helper that only sets the mode is not the place)."""
-    if not w.trained_in_eval:
+    def cause(e):  # the eval() call that left this module in eval mode
+        return next((c for c in reversed(w.mode_calls)
+                     if c.order < e.order and e.module_id in c.covered), None)
+
+    # a layer put in eval mode by a call on the layer itself, or before the loop while the
+    # model stayed in training mode, is frozen on purpose (fine-tuning keeps batch norm's
+    # statistics): only an eval() of the model, or a model left in eval mode, is a bug
+    kept = [e for e in w.trained_in_eval
+            if (c := cause(e)) is not None and not c.on_layer
+            or c is None and not e.model_training]
+    if not kept:
         return []
-    first = w.trained_in_eval[0]
-    call = next((c for c in reversed(w.mode_calls)
-                 if c.order < first.order and first.module_id in c.covered), None)
-    steps = sorted({e.step for e in w.trained_in_eval})
-    kinds = sorted({e.kind for e in w.trained_in_eval})
+    first = kept[0]
+    call = cause(first)
+    steps = sorted({e.step for e in kept})
+    kinds = sorted({e.kind for e in kept})
     effect = "; ".join(_MODE_EFFECT[k] for k in kinds)
     in_steps = (f"step {steps[0]}" if len(steps) == 1 else
                 f"{len(steps)} steps (from step {steps[0]})")
-    evidence = (f"{first.module} was in eval mode in the training forward of {in_steps}, "
+    modules = list(dict.fromkeys(e.module for e in kept))
+    named = ", ".join(modules[:3]) + (f" and {len(modules) - 3} more" if len(modules) > 3
+                                      else "")
+    was = "was" if len(modules) == 1 else "were"
+    evidence = (f"{named} {was} in eval mode in the training forward of {in_steps}, "
                 f"and the backward() walked it: {effect}. No error: the loss still falls, "
                 "only worse than it should.")
     if call is None:  # eval mode from before the examination began

@@ -100,6 +100,8 @@ class ModeCall:
     order: int  # position among the watch's ordered events
     covered: frozenset[int]  # id() of the module called and every module under it
     frames: list[tuple[Any, str, int]]  # the user's calls that led to it, innermost first
+    on_layer: bool = False  # called on a dropout or batch norm layer itself (a deliberate
+    # freeze, as fine-tuning does), not on a model
 
 
 @dataclass(kw_only=True)
@@ -112,10 +114,11 @@ class EvalForward:
     module: str  # "model.drop (Dropout)"
     module_id: int
     kind: str  # "dropout" | "norm"
-    grad: bool  # autograd was recording
+    grad: bool  # it built a graph (autograd on, and an input or a weight of it requires grad)
     backwards: int  # backward calls of its step before it
     frames: list[tuple[Any, str, int]]
     module_ref: Any = None  # weakref to the module (is it still in eval at the backward?)
+    model_training: bool = True  # the whole model was in training mode at that forward
 
 
 @dataclass(kw_only=True)

@@ -182,7 +182,7 @@ class Watch(HeldScan):
         self.scaled_optimizers: set[type] = set()  # optimisers a GradScaler unscaled/stepped
         self.mode_calls: list[ModeCall] = []
         self.eval_forwards: list[EvalForward] = []
-        self.trained_in_eval: list[EvalForward] = []  # the first per step
+        self.trained_in_eval: list[EvalForward] = []  # one per module and step
         self._order = 0  # counts ordered events (mode calls, eval-mode forwards)
         self._in_train_call = 0
         self.optimizers: dict[int, Any] = {}  # id -> weakref of every optimiser that stepped
@@ -405,7 +405,8 @@ class Watch(HeldScan):
                     watch.mode_calls.append(ModeCall(
                         step=watch.step, order=watch._order,
                         covered=frozenset(id(m) for m in module.modules()),
-                        frames=sites.user_frames()))
+                        frames=sites.user_frames(),
+                        on_layer=_mode_kind(module) is not None))
                 return original(module, mode)
             finally:
                 watch._in_train_call -= 1
@@ -505,7 +506,7 @@ class Watch(HeldScan):
     def _forward_pre(self, owned: set) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
             if not module.training and (kind := _mode_kind(module)) is not None:
-                self._note_eval_forward(module, kind)
+                self._note_eval_forward(module, kind, self._trains_through(module, args))
             t = next((a for a in args if isinstance(a, torch.Tensor)), None)
             if t is None or t.requires_grad or t.is_inference() or _storage_key(t) in owned:
                 return  # (inference tensors keep no version counter)
@@ -521,15 +522,24 @@ class Watch(HeldScan):
                 self._forward_seen[key] = (weakref.ref(t), self._backwards_this_step, versions)
         return hook
 
-    def _note_eval_forward(self, module: nn.Module, kind: str) -> None:
+    @staticmethod
+    def _trains_through(module: nn.Module, args: tuple) -> bool:
+        """Whether this forward of ``module`` builds a graph: a frozen feature extractor (no
+        input and no weight of it requires grad) runs in eval mode on purpose."""
+        return torch.is_grad_enabled() and (
+            any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+            or any(p.requires_grad for p in module.parameters(recurse=False)))
+
+    def _note_eval_forward(self, module: nn.Module, kind: str, trains: bool) -> None:
         if sum(1 for e in self.eval_forwards if e.step == self.step) >= MAX_EVAL_FORWARDS:
             return
         self._order += 1
         self.eval_forwards.append(EvalForward(
             step=self.step, order=self._order,
             module=f"{self._label(module)} ({type(module).__name__})", module_id=id(module),
-            kind=kind, grad=torch.is_grad_enabled(), backwards=self._backwards_this_step,
-            frames=sites.user_frames(), module_ref=weakref.ref(module)))
+            kind=kind, grad=trains, backwards=self._backwards_this_step,
+            frames=sites.user_frames(), module_ref=weakref.ref(module),
+            model_training=self.model.training if self.model is not None else True))
 
     def _joins(self, nodes: list[Any]) -> tuple[tuple[str, int], ...]:
         """The user's lines (of ``nodes``, a backward's graph) that built a node after this
@@ -591,13 +601,14 @@ class Watch(HeldScan):
         """Before a backward: did this step's forward run a mode-dependent module in eval
         mode (still in eval now, so it was not a separate evaluation)? Will this backward add
         to gradients an optimiser step already applied?"""
-        if not any(e.step == self.step for e in self.trained_in_eval):
-            for e in self.eval_forwards:
-                module = e.module_ref() if e.module_ref is not None else None
-                if (e.step == self.step and e.grad and e.backwards == self._backwards_this_step
-                        and module is not None and not module.training):
-                    self.trained_in_eval.append(e)
-                    break
+        seen = {e.module_id for e in self.trained_in_eval if e.step == self.step}
+        for e in self.eval_forwards:
+            module = e.module_ref() if e.module_ref is not None else None
+            if (e.step == self.step and e.grad and e.backwards == self._backwards_this_step
+                    and module is not None and not module.training
+                    and e.module_id not in seen):
+                self.trained_in_eval.append(e)
+                seen.add(e.module_id)
         for pid in leaves & self._applied.keys():
             p_ref, g_ref, version, at = self._applied[pid]
             if pid in self._stale:  # adds more: the step's last such backward is named

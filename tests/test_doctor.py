@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from doctor_loops import BUGGY, CORRECT, FILE, expected
+from torch import nn
 from torch.nn.modules import module as nn_module
 from torch.overrides import _get_current_function_mode_stack
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -611,3 +612,128 @@ def test_pytorchs_common_errors_are_explained_at_the_users_line(kind, said):
     assert report.error is not None and report.error.line == line, str(report)
     for words in said:
         assert words in report.error.explanation, report.error.explanation
+
+
+# ---- what a cold reviewer's own loops found (GAN, LSTM, AMP) --------------------------------
+def _gan(detach_fake: bool, reuse_d_fake: bool, retain: bool):
+    """A small GAN; returns (step, model, opt_d, G, D)."""
+    torch.manual_seed(0)
+    data = torch.randn(256, 2)
+    G = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    D = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    opt_g = torch.optim.Adam(G.parameters(), 1e-3)
+    opt_d = torch.optim.Adam(D.parameters(), 1e-3)
+    bce = F.binary_cross_entropy_with_logits
+
+    def step(i: int) -> None:
+        real = data[(i * 16) % 256:(i * 16) % 256 + 16]
+        fake = G(torch.randn(16, 8))
+        d_real, d_fake = D(real), D(fake.detach() if detach_fake else fake)
+        opt_d.zero_grad()
+        loss_d = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
+        loss_d.backward(retain_graph=retain)
+        opt_d.step()
+        d_out = d_fake if reuse_d_fake else D(fake)
+        opt_g.zero_grad()
+        loss_g = bce(d_out, torch.ones_like(d_out))
+        loss_g.backward()
+        opt_g.step()
+
+    return step, nn.ModuleDict({"G": G, "D": D}), opt_d
+
+
+def test_gan_fix_keeps_the_retain_graph_the_generators_graph_still_needs():
+    # D(fake) not detached: after the forward is run again, loss_g still walks G's graph,
+    # which loss_d's backward would free without retain_graph=True
+    step, model, opt_d = _gan(detach_fake=False, reuse_d_fake=True, retain=True)
+    (f,) = doctor.examine(step, 4, model=model, optimizer=opt_d).findings
+    assert f.kind == "step-before-backward" and "drop the `retain_graph=True`" not in f.message
+    step, model, opt_d = _gan(detach_fake=False, reuse_d_fake=False, retain=True)  # applied
+    assert doctor.examine(step, 4, model=model, optimizer=opt_d).ok
+
+
+def test_a_graph_walked_twice_in_one_step_is_explained_where_it_was_built():
+    step, model, opt_d = _gan(detach_fake=False, reuse_d_fake=False, retain=False)
+    report = doctor.examine(step, 4, model=model, optimizer=opt_d)
+    why = report.error.explanation
+    assert "already walked and freed, built by `fake = G(torch.randn(16, 8))`" in why
+    assert "fake.detach()" in why
+    step, model, opt_d = _gan(detach_fake=True, reuse_d_fake=False, retain=False)
+    assert doctor.examine(step, 4, model=model, optimizer=opt_d).ok
+
+
+class _SeqModel(nn.Module):
+    def __init__(self, keep_state: bool):
+        super().__init__()
+        self.lstm, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 4)
+        self.keep_state = keep_state
+        self.state = None
+
+    def forward(self, x, state=None):
+        if self.keep_state:
+            y, self.state = self.lstm(x, self.state)
+        else:
+            y, state = self.lstm(x, state)
+        return self.head(y), state
+
+
+lstm_state = None
+
+
+def test_carried_state_named_at_the_loops_line_and_fixed_where_it_is_read():
+    # a global `state` and the forward's own variable `state`: the loop's line is named
+    global lstm_state
+    torch.manual_seed(0)
+    model = _SeqModel(keep_state=False)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    seq = torch.randn(2, 61, 4)
+    lstm_state = None
+
+    def step(i):
+        global lstm_state
+        x, t = seq[:, i * 10:(i + 1) * 10], seq[:, i * 10 + 1:(i + 1) * 10 + 1]
+        out, lstm_state = model(x, lstm_state)
+        loss = F.mse_loss(out, t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    (f,) = doctor.examine(step, 4, model=model, optimizer=opt).findings
+    assert sites_text(f) == "out, lstm_state = model(x, lstm_state)"
+    assert "`if lstm_state is not None: lstm_state = tuple(t.detach() for t in lstm_state)`" \
+        in f.message
+    # state kept on the model: the fix goes where the model reads it, not in the step
+    torch.manual_seed(0)
+    model = _SeqModel(keep_state=True)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+
+    def step2(i):
+        x, t = seq[:, i * 10:(i + 1) * 10], seq[:, i * 10 + 1:(i + 1) * 10 + 1]
+        loss = F.mse_loss(model(x)[0], t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    (f,) = doctor.examine(step2, 4, model=model, optimizer=opt).findings
+    assert "at the top of `forward`, before it reads `self.state`" in f.message
+
+
+def test_clip_before_a_late_unscale_is_told_to_move_the_unscale():
+    torch.manual_seed(0)
+    model = nn.Linear(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+
+    def step(i):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(torch.randn(16, 8)).float().pow(2).mean()
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update()
+
+    (f,) = doctor.examine(step, 3, model=model, optimizer=opt, scaler=scaler).findings
+    assert f.kind == "clip-before-unscale"
+    assert "Fix: move `scaler.unscale_(opt)`" in f.message

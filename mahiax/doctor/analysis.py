@@ -212,11 +212,17 @@ def _step_before_backward(w: Watch, m, tripper: BackwardCall, step: int) -> Find
     stepped, walked = sites.code_text(m.file, m.line), sites.code_text(tripper.file,
                                                                       tripper.line)
     s = m.saved
-    # an earlier backward that kept its graph only for this one: a fresh forward frees it
+    # an earlier backward that kept its graph only for this one: once the forward that saved
+    # the stepped weights is run again, nothing walks the kept graph, unless the two share
+    # nodes built before that forward (a GAN's generator, under a non-detached fake)
     kept = next((b for b in w.backwards if b is not tripper and b.step == step and b.retain
                  and b.seqs & tripper.seqs), None)
+    rerun_from = min((x.saved.node_seq for x in w.loc.mutations
+                      if w.optimizer_writes.get(id(x)) == step
+                      and x.saved.node_seq in tripper.seqs), default=s.node_seq)
+    frees = kept is not None and not any(n < rerun_from for n in kept.seqs & tripper.seqs)
     drop = (f" (and drop the `retain_graph=True` at {_at(kept.file, kept.line)}: nothing "
-            "walks the old graph any more)" if kept is not None else "")
+            "walks the old graph any more)" if frees else "")
     return Finding("step-before-backward", m.file, m.line, compose(
         "step-before-backward",
         f"`{stepped}` changed weights ({s.describe()}, saved by {s.op} at "
@@ -352,8 +358,12 @@ def _carried_fix(h: Held) -> str | None:
         cut = _detached(target, h.container)
         if sites.ever_none(h.file, h.name, h.attribute):  # it starts as None
             cut = f"if {target} is not None: {cut}"
+        method = sites.enclosing_function(h.file, h.line) if target.startswith("self.") \
+            else ""
+        where = (f"at the top of `{method}`, before it reads `{target}`" if method else
+                 "at the start of the step, before the forward")
         fix = (f"carry the values, cut the graph: `{cut}` once, where the next step starts "
-               "reading it (e.g. at the start of the step, before the forward)")
+               f"reading it (e.g. {where})")
         if sites.in_loop(h.file, h.line):
             fix += (", not inside the time loop (that would cut backpropagation through the "
                     "sequence itself)")
@@ -461,8 +471,13 @@ def _clips(w: Watch) -> list[Finding]:
             if c.norm is not None else ""
         scaler = sites.receiver(sites.code_text(*w.scale_site), "scale")
         opt = sites.first_argument(sites.code_text(*w.scaler_step_site), "step")
-        fix = (f"call `{scaler}.unscale_({opt})` before "
-               f"`{sites.code_text(c.file, c.line)}`" if scaler and opt else None)
+        clip = sites.code_text(c.file, c.line)
+        if w.unscale_site[1]:  # the loop unscales, too late: move that line
+            fix = (f"move `{sites.code_text(*w.unscale_site)}` "
+                   f"({_at(*w.unscale_site)}) before `{clip}`")
+        else:
+            fix = f"call `{scaler}.unscale_({opt})` before `{clip}`" if scaler and opt \
+                else None
         found.append(Finding("clip-before-unscale", c.file, c.line, compose(
             "clip-before-unscale",
             f"`{sites.code_text(c.file, c.line)}` ({c.function}) clipped {c.scaled} of "
@@ -870,6 +885,28 @@ def _stray_modules(w: Watch) -> list[Finding]:
     return found
 
 
+def _walked_twice(w: Watch, step: int) -> str:
+    """Two backward passes of one step that share nodes, the first freeing them: where the
+    shared part was built, and the two ways out."""
+    calls = [b for b in w.backwards if b.step == step]
+    if len(calls) < 2:
+        return ""
+    last = calls[-1]
+    earlier = next((b for b in reversed(calls[:-1]) if b.seqs & last.seqs), None)
+    if earlier is None:
+        return ""
+    shared = earlier.seqs & last.seqs
+    built = w.node_sites.get(max(shared))
+    source = (f", built by `{sites.code_text(*built)}` ({_at(*built)})" if built else "")
+    return (f"`{sites.code_text(last.file, last.line)}` walks {_count(len(shared), 'node')} "
+            f"that `{sites.code_text(earlier.file, earlier.line)}` "
+            f"({_at(earlier.file, earlier.line)}) already walked and freed{source}. If the "
+            "earlier loss should not reach them, cut them there with `.detach()` (a GAN's "
+            "discriminator loss on `fake.detach()`); if both losses need them, compute them "
+            "again for the second (retain_graph=True keeps them, and every later backward "
+            "through them adds gradients the first optimiser may not want).")
+
+
 def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
     """The loop's exception, explained with the findings that cause it."""
     if w.error_info is None:
@@ -907,6 +944,8 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
                       if w.held else "a tensor held somewhere the doctor could not name")
             why = ("This step's graph is linked to the previous step's, which its backward "
                    f"already freed: {holder} carries it. Detach it.")
+        else:
+            why = _walked_twice(w, step)
     elif "index out of range" in message:
         why = ("An index (a token id, an expert id) is outside the table it indexes: check "
                "the largest id against num_embeddings. Lesson: 01_expert_router_index.")

@@ -340,6 +340,10 @@ class HeldScan:
         if built is not None and h.kind != "entry" and sites.stores_at(
                 *built, h.name, h.kind in ("attribute", "buffer")):
             candidates.append((*built, False))  # the line that built it also stores it
+        if h.kind == "global":  # not a function's own variable that has the same name
+            candidates = [c for c in candidates if sites.binds_global(c[0], c[1], h.name)]
+            if built is not None and not sites.binds_global(*built, h.name):
+                built = None
         picked = sites.pick_store(candidates, built)
         return picked if picked is not None else ("", 0)
 

@@ -484,3 +484,42 @@ def ever_none(file: str, name: str, attribute: bool) -> bool:
     """Whether ``file`` ever sets ``name`` to None (a state that starts empty)."""
     return any(re.search(r"=\s*None\s*$", code_text(file, n))
                for n, _ in storing_lines(file, name, attribute)) if file else False
+
+
+def enclosing_function(file: str, line: int) -> str:
+    """The name of the function whose body holds ``file:line`` ("" at module level)."""
+    lines = linecache.getlines(file)
+    if not 0 < line <= len(lines):
+        return ""
+    indent = len(lines[line - 1]) - len(lines[line - 1].lstrip())
+    for k in range(line - 1, 0, -1):
+        text = lines[k - 1]
+        stripped = text.lstrip()
+        if stripped and not stripped.startswith("#") and len(text) - len(stripped) < indent:
+            m = re.match(r"(?:async\s+)?def\s+(\w+)", stripped)
+            if m:
+                return m.group(1)
+            indent = len(text) - len(stripped)
+    return ""
+
+
+def binds_global(file: str, line: int, name: str) -> bool:
+    """Whether a store into ``name`` at ``file:line`` stores the module's global: the line is
+    at module level, or its function declares ``global name`` (a function's own variable of
+    the same name is another variable)."""
+    lines = linecache.getlines(file)
+    if not 0 < line <= len(lines):
+        return False
+    if not lines[line - 1][:1].isspace():
+        return True
+    indent = len(lines[line - 1]) - len(lines[line - 1].lstrip())
+    declared = re.compile(rf"^\s*global\s+(?:[\w\s,]*,\s*)?{re.escape(name)}\b")
+    for k in range(line - 1, 0, -1):
+        text = lines[k - 1]
+        stripped = text.lstrip()
+        if declared.match(text):
+            return True
+        if stripped and not stripped.startswith("#") and len(text) - len(stripped) < indent \
+                and re.match(r"(?:async\s+)?def\s", stripped):
+            return False
+    return False

@@ -200,6 +200,7 @@ class Watch(HeldScan):
         self.step_sites: dict[int, tuple[str, int]] = {}  # id(optimizer) -> its step() line
         self.scale_site: tuple[str, int] = ("", 0)  # the user's scaler.scale(...) line
         self.scaler_step_site: tuple[str, int] = ("", 0)  # the user's scaler.step(...) line
+        self.unscale_site: tuple[str, int] = ("", 0)  # the user's scaler.unscale_(...) line
         self.cut_from: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> Cut
         self.reached: set[int] = set()  # id() of every leaf a backward reached
         self.stray: dict[int, Any] = {}  # id -> weakref: parameters reached, not the model's
@@ -752,6 +753,8 @@ class Watch(HeldScan):
             watch.scaled_optimizers.add(type(optimizer))
             if original.__name__ == "step" and not watch.scaler_step_site[0]:
                 watch.scaler_step_site = sites.user_site()
+            if original.__name__ == "unscale_" and not watch.unscale_site[0]:
+                watch.unscale_site = sites.user_site()
             out = original(scaler, optimizer, *args, **kwargs)
             for group in optimizer.param_groups:
                 for p in group["params"]:

@@ -504,22 +504,48 @@ def enclosing_function(file: str, line: int) -> str:
 
 
 def binds_global(file: str, line: int, name: str) -> bool:
-    """Whether a store into ``name`` at ``file:line`` stores the module's global: the line is
-    at module level, or its function declares ``global name`` (a function's own variable of
-    the same name is another variable)."""
+    """Whether ``name`` at ``file:line`` is the module's global: the line is at module
+    level, or its function declares ``global name``, or the function neither takes nor
+    rebinds a variable of that name (``history.append(x)`` in a function reads the global).
+    A function's own variable of the same name is another variable."""
     lines = linecache.getlines(file)
     if not 0 < line <= len(lines):
         return False
     if not lines[line - 1][:1].isspace():
         return True
     indent = len(lines[line - 1]) - len(lines[line - 1].lstrip())
-    declared = re.compile(rf"^\s*global\s+(?:[\w\s,]*,\s*)?{re.escape(name)}\b")
+    start = 0
     for k in range(line - 1, 0, -1):
         text = lines[k - 1]
         stripped = text.lstrip()
-        if declared.match(text):
-            return True
-        if stripped and not stripped.startswith("#") and len(text) - len(stripped) < indent \
-                and re.match(r"(?:async\s+)?def\s", stripped):
+        if stripped and not stripped.startswith("#") and len(text) - len(stripped) < indent:
+            if re.match(r"(?:async\s+)?def\s", stripped):
+                start = k
+                break
+            indent = len(text) - len(stripped)
+    if not start:
+        return True
+    top = len(lines[start - 1]) - len(lines[start - 1].lstrip())
+    body = [start]
+    for k in range(start + 1, len(lines) + 1):
+        text = lines[k - 1]
+        if text.strip() and not text.lstrip().startswith("#") and \
+                len(text) - len(text.lstrip()) <= top:
+            break
+        body.append(k)
+    word = rf"(?<![\w.]){re.escape(name)}\b"
+    header = "".join(lines[start - 1:start + 2]).split(":", 1)[0]
+    if re.search(rf"^\s*global\s+(?:[\w\s,]*,\s*)?{re.escape(name)}\b",
+                 "".join(lines[k - 1] for k in body), re.MULTILINE):
+        return True
+    if re.search(r"\(.*" + word, header, re.DOTALL):
+        return False  # a parameter of that name
+    for k in body[1:]:
+        code = _COMPARE.sub("  ", lines[k - 1].split("#", 1)[0])
+        if re.match(rf"\s*for\s+[^:]*{word}[^:]*\s+in\s", code):
             return False
-    return False
+        if "=" in code:
+            lhs = code.split("=", 1)[0].rstrip("+-*/%@&|^ ")
+            if re.search(word + r"\s*(,|$)", lhs) or re.search(r",\s*" + word, lhs):
+                return False  # rebound here: the function's own variable
+    return True

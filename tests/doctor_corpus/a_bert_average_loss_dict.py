@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.doctor_corpus.common import Loop
+from tests.doctor_corpus.common import Loop, graph_nodes
 
 SOURCE = "https://github.com/NVIDIA/DeepLearningExamples/issues/1102"
 KIND = "graph-carried-across-steps"
@@ -45,19 +45,6 @@ def _batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     masked = tokens.clone()
     masked[:, ::3] = 0
     return masked, tokens
-
-
-def _graph_nodes(t: object) -> int:
-    """How many autograd nodes ``t`` keeps alive (0 for a number or a tensor without a graph)."""
-    if not isinstance(t, torch.Tensor) or t.grad_fn is None:
-        return 0
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is not None and fn not in seen:
-            seen.add(fn)
-            todo.extend(f for f, _ in fn.next_functions)
-    return len(seen)
 
 
 def _setup() -> tuple[TinyBert, torch.optim.Optimizer, dict]:
@@ -112,4 +99,4 @@ def applied() -> Loop:
 def symptom(loop: Loop) -> bool:
     """The stat still holds the graphs of the steps it summed."""
     stats = inspect.getclosurevars(loop.step).nonlocals["stats"]
-    return _graph_nodes(stats["average_loss"]) > 0
+    return graph_nodes(stats["average_loss"]) > 0

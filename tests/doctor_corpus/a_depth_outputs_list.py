@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.doctor_corpus.common import Loop
+from tests.doctor_corpus.common import Loop, graph_nodes
 
 SOURCE = "https://github.com/TRI-ML/packnet-sfm/pull/51"
 KIND = "graph-carried-across-steps"
@@ -35,19 +35,6 @@ def _batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(i)
     image = torch.rand(BATCH, 3, SIDE, SIDE, generator=g)
     return image, 1.0 + image.mean(1, keepdim=True)
-
-
-def _graph_nodes(t: object) -> int:
-    """How many autograd nodes ``t`` keeps alive (0 for a number or a tensor without a graph)."""
-    if not isinstance(t, torch.Tensor) or t.grad_fn is None:
-        return 0
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is not None and fn not in seen:
-            seen.add(fn)
-            todo.extend(f for f, _ in fn.next_functions)
-    return len(seen)
 
 
 def _loop(item: bool) -> Loop:
@@ -99,4 +86,4 @@ def applied() -> Loop:
 def symptom(loop: Loop) -> bool:
     """The list holds the graph of every batch appended to it."""
     outputs = inspect.getclosurevars(loop.step).nonlocals["outputs"]
-    return sum(_graph_nodes(o["loss"]) for o in outputs) > 0
+    return sum(graph_nodes(o["loss"]) for o in outputs) > 0

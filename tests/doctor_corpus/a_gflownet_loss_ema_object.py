@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.doctor_corpus.common import Loop, data
+from tests.doctor_corpus.common import Loop, data, graph_nodes
 
 SOURCE = "https://github.com/alexhernandezgarcia/gflownet/pull/133"
 KIND = "graph-carried-across-steps"
@@ -52,19 +52,6 @@ def _losses(model: FlowNet, i: int) -> tuple[torch.Tensor, torch.Tensor]:
     loss_terminal = F.mse_loss(log_flow[terminal], log_reward[terminal])
     loss_flow = F.mse_loss(torch.logsumexp(log_edges, 1)[~terminal], log_flow[~terminal])
     return loss_terminal, loss_flow
-
-
-def _graph_nodes(t: object) -> int:
-    """How many autograd nodes ``t`` keeps alive (0 for a number or a tensor without a graph)."""
-    if not isinstance(t, torch.Tensor) or t.grad_fn is None:
-        return 0
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is not None and fn not in seen:
-            seen.add(fn)
-            todo.extend(f for f, _ in fn.next_functions)
-    return len(seen)
 
 
 def _setup() -> tuple[FlowNet, torch.optim.Optimizer, LossTracker]:
@@ -119,4 +106,4 @@ def applied() -> Loop:
 def symptom(loop: Loop) -> bool:
     """The EMA is a tensor chained onto the graph of every step it averaged."""
     ema = inspect.getclosurevars(loop.step).nonlocals["ema"]
-    return _graph_nodes(ema.flow) > 0
+    return graph_nodes(ema.flow) > 0

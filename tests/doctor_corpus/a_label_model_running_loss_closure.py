@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.doctor_corpus.common import Loop
+from tests.doctor_corpus.common import Loop, graph_nodes
 
 SOURCE = "https://github.com/BatsResearch/labelmodels/issues/4"
 KIND = "graph-carried-across-steps"
@@ -52,19 +52,6 @@ def _votes(i: int) -> torch.Tensor:
     noise = torch.randint(1, CLASSES + 1, (BATCH, SOURCES), generator=g)
     votes = torch.where(torch.rand(BATCH, SOURCES, generator=g) < 0.7, truth, noise)
     return torch.where(torch.rand(BATCH, SOURCES, generator=g) < 0.2, 0, votes)
-
-
-def _graph_nodes(t: object) -> int:
-    """How many autograd nodes ``t`` keeps alive (0 for a number or a tensor without a graph)."""
-    if not isinstance(t, torch.Tensor) or t.grad_fn is None:
-        return 0
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is not None and fn not in seen:
-            seen.add(fn)
-            todo.extend(f for f, _ in fn.next_functions)
-    return len(seen)
 
 
 def _loop(item: bool) -> Loop:
@@ -115,4 +102,4 @@ def applied() -> Loop:
 
 def symptom(loop: Loop) -> bool:
     """The running total is a tensor holding the graph of every batch it summed."""
-    return _graph_nodes(inspect.getclosurevars(loop.step).nonlocals["running_loss"]) > 0
+    return graph_nodes(inspect.getclosurevars(loop.step).nonlocals["running_loss"]) > 0

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.doctor_corpus.common import Loop
+from tests.doctor_corpus.common import Loop, graph_nodes
 
 SOURCE = "https://github.com/jokester-zzz/SSA-SC/issues/2"
 KIND = "graph-carried-across-steps"
@@ -54,19 +54,6 @@ def _losses(model: TinySSC, i: int) -> dict[str, torch.Tensor]:
             "completion": F.binary_cross_entropy_with_logits(com, occupied)}
     loss["total"] = loss["semantic"] + loss["completion"]
     return loss
-
-
-def _graph_nodes(t: object) -> int:
-    """How many autograd nodes ``t`` keeps alive (0 for a number or a tensor without a graph)."""
-    if not isinstance(t, torch.Tensor) or t.grad_fn is None:
-        return 0
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is not None and fn not in seen:
-            seen.add(fn)
-            todo.extend(f for f, _ in fn.next_functions)
-    return len(seen)
 
 
 def _setup() -> tuple[TinySSC, torch.optim.Optimizer, dict[str, float]]:
@@ -119,4 +106,4 @@ def applied() -> Loop:
 def symptom(loop: Loop) -> bool:
     """The meters are tensors holding the graph of every step they summed."""
     meters = inspect.getclosurevars(loop.step).nonlocals["meters"]
-    return any(_graph_nodes(v) > 0 for v in meters.values())
+    return any(graph_nodes(v) > 0 for v in meters.values())

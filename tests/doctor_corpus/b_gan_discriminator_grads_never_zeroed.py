@@ -11,14 +11,11 @@ minimally in our own code.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.doctor_corpus.common import Loop, data
+from tests.doctor_corpus.common import Loop, StaleGradWatch, WatchedLoop, data
 
 SOURCE = "https://github.com/Hsintien-Ng/idinvert_pytorch-reproduced/issues/1"
 KIND = "grads-not-zeroed"
@@ -26,42 +23,6 @@ ARCH = "gan"
 STATE = "dict"
 ERROR = None
 
-
-class StaleGradWatch:
-    """At every step of ``optimizer``, whether some parameter's ``.grad`` still holds a
-    backward contribution that an earlier step already applied (a gradient never zeroed)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.held: dict[int, set[int]] = {id(p): set() for p in self.params}
-        self.applied: dict[int, set[int]] = {id(p): set() for p in self.params}
-        self.stale_steps = 0
-        self._ids = itertools.count()
-        for p in self.params:
-            p.register_hook(self._on_grad(p))
-        optimizer.register_step_pre_hook(self._before_step)
-        optimizer.register_step_post_hook(self._after_step)
-
-    def _on_grad(self, p: torch.Tensor):
-        def hook(grad: torch.Tensor) -> None:  # runs before the grad is added into p.grad
-            if p.grad is None or not p.grad.any():
-                self.held[id(p)] = set()
-            self.held[id(p)].add(next(self._ids))
-
-        return hook
-
-    def _before_step(self, optimizer: object, args: object, kwargs: object) -> None:
-        if any(self.held[id(p)] & self.applied[id(p)] for p in self.params):
-            self.stale_steps += 1
-
-    def _after_step(self, optimizer: object, args: object, kwargs: object) -> None:
-        for p in self.params:
-            self.applied[id(p)] = set(self.held[id(p)])
-
-
-@dataclass(kw_only=True)
-class WatchedLoop(Loop):
-    watch: StaleGradWatch
 
 
 def _loop(zero_discriminator: bool) -> WatchedLoop:

@@ -4,6 +4,7 @@ that say which line the doctor must name."""
 from __future__ import annotations
 
 import importlib
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,3 +65,55 @@ def run(loop: Loop, steps: int = 6) -> BaseException | None:
     except Exception as exc:  # the point: a buggy loop's own error is what it shows
         return exc
     return None
+
+
+def graph_nodes(t: object) -> int:
+    """How many autograd nodes ``t`` keeps alive (0 for a number or a tensor without a graph)."""
+    if not isinstance(t, torch.Tensor) or t.grad_fn is None:
+        return 0
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            todo.extend(f for f, _ in fn.next_functions)
+    return len(seen)
+
+
+class StaleGradWatch:
+    """At every step of ``optimizer``, whether some parameter's ``.grad`` still holds a
+    backward contribution that an earlier step already applied (a gradient never zeroed)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.held: dict[int, set[int]] = {id(p): set() for p in self.params}
+        self.applied: dict[int, set[int]] = {id(p): set() for p in self.params}
+        self.stale_steps = 0
+        self._ids = itertools.count()
+        for p in self.params:
+            p.register_hook(self._on_grad(p))
+        optimizer.register_step_pre_hook(self._before_step)
+        optimizer.register_step_post_hook(self._after_step)
+
+    def _on_grad(self, p: torch.Tensor):
+        def hook(grad: torch.Tensor) -> None:  # runs before the grad is added into p.grad
+            if p.grad is None or not p.grad.any():
+                self.held[id(p)] = set()
+            self.held[id(p)].add(next(self._ids))
+
+        return hook
+
+    def _before_step(self, optimizer: object, args: object, kwargs: object) -> None:
+        if any(self.held[id(p)] & self.applied[id(p)] for p in self.params):
+            self.stale_steps += 1
+
+    def _after_step(self, optimizer: object, args: object, kwargs: object) -> None:
+        for p in self.params:
+            self.applied[id(p)] = set(self.held[id(p)])
+
+
+@dataclass(kw_only=True)
+class WatchedLoop(Loop):
+    """A loop whose optimiser a :class:`StaleGradWatch` watches."""
+
+    watch: StaleGradWatch

@@ -737,3 +737,42 @@ def test_clip_before_a_late_unscale_is_told_to_move_the_unscale():
     (f,) = doctor.examine(step, 3, model=model, optimizer=opt, scaler=scaler).findings
     assert f.kind == "clip-before-unscale"
     assert "Fix: move `scaler.unscale_(opt)`" in f.message
+
+
+GAN_SCRIPT = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+torch.manual_seed(0)
+G = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+D = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+opt_g = torch.optim.Adam(G.parameters(), 1e-3)
+opt_d = torch.optim.Adam(D.parameters(), 1e-3)
+
+
+def step(i):
+    fake = G(torch.randn(16, 4))
+    d_out = D(fake.detach())
+    loss_d = F.binary_cross_entropy_with_logits(d_out, torch.zeros_like(d_out))
+    opt_d.zero_grad()
+    loss_d.backward()
+    opt_d.step()
+    d_out = D(fake.detach())
+    loss_g = F.binary_cross_entropy_with_logits(d_out, torch.ones_like(d_out))
+    opt_g.zero_grad()
+    loss_g.backward()
+    opt_g.step()
+"""
+
+
+def test_cli_watches_two_models_together_and_finds_the_one_that_never_trains(tmp_path, capsys):
+    # the generator's own loss reaches it through `fake.detach()`: it never gets a gradient,
+    # which only a check of both models can see
+    script = tmp_path / "gan.py"
+    script.write_text(GAN_SCRIPT)
+    assert main(["doctor", f"{script}:step", "--steps", "3"]) == 1
+    out = capsys.readouterr().out
+    assert "watching model `G and D` (ModuleDict)" in out
+    assert "unused-parameters" in out and "model.G" in out
+    assert "at gan.py:7   G = nn.Sequential(" in out  # a line, not "?"

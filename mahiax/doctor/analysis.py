@@ -804,6 +804,13 @@ def _unused_finding(w: Watch, model: nn.Module, path: str, m: nn.Module,
     candidates = sites.class_stores(type(owner), attr)
     setup = [c for c in candidates if c[2]] or candidates
     file, line = (setup[0][0], setup[0][1]) if setup else ("", 0)
+    if not line:  # a module kept in a container (ModuleDict): where the user's code builds it
+        for name in sites.bound_names(w.step_code, m):
+            stores = [(f, n) for f in sorted(w.code_files)
+                      for n, _ in sites.storing_lines(f, name, False)]
+            if stores:
+                file, line = stores[0]
+                break
     count = sum(p.numel() for p in params)
     label = f"model.{path}" if path else "model"
     return Finding("unused-parameters", file, line, compose(

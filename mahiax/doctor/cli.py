@@ -91,6 +91,16 @@ def _watched(what: str, name: str | None, value: Any, names: list[str], hint: st
     return f"no {what}"
 
 
+def _together(module: Any, names: list[str]) -> Any:
+    """The script's models as one ``nn.ModuleDict`` (those not inside another), so that a
+    loop with several (a GAN's generator and discriminator) is checked whole."""
+    import torch
+
+    models = {n: getattr(module, n) for n in names}
+    inside = {id(m) for top in models.values() for m in list(top.modules())[1:]}
+    return torch.nn.ModuleDict({n: m for n, m in models.items() if id(m) not in inside})
+
+
 def run_command(args: argparse.Namespace) -> int:
     import torch
 
@@ -107,6 +117,8 @@ def run_command(args: argparse.Namespace) -> int:
         module, torch.nn.Module, ("model", "net"),
         prefer=lambda m: sum(id(p) in trained for p in m.parameters()))  # what it trains
     scaler_name, scaler, scaler_names = _pick(module, torch.amp.GradScaler, ("scaler",))
+    if model is None and len(model_names) > 1:  # a GAN's G and D: watch them together
+        model, model_name = _together(module, model_names), " and ".join(model_names)
     watched = ", ".join([
         _watched("model", model_name, model, model_names, "name the one to check `model`"),
         _watched("optimizer", opt_name, optimizer, opt_names, "name one `optimizer`"),

@@ -78,8 +78,10 @@ _KINDS = (
          "call `scaler.unscale_(optimizer)` before `clip_grad_norm_`", "08_amp_and_clipping",
          checked="no clipping of scaled gradients"),
     Kind("unused-parameters", "parameters that never receive a gradient",
-         "use the parameters in the forward, freeze them (`requires_grad_(False)`) or remove "
-         "them; under DDP, `find_unused_parameters=True` only as a last resort",
+         "if they should train, take the `detach()` (or `.data`, `.item()`) off the path "
+         "from them to the loss, or use them in the forward; if they should not, freeze them "
+         "(`requires_grad_(False)`) or remove them; under DDP, `find_unused_parameters=True` "
+         "only as a last resort",
          "09_ddp_pitfalls",
          checked="gradients reach every parameter", needs_model=True),
     Kind("eval-mode-training", "training while the model is in eval mode",

@@ -776,3 +776,25 @@ def test_cli_watches_two_models_together_and_finds_the_one_that_never_trains(tmp
     assert "watching model `G and D` (ModuleDict)" in out
     assert "unused-parameters" in out and "model.G" in out
     assert "at gan.py:7   G = nn.Sequential(" in out  # a line, not "?"
+
+
+def test_a_global_is_told_apart_from_a_functions_own_variable_of_the_same_name(tmp_path):
+    from mahiax.doctor import sites
+
+    src = tmp_path / "names.py"
+    src.write_text(
+        "state = None\n"                      # 1  module level
+        "def f(x):\n"
+        "    out = model(x, state=state)\n"   # 3  a keyword argument reads the global
+        "    history.append(out)\n"           # 4  mutating a global needs no declaration
+        "def g(state):\n"
+        "    state = 1\n"                     # 6  a parameter
+        "def h():\n"
+        "    global state\n"
+        "    state = 2\n"                     # 9  declared global
+        "def k():\n"
+        "    state = 3\n")                    # 11 the function's own variable
+    said = [sites.binds_global(str(src), n, name) for n, name in
+            [(1, "state"), (3, "state"), (4, "history"), (6, "state"), (9, "state"),
+             (11, "state")]]
+    assert said == [True, True, True, False, True, False]

@@ -135,6 +135,15 @@ class Result:
         return f"[{'PASS' if self.holds else 'NOT YET'}] {self.message}"
 
 
+def not_quiet(report: Report) -> Result:
+    """NOT YET for a candidate the doctor found something in: the first finding, or the
+    error, with where."""
+    first = report.findings[0] if report.findings else None
+    said = (f"{first.kind} at {first.where}" if first is not None
+            else f"{report.error.type} at step {report.error.step}")
+    return Result(False, f"the doctor is not quiet yet: {said} (print(result.report))", report)
+
+
 def check(train_step: Callable[[Stream, int], None]) -> Result:
     """Run ``train_step(s, i)`` for STEPS chunks under the doctor, then compare what it learned
     with truncated backpropagation through time from the same start."""
@@ -145,11 +154,7 @@ def check(train_step: Callable[[Stream, int], None]) -> Result:
     report = examine(functools.partial(train_step, s), STEPS, model=s.model,
                      optimizer=s.optimizer)
     if not report.ok:
-        first = report.findings[0] if report.findings else None
-        said = (f"{first.kind} at {first.where}" if first is not None
-                else f"{report.error.type} at step {report.error.step}")
-        return Result(False, f"the doctor is not quiet yet: {said} (print(result.report))",
-                      report)
+        return not_quiet(report)
     ref = make_stream()
     for i in range(STEPS):
         fixed_step(ref, i)

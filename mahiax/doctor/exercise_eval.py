@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mahiax.doctor.examine import examine
-from mahiax.doctor.exercise import Result
+from mahiax.doctor.exercise import Result, not_quiet
 
 WIDTH, HIDDEN, CLASSES, BATCH = 8, 16, 3, 32
 STEPS = 6
@@ -176,11 +176,7 @@ def check(train_step: Callable[[Run, int], None]) -> Result:
         raise TypeError("a candidate is a function train_step(r, i) for one step")
     r, report = _train(train_step, doctor=True)
     if not report.ok:
-        first = report.findings[0] if report.findings else None
-        said = (f"{first.kind} at {first.where}" if first is not None
-                else f"{report.error.type} at step {report.error.step}")
-        return Result(False, f"the doctor is not quiet yet: {said} (print(result.report))",
-                      report)
+        return not_quiet(report)
     want = STEPS // VALIDATE_EVERY
     if len(r.accuracy) != want:
         return Result(False, f"the doctor is quiet, but the loop measured the accuracy "

@@ -395,6 +395,22 @@ def bound_names(fn: object, value: object) -> list[str]:
     return names
 
 
+def _enclosing_def(lines: list[str], line: int) -> int:
+    """The line number of the ``def`` whose body holds line ``line`` (1-based) of ``lines``,
+    or 0 at module level."""
+    if not 0 < line <= len(lines):
+        return 0
+    indent = len(lines[line - 1]) - len(lines[line - 1].lstrip())
+    for k in range(line - 1, 0, -1):
+        text = lines[k - 1]
+        stripped = text.lstrip()
+        if stripped and not stripped.startswith("#") and len(text) - len(stripped) < indent:
+            if re.match(r"(?:async\s+)?def\s", stripped):
+                return k
+            indent = len(text) - len(stripped)
+    return 0
+
+
 def setup_after(fn: object, built: str, changed: str) -> tuple[str, int, int] | None:
     """In the code that defines ``fn`` (its enclosing function, or its module): the line
     that stores ``built`` (e.g. the optimiser) and the first statement after it that names
@@ -407,15 +423,7 @@ def setup_after(fn: object, built: str, changed: str) -> tuple[str, int, int] | 
     lines = linecache.getlines(file)
     if not lines:
         return None
-    indent = len(lines[start - 1]) - len(lines[start - 1].lstrip())
-    top = 1
-    for k in range(start - 1, 0, -1):
-        text = lines[k - 1]
-        stripped = text.lstrip()
-        if stripped and not stripped.startswith("#") and len(text) - len(stripped) < indent \
-                and stripped.startswith(("def ", "async def ")):
-            top = k
-            break
+    top = _enclosing_def(lines, start) or 1
     made = next((n for n in range(top, start) if _stores(lines[n - 1], built, False)), 0)
     if not made:
         return None
@@ -489,18 +497,9 @@ def ever_none(file: str, name: str, attribute: bool) -> bool:
 def enclosing_function(file: str, line: int) -> str:
     """The name of the function whose body holds ``file:line`` ("" at module level)."""
     lines = linecache.getlines(file)
-    if not 0 < line <= len(lines):
-        return ""
-    indent = len(lines[line - 1]) - len(lines[line - 1].lstrip())
-    for k in range(line - 1, 0, -1):
-        text = lines[k - 1]
-        stripped = text.lstrip()
-        if stripped and not stripped.startswith("#") and len(text) - len(stripped) < indent:
-            m = re.match(r"(?:async\s+)?def\s+(\w+)", stripped)
-            if m:
-                return m.group(1)
-            indent = len(text) - len(stripped)
-    return ""
+    start = _enclosing_def(lines, line)
+    m = re.match(r"\s*(?:async\s+)?def\s+(\w+)", lines[start - 1]) if start else None
+    return m.group(1) if m else ""
 
 
 def binds_global(file: str, line: int, name: str) -> bool:
@@ -513,16 +512,7 @@ def binds_global(file: str, line: int, name: str) -> bool:
         return False
     if not lines[line - 1][:1].isspace():
         return True
-    indent = len(lines[line - 1]) - len(lines[line - 1].lstrip())
-    start = 0
-    for k in range(line - 1, 0, -1):
-        text = lines[k - 1]
-        stripped = text.lstrip()
-        if stripped and not stripped.startswith("#") and len(text) - len(stripped) < indent:
-            if re.match(r"(?:async\s+)?def\s", stripped):
-                start = k
-                break
-            indent = len(text) - len(stripped)
+    start = _enclosing_def(lines, line)
     if not start:
         return True
     top = len(lines[start - 1]) - len(lines[start - 1].lstrip())
@@ -546,6 +536,8 @@ def binds_global(file: str, line: int, name: str) -> bool:
             return False
         if "=" in code:
             lhs = code.split("=", 1)[0].rstrip("+-*/%@&|^ ")
+            if lhs.count("(") > lhs.count(")") or lhs.count("[") > lhs.count("]"):
+                continue  # a keyword argument (`f(x, name=v)`), not an assignment
             if re.search(word + r"\s*(,|$)", lhs) or re.search(r",\s*" + word, lhs):
                 return False  # rebound here: the function's own variable
     return True

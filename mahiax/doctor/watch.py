@@ -691,8 +691,7 @@ class Watch(HeldScan):
                 v = node.variable
                 if isinstance(v, nn.Parameter) and id(v) not in self._model_params:
                     self.stray[id(v)] = weakref.ref(v)
-        trained = {id(p) for p in self.model.parameters()} if self.model is not None else set()
-        if not leaves & trained:
+        if not leaves & self._model_params:  # the model's parameters, listed once at start
             for r in roots:
                 cut = self.cut_from.get(r) if isinstance(r, torch.Tensor) else None
                 if cut is not None:

@@ -35,13 +35,26 @@ if TYPE_CHECKING:
 
 @dataclass
 class Caught:
-    """The exception an :func:`expect_error` block raised (``None`` until it has)."""
+    """The exception a block raised (``None`` until it has, and when it ran clean): filled
+    by :func:`expect_error` and :func:`attempt`."""
 
     error: BaseException | None = None
 
     @property
     def message(self) -> str:
         return str(self.error) if self.error is not None else ""
+
+    def expect(self, exc_type: type[BaseException] | None, contains: str = "") -> None:
+        """Check, after the reveal, what an :func:`attempt` block did: raised ``exc_type``
+        with ``contains`` in its message, or (``exc_type=None``) raised nothing. An
+        ``AssertionError`` says what happened instead, so a lesson cannot go on telling a
+        story the code no longer shows."""
+        got = "nothing" if self.error is None else f"{type(self.error).__name__}: {self.error}"
+        if exc_type is None:
+            assert self.error is None, f"expected no error, got {got}"
+            return
+        assert isinstance(self.error, exc_type), f"expected {exc_type.__name__}, got {got}"
+        assert contains in self.message, f"expected {contains!r} in the message, got {got}"
 
 
 @contextlib.contextmanager
@@ -51,6 +64,8 @@ def expect_error(exc_type: type[BaseException], contains: str) -> Iterator[Caugh
     Prints PyTorch's own error, word for word, so the lesson shows it; fails with an
     ``AssertionError`` when nothing (or something else) was raised, so a lesson can never go
     on telling a story the code no longer shows. An exception of another type propagates.
+    For the cell a **Predict.** prompt asks about, use :func:`attempt` instead: this one
+    names the answer in the cell.
     """
     caught = Caught()
     try:
@@ -61,6 +76,26 @@ def expect_error(exc_type: type[BaseException], contains: str) -> Iterator[Caugh
         assert contains in str(e), f"expected {contains!r} in the message, got: {e}"
     else:
         raise AssertionError(f"expected {exc_type.__name__} ({contains!r}); nothing was raised")
+
+
+@contextlib.contextmanager
+def attempt() -> Iterator[Caught]:
+    """Run a block that may raise, and print what happened without saying what was expected:
+    PyTorch's error word for word (``Type: message``), or ``no error``.
+
+    For the cell a **Predict.** prompt asks about: the class predicts, this cell shows the
+    outcome, and a check cell after the reveal asserts it with :meth:`Caught.expect`. Any
+    ``Exception`` is caught here (the check cell fails if it was not the one the lesson
+    tells); ``KeyboardInterrupt`` and the like still stop the cell.
+    """
+    caught = Caught()
+    try:
+        yield caught
+    except Exception as e:  # shown, then checked by Caught.expect after the reveal
+        caught.error = e
+        print(f"{type(e).__name__}: {e}")
+    else:
+        print("no error")
 
 
 class Markdown:

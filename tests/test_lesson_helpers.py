@@ -20,3 +20,27 @@ def test_category_figure_shows_saved_for_backward_growing_only_under_the_band_ai
     assert panels == ["summary", "fixed"]  # the buggy loop failed at step 0: no reading
     stacked = {t.name for t in fig.data}
     assert stacked == set(lessons.CATEGORY_NAMES.values())
+
+
+def test_attempt_shows_the_outcome_unnamed_and_expect_checks_it_after_the_reveal(capsys):
+    import pytest
+    import torch
+
+    x = torch.ones(2, requires_grad=True)
+    with lessons.attempt() as caught:
+        y = x.exp().sum()
+        y.backward()
+        y.backward()  # the graph's saved tensors were freed by the first backward
+    shown = capsys.readouterr().out
+    assert shown.startswith("RuntimeError: Trying to backward through the graph a second")
+    caught.expect(RuntimeError, "Trying to backward through the graph a second time")
+    with pytest.raises(AssertionError, match="expected ValueError, got RuntimeError"):
+        caught.expect(ValueError)
+    with pytest.raises(AssertionError, match="expected no error, got RuntimeError"):
+        caught.expect(None)
+    with lessons.attempt() as clean:
+        (x * 2).sum().backward()
+    assert capsys.readouterr().out == "no error\n"
+    clean.expect(None)
+    with pytest.raises(AssertionError, match="expected RuntimeError, got nothing"):
+        clean.expect(RuntimeError)

@@ -33,6 +33,7 @@ import nbformat
 import pytest
 
 from mahiax import bugs
+from tests.lesson_rules import predict_giveaways, unbound_figures
 from tests.notebook_env import (
     KERNEL_MAIN,
     KERNEL_NAME,
@@ -51,6 +52,7 @@ from tests.notebook_env import (
 CELL_TIMEOUT_S = 300  # hang guard per cell: far above any lesson's cell (a few s)
 HANG_GUARD_S = 900  # hang guard per notebook, kernel start included: not a speed target
 TIMING = ROOT / "test-artifacts" / "notebooks"  # where each lesson run's time went (reported)
+SUMMARY = ROOT / "docs" / "FIXES_SUMMARY.md"  # the user's summary, which the lessons quote
 STALL_S = 60  # a kernel start, cell or stop this long is a stall: stacks are taken (reported)
 
 
@@ -264,6 +266,54 @@ def test_lesson_follows_the_classroom_form(name):
     assert not problems, f"{name}:\n- " + "\n- ".join(problems)
 
 
+@pytest.mark.parametrize("name", LESSONS)
+def test_no_predict_is_answered_by_the_cell_it_asks_about(name):
+    """The class predicts, the cell shows, the reveal explains, a check cell asserts: the
+    code a Predict prompt asks about holds no assert, expected error or outcome comment."""
+    found = predict_giveaways(_load(name)["cells"])
+    assert not found, f"{name}:\n- " + "\n- ".join(found)
+
+
+_ASKED = _md(f"{PREDICT} Does the second backward run?")
+_REVEAL = _md("It raises: the first backward freed the saved tensors.")
+
+
+@pytest.mark.parametrize(("measured", "named"), [
+    ("y.backward()\nassert x.grad is None", "an assert"),
+    ('with lessons.expect_error(RuntimeError, "Trying to backward"):\n    y.backward()',
+     "expect_error(...) names"),
+    ("with pytest.raises(RuntimeError):\n    y.backward()", "raises(...) names"),
+    ("y.backward()  # raises: the graph was freed", "the comment"),
+    ('print("x._version (expected 2):", x._version)', "the string"),
+    ("flat_graph = [y.grad_fn for _ in range(3)]", "the name 'flat_graph'"),
+])
+def test_predict_rule_finds_a_measured_cell_that_states_its_answer(measured, named):
+    ok = [_ASKED, _code("with lessons.attempt() as caught:\n    y.backward()"), _REVEAL,
+          _code('caught.expect(RuntimeError, "Trying to backward")')]
+    assert predict_giveaways(ok) == []
+    found = predict_giveaways([_ASKED, _code(measured), _REVEAL])
+    assert len(found) == 1 and named in found[0] and found[0].startswith("cell 1 "), found
+
+
+def _ran(source: str, printed: str) -> dict:
+    return {"cell_type": "code", "source": source,
+            "outputs": [{"output_type": "stream", "name": "stdout", "text": printed}]}
+
+
+@pytest.mark.parametrize(("prose", "unbound"), [
+    ("MaxVio ends at 0.62 after 60 steps.", []),  # 0.6234 printed, 60 set in code
+    ("The scale is 65,536 and the clip 1/65,536 of it.", []),
+    ("About 6e-8 is float16's smallest step.", []),  # power-of-ten forms: within 5%
+    ("MaxVio is 0.2-0.4 with 8 experts.", ["0.2", "0.4", "8"]),
+    ("A bright row from about step 50.", ["50"]),
+    ("## 3. Links [docs](https://x.org/v/2.13/a1)\n\n1. `topk(7)` float16 03a", []),
+])
+def test_figures_rule_finds_a_number_no_cell_prints(prose, unbound):
+    cells = [_ran("steps = 60\nprint(run(steps))",
+                  "maxvio 0.6234\nscale 65536.0\ntiny 5.96e-08\n"), _md(prose)]
+    assert unbound_figures(cells) == [f"cell 1: {u}" for u in unbound]
+
+
 # ---- running every notebook --------------------------------------------------------------
 
 
@@ -417,6 +467,7 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
     finally:
         watch.close()
     _write_timing(name, started - t0, timed, time.perf_counter() - ended, watch.stalls)
+    nbformat.write(nb, TIMING / f"{name}.ipynb")  # the executed lesson, for a failure's reader
 
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
@@ -427,6 +478,10 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
         else:
             assert not errors, f"{name} cell {i}: {errors[0].ename}: {errors[0].evalue}"
     assert _files_under(NOTEBOOKS) == before, f"{name} wrote into notebooks/"
+    unbound = unbound_figures(nb.cells, also_known=[SUMMARY.read_text()])
+    assert not unbound, (
+        f"{name}: figures stated in markdown that no cell prints (nor sets in code), so a "
+        "change of code would leave the prose behind:\n- " + "\n- ".join(unbound))
 
 
 # a stand-in kernel: the kernelspec's faulthandler set-up, then a wait in a named function

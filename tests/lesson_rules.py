@@ -95,6 +95,13 @@ _NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:e-?\d+)?(?![
 _LINK_TARGET = re.compile(r"\]\([^)]*\)|https?://\S+")
 _HEADING_OR_ITEM = re.compile(r"^\s*(?:#+\s*)?(?:\d+[.)]\s)", re.MULTILINE)
 _CODE_SPAN = re.compile(r"`[^`]*`")
+# not figures of a measurement: issue numbers, versions, years (this project writes figures
+# of four digits with a comma: 2,048), and the time a lesson takes in class
+_NOT_FIGURES = re.compile(
+    r"#\d+|\b(?:torch|PyTorch|Python|CUDA|version)\s+\d+(?:\.\d+)*|(?<![\d,.])(?:19|20)\d\d(?!\d|,\d)"
+    r"|\b\d+(?:-\d+)?\s+minutes\b", re.IGNORECASE)
+_DIGIT_GROUPS = re.compile(r"(?<=\d)_(?=\d)")  # Python's 10_000
+_PERCENT = re.compile(r"\s?%")
 
 
 def _numbers(text: str) -> list[str]:
@@ -113,15 +120,25 @@ def _decimals(token: str) -> int | None:
 
 
 def _prose_figures(markdown: str) -> list[str]:
-    """The numbers a markdown cell states as figures: not link targets, section or list
-    numbers, nor code spans (code is bound by the code itself)."""
+    """The numbers a markdown cell states as figures (a percentage keeps its ``%``): not
+    link targets, section or list numbers, code spans (code is bound by the code itself),
+    issue numbers, versions, years or a lesson's time in class."""
     text = _LINK_TARGET.sub(" ", markdown)
     text = _HEADING_OR_ITEM.sub(" ", text)
     text = _CODE_SPAN.sub(" ", text)
-    return _numbers(text)
+    text = _NOT_FIGURES.sub(" ", text)
+    return [m.group(0) + ("%" if _PERCENT.match(text, m.end()) else "")
+            for m in _NUMBER.finditer(text)]
 
 
 def _bound(token: str, known: set[float]) -> bool:
+    """Is a stated figure among the known numbers? A percentage is bound by itself or by
+    its fraction (``90 %`` by ``0.9``)."""
+    if token.endswith("%"):
+        number = token[:-1]
+        places = _decimals(number) or 0
+        fraction = round(_value(number) / 100, places + 2)
+        return _bound(number, known) or any(round(k, places + 2) == fraction for k in known)
     value = _value(token)
     places = _decimals(token)
     if places is None:
@@ -147,7 +164,7 @@ def unbound_figures(cells: Sequence[dict], also_known: Iterable[str] = ()) -> li
                 known_text.append(value if isinstance(value, str) else "".join(value))
             if out.get("output_type") == "error":
                 known_text.append(f"{out.get('ename', '')}: {out.get('evalue', '')}")
-    known = {_value(t) for text in known_text for t in _numbers(text)}
+    known = {_value(t) for text in known_text for t in _numbers(_DIGIT_GROUPS.sub("", text))}
     problems: list[str] = []
     for i, cell in enumerate(cells):
         if cell["cell_type"] != "markdown":

@@ -307,9 +307,11 @@ def _ran(source: str, printed: str) -> dict:
     ("MaxVio is 0.2-0.4 with 8 experts.", ["0.2", "0.4", "8"]),
     ("A bright row from about step 50.", ["50"]),
     ("## 3. Links [docs](https://x.org/v/2.13/a1)\n\n1. `topk(7)` float16 03a", []),
+    ("Liu et al. 2019, #22095, torch 2.6; about 15 minutes; ids up to 10,000", []),
+    ("Each step keeps 90 % of it; 62% of the time; 37 % of nothing.", ["37%"]),
 ])
 def test_figures_rule_finds_a_number_no_cell_prints(prose, unbound):
-    cells = [_ran("steps = 60\nprint(run(steps))",
+    cells = [_ran("steps, vocab, keep = 60, 10_000, 0.9\nprint(run(steps))",
                   "maxvio 0.6234\nscale 65536.0\ntiny 5.96e-08\n"), _md(prose)]
     assert unbound_figures(cells) == [f"cell 1: {u}" for u in unbound]
 

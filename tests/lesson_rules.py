@@ -93,7 +93,8 @@ def predict_giveaways(cells: Sequence[dict]) -> list[str]:
 # a number standing alone: not part of a name (float16, 03a, x2), commas as thousands
 _NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:e-?\d+)?(?![\w])")
 _LINK_TARGET = re.compile(r"\]\([^)]*\)|https?://\S+")
-_HEADING_OR_ITEM = re.compile(r"^\s*(?:#+\s*)?(?:\d+[.)]\s)", re.MULTILINE)
+# a section or list number, or a lesson's own number in its title ("# 11 · Router ...")
+_HEADING_OR_ITEM = re.compile(r"^\s*(?:#+\s*)?\d+[a-z]?(?:[.)]|\s·)\s", re.MULTILINE)
 _CODE_SPAN = re.compile(r"`[^`]*`")
 # not figures of a measurement: issue numbers, versions, years (this project writes figures
 # of four digits with a comma: 2,048), and the time a lesson takes in class

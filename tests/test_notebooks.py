@@ -306,7 +306,8 @@ def _ran(source: str, printed: str) -> dict:
     ("About 6e-8 is float16's smallest step.", []),  # power-of-ten forms: within 5%
     ("MaxVio is 0.2-0.4 with 8 experts.", ["0.2", "0.4", "8"]),
     ("A bright row from about step 50.", ["50"]),
-    ("# 11 · Router collapse\n\n## 3. Links [docs](https://x.org/v/2.13/a1)\n\n1. `topk(7)` float16 03a", []),
+    ("# 11 · Router\n\n## 3. [docs](https://x.org/v/2.13/a1)\n\n1. `topk(7)` float16 03a",
+     []),
     ("Liu et al. 2019, #22095, torch 2.6; about 15 minutes; ids up to 10,000", []),
     ("Each step keeps 90 % of it; 62% of the time; 37 % of nothing.", ["37%"]),
 ])

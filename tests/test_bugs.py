@@ -21,6 +21,7 @@ from mahiax.bugs.profiling import meter_mb
 from mahiax.fabric import DynamicNeuroFabric, MetaController
 from mahiax.memory import GraphDiffusionMemory, TinyMemory
 from mahiax.moe import SwiGLUExperts
+from mahiax.objective import objective
 from mahiax.telemetry import legacy_cuda_reading
 
 INPLACE = "one of the variables needed for gradient computation has been modified by an inplace"
@@ -352,6 +353,9 @@ def test_checker_grades_each_variant_and_band_aid(eid, name):
      "3 backward passes a step: "),
     ("amp-clip-before-unscale", "band-aid: unscale first, with retain_graph=True",
      "drop retain_graph"),
+    ("amp-clip-before-unscale", "band-aid: clip after scaler.step()",
+     "gradients differ from the clean reference"),
+    ("amp-clip-before-unscale", "band-aid: no clipping", "gradients differ from the clean"),
     ("graph-memory-update", "band-aid: .data.copy_", "gradients differ from the clean reference"),
     ("graph-memory-update", "band-aid: copy_ under no_grad", "raised RuntimeError at step 0"),
     ("tiny-memory-write", "band-aid: the write under no_grad", "raised RuntimeError at step 1"),
@@ -439,6 +443,62 @@ def test_router_collapse_checker_accepts_the_rule_written_another_way():
     assert result.holds, result.message
     assert "MaxVio, mean of the last 30 steps is" in result.message
     assert "gradients match" not in result.message  # this entry compares no gradients
+
+
+def _amp_loop(clip: str, did_step: bool = True):
+    """A correct AMP step written another way than the catalog's: ``clip`` picks how the
+    true gradients are clipped to 1.0 before ``scaler.step``."""
+    scaler = torch.amp.GradScaler("cpu")
+
+    def loop(ctx) -> None:
+        obj = objective(ctx.model, ctx.weighting, ctx.batch)
+        ctx.weights, ctx.losses, ctx.total = obj.weights, obj.losses, obj.total
+        ctx.zero_grad()
+        scaler.scale(ctx.total).backward()
+        params = [p for p in ctx.model.parameters() if p.grad is not None]  # explicit list
+        if clip == "norm, then clip with it":
+            scaler.unscale_(ctx.optimizer)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            torch.nn.utils.clip_grads_with_norm_(params, 1.0, norm)
+        elif clip == "scaled gradients to 1.0 x scale":  # the same clip in scaled units
+            torch.nn.utils.clip_grad_norm_(params, 1.0 * scaler.get_scale())
+        else:  # unscale_, then clip_grad_norm_ without foreach on the explicit list
+            scaler.unscale_(ctx.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=False)
+        scaler.step(ctx.optimizer)
+        scaler.update()
+        ctx.did_step = did_step
+
+    return loop
+
+
+@pytest.mark.parametrize("clip", [
+    "norm, then clip with it", "scaled gradients to 1.0 x scale", "unscale_, clip a list",
+])
+def test_amp_checker_accepts_a_right_order_written_another_way(clip):
+    result = bugs.check("amp-clip-before-unscale", _amp_loop(clip))
+    assert result.holds, result.message
+
+
+def test_amp_checker_reads_the_gradients_the_optimiser_stepped_with():
+    """Clipping after scaler.step() leaves clipped gradients in .grad that the update never
+    used; the checker compares what optimizer.step() found (a step pre-hook), so it fails."""
+    after = bugs.check("amp-clip-before-unscale",
+                       bugs.get("amp-clip-before-unscale").candidates()[
+                           "band-aid: clip after scaler.step()"])
+    never = bugs.check("amp-clip-before-unscale",
+                       bugs.get("amp-clip-before-unscale").candidates()["band-aid: no clipping"])
+    assert not after.holds and not never.holds
+    assert after.outcome.max_grad_diff == pytest.approx(never.outcome.max_grad_diff)
+    assert after.outcome.figures["optimizer_steps"] == [1] * after.outcome.steps_run
+
+
+def test_amp_checker_counts_the_optimiser_steps():
+    """A loop that steps through the scaler but leaves ctx.did_step False gets a second,
+    plain optimizer.step() from the harness: two updates a step."""
+    result = bugs.check("amp-clip-before-unscale", _amp_loop("unscale_", did_step=False))
+    assert not result.holds
+    assert result.message.startswith("the optimiser stepped 2 times in one training step")
 
 
 def test_check_says_what_kind_of_candidate_it_needs():

@@ -140,11 +140,18 @@ class Reference:
         return {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
 
 
-def max_grad_diff(model: torch.nn.Module, ref: dict[str, torch.Tensor]) -> float:
-    """Largest absolute difference between the model's gradients and the reference's."""
+def max_grad_diff(
+    model: torch.nn.Module, ref: dict[str, torch.Tensor],
+    grads: dict[str, torch.Tensor] | None = None,
+) -> float:
+    """Largest absolute difference between the model's gradients and the reference's.
+
+    ``grads`` (name -> gradient) replaces the model's ``.grad`` when given: the gradients
+    the optimiser stepped with, captured at its step (:func:`_one_step`); a parameter
+    missing from it had no gradient."""
     worst = 0.0
     for name, p in model.named_parameters():
-        g, r = p.grad, ref.get(name)
+        g, r = (p.grad if grads is None else grads.get(name)), ref.get(name)
         if g is None and r is None:
             continue
         g = torch.zeros_like(p) if g is None else g
@@ -288,6 +295,7 @@ def train_variant(
     anomaly: bool = False,
     reference: bool = True,
     reference_clip: float | None = None,
+    grads_at_step: bool = False,
     measure_memory: bool = True,
     data_config: MahiaConfig | None = None,
     prepare: Callable[[Batch], Batch] | None = None,
@@ -300,7 +308,10 @@ def train_variant(
     weighting); ``loop(ctx)`` does one step's forward and backward (default: the clean one);
     ``data_config`` lets a variant feed data the model was not built for (bug 1), and
     ``prepare`` transforms each batch first (a learner's data-side fix); ``context(model)``
-    wraps the whole run (the mutation locator).
+    wraps the whole run (the mutation locator). With ``grads_at_step`` the gradients compared
+    with the reference are those ``optimizer.step()`` found when it ran (a loop can change
+    ``.grad`` after the step, which the update never saw), and ``figures["optimizer_steps"]``
+    counts the optimiser steps of each training step.
     """
     config = config or harness_config()
     device = current_device()
@@ -328,13 +339,16 @@ def train_variant(
                 batch = Batch(raw.tokens, raw.tabular.double(), raw.targets).to(device)
                 ctx = StepContext(model, weighting, optimizer, batch, step, config)
                 try:
-                    diff = _one_step(ctx, loop, ref, reference_clip, meter)
+                    diff = _one_step(ctx, loop, ref, reference_clip, meter, grads_at_step)
                 except Exception as e:  # the point: record PyTorch's own error and step
                     out.error_type, out.error_message, out.error_step = (
                         type(e).__name__, str(e), step,
                     )
                     break
                 out.graph_nodes.append(ctx.figures.pop("graph_nodes"))
+                if grads_at_step:
+                    out.figures.setdefault("optimizer_steps", []).append(
+                        ctx.figures.pop("optimizer_steps"))
                 memory = ctx.figures.pop("memory", None)  # MemoryCategories, or None
                 if memory is not None:
                     out.memory_categories.append({"step": step, **memory.to_dict()})
@@ -376,29 +390,52 @@ def _row(ctx: StepContext, out: Outcome, diff: float | None) -> dict:
 
 def _one_step(
     ctx: StepContext, loop: LoopFn, reference: Reference | None, reference_clip: float | None,
-    meter: MemoryMeter | None = None,
+    meter: MemoryMeter | None = None, grads_at_step: bool = False,
 ) -> float | None:
     """One step: the variant's loop, the reference gradients, the optimiser step, commit.
 
-    Returns the largest gradient difference from the clean reference (None if not measured).
+    Returns the largest gradient difference from the clean reference (None if not measured):
+    of the gradients in ``.grad`` after the loop, or with ``grads_at_step`` of those the
+    optimiser stepped with (the last step's, when it stepped more than once; none when it
+    never stepped), read by an optimizer step pre-hook.
     """
     model = ctx.model
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.train()
-    loop(ctx)
-    ctx.figures["graph_nodes"] = graph_size(ctx.total)
-    if meter is not None:  # after the backward: what the step's graph still holds, by category
-        ctx.figures["memory"] = meter.categories((model, ctx.weighting), ctx.optimizer, ctx.total)
-    diff = None
-    if reference is not None and ctx.weights is not None:
-        # ctx.keep_grads: the loop kept the cycle's gradients (accumulation), so does the reference
-        ref = reference.grads(
-            start_state, ctx.batch, ctx.weights, reference_clip, accumulate=ctx.keep_grads
-        )
-        diff = max_grad_diff(model, ref)
-    ctx.finish()  # the optimiser step (unless the loop took it), commit, weighting update
+    stepped: list[dict[str, torch.Tensor]] = []  # per optimizer.step(): name -> gradient
+    named = list(model.named_parameters())
+
+    def read_grads(*_: object) -> None:  # (optimizer, args, kwargs): reads, changes nothing
+        stepped.append({n: p.grad.detach().clone() for n, p in named if p.grad is not None})
+
+    hook = ctx.optimizer.register_step_pre_hook(read_grads) if grads_at_step else None
+    ref = None
+    try:
+        loop(ctx)
+        ctx.figures["graph_nodes"] = graph_size(ctx.total)
+        if meter is not None:  # after the backward: what the step's graph still holds
+            ctx.figures["memory"] = meter.categories(
+                (model, ctx.weighting), ctx.optimizer, ctx.total)
+        if reference is not None and ctx.weights is not None:
+            # ctx.keep_grads: the loop kept the cycle's gradients (accumulation): so does the
+            # reference
+            ref = reference.grads(
+                start_state, ctx.batch, ctx.weights, reference_clip, accumulate=ctx.keep_grads
+            )
+        # the gradients left in .grad, before the harness's own optimiser step (if any)
+        left = None if ref is None or grads_at_step else max_grad_diff(model, ref)
+        ctx.finish()  # the optimiser step (unless the loop took it), commit, weighting update
+    finally:
+        if hook is not None:
+            hook.remove()
     ctx.total = None  # drop this step's graph before memory is measured
-    return diff
+    if grads_at_step:
+        ctx.figures["optimizer_steps"] = len(stepped)
+    if ref is None:
+        return None
+    if grads_at_step:  # the last step's gradients; no step: no gradient was applied
+        return max_grad_diff(model, ref, stepped[-1] if stepped else {})
+    return left
 
 
 def swap_class(module: torch.nn.Module, cls: type) -> None:

@@ -302,8 +302,14 @@ def _encode_candidates() -> dict[str, object]:
 MAX_NORM = 1.0
 
 
-def amp_loop(unscale_first: bool, retain: bool = False) -> Callable[[StepContext], None]:
-    """fp16-style step with a GradScaler; clip before or after ``scaler.unscale_``."""
+def amp_loop(
+    unscale_first: bool, retain: bool = False, clip: str = "before step"
+) -> Callable[[StepContext], None]:
+    """fp16-style step with a GradScaler; clip before or after ``scaler.unscale_``.
+
+    ``clip``: ``"before step"`` (where clipping belongs), ``"after step"`` (a wrong order:
+    the update already used the unclipped gradients) or ``"never"``.
+    """
     scalers: dict[int, torch.amp.GradScaler] = {}
 
     def loop(ctx: StepContext) -> None:
@@ -315,12 +321,29 @@ def amp_loop(unscale_first: bool, retain: bool = False) -> Callable[[StepContext
         scaler.scale(total).backward(retain_graph=retain)
         if unscale_first:
             scaler.unscale_(ctx.optimizer)  # true gradients first...
-        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), MAX_NORM)  # ...then clip
+        if clip == "before step":
+            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), MAX_NORM)  # ...then clip
         scaler.step(ctx.optimizer)  # unscales here if not done yet: too late for the clip
         scaler.update()
+        if clip == "after step":  # clips .grad after the update used it: changes nothing
+            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), MAX_NORM)
         ctx.did_step = True
 
     return loop
+
+
+def optimizer_step_rule(out: Outcome) -> list[str]:
+    """The optimiser must step exactly once a training step (``figures["optimizer_steps"]``,
+    counted by the harness): each broken count, in plain words."""
+    counts = sorted({c for c in out.figures.get("optimizer_steps") or [] if c != 1})
+    if not counts:
+        return []
+    if counts[0] == 0:
+        return ["the optimiser did not step in a training step: call scaler.step(optimizer)"]
+    return [
+        f"the optimiser stepped {counts[-1]} times in one training step: scaler.step(optimizer) "
+        "steps it once; set ctx.did_step = True so the harness does not step it again"
+    ]
 
 
 def _amp_run(variant: str, steps: int, candidate: object = None) -> Outcome:
@@ -333,9 +356,13 @@ def _amp_run(variant: str, steps: int, candidate: object = None) -> Outcome:
         loop_candidate("amp-clip-before-unscale", candidate) if variant == "candidate"
         else loops[variant]
     )
+    # the gradients compared are those optimizer.step() found when it ran: what the update
+    # used, whatever the loop does to .grad afterwards
     out = train_counted(
-        "amp-clip-before-unscale", variant, steps, loop, reference_clip=MAX_NORM
+        "amp-clip-before-unscale", variant, steps, loop, reference_clip=MAX_NORM,
+        grads_at_step=True,
     )
+    out.figures["rules_broken"] = out.figures["rules_broken"] + optimizer_step_rule(out)
     # the damage is the gradient the optimiser really applied
     out.state_diff = out.max_grad_diff
     out.figures["damage"] = "largest error of the applied gradient vs unscale-then-clip"
@@ -350,6 +377,8 @@ def _amp_candidates() -> dict[str, object]:
         "band-aid: unscale first, with retain_graph=True": amp_loop(
             unscale_first=True, retain=True
         ),
+        "band-aid: clip after scaler.step()": amp_loop(unscale_first=False, clip="after step"),
+        "band-aid: no clipping": amp_loop(unscale_first=False, clip="never"),
     }
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from mahiax.cadence import Cadence
 from mahiax.config import MahiaConfig
 from mahiax.store import RunReader, RunWriter
-from mahiax.telemetry.probes import Cadence, TrainingProbe
+from mahiax.telemetry.probes import TrainingProbe
 from mahiax.train import Trainer
 
 

@@ -228,10 +228,10 @@ def environment(ctx: Context) -> dict:
 
 
 def amp_section(ctx: Context, s: Section) -> None:
+    from mahiax.cadence import Cadence
     from mahiax.config import teaching
     from mahiax.recording import record_training
     from mahiax.store import RunReader
-    from mahiax.telemetry.probes import Cadence
 
     steps = 20 if ctx.quick else 300
     ctx.store.parent.mkdir(parents=True, exist_ok=True)
@@ -303,10 +303,10 @@ SPIKE_AT = 8
 def spike_section(ctx: Context, s: Section) -> None:
     import pickle
 
+    from mahiax.cadence import Cadence
     from mahiax.config import teaching
     from mahiax.recording import record_training
     from mahiax.store import RunReader
-    from mahiax.telemetry.probes import Cadence
     from mahiax.telemetry.spikes import SPIKE_KEY, spike_snapshots
 
     name = "gpu-spike" if ctx.cuda else "dry-spike"

@@ -26,6 +26,7 @@ import threading
 import traceback
 from collections.abc import Iterator, Sequence
 
+from mahiax import cadence
 from mahiax.config import (
     BALANCES,
     PRECISIONS,
@@ -84,10 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--resume", action="store_true",
                      help="continue run NAME from its last checkpoint, with its config")
     rec.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="N")
-    rec.add_argument("--snapshot-every", type=_positive_int, default=25, metavar="N",
-                     help="memory-node snapshots every N steps (25)")
-    rec.add_argument("--memory-every", type=_positive_int, default=250, metavar="N",
-                     help="full memory-meter reading every N steps (250)")
+    cadence.add_flags(rec)
     rec.add_argument("--bug", metavar="ID", help="train a catalog bug's variant instead")
     rec.add_argument("--variant", choices=("buggy", "summary", "fixed"),
                      help="with --bug: which variant")
@@ -204,12 +202,11 @@ def _train(args: argparse.Namespace, config: MahiaConfig, quiet: bool) -> int:
 
     if args.run:
         from mahiax.recording import record_training
-        from mahiax.telemetry.probes import Cadence
 
         trainer = record_training(
             config, args.run, steps, store=args.store, resume=args.resume,
             checkpoint_every=args.checkpoint_every,
-            cadence=Cadence(args.snapshot_every, args.memory_every), on_step=on_step,
+            cadence=cadence.from_args(args), on_step=on_step,
         )
     else:
         trainer.fit(steps, on_step)

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from mahiax.cadence import Cadence
 from mahiax.checkpoint import load_checkpoint, save_checkpoint
 from mahiax.config import MahiaConfig, config_differences
 from mahiax.errors import BadInput, ResumeConflict
 from mahiax.store import RunReader, RunWriter, resolve_store_path
-from mahiax.telemetry.probes import Cadence, TrainingProbe
+from mahiax.telemetry.probes import TrainingProbe
 from mahiax.train import StepRecord, Trainer
 
 

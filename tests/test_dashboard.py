@@ -180,8 +180,8 @@ def test_experts_page_draws_max_vio_percentiles_and_the_bias(monkeypatch, stores
     """A real balance = bias run: MaxVio of the batch and of the last 50 steps, the loads'
     percentiles, each expert's bias beside the heatmap in the heatmap's colours, the share
     of choices the bias changed, all equal to what the run logged."""
+    from mahiax.cadence import MAX_VIO_WINDOW
     from mahiax.store import RunReader
-    from mahiax.telemetry.probes import MAX_VIO_WINDOW
 
     at = render(monkeypatch, stores["balance"], "experts", run="bias")
     assert not at.error

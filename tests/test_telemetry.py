@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
+from mahiax.cadence import MAX_VIO_WINDOW, Cadence
 from mahiax.checkpoint import load_checkpoint, save_checkpoint
 from mahiax.cli import main
 from mahiax.config import tiny
 from mahiax.recording import checkpoint_path, record_bug, record_training
 from mahiax.store import RunReader, RunWriter
-from mahiax.telemetry.probes import MAX_VIO_WINDOW, Cadence, LoadWindow, TrainingProbe
+from mahiax.telemetry.probes import LoadWindow, TrainingProbe
 from mahiax.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -64,32 +64,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import psutil
 import torch
 
+from mahiax.cadence import MAX_VIO_WINDOW, Cadence
 from mahiax.model import ModelState
 from mahiax.moe import load_percentiles
 from mahiax.telemetry.categories import MemoryCategories
 from mahiax.telemetry.memory_meter import MemoryMeter
 from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture, encode_path
-
-# Steps between two readings of memory by category in training runs. One reading walks the
-# step's autograd graph in Python: 0.65-0.95 ms (median per run) on the default model on this
-# lab's shared 2-core CPU, 3.5-5% of a ~18 ms step on its own (where the time goes:
-# :mod:`mahiax.telemetry.categories`), so reading at every step cannot meet the 3% goal of
-# ``make bench`` here; ``benchmarks/bench_telemetry.py`` measured the whole telemetry at
-# 1.10-1.12 with a reading every step against 1.04-1.07 every 10 steps.
-# ``Cadence(categories_every=1)`` reads every step (lessons, short runs, a big model whose
-# step dwarfs the walk).
-CATEGORIES_EVERY = 10
-
-# Steps whose expert loads ``moe/max_vio_global`` sums: long enough that one skewed batch
-# does not set it, short enough that it follows the router as training moves it.
-MAX_VIO_WINDOW = 50
 
 
 class Logger(Protocol):
@@ -100,34 +86,6 @@ class Logger(Protocol):
     def log_vector(self, key: str, values: Sequence[float], step: int) -> None: ...
 
     def log_tensor(self, key: str, tensor: torch.Tensor, step: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class Cadence:
-    """How often each kind of reading is taken (in steps), and when memory is a spike.
-
-    Scalars are written every step; memory by category every ``categories_every`` steps.
-    """
-
-    snapshot_every: int = 25  # memory nodes, adjacency, ring buffer
-    categories_every: int = CATEGORIES_EVERY  # memory by category: a walk of the step's
-    #                                           autograd graph (~0.8 ms on the default model)
-    memory_every: int = 250  # CPU: full memory reading, a scan of every live object (~80 ms)
-    spike_bytes: int | None = 128 * 2**20  # CUDA: a step whose allocated or peak memory rises
-    #                                        by more than this saves one memory snapshot
-    #                                        (None: never)
-    spike_history: int = 100_000  # CUDA: allocation events the snapshot's ring buffer keeps
-    max_vio_window: int = MAX_VIO_WINDOW  # steps of expert load summed for global MaxVio
-
-    def __post_init__(self) -> None:
-        for name in ("snapshot_every", "categories_every", "memory_every", "spike_history",
-                     "max_vio_window"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
-        v = self.spike_bytes
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise ValueError(f"spike_bytes={v!r} must be a positive number of bytes or None")
 
 
 class LoadWindow:

@@ -1,0 +1,105 @@
+"""What a recorded run keeps, and how often, when it is recorded the way users record:
+``python -m mahiax train --run NAME`` and the dashboard's run launcher (which runs that
+command). The store is read back; nothing is mocked.
+
+The cadence's flags are made from :class:`mahiax.cadence.Cadence`'s fields, so each flag
+fills the setting of its name (a positional ``Cadence(snapshot_every, memory_every)`` once
+put ``--memory-every`` into ``categories_every``: memory by category reached the store on
+2 of 300 steps).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from mahiax.cadence import Cadence
+from mahiax.cli import build_parser
+from mahiax.store import RunReader
+
+ROOT = Path(__file__).resolve().parents[1]
+CATEGORIES = ["mem/params", "mem/grads", "mem/optimizer", "mem/saved"]
+
+
+def _record(store: Path, name: str, steps: int, *flags: str) -> RunReader:
+    subprocess.run(
+        [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps", str(steps),
+         "--run", name, "--store", str(store), "--no-progress", *flags],
+        cwd=ROOT, check=True, timeout=600, stdout=subprocess.DEVNULL)
+    return RunReader(store)
+
+
+def _steps_with(reader: RunReader, name: str, keys: list[str]) -> dict[str, list[int]]:
+    df = reader.scalars(name, keys)
+    return {k: df[k].dropna().index.tolist() for k in keys}
+
+
+def test_a_cli_recorded_300_step_run_has_memory_by_category_every_10_steps(tmp_path):
+    reader = _record(tmp_path / "s.sqlite", "cli", 300)
+    default = Cadence()
+    seen = _steps_with(reader, "cli", [*CATEGORIES, "mem/other", "mem/total"])
+    for key in CATEGORIES:
+        assert seen[key] == list(range(0, 300, default.categories_every)), key
+    for key in ("mem/other", "mem/total"):  # the CPU scan of every live object
+        assert seen[key] == list(range(0, 300, default.memory_every)), key
+    assert reader.snapshot_steps("cli", "memory/nodes") == [
+        *range(0, 300, default.snapshot_every), 299]  # and the last step
+
+
+def test_each_cadence_flag_reaches_its_own_setting(tmp_path):
+    reader = _record(tmp_path / "s.sqlite", "flags", 30, "--categories-every", "7",
+                     "--memory-every", "12", "--snapshot-every", "9")
+    seen = _steps_with(reader, "flags", ["mem/params", "mem/other"])
+    # by category every 7 steps, and at each full reading (every 12), which includes them
+    assert seen["mem/params"] == [0, 7, 12, 14, 21, 24, 28]
+    assert seen["mem/other"] == [0, 12, 24]
+    assert reader.snapshot_steps("flags", "memory/nodes") == [0, 9, 18, 27, 29]
+
+
+def test_the_cli_has_one_flag_per_cadence_setting_with_its_default():
+    args = build_parser().parse_args(["train"])
+    assert {f.name: getattr(args, f.name) for f in fields(Cadence)} == \
+        {f.name: f.default for f in fields(Cadence)}
+    args = build_parser().parse_args(["train", "--spike-bytes", "none",
+                                      "--max-vio-window", "5"])
+    assert args.spike_bytes is None and args.max_vio_window == 5
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--categories-every", "0", "'0' is not a positive integer"),
+    ("--memory-every", "ten", "'ten' is not a positive integer"),
+    ("--spike-bytes", "-5", "'-5' is not a positive integer or 'none'"),
+])
+def test_a_bad_cadence_flag_names_the_flag_and_what_is_allowed(flag, value, says, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", flag, value])
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {says}" in err
+
+
+def test_cadence_settings_are_keyword_only():
+    with pytest.raises(TypeError):
+        Cadence(25, 10)  # positional: which is which cannot be read at the call
+    with pytest.raises(ValueError, match="categories_every=0 must be a positive integer"):
+        Cadence(categories_every=0)
+
+
+def test_a_run_started_from_the_dashboard_records_memory_by_category(tmp_path):
+    from dashboard import runs
+
+    store = tmp_path / "mahiax.sqlite"
+    runs.start_run(store, runs.RunRequest(name="launched", steps=25))
+    deadline = time.monotonic() + 600  # a hang guard: the default model, 25 steps
+    while runs.active_runs(store) or runs.queued_runs(store):
+        assert time.monotonic() < deadline, "the launched run did not end"
+        time.sleep(0.2)
+    reader = RunReader(store)
+    assert reader.run("launched")["status"] == "finished"
+    seen = _steps_with(reader, "launched", CATEGORIES)
+    for key in CATEGORIES:
+        assert seen[key] == list(range(0, 25, Cadence().categories_every)), key

@@ -150,7 +150,7 @@ def test_memory_by_category_follows_its_cadence(tmp_path):
 
 
 def test_probe_cadence_validates_spike_settings():
-    with pytest.raises(ValueError, match=r"spike_bytes=0 must be a positive number of bytes"):
+    with pytest.raises(ValueError, match=r"spike_bytes=0 must be a positive integer or None"):
         Cadence(spike_bytes=0)
     assert Cadence(spike_bytes=None).spike_bytes is None
 

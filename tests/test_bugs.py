@@ -567,6 +567,34 @@ def test_ddp_buffer_broadcast_bumps_no_version_but_overwrites_rank_1(verdicts):
     assert fixed.figures["ddp_warnings"] == []
 
 
+def _averaged_statistics(sums, counts):
+    """Lesson 09's exercise written differently: the ranks' mean sums and mean counts. The
+    update reads only sums / counts and counts > 0, so this is the summed statistics' update."""
+    sums, counts = sums.clone(), counts.clone()  # (S, D), (S,)
+    torch.distributed.all_reduce(sums)
+    torch.distributed.all_reduce(counts)
+    world = torch.distributed.get_world_size()
+    return sums / world, counts / world
+
+
+def _mean_of_means(sums, counts):
+    """A wrong sync: every node's mean over the ranks where it attracted tokens, whatever
+    their counts (a mean of means: right only when the ranks' counts are equal)."""
+    hit = counts > 0  # (S,)
+    means = sums / torch.where(hit, counts, torch.ones_like(counts)).unsqueeze(-1)  # (S, D)
+    ranks = hit.to(sums.dtype)  # (S,) 1 where this rank counts
+    torch.distributed.all_reduce(means)
+    torch.distributed.all_reduce(ranks)
+    return means / ranks.clamp(min=1).unsqueeze(-1), ranks
+
+
+def test_ddp_buffers_checker_accepts_averaged_statistics_and_rejects_a_mean_of_means():
+    averaged = bugs.check("ddp-broadcast-buffers", _averaged_statistics)
+    assert averaged.holds, averaged.message
+    wrong = bugs.check("ddp-broadcast-buffers", _mean_of_means)
+    assert not wrong.holds and "vs the update with the whole batch is off by" in wrong.message
+
+
 def test_ddp_entries_leave_no_process_group_behind():
     import sys
 

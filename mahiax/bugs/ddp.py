@@ -444,10 +444,15 @@ class NodeMemory(nn.Module):
         self.nodes.copy_(self.moved(self.nodes, sums, counts))
 
     def moved(self, nodes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """The updated nodes (S, D), out of place."""
-        mean = sums / counts.clamp(min=1).unsqueeze(-1)  # (S, D)
-        hit = (counts > 0).unsqueeze(-1).to(nodes.dtype)  # (S, 1)
-        return nodes + self.momentum * hit * (mean - nodes)
+        """The updated nodes (S, D), out of place.
+
+        Only ``sums / counts`` (the mean of a node's tokens) and ``counts > 0`` are read, so
+        statistics scaled alike give the same update: summed over the ranks, or averaged
+        (both divided by the world size, a count then no longer a whole number).
+        """
+        hit = counts > 0  # (S,)
+        mean = sums / torch.where(hit, counts, torch.ones_like(counts)).unsqueeze(-1)  # (S, D)
+        return nodes + self.momentum * hit.unsqueeze(-1).to(nodes.dtype) * (mean - nodes)
 
 
 Sync = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

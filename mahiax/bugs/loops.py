@@ -398,9 +398,10 @@ register(BugEntry(
     right_fix="detach carried state; one backward of the weighted sum of the losses",
     explanation=(
         "A second backward() through one graph fails because the first freed it. "
-        "retain_graph=True keeps the graph alive; on its own that costs memory only until the "
-        "graph dies with the step. With state that was never detached (the original's "
-        "memory nodes), each step's graph is linked to the last: graph and memory grow every "
+        "retain_graph=True keeps the graph's saved tensors until the graph itself dies; on its "
+        "own that is one step's graph, freed when the step's tensors are dropped. With state "
+        "that was never detached (the original's memory nodes), each step's graph is linked "
+        "to the last: graph and memory grow every "
         "step, and once optimizer.step() updates a parameter an old graph saved, backward "
         "fails again with an in-place error. Detach the carried state and backpropagate the "
         "weighted sum once: no retained graph needed."

@@ -22,8 +22,8 @@
 # - **Graph.** During the forward, autograd records each operation as a node (`grad_fn`);
 #   backward walks these nodes from the loss to the weights.
 # - **Saved tensors.** Values a node keeps for the backward (a `tanh` keeps its output, a
-#   matrix product its inputs). Backward frees them as it goes, unless it is called with
-#   `retain_graph=True`.
+#   matrix product the inputs its gradients need). Backward frees them as it goes, unless it
+#   is called with `retain_graph=True`; then they live as long as the graph does.
 # - **Carried state.** A tensor a module keeps from one step to the next (memory nodes, loss
 #   weights). If it was computed from live activations and not detached, it carries that
 #   step's graph into the next step (lesson 03a).
@@ -57,24 +57,24 @@ torch.manual_seed(0)
 # **Predict.** One forward `h = tanh(2w)`, two losses computed from `h`, then
 # `loss_a.backward()` and `loss_b.backward()`. Does the second call run?
 
-# %% tags=["raises-exception"]
+# %%
 w = torch.randn(3, requires_grad=True)
 h = torch.tanh(2 * w)  # one shared forward
 loss_a, loss_b = h.sum(), h.pow(2).sum()  # two task losses
 loss_a.backward()
-loss_b.backward()
+with lessons.attempt() as caught:
+    loss_b.backward()
 
 # %% [markdown]
-# The first backward freed the saved tensors of the shared part (`tanh` saved its output).
-# The second walks into that part and finds them gone. The same, caught:
+# It does not. The first backward freed the saved tensors of the shared part: `tanh` saved
+# its output, and `h.grad_fn` (the `tanh` node both losses lead to) no longer has it. The
+# second backward walks into that node and finds it empty:
 
 # %%
-w.grad = None
-h = torch.tanh(2 * w)
-loss_a, loss_b = h.sum(), h.pow(2).sum()
-loss_a.backward()
-with lessons.expect_error(RuntimeError, "Trying to backward through the graph a second time"):
-    loss_b.backward()
+caught.expect(RuntimeError, "Trying to backward through the graph a second time")
+print(type(h.grad_fn).__name__)
+with lessons.expect_error(RuntimeError, "after they have already been freed"):
+    print(h.grad_fn._saved_result)  # what tanh saved for its backward: its output
 
 # %% [markdown]
 # `retain_graph=True` keeps the saved tensors, so the second call runs. But gradients add
@@ -98,18 +98,46 @@ assert torch.allclose(two_backwards, w.grad)
 # %% [markdown]
 # ## 2. What `retain_graph=True` costs, and when it grows
 #
-# Freeing saved tensors during backward lowers the *peak* within a step. Is it also what
-# keeps training memory flat from step to step?
-#
-# **Predict.** Six steps, `retain_graph=True` on every backward. (a) Each step starts from
-# fresh inputs. (b) Each step also adds a state computed from the previous step's `h`,
-# without detaching it. Which one's live tensor memory grows?
+# A backward frees each saved tensor once it has used it. With `retain_graph=True` it frees
+# none: they stay alive as long as something still references the graph (the loss, or any
+# tensor computed from the graph). Below, one forward saves two `(512, 256)` tensors that
+# no Python variable names (the matrix product's input, `tanh`'s output), then one backward,
+# then `del loss`, the last reference to the graph. The meter counts every live tensor.
 
 # %%
 meter = MemoryMeter()  # live tensor bytes, saved tensors of reachable graphs included
 w = torch.randn(256, 256, requires_grad=True)  # (256, 256)
 
 
+def held_after_backward(retain: bool) -> tuple[float, float]:
+    """Live tensor MiB beyond the start: after one backward while the loss is still
+    referenced, then after ``del loss``."""
+    w.grad = torch.zeros_like(w)  # allocated before the first reading: it is not the graph
+    base = meter.read().tensor_bytes
+    loss = torch.tanh(torch.randn(512, 256) @ w).pow(2).sum()  # saves (512, 256) twice
+    loss.backward(retain_graph=retain)
+    kept = meter.read().tensor_bytes - base
+    del loss  # the last reference to the graph
+    return kept / MIB, (meter.read().tensor_bytes - base) / MIB
+
+
+held = {retain: held_after_backward(retain) for retain in (True, False)}
+for retain, (kept, gone) in held.items():
+    print(f"retain_graph={retain}: {kept:.2f} MiB held after backward, "
+          f"{gone:.2f} MiB after `del loss`")
+assert held[True][0] >= 1.0 and held[True][1] < 0.01  # kept until the graph died
+assert held[False][0] < 0.01  # freed by the backward itself
+
+# %% [markdown]
+# So `retain_graph=True` always costs the saved tensors of the graph it keeps, until the
+# graph dies. Within one step that ends when the loss is dropped. Across steps, is
+# freeing during backward what keeps training memory flat?
+#
+# **Predict.** Six steps, `retain_graph=True` on every backward. (a) Each step starts from
+# fresh inputs. (b) Each step also adds a state computed from the previous step's `h`,
+# without detaching it. Which one's live tensor memory grows?
+
+# %%
 def six_steps(carry_graph: bool) -> list[float]:
     """Six steps of two losses, retain_graph=True on both backwards; live tensor MiB after each."""
     state = torch.zeros(256)  # (256,) carried from step to step
@@ -125,20 +153,25 @@ def six_steps(carry_graph: bool) -> list[float]:
     return readings
 
 
-flat = six_steps(carry_graph=False)
-growing = six_steps(carry_graph=True)
-print("(a) retain_graph=True, state detached:", flat)
-print("(b) retain_graph=True, state carries graph:", growing)
-assert max(flat) - min(flat) < 0.01
-assert all(b > a for a, b in zip(growing, growing[1:], strict=False))
+run_a = six_steps(carry_graph=False)
+run_b = six_steps(carry_graph=True)
+print("(a) retain_graph=True, state detached:", run_a)
+print("(b) retain_graph=True, state carries graph:", run_b)
 
 # %% [markdown]
-# (a) stays flat: a graph is freed anyway once nothing references it any more, and each
-# step's retained graph dies when the next step rebinds `h` and the losses. (b) grows by about one step's graph a step: `state` references `h`'s graph, which
-# references the previous `state`, and so on back to step 0. `retain_graph=True` hurts only
-# together with state that carries the graph across steps, which is exactly what lesson
-# 03a's original `GraphDiffusionMemory` does.
-#
+# (a) stays flat: a graph is freed once nothing references it any more, and each step's
+# retained graph dies when the next step rebinds `h` and the losses. (b) grows by about one
+# step's graph a step: `state` references `h`'s graph, which references the previous
+# `state`, and so on back to step 0. So `retain_graph=True` costs one step's graph while
+# that step's tensors are referenced; memory **grows** step after step only together with
+# state that carries the graph across steps, which is exactly what lesson 03a's original
+# `GraphDiffusionMemory` does.
+
+# %%
+assert max(run_a) - min(run_a) < 0.01
+assert all(b > a for a, b in zip(run_b, run_b[1:], strict=False))
+
+# %% [markdown]
 # ## 3. What `retain_graph=True` did to the MAHIA-X loop
 #
 # > **Reconstruction.** The summary shows neither the training loop nor how often it stepped
@@ -193,36 +226,46 @@ lessons.step_figure(v_rg.outcomes, "graph_nodes", "autograd nodes reachable from
 pairs = zip(summary_out.tensor_bytes, fixed_out.tensor_bytes, strict=False)
 extra = [(s - f) / MIB for s, f in pairs]  # the summary ran 4 steps, the fixed loop 8
 print("summary minus fixed, MiB per step:", [round(x, 2) for x in extra])
+fixed_mb = [b / MIB for b in fixed_out.tensor_bytes]
+print("fixed, MiB per step:", [round(x, 2) for x in fixed_mb])
+assert all(b > a for a, b in zip(extra, extra[1:], strict=False))
+assert fixed_mb[3] > fixed_mb[2] and max(fixed_mb[3:]) - min(fixed_mb[3:]) < 0.01
 lessons.step_figure(v_rg.outcomes, "tensor_mb", "live tensor memory (MiB), graphs included")
 
 # %% [markdown]
-# **Predict.** The same memory split by what holds it: parameters, gradients, optimizer
+# The harness also splits that memory by what holds it: parameters, gradients, optimizer
 # state, and the tensors autograd **saved for backward** that a graph still holds after its
-# backward. Which category grows under the band-aid, and which stay flat?
-
-# %% [markdown]
-# The harness reads the categories after each step's backward with
+# backward. It reads them after each step's backward with
 # `MemoryMeter(device).categories(model, optimizer, graph=loss)`, which walks the loss's
 # autograd graph and reads each node's saved tensors (no `saved_tensors_hooks`: those would
 # switch off the in-place check this lesson relies on). A backward frees what it used, so
 # "saved for backward" is what a *retained* graph keeps.
+#
+# **Predict.** Which category grows under the band-aid, and which stay flat?
 
 # %%
-print("summary, saved for backward (MiB):",
-      lessons.category_table(summary_out)["saved for backward"].round(3).tolist())
-print("fixed,   saved for backward (MiB):",
-      lessons.category_table(fixed_out)["saved for backward"].round(3).tolist())
-saved_rg = lessons.category_table(summary_out)["saved for backward"].tolist()
-assert all(b > a for a, b in zip(saved_rg, saved_rg[1:], strict=False))
-assert lessons.category_table(summary_out)["parameters"].nunique() == 1
-assert (lessons.category_table(fixed_out)["saved for backward"] == 0).all()
+summary_cats, fixed_cats = lessons.category_table(summary_out), lessons.category_table(fixed_out)
+print("summary (MiB):\n", summary_cats.round(3).to_string())
+print("fixed (MiB):\n", fixed_cats.round(3).to_string())
 lessons.category_figure({"summary": summary_out, "fixed": fixed_out})
 
 # %% [markdown]
 # Only "saved for backward" grows: each retained graph, linked to the last by the carried
-# memory, keeps its activations. Parameters stay flat; gradients and optimizer state are
-# the same in both loops (optimizer state appears at step 3, AdamW's first step). The
-# dashboard's Bug lab and Memory page draw the same categories for any run.
+# memory, keeps its activations; the fixed loop's graph keeps none after its backward.
+# Parameters stay flat; gradients and optimizer state are the same in both loops (optimizer
+# state appears at step 3, AdamW's first step). The dashboard's Bug lab and Memory page draw
+# the same categories for any run.
+
+# %%
+saved_rg = summary_cats["saved for backward"].tolist()
+assert all(b > a for a, b in zip(saved_rg, saved_rg[1:], strict=False))
+assert (fixed_cats["saved for backward"] == 0).all()
+assert summary_cats["parameters"].nunique() == 1
+same_steps = summary_cats.index  # the steps both loops ran
+for name in ("gradients", "optimizer state"):
+    assert summary_cats[name].equals(fixed_cats.loc[same_steps, name])
+assert fixed_cats["optimizer state"].loc[:2].eq(0).all()
+assert fixed_cats.loc[3, "optimizer state"] > 0
 
 # %% [markdown]
 # Scrub through the steps: the fixed loop's graph is the same size from step 1 on; the
@@ -257,8 +300,8 @@ assert "modified by an inplace operation" in summary_out.error_message
 # transposed (`weight.t()`, a view). Once AdamW has updated the weight in place, autograd
 # describes that view as **AsStrided** (the general view: sizes, strides and an offset;
 # lesson 06 decodes it fully). "expected version 1": initialisation wrote the weight once;
-# "version 3": AdamW's step wrote it twice more (weight decay, then the update). The same
-# message from one `Linear(32, 16)`:
+# "version 3": AdamW's step wrote it twice more (weight decay, then the update: without
+# weight decay, one write). The same message from one `Linear(32, 16)`:
 
 # %%
 layer = torch.nn.Linear(32, 16).double()  # weight (16, 32)
@@ -266,8 +309,13 @@ print("weight version after init:", layer.weight._version)
 x = torch.randn(4, 32, dtype=torch.float64, requires_grad=True)  # (4, 32)
 y = layer(x)  # (4, 16); the product saved weight.t(), (32, 16)
 y.sum().backward(retain_graph=True)
-torch.optim.AdamW(layer.parameters(), lr=1e-3).step()
+torch.optim.AdamW(layer.parameters(), lr=1e-3).step()  # weight_decay=0.01, the default
 print("weight version after one AdamW step:", layer.weight._version)
+no_decay = torch.nn.Linear(32, 16).double()
+no_decay(x).sum().backward()
+torch.optim.AdamW(no_decay.parameters(), lr=1e-3, weight_decay=0.0).step()
+print("the same step with weight_decay=0:", no_decay.weight._version)
+assert layer.weight._version == 3 and no_decay.weight._version == 2
 with lessons.expect_error(RuntimeError, "[32, 16]], which is output 0 of AsStrided, is at "
                                         "version 3; expected version 1"):
     y.sum().backward()  # the retained graph, after the weight changed
@@ -308,11 +356,19 @@ losses, _ = model.losses(batch)  # encode() once, every head on its features: (K
 once = grads()
 
 diff = max((per_loss[n] - once[n]).abs().max().item() for n in once)
-print(f"largest gradient difference: {diff:.1e} over {len(once)} parameter tensors")
+print(f"parameter tensors with a gradient: {len(per_loss)} (K forwards), {len(once)} (once)")
+print(f"largest gradient difference: {diff:.1e}")
+
+# %% [markdown]
+# The same gradients, equal to float64 rounding (the difference printed above), on the same
+# parameter tensors: gradients add up, so one backward of the weighted sum is the K
+# backwards in one pass.
+
+# %%
 assert per_loss.keys() == once.keys() and diff < 1e-12
 
 # %% [markdown]
-# Equal to float64 rounding. The catalog's `encode-multi-loss` entry runs three loops on the
+# The catalog's `encode-multi-loss` entry runs three loops on the
 # clean model and counts, at every step, the `encode()` calls (a forward hook) and the
 # backward passes (a hook that fires once per backward pass on a shared weight):
 # `buggy` (one forward per loss), `summary` (`encode()` once, then
@@ -387,17 +443,17 @@ print(bugs.check("retain-graph", my_loop))
 
 # %%
 attempts = bugs.get("retain-graph").candidates()
-for name in ("band-aid: retain_graph=True, carried state detached",
-             "band-aid: one forward per loss, carried state detached",
-             "band-aid: one backward of the sum, carried state kept"):
-    result = bugs.check("retain-graph", attempts[name])
-    print(f"{name}\n  {result}\n")
-    assert not result.holds
+repairs = {}  # (a), (b), (c) -> the checker's result
+for label, name in (("a", "band-aid: retain_graph=True, carried state detached"),
+                    ("b", "band-aid: one forward per loss, carried state detached"),
+                    ("c", "band-aid: one backward of the sum, carried state kept")):
+    repairs[label] = bugs.check("retain-graph", attempts[name])
+    print(f"({label}) {name}\n  {repairs[label]}\n")
 
-# on the clean model (no carried state), one forward per loss runs, and is still not the fix
+# (b) once more, on the clean model (no carried state): the encode-multi-loss setting
 one_forward_per_loss = bugs.get("encode-multi-loss").candidates()["buggy"]
-print("encode-multi-loss, one forward per loss\n ", bugs.check("encode-multi-loss",
-                                                               one_forward_per_loss))
+clean_b = bugs.check("encode-multi-loss", one_forward_per_loss)
+print("(b) on the clean model, one forward per loss\n ", clean_b)
 
 # %% [markdown]
 # None passes. (a) gives the right gradients and nothing grows (the state is detached), but
@@ -405,6 +461,15 @@ print("encode-multi-loss, one forward per loss\n ", bugs.check("encode-multi-los
 # forward reads memory nodes that carry the first forward's graph, which its backward already
 # freed; without carried state it runs, but with 3 forwards a step. (c) fails at step 1 with
 # the original error: step 1's backward walks through the nodes into step 0's graph.
+
+# %%
+assert not any(r.holds for r in repairs.values()) and not clean_b.holds
+a = repairs["a"].outcome
+assert repairs["a"].message.startswith("3 backward passes a step")
+assert a.passed and a.max_grad_diff < 1e-6 and not a.grows()
+assert "raised RuntimeError at step 0: Trying to backward" in repairs["b"].message
+assert clean_b.outcome.passed and clean_b.message.startswith("3 forwards")
+assert "raised RuntimeError at step 1: Trying to backward" in repairs["c"].message
 
 # %% tags=["solution"]
 def my_loop(ctx) -> None:
@@ -441,8 +506,9 @@ assert result.holds
 #
 #    Reference counting: once the next step rebinds `h`, `loss_a` and `loss_b`, nothing
 #    points at the old graph any more and it is freed with its saved tensors. Without
-#    `retain_graph`, backward frees them earlier (a lower peak); that is not what keeps
-#    memory flat from step to step.
+#    `retain_graph`, backward frees them sooner, as it runs (section 2's first cell: nothing
+#    held after the backward, against a whole graph with `retain_graph=True` until
+#    `del loss`); that is not what keeps memory flat from step to step.
 #
 #    </details>
 #
@@ -473,8 +539,8 @@ assert result.holds
 #
 #    <details><summary>Answer</summary>
 #
-#    It rebinds every buffer that still has a `grad_fn` to its `.detach()`: same values, no
-#    history. The next forward starts a fresh graph, so backward stops at this step. The
+#    It rebinds every buffer that requires grad (it was computed from a live graph) to its
+#    `.detach()`: same values, no history. The next forward starts a fresh graph, so backward stops at this step. The
 #    right place to fix it for good is the module (lesson 03a's clean memory stages its
 #    update from `x.detach()` and swaps it in after the optimiser step).
 #
@@ -484,7 +550,8 @@ assert result.holds
 # ## Recap
 #
 # - A second `backward()` through one graph fails because the first freed its saved tensors.
-# - `retain_graph=True` on its own costs memory only until the graph dies with the step
+# - `retain_graph=True` keeps the graph's saved tensors alive until the graph itself dies;
+#   on its own that is one step's graph, freed when the step's tensors are dropped
 #   (section 2). With state that carries the graph across steps it **hides the error**: graph
 #   and memory grow every step, and once the optimiser updates a weight an old graph saved,
 #   an in-place error comes back.

@@ -60,11 +60,15 @@ print("GPU found:", torch.cuda.is_available(), "| meter reads:", meter.device)
 big = torch.zeros(64 * MIB // 4)  # 64 MiB of float32, on the CPU
 print(f"the summary's profiler: {legacy_cuda_reading():.1f} MB")
 print(f"the tensor alone:       {big.nbytes / MIB:.1f} MiB")
-if not torch.cuda.is_available():
-    assert legacy_cuda_reading() == 0.0
 
 # %% [markdown]
-# 0 MB, truthfully: no CUDA tensor exists. The zero says nothing about the model.
+# 0 MB on a machine without a GPU, truthfully: no CUDA tensor exists. The zero says nothing
+# about the model. (On a GPU machine it is whatever CUDA tensors this process holds: still
+# nothing of `big`, which is on the CPU.)
+
+# %%
+if not torch.cuda.is_available():
+    assert legacy_cuda_reading() == 0.0
 #
 # ## 2. A meter that measures CPU memory too
 #
@@ -83,8 +87,10 @@ after = meter.read()
 print(after.format())
 freed = (before.tensor_bytes - after.tensor_bytes) / MIB
 print(f"freed by `del big`: {freed:.1f} MiB")
+print("a CPU reading's allocator figures:", after.allocated, after.reserved)
 assert 63 < freed < 65
 assert after.rss > after.tensor_bytes  # RSS holds far more than the tensors
+assert after.allocated is None and after.reserved is None  # no allocator figure on a CPU
 
 # %% [markdown]
 # ## 3. The memory you cannot see: tensors saved by autograd
@@ -96,24 +102,32 @@ assert after.rss > after.tensor_bytes  # RSS holds far more than the tensors
 # `y`'s graph hold? And after `del y`?
 
 # %%
-w = torch.randn(MIB, requires_grad=True)  # 4 MiB
+w = torch.randn(MIB, requires_grad=True)  # (1048576,) float32
+print(f"w: {w.nbytes / MIB:.1f} MiB")
 base = meter.read().tensor_bytes
-y = (w * 2).exp().sum()  # w * 2 is freed; exp's 4 MiB output lives on, inside y's graph
-exp_node = y.grad_fn.next_functions[0][0]
-print(type(exp_node).__name__, "saved a tensor of shape", tuple(exp_node._saved_result.shape))
+y = (w * 2).exp().sum()
 with_graph = meter.read().tensor_bytes
-del y, exp_node
+exp_node = y.grad_fn.next_functions[0][0]
+mul_node = exp_node.next_functions[0][0]
+print(type(exp_node).__name__, "saved:", tuple(exp_node._saved_result.shape))
+print(type(mul_node).__name__, "saved: other =", mul_node._saved_other,
+      "| self =", mul_node._saved_self)
+del y, exp_node, mul_node
 without_graph = meter.read().tensor_bytes
 print(f"y's graph holds {(with_graph - base) / MIB:.1f} MiB; after `del y`: "
       f"{(without_graph - base) / MIB:.1f} MiB")
-assert 4 * MIB <= with_graph - base < 5 * MIB  # exp's output only: w * 2 was not kept
-assert without_graph - base < MIB
 
 # %% [markdown]
-# `exp` saved its own output (the derivative of `exp` is `exp`); multiplying by the Python
-# number 2 saves only that number, so `w * 2` was freed once `exp` had read it. The meter
-# found the 4 MiB by walking `y`'s graph (`grad_fn`, `next_functions`) and reading
-# each node's `_saved_*` tensors. Deleting the last reference to the graph freed them.
+# One `w`'s worth (the figure printed above), then nothing. `exp` saved its own output (the
+# derivative of `exp` is `exp`); the multiplication saved only the number 2 (`other`), not
+# `w * 2` (`self` is `None`: the gradient for `w` needs only the 2), so `w * 2` was freed
+# once `exp` had read it. The meter found the saved output by walking `y`'s graph
+# (`grad_fn`, `next_functions`) and reading each node's `_saved_*` tensors. Deleting the
+# last reference to the graph freed it.
+
+# %%
+assert 4 * MIB <= with_graph - base < 5 * MIB  # exp's output only
+assert without_graph - base < MIB
 #
 # Try it: pick how many MiB of tensors to keep alive and compare the two readings.
 
@@ -170,17 +184,34 @@ for step in range(2):
 cats = meter.categories(model, opt, graph=loss, full=True)
 print({k: f"{getattr(cats, k) / MIB:.3f} MiB"
        for k in ("params", "grads", "optimizer", "saved", "other", "total")})
+print(f"saved for backward / parameters: {cats.saved / cats.params:.1f}")
+
+# %% [markdown]
+# What this forward saved for backward outweighs the parameters (the ratio printed above).
+# "Saved for backward" is this
+# forward's activations, freed by the next backward; under `retain_graph=True` with carried
+# state it grows step after step (lesson 04 charts it). "Other" is every live tensor outside
+# the four named categories: here mostly this lesson's earlier tensors (`w`, the slider's).
+
+# %%
 parts = cats.params + cats.grads + cats.optimizer + cats.saved + cats.other
+print(f"the categories add up to {parts / MIB:.3f} MiB of {cats.total / MIB:.3f} MiB")
+no_state = [n for n, p in model.named_parameters() if p not in opt.state]
+print("parameters AdamW holds no state for (no gradient in the first step):", no_state)
+earlier = w.nbytes + sum(t.nbytes for t in kept)  # section 3's w, the slider's tensor
+print(f"other: {cats.other / MIB:.3f} MiB, of which w and the slider's tensor "
+      f"{earlier / MIB:.3f} MiB")
 assert abs(parts - cats.total) <= 0.05 * cats.total  # the categories add up to the total
-assert cats.saved > 0 and cats.params < cats.optimizer <= 2 * cats.params + 4096
+assert cats.saved > cats.params
+assert cats.params < cats.optimizer <= 2 * cats.params + 4096
+assert no_state and all(p.grad is None for n, p in model.named_parameters() if n in no_state)
+assert earlier <= cats.other and earlier > cats.other / 2
 
 # %% [markdown]
 # The categories add up to the live total. AdamW keeps two moment tensors (and a step
 # counter) for each parameter it has updated, so optimizer state is close to twice the
-# parameters, a little less here: a parameter that got no gradient in the first step (an
-# expert no token reached) has no state yet. "Saved for backward" is this forward's
-# activations, freed by the next backward; under `retain_graph=True` with carried state it
-# grows step after step (lesson 04 charts it). On a GPU the same call reads the allocator:
+# parameters, a little less here: the parameters printed above got no gradient in the first
+# step, so AdamW has no state for them yet. On a GPU the same call reads the allocator:
 # "other" is then `memory_allocated` minus the named categories. Training runs log these
 # categories (`mem/*`) and the dashboard's Memory page stacks them over steps.
 
@@ -202,7 +233,8 @@ lessons.verdict_report(v_mem)
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `memory-zero-cpu`: **no-effect**. Advice
 # to use other hardware changes nothing on the machine where the problem is: the reading
-# stays 0 while the tensors hold mebibytes.
+# stays 0 while the tensors hold mebibytes. Only the meter (`fixed`) follows the live
+# tensor bytes: every live tensor of this process, this lesson's earlier ones included.
 
 # %%
 fig = go.Figure()
@@ -218,6 +250,9 @@ fig.update_layout(title=f"memory read during training ({fixed.figures['device']}
 fig
 
 # %%
+damage = {name: out.state_diff for name, out in v_mem.outcomes.items()}
+if not torch.cuda.is_available():  # on a GPU the summary's profiler reads the allocator
+    assert damage["buggy"] == damage["summary"] == 1.0 and damage["fixed"] < 0.05
 lessons.outcome_table(v_mem.outcomes)[["error", "damage"]]
 
 # %% [markdown]
@@ -234,10 +269,11 @@ lessons.outcome_table(v_mem.outcomes)[["error", "damage"]]
 # %%
 if torch.cuda.is_available():
     gpu = MemoryMeter("cuda")
-    x = torch.zeros(64 * MIB // 4, device="cuda")
+    print(f"the summary's profiler, this lesson's tensors on the CPU: "
+          f"{legacy_cuda_reading():.1f} MB")
+    x = torch.zeros(64 * MIB // 4, device="cuda")  # 64 MiB on the GPU
     print(gpu.read().format())
-    print(f"the summary's profiler: {legacy_cuda_reading():.1f} MB (a real figure: x is on "
-          f"the GPU)")
+    print(f"the summary's profiler, 64 MiB on the GPU: {legacy_cuda_reading():.1f} MB")
     del x
 else:
     print("No GPU here; the CPU meter reads:", meter.read().format())
@@ -277,8 +313,8 @@ assert result.holds
 #    machine no CUDA tensor exists, so it is 0 whatever the model holds. The 0 tells you
 #    nothing about the model (section 1).
 #    </details>
-# 2. The meter printed a process RSS of hundreds of MiB while the tensors held a few MiB. Why
-#    is RSS not a measure of tensor memory?
+# 2. After `del big` the meter printed a process RSS of hundreds of MiB while the tensors
+#    held next to nothing. Why is RSS not a measure of tensor memory?
 #    <details><summary>Answer</summary>
 #    RSS is every page of the process in physical RAM: the interpreter, imported libraries
 #    (torch itself), Python objects and allocator caches, as well as tensors. It is useful

@@ -55,8 +55,8 @@ print(f"1e-8 in float16: {tiny.item()};  1e-4 * 1e-4 in float16: {product.item()
 scaled = torch.tensor(1e-8 * 65536, dtype=torch.float16)  # the same value, scaled first
 print(f"1e-8 * 65536 in float16: {scaled.item():.3e}; divided back in float32: "
       f"{scaled.float().item() / 65536:.3e}")
-print(f"1e-8 in bfloat16: {torch.tensor(1e-8, dtype=torch.bfloat16).item():.3e}")
-assert tiny.item() == 0.0 and product.item() == 0.0 and scaled.item() > 0
+bf16 = torch.tensor(1e-8, dtype=torch.bfloat16)
+print(f"1e-8 in bfloat16: {bf16.item():.3e}")
 
 # what autocast computes in float16, and what stays float32
 lin = nn.Linear(4, 1)
@@ -72,7 +72,14 @@ print(f"under autocast: output {out.dtype}; weight {lin.weight.dtype}, "
 # value is representable, and dividing it back in `float32` recovers about 1e-8. Under
 # autocast the layer's output is `float16`, but the parameter and its `.grad` stay `float32`:
 # that is where the scaler unscales. `bfloat16` keeps `float32`'s exponent range, so 1e-8
-# survives there: bfloat16 training needs no scaler. That is all a scaler is for.
+# survives there: bfloat16 needs no scaler (`mahiax.precision` uses none for it). That is
+# all a scaler is for.
+
+# %%
+assert tiny.item() == 0.0 and product.item() == 0.0 and scaled.item() > 0
+assert bf16.item() > 0
+assert out.dtype == torch.float16
+assert lin.weight.dtype == lin.weight.grad.dtype == torch.float32
 #
 # ## 2. What the scaler does to the gradients
 #
@@ -149,18 +156,13 @@ def first_step(max_norm: float) -> tuple[float, float, float]:
     return true, applied[0], applied[1]
 
 
-too_small = {}  # max_norm -> (true norm, right / clip first)
+ratios = {}  # max_norm -> (true norm, norm applied unscale-first / norm applied clip-first)
 for max_norm in (1.0, 100.0, 1e6):
-    g, wrong, right = first_step(max_norm)
-    too_small[max_norm] = (g, right / wrong)
-    print(f"max_norm {max_norm:>9,.0f}: true norm {g:.2f}; applied: clip first {wrong:.2e}, "
-          f"unscale first {right:.2f}; right / clip first = {right / wrong:,.0f}")
-SCALE = 65536.0  # GradScaler's initial scale
-g = too_small[1.0][0]
-assert 2.5 < g < 3.5  # "about 3"
-assert abs(too_small[1.0][1] / SCALE - 1) < 1e-3  # g > max_norm: scale times too small
-assert abs(too_small[100.0][1] / (SCALE * g / 100) - 1) < 1e-3  # scale * g / max_norm
-assert abs(too_small[1e6][1] - 1) < 1e-4  # max_norm above scale * g: untouched
+    g, clip_first, unscale_first = first_step(max_norm)
+    ratios[max_norm] = (g, unscale_first / clip_first)
+    print(f"max_norm {max_norm:>9,.0f}: true norm {g:.2f}; applied: clip first "
+          f"{clip_first:.2e}, unscale first {unscale_first:.2f}; unscale first / clip first "
+          f"= {unscale_first / clip_first:,.0f}")
 
 # %% [markdown]
 # So clip-first makes the step too small by
@@ -171,10 +173,21 @@ assert abs(too_small[1e6][1] - 1) < 1e-4  # max_norm above scale * g: untouched
 # - nothing only when `max_norm ≥ scale × g`.
 #
 # At `max_norm` 1 the true norm (about 3) exceeds the threshold: the step is 65,536 times too
-# small. At 100 the right clip does nothing, yet clip-first still shrinks the step about
-# 2,000 times (`65,536 × 3 / 100`). Only a threshold above `scale × g` (about 200,000 here)
-# leaves the step alone. No error in any case. (The cell asserts all three.)
-#
+# small. At 100 the right clip does nothing, yet clip-first still shrinks the step, by
+# `scale × g / max_norm` (the ratio printed above, `65,536 × 3 / 100` in round figures).
+# Only a threshold above `scale × g` (printed below) leaves the step alone. No error in any
+# case. The next cell checks all three.
+
+# %%
+SCALE = torch.amp.GradScaler("cpu").get_scale()  # GradScaler's initial scale
+g = ratios[1.0][0]
+print(f"scale {SCALE:,.0f}; scale × true norm = {SCALE * g:,.0f}")
+assert 2.5 < g < 3.5  # "about 3"
+assert abs(ratios[1.0][1] / SCALE - 1) < 1e-3  # g > max_norm: scale times too small
+assert abs(ratios[100.0][1] / (SCALE * g / 100) - 1) < 1e-3  # scale * g / max_norm
+assert abs(ratios[1e6][1] - 1) < 1e-4  # max_norm above scale * g: untouched
+
+# %% [markdown]
 # Now train the same regression 60 steps both ways. **Predict.** With clip-first at
 # `max_norm` 1, does the loss fall at all? Then move the slider: from which `max_norm` on
 # does clip-first learn like the right order?
@@ -225,17 +238,28 @@ redraw()
 widgets.VBox([order_pick, norm_pick, chart])
 
 # %%
+runs = {}  # (order, max_norm) -> the loss at each of the 60 steps
 for max_norm in (1.0, 100.0, 1e6):
-    stalled, learned = train(ORDERS[0], max_norm), train(ORDERS[1], max_norm)
-    print(f"max_norm {max_norm:>9,.0f}: loss after 60 steps, clip first {stalled[-1]:.3f} "
-          f"(from {stalled[0]:.3f}), unscale first {learned[-1]:.3f}")
-stalled, learned = train(ORDERS[0], 1.0), train(ORDERS[1], 1.0)
-assert stalled[-1] > 0.95 * stalled[0] and learned[-1] < 0.5 * learned[0]
+    for order in ORDERS:
+        runs[order, max_norm] = train(order, max_norm)
+    first, second = (runs[order, max_norm] for order in ORDERS)
+    print(f"max_norm {max_norm:>9,.0f}: loss at the 60th step, clip first {first[-1]:.3f} "
+          f"(from {first[0]:.3f}), unscale first {second[-1]:.3f} (from {second[0]:.3f})")
 
 # %% [markdown]
-# The chart should show the clip-first line flat at `max_norm` 1 (and barely moving at 100)
-# while the right order falls; from about 200,000 on the two lines coincide.
-#
+# At `max_norm` 1 the clip-first loss does not fall (the chart's flat line), at 100 it
+# barely moves, while the right order falls. Once `max_norm` is above `scale × g` (printed
+# in section 3) the clip does nothing in either order and the two lines coincide (1e6
+# above).
+
+# %%
+clip_first, unscale_first = (runs[order, 1.0] for order in ORDERS)
+assert clip_first[-1] > 0.95 * clip_first[0] and unscale_first[-1] < 0.5 * unscale_first[0]
+clip_first = runs[ORDERS[0], 100.0]
+assert clip_first[-1] > 0.95 * clip_first[0] and runs[ORDERS[1], 100.0][-1] < 0.5 * clip_first[0]
+assert runs[ORDERS[0], 1e6] == runs[ORDERS[1], 1e6]
+
+# %% [markdown]
 # ## 4. In MAHIA-X, measured
 #
 # > **Reconstruction.** The summary never says that the demo clipped gradients: its only AMP
@@ -243,14 +267,23 @@ assert stalled[-1] > 0.95 * stalled[0] and learned[-1] < 0.5 * learned[0]
 # > assumes the common pattern of clipping with `clip_grad_norm_(params, 1.0)` between that
 # > backward and `scaler.step()`, where the gradients are still scaled. The next cell shows
 # > the loop the catalog runs: `buggy` clips first, `summary` adds the summary's
-# > `retain_graph=True` and nothing else, `fixed` unscales first.
+# > `retain_graph=True` and nothing else, `fixed` unscales first (`clip` builds two wrong
+# > loops the exercise grades).
+# >
+# > The run is also simplified: the catalog's model trains in float64 and the loop runs no
+# > `autocast` (the source below has none), so nothing is computed in `float16` and nothing
+# > underflows. What the order bug needs is still all there: the `GradScaler` multiplies the
+# > loss by its scale, every gradient comes out `scale` times larger (section 2), and a clip
+# > before `unscale_` compares `scale ×` the true norm with `max_norm`. The cell after the
+# > verdict prints the dtypes of the run's model state.
 
 # %%
 lessons.source(amp_loop, "the catalog's AMP step (the lab's reconstruction)")
 
 # %% [markdown]
-# The catalog trains the tiny MAHIA-X model (float64) 4 steps with each variant and compares the
-# gradient the optimiser applied with the correctly clipped one (the **damage**: the largest
+# The catalog trains the tiny MAHIA-X model 4 steps with each variant and compares the
+# gradient the optimiser applied (what `optimizer.step()` found in `.grad` when it ran, read
+# by an optimizer step pre-hook) with the correctly clipped one (the **damage**: the largest
 # difference, over steps and parameters).
 #
 # **Predict.** Does `retain_graph=True` change anything here: less damage, the same, or an
@@ -268,8 +301,18 @@ lessons.outcome_table(v_amp.outcomes)[["error", "steps run", "max grad diff", "d
 #
 # `retain_graph` only decides whether the graph's saved tensors are freed after the
 # backward; it never touches the gradients, so `summary` applies exactly the gradients
-# `buggy` applies. Only the order fixes it.
-#
+# `buggy` applies (the same damage in the table). Only the order fixes it.
+
+# %%
+damage = {name: out.state_diff for name, out in v_amp.outcomes.items()}
+print(damage)
+dtypes = {t.dtype for out in v_amp.outcomes.values() for t in out.final_state.values()
+          if t.is_floating_point()}
+print("floating dtypes of the runs' model state:", dtypes)
+assert dtypes == {torch.float64}
+assert damage["buggy"] == damage["summary"] > 1e-3 and damage["fixed"] < 1e-6
+
+# %% [markdown]
 # ## 5. The right order, in the package
 #
 # `PrecisionManager.clip` unscales first, then clips, and returns the true norm; the
@@ -307,6 +350,29 @@ def make_loop():
 
 
 print(bugs.check("amp-clip-before-unscale", make_loop()))
+
+# %% [markdown]
+# **Predict.** Two quick repairs: (a) keep the same clip, but call it after
+# `scaler.step()` and `scaler.update()`, where `.grad` holds the unscaled gradients;
+# (b) drop the clip altogether. Which of them does the checker pass? The catalog keeps both
+# as candidates:
+
+# %%
+repairs = bugs.get("amp-clip-before-unscale").candidates()
+after_step = bugs.check("amp-clip-before-unscale", repairs["band-aid: clip after scaler.step()"])
+no_clip = bugs.check("amp-clip-before-unscale", repairs["band-aid: no clipping"])
+print("(a)", after_step)
+print("(b)", no_clip)
+
+# %% [markdown]
+# Neither. After `scaler.step()` the update is already made: the optimiser stepped with the
+# unscaled, unclipped gradients, and clipping `.grad` afterwards changes nothing it used.
+# The checker compares the gradients `optimizer.step()` found when it ran (an optimizer step
+# pre-hook reads them), so (a) is off by exactly as much as (b), no clipping at all.
+
+# %%
+assert not after_step.holds and not no_clip.holds
+assert after_step.outcome.max_grad_diff == no_clip.outcome.max_grad_diff > 1e-3
 
 # %% tags=["solution"]
 def make_loop():
@@ -351,9 +417,10 @@ assert result.holds
 #
 #    <details><summary>Answer</summary>
 #
-#    The clip sees 65,536 × 3 ≈ 196,608 > 100 and rescales to 100; the unscale divides by
-#    65,536: about 0.0015. The right step keeps the true norm 3 (3 < 100, no clipping), so
-#    the step is about 2,000 times too small (measured in section 3).
+#    The clip sees `65,536 × 3 = 196,608`, above 100, and rescales to 100; the unscale
+#    divides by 65,536: `100 / 65,536 ≈ 0.0015`. The right step keeps the true norm 3
+#    (below 100, no clipping), so the step is `196,608 / 100 ≈ 2,000` times too small
+#    (section 3 measured it for its true norm of about 3).
 #
 #    </details>
 #
@@ -363,8 +430,9 @@ assert result.holds
 #    <details><summary>Answer</summary>
 #
 #    No. The scaler records that `unscale_` ran for this optimiser in this step, so `step`
-#    only checks for inf/NaN and calls `optimizer.step()` (section 4: the `fixed` variant,
-#    which unscales first, applies exactly the right gradients). Calling `unscale_` twice
+#    does not divide again: it reads the inf/NaN check that `unscale_` recorded and calls
+#    `optimizer.step()` (section 4: the `fixed` variant, which unscales first, applies
+#    exactly the right gradients, damage 0). Calling `unscale_` twice
 #    before `update()` raises `RuntimeError: unscale_() has already been called...`
 #    (section 2).
 #
@@ -394,5 +462,7 @@ assert result.holds
 # - The summary's `retain_graph=True` has **no effect** on it (measured); that the demo
 #   clipped at all is the lab's reconstruction.
 # - Order: `scale(loss).backward()` → `unscale_(opt)` → `clip_grad_norm_` → `step` →
-#   `update`; `unscale_` at most once per optimiser per step. See the AMP examples,
+#   `update`; `unscale_` at most once per optimiser per step. A clip after `step` comes too
+#   late: the update has used the unclipped gradients (the exercise's checker reads them at
+#   `optimizer.step()`). See the AMP examples,
 #   [Working with Unscaled Gradients](https://docs.pytorch.org/docs/stable/notes/amp_examples.html#working-with-unscaled-gradients).

@@ -71,18 +71,25 @@ with ddp.one_process_group():  # a gloo group of one rank, in this kernel
     model = ddp.TinyMoE(ddp.ExpertList).double()
     net = DistributedDataParallel(model)
     x, y = ddp.global_tokens(0, 1)  # (3, 8) tokens and targets
-    with lessons.expect_error(RuntimeError, "Expected to have finished reduction") as caught:
+    with lessons.attempt() as caught:
         for step in range(2):
             torch.nn.functional.mse_loss(net(x), y).backward()
             print(f"step {step} ran; idle experts: {ddp.idle_experts(model.last_ids)}\n")
-print("\nthe parameters behind DDP's indices:", ddp.unused_named_in(caught.message))
 
 # %% [markdown]
 # Step 0's backward returns normally: the reducer is still waiting for the idle experts'
 # gradients. The **next forward** finds the previous reduction unfinished, and raises.
 # Read the message: PyTorch itself suggests `find_unused_parameters=True`, which is why it
 # is everybody's first fix. It lists parameter *indices* (into `model.parameters()`);
-# mapped back to names (last line), they are exactly the idle experts' weights.
+# mapped back to names (next cell), they are exactly the idle experts' weights.
+
+# %%
+caught.expect(RuntimeError, "Expected to have finished reduction in the prior iteration")
+unused = ddp.unused_named_in(caught.message)
+print("the parameters behind DDP's indices:", unused)
+idle = ddp.idle_experts(model.last_ids)  # step 0's: step 1 raised before its forward ran
+assert set(unused) == {f"experts.experts.{e}.{w}" for e in idle
+                       for w in ("w_gate", "w_up", "w_down")}
 #
 # **Evidence with two ranks** (two forked processes, each on its own tokens): each rank has
 # its own idle experts, and both raise at step 1: step 0's gradients were never averaged.
@@ -118,6 +125,8 @@ for layout in (ddp.ExpertList, SwiGLUExperts):
 w_gate = moe.experts.w_gate.grad  # (E, D, H), stacked layout
 print("stacked w_gate gradient norm per expert:",
       [round(float(w_gate[e].norm()), 3) for e in range(w_gate.shape[0])])
+assert not missing  # the stacked layout: every parameter got a gradient
+assert all(float(w_gate[e].norm()) == 0.0 for e in ddp.idle_experts(moe.last_ids))
 
 # %% [markdown]
 # **Predict.** Both fixes run 6 steps with idle experts at every step. Do their gradients
@@ -194,8 +203,6 @@ for rank, changed in enumerate(buggy.figures["overwritten_by_forward"]):
     fig.add_trace(go.Bar(x=list(range(len(changed))), y=changed, name=f"rank {rank}"))
 fig.update_layout(title="max |nodes after DDP's forward - nodes before| (broadcast_buffers=True)",
                   xaxis_title="step", yaxis_title="largest change", barmode="group", height=320)
-rank0, rank1 = buggy.figures["overwritten_by_forward"]
-assert max(rank0) == 0 and rank1[0] == 0 and min(rank1[1:]) > 0  # what the text below reads
 fig
 
 # %% [markdown]
@@ -203,6 +210,11 @@ fig
 # ranks start equal) and large from step 1 on: its own update is thrown away and replaced
 # by rank 0's. The memory learns from rank 0's shard only, so its nodes are off from the
 # update one process would make on the whole batch (the `damage` column below).
+
+# %%
+rank0, rank1 = buggy.figures["overwritten_by_forward"]
+print("rank 0:", [round(v, 2) for v in rank0], "| rank 1:", [round(v, 2) for v in rank1])
+assert max(rank0) == 0 and rank1[0] == 0 and min(rank1[1:]) > 0
 #
 # The usual fix is `broadcast_buffers=False`: no more copying. In torch 2.13 that argument is
 # deprecated in favour of `forward_sync_buffers`, and DDP says so (the warning the catalog
@@ -211,6 +223,8 @@ fig
 # %%
 for message in v_buf.outcomes["summary"].figures["ddp_warnings"]:
     print(message)
+assert any("`broadcast_buffers` is deprecated" in m
+           for m in v_buf.outcomes["summary"].figures["ddp_warnings"])
 
 # %% [markdown]
 # The right fix keeps the per-forward copy off (`forward_sync_buffers=False`) **and**
@@ -254,7 +268,14 @@ buf_table
 # gradients match; the nodes are wrong). With the copying off, the difference reaches the
 # forward: each rank computes its gradients against its own nodes, and the averaged gradients
 # no longer match one process. Only the all-reduced statistics keep both right.
-#
+
+# %%
+b, su, f = (v_buf.outcomes[v] for v in ("buggy", "summary", "fixed"))
+assert b.figures["rank_spread"] > 0 and b.max_grad_diff < 1e-12  # same nodes in the forward
+assert su.figures["rank_spread"] > 0 and su.max_grad_diff > 1e-3  # each rank its own nodes
+assert f.figures["rank_spread"] == 0 and f.state_diff < 1e-12 and f.max_grad_diff < 1e-12
+
+# %% [markdown]
 # ## Exercise
 #
 # Write `sync(sums, counts)`: it gets this rank's per-node token sums `(S, D)` and counts
@@ -279,6 +300,26 @@ def sync(sums: torch.Tensor, counts: torch.Tensor):
 
 
 result = bugs.check("ddp-broadcast-buffers", sync)
+print(result)
+assert result.holds
+
+# %% [markdown]
+# Averaging instead of summing both (each divided by the number of ranks) is just as right:
+# the update reads the statistics only as `sums / counts`, the mean of a node's tokens, and
+# `counts > 0`, and dividing both by the same number changes neither. The checker passes it
+# too:
+
+# %% tags=["solution"]
+def sync_averaged(sums: torch.Tensor, counts: torch.Tensor):
+    """The ranks' mean statistics: the same sums / counts as the summed ones."""
+    sums, counts = sums.clone(), counts.clone()  # (S, D), (S,)
+    torch.distributed.all_reduce(sums)
+    torch.distributed.all_reduce(counts)
+    world = torch.distributed.get_world_size()
+    return sums / world, counts / world
+
+
+result = bugs.check("ddp-broadcast-buffers", sync_averaged)
 print(result)
 assert result.holds
 

@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 
 from mahiax import cadence
+from mahiax.bugs.variants import VARIANTS
 from mahiax.config import (
     BALANCES,
     PRECISIONS,
@@ -40,6 +41,7 @@ from mahiax.config import (
 from mahiax.errors import BadInput, shown
 
 DEFAULT_STEPS, DEFAULT_PRESET = 300, "teaching"
+DOCTOR_STEPS = 6  # steps of the user's loop the doctor runs unless told
 # config field -> the flag that sets it
 FLAGS = {"seed": "--seed", "num_experts": "--experts", "top_k": "--top-k",
          "batch_size": "--batch-size", "lr": "--lr", "weighting": "--weighting",
@@ -87,14 +89,37 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="N")
     cadence.add_flags(rec)
     rec.add_argument("--bug", metavar="ID", help="train a catalog bug's variant instead")
-    rec.add_argument("--variant", choices=("buggy", "summary", "fixed"),
+    rec.add_argument("--variant", choices=VARIANTS,
                      help="with --bug: which variant")
-    from mahiax.bugs.cli import add_parser as add_bugs
 
-    add_bugs(sub)
-    from mahiax.doctor.cli import add_parser as add_doctor
+    # bugs: handled by mahiax.bugs.cli, which loads the catalog (and torch) only then
+    b = sub.add_parser("bugs", help="the bug catalog: reproduce, measure, judge")
+    bsub = b.add_subparsers(dest="bugs_command", required=True, metavar="SUBCOMMAND")
+    b_list = bsub.add_parser("list", help="every entry of the catalog")
+    b_list.add_argument("--json", action="store_true")
+    b_run = bsub.add_parser("run", help="run one variant of an entry and show what happened")
+    b_run.add_argument("id")
+    b_run.add_argument("--variant", choices=VARIANTS, required=True)
+    b_run.add_argument("--steps", type=int,
+                       help="training steps (the entry's default if omitted)")
+    b_run.add_argument("--json", action="store_true")
+    b_verdict = bsub.add_parser("verdict",
+                                help="run all three variants and judge the summary's fix")
+    b_verdict.add_argument("id")
+    b_verdict.add_argument("--steps", type=int)
+    b_verdict.add_argument("--json", action="store_true")
 
-    add_doctor(sub)
+    # doctor: handled by mahiax.doctor.cli
+    d = sub.add_parser("doctor", help="run a few steps of your training loop and report "
+                                      "what is wrong, where, and how to fix it")
+    d.add_argument("target", metavar="FILE.py:FUNCTION",
+                   help="FUNCTION(i) runs one training step; the file's top level builds "
+                        "the model and optimiser")
+    d.add_argument("--steps", type=int, default=DOCTOR_STEPS,
+                   help=f"steps to run ({DOCTOR_STEPS})")
+    d.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    # runs: read the store only (no torch)
     r = sub.add_parser("runs", help="runs in the store: list, show, export")
     rsub = r.add_subparsers(dest="runs_command", required=True, metavar="SUBCOMMAND")
     for name, helptext in (("list", "every run with its status"),

@@ -101,3 +101,25 @@ def test_a_run_started_from_the_dashboard_records_memory_by_category(tmp_path):
     seen = _steps_with(reader, "launched", CATEGORIES)
     for key in CATEGORIES:
         assert seen[key] == list(range(0, 25, Cadence().categories_every)), key
+
+
+def test_store_commands_start_without_importing_torch(tmp_path):
+    """``mahiax runs list/show/export`` only read the store: they must not pay for torch."""
+    store = tmp_path / "s.sqlite"
+    _record(store, "r", 3)
+    out = tmp_path / "r.csv"
+    commands = [["runs", "list", "--store", str(store)],
+                ["runs", "show", "r", "--store", str(store)],
+                ["runs", "export", "r", "--store", str(store), "--out", str(out)]]
+    probe = (
+        "import sys\n"
+        "from mahiax.cli import main\n"
+        f"for argv in {commands!r}:\n"
+        "    assert main(argv) == 0, argv\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("torch imported: False"), done.stdout
+    assert out.read_text().startswith("step,")

@@ -14,89 +14,28 @@ Nothing here stores a verdict: each one is derived from fresh runs (see ``verdic
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
+import importlib
+from typing import Any
 
-from mahiax.bugs.catalog import VARIANTS, BugEntry, entries, get
-from mahiax.bugs.harness import current_device, on_device, watching_mutations
-from mahiax.bugs.outcome import Outcome
-from mahiax.bugs.verdicts import VERDICTS, Verdict, decide, judge_candidate
+from mahiax.bugs.variants import VARIANTS
 
-
-def _device(device: str | None) -> contextlib.AbstractContextManager:
-    """``on_device(device)``, or the device already in force when ``device`` is None."""
-    return contextlib.nullcontext() if device is None else on_device(device)
-
-
-def run(entry_id: str, variant: str, steps: int | None = None,
-        device: str | None = None) -> Outcome:
-    """Run one variant (``buggy`` | ``summary`` | ``fixed``) of an entry and measure it
-    (on the CPU unless ``device`` names another, e.g. ``"cuda"``)."""
-    with _device(device):
-        return get(entry_id).run(variant, steps)
+# Each public name and the module that defines it. They are loaded on first use (PEP 562),
+# so a command that only parses its arguments (``mahiax runs list``) never imports torch.
+_DEFINED_IN = {
+    "BugEntry": "catalog", "entries": "catalog", "get": "catalog",
+    "current_device": "harness", "on_device": "harness", "watching_mutations": "harness",
+    "Outcome": "outcome",
+    "VERDICTS": "verdicts", "Verdict": "verdicts",
+    "CheckResult": "api", "check": "api", "locate": "api", "run": "api", "verdict": "api",
+}
 
 
-def verdict(entry_id: str, steps: int | None = None, device: str | None = None) -> Verdict:
-    """Run the buggy, summary and fixed variants, and judge the summary's fix.
-
-    ``device``: where the variants train (the CPU unless given); an entry whose runs need
-    one kind of device (the DDP entries use gloo on the CPU) refuses another, saying why.
-    """
-    entry = get(entry_id)
-    with _device(device):
-        outs = {v: entry.run(v, steps) for v in VARIANTS}
-    label, reason = decide(outs["buggy"], outs["summary"])
-    if entry.compare is not None:
-        reason = f"{reason}. {entry.compare(outs)}".rstrip(". ") + "."
-    return Verdict(label, reason, outs)
+def __getattr__(name: str) -> Any:
+    if name not in _DEFINED_IN:
+        raise AttributeError(f"module 'mahiax.bugs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"mahiax.bugs.{_DEFINED_IN[name]}"), name)
+    globals()[name] = value
+    return value
 
 
-@dataclass
-class CheckResult:
-    """Whether a learner's candidate holds, in plain words, with what was measured."""
-
-    entry: str
-    holds: bool
-    message: str
-    outcome: Outcome
-
-    def __str__(self) -> str:
-        mark = "PASS" if self.holds else "NOT YET"
-        return f"[{mark}] {self.entry}: {self.message}"
-
-
-def check(entry_id: str, candidate: object, steps: int | None = None,
-          device: str | None = None) -> CheckResult:
-    """Run a learner's class or function through the entry's measurement and judge it.
-
-    What a candidate is depends on the entry (``get(entry_id).candidate_kind`` says, e.g. a
-    subclass of ``TinyMemory`` or a loop function). A wrong kind of candidate gets a
-    ``TypeError`` saying what is expected. The candidate runs in exactly the setting of the
-    entry's variants (same carried state, steps and optimiser cadence); loop functions are
-    also counted: one forward and one backward pass a step, no graph kept after it.
-    ``get(entry_id).candidates()`` gives the entry's own variants and the band-aids the
-    lessons warn against, as candidates.
-    """
-    entry = get(entry_id)
-    with _device(device):
-        out = entry.run("candidate", steps, candidate)
-    holds, message = judge_candidate(out)
-    return CheckResult(entry_id, holds, message, out)
-
-
-def locate(entry_id: str, variant: str = "buggy", steps: int | None = None):
-    """Run a variant under the mutation locator: ``(outcome, mutations)``.
-
-    The mutations that backward actually tripped on come first; each names the in-place op,
-    the module and the source ``file:line`` that wrote into a tensor autograd had saved.
-    """
-    with watching_mutations() as locators:
-        out = get(entry_id).run(variant, steps)
-    muts = [m for loc in locators for m in loc.mutations]
-    return out, sorted(muts, key=lambda m: not m.tripped_backward)
-
-
-__all__ = [
-    "VARIANTS", "VERDICTS", "BugEntry", "CheckResult", "Outcome", "Verdict", "check",
-    "current_device", "entries", "get", "locate", "on_device", "run", "verdict",
-]
+__all__ = ["VARIANTS", *_DEFINED_IN]

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mahiax.bugs.outcome import Outcome
+from mahiax.bugs.variants import VARIANTS
 from mahiax.config import MahiaConfig
 from mahiax.errors import BadInput
 
-VARIANTS = ("buggy", "summary", "fixed")
 # one colour per variant, the same in every lesson and on the dashboard's Bug lab (Plotly's
 # default qualitative palette)
 VARIANT_COLORS = {

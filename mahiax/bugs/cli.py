@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from mahiax.bugs import VARIANTS, entries, get, verdict
-from mahiax.bugs.outcome import Outcome
 from mahiax.errors import BadInput
 from mahiax.units import MIB
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register the ``bugs`` command and its subcommands."""
-    p = sub.add_parser("bugs", help="the bug catalog: reproduce, measure, judge")
-    bsub = p.add_subparsers(dest="bugs_command", required=True, metavar="SUBCOMMAND")
-    ls = bsub.add_parser("list", help="every entry of the catalog")
-    ls.add_argument("--json", action="store_true")
-    r = bsub.add_parser("run", help="run one variant of an entry and show what happened")
-    r.add_argument("id")
-    r.add_argument("--variant", choices=VARIANTS, required=True)
-    r.add_argument("--steps", type=int, help="training steps (the entry's default if omitted)")
-    r.add_argument("--json", action="store_true")
-    v = bsub.add_parser("verdict", help="run all three variants and judge the summary's fix")
-    v.add_argument("id")
-    v.add_argument("--steps", type=int)
-    v.add_argument("--json", action="store_true")
+if TYPE_CHECKING:
+    from mahiax.bugs.outcome import Outcome
 
 
 def describe(out: Outcome) -> str:
@@ -53,6 +38,8 @@ def describe(out: Outcome) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from mahiax.bugs import entries, get, verdict  # torch: loaded once a command runs
+
     if args.bugs_command == "list":
         items = [
             {"id": e.id, "section": e.section, "component": e.component, "title": e.title}

@@ -22,19 +22,6 @@ from typing import Any
 
 from mahiax.errors import BadInput
 
-DEFAULT_STEPS = 6
-
-
-def add_parser(sub: Any) -> None:
-    d = sub.add_parser("doctor", help="run a few steps of your training loop and report "
-                                      "what is wrong, where, and how to fix it")
-    d.add_argument("target", metavar="FILE.py:FUNCTION",
-                   help="FUNCTION(i) runs one training step; the file's top level builds "
-                        "the model and optimiser")
-    d.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help=f"steps to run ({DEFAULT_STEPS})")
-    d.add_argument("--json", action="store_true", help="print the report as JSON")
-
 
 def load_target(target: str) -> tuple[Callable[[int], Any], ModuleType]:
     """Import ``FILE.py`` (running its top level) and return ``(FUNCTION, module)``."""

@@ -10,12 +10,17 @@ summary swapped the first mistake for the second in three places.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mahiax.bugs.catalog import BugEntry, register
-from mahiax.bugs.harness import swap_class, train_variant
+from mahiax.bugs.harness import StepContext, swap_class, train_variant
 from mahiax.bugs.outcome import Outcome
+from mahiax.bugs.verdicts import GRAD_TOL
 from mahiax.fabric import LayerRouting, MetaController
 from mahiax.memory import GraphDiffusionMemory, TinyMemory
 from mahiax.weighting import DynamicWeightAveraging, LossWeighting
@@ -75,6 +80,25 @@ class DataCopyGraphMemory(GraphDiffusionMemory):
         return out
 
 
+class FrozenGraphMemory(GraphDiffusionMemory):
+    """A wrong answer: it reads, and never updates the nodes. Autograd has nothing to object
+    to (nothing is written, no graph is carried); the memory just never learns."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.read(x)
+
+
+class RandomNodesGraphMemory(GraphDiffusionMemory):
+    """A wrong answer: new random nodes every step, in a new tensor. Autograd-safe, and
+    unrelated to the inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.read(x)
+        if self.training:
+            self.nodes = torch.randn_like(self.nodes)  # a new tensor, not a move toward x
+        return out
+
+
 # --- TinyMemory -------------------------------------------------------------------------
 
 
@@ -126,6 +150,27 @@ class DataWriteTinyMemory(TinyMemory):
             ptr = int(self.count) % self.num_slots
             self.slots.data[ptr] = x.detach().mean(dim=0)  # invisible to the version counter
             self.count = self.count + 1
+        return out
+
+
+class ForgetfulTinyMemory(TinyMemory):
+    """A wrong answer: it reads, and never writes. Autograd-safe; the ring stays empty, so
+    the read returns zeros at every step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.read(x)
+
+
+class SlotZeroTinyMemory(TinyMemory):
+    """A wrong answer: a new tensor each step (autograd-safe), but every summary goes to
+    slot 0, so the ring never holds more than the latest one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.read(x)
+        if self.training:
+            slots = self.slots.clone()  # (S, D)
+            slots[0] = x.detach().mean(dim=0)  # slot 0, whatever count says
+            self.slots, self.count = slots, self.count + 1
         return out
 
 
@@ -247,18 +292,184 @@ class OneStepDWA(DynamicWeightAveraging):
 # --- runners ----------------------------------------------------------------------------
 
 
-def _swap_runner(entry_id: str, path: str, classes: dict[str, type | None], base: type):
-    """Runner for a model submodule (dotted ``path``) replaced by the variant's class."""
+State = dict[str, torch.Tensor]  # a memory's buffers, by name
+TINY_STATE = ("slots", "count")  # what a TinyMemory remembers: (S, D) summaries, () writes
+GRAPH_STATE = ("nodes",)  # what a GraphDiffusionMemory remembers: (N, D) nodes
+
+
+@dataclass(kw_only=True)
+class StateRule:
+    """One update a memory may make in a step, and what it is, in words.
+
+    ``update(start, x)`` returns the buffers the update makes of the buffers a step started
+    with (``start``) and the input ``x`` (B, D) that the memory's forward saw."""
+
+    name: str
+    update: Callable[[State, torch.Tensor], State]
+
+
+def _largest_error(got: State, want: State) -> float:
+    """Largest absolute difference over every buffer of ``want`` (a count counts in writes)."""
+    return max(float((got[k].double() - want[k].double()).abs().max()) for k in want)
+
+
+def _clean_update(shadow: nn.Module, names: tuple[str, ...]) -> Callable[[State, torch.Tensor],
+                                                                          State]:
+    """The package memory's own update: ``shadow`` (a clean memory of the same size) loaded
+    with the start state, one training forward on ``x`` under ``no_grad``, then commit()."""
+
+    def update(start: State, x: torch.Tensor) -> State:
+        shadow.to(x).train()  # x's device and dtype
+        for name in names:
+            setattr(shadow, name, start[name].clone())
+        with torch.no_grad():
+            shadow(x)
+            shadow.commit()
+        return {name: getattr(shadow, name) for name in names}
+
+    return update
+
+
+class MemoryWatch:
+    """Checks, after every step, that a memory holds what it was told to.
+
+    The gradient checks cannot see it: the clean reference loads the variant's state at the
+    start of each step, so a memory that never writes, or writes the wrong slot, trains with
+    correct gradients for the state it has. A forward pre-hook notes the buffers a step
+    started with and the input the memory's forward saw; after the step (optimiser step and
+    commit done) the memory's buffers are compared with what each accepted ``rule`` makes of
+    them. ``worst`` is the largest error of the closest rule over the steps; ``detail`` says,
+    at the first step that went wrong, what is wrong (``explain(step, start, now, wants)``).
+    """
+
+    def __init__(
+        self, memory: nn.Module, names: tuple[str, ...], rules: list[StateRule],
+        damage: str, explain: Callable[[int, State, State, dict[str, State]], str],
+    ):
+        self.memory, self.names, self.rules = memory, names, rules
+        self.damage, self.explain = damage, explain
+        self.worst, self.detail = 0.0, ""
+        self._seen: tuple[State, torch.Tensor] | None = None
+        memory.register_forward_pre_hook(self._note)
+
+    def _note(self, module: nn.Module, args: tuple) -> None:
+        if module.training:
+            start = {k: getattr(module, k).detach().clone() for k in self.names}
+            self._seen = (start, args[0].detach().clone())  # x (B, D)
+
+    def on_step(self, ctx: StepContext, out: Outcome) -> None:
+        """After a step: compare the memory's buffers with each rule's; record the damage."""
+        if self._seen is None:
+            return
+        (start, x), self._seen = self._seen, None
+        now = {k: getattr(self.memory, k).detach() for k in self.names}
+        wants = {r.name: r.update(start, x) for r in self.rules}
+        error = min(_largest_error(now, want) for want in wants.values())
+        self.worst = max(self.worst, error)
+        out.state_diff = self.worst
+        if error > GRAD_TOL and not self.detail:
+            self.detail = self.explain(ctx.step, start, now, wants)
+
+
+def _tiny_watch(memory: TinyMemory) -> MemoryWatch:
+    """The ring buffer must hold each step's batch summary in slot ``count % S``, and count
+    its writes, as the clean TinyMemory does."""
+    with torch.random.fork_rng(devices=[]):  # the shadow's weights must not move the run's RNG
+        shadow = TinyMemory(memory.slots.shape[1], memory.num_slots)
+    rule = StateRule(name="the clean TinyMemory", update=_clean_update(shadow, TINY_STATE))
+
+    def explain(step: int, start: State, now: State, wants: dict[str, State]) -> str:
+        want = wants[rule.name]
+        written = int(start["count"]) % memory.num_slots  # the slot this step writes
+        parts = []
+        if int(now["count"]) != int(want["count"]):
+            parts.append(f"its count of writes is {int(now['count'])}, not "
+                         f"{int(want['count'])} (read() attends over the first "
+                         f"min(count, {memory.num_slots}) slots)")
+        off = (now["slots"].double() - want["slots"].double()).abs().amax(dim=-1)  # (S,)
+        for i in (off > GRAD_TOL).nonzero().flatten().tolist():
+            parts.append(
+                f"slot {i} does not hold step {step}'s batch summary, x.detach().mean(dim=0) "
+                f"(off by {float(off[i]):.3g})" if i == written else
+                f"slot {i} changed, though step {step} writes slot {written} "
+                f"(off by {float(off[i]):.3g})"
+            )
+        return (f"The memory does not hold what it was told to remember: after step {step}, "
+                + "; ".join(parts) + ".")
+
+    return MemoryWatch(
+        memory, TINY_STATE, [rule],
+        damage="the ring buffer (slots, count) vs what it was told to remember",
+        explain=explain,
+    )
+
+
+def _toward_batch_mean(write_rate: float) -> Callable[[State, torch.Tensor], State]:
+    """The update lesson 06's exercise asks for: every node moves by ``write_rate`` toward the
+    batch mean of the (detached) input."""
+
+    def update(start: State, x: torch.Tensor) -> State:
+        nodes = start["nodes"]  # (N, D)
+        return {"nodes": (1 - write_rate) * nodes + write_rate * x.mean(dim=0, keepdim=True)}
+
+    return update
+
+
+def _graph_watch(memory: GraphDiffusionMemory) -> MemoryWatch:
+    """The nodes must move as the exercise asks (toward the batch mean by ``write_rate``) or as
+    the package memory does (each node toward the inputs assigned to it)."""
+    num_nodes, d_model = memory.nodes.shape
+    with torch.random.fork_rng(devices=[]):  # the shadow's weights must not move the run's RNG
+        shadow = GraphDiffusionMemory(d_model, num_nodes, memory.write_rate,
+                                      memory.write_temperature)
+    rules = [
+        StateRule(name="(1 - s) * nodes + s * x.detach().mean(dim=0)",
+                  update=_toward_batch_mean(memory.write_rate)),
+        StateRule(name="the package memory's update (each node toward the inputs assigned to "
+                       "it)", update=_clean_update(shadow, GRAPH_STATE)),
+    ]
+
+    def explain(step: int, start: State, now: State, wants: dict[str, State]) -> str:
+        if _largest_error(now, start) <= GRAD_TOL:
+            return (f"The nodes did not move at step {step}: an update moves them toward the "
+                    f"batch's inputs, by s = write_rate.")
+        return (f"The nodes after step {step} are not where an update toward the batch puts "
+                f"them: off by " + " and by ".join(
+                    f"{_largest_error(now, want):.3g} from {name}" for name, want in wants.items())
+                + ".")
+
+    return MemoryWatch(
+        memory, GRAPH_STATE, rules,
+        damage="the nodes vs an update toward the batch (the exercise's or "
+               "the package memory's)",
+        explain=explain,
+    )
+
+
+def _memory_runner(
+    entry_id: str, path: str, classes: dict[str, type | None], base: type,
+    watch: Callable[[nn.Module], MemoryWatch],
+):
+    """Runner for a memory submodule (dotted ``path``) replaced by the variant's class: the
+    harness's autograd checks, and what the memory holds after every step (``watch``)."""
 
     def run(variant: str, steps: int, candidate: object = None) -> Outcome:
         cls = candidate if variant == "candidate" else classes[variant]
         _check_candidate(entry_id, variant, cls, base)
+        watches: list[MemoryWatch] = []
 
         def install(model):
+            module = model.get_submodule(path)
             if cls is not None:
-                swap_class(model.get_submodule(path), cls)
+                swap_class(module, cls)
+            watches.append(watch(module))
 
-        return train_variant(entry_id, variant, steps, install)
+        out = train_variant(entry_id, variant, steps, install,
+                            on_step=lambda ctx, o: watches[-1].on_step(ctx, o))
+        out.figures["damage"] = watches[-1].damage
+        if watches[-1].detail:
+            out.figures["damage_detail"] = watches[-1].detail
+        return out
 
     return run
 
@@ -344,16 +555,23 @@ register(BugEntry(
         "on the very first step (no_grad would not help: the version counter still moves). "
         "Both also pull every node toward the same batch mean."
     ),
-    runner=_swap_runner(
+    runner=_memory_runner(
         "graph-memory-update", "graph_memory",
         {"buggy": BuggyGraphMemory, "summary": SummaryGraphMemory, "fixed": None},
-        GraphDiffusionMemory,
+        GraphDiffusionMemory, _graph_watch,
     ),
-    candidate_kind="a subclass of mahiax.memory.GraphDiffusionMemory",
+    candidate_kind=(
+        "a subclass of mahiax.memory.GraphDiffusionMemory whose training forward reads the "
+        "nodes and moves them toward the batch (by s = write_rate toward the batch mean, or "
+        "as the package memory does); after every step its nodes are compared with that "
+        "update of the nodes the step started with"
+    ),
     candidates=lambda: {
         "buggy": BuggyGraphMemory, "summary": SummaryGraphMemory,
         "fixed": GraphDiffusionMemory, "band-aid: copy_ under no_grad": NoGradCopyGraphMemory,
         "band-aid: .data.copy_": DataCopyGraphMemory,
+        "wrong: the nodes never move": FrozenGraphMemory,
+        "wrong: random nodes every step": RandomNodesGraphMemory,
     },
 ))
 
@@ -395,15 +613,23 @@ register(BugEntry(
         "Indexed assignment and copy_ are the same in-place write, so the summary's fix "
         "raises the same error at the same step."
     ),
-    runner=_swap_runner(
+    runner=_memory_runner(
         "tiny-memory-write", "tiny_memory",
         {"buggy": BuggyTinyMemory, "summary": SummaryTinyMemory, "fixed": None}, TinyMemory,
+        _tiny_watch,
     ),
-    candidate_kind="a subclass of mahiax.memory.TinyMemory",
+    candidate_kind=(
+        "a subclass of mahiax.memory.TinyMemory whose training forward reads the ring and "
+        "remembers the batch summary x.detach().mean(dim=0) in slot count % num_slots, "
+        "count + 1; after every step its slots and count are compared with a clean "
+        "TinyMemory's"
+    ),
     candidates=lambda: {
         "buggy": BuggyTinyMemory, "summary": SummaryTinyMemory, "fixed": TinyMemory,
         "band-aid: the write under no_grad": NoGradTinyMemory,
         "band-aid: the write through .data": DataWriteTinyMemory,
+        "wrong: a memory that never writes": ForgetfulTinyMemory,
+        "wrong: every summary into slot 0": SlotZeroTinyMemory,
     },
 ))
 
@@ -438,7 +664,9 @@ register(BugEntry(
 __all__ = [
     "BuggyController", "BuggyDWA", "BuggyGraphMemory", "BuggyTinyMemory",
     "DataCopyGraphMemory", "DataWriteDWA", "DataWriteTinyMemory", "DynamicWeightAveraging",
-    "DetachedSoftmaxWeighting", "NoGradCopyGraphMemory", "NoGradTinyMemory", "OneStepDWA",
+    "DetachedSoftmaxWeighting", "ForgetfulTinyMemory", "FrozenGraphMemory", "MemoryWatch",
+    "NoGradCopyGraphMemory", "NoGradTinyMemory", "OneStepDWA", "RandomNodesGraphMemory",
+    "SlotZeroTinyMemory", "StateRule",
     "SummaryController", "SummaryDWA",
     "SummaryGraphMemory", "SummaryTinyMemory",
 ]

@@ -182,8 +182,9 @@ def _measured_problem(out: Outcome) -> str | None:
             f"{out.max_grad_diff:.3g}"
         )
     if _damaged(out):
+        detail = out.figures.get("damage_detail")  # what is wrong, where an entry says it
         return (
             f"it runs, but {out.figures.get('damage', 'the state it keeps')} "
-            f"{damage_words(out)}"
+            f"{damage_words(out)}" + (f". {detail}" if detail else "")
         )
     return None

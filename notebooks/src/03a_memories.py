@@ -35,7 +35,9 @@ import torch
 
 from mahiax import bugs, lessons
 from mahiax.bugs import stateful
-from mahiax.bugs.harness import observing
+from mahiax.bugs.harness import harness_config, observing
+from mahiax.bugs.outcome import graph_nodes
+from mahiax.bugs.verdicts import GRAD_TOL
 from mahiax.memory import GraphDiffusionMemory, TinyMemory
 
 torch.manual_seed(0)
@@ -53,17 +55,24 @@ torch.manual_seed(0)
 # %%
 w = torch.randn(3, requires_grad=True)
 state = torch.zeros(3)
-with lessons.expect_error(RuntimeError, "Trying to backward through the graph a second time"):
+with lessons.attempt() as caught:
     for step in range(2):
         y = w * torch.randn(3) + state  # reads the state
         loss = y.pow(2).sum()
-        state = 0.9 * state + 0.1 * y  # live y: the state now holds this step's graph
+        state = 0.9 * state + 0.1 * y  # the EMA, computed from this step's y
         loss.backward()
         print(f"step {step}: backward ran; state.grad_fn = {state.grad_fn}")
 
 # %% [markdown]
-# Step 1's loss reads `state`, whose `grad_fn` belongs to step 0's graph, so step 1's backward
-# walks into step 0's graph, whose saved tensors step 0's backward already freed.
+# Step 0 ran; step 1 did not. Step 1's loss reads `state`, whose `grad_fn` (printed after
+# step 0) belongs to step 0's graph, so step 1's backward walks into step 0's graph, whose
+# saved tensors step 0's backward already freed.
+
+# %%
+caught.expect(RuntimeError, "Trying to backward through the graph a second time")
+assert step == 1 and state.grad_fn is not None
+
+# %% [markdown]
 #
 # ## 2. Mistake two: writing into a tensor the forward saved
 #
@@ -78,17 +87,29 @@ with lessons.expect_error(RuntimeError, "Trying to backward through the graph a 
 # %%
 mem = torch.randn(4, 3)  # (S, D) a memory, no grad
 q = torch.randn(2, 3, requires_grad=True)  # (B, D)
-attn = torch.softmax(q @ mem.T, dim=-1)  # (B, S); the matmul saved mem.T at version 0
+attn = torch.softmax(q @ mem.T, dim=-1)  # (B, S)
+mm = attn.grad_fn.next_functions[0][0]  # the matmul's backward node
+saved = mm._saved_mat2  # what it saved to compute the gradient of q
+print(f"{mm.name()} saved a tensor of shape {list(saved.shape)}, at version {saved._version};"
+      f" mem's storage: {saved.data_ptr() == mem.data_ptr()}")
 with torch.no_grad():
     mem[0] = 1.0  # an in-place write into row 0
 print("mem._version:", mem._version)
 
-# %% tags=["raises-exception"]
-attn.sum().backward()
+# %%
+with lessons.attempt() as caught:
+    attn.sum().backward()
 
 # %% [markdown]
-# Yes: `no_grad` does not stop the version counter. The `[3, 4]` in the message is `mem.T`,
-# the transposed **view** that the matmul saved.
+# Yes, it still fails: `no_grad` does not stop the version counter, and the check runs in the
+# backward, outside the block. The `[3, 4]` in the message is `mem.T`, the transposed **view**
+# of `mem` that the matmul saved (the first line printed above).
+
+# %%
+caught.expect(RuntimeError, "is at version 1; expected version 0")
+assert list(saved.shape) == [3, 4] and mem._version == 1
+
+# %% [markdown]
 #
 # ## 3. The key concept: one version counter, shared by a tensor and all its views
 #
@@ -103,24 +124,34 @@ attn.sum().backward()
 
 # %%
 buf = torch.zeros(4, 3)  # (S, D) a ring buffer
-first, second = buf[:1], buf[1]  # two views: row 0 (1, D) and row 1 (D,)
-print("one storage:", first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr())
+first, second = buf[:1], buf[1]  # row 0 (1, D) and row 1 (D,)
+print("views:", first._is_view(), second._is_view(), buf.T._is_view(),
+      "| one storage:", first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr())
 print("versions (buf, first, second) before:", buf._version, first._version, second._version)
 second.copy_(torch.ones(3))  # write row 1 only
 print("versions (buf, first, second) after: ", buf._version, first._version, second._version)
-print("row 0 is unchanged:", first.tolist())
+print("row 0 values:", first.tolist())
 
 # %%
 q = torch.randn(2, 3, requires_grad=True)
-scores = q @ buf[:1].T  # (B, 1): saves the view buf[:1].T, at version 1
+scores = q @ buf[:1].T  # (B, 1): saves the view buf[:1].T
 buf[1] = 5.0  # writes row 1, which the matmul never read
-with lessons.expect_error(RuntimeError, "modified by an inplace operation"):
+with lessons.attempt() as caught:
     scores.sum().backward()
 
 # %% [markdown]
-# The saved values did not change, and backward still refuses: the check is on the shared
-# version counter, not on the values. (The check is conservative: it refuses some writes
-# that would have been harmless, and in exchange never has to compare values.)
+# All three versions moved together, from 0 to 1, although only row 1 was written: one
+# counter. And backward refuses, although the row it saved (row 0, still zeros) did not
+# change: the check is on the shared version counter, not on the values. (The check is
+# conservative: it refuses some writes that would have been harmless, and in exchange never
+# has to compare values.)
+
+# %%
+assert (buf._version, first._version, second._version) == (2, 2, 2)  # after buf[1] = 5.0 too
+assert first.tolist() == [[0.0, 0.0, 0.0]]
+caught.expect(RuntimeError, "modified by an inplace operation")
+
+# %% [markdown]
 #
 # Two ways to get a second name for a tensor without a copy differ exactly here. `.detach()`
 # returns an alias that *shares* the version counter (its docs: in-place changes "may
@@ -130,14 +161,23 @@ with lessons.expect_error(RuntimeError, "modified by an inplace operation"):
 
 # %%
 buf = torch.zeros(4, 3)
+print("same storage: .detach()", buf.detach().data_ptr() == buf.data_ptr(),
+      "| .data", buf.data.data_ptr() == buf.data_ptr())
 buf.detach()[2] = 2.0  # write through .detach()
 print("after a write through .detach():", buf._version)
 buf.data[3] = 3.0  # write through .data
 print("after a write through .data:    ", buf._version, "(unchanged: the write is hidden)")
+print("row 3 now:", buf[3].tolist())
+copy = buf.clone()  # a new tensor: its own storage and its own counter
+copy[3] = 4.0
+print("after a write into buf.clone(): buf", buf._version, "| the clone", copy._version)
+assert buf._version == 1 and buf[3].tolist() == [3.0, 3.0, 3.0] and copy._version == 1
 
 # %% [markdown]
-# A hidden write into a saved tensor is not safe, it is *silent*: backward then computes
-# with the new values. Section 6 measures that on the `TinyMemory`.
+# The `.data` write landed (row 3 holds it) and the counter did not move. A write into a
+# `clone()` moves only the clone's counter. A hidden write into a saved tensor is not safe, it
+# is *silent*: backward then computes with the new values. Section 6 measures that on the
+# `TinyMemory`.
 #
 # **The protocol** that avoids both mistakes (what the clean modules do): in `forward`,
 # **read** the state and **stage** what the next state needs (here the batch's sum and size)
@@ -165,13 +205,14 @@ lessons.source(stateful.BuggyGraphMemory.forward, "the original")
 lessons.source(stateful.SummaryGraphMemory.forward, "the summary's fix")
 
 # %% [markdown]
-# The catalog trains the lab's small model (float64, 6 steps, steps counted from 0) once with
-# each variant installed: `buggy` (the original), `summary` (the summary's fix) and `fixed`
-# (the package's memory).
+# The catalog trains the lab's small model (float64, steps counted from 0; the number of
+# steps is printed below) once with each variant installed: `buggy` (the original),
+# `summary` (the summary's fix) and `fixed` (the package's memory).
 #
 # **Predict.** Which variant fails, at which step, with which of the two errors above?
 
 # %%
+print("steps per run:", bugs.get("graph-memory-update").steps)
 v_graph = bugs.verdict("graph-memory-update")
 lessons.verdict_report(v_graph)
 
@@ -196,7 +237,10 @@ print("after copy_:", nodes.grad_fn.name(), "| requires_grad:", nodes.requires_g
 # %%
 gm = GraphDiffusionMemory(d_model=8, num_nodes=4)
 x = torch.randn(5, 8)  # (B, D)
-out = gm.read(x)  # (B, D); saved gm.nodes (version 0)
+out = gm.read(x)  # (B, D)
+saves_nodes = [n.name() for n in graph_nodes(out) if n.name() == "MmBackward0"
+               and n._saved_mat2 is not None and n._saved_mat2.data_ptr() == gm.nodes.data_ptr()]
+print("nodes saved by:", saves_nodes, "(A @ nodes, for the gradient of A)")
 with torch.no_grad():
     gm.nodes.copy_(0.9 * gm.nodes + 0.1 * x.mean(dim=0, keepdim=True))
 print("nodes._version:", gm.nodes._version, "| requires_grad:", gm.nodes.requires_grad)
@@ -205,7 +249,7 @@ with lessons.expect_error(RuntimeError, "modified by an inplace operation"):
 
 # %% [markdown]
 # Both versions have a second, silent problem: `(1 - s) * nodes + s * x_mean` adds the same
-# vector to every node, so the distance between any two nodes shrinks by exactly `1 - s` per
+# vector to every node, so the distance between any two nodes is multiplied by exactly `1 - s` per
 # step, whatever the data: the nodes collapse onto one point. The clean memory moves each
 # node toward the inputs assigned to it. Random batches, `s = 0.1`, the mean distance
 # between nodes as a share of where it started:
@@ -215,28 +259,50 @@ nodes = torch.randn(6, 16)  # (N, D)
 clean = GraphDiffusionMemory(d_model=16, num_nodes=6)
 clean.nodes = nodes.clone()
 start = torch.cdist(nodes, nodes).mean().item()  # mean distance between nodes
-for step in range(1, 61):
+spread = {}  # step -> (summary's update, clean memory), as a share of the start
+for step in range(1, 121):
     xb = torch.randn(32, 16)  # (B, D) a batch
     nodes = (1 - 0.1) * nodes + 0.1 * xb.mean(dim=0, keepdim=True)  # the summary's update
     clean(xb)  # stages the clean write (training mode)
     clean.commit()
-    if step in (30, 60):
-        left = [torch.cdist(n, n).mean().item() / start for n in (nodes, clean.nodes)]
-        print(f"after {step} steps: summary's update {left[0]:.4f} (0.9**{step} = "
-              f"{0.9**step:.4f}), clean memory {left[1]:.2f}")
+    if step in (30, 60, 120):
+        spread[step] = [torch.cdist(n, n).mean().item() / start for n in (nodes, clean.nodes)]
+        print(f"after {step} steps: summary's update {spread[step][0]:.3g} (0.9**{step} = "
+              f"{0.9**step:.3g}), clean memory {spread[step][1]:.2f}")
+for step, (summary_left, _) in spread.items():
+    assert abs(summary_left / 0.9**step - 1) < 1e-3  # 0.9 of the spread is kept, each step
+assert abs(spread[120][1] - spread[60][1]) < 0.1 * spread[60][1]
 
 # %% [markdown]
-# The summary's update keeps shrinking the spread by 10 % a step; the clean memory's spread
-# changes little from step 30 to step 60: it levels off where the data puts it.
+# The summary's update keeps exactly 0.9 of the spread a step (the printed `0.9**step`); the
+# clean memory's spread changes little from step 60 to step 120: it levels off where the
+# data puts it.
 #
 # ## 5. TinyMemory
 #
 # The original writes one slot in place after the forward read the buffer: mistake two.
 # `buf[i] = v` and `buf[i].copy_(v)` are the same kind of write, into the same storage.
-# In the lab's model the buffer has 4 slots. At step 0 nothing is remembered yet (the read
-# returns zeros and saves nothing) and slot 0 is written. At step 1 the read attends over
-# `slots[:1]` (the `Linear`s that make keys and values save it), and the write goes to
-# **slot 1**.
+# The read, and what it saves once one slot is filled (the lab's model's sizes first):
+
+# %%
+config = harness_config()
+print("lab model: slots S =", config.tiny_slots, "| d_model D =", config.d_model)
+lessons.source(TinyMemory.read, "the read: zeros while nothing is remembered")
+
+# %%
+tm = TinyMemory(d_model=config.d_model, num_slots=config.tiny_slots)
+print("count 0, the read's graph:", tm.read(torch.randn(2, config.d_model)).grad_fn)
+tm.count += 1  # as after step 0's write
+read = tm.read(torch.randn(2, config.d_model))  # (B, D)
+slot_saves = [list(n._saved_self.shape) for n in graph_nodes(read) if n.name() == "MmBackward0"
+              and n._saved_self is not None and n._saved_self.data_ptr() == tm.slots.data_ptr()]
+print("count 1: the slots' storage is saved, with shape", slot_saves, "(by the k and v Linears)")
+
+# %% [markdown]
+# At step 0 nothing is remembered yet (the read returns zeros, with no graph: it saves
+# nothing) and slot 0 is written. At step 1 the read attends over `slots[:1]`, which the
+# key and value `Linear`s save (their input, for their weights' gradients), and the write
+# goes to **slot 1**.
 #
 # **Predict.** Does step 1 fail, although slot 1 is not among the rows the read saved? And
 # does the summary's `copy_` change anything?
@@ -250,8 +316,8 @@ lessons.verdict_report(v_tiny)
 
 # %%
 buggy, summary = v_tiny.outcomes["buggy"], v_tiny.outcomes["summary"]
-print("same error message:", buggy.error_signature() == summary.error_signature())
-print("same step:", buggy.error_step == summary.error_step)
+for out in (buggy, summary):
+    print(f"{out.variant}: step {out.error_step}, {out.error_type}: {out.error_message[:140]}")
 lessons.outcome_table(v_tiny.outcomes)[["error", "steps run", "max grad diff"]]
 
 # %% [markdown]
@@ -260,16 +326,24 @@ lessons.outcome_table(v_tiny.outcomes)[["error", "steps run", "max grad diff"]]
 # it "is at version 2; expected version 1" because step 0's write made the buffer version 1
 # before the read saved it, and step 1's write into slot 1 made it 2. The saved row never
 # changed; the shared counter moved.
+
+# %%
+assert buggy.error_signature() == summary.error_signature()
+assert buggy.error_step == summary.error_step == 1
+assert "[1, 16]] is at version 2; expected version 1" in summary.error_message
+
+# %% [markdown]
 #
 # ## 6. Exercise
 #
 # Write a `TinyMemory` whose `forward(x)` reads the buffer, then remembers this batch's
-# summary (`x.detach().mean(dim=0)`) without writing into the tensor the read saved.
-# Useful: `self.read(x)` (the attention read), `self.slots` `(S, D)`, `self.count` (writes so
-# far), `self.num_slots`. `bugs.check` trains the lab's model with your class installed
-# exactly as it trains the `buggy` and `summary` variants, and compares every step's
-# gradients with the clean model's. The attempt below is the summary's `copy_`: run it, read
-# the checker, fix it.
+# summary (`x.detach().mean(dim=0)`) in slot `count % num_slots` and counts the write,
+# without writing into the tensor the read saved. Useful: `self.read(x)` (the attention
+# read), `self.slots` `(S, D)`, `self.count` (writes so far), `self.num_slots`. `bugs.check`
+# trains the lab's model with your class installed exactly as it trains the `buggy` and
+# `summary` variants, compares every step's gradients with the clean model's, and after every
+# step compares your slots and count with a clean `TinyMemory` told the same summaries. The
+# attempt below is the summary's `copy_`: run it, read the checker, fix it.
 
 # %%
 class MyTinyMemory(TinyMemory):
@@ -289,30 +363,44 @@ print(bugs.check("tiny-memory-write", MyTinyMemory))
 # version counter (section 3). Does the checker accept it?
 
 # %%
-class DataWriteTinyMemory(TinyMemory):
-    """The band-aid: the same write, through .data."""
+candidates = bugs.get("tiny-memory-write").candidates()
+data_write = candidates["band-aid: the write through .data"]
+lessons.source(data_write.forward, "the band-aid: the same write, through .data")
 
-    def forward(self, x):
-        out = self.read(x)
-        if self.training:
-            ptr = int(self.count) % self.num_slots
-            self.slots.data[ptr] = x.detach().mean(dim=0)  # no version bump
-            self.count = self.count + 1
-        return out
-
-
+# %%
 rows = []  # what the harness measured at each step
 with observing(rows.append):
-    band_aid = bugs.check("tiny-memory-write", DataWriteTinyMemory)
+    band_aid = bugs.check("tiny-memory-write", data_write)
 print(band_aid)
-print("largest gradient error per step:", [f"{r['grad_diff']:.1g}" for r in rows])
-assert not band_aid.holds
+print("steps:", len(rows), "| largest gradient error per step:",
+      [f"{r['grad_diff']:.1g}" for r in rows])
 
 # %% [markdown]
-# No error, and wrong gradients from step 4 on. The checker runs 6 steps on 4 slots: at step 4
-# the ring wraps round and the write overwrites slot 0, which that step's read saved, and
-# backward computes with the overwritten values. (Steps 1 to 3 wrote rows the read had not
-# saved: their gradients are right, and the version check would still have refused them.)
+# No error, and wrong gradients from step 4 on. The checker runs the number of steps printed
+# above on 4 slots: at step 4 the ring wraps round and the write overwrites slot 0, which that
+# step's read saved, and backward computes with the overwritten values. (Steps 1 to 3 wrote
+# rows the read had not saved: their gradients are right, and the version check would still
+# have refused them, as it refused the original in section 5.)
+
+# %%
+assert not band_aid.holds and "gradients differ from the clean reference" in band_aid.message
+grad_error = [r["grad_diff"] for r in rows]
+assert max(grad_error[:4]) <= GRAD_TOL < grad_error[4]
+
+# %% [markdown]
+# The checker grades what the exercise asks, not only autograd. A memory that never writes
+# breaks no autograd rule, and its gradients match the clean model's for the state it has
+# (the clean reference starts every step from the memory's own state); what the slots and
+# count hold after each step tells it apart:
+
+# %%
+forgetful = bugs.check("tiny-memory-write", candidates["wrong: a memory that never writes"])
+print(forgetful)
+print("largest gradient error:", forgetful.outcome.max_grad_diff)
+assert not forgetful.holds and forgetful.outcome.max_grad_diff <= GRAD_TOL
+assert "does not hold what it was told to remember" in forgetful.message
+
+# %% [markdown]
 # A solution (folded; try yours first):
 
 # %% tags=["solution"]
@@ -385,8 +473,8 @@ assert result.holds
 #    <details><summary>Answer</summary>
 #
 #    No. Detaching prevents mistake one (no graph carried into the next step); the new
-#    tensor prevents mistake two (nothing a graph saved is written). The summary's `copy_`
-#    fixes of these memories avoid neither: `TinyMemory` already detached and still failed.
+#    tensor prevents mistake two (nothing a graph saved is written). `TinyMemory`'s summary
+#    was already detached and still failed (section 5): detaching alone is not enough.
 #
 #    </details>
 #

@@ -29,6 +29,8 @@
 # [`torch.autograd.graph.saved_tensors_hooks`](https://docs.pytorch.org/docs/stable/autograd.html#torch.autograd.graph.saved_tensors_hooks).
 
 # %%
+import math
+
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -37,6 +39,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from mahiax import bugs, lessons
 from mahiax.bugs import stateful
 from mahiax.bugs.harness import harness_config
+from mahiax.bugs.verdicts import GRAD_TOL
 from mahiax.data import SyntheticMultiTask
 from mahiax.fabric import LayerRouting, MetaController
 from mahiax.model import HybridEfficientModel
@@ -57,15 +60,28 @@ torch.manual_seed(0)
 importance = torch.full((4,), 0.25)  # (L,) one value per layer
 probs = torch.softmax(torch.randn(8, 4), dim=-1)  # (B, L) the gate's probabilities
 topk_probs, _ = probs.topk(2, dim=-1)  # (B, K)
-with lessons.expect_error(RuntimeError, "must match the size of tensor b"):
+with lessons.attempt() as original:
     importance.data = 0.9 * importance.data + 0.1 * topk_probs.mean(dim=0)  # the original
-with lessons.expect_error(RuntimeError, "must match the size of tensor b"):
+with lessons.attempt() as summary_fix:
     new_data = 0.9 * importance.data + 0.1 * topk_probs.mean(dim=0)  # the summary's fix
     importance.data.copy_(new_data)
 
 # %% [markdown]
 # Both raise a shape error, before any autograd question arises: the fix computes the same
 # sum before its `copy_`. The summary does not say how its model got past this line.
+
+# %%
+original.expect(RuntimeError, "must match the size of tensor b")
+summary_fix.expect(RuntimeError, "must match the size of tensor b")
+runs = []  # the values of K (top-k) for which the sum runs with L = 4 layers
+for k in range(1, 5):
+    try:
+        _ = importance + probs.topk(k, dim=-1).values.mean(dim=0)  # (L,) + (K,)
+        runs.append(k)
+    except RuntimeError:
+        pass
+print("with L = 4, the summary's sum runs for K in", runs)
+assert runs == [1, 4]
 #
 # > **Reconstruction.** The summary gives neither the number of layers nor `K`, and its line
 # > raises a shape error unless `K` equals `L` or is 1 (broadcasting). To measure its fix at
@@ -98,6 +114,9 @@ print("per layer (scattered):           ", [round(v, 2) for v in ctl.importance.
 # %% [markdown]
 # Layer 2, sample 0's first choice, gets nothing in the per-slot version, while "layer 0"
 # holds the mean probability of whichever layer ranked first.
+
+# %%
+assert padded[2] == 0 < ctl.importance[2]
 #
 # ## 2. What `.data` really does
 #
@@ -111,26 +130,36 @@ print("per layer (scattered):           ", [round(v, 2) for v in ctl.importance.
 
 # %%
 x = torch.ones(3, requires_grad=True)
-y = x.exp()  # ExpBackward saved y itself
+y = x.exp()
+print(y.grad_fn.name(), "saved its result y:", y.grad_fn._saved_result.data_ptr() == y.data_ptr())
 y.data.copy_(torch.zeros(3))  # the summary's pattern: .data.copy_
-print("y._version:", y._version, "(not bumped)")
-y.sum().backward()
-print("x.grad:", x.grad.tolist(), "| the true gradient is e = 2.718")
+print("y._version:", y._version)
+with lessons.attempt() as caught:
+    y.sum().backward()
+print("x.grad:", x.grad.tolist() if x.grad is not None else None)
+
+# %% [markdown]
+# No error, and `x.grad` is zeros, where the true gradient is `exp(1)` (printed next). A
+# write through `.data` does not bump the counter (`y._version` stayed 0), so autograd cannot
+# see it: backward used the zeros and reported nothing. Through `.detach()` the same write is
+# caught:
 
 # %%
+caught.expect(None)
+print("the true gradient, exp(1):", math.exp(1))
+assert y._version == 0 and x.grad.tolist() == [0.0, 0.0, 0.0]
 x = torch.ones(3, requires_grad=True)
 y = x.exp()
-y.detach().copy_(torch.zeros(3))  # the same write through .detach(): the counter moves
+y.detach().copy_(torch.zeros(3))  # the same write through .detach()
 with lessons.expect_error(RuntimeError, "modified by an inplace operation"):
     y.sum().backward()
 
 # %% [markdown]
-# A write through `.data` does not bump the counter, so autograd cannot see it: backward
-# used the zeros and reported nothing. Through `.detach()` the same write is caught. So
-# `.data.copy_` is safe only where no graph saved the tensor. In MAHIA-X nothing reads
-# the importance in the forward (only the telemetry does, between steps), so no graph ever
-# saves it. A saved-tensor hook, called by autograd for every tensor it saves, checks that on
-# one training forward of the lab's model, against the two memories of lesson 03a:
+# So `.data.copy_` is safe only where no graph saved the tensor. In MAHIA-X the training
+# forward only *observes* the routing; the importance is written after the step. A
+# saved-tensor hook, called by autograd for every tensor it saves, checks that no graph saves
+# the importance, on one training forward of the lab's model, against the two memories of
+# lesson 03a:
 
 # %%
 model = HybridEfficientModel(config).train()
@@ -154,6 +183,7 @@ state = {
 }
 for name, t in state.items():
     print(f"{name:27s} saved {saved.count(t.untyped_storage().data_ptr())} times")
+assert saved.count(model.fabric.controller.importance.untyped_storage().data_ptr()) == 0
 
 # %% [markdown]
 # Nothing saved the importance, so the writes through `.data` cannot corrupt a gradient
@@ -178,8 +208,14 @@ lessons.outcome_table(v_ctl.outcomes)[["error", "steps run", "max grad diff", "d
 # **Expected verdict** on the summary's fix for `controller-importance`: **no-effect**. There
 # was no error to fix; both variants write the same wrong, per-slot statistic (`damage`: the
 # largest error of the importance against the per-layer EMA). The gradients match the clean
-# model's (`max grad diff` 0): nothing in the forward reads the importance, so nothing saved
-# it, and writing it through `.data` corrupts no gradient.
+# model's (`max grad diff` 0): nothing in the forward saves the importance, and writing it
+# through `.data` corrupts no gradient.
+
+# %%
+o = v_ctl.outcomes
+assert all(out.passed and out.max_grad_diff <= GRAD_TOL for out in o.values())
+assert math.isclose(o["buggy"].state_diff, o["summary"].state_diff)
+assert o["buggy"].state_diff > GRAD_TOL >= o["fixed"].state_diff
 #
 # ## 4. Dynamic Weight Averaging: the verdict
 #
@@ -196,6 +232,12 @@ lessons.verdict_report(v_dwa)
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `dwa-weights`: **worse**: the original fails
 # at step 1 (backward through step 0's freed graph), the `copy_` at step 0.
+
+# %%
+o = v_dwa.outcomes
+assert (o["buggy"].error_step, o["summary"].error_step) == (1, 0)
+assert "backward through the graph a second time" in o["buggy"].error_message
+assert "modified by an inplace operation" in o["summary"].error_message
 #
 # ## 5. And `softmax(-L)` is not DWA
 #
@@ -229,7 +271,7 @@ for col, (case, (loss_a, loss_b)) in enumerate(cases.items(), start=1):
         dwa_a.append(dwa.weights()[0].item())  # weight of task A in force at this step
         softmax_a.append((2 * torch.softmax(-losses, dim=0))[0].item())
         dwa.update(losses)
-    final[case] = (dwa_a[-1], softmax_a[-1])
+    final[case] = (dwa.weights().tolist(), softmax_a[-1])  # DWA's weights of A and B; A's
     for name, ys, color in [("DWA (Liu et al.)", dwa_a, "#00CC96"),
                             ("2 · softmax(-L)", softmax_a, "#636EFA")]:
         fig.add_trace(go.Scatter(x=steps, y=ys, name=name, line={"color": color},
@@ -241,17 +283,21 @@ fig.update_xaxes(title_text="step")
 fig
 
 # %%
-for case, (w_dwa, w_softmax) in final.items():
-    print(f"{case}: task A's weight, DWA {w_dwa:.2f}, 2·softmax(-L) {w_softmax:.2f}")
-stalled_a, falling_a = final.values()
-assert stalled_a[0] > 1 and stalled_a[1] > 1, "left: both favour A (small and stalled)"
-assert falling_a[0] < 1 < falling_a[1], "right: DWA favours stalled B, softmax(-L) small A"
+for case, ((dwa_a, dwa_b), w_softmax) in final.items():
+    print(f"{case}: task A's weight, DWA {dwa_a:.2f} (B {dwa_b:.2f}), "
+          f"2·softmax(-L) {w_softmax:.2f}")
 
 # %% [markdown]
 # On the left both rules favour A, so a chart of that case alone cannot tell them apart. On
 # the right they disagree: DWA gives the stalled task B more weight (gently: at `T` = 2 a
-# ratio of 0.8 against 1 moves the weights to about 0.95 and 1.05). `softmax(-L)` keeps
-# favouring A because its loss is small, though A is the task still improving on its own.
+# ratio of 0.8 against 1 moves the weights to about 0.95 and 1.05, printed above).
+# `softmax(-L)` keeps favouring A because its loss is small, though A is the task still
+# improving on its own.
+
+# %%
+stalled_a, falling_a = final.values()
+assert stalled_a[0][0] > 1 and stalled_a[1] > 1  # left: both favour A (small, stalled)
+assert falling_a[0][0] < 1 < falling_a[1]  # right: DWA favours B (stalled), softmax(-L) A
 #
 # ## 6. Exercise
 #
@@ -288,24 +334,37 @@ print(bugs.check("dwa-weights", MyWeighting))
 # does not move (section 2). The multiply `w * losses` saved `w`. Does the checker accept it?
 
 # %%
-class DataWriteWeighting(MyWeighting):
-    """The band-aid: the summary's write, through .data."""
+candidates = bugs.get("dwa-weights").candidates()
+data_write = candidates["band-aid: the summary's copy_ through .data"]
+lessons.source(data_write.combine, "the band-aid: the summary's write, through .data")
 
-    def combine(self, losses):
-        total = (self.w * losses).sum()
-        self.w.data.copy_(torch.softmax(-losses.detach(), dim=0))  # no version bump
-        return total
-
-
-band_aid = bugs.check("dwa-weights", DataWriteWeighting)
+# %%
+band_aid = bugs.check("dwa-weights", data_write)
 print(band_aid)
-assert not band_aid.holds
 
 # %% [markdown]
 # No error, and wrong gradients: the backward of `w * losses` multiplies by the *new*
 # weights, not the ones this step's total used. This is the silent corruption of section 2,
 # in the real training step.
-#
+
+# %%
+assert not band_aid.holds and "gradients differ from the clean reference" in band_aid.message
+
+# %% [markdown]
+# The other band-aid the checker knows: `softmax(-L)` from detached losses, into a new tensor
+# after the optimiser step. Autograd has nothing left to object to; the weights are still
+# not DWA's:
+
+# %%
+softmax_rule = candidates["band-aid: softmax(-L) from detached losses"]
+lessons.source(softmax_rule.update, "update()")
+softmax_weights = bugs.check("dwa-weights", softmax_rule)
+print(softmax_weights)
+print("largest gradient error:", softmax_weights.outcome.max_grad_diff)
+assert not softmax_weights.holds and softmax_weights.outcome.max_grad_diff <= GRAD_TOL
+assert "loss weights vs DWA (one-step windows, T = 2) is off by" in softmax_weights.message
+
+# %% [markdown]
 # A solution (folded; try yours first). Its last lines compare its weights with the
 # package's `DynamicWeightAveraging` on the right-hand losses of section 5.
 
@@ -389,7 +448,7 @@ print("same weights as the package's DWA at every step:", ref.weights().tolist()
 #
 #    </details>
 #
-# 5. A weighting computes `K · softmax(-L)` from the detached losses in `update()`, into a new
+# 5. A weighting computes `softmax(-L)` from the detached losses in `update()`, into a new
 #    tensor. Training with it is correct. Does `bugs.check("dwa-weights", ...)` pass it?
 #
 #    <details><summary>Answer</summary>
@@ -398,7 +457,7 @@ print("same weights as the package's DWA at every step:", ref.weights().tolist()
 #    class reports (no error, no carried graph, gradients equal to the clean model's at those
 #    weights), and that those weights are DWA's (one-step windows, `T` = 2) for the same
 #    losses. `softmax(-L)` passes the first and fails the second: `NOT YET`, with the weights'
-#    error against DWA.
+#    error against DWA (section 6, the second band-aid).
 #
 #    </details>
 #

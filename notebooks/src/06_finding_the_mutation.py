@@ -35,6 +35,7 @@
 import inspect
 import linecache
 from pathlib import Path
+from unittest import mock
 
 import ipywidgets as widgets
 import torch
@@ -43,8 +44,10 @@ from torch import nn
 
 import mahiax
 from mahiax import bugs, lessons
+from mahiax.bugs.harness import harness_config
 from mahiax.debug import anomaly_says, locate_mutations
 from mahiax.memory import GraphDiffusionMemory
+from mahiax.objective import make_optimizer
 
 _ = torch.manual_seed(0)
 
@@ -78,30 +81,56 @@ def summary_era_step() -> None:
     loss.backward()
 
 
-# %% tags=["raises-exception"]
-summary_era_step()
+# %%
+with lessons.attempt() as caught:
+    summary_era_step()
+
+# %% [markdown]
+# No: the second backward refuses, with the in-place error, although the model has no
+# in-place operation. The tensor it names is `[3, 1]`, "output 0 of AsStrided": the next
+# section decodes it.
+
+# %%
+caught.expect(RuntimeError, "[3, 1]], which is output 0 of AsStrided, is at version 2; "
+                            "expected version 1")
 
 # %% [markdown]
 # ## 2. Decoding the message
 #
-# `[torch.FloatTensor [3, 1]], which is output 0 of AsStrided, is at version 2; expected
-# version 1`. Which tensor is `[3, 1]`? `l2` computes `x @ l2.weight.t() + l2.bias` with
-# one `addmm`; to give `l1` its gradient, the backward of `addmm` needs `l2.weight.t()`, so
-# the forward saved it. `l2.weight` is `[1, 3]`; the saved tensor is its transpose, a
-# **view** (a tensor sharing its base's storage, and its version counter).
+# Which tensor is `[3, 1]`? `l2` computes `x @ l2.weight.t() + l2.bias` with one `addmm`;
+# to give `l1` its gradient, the backward of `addmm` needs `l2.weight.t()`, so the forward
+# saved it. `l2.weight` is `[1, 3]`; the saved tensor is its transpose, a **view** (a tensor
+# sharing its base's storage, and its version counter).
 #
-# **Predict.** What is `l2.weight._version` right after the constructor, before any
-# training step?
+# **Predict.** The message says the saved tensor was at version 1 when the forward saved
+# it: a write before the forward, before any optimiser step. What wrote into `l2.weight`?
 
 # %%
 net = TwoLayers()
 opt = torch.optim.SGD(net.parameters(), lr=0.1)
 print("versions after construction:", {n: p._version for n, p in net.named_parameters()})
-fresh = torch.empty(1, 3)
-print("a fresh tensor:", fresh._version, end=" ")
-nn.init.kaiming_uniform_(fresh)  # what nn.Linear's constructor does to its weight
-print("-> after one in-place init:", fresh._version)
+print("a fresh tensor:", torch.empty(1, 3)._version)
 
+# %% [markdown]
+# The constructor: every parameter of a fresh `nn.Linear` is at version 1, where a fresh
+# tensor is at 0. `nn.Linear.reset_parameters`, which the constructor calls, initialises the
+# weight and the bias in place (`init.kaiming_uniform_`, `init.uniform_`), one write each:
+
+# %%
+init_lines = [ln.strip() for ln in inspect.getsource(nn.Linear.reset_parameters).splitlines()
+              if "init." in ln and "_(" in ln]
+print("\n".join(init_lines))
+fresh = torch.empty(1, 3)
+nn.init.kaiming_uniform_(fresh)
+print("a fresh tensor after one in-place init:", fresh._version)
+assert fresh._version == 1
+assert all(p._version == 1 for p in net.parameters())
+assert any("kaiming_uniform_(self.weight" in ln for ln in init_lines)
+
+# %% [markdown]
+# Then the forward saves the view at version 1, and the optimiser step moves it to 2:
+
+# %%
 loss = net(torch.randn(2, 3)).sum()
 addmm = loss.grad_fn.next_functions[0][0]  # the backward node of l2's addmm
 saved = addmm._saved_mat2  # the tensor it saved
@@ -149,13 +178,18 @@ for file, line in [(f, n) for f, n in report.frames() if "/torch/" not in f][-2:
     print(f"  line {line}: {linecache.getline(file, line).strip()}")
 hint = str(report.error).split("Hint: ")[1]
 print("\nPyTorch's own hint under anomaly mode:\n ", hint)
-assert "anywhere later" in hint
 
 # %% [markdown]
 # It points at `self.l2(...)` in `forward`: correct about where the weight was saved, and
 # silent about `opt.step()`, the line that changed it. PyTorch says so itself: the variable
 # "was changed in there **or anywhere later**". Anomaly mode names the failing node, not
 # the write.
+
+# %%
+frames = [(f, n) for f, n in report.frames() if "/torch/" not in f]
+assert "self.l2(" in linecache.getline(*frames[-1])
+assert "opt.step()" not in "".join(linecache.getline(f, n) for f, n in frames)
+assert "anywhere later" in hint
 #
 # ## 4. What the mutation locator says
 #
@@ -169,12 +203,19 @@ assert "anywhere later" in hint
 net = TwoLayers()
 opt = torch.optim.SGD(net.parameters(), lr=0.1)
 with lessons.expect_error(RuntimeError, "modified by an inplace operation") as caught:
-    with locate_mutations(net):
+    with locate_mutations(net) as locator:
         summary_era_step()
 
 # %%
-report_text = caught.message.split("Mutation locator:")[1]
-assert "add_" in report_text  # SGD's in-place update, inside opt.step()
+first = locator.mutations[0]
+print("the write backward tripped on:", first.op, "| line:",
+      linecache.getline(first.file, first.line).strip())
+assert first.tripped_backward and first.op == "aten.add_"
+assert linecache.getline(first.file, first.line).strip() == "opt.step()"
+
+# %% [markdown]
+# `aten.add_`, inside `opt.step()`: SGD's update writes `-lr * grad` into each parameter
+# in place.
 
 # %% [markdown]
 # ## 5. The summary's "persistent" error in MAHIA-X
@@ -185,8 +226,7 @@ assert "add_" in report_text  # SGD's in-place update, inside opt.step()
 # > next (the original `GraphDiffusionMemory` update, lesson 03a), with an optimiser step
 # > after every step. Then step 1's backward runs into step 0's retained graph, whose saved
 # > parameters step 0's optimiser step has since changed: an in-place error with no in-place
-# > operation in the model. (Lesson 04's setting steps every 4 micro-batches, so there the
-# > same error comes at step 4.)
+# > operation in the model.
 #
 # The catalog's `persistent-inplace` entry trains that model. Its `summary` variant follows
 # the recommendation (anomaly mode), then asks the locator.
@@ -204,35 +244,56 @@ lessons.verdict_report(v_pi)
 # not the optimiser step that changed it.
 
 # %%
+def package_line(where: str) -> str:
+    """The source line at ``where`` ("path/in/mahiax.py:line")."""
+    file, line = where.rsplit(":", 1)
+    return linecache.getline(str(Path(mahiax.__file__).parent / file), int(line)).strip()
+
+
 figures = v_pi.outcomes["summary"].figures
 print("anomaly mode points to:", figures["anomaly_points_to"])
+print("  that line:", package_line(figures["anomaly_points_to"]))
 print("the tensor was changed:", figures["mutating_op"], "at", figures["mutation_at"])
-file, line = figures["mutation_at"].rsplit(":", 1)
-print("  that line:", linecache.getline(str(Path(mahiax.__file__).parent / file),
-                                        int(line)).strip())
+print("  that line:", package_line(figures["mutation_at"]))
 assert figures["anomaly_points_to"] != figures["mutation_at"]
+assert package_line(figures["mutation_at"]) == "self.optimizer.step()"
 
 # %% [markdown]
-# The locator names `aten.mul_` at the catalog harness's `optimizer.step()`. The harness
-# trains with `torch.optim.AdamW`, and AdamW's *decoupled weight decay* first multiplies
-# every parameter in place by `1 - lr * weight_decay` (default `weight_decay` 0.01), before
-# its Adam update. The source of the loop AdamW runs over these CPU parameters, and the
-# effect on a parameter whose gradient is zero (so that only the decay acts):
+# The locator names the op printed above, at the catalog harness's `optimizer.step()`: not
+# SGD's `add_` of section 4, but a `_foreach_` op, one call over a whole list of tensors.
+# The harness trains with `torch.optim.AdamW` built by `mahiax.objective.make_optimizer`
+# with `foreach=True`, so AdamW runs its multi-tensor loop, `_multi_tensor_adam`. Its
+# *decoupled weight decay* first multiplies every parameter in place by
+# `1 - lr * weight_decay`, with one `torch._foreach_mul_`, before the Adam update (a second
+# in-place write, `_foreach_addcdiv_`). The optimiser the harness builds, which loop runs,
+# that loop's decay line, and the effect on a parameter whose gradient is zero (so that only
+# the decay acts; a learning rate of 0.1 makes it visible):
 
 # %%
-source = inspect.getsource(adam_module._single_tensor_adam).splitlines()
-at = next(i for i, s in enumerate(source) if "param.mul_" in s)
-print("\n".join(source[at - 3:at + 1]))
-
 p = nn.Parameter(torch.randn(4))
-adamw = torch.optim.AdamW([p], lr=0.1)
 p.grad = torch.zeros(4)
-before = p.detach().clone()
-adamw.step()
-decay = adamw.defaults["weight_decay"]
-print(f"weight_decay {decay}: p after == p before * (1 - lr * wd):",
-      torch.allclose(p.detach(), before * (1 - 0.1 * decay)))
-assert torch.allclose(p.detach(), before * (1 - 0.1 * decay))
+adamw = make_optimizer([p], harness_config().replace(lr=0.1))
+lr, decay = adamw.defaults["lr"], adamw.defaults["weight_decay"]
+print(type(adamw).__name__, "| foreach:", adamw.defaults["foreach"], "| lr:", lr,
+      "| weight_decay:", decay)
+before, version = p.detach().clone(), p._version
+loops = {name: mock.patch.object(adam_module, name, wraps=getattr(adam_module, name))
+         for name in ("_single_tensor_adam", "_multi_tensor_adam")}
+calls = {}
+with loops["_single_tensor_adam"] as single, loops["_multi_tensor_adam"] as multi:
+    adamw.step()
+    calls = {"_single_tensor_adam": single.call_count, "_multi_tensor_adam": multi.call_count}
+print("calls:", calls)
+source = inspect.getsource(adam_module._multi_tensor_adam).splitlines()
+at = next(i for i, s in enumerate(source) if "_foreach_mul_(device_params" in s)
+print("\n".join(source[at - 3:at + 1]))
+print(f"p after == p before * (1 - lr * wd): "
+      f"{torch.allclose(p.detach(), before * (1 - lr * decay), rtol=0, atol=1e-7)}; "
+      f"p's version {version} -> {p._version}")
+assert figures["mutating_op"] == "aten._foreach_mul_"
+assert calls == {"_single_tensor_adam": 0, "_multi_tensor_adam": 1}
+assert torch.allclose(p.detach(), before * (1 - lr * decay), rtol=0, atol=1e-7)
+assert p._version == version + 2
 
 
 # %% [markdown]
@@ -286,9 +347,13 @@ assert mutations[0].op == "aten.copy_"
 #
 # The locator just named the write in the summary's memory. Write a `GraphDiffusionMemory`
 # whose `forward(x)` reads the nodes (`self.read(x)`) and, in training mode, updates
-# `self.nodes` toward the batch mean (`s = self.write_rate`) without writing into the tensor
-# the read saved and without carrying the graph. `bugs.check("graph-memory-update", cls)`
-# trains with it. The attempt below is the summary's `copy_` under `no_grad`.
+# `self.nodes` toward the batch mean (`(1 - s) * nodes + s * mean(x)`, `s = self.write_rate`)
+# without writing into the tensor the read saved and without carrying the graph.
+# `bugs.check("graph-memory-update", cls)` trains with it, compares every step's gradients
+# with the clean model's, and after every step compares the nodes with that update of the
+# nodes the step started with (it also accepts the package memory's own update, which
+# moves each node toward the inputs assigned to it). The attempt below is the summary's
+# `copy_` under `no_grad`.
 #
 # **Predict.** Does `torch.no_grad()` around the `copy_` help?
 
@@ -303,11 +368,30 @@ class MyMemory(GraphDiffusionMemory):
         return out
 
 
-print(bugs.check("graph-memory-update", MyMemory))
+attempt = bugs.check("graph-memory-update", MyMemory)
+print(attempt)
 
 # %% [markdown]
 # No: `no_grad` stops autograd from *recording* new operations; the in-place write still
-# bumps the version counter of the tensor the read saved.
+# bumps the version counter of the tensor the read saved, and step 0's backward refuses.
+
+# %%
+assert not attempt.holds and "raised RuntimeError at step 0" in attempt.message
+assert "is at version 1; expected version 0" in attempt.message
+
+# %% [markdown]
+# The checker grades the update too, not only autograd. Nodes that never move break no
+# autograd rule, and their gradients match the clean model's for the nodes they have (the
+# clean reference starts every step from the memory's own state); where the nodes are after
+# each step tells them apart:
+
+# %%
+frozen = bugs.get("graph-memory-update").candidates()["wrong: the nodes never move"]
+frozen_result = bugs.check("graph-memory-update", frozen)
+print(frozen_result)
+print("largest gradient error:", frozen_result.outcome.max_grad_diff)
+assert not frozen_result.holds and "The nodes did not move at step 0" in frozen_result.message
+assert frozen_result.outcome.max_grad_diff <= 1e-6
 
 # %% tags=["solution"]
 class MyMemory(GraphDiffusionMemory):
@@ -326,8 +410,9 @@ print(result)
 assert result.holds
 
 # %% [markdown]
-# (It passes the autograd checks; it still pulls every node toward one batch mean. The
-# clean memory moves each node toward the inputs assigned to it: see
+# (It passes: the nodes move as the exercise asks, and autograd is satisfied. It still
+# pulls every node toward one batch mean, which lesson 03a, section 4, measured collapsing
+# the nodes; the package memory moves each node toward the inputs assigned to it: see
 # `GraphDiffusionMemory._stage_write`.)
 #
 # ## Check your understanding
@@ -354,12 +439,15 @@ assert result.holds
 #    `nodes`, which the read saved, so the backward's check fails (the exercise's first
 #    attempt).
 #    </details>
-# 4. In MAHIA-X the locator names `aten.mul_` at `optimizer.step()`. What is multiplied, and
-#    what would it name with plain SGD?
+# 4. In MAHIA-X the locator names `aten._foreach_mul_` at `optimizer.step()`. What is
+#    multiplied, why a `_foreach_` op, and what does it name with plain SGD?
 #    <details><summary>Answer</summary>
-#    AdamW's decoupled weight decay multiplies each parameter in place by
-#    `1 - lr * weight_decay` before its update (section 5). With SGD and no weight decay the
-#    first write is the update itself, `add_` (section 4).
+#    AdamW's decoupled weight decay multiplies every parameter in place by
+#    `1 - lr * weight_decay` before its update. The harness builds AdamW with
+#    `foreach=True`, so `_multi_tensor_adam` runs and does it with one
+#    `torch._foreach_mul_` over all the parameters (section 5). With section 4's SGD (no
+#    weight decay, `foreach` left at its default) the write is the update itself,
+#    `aten.add_`.
 #    </details>
 # 5. After the locator names the optimiser step, what is the fix?
 #    <details><summary>Answer</summary>
@@ -377,6 +465,5 @@ assert result.holds
 # - Anomaly mode shows where it was **saved**; the fix is where it was **modified**: here
 #   the optimiser step under a retained graph (a **wrong diagnosis**, measured).
 # - `mahiax.debug.locate_mutations(model)` names the mutating op, module and line; use it
-#   around the failing step only (it records every saved tensor and sees every op, so each
-#   step runs slower).
+#   around the failing step only: it records every saved tensor and sees every op.
 # - Then remove the cause: detach carried state, one backward per step, no `retain_graph`.

@@ -457,7 +457,8 @@ register(BugEntry(
     steps=4,
     candidate_kind=(
         LOOP_KIND + "; it also clips to max_norm=1.0, calls scaler.step and scaler.update, and "
-        "sets ctx.did_step = True"
+        "sets ctx.did_step = True; graded on the gradients optimizer.step() finds when it runs "
+        "(a clip after the step comes too late)"
     ),
     candidates=_amp_candidates,
 ))

@@ -365,6 +365,14 @@ def test_checker_grades_each_variant_and_band_aid(eid, name):
      "gradients differ from the clean reference"),
     ("dwa-weights", "band-aid: softmax(-L) from detached losses",
      "loss weights vs DWA (one-step windows, T = 2) is off by"),
+    ("tiny-memory-write", "wrong: a memory that never writes",
+     "The memory does not hold what it was told to remember: after step 0, its count of "
+     "writes is 0, not 1"),
+    ("tiny-memory-write", "wrong: every summary into slot 0",
+     "after step 1, slot 0 changed, though step 1 writes slot 1"),
+    ("graph-memory-update", "wrong: the nodes never move", "The nodes did not move at step 0"),
+    ("graph-memory-update", "wrong: random nodes every step",
+     "The nodes after step 0 are not where an update toward the batch puts them"),
 ])
 def test_checker_says_why_in_plain_words(eid, name, says):
     result = bugs.check(eid, bugs.get(eid).candidates()[name])
@@ -499,6 +507,55 @@ def test_amp_checker_counts_the_optimiser_steps():
     result = bugs.check("amp-clip-before-unscale", _amp_loop("unscale_", did_step=False))
     assert not result.holds
     assert result.message.startswith("the optimiser stepped 2 times in one training step")
+
+
+class _RingByCat(TinyMemory):
+    """Lesson 03a's exercise written another way: the ring rebuilt with torch.cat."""
+
+    def forward(self, x):
+        out = self.read(x)
+        if self.training:
+            i = int(self.count) % self.num_slots
+            summary = x.detach().mean(dim=0, keepdim=True)  # (1, D)
+            self.slots = torch.cat([self.slots[:i], summary, self.slots[i + 1:]])  # (S, D)
+            self.count = self.count + 1
+        return out
+
+
+class _RingStagedForCommit(TinyMemory):
+    """Another way: the summary staged in forward, written out of place by commit()."""
+
+    def forward(self, x):
+        out = self.read(x)
+        if self.training:
+            self.pending = x.detach().mean(dim=0)  # (D,)
+        return out
+
+    def commit(self):
+        if getattr(self, "pending", None) is not None:
+            slot = torch.tensor([int(self.count) % self.num_slots])
+            self.slots = self.slots.index_copy(0, slot, self.pending.unsqueeze(0))
+            self.count, self.pending = self.count + 1, None
+
+
+class _NodesByLerp(GraphDiffusionMemory):
+    """Lesson 06's exercise written another way: torch.lerp toward the batch mean."""
+
+    def forward(self, x):
+        out = self.read(x)
+        if self.training:
+            mean = x.detach().mean(dim=0, keepdim=True).expand_as(self.nodes)  # (N, D)
+            self.nodes = torch.lerp(self.nodes, mean, self.write_rate)
+        return out
+
+
+@pytest.mark.parametrize(("eid", "candidate"), [
+    ("tiny-memory-write", _RingByCat), ("tiny-memory-write", _RingStagedForCommit),
+    ("graph-memory-update", _NodesByLerp),
+], ids=["tiny-memory-cat", "tiny-memory-staged", "graph-memory-lerp"])
+def test_memory_checkers_accept_a_right_answer_written_another_way(eid, candidate):
+    result = bugs.check(eid, candidate)
+    assert result.holds, result.message
 
 
 def test_check_says_what_kind_of_candidate_it_needs():

@@ -212,11 +212,10 @@ def screen_latency(seconds: float = 30.0, every_s: float = 0.1, refresh_s: float
                "OMP_NUM_THREADS": "1"}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(  # outside the checkout, as the JupyterLab tile starts it
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard"),
+             "--server.port", str(port), "--server.address", "127.0.0.1"],
+            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         child = None
         try:
             wait_until_up(f"{url}/_stcore/health", server, 60, "streamlit")

@@ -57,23 +57,18 @@ def store_for_server(cwd: str | os.PathLike | None = None,
 
 def dashboard_command(port: int, base_url: str) -> list[str]:
     """The command the proxy runs: Streamlit on ``127.0.0.1:port`` under
-    ``<base_url>mahiax-dashboard``, headless, without usage statistics or a Deploy button.
+    ``<base_url>mahiax-dashboard``.
 
-    Streamlit runs in the Jupyter server's folder, where the repository's
-    ``.streamlit/config.toml`` is not read, so its settings are passed as flags (a test
-    keeps the two the same): no per-session file watcher and no full garbage collection
-    after every run, which are most of what an idle viewer costs."""
+    Every other setting (headless, no usage statistics, no Deploy button, no per-session
+    file watcher, no full garbage collection after each run) comes from
+    ``dashboard/.streamlit/config.toml``, which Streamlit reads beside the app it runs,
+    whatever folder the Jupyter server runs in."""
     base_path = f"{base_url.rstrip('/')}/{NAME}"  # e.g. /user/alice/mahiax-dashboard
     return [
         sys.executable, "-m", "streamlit", "run", str(dashboard_app()),
         "--server.address", "127.0.0.1",
         "--server.port", str(port),
         "--server.baseUrlPath", base_path,
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "minimal",
-        "--server.fileWatcherType", "none",
-        "--runner.postScriptGC", "false",
     ]
 
 

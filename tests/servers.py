@@ -92,19 +92,21 @@ class TreeWatch:
 
 
 def start_dashboard(store: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:
-    """``streamlit run dashboard`` on ``store`` at a free 127.0.0.1 port, with no demo run and
-    one thread (``env`` adds variables); returns the process and its URL once it answers.
-    Output goes to ``log``. The caller stops it with :func:`stop`; if it never answers, it is
-    stopped here and the AssertionError shows the end of its log."""
+    """``streamlit run <checkout>/dashboard`` on ``store`` at a free 127.0.0.1 port, with no
+    demo run and one thread (``env`` adds variables); returns the process and its URL once
+    it answers. It starts in ``log``'s folder, outside the checkout, as the JupyterLab tile
+    and the hub start it (the dashboard's settings must hold there too: ``make dashboard``
+    from the checkout is tested in ``tests/test_dashboard_e2e.py``). Output goes to ``log``.
+    The caller stops it with :func:`stop`; if it never answers, it is stopped here and the
+    AssertionError shows the end of its log."""
     port = free_port()
     environ = {**os.environ, "MAHIAX_STORE": str(store), "MAHIAX_DASHBOARD_AUTOSTART": "0",
                "OMP_NUM_THREADS": "1", **env}
     with open(log, "wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard"),
+             "--server.port", str(port), "--server.address", "127.0.0.1"],
+            cwd=Path(log).parent, env=environ, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     up_or_stopped(server, f"{url}/_stcore/health", 60, "streamlit", log)
     return server, url

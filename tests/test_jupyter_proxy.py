@@ -147,21 +147,45 @@ def test_lesson_link_points_at_the_proxy_on_a_hub_and_in_a_local_jupyterlab(monk
     assert f"MAHIAX_STORE={store} make dashboard" in local and "http://localhost:8501" in local
 
 
-def test_command_passes_every_setting_of_the_repositorys_streamlit_config():
-    """The proxy's Streamlit does not read .streamlit/config.toml (it runs in the Jupyter
-    server's folder): each setting there is a flag of the command, with the same value,
-    except the address, which the proxy pins to 127.0.0.1."""
+# What Streamlit itself resolves for the dashboard's entry point, from the folder it runs in
+_RESOLVED = """
+import json, sys
+from streamlit import config
+from streamlit.web import bootstrap
+config._main_script_path = sys.argv[1]  # what `streamlit run <app>` sets before loading
+bootstrap.load_config_options(flag_options={})
+print(json.dumps({k: config.get_option(k) for k in sys.argv[2:]}))
+"""
+
+
+def _settings() -> dict[str, object]:
     import tomllib
 
-    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
-    cmd = jupyter_proxy.dashboard_command(8765, "/")
+    config = tomllib.loads((ROOT / "dashboard" / ".streamlit" / "config.toml").read_text())
+    return {f"{section}.{key}": value
+            for section, values in config.items() for key, value in values.items()}
+
+
+@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
+def test_streamlit_reads_the_dashboards_settings_wherever_it_starts(where, tmp_path):
+    """``streamlit run`` reads ``.streamlit/config.toml`` beside the app (script-level
+    config), so the Jupyter server's folder, a user's home or the checkout all give the
+    dashboard the same settings: no file watcher, no full GC per run, no Deploy button."""
+    settings = _settings()
+    assert {"server.fileWatcherType", "runner.postScriptGC", "client.toolbarMode"} <= \
+        settings.keys()
+    cwd = ROOT if where == "checkout" else tmp_path
+    done = subprocess.run(
+        [sys.executable, "-c", _RESOLVED, str(jupyter_proxy.dashboard_app()), *settings],
+        cwd=cwd, capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == settings
+
+
+def test_the_proxy_command_leaves_the_settings_to_the_dashboards_config():
+    cmd = jupyter_proxy.dashboard_command(8765, "/user/alice/")
     flags = dict(zip(cmd[5::2], cmd[6::2], strict=True))
-    for section, values in config.items():
-        for key, value in values.items():
-            if (section, key) == ("server", "address"):
-                continue
-            shown = str(value).lower() if isinstance(value, bool) else str(value)
-            assert flags.get(f"--{section}.{key}") == shown, (section, key)
+    assert flags == {"--server.address": "127.0.0.1", "--server.port": "8765",
+                     "--server.baseUrlPath": "/user/alice/mahiax-dashboard"}
 
 
 # A JupyterLab log as CI saw it: the proxy relayed a Streamlit message to a tab that had closed.

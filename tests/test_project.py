@@ -70,7 +70,11 @@ def test_makefile_defines_the_targets_the_readme_names():
 
 
 def test_streamlit_config_is_headless_local_and_private():
-    with open(ROOT / ".streamlit" / "config.toml", "rb") as f:
+    """One file: the dashboard's (read beside its app), and the checkout's root
+    ``.streamlit/config.toml`` is that same file."""
+    dashboard = ROOT / "dashboard" / ".streamlit" / "config.toml"
+    assert (ROOT / ".streamlit" / "config.toml").resolve() == dashboard.resolve()
+    with open(dashboard, "rb") as f:
         config = tomllib.load(f)
     assert config["server"]["headless"] is True
     assert config["server"]["address"] == "localhost"

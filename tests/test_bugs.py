@@ -307,6 +307,32 @@ def test_check_accepts_the_right_fixes():
         assert str(result).startswith(f"[PASS] {eid}: it holds")
 
 
+class _InPlaceIntoCloneFabric(DynamicNeuroFabric):
+    """Lesson 02's question 3: the original per-sample ``+=`` loop, but into ``x.clone()``,
+    a tensor no operation saved. Correct, written differently from the clean fabric."""
+
+    def forward(self, x):
+        routing = self.router(x)
+        if self.training:
+            self.controller.observe(routing)
+        output = x.clone()  # (B, D) its own memory and version counter
+        for b in range(x.shape[0]):
+            for k in range(routing.ids.shape[1]):
+                w = routing.weights[b, k].to(x.dtype)
+                output[b] += w * self.blocks[int(routing.ids[b, k])](x[b])  # (D,)
+        return output, routing
+
+
+@pytest.mark.parametrize(("eid", "candidate"), [
+    ("fabric-accumulate", _InPlaceIntoCloneFabric),
+    # lesson 01: clamping keeps every valid id, as folding with % does
+    ("expert-index", lambda tokens, vocab: tokens.clamp(max=vocab - 1)),
+], ids=["in-place into a clone", "clamp"])
+def test_check_accepts_right_fixes_written_differently(eid, candidate):
+    result = bugs.check(eid, candidate)
+    assert result.holds, f"{eid}: {result.message}"
+
+
 # every candidate an entry lists: its variants as candidates, and the lessons' band-aids
 CANDIDATES = [(e.id, name) for e in bugs.entries() for name in (e.candidates or dict)()]
 # what the checker must grade: all of them but the summary's fixes that hold

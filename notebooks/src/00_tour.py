@@ -12,7 +12,7 @@
 # graph sizes, memory), the summary's fix *as written* and what it really does (measured when
 # you run the cell, never a stored answer), the right fix and its proof, an exercise that
 # `mahiax.bugs.check` grades, and a recap. Run the cells top to bottom (*Run → Run All
-# Cells*); this notebook's cells take under 20 seconds on 2 CPU cores.
+# Cells*); no cell needs a GPU.
 
 # %%
 import plotly.express as px
@@ -75,6 +75,8 @@ print("tokens   ", tuple(batch.tokens.shape), "ids in [0, vocab_size) =", config
 print("tabular  ", tuple(batch.tabular.shape))
 print("features ", tuple(enc.features.shape), "(B, D): what every task head reads")
 print("experts  ", tuple(enc.router.ids.shape), "(B*T tokens, top_k) expert ids")
+print(f"each token: top-{config.top_k} of {config.num_experts} experts | each sample: "
+      f"top-{config.fabric_active} of {config.fabric_layers} fabric blocks")
 assert enc.features.shape == (config.batch_size, config.d_model)
 
 # %% [markdown]
@@ -151,7 +153,7 @@ display(
 # |---|---|
 # | `graph_nodes` | the size of the autograd graph reachable from the step's loss (after the first step it should stay flat) |
 # | `tensor_bytes` | live tensor bytes after the step, read by `MemoryMeter` (lesson 05); a steady rise means something keeps old tensors alive |
-# | `max_grad_diff` | the largest difference between the variant's gradients and those of the **clean** package model, loaded with the same weights and state at the start of the step, on the same batch, in float64: a verdict calls gradients wrong above 1e-6, far above float64 rounding |
+# | `max_grad_diff` | the largest difference between the variant's gradients and those of the **clean** package model, loaded with the same weights and state at the start of the step, on the same batch, in float64: a verdict calls gradients wrong above a tolerance, `GRAD_TOL`, far above float64 rounding (both printed with the `fixed` run below) |
 # | `error_type`, `error_message`, `error_step` | PyTorch's own exception, caught unedited, and the step it was raised at |
 #
 # **Predict.** The original `TinyMemory` writes the batch summary into its ring buffer right
@@ -160,23 +162,39 @@ display(
 
 # %%
 out = bugs.run("tiny-memory-write", "buggy")
+print(f"steps run: {out.steps_run} of {out.steps_requested}")
 print(out.error_type, "at step", out.error_step)
 print(out.error_message.splitlines()[0])
-assert out.error_type == "RuntimeError" and "modified by an inplace operation" in out.error_message
 
 # %% [markdown]
-# Read the step as well as the error: lesson 03a explains why this one comes when it does.
-# The `fixed` variant of the same entry: every step ran; from step 1 on, the graph and the
-# live tensor bytes keep one size (step 0 is smaller: the ring buffer is still empty, so its
-# read builds no graph); and the gradients equal the clean model's to float64 rounding.
+# Step 0 finished. The error comes at step 1 (the step printed above), and it is a
+# `RuntimeError`: a tensor needed for gradient computation "has been modified by an inplace
+# operation". Read the step as well as the error: lesson 03a explains why this one comes
+# when it does.
 
 # %%
+out_error = f"{out.error_type}: {out.error_message}"
+assert out.steps_run == 1 and out.error_step == 1, out_error
+assert out.error_type == "RuntimeError" and "modified by an inplace operation" in out_error
+
+# %% [markdown]
+# The `fixed` variant of the same entry: every step ran; from step 1 on, the graph and the
+# live tensor bytes keep one size (step 0 is smaller: the ring buffer is still empty, so its
+# read returns zeros and builds no graph); and the gradients equal the clean model's to
+# float64 rounding.
+
+# %%
+from mahiax.bugs.verdicts import GRAD_TOL
+
 ok = bugs.run("tiny-memory-write", "fixed")
 print(f"steps run: {ok.steps_run} of {ok.steps_requested}")
 print("graph nodes per step:", ok.graph_nodes)
 print("live tensor KB:      ", [round(b / 1024) for b in ok.tensor_bytes])
-print(f"largest gradient difference from the clean model: {ok.max_grad_diff:.1e}")
+print(f"largest gradient difference from the clean model: {ok.max_grad_diff:.1e} "
+      f"(GRAD_TOL = {GRAD_TOL:g}; float64 machine epsilon {torch.finfo(torch.float64).eps:.1e})")
 assert ok.passed and ok.max_grad_diff < 1e-9
+assert len(set(ok.graph_nodes[1:])) == 1 and ok.graph_nodes[0] < ok.graph_nodes[1]
+assert len(set(ok.tensor_bytes[1:])) == 1
 
 # %% [markdown]
 # ### Why trust the clean model? An independent check
@@ -223,6 +241,23 @@ print("autograd's gradient equals x (not 2x):", torch.equal(grad, x.detach()))
 print("gradcheck of x * x.detach():", gradcheck(wrong, (x,), raise_exception=False))
 
 # %% [markdown]
+# Finite differences also need float64. The same correct block, with the same weights and
+# input in float32, checked with respect to its input: float32 rounding swamps the tiny
+# nudges, and gradcheck rejects gradients that are right (it warns that its input is not
+# double precision; the cell silences that).
+
+# %%
+import warnings
+
+x32 = x.detach().float().requires_grad_(True)  # (B, D) the same input, in float32
+params32 = [p.detach().float() for p in params]  # the same weights, in float32
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # "Input #0 ... is not a double precision"
+    passed32 = gradcheck(block_fn, (x32, *params32), raise_exception=False)
+print("gradcheck of the same block in float32:", passed32)
+assert not passed32
+
+# %% [markdown]
 # `bugs.verdict(id)` runs all three variants and judges the summary's fix from what it
 # measured. The labels mean:
 #
@@ -256,7 +291,7 @@ print("gradcheck of x * x.detach():", gradcheck(wrong, (x,), raise_exception=Fal
 # weights and memory. In JupyterLab (here, on a JupyterHub or on Binder) it is the
 # **MAHIA-X dashboard** tile in the Launcher, or the link the next cell prints; it reads your
 # own run store. Outside JupyterLab, `make dashboard` in a terminal at the repository root
-# serves it on <http://localhost:8501>, and with an empty store starts a 300-step demo run.
+# serves it on <http://localhost:8501>, and with an empty store starts a demo run.
 # Lesson 07 records a run from a notebook and opens the same run there.
 
 # %%
@@ -298,8 +333,9 @@ assert result.holds
 #    <details><summary>Answer</summary>
 #
 #    So that "the gradients equal the clean model's" is a sharp test: the `fixed` run above
-#    matches the reference to float64 rounding (around 1e-16 at most), so any real mistake
-#    stands far above it. gradcheck's finite differences need float64 for the same reason.
+#    matches the reference to float64 rounding (its difference and the machine epsilon are
+#    printed beside `GRAD_TOL`), so any real mistake stands far above it. gradcheck's finite
+#    differences need float64 for the same reason: in float32 it rejected the correct block.
 #
 #    </details>
 #

@@ -59,30 +59,42 @@ with lessons.expect_error(IndexError, "index out of range in self"):
 # Each expert is a **SwiGLU** feed-forward layer, `down(silu(x W_gate) * (x W_up))`: a gated
 # variant of the usual two-layer MLP. Picking experts' weights by id from such a stack is
 # naturally written as an `index_select` along dimension 0 (the clean model instead groups
-# tokens by expert and indexes the stack with Python ints).
+# tokens by expert and indexes the stack with Python ints: section 5 shows its code).
 #
 # One way to get bad expert ids: take the top-k over the wrong dimension of the router's
-# probabilities. `probs` is `(tokens, experts)`; `topk(dim=0)` picks the best
-# *tokens* for each expert, not the best experts for each token.
+# probabilities, which are `(tokens, experts)`.
 #
-# **Predict.** 16 tokens, 8 experts, `probs.topk(2, dim=0)`: what is the largest "expert id",
-# and what does `index_select` on the `(8, D, H)` stack say about it?
+# **Predict.** 16 tokens, 8 experts, ids taken from `probs.topk(2, dim=0)`: what is the
+# largest id, and what does `index_select` on the `(8, D, H)` stack say about it?
 
 # %%
 model = HybridEfficientModel(teaching())
 w_gate = model.text.moe.experts.w_gate  # (E, D, H) stacked SwiGLU gate weights
 print("stacked weights:", tuple(w_gate.shape))
 probs = torch.softmax(torch.randn(16, w_gate.shape[0]), dim=-1)  # (tokens, experts)
-wrong_ids = probs.topk(2, dim=0).indices  # (2, experts): token positions, not expert ids
-print("largest 'expert id':", int(wrong_ids.max()))
-with lessons.expect_error(IndexError, "index out of range in self"):
-    w_gate.index_select(0, wrong_ids.reshape(-1))
+topk_ids = probs.topk(2, dim=0).indices
+print("ids:", tuple(topk_ids.shape), "| largest id:", int(topk_ids.max()))
+with lessons.attempt() as caught:
+    w_gate.index_select(0, topk_ids.reshape(-1))
 
 # %% [markdown]
-# The "ids" are token positions, which go up to the number of tokens; the message is word
-# for word the embedding's. Why "self"? It is the name PyTorch's operator
-# signature gives the tensor being indexed. And an embedding lookup *is* an `index_select` of
-# rows of its weight table: same result for valid ids, same message for an id outside it.
+# `topk(dim=0)` ranks along the *tokens*: for each expert it picks its 2 best tokens. The
+# result is `(2, experts)`, and its values are token positions, which go up to the number of
+# tokens (the largest is printed above), past the last expert. `index_select` raises
+# `IndexError: index out of range in self`, word for word the embedding's message. The top-k
+# over the expert dimension (`dim=-1`) gives what a router needs, `(tokens, 2)` ids below 8:
+
+# %%
+caught.expect(IndexError, "index out of range in self")
+assert topk_ids.shape == (2, w_gate.shape[0]) and int(topk_ids.max()) >= w_gate.shape[0]
+expert_ids = probs.topk(2, dim=-1).indices  # (tokens, 2): each token's 2 best experts
+print("ids over dim=-1:", tuple(expert_ids.shape), "| largest id:", int(expert_ids.max()))
+assert expert_ids.shape == (16, 2) and int(expert_ids.max()) < w_gate.shape[0]
+
+# %% [markdown]
+# Why "self"? It is the name PyTorch's operator signature gives the tensor being indexed.
+# And an embedding lookup gives the same rows as an `index_select` of its weight table, and
+# the same message for an id outside it:
 
 # %%
 print(torch.ops.aten.index_select.default._schema)
@@ -132,20 +144,31 @@ with lessons.expect_error(IndexError, "index 5 is out of range"):
 # > **Reconstruction.** The summary gives neither the demo's vocabulary size nor the range of
 # > its token ids; it only reports the error. The lab assumes the demo built its embedding for
 # > a small vocabulary (here the teaching preset's 1,000 tokens; the catalog's tiny model has
-# > 64) and drew token ids from 10,000 (`DEMO_DATA_VOCAB`). This is one common way to get
-# > "index out of range in self" with a correct router; the cells below adopt it.
+# > the `vocab_size` printed below) and drew token ids from 10,000 (`DEMO_DATA_VOCAB`). This
+# > is one common way to get "index out of range in self" with a correct router; the cells
+# > below adopt it.
 #
 # **Predict.** Ids drawn from 10,000 for a 1,000-row table: roughly what share of them has no
 # row?
 
 # %%
+from mahiax.bugs.harness import harness_config
+
 config = teaching()
 demo_data = SyntheticMultiTask(config.replace(vocab_size=DEMO_DATA_VOCAB))
 tokens = demo_data.batch(0).tokens
-outside = (tokens >= config.vocab_size).float().mean().item()
-print(f"vocab_size = {config.vocab_size}, largest id in the batch = {int(tokens.max())}")
-print(f"{outside:.0%} of the ids are outside the embedding table")
-assert outside > 0.5
+share = (tokens >= config.vocab_size).float().mean().item()
+print(f"DEMO_DATA_VOCAB = {DEMO_DATA_VOCAB}; teaching vocab_size = {config.vocab_size}; "
+      f"tiny (catalog) vocab_size = {harness_config().vocab_size}")
+print(f"largest id in the batch = {int(tokens.max())}")
+print(f"{share:.0%} of the ids are outside the embedding table")
+
+# %% [markdown]
+# Most of them: the share printed above. Every one of those ids would make the embedding
+# raise "index out of range in self".
+
+# %%
+assert share > 0.5
 
 # %% [markdown]
 # The clean model checks its inputs before the embedding, so the same batch gets a clear
@@ -192,8 +215,18 @@ lessons.outcome_table(v.outcomes)
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `expert-index`: **wrong-diagnosis**. The
 # change removes the `TypeError` of `experts[idx]`, but the reported `IndexError` comes from
-# token ids outside the vocabulary, and it stays.
-#
+# token ids outside the vocabulary, and it stays: the summary's router on the demo's data
+# fails at step 0 with the reported error.
+
+# %%
+summary_out = v.outcomes["summary"]
+assert summary_out.error_type == "IndexError" and summary_out.error_step == 0
+assert "index out of range in self" in summary_out.error_message
+assert diagnosis["reported_error"] == "IndexError: index out of range in self"
+assert diagnosis["error_the_fix_removes"].startswith(
+    "TypeError: only integer tensors of a single element")
+
+# %% [markdown]
 # Switch between the three variants: what each raised, and its autograd graph size per step
 # (the buggy and summary variants fail at the first step, so they have no points).
 
@@ -206,8 +239,16 @@ lessons.variant_switch(v.outcomes)
 # The ids must lie in `[0, vocab_size)`: the tokenizer and the embedding must agree. The
 # clean model also never indexes a module list with a tensor: its experts are stacked
 # weights, and tokens are dispatched grouped by expert, with expert ids from a top-k over the
-# expert dimension. The `fixed` variant trains the clean model on valid ids: every step
-# runs, and its gradients equal the reference's.
+# expert dimension (the clean code below). The `fixed` variant trains the clean model on
+# valid ids: every step runs, and its gradients equal the reference's.
+
+# %%
+from IPython.display import display
+
+from mahiax.moe import SwiGLUExperts, TopKRouter
+
+display(lessons.source(TopKRouter.forward, "the clean router: top-k over the experts"),
+        lessons.source(SwiGLUExperts.forward, "the clean dispatch: grouped by expert"))
 
 # %%
 fixed = v.outcomes["fixed"]
@@ -220,7 +261,7 @@ assert fixed.passed and fixed.max_grad_diff < 1e-9
 #
 # You cannot change the demo's data source, but you can transform each batch before it
 # reaches the model. Write `fit_ids(tokens, vocab_size) -> tokens` so that training on the
-# demo's data (ids up to 10,000) runs. `bugs.check("expert-index", fit_ids)` trains the
+# demo's data (ids drawn from 10,000) runs. `bugs.check("expert-index", fit_ids)` trains the
 # clean model with your function applied to every batch.
 #
 # The attempt below returns the ids unchanged; run it and read the checker's answer, then
@@ -254,8 +295,16 @@ print(band_aid)
 assert not band_aid.holds
 
 # %% [markdown]
-# Folding ids with `%` (or `clamp`) passes, but different words now share a row: the checker
-# cannot judge what a mapping does to the ids that were out of range. In a real project the
+# Clamping every id to the last row keeps the valid ids as they were, so it passes too:
+
+# %%
+clamped = bugs.check("expert-index", lambda tokens, vocab_size: tokens.clamp(max=vocab_size - 1))
+print(clamped)
+assert clamped.holds
+
+# %% [markdown]
+# Folding ids with `%` or clamping them passes, but different words now share a row: the
+# checker cannot judge what a mapping does to the ids that were out of range. In a real project the
 # fix is upstream: build the vocabulary from the data (or size the embedding to the
 # tokenizer), and keep an input check like `mahiax.validation.check_inputs` so a mismatch
 # fails at once with a clear message.
@@ -270,8 +319,8 @@ assert not band_aid.holds
 #
 #    `nn.Embedding` with a token id ≥ `num_embeddings`, and `index_select` on the stacked
 #    expert weights with an expert id ≥ `E`. "self" is the name of the indexed tensor in
-#    `aten::index_select`'s signature; an embedding lookup is an `index_select` of rows of
-#    its weight table, and fails with the same words.
+#    `aten::index_select`'s signature; an embedding lookup returns the same rows as an
+#    `index_select` of its weight table, and fails with the same words.
 #
 #    </details>
 #
@@ -320,10 +369,10 @@ assert not band_aid.holds
 # %% [markdown]
 # ## Recap
 #
-# - `IndexError: index out of range in self` is `index_select`'s error for an index outside
-#   the indexed tensor: an embedding with a token id outside its table, or stacked expert
-#   weights with an expert id outside `[0, E)`. The traceback says which lookup; the index
-#   tensor's range says why.
+# - `IndexError: index out of range in self` is the error of `index_select` and of an
+#   embedding for an index outside the indexed tensor: a token id outside the embedding's
+#   table, or an expert id outside `[0, E)` picking from stacked expert weights. The
+#   traceback says which lookup; the index tensor's range says why.
 # - `experts[idx]` with a many-element tensor raises a `TypeError`; `int(u.item())` cures
 #   that one.
 # - The summary's fix is a **wrong diagnosis**: measured, the reported error is still there.

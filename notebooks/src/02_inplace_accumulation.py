@@ -66,15 +66,15 @@ print("output is x:", output is x)
 
 # %%
 print("x._version before:", x._version)
-output[0] += 0.5 * row_out  # in place, into x
+output[0] += 0.5 * row_out
 print("x._version after: ", x._version)
-assert x._version == 2
 
 # %% [markdown]
 # Two, not one. Python runs `output[0] += v` as three steps: read the item, add in place,
 # store the item back (`BINARY_SUBSCR`, `BINARY_OP +=`, `STORE_SUBSCR` in the bytecode):
 
 # %%
+assert x._version == 2
 dis.dis("output[0] += v")
 
 # %% [markdown]
@@ -90,6 +90,33 @@ print("after t += 1.0:", "t._version =", t._version, "| x2._version =", x2._vers
 x2[0] = t  # Tensor.__setitem__: copy_ into x2[0]
 print("after x2[0] = t:", "x2._version =", x2._version)
 assert (t._version, x2._version) == (2, 2)
+
+# %% [markdown]
+# That count depends on the index. With an int, a slice, or a 0-dim integer tensor, `x[i]`
+# is a view, and the line makes the two writes above. With a 1-D tensor of indices
+# (advanced indexing), `x[idx]` is a **copy**: `t += ...` bumps only the copy, and
+# `x[idx] = t` is one `index_put_` into `x` (its `grad_fn` becomes `IndexPutBackward0`, not
+# `CopySlices`): one bump. The summary's line indexes with `batch_idx`, which it does not
+# define; each kind of index, measured on a fresh activation:
+
+# %%
+indices = {
+    "0 (int)": 0,
+    "0:1 (slice)": slice(0, 1),
+    "tensor(0) (0-dim)": torch.tensor(0),
+    "tensor([0]) (1-D)": torch.tensor([0]),
+    "tensor([0, 2]) (1-D)": torch.tensor([0, 2]),
+}
+bumps = {}
+for name, idx in indices.items():
+    x3 = a * 1.0  # (4, 3) a fresh activation, version 0
+    is_view = x3[idx]._base is x3
+    x3[idx] += 1.0
+    bumps[name] = x3._version
+    print(f"x3[{name:20}] += 1.0 | x3[idx] is a view: {is_view!s:5} | "
+          f"x3._version: {x3._version} | x3.grad_fn: {x3.grad_fn.name()}")
+assert bumps == {"0 (int)": 2, "0:1 (slice)": 2, "tensor(0) (0-dim)": 2,
+                 "tensor([0]) (1-D)": 1, "tensor([0, 2]) (1-D)": 1}
 
 # %% [markdown]
 # Now backward. The raw traceback, as a learner first meets it:
@@ -122,10 +149,11 @@ with lessons.expect_error(RuntimeError, "[4, 3]"):
     _ = scores.grad_fn._saved_mat1  # the gate's saved x
 
 # %% [markdown]
-# (`CopySlices` is the autograd node that records an in-place write into part of a tensor:
-# it is `x`'s `grad_fn` after the `+=`.)
+# (`CopySlices` is the autograd node that records an in-place operation on a view as a
+# write into its base: it is `v`'s `grad_fn` after the `+=`, printed above.)
 #
-# The same backward, checked (type, the `[1, 3]` shape and the versions):
+# The same backward, checked (type, the `[1, 3]` shape and the versions), then with a 1-D
+# tensor index: one `index_put_` into `x` is enough to make backward refuse, at version 1:
 
 # %%
 a.grad = None
@@ -136,6 +164,14 @@ output[0] += 0.5 * block(x[0])
 with lessons.expect_error(RuntimeError, "modified by an inplace operation") as caught:
     (output.sum() + scores.sum()).backward()
 assert "[1, 3]" in caught.message and "is at version 2; expected version 0" in caught.message
+
+x = a * 1.0
+scores = gate(x)
+output = x
+output[torch.tensor([0])] += 0.5 * block(x[0])  # a 1-D tensor index: one index_put_ into x
+with lessons.expect_error(RuntimeError, "modified by an inplace operation") as caught:
+    (output.sum() + scores.sum()).backward()
+assert "[1, 3]" in caught.message and "is at version 1; expected version 0" in caught.message
 
 # %% [markdown]
 # Out of place, every partial sum is a new tensor: `x` keeps version 0 and backward runs.
@@ -205,16 +241,19 @@ lessons.verdict_report(v_router)
 #
 # The original raises PyTorch's in-place error at the first step. Decode its message with
 # section 1: the shape is one sample's row (`d_model` numbers), and the version is two bumps
-# per `+=`, one `+=` per sample per chosen block:
+# per `+=` (the loop's `batch_idx` is an int from `range`), one `+=` per sample per chosen
+# block:
 
 # %%
 c = harness_config()
 first_line = v_fabric.outcomes["buggy"].error_message.splitlines()[0]
 print(first_line.split(" Hint:")[0])
+bumps_per_forward = 2 * c.batch_size * c.fabric_active
 print(f"d_model = {c.d_model}; bumps in one forward = 2 x {c.batch_size} samples x "
-      f"{c.fabric_active} blocks = {2 * c.batch_size * c.fabric_active}")
+      f"{c.fabric_active} blocks = {bumps_per_forward}")
 assert f"[{c.d_model}]" in first_line
-assert f"is at version {2 * c.batch_size * c.fabric_active};" in first_line
+assert (f"is at version {bumps_per_forward}; expected version {bumps_per_forward - 2} "
+        in first_line)
 
 # %% [markdown]
 # The version it expected, 2 fewer, is the one the last sample's row had when its second block
@@ -294,12 +333,15 @@ assert result.holds
 # %% [markdown]
 # ## Check your understanding
 #
-# 1. Why does one `output[0] += v` bump the version counter by 2?
+# 1. Why does one `output[0] += v` bump the version counter by 2? And `output[idx] += v`,
+#    with `idx` a 1-D tensor of indices?
 #
 #    <details><summary>Answer</summary>
 #
 #    Python runs it as `t = output[0]`, `t += v` (an in-place `add_` on a view, which shares
 #    `output`'s counter: +1), then `output[0] = t` (`__setitem__` copies into the slice: +1).
+#    With a 1-D index tensor, `output[idx]` is a copy: the `add_` bumps only the copy, and
+#    the store is one `index_put_` into `output`: +1. Either way backward refuses.
 #
 #    </details>
 #
@@ -329,8 +371,8 @@ assert result.holds
 #
 #    <details><summary>Answer</summary>
 #
-#    8 samples x 2 blocks = 16 `+=`, 2 bumps each: 32 after the forward. The last block to
-#    read a row read `x[7]` just before the last `+=`, at version 30.
+#    8 samples x 2 blocks = 16 `+=`, 2 bumps each (an int index): 32 after the forward. The
+#    last block to read a row read `x[7]` just before the last `+=`, at version 30.
 #
 #    </details>
 
@@ -350,8 +392,9 @@ assert result.holds
 # - In-place ops bump a tensor's version counter, shared by all views of the same memory;
 #   backward refuses a saved tensor whose version moved: "one of the variables needed for
 #   gradient computation has been modified by an inplace operation".
-# - One `output[b] += ...` is two in-place writes (`add_` on the view, then `__setitem__`'s
-#   copy): +2 per line.
+# - With an int (or slice) index, one `output[b] += ...` is two in-place writes (`add_` on
+#   the view, then `__setitem__`'s copy): +2 per line. With a 1-D tensor index, `output[b]`
+#   is a copy and the store is one `index_put_`: +1. Either bump makes backward refuse.
 # - `output = x` is an alias: `output[b] += ...` writes into `x`, and every saved view of `x`
 #   goes stale. The first one backward meets is named in the error, with its own shape.
 # - The summary's non-in-place additions **hold** for both the fabric and the router

@@ -79,8 +79,8 @@ with lessons.attempt() as caught:
 
 # %% [markdown]
 # `topk(dim=0)` ranks along the *tokens*: for each expert it picks its 2 best tokens. The
-# result is `(2, experts)`, and its values are token positions, which go up to the number of
-# tokens (the largest is printed above), past the last expert. `index_select` raises
+# result is `(2, experts)`, and its values are token positions, from 0 to 15 (the largest
+# is printed above), some of them past the last expert. `index_select` raises
 # `IndexError: index out of range in self`, word for word the embedding's message. The top-k
 # over the expert dimension (`dim=-1`) gives what a router needs, `(tokens, 2)` ids below 8:
 

@@ -356,5 +356,5 @@ def _memory_categories(scalars: dict[str, pd.DataFrame], infos: dict[str, dict])
                 continue
             st.plotly_chart(charts.memory_stack(m.stacked, m.totals, f"{variant}: "
                                                 f"{VARIANT_LABELS[variant]}",
-                                                y_max=1.05 * top or None),
+                                                y_max=1.05 * top or None, every=m.every),
                             width="stretch")

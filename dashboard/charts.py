@@ -7,6 +7,8 @@ import pandas as pd
 import plotly
 import plotly.graph_objects as go
 
+from dashboard.processing import reading_runs
+
 # legend below the plot: above it, a long legend wraps over the chart's title
 _LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), height=340, hovermode="x unified",
                legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))
@@ -54,24 +56,32 @@ _TOTAL_STYLES = {  # lines drawn over the stack
 
 def memory_stack(stacked: pd.DataFrame, totals: pd.DataFrame, title: str,
                  y_title: str = "MiB", y_max: float | None = None,
-                 marks: dict[int, str] | None = None) -> go.Figure:
+                 marks: dict[int, str] | None = None, every: int | None = None) -> go.Figure:
     """Memory categories stacked as areas over steps, the total, peak and reserve as lines.
 
     ``stacked``: column per category (same order and colours on every chart); ``totals``: any
-    of ``total``, ``peak``, ``reserved``, NaN where not read (drawn with markers when sparse).
+    of ``total``, ``peak``, ``reserved``, NaN where not read. ``every``: the steps between two
+    readings of the stack; past one, each reading is a marker, and where readings are
+    missing (a gap longer than their cadence) the areas stop rather than join across steps
+    nothing read. Totals read at under half the stack's steps are markers only.
     ``y_max`` fixes the y range, so charts of several runs can be compared by eye; ``marks``
     draws a dotted vertical line at each step given, with its label (e.g. a spike)."""
     fig = go.Figure()
-    for i, col in enumerate(stacked.columns):
-        colour = _CATEGORY_COLOURS[i % len(_CATEGORY_COLOURS)]
-        fig.add_trace(go.Scatter(x=stacked.index, y=stacked[col], mode="lines", name=str(col),
-                                 stackgroup="memory", line=dict(width=0.5, color=colour),
-                                 fillcolor=colour))
+    runs = reading_runs(stacked.index, every)
+    for r, steps in enumerate(runs):
+        part = stacked.loc[steps]
+        for i, col in enumerate(stacked.columns):
+            colour = _CATEGORY_COLOURS[i % len(_CATEGORY_COLOURS)]
+            fig.add_trace(go.Scatter(
+                x=part.index, y=part[col], name=str(col), legendgroup=str(col),
+                showlegend=r == 0, mode="lines+markers" if every and every > 1 else "lines",
+                marker=dict(size=4), stackgroup=f"memory-{r}",
+                line=dict(width=0.5, color=colour), fillcolor=colour))
     for col in totals.columns:
         series = totals[col].dropna()
         sparse = len(series) < 0.5 * max(1, len(stacked))
         fig.add_trace(go.Scatter(x=series.index, y=series, name=str(col),
-                                 mode="lines+markers" if sparse else "lines",
+                                 mode="markers" if sparse else "lines",
                                  line=_TOTAL_STYLES.get(str(col), {})))
     for step, label in (marks or {}).items():
         fig.add_vline(x=step, line_dash="dot", line_color="red", annotation_text=label)

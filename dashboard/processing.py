@@ -241,6 +241,7 @@ class MemoryByCategory:
     totals: pd.DataFrame  # columns among total, peak, reserved (NaN where not read)
     sparse: list[str]  # category labels read at only some steps
     sparse_every: int | None = None  # the usual number of steps between their readings
+    every: int | None = None  # the usual number of steps between two stacked readings
 
     @property
     def empty(self) -> bool:
@@ -263,13 +264,26 @@ def memory_by_category(df: pd.DataFrame) -> MemoryByCategory:
     totals = to_mib(df.loc[df[totals_keys].notna().any(axis=1), totals_keys]) \
         .rename(columns=MEMORY_TOTALS) if totals_keys else pd.DataFrame()
     stacked.index.name = totals.index.name = "step"
-    every = None
+    sparse_every = None
     if sparse:
         rarest = min((k for k in present if k not in dense), key=lambda k: rows[k].count())
-        read = rows.index[rows[rarest].notna()]
-        if len(read) > 1:
-            every = int(np.median(np.diff(read)))
-    return MemoryByCategory(stacked, totals, sparse, every)
+        sparse_every = usual_gap(rows.index[rows[rarest].notna()])
+    return MemoryByCategory(stacked, totals, sparse, sparse_every, usual_gap(stacked.index))
+
+
+def usual_gap(steps: pd.Index) -> int | None:
+    """The median number of steps between consecutive readings (None: fewer than two)."""
+    return int(np.median(np.diff(steps))) if len(steps) > 1 else None
+
+
+def reading_runs(steps: pd.Index, every: int | None) -> list[pd.Index]:
+    """``steps`` cut where a gap is longer than 1.5 readings' usual gap: within a run the
+    readings follow their cadence, so a line may join them; between runs there was no
+    reading, so none may."""
+    if every is None or len(steps) < 2:
+        return [steps]
+    cuts = np.flatnonzero(np.diff(steps) > 1.5 * every) + 1
+    return [steps[a:b] for a, b in zip([0, *cuts], [*cuts, len(steps)], strict=True)]
 
 
 def latest_values(df: pd.DataFrame) -> dict[str, tuple[int, float]]:

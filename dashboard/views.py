@@ -495,7 +495,10 @@ def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: 
         st.info(f"{where}, read from the CUDA allocator every step: 'other' is allocated "
                 "minus the known categories; reserved is what the caching allocator holds.")
     else:
-        st.info(f"{where}: the bytes of the tensors each category holds, every step.")
+        read = "every step" if (mem.every or 1) == 1 else \
+            f"read every {mem.every} steps (the markers; a line joins two readings only " \
+            "where none is missing)"
+        st.info(f"{where}: the bytes of the tensors each category holds, {read}.")
     if mem.sparse:
         every = f"every {mem.sparse_every} steps" if mem.sparse_every else "at some steps"
         st.caption(f"{', '.join(mem.sparse)}: read only {every} (a scan of every live "
@@ -513,7 +516,9 @@ def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: 
     if len(totals) > _max_points():
         totals = _ds(totals)
     title = f"Memory by category ({'GPU' if gpu else 'CPU'})"
-    _chart(lambda: charts.memory_stack(stacked, totals, title, marks={s: "spike" for s in spikes}))
+    every = processing.usual_gap(stacked.index)  # of the points drawn (maybe downsampled)
+    _chart(lambda: charts.memory_stack(stacked, totals, title, every=every,
+                                       marks={s: "spike" for s in spikes}))
     if not gpu and _present(df, ["mem/rss"]):
         _chart(lambda: charts.lines(_ds(processing.to_mib(df[["mem/rss"]])),
                                     "Process RSS (all memory of the process, not only tensors)",

@@ -745,3 +745,23 @@ def test_run_request_command_line(tmp_path):
 
 def test_stop_unknown_run_is_refused(tmp_path):
     assert runs.stop_run(tmp_path / "s.sqlite", "nothing") is False
+
+
+def test_memory_chart_draws_no_line_across_steps_it_has_no_reading_for():
+    """Readings every 10 steps, then none from 100 to 250 (e.g. a run resumed later): each
+    reading is a marker, and no stacked trace joins step 100 to step 250."""
+    from dashboard import charts
+
+    steps = [*range(0, 110, 10), *range(250, 300, 10)]
+    df = pd.DataFrame({"mem/params": 4.0 * MIB, "mem/grads": 4.0 * MIB,
+                       "mem/optimizer": 8.0 * MIB, "mem/saved": 2.0 * MIB},
+                      index=pd.Index(steps, name="step"))
+    mem = processing.memory_by_category(df)
+    assert mem.every == 10
+    fig = charts.memory_stack(mem.stacked, mem.totals, "Memory by category (CPU)",
+                              every=mem.every)
+    stacked = [t for t in fig.data if t.stackgroup]
+    assert {tuple(t.x) for t in stacked} == {tuple(range(0, 110, 10)),
+                                            tuple(range(250, 300, 10))}
+    assert all("markers" in t.mode for t in stacked)
+    assert [t.showlegend for t in stacked].count(True) == 4, "one legend entry per category"

@@ -3,7 +3,8 @@
 A store holds a finished tiny run, and a child process trains a ``live`` run (``--balance
 bias``) into the same store during the test. The test opens every page through the sidebar
 navigation, checks each draws Plotly charts without a Streamlit exception (the Memory page:
-the memory categories stacked, labelled CPU), checks the Training page's "last step N" grows
+the memory categories stacked, labelled CPU, read every 10th step of the live run as the
+command line recorded it), checks the Training page's "last step N" grows
 while the live run trains and the Expert load balance page's MaxVio and selection-bias charts
 gain steps, opens the Bug lab on two recorded variants of ``retain-graph`` (their overlays
 and memory by category), and saves a screenshot of every page to
@@ -176,6 +177,15 @@ _TRACES_JS = """(prefix) => Array.from(document.querySelectorAll('.js-plotly-plo
                                                 ? Number(d.x[d.x.length - 1]) : null]))"""
 
 
+# the steps (x) of each stacked trace of the newest chart titled like the argument
+_STACKED_JS = """(prefix) => Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .filter(el => ((el.layout && el.layout.title && el.layout.title.text) || '')
+                  .replace(/<[^>]*>/g, '').startsWith(prefix))
+    .slice(-1)
+    .map(el => el._fullData.filter(d => d.stackgroup)
+                           .map(d => Array.from(d.x, Number)))"""
+
+
 def _last_x(pg, prefix: str) -> dict[str, float]:
     """trace name -> its newest step, of the chart titled ``prefix``... (while a live page
     redraws, the browser may briefly hold the chart twice, as drawn before and after the
@@ -240,6 +250,18 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
         ["this step's batch", "global: last 50 steps"]
     assert page.locator(EXCEPTION).count() == 0, "live Expert load balance: exception shown"
     page.screenshot(path=str(ARTIFACTS / "live-experts.png"), full_page=True)
+    # the CLI-started run's memory by category: stacked, one reading every
+    # categories_every steps, none missing (the default cadence, as the command recorded it)
+    _open(page, "Memory")
+    expect(page.locator(".js-plotly-plot .gtitle").filter(
+        has_text="Memory by category (CPU)")).to_be_visible()
+    stacks = [steps for chart in page.evaluate(_STACKED_JS, "Memory by category")
+              for steps in chart]
+    every = Cadence().categories_every
+    assert stacks and all(len(x) >= 3 for x in stacks), stacks
+    for x in stacks:  # each category's trace: every 10th step from 0, no gap
+        assert x == list(range(0, every * len(x), every)), x[:20]
+    expect(page.get_by_text(f"read every {every} steps", exact=False)).to_be_visible()
     # stop training now: on a small machine (2 cores) the trainer, the server and Chromium
     # redrawing every 2 s together starve the browser, and clicks then time out
     stop(live_run)

@@ -62,17 +62,18 @@ Keys written (scalars unless marked; ``<task>`` is each task name):
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import psutil
 import torch
 
 from mahiax.cadence import MAX_VIO_WINDOW, Cadence
 from mahiax.model import ModelState
-from mahiax.moe import load_percentiles
 from mahiax.telemetry.categories import MemoryCategories
 from mahiax.telemetry.memory_meter import MemoryMeter
 from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture, encode_path
@@ -99,13 +100,52 @@ class LoadWindow:
     def __init__(self, steps: int = MAX_VIO_WINDOW):
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps={steps!r} must be a positive integer")
-        self._loads: deque[torch.Tensor] = deque(maxlen=steps)
+        self._loads: deque[np.ndarray] = deque(maxlen=steps)
+        self._sum: np.ndarray | None = None  # (E,) float64: the loads in the window, summed
 
     def add(self, tokens_per_expert: Sequence[float]) -> float:
         """Add one step's tokens per expert (E,); return MaxVio of the window's summed load
-        (the steps so far while fewer than ``steps``)."""
-        self._loads.append(torch.as_tensor(tokens_per_expert, dtype=torch.float64))
-        return load_percentiles(torch.stack(tuple(self._loads)).sum(0))["max_vio"]
+        (the steps so far while fewer than ``steps``). The sum is kept as the window moves
+        (the step leaving it subtracted), so a step costs O(E), not O(window * E); token
+        counts are integers, exact in float64, so the kept sum equals a fresh one."""
+        load = np.asarray(tokens_per_expert, dtype=np.float64)
+        if self._sum is None or self._sum.shape != load.shape:
+            self._loads.clear()
+            self._sum = np.zeros_like(load)
+        if len(self._loads) == self._loads.maxlen:
+            self._sum -= self._loads[0]
+        self._loads.append(load)
+        self._sum += load
+        mean = float(self._sum.mean())
+        return float(self._sum.max()) / mean - 1.0 if mean > 0 else 0.0
+
+
+class ProcessRSS:
+    """This process's resident set size, read every step: on Linux one ``pread`` of
+    ``/proc/self/statm`` kept open (psutil opens and parses the file at each call, a few
+    times slower), elsewhere psutil."""
+
+    def __init__(self) -> None:
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        try:
+            self._fd: int | None = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+            self._process = psutil.Process()
+
+    def bytes(self) -> int:
+        if self._fd is None:
+            return int(self._process.memory_info().rss)
+        return int(os.pread(self._fd, 128, 0).split()[1]) * self._page  # resident pages
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._process = psutil.Process()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class TrainingProbe:
@@ -126,7 +166,7 @@ class TrainingProbe:
         self._snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self._trainer = None
         self._reading: tuple[int, MemoryCategories] | None = None  # (step, after forward)
-        self._process = psutil.Process()
+        self._rss = ProcessRSS()
         self._load_window = LoadWindow(self.cadence.max_vio_window)
         if trainer is not None:
             self.attach(trainer)
@@ -214,7 +254,7 @@ class TrainingProbe:
             "amp/skipped_total": trainer.precision.skipped_steps,
             "time/step_s": record.step_time,
             "time/samples_per_s": record.samples_per_s,
-            "mem/rss": self._process.memory_info().rss,
+            "mem/rss": self._rss.bytes(),
         })
         if "bias" in load:  # balance=bias
             m["moe/bias_flipped"] = load["bias_flipped"]
@@ -223,10 +263,10 @@ class TrainingProbe:
         self.logger.log_vector("moe/tokens_per_expert", load["tokens_per_expert"], step)
         if "bias" in load:
             self.logger.log_vector("moe/bias", load["bias"], step)
-        state = trainer.model.state_snapshot()
-        self.logger.log_vector("fabric/importance", state.importance.tolist(), step)
+        importance = trainer.model.fabric.controller.importance  # (L,) read, not copied
+        self.logger.log_vector("fabric/importance", importance.tolist(), step)
         if step % c.snapshot_every == 0:
-            self._log_state(state, step)
+            self._log_state(trainer.model.state_snapshot(), step)
 
     def _memory(self, trainer, step: int) -> dict[str, float]:
         """This step's ``mem/*`` figures; saves a snapshot if memory spiked (CUDA)."""

@@ -279,7 +279,6 @@ print(type(adamw).__name__, "| foreach:", adamw.defaults["foreach"], "| lr:", lr
 before, version = p.detach().clone(), p._version
 loops = {name: mock.patch.object(adam_module, name, wraps=getattr(adam_module, name))
          for name in ("_single_tensor_adam", "_multi_tensor_adam")}
-calls = {}
 with loops["_single_tensor_adam"] as single, loops["_multi_tensor_adam"] as multi:
     adamw.step()
     calls = {"_single_tensor_adam": single.call_count, "_multi_tensor_adam": multi.call_count}

@@ -283,7 +283,7 @@ def test_finish_with_an_error_records_it_and_the_run_as_failed(tmp_path):
 
 
 def test_an_automatic_flush_commits_whole_steps_only(tmp_path):
-    w = RunWriter("whole", {}, path=tmp_path, flush_every_s=0.0)
+    w = RunWriter("whole", {}, path=tmp_path, flush_every_s=0.0, background=False)
     w.log({"a": 0.0}, 0)
     w.log({"b": 0.0}, 0)
     w.log({"a": 1.0}, 1)  # step 0 is complete now and flushed; step 1 may still get "b"
@@ -639,3 +639,44 @@ def test_the_schema_is_documented(tmp_path):
         assert f"`{table}`" in docs and table in mahiax.store.__doc__
         assert all(f"`{c}`" in docs for c in columns), (table, columns)
         assert all(c in mahiax.store.__doc__ for c in columns), (table, columns)
+
+
+def test_automatic_flushes_in_the_background_commit_every_row_in_order(tmp_path):
+    """The committer thread writes the automatic flushes: every row arrives, whole steps
+    only while the run trains, and the writer never waits for a batch in flight."""
+    w = RunWriter("bg", {}, path=tmp_path, flush_every_s=0.0)
+    r = RunReader(tmp_path)
+    seen: list[int] = []
+    for step in range(400):
+        w.log({"a": float(step), "b": -float(step)}, step)
+        w.log_vector("v", [step, step + 1], step)
+        got = r.scalars("bg")
+        if len(got):  # what readers see mid-run: complete steps 0..k, both keys each
+            assert got.index.tolist() == list(range(len(got)))
+            assert got.notna().all().all()
+            seen.append(len(got))
+    w.finish()
+    got = r.scalars("bg")
+    assert got["a"].tolist() == [float(s) for s in range(400)]
+    assert r.vectors("bg", "v").shape == (400, 2)
+    assert w.stats.rows_written == 1200 and w.stats.flushes >= 2
+    assert seen and seen[-1] < 400, "rows were committed while the run went on"
+
+
+def test_an_error_of_the_committer_is_raised_by_the_next_call(tmp_path):
+    store = tmp_path / "taken.sqlite"
+    w = RunWriter("taken", {}, path=store, flush_every_s=0.0)
+    w.log({"a": 0.0}, 0)
+    w.flush()
+    conn = sqlite3.connect(store)  # another process took the run over
+    conn.execute("UPDATE runs SET pid = pid + 1")
+    conn.commit()
+    conn.close()
+    w.log({"a": 1.0}, 1)
+    w.log({"a": 2.0}, 2)  # step 1 complete: handed to the committer, which finds it taken
+    with pytest.raises(StoreError, match=f"was taken over by process {os.getpid() + 1}"):
+        for step in range(3, 300):  # raised by the first call after the committer failed
+            w.log({"a": float(step)}, step)
+            time.sleep(0.01)
+    w.close()  # lets go without writing
+    assert RunReader(store).run("taken")["last_step"] == 0

@@ -118,7 +118,9 @@ def connect_writer(
     if not path.exists():
         _create_store(path)
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s)
+        # one writer thread at a time uses it: the RunWriter's own, or its committer
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s,
+                               check_same_thread=False)
     except sqlite3.Error as e:
         raise translate(e, path) from e
     try:

@@ -5,7 +5,15 @@ a tensor's bytes). A batch is committed as one ``BEGIN IMMEDIATE ... COMMIT`` tr
 when ``flush_every_s`` has passed since the last one or ``flush_rows`` rows are waiting; an
 automatic flush only commits *complete* steps, the steps before the newest one logged, so a
 killed process never leaves half a step behind. ``flush()`` and ``finish()`` commit
-everything. Nothing runs in a background thread: the writer works only when called.
+everything.
+
+An automatic flush (from ``log*`` or ``heartbeat``) is written by a committer thread, so the
+training thread only hands over the batch: SQLite works with the GIL released while the
+training step goes on. One batch is in flight at a time (rows logged meanwhile wait for the
+next flush); ``flush()``, ``rewind()`` and ``finish()`` wait for it and commit on the
+caller's thread; an error of the committer (the run deleted or taken over, a busy store) is
+raised by the writer's next call. ``background=False`` commits every flush on the caller's
+thread.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import math
 import numbers
 import os
 import socket
+import threading
 import time
 import traceback
 import warnings
@@ -96,7 +105,8 @@ class RunWriter:
     only ``finished`` when the caller says so.
 
     Values: ``None`` scalars are skipped; NaN and ±inf are stored as SQL NULL and read back as
-    NaN. Steps are integers >= 0. Not thread-safe: call it from the training thread.
+    NaN. Steps are integers >= 0. Not thread-safe: call it from the training thread (its
+    own committer thread writes the automatic flushes, see the module's docstring).
 
     ``catalog=(entry id, variant)`` tags a run of the bug catalog (``mahiax train --bug``):
     stored in ``notes``, read back as the ``bug`` and ``variant`` columns, kept on resume.
@@ -116,6 +126,7 @@ class RunWriter:
         flush_rows: int = 2000,
         heartbeat_s: float = 2.0,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        background: bool = True,
     ):
         self.name = validate_run_name(name)
         _check_number("flush_every_s", flush_every_s, minimum=0)
@@ -128,6 +139,10 @@ class RunWriter:
         self.flush_every_s, self.flush_rows = float(flush_every_s), int(flush_rows)
         self.heartbeat_s, self.busy_timeout_s = float(heartbeat_s), float(busy_timeout_s)
         self.stats = WriterStats()
+        self._background = bool(background)
+        self._committer: threading.Thread | None = None  # the automatic flush in flight
+        self._committer_error: BaseException | None = None
+        self._committer_failed: tuple[_Rows, int | None] | None = None  # rows, last step
         self._ready = _Rows()  # complete steps, committed at the next flush
         self._pending = _Rows()  # rows of the newest step, which may still get more
         self._newest: int | None = None
@@ -194,7 +209,8 @@ class RunWriter:
 
     @property
     def last_step(self) -> int | None:
-        """The newest step committed so far (None while nothing is)."""
+        """The newest step committed so far, or handed to the committer thread (None
+        while nothing is)."""
         return self._last_step
 
     @property
@@ -262,7 +278,7 @@ class RunWriter:
             return
         due = time.monotonic() - self._last_flush >= self.flush_every_s
         if due or len(self._ready) + len(self._pending) >= self.flush_rows:
-            self._commit()
+            self._commit_automatically()
 
     # -- committing -------------------------------------------------------------------------
 
@@ -278,7 +294,7 @@ class RunWriter:
         self._check_open()
         if time.monotonic() - self._last_beat < self.heartbeat_s:
             return
-        self._commit()  # complete steps, if any, and the heartbeat
+        self._commit_automatically()  # complete steps, if any, and the heartbeat
 
     def rewind(self, step: int) -> None:
         """Delete the run's rows at ``step`` and later (buffered or stored).
@@ -339,6 +355,8 @@ class RunWriter:
                 self.finish("interrupted")
         finally:
             self._closed = True
+            if self._committer is not None:  # never close the connection under it
+                self._committer.join()
             self._conn.close()
             if _OPEN.get((str(self.path), self.name)) is self:
                 del _OPEN[(str(self.path), self.name)]
@@ -368,7 +386,67 @@ class RunWriter:
             raise RuntimeError(f"the RunWriter of run {self.name!r} is closed")
 
     def _commit(self, ending: dict | None = None, rewind_to: int | None = None) -> None:
-        """One transaction: the complete-step rows, last_step, heartbeat, and any ending."""
+        """One transaction on this thread, after the committer's batch in flight, if any:
+        the complete-step rows, last_step, heartbeat, and any ending."""
+        self._wait_for_committer()
+        before = self._last_step
+        batch, last = self._take_batch(rewind_to)
+        try:
+            self._transaction(batch, last, ending, rewind_to)
+        except BaseException:
+            self._give_back(batch, before)
+            raise
+
+    def _commit_automatically(self) -> None:
+        """An automatic flush: handed to the committer thread (or committed here with
+        ``background=False``). While a batch is still in flight the rows wait."""
+        if not self._background:
+            self._commit()
+            return
+        self._raise_committer_error()
+        if self._committer is not None:
+            if self._committer.is_alive():
+                return
+            self._committer = None
+        before = self._last_step
+        batch, last = self._take_batch()
+        self._committer = threading.Thread(
+            target=self._commit_in_background, args=(batch, last, before),
+            name=f"mahiax-store-commit-{self.name}", daemon=True)
+        self._committer.start()
+
+    def _commit_in_background(self, batch: _Rows, last: int | None,
+                              before: int | None) -> None:
+        try:
+            self._transaction(batch, last)
+        except BaseException as e:  # raised on the training thread by the next call
+            self._committer_failed = (batch, before)
+            self._committer_error = e
+
+    def _give_back(self, batch: _Rows, last_step: int | None) -> None:
+        """Rows a transaction did not write go back ahead of the newer ones, to be
+        written by the next flush (e.g. once a lock is released)."""
+        batch.extend(self._ready)
+        self._ready = batch
+        self._last_step = last_step
+
+    def _wait_for_committer(self) -> None:
+        if self._committer is not None:
+            self._committer.join()
+            self._committer = None
+        self._raise_committer_error()
+
+    def _raise_committer_error(self) -> None:
+        error, self._committer_error = self._committer_error, None
+        if error is not None:
+            failed, self._committer_failed = self._committer_failed, None
+            if failed is not None:
+                self._give_back(*failed)
+            raise error
+
+    def _take_batch(self, rewind_to: int | None = None) -> tuple[_Rows, int | None]:
+        """The rows ready to commit, and the run's last step once they are: the buffer is
+        emptied and the writer's bookkeeping moves on as the batch is handed over."""
         batch = self._ready
         newest = batch.max_step()
         last = self._last_step
@@ -376,6 +454,14 @@ class RunWriter:
             last = rewind_to - 1 if rewind_to > 0 else None
         if newest is not None:
             last = newest if last is None else max(last, newest)
+        self._ready = _Rows()
+        self._last_step = last
+        self._last_flush = self._last_beat = time.monotonic()
+        return batch, last
+
+    def _transaction(self, batch: _Rows, last: int | None, ending: dict | None = None,
+                     rewind_to: int | None = None) -> None:
+        """Write ``batch`` and the run's row in one transaction (on whichever thread)."""
         now = time.time()
         start = time.perf_counter()
         with write_transaction(self._conn, self.path, self.busy_timeout_s) as c:
@@ -403,10 +489,6 @@ class RunWriter:
             self.stats.rows_written += len(batch)
             self.stats.flushes += 1
             self.stats.flush_seconds += time.perf_counter() - start
-        self._ready = _Rows()
-        self._last_step = last
-        self._last_flush = self._last_beat = time.monotonic()
-
 
     def _lost(self, c) -> None:
         """Raise: the run was deleted, or taken over by another writer (its heartbeat went

@@ -88,6 +88,31 @@ def predict_giveaways(cells: Sequence[dict]) -> list[str]:
     return problems
 
 
+# ---- markdown left in a code cell ---------------------------------------------------------
+
+# a comment line that is markdown: a heading, a bold lead-in (**Predict.**), a blockquote
+# (> **Reconstruction.**), an HTML fold; in a lesson source such lines follow a ``# %%``
+# inserted into a markdown cell without a ``# %% [markdown]`` after it
+_MARKDOWN_COMMENT = re.compile(r"^#\s+(?:#{1,6}\s|\*\*\w|>\s|<details>|</details>)")
+
+
+def markdown_in_code(cells: Sequence[dict]) -> list[str]:
+    """Code cells holding comment lines that are markdown (which then never render): an
+    empty list when there are none."""
+    problems: list[str] = []
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        lines = _text(cell).splitlines()
+        for n, line in enumerate(lines, start=1):
+            # a markdown line, or an empty "#" line opening a paragraph of comment lines
+            # (how a markdown cell's blank line reads once it is left in a code cell)
+            opens = line == "#" and n < len(lines) and lines[n].startswith("# ")
+            if _MARKDOWN_COMMENT.match(line) or opens:
+                problems.append(f"cell {i} line {n}: {(lines[n] if opens else line)[:60]!r}")
+    return problems
+
+
 # ---- figures -----------------------------------------------------------------------------
 
 # a number standing alone: not part of a name (float16, 03a, x2), commas as thousands

@@ -33,7 +33,7 @@ import nbformat
 import pytest
 
 from mahiax import bugs
-from tests.lesson_rules import predict_giveaways, unbound_figures
+from tests.lesson_rules import markdown_in_code, predict_giveaways, unbound_figures
 from tests.notebook_env import (
     KERNEL_MAIN,
     KERNEL_NAME,
@@ -272,6 +272,24 @@ def test_no_predict_is_answered_by_the_cell_it_asks_about(name):
     code a Predict prompt asks about holds no assert, expected error or outcome comment."""
     found = predict_giveaways(_load(name)["cells"])
     assert not found, f"{name}:\n- " + "\n- ".join(found)
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_no_markdown_is_left_inside_a_code_cell(name):
+    """A heading, Predict, callout or fold written as comments in a code cell never renders
+    (a ``# %%`` put into a markdown cell without a ``# %% [markdown]`` after it)."""
+    found = markdown_in_code(_load(name)["cells"])
+    assert not found, f"{name}:\n- " + "\n- ".join(found)
+
+
+@pytest.mark.parametrize(("comment", "is_markdown"), [
+    ("# ## 2. What .data really does", True), ("# **Predict.** Which fails?", True),
+    ("# > **Reconstruction.** The lab assumes", True), ("# <details>", True),
+    ("# (tokens, experts): token positions", False), ("x = 1  # ## not a line start", False),
+    ("#: bold? **no**", False), ("#\n# Try it: pick how many MiB to keep.", True),
+])
+def test_markdown_rule_tells_markdown_from_a_comment(comment, is_markdown):
+    assert bool(markdown_in_code([_code(f"x = 1\n{comment}")])) == is_markdown
 
 
 _ASKED = _md(f"{PREDICT} Does the second backward run?")

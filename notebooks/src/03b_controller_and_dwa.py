@@ -82,7 +82,8 @@ for k in range(1, 5):
         pass
 print("with L = 4, the summary's sum runs for K in", runs)
 assert runs == [1, 4]
-#
+
+# %% [markdown]
 # > **Reconstruction.** The summary gives neither the number of layers nor `K`, and its line
 # > raises a shape error unless `K` equals `L` or is 1 (broadcasting). To measure its fix at
 # > all, the lab pads the `K` slot means with zeros to length `L`: slot `j`'s mean is stored
@@ -117,7 +118,8 @@ print("per layer (scattered):           ", [round(v, 2) for v in ctl.importance.
 
 # %%
 assert padded[2] == 0 < ctl.importance[2]
-#
+
+# %% [markdown]
 # ## 2. What `.data` really does
 #
 # It is tempting to say the summary's change does nothing "because `.data` bypasses
@@ -216,7 +218,8 @@ o = v_ctl.outcomes
 assert all(out.passed and out.max_grad_diff <= GRAD_TOL for out in o.values())
 assert math.isclose(o["buggy"].state_diff, o["summary"].state_diff)
 assert o["buggy"].state_diff > GRAD_TOL >= o["fixed"].state_diff
-#
+
+# %% [markdown]
 # ## 4. Dynamic Weight Averaging: the verdict
 #
 # The original computed the weights from the *live* losses (mistake one of 03a: the
@@ -238,7 +241,8 @@ o = v_dwa.outcomes
 assert (o["buggy"].error_step, o["summary"].error_step) == (1, 0)
 assert "backward through the graph a second time" in o["buggy"].error_message
 assert "modified by an inplace operation" in o["summary"].error_message
-#
+
+# %% [markdown]
 # ## 5. And `softmax(-L)` is not DWA
 #
 # Liu, Johns & Davison (CVPR 2019, eq. 7) weigh task *k* by how fast its loss falls:
@@ -298,7 +302,8 @@ for case, ((dwa_a, dwa_b), w_softmax) in final.items():
 stalled_a, falling_a = final.values()
 assert stalled_a[0][0] > 1 and stalled_a[1] > 1  # left: both favour A (small, stalled)
 assert falling_a[0][0] < 1 < falling_a[1]  # right: DWA favours B (stalled), softmax(-L) A
-#
+
+# %% [markdown]
 # ## 6. Exercise
 #
 # Write a `LossWeighting` subclass, built as `cls(num_tasks)`, that is Dynamic Weight

@@ -69,7 +69,8 @@ print(f"the tensor alone:       {big.nbytes / MIB:.1f} MiB")
 # %%
 if not torch.cuda.is_available():
     assert legacy_cuda_reading() == 0.0
-#
+
+# %% [markdown]
 # ## 2. A meter that measures CPU memory too
 #
 # `mahiax.telemetry.MemoryMeter(device)` measures the device it is given. For `"cpu"` it
@@ -128,7 +129,8 @@ print(f"y's graph holds {(with_graph - base) / MIB:.1f} MiB; after `del y`: "
 # %%
 assert 4 * MIB <= with_graph - base < 5 * MIB  # exp's output only
 assert without_graph - base < MIB
-#
+
+# %% [markdown]
 # Try it: pick how many MiB of tensors to keep alive and compare the two readings.
 
 # %%

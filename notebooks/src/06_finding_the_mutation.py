@@ -190,7 +190,8 @@ frames = [(f, n) for f, n in report.frames() if "/torch/" not in f]
 assert "self.l2(" in linecache.getline(*frames[-1])
 assert "opt.step()" not in "".join(linecache.getline(f, n) for f, n in frames)
 assert "anywhere later" in hint
-#
+
+# %% [markdown]
 # ## 4. What the mutation locator says
 #
 # `mahiax.debug.locate_mutations(model)` watches both ends. It notes every tensor autograd

@@ -80,7 +80,8 @@ assert tiny.item() == 0.0 and product.item() == 0.0 and scaled.item() > 0
 assert bf16.item() > 0
 assert out.dtype == torch.float16
 assert lin.weight.dtype == lin.weight.grad.dtype == torch.float32
-#
+
+# %% [markdown]
 # ## 2. What the scaler does to the gradients
 #
 # `GradScaler` exists for the CPU too (`GradScaler("cpu")`), so this runs anywhere. The

@@ -90,7 +90,8 @@ print("the parameters behind DDP's indices:", unused)
 idle = ddp.idle_experts(model.last_ids)  # step 0's: step 1 raised before its forward ran
 assert set(unused) == {f"experts.experts.{e}.{w}" for e in idle
                        for w in ("w_gate", "w_up", "w_down")}
-#
+
+# %% [markdown]
 # **Evidence with two ranks** (two forked processes, each on its own tokens): each rank has
 # its own idle experts, and both raise at step 1: step 0's gradients were never averaged.
 
@@ -215,7 +216,8 @@ fig
 rank0, rank1 = buggy.figures["overwritten_by_forward"]
 print("rank 0:", [round(v, 2) for v in rank0], "| rank 1:", [round(v, 2) for v in rank1])
 assert max(rank0) == 0 and rank1[0] == 0 and min(rank1[1:]) > 0
-#
+
+# %% [markdown]
 # The usual fix is `broadcast_buffers=False`: no more copying. In torch 2.13 that argument is
 # deprecated in favour of `forward_sync_buffers`, and DDP says so (the warning the catalog
 # caught when it built the `summary` variant):

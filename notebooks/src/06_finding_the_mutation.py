@@ -108,8 +108,8 @@ caught.expect(RuntimeError, "[3, 1]], which is output 0 of AsStrided, is at vers
 # %%
 net = TwoLayers()
 opt = torch.optim.SGD(net.parameters(), lr=0.1)
-print("versions after construction:", {n: p._version for n, p in net.named_parameters()})
-print("a fresh tensor:", torch.empty(1, 3)._version)
+print("each parameter's _version:", {n: p._version for n, p in net.named_parameters()})
+print("torch.empty(1, 3)._version:", torch.empty(1, 3)._version)
 
 # %% [markdown]
 # The constructor: every parameter of a fresh `nn.Linear` is at version 1, where a fresh
@@ -447,7 +447,7 @@ assert result.holds
 #    `foreach=True`, so `_multi_tensor_adam` runs and does it with one
 #    `torch._foreach_mul_` over all the parameters (section 5). With section 4's SGD (no
 #    weight decay, `foreach` left at its default) the write is the update itself,
-#    `aten.add_`.
+#    `aten.add_` (on CPU; on CUDA the default is foreach: `aten._foreach_add_`).
 #    </details>
 # 5. After the locator names the optimiser step, what is the fix?
 #    <details><summary>Answer</summary>

@@ -3,9 +3,11 @@
 # %% [markdown]
 # # 08 · Mixed precision: GradScaler, and unscale before clipping
 #
-# **Goal.** See why a gradient scaler exists, what it does to the gradients, why clipping
-# them *before* `scaler.unscale_` silently shrinks every step, by how much, and the order
-# that is right. About 15 minutes.
+# **Goal.** See why a gradient scaler exists, what it does to the gradients, and what
+# clipping them *before* `scaler.unscale_` silently does: it rescales every gradient the
+# optimiser receives to the same tiny norm. With SGD every step is then too small (by how
+# much is measured); with AdamW, MAHIA-X's optimiser, the factor cancels and every step is
+# normalised instead of clipped. Then the order that is right. About 15 minutes.
 #
 # **Context (read cold).** *Mixed precision* (`torch.autocast`) runs the heavy operations of
 # the forward pass (matrix multiplies, convolutions) in a 16-bit float type, and the
@@ -31,8 +33,9 @@ import torch
 from torch import nn
 
 from mahiax import bugs, lessons
+from mahiax.bugs.harness import harness_config
 from mahiax.bugs.loops import amp_loop
-from mahiax.objective import objective
+from mahiax.objective import make_optimizer, objective
 from mahiax.precision import PrecisionManager
 
 torch.manual_seed(0)
@@ -119,17 +122,22 @@ scaler.step(opt)  # knows the gradients are unscaled already: steps without divi
 scaler.update()
 
 # %% [markdown]
-# ## 3. Clipping before unscaling: by how much is the step wrong?
+# ## 3. Clipping before unscaling: what the optimiser receives
 #
 # `clip_grad_norm_(params, max_norm)` rescales the gradients so that their global norm is at
 # most `max_norm`. Called on **scaled** gradients, it sees the norm `scale × g` (g: the true
 # norm). Whenever `scale × g > max_norm`, which with a scale of 65,536 is almost always, it
-# rescales them to norm `max_norm`; `scaler.step()` then unscales, so the optimiser applies
-# a gradient of norm **`max_norm / scale`**, whatever the true norm was. The right step
-# (unscale, then clip) has norm `min(g, max_norm)`.
+# rescales them to norm `max_norm`; `scaler.step()` then unscales, so the optimiser receives
+# a gradient of norm **`max_norm / scale`**, whatever the true norm was. The right order
+# (unscale, then clip) gives it norm `min(g, max_norm)`.
+#
+# What a wrong gradient does to the step depends on the optimiser. This section first uses
+# plain SGD, whose step is `lr ×` the gradient: a gradient too small by some factor makes
+# the step too small by the same factor. AdamW comes at the end of the section.
 #
 # **Predict.** A small regression whose true gradient norm is about 3, at `max_norm` 1, 100
-# and 1,000,000: how many times too small is the first step each time?
+# and 1,000,000: how many times too small is the gradient the optimiser receives at the
+# first step (so SGD's first step) each time?
 
 # %%
 def make_regression() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -166,15 +174,16 @@ for max_norm in (1.0, 100.0, 1e6):
           f"= {unscale_first / clip_first:,.0f}")
 
 # %% [markdown]
-# So clip-first makes the step too small by
+# So clip-first makes the gradient the optimiser receives (and SGD's step with it) too
+# small by
 #
 # - `scale` (65,536) when the true norm exceeds `max_norm`: the clip should have acted;
 # - `scale × g / max_norm` when it does not: the clip should have done nothing, and still
-#   shrinks the step, by less;
+#   shrinks the gradient, by less;
 # - nothing only when `max_norm ≥ scale × g`.
 #
-# At `max_norm` 1 the true norm (about 3) exceeds the threshold: the step is 65,536 times too
-# small. At 100 the right clip does nothing, yet clip-first still shrinks the step, by
+# At `max_norm` 1 the true norm (about 3) exceeds the threshold: the gradient is 65,536
+# times too small. At 100 the right clip does nothing, yet clip-first still shrinks it, by
 # `scale × g / max_norm` (the ratio printed above, `65,536 × 3 / 100` in round figures).
 # Only a threshold above `scale × g` (printed below) leaves the step alone. No error in any
 # case. The next cell checks all three.
@@ -189,13 +198,13 @@ assert abs(ratios[100.0][1] / (SCALE * g / 100) - 1) < 1e-3  # scale * g / max_n
 assert abs(ratios[1e6][1] - 1) < 1e-4  # max_norm above scale * g: untouched
 
 # %% [markdown]
-# Now train the same regression 60 steps both ways. **Predict.** With clip-first at
-# `max_norm` 1, does the loss fall at all? Then move the slider: from which `max_norm` on
+# Now train the same regression 60 steps both ways, with SGD (lr 0.1). **Predict.** With
+# clip-first at `max_norm` 1, does the loss fall at all? Then move the slider: from which `max_norm` on
 # does clip-first learn like the right order?
 
 # %%
 def train(order: str, max_norm: float, steps: int = 60) -> list[float]:
-    """The regression's loss at every step, with a GradScaler and one clipping order."""
+    """The regression's loss at every step: SGD, a GradScaler and one clipping order."""
     net, xs, ys = make_regression()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu")
@@ -226,7 +235,7 @@ def redraw(change=None) -> None:
         chosen = order == order_pick.value
         fig.add_trace(go.Scatter(y=train(order, norm_pick.value), name=order,
                                  line={"width": 3 if chosen else 1}, opacity=1 if chosen else 0.4))
-    fig.update_layout(title=f"training loss, clip_grad_norm_ max_norm={norm_pick.value:,.3g}",
+    fig.update_layout(title=f"training loss (SGD), clip_grad_norm_ max_norm={norm_pick.value:,.3g}",
                       xaxis_title="step", yaxis_title="MSE", height=340)
     chart.clear_output(wait=True)
     with chart:
@@ -248,8 +257,8 @@ for max_norm in (1.0, 100.0, 1e6):
           f"(from {first[0]:.3f}), unscale first {second[-1]:.3f} (from {second[0]:.3f})")
 
 # %% [markdown]
-# At `max_norm` 1 the clip-first loss does not fall (the chart's flat line), at 100 it
-# barely moves, while the right order falls. Once `max_norm` is above `scale × g` (printed
+# With SGD, at `max_norm` 1 the clip-first loss does not fall (the chart's flat line), at
+# 100 it barely moves, while the right order falls. Once `max_norm` is above `scale × g` (printed
 # in section 3) the clip does nothing in either order and the two lines coincide (1e6
 # above).
 
@@ -259,6 +268,81 @@ assert clip_first[-1] > 0.95 * clip_first[0] and unscale_first[-1] < 0.5 * unsca
 clip_first = runs[ORDERS[0], 100.0]
 assert clip_first[-1] > 0.95 * clip_first[0] and runs[ORDERS[1], 100.0][-1] < 0.5 * clip_first[0]
 assert runs[ORDERS[0], 1e6] == runs[ORDERS[1], 1e6]
+
+# %% [markdown]
+# **With AdamW.** MAHIA-X does not train with SGD but with AdamW (section 4 prints the
+# optimiser of the catalog's runs).
+#
+# **Predict.** The same regression, 60 steps at `max_norm` 1, with `torch.optim.AdamW` at
+# lr 1e-2 instead of SGD: does clip-first stall as it did with SGD? The next cell trains
+# both optimisers in both orders and prints, for each run, the loss, the norm of the
+# gradient the optimiser stepped with, and the norm of the update it made.
+
+# %%
+OPTIMISERS = {"SGD, lr 0.1": lambda ps: torch.optim.SGD(ps, lr=0.1),
+              "AdamW, lr 1e-2": lambda ps: torch.optim.AdamW(ps, lr=1e-2)}
+
+
+def trace(name: str, order: str, max_norm: float = 1.0, steps: int = 60) -> dict:
+    """Per step: the loss, the norm of the gradient the optimiser stepped with, and the norm
+    of the update it made to the parameters."""
+    net, xs, ys = make_regression()
+    params = list(net.parameters())
+    opt, scaler = OPTIMISERS[name](params), torch.amp.GradScaler("cpu")
+    rec = {"loss": [], "grad": [], "update": []}
+    for _ in range(steps):
+        loss = nn.functional.mse_loss(net(xs), ys)
+        rec["loss"].append(loss.item())
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        if order == "unscale, then clip":
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        before = [p.detach().clone() for p in params]
+        scaler.step(opt)  # unscales .grad in place first, unless unscale_ ran
+        scaler.update()
+        rec["grad"].append(torch.nn.utils.get_total_norm([p.grad for p in params]).item())
+        rec["update"].append(torch.nn.utils.get_total_norm(
+            [p.detach() - b for p, b in zip(params, before, strict=True)]).item())
+    return rec
+
+
+traces = {(name, order): trace(name, order) for name in OPTIMISERS for order in ORDERS}
+for (name, order), rec in traces.items():
+    print(f"{name} | {order}: loss {rec['loss'][0]:.3f} -> {rec['loss'][-1]:.3f}\n"
+          f"    gradient norm over the 60 steps {min(rec['grad']):.3g} to "
+          f"{max(rec['grad']):.3g}; update norm at step 0 {rec['update'][0]:.3g}, "
+          f"mean {sum(rec['update']) / len(rec['update']):.3g}")
+for name in OPTIMISERS:
+    clip_run, unscale_run = (traces[name, order] for order in ORDERS)
+    print(f"{name}: step 0's update norm, unscale first / clip first = "
+          f"{unscale_run['update'][0] / clip_run['update'][0]:,.2f}")
+
+# %% [markdown]
+# No: with AdamW clip-first learns, and here it even ends lower than the right order. Adam
+# divides each coordinate's step by the running root mean square of that coordinate's
+# gradients (plus `eps`, 1e-8 by default), so a factor that every step's gradient shares
+# cancels: step 0's updates of the two orders differ by a factor close to 1, where SGD's
+# differ by about 65,536 (the last two lines).
+#
+# What clip-first does under Adam shows in the gradient norms: every step's gradient has
+# norm `max_norm / scale` (1.53e-05), whatever the true norm was, while the right order's
+# is cut to 1 only while the true norm is above 1 and keeps its own size after. Clipping
+# before `unscale_` turns the clip into a normalisation of every step: a spike is not cut,
+# it is scaled to the same norm as every other step. The lower loss does not make the
+# order right; it is a different algorithm from the clip `max_norm=1` asks for. Lesson 10,
+# section 3, shows it with a gradient spike, and where `eps` stops the cancelling (a model
+# with a million weights). No error in either case.
+
+# %%
+sgd_clip, sgd_unscale = (traces["SGD, lr 0.1", order] for order in ORDERS)
+adam_clip, adam_unscale = (traces["AdamW, lr 1e-2", order] for order in ORDERS)
+assert all(abs(n * SCALE - 1) < 1e-3 for n in sgd_clip["grad"] + adam_clip["grad"])
+assert min(adam_unscale["grad"]) < 0.5 and abs(max(adam_unscale["grad"]) - 1) < 1e-5
+assert adam_clip["loss"][-1] < adam_unscale["loss"][-1] < 0.1 * adam_unscale["loss"][0]
+assert 0.5 < adam_clip["update"][0] / adam_unscale["update"][0] <= 1
+assert abs(sgd_unscale["update"][0] / sgd_clip["update"][0] / SCALE - 1) < 1e-2
+assert sgd_clip["loss"][-1] > 0.95 * sgd_clip["loss"][0]
 
 # %% [markdown]
 # ## 4. In MAHIA-X, measured
@@ -282,7 +366,8 @@ assert runs[ORDERS[0], 1e6] == runs[ORDERS[1], 1e6]
 lessons.source(amp_loop, "the catalog's AMP step (the lab's reconstruction)")
 
 # %% [markdown]
-# The catalog trains the tiny MAHIA-X model 4 steps with each variant and compares the
+# The catalog trains the tiny MAHIA-X model 4 steps with each variant, with the optimiser
+# the trainer uses (printed after the verdict), and compares the
 # gradient the optimiser applied (what `optimizer.step()` found in `.grad` when it ran, read
 # by an optimizer step pre-hook) with the correctly clipped one (the **damage**: the largest
 # difference, over steps and parameters).
@@ -310,7 +395,9 @@ print(damage)
 dtypes = {t.dtype for out in v_amp.outcomes.values() for t in out.final_state.values()
           if t.is_floating_point()}
 print("floating dtypes of the runs' model state:", dtypes)
-assert dtypes == {torch.float64}
+harness_opt = make_optimizer([nn.Parameter(torch.zeros(1))], harness_config())
+print("the optimiser the catalog's runs build:", type(harness_opt).__name__)
+assert dtypes == {torch.float64} and type(harness_opt) is torch.optim.AdamW
 assert damage["buggy"] == damage["summary"] > 1e-3 and damage["fixed"] < 1e-6
 
 # %% [markdown]
@@ -355,13 +442,29 @@ print(bugs.check("amp-clip-before-unscale", make_loop()))
 # %% [markdown]
 # **Predict.** Two quick repairs: (a) keep the same clip, but call it after
 # `scaler.step()` and `scaler.update()`, where `.grad` holds the unscaled gradients;
-# (b) drop the clip altogether. Which of them does the checker pass? The catalog keeps both
-# as candidates:
+# (b) drop the clip altogether. Which of them does the checker pass? Both, as loops:
 
 # %%
-repairs = bugs.get("amp-clip-before-unscale").candidates()
-after_step = bugs.check("amp-clip-before-unscale", repairs["band-aid: clip after scaler.step()"])
-no_clip = bugs.check("amp-clip-before-unscale", repairs["band-aid: no clipping"])
+def make_repair(clip_at_end: bool):
+    """The exercise's loop with its clip moved after scaler.update() (True) or dropped."""
+    scaler = torch.amp.GradScaler("cpu")
+
+    def loop(ctx) -> None:
+        obj = objective(ctx.model, ctx.weighting, ctx.batch)
+        ctx.weights, ctx.losses, ctx.total = obj.weights, obj.losses, obj.total
+        ctx.zero_grad()
+        scaler.scale(ctx.total).backward()
+        scaler.step(ctx.optimizer)
+        scaler.update()
+        if clip_at_end:
+            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), 1.0)
+        ctx.did_step = True
+
+    return loop
+
+
+after_step = bugs.check("amp-clip-before-unscale", make_repair(clip_at_end=True))
+no_clip = bugs.check("amp-clip-before-unscale", make_repair(clip_at_end=False))
 print("(a)", after_step)
 print("(b)", no_clip)
 
@@ -414,14 +517,19 @@ assert result.holds
 #    </details>
 #
 # 2. With clip-first and a scale of 65,536, the true gradient norm is 3 and `max_norm` is 100.
-#    What norm does the optimiser apply, and what should it have applied?
+#    What gradient norm does the optimiser receive, and what should it have received? What
+#    does that do to an SGD step, and to an AdamW step?
 #
 #    <details><summary>Answer</summary>
 #
 #    The clip sees `65,536 × 3 = 196,608`, above 100, and rescales to 100; the unscale
-#    divides by 65,536: `100 / 65,536 ≈ 0.0015`. The right step keeps the true norm 3
-#    (below 100, no clipping), so the step is `196,608 / 100 ≈ 2,000` times too small
-#    (section 3 measured it for its true norm of about 3).
+#    divides by 65,536: `100 / 65,536 ≈ 0.0015`. The right order keeps the true norm 3
+#    (below 100, no clipping), so the gradient is `196,608 / 100 ≈ 2,000` times too small
+#    (section 3 measured it for its true norm of about 3), and so is SGD's step (`lr ×` the
+#    gradient). AdamW divides by the gradient's running size, so a factor shared by every
+#    step cancels (above `eps`): its steps are not shrunk by it, but every step's gradient
+#    now has the same norm, `100 / 65,536`, a normalisation instead of a clip (section 3, the
+#    AdamW cell; lesson 10, section 3).
 #
 #    </details>
 #
@@ -456,10 +564,13 @@ assert result.holds
 # - `float16` underflows small values to zero (`1e-8` → 0); a `GradScaler` multiplies the
 #   loss, hence every gradient, by its scale (65,536 at the start) and unscales before the
 #   step.
-# - Clipping scaled gradients applies a gradient of norm `max_norm / scale` whenever the
-#   *scaled* norm exceeds `max_norm`, which is almost always: 65,536 times too small when the
-#   true norm exceeds `max_norm`, `scale × g / max_norm` times too small when it does not.
-#   No error: training stalls or crawls.
+# - Clipping scaled gradients hands the optimiser a gradient of norm `max_norm / scale`
+#   whenever the *scaled* norm exceeds `max_norm`, which is almost always: 65,536 times too
+#   small when the true norm exceeds `max_norm`, `scale × g / max_norm` times too small when
+#   it does not. No error either way. With SGD (step = `lr ×` gradient) every step is that
+#   much too small: training stalls or crawls. With AdamW, MAHIA-X's optimiser, the shared
+#   factor cancels (above `eps`): training moves, but every step's gradient is normalised to
+#   the same norm, so a spike is no longer cut (measured in section 3; lesson 10, section 3).
 # - The summary's `retain_graph=True` has **no effect** on it (measured); that the demo
 #   clipped at all is the lab's reconstruction.
 # - Order: `scale(loss).backward()` → `unscale_(opt)` → `clip_grad_norm_` → `step` →

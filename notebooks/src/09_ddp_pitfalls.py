@@ -93,13 +93,15 @@ assert set(unused) == {f"experts.experts.{e}.{w}" for e in idle
 
 # %% [markdown]
 # **Evidence with two ranks** (two forked processes, each on its own tokens): each rank has
-# its own idle experts, and both raise at step 1: step 0's gradients were never averaged.
+# its own idle experts, and both raise at step 1, with the first sentence of section 1's
+# message: the reduction of the prior iteration, step 0's, never finished.
 
 # %%
 for r in ddp.per_rank_idle_experts(steps=2):
     row = r["steps"][0]
     print(f"rank {r['rank']}: step 0 idle experts {row['idle']}, {len(row['no_grad'])} "
-          f"parameters without a gradient; step {r['error_step']}: {r['error'][0]}")
+          f"parameters without a gradient; step {r['error_step']}: {r['error'][0]}: "
+          f"{r['error'][1].split('.')[0]}")
 
 # %% [markdown]
 # ## 2. The fixes, measured
@@ -148,9 +150,18 @@ table
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `ddp-unused-experts`: **holds**.
 #
-# `find_unused_parameters=True` is correct: same gradients as one process. It pays a graph
-# walk every step; stacked experts need none.
-#
+# `find_unused_parameters=True` is correct: same gradients as one process, at every step,
+# with idle experts at every step. It pays a graph walk every step; stacked experts need
+# none.
+
+# %%
+for name in ("summary", "fixed"):
+    o = v_unused.outcomes[name]
+    print(f"{name}: error {o.error_type}; {o.steps_run} steps; max grad diff {o.max_grad_diff}")
+    assert o.error_type is None and o.steps_run == 6 and o.max_grad_diff < 1e-12
+    assert all(o.figures["idle_experts"])  # idle experts at every step
+
+# %% [markdown]
 # ## 3. Buffers DDP broadcasts
 #
 # A memory whose nodes are a **buffer** (a miniature `GraphDiffusionMemory`): read by
@@ -193,10 +204,11 @@ if wrapped:  # then two forwards before one backward raise nothing, and nothing 
 
 # %% [markdown]
 # On a torch whose `_sync_buffers` lacks that wrapper, the issues above report the in-place
-# error instead (we measured only the torch printed here). Either way the copy happens.
+# error instead (we measured only the torch printed here).
 #
-# **Predict.** How much did each forward change each rank's nodes (the largest value DDP
-# wrote over the rank's own), rank 0 and rank 1, step by step?
+# **Predict.** The chart below plots, for each rank and each step, the largest change
+# DDP's forward made to that rank's nodes. Which bars are zero: rank 0's, rank 1's, at
+# which steps?
 
 # %%
 fig = go.Figure()
@@ -207,7 +219,8 @@ fig.update_layout(title="max |nodes after DDP's forward - nodes before| (broadca
 fig
 
 # %% [markdown]
-# Rank 0's bars are zero: its nodes are never touched. Rank 1's are zero at step 0 (the
+# The wrapper hides the copy from the version counter; it does not stop it. Rank 0's bars
+# are zero: its nodes are the source, never touched. Rank 1's are zero at step 0 (the
 # ranks start equal) and large from step 1 on: its own update is thrown away and replaced
 # by rank 0's. The memory learns from rank 0's shard only, so its nodes are off from the
 # update one process would make on the whole batch (the `damage` column below).
@@ -229,6 +242,12 @@ assert any("`broadcast_buffers` is deprecated" in m
            for m in v_buf.outcomes["summary"].figures["ddp_warnings"])
 
 # %% [markdown]
+# Read the warning to the end: the two switches are not the same. Its replacement,
+# `forward_sync_buffers=False`, still syncs the buffers once, when DDP is constructed; only
+# the copy at every forward is off. `broadcast_buffers=False` skips both: the two differ
+# where the ranks' buffers differ at construction (the warning's example: rank-local
+# buffers).
+#
 # The right fix keeps the per-forward copy off (`forward_sync_buffers=False`) **and**
 # all-reduces the update's statistics, so every rank applies the same update. The fix below
 # reduces both statistics with one call of the package's `sum_over_ranks`:
@@ -267,7 +286,10 @@ buf_table
 # `rank spread` is the largest difference between rank 1's nodes and rank 0's right after a
 # step's update. In `buggy` the ranks differ there too, but the next forward copies rank 0's
 # nodes over rank 1's, so both ranks compute their gradients against the same nodes (the
-# gradients match; the nodes are wrong). With the copying off, the difference reaches the
+# gradients match; the nodes are wrong). The yardstick, one process on the whole batch,
+# starts every step from the nodes that step's forward read on rank 0, so `max grad diff`
+# judges the gradients given those nodes; whether the nodes themselves are right is the
+# `damage` column. With the copying off, the difference reaches the
 # forward: each rank computes its gradients against its own nodes, and the averaged gradients
 # no longer match one process. Only the all-reduced statistics keep both right.
 
@@ -385,8 +407,10 @@ assert result.holds
 #   Whether that raises depends on the torch version: on 2.13 it keeps the version counter,
 #   so nothing raises and rank 1's updates silently vanish.
 # - `broadcast_buffers=False` (deprecated in 2.13 for `forward_sync_buffers`) alone **hides
-#   the error**: ranks drift and gradients disagree. All-reduce the statistics, then update
-#   the same way everywhere.
+#   the error**: ranks drift and gradients disagree. Its replacement,
+#   `forward_sync_buffers=False`, still syncs the buffers once at construction (DDP's
+#   warning says so); only the per-forward copy is off. All-reduce the statistics, then
+#   update the same way everywhere.
 # - The clean model trains on several processes with
 #   `torchrun --nproc-per-node 2 -m mahiax train ...` (gloo on CPU, NCCL on GPU); see the
 #   [DDP notes](https://docs.pytorch.org/docs/stable/notes/ddp.html).

@@ -479,6 +479,37 @@ def test_router_collapse_checker_accepts_the_rule_written_another_way():
     assert "gradients match" not in result.message  # this entry compares no gradients
 
 
+def test_router_collapse_checker_accepts_weights_returned_already_renormalised():
+    # the router renormalises what select returns over the K chosen experts: returning the
+    # chosen probabilities renormalised already is the same layer (same output, gradient)
+    def renormalised(probs, bias, k):
+        with torch.no_grad():
+            ids = torch.topk(probs + bias, k, dim=-1).indices  # (N, K)
+        top_p = probs.gather(-1, ids)  # (N, K)
+        return top_p / top_p.sum(dim=-1, keepdim=True), ids
+
+    result = bugs.check("router-collapse", renormalised)
+    assert result.holds, result.message
+
+
+def test_router_collapse_checker_rejects_the_right_values_without_their_gradient():
+    # the values of probs.gather(-1, ids), but the gradient goes around the gather
+    def values_only(probs, bias, k):
+        with torch.no_grad():
+            ids = torch.topk(probs + bias, k, dim=-1).indices  # (N, K)
+        return probs.gather(-1, ids).detach() + 0 * probs[:, :k], ids
+
+    result = bugs.check("router-collapse", values_only, steps=4)
+    assert not result.holds
+    assert "do not send the router the gradient of probs.gather(-1, ids)" in result.message
+
+
+def test_router_collapse_checker_reads_a_short_run_whole():
+    # 20 steps: the damage is the mean over those 20, and says so
+    result = bugs.check("router-collapse", balance.plain_top_k, steps=20)
+    assert "MaxVio, mean of the last 20 steps is" in result.message, result.message
+
+
 def _amp_loop(clip: str, did_step: bool = True):
     """A correct AMP step written another way than the catalog's: ``clip`` picks how the
     true gradients are clipped to 1.0 before ``scaler.step``."""

@@ -16,7 +16,8 @@ is the mean MaxVio over the last :data:`TAIL` steps; at most :data:`MAXVIO_TOL` 
 balanced. Both cures are judged, and the verdict's reason compares them.
 
 Reconstruction: the summary's model never shows a collapse, and the lab's default config
-does not collapse either (measured: MaxVio 0.2-0.4 with no balancing, no dead expert). Real
+does not collapse either (lesson 11 trains :func:`collapse_config` with no balancing and
+without the shared direction: MaxVio stays under 1, no expert dies). Real
 MoE layers route hidden states that share a large common component (the residual streams of
 trained transformers are anisotropic: Ethayarajh 2019, "How Contextual are Contextualized
 Word Representations?"). :func:`add_shared_direction` gives the router's input that
@@ -56,6 +57,9 @@ TAIL = 30  # the damage and the comparison read the mean over the last TAIL step
 # router over 16 experts reaches 7: one expert among every token's two choices)
 MAXVIO_TOL = 1.5
 WEIGHT_TOL = 1e-6  # float32: the mixing weights must be the router's own probabilities
+# float32, relative: the same weights spelled otherwise (renormalised twice) differ in their
+# gradient by rounding (~1e-7); a gradient that bypasses the gather is off by order 1
+GRAD_TOL = 1e-4
 
 BALANCE_OF = {"buggy": "none", "summary": "aux", "fixed": "bias", "candidate": "bias"}
 Select = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -82,12 +86,28 @@ def add_shared_direction(model: torch.nn.Module, config: MahiaConfig,
     return u
 
 
+def mixing_weights(top_p: torch.Tensor) -> torch.Tensor:
+    """What the layer mixes the K chosen experts' outputs with: the values ``select``
+    returns, renormalised over the K (as :class:`mahiax.moe.TopKRouter` does). (N, K) ->
+    (N, K). So ``probs.gather(-1, ids)`` and the same renormalised are one layer."""
+    return top_p / top_p.sum(dim=-1, keepdim=True)
+
+
 class SelectionCheck:
     """Wraps a learner's selection rule: checks its shapes and measures what the rules need.
 
-    - ``weight_error``: the largest gap between the mixing weights it returns and the
-      router's own probabilities of the experts it chose (0 when the bias chooses only);
+    The rules grade the layer the rule is part of, not the tensor it returns: the router
+    renormalises the returned values over the K chosen experts (:func:`mixing_weights`), so
+    any values with the same renormalised weights (``probs.gather(-1, ids)``, or the same
+    already renormalised) give the same layer output and the same gradient.
+
+    - ``weight_error``: the largest gap between the mixing weights the layer derives from
+      what it returns and those of the router's own probabilities of the experts it chose
+      (0 when the bias chooses only);
     - ``detached``: it returned weights that carry no gradient back to the router;
+    - ``grad_error``: the largest gap, relative to its size, between the gradient the layer's
+      mixing weights send back to ``probs`` and the one ``probs.gather(-1, ids)`` sends (one
+      fixed direction of the weights' gradient: a vector-Jacobian product);
     - ``rank_gap``: how far below the k-th best score ``probs + bias`` its worst chosen
       expert's score lies (0 when the ids are a top-k of ``probs + bias``; ties are fine);
     - ``repeated``: some token got the same expert twice.
@@ -102,6 +122,7 @@ class SelectionCheck:
         self.select = select
         self.weight_error = 0.0
         self.detached = False
+        self.grad_error = 0.0
         self.rank_gap = 0.0
         self.repeated = False
 
@@ -120,10 +141,14 @@ class SelectionCheck:
                 f"{ids.dtype}"
             )
         own = probs.detach().gather(-1, ids)  # (N, K) the router's probabilities of the chosen
-        self.weight_error = max(self.weight_error,
-                                float((top_p.detach().to(own.dtype) - own).abs().max()))
-        if torch.is_grad_enabled() and probs.requires_grad and not top_p.requires_grad:
-            self.detached = True
+        gap = float((mixing_weights(top_p.detach().to(own.dtype)) - mixing_weights(own))
+                    .abs().max())
+        self.weight_error = max(self.weight_error, gap if gap == gap else float("inf"))  # NaN
+        if torch.is_grad_enabled() and probs.requires_grad:
+            if not top_p.requires_grad:
+                self.detached = True
+            else:
+                self.grad_error = max(self.grad_error, _vjp_gap(probs, top_p, ids))
         with torch.no_grad():
             score = probs.detach() + bias.detach().to(probs.dtype)  # (N, E) what top-k reads
             kth = score.topk(k, dim=-1).values[:, -1:]  # (N, 1) the k-th best score
@@ -147,13 +172,37 @@ class SelectionCheck:
         if self.weight_error > WEIGHT_TOL:
             broken.append(
                 f"the mixing weights are not the router's probabilities of the chosen experts "
-                f"(off by up to {self.weight_error:.3g}): the bias may choose the experts, never "
-                f"weigh them; return probs.gather(-1, ids) (the router renormalises)"
+                f"(off by up to {self.weight_error:.3g}, both renormalised over the K chosen, as "
+                f"the layer mixes them): the bias may choose the experts, never weigh them; "
+                f"return probs.gather(-1, ids) (the router renormalises)"
             )
         if self.detached:
             broken.append("the mixing weights are detached: the router gets no gradient from "
                           "the task loss")
+        elif self.grad_error > GRAD_TOL:
+            broken.append(
+                f"the mixing weights do not send the router the gradient of "
+                f"probs.gather(-1, ids) (off by up to {self.grad_error:.3g} of its size): "
+                f"their values must come from probs through the gather, not around it"
+            )
         return broken
+
+
+def _vjp_gap(probs: torch.Tensor, top_p: torch.Tensor, ids: torch.Tensor) -> float:
+    """How far the gradient that the layer's mixing weights (from ``top_p``) send back to
+    ``probs`` is from the one ``probs.gather(-1, ids)`` sends, for one fixed direction ``v``
+    of the weights' gradient, relative to the reference's largest entry. No RNG is drawn
+    (training continues unchanged) and nothing accumulates into ``.grad``."""
+    n, k = ids.shape
+    v = torch.arange(n * k, device=probs.device, dtype=probs.dtype).reshape(n, k).sin()
+    (got,) = torch.autograd.grad(mixing_weights(top_p.to(probs.dtype)), probs, v,
+                                 retain_graph=True, allow_unused=True)
+    (want,) = torch.autograd.grad(mixing_weights(probs.gather(-1, ids)), probs, v,
+                                  retain_graph=True)
+    if got is None:
+        return float("inf")
+    gap = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-12)
+    return gap if gap == gap else float("inf")
 
 
 def _run(variant: str, steps: int, candidate: object) -> Outcome:
@@ -194,8 +243,9 @@ def _run(variant: str, steps: int, candidate: object) -> Outcome:
     tail = {key: statistics.fmean(series[key][-TAIL:]) if series[key] else float("nan")
             for key in ("max_vio", "dead", "task_loss")}
     tail["step_ms"] = statistics.median(times) * 1e3 if times else float("nan")
-    out.figures.update(balance=config.balance, series=series, tail=tail, tail_steps=TAIL,
-                       damage=f"MaxVio, mean of the last {TAIL} steps",
+    read = min(TAIL, out.steps_run)  # a shorter run (a quick check) reads all its steps
+    out.figures.update(balance=config.balance, series=series, tail=tail, tail_steps=read,
+                       damage=f"MaxVio, mean of the last {read} steps",
                        damage_tol=MAXVIO_TOL, damage_is_level=True)
     if out.steps_run:
         out.state_diff = tail["max_vio"]

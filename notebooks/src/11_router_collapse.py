@@ -6,7 +6,7 @@
 # **Goal.** Watch a mixture-of-experts router collapse when nothing balances its load, read
 # the collapse on the dashboard's **Expert load balance** page, and measure the two cures the
 # field uses: the Switch auxiliary loss and DeepSeek-V3's auxiliary-loss-free bias. Keep the
-# dashboard open beside this notebook. About 15 minutes.
+# dashboard open beside this notebook. About fifteen minutes.
 #
 # **Context (read cold).** Terms used below:
 #
@@ -14,9 +14,11 @@
 #   here `E = 16`). Its **router** is one linear layer that scores every expert for every
 #   token; a softmax turns the scores into **routing probabilities** `probs` `(N, E)` for `N`
 #   tokens.
-# - **Top-k**: each token goes to the `K` experts with the highest scores (here `K = 2`), and
-#   the layer mixes their outputs with **mixing weights**: the router's probabilities of the
-#   chosen experts, renormalised to sum to 1.
+# - **Top-k**: each token goes to the `K` experts with the highest scores (here `K = 2`). The
+#   selection rule returns the chosen experts' ids and their **top-k probabilities** `top_p`
+#   `(N, K)`; the router renormalises these over the `K` chosen into the **mixing weights**
+#   (`top_p / top_p.sum(-1)`, summing to 1 per token), and the layer adds the chosen experts'
+#   outputs weighted by them.
 # - The **load** of an expert is the number of tokens routed to it in a step; the mean load is
 #   `N * K / E`.
 # - **MaxVio** (maximal violation, Wang et al. 2024,
@@ -44,12 +46,15 @@ import time
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+import torch.nn.functional as F
 from IPython.display import display
 from plotly.subplots import make_subplots
 
 from mahiax import bugs, lessons
 from mahiax.bugs import balance
+from mahiax.bugs.balance import SelectionCheck, mixing_weights
 from mahiax.bugs.harness import isolated  # the catalog's seed, restored afterwards
+from mahiax.cadence import MAX_VIO_WINDOW
 from mahiax.moe import (
     bias_update,
     biased_top_k,
@@ -128,43 +133,68 @@ go.Figure(go.Heatmap(z=heat, x=steps, y=list(range(E)), colorscale="Viridis",
     height=380)
 
 # %% [markdown]
-# MaxVio starts high and climbs toward the ceiling within about 50 steps: one bright row in the
-# heatmap, an expert in almost every token's pair, and dark rows of experts that get
-# (nearly) nothing; at least one expert dies.
-#
+# MaxVio starts high (already at step 0: the Reconstruction below says why) and climbs
+# toward the ceiling: one bright row in the heatmap, an expert in almost every token's pair,
+# and dark rows of experts that get (nearly) nothing; an expert dies. The figures:
+
+# %%
+vio, dead = series["max_vio"], series["dead"]
+last = torch.tensor(series["tokens_per_expert"][-1])  # (E,) tokens per expert, last step
+n_tokens = int(last.sum()) // K  # each token makes K choices
+print(f"MaxVio: step 0 {vio[0]:.2f}, highest {max(vio):.2f}, mean of the last "
+      f"{buggy.figures['tail_steps']} steps {buggy.figures['tail']['max_vio']:.2f} "
+      f"(ceiling {E / K - 1:.0f})")
+spread = load_percentiles(last)
+print(f"last step: expert {int(last.argmax())} in {int(last.max())} of {n_tokens} tokens' "
+      f"pairs; load in units of the mean: max {spread['max_vio'] + 1:.2f}, median "
+      f"{spread['load_p50']:.2f}; first step with a dead expert: "
+      f"{next(i for i, d in enumerate(dead) if d)}")
+assert buggy.state_diff > balance.MAXVIO_TOL and max(dead) >= 1
+
+# %% [markdown]
 # > **Reconstruction.** The summary never shows a collapse, and the lab's default model does
-# > not collapse either (measured with 8 experts: MaxVio 0.2-0.4 with no balancing, no dead
-# > expert). Real MoE layers route hidden states that share a large common component (the
-# > hidden states of trained transformers are anisotropic: Ethayarajh 2019), one of several
-# > early asymmetries the self-reinforcing loop can feed on. The entry gives the router's
-# > input such a component, a strong one: `balance.add_shared_direction` adds one fixed
-# > direction of length `sqrt(D)` to the bias of the LayerNorm in front of the MoE. A
-# > LayerNorm output has length about `sqrt(D)`, so every token's router input starts at a
-# > cosine of about 0.7 with that direction and every token starts out preferring the same
-# > experts. The LayerNorm bias is a trained parameter: this sets where training starts, it
-# > does not hold the input there. The next cell trains 25 steps of the same config without
-# > and with it.
+# > not collapse either: the next cell trains this same 16-expert config without balancing,
+# > with and without the change below, and prints both. Real MoE layers route hidden states
+# > that share a large common component (the hidden states of trained transformers are
+# > anisotropic: Ethayarajh 2019), one of several early asymmetries the self-reinforcing loop
+# > can feed on. The entry gives the router's input such a component, a strong one:
+# > `balance.add_shared_direction` adds one fixed direction `u` of length `sqrt(D)` to the
+# > bias of the LayerNorm in front of the MoE. A LayerNorm output (before its bias) has length
+# > about `sqrt(D)`, so every token's router input starts at a cosine of about 0.7 with `u`
+# > (the cell prints it) and every token starts out preferring the same experts. The
+# > LayerNorm bias is a trained parameter: this sets where training starts, it does not hold
+# > the input there. The cell trains 25 steps without and with it.
 
 # %%
 def trained_loads(config, steps, shared):
-    """Each step's load statistics from a Trainer run of ``config`` (the catalog's seed)."""
+    """Each step's load statistics from a Trainer run of ``config`` (the catalog's seed),
+    and the mean cosine between the router's inputs at the first step and the shared
+    direction (None without it)."""
     with isolated():
         trainer = Trainer(config)
-        if shared:
-            balance.add_shared_direction(trainer.model, config)
-        return [trainer.step().load for _ in range(steps)]
+        inputs = []  # the MoE's input at each forward: (batch, T, D)
+        hook = trainer.model.text.moe.register_forward_pre_hook(
+            lambda module, args: inputs.append(args[0].detach()))
+        u = balance.add_shared_direction(trainer.model, config) if shared else None
+        loads = [trainer.step().load for _ in range(steps)]
+        hook.remove()
+    x = inputs[0].reshape(-1, config.d_model)  # (N, D) the first step's router inputs
+    cosine = None if u is None else F.cosine_similarity(x, u.to(x).expand_as(x)).mean().item()
+    return loads, cosine
 
 
 for shared in (False, True):
-    loads = trained_loads(balance.collapse_config("none", 25), 25, shared)
+    loads, cosine = trained_loads(balance.collapse_config("none", 25), 25, shared)
     vio = [s["max_vio"] for s in loads]
     print(f"shared direction {str(shared):5}: MaxVio step 0 {vio[0]:.2f}, mean of steps "
           f"15-24 {sum(vio[-10:]) / 10:.2f}; most dead experts in a step "
-          f"{max(s['dead'] for s in loads)}")
+          f"{max(s['dead'] for s in loads)}" + (f"; router inputs' cosine with u at step 0 "
+                                                f"{cosine:.2f}" if cosine is not None else ""))
 
 # %% [markdown]
-# Without the shared direction MaxVio stays low and flat; with it the router starts skewed
-# and training makes it worse: the self-reinforcing loop, not the offset alone.
+# Without the shared direction MaxVio stays low; with it the router starts skewed and
+# training makes it worse (the mean of steps 15-24 above step 0): the self-reinforcing loop,
+# not the offset alone.
 #
 # ## 3. The same collapse on the dashboard
 #
@@ -178,16 +208,17 @@ display(lessons.dashboard_link(store))
 for variant, name in (("buggy", RUN_NONE), ("fixed", RUN_BIAS)):
     print(f"{ENV_VAR}={store} python -m mahiax train --bug router-collapse --variant "
           f"{variant} --run {name}")
+print(f"the page's global MaxVio sums the load of the last {MAX_VIO_WINDOW} steps")
 
 # %% [markdown]
 # On the **Expert load balance** page, with this run selected, look for:
 #
-# - the tokens-per-expert heatmap: one bright row from about step 50 on, and dark rows;
-# - MaxVio over steps, close to 7, and its latest value among the figures at the top: per
-#   batch, and "global", the MaxVio of the load summed over the last 50 steps (Wang et al.'s
-#   global MaxVio pools a whole evaluation set; a window is the lab's live version);
-# - the spread of expert loads in units of the mean load: the maximum near 8 while the
-#   median falls below 1;
+# - the tokens-per-expert heatmap: one bright row from the first steps on, and dark rows;
+# - MaxVio over steps, climbing toward 7, and its latest value among the figures at the top:
+#   per batch, and "global", the MaxVio of the load summed over the last 50 steps (Wang et
+#   al.'s global MaxVio pools a whole evaluation set; a window is the lab's live version);
+# - the spread of expert loads in units of the mean load: the maximum (MaxVio + 1) and the
+#   median, as section 2 printed them for the last step;
 # - no selection bias to draw: the page says which balance this run used (`none`).
 #
 # ## 4. Two cures
@@ -237,7 +268,12 @@ print(f"busiest expert {busiest}: f {f[busiest].item():.3f}, P {P[busiest].item(
 # Only `P` carries a gradient: the loss lowers the probabilities of the experts that get
 # many tokens, weighted by how many they get. That gradient flows into the same router
 # weights as the task loss's: two objectives pulling on one layer.
-#
+
+# %%
+assert not f.requires_grad and P.requires_grad and router.weight.grad is not None
+assert after[busiest] < P[busiest]
+
+# %% [markdown]
 # ### Cure 2: DeepSeek-V3's bias (auxiliary-loss-free balancing)
 #
 # Keep a bias `b` `(E,)` outside autograd. Select the top-k of `probs + b`, but mix with the
@@ -263,7 +299,8 @@ assert torch.allclose(updated, by_hand)
 
 # %% [markdown]
 # **Predict.** The same router and tokens, a bias of -1 on the busiest expert. Does it still
-# get tokens? Do the mixing weights change? Does the bias get a gradient?
+# get tokens? Are the probabilities `biased_top_k` returns for the chosen experts the
+# router's own, or biased? Does the bias get a gradient?
 
 # %%
 logits = router(tokens).detach().requires_grad_()  # (N, E) a leaf, to read its gradient
@@ -274,27 +311,43 @@ plain = torch.topk(probs, K, dim=-1).indices  # (N, K) the unbiased choice
 print("tokens on the busiest expert: plain", int((plain == busiest).sum()), "| biased",
       int((ids == busiest).sum()), f"| choices the bias changed: "
       f"{int(flipped_choices(probs, ids, K))} of {N * K}")
-print("mixing weights == probs of the chosen experts:",
-      torch.equal(top_p, probs.gather(-1, ids)))
+print("top_p == probs of the chosen experts:", torch.equal(top_p, probs.gather(-1, ids)))
 top_p.sum().backward()
 print("gradient on the router's scores:", logits.grad is not None, "| on the bias:", bias.grad)
 
 # %% [markdown]
 # The bias moved every token off that expert (probabilities are at most 1, so a bias of -1
-# always loses), but the weights are still the router's own probabilities, and the bias has
-# no gradient: `biased_top_k` adds it under `torch.no_grad()`, and `topk`'s indices are
-# integers. The model's code:
+# always loses), but `top_p` is still the router's own probabilities of the chosen experts
+# (the router renormalises them into the mixing weights), and the bias has no gradient:
+# `biased_top_k` adds it under `torch.no_grad()`, and `topk`'s indices are integers. The
+# model's code:
 
 # %%
+assert int((ids == busiest).sum()) == 0 and bias.grad is None and logits.grad is not None
+assert torch.equal(top_p, probs.gather(-1, ids))
 lessons.source(biased_top_k, "the selection rule (mahiax.moe)")
 
 # %% [markdown]
-# Now select the bias run (the catalog's `fixed` variant, the second command of section 3) on
-# the Expert load balance page. Beside the heatmap each expert's selection bias is drawn as a line, in its
-# heatmap row's colour: the favoured expert's line drops well below the others within about
-# 50 steps (to about -0.3) while the rest rise (to about +0.15); only the differences between
-# biases change a selection. The page also shows the share of top-k choices the bias changed
-# at each step.
+# The bias run of the verdict measured in section 2 (the catalog's `fixed` variant) kept its
+# bias at every step. Where it ended, and why only the differences between biases matter
+# (adding one number to every bias changes no selection):
+
+# %%
+bias_path = torch.tensor(v.outcomes["fixed"].figures["series"]["bias"])  # (steps, E)
+final = bias_path[-1]  # (E,)
+favoured = int(final.argmin())
+print(f"after {len(bias_path)} steps: expert {favoured} at {final[favoured]:.3f}, the others "
+      f"from {final[final != final[favoured]].min():.3f} to {final.max():.3f}")
+shifted = torch.topk(probs.detach() + final + 0.5, K, dim=-1).indices  # (N, K)
+print("top-k of probs + bias + 0.5 == top-k of probs + bias:",
+      torch.equal(shifted, torch.topk(probs.detach() + final, K, dim=-1).indices))
+
+# %% [markdown]
+# Now select the bias run (the second command of section 3) on the Expert load balance
+# page. Beside the heatmap each expert's selection bias is drawn as a line, in its heatmap
+# row's colour: the favoured expert's line drops well below the others while the rest rise,
+# as in the figures printed above. The page also shows the share of top-k choices the bias
+# changed at each step.
 
 # %% [markdown]
 # ## 5. The verdict: both cures, measured
@@ -324,8 +377,16 @@ pd.DataFrame({
 #
 # Read "the summary's fix" here as the lab's stand-in: the summary proposes no balancing,
 # so the label judges the aux loss (`summary`). The bias (`fixed`) has no label of its own;
-# its table row shows it balanced too: MaxVio far under 1.5, no dead expert, for both
-# cures. Now the loss beside the load:
+# its table row shows it balanced too: for both cures MaxVio is under 1.5 and no expert is
+# dead in the last 30 steps.
+
+# %%
+tails = {o.figures["balance"]: o.figures["tail"] for o in v.outcomes.values()}
+for mode in ("aux", "bias"):
+    assert tails[mode]["max_vio"] <= balance.MAXVIO_TOL and tails[mode]["dead"] == 0, mode
+
+# %% [markdown]
+# Now the loss beside the load:
 
 # %%
 fig = make_subplots(rows=1, cols=2, subplot_titles=("MaxVio", "task loss"))
@@ -342,18 +403,24 @@ fig
 # %% [markdown]
 # On this synthetic task the collapsed router reaches the **lowest** task loss: nothing in
 # the loss curve warns you that one expert does most of the work and another is dead (the
-# table's task loss column). **Watch the load, not the loss.** A collapsed MoE wastes the
-# parameters of its dead experts; on a real model, where capacity matters, it pays in
-# quality, and where experts run in parallel (one per device) the busiest one sets the step
-# time. Do not read the aux-versus-bias task-loss gap in the table as a result either way:
-# one seed, 60 steps, a small task. Wang et al. 2024 report the bias's advantage on 1B-3B
-# parameter models trained on up to 200B tokens.
-#
+# table's task loss column; the next cell checks it). **Watch the load, not the loss.** A
+# collapsed MoE wastes the parameters of its dead experts; on a real model, where capacity
+# matters, it pays in quality, and where experts run in parallel (one per device) the
+# busiest one sets the step time. Do not read the aux-versus-bias task-loss gap in the
+# table as a result either way: one seed, 60 steps, a small task. Wang et al. 2024 report
+# the bias's advantage on 1B-3B parameter models trained on up to 200B tokens.
+
+# %%
+print("lowest task loss over the last steps:", min(tails, key=lambda m: tails[m]["task_loss"]))
+assert min(tails, key=lambda m: tails[m]["task_loss"]) == "none"
+
+# %% [markdown]
 # What each cure costs:
 #
 # - the **aux loss** adds a second gradient to the router that competes with the task's;
-#   its coefficient trades balance for task loss (too low: no balance; too high: the router
-#   learns to spread tokens instead of routing them well);
+#   its coefficient trades balance for task loss (section 6 shows one too low to balance
+#   within 60 steps; Fedus et al. 2021 chose theirs "small enough to not overwhelm the
+#   primary cross-entropy objective");
 # - the **bias** adds no gradient and never touches the mixing weights: only the selection
 #   changes. It costs one `(E,)` update per step, outside autograd (the ms / step column is
 #   wall time on a shared CPU: read it as noise unless the gap is large).
@@ -367,26 +434,35 @@ fig
 # **Predict.** With the defaults, 60 steps, same setting: balanced or not?
 
 # %%
+at_defaults = {}
 for mode, strength in (("aux", {"aux_loss_coef": 0.01}), ("bias", {"bias_update_rate": 1e-3})):
     config = balance.collapse_config(mode).replace(**strength)
-    loads = trained_loads(config, balance.STEPS, shared=True)[-balance.TAIL:]
-    print(f"{mode} {strength}: last {balance.TAIL} steps, MaxVio "
-          f"{sum(s['max_vio'] for s in loads) / len(loads):.2f}, dead experts "
-          f"{sum(s['dead'] for s in loads) / len(loads):.1f}")
+    loads = trained_loads(config, balance.STEPS, shared=True)[0][-balance.TAIL:]
+    at_defaults[mode] = sum(s["max_vio"] for s in loads) / len(loads)
+    print(f"{mode} {strength}: last {balance.TAIL} steps, MaxVio {at_defaults[mode]:.2f}, "
+          f"dead experts {sum(s['dead'] for s in loads) / len(loads):.1f}")
+print(f"a rate of 1e-3 moves a bias by at most {1e-3 * balance.STEPS:.2f} in "
+      f"{balance.STEPS} steps")
 
 # %% [markdown]
 # Neither default balances this setting in 60 steps (the tolerance is 1.5). A rate of 1e-3
-# moves a bias by at most 0.06 in 60 steps; a
-# real run of many thousands of steps gives it time, but the knob matters: check the load on
-# the dashboard before trusting a default.
-#
+# moves a bias by at most 0.06 in 60 steps; a real run of many thousands of steps gives it
+# time, but the knob matters: check the load on the dashboard before trusting a default.
+
+# %%
+assert all(vio > balance.MAXVIO_TOL for vio in at_defaults.values()), at_defaults
+
+# %% [markdown]
 # ## Exercise
 #
 # Write `select(probs, bias, k)`: given the routing probabilities `(N, E)`, the bias `(E,)`
 # and `k`, return the top-k probabilities `(N, K)` and the expert ids `(N, K)`, int64. The
 # bias must choose the experts and do nothing else. `bugs.check` trains the collapse setting
-# with `balance="bias"` and your rule in the router, and checks the load and the rules. First,
-# what it says about the plain top-k and the two band-aids (20 steps each, to be quick):
+# with `balance="bias"` and your rule in the router, and checks the load and the rules. It
+# grades the layer your rule is part of: the router renormalises the probabilities you
+# return over the `K` chosen, so the same probabilities returned renormalised already make
+# the same layer and pass too. First, what it says about the plain top-k and the two
+# band-aids (20 steps each, to be quick):
 
 # %%
 candidates = bugs.get("router-collapse").candidates()
@@ -416,6 +492,28 @@ def my_select(probs: torch.Tensor, bias: torch.Tensor, k: int):
 result = bugs.check("router-collapse", my_select)
 print(result)
 assert result.holds
+
+# %% [markdown]
+# What the checker measures on each call, here on the router and tokens of section 4 with
+# the bias the verdict's bias run ended with (printed in section 4): the gap between the mixing weights the layer
+# derives from what a rule returns and those of the router's own probabilities of the
+# chosen experts, and the same for the gradient they send back to `probs`. Your rule, the
+# same returned renormalised, and the band-aid that lets the bias into the values:
+
+# %%
+def renormalised(probs: torch.Tensor, bias: torch.Tensor, k: int):
+    """``my_select`` with its probabilities renormalised over the k chosen experts."""
+    top_p, ids = my_select(probs, bias, k)
+    return mixing_weights(top_p), ids  # (N, K), (N, K)
+
+
+routed = torch.softmax(router(tokens), dim=-1)  # (N, E) with a graph to the router
+for name, rule in (("my_select", my_select), ("renormalised", renormalised),
+                   ("band-aid: bias in the values", balance.bias_in_weights)):
+    check = SelectionCheck(rule)
+    check(routed, final, K)
+    print(f"{name:29} weights off by {check.weight_error:.2g}, gradient off by "
+          f"{check.grad_error:.2g}: {len(check.rules_broken())} rule(s) broken")
 
 # %% [markdown]
 # ## Check your understanding
@@ -456,9 +554,10 @@ assert result.holds
 #    <details><summary>Answer</summary>
 #
 #    The bias then changes the layer's output: a balancing device alters what the model
-#    computes, and the values `probs + bias` can even be negative. The checker measures the
-#    gap between the weights and the router's probabilities of the chosen experts and
-#    rejects it.
+#    computes, and the values `probs + bias` can even be negative. The checker compares the
+#    mixing weights the layer derives from them (renormalised over the K chosen) with those
+#    of the router's own probabilities of the chosen experts, and rejects the gap (the cell
+#    after the solution prints it).
 #
 #    </details>
 #
@@ -483,8 +582,8 @@ assert result.holds
 #   does not collapse.
 # - The Switch aux loss `E * sum f_i P_i` balances through a gradient on `P_i`, competing
 #   with the task loss; DeepSeek-V3's bias balances through the selection only: top-k of
-#   `probs + b` under `torch.no_grad()`, weights `probs.gather(ids)`, then
-#   `b += rate * sign(mean - load)`.
+#   `probs + b` under `torch.no_grad()`, values `probs.gather(-1, ids)` (the router
+#   renormalises them into the mixing weights), then `b += rate * sign(mean - load)`.
 # - Both cures **hold** here at raised strengths; at the defaults 60 steps are not enough.
 # - On the dashboard's Expert load balance page: the heatmap's bright row, MaxVio, and the
 #   bias lines of a `balance=bias` run. Train the clean model with either cure:

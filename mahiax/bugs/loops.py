@@ -450,7 +450,10 @@ register(BugEntry(
         "Clipping them compares the scaled norm with max_norm: whenever the scaled norm is "
         "above max_norm (almost always), the gradient the optimiser applies after "
         "scaler.step() unscales has norm max_norm / scale, whatever the true norm was. No "
-        "error: training just crawls. Unscale first, then clip (PyTorch AMP examples, "
+        "error: with SGD every step shrinks by the scale and training crawls; with Adam or "
+        "AdamW the shared factor cancels and every step's gradient is normalised to one "
+        "norm, so a spike is never cut (lessons 08 and 10). Unscale first, then clip "
+        "(PyTorch AMP examples, "
         "'Working with Unscaled Gradients')."
     ),
     runner=_amp_run,

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mahiax import metric_keys as mk
 from mahiax.config import MahiaConfig
 from mahiax.store import RunWriter
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, start_dashboard, stop, wait_until_up
@@ -52,29 +53,29 @@ EXPERTS = 8
 def _step_metrics(step: int, rng: np.random.Generator) -> dict[str, float]:
     """One step's scalars, with the keys and cadence of the real probes."""
     loss = {t: float(1.0 / (1 + step / 5000) + 0.05 * rng.random()) for t in TASKS}
-    row = {"loss": sum(loss.values()), **{f"loss/{t}": v for t, v in loss.items()},
-           **{f"weight/{t}": float(1 + 0.1 * rng.normal()) for t in TASKS},
-           **{f"dwa/ratio/{t}": float(1 + 0.01 * rng.normal()) for t in TASKS},
-           "amp/scale": 1.0, "amp/skipped": 0.0, "amp/skipped_total": 0.0,
-           "mem/rss": 5e8 + 1e3 * step, "moe/aux_loss": float(1 + 0.01 * rng.random()),
-           "moe/cv": float(0.2 * rng.random()), "moe/dead": 0.0, "moe/dropped": 0.0,
-           "moe/entropy": float(0.99 - 0.01 * rng.random()), "moe/max_over_mean": 1.2,
-           "moe/z_loss": float(rng.random()), "optim/grad_norm": float(rng.gamma(2.0)),
-           "optim/lr": 1e-3, "time/samples_per_s": 800.0, "time/step_s": 0.04}
+    row = {mk.LOSS: sum(loss.values()), **{mk.task_loss(t): v for t, v in loss.items()},
+           **{mk.task_weight(t): float(1 + 0.1 * rng.normal()) for t in TASKS},
+           **{mk.dwa_ratio(t): float(1 + 0.01 * rng.normal()) for t in TASKS},
+           mk.AMP_SCALE: 1.0, mk.AMP_SKIPPED: 0.0, mk.AMP_SKIPPED_TOTAL: 0.0,
+           mk.MEM_RSS: 5e8 + 1e3 * step, mk.MOE_AUX_LOSS: float(1 + 0.01 * rng.random()),
+           mk.MOE_CV: float(0.2 * rng.random()), mk.MOE_DEAD: 0.0, mk.MOE_DROPPED: 0.0,
+           mk.MOE_ENTROPY: float(0.99 - 0.01 * rng.random()), mk.MOE_MAX_OVER_MEAN: 1.2,
+           mk.MOE_Z_LOSS: float(rng.random()), mk.GRAD_NORM: float(rng.gamma(2.0)),
+           mk.LR: 1e-3, mk.SAMPLES_PER_S: 800.0, mk.STEP_S: 0.04}
     if step % 250 == 0:
-        row.update({"mem/tensor_bytes": 2e6, "mem/peak": 2.2e6})
+        row.update({mk.MEM_TENSOR_BYTES: 2e6, mk.MEM_PEAK: 2.2e6})
     return row
 
 
 def _log_step(writer: RunWriter, step: int, rng: np.random.Generator) -> None:
     writer.log(_step_metrics(step, rng), step)
-    writer.log_vector("moe/tokens_per_expert", rng.multinomial(1024, [1 / EXPERTS] * EXPERTS),
+    writer.log_vector(mk.TOKENS_PER_EXPERT, rng.multinomial(1024, [1 / EXPERTS] * EXPERTS),
                       step)
-    writer.log_vector("fabric/importance", rng.dirichlet(np.ones(4)), step)
+    writer.log_vector(mk.FABRIC_IMPORTANCE, rng.dirichlet(np.ones(4)), step)
     if step % 25 == 0:
-        writer.log_tensor("memory/nodes", rng.normal(size=(16, 64)).astype(np.float32), step)
-        writer.log_tensor("memory/adjacency", rng.random((16, 16)).astype(np.float32), step)
-        writer.log_tensor("tiny/slots", rng.normal(size=(8, 64)).astype(np.float32), step)
+        writer.log_tensor(mk.MEMORY_NODES, rng.normal(size=(16, 64)).astype(np.float32), step)
+        writer.log_tensor(mk.MEMORY_ADJACENCY, rng.random((16, 16)).astype(np.float32), step)
+        writer.log_tensor(mk.TINY_SLOTS, rng.normal(size=(8, 64)).astype(np.float32), step)
 
 
 def write_long_run(path: Path, steps: int, name: str = "long") -> RunWriter:

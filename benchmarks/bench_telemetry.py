@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from mahiax import metric_keys as mk
 from mahiax.cadence import Cadence
 from mahiax.config import MahiaConfig
 from mahiax.store import RunReader, RunWriter
@@ -104,8 +105,8 @@ def run(steps: int = 1000, block: int = 100, cadence: Cadence | None = None) -> 
         on_t[-1] += on.close()
         off.close()
         # what the probed arm wrote: the steps with memory by category, saved for backward > 0
-        saved = RunReader(Path(tmp) / "bench.sqlite").scalars("bench", ["mem/saved"])
-        categories_steps = int((saved["mem/saved"].dropna() > 0).sum())
+        saved = RunReader(Path(tmp) / "bench.sqlite").scalars("bench", [mk.MEM_SAVED])
+        categories_steps = int((saved[mk.MEM_SAVED].dropna() > 0).sum())
     ratios = [sum(on_t[i:i + block]) / sum(off_t[i:i + block])
               for i in range(0, steps, block)]
     ratio = sum(on_t) / sum(off_t)

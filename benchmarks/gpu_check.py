@@ -49,6 +49,8 @@ from pathlib import Path
 
 import torch
 
+from mahiax import metric_keys as mk
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 REPORT = "gpu-latest"  # .md and .json
@@ -262,7 +264,7 @@ def amp_section(ctx: Context, s: Section) -> None:
         ms = statistics.median(r.step_time for r in records[1:] or records) * 1e3
         with RunReader(ctx.store) as reader:
             stored = reader.scalars(name)
-        mem_keys = sorted(k for k in stored.columns if k.startswith("mem/"))
+        mem_keys = sorted(k for k in stored.columns if k.startswith(mk.MEM_PREFIX))
         s.data[name] = {"precision": precision, "steps": len(records), "finite": finite,
                         "final_loss": records[-1].loss, "scale_min": min(scales),
                         "scale_final": scales[-1], "skipped": skipped,
@@ -276,14 +278,14 @@ def amp_section(ctx: Context, s: Section) -> None:
                 f"{len(records)} steps, final loss {records[-1].loss:.4f}")
         if precision == "fp16":
             s.check(f"{name}: GradScaler on (scale recorded, skipped steps counted)",
-                    stored["amp/scale"].notna().all() and "amp/skipped_total" in stored,
+                    stored[mk.AMP_SCALE].notna().all() and mk.AMP_SKIPPED_TOTAL in stored,
                     f"scale {min(scales):g}..{max(scales):g}, {skipped} skipped")
         else:
             s.check(f"{name}: no loss scaling (scale 1, nothing skipped)",
                     set(scales) == {1.0} and skipped == 0, f"{skipped} skipped")
-        every_step = ["mem/params", "mem/grads", "mem/optimizer", "mem/saved"]
+        every_step = [mk.MEM_PARAMS, mk.MEM_GRADS, mk.MEM_OPTIMIZER, mk.MEM_SAVED]
         if ctx.cuda:  # the allocator gives the rest every step too
-            every_step += ["mem/other", "mem/total", "mem/reserved", "mem/peak"]
+            every_step += [mk.MEM_OTHER, mk.MEM_TOTAL, mk.MEM_RESERVED, mk.MEM_PEAK]
         missing = [k for k in every_step if k not in stored or stored[k].isna().any()]
         s.check(f"{name}: memory by category stored every step", not missing,
                 f"missing at some step: {', '.join(missing)}" if missing
@@ -509,7 +511,7 @@ def store_section(ctx: Context, s: Section) -> None:
         table = reader.runs()
         runs = [f"`{r.name}` ({r.status}, device `{r.device}`, {r.steps} steps)"
                 for r in table.itertuples()]
-        keys = {n: [k for k in reader.scalar_keys(n) if k.startswith("mem/")]
+        keys = {n: [k for k in reader.scalar_keys(n) if k.startswith(mk.MEM_PREFIX)]
                 for n in table["name"]}
         snapshots = {n: reader.snapshot_keys(n) for n in table["name"]}
     s.data.update({"store": str(dest), "runs": runs, "mem_keys": keys, "snapshots": snapshots})

@@ -16,6 +16,7 @@ import streamlit as st
 
 from dashboard import charts, data, processing, runs, slots, verdict_jobs, verdict_runs, watch
 from dashboard.state import INTERVAL_KEY, LIVE_KEY, STORE_KEY
+from mahiax import metric_keys as mk
 from mahiax.store import StoreError
 
 ENTRY_KEY = "bug_lab_entry"
@@ -295,10 +296,10 @@ def _variant_card(variant: str, info: dict | None) -> None:
 
 # (key, title, y title, log y, sparse)
 _OVERLAYS = (
-    ("graph_nodes", "Autograd graph size per step", "nodes", False, False),
-    ("tensor_bytes", "Live tensor memory", "MiB", False, True),
-    ("loss", "Total loss", "", True, False),
-    ("grad_diff", "Largest gradient error vs the clean reference", "", False, False),
+    (mk.GRAPH_NODES, "Autograd graph size per step", "nodes", False, False),
+    (mk.TENSOR_BYTES, "Live tensor memory", "MiB", False, True),
+    (mk.LOSS, "Total loss", "", True, False),
+    (mk.GRAD_DIFF, "Largest gradient error vs the clean reference", "", False, False),
 )
 
 
@@ -312,7 +313,7 @@ def _overlays(scalars: dict[str, pd.DataFrame]) -> None:
             continue
         df = pd.DataFrame(series)
         df.index.name = "step"
-        if key == "tensor_bytes":
+        if key == mk.TENSOR_BYTES:
             df = processing.to_mib(df)
         if sparse:
             figs.append(charts.markers(df, title, y_title))

@@ -36,9 +36,9 @@ def get_reader(path: str) -> RunReader:
 
 @st.cache_data(ttl=1.0, show_spinner=False)
 def list_runs(path: str) -> pd.DataFrame:
-    """The runs of the store, oldest first, without their config (cached for a second so
-    the sidebar and a page reading in the same rerun share one query)."""
-    return get_reader(path).runs().drop(columns=["config"])
+    """The runs of the store, oldest first, without their config and cadence (cached for a
+    second so the sidebar and a page reading in the same rerun share one query)."""
+    return get_reader(path).runs().drop(columns=["config", "cadence"])
 
 
 @st.cache_data(ttl=1.0, show_spinner=False)

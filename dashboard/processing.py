@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mahiax import metric_keys as mk
 from mahiax.units import MIB
 
 
@@ -183,11 +184,11 @@ def expert_shares(tokens: pd.DataFrame) -> pd.DataFrame:
 # The expert loads' spread as the probes log it, in units of the mean load: key -> label.
 # The maximum is max / mean itself (MaxVio + 1).
 LOAD_PERCENTILES = {
-    "moe/load_min": "min",
-    "moe/load_p50": "p50",
-    "moe/load_p90": "p90",
-    "moe/load_p99": "p99",
-    "moe/max_over_mean": "max",
+    mk.LOAD_MIN: "min",
+    mk.LOAD_P50: "p50",
+    mk.LOAD_P90: "p90",
+    mk.LOAD_P99: "p99",
+    mk.MOE_MAX_OVER_MEAN: "max",
 }
 
 
@@ -216,14 +217,14 @@ def per_step(values: list, name: str) -> pd.DataFrame:
 # Memory by category: the keys the probes and the catalog log (mahiax.telemetry's
 # MemoryCategories.as_metrics), in stacking order, with the name a chart shows.
 MEMORY_CATEGORIES = {
-    "mem/params": "parameters",
-    "mem/grads": "gradients",
-    "mem/optimizer": "optimizer state",
-    "mem/saved": "saved for backward",
-    "mem/other": "other",
+    mk.MEM_PARAMS: "parameters",
+    mk.MEM_GRADS: "gradients",
+    mk.MEM_OPTIMIZER: "optimizer state",
+    mk.MEM_SAVED: "saved for backward",
+    mk.MEM_OTHER: "other",
 }
 # the figures drawn over the stack: the measured total, the peak, the allocator's reserve
-MEMORY_TOTALS = {"mem/total": "total", "mem/peak": "peak", "mem/reserved": "reserved"}
+MEMORY_TOTALS = {mk.MEM_TOTAL: "total", mk.MEM_PEAK: "peak", mk.MEM_RESERVED: "reserved"}
 
 
 @dataclass(frozen=True)

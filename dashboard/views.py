@@ -15,6 +15,8 @@ import streamlit as st
 
 from dashboard import bug_lab, charts, data, processing, runs, watch
 from dashboard.state import INTERVAL_KEY, LIVE_KEY, PAGE_KEY, POINTS_KEY, RUN_KEY, STORE_KEY
+from mahiax import metric_keys as mk
+from mahiax.cadence import Cadence
 from mahiax.store import NotAStoreError, RunNotFoundError, StoreError
 from mahiax.units import MIB
 
@@ -240,31 +242,32 @@ def training_body(path: str, info: dict) -> None:
     last = df.ffill().iloc[-1]
     cols = st.columns(5)
     for col, (label, key, fmt) in zip(cols, (
-            ("loss", "loss", "{:.4f}"), ("grad norm", "optim/grad_norm", "{:.3f}"),
-            ("step time (s)", "time/step_s", "{:.3f}"),
-            ("samples / s", "time/samples_per_s", "{:.0f}"), ("lr", "optim/lr", "{:.2e}")),
+            ("loss", mk.LOSS, "{:.4f}"), ("grad norm", mk.GRAD_NORM, "{:.3f}"),
+            ("step time (s)", mk.STEP_S, "{:.3f}"),
+            ("samples / s", mk.SAMPLES_PER_S, "{:.0f}"), ("lr", mk.LR, "{:.2e}")),
             strict=True):
         value = last.get(key, np.nan)
         col.metric(label, "–" if pd.isna(value) else fmt.format(value))
     log_y = st.toggle("log scale for losses", value=True, key="loss_log")
     left, right = st.columns(2)
     with left:
-        loss_keys = _present(df, ["loss", *sorted(c for c in df if c.startswith("loss/"))])
+        loss_keys = _present(df, [mk.LOSS, *sorted(c for c in df
+                                                    if c.startswith(mk.TASK_LOSS_PREFIX))])
         _chart(lambda: charts.lines(_ds(df[loss_keys]), "Losses (total and per task)", log_y=log_y))
     with right:
-        if _present(df, ["optim/grad_norm"]):
-            _chart(lambda: charts.lines(_ds(df[["optim/grad_norm"]]),
+        if _present(df, [mk.GRAD_NORM]):
+            _chart(lambda: charts.lines(_ds(df[[mk.GRAD_NORM]]),
                                         "Gradient norm (before clipping)"))
     left, right = st.columns(2)
     with left:
-        if _present(df, ["time/step_s"]):
-            _chart(lambda: charts.lines(_ds(df[["time/step_s"]]), "Step time", "seconds"))
+        if _present(df, [mk.STEP_S]):
+            _chart(lambda: charts.lines(_ds(df[[mk.STEP_S]]), "Step time", "seconds"))
     with right:
-        if _present(df, ["time/samples_per_s"]):
-            _chart(lambda: charts.lines(_ds(df[["time/samples_per_s"]]), "Throughput",
+        if _present(df, [mk.SAMPLES_PER_S]):
+            _chart(lambda: charts.lines(_ds(df[[mk.SAMPLES_PER_S]]), "Throughput",
                                         "samples / s"))
-    shown = ("loss", "loss/", "optim/grad_norm", "time/", "moe/", "weight/", "dwa/", "mem/",
-             "amp/", "optim/lr")
+    shown = (mk.LOSS, mk.TASK_LOSS_PREFIX, mk.GRAD_NORM, mk.TIME_PREFIX, mk.MOE_PREFIX,
+             mk.TASK_WEIGHT_PREFIX, mk.DWA_PREFIX, mk.MEM_PREFIX, mk.AMP_PREFIX, mk.LR)
     other = [c for c in df.columns if not c.startswith(shown) and df[c].notna().any()]
     if other:
         with st.expander(f"Other metrics of this run ({len(other)})", expanded=True):
@@ -272,8 +275,12 @@ def training_body(path: str, info: dict) -> None:
                 _chart(lambda key=key: charts.lines(_ds(df[[key]]), key))
 
 
-# MaxVio's two readings as the probes log them: key -> legend label
-MAX_VIO = {"moe/max_vio": "this step's batch", "moe/max_vio_global": "global: last 50 steps"}
+def max_vio_labels(window: int) -> dict[str, str]:
+    """MaxVio's two readings as the probes log them, key -> legend label; ``window``: the
+    steps the run's global MaxVio sums (its ``Cadence.max_vio_window``)."""
+    return {mk.MAX_VIO: "this step's batch", mk.MAX_VIO_GLOBAL: f"global: last {window} steps"}
+
+
 MAX_VIO_TITLE = "MaxVio = max load / mean load − 1 (0 = balanced)"
 BALANCE_WORDS = {  # config balance -> why the run has no selection bias to draw
     "aux": "balances the load with the auxiliary loss (`balance = aux`, the Switch loss)",
@@ -285,15 +292,16 @@ def experts_body(path: str, info: dict) -> None:
     """Expert load balance: MaxVio and balance figures, tokens per expert over steps with the
     selection bias beside it (balance = bias), the loads' percentiles, the share of top-k
     choices the bias changed, the current load, aux and z losses, dead experts."""
-    tokens = data.live_vectors(path, info, "moe/tokens_per_expert")
+    tokens = data.live_vectors(path, info, mk.TOKENS_PER_EXPERT)
     if tokens.empty:
-        st.info("This run logged no expert routing (`moe/tokens_per_expert`).")
+        st.info(f"This run logged no expert routing (`{mk.TOKENS_PER_EXPERT}`).")
         return
     tokens = tokens.rename(columns=lambda i: f"expert {i}")
     colours = charts.expert_colours(tokens.shape[1])
-    bias = data.live_vectors(path, info, "moe/bias")
+    bias = data.live_vectors(path, info, mk.MOE_BIAS)
     df = data.live_scalars(path, info)
-    _expert_metrics(df, has_bias=not bias.empty)
+    window = Cadence.of_run(info).max_vio_window  # the run's own, else the default
+    _expert_metrics(df, has_bias=not bias.empty, window=window)
     current = tokens.iloc[-1]
     dead = [c for c in tokens.columns if current[c] == 0]
     if dead:
@@ -319,22 +327,24 @@ def experts_body(path: str, info: dict) -> None:
                 "only)", "bias", colours[: trajectories.shape[1]]))
     else:
         balance = (info.get("config") or {}).get("balance")
-        why = BALANCE_WORDS.get(balance, "logged no selection bias (`moe/bias`): it balances "
-                                         "with the auxiliary loss or not at all")
+        why = BALANCE_WORDS.get(balance, f"logged no selection bias (`{mk.MOE_BIAS}`): it "
+                                         "balances with the auxiliary loss or not at all")
         st.caption(f"No bias chart: this run {why}, so there is no selection bias. A run "
                    "with `--balance bias` draws each expert's bias here, beside the heatmap.")
     left, right = st.columns(2)
     with left:
-        max_vio = processing.renamed(df, MAX_VIO)
+        labels = max_vio_labels(window)
+        max_vio = processing.renamed(df, labels)
         if not max_vio.empty:
+            batch, windowed = labels.values()
+
             def max_vio_chart() -> go.Figure:
                 fig = charts.lines(_ds(max_vio), MAX_VIO_TITLE, "MaxVio")
                 # the noisy per-batch figure thin and light, the windowed one bold over it
-                batch, window = MAX_VIO.values()
                 fig.update_traces(selector=dict(name=batch), line=dict(width=1,
                                                                        color="#9ecae1"))
-                fig.update_traces(selector=dict(name=window), line=dict(width=2.5,
-                                                                        color="#d62728"))
+                fig.update_traces(selector=dict(name=windowed), line=dict(width=2.5,
+                                                                          color="#d62728"))
                 return fig
 
             _chart(max_vio_chart)
@@ -349,37 +359,39 @@ def experts_body(path: str, info: dict) -> None:
         _chart(lambda: charts.bars(current, f"Load at step {int(tokens.index[-1])}", "expert",
                                    "tokens", reference=float(current.sum()) / max(1, len(current))))
     with right:
-        if _present(df, ["moe/bias_flipped"]):
+        if _present(df, [mk.BIAS_FLIPPED]):
             _chart(lambda: charts.lines(
-                _ds(df[["moe/bias_flipped"]] * 100).rename(columns={"moe/bias_flipped":
-                                                                    "changed by the bias"}),
+                _ds(df[[mk.BIAS_FLIPPED]] * 100).rename(columns={mk.BIAS_FLIPPED:
+                                                                 "changed by the bias"}),
                 "Top-k choices the bias changed (% of the step's tokens × k)", "%"))
         else:
-            keys = _present(df, ["moe/cv", "moe/entropy"])
+            keys = _present(df, [mk.MOE_CV, mk.MOE_ENTROPY])
             if keys:
                 _chart(lambda: charts.lines(_ds(df[keys]), "Balance: CV and entropy"))
     left, right = st.columns(2)
     with left:
-        keys = _present(df, ["moe/aux_loss", "moe/z_loss"])
+        keys = _present(df, [mk.MOE_AUX_LOSS, mk.MOE_Z_LOSS])
         balance = (info.get("config") or {}).get("balance", "aux")
         title = "Load-balancing (aux) and z losses" if balance == "aux" else \
             f"Aux loss (measured only: balance = {balance} does not train on it) and z loss"
         if keys:
             _chart(lambda: charts.lines(_ds(df[keys]), title))
     with right:
-        if _present(df, ["moe/dead"]):
-            _chart(lambda: charts.lines(_ds(df[["moe/dead"]]), "Dead experts per step", "experts"))
+        if _present(df, [mk.MOE_DEAD]):
+            _chart(lambda: charts.lines(_ds(df[[mk.MOE_DEAD]]), "Dead experts per step",
+                                        "experts"))
 
 
-def _expert_metrics(df: pd.DataFrame, has_bias: bool) -> None:
-    """The latest balance figures in a row: MaxVio of the batch and global, CV, entropy,
-    dead experts, and with a bias the share of choices it changed."""
-    shown = [("MaxVio (batch)", "moe/max_vio", "{:.3f}"),
-             ("MaxVio (global, 50 steps)", "moe/max_vio_global", "{:.3f}"),
-             ("CV", "moe/cv", "{:.3g}"), ("entropy", "moe/entropy", "{:.3g}"),
-             ("dead experts", "moe/dead", "{:.0f}")]
+def _expert_metrics(df: pd.DataFrame, has_bias: bool, window: int) -> None:
+    """The latest balance figures in a row: MaxVio of the batch and global (over the run's
+    ``window`` steps), CV, entropy, dead experts, and with a bias the share of choices it
+    changed."""
+    shown = [("MaxVio (batch)", mk.MAX_VIO, "{:.3f}"),
+             (f"MaxVio (global, {window} steps)", mk.MAX_VIO_GLOBAL, "{:.3f}"),
+             ("CV", mk.MOE_CV, "{:.3g}"), ("entropy", mk.MOE_ENTROPY, "{:.3g}"),
+             ("dead experts", mk.MOE_DEAD, "{:.0f}")]
     if has_bias:
-        shown.append(("choices the bias changed", "moe/bias_flipped", "{:.1%}"))
+        shown.append(("choices the bias changed", mk.BIAS_FLIPPED, "{:.1%}"))
     for col, (label, key, fmt) in zip(st.columns(len(shown)), shown, strict=True):
         value = df[key].dropna().iloc[-1] if _present(df, [key]) else np.nan
         col.metric(label, "–" if pd.isna(value) else fmt.format(value))
@@ -387,9 +399,9 @@ def _expert_metrics(df: pd.DataFrame, has_bias: bool) -> None:
 
 def memory_nodes_body(path: str, info: dict) -> None:
     """Graph-memory nodes in one shared 2-D PCA plane, their norms, motion and matrices."""
-    snaps = data.live_snapshots(path, info, "memory/nodes")
+    snaps = data.live_snapshots(path, info, mk.MEMORY_NODES)
     if not snaps:
-        st.info("This run stored no memory-node snapshots (`memory/nodes`).")
+        st.info(f"This run stored no memory-node snapshots (`{mk.MEMORY_NODES}`).")
         return
     every = sorted(snaps)
     steps = processing.thin_steps(every, MAX_SNAPSHOTS)
@@ -425,15 +437,16 @@ def memory_nodes_body(path: str, info: dict) -> None:
         _chart(lambda: charts.matrix(processing.cosine_similarity(snaps[step]),
                                      f"Cosine similarity of nodes, step {step}", -1.0, 1.0))
     with right:
-        adjacency = data.live_snapshots(path, info, "memory/adjacency")
+        adjacency = data.live_snapshots(path, info, mk.MEMORY_ADJACENCY)
         before = [s for s in sorted(adjacency) if s <= step]
         if before:
             _chart(lambda: charts.matrix(np.asarray(adjacency[before[-1]], dtype=float),
                                          f"Diffusion matrix A, step {before[-1]}",
                                          colorscale="Viridis"))
         else:
-            st.info("No diffusion-matrix snapshot (`memory/adjacency`) at or before this step.")
-    slots = data.live_snapshots(path, info, "tiny/slots")
+            st.info(f"No diffusion-matrix snapshot (`{mk.MEMORY_ADJACENCY}`) at or before "
+                    "this step.")
+    slots = data.live_snapshots(path, info, mk.TINY_SLOTS)
     before = [s for s in sorted(slots) if s <= step]
     if before:
         ring = np.asarray(slots[before[-1]], dtype=float)
@@ -446,9 +459,9 @@ def memory_nodes_body(path: str, info: dict) -> None:
 def loss_weights_body(path: str, info: dict) -> None:
     """Loss weight per task, per-task losses and DWA descent ratios."""
     df = data.live_scalars(path, info)
-    weights = processing.columns_with_prefix(df, "weight/")
-    losses = processing.columns_with_prefix(df, "loss/")
-    ratios = processing.columns_with_prefix(df, "dwa/ratio/")
+    weights = processing.columns_with_prefix(df, mk.TASK_WEIGHT_PREFIX)
+    losses = processing.columns_with_prefix(df, mk.TASK_LOSS_PREFIX)
+    ratios = processing.columns_with_prefix(df, mk.DWA_RATIO_PREFIX)
     weighting = (info.get("config") or {}).get("weighting", "unknown")
     st.caption(f"Weighting: **{weighting}**")
     if weights.empty and losses.empty:
@@ -519,8 +532,8 @@ def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: 
     every = processing.usual_gap(stacked.index)  # of the points drawn (maybe downsampled)
     _chart(lambda: charts.memory_stack(stacked, totals, title, every=every,
                                        marks={s: "spike" for s in spikes}))
-    if not gpu and _present(df, ["mem/rss"]):
-        _chart(lambda: charts.lines(_ds(processing.to_mib(df[["mem/rss"]])),
+    if not gpu and _present(df, [mk.MEM_RSS]):
+        _chart(lambda: charts.lines(_ds(processing.to_mib(df[[mk.MEM_RSS]])),
                                     "Process RSS (all memory of the process, not only tensors)",
                                     "MiB"))
 
@@ -533,10 +546,10 @@ def _mib(value: float) -> str:
 
 def _memory_spikes(df: pd.DataFrame, spikes: dict[int, Path]) -> None:
     """Where the memory snapshot of a spike was saved, and how to open it."""
-    from mahiax.telemetry.spikes import SPIKE_KEY, VIEWER
+    from mahiax.telemetry.spikes import VIEWER
 
     for step, file in sorted(spikes.items()):
-        jump = df[SPIKE_KEY].get(step) if SPIKE_KEY in df.columns else None
+        jump = df[mk.MEM_SPIKE].get(step) if mk.MEM_SPIKE in df.columns else None
         rose = "" if jump is None or pd.isna(jump) else \
             f": allocated memory rose {jump / MIB:.1f} MiB in one step"
         here = "" if file.exists() else " (not on this machine: the run trained elsewhere)"
@@ -549,7 +562,7 @@ def _memory_spikes(df: pd.DataFrame, spikes: dict[int, Path]) -> None:
 def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
     """What a run recorded before categories has: allocator totals, or tensor bytes and RSS."""
     if gpu:
-        keys = _present(df, ["mem/allocated", "mem/reserved", "mem/peak"])
+        keys = _present(df, [mk.MEM_ALLOCATED, mk.MEM_RESERVED, mk.MEM_PEAK])
         if keys:
             _chart(lambda: charts.lines(_ds(processing.to_mib(df[keys])),
                                         "CUDA allocator", "MiB"))
@@ -558,13 +571,13 @@ def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
         return
     left, right = st.columns(2)
     with left:
-        keys = _present(df, ["mem/tensor_bytes", "mem/peak", "tensor_bytes"])
+        keys = _present(df, [mk.MEM_TENSOR_BYTES, mk.MEM_PEAK, mk.TENSOR_BYTES])
         if keys:
             def tensor_bytes() -> go.Figure:
                 sparse = processing.to_mib(df[keys].dropna(how="all"))
                 fig = charts.markers(_ds(sparse), "Live tensor bytes", "MiB")
                 # the peak so far often equals the reading: dashed, so both stay visible
-                fig.update_traces(selector=dict(name="mem/peak"), line=dict(dash="dash"),
+                fig.update_traces(selector=dict(name=mk.MEM_PEAK), line=dict(dash="dash"),
                                   marker=dict(symbol="circle-open", size=9))
                 return fig
 
@@ -572,8 +585,8 @@ def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
         else:
             st.info("No tensor-bytes reading stored yet.")
     with right:
-        if _present(df, ["mem/rss"]):
-            _chart(lambda: charts.lines(_ds(processing.to_mib(df[["mem/rss"]])),
+        if _present(df, [mk.MEM_RSS]):
+            _chart(lambda: charts.lines(_ds(processing.to_mib(df[[mk.MEM_RSS]])),
                                         "Process RSS", "MiB"))
         else:
             st.info("No RSS reading stored.")
@@ -589,18 +602,19 @@ def _amp(df: pd.DataFrame, info: dict) -> None:
     if precision == "bf16":
         st.caption("bf16 autocast needs no loss scaling: the scale stays 1 and no step is "
                    "skipped.")
-    if not _present(df, ["amp/scale", "amp/skipped"]):
-        st.info("No mixed-precision readings (`amp/*`) in this run.")
+    if not _present(df, [mk.AMP_SCALE, mk.AMP_SKIPPED]):
+        st.info(f"No mixed-precision readings (`{mk.AMP_PREFIX}*`) in this run.")
         return
-    total = df["amp/skipped_total"].dropna() if "amp/skipped_total" in df else pd.Series()
+    total = df[mk.AMP_SKIPPED_TOTAL].dropna() if mk.AMP_SKIPPED_TOTAL in df else pd.Series()
     st.metric("skipped steps (total)", int(total.iloc[-1]) if len(total) else 0)
     left, right = st.columns(2)
     with left:
-        _chart(lambda: charts.lines(_ds(df[_present(df, ["amp/scale"])]), "AMP loss scale",
+        _chart(lambda: charts.lines(_ds(df[_present(df, [mk.AMP_SCALE])]), "AMP loss scale",
                                     log_y=True))
     with right:
-        if _present(df, ["amp/skipped"]):
-            _chart(lambda: charts.lines(_ds(df[["amp/skipped"]]), "Skipped steps (1 = skipped)"))
+        if _present(df, [mk.AMP_SKIPPED]):
+            _chart(lambda: charts.lines(_ds(df[[mk.AMP_SKIPPED]]),
+                                        "Skipped steps (1 = skipped)"))
 
 
 def training() -> None:

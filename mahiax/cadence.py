@@ -9,7 +9,8 @@ name, default and help cannot drift from the setting it fills.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 
 # Steps between two readings of memory by category in training runs. One reading walks the
 # step's autograd graph in Python (where the time goes: :mod:`mahiax.telemetry.categories`);
@@ -59,6 +60,25 @@ class Cadence:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 allowed = "a positive integer" + (" or None" if f.metadata["none_allowed"] else "")
                 raise ValueError(f"{f.name}={v!r} must be {allowed}")
+
+    def to_dict(self) -> dict[str, int | None]:
+        """Every setting by name: what the run store keeps with a run
+        (``RunWriter(cadence=...)``)."""
+        return asdict(self)
+
+    @classmethod
+    def of_run(cls, run: Mapping) -> Cadence:
+        """The cadence run ``run`` (a :meth:`mahiax.store.RunReader.run` dict) was recorded
+        with: its stored ``cadence``, a setting it lacks at its default; the defaults for a
+        run stored without one (recorded before runs kept it) or with one that is not valid."""
+        stored = run.get("cadence")
+        if not isinstance(stored, Mapping):
+            return cls()
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in stored.items() if k in names})
+        except (TypeError, ValueError):
+            return cls()
 
 
 def _flag(name: str) -> str:

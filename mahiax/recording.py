@@ -95,9 +95,10 @@ def record_training(
             if on_step is not None:
                 on_step(record)
         return trainer
+    cadence = cadence or Cadence()
     writer = RunWriter(
         name, config.to_dict(), path=store, resume=resume, device=str(trainer.device),
-        world_size=trainer.dist.world_size,
+        world_size=trainer.dist.world_size, cadence=cadence.to_dict(),  # kept with the run
     )
     if resume:
         writer.rewind(trainer.step_num)  # rows past the checkpoint are recomputed, not kept
@@ -149,8 +150,10 @@ def record_bug(
     # config is the harness model's, or the one the entry trains the trainer's model with
     config = (entry.run_config(variant, steps) if entry.run_config is not None
               else harness_config())
-    writer = RunWriter(name, config.to_dict(), path=store, catalog=(entry_id, variant))
-    probe = TrainingProbe(writer)  # for entries that train with the Trainer itself
+    cadence = Cadence()  # the probe's, for entries that train with the Trainer itself
+    writer = RunWriter(name, config.to_dict(), path=store, catalog=(entry_id, variant),
+                       cadence=cadence.to_dict())
+    probe = TrainingProbe(writer, cadence)
 
     def observe_trainer(trainer, record) -> None:
         probe.observe(trainer, record)

@@ -177,23 +177,25 @@ def plotly_spec(chart) -> dict:
 
 
 def test_experts_page_draws_max_vio_percentiles_and_the_bias(monkeypatch, stores):
-    """A real balance = bias run: MaxVio of the batch and of the last 50 steps, the loads'
-    percentiles, each expert's bias beside the heatmap in the heatmap's colours, the share
-    of choices the bias changed, all equal to what the run logged."""
-    from mahiax.cadence import MAX_VIO_WINDOW
+    """A real balance = bias run: MaxVio of the batch and of the run's window of steps, the
+    loads' percentiles, each expert's bias beside the heatmap in the heatmap's colours, the
+    share of choices the bias changed, all equal to what the run logged."""
+    from mahiax.cadence import Cadence
     from mahiax.store import RunReader
 
     at = render(monkeypatch, stores["balance"], "experts", run="bias")
     assert not at.error
     reader = RunReader(stores["balance"])
+    window = Cadence.of_run(reader.run("bias")).max_vio_window  # as the run was recorded
+    assert reader.run("bias")["cadence"]["max_vio_window"] == window
     scal = reader.scalars("bias")
     bias = reader.vectors("bias", "moe/bias")  # (steps, E)
     assert bias.shape == (fx.BALANCE_STEPS, 4), "the tiny preset routes to 4 experts"
 
     max_vio = chart_series(chart_titled(at, "MaxVio = max load / mean load − 1 (0 = balanced)"))
-    assert list(max_vio) == ["this step's batch", f"global: last {MAX_VIO_WINDOW} steps"]
+    assert list(max_vio) == ["this step's batch", f"global: last {window} steps"]
     np.testing.assert_allclose(max_vio["this step's batch"], scal["moe/max_vio"])
-    np.testing.assert_allclose(max_vio[f"global: last {MAX_VIO_WINDOW} steps"],
+    np.testing.assert_allclose(max_vio[f"global: last {window} steps"],
                                scal["moe/max_vio_global"])
 
     chart = chart_titled(at, "Selection bias per expert")
@@ -222,11 +224,49 @@ def test_experts_page_draws_max_vio_percentiles_and_the_bias(monkeypatch, stores
 
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["MaxVio (batch)"] == f"{scal['moe/max_vio'].iloc[-1]:.3f}"
-    assert metrics[f"MaxVio (global, {MAX_VIO_WINDOW} steps)"] == \
+    assert metrics[f"MaxVio (global, {window} steps)"] == \
         f"{scal['moe/max_vio_global'].iloc[-1]:.3f}"
     assert metrics["choices the bias changed"] == f"{scal['moe/bias_flipped'].iloc[-1]:.1%}"
     assert "No bias chart" not in texts(at.caption)
     assert chart_titled(at, "Aux loss (measured only: balance = bias does not train on it)")
+
+
+def test_experts_page_shows_the_max_vio_window_the_run_was_recorded_with(monkeypatch,
+                                                                         tmp_path):
+    """``--max-vio-window 20``: the run's global MaxVio sums 20 steps, and the Experts page
+    says 20 (the window is read from the run, not written into the page); a run stored
+    without a cadence (recorded before runs kept it) shows the default."""
+    import subprocess
+    import sys
+
+    from mahiax.cadence import MAX_VIO_WINDOW
+    from mahiax.store import RunReader
+
+    store = tmp_path / "mahiax.sqlite"
+    subprocess.run(
+        [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps", "25",
+         "--run", "w20", "--store", str(store), "--max-vio-window", "20", "--no-progress"],
+        cwd=Path(APP).parent.parent, check=True, timeout=600, stdout=subprocess.DEVNULL)
+    reader = RunReader(store)
+    assert reader.run("w20")["cadence"]["max_vio_window"] == 20
+    tokens = reader.vectors("w20", "moe/tokens_per_expert").to_numpy()  # (25, E)
+    summed = tokens[5:].sum(axis=0)  # steps 5..24: the last 20
+    scal = reader.scalars("w20", ["moe/max_vio_global"])
+    assert scal["moe/max_vio_global"].iloc[-1] == pytest.approx(
+        summed.max() / summed.mean() - 1), "the probe summed the run's 20 steps"
+
+    at = render(monkeypatch, store, "experts", run="w20")
+    assert not at.error
+    max_vio = chart_series(chart_titled(at, "MaxVio = max load / mean load"))
+    assert list(max_vio) == ["this step's batch", "global: last 20 steps"]
+    labels = [m.label for m in at.metric]
+    assert "MaxVio (global, 20 steps)" in labels, labels
+    assert "50" not in " ".join(labels)
+
+    old = fx.interrupted_store(tmp_path)  # written by RunWriter without a cadence
+    assert RunReader(old).run("cut")["cadence"] is None
+    at = render(monkeypatch, old, "experts", run="cut")
+    assert f"MaxVio (global, {MAX_VIO_WINDOW} steps)" in [m.label for m in at.metric]
 
 
 def test_experts_page_of_an_aux_run_says_it_has_no_bias(monkeypatch, stores):

@@ -42,6 +42,7 @@ from dashboard import data  # noqa: E402
 from mahiax.cadence import Cadence  # noqa: E402
 from mahiax.config import tiny  # noqa: E402
 from mahiax.recording import record_bug, record_training  # noqa: E402
+from mahiax.store import RunReader  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
@@ -56,6 +57,7 @@ PAGES = {
 CHART = '[data-testid="stPlotlyChart"], .js-plotly-plot'
 EXCEPTION = '[data-testid="stException"]'
 LAST_STEP = re.compile(r"last step (\d+)")
+LIVE_MAX_VIO_WINDOW = 30  # the live run's --max-vio-window: the Experts page must say it
 expect.set_options(timeout=20_000)  # pages re-render every 2 s while a run is live
 
 
@@ -78,14 +80,15 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def live_run(store, server, tmp_path_factory):
-    """``python -m mahiax train ... --balance bias --run live`` writing into ``store``;
-    stopped by the test once its live checks are done (10,000 steps: it must still train
-    then, and 2000 tiny steps take only about half a minute). Started only once the
-    dashboard is up."""
+    """``python -m mahiax train ... --balance bias --max-vio-window 30 --run live`` writing
+    into ``store``; stopped by the test once its live checks are done (10,000 steps: it must
+    still train then, and 2000 tiny steps take only about half a minute). Started only once
+    the dashboard is up."""
     log = open(tmp_path_factory.mktemp("e2e_logs") / "live.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps", "10000",
-         "--balance", "bias", "--run", "live", "--store", str(store), "--no-progress"],
+         "--balance", "bias", "--max-vio-window", str(LIVE_MAX_VIO_WINDOW), "--run", "live",
+         "--store", str(store), "--no-progress"],
         cwd=ROOT, env=_child_env(store), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -221,7 +224,7 @@ def _select_run(pg, name: str) -> None:
     expect(box).to_have_value(re.compile(rf"^{re.escape(name)} ·"))
 
 
-def test_dashboard_pages_and_live_refresh(server, page, live_run):
+def test_dashboard_pages_and_live_refresh(server, page, live_run, store):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.goto(server)
     expect(page.get_by_role("heading", name="Training", exact=True)).to_be_visible(
@@ -246,8 +249,10 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run):
     _charts_gain_steps(page, ("MaxVio = max load / mean load", "Selection bias per expert"))
     bias = _last_x(page, "Selection bias per expert")
     assert list(bias) == [f"expert {i}" for i in range(4)], "one line per expert of tiny"
+    window = Cadence.of_run(RunReader(store).run("live")).max_vio_window  # the run's own
+    assert window == LIVE_MAX_VIO_WINDOW
     assert list(_last_x(page, "MaxVio = max load / mean load")) == \
-        ["this step's batch", "global: last 50 steps"]
+        ["this step's batch", f"global: last {window} steps"]
     assert page.locator(EXCEPTION).count() == 0, "live Expert load balance: exception shown"
     page.screenshot(path=str(ARTIFACTS / "live-experts.png"), full_page=True)
     # the CLI-started run's memory by category: stacked, one reading every

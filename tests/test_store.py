@@ -46,6 +46,7 @@ CHILD = Path(__file__).with_name("store_writer_child.py")
 RUN_COLUMNS = [
     "name", "status", "created", "updated", "heartbeat", "last_step", "steps", "error_type",
     "error_message", "error_step", "device", "world_size", "config", "bug", "variant",
+    "cadence",
 ]
 KEYS = [f"k{i:02d}" for i in range(20)]  # what the child writes with --keys 20
 
@@ -247,6 +248,31 @@ def test_a_run_stored_with_the_tag_in_its_config_still_reads_as_a_catalog_run(tm
     run = reader.run("old")
     assert (run["bug"], run["variant"]) == ("retain-graph", "fixed")
     assert run["config"] == {"seed": 3} and reader.config("old") == {"seed": 3}
+
+
+def test_a_runs_cadence_is_store_data_kept_on_resume_and_replaced_when_given(tmp_path):
+    store = tmp_path / "mahiax.sqlite"
+    with RunWriter("paced", {"seed": 1}, path=store,
+                   cadence={"max_vio_window": 20, "spike_bytes": None}) as w:
+        w.log({"loss": 1.0}, 0)
+    with RunWriter("plain", {"seed": 2}, path=store) as w:
+        w.log({"loss": 1.0}, 0)
+    config, notes = _stored(store, "paced")
+    assert config == {"seed": 1}, "the config JSON stays the config"
+    assert notes["cadence"] == {"max_vio_window": 20, "spike_bytes": None}
+    reader = RunReader(store)
+    assert reader.run("paced")["cadence"] == {"max_vio_window": 20, "spike_bytes": None}
+    assert reader.run("plain")["cadence"] is None, "a run stored without one has none"
+    with RunWriter("paced", {"seed": 1}, path=store, resume=True) as w:  # says nothing
+        w.log({"loss": 1.0}, 1)
+    assert RunReader(store).run("paced")["cadence"]["max_vio_window"] == 20
+    with RunWriter("paced", {"seed": 1}, path=store, resume=True,
+                   cadence={"max_vio_window": 7}) as w:
+        w.log({"loss": 1.0}, 2)
+    assert RunReader(store).run("paced")["cadence"] == {"max_vio_window": 7}
+    with pytest.raises(TypeError, match="cadence"):
+        RunWriter("x", {}, path=tmp_path / "other.sqlite", cadence={"max_vio_window": "20"})
+    assert not (tmp_path / "other.sqlite").exists()
 
 
 @pytest.mark.parametrize("catalog", [("only-id",), ("", "buggy"), ["a", "b"], ("a", 1)])

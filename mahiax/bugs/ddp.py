@@ -48,6 +48,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mahiax import distributed
+from mahiax import metric_keys as mk
 from mahiax.bugs.catalog import BugEntry, register
 from mahiax.bugs.harness import _OBSERVER, SEED, isolated, max_grad_diff
 from mahiax.bugs.outcome import Outcome, graph_size
@@ -238,10 +239,10 @@ def _observe(out: Outcome, step: int, loss: float, diff: float | None) -> None:
     observer = _OBSERVER.get()
     if observer is None:
         return
-    row: dict[str, Any] = {"step": step, "variant": out.variant, "loss": loss,
-                           "graph_nodes": out.graph_nodes[-1] if out.graph_nodes else 0}
+    row: dict[str, Any] = {"step": step, "variant": out.variant, mk.LOSS: loss,
+                           mk.GRAPH_NODES: out.graph_nodes[-1] if out.graph_nodes else 0}
     if diff is not None:
-        row["grad_diff"] = diff
+        row[mk.GRAD_DIFF] = diff
     observer(row)
 
 

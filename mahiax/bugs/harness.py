@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mahiax import metric_keys as mk
 from mahiax.bugs.outcome import Outcome, graph_size
 from mahiax.config import MahiaConfig, tiny
 from mahiax.data import Batch, SyntheticMultiTask
@@ -367,7 +368,7 @@ def train_variant(
                         reading.allocated or 0
                     )
                     out.tensor_bytes.append(held)
-                    row["tensor_bytes"] = out.tensor_bytes[-1]
+                    row[mk.TENSOR_BYTES] = out.tensor_bytes[-1]
                 observer = _OBSERVER.get()
                 if observer is not None:
                     observer(row)
@@ -377,14 +378,15 @@ def train_variant(
 
 
 def _row(ctx: StepContext, out: Outcome, diff: float | None) -> dict:
-    """What an observer sees of one finished step."""
-    row: dict = {"step": ctx.step, "variant": out.variant, "graph_nodes": out.graph_nodes[-1]}
+    """What an observer sees of one finished step: its step and variant, and the store keys
+    of :mod:`mahiax.metric_keys` a catalog run records."""
+    row: dict = {"step": ctx.step, "variant": out.variant, mk.GRAPH_NODES: out.graph_nodes[-1]}
     if ctx.losses is not None:
         losses = ctx.losses.detach().tolist()
-        row.update({f"loss/{t}": v for t, v in zip(ctx.config.tasks, losses, strict=True)})
-        row["loss"] = float(sum(losses))
+        row.update({mk.task_loss(t): v for t, v in zip(ctx.config.tasks, losses, strict=True)})
+        row[mk.LOSS] = float(sum(losses))
     if diff is not None:
-        row["grad_diff"] = diff
+        row[mk.GRAD_DIFF] = diff
     return row
 
 

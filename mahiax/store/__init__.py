@@ -49,8 +49,9 @@ Schema, version 1 (``SCHEMA_VERSION``); all times are Unix seconds (UTC):
     device         TEXT           e.g. ``cpu``, ``cuda:0``
     notes          TEXT           JSON object of writer bookkeeping: ``host``, ``pid``,
                                   ``pid_started`` (to tell a live writer from a reused pid),
-                                  after a failure ``traceback``, and for a bug-catalog run
-                                  ``catalog``: ``{"bug": entry id, "variant": ...}``
+                                  after a failure ``traceback``, for a bug-catalog run
+                                  ``catalog``: ``{"bug": entry id, "variant": ...}``, and
+                                  ``cadence``: the run's cadence settings (setting -> steps)
     =============  =============  ========================================================
 
 ``scalars`` (run_id INTEGER, step INTEGER, key TEXT, value REAL), PRIMARY KEY (run_id, key,

@@ -25,6 +25,9 @@ Columns of :meth:`RunReader.runs` (one row per run, oldest first), also the keys
 ``config``         the run's configuration (dict)
 ``bug``            a bug-catalog run's entry id (``mahiax train --bug``); missing for others
 ``variant``        its variant: ``buggy``, ``summary`` or ``fixed``; missing for others
+``cadence``        how often the run took each reading (dict of the
+                   :class:`mahiax.cadence.Cadence` settings: ``max_vio_window`` ...);
+                   missing for a run stored without one (recorded before runs kept it)
 =================  =========================================================================
 
 The catalog tag (``bug``, ``variant``) is store data, kept in ``notes``; in stores written
@@ -51,7 +54,7 @@ from mahiax.store.connection import DEFAULT_BUSY_TIMEOUT_S, connect_reader, tran
 from mahiax.store.errors import RunNotFoundError, SnapshotNotFoundError
 from mahiax.store.liveness import STALE_AFTER_S, effective_status
 from mahiax.store.paths import resolve_store_path
-from mahiax.store.schema import CATALOG_NOTE
+from mahiax.store.schema import CADENCE_NOTE, CATALOG_NOTE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +64,7 @@ T = TypeVar("T")
 RUN_COLUMNS = (
     "name", "status", "created", "updated", "heartbeat", "last_step", "steps", "error_type",
     "error_message", "error_step", "device", "world_size", "config", "bug", "variant",
+    "cadence",
 )
 
 _RUNS_SQL = """
@@ -251,6 +255,7 @@ class RunReader:
             "config": config_dict,
             "bug": None if tag is None else tag["bug"],
             "variant": None if tag is None else tag["variant"],
+            "cadence": _cadence(notes_dict),
         }
 
     def _count_steps(self, run_id: int, created: float, last_step: int | None) -> int:
@@ -424,6 +429,12 @@ def _notes(text: str | None) -> dict:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _cadence(notes: dict) -> dict | None:
+    """The cadence a run's notes hold (setting -> steps), or None."""
+    value = notes.get(CADENCE_NOTE)
+    return dict(value) if isinstance(value, dict) else None
 
 
 def _is_tag(value: object) -> bool:

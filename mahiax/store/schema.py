@@ -16,6 +16,11 @@ STATUSES = ("running", "finished", "failed", "interrupted")
 # reader takes it from there (and leaves it out of the config it returns).
 CATALOG_NOTE = "catalog"
 
+# the key of ``runs.notes`` that holds the cadence a training run was recorded with (the
+# fields of :class:`mahiax.cadence.Cadence`: snapshot_every, max_vio_window ...); runs
+# recorded before the cadence was kept have none
+CADENCE_NOTE = "cadence"
+
 TABLES = ("meta", "runs", "scalars", "vectors", "snapshots")
 
 DDL = f"""

@@ -44,7 +44,13 @@ from mahiax.store.connection import (
 from mahiax.store.errors import RunExistsError, RunNotFoundError, StoreError
 from mahiax.store.liveness import STALE_AFTER_S, effective_status, owner_notes
 from mahiax.store.paths import resolve_store_path, validate_run_name
-from mahiax.store.schema import CATALOG_NOTE, INSERT_SCALARS, INSERT_SNAPSHOTS, INSERT_VECTORS
+from mahiax.store.schema import (
+    CADENCE_NOTE,
+    CATALOG_NOTE,
+    INSERT_SCALARS,
+    INSERT_SNAPSHOTS,
+    INSERT_VECTORS,
+)
 
 ENDINGS = ("finished", "failed", "interrupted")
 _MAX_TEXT = 20_000  # characters kept of an error message or traceback
@@ -110,6 +116,11 @@ class RunWriter:
 
     ``catalog=(entry id, variant)`` tags a run of the bug catalog (``mahiax train --bug``):
     stored in ``notes``, read back as the ``bug`` and ``variant`` columns, kept on resume.
+
+    ``cadence`` (a mapping of setting -> steps, e.g. ``Cadence.to_dict()`` of a
+    :class:`mahiax.cadence.Cadence`) is how often the run's readings are taken: stored in
+    ``notes``, read back as the ``cadence`` column (the dashboard reads MaxVio's window
+    from it); a resume without one keeps the stored one.
     """
 
     def __init__(
@@ -122,6 +133,7 @@ class RunWriter:
         device: str = "cpu",
         world_size: int = 1,
         catalog: tuple[str, str] | None = None,
+        cadence: Mapping[str, int | None] | None = None,
         flush_every_s: float = 0.5,
         flush_rows: int = 2000,
         heartbeat_s: float = 2.0,
@@ -150,6 +162,8 @@ class RunWriter:
         self._notes = owner_notes()
         if catalog is not None:
             self._notes[CATALOG_NOTE] = _catalog_tag(catalog)
+        if cadence is not None:
+            self._notes[CADENCE_NOTE] = _cadence_note(cadence)
         self._conn = connect_writer(self.path, self.busy_timeout_s)
         try:
             self._run_id, self._last_step = self._open_run(config_json, resume, device,
@@ -188,10 +202,11 @@ class RunWriter:
                 raise RunExistsError(self.name, self.path, writer_pid=pid)
             if not resume:
                 raise RunExistsError(self.name, self.path)
-            tag = _json_object(old_notes).get(CATALOG_NOTE)
-            if tag is not None and CATALOG_NOTE not in self._notes:  # a run keeps its tag
-                self._notes[CATALOG_NOTE] = tag
-                notes = json.dumps(self._notes)
+            old = _json_object(old_notes)
+            for note in (CATALOG_NOTE, CADENCE_NOTE):  # a run keeps its tag and cadence
+                if old.get(note) is not None and note not in self._notes:
+                    self._notes[note] = old[note]
+            notes = json.dumps(self._notes)
             c.execute(
                 "UPDATE runs SET config = ?, status = 'running', updated = ?, heartbeat = ?, "
                 "pid = ?, error_type = NULL, error_message = NULL, error_step = NULL, "
@@ -560,6 +575,19 @@ def _catalog_tag(catalog: object) -> dict[str, str]:
         raise ValueError(f"catalog must be (entry id, variant), two non-empty strings, "
                          f"got {catalog!r}")
     return {"bug": catalog[0], "variant": catalog[1]}
+
+
+def _cadence_note(cadence: object) -> dict[str, int | None]:
+    """A cadence as the notes' ``cadence`` object: setting name -> positive int or None."""
+    if not isinstance(cadence, Mapping):
+        raise TypeError(f"cadence={cadence!r} must be a mapping of setting -> steps")
+    out: dict[str, int | None] = {}
+    for key, value in cadence.items():
+        if not isinstance(key, str) or not (
+                value is None or (isinstance(value, int) and not isinstance(value, bool))):
+            raise TypeError(f"cadence {key!r}={value!r}: expected a name and an int or None")
+        out[key] = value
+    return out
 
 
 def _config_json(config: Mapping[str, Any]) -> str:

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from mahiax.metric_keys import MEMORY_FIELDS
+
 # storage key (data pointer, bytes) -> bytes; one per distinct storage
 Storages = dict[tuple[int, int], int]
 
@@ -64,11 +66,10 @@ class MemoryCategories:
     def as_metrics(self) -> dict[str, float]:
         """Store keys ``mem/params`` ... ``mem/peak``; figures not measured are left out."""
         out: dict[str, float] = {}
-        for key in ("params", "grads", "optimizer", "saved", "other", "total", "reserved",
-                    "peak"):
-            value = getattr(self, key)
+        for name, key in MEMORY_FIELDS.items():
+            value = getattr(self, name)
             if value is not None:
-                out[f"mem/{key}"] = float(value)
+                out[key] = float(value)
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,59 +5,9 @@ buffers; after each step the probes *read* them (under ``no_grad``, copies only)
 logger writes them. Nothing here changes what the model computes; ``tests/test_telemetry.py``
 trains with and without probes and compares the losses bit for bit.
 
-Keys written (scalars unless marked; ``<task>`` is each task name):
-
-====================================  ===================================================
-``loss``                              weighted total that was backpropagated
-``loss/<task>``, ``weight/<task>``    per-task loss and the loss weight in force
-``dwa/ratio/<task>``                  DWA descent rate L(t-1)/L(t-2) (DWA only)
-``moe/aux_loss``, ``moe/z_loss``      load-balancing and z losses
-``moe/cv``, ``moe/entropy``,          balance figures of the step's routing (global batch)
-``moe/max_over_mean``, ``moe/dead``
-``moe/max_vio``                       MaxVio = max load / mean load - 1 (Wang et al. 2024)
-                                      of this step's batch (the paper's MaxVio_batch)
-``moe/max_vio_global``                MaxVio of the load summed over the last
-                                      ``Cadence.max_vio_window`` steps (50; fewer at the
-                                      start and after a resume, which starts the window
-                                      afresh): the training-time stand-in for the paper's
-                                      MaxVio_global, which sums a whole validation set's
-                                      load. Low while max_vio is high: each batch is skewed
-                                      but not always to the same experts
-``moe/load_min``, ``moe/load_p50``,   percentiles of the E experts' loads, in units of the
-``moe/load_p90``, ``moe/load_p99``    mean load (1 = balanced; the max is max_over_mean)
-``moe/dropped``                       tokens dropped (always 0: no capacity limit)
-``moe/tokens_per_expert`` (vector)    tokens routed to each expert (N*K in total)
-``moe/bias`` (vector)                 balance=bias: the selection bias after the step's update
-``moe/bias_flipped``                  balance=bias: share of the N*K top-k choices the bias
-                                      changed against the unbiased top-k
-``fabric/importance`` (vector)        MetaController per-layer importance
-``optim/grad_norm``, ``optim/lr``     true grad norm before clipping; learning rate
-``amp/scale``, ``amp/skipped``,       loss scale; 1 if this step was skipped; total skips
-``amp/skipped_total``
-``time/step_s``, ``time/samples_per_s``
-``mem/rss``                           process RSS, bytes (every step: cheap)
-``mem/params``, ``mem/grads``,        memory by category on the trainer's device, bytes,
-``mem/optimizer``, ``mem/saved``      every ``categories_every`` steps (and every
-                                      ``memory_every``), read after the forward (the step's
-                                      graph still holds its saved tensors; the gradients
-                                      are the previous step's, not yet cleared)
-``mem/other``                         with the categories: CUDA: allocated minus them; CPU:
-                                      every ``memory_every`` steps (a scan of every live
-                                      object)
-``mem/total``, ``mem/peak``           CUDA: every step (memory_allocated,
-                                      max_memory_allocated); CPU: every ``memory_every``
-``mem/reserved``                      CUDA: the caching allocator's reserve, every step
-``mem/tensor_bytes``                  CPU: the same figure as ``mem/total`` (older name)
-``mem/allocated``                     CUDA: the same figure as ``mem/total`` (older name)
-``mem/spike``                         CUDA: the jump, bytes, at the step that saved a
-                                      memory snapshot (see :mod:`mahiax.telemetry.spikes`)
-``mem/spike_snapshot`` (snapshot)     that snapshot's path, UTF-8 bytes
-                                      (:func:`~mahiax.telemetry.spikes.spike_snapshots`)
-``memory/nodes`` (snapshot)           GraphDiffusionMemory nodes (N, D), every
-                                      ``snapshot_every`` steps
-``memory/adjacency`` (snapshot)       its diffusion matrix A (N, N)
-``tiny/slots`` (snapshot)             TinyMemory ring buffer (S, D)
-====================================  ===================================================
+The keys written, their kinds and when each is written are defined, documented and checked
+in one place, :mod:`mahiax.metric_keys` (its docstring has the table of every key); the probes
+name its constants.
 """
 
 from __future__ import annotations
@@ -72,6 +22,7 @@ import numpy as np
 import psutil
 import torch
 
+from mahiax import metric_keys as mk
 from mahiax.cadence import MAX_VIO_WINDOW, Cadence
 from mahiax.model import ModelState
 from mahiax.telemetry.categories import MemoryCategories
@@ -223,48 +174,48 @@ class TrainingProbe:
         """Write everything about the step ``record`` describes (call after ``step()``)."""
         step, c = record.step, self.cadence
         self.attach(trainer)
-        m = {"loss": record.loss}
+        m = {mk.LOSS: record.loss}
         for task, v in record.task_losses.items():
-            m[f"loss/{task}"] = v
+            m[mk.task_loss(task)] = v
         for task, v in record.weights.items():
-            m[f"weight/{task}"] = v
+            m[mk.task_weight(task)] = v
         ratios = getattr(trainer.weighting, "ratios", None)
         if ratios is not None:
             for task, r in zip(trainer.config.tasks, ratios().tolist(), strict=True):
-                m[f"dwa/ratio/{task}"] = r
+                m[mk.dwa_ratio(task)] = r
         load = record.load
         m.update({
-            "moe/aux_loss": record.aux_loss,
-            "moe/z_loss": record.z_loss,
-            "moe/cv": load["cv"],
-            "moe/entropy": load["entropy"],
-            "moe/max_over_mean": load["max_over_mean"],
-            "moe/max_vio": load["max_vio"],
-            "moe/max_vio_global": self._load_window.add(load["tokens_per_expert"]),
-            "moe/dead": load["dead"],
-            "moe/load_min": load["load_min"],
-            "moe/load_p50": load["load_p50"],
-            "moe/load_p90": load["load_p90"],
-            "moe/load_p99": load["load_p99"],
-            "moe/dropped": 0.0,
-            "optim/grad_norm": record.grad_norm,
-            "optim/lr": record.lr,
-            "amp/scale": record.scale,
-            "amp/skipped": float(record.skipped),
-            "amp/skipped_total": trainer.precision.skipped_steps,
-            "time/step_s": record.step_time,
-            "time/samples_per_s": record.samples_per_s,
-            "mem/rss": self._rss.bytes(),
+            mk.MOE_AUX_LOSS: record.aux_loss,
+            mk.MOE_Z_LOSS: record.z_loss,
+            mk.MOE_CV: load["cv"],
+            mk.MOE_ENTROPY: load["entropy"],
+            mk.MOE_MAX_OVER_MEAN: load["max_over_mean"],
+            mk.MAX_VIO: load["max_vio"],
+            mk.MAX_VIO_GLOBAL: self._load_window.add(load["tokens_per_expert"]),
+            mk.MOE_DEAD: load["dead"],
+            mk.LOAD_MIN: load["load_min"],
+            mk.LOAD_P50: load["load_p50"],
+            mk.LOAD_P90: load["load_p90"],
+            mk.LOAD_P99: load["load_p99"],
+            mk.MOE_DROPPED: 0.0,
+            mk.GRAD_NORM: record.grad_norm,
+            mk.LR: record.lr,
+            mk.AMP_SCALE: record.scale,
+            mk.AMP_SKIPPED: float(record.skipped),
+            mk.AMP_SKIPPED_TOTAL: trainer.precision.skipped_steps,
+            mk.STEP_S: record.step_time,
+            mk.SAMPLES_PER_S: record.samples_per_s,
+            mk.MEM_RSS: self._rss.bytes(),
         })
         if "bias" in load:  # balance=bias
-            m["moe/bias_flipped"] = load["bias_flipped"]
+            m[mk.BIAS_FLIPPED] = load["bias_flipped"]
         m.update(self._memory(trainer, step))
         self.logger.log(m, step)
-        self.logger.log_vector("moe/tokens_per_expert", load["tokens_per_expert"], step)
+        self.logger.log_vector(mk.TOKENS_PER_EXPERT, load["tokens_per_expert"], step)
         if "bias" in load:
-            self.logger.log_vector("moe/bias", load["bias"], step)
+            self.logger.log_vector(mk.MOE_BIAS, load["bias"], step)
         importance = trainer.model.fabric.controller.importance  # (L,) read, not copied
-        self.logger.log_vector("fabric/importance", importance.tolist(), step)
+        self.logger.log_vector(mk.FABRIC_IMPORTANCE, importance.tolist(), step)
         if step % c.snapshot_every == 0:
             self._log_state(trainer.model.state_snapshot(), step)
 
@@ -279,9 +230,9 @@ class TrainingProbe:
             m = self._categories(trainer, None, step).as_metrics()
         elif self.meter.is_cuda:  # between category readings the allocator's totals are free
             r = self.meter.read()
-            m = {"mem/total": r.allocated, "mem/reserved": r.reserved, "mem/peak": r.peak}
-        if "mem/total" in m:  # the total under its older names
-            m["mem/allocated" if self.meter.is_cuda else "mem/tensor_bytes"] = m["mem/total"]
+            m = {mk.MEM_TOTAL: r.allocated, mk.MEM_RESERVED: r.reserved, mk.MEM_PEAK: r.peak}
+        if mk.MEM_TOTAL in m:  # the total under its older names
+            m[mk.MEM_ALLOCATED if self.meter.is_cuda else mk.MEM_TENSOR_BYTES] = m[mk.MEM_TOTAL]
         spike = self.spikes.after_step(step)
         if spike is not None:
             m[SPIKE_KEY] = float(spike.jump)
@@ -295,6 +246,6 @@ class TrainingProbe:
         self._log_state(trainer.model.state_snapshot(), step)
 
     def _log_state(self, state: ModelState, step: int) -> None:
-        self.logger.log_tensor("memory/nodes", state.memory_nodes, step)
-        self.logger.log_tensor("memory/adjacency", state.adjacency, step)
-        self.logger.log_tensor("tiny/slots", state.tiny_slots, step)
+        self.logger.log_tensor(mk.MEMORY_NODES, state.memory_nodes, step)
+        self.logger.log_tensor(mk.MEMORY_ADJACENCY, state.adjacency, step)
+        self.logger.log_tensor(mk.TINY_SLOTS, state.tiny_slots, step)

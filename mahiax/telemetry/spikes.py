@@ -34,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mahiax import metric_keys
 from mahiax.telemetry.memory_meter import meter_device
 from mahiax.units import format_bytes
 
-SPIKE_KEY = "mem/spike"  # scalar at the spike step: the jump, bytes
-SPIKE_SNAPSHOT_KEY = "mem/spike_snapshot"  # snapshot row at the spike step: the file's path
+SPIKE_KEY = metric_keys.MEM_SPIKE  # scalar at the spike step: the jump, bytes
+SPIKE_SNAPSHOT_KEY = metric_keys.MEM_SPIKE_SNAPSHOT  # snapshot at the spike step: its path
 VIEWER = "https://pytorch.org/memory_viz"
 
 log = logging.getLogger(__name__)

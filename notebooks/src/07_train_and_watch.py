@@ -36,6 +36,22 @@ from mahiax import bugs, lessons
 from mahiax.bugs.stateful import BuggyController
 from mahiax.config import teaching
 from mahiax.fabric import MetaController
+from mahiax.metric_keys import (  # the run store's keys, each defined once
+    FABRIC_IMPORTANCE,
+    MEM_GRADS,
+    MEM_OPTIMIZER,
+    MEM_PARAMS,
+    MEM_RSS,
+    MEM_SAVED,
+    MEM_TENSOR_BYTES,
+    MEMORY_NODES,
+    MOE_CV,
+    MOE_MAX_OVER_MEAN,
+    TOKENS_PER_EXPERT,
+    dwa_ratio,
+    task_loss,
+    task_weight,
+)
 from mahiax.recording import record_training
 from mahiax.store import RunReader
 from mahiax.store.paths import ENV_VAR, resolve_store_path
@@ -68,7 +84,9 @@ print(len(keys), "scalar keys, e.g.", keys[:6])
 # %% [markdown]
 # ## 2. Losses
 #
-# `scalars(name, keys)` returns one column per key, indexed by step. The model has three
+# `scalars(name, keys)` returns one column per key, indexed by step. The keys are named
+# once, in `mahiax.metric_keys` (its docstring lists every key, its kind and when it is
+# written): `task_loss("tabular")` is the key `loss/tabular`. The model has three
 # tasks (`keywords`, `tabular`, `mixed`), each with its own head and loss.
 #
 # **Predict.** After 120 steps, has every task's loss fallen? Which falls least, relative to
@@ -76,7 +94,7 @@ print(len(keys), "scalar keys, e.g.", keys[:6])
 
 # %%
 tasks = list(config.tasks)
-losses = reader.scalars(RUN, [f"loss/{t}" for t in tasks])
+losses = reader.scalars(RUN, [task_loss(t) for t in tasks])
 fig = px.line(losses, labels={"value": "loss", "variable": "task"},
               title="per-task losses (clean model, one encode(), one backward per step)")
 fig.update_layout(height=340)
@@ -99,7 +117,7 @@ print("first - last (how much it fell):\n", (first - last).round(3).to_string())
 assert (last < first).all()
 fall = dict(zip(tasks, (first - last).tolist(), strict=True))  # task -> first - last
 assert fall["keywords"] > fall["tabular"] > fall["mixed"]
-assert (last / first).idxmax() == "loss/tabular" and last.idxmax() == "loss/tabular"
+assert (last / first).idxmax() == task_loss("tabular") and last.idxmax() == task_loss("tabular")
 
 # %% [markdown]
 # ## 3. Expert load balance
@@ -110,7 +128,7 @@ assert (last / first).idxmax() == "loss/tabular" and last.idxmax() == "loss/tabu
 # when perfectly even), `moe/max_over_mean` the busiest expert's count over the mean.
 
 # %%
-load = reader.vectors(RUN, "moe/tokens_per_expert")
+load = reader.vectors(RUN, TOKENS_PER_EXPERT)
 share = load.div(load.sum(axis=1), axis=0)
 fig = px.imshow(share.T, aspect="auto", origin="lower", color_continuous_scale="Viridis",
                 labels={"x": "step", "y": "expert", "color": "share of tokens"},
@@ -119,7 +137,7 @@ fig.update_layout(height=320)
 fig
 
 # %%
-balance = reader.scalars(RUN, ["moe/cv", "moe/max_over_mean"])
+balance = reader.scalars(RUN, [MOE_CV, MOE_MAX_OVER_MEAN])
 px.line(balance, title="load imbalance: coefficient of variation and max / mean",
         labels={"value": "", "variable": ""}).update_layout(height=300)
 
@@ -134,7 +152,7 @@ px.line(balance, title="load imbalance: coefficient of variation and max / mean"
 # `(1 - s) * (n_i - n_j)` at every step, so it shrinks geometrically toward zero.)
 
 # %%
-snaps = reader.snapshots(RUN, "memory/nodes")
+snaps = reader.snapshots(RUN, MEMORY_NODES)
 all_nodes = np.concatenate(list(snaps.values()))
 mean = all_nodes.mean(axis=0)
 _, _, vt = np.linalg.svd(all_nodes - mean, full_matrices=False)
@@ -171,12 +189,12 @@ assert spread > 0.1, "the nodes stay distinct"
 # set), so the weights stay equal for the first two windows (steps 0-19).
 
 # %%
-weights = reader.scalars(RUN, [f"weight/{t}" for t in tasks])
-ratios = reader.scalars(RUN, [f"dwa/ratio/{t}" for t in tasks])
+weights = reader.scalars(RUN, [task_weight(t) for t in tasks])
+ratios = reader.scalars(RUN, [dwa_ratio(t) for t in tasks])
 fig = go.Figure()
 for t in tasks:
-    fig.add_trace(go.Scatter(x=weights.index, y=weights[f"weight/{t}"], name=f"weight {t}"))
-    fig.add_trace(go.Scatter(x=ratios.index, y=ratios[f"dwa/ratio/{t}"], name=f"ratio {t}",
+    fig.add_trace(go.Scatter(x=weights.index, y=weights[task_weight(t)], name=f"weight {t}"))
+    fig.add_trace(go.Scatter(x=ratios.index, y=ratios[dwa_ratio(t)], name=f"ratio {t}",
                              line={"dash": "dot"}))
 fig.update_layout(title="DWA weights (solid) and descent ratios (dotted)", height=340,
                   xaxis_title="step")
@@ -197,14 +215,14 @@ assert np.allclose(weights.loc[:19], 1.0), "equal weights for the first two wind
 # **Predict.** Over 120 steps, does live tensor memory grow, or stay flat? And the RSS?
 
 # %%
-mem = reader.scalars(RUN, ["mem/tensor_bytes", "mem/rss"]) / MIB
+mem = reader.scalars(RUN, [MEM_TENSOR_BYTES, MEM_RSS]) / MIB
 px.line(mem.dropna(how="all"), markers=True, labels={"value": "MiB", "variable": ""},
         title=f"memory on {run['device']}").update_layout(height=300)
 
 # %%
-tensor_mb = mem["mem/tensor_bytes"].dropna()
+tensor_mb = mem[MEM_TENSOR_BYTES].dropna()
 print("live tensor MiB at the readings:", tensor_mb.round(2).to_dict())
-print(f"RSS: {mem['mem/rss'].iloc[0]:.0f} MiB at step 0, {mem['mem/rss'].iloc[-1]:.0f} MiB at "
+print(f"RSS: {mem[MEM_RSS].iloc[0]:.0f} MiB at step 0, {mem[MEM_RSS].iloc[-1]:.0f} MiB at "
       f"step {mem.index[-1]}")
 
 # %% [markdown]
@@ -221,15 +239,14 @@ print(f"RSS: {mem['mem/rss'].iloc[0]:.0f} MiB at step 0, {mem['mem/rss'].iloc[-1
 # tensors, so it is the wrong figure to judge a graph leak by.
 
 # %%
-PARAMS, GRADS, OPTIM, SAVED = "mem/params", "mem/grads", "mem/optimizer", "mem/saved"
-categories = reader.scalars(RUN, [PARAMS, GRADS, OPTIM, SAVED]) / MIB
+categories = reader.scalars(RUN, [MEM_PARAMS, MEM_GRADS, MEM_OPTIMIZER, MEM_SAVED]) / MIB
 categories = categories.loc[tensor_mb.index]  # the steps with a full reading
 print("optimiser:", type(trainer.optimizer).__name__, "| MiB by category:")
 print(categories.round(3).to_string())
-assert categories.loc[0, GRADS] == 0 and categories.loc[0, OPTIM] == 0
+assert categories.loc[0, MEM_GRADS] == 0 and categories.loc[0, MEM_OPTIMIZER] == 0
 later = categories.iloc[1:]
-assert ((later[GRADS] - later[PARAMS]).abs() < 0.01).all()
-assert ((later[OPTIM] - 2 * later[PARAMS]).abs() < 0.01).all()
+assert ((later[MEM_GRADS] - later[MEM_PARAMS]).abs() < 0.01).all()
+assert ((later[MEM_OPTIMIZER] - 2 * later[MEM_PARAMS]).abs() < 0.01).all()
 assert tensor_mb.iloc[0] < tensor_mb.iloc[1]
 assert tensor_mb.iloc[1:].max() - tensor_mb.iloc[1:].min() <= 0.01 * tensor_mb.iloc[1]
 
@@ -251,7 +268,7 @@ assert tensor_mb.iloc[1:].max() - tensor_mb.iloc[1:].min() <= 0.01 * tensor_mb.i
 # > below is measured on that adaptation.
 
 # %%
-importance = reader.vectors(RUN, "fabric/importance")
+importance = reader.vectors(RUN, FABRIC_IMPORTANCE)
 px.line(importance, labels={"value": "importance", "variable": "layer"},
         title="MetaController importance per layer (EMA)").update_layout(height=300)
 

@@ -14,7 +14,7 @@ from torch import nn
 from mahiax.bugs.catalog import BugEntry, register
 from mahiax.bugs.harness import swap_class, train_variant
 from mahiax.bugs.outcome import Outcome
-from mahiax.fabric import DynamicLayerRouter, DynamicNeuroFabric, LayerRouting
+from mahiax.fabric import DynamicLayerRouter, DynamicNeuroFabric, LayerRouting, MetaController
 
 
 def _per_sample_inplace(
@@ -77,20 +77,55 @@ class SummaryLayerRouter(DynamicLayerRouter):
         return _per_sample_out_of_place(x, blocks, routing)
 
 
+class SilentFabric(DynamicNeuroFabric):
+    """A wrong fix: the clean forward, out of place, but the controller never observes the
+    routing, so the layer importance never moves."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, LayerRouting]:
+        routing = self.router(x)
+        return self.router.mix(x, self.blocks, routing), routing
+
+
 def _module_runner(entry_id: str, attr: str, classes: dict[str, type | None], base: type):
-    """A runner that swaps ``model.<attr>`` to the variant's class and trains."""
+    """A runner that swaps ``model.<attr>`` to the variant's class and trains. A fabric's
+    run also measures its controller: after every step, its importance against a clean
+    ``MetaController`` fed the same routing (the fabric must call ``controller.observe``)."""
 
     def run(variant: str, steps: int, candidate: object = None) -> Outcome:
         cls = candidate if variant == "candidate" else classes[variant]
         if variant == "candidate" and not (isinstance(cls, type) and issubclass(cls, base)):
             raise TypeError(f"a candidate for {entry_id!r} must be a subclass of {base.__name__}")
+        seen: list[LayerRouting] = []  # the routing of this step's forward
+        truth: dict[str, MetaController] = {}
+        worst = [0.0]
 
         def install(model):
+            if attr == "fabric":
+                ctl = model.fabric.controller
+                truth["ema"] = MetaController(ctl.importance.numel(), ctl.momentum).double()
+                model.fabric.router.register_forward_hook(lambda m, i, o: seen.append(o))
             if cls is not None:
                 target = model.fabric if attr == "fabric" else model.fabric.router
                 swap_class(target, cls)
 
-        return train_variant(entry_id, variant, steps, install)
+        def on_step(ctx, out) -> None:
+            if seen:
+                ema = truth["ema"].to(ctx.batch.tabular.device)  # built before the model moved
+                ema.observe(seen[-1])  # the clean controller, fed the same routing
+                ema.commit()
+                seen.clear()
+                diff = (ctx.model.fabric.controller.importance - ema.importance).abs().max()
+                worst[0] = max(worst[0], float(diff))
+            out.state_diff = worst[0]
+
+        out = train_variant(entry_id, variant, steps, install,
+                            on_step=on_step if attr == "fabric" else None)
+        if attr == "fabric":
+            out.figures["damage"] = (
+                "largest error of the controller's layer importance vs a clean MetaController "
+                "fed the same routing (call self.controller.observe(routing) in training mode)"
+            )
+        return out
 
     return run
 
@@ -112,9 +147,14 @@ register(BugEntry(
         "fabric-accumulate", "fabric",
         {"buggy": BuggyFabric, "summary": SummaryFabric, "fixed": None}, DynamicNeuroFabric,
     ),
-    candidate_kind="a subclass of mahiax.fabric.DynamicNeuroFabric overriding forward(x)",
+    candidate_kind=(
+        "a subclass of mahiax.fabric.DynamicNeuroFabric overriding forward(x) -> (output, "
+        "routing), calling self.controller.observe(routing) in training mode; after every "
+        "step the controller's importance is compared with a clean MetaController's"
+    ),
     candidates=lambda: {
         "buggy": BuggyFabric, "summary": SummaryFabric, "fixed": DynamicNeuroFabric,
+        "wrong: the controller never observes": SilentFabric,
     },
 ))
 

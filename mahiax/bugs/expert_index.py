@@ -128,12 +128,36 @@ def every_id_to_zero(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.zeros_like(tokens)
 
 
-def in_range_ids_changed(fix: object, vocab_size: int) -> float:
-    """The share of the valid ids ``0 .. vocab_size-1`` that ``fix(tokens, vocab_size)``
-    changes: a data fix may only touch the ids the model cannot take."""
-    valid = torch.arange(vocab_size).reshape(1, -1)  # (1, V): every valid id once
-    seen = fix(valid.clone(), vocab_size)
-    return float((seen != valid).float().mean())
+def zero_a_batch_with_a_bad_id(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """A wrong fix: a batch holding any id out of range becomes all zeros, a batch without
+    one passes unchanged (so every valid id survives a probe of valid ids only)."""
+    return tokens if int(tokens.max()) < vocab_size else torch.zeros_like(tokens)
+
+
+class ValidIdsWatch:
+    """Applies a learner's fix ``fix(tokens, vocab_size)`` to the batches training feeds and
+    counts, over all of them, the valid ids (``0 <= id < vocab_size``) it changed: a data fix
+    may only touch the ids the model cannot take. ``share`` is that count over the valid ids
+    seen (an output of another shape changes every valid id of its batch)."""
+
+    def __init__(self, fix):
+        self.fix = fix
+        self.valid = 0
+        self.changed = 0
+
+    def __call__(self, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        seen = self.fix(tokens.clone(), vocab_size)  # a clone: an in-place fix keeps `tokens`
+        valid = (tokens >= 0) & (tokens < vocab_size)  # (B, T)
+        self.valid += int(valid.sum())
+        if isinstance(seen, torch.Tensor) and seen.shape == tokens.shape:
+            self.changed += int((seen[valid] != tokens[valid]).sum())
+        else:
+            self.changed += int(valid.sum())
+        return seen
+
+    @property
+    def share(self) -> float:
+        return self.changed / self.valid if self.valid else 0.0
 
 
 def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
@@ -147,11 +171,12 @@ def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
                 "a candidate for 'expert-index' is a function (tokens, vocab_size) -> tokens "
                 "applied to every batch before the model"
             )
-        out = _run(variant, steps, None, demo_data=True, prepare=candidate)
-        out.state_diff = in_range_ids_changed(candidate, harness_config().vocab_size)
+        watch = ValidIdsWatch(candidate)  # applies the candidate, counts what it changed
+        out = _run(variant, steps, None, demo_data=True, prepare=watch)
+        out.state_diff = watch.share
         out.figures["damage"] = (
-            "the share of valid token ids it changed (they must reach the model as "
-            "they were)"
+            "the share of the valid token ids in the training batches that it changed "
+            "(they must reach the model as they were)"
         )
         out.figures["damage_tol"] = 0.0
         return out
@@ -211,5 +236,6 @@ register(BugEntry(
     candidates=lambda: {
         "buggy": ids_as_given, "summary": ids_as_given, "fixed": fold_ids,
         "band-aid: every id to 0": every_id_to_zero,
+        "wrong: zero a batch with any bad id": zero_a_batch_with_a_bad_id,
     },
 ))

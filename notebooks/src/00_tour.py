@@ -19,7 +19,7 @@ import plotly.express as px
 import torch
 
 from mahiax import bugs, lessons
-from mahiax.config import teaching
+from mahiax.config import teaching, tiny
 from mahiax.data import SyntheticMultiTask
 from mahiax.model import HybridEfficientModel
 
@@ -179,9 +179,12 @@ assert out.error_type == "RuntimeError" and "modified by an inplace operation" i
 
 # %% [markdown]
 # The `fixed` variant of the same entry: every step ran; from step 1 on, the graph and the
-# live tensor bytes keep one size (step 0 is smaller: the ring buffer is still empty, so its
-# read returns zeros and builds no graph); and the gradients equal the clean model's to
-# float64 rounding.
+# live tensor bytes keep one size; and the gradients equal the clean model's to float64
+# rounding. Step 0 is smaller: the ring buffer is still empty, so its read returns zeros
+# and builds no graph, and the memory's own parameters get no gradient. They get their
+# first gradients at step 1, and AdamW, which makes a parameter's state at its first
+# update, holds state for them only after step 1's update (the last lines below; the
+# harness reads memory before each step's update, so that state shows at step 2).
 
 # %%
 from mahiax.bugs.verdicts import GRAD_TOL
@@ -195,6 +198,18 @@ print(f"largest gradient difference from the clean model: {ok.max_grad_diff:.1e}
 assert ok.passed and ok.max_grad_diff < 1e-9
 assert len(set(ok.graph_nodes[1:])) == 1 and ok.graph_nodes[0] < ok.graph_nodes[1]
 assert len(set(ok.tensor_bytes[1:])) == 1
+
+# the same tiny model, one plain step: which parameters have a gradient after step 0?
+tiny_model = HybridEfficientModel(tiny())
+losses, _ = tiny_model.losses(SyntheticMultiTask(tiny()).batch(0))  # (K,) task losses
+losses.sum().backward()
+no_grad = [n for n, p in tiny_model.named_parameters() if p.grad is None]
+print("no gradient after step 0:", no_grad)
+# the harness's reading after each step's backward, before its optimiser step (so the
+# AdamW state it shows at step k is what the updates of steps 0 .. k-1 made)
+print("gradient KB per step:  ", [round(m["grads"] / 1024, 1) for m in ok.memory_categories])
+print("AdamW state KB per step:", [round(m["optimizer"] / 1024, 1) for m in ok.memory_categories])
+assert no_grad and all(n.startswith("tiny_memory.") for n in no_grad)
 
 # %% [markdown]
 # ### Why trust the clean model? An independent check

@@ -130,8 +130,8 @@ with lessons.expect_error(IndexError, "index 5 is out of range"):
     experts[torch.tensor([5])]
 
 # %% [markdown]
-# So `int(u.item())` (the summary's fix) is the cure for the `TypeError`. The words the
-# summary reports come from an `index_select`-style lookup (an embedding, stacked weights).
+# Neither is the summary's "index out of range in self": those words come from an
+# `index_select`-style lookup (an embedding, stacked weights).
 #
 # > **Reconstruction.** The summary does not show the original `ExpertRouter`. The lab assumes
 # > `self.experts` was an `nn.ModuleList` indexed with the router's id tensor (the catalog's
@@ -165,10 +165,22 @@ print(f"{share:.0%} of the ids are outside the embedding table")
 
 # %% [markdown]
 # Most of them: the share printed above. Every one of those ids would make the embedding
-# raise "index out of range in self".
+# raise "index out of range in self". Why not about 90%, the share of uniform draws from
+# 10,000 that a 1,000-row table lacks? Not every id is drawn at random: the synthetic tasks
+# plant their key tokens, small ids below `RESERVED`, in every sample, and only the other
+# ids (the filler) are drawn from the whole range. The next cell counts both.
 
 # %%
-assert share > 0.5
+from mahiax.tasks import RESERVED  # ids below it are the tasks' key tokens, never filler
+
+planted = tokens < RESERVED  # (B, T)
+filler = tokens[~planted]
+print(f"RESERVED = {RESERVED}; planted key tokens: {planted.float().mean().item():.0%} "
+      f"of the ids; in every sample: {bool(planted.any(dim=1).all())}")
+uniform = (DEMO_DATA_VOCAB - config.vocab_size) / (DEMO_DATA_VOCAB - RESERVED)
+print(f"filler ids outside the table: {(filler >= config.vocab_size).float().mean().item():.0%}"
+      f" (expected for uniform draws from {RESERVED} to {DEMO_DATA_VOCAB - 1}: {uniform:.0%})")
+assert share > 0.5 and planted.any(dim=1).all()
 
 # %% [markdown]
 # The clean model checks its inputs before the embedding, so the same batch gets a clear
@@ -214,7 +226,8 @@ lessons.outcome_table(v.outcomes)
 
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `expert-index`: **wrong-diagnosis**. The
-# change removes the `TypeError` of `experts[idx]`, but the reported `IndexError` comes from
+# change removes the `TypeError` of `experts[idx]` (`int(u.item())` is the cure for that
+# error, as the diagnosis printed above shows), but the reported `IndexError` comes from
 # token ids outside the vocabulary, and it stays: the summary's router on the demo's data
 # fails at step 0 with the reported error.
 
@@ -285,9 +298,10 @@ print(result)
 assert result.holds
 
 # %% [markdown]
-# The checker measures two things: training runs with the clean model's gradients, and every
-# id that was already valid reaches the model unchanged. A mapping that silences the error by
-# destroying the data, such as sending every id to 0, gets `NOT YET`:
+# The checker measures two things: training runs with the clean model's gradients, and in
+# every batch it trains on, every id that was already valid reaches the model unchanged (it
+# compares your output with the input at the valid ids). A mapping that silences the error
+# by destroying the data, such as sending every id to 0, gets `NOT YET`:
 
 # %%
 band_aid = bugs.check("expert-index", lambda tokens, vocab_size: torch.zeros_like(tokens))

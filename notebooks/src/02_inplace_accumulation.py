@@ -37,9 +37,10 @@ torch.manual_seed(0)
 #   the backward pass. A `Linear` keeps its input (the gradient of its weight needs it).
 #   Autograd exposes them as the `_saved_*` attributes of a tensor's `grad_fn`.
 # - **Version counter.** Every tensor carries a counter, `tensor._version`, that each
-#   in-place operation on it bumps. A view (a slice like `x[0]`) shares its base's memory
-#   *and its counter*. When an operation saves a tensor, autograd records its version; when
-#   backward uses the saved tensor, it checks that the version has not moved.
+#   in-place operation on it bumps. A view (what basic indexing returns: an int as in
+#   `x[0]`, or a slice as in `x[1:3]`) shares its base's memory *and its counter*. When an
+#   operation saves a tensor, autograd records its version; when backward uses the saved
+#   tensor, it checks that the version has not moved.
 #
 # A small model of the fabric: a gate reads `x`, a block reads one row `x[0]`, and
 # `output = x` ("start from the residual") is an alias, not a copy.
@@ -133,7 +134,9 @@ assert bumps == {"0 (int)": 2, "0:1 (slice)": 2, "tensor(0) (0-dim)": 2,
 # - `output 0 of AsStrided`: the saved tensor is a view of `x`. After `x` was written in place,
 #   autograd rebuilt that view's history as an **AsStrided** view (`torch.as_strided`: a view
 #   given by size, stride and offset into the base's memory, the general form of any view).
-#   The cell below shows a view's `grad_fn` change after its base is written.
+#   The cell below shows a view's `grad_fn` change after its base is written. The message
+#   (torch 2.13) names that node by its forward operation, `AsStrided`; printed with
+#   `grad_fn.name()`, as in the cell below, such a node is `AsStridedBackward0`.
 #
 # The `[4, 3]` tensor the gate saved is stale too: backward simply reached the block's
 # saved row first. Reading a saved tensor runs the same check, so we can ask for the gate's:
@@ -259,9 +262,10 @@ assert (f"is at version {bumps_per_forward}; expected version {bumps_per_forward
 # The version it expected, 2 fewer, is the one the last sample's row had when its second block
 # read (and saved) it, just before the last `+=`.
 #
-# The evidence per variant. Look at the graph size: the summary's fix holds, but its
-# per-sample loop builds a much larger autograd graph than the clean fabric, which runs each
-# block once, on the samples that chose it.
+# The evidence per variant. Look at the graph size (every autograd node reachable from the
+# step's loss: the whole model's graph, not the fabric's alone): the summary's fix holds,
+# but with its per-sample loop the graph is much larger than with the clean fabric, which
+# runs each block once, on the samples that chose it.
 
 # %%
 lessons.outcome_table(v_fabric.outcomes)
@@ -272,7 +276,8 @@ lessons.variant_switch(v_fabric.outcomes)
 # %%
 summary_nodes = v_fabric.outcomes["summary"].graph_nodes[-1]
 clean_nodes = v_fabric.outcomes["fixed"].graph_nodes[-1]
-print(f"autograd nodes per step: summary's loop {summary_nodes}, clean fabric {clean_nodes}")
+print(f"autograd nodes per step, whole model: summary's loop {summary_nodes}, "
+      f"clean fabric {clean_nodes}")
 assert summary_nodes > clean_nodes
 
 # %% [markdown]
@@ -287,10 +292,13 @@ lessons.source(DynamicLayerRouter.mix, "the clean mix")
 # %% [markdown]
 # ## Exercise
 #
-# Write a fabric whose `forward(x)` accumulates out of place. Subclass
+# Write a fabric whose `forward(x)` accumulates without writing into a tensor autograd saved
+# (out of place, or into a fresh clone). Subclass
 # `DynamicNeuroFabric`; it has `self.router` (call it on `x` for the routing; `routing.ids`
 # and `routing.weights` are `(B, K)`), `self.blocks` (the bank) and `self.controller` (call
-# `self.controller.observe(routing)` in training mode). Return `(output, routing)`.
+# `self.controller.observe(routing)` in training mode: after every step the checker compares
+# the controller's layer importance with a clean controller's fed the same routing). Return
+# `(output, routing)`.
 # The attempt below is the original in-place loop; run it, read the checker, fix it.
 
 # %%
@@ -329,6 +337,20 @@ class MyFabric(DynamicNeuroFabric):
 result = bugs.check("fabric-accumulate", MyFabric)
 print(result)
 assert result.holds
+
+# %% [markdown]
+# The checker grades the controller too: the clean forward without
+# `self.controller.observe(routing)` trains with the right gradients, but its layer
+# importance never moves.
+
+# %%
+no_observe = bugs.get("fabric-accumulate").candidates()["wrong: the controller never observes"]
+silent = bugs.check("fabric-accumulate", no_observe)
+print(silent)
+importance = silent.outcome.final_state["fabric.controller.importance"]
+print(f"largest gradient difference {silent.outcome.max_grad_diff:.1e}; "
+      f"layer importance after training: {importance.tolist()}")
+assert not silent.holds and silent.outcome.max_grad_diff < 1e-9
 
 # %% [markdown]
 # ## Check your understanding

@@ -175,9 +175,7 @@ assert buf._version == 1 and buf[3].tolist() == [3.0, 3.0, 3.0] and copy._versio
 
 # %% [markdown]
 # The `.data` write landed (row 3 holds it) and the counter did not move. A write into a
-# `clone()` moves only the clone's counter. A hidden write into a saved tensor is not safe, it
-# is *silent*: backward then computes with the new values. Section 6 measures that on the
-# `TinyMemory`.
+# `clone()` moves only the clone's counter.
 #
 # **The protocol** that avoids both mistakes (what the clean modules do): in `forward`,
 # **read** the state and **stage** what the next state needs (here the batch's sum and size)
@@ -281,7 +279,6 @@ assert abs(spread[120][1] - spread[60][1]) < 0.1 * spread[60][1]
 # ## 5. TinyMemory
 #
 # The original writes one slot in place after the forward read the buffer: mistake two.
-# `buf[i] = v` and `buf[i].copy_(v)` are the same kind of write, into the same storage.
 # The read, and what it saves once one slot is filled (the lab's model's sizes first):
 
 # %%
@@ -325,7 +322,9 @@ lessons.outcome_table(v_tiny.outcomes)[["error", "steps run", "max grad diff"]]
 # the message with section 3 in mind: `[1, 16]` is `slots[:1]`, the one row the read saved;
 # it "is at version 2; expected version 1" because step 0's write made the buffer version 1
 # before the read saved it, and step 1's write into slot 1 made it 2. The saved row never
-# changed; the shared counter moved.
+# changed; the shared counter moved. The summary's `copy_` changes nothing:
+# `buf[i] = v` and `buf[i].copy_(v)` are the same kind of write, into the same storage, and
+# both variants fail at the same step with the same message (printed above).
 
 # %%
 assert buggy.error_signature() == summary.error_signature()
@@ -359,31 +358,31 @@ class MyTinyMemory(TinyMemory):
 print(bugs.check("tiny-memory-write", MyTinyMemory))
 
 # %% [markdown]
-# **Predict.** The tempting band-aid writes through `.data`, which hides the write from the
-# version counter (section 3). Does the checker accept it?
+# **Predict.** The next class writes the slot through `.data`, which hides the write from
+# the version counter (section 3). Does the checker accept it?
 
 # %%
-candidates = bugs.get("tiny-memory-write").candidates()
-data_write = candidates["band-aid: the write through .data"]
-lessons.source(data_write.forward, "the band-aid: the same write, through .data")
+data_write = stateful.DataWriteTinyMemory
+lessons.source(data_write.forward, "the same write, through .data")
 
 # %%
 rows = []  # what the harness measured at each step
 with observing(rows.append):
-    band_aid = bugs.check("tiny-memory-write", data_write)
-print(band_aid)
+    data_check = bugs.check("tiny-memory-write", data_write)
+print(data_check)
 print("steps:", len(rows), "| largest gradient error per step:",
       [f"{r['grad_diff']:.1g}" for r in rows])
 
 # %% [markdown]
-# No error, and wrong gradients from step 4 on. The checker runs the number of steps printed
-# above on 4 slots: at step 4 the ring wraps round and the write overwrites slot 0, which that
-# step's read saved, and backward computes with the overwritten values. (Steps 1 to 3 wrote
-# rows the read had not saved: their gradients are right, and the version check would still
-# have refused them, as it refused the original in section 5.)
+# No: no error, and wrong gradients from step 4 on. The write through `.data` is a band-aid
+# that makes the error silent. The checker runs the number of steps printed above on 4
+# slots: at step 4 the ring wraps round and the write overwrites slot 0, which that step's
+# read saved, and backward computes with the overwritten values. (Steps 1 to 3 wrote rows
+# the read had not saved: their gradients are right, and the version check would still have
+# refused them, as it refused the original in section 5.)
 
 # %%
-assert not band_aid.holds and "gradients differ from the clean reference" in band_aid.message
+assert not data_check.holds and "gradients differ from the clean reference" in data_check.message
 grad_error = [r["grad_diff"] for r in rows]
 assert max(grad_error[:4]) <= GRAD_TOL < grad_error[4]
 
@@ -394,6 +393,7 @@ assert max(grad_error[:4]) <= GRAD_TOL < grad_error[4]
 # count hold after each step tells it apart:
 
 # %%
+candidates = bugs.get("tiny-memory-write").candidates()  # the catalog's named attempts
 forgetful = bugs.check("tiny-memory-write", candidates["wrong: a memory that never writes"])
 print(forgetful)
 print("largest gradient error:", forgetful.outcome.max_grad_diff)
@@ -486,7 +486,7 @@ assert result.holds
 #   operation", under `no_grad` too.
 # - A tensor and all its views share one version counter, so a write into rows that were
 #   never saved still trips the check. `.data` has a counter of its own and hides
-#   the write: no error, wrong gradients.
+#   the write: no error, and wrong gradients wherever the write hits values a graph saved.
 # - Measured: GraphDiffusionMemory **worse** (the `copy_` fails a step earlier),
 #   TinyMemory **same-error** (indexed assignment and `copy_` are the same write).
 # - Protocol: read; stage what the next state needs from detached inputs; after the

@@ -275,7 +275,8 @@ for col, (case, (loss_a, loss_b)) in enumerate(cases.items(), start=1):
         dwa_a.append(dwa.weights()[0].item())  # weight of task A in force at this step
         softmax_a.append((2 * torch.softmax(-losses, dim=0))[0].item())
         dwa.update(losses)
-    final[case] = (dwa.weights().tolist(), softmax_a[-1])  # DWA's weights of A and B; A's
+    # DWA's weights of A and B after the last step; A's last weight under 2 · softmax(-L)
+    final[case] = (dwa.weights().tolist(), softmax_a[-1])
     for name, ys, color in [("DWA (Liu et al.)", dwa_a, "#00CC96"),
                             ("2 · softmax(-L)", softmax_a, "#636EFA")]:
         fig.add_trace(go.Scatter(x=steps, y=ys, name=name, line={"color": color},
@@ -335,32 +336,34 @@ class MyWeighting(LossWeighting):
 print(bugs.check("dwa-weights", MyWeighting))
 
 # %% [markdown]
-# **Predict.** The band-aid: the same write through `.data`, so that the version counter
-# does not move (section 2). The multiply `w * losses` saved `w`. Does the checker accept it?
+# **Predict.** The next class makes the summary's write through `.data`, so that the version
+# counter does not move (section 2). The multiply `w * losses` saved `w`. Does the checker
+# accept it?
 
 # %%
-candidates = bugs.get("dwa-weights").candidates()
-data_write = candidates["band-aid: the summary's copy_ through .data"]
-lessons.source(data_write.combine, "the band-aid: the summary's write, through .data")
+data_write = stateful.DataWriteDWA
+lessons.source(data_write.combine, "the summary's write, through .data")
 
 # %%
-band_aid = bugs.check("dwa-weights", data_write)
-print(band_aid)
+data_check = bugs.check("dwa-weights", data_write)
+print(data_check)
 
 # %% [markdown]
-# No error, and wrong gradients: the backward of `w * losses` multiplies by the *new*
-# weights, not the ones this step's total used. This is the silent corruption of section 2,
-# in the real training step.
+# No: no error, and wrong gradients. Writing through `.data` is a band-aid that makes the
+# error silent: the backward of `w * losses` multiplies by the *new* weights, not the ones
+# this step's total used. This is the silent corruption of section 2, in the real training
+# step.
 
 # %%
-assert not band_aid.holds and "gradients differ from the clean reference" in band_aid.message
+assert not data_check.holds and "gradients differ from the clean reference" in data_check.message
 
 # %% [markdown]
-# The other band-aid the checker knows: `softmax(-L)` from detached losses, into a new tensor
+# Another band-aid the checker knows: `softmax(-L)` from detached losses, into a new tensor
 # after the optimiser step. Autograd has nothing left to object to; the weights are still
 # not DWA's:
 
 # %%
+candidates = bugs.get("dwa-weights").candidates()  # the catalog's named attempts
 softmax_rule = candidates["band-aid: softmax(-L) from detached losses"]
 lessons.source(softmax_rule.update, "update()")
 softmax_weights = bugs.check("dwa-weights", softmax_rule)

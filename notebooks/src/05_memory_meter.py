@@ -119,12 +119,13 @@ print(f"y's graph holds {(with_graph - base) / MIB:.1f} MiB; after `del y`: "
       f"{(without_graph - base) / MIB:.1f} MiB")
 
 # %% [markdown]
-# One `w`'s worth (the figure printed above), then nothing. `exp` saved its own output (the
-# derivative of `exp` is `exp`); the multiplication saved only the number 2 (`other`), not
-# `w * 2` (`self` is `None`: the gradient for `w` needs only the 2), so `w * 2` was freed
-# once `exp` had read it. The meter found the saved output by walking `y`'s graph
-# (`grad_fn`, `next_functions`) and reading each node's `_saved_*` tensors. Deleting the
-# last reference to the graph freed it.
+# One `w`'s worth (the figure printed above), then nothing. `exp` saved its result (the
+# derivative of `exp` is `exp`). The multiplication saves each input only where a gradient
+# needs it: the gradient for `w` is 2 times the incoming one, so it saved `other` (the 2)
+# and not `self`, which is `w` (`None` above). And no node saved `w * 2`, the
+# multiplication's output and `exp`'s input, so it was freed once `exp` had run. The meter
+# found the saved result by walking `y`'s graph (`grad_fn`, `next_functions`) and reading
+# each node's `_saved_*` tensors. Deleting the last reference to the graph freed it.
 
 # %%
 assert 4 * MIB <= with_graph - base < 5 * MIB  # exp's output only
@@ -222,9 +223,8 @@ assert earlier <= cats.other and earlier > cats.other / 2
 #
 # The catalog trains the tiny model on the CPU (as the demo that printed 0 MB ran) and,
 # after every step, reads memory three ways: with the summary's profiler (`buggy`), with
-# the same profiler after following the advice (`summary`: the advice changes no code, and
-# the machine with the problem has no GPU), and with the meter (`fixed`). The damage is
-# the relative error against the live tensor bytes.
+# the same profiler after following the advice (`summary`), and with the meter (`fixed`).
+# The damage is the relative error against the live tensor bytes.
 #
 # **Predict.** Which of the three readings follows the live tensor bytes during training?
 
@@ -234,9 +234,10 @@ lessons.verdict_report(v_mem)
 
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `memory-zero-cpu`: **no-effect**. Advice
-# to use other hardware changes nothing on the machine where the problem is: the reading
-# stays 0 while the tensors hold mebibytes. Only the meter (`fixed`) follows the live
-# tensor bytes: every live tensor of this process, this lesson's earlier ones included.
+# to use other hardware changes no code, and changes nothing on the machine where the
+# problem is, which has no GPU: the reading stays 0 while the tensors hold mebibytes. Only
+# the meter (`fixed`) follows the live tensor bytes: every live tensor of this process,
+# this lesson's earlier ones included.
 
 # %%
 fig = go.Figure()
@@ -310,39 +311,59 @@ assert result.holds
 #
 # 1. Why is `torch.cuda.memory_allocated()` 0 on a CPU-only machine, and what does that 0
 #    tell you about the model's memory?
+#
 #    <details><summary>Answer</summary>
+#
 #    It counts bytes of the CUDA caching allocator occupied by CUDA tensors. On a CPU-only
 #    machine no CUDA tensor exists, so it is 0 whatever the model holds. The 0 tells you
 #    nothing about the model (section 1).
+#
 #    </details>
+#
 # 2. After `del big` the meter printed a process RSS of hundreds of MiB while the tensors
 #    held next to nothing. Why is RSS not a measure of tensor memory?
+#
 #    <details><summary>Answer</summary>
+#
 #    RSS is every page of the process in physical RAM: the interpreter, imported libraries
 #    (torch itself), Python objects and allocator caches, as well as tensors. It is useful
 #    for "is the process growing?", not for "what do my tensors hold?".
+#
 #    </details>
+#
 # 3. In `y = (w * 2).exp().sum()`, which tensor does `y`'s graph keep alive, and why not
 #    `w * 2`?
+#
 #    <details><summary>Answer</summary>
-#    `exp` saves its output (its derivative is its output); `mul` by the Python number 2
-#    saves only the number, so the intermediate `w * 2` is freed as soon as `exp` has read
-#    it. The graph keeps the 4 MiB `exp` result until the last reference to `y` goes (section
-#    3).
+#
+#    `exp` saves its result (its derivative is its result). The multiplication saves an
+#    input only where a gradient needs it: the gradient for `w` needs only the 2, so it
+#    saved `other` (the 2) and not `self` (that is `w`). No node saves `w * 2`, the
+#    multiplication's output and `exp`'s input, so it is freed once `exp` has run. The
+#    graph keeps the 4 MiB `exp` result until the last reference to `y` goes (section 3).
+#
 #    </details>
+#
 # 4. On a GPU, what is the difference between *allocated* and *reserved*, and which one
 #    does `nvidia-smi` come closer to?
+#
 #    <details><summary>Answer</summary>
-#    Allocated: bytes occupied by live CUDA tensors. Reserved: everything the caching
-#    allocator holds from the driver, including freed blocks kept for reuse. As the CUDA
-#    memory-management notes (linked above) say, `nvidia-smi` still shows the pool's unused
-#    blocks as used, so it stays high after tensors are freed.
+#
+#    **Reserved.** Allocated: bytes occupied by live CUDA tensors. Reserved: everything the
+#    caching allocator holds from the driver, including freed blocks kept for reuse. As the
+#    CUDA memory-management notes (linked above) say, `nvidia-smi` still shows the pool's
+#    unused blocks as used, so it stays high after tensors are freed.
+#
 #    </details>
+#
 # 5. Would "run the demo on a GPU" have shown the model's memory?
+#
 #    <details><summary>Answer</summary>
+#
 #    Only if the demo also moved the model and its data to the GPU: the CUDA allocator
 #    counts CUDA tensors only. On the CPU machine where the 0 was seen, the advice changes
 #    nothing (**no-effect**, measured in section 4).
+#
 #    </details>
 
 # %% [markdown]

@@ -103,7 +103,7 @@ CATALOG = {
     "persistent-inplace": ("inplace-on-saved", harness.StepContext.finish,
                            "self.optimizer.step()"),
     "amp-clip-before-unscale": ("clip-before-unscale", loops.amp_loop,
-                                "torch.nn.utils.clip_grad_norm_("),
+                                "MAX_NORM)  # ...then clip"),
 }
 # entries whose bug is not a misuse of autograd the watchers can see
 NOT_A_LOOP_BUG = {
@@ -355,7 +355,8 @@ def test_second_exercise_checker_rejects_the_bug_and_each_band_aid(name):
     }
     assert kinds == expected.get(name, set()), str(result.report)
     if name == "band-aid: zero_grad() between backward and step":
-        assert "did not learn what it should" in result.message  # every update was zero
+        assert "did not learn what it should" in result.message
+        assert "exactly where they started" in result.message  # no step changed them
     if name == "band-aid: drop the validation":
         assert "keep the validation" in result.message
 
@@ -396,10 +397,42 @@ def test_when_the_optimiser_is_the_writer_the_fix_is_the_graph_kept_alive():
     carried = next(f for f in report.findings if f.kind == "graph-carried-across-steps")
     assert f"finding at {carried.where}" in inplace.message
     assert "graph from an earlier step" in report.error.explanation
-    # a write by the user's own code keeps the out-of-place advice
+    # the optimiser writing weights an old graph saved is lesson 06's subject
+    assert inplace.message.endswith("Lesson: 06_finding_the_mutation.")
+    # a write by the user's own code keeps the out-of-place advice (lesson 02)
     gate = _examine(BUGGY["inplace-gate"]).findings[0]
     assert "compute a new tensor instead" in gate.message
     assert "The writer is the optimiser" not in gate.message
+    assert gate.message.endswith("Lesson: 02_inplace_accumulation.")
+
+
+def test_the_catalog_harness_reference_backward_is_not_counted_as_the_loops():
+    # the summary's loop calls backward() once per task loss; the harness's clean reference
+    # takes one more of its own each step, which is not the loop's
+    tasks = len(harness.harness_config().tasks)
+    grads = harness.Reference.grads
+    report = examine_entry("retain-graph", "summary", steps=1)
+    (per_loss,) = [f for f in report.findings if f.kind == "backward-per-loss"]
+    assert f"{tasks} backward() calls in step 0" in per_loss.message, per_loss.message
+    assert harness.Reference.grads is grads  # the watch's wrapper is removed afterwards
+
+
+def test_exercise_checker_says_what_it_measured_when_the_weights_did_not_move():
+    # zero_grad() between backward() and step(): the doctor is quiet, the weights never
+    # move; the message says so instead of blaming the hidden state
+    def train_step(s, i):
+        x, y = s.batch(i)
+        logits, hidden = s.model(x, s.hidden)
+        s.hidden = hidden.detach()
+        loss = exercise.loss_of(s, logits, y)
+        loss.backward()
+        s.optimizer.zero_grad()
+        s.optimizer.step()
+
+    result = exercise.check(train_step)
+    assert result.report.ok and not result.holds
+    assert "exactly where they started" in result.message, result.message
+    assert "do not drop it" not in result.message
 
 
 def sites_text(f) -> str:
@@ -409,14 +442,59 @@ def sites_text(f) -> str:
 
 
 def test_clip_before_unscale_says_what_it_does_to_this_optimiser():
-    # SGD: every update shrinks by the scale; AdamW: updates are scale-invariant, so the
-    # clip threshold means nothing (always clipped, spikes never cut)
+    # the clip rescales every gradient to norm max_norm/scale: with SGD the update shrinks by
+    # the scale; AdamW cancels a common factor, so the clip normalises every step's gradient
+    # (an ordinary step's as much as a spike's): it acts, it is not off
     (sgd,) = _examine(BUGGY["clip-scaled"]).findings
     (adamw,) = _examine(BUGGY["clip-adamw"]).findings
+    for f in (sgd, adamw):
+        assert "rescaled the gradients to norm 1/65536 = 1.53e-05" in f.message, f.message
+        assert "where clipping after unscale_ gives min(" in f.message
+        assert "silently off" not in f.message and "never cut" not in f.message
     assert "The optimiser is SGD" in sgd.message and "training just crawls" in sgd.message
-    assert "clipping is silently off" not in sgd.message
-    assert "The optimiser is AdamW" in adamw.message
-    assert "clipping is silently off" in adamw.message and "crawls" not in adamw.message
+    assert "times smaller than with the clip after unscale_" in sgd.message
+    assert "The optimiser is AdamW" in adamw.message and "crawls" not in adamw.message
+    assert "every step's gradient is rescaled to the same norm" in adamw.message
+
+
+def test_adam_after_a_clip_of_scaled_gradients_is_adam_on_normalised_gradients():
+    # what the AdamW message says, measured: a clip before unscale_ gives every step's
+    # gradient the norm max_norm/scale, and Adam then steps as it does on gradients each
+    # divided by its own norm (up to eps): the clip acts, on every step
+    target = torch.tensor([-0.6, 0.4, 0.3, -0.4])
+
+    def run(scaled: bool) -> tuple[torch.Tensor, list[float]]:
+        w = torch.zeros(4, requires_grad=True)
+        opt = torch.optim.Adam([w], lr=0.1)
+        scaler = torch.amp.GradScaler("cpu")
+        norms = []
+        for i in range(10):
+            loss = 0.5 * (w - target).pow(2).sum() * (1000.0 if i == 3 else 1.0)
+            opt.zero_grad()
+            if scaled:
+                scaler.scale(loss).backward()
+                torch.nn.utils.clip_grad_norm_([w], 1.0)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                with torch.no_grad():
+                    w.grad /= w.grad.norm()
+                opt.step()
+            norms.append(float(w.grad.norm()))
+        return w.detach(), norms
+
+    (clipped, norms), (normalised, _) = run(True), run(False)
+    assert norms == pytest.approx([1 / 65536] * 10, rel=1e-4)
+    assert torch.allclose(clipped, normalised, atol=1e-3)
+    assert not torch.allclose(clipped, torch.zeros(4), atol=0.1)  # it trained
+
+
+def test_a_loop_that_never_unscales_is_told_to_call_unscale_not_to_move_its_step():
+    # scaler.step() calls unscale_ itself: that is not a line of the loop's to move
+    (f,) = _examine(BUGGY["clip-scaled"]).findings
+    assert "Fix: call `scaler.unscale_(opt)` before" in f.message, f.message
+    assert "Fix: move" not in f.message
 
 
 def test_unused_parameters_says_what_ddp_does_and_counts_in_words():

@@ -17,7 +17,7 @@ from mahiax.debug import VERSION_ERROR
 from mahiax.doctor import sites
 from mahiax.doctor.explain import explain_common
 from mahiax.doctor.findings import KINDS, Finding, LoopError, compose, place
-from mahiax.doctor.records import BackwardCall, Held
+from mahiax.doctor.records import BackwardCall, ClipCall, Held
 from mahiax.doctor.watch import Watch
 from mahiax.units import format_bytes
 
@@ -117,6 +117,8 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
                 f"`{sites.code_text(m.file, m.line)}` writes in place ({m.op}){where} into "
                 f"a {s.describe()} tensor that {s.op} at {_at(s.file, s.line)} saved for "
                 "backward.", evidence, fix,
+                # the optimiser writing weights an old graph saved: lesson 06's subject
+                lesson=None if written_step is None else "06_finding_the_mutation",
             ), evidence={"writer": "code" if written_step is None else "optimizer",
                          "saved_step": saved_step, "tripped_step": tripper.step}))
     return found
@@ -464,11 +466,6 @@ def _clips(w: Watch) -> list[Finding]:
     found = []
     for c in w.clips:
         scale = f"{c.scale:g}" if c.scale is not None else "the scale"
-        norm = (f"It measured a gradient norm of {c.norm:.4g}, the true norm times {scale}, "
-                f"against max_norm={c.limit:g}: the gradients the optimiser applies are cut "
-                f"to norm {c.limit:g}/{scale}" + (f" = {c.limit / c.scale:.3g}"
-                                                     if c.scale else "") + ".") \
-            if c.norm is not None else ""
         scaler = sites.receiver(sites.code_text(*w.scale_site), "scale")
         opt = sites.first_argument(sites.code_text(*w.scaler_step_site), "step")
         clip = sites.code_text(c.file, c.line)
@@ -482,37 +479,80 @@ def _clips(w: Watch) -> list[Finding]:
             "clip-before-unscale",
             f"`{sites.code_text(c.file, c.line)}` ({c.function}) clipped {c.scaled} of "
             f"{_count(c.total, 'gradient')} while a GradScaler still multiplied them by {scale}.",
-            (norm + " " if norm else "") + _clip_effect(w), fix,
+            _clip_effect(w, c), fix,
         ), c.step))
     return found
 
 
-# optimisers whose update does not scale with the gradient (it is divided by a running
-# estimate of the gradient's own size): scaling every gradient by c leaves the step alone
+# optimisers whose update does not scale with the gradient (each coordinate is divided by a
+# running estimate of the gradient's own size): multiplying every step's gradient by one
+# factor c leaves the steps alone, as long as the gradient's entries stay well above eps
 _SCALE_INVARIANT = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad",
                     "Adadelta", "Adafactor", "SparseAdam")
 
 
-def _clip_effect(w: Watch) -> str:
-    """What clipping scaled gradients does, which depends on the optimiser."""
+def _clip_effect(w: Watch, c: ClipCall) -> str:
+    """What this clip did to the gradients the optimiser applied, in numbers where the clip
+    returned its norm, and what that does to the optimiser the loop uses (an SGD-like step
+    is proportional to the gradient; an Adam-like one ignores a factor common to every step).
+
+    ``clip_grad_norm_`` measured the *scaled* norm ``scale * g`` against ``max_norm``: above
+    it, it rescales the gradients to ``max_norm`` in scaled units, that is ``max_norm /
+    scale`` once ``scaler.step()`` unscales them, whatever ``g`` was; clipping after
+    ``unscale_`` gives ``min(g, max_norm)``."""
     types = set(w.scaled_optimizers)
     if w.optimizer is not None:
         types.add(type(w.optimizer))
     adaptive = {t.__name__ for t in types if any(
         k.__name__ in _SCALE_INVARIANT for k in t.__mro__)}
     plain = {t.__name__ for t in types} - adaptive
-    sgd = ("With SGD-like optimisers (the step is proportional to the gradient) every update "
-           "shrinks by that factor: no error, training just crawls.")
-    adam = ("With Adam-like optimisers (the update divides by the gradient's running size, "
-            "so a common factor cancels) training moves normally, but the clip threshold is "
-            "meaningless: the scaled norm is always above it, so every step is clipped by "
-            "whatever factor and a gradient spike is never cut: gradient clipping is silently "
-            "off.")
-    if adaptive and not plain:
-        return f"The optimiser is {', '.join(sorted(adaptive))}. {adam}"
-    if plain and not adaptive:
-        return f"The optimiser is {', '.join(sorted(plain))}. {sgd}"
-    return f"{sgd} {adam}"
+    which = (f"The optimiser is {', '.join(sorted(adaptive or plain))}. "
+             if bool(adaptive) != bool(plain) else "")
+    if c.function == "clip_grad_value_":
+        cut = (f"It compared each scaled entry with clip_value={c.limit:g}, so it clamped the "
+               f"true gradient's entries at {c.limit:g}/{c.scale:g} = {c.limit / c.scale:.3g}"
+               f" instead of {c.limit:g}." if c.scale else
+               f"It compared each scaled entry with clip_value={c.limit:g}, not the true one.")
+        sgd = ("With SGD-like optimisers (the step is proportional to the gradient) every "
+               "entry above that is cut to it: updates shrink, no error, training crawls.")
+        adam = ("With Adam-like optimisers (each coordinate's step is divided by the "
+                "gradient's running size) a factor common to every gradient would cancel, but "
+                "a clamp is not one: every entry above that bound is cut to it, an ordinary "
+                "step's as much as a spike's.")
+    elif c.norm is None or not c.scale:
+        cut = ""
+        sgd = ("With SGD-like optimisers (the step is proportional to the gradient) every "
+               "clipped update shrinks by the scale: no error, training just crawls.")
+        adam = ("With Adam-like optimisers a factor common to every step's gradient cancels "
+                "(as long as the entries stay well above the optimiser's eps), but the clip "
+                "rescales every step's gradient to one norm: not the clip max_norm asks for.")
+    else:
+        true, applied = c.norm / c.scale, c.limit / c.scale  # applied: once unscaled
+        right = min(true, c.limit)  # what the clip after unscale_ leaves
+        if c.norm <= c.limit:  # under the threshold: this clip changed nothing this time
+            return (f"It measured a gradient norm of {c.norm:.4g}, the true norm ({true:.4g}) "
+                    f"times {c.scale:g}, under max_norm={c.limit:g}, so it changed nothing at "
+                    f"step {c.step}; but it cuts only where the true norm exceeds "
+                    f"{c.limit:g}/{c.scale:g} = {c.limit / c.scale:.3g}, and then to that "
+                    f"norm, not to {c.limit:g}.")
+        cut = (f"It measured a gradient norm of {c.norm:.4g}, the true norm ({true:.4g}) times "
+               f"{c.scale:g}, against max_norm={c.limit:g}, so it rescaled the gradients to "
+               f"norm {c.limit:g}/{c.scale:g} = {applied:.3g} (once scaler.step() unscales "
+               f"them), where clipping after unscale_ gives min({true:.4g}, {c.limit:g}) = "
+               f"{right:.4g}. Every step whose true norm is above {c.limit:g}/{c.scale:g} is "
+               "rescaled to that same norm.")
+        sgd = ("With SGD-like optimisers (the step is proportional to the gradient) the "
+               f"update of step {c.step} is {right / applied:.6g} times smaller than with the "
+               "clip after unscale_: no error, training just crawls.")
+        adam = ("With Adam-like optimisers (each coordinate's step is divided by the "
+                "gradient's running size) that common factor cancels, as long as the "
+                "gradient's entries stay well above the optimiser's eps: training moves, but "
+                "the clip is not the one max_norm asks for: every step's gradient is rescaled "
+                "to the same norm, an ordinary step's as much as a spike's, so the optimiser "
+                "sees each step's direction and none of its size.")
+    effect = adam if adaptive and not plain else sgd if plain and not adaptive else \
+        f"{sgd} {adam}"
+    return " ".join(x for x in (cut, which + effect) if x)
 
 
 _MODE_EFFECT = {

@@ -7,6 +7,8 @@ watchers are installed there) and the observer called after every step (the step
 boundary). The harness catches the variant's error itself; the doctor keeps its type,
 message and step. The harness's own per-step record (``StepContext``) holds this step's
 loss for the clean reference; it is not the variant's code, so it is not named as a holder.
+The reference's own forward and backward (:meth:`~mahiax.bugs.harness.Reference.grads`) are
+not the variant's either: the watch looks away while they run.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def examine_entry(entry_id: str, variant: str = "buggy", steps: int | None = Non
 
     @contextlib.contextmanager
     def around(model) -> Iterator[object]:
-        w = Watch(model, ignore_types=(harness.StepContext,))
+        # the harness's clean reference takes a forward and backward of its own each step:
+        # not the variant's loop, so not counted among its backward passes
+        w = Watch(model, ignore_types=(harness.StepContext,),
+                  unwatched=((harness.Reference, "grads"),))
         watches.append(w)
         with w.active():
             w.begin_step(0)

@@ -144,6 +144,32 @@ def not_quiet(report: Report) -> Result:
     return Result(False, f"the doctor is not quiet yet: {said} (print(result.report))", report)
 
 
+def max_gap(a: nn.Module, b: nn.Module) -> float:
+    """The largest absolute difference between two models' parameters, in order."""
+    return max(float((p - q).detach().abs().max())
+               for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def unmoved(steps: int, what: str) -> str:
+    """What a checker says of a run whose weights are exactly where they started."""
+    return (f"The weights are exactly where they started after {steps} {what}: no optimiser "
+            "step changed them (a zero_grad() between backward() and step() leaves step() no "
+            "gradient to apply, for one).")
+
+
+def _what_differs(s: Stream) -> str:
+    """What the run measurably did otherwise than truncated backpropagation through time,
+    or, when nothing singles one out, the two things that reference does."""
+    if s.hidden is None:
+        return ("s.hidden is None after the last chunk: the hidden state must carry its "
+                "values to the next chunk; detach it, do not drop it.")
+    if max_gap(s.model, make_stream().model) == 0.0:
+        return unmoved(STEPS, "chunks")
+    return ("The reference starts each chunk from the previous chunk's hidden state (values "
+            "carried, graph cut) and applies each chunk's gradient once: zero_grad(), "
+            "backward(), step().")
+
+
 def check(train_step: Callable[[Stream, int], None]) -> Result:
     """Run ``train_step(s, i)`` for STEPS chunks under the doctor, then compare what it learned
     with truncated backpropagation through time from the same start."""
@@ -158,13 +184,11 @@ def check(train_step: Callable[[Stream, int], None]) -> Result:
     ref = make_stream()
     for i in range(STEPS):
         fixed_step(ref, i)
-    diff = max(float((a - b).detach().abs().max())
-               for a, b in zip(s.model.parameters(), ref.model.parameters(), strict=True))
+    diff = max_gap(s.model, ref.model)
     if s.hidden is None or diff > TOLERANCE:
         return Result(False, (
             "the doctor is quiet, but the model did not learn what it should: the weights "
-            f"differ from truncated backpropagation by up to {diff:.3g}. The hidden state "
-            "must carry its values to the next chunk (s.hidden); detach it, do not drop it."
+            f"differ from truncated backpropagation by up to {diff:.3g}. " + _what_differs(s)
         ), report)
     return Result(True, f"the doctor is quiet over {STEPS} chunks and the weights match "
                         "truncated backpropagation through time", report)

@@ -169,8 +169,10 @@ class LoopError:
         return asdict(self)
 
 
-def compose(kind: str, what: str, evidence: str, fix: str | None = None) -> str:
+def compose(kind: str, what: str, evidence: str, fix: str | None = None,
+            lesson: str | None = None) -> str:
     """A finding's message: what happened, the numbers, the fix (the kind's usual one unless
-    ``fix`` is given), the lesson."""
+    ``fix`` is given), the lesson (the kind's unless ``lesson`` is given: one case of a kind
+    can be another lesson's subject)."""
     k = KINDS[kind]
-    return f"{what} {evidence} Fix: {fix or k.fix}. Lesson: {k.lesson}."
+    return f"{what} {evidence} Fix: {fix or k.fix}. Lesson: {lesson or k.lesson}."

@@ -114,6 +114,8 @@ class _Sites(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if self.watch._blind:
+            return func(*args, **kwargs)
         if getattr(func, "__self__", None) is _DATA_DESCRIPTOR:
             if func.__name__ == "__set__":
                 self.watch._on_set_data(args[0])
@@ -144,9 +146,14 @@ class Watch(HeldScan):
     def __init__(self, model: nn.Module | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
                  scaler: Any = None, code: Callable | None = None,
-                 ignore_types: tuple[type, ...] = ()):
+                 ignore_types: tuple[type, ...] = (),
+                 unwatched: tuple[tuple[Any, str], ...] = ()):
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.ignore_types = ignore_types
+        # (owner, method name): calls that are not the loop's, run without being recorded
+        # (the catalog harness's clean reference model takes its own backward each step)
+        self.unwatched = unwatched
+        self._blind = 0  # > 0 while an unwatched call runs
         self.names: dict[int, str] = {}
         if model is not None:
             self.names = {id(m): f"model.{n}" if n else "model"
@@ -227,6 +234,7 @@ class Watch(HeldScan):
         self._backwards_this_step = 0
         self._repeat = False
         self._busy = False
+        self._in_scaler_step = 0  # > 0 while GradScaler.step runs (it calls unscale_ itself)
 
     # ---- lifetime ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -304,6 +312,8 @@ class Watch(HeldScan):
         def tensor_backward(original):
             def backward(self, gradient=None, retain_graph=None, create_graph=False,
                          inputs=None):
+                if watch._blind:
+                    return original(self, gradient, retain_graph, create_graph, inputs)
                 outer = not watch._in_backward  # not the torch-function re-dispatch
                 seen = watch._failed_count()
                 if outer:
@@ -319,6 +329,8 @@ class Watch(HeldScan):
 
         def autograd_backward(original):
             def backward(tensors, *args, **kwargs):
+                if watch._blind:
+                    return original(tensors, *args, **kwargs)
                 outer = not watch._in_backward
                 seen = watch._failed_count()
                 if outer:
@@ -372,8 +384,25 @@ class Watch(HeldScan):
         patch(scaler_cls, "scale", self._scale_wrapper)
         patch(scaler_cls, "unscale_", self._unscale_wrapper)
         patch(scaler_cls, "step", self._unscale_wrapper)
+        for owner, name in self.unwatched:
+            patch(owner, name, self._blind_wrapper)
+
+    def _blind_wrapper(self, original: Callable) -> Callable:
+        """``original``, run with every watcher looking away: not the loop's own call."""
+        watch = self
+
+        @functools.wraps(original)
+        def unwatched(*args, **kwargs):
+            watch._blind += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                watch._blind -= 1
+        return unwatched
 
     def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._blind:
+            return
         self._optimizer_mark = len(self.loc.mutations) if self.loc is not None else 0
         self._note_stale_step(optimizer)
         self.step_sites.setdefault(id(optimizer), sites.user_site())
@@ -383,6 +412,8 @@ class Watch(HeldScan):
         watch = self
 
         def zero_grad(owner, *args, **kwargs):
+            if watch._blind:
+                return original(owner, *args, **kwargs)
             file, line = sites.user_site()
             watch.events.append((len(watch.backwards), "zero_grad", file, line, watch.step))
             params = owner.parameters() if isinstance(owner, nn.Module) else \
@@ -398,6 +429,8 @@ class Watch(HeldScan):
         watch = self
 
         def train(module, mode=True):
+            if watch._blind:
+                return original(module, mode)
             outer = not watch._in_train_call
             watch._in_train_call += 1
             try:
@@ -418,7 +451,7 @@ class Watch(HeldScan):
         squash = _LOGIT_LOSSES[name]
 
         def loss(input, *args, **kwargs):
-            if isinstance(input, torch.Tensor) and torch.is_grad_enabled():
+            if isinstance(input, torch.Tensor) and torch.is_grad_enabled() and not watch._blind:
                 watch._check_loss_input(name, squash, input)
             return original(input, *args, **kwargs)
         return loss
@@ -454,6 +487,8 @@ class Watch(HeldScan):
     def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Note the writes into saved tensors that an optimiser's step made (the weights),
         and the gradients it applied (a later backward must not add to them)."""
+        if self._blind:
+            return
         self.optimizers[id(optimizer)] = weakref.ref(optimizer)
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -716,6 +751,8 @@ class Watch(HeldScan):
         watch = self
 
         def clip(parameters, *args, **kwargs):
+            if watch._blind:
+                return original(parameters, *args, **kwargs)
             params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
             file, line = sites.user_site()
             hit = [p for p in params if id(p) in watch._scaled_params and p.grad is not None]
@@ -752,9 +789,17 @@ class Watch(HeldScan):
             watch.scaled_optimizers.add(type(optimizer))
             if original.__name__ == "step" and not watch.scaler_step_site[0]:
                 watch.scaler_step_site = sites.user_site()
-            if original.__name__ == "unscale_" and not watch.unscale_site[0]:
+            # scaler.step() calls unscale_ itself when the loop did not: that is no unscale_
+            # line of the loop's own
+            if original.__name__ == "unscale_" and not watch.unscale_site[0] \
+                    and not watch._in_scaler_step:
                 watch.unscale_site = sites.user_site()
-            out = original(scaler, optimizer, *args, **kwargs)
+            stepping = original.__name__ == "step"
+            watch._in_scaler_step += stepping
+            try:
+                out = original(scaler, optimizer, *args, **kwargs)
+            finally:
+                watch._in_scaler_step -= stepping
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     watch._scaled_params.discard(id(p))

@@ -7,7 +7,7 @@
 # steps of *any* training loop under the lab's detectors and get back what is wrong, on which
 # line, with the numbers that show it and the fix. Three short loops a learner might write,
 # the summary's own fix, the bugs users report most, then your loop; two exercises. About
-# 25 minutes.
+# twenty-five minutes.
 #
 # **Context (read cold).** The lab's detectors were built for the summary's bugs: the
 # mutation locator (lesson 06) names the line that wrote into a saved tensor, the memory
@@ -39,6 +39,7 @@ from IPython.display import display
 from torch import nn
 
 from mahiax import bugs, doctor, lessons
+from mahiax.bugs.harness import harness_config
 from mahiax.bugs.outcome import graph_size  # nodes reachable from a tensor's grad_fn
 from mahiax.doctor import exercise, exercise_eval
 from mahiax.doctor.catalog import examine_entry
@@ -75,8 +76,17 @@ display(report)  # in a notebook the report is a table; print(report) gives text
 
 # %% [markdown]
 # The report names `total_loss += loss` and rewrites it: `total_loss += loss.item()`.
-# `total_loss` is a tensor with a `grad_fn` that reaches back to step 0.
-#
+# `total_loss` is a tensor with a `grad_fn` that reaches back to step 0; backward freed the
+# saved tensors of those graphs (the report says so), so here they hold no activations.
+
+# %%
+(carried,) = report.findings
+print(carried.kind, "|", "total_loss += loss.item()" in carried.message)
+assert report.kinds() == ["graph-carried-across-steps"]
+assert "total_loss += loss.item()" in carried.message
+assert "no saved tensors (backward freed them" in carried.message
+
+# %% [markdown]
 # **Predict.** How many autograd nodes does `total_loss` reach after each step: one more
 # each step, or more?
 
@@ -90,11 +100,21 @@ print("nodes total_loss reaches after each step:", sizes)
 print("added per step:", [b - a for a, b in zip(sizes, sizes[1:], strict=False)])
 
 # %% [markdown]
-# Each step adds its whole loss graph, not one node: the cell shows the count growing by
-# the same amount every step (the step's new nodes and the add; the parameters'
-# accumulators are shared). Backward already freed those nodes' saved tensors, so here
-# they cost little memory. When no backward runs through a kept graph, its saved tensors
-# stay too.
+# Each step adds its whole loss graph, not one node: the count grows by the same amount
+# every step. One step's loss graph alone, counted below, has that many nodes less the add
+# that joins it to the total, plus the parameters' `AccumulateGrad` nodes, which every
+# step's graph shares (so they are counted once).
+
+# %%
+one_loss = F.cross_entropy(model(torch.randn(32, 8)), torch.randint(0, 3, (32,)))
+n_params = len(list(model.parameters()))
+print(f"one step's loss graph: {graph_size(one_loss)} nodes, {n_params} of them the "
+      "parameters' accumulators")
+added = [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
+assert added == [graph_size(one_loss) - n_params + 1] * len(added)
+
+# %% [markdown]
+# When no backward runs through a kept graph, nothing frees its saved tensors.
 #
 # **Predict.** After each step, a validation pass forgets `torch.no_grad()` and keeps its
 # loss in a list. No backward ever runs through those graphs. What does the doctor measure?
@@ -113,14 +133,24 @@ def train_and_validate(i):
     val_losses.append(F.cross_entropy(model(vx), vy))
 
 
-print(doctor.examine(train_and_validate, steps=6, model=model, optimizer=opt))
+val_report = doctor.examine(train_and_validate, steps=6, model=model, optimizer=opt)
+print(val_report)
 
 # %% [markdown]
 # Every kept validation loss holds its step's activations, saved for a backward that never
-# comes: the saved bytes grow by the same amount every step, without bound in a long run.
-# `with torch.no_grad():` around the validation builds no graph at all; `.item()` keeps a
-# number.
-#
+# comes: the saved bytes grow every step (the report's MiB a step), without bound in a long
+# run. `with torch.no_grad():` around the validation builds no graph at all; `.item()`
+# keeps a number.
+
+# %%
+(kept,) = val_report.findings
+assert kept.kind == "graph-carried-across-steps" and "No backward() ever ran" in kept.message
+with torch.no_grad():
+    val_loss = F.cross_entropy(model(torch.randn(2048, 8)), torch.randint(0, 3, (2048,)))
+print("under no_grad: grad_fn", val_loss.grad_fn, "| .item():", type(val_loss.item()))
+assert val_loss.grad_fn is None
+
+# %% [markdown]
 # ## 2. A recurrent state carried across chunks
 #
 # **Predict.** A GRU reads a long sequence chunk by chunk and passes its hidden state on.
@@ -152,7 +182,15 @@ print(rnn_report)
 # time"), and its hint suggests `retain_graph=True`. The doctor keeps that error but points
 # at `out, hidden = gru(x, hidden)`: `hidden` still carries step 0's graph, which step 0's
 # backward freed. Fix: `hidden = hidden.detach()` (TBPTT). The exercise below is this bug.
-#
+
+# %%
+print(rnn_report.error.type, "at step", rnn_report.error.step, "|", rnn_report.kinds())
+assert rnn_report.error.step == 1
+assert "backward through the graph a second time" in rnn_report.error.message
+assert rnn_report.kinds() == ["graph-carried-across-steps"]
+assert "`out, hidden = gru(x, hidden)`" in rnn_report.findings[0].message
+
+# %% [markdown]
 # ## 3. Mixed precision, clipped too early
 #
 # The loop autocasts to float16, the dtype a `GradScaler` is for. (bfloat16 has float32's
@@ -182,13 +220,106 @@ amp_report = doctor.examine(amp_step, steps=4, model=amp_model, optimizer=amp_op
 print(amp_report)
 
 # %% [markdown]
-# The clip measured the gradient norm *times the scale* (65,536) against `max_norm=1`, so the
-# gradient the optimiser applied had norm 1/65,536 instead of the true norm (the measured
-# norm divided by the scale) (lesson 08). With SGD every update shrinks by that factor. With Adam or AdamW the update
-# divides by the gradient's own running size, so training moves normally, but the clip
-# always fires and never cuts a spike: clipping is silently off. The report says which, for
-# the optimiser it saw. Fix: `scaler.unscale_(opt)` before the clip.
-#
+# The clip measured the gradient norm *times the scale* (65,536) against `max_norm=1`, so it
+# rescaled the gradients to norm 1 in scaled units: 1/65,536 once `scaler.step` unscales
+# them, where the clip after `unscale_` gives min(true norm, 1). The report prints the true
+# norm and both figures (lesson 08). SGD's update is proportional to the gradient, so it is
+# that many times smaller: no error, training crawls. The report says what the clip does to
+# the optimiser it saw. Fix: `scaler.unscale_(amp_opt)` before the clip.
+
+# %%
+(clipped,) = amp_report.findings
+print(clipped.kind, "|", "norm 1/65536 = 1.53e-05" in clipped.message)
+assert amp_report.kinds() == ["clip-before-unscale"]
+assert "rescaled the gradients to norm 1/65536 = 1.53e-05" in clipped.message
+assert "Fix: call `scaler.unscale_(amp_opt)` before" in clipped.message
+
+# %% [markdown]
+# **Predict.** Adam divides each coordinate's step by the gradient's running size, so a
+# factor common to every step's gradient cancels. Does a clip before `unscale_` then do
+# nothing at all? The next cell trains one weight vector with Adam for 30 steps toward a
+# target; the loss of step 3 is 1000 times the others (one bad batch). Three runs with a
+# `GradScaler`: no clip, the clip after `unscale_`, the clip before it; a fourth, without a
+# scaler, divides every gradient by its own norm. Which rows look alike?
+
+# %%
+target = torch.tensor([-0.6, 0.4, 0.3, -0.4])  # (4,) the weights' target
+SPIKE, STEPS = 3, 30
+
+
+def adam_run(clip: str) -> tuple[list[float], float]:
+    """Adam on one weight vector (4,), from zeros. ``clip``: "none", "after unscale_",
+    "before unscale_" (with a GradScaler), or "each gradient / its norm" (no scaler).
+    Returns the norm of the gradient each step applied and the distance to the target."""
+    w = torch.zeros(4, requires_grad=True)
+    adam = torch.optim.Adam([w], lr=0.1)
+    amp = torch.amp.GradScaler("cpu")
+    norms = []
+    for i in range(STEPS):
+        loss = 0.5 * (w - target).pow(2).sum() * (1000.0 if i == SPIKE else 1.0)
+        adam.zero_grad()
+        if clip == "each gradient / its norm":
+            loss.backward()
+            with torch.no_grad():
+                w.grad /= w.grad.norm()
+            adam.step()
+        else:
+            amp.scale(loss).backward()
+            if clip == "after unscale_":
+                amp.unscale_(adam)
+            if clip != "none":
+                torch.nn.utils.clip_grad_norm_([w], 1.0)
+            amp.step(adam)  # unscales .grad in place first, unless unscale_ ran
+            amp.update()
+        norms.append(w.grad.norm().item())  # the gradient this step applied
+    return norms, (w - target).norm().item()
+
+
+runs = {clip: adam_run(clip) for clip in
+        ("none", "after unscale_", "before unscale_", "each gradient / its norm")}
+for clip, (norms, dist) in runs.items():
+    print(f"clip {clip:24} applied gradient norm, steps 0-5: "
+          f"{' '.join(f'{n:.3g}' for n in norms[:6])} | distance to target {dist:.4f}")
+
+# %% [markdown]
+# The clip before `unscale_` is not off: every step's applied gradient has the same norm,
+# 1/65,536 (1.53e-05 in its row), the spike's and the ordinary steps' alike. Adam cancels
+# that common factor, so the run ends where Adam on gradients each divided by its own norm
+# ends, with no scaler at all (the last row). With Adam, clipping scaled gradients turns
+# into normalising every step's gradient: training moves, but it is not the clip
+# `max_norm=1` asks for, which leaves the ordinary steps as they are and cuts only the spike
+# to norm 1 (the second row). Here the run without a clip ends farthest from the target.
+
+# %%
+none_norms, none_dist = runs["none"]
+right_norms, right_dist = runs["after unscale_"]
+scaled_norms, scaled_dist = runs["before unscale_"]
+assert all(abs(n * 65536 - 1) < 1e-3 for n in scaled_norms)  # every step, spike or not
+assert abs(scaled_dist - runs["each gradient / its norm"][1]) < 1e-3
+assert abs(right_norms[SPIKE] - 1) < 1e-5 and right_norms[:SPIKE] == none_norms[:SPIKE]
+assert none_dist > max(right_dist, scaled_dist)
+
+# %% [markdown]
+# "Cancels" holds up to Adam's `eps` (1e-8 by default), which Adam adds to the root of its
+# running average of squared gradients before it divides. Above, the norm 1/65,536 is shared
+# by 4 entries of about 7.6e-6, far above `eps`. A model with a million weights shares it
+# among a million entries of about 1.5e-8, the size of `eps`, and the step shrinks. One Adam
+# step from a gradient of norm 1 and of norm 1/65,536, on 4 and on a million weights, as a
+# fraction of `lr * sqrt(n)` (the first step's norm when `eps` is negligible):
+
+# %%
+print("Adam's default eps:", torch.optim.Adam([torch.zeros(1)]).defaults["eps"])
+for n in (4, 1_000_000):
+    g = torch.randn(n)  # (n,) one direction, two norms
+    for norm in (1.0, 1 / 65536):
+        p = torch.zeros(n, requires_grad=True)
+        one_step = torch.optim.Adam([p], lr=0.1)
+        p.grad = g * (norm / g.norm())  # (n,)
+        one_step.step()
+        print(f"{n:>9,} weights, gradient norm {norm:.3g} (entries ~{norm / n ** 0.5:.2g}): "
+              f"first step {p.detach().norm() / (0.1 * n ** 0.5):.3f} of lr * sqrt(n)")
+
+# %% [markdown]
 # ## 4. The summary's own fix, examined
 #
 # The summary cured "backward through the graph a second time" with `retain_graph=True` on
@@ -208,12 +339,26 @@ lessons.verdict_report(v_retain)
 
 # %% [markdown]
 # **Expected verdict** on the summary's fix for `retain-graph`: **hides-the-error**. The
-# doctor says why, in one report: the graph carried by the memory nodes grows every step,
-# several backward passes walk one graph, and once the optimiser changes a weight an old
-# graph saved, the in-place error comes back at `ctx.optimizer.step()`. That line is not the
-# one to change: the optimiser writing its weights is its job; the report says so and points
-# at what keeps the old graph alive.
-#
+# doctor says why, in one report: the graph carried by the memory nodes grows every step;
+# the loop calls `backward()` once per task loss, and those passes walk one graph; and once
+# the optimiser has changed weights an old graph saved, the next backward through that
+# graph raises the in-place error. The report names `ctx.optimizer.step()`, where the
+# in-place write happened. That line is not the one to change: the optimiser writing its
+# weights is its job; the report says so and points at what keeps the old graph alive.
+
+# %%
+tasks = len(harness_config().tasks)
+per_loss = next(f for f in summary_report.findings if f.kind == "backward-per-loss")
+written = next(f for f in summary_report.findings if f.kind == "inplace-on-saved")
+print(f"{tasks} task losses | error at step {summary_report.error.step} | "
+      f"write named at: {written.where}")
+assert sorted(summary_report.kinds()) == [
+    "backward-per-loss", "graph-carried-across-steps", "inplace-on-saved"]
+assert f"{tasks} backward() calls in step 0" in per_loss.message
+assert "modified by an inplace operation" in summary_report.error.message
+assert "The writer is the optimiser" in written.message
+
+# %% [markdown]
 # The verdict's growth (nodes a step) and the doctor's (`+N a step`) are two counts of one
 # trend, so they differ a little: the verdict counts every node reachable from the step's
 # total loss, from step 1 on; the doctor counts the largest graph behind one `backward()`
@@ -270,12 +415,16 @@ print(habits_report)
 # - `nn.Softmax(dim=1)`: `cross_entropy` applies `log_softmax` itself, so it sees the softmax
 #   of a softmax.
 #
-# The cell checks the kinds against the report:
+# The cell checks the kinds against the report, and what `cross_entropy` computes:
 
 # %%
 print(sorted(habits_report.kinds()))
 assert sorted(habits_report.kinds()) == [
     "eval-mode-training", "grads-not-zeroed", "probabilities-into-loss"]
+z, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])  # logits (4, 3), classes (4,)
+same = torch.allclose(F.cross_entropy(z, labels), F.nll_loss(F.log_softmax(z, dim=1), labels))
+print("cross_entropy(z, y) == nll_loss(log_softmax(z), y):", same)
+assert same
 
 # %% [markdown]
 # ## 6. Your loop
@@ -348,7 +497,10 @@ assert result.holds
 
 # %%
 for name in ("band-aid: retain_graph=True", "band-aid: reset the hidden state every chunk"):
-    print(f"{name}: {exercise.check(exercise.candidates()[name])}")
+    band_aid = exercise.check(exercise.candidates()[name])
+    error = band_aid.report.error
+    print(f"{name}: {band_aid}" + (f"\n  the loop raised {error.type} at step {error.step}"
+                                   if error is not None else ""))
 
 # %% [markdown]
 # ## Exercise 2
@@ -441,19 +593,19 @@ for name, candidate in exercise_eval.candidates().items():
 #
 #    Because the doctor only sees misuse of autograd. Starting every chunk from `None` has
 #    none (no graph crosses steps) but trains a different model, one with no memory across
-#    chunks. The reference (TBPTT from the same start) tells the two apart: its weights
-#    differ by about 0.02 after 6 chunks.
+#    chunks. The reference (TBPTT from the same start) tells the two apart: after 6 chunks
+#    the weights differ from it by the figure the band-aids cell prints.
 #
 #    </details>
 #
-# 4. The doctor slows a step down several times (`make bench` reports by how much). When do
-#    you run it?
+# 4. The doctor watches every tensor operation, backward and optimiser step of the loop, so
+#    each step runs slower under it (`make bench` measures by how much). When do you run it?
 #
 #    <details><summary>Answer</summary>
 #
 #    For a few steps, when a loop is new or when something is off (an error, memory that
-#    grows, a loss that will not fall), as with anomaly mode or the mutation locator: most
-#    findings show at step 0 or 1, growth after 3 steps. Not for a whole run.
+#    grows, a loss that will not fall), as with anomaly mode or the mutation locator: every
+#    report in this lesson came from 8 steps or fewer. Not for a whole run.
 #
 #    </details>
 #

@@ -631,7 +631,8 @@ for name, candidate in exercise_eval.candidates().items():
 # - Each finding names the line of *your* code to change, the evidence in numbers, the fix
 #   and the lesson: in-place writes into saved tensors (02, 06), `.data` writes autograd
 #   cannot see (03a), graphs carried across steps and growing (03a, 04, 05), one backward
-#   per loss and `retain_graph=True` (04), clipping before `unscale_` (08), parameters that
+#   per loss and `retain_graph=True` (04), clipping before `unscale_` (08: under Adam it
+#   normalises every step's gradient, it does not switch clipping off), parameters that
 #   never get a gradient (09), state that requires grad; and the bugs users report most:
 #   eval mode left on by a validation, gradients never reset, probabilities into a logit
 #   loss, a loss cut from the parameters, an optimiser built before the model changed, a

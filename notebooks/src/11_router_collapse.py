@@ -135,7 +135,8 @@ go.Figure(go.Heatmap(z=heat, x=steps, y=list(range(E)), colorscale="Viridis",
 # %% [markdown]
 # MaxVio starts high (already at step 0: the Reconstruction below says why) and climbs
 # toward the ceiling: one bright row in the heatmap, an expert in almost every token's pair,
-# and dark rows of experts that get (nearly) nothing; an expert dies. The figures:
+# and the other rows dark beside it (the median expert gets less than the mean load); an
+# expert dies. The figures:
 
 # %%
 vio, dead = series["max_vio"], series["dead"]
@@ -249,7 +250,7 @@ D = 32
 router = torch.nn.Linear(D, E, bias=False)  # weight (E, D), like the model's router
 tokens = torch.randn(N, D) + 3.0 * torch.nn.functional.normalize(torch.randn(D), dim=0)
 probs = torch.softmax(router(tokens), dim=-1)  # (N, E)
-ids = torch.topk(probs, K, dim=-1).indices  # (N, K) integers: no gradient
+ids = torch.topk(probs, K, dim=-1).indices  # (N, K) expert ids
 f = torch.bincount(ids.reshape(-1), minlength=E) / ids.numel()  # (E,) fraction of choices
 P = probs.mean(dim=0)  # (E,) mean probability
 print("f requires grad:", f.requires_grad, "| P requires grad:", P.requires_grad)

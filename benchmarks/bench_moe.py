@@ -55,7 +55,7 @@ MIXTRAL = "mixtral eager"
 MIXTRAL_GROUPED = "mixtral grouped_mm"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Size:
     """One benchmarked shape of the MoE layer."""
 

@@ -72,7 +72,7 @@ TIE = 0.05  # two arms within 5% of each other: neither is called faster
 HOT = 0  # the one-hot routing's expert
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Shape:
     """The MoE layer's shape; the token count varies along the matrix."""
 
@@ -86,16 +86,17 @@ class Shape:
     def size(self, tokens: int) -> bm.Size:
         if tokens % self.seq:
             raise ValueError(f"tokens={tokens} must be a multiple of seq={self.seq}")
-        return bm.Size(self.name, tokens // self.seq, self.seq, self.d_model, self.hidden,
-                       self.experts, self.top_k)
+        return bm.Size(name=self.name, batch=tokens // self.seq, seq=self.seq,
+                       d_model=self.d_model, hidden=self.hidden,
+                       experts=self.experts, top_k=self.top_k)
 
     def label(self) -> str:
         return (f"{self.name}: D={self.d_model}, H={self.hidden}, E={self.experts}, "
                 f"K={self.top_k}, T={self.seq}")
 
 
-TEACHING = Shape("teaching", d_model=64, hidden=128, experts=8, top_k=2, seq=32)
-MEDIUM = Shape("medium", d_model=256, hidden=512, experts=8, top_k=2, seq=64)
+TEACHING = Shape(name="teaching", d_model=64, hidden=128, experts=8, top_k=2, seq=32)
+MEDIUM = Shape(name="medium", d_model=256, hidden=512, experts=8, top_k=2, seq=64)
 # shape -> {tokens: rounds}. Fewer rounds where a call is long; the medium shape stops at
 # 4,096 tokens (16,384 would take ~80 s per routing at one thread). About 3.5 minutes in all
 # on this lab's 2-core CPU while other work shares it (2 m 44 s with 2 rounds fewer at the
@@ -183,7 +184,7 @@ class ForcedRouter(nn.Module):
         self.last_ids = ids
         if self.mixtral:
             return logits, weights, ids
-        return RouterOutput(logits, probs, weights, ids)
+        return RouterOutput(logits=logits, probs=probs, weights=weights, ids=ids)
 
 
 def build_forced_arms(size: bm.Size, ids: torch.Tensor, weights: torch.Tensor,

@@ -94,7 +94,8 @@ class TrainArm:
         """One training step; returns its seconds (batch made before the clock starts)."""
         t = self.trainer
         batch = t.data.batch(self.step_num)
-        ctx = StepContext(t.model, t.weighting, t.optimizer, batch, self.step_num, t.config)
+        ctx = StepContext(model=t.model, weighting=t.weighting, optimizer=t.optimizer, batch=batch,
+                          step=self.step_num, config=t.config)
         t0 = time.perf_counter()
         t.model.train()
         self.loop(ctx)

@@ -70,7 +70,7 @@ def log(message: str) -> None:
 # --- the report: sections written as they finish -------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Section:
     """One part of the report: its verdict (``ok``, ``failed``, ``skipped``), what it found."""
 
@@ -113,7 +113,7 @@ class Report:
     @contextlib.contextmanager
     def section(self, name: str, title: str) -> Iterator[Section]:
         """Run one section: its exception is recorded, never raised; the report is written."""
-        s = self.sections[name] = Section(name, title)
+        s = self.sections[name] = Section(name=name, title=title)
         log(f"{title} ...")
         t0 = time.perf_counter()
         try:
@@ -172,7 +172,7 @@ def _mb(n: float | None) -> str:
 # --- what every section shares ---------------------------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Context:
     device: torch.device  # cuda:N, or cpu for a dry run
     quick: bool  # dry run sizes: a few steps, a few rounds
@@ -725,7 +725,7 @@ def moe_section(ctx: Context, s: Section) -> None:
     sizes = [bm.Size.of("teaching", teaching())]
     if not ctx.quick:
         sizes += [bm.Size.of("medium", medium()),
-                  bm.Size("large", batch=16, seq=512, d_model=1024, hidden=2816, experts=8,
+                  bm.Size(name="large", batch=16, seq=512, d_model=1024, hidden=2816, experts=8,
                           top_k=2)]
     rounds = 2 if ctx.quick else 20
     names = [bm.FLOOR, bm.OURS, bm.MIXTRAL, bm.MIXTRAL_GROUPED, bm.SUMMARY, bm.PER_TOKEN]
@@ -1046,7 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device {args.device!r}: use cuda, cuda:N or cpu")
     out = (args.out or ROOT / "test-artifacts" / "gpu-check").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(device, args.quick, out, time.monotonic() + args.budget_s)
+    ctx = Context(device=device, quick=args.quick, out=out,
+                  deadline=time.monotonic() + args.budget_s)
     command = "python -m benchmarks.gpu_check " + " ".join(argv if argv is not None
                                                           else sys.argv[1:])
     report = run_all(ctx, command.strip(), only)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 LAST_STEP = re.compile(rb"last step (\d+)")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ViewerStats:
     """What one viewer saw."""
 

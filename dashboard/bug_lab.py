@@ -42,7 +42,7 @@ def unique_name(base: str, taken: set[str]) -> str:
     return f"{base}-{n}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VariantSet:
     """One request's three runs of an entry (variant -> run name, and its ticket for a core),
     shared by every session of the server that asks for the same entry while it runs."""
@@ -87,7 +87,8 @@ def request_variants(path: str, entry_id: str, steps: int,
             tickets[variant] = runs.start_run(path, runs.RunRequest(
                 name=name, steps=steps, bug=entry_id, variant=variant))
             names[variant] = name
-        made = _sets[(path, entry_id)] = VariantSet(entry_id, steps, names, tickets)
+        made = _sets[(path, entry_id)] = VariantSet(entry_id=entry_id, steps=steps, names=names,
+                                                    tickets=tickets)
         return made, True
 
 

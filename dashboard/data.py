@@ -63,7 +63,7 @@ def run_info(path: str, name: str) -> dict:
     return get_reader(path).run(name)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Series:
     """What the server holds of one run, for every session: scalars, vectors and snapshots
     read so far, and the run's ``last_step`` when each was last read (``read_at``): a kind is

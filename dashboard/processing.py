@@ -48,7 +48,7 @@ def to_mib(df: pd.DataFrame) -> pd.DataFrame:
     return df / MIB
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Pca:
     """A 2-D PCA: ``mean`` (D,) and ``components`` (2, D), fitted once on every snapshot so
     that frames of different steps share one projection and can be compared."""
@@ -227,7 +227,7 @@ MEMORY_CATEGORIES = {
 MEMORY_TOTALS = {mk.MEM_TOTAL: "total", mk.MEM_PEAK: "peak", mk.MEM_RESERVED: "reserved"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MemoryByCategory:
     """A run's memory split for a stacked chart, in MiB (2^20 bytes), index step.
 
@@ -255,7 +255,7 @@ def memory_by_category(df: pd.DataFrame) -> MemoryByCategory:
     A run recorded before memory was logged by category gives an empty ``stacked``."""
     present = [k for k in MEMORY_CATEGORIES if k in df.columns and df[k].notna().any()]
     if not present:
-        return MemoryByCategory(pd.DataFrame(), pd.DataFrame(), [])
+        return MemoryByCategory(stacked=pd.DataFrame(), totals=pd.DataFrame(), sparse=[])
     measured = df[present].notna().any(axis=1)
     rows = df.loc[measured]
     dense = [k for k in present if rows[k].notna().all()]
@@ -269,7 +269,8 @@ def memory_by_category(df: pd.DataFrame) -> MemoryByCategory:
     if sparse:
         rarest = min((k for k in present if k not in dense), key=lambda k: rows[k].count())
         sparse_every = usual_gap(rows.index[rows[rarest].notna()])
-    return MemoryByCategory(stacked, totals, sparse, sparse_every, usual_gap(stacked.index))
+    return MemoryByCategory(stacked=stacked, totals=totals, sparse=sparse,
+                            sparse_every=sparse_every, every=usual_gap(stacked.index))
 
 
 def usual_gap(steps: pd.Index) -> int | None:

@@ -36,7 +36,7 @@ _children: dict[int, subprocess.Popen] = {}  # processes this app started: reape
 _queued: dict[tuple[str, str], slots.Ticket] = {}  # (store, name) -> ticket, while it waits
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRequest:
     """What the sidebar form asks for; ``bug`` set trains that catalog entry's variant."""
 

@@ -34,7 +34,7 @@ def cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Ticket:
     """One process to run: waiting (``proc`` None), then running, then ended."""
 
@@ -81,7 +81,7 @@ def limit() -> int:
 def submit(key: str, launch: Callable[[], subprocess.Popen]) -> Ticket:
     """Queue ``launch``; it runs at once when a slot is free. An OSError of the launch is
     raised here when it runs at once, and kept in ``ticket.error`` when it ran later."""
-    ticket = Ticket(key, launch)
+    ticket = Ticket(key=key, launch=launch)
     with _lock:
         _waiting.append(ticket)
         _fill()

@@ -36,7 +36,7 @@ _jobs: dict[str, VerdictJob] = {}  # entry id -> its job (running, measured or f
 _workdir: Path | None = None  # where the jobs' output goes, made on first use
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VerdictJob:
     """One measurement of an entry's verdict: waiting for a free core (``slots``), then
     measured in process ``pid``."""
@@ -110,7 +110,8 @@ def _start(entry_id: str) -> VerdictJob:
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     env=slots.child_env())
 
-    return VerdictJob(entry_id, slots.submit(f"verdict:{entry_id}", launch), out, err)
+    return VerdictJob(entry_id=entry_id, ticket=slots.submit(f"verdict:{entry_id}", launch),
+                      out=out, err=err)
 
 
 def _poll(job: VerdictJob) -> None:

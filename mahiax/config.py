@@ -42,7 +42,7 @@ DEVICES = ("cpu", "cuda", "auto")
 BALANCES = ("aux", "bias", "none")  # see mahiax.moe.MixtureOfExperts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MahiaConfig:
     """Everything a run needs; defaults train 300 steps in seconds on 2 CPU cores."""
 

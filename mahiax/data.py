@@ -17,7 +17,7 @@ from mahiax.config import MahiaConfig
 from mahiax.tasks import MODIFIER_KEYS, NEGATIVE_KEYS, POSITIVE_KEYS, RESERVED
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Batch:
     """One batch: token ids, tabular features and one target tensor per task."""
 
@@ -28,15 +28,15 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         """The same batch on ``device``."""
         return Batch(
-            self.tokens.to(device),
-            self.tabular.to(device),
-            {k: v.to(device) for k, v in self.targets.items()},
+            tokens=self.tokens.to(device),
+            tabular=self.tabular.to(device),
+            targets={k: v.to(device) for k, v in self.targets.items()},
         )
 
     def rows(self, start: int, stop: int) -> Batch:
         """Samples ``[start, stop)``: one rank's shard of a global batch."""
-        return Batch(self.tokens[start:stop], self.tabular[start:stop],
-                     {k: v[start:stop] for k, v in self.targets.items()})
+        return Batch(tokens=self.tokens[start:stop], tabular=self.tabular[start:stop],
+                     targets={k: v[start:stop] for k, v in self.targets.items()})
 
     @property
     def size(self) -> int:
@@ -104,4 +104,4 @@ class SyntheticMultiTask:
             score = (tab[:, 4] + tab[:, 5] - tab[:, 6]) / math.sqrt(3) + 1.5 * has_mod - 0.75
             targets["mixed"] = (score > 0).long()
         targets = {t: targets[t] for t in c.tasks}
-        return Batch(tokens, tab, targets)
+        return Batch(tokens=tokens, tabular=tab, targets=targets)

@@ -67,7 +67,7 @@ _SKIP_EXACT = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SavedTensor:
     """A tensor autograd saved for backward, and where that happened."""
 
@@ -85,7 +85,7 @@ class SavedTensor:
         return f"{dtype}{list(self.shape)}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Mutation:
     """An in-place write to the storage of a saved tensor that backward will still read."""
 
@@ -226,7 +226,8 @@ class MutationLocator:
     def _pack(self, t: torch.Tensor) -> Any:
         owner = self._node_seq()  # autograd creates a node before saving into it
         module, file, line = self._site()
-        info = SavedTensor(tuple(t.shape), t.dtype, t._version, "an op", module, file, line,
+        info = SavedTensor(shape=tuple(t.shape), dtype=t.dtype, version=t._version, op="an op",
+                           module=module, file=file, line=line,
                            node_seq=owner)
         if owner == self._last_seq:  # the op already ran: an output saved after the kernel
             info.op = self._last_op
@@ -311,8 +312,9 @@ class MutationLocator:
             return
         newest = broken[-1]
         module, file, line = self._site()
-        m = Mutation(op, module, file, line, newest.info, len(broken) - 1,
-                     newest.tensor._version, weight=t.is_leaf and t.requires_grad,
+        m = Mutation(op=op, module=module, file=file, line=line, saved=newest.info,
+                     also=len(broken) - 1,
+                     version_before=newest.tensor._version, weight=t.is_leaf and t.requires_grad,
                      node_seq=torch._C._autograd._get_sequence_nr())
         self.mutations.append(m)
         self._unsettled.append((m, weakref.ref(newest)))
@@ -363,7 +365,7 @@ def _storage_key(t: torch.Tensor) -> int | None:
     return storage.data_ptr() if storage.nbytes() else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _OpInfo:
     name: str  # "aten.copy_"
     foreach: bool  # an aten._foreach_* op
@@ -379,7 +381,7 @@ def _op_info(func: Any) -> _OpInfo:
         if a.alias_info is not None and a.alias_info.is_write
     )
     name = str(func.overloadpacket)
-    return _OpInfo(name, name.startswith("aten._foreach_"), written)
+    return _OpInfo(name=name, foreach=name.startswith("aten._foreach_"), written=written)
 
 
 def _written_tensors(func: Any, args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
@@ -425,7 +427,7 @@ def locate_mutations(model: nn.Module | None = None) -> Iterator[MutationLocator
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AnomalyReport:
     """Anomaly mode's forward traceback for a failing backward, and the error itself."""
 

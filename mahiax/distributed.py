@@ -25,7 +25,7 @@ import torch.distributed as dist
 from mahiax.errors import BadInput
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DistInfo:
     """Where this process stands in the group."""
 

@@ -21,7 +21,7 @@ from torch import nn
 from mahiax.dtypes import at_least_fp32
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerRouting:
     """Which blocks each sample runs through, with what weight."""
 
@@ -59,7 +59,8 @@ class DynamicLayerRouter(nn.Module):
         """The routing decision for x (B, D)."""
         probs = torch.softmax(at_least_fp32(self.gate(x)), dim=-1)  # (B, L)
         top_p, ids = torch.topk(probs, self.top_k, dim=-1)  # (B, K)
-        return LayerRouting(probs, ids, top_p / top_p.sum(dim=-1, keepdim=True), top_p)
+        return LayerRouting(probs=probs, ids=ids, weights=top_p / top_p.sum(dim=-1, keepdim=True),
+                            topk_probs=top_p)
 
     def mix(self, x: torch.Tensor, blocks: nn.ModuleList, routing: LayerRouting) -> torch.Tensor:
         """x + sum_k w_k * block_{id_k}(x), per sample, out of place. x (B, D) -> (B, D).

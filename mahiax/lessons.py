@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Caught:
     """The exception a block raised (``None`` until it has, and when it ran clean): filled
     by :func:`expect_error` and :func:`attempt`."""

@@ -29,7 +29,7 @@ from mahiax.tasks import TASKS
 from mahiax.validation import check_inputs, check_targets
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Encoded:
     """Fused features of one forward, plus what the losses and telemetry need."""
 
@@ -48,7 +48,7 @@ class Encoded:
         return config.aux_loss_coef * self.aux_loss + config.z_loss_coef * self.z_loss
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelState:
     """The model's state between steps, copied (N ``memory_nodes``, S ``tiny_slots``, L
     ``fabric_layers``): what probes and the dashboard read, without reaching into modules."""
@@ -143,7 +143,8 @@ class HybridEfficientModel(nn.Module):
         x = self.fuse_norm(F.gelu(self.fuse(torch.cat([text, tab], dim=-1))))  # (B, D)
         x, layers = self.fabric(x)  # (B, D)
         x = self.out_norm(x + self.graph_memory(x) + self.tiny_memory(x))  # (B, D)
-        return Encoded(x, moe.aux_loss, moe.z_loss, moe.router, layers)
+        return Encoded(features=x, aux_loss=moe.aux_loss, z_loss=moe.z_loss, router=moe.router,
+                       layers=layers)
 
     def heads_forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every task's output from fused features (B, D): logits (B, C) or values (B,)."""

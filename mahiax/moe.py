@@ -31,7 +31,7 @@ from mahiax.config import BALANCES
 from mahiax.dtypes import at_least_fp32
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RouterOutput:
     """What the router decided, with everything telemetry and the aux losses need."""
 
@@ -41,7 +41,7 @@ class RouterOutput:
     ids: torch.Tensor  # (N, K) int64 expert ids, best first
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MoEOutput:
     """Output of :class:`MixtureOfExperts`; the losses carry graph for this step only."""
 
@@ -74,7 +74,7 @@ class TopKRouter(nn.Module):
         else:
             top_p, ids = self.select(probs, bias, self.top_k)  # (N, K), (N, K)
         weights = top_p / top_p.sum(dim=-1, keepdim=True)  # (N, K) renormalised
-        return RouterOutput(logits, probs, weights, ids)
+        return RouterOutput(logits=logits, probs=probs, weights=weights, ids=ids)
 
 
 def biased_top_k(probs: torch.Tensor, bias: torch.Tensor,
@@ -288,7 +288,7 @@ class MixtureOfExperts(nn.Module):
                 self.staged = {"tokens_per_expert": load}
                 if self.expert_bias is not None:
                     self.staged["bias_flipped"] = flipped_choices(r.probs, r.ids, self.top_k)
-        return MoEOutput(y.reshape(shape), aux, z, r)
+        return MoEOutput(hidden=y.reshape(shape), aux_loss=aux, z_loss=z, router=r)
 
     @torch.no_grad()
     def commit(self) -> None:

@@ -35,7 +35,7 @@ def make_optimizer(params: list[torch.nn.Parameter], config: MahiaConfig) -> tor
                              foreach=True)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Objective:
     """One forward's loss: what is backpropagated, and its parts."""
 
@@ -58,10 +58,10 @@ def objective(
     losses, enc = model.losses(batch, autocast)  # (K,)
     weights = weighting.weights().detach().clone()  # (K,)
     total = weighting.combine(losses) + enc.router_loss(model.config)
-    return Objective(total, losses, weights, enc)
+    return Objective(total=total, losses=losses, weights=weights, encoded=enc)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Shared:
     """What :func:`finish_step` returns: the step's figures over the global batch."""
 
@@ -101,4 +101,4 @@ def finish_step(
     if ranks > 1:
         mean = [t / ranks for t in mean]
     weighting.update(mean[0])
-    return Shared(mean[0], mean[1] if figures is not None else None)
+    return Shared(losses=mean[0], figures=mean[1] if figures is not None else None)

@@ -22,7 +22,7 @@ MODIFIER_KEYS = (9, 10)
 RESERVED = 16  # ids below this are never drawn as filler
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """What a task predicts, and the smallest inputs it can be generated for."""
 
@@ -42,16 +42,16 @@ class TaskSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "keywords": TaskSpec(
-        "keywords", "classification", 2,
-        "majority of positive vs negative key tokens in the text", min_seq_len=6,
+        name="keywords", kind="classification", num_classes=2,
+        description="majority of positive vs negative key tokens in the text", min_seq_len=6,
     ),
     "tabular": TaskSpec(
-        "tabular", "regression", 1,
-        "sin(2 x0) + 0.5 x1 x2 + 0.25 x3^2 from the tabular features", min_tab_dim=4,
+        name="tabular", kind="regression", num_classes=1,
+        description="sin(2 x0) + 0.5 x1 x2 + 0.25 x3^2 from the tabular features", min_tab_dim=4,
     ),
     "mixed": TaskSpec(
-        "mixed", "classification", 2,
-        "sign of x4 + x5 - x6 shifted by a modifier token in the text",
+        name="mixed", kind="classification", num_classes=2,
+        description="sign of x4 + x5 - x6 shifted by a modifier token in the text",
         min_tab_dim=7, min_seq_len=6,
     ),
 }

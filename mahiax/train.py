@@ -61,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepRecord:
     """What one step did: the row a logger or the run store writes."""
 

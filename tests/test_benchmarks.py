@@ -25,8 +25,8 @@ from mahiax.moe import ExpertRouter
 
 # both goal-bearing size names, at shapes that run in milliseconds
 TINY_SIZES = {
-    "teaching": Size("teaching", batch=2, seq=6, d_model=8, hidden=12, experts=4, top_k=2),
-    "medium": Size("medium", batch=3, seq=4, d_model=16, hidden=24, experts=4, top_k=1),
+    "teaching": Size(name="teaching", batch=2, seq=6, d_model=8, hidden=12, experts=4, top_k=2),
+    "medium": Size(name="medium", batch=3, seq=4, d_model=16, hidden=24, experts=4, top_k=1),
 }
 
 
@@ -236,7 +236,7 @@ def test_lessons_benchmark_refuses_an_unknown_lesson(tmp_path):
 
 # --- the MoE matrix under forced routings (issue 16) -------------------------------------
 
-TINY_SHAPE = bench_moe_matrix.Shape("tiny", d_model=8, hidden=12, experts=4, top_k=2, seq=16)
+TINY_SHAPE = bench_moe_matrix.Shape(name="tiny", d_model=8, hidden=12, experts=4, top_k=2, seq=16)
 
 
 def test_moe_matrix_is_registered_right_after_moe():

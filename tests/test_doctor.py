@@ -266,7 +266,7 @@ def test_bad_arguments_are_refused_with_what_is_allowed():
     with pytest.raises(BadInput, match="torch.nn.Module"):
         doctor.examine(loop.step, 2, model=loop.optimizer)
     with pytest.raises(ValueError, match="unknown finding kind"):
-        doctor.Finding("leak", "", 0, "")
+        doctor.Finding(kind="leak", file="", line=0, message="")
 
 
 # ---- the command line ---------------------------------------------------------------------------

@@ -367,7 +367,7 @@ def test_accounting_leaves_every_catalog_error_unchanged(monkeypatch, eid):
     on = {v: out for v, out in on.items() if out.error_type is not None}
 
     def off(self, model, optimizer=None, graph=None, full=False):
-        return MemoryCategories("cpu", "CPU", 0, 0, 0, 0)
+        return MemoryCategories(device="cpu", label="CPU", params=0, grads=0, optimizer=0, saved=0)
 
     monkeypatch.setattr(MemoryMeter, "categories", off)
     for variant, out in on.items():

@@ -39,10 +39,10 @@ def verdict(entry_id: str, steps: int | None = None, device: str | None = None) 
     label, reason = decide(outs["buggy"], outs["summary"])
     if entry.compare is not None:
         reason = f"{reason}. {entry.compare(outs)}".rstrip(". ") + "."
-    return Verdict(label, reason, outs)
+    return Verdict(label=label, reason=reason, outcomes=outs)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CheckResult:
     """Whether a learner's candidate holds, in plain words, with what was measured."""
 
@@ -72,7 +72,7 @@ def check(entry_id: str, candidate: object, steps: int | None = None,
     with _device(device):
         out = entry.run("candidate", steps, candidate)
     holds, message = judge_candidate(out)
-    return CheckResult(entry_id, holds, message, out)
+    return CheckResult(entry=entry_id, holds=holds, message=message, outcome=out)
 
 
 def locate(entry_id: str, variant: str = "buggy", steps: int | None = None):

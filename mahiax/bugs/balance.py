@@ -209,7 +209,7 @@ def _run(variant: str, steps: int, candidate: object) -> Outcome:
     """Train one variant of the collapse setting and measure its load every step."""
     from mahiax.train import Trainer  # late: the trainer imports the whole model
 
-    out = Outcome("router-collapse", variant, steps)
+    out = Outcome(entry="router-collapse", variant=variant, steps_requested=steps)
     config = collapse_config(BALANCE_OF[variant], steps)
     check = SelectionCheck(candidate) if variant == "candidate" else None  # type: ignore[arg-type]
     series: dict[str, list] = {"max_vio": [], "dead": [], "task_loss": [],

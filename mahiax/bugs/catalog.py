@@ -26,7 +26,7 @@ VARIANT_COLORS = {
 Runner = Callable[[str, int, object], Outcome]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BugEntry:
     """One claim of the summary, turned into something that runs."""
 

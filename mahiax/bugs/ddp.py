@@ -264,7 +264,7 @@ def _unused_run(variant: str, steps: int, candidate: object = None) -> Outcome:
     from mahiax.telemetry import MemoryMeter
 
     experts_cls = _experts_for(variant, candidate)
-    out = Outcome("ddp-unused-experts", variant, steps)
+    out = Outcome(entry="ddp-unused-experts", variant=variant, steps_requested=steps)
     idle: list[list[int]] = []
     step_ms: list[float] = []
     memory_every = max(1, steps // 20)
@@ -572,7 +572,7 @@ def _buffer_run(variant: str, steps: int, candidate: object = None) -> Outcome:
         sync: Sync | None = candidate  # type: ignore[assignment]
     else:
         sync = all_reduce_statistics if variant == "fixed" else None
-    out = Outcome("ddp-broadcast-buffers", variant, steps)
+    out = Outcome(entry="ddp-broadcast-buffers", variant=variant, steps_requested=steps)
     ranks = run_ranks(_buffer_rank(variant, steps, sync), WORLD)
     failed = [r for r in ranks if "error" in r]
     if failed:  # the earliest step's error (a rank that failed outside a step counts as 0)

@@ -62,7 +62,8 @@ class _OriginalRouter(MixtureOfExperts):
         r = self.router(flat)
         y = self.combine(flat, r.ids, r.weights)
         aux = load_balancing_loss(r.probs, r.ids, self.num_experts)
-        return MoEOutput(y.reshape(x.shape), aux, router_z_loss(r.logits), r)
+        return MoEOutput(hidden=y.reshape(x.shape), aux_loss=aux, z_loss=router_z_loss(r.logits),
+                         router=r)
 
 
 class BuggyExpertRouter(_OriginalRouter):
@@ -104,7 +105,8 @@ def _run(
             swap_class(model.text.moe, router_cls)
 
     def fix_batch(b: Batch) -> Batch:  # a learner's data-side fix, applied to every batch
-        return Batch(prepare(b.tokens, config.vocab_size), b.tabular, b.targets)
+        return Batch(tokens=prepare(b.tokens, config.vocab_size), tabular=b.tabular,
+                     targets=b.targets)
 
     return train_variant(
         "expert-index", variant, steps, install, data_config=data_config,

@@ -40,7 +40,7 @@ def harness_config() -> MahiaConfig:
     return tiny().replace(seed=SEED, dwa_window=2, lr=1e-3, warmup_steps=0)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepContext:
     """What a loop function gets for one step; it fills ``total`` and does the backward."""
 
@@ -318,7 +318,7 @@ def train_variant(
     device = current_device()
     from mahiax.telemetry import MemoryMeter  # late: telemetry imports are heavier
 
-    out = Outcome(entry, variant, steps)
+    out = Outcome(entry=entry, variant=variant, steps_requested=steps)
     memory_every = max(1, steps // 20)  # ~20 readings per run; each one scans every object
     out.memory_every = memory_every
     with isolated(anomaly):
@@ -337,8 +337,10 @@ def train_variant(
             for step in range(steps):
                 raw = data.batch(step)
                 raw = prepare(raw) if prepare is not None else raw
-                batch = Batch(raw.tokens, raw.tabular.double(), raw.targets).to(device)
-                ctx = StepContext(model, weighting, optimizer, batch, step, config)
+                batch = Batch(tokens=raw.tokens, tabular=raw.tabular.double(),
+                              targets=raw.targets).to(device)
+                ctx = StepContext(model=model, weighting=weighting, optimizer=optimizer,
+                                  batch=batch, step=step, config=config)
                 try:
                     diff = _one_step(ctx, loop, ref, reference_clip, meter, grads_at_step)
                 except Exception as e:  # the point: record PyTorch's own error and step

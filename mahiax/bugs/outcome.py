@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Outcome:
     """The measured result of running one variant of one catalog entry."""
 

@@ -22,7 +22,7 @@ VERDICTS = ("holds", "same-error", "worse", "no-effect", "hides-the-error", "wro
 GRAD_TOL = 1e-6  # float64: a correct fix agrees to ~1e-12; a wrong gradient is far off
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Verdict:
     """A verdict with the one sentence of why, and the outcomes it was read from."""
 

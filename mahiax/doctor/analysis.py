@@ -112,7 +112,7 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
                     if keeper is not None else "") +
                    ". Moving or rewriting this line is not the fix")
         found.append(Finding(
-            "inplace-on-saved", m.file, m.line, compose(
+            kind="inplace-on-saved", file=m.file, line=m.line, message=compose(
                 "inplace-on-saved",
                 f"`{sites.code_text(m.file, m.line)}` writes in place ({m.op}){where} into "
                 f"a {s.describe()} tensor that {s.op} at {_at(s.file, s.line)} saved for "
@@ -170,7 +170,7 @@ def _inplace_module(w: Watch, path: str) -> Finding | None:
         return None
     file, line = site
     text = sites.code_text(file, line)
-    return Finding("inplace-on-saved", file, line, compose(
+    return Finding(kind="inplace-on-saved", file=file, line=line, message=compose(
         "inplace-on-saved",
         f"`{text}` builds {path} ({name}) with inplace=True: it writes its output into its "
         "input, and that input is a tensor autograd saved for backward (the op before it "
@@ -191,7 +191,7 @@ def _joined_across_update(w: Watch, m, tripper: BackwardCall, step: int) -> Find
                      and b.retain and b.seqs & tripper.seqs), None)
     joined, wrote = sites.code_text(file, line), sites.code_text(m.file, m.line)
     walked = sites.code_text(tripper.file, tripper.line)
-    return Finding("step-before-backward", file, line, compose(
+    return Finding(kind="step-before-backward", file=file, line=line, message=compose(
         "step-before-backward",
         f"`{joined}` builds a loss that still contains the graph from before `{wrote}` "
         f"changed the weights ({_at(m.file, m.line)}), and `{walked}` walks it.",
@@ -204,7 +204,7 @@ def _joined_across_update(w: Watch, m, tripper: BackwardCall, step: int) -> Find
         "taken by its own backward already" + (
             f", so drop the `retain_graph=True` at {_at(retained.file, retained.line)}"
             if retained is not None else ""),
-    ), step, evidence={"writer": "code", "saved_step": step, "tripped_step": step,
+    ), step=step, evidence={"writer": "code", "saved_step": step, "tripped_step": step,
                        "update_file": m.file, "update_line": m.line})
 
 
@@ -225,7 +225,7 @@ def _step_before_backward(w: Watch, m, tripper: BackwardCall, step: int) -> Find
     frees = kept is not None and not any(n < rerun_from for n in kept.seqs & tripper.seqs)
     drop = (f" (and drop the `retain_graph=True` at {_at(kept.file, kept.line)}: nothing "
             "walks the old graph any more)" if frees else "")
-    return Finding("step-before-backward", m.file, m.line, compose(
+    return Finding(kind="step-before-backward", file=m.file, line=m.line, message=compose(
         "step-before-backward",
         f"`{stepped}` changed weights ({s.describe()}, saved by {s.op} at "
         f"{_at(s.file, s.line)}) that a graph built earlier in the same step still needs: "
@@ -240,7 +240,7 @@ def _step_before_backward(w: Watch, m, tripper: BackwardCall, step: int) -> Find
         "that "
         "backward out of these weights' gradients (`backward(inputs=...)` with the other "
         "model's parameters), or the step applies both losses' gradients",
-    ), step, evidence={"writer": "optimizer", "saved_step": step, "tripped_step": step,
+    ), step=step, evidence={"writer": "optimizer", "saved_step": step, "tripped_step": step,
                        "backward_file": tripper.file, "backward_line": tripper.line})
 
 
@@ -249,14 +249,14 @@ def _silent(w: Watch) -> list[Finding]:
     for s in w.silent:
         if not s.used:
             continue
-        found.append(Finding("silent-write", s.file, s.line, compose(
+        found.append(Finding(kind="silent-write", file=s.file, line=s.line, message=compose(
             "silent-write",
             f"`{sites.code_text(s.file, s.line)}` ({s.op}) changed the memory of a "
             f"{list(s.shape)} tensor that {s.saved_by} saved for backward, without bumping "
             "its version counter.",
             "PyTorch could not notice: the next backward() used the new values and computed "
             "wrong gradients, with no error.",
-        ), s.step))
+        ), step=s.step))
     return found
 
 
@@ -329,14 +329,16 @@ def _carried(w: Watch) -> list[Finding]:
         if failed:
             evidence += (" The next backward() walked into the earlier step's graph, already "
                          "freed: 'Trying to backward through the graph a second time'.")
-        found.append(Finding("graph-carried-across-steps", h.file, h.line, compose(
+        found.append(Finding(kind="graph-carried-across-steps", file=h.file, line=h.line,
+                             message=compose(
             "graph-carried-across-steps", f"{what}{built}.", evidence,
             _carried_fix(h),
-        ), h.first_step))
+        ), step=h.first_step))
     if not found:  # no holder found, but a backward reached into an earlier step's graph
         for b in w.backwards:
             if b.earliest_step < b.step:
-                found.append(Finding("graph-carried-across-steps", b.file, b.line, compose(
+                found.append(Finding(kind="graph-carried-across-steps", file=b.file, line=b.line,
+                                     message=compose(
                     "graph-carried-across-steps",
                     f"The graph behind `{sites.code_text(b.file, b.line)}` at step {b.step} "
                     f"reaches into step {max(b.earliest_step, 0)}'s graph: a tensor from an "
@@ -344,7 +346,7 @@ def _carried(w: Watch) -> list[Finding]:
                     "step to step (this line is where it was noticed, not the line to change: "
                     "look for state the step reads and writes back).",
                     f"{b.nodes} nodes, {format_bytes(b.saved)} saved for backward.",
-                ), b.step))
+                ), step=b.step))
                 break
     return found
 
@@ -399,12 +401,12 @@ def _growing(w: Watch, carried: list[Finding]) -> list[Finding]:
     if not text or carried:
         return []
     last = [b for b in w.backwards if b.step == w.steps_done - 1][-1]
-    return [Finding("growing-graph", last.file, last.line, compose(
+    return [Finding(kind="growing-graph", file=last.file, line=last.line, message=compose(
         "growing-graph",
         f"Each step the graph that `{sites.code_text(last.file, last.line)}` walks is bigger "
         "than the last:",
         f"{text}. At that rate memory runs out in a long run.",
-    ), 0)]
+    ), step=0)]
 
 
 def _per_loss(w: Watch) -> list[Finding]:
@@ -433,10 +435,11 @@ def _per_loss(w: Watch) -> list[Finding]:
                             "forward and one backward per loss.")
             else:
                 continue
-            found.append(Finding("backward-per-loss", b.file, b.line, compose(
+            found.append(Finding(kind="backward-per-loss", file=b.file, line=b.line,
+                                 message=compose(
                 "backward-per-loss",
                 f"`{sites.code_text(b.file, b.line)}` runs a backward pass per loss.", evidence,
-            ), step))
+            ), step=step))
     return found
 
 
@@ -452,13 +455,13 @@ def _retained(w: Watch, carried: list[Finding]) -> list[Finding]:
             continue
         if i + 1 == len(w.backwards) and w.steps_done <= b.step:
             continue  # the loop stopped before anything could use it
-        found.append(Finding("retain-graph", b.file, b.line, compose(
+        found.append(Finding(kind="retain-graph", file=b.file, line=b.line, message=compose(
             "retain-graph",
             f"`{sites.code_text(b.file, b.line)}` keeps its graph (retain_graph=True), but no "
             "later backward() uses it.",
             f"It held {b.nodes} nodes and {format_bytes(b.saved)} saved for backward past "
             f"the backward of step {b.step}, for nothing.",
-        ), b.step))
+        ), step=b.step))
     return found
 
 
@@ -475,12 +478,12 @@ def _clips(w: Watch) -> list[Finding]:
         else:
             fix = f"call `{scaler}.unscale_({opt})` before `{clip}`" if scaler and opt \
                 else None
-        found.append(Finding("clip-before-unscale", c.file, c.line, compose(
+        found.append(Finding(kind="clip-before-unscale", file=c.file, line=c.line, message=compose(
             "clip-before-unscale",
             f"`{sites.code_text(c.file, c.line)}` ({c.function}) clipped {c.scaled} of "
             f"{_count(c.total, 'gradient')} while a GradScaler still multiplied them by {scale}.",
             _clip_effect(w, c), fix,
-        ), c.step))
+        ), step=c.step))
     return found
 
 
@@ -598,12 +601,12 @@ def _eval_mode(w: Watch) -> list[Finding]:
         for code, f, ln in first.frames:
             if code is getattr(w.step_code, "__code__", None):
                 file, line = f, ln
-        return [Finding("eval-mode-training", file, line, compose(
+        return [Finding(kind="eval-mode-training", file=file, line=line, message=compose(
             "eval-mode-training",
             f"The model was already in eval mode when the loop started: this forward "
             f"(`{sites.code_text(file, line)}`) trains it that way.", evidence,
             "call `model.train()` before the loop (and again after every evaluation)",
-        ), first.step, evidence={"module": first.module, "steps": steps})]
+        ), step=first.step, evidence={"module": first.module, "steps": steps})]
     after = next((e for e in w.eval_forwards if e.order > call.order), first)
     file, line = sites.common_caller(call.frames, after.frames) or call.frames[0][1:]
     text = sites.code_text(file, line)
@@ -613,11 +616,11 @@ def _eval_mode(w: Watch) -> list[Finding]:
     fix = (f"put `{model}.train()` after the evaluation, at the end of `{function}` (the "
            "function that called eval()), or at the start of every training step"
            if model and function else None)
-    return [Finding("eval-mode-training", file, line, compose(
+    return [Finding(kind="eval-mode-training", file=file, line=line, message=compose(
         "eval-mode-training",
         f"`{text}` put the model in eval mode (step {call.step}) and nothing put it back in "
         "training mode before the next training step.", evidence, fix,
-    ), first.step, evidence={"module": first.module, "steps": steps,
+    ), step=first.step, evidence={"module": first.module, "steps": steps,
                              "eval_step": call.step})]
 
 
@@ -658,9 +661,9 @@ def _grads_kept(w: Watch) -> list[Finding]:
                            f"`{sites.code_text(file, line)}`; to accumulate over k "
                            "micro-batches on purpose, step and zero every k-th backward")
                 break
-    return [Finding("grads-not-zeroed", file, line, compose(
+    return [Finding(kind="grads-not-zeroed", file=file, line=line, message=compose(
         "grads-not-zeroed", what, evidence, fix,
-    ), first.step, evidence={"steps": steps, "params": first.params,
+    ), step=first.step, evidence={"steps": steps, "params": first.params,
                              "resets": len(resets)})]
 
 
@@ -686,9 +689,9 @@ def _probabilities(w: Watch) -> list[Finding]:
         evidence = (f"{p.loss} applies {inside} itself, so it sees the {squash} of a "
                     f"{squash}: the loss can no longer go near 0 and its gradients shrink as "
                     "the model grows confident, so training stalls early, with no error.")
-        found.append(Finding("probabilities-into-loss", file, line, compose(
+        found.append(Finding(kind="probabilities-into-loss", file=file, line=line, message=compose(
             "probabilities-into-loss", f"{made}.", evidence,
-        ), p.step, evidence={"loss": p.loss, "origin": p.origin}))
+        ), step=p.step, evidence={"loss": p.loss, "origin": p.origin}))
     return found
 
 
@@ -742,9 +745,10 @@ def _loss_cuts(w: Watch) -> list[Finding]:
                      "nothing trains." if c.leaf else "PyTorch refuses it ('does not require "
                      "grad and does not have a grad_fn')." if w.error_info else
                      "nothing trains."))
-        found.append(Finding("loss-cut-from-graph", cut.file, cut.line, compose(
+        found.append(Finding(kind="loss-cut-from-graph", file=cut.file, line=cut.line,
+                             message=compose(
             "loss-cut-from-graph", what, evidence, fix,
-        ), c.step, evidence={"op": cut.op, "grad_off": cut.grad_off, "band_aid": c.leaf}))
+        ), step=c.step, evidence={"op": cut.op, "grad_off": cut.grad_off, "band_aid": c.leaf}))
     return found
 
 
@@ -801,7 +805,7 @@ def _optimizer_misses(w: Watch) -> list[Finding]:
                 f"gradients in {w.steps_done} steps, but no optimiser holds them, so they "
                 "never change" + (f"; the optimiser holds {_count(stale, 'tensor')} the model "
                                   "no longer uses" if stale else "") + ".")
-    return [Finding("optimizer-misses-parameters", file, line, compose(
+    return [Finding(kind="optimizer-misses-parameters", file=file, line=line, message=compose(
         "optimizer-misses-parameters", how, evidence,
     ), evidence={"missing": len(missing), "stale": stale})]
 
@@ -853,7 +857,7 @@ def _unused_finding(w: Watch, model: nn.Module, path: str, m: nn.Module,
                 break
     count = sum(p.numel() for p in params)
     label = f"model.{path}" if path else "model"
-    return Finding("unused-parameters", file, line, compose(
+    return Finding(kind="unused-parameters", file=file, line=line, message=compose(
         "unused-parameters",
         f"{label} ({_count(len(params), 'parameter tensor')}, {_count(count, 'number')}) "
         f"never received a gradient in {w.steps_done} steps: the forward never uses them, "
@@ -879,7 +883,8 @@ def _state(w: Watch) -> list[Finding]:
         if value is not None and id(value) in w.reached and attr not in owner._buffers:
             file, line = sites.setup_store(type(owner), attr, avoid=("Parameter(",
                                                                      "register_"))
-            found.append(Finding("unregistered-parameter", file, line, compose(
+            found.append(Finding(kind="unregistered-parameter", file=file, line=line,
+                                 message=compose(
                 "unregistered-parameter",
                 f"{label.removesuffix(' (a tensor attribute)')} is a plain tensor with "
                 "requires_grad=True, not an nn.Parameter: the backward gives it a gradient, "
@@ -889,7 +894,7 @@ def _state(w: Watch) -> list[Finding]:
             ), evidence={"attribute": attr}))
             continue
         file, line = sites.setup_store(type(owner), attr)
-        found.append(Finding("buffer-requires-grad", file, line, compose(
+        found.append(Finding(kind="buffer-requires-grad", file=file, line=line, message=compose(
             "buffer-requires-grad",
             f"{label} requires grad, but it is state, not a parameter the optimiser trains.",
             "Autograd records every operation on it (and a graph it is assigned from stays "
@@ -918,7 +923,8 @@ def _stray_modules(w: Watch) -> list[Finding]:
                 "ModuleList", "ModuleDict", "Sequential", "ParameterList"))
             holder = "ModuleDict" if isinstance(value, dict) else "ModuleList"
             label = f"model.{path}.{attr}" if path else f"model.{attr}"
-            found.append(Finding("unregistered-parameter", file, line, compose(
+            found.append(Finding(kind="unregistered-parameter", file=file, line=line,
+                                 message=compose(
                 "unregistered-parameter",
                 f"{label} is a plain Python {type(value).__name__} of "
                 f"{_count(len(mods), 'module')}: their {_count(len(params), 'parameter tensor')}"
@@ -1005,4 +1011,5 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
                "no_grad, or from detached values.")
     if not why:
         why = explain_common(message)
-    return LoopError(type_name, message, step, file, line, why)
+    return LoopError(type=type_name, message=message, step=step, file=file, line=line,
+                     explanation=why)

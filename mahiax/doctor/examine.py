@@ -63,5 +63,6 @@ def examine(step: Callable[[int], Any], steps: int = 6, model: nn.Module | None 
 def build_report(watch: Watch, steps: int) -> Report:
     """The report of a finished watch."""
     findings = findings_of(watch)
-    return Report(findings, loop_error(watch, findings), steps, watch.steps_done,
+    return Report(findings=findings, error=loop_error(watch, findings), steps=steps,
+                  steps_run=watch.steps_done,
                   model_checked=watch.model is not None)

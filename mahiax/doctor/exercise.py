@@ -44,7 +44,7 @@ class CharGRU(nn.Module):
         return self.head(out), h  # (BATCH, SEQ, VOCAB)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Stream:
     """Everything one training run keeps: model, optimiser, the text, the carried state."""
 
@@ -67,7 +67,7 @@ def make_stream(seed: int = 0) -> Stream:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = CharGRU()
-    return Stream(model, torch.optim.Adam(model.parameters(), lr=3e-3), text)
+    return Stream(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), text=text)
 
 
 def loss_of(s: Stream, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -125,7 +125,7 @@ def candidates() -> dict[str, Callable[[Stream, int], None]]:
     }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Result:
     holds: bool
     message: str
@@ -141,7 +141,8 @@ def not_quiet(report: Report) -> Result:
     first = report.findings[0] if report.findings else None
     said = (f"{first.kind} at {first.where}" if first is not None
             else f"{report.error.type} at step {report.error.step}")
-    return Result(False, f"the doctor is not quiet yet: {said} (print(result.report))", report)
+    return Result(holds=False, report=report,
+                  message=f"the doctor is not quiet yet: {said} (print(result.report))")
 
 
 def max_gap(a: nn.Module, b: nn.Module) -> float:
@@ -186,9 +187,10 @@ def check(train_step: Callable[[Stream, int], None]) -> Result:
         fixed_step(ref, i)
     diff = max_gap(s.model, ref.model)
     if s.hidden is None or diff > TOLERANCE:
-        return Result(False, (
+        return Result(holds=False, message=(
             "the doctor is quiet, but the model did not learn what it should: the weights "
             f"differ from truncated backpropagation by up to {diff:.3g}. " + _what_differs(s)
-        ), report)
-    return Result(True, f"the doctor is quiet over {STEPS} chunks and the weights match "
-                        "truncated backpropagation through time", report)
+        ), report=report)
+    return Result(holds=True,
+                  message=f"the doctor is quiet over {STEPS} chunks and the weights match "
+                        "truncated backpropagation through time", report=report)

@@ -179,16 +179,18 @@ def check(train_step: Callable[[Run, int], None]) -> Result:
         return not_quiet(report)
     want = STEPS // VALIDATE_EVERY
     if len(r.accuracy) != want:
-        return Result(False, f"the doctor is quiet, but the loop measured the accuracy "
+        return Result(holds=False,
+                      message=f"the doctor is quiet, but the loop measured the accuracy "
                              f"{len(r.accuracy)} times, not {want}: keep the validation",
-                      report)
+                      report=report)
     ref, _ = _train(fixed_step, doctor=False)
     diff = max_gap(r.model, ref.model)
     if diff > TOLERANCE:
         why = (unmoved(STEPS, "steps") if max_gap(r.model, make_run().model) == 0.0 else
                "Each update must use this step's gradient only, computed in training mode.")
-        return Result(False, (
+        return Result(holds=False, message=(
             "the doctor is quiet, but the model did not learn what it should: its weights "
-            f"differ from the right loop's by up to {diff:.3g}. {why}"), report)
-    return Result(True, f"the doctor is quiet over {STEPS} steps, the accuracy was measured "
-                        f"{want} times and the weights match the right loop", report)
+            f"differ from the right loop's by up to {diff:.3g}. {why}"), report=report)
+    return Result(holds=True,
+                  message=f"the doctor is quiet over {STEPS} steps, the accuracy was measured "
+                        f"{want} times and the weights match the right loop", report=report)

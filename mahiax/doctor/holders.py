@@ -197,24 +197,24 @@ class HeldScan:
             if not isinstance(key, str):
                 return None
             if "__builtins__" in r and "__name__" in r:
-                return Holder("global", key, file=r.get("__file__") or "")
+                return Holder(kind="global", name=key, file=r.get("__file__") or "")
             for m in self.model.modules() if self.model is not None else ():
                 # the model's own modules, named without walking the heap
                 if m.__dict__ is r or m._buffers is r:
                     return None if isinstance(m, self.ignore_types) else \
-                        Holder("attribute" if m.__dict__ is r else "buffer", key, owner=m)
+                        Holder(kind="attribute" if m.__dict__ is r else "buffer", name=key, owner=m)
             owners = gc.get_referrers(r)
             for o in owners:
                 if id(o) in exclude or o is owners:
                     continue
                 if getattr(o, "__dict__", None) is r:
                     return None if isinstance(o, self.ignore_types) else \
-                        Holder("attribute", key, owner=o)
+                        Holder(kind="attribute", name=key, owner=o)
                 if isinstance(o, dict) and o.get("_buffers") is r:  # a module's buffers
                     module = next((m for m in gc.get_referrers(o)
                                    if isinstance(m, nn.Module) and m.__dict__ is o), None)
                     if module is not None and not isinstance(module, self.ignore_types):
-                        return Holder("buffer", key, owner=module)
+                        return Holder(kind="buffer", name=key, owner=module)
             if depth < MAX_CONTAINER_DEPTH:  # a plain dict: named by what holds it
                 for o in owners:
                     if id(o) in exclude or o is owners or isinstance(o, FrameType) \
@@ -238,7 +238,7 @@ class HeldScan:
         attr = _attribute_of(r, t)
         if attr is not None:  # 3.11+: an object's inline attribute values refer directly
             return None if isinstance(r, self.ignore_types) else \
-                Holder("attribute", attr, owner=r)
+                Holder(kind="attribute", name=attr, owner=r)
         if type(r).__name__ == "cell":
             for closure in gc.get_referrers(r):
                 if not isinstance(closure, tuple):
@@ -246,7 +246,8 @@ class HeldScan:
                 for fn in gc.get_referrers(closure):
                     if getattr(fn, "__closure__", None) is closure:
                         name = fn.__code__.co_freevars[closure.index(r)]
-                        return Holder("closure", name, owner=fn, file=fn.__code__.co_filename)
+                        return Holder(kind="closure", name=name, owner=fn,
+                                      file=fn.__code__.co_filename)
         return None
 
     @staticmethod
@@ -299,7 +300,8 @@ class HeldScan:
         nodes_n = len(nodes)
         if record is None:
             file, line = self._store_line(h, t)
-            record = self.held[label] = Held(label, file, line, step, earliest, step,
+            record = self.held[label] = Held(label=label, file=file, line=line, first_step=step,
+                                             built_step=earliest, last_step=step,
                                              name=h.name, attribute=h.kind in (
                                                  "attribute", "buffer"), numel=t.numel(),
                                              container=h.container)

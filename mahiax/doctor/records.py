@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BackwardCall:
     """One ``backward()`` (or ``torch.autograd.backward``) call."""
 
@@ -30,7 +30,7 @@ class BackwardCall:
     joins: tuple[tuple[str, int], ...] = ()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ClipCall:
     """A clipping call that hit gradients a GradScaler still scaled."""
 
@@ -45,7 +45,7 @@ class ClipCall:
     limit: float  # max_norm / clip_value
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SilentWrite:
     """A write into a saved tensor's memory that its version counter did not see."""
 
@@ -59,7 +59,7 @@ class SilentWrite:
     used: bool = False  # a backward ran while that saved tensor was still held
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Held:
     """A tensor with a graph that outlived its step, and who holds it."""
 
@@ -81,7 +81,7 @@ class Held:
     container: str = ""  # "tuple", "list", "dict entry 'k'", "dict entry 'k' in a list", ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Holder:
     kind: str  # "global" | "attribute" | "buffer" | "list" | "closure" | "entry"
     name: str

@@ -17,7 +17,7 @@ def _wrap(text: str, width: int, **kwargs) -> list[str]:
     return textwrap.wrap(text, width, break_on_hyphens=False, **kwargs)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Report:
     """What :func:`mahiax.doctor.examine` found.
 

@@ -712,7 +712,9 @@ class Watch(HeldScan):
                     self._carriers[seq]
                 record = self.held.get(label)
                 if record is None:
-                    record = self.held[label] = Held(label, hfile, hline, built, built, built,
+                    record = self.held[label] = Held(label=label, file=hfile, line=hline,
+                                                     first_step=built, built_step=built,
+                                                     last_step=built,
                                                      name=name, attribute=attribute,
                                                      numel=numel, container=container)
                 record.read = True
@@ -735,8 +737,9 @@ class Watch(HeldScan):
                                                   and r.requires_grad))
                     break
         self.backwards.append(BackwardCall(
-            self.step, file, line, retain is True, bool(create), len(seqs), saved,
-            frozenset(seqs), earliest, self._repeat, frozenset(leaves), joins,
+            step=self.step, file=file, line=line, retain=retain is True, create=bool(create),
+            nodes=len(seqs), saved=saved, seqs=frozenset(seqs), earliest_step=earliest,
+            repeated_forward=self._repeat, leaves=frozenset(leaves), joins=joins,
         ))
         self._repeat = False
         self._backwards_this_step += 1
@@ -762,8 +765,9 @@ class Watch(HeldScan):
                 scaler = watch._scaler_ref() if watch._scaler_ref is not None else None
                 scale = float(scaler.get_scale()) if scaler is not None else None
                 norm = float(out) if isinstance(out, torch.Tensor) else None
-                watch.clips.append(ClipCall(watch.step, file, line, name, len(hit),
-                                            len(params), scale, norm, float(limit)))
+                watch.clips.append(ClipCall(step=watch.step, file=file, line=line, function=name,
+                                            scaled=len(hit), total=len(params), scale=scale,
+                                            norm=norm, limit=float(limit)))
             return out
         return clip
 
@@ -818,8 +822,8 @@ class Watch(HeldScan):
         file, line = sites.user_site()
         info = live[-1].info
         self.silent.append(SilentWrite(
-            self.step, file, line, "x.data = ...", tuple(t.shape),
-            f"{info.op} at {place(info.file, info.line)}", weakref.ref(live[-1]),
+            step=self.step, file=file, line=line, op="x.data = ...", shape=tuple(t.shape),
+            saved_by=f"{info.op} at {place(info.file, info.line)}", packed=weakref.ref(live[-1]),
         ))
 
     def _collect_silent(self) -> None:
@@ -842,9 +846,9 @@ class Watch(HeldScan):
                     if p is not None and p.info is m.saved:
                         packed = r
             self.silent.append(SilentWrite(
-                self.step, m.file, m.line, m.op, m.saved.shape,
-                f"{m.saved.op} at {place(m.saved.file, m.saved.line)}",
-                packed or (lambda: None),
+                step=self.step, file=m.file, line=m.line, op=m.op, shape=m.saved.shape,
+                saved_by=f"{m.saved.op} at {place(m.saved.file, m.saved.line)}",
+                packed=packed or (lambda: None),
             ))
 
     # ---- end of step scans -------------------------------------------------------------------

@@ -59,7 +59,7 @@ _MAX_TEXT = 20_000  # characters kept of an error message or traceback
 _OPEN: weakref.WeakValueDictionary[tuple[str, str], RunWriter] = weakref.WeakValueDictionary()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WriterStats:
     """What a writer has cost so far (for the telemetry-overhead benchmark)."""
 

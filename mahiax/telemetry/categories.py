@@ -42,7 +42,7 @@ Storages = dict[tuple[int, int], int]
 CATEGORY_KEYS = ("params", "grads", "optimizer", "saved", "other")  # stacking order
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MemoryCategories:
     """One device's memory split by what holds it. Bytes; ``None`` where not measured."""
 

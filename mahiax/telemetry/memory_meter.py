@@ -72,7 +72,7 @@ def legacy_cuda_reading() -> float:
     return torch.cuda.memory_allocated() / MIB
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MemoryReading:
     """One measurement. All sizes in bytes; ``None`` where a figure does not apply."""
 

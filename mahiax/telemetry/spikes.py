@@ -45,7 +45,7 @@ VIEWER = "https://pytorch.org/memory_viz"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Spike:
     """A step whose memory jumped, and where its snapshot was saved."""
 

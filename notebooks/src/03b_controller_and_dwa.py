@@ -103,7 +103,8 @@ lessons.source(stateful._slot_means_at_layer_indices, "the padding the lab adds"
 # %%
 probs = torch.tensor([[0.1, 0.2, 0.6, 0.1], [0.5, 0.3, 0.1, 0.1]])  # (B=2, L=4)
 top_p, ids = probs.topk(2, dim=-1)  # sample 0 chose layers 2, 1; sample 1 chose 0, 1
-routing = LayerRouting(probs, ids, top_p / top_p.sum(-1, keepdim=True), top_p)
+routing = LayerRouting(probs=probs, ids=ids, weights=top_p / top_p.sum(-1, keepdim=True),
+                       topk_probs=top_p)
 print("chosen layers:", ids.tolist())
 padded = stateful._slot_means_at_layer_indices(routing, num_layers=4)
 print("per slot, padded (the summary's):", [round(v, 2) for v in padded.tolist()])

@@ -368,7 +368,7 @@ with lessons.expect_error(RuntimeError, "[32, 16]], which is output 0 of AsStrid
 config = tiny()
 model = HybridEfficientModel(config).double()
 raw = SyntheticMultiTask(config).batch(0)
-batch = Batch(raw.tokens, raw.tabular.double(), raw.targets)
+batch = Batch(tokens=raw.tokens, tabular=raw.tabular.double(), targets=raw.targets)
 weights = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
 
 

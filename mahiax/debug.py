@@ -175,6 +175,8 @@ class MutationLocator:
     def __init__(self, model: nn.Module | None = None):
         self.mutations: list[Mutation] = []
         self.failed: list[SavedTensor] = []  # saved tensors backward found modified
+        # id() of a saved tensor in ``failed`` -> the version its latest read found
+        self.found_versions: dict[int, int] = {}
         self._names = (
             {id(m): f"model.{n}" if n else "model" for n, m in model.named_modules()}
             if model is not None else {}
@@ -271,6 +273,7 @@ class MutationLocator:
         t = packed.tensor
         if t._version != packed.info.version:
             self.failed.append(packed.info)
+            self.found_versions[id(packed.info)] = t._version
             for m in self.mutations:
                 if m.saved is packed.info:
                     m.tripped_backward = True

@@ -11,6 +11,7 @@ import gc
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -415,6 +416,25 @@ def test_the_catalog_harness_reference_backward_is_not_counted_as_the_loops():
     (per_loss,) = [f for f in report.findings if f.kind == "backward-per-loss"]
     assert f"{tasks} backward() calls in step 0" in per_loss.message, per_loss.message
     assert harness.Reference.grads is grads  # the watch's wrapper is removed afterwards
+
+
+def test_the_inplace_finding_names_the_tensor_pytorchs_error_names():
+    # before the backward runs, the doctor walks the saved tensors to weigh them, and that
+    # walk reads stale ones too; only the backward's own read is what it tripped on. The
+    # summary's loop steps the optimiser every ACCUMULATE micro-batches and trips at that step
+    report = examine_entry("retain-graph", "summary")
+    assert report.error.step == loops.ACCUMULATE
+    said = re.search(r"\[torch\.(\w+)Tensor \[([\d, ]*)\]\].* is at version (\d+); expected "
+                     r"version (\d+)", report.error.message)
+    assert said is not None, report.error.message
+    dtype = {"Double": "float64", "Float": "float32"}[said[1]]
+    (inplace,) = [f for f in report.findings if f.kind == "inplace-on-saved"]
+    assert f" a {dtype}[{said[2]}] tensor " in inplace.message, inplace.message
+    assert f"Its version was {said[4]} when saved" in inplace.message, inplace.message
+    found = said[3]
+    assert (f"tripped on it at version {found} " in inplace.message
+            or f"and {found} after this write; backward() tripped on it:" in inplace.message), \
+        inplace.message
 
 
 def test_exercise_checker_says_what_it_measured_when_the_weights_did_not_move():

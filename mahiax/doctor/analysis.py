@@ -86,9 +86,12 @@ def _inplace(w: Watch, others: list[Finding]) -> list[Finding]:
             found.append(_joined_across_update(w, m, tripper, saved_step))
             continue
         where = f" in {m.module}" if m.module else ""
+        read_at = w.tripped_versions.get(id(m))
+        later = (f" at version {read_at} (later writes bumped it again)"
+                 if read_at is not None and read_at != m.version_after else "")
         evidence = (f"Its version was {s.version} when saved and {m.version_after} after this "
-                    "write; backward() tripped on it: PyTorch raised 'modified by an inplace "
-                    "operation'.")
+                    f"write; backward() tripped on it{later}: PyTorch raised 'modified by an "
+                    "inplace operation'.")
         fix = None
         rewritten = sites.out_of_place(sites.code_text(m.file, m.line))
         if rewritten is not None:

@@ -183,6 +183,8 @@ class Watch(HeldScan):
         self.state_requiring_grad: dict[str, tuple[Any, str]] = {}  # label -> (owner, attr)
         self.tripped: dict[int, int] = {}  # id() of a mutation a backward tripped on -> the
         # index in ``backwards`` of the first backward that tripped on it
+        self.tripped_versions: dict[int, int] = {}  # the same id() -> the version that
+        # backward found the saved tensor at (later writes may have bumped it again)
         self.optimizer_writes: dict[int, int] = {}  # id() of a mutation by optimizer.step() ->
         # the step it was made in
         self._optimizer_mark = 0
@@ -315,9 +317,11 @@ class Watch(HeldScan):
                 if watch._blind:
                     return original(self, gradient, retain_graph, create_graph, inputs)
                 outer = not watch._in_backward  # not the torch-function re-dispatch
-                seen = watch._failed_count()
                 if outer:
                     watch._before_backward([self], retain_graph, create_graph)
+                # counted after _before_backward: its walk of the saved tensors (saved_bytes)
+                # reads stale ones too, and those reads are not the backward's
+                seen = watch._failed_count()
                 watch._in_backward += 1
                 try:
                     return original(self, gradient, retain_graph, create_graph, inputs)
@@ -332,12 +336,12 @@ class Watch(HeldScan):
                 if watch._blind:
                     return original(tensors, *args, **kwargs)
                 outer = not watch._in_backward
-                seen = watch._failed_count()
                 if outer:
                     roots = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
                     retain = kwargs.get("retain_graph", args[1] if len(args) > 1 else None)
                     create = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
                     watch._before_backward(roots, retain, create)
+                seen = watch._failed_count()  # after the doctor's own reads (see above)
                 watch._in_backward += 1
                 try:
                     return original(tensors, *args, **kwargs)
@@ -512,8 +516,11 @@ class Watch(HeldScan):
             return
         stale = {id(info) for info in loc.failed[since:]}
         for m in loc.mutations:
-            if id(m.saved) in stale:
-                self.tripped.setdefault(id(m), len(self.backwards) - 1)
+            if id(m.saved) in stale and id(m) not in self.tripped:
+                self.tripped[id(m)] = len(self.backwards) - 1
+                found = loc.found_versions.get(id(m.saved))
+                if found is not None:
+                    self.tripped_versions[id(m)] = found
 
     def step_of_seq(self, seq: int) -> int:
         """The step in which the autograd node numbered ``seq`` was built (-1: before the

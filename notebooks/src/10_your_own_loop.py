@@ -39,6 +39,7 @@ from IPython.display import display
 from torch import nn
 
 from mahiax import bugs, doctor, lessons
+from mahiax.bugs import loops  # the catalog's training loops
 from mahiax.bugs.harness import harness_config
 from mahiax.bugs.outcome import graph_size  # nodes reachable from a tensor's grad_fn
 from mahiax.doctor import exercise, exercise_eval
@@ -151,7 +152,7 @@ print("under no_grad: grad_fn", val_loss.grad_fn, "| .item():", type(val_loss.it
 assert val_loss.grad_fn is None
 
 # %% [markdown]
-# ## 2. A recurrent state carried across chunks
+# ## 2. A GRU over chunks
 #
 # **Predict.** A GRU reads a long sequence chunk by chunk and passes its hidden state on.
 # Which step fails, and does the doctor point at the line that raised or at another one?
@@ -191,7 +192,7 @@ assert rnn_report.kinds() == ["graph-carried-across-steps"]
 assert "`out, hidden = gru(x, hidden)`" in rnn_report.findings[0].message
 
 # %% [markdown]
-# ## 3. Mixed precision, clipped too early
+# ## 3. A mixed-precision loop
 #
 # The loop autocasts to float16, the dtype a `GradScaler` is for. (bfloat16 has float32's
 # range and needs no scaler: lesson 08.)
@@ -342,16 +343,22 @@ lessons.verdict_report(v_retain)
 # doctor says why, in one report: the graph carried by the memory nodes grows every step;
 # the loop calls `backward()` once per task loss, and those passes walk one graph; and once
 # the optimiser has changed weights an old graph saved, the next backward through that
-# graph raises the in-place error. The report names `ctx.optimizer.step()`, where the
-# in-place write happened. That line is not the one to change: the optimiser writing its
-# weights is its job; the report says so and points at what keeps the old graph alive.
+# graph raises the in-place error. The catalog's loop accumulates gradients and steps the
+# optimiser once every `ACCUMULATE` micro-batches (4, in `mahiax/bugs/loops.py`), after
+# step 3: step 4's backward is the first to walk graphs saved before an update, so the error
+# comes at step 4 and not earlier. The report names `ctx.optimizer.step()`, where the
+# in-place write happened, and the tensor PyTorch's message names (its shape, the version
+# it was saved at and the one backward found). That line is not the one to change: the
+# optimiser writing its weights is its job; the report says so and points at what keeps the
+# old graph alive.
 
 # %%
 tasks = len(harness_config().tasks)
 per_loss = next(f for f in summary_report.findings if f.kind == "backward-per-loss")
 written = next(f for f in summary_report.findings if f.kind == "inplace-on-saved")
-print(f"{tasks} task losses | error at step {summary_report.error.step} | "
-      f"write named at: {written.where}")
+print(f"{tasks} task losses | optimiser step every {loops.ACCUMULATE} micro-batches | "
+      f"error at step {summary_report.error.step} | write named at: {written.where}")
+assert summary_report.error.step == loops.ACCUMULATE
 assert sorted(summary_report.kinds()) == [
     "backward-per-loss", "graph-carried-across-steps", "inplace-on-saved"]
 assert f"{tasks} backward() calls in step 0" in per_loss.message

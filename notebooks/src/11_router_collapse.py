@@ -241,8 +241,7 @@ print("balanced :", float(load_balancing_loss(uniform, routings["round-robin"], 
 print("collapsed:", float(load_balancing_loss(peaked, routings["expert 0 in every pair"], E)))
 
 # %% [markdown]
-# **Predict.** `f_i` comes from a count of `topk`'s indices. Which of `f_i` and `P_i` carries
-# the gradient back to the router's weights?
+# **Predict.** Which of `f_i` and `P_i` carries the gradient back to the router's weights?
 
 # %%
 torch.manual_seed(0)
@@ -266,8 +265,9 @@ print(f"busiest expert {busiest}: f {f[busiest].item():.3f}, P {P[busiest].item(
       f"{after[busiest].item():.3f} after one step")
 
 # %% [markdown]
-# Only `P` carries a gradient: the loss lowers the probabilities of the experts that get
-# many tokens, weighted by how many they get. That gradient flows into the same router
+# Only `P` carries a gradient: `f` is a count of `topk`'s indices, integers with no
+# gradient. The loss lowers the probabilities of the experts that get many tokens, weighted
+# by how many they get. That gradient flows into the same router
 # weights as the task loss's: two objectives pulling on one layer.
 
 # %%
@@ -277,9 +277,8 @@ assert after[busiest] < P[busiest]
 # %% [markdown]
 # ### Cure 2: DeepSeek-V3's bias (auxiliary-loss-free balancing)
 #
-# Keep a bias `b` `(E,)` outside autograd. Select the top-k of `probs + b`, but mix with the
-# unbiased `probs` of the chosen experts. After each step move every bias by a fixed rate
-# toward the mean load: `b_i += rate * sign(mean load - load_i)` (Wang et al. 2024,
+# Keep a bias `b` `(E,)`, one number per expert, and select the top-k of `probs + b`. After
+# each step move every bias by a fixed rate toward the mean load: `b_i += rate * sign(mean load - load_i)` (Wang et al. 2024,
 # Algorithm 1; Megatron-LM's `moe_router_bias_update_rate` defaults to 1e-3).
 #
 # One difference from DeepSeek-V3 matters for the numbers: DeepSeek-V3 scores each expert
@@ -318,10 +317,11 @@ print("gradient on the router's scores:", logits.grad is not None, "| on the bia
 
 # %% [markdown]
 # The bias moved every token off that expert (probabilities are at most 1, so a bias of -1
-# always loses), but `top_p` is still the router's own probabilities of the chosen experts
-# (the router renormalises them into the mixing weights), and the bias has no gradient:
-# `biased_top_k` adds it under `torch.no_grad()`, and `topk`'s indices are integers. The
-# model's code:
+# always loses), but `top_p` is still the router's own probabilities of the chosen experts:
+# the bias only selects, and the mixing uses the unbiased `probs` (the router renormalises
+# them into the mixing weights). The bias has no gradient, even with `requires_grad` set
+# here: `biased_top_k` adds it under `torch.no_grad()` (the model keeps it outside autograd),
+# and `topk`'s indices are integers. The model's code:
 
 # %%
 assert int((ids == busiest).sum()) == 0 and bias.grad is None and logits.grad is not None
@@ -369,7 +369,7 @@ lessons.verdict_report(v)
 pd.DataFrame({
     f"{name} ({o.figures['balance']})": {
         "MaxVio": o.figures["tail"]["max_vio"], "dead experts": o.figures["tail"]["dead"],
-        "task loss": o.figures["tail"]["task_loss"], "ms / step": o.figures["tail"]["step_ms"],
+        "task loss": o.figures["tail"]["task_loss"],
     } for name, o in v.outcomes.items()
 }).T.round(3)
 
@@ -423,8 +423,7 @@ assert min(tails, key=lambda m: tails[m]["task_loss"]) == "none"
 #   within 60 steps; Fedus et al. 2021 chose theirs "small enough to not overwhelm the
 #   primary cross-entropy objective");
 # - the **bias** adds no gradient and never touches the mixing weights: only the selection
-#   changes. It costs one `(E,)` update per step, outside autograd (the ms / step column is
-#   wall time on a shared CPU: read it as noise unless the gap is large).
+#   changes. It costs one `(E,)` update per step, outside autograd.
 #
 # ## 6. How strong must a cure be?
 #

@@ -4,10 +4,9 @@
 # # 08 · Mixed precision: GradScaler, and unscale before clipping
 #
 # **Goal.** See why a gradient scaler exists, what it does to the gradients, and what
-# clipping them *before* `scaler.unscale_` silently does: it rescales every gradient the
-# optimiser receives to the same tiny norm. With SGD every step is then too small (by how
-# much is measured); with AdamW, MAHIA-X's optimiser, the factor cancels and every step is
-# normalised instead of clipped. Then the order that is right. About 15 minutes.
+# clipping them *before* `scaler.unscale_` silently does to the gradient the optimiser
+# receives, and what that does to an SGD step and to an AdamW step (MAHIA-X trains with
+# AdamW). Then the order that is right. About 15 minutes.
 #
 # **Context (read cold).** *Mixed precision* (`torch.autocast`) runs the heavy operations of
 # the forward pass (matrix multiplies, convolutions) in a 16-bit float type, and the
@@ -442,7 +441,8 @@ print(bugs.check("amp-clip-before-unscale", make_loop()))
 # %% [markdown]
 # **Predict.** Two quick repairs: (a) keep the same clip, but call it after
 # `scaler.step()` and `scaler.update()`, where `.grad` holds the unscaled gradients;
-# (b) drop the clip altogether. Which of them does the checker pass? Both, as loops:
+# (b) drop the clip altogether. Which of them does the checker pass? The next cell writes
+# both as loops and checks them:
 
 # %%
 def make_repair(clip_at_end: bool):

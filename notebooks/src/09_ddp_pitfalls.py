@@ -244,7 +244,7 @@ assert any("`broadcast_buffers` is deprecated" in m
 # %% [markdown]
 # Read the warning to the end: the two switches are not the same. Its replacement,
 # `forward_sync_buffers=False`, still syncs the buffers once, when DDP is constructed; only
-# the copy at every forward is off. `broadcast_buffers=False` skips both: the two differ
+# the runtime copies are off (at every forward, and after uneven-input joins). `broadcast_buffers=False` skips both: the two differ
 # where the ranks' buffers differ at construction (the warning's example: rank-local
 # buffers).
 #

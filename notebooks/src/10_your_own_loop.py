@@ -236,12 +236,11 @@ assert "rescaled the gradients to norm 1/65536 = 1.53e-05" in clipped.message
 assert "Fix: call `scaler.unscale_(amp_opt)` before" in clipped.message
 
 # %% [markdown]
-# **Predict.** Adam divides each coordinate's step by the gradient's running size, so a
-# factor common to every step's gradient cancels. Does a clip before `unscale_` then do
-# nothing at all? The next cell trains one weight vector with Adam for 30 steps toward a
+# **Predict.** With Adam, does a clip before `unscale_` do nothing, cut only the spike, or
+# something else? The next cell trains one weight vector with Adam for 30 steps toward a
 # target; the loss of step 3 is 1000 times the others (one bad batch). Three runs with a
-# `GradScaler`: no clip, the clip after `unscale_`, the clip before it; a fourth, without a
-# scaler, divides every gradient by its own norm. Which rows look alike?
+# `GradScaler`: no clip, the clip after `unscale_`, the clip before it; and a fourth run,
+# without a scaler, for comparison. Which rows look alike?
 
 # %%
 target = torch.tensor([-0.6, 0.4, 0.3, -0.4])  # (4,) the weights' target

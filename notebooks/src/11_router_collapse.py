@@ -420,8 +420,8 @@ assert min(tails, key=lambda m: tails[m]["task_loss"]) == "none"
 #
 # - the **aux loss** adds a second gradient to the router that competes with the task's;
 #   its coefficient trades balance for task loss (section 6 shows one too low to balance
-#   within 60 steps; Fedus et al. 2021 chose theirs "small enough to not overwhelm the
-#   primary cross-entropy objective");
+#   within 60 steps; Fedus et al. 2021 chose theirs small enough that it does not
+#   overwhelm the primary cross-entropy objective);
 # - the **bias** adds no gradient and never touches the mixing weights: only the selection
 #   changes. It costs one `(E,)` update per step, outside autograd.
 #

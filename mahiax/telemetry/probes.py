@@ -12,21 +12,19 @@ name its constants.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import psutil
 import torch
 
 from mahiax import metric_keys as mk
 from mahiax.cadence import MAX_VIO_WINDOW, Cadence
 from mahiax.model import ModelState
 from mahiax.telemetry.categories import MemoryCategories
-from mahiax.telemetry.memory_meter import MemoryMeter
+from mahiax.telemetry.memory_meter import MemoryMeter, ProcessRSS
 from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture, encode_path
 
 
@@ -69,34 +67,6 @@ class LoadWindow:
         self._sum += load
         mean = float(self._sum.mean())
         return float(self._sum.max()) / mean - 1.0 if mean > 0 else 0.0
-
-
-class ProcessRSS:
-    """This process's resident set size, read every step: on Linux one ``pread`` of
-    ``/proc/self/statm`` kept open (psutil opens and parses the file at each call, a few
-    times slower), elsewhere psutil."""
-
-    def __init__(self) -> None:
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        try:
-            self._fd: int | None = os.open("/proc/self/statm", os.O_RDONLY)
-        except OSError:
-            self._fd = None
-            self._process = psutil.Process()
-
-    def bytes(self) -> int:
-        if self._fd is None:
-            return int(self._process.memory_info().rss)
-        return int(os.pread(self._fd, 128, 0).split()[1]) * self._page  # resident pages
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            self._process = psutil.Process()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 class TrainingProbe:

@@ -70,8 +70,8 @@ class Size:
     @classmethod
     def of(cls, name: str, c: MahiaConfig) -> Size:
         """The MoE layer's shape in a model built from ``c``."""
-        return cls(name, c.batch_size, c.seq_len, c.d_model, c.expert_hidden, c.num_experts,
-                   c.top_k)
+        return cls(name=name, batch=c.batch_size, seq=c.seq_len, d_model=c.d_model,
+                   hidden=c.expert_hidden, experts=c.num_experts, top_k=c.top_k)
 
     @property
     def tokens(self) -> int:

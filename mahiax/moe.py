@@ -110,11 +110,29 @@ def bias_update(bias: torch.Tensor, load: torch.Tensor, rate: float) -> torch.Te
     return bias.detach() + rate * torch.sign(load.mean() - load)
 
 
+# dtypes F.grouped_mm accepts (on the CPU float32, bfloat16 and float16; not float64)
+GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 class SwiGLUExperts(nn.Module):
     """E SwiGLU experts, ``down(silu(x W_gate) * (x W_up))``, as three stacked 3-D weights.
 
-    Stacked weights (rather than a ModuleList of experts) let the dispatch index experts with
-    plain integers from one ``counts`` list and keep the parameters contiguous.
+    Stacked weights (rather than a ModuleList of experts) let one grouped matmul serve every
+    expert and keep the parameters contiguous.
+
+    The dispatch sorts the N*K assignments by expert, gathers the tokens in that order, runs
+    the experts' FFN on the contiguous rows of each expert and scatter-adds the weighted
+    outputs back to their tokens. Two kernels compute that FFN, chosen per call by
+    :meth:`use_grouped`:
+
+    - grouped (float32, bfloat16, float16): each of the three matmuls is one
+      ``F.grouped_mm`` over all experts, the expert boundaries given as a tensor of offsets:
+      no host sync, no Python loop over experts, 3 autograd nodes for the matmuls;
+    - looped (float64, which ``F.grouped_mm`` rejects): a Python loop over the experts that
+      received tokens, one contiguous matmul each (it needs the counts on the host).
+
+    Both run the same matmuls on the same rows; ``tests/test_moe.py`` checks that they agree,
+    and the float64 gradient checks go through the looped kernel.
     """
 
     def __init__(self, num_experts: int, d_model: int, hidden: int):
@@ -125,6 +143,18 @@ class SwiGLUExperts(nn.Module):
         self.w_down = nn.Parameter(torch.empty(num_experts, hidden, d_model))  # (E, H, D)
         for w, fan_in in ((self.w_gate, d_model), (self.w_up, d_model), (self.w_down, hidden)):
             nn.init.normal_(w, std=1.0 / math.sqrt(fan_in))
+        # None: choose per call (use_grouped); True/False: force a kernel (tests, ablations)
+        self.grouped: bool | None = None
+
+    def use_grouped(self, dtype: torch.dtype) -> bool:
+        """Whether a call whose matmuls compute in ``dtype`` takes the grouped kernel:
+        ``F.grouped_mm`` takes the dtype and every row of its operands starts on a 16-byte
+        boundary (its requirement for 2-byte dtypes)."""
+        if self.grouped is not None:
+            return self.grouped
+        d, h = self.w_down.shape[1:]
+        return dtype in GROUPED_DTYPES and (d * dtype.itemsize) % 16 == 0 and (
+            h * dtype.itemsize) % 16 == 0
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
                 counts: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,12 +167,39 @@ class SwiGLUExperts(nn.Module):
         flat_ids = ids.reshape(-1)  # (N*K,)
         if counts is None:
             counts = torch.bincount(flat_ids, minlength=self.num_experts)  # (E,)
-        sizes = counts.tolist()  # host sync: the split sizes
-        order = torch.argsort(flat_ids, stable=True)  # (N*K,) assignments grouped by expert
-        token_of = order // k  # (N*K,) which token each sorted assignment belongs to
+        # assignments grouped by expert; within an expert in any fixed order: the rows are
+        # independent, and a token's K outputs still reach it in expert order
+        order = torch.sort(flat_ids).indices  # (N*K,)
+        token_of = order // k if k > 1 else order  # (N*K,) the token of each sorted assignment
         # index_select, not x[token_of]: its backward is one index_add, where indexing's is an
-        # accumulating index_put (measured slower on CPU)
+        # accumulating index_put
         xs = x.index_select(0, token_of)  # (N*K, D) tokens in expert order
+        device = x.device.type
+        autocast = torch.is_autocast_enabled(device)
+        # under autocast the looped kernel's matmuls run in the autocast dtype; F.grouped_mm
+        # is not on autocast's list, so the grouped kernel casts its operands itself
+        dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
+        if self.use_grouped(dtype):
+            ys = self._grouped(xs.to(dtype), counts, dtype)  # (N*K, D)
+        else:
+            ys = self._looped(xs, counts)  # (N*K, D)
+        w_sorted = weights.reshape(-1).index_select(0, order)  # (N*K,) same reason as xs
+        ys = ys * w_sorted.unsqueeze(-1).to(ys.dtype)  # (N*K, D)
+        # index_add_ into a fresh zero tensor: nothing autograd saved is written into
+        return ys.new_zeros(n, x.shape[-1]).index_add_(0, token_of, ys)  # (N, D)
+
+    def _grouped(self, xs: torch.Tensor, counts: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+        """The grouped kernel: xs (N*K, D) sorted by expert, counts (E,) -> (N*K, D)."""
+        offsets = torch.cumsum(counts, 0, dtype=torch.int32)  # (E,) end of each expert's rows
+        w_gate, w_up, w_down = (w.to(dtype) for w in (self.w_gate, self.w_up, self.w_down))
+        h = F.silu(F.grouped_mm(xs, w_gate, offs=offsets)) * F.grouped_mm(
+            xs, w_up, offs=offsets)  # (N*K, H)
+        return F.grouped_mm(h, w_down, offs=offsets)  # (N*K, D)
+
+    def _looped(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The looped kernel: xs (N*K, D) sorted by expert, counts (E,) -> (N*K, D)."""
+        sizes = counts.tolist()  # host sync: the split sizes
         # unbind once, not w_gate[e] per expert: the backward of each select would write a
         # zero-filled (E, D, H) gradient, E times per weight; unbind's backward stacks once
         w_gate, w_up, w_down = self.w_gate.unbind(0), self.w_up.unbind(0), self.w_down.unbind(0)
@@ -152,13 +209,7 @@ class SwiGLUExperts(nn.Module):
                 continue  # an expert with no tokens costs nothing
             h = F.silu(xs_e @ w_gate[e]) * (xs_e @ w_up[e])  # (n_e, H)
             outs.append(h @ w_down[e])  # (n_e, D)
-        ys = torch.cat(outs, dim=0)  # (N*K, D)
-        w_sorted = weights.reshape(-1).index_select(0, order)  # (N*K,) same reason as xs
-        ys = ys * w_sorted.unsqueeze(-1).to(ys.dtype)  # (N*K, D)
-        # out-of-place index_add: a fresh tensor, nothing autograd saved is written into
-        return torch.zeros(n, x.shape[-1], dtype=ys.dtype, device=x.device).index_add(
-            0, token_of, ys
-        )  # (N, D)
+        return torch.cat(outs, dim=0)  # (N*K, D)
 
 
 def load_balancing_loss(probs: torch.Tensor, ids: torch.Tensor, num_experts: int,
@@ -173,9 +224,9 @@ def load_balancing_loss(probs: torch.Tensor, ids: torch.Tensor, num_experts: int
     """
     if counts is None:
         counts = torch.bincount(ids.reshape(-1), minlength=num_experts)  # (E,)
-    f = counts.to(probs.dtype) / ids.numel()  # (E,)
-    p = probs.mean(dim=0)  # (E,)
-    return num_experts * torch.sum(f * p)
+    # E * sum_i (counts_i / (N*K)) * (sum_n p_ni / N): one dot product of two (E,) vectors
+    scale = num_experts / (ids.numel() * probs.shape[0])
+    return torch.dot(counts.to(probs.dtype), probs.sum(dim=0)) * scale
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -183,7 +234,8 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 
     Keeps router logits small so the float32 softmax stays well conditioned. logits (N, E).
     """
-    return torch.logsumexp(at_least_fp32(logits), dim=-1).pow(2).mean()
+    lse = torch.logsumexp(at_least_fp32(logits), dim=-1)  # (N,)
+    return torch.dot(lse, lse) / lse.numel()
 
 
 def load_statistics(tokens_per_expert: torch.Tensor) -> dict[str, float]:
@@ -281,13 +333,12 @@ class MixtureOfExperts(nn.Module):
         y = self.experts(flat, r.ids, r.weights, counts).to(x.dtype)  # (N, D)
         aux = load_balancing_loss(r.probs, r.ids, self.num_experts, counts)  # this rank's counts
         z = router_z_loss(r.logits)
-        if self.training:
-            with torch.no_grad():
-                load = counts.to(self.tokens_per_expert.dtype)  # (E,) this process's tokens
-                self.tokens_per_expert = load
-                self.staged = {"tokens_per_expert": load}
-                if self.expert_bias is not None:
-                    self.staged["bias_flipped"] = flipped_choices(r.probs, r.ids, self.top_k)
+        if self.training:  # counts are integers: no graph to keep out of
+            load = counts.to(self.tokens_per_expert.dtype)  # (E,) this process's tokens
+            self.tokens_per_expert = load
+            self.staged = {"tokens_per_expert": load}
+            if self.expert_bias is not None:
+                self.staged["bias_flipped"] = flipped_choices(r.probs, r.ids, self.top_k)
         return MoEOutput(hidden=y.reshape(shape), aux_loss=aux, z_loss=z, router=r)
 
     @torch.no_grad()

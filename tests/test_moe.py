@@ -144,6 +144,49 @@ def test_dispatch_equals_naive_per_token_reference(starved):
     torch.testing.assert_close(out.hidden.reshape(-1, 8), expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("starved", [None, 2], ids=["all-experts-used", "expert-2-gets-none"])
+def test_grouped_kernel_equals_looped_kernel(starved):
+    """The grouped kernel (F.grouped_mm, float32) and the looped one (a matmul per expert) give
+    the same output and the same gradients of the tokens, the routing weights and all three
+    stacked weights, also when an expert receives no token. They run the same matmuls on the
+    same rows (the grouped one slices what the looped one splits), so they agree to the bit."""
+    torch.manual_seed(7)
+    experts = MixtureOfExperts(d_model=64, num_experts=8, top_k=2, expert_hidden=128).experts
+    x = torch.randn(300, 64)
+    ids = torch.stack([torch.randperm(8)[:2] for _ in range(300)])  # (300, 2) distinct experts
+    if starved is not None:
+        ids = torch.where(ids == starved, (ids + 2) % 8, ids)  # distinct still: a shift by 2
+        ids[:, 1] = torch.where(ids[:, 1] == ids[:, 0], (ids[:, 0] + 1) % 8, ids[:, 1])
+        ids = torch.where(ids == starved, (ids + 1) % 8, ids)
+        assert not (ids == starved).any() and bool((ids[:, 0] != ids[:, 1]).all())
+    weights = torch.rand(300, 2).softmax(dim=-1)
+    cotangent = torch.randn(300, 64)
+
+    found = {}
+    for grouped in (True, False):
+        experts.grouped = grouped
+        x_, w_ = x.clone().requires_grad_(True), weights.clone().requires_grad_(True)
+        experts.zero_grad(set_to_none=True)
+        out = experts(x_, ids, w_)
+        out.backward(cotangent)
+        found[grouped] = [out, x_.grad, w_.grad] + [p.grad for p in experts.parameters()]
+
+    for name, a, b in zip(["output", "x", "weights", "w_gate", "w_up", "w_down"],
+                          found[True], found[False], strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+
+
+def test_kernel_choice_by_dtype():
+    """float32 takes the grouped kernel, float64 (which F.grouped_mm rejects) the looped one."""
+    experts = MixtureOfExperts(d_model=8, num_experts=4, top_k=2, expert_hidden=16).experts
+
+    assert experts.use_grouped(torch.float32)
+    assert experts.use_grouped(torch.bfloat16)
+    assert not experts.use_grouped(torch.float64)
+    odd = MixtureOfExperts(d_model=6, num_experts=4, top_k=2, expert_hidden=5).experts
+    assert not odd.use_grouped(torch.bfloat16)  # 12-byte rows: not on a 16-byte boundary
+
+
 def test_load_stats_report_a_starved_expert_as_dead():
     """An expert that received no token in the last training forward is counted as dead."""
     torch.manual_seed(4)

@@ -112,6 +112,10 @@ def bias_update(bias: torch.Tensor, load: torch.Tensor, rate: float) -> torch.Te
 
 # dtypes F.grouped_mm accepts (on the CPU float32, bfloat16 and float16; not float64)
 GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# on the CPU, from this many assignments per expert on (on average) the looped kernel is the
+# faster one: its per-expert Python cost is spread over enough rows (benchmarks/bench_moe.py,
+# TRIED, has the measurements)
+CPU_LOOP_ROWS = 1024
 
 
 class SwiGLUExperts(nn.Module):
@@ -128,7 +132,8 @@ class SwiGLUExperts(nn.Module):
     - grouped (float32, bfloat16, float16): each of the three matmuls is one
       ``F.grouped_mm`` over all experts, the expert boundaries given as a tensor of offsets:
       no host sync, no Python loop over experts, 3 autograd nodes for the matmuls;
-    - looped (float64, which ``F.grouped_mm`` rejects): a Python loop over the experts that
+    - looped (float64, which ``F.grouped_mm`` rejects, and on the CPU from
+      :data:`CPU_LOOP_ROWS` assignments per expert on): a Python loop over the experts that
       received tokens, one contiguous matmul each (it needs the counts on the host).
 
     Both run the same matmuls on the same rows; ``tests/test_moe.py`` checks that they agree,
@@ -146,13 +151,16 @@ class SwiGLUExperts(nn.Module):
         # None: choose per call (use_grouped); True/False: force a kernel (tests, ablations)
         self.grouped: bool | None = None
 
-    def use_grouped(self, dtype: torch.dtype) -> bool:
-        """Whether a call whose matmuls compute in ``dtype`` takes the grouped kernel:
-        ``F.grouped_mm`` takes the dtype and every row of its operands starts on a 16-byte
-        boundary (its requirement for 2-byte dtypes)."""
+    def use_grouped(self, dtype: torch.dtype, rows: int = 0, device: str = "cpu") -> bool:
+        """Whether a call of ``rows`` assignments (N*K) whose matmuls compute in ``dtype`` on
+        ``device`` takes the grouped kernel: ``F.grouped_mm`` takes the dtype, every row of its
+        operands starts on a 16-byte boundary (its requirement for 2-byte dtypes), and, on the
+        CPU, the experts get fewer than :data:`CPU_LOOP_ROWS` rows each on average."""
         if self.grouped is not None:
             return self.grouped
         d, h = self.w_down.shape[1:]
+        if device == "cpu" and rows >= CPU_LOOP_ROWS * self.num_experts:
+            return False
         return dtype in GROUPED_DTYPES and (d * dtype.itemsize) % 16 == 0 and (
             h * dtype.itemsize) % 16 == 0
 
@@ -179,7 +187,7 @@ class SwiGLUExperts(nn.Module):
         # under autocast the looped kernel's matmuls run in the autocast dtype; F.grouped_mm
         # is not on autocast's list, so the grouped kernel casts its operands itself
         dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
-        if self.use_grouped(dtype):
+        if self.use_grouped(dtype, flat_ids.numel(), device):
             ys = self._grouped(xs.to(dtype), counts, dtype)  # (N*K, D)
         else:
             ys = self._looped(xs, counts)  # (N*K, D)

@@ -11,7 +11,13 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
 from benchmarks.bench_moe import mixtral_block
-from mahiax.moe import MixtureOfExperts, load_balancing_loss, load_statistics, router_z_loss
+from mahiax.moe import (
+    CPU_LOOP_ROWS,
+    MixtureOfExperts,
+    load_balancing_loss,
+    load_statistics,
+    router_z_loss,
+)
 
 F64 = torch.float64
 
@@ -176,8 +182,9 @@ def test_grouped_kernel_equals_looped_kernel(starved):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
 
 
-def test_kernel_choice_by_dtype():
-    """float32 takes the grouped kernel, float64 (which F.grouped_mm rejects) the looped one."""
+def test_kernel_choice_by_dtype_and_rows():
+    """float32 takes the grouped kernel, float64 (which F.grouped_mm rejects) the looped one;
+    on the CPU the looped one also from CPU_LOOP_ROWS assignments per expert on."""
     experts = MixtureOfExperts(d_model=8, num_experts=4, top_k=2, expert_hidden=16).experts
 
     assert experts.use_grouped(torch.float32)
@@ -185,6 +192,10 @@ def test_kernel_choice_by_dtype():
     assert not experts.use_grouped(torch.float64)
     odd = MixtureOfExperts(d_model=6, num_experts=4, top_k=2, expert_hidden=5).experts
     assert not odd.use_grouped(torch.bfloat16)  # 12-byte rows: not on a 16-byte boundary
+    many = CPU_LOOP_ROWS * 4  # E = 4
+    assert experts.use_grouped(torch.float32, many - 1, "cpu")
+    assert not experts.use_grouped(torch.float32, many, "cpu")
+    assert experts.use_grouped(torch.float32, many, "cuda")
 
 
 def test_load_stats_report_a_starved_expert_as_dead():

@@ -241,7 +241,8 @@ class MemoryByCategory:
     stacked: pd.DataFrame  # column per category label
     totals: pd.DataFrame  # columns among total, peak, reserved (NaN where not read)
     sparse: list[str]  # category labels read at only some steps
-    sparse_every: int | None = None  # the usual number of steps between their readings
+    sparse_every: int | None = None  # the number of steps between their readings
+    sparse_last: int | None = None  # the last step they were read at
     every: int | None = None  # the usual number of steps between two stacked readings
 
     @property
@@ -249,9 +250,11 @@ class MemoryByCategory:
         return self.stacked.empty
 
 
-def memory_by_category(df: pd.DataFrame) -> MemoryByCategory:
+def memory_by_category(df: pd.DataFrame, sparse_every: int | None = None) -> MemoryByCategory:
     """Split the ``mem/*`` scalars of ``df`` (index step, bytes) for :func:`charts` stacking.
 
+    ``sparse_every``: the steps between two readings of the sparse categories when the run
+    says (its stored cadence's ``memory_every``); otherwise the usual gap between them.
     A run recorded before memory was logged by category gives an empty ``stacked``."""
     present = [k for k in MEMORY_CATEGORIES if k in df.columns and df[k].notna().any()]
     if not present:
@@ -265,12 +268,18 @@ def memory_by_category(df: pd.DataFrame) -> MemoryByCategory:
     totals = to_mib(df.loc[df[totals_keys].notna().any(axis=1), totals_keys]) \
         .rename(columns=MEMORY_TOTALS) if totals_keys else pd.DataFrame()
     stacked.index.name = totals.index.name = "step"
-    sparse_every = None
+    sparse_last = None
     if sparse:
         rarest = min((k for k in present if k not in dense), key=lambda k: rows[k].count())
-        sparse_every = usual_gap(rows.index[rows[rarest].notna()])
+        read = rows.index[rows[rarest].notna()]
+        sparse_last = int(read[-1])
+        if sparse_every is None:
+            sparse_every = usual_gap(read)
+    else:
+        sparse_every = None
     return MemoryByCategory(stacked=stacked, totals=totals, sparse=sparse,
-                            sparse_every=sparse_every, every=usual_gap(stacked.index))
+                            sparse_every=sparse_every, sparse_last=sparse_last,
+                            every=usual_gap(stacked.index))
 
 
 def usual_gap(steps: pd.Index) -> int | None:

@@ -489,7 +489,10 @@ def memory_body(path: str, info: dict) -> None:
     device = str(info.get("device") or "")
     gpu = device.startswith("cuda")
     where = f"**{'GPU' if gpu else 'CPU'}** memory (device `{device or 'unknown'}`)"
-    mem = processing.memory_by_category(df)
+    # the run's own full-reading cadence where it kept one (the readings alone cannot tell a
+    # cadence from the extra reading at a run's last step)
+    stored = Cadence.of_run(info).memory_every if info.get("cadence") else None
+    mem = processing.memory_by_category(df, sparse_every=stored)
     spikes = data.spike_snapshots(path, info)
     if mem.empty:
         st.info(f"{where}. This run logged no memory by category (it was recorded before "
@@ -514,6 +517,8 @@ def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: 
         st.info(f"{where}: the bytes of the tensors each category holds, {read}.")
     if mem.sparse:
         every = f"every {mem.sparse_every} steps" if mem.sparse_every else "at some steps"
+        if mem.sparse_every and mem.sparse_last and mem.sparse_last % mem.sparse_every:
+            every += f" and at step {mem.sparse_last}"
         st.caption(f"{', '.join(mem.sparse)}: read only {every} (a scan of every live "
                    "tensor), so not stacked; the markers are the measured total at those "
                    "steps, and the gap above the stack is what the scan found.")

@@ -19,6 +19,13 @@ from dataclasses import asdict, dataclass, field, fields
 # step dwarfs the walk).
 CATEGORIES_EVERY = 10
 
+# Steps between two full memory readings on a CPU, which also take one at a recorded run's
+# last step. The reading scans every object Python's garbage collector tracks (a training
+# process holds some 290,000 once ``torch.optim`` has imported its compiler stack), tens of
+# milliseconds each: :mod:`mahiax.telemetry.memory_meter`; ``make bench`` measures the cost.
+# Between two of them, ``mem/rss`` (every step) and the categories show a leak's growth.
+MEMORY_EVERY = 1000
+
 # Steps whose expert loads ``moe/max_vio_global`` sums: long enough that one skewed batch
 # does not set it, short enough that it follows the router as training moves it.
 MAX_VIO_WINDOW = 50
@@ -42,8 +49,8 @@ class Cadence:
         CATEGORIES_EVERY, "record memory by category (parameters, gradients, optimizer "
         "state, saved for backward) every N steps")
     memory_every: int = _setting(
-        250, "CPU: take the full memory reading (a scan of every live object, for "
-        "mem/other and mem/total) every N steps")
+        MEMORY_EVERY, "CPU: take the full memory reading (a scan of every live object, for "
+        "mem/other and mem/total) every N steps and at a recorded run's last step")
     spike_bytes: int | None = _setting(
         128 * 2**20, "CUDA: save one memory snapshot at a step whose allocated or peak "
         "memory rises by more than N bytes ('none': never)", none_allowed=True)

@@ -45,15 +45,15 @@ Keys a training run writes (scalars unless marked; ``<task>`` is each task name)
 ``time/step_s``, ``time/samples_per_s``
 ``mem/rss``                           process RSS, bytes (every step: cheap)
 ``mem/params``, ``mem/grads``,        memory by category on the trainer's device, bytes,
-``mem/optimizer``, ``mem/saved``      every ``categories_every`` steps (and every
-                                      ``memory_every``), read after the forward (the step's
+``mem/optimizer``, ``mem/saved``      every ``categories_every`` steps (and with each
+                                      full reading), read after the forward (the step's
                                       graph still holds its saved tensors; the gradients
                                       are the previous step's, not yet cleared)
 ``mem/other``                         with the categories: CUDA: allocated minus them; CPU:
-                                      every ``memory_every`` steps (a scan of every live
-                                      object)
+                                      every ``memory_every`` steps and at a recorded run's
+                                      last step (a scan of every live object)
 ``mem/total``, ``mem/peak``           CUDA: every step (memory_allocated,
-                                      max_memory_allocated); CPU: every ``memory_every``
+                                      max_memory_allocated); CPU: with ``mem/other``
 ``mem/reserved``                      CUDA: the caching allocator's reserve, every step
 ``mem/tensor_bytes``                  CPU: the same figure as ``mem/total`` (older name)
 ``mem/allocated``                     CUDA: the same figure as ``mem/total`` (older name)
@@ -181,7 +181,7 @@ KINDS = (SCALAR, VECTOR, SNAPSHOT)
 # When a key is written: every step, or at the steps a :class:`mahiax.cadence.Cadence`
 # setting names (the value is the setting's field name), or at a memory spike.
 EVERY_STEP = "every step"
-EVERY_CATEGORIES = "categories_every"  # every categories_every steps, and every memory_every
+EVERY_CATEGORIES = "categories_every"  # every categories_every steps, and with every full reading
 EVERY_MEMORY = "memory_every"
 EVERY_SNAPSHOT = "snapshot_every"  # and at the last step
 AT_SPIKE = "at a memory spike"  # CUDA: the one step whose memory jumped (if any)
@@ -316,20 +316,23 @@ def keys_written(config: Mapping[str, object], device: str = "cpu", *,
 
 
 def steps_written(when: str, cadence: object, steps: int) -> list[int]:
-    """The steps of a run of ``steps`` steps (from 0) at which a key written ``when`` is
-    written under ``cadence`` (a :class:`mahiax.cadence.Cadence`): snapshots also at the
-    last step. Not for :data:`AT_SPIKE`."""
+    """The steps of a run of ``steps`` steps (from 0), recorded by
+    :func:`mahiax.recording.record_training`, at which a key written ``when`` is written under
+    ``cadence`` (a :class:`mahiax.cadence.Cadence`): snapshots and the full memory reading
+    (with the categories it includes) also at the last step. Not for :data:`AT_SPIKE`."""
     every = range(steps)
+    last = {steps - 1} if steps else set()
     if when == EVERY_STEP:
         return list(every)
     if when == EVERY_CATEGORIES:
         c, m = cadence.categories_every, cadence.memory_every  # type: ignore[attr-defined]
-        return [s for s in every if s % c == 0 or s % m == 0]
+        return sorted({s for s in every if s % c == 0 or s % m == 0} | last)
     if when == EVERY_MEMORY:
-        return [s for s in every if s % cadence.memory_every == 0]  # type: ignore[attr-defined]
+        m = cadence.memory_every  # type: ignore[attr-defined]
+        return sorted({s for s in every if s % m == 0} | last)
     if when == EVERY_SNAPSHOT:
         n = cadence.snapshot_every  # type: ignore[attr-defined]
-        return sorted({s for s in every if s % n == 0} | ({steps - 1} if steps else set()))
+        return sorted({s for s in every if s % n == 0} | last)
     raise ValueError(f"no fixed steps for keys written {when!r}")
 
 

@@ -102,7 +102,8 @@ def record_training(
     )
     if resume:
         writer.rewind(trainer.step_num)  # rows past the checkpoint are recomputed, not kept
-    probe = TrainingProbe(writer, cadence, trainer=trainer)  # reads memory after each forward
+    # reads memory after each forward, in full also at the last step
+    probe = TrainingProbe(writer, cadence, trainer=trainer, last_step=steps - 1)
     step = trainer.step_num
     try:
         while trainer.step_num < steps:

@@ -78,6 +78,8 @@ class DynamicWeightAveraging(LossWeighting):
         self.register_buffer("acc", torch.zeros(num_tasks, dtype=torch.float64))
         self.register_buffer("acc_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("current", torch.ones(num_tasks))
+        # (history tensor, its version, its ratios as floats): see ratio_values
+        self._ratio_key: tuple[torch.Tensor, int, list[float]] | None = None
 
     def weights(self) -> torch.Tensor:
         return self.current.clone()
@@ -87,6 +89,20 @@ class DynamicWeightAveraging(LossWeighting):
         if int(self.windows_done) < 2:
             return torch.ones(self.num_tasks, device=self.current.device)
         return (self.history[1] / self.history[0].clamp_min(1e-12)).float()
+
+    def ratio_values(self) -> list[float]:
+        """:meth:`ratios` as floats, for a logger that reads them after every step.
+
+        They change only when ``history`` does: :meth:`update` replaces it when a window
+        completes, and loading a state dict copies into it (which bumps its version counter).
+        So the floats are kept with the ``history`` tensor they came from and its version, and
+        computed again only when either differs (holding the tensor keeps its identity unique).
+        """
+        key = self._ratio_key
+        if key is None or key[0] is not self.history or key[1] != self.history._version:
+            values = self.ratios().tolist()
+            self._ratio_key = (self.history, self.history._version, values)
+        return list(self._ratio_key[2])
 
     @torch.no_grad()
     def update(self, losses: torch.Tensor) -> None:

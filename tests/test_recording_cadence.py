@@ -43,10 +43,10 @@ def test_a_cli_recorded_300_step_run_has_memory_by_category_every_10_steps(tmp_p
     reader = _record(tmp_path / "s.sqlite", "cli", 300)
     default = Cadence()
     seen = _steps_with(reader, "cli", [*CATEGORIES, "mem/other", "mem/total"])
-    for key in CATEGORIES:
-        assert seen[key] == list(range(0, 300, default.categories_every)), key
+    for key in CATEGORIES:  # and with the full reading at the last step
+        assert seen[key] == [*range(0, 300, default.categories_every), 299], key
     for key in ("mem/other", "mem/total"):  # the CPU scan of every live object
-        assert seen[key] == list(range(0, 300, default.memory_every)), key
+        assert seen[key] == [*range(0, 300, default.memory_every), 299], key
     assert reader.snapshot_steps("cli", "memory/nodes") == [
         *range(0, 300, default.snapshot_every), 299]  # and the last step
 
@@ -56,8 +56,8 @@ def test_each_cadence_flag_reaches_its_own_setting(tmp_path):
                      "--memory-every", "12", "--snapshot-every", "9")
     seen = _steps_with(reader, "flags", ["mem/params", "mem/other"])
     # by category every 7 steps, and at each full reading (every 12), which includes them
-    assert seen["mem/params"] == [0, 7, 12, 14, 21, 24, 28]
-    assert seen["mem/other"] == [0, 12, 24]
+    assert seen["mem/params"] == [0, 7, 12, 14, 21, 24, 28, 29]
+    assert seen["mem/other"] == [0, 12, 24, 29]  # and at the last step
     assert reader.snapshot_steps("flags", "memory/nodes") == [0, 9, 18, 27, 29]
 
 
@@ -99,8 +99,8 @@ def test_a_run_started_from_the_dashboard_records_memory_by_category(tmp_path):
     reader = RunReader(store)
     assert reader.run("launched")["status"] == "finished"
     seen = _steps_with(reader, "launched", CATEGORIES)
-    for key in CATEGORIES:
-        assert seen[key] == list(range(0, 25, Cadence().categories_every)), key
+    for key in CATEGORIES:  # and with the full reading at the last step
+        assert seen[key] == [*range(0, 25, Cadence().categories_every), 24], key
 
 
 def test_store_commands_start_without_importing_torch(tmp_path):

@@ -69,7 +69,8 @@ def test_recorded_run_has_every_documented_series(recorded):
                 "mem/grads", "mem/optimizer", "mem/saved", "mem/other", "mem/total"}
     expected |= {f"{p}/{t}" for t in c.tasks for p in ("loss", "weight", "dwa/ratio")}
     assert expected <= set(scal.columns)
-    assert scal["mem/tensor_bytes"].dropna().index.tolist() == [0, 10, 20]
+    # the full reading: every memory_every steps (10 here) and at the last step
+    assert scal["mem/tensor_bytes"].dropna().index.tolist() == [0, 10, 20, 29]
     assert not {"mem/allocated", "mem/reserved", "mem/spike"} & set(scal.columns)  # a CPU run
     tpe = reader.vectors("tiny-30", "moe/tokens_per_expert")
     assert tpe.shape == (30, c.num_experts)
@@ -98,7 +99,7 @@ def test_recorded_run_has_memory_by_category_every_step(recorded):
     assert ((grads > 0) & (grads <= mem["mem/params"].iloc[1:])).all()  # none)
     assert mem["mem/optimizer"].iloc[0] == 0 and (mem["mem/optimizer"].iloc[1:] > 0).all()
     full = mem.dropna()
-    assert list(full.index) == [0, 10, 20]
+    assert list(full.index) == [0, 10, 20, 29]  # and the last step
     parts = full[["mem/params", "mem/grads", "mem/optimizer", "mem/saved", "mem/other"]]
     assert (parts.sum(axis=1) == full["mem/total"]).all()
     assert (full["mem/tensor_bytes"] == full["mem/total"]).all()  # the older name, same figure

@@ -425,6 +425,20 @@ def test_dwa_weights_follow_the_ratio_of_the_last_two_window_means():
     assert expected[-1] != [1.0, 1.0, 1.0]  # the comparison covered real DWA weights
 
 
+def test_dwa_ratio_values_follow_the_ratios_through_windows_and_a_loaded_state():
+    """The logger's floats (kept between windows) are always the live ratios: after each
+    update, and after a state dict from another run is loaded into the same module."""
+    dwa = DynamicWeightAveraging(3, temperature=2.0, window=2)
+    other = DynamicWeightAveraging(3, temperature=2.0, window=2)
+    for row in synthetic_losses(9):
+        dwa.update(torch.tensor(row))
+        assert dwa.ratio_values() == dwa.ratios().tolist()
+        other.update(2 * torch.tensor(row[::-1]))
+    assert dwa.ratio_values() != other.ratio_values()
+    dwa.load_state_dict(other.state_dict())
+    assert dwa.ratio_values() == other.ratios().tolist()
+
+
 def test_dwa_weights_sum_to_the_number_of_tasks():
     dwa = DynamicWeightAveraging(3, temperature=2.0, window=2)
     for row in synthetic_losses(20):

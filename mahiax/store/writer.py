@@ -257,12 +257,17 @@ class RunWriter:
         key = _check_key(key)
         if hasattr(values, "tolist"):  # numpy arrays and torch tensors
             values = values.tolist()
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        if type(values) is not list and (
+                isinstance(values, (str, bytes)) or not isinstance(values, Sequence)):
             raise ValueError(
                 f"vector {key!r} at step {step} must be a 1-D sequence of numbers, "
                 f"got {type(values).__name__}"
             )
-        items = [_scalar(f"{key}[{i}]", v, step) for i, v in enumerate(values)]
+        items = [
+            (v if math.isfinite(v) else None) if type(v) is float  # the common case, cheaply
+            else _scalar(f"{key}[{i}]", v, step)
+            for i, v in enumerate(values)
+        ]
         self._add(step).vectors.append((self._run_id, step, key, json.dumps(items)))
         self._maybe_flush()
 
@@ -610,6 +615,8 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def _check_step(step: object) -> int:
+    if type(step) is int and step >= 0:  # the common case, without the ABC check below
+        return step
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"step={step!r} must be an integer >= 0")
     return int(step)
@@ -623,6 +630,8 @@ def _check_key(key: object) -> str:
 
 def _scalar(key: str, value: object, step: int) -> float | None:
     """``value`` as a float, or None (SQL NULL) when it is NaN or infinite."""
+    if type(value) is float:  # the common case: a probe's figure, already a float
+        return value if math.isfinite(value) else None
     if isinstance(value, (str, bytes)):
         raise ValueError(f"scalar {key!r} at step {step} must be a number, got {value!r}")
     try:

@@ -76,26 +76,29 @@ def legacy_cuda_reading() -> float:
 class ProcessRSS:
     """This process's resident set size, read every step: on Linux one ``pread`` of
     ``/proc/self/statm`` kept open (psutil opens and parses the file at each call, a few
-    times slower), elsewhere psutil."""
+    times slower), elsewhere psutil. After :meth:`close` it reads through psutil."""
 
     def __init__(self) -> None:
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._process: psutil.Process | None = None
         try:
             self._fd: int | None = os.open("/proc/self/statm", os.O_RDONLY)
         except OSError:
             self._fd = None
-            self._process = psutil.Process()
 
     def bytes(self) -> int:
         if self._fd is None:
+            if self._process is None:
+                self._process = psutil.Process()
             return int(self._process.memory_info().rss)
         return int(os.pread(self._fd, 128, 0).split()[1]) * self._page  # resident pages
 
     def close(self) -> None:
+        """Close the file; nothing else is opened here (``__del__`` runs at interpreter
+        shutdown, when importing or starting anything can fail)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            self._process = psutil.Process()
 
     def __del__(self) -> None:
         self.close()

@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from mahiax import metric_keys as mk
@@ -49,24 +48,29 @@ class LoadWindow:
     def __init__(self, steps: int = MAX_VIO_WINDOW):
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps={steps!r} must be a positive integer")
-        self._loads: deque[np.ndarray] = deque(maxlen=steps)
-        self._sum: np.ndarray | None = None  # (E,) float64: the loads in the window, summed
+        self._loads: deque[tuple[float, ...]] = deque(maxlen=steps)
+        self._sum: list[float] = []  # (E,) the loads in the window, summed
 
     def add(self, tokens_per_expert: Sequence[float]) -> float:
         """Add one step's tokens per expert (E,); return MaxVio of the window's summed load
         (the steps so far while fewer than ``steps``). The sum is kept as the window moves
         (the step leaving it subtracted), so a step costs O(E), not O(window * E); token
-        counts are integers, exact in float64, so the kept sum equals a fresh one."""
-        load = np.asarray(tokens_per_expert, dtype=np.float64)
-        if self._sum is None or self._sum.shape != load.shape:
+        counts are integers, exact in floats, so the kept sum equals a fresh one.
+
+        Plain Python floats, not numpy: E is a handful of experts, and the call runs once per
+        training step right after the step, where each numpy call's fixed cost is many times
+        the arithmetic (``make bench``'s telemetry row)."""
+        load = tuple(map(float, tokens_per_expert))
+        if len(load) != len(self._sum):
             self._loads.clear()
-            self._sum = np.zeros_like(load)
+            self._sum = [0.0] * len(load)
+        total = self._sum
         if len(self._loads) == self._loads.maxlen:
-            self._sum -= self._loads[0]
+            total = [a - b for a, b in zip(total, self._loads[0], strict=True)]
         self._loads.append(load)
-        self._sum += load
-        mean = float(self._sum.mean())
-        return float(self._sum.max()) / mean - 1.0 if mean > 0 else 0.0
+        self._sum = total = [a + b for a, b in zip(total, load, strict=True)]
+        mean = sum(total) / len(total) if total else 0.0
+        return max(total) / mean - 1.0 if mean > 0 else 0.0
 
 
 class TrainingProbe:
@@ -79,9 +83,12 @@ class TrainingProbe:
     """
 
     def __init__(self, logger: Logger, cadence: Cadence | None = None, trainer=None,
-                 snapshot_dir: str | Path | None = None):
+                 snapshot_dir: str | Path | None = None, last_step: int | None = None):
         self.logger = logger
         self.cadence = cadence or Cadence()
+        # the run's last step, when the caller knows it: a full memory reading is taken there
+        # too, so a run shorter than ``memory_every`` ends with one
+        self.last_step = last_step
         self.meter: MemoryMeter | None = None
         self.spikes: SpikeCapture | None = None
         self._snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
@@ -126,12 +133,15 @@ class TrainingProbe:
         assert self.meter is not None
         return self.meter.categories(
             (trainer.model, trainer.weighting), trainer.optimizer, graph,
-            full=step % self.cadence.memory_every == 0,
+            full=self.takes_full_reading(step),
         )
 
+    def takes_full_reading(self, step: int) -> bool:
+        """Whether ``step`` takes the full memory reading (the CPU's scan of every object)."""
+        return step % self.cadence.memory_every == 0 or step == self.last_step
+
     def _reads_categories(self, step: int) -> bool:
-        c = self.cadence
-        return step % c.categories_every == 0 or step % c.memory_every == 0
+        return step % self.cadence.categories_every == 0 or self.takes_full_reading(step)
 
     def _after_forward(self, loss: torch.Tensor) -> None:
         trainer = self._trainer
@@ -149,9 +159,9 @@ class TrainingProbe:
             m[mk.task_loss(task)] = v
         for task, v in record.weights.items():
             m[mk.task_weight(task)] = v
-        ratios = getattr(trainer.weighting, "ratios", None)
+        ratios = getattr(trainer.weighting, "ratio_values", None)
         if ratios is not None:
-            for task, r in zip(trainer.config.tasks, ratios().tolist(), strict=True):
+            for task, r in zip(trainer.config.tasks, ratios(), strict=True):
                 m[mk.dwa_ratio(task)] = r
         load = record.load
         m.update({

@@ -339,7 +339,8 @@ def matrix_result() -> dict:
 def test_moe_matrix_result_has_every_routing_arm_and_size(matrix_result):
     json.dumps(matrix_result)  # what run_all writes
     routings = matrix_result["shapes"]["tiny"]["routings"]
-    assert list(routings) == list(bench_moe_matrix.ROUTINGS) and matrix_result["met"]
+    assert list(routings) == list(bench_moe_matrix.ROUTINGS)
+    assert matrix_result["met"] == (not matrix_result["misses"])
     for r in routings.values():
         assert list(r["cells"]) == ["32", "64"]
         for c in r["cells"].values():
@@ -352,6 +353,20 @@ def test_moe_matrix_result_has_every_routing_arm_and_size(matrix_result):
                     diff = a["max_abs_diff_vs_ours"]
                     assert diff["output"] <= 1e-5 and diff["input_grad"] <= 1e-5, name
         assert set(r["crossovers"]["ranking"]) == {"32", "64"}
+
+
+def test_moe_matrix_goal_names_a_row_where_a_peer_is_faster_beyond_the_tie():
+    """A peer more than 5% below ours misses the goal at that row; within 5% is a tie."""
+    def cell(ours: float, peer: float) -> dict:
+        return {"arms": {OURS: {"over_floor": {"median": ours}}, FLOOR: {},
+                         "mixtral eager": {"over_floor": {"median": peer}}}}
+
+    result = {"tie": 0.05, "shapes": {"tiny": {"routings": {"uniform": {"cells": {
+        "64": cell(2.0, 1.80), "256": cell(2.0, 1.95), "1024": cell(2.0, 2.5)}}}}}}
+    found = bench_moe_matrix.misses(result)
+
+    assert [(m["tokens"], m["peer"]) for m in found] == [(64, "mixtral eager")]
+    assert found[0]["ours_over_floor"] == 2.0 and found[0]["peer_over_floor"] == 1.80
 
 
 def test_moe_matrix_markdown_prints_every_routing_and_its_crossovers(matrix_result):

@@ -78,8 +78,10 @@ class DynamicWeightAveraging(LossWeighting):
         self.register_buffer("acc", torch.zeros(num_tasks, dtype=torch.float64))
         self.register_buffer("acc_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("current", torch.ones(num_tasks))
-        # (history tensor, its version, its ratios as floats): see ratio_values
-        self._ratio_key: tuple[torch.Tensor, int, list[float]] | None = None
+        # ratio_values' floats, the history tensor they came from and its version then
+        self._ratio_floats: list[float] = []
+        self._ratios_history: torch.Tensor | None = None
+        self._ratios_version = -1
 
     def weights(self) -> torch.Tensor:
         return self.current.clone()
@@ -98,11 +100,11 @@ class DynamicWeightAveraging(LossWeighting):
         So the floats are kept with the ``history`` tensor they came from and its version, and
         computed again only when either differs (holding the tensor keeps its identity unique).
         """
-        key = self._ratio_key
-        if key is None or key[0] is not self.history or key[1] != self.history._version:
-            values = self.ratios().tolist()
-            self._ratio_key = (self.history, self.history._version, values)
-        return list(self._ratio_key[2])
+        history = self.history
+        if self._ratios_history is not history or self._ratios_version != history._version:
+            self._ratio_floats = self.ratios().tolist()
+            self._ratios_history, self._ratios_version = history, history._version
+        return list(self._ratio_floats)
 
     @torch.no_grad()
     def update(self, losses: torch.Tensor) -> None:

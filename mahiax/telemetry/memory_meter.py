@@ -191,7 +191,7 @@ class MemoryMeter:
         self._params: list[torch.Tensor] = []
         self._param_storages: Storages = {}
         self._param_ids: frozenset[int] = frozenset()
-        self._opt_key: tuple[Any, ...] | None = None
+        self._opt_seen: _OptimizerSeen | None = None
         self._opt_storages: Storages = {}
 
     @property
@@ -301,13 +301,25 @@ class MemoryMeter:
         """Storages of the optimizer's state tensors, looked up again when the state dict is
         replaced (``load_state_dict``) or gains entries (parameters getting state); the
         optimizers update their state tensors in place."""
-        key = (optimizer, optimizer.state, len(optimizer.state))
-        old = self._opt_key
-        if refresh or old is None or old[0] is not key[0] or old[1] is not key[1] \
-                or old[2] != key[2]:
-            self._opt_key, self._opt_storages = key, {}
+        seen = self._opt_seen
+        if refresh or seen is None or seen.optimizer is not optimizer \
+                or seen.state is not optimizer.state or seen.entries != len(optimizer.state):
+            self._opt_seen = _OptimizerSeen(optimizer=optimizer, state=optimizer.state,
+                                            entries=len(optimizer.state))
+            self._opt_storages = {}
             add_tensors(optimizer_tensors(optimizer), self._on_device, self._opt_storages)
         return self._opt_storages
+
+
+@dataclass(frozen=True, kw_only=True)
+class _OptimizerSeen:
+    """The optimizer whose state storages :class:`MemoryMeter` holds, as it was then: its
+    state dict (``load_state_dict`` replaces it) and how many entries it had (parameters
+    gain state at their first step)."""
+
+    optimizer: torch.optim.Optimizer
+    state: Any  # the optimizer's ``state`` mapping, compared by identity
+    entries: int
 
 
 # ---- the CPU scan --------------------------------------------------------------------------

@@ -93,7 +93,8 @@ class TrainingProbe:
         self.spikes: SpikeCapture | None = None
         self._snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self._trainer = None
-        self._reading: tuple[int, MemoryCategories] | None = None  # (step, after forward)
+        self._reading: MemoryCategories | None = None  # read after the forward of ...
+        self._reading_step = -1  # ... this step
         self._rss = ProcessRSS()
         self._load_window = LoadWindow(self.cadence.max_vio_window)
         if trainer is not None:
@@ -147,7 +148,7 @@ class TrainingProbe:
         trainer = self._trainer
         step = trainer.step_num
         if self._reads_categories(step):
-            self._reading = (step, self._categories(trainer, loss, step))
+            self._reading, self._reading_step = self._categories(trainer, loss, step), step
 
     @torch.no_grad()
     def observe(self, trainer, record) -> None:
@@ -204,8 +205,8 @@ class TrainingProbe:
         reading, self._reading = self._reading, None
         assert self.meter is not None and self.spikes is not None
         m: dict[str, float] = {}
-        if reading is not None and reading[0] == step:
-            m = reading[1].as_metrics()
+        if reading is not None and self._reading_step == step:
+            m = reading.as_metrics()
         elif self._reads_categories(step):  # attached after this forward: its graph is gone
             m = self._categories(trainer, None, step).as_metrics()
         elif self.meter.is_cuda:  # between category readings the allocator's totals are free

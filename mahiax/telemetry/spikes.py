@@ -128,7 +128,8 @@ class SpikeCapture:
         self._steps_seen += 1
         if before is None or self._steps_seen <= self.warmup_steps:
             return None
-        jump = max(allocated - before[0], peak - before[1])
+        allocated_before, peak_before = before
+        jump = max(allocated - allocated_before, peak - peak_before)
         assert self.threshold is not None and self.directory is not None  # enabled
         if jump <= self.threshold:
             return None

@@ -45,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -97,6 +98,16 @@ def _one_snapshot(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+@dataclass(frozen=True, kw_only=True)
+class _StepCount:
+    """A run's distinct scalar steps as last counted: the next count reads only the steps
+    after ``newest`` and adds them."""
+
+    created: float  # the run's creation time: a run deleted and made again is counted afresh
+    count: int  # distinct steps with scalars, up to ``newest``
+    newest: int  # the newest step counted (-1: none yet)
+
+
 class RunReader:
     """Read-only access to the store at ``path`` (see :func:`resolve_store_path`).
 
@@ -116,8 +127,7 @@ class RunReader:
         self.busy_timeout_s = float(busy_timeout_s)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()  # one call at a time; a call may nest snapshots
-        # run id -> (created, distinct scalar steps counted, newest step counted)
-        self._step_counts: dict[int, tuple[float, int, int]] = {}
+        self._step_counts: dict[int, _StepCount] = {}  # run id -> its steps as last counted
 
     def close(self) -> None:
         with self._lock:
@@ -271,8 +281,8 @@ class RunReader:
                 self._step_counts.pop(run_id, None)
                 return 0
             base, after = 0, -1
-            if cached is not None and cached[0] == created and last_step >= cached[2]:
-                _, base, after = cached
+            if cached is not None and cached.created == created and last_step >= cached.newest:
+                base, after = cached.count, cached.newest
             keys = [r[0] for r in self._query(_KEYS_SQL.format(table="scalars"), {"run": run_id})]
             if not keys:
                 return 0
@@ -282,7 +292,8 @@ class RunReader:
                 (run_id, *keys, after),
             )[0]
             count = base + int(new)
-            self._step_counts[run_id] = (created, count, after if newest is None else newest)
+            self._step_counts[run_id] = _StepCount(
+                created=created, count=count, newest=after if newest is None else newest)
             return count
 
     # -- scalars and vectors ----------------------------------------------------------------

@@ -191,16 +191,25 @@ DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True, kw_only=True)
+class Setting:
+    """A config setting a key needs: the key is written only by runs whose config has
+    ``value`` under ``key``."""
+
+    key: str  # a config field: "weighting"
+    value: str  # "dwa"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Key:
     """One documented key: its name (``<task>`` stands for each task), kind, when it is
     written on each device (None: never on that device), and the config setting it needs
-    (``("weighting", "dwa")``: DWA only; None: every run)."""
+    (``weighting`` is ``dwa``: DWA only; None: every run)."""
 
     name: str
     kind: str
     cpu: str | None
     cuda: str | None
-    only: tuple[str, str] | None = None
+    only: Setting | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -222,7 +231,7 @@ class Key:
         """Whether a run of ``config`` (a config dict) on ``device`` writes this key."""
         if self.when(device) is None:
             return False
-        return self.only is None or config.get(self.only[0]) == self.only[1]
+        return self.only is None or config.get(self.only.key) == self.only.value
 
     def names(self, tasks: Iterable[str]) -> list[str]:
         """The stored key names: one per task for a per-task key."""
@@ -233,8 +242,8 @@ class Key:
 
 _TASK = "<task>"
 _STEP = EVERY_STEP
-_DWA = ("weighting", "dwa")
-_BIAS = ("balance", "bias")
+_DWA = Setting(key="weighting", value="dwa")
+_BIAS = Setting(key="balance", value="bias")
 
 TRAINING_KEYS: tuple[Key, ...] = (
     Key(name=LOSS, kind=SCALAR, cpu=_STEP, cuda=_STEP),

@@ -109,7 +109,7 @@ def test_every_key_is_in_the_documentation_table_and_every_constant_is_a_key():
     assert constants == names, constants ^ names
     assert mk.task_loss("tabular") == "loss/tabular"
     assert mk.documented("loss/tabular") is mk.documented("loss/<task>")
-    assert mk.documented("dwa/ratio/mixed").only == ("weighting", "dwa")
+    assert mk.documented("dwa/ratio/mixed").only == mk.Setting(key="weighting", value="dwa")
     assert mk.documented("loss/a/b") is None and mk.documented("moe/unknown") is None
     assert "``moe/max_vio_global``" not in (ROOT / "mahiax/telemetry/probes.py").read_text(), \
         "the table lives in mahiax.metric_keys"

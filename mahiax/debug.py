@@ -169,6 +169,15 @@ class _WriteWatcher(TorchDispatchMode):
         return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class _InForward:
+    """A module whose forward is running. The locator keeps a stack of them to name the
+    module a saved tensor was saved in, or a write happened in."""
+
+    module_id: int  # id() of the module: its forward ends when the hook sees it again
+    path: str  # "model.encoder.0", or the class's name under its parent for an unnamed one
+
+
 class MutationLocator:
     """Records :class:`Mutation` s while :func:`locate_mutations` is active."""
 
@@ -181,7 +190,7 @@ class MutationLocator:
             {id(m): f"model.{n}" if n else "model" for n, m in model.named_modules()}
             if model is not None else {}
         )
-        self._modules: list[tuple[int, str]] = []  # forward stack: (id(module), path)
+        self._modules: list[_InForward] = []  # the forwards running, outermost first
         self._saved: dict[int, list[weakref.ref[_Packed]]] = {}  # storage ptr -> live saves
         self._pending: dict[int, list[SavedTensor]] = {}  # node seq -> saves awaiting op name
         self._last_seq, self._last_op = -1, "an op"
@@ -332,7 +341,7 @@ class MutationLocator:
 
     # ---- where are we -------------------------------------------------------------------------
     def _site(self) -> tuple[str, str, int]:
-        module = self._modules[-1][1] if self._modules else ""
+        module = self._modules[-1].path if self._modules else ""
         frame = sys._getframe(1)
         while frame is not None:
             if not _is_internal(frame.f_code.co_filename):
@@ -343,13 +352,13 @@ class MutationLocator:
     def _enter_module(self, module: nn.Module, args: Any) -> None:
         path = self._names.get(id(module))
         if path is None:
-            parent = self._modules[-1][1] if self._modules else ""
+            parent = self._modules[-1].path if self._modules else ""
             path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
-        self._modules.append((id(module), path))
+        self._modules.append(_InForward(module_id=id(module), path=path))
 
     def _exit_module(self, module: nn.Module, args: Any, output: Any) -> None:
         for i in range(len(self._modules) - 1, -1, -1):  # also unwinds forwards that raised
-            if self._modules[i][0] == id(module):
+            if self._modules[i].module_id == id(module):
                 del self._modules[i:]
                 return
 

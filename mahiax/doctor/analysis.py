@@ -328,7 +328,8 @@ def _carried(w: Watch) -> list[Finding]:
                          "on).")
         if growth:
             evidence += f" Meanwhile {growth}."
-        failed = w.error_info and "backward through the graph a second time" in w.error_info[1]
+        failed = w.error_info is not None and \
+            "backward through the graph a second time" in w.error_info.message
         if failed:
             evidence += (" The next backward() walked into the earlier step's graph, already "
                          "freed: 'Trying to backward through the graph a second time'.")
@@ -475,7 +476,7 @@ def _clips(w: Watch) -> list[Finding]:
         scaler = sites.receiver(sites.code_text(*w.scale_site), "scale")
         opt = sites.first_argument(sites.code_text(*w.scaler_step_site), "step")
         clip = sites.code_text(c.file, c.line)
-        if w.unscale_site[1]:  # the loop unscales, too late: move that line
+        if w.unscale_site.line:  # the loop unscales, too late: move that line
             fix = (f"move `{sites.code_text(*w.unscale_site)}` "
                    f"({_at(*w.unscale_site)}) before `{clip}`")
         else:
@@ -600,10 +601,10 @@ def _eval_mode(w: Watch) -> list[Finding]:
                 f"and the backward() walked it: {effect}. No error: the loss still falls, "
                 "only worse than it should.")
     if call is None:  # eval mode from before the examination began
-        file, line = first.frames[0][1], first.frames[0][2]
-        for code, f, ln in first.frames:
-            if code is getattr(w.step_code, "__code__", None):
-                file, line = f, ln
+        file, line = first.frames[0].file, first.frames[0].line
+        for f in first.frames:
+            if f.code is getattr(w.step_code, "__code__", None):
+                file, line = f.file, f.line
         return [Finding(kind="eval-mode-training", file=file, line=line, message=compose(
             "eval-mode-training",
             f"The model was already in eval mode when the loop started: this forward "
@@ -611,9 +612,11 @@ def _eval_mode(w: Watch) -> list[Finding]:
             "call `model.train()` before the loop (and again after every evaluation)",
         ), step=first.step, evidence={"module": first.module, "steps": steps})]
     after = next((e for e in w.eval_forwards if e.order > call.order), first)
-    file, line = sites.common_caller(call.frames, after.frames) or call.frames[0][1:]
+    innermost = call.frames[0]
+    file, line = sites.common_caller(call.frames, after.frames) or \
+        sites.Site(innermost.file, innermost.line)
     text = sites.code_text(file, line)
-    function = next((code.co_name for code, f, n in call.frames if (f, n) == (file, line)),
+    function = next((f.code.co_name for f in call.frames if (f.file, f.line) == (file, line)),
                     "")
     model = sites.receiver(text, "eval")
     fix = (f"put `{model}.train()` after the evaluation, at the end of `{function}` (the "
@@ -635,15 +638,15 @@ def _grads_kept(w: Watch) -> list[Finding]:
     first = w.kept[0]
     steps = sorted({k.step for k in w.kept})
     stale = frozenset().union(*(k.ids for k in w.kept))
-    resets = [r for r in w.resets if r[3] & stale]
+    resets = [r for r in w.resets if r.ids & stale]
     evidence = (f"At {_count(len(steps), 'step')} (from step {first.step}) the backward "
                 f"added this step's gradients to ones optimizer.step() had already applied "
                 f"(for {_count(first.params, 'parameter tensor')}): each update applies the "
                 "sum of every earlier step's gradients again, so updates grow and training "
                 "drifts or diverges, with no error.")
     if resets:
-        at = sorted({r[0] for r in resets})
-        file, line = resets[-1][1], resets[-1][2]
+        at = sorted({r.step for r in resets})
+        file, line = resets[-1].file, resets[-1].line
         what = (f"`{sites.code_text(file, line)}` resets the gradients at "
                 f"{_count(len(at), 'step')} ({', '.join(map(str, at[:6]))}) of "
                 f"{w.steps_done}, not before every backward that follows an optimiser step.")
@@ -657,7 +660,7 @@ def _grads_kept(w: Watch) -> list[Finding]:
         for ref in w.optimizers.values():
             o = ref()
             if o is not None and stale & {id(p) for g in o.param_groups for p in g["params"]}:
-                name = sites.receiver(sites.code_text(*w.step_sites.get(id(o), ("", 0))),
+                name = sites.receiver(sites.code_text(*w.step_sites.get(id(o), sites.NO_SITE)),
                                       "step")
                 if name:
                     fix = (f"call `{name}.zero_grad()` once per optimiser step, before "
@@ -777,14 +780,14 @@ def _optimizer_misses(w: Watch) -> list[Finding]:
         return []
     model_ids = {id(p) for p in model.parameters()}
     stale = len(held - model_ids)
-    name = missing[0][0]
+    name, _ = missing[0]
     owner_path, _, attr = name.rpartition(".")
     owner = model.get_submodule(owner_path) if owner_path else model
-    replaced = [c for c in sites.class_stores(type(owner), attr) if not c[2]]
+    replaced = [c for c in sites.class_stores(type(owner), attr) if not c.setup]
     opt = next((o for o in optimizers if o is not None), None)
     found = None
     if replaced:
-        file, line = replaced[0][0], replaced[0][1]
+        file, line = replaced[0].file, replaced[0].line
         how = (f"`{sites.code_text(file, line)}` replaces the parameter with a new one after the "
                "optimiser was built, and the optimiser keeps the old one.")
     else:
@@ -849,8 +852,8 @@ def _unused_finding(w: Watch, model: nn.Module, path: str, m: nn.Module,
     else:
         owner = m
     candidates = sites.class_stores(type(owner), attr)
-    setup = [c for c in candidates if c[2]] or candidates
-    file, line = (setup[0][0], setup[0][1]) if setup else ("", 0)
+    setup = [c for c in candidates if c.setup] or candidates
+    file, line = (setup[0].file, setup[0].line) if setup else sites.NO_SITE
     if not line:  # a module kept in a container (ModuleDict): where the user's code builds it
         for name in sites.bound_names(w.step_code, m):
             stores = [(f, n) for f in sorted(w.code_files)
@@ -967,7 +970,8 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
     """The loop's exception, explained with the findings that cause it."""
     if w.error_info is None:
         return None
-    type_name, message, step, file, line = w.error_info
+    raised = w.error_info
+    message = raised.message
     kinds = {f.kind: f for f in findings}
     why = ""
     if VERSION_ERROR in message:
@@ -1001,7 +1005,7 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
             why = ("This step's graph is linked to the previous step's, which its backward "
                    f"already freed: {holder} carries it. Detach it.")
         else:
-            why = _walked_twice(w, step)
+            why = _walked_twice(w, raised.step)
     elif "index out of range" in message:
         why = ("An index (a token id, an expert id) is outside the table it indexes: check "
                "the largest id against num_embeddings. Lesson: 01_expert_router_index.")
@@ -1014,5 +1018,5 @@ def loop_error(w: Watch, findings: list[Finding]) -> LoopError | None:
                "no_grad, or from detached values.")
     if not why:
         why = explain_common(message)
-    return LoopError(type=type_name, message=message, step=step, file=file, line=line,
-                     explanation=why)
+    return LoopError(type=raised.type_name, message=message, step=raised.step,
+                     file=raised.file, line=raised.line, explanation=why)

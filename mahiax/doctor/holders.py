@@ -15,7 +15,7 @@ import os
 import sys
 from itertools import compress
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -23,11 +23,21 @@ from torch import nn
 from mahiax.debug import _Packed
 from mahiax.doctor import sites
 from mahiax.doctor.findings import in_notebook
-from mahiax.doctor.records import Held, Holder
+from mahiax.doctor.records import Carrier, Held, Holder
+from mahiax.doctor.sites import NO_SITE, Site, Store
 from mahiax.telemetry.categories import grad_fn_of, saved_bytes
 from mahiax.telemetry.memory_meter import _tensor_types
 
 MAX_CONTAINER_DEPTH = 2  # a held tensor is named through at most two containers
+
+
+class OldGraph(NamedTuple):
+    """A live tensor whose graph reaches a step before the one just ended. A named tuple:
+    the scan leaves these pairs out of the tensor's referrers by their id(), and counts the
+    one reference each pair holds to its tensor."""
+
+    tensor: torch.Tensor
+    earliest: int  # the earliest step its graph reaches
 
 
 def _seq(node: Any) -> int:
@@ -85,7 +95,7 @@ class HeldScan:
         # at most 16 of each, newest first; a tensor only the locator's records hold is skipped
         # references: getrefcount's argument, the loop variable, the pair in `old` / the
         # entry in `fresh`
-        held_old = [(t, earliest) for t, earliest in old
+        held_old = [OldGraph(t, earliest) for t, earliest in old
                     if sys.getrefcount(t) - 3 - in_packs.get(id(t), 0) > 0][:16]
         held_fresh = [t for t in fresh if sys.getrefcount(t) - 3 - in_packs.get(id(t), 0) > 0][:16]
         pairs = {id(pair) for pair in old} | {id(pair) for pair in held_old}
@@ -98,21 +108,22 @@ class HeldScan:
         for t in held_fresh:
             holder = self._holder(t, referrers[id(t)], exclude)
             if holder is not None:
-                label = self._holder_label(holder)
-                self._carriers[_seq(t.grad_fn)] = (
-                    label, *self._store_line(holder, t), step, holder.name,
-                    holder.kind in ("attribute", "buffer"), t.numel(), holder.container)
+                file, line = self._store_line(holder, t)
+                self._carriers[_seq(t.grad_fn)] = Carrier(
+                    label=self._holder_label(holder), file=file, line=line, step=step,
+                    name=holder.name, attribute=holder.kind in ("attribute", "buffer"),
+                    numel=t.numel(), container=holder.container)
         held_old.clear()
         held_fresh.clear()
         referrers.clear()
         old.clear()
         fresh.clear()
 
-    def _carried(self, step: int) -> tuple[list[tuple[torch.Tensor, int]], list[torch.Tensor]]:
+    def _carried(self, step: int) -> tuple[list[OldGraph], list[torch.Tensor]]:
         """Live tensors with a graph, newest first: those whose graph reaches a step before
         ``step`` (each with the earliest step it reaches), and those built in ``step``."""
         start = self.step_seqs[step] if step < len(self.step_seqs) else self.step_seqs[-1]
-        old: list[tuple[torch.Tensor, int]] = []
+        old: list[OldGraph] = []
         fresh: list[torch.Tensor] = []
         memo: dict[int, int] = {}  # node id -> lowest sequence number reachable
         keep: list[Any] = []  # nodes seen: keeps their ids unique during the scan
@@ -127,10 +138,10 @@ class HeldScan:
             low = self._lowest(node, memo, keep)
             if self.examine_seq <= low < start:
                 earliest = max(k for k, s in enumerate(self.step_seqs) if s <= low)
-                old.append((obj, earliest))
+                old.append(OldGraph(obj, earliest))
             elif low >= start:
                 fresh.append(obj)
-        old.sort(key=lambda pair: -_seq(pair[0].grad_fn))
+        old.sort(key=lambda pair: -_seq(pair.tensor.grad_fn))
         fresh.sort(key=lambda t: -_seq(t.grad_fn))
         return old, fresh
 
@@ -326,26 +337,27 @@ class HeldScan:
             stack.extend(n for n, _ in node.next_functions)
         return seen
 
-    def _store_line(self, h: Holder, t: torch.Tensor) -> tuple[str, int]:
+    def _store_line(self, h: Holder, t: torch.Tensor) -> Site:
         """The user's line that stores the held tensor (or, failing that, that built it)."""
         known = self.built.get(t)
-        built = (known[0], known[1]) if known is not None else None
-        candidates: list[tuple[str, int, bool]] = []
+        built = known.site if known is not None else None
+        candidates: list[Store] = []
         if h.kind in ("attribute", "buffer"):
             candidates += sites.class_stores(type(h.owner), h.name)
             for f in self.code_files:
-                candidates += [(f, n, s) for n, s in sites.storing_lines(f, h.name, True)]
+                candidates += [Store(f, n, s) for n, s in sites.storing_lines(f, h.name, True)]
         elif h.kind in ("global", "closure"):
             # a notebook's globals have no __file__: search the step function's own cell
             for f in [h.file] if h.file else sorted(self.code_files):
-                candidates += [(f, n, s) for n, s in sites.storing_lines(f, h.name, False)]
+                candidates += [Store(f, n, s) for n, s in sites.storing_lines(f, h.name, False)]
         if built is not None and h.kind != "entry" and sites.stores_at(
                 *built, h.name, h.kind in ("attribute", "buffer")):
-            candidates.append((*built, False))  # the line that built it also stores it
+            # the line that built it also stores it
+            candidates.append(Store(built.file, built.line, setup=False))
         if h.kind == "global":  # not a function's own variable that has the same name
-            candidates = [c for c in candidates if sites.binds_global(c[0], c[1], h.name)]
+            candidates = [c for c in candidates if sites.binds_global(c.file, c.line, h.name)]
             if built is not None and not sites.binds_global(*built, h.name):
                 built = None
         picked = sites.pick_store(candidates, built)
-        return picked if picked is not None else ("", 0)
+        return picked if picked is not None else NO_SITE
 

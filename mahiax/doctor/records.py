@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mahiax.doctor.sites import Frame, Site
+
 
 @dataclass(kw_only=True)
 class BackwardCall:
@@ -27,7 +29,7 @@ class BackwardCall:
     leaves: frozenset[int] = frozenset()  # id() of the leaf tensors it reaches
     # the user's lines that joined a graph built before this step's last write into weights
     # with one built after it (``loss = loss + ...`` in a two-pass optimiser's second pass)
-    joins: tuple[tuple[str, int], ...] = ()
+    joins: tuple[Site, ...] = ()
 
 
 @dataclass(kw_only=True)
@@ -99,7 +101,7 @@ class ModeCall:
     step: int
     order: int  # position among the watch's ordered events
     covered: frozenset[int]  # id() of the module called and every module under it
-    frames: list[tuple[Any, str, int]]  # the user's calls that led to it, innermost first
+    frames: list[Frame]  # the user's calls that led to it, innermost first
     on_layer: bool = False  # called on a dropout or batch norm layer itself (a deliberate
     # freeze, as fine-tuning does), not on a model
 
@@ -116,7 +118,7 @@ class EvalForward:
     kind: str  # "dropout" | "norm"
     grad: bool  # it built a graph (autograd on, and an input or a weight of it requires grad)
     backwards: int  # backward calls of its step before it
-    frames: list[tuple[Any, str, int]]
+    frames: list[Frame]
     module_ref: Any = None  # weakref to the module (is it still in eval at the backward?)
     model_training: bool = True  # the whole model was in training mode at that forward
 
@@ -167,3 +169,105 @@ class LossCut:
     line: int
     cut: Cut
     leaf: bool  # the loss is a leaf made to require grad (the band-aid that silences the error)
+
+
+@dataclass(kw_only=True, frozen=True)
+class GradReset:
+    """A ``zero_grad()`` call of the loop (an optimiser's or a module's): which gradients it
+    reset, from which line. Kept to name the reset that runs too rarely."""
+
+    step: int
+    file: str
+    line: int
+    ids: frozenset[int]  # id() of the parameters whose gradients it reset
+
+
+@dataclass(kw_only=True, frozen=True)
+class LoopEvent:
+    """An optimiser step or a gradient reset, placed among the backward calls: backward calls
+    with one between them were kept apart on purpose (two optimisers, a two-pass optimiser)."""
+
+    backwards: int  # how many backward calls had run before it
+    kind: str  # "step" | "zero_grad"
+    file: str
+    line: int
+    step: int
+
+
+@dataclass(kw_only=True, frozen=True)
+class Raised:
+    """The exception the examined loop raised, as caught (the analysis explains it as a
+    :class:`~mahiax.doctor.findings.LoopError`)."""
+
+    type_name: str  # "RuntimeError"
+    message: str
+    step: int
+    file: str  # the user's line that raised ("" when someone else caught it first)
+    line: int
+
+
+@dataclass(kw_only=True, frozen=True)
+class Built:
+    """The user's line that gave a tensor its current ``grad_fn``, kept per tensor to name
+    where a held graph was made."""
+
+    site: Site
+    seq: int  # that grad_fn's autograd sequence number: a new grad_fn is another build
+
+
+@dataclass(kw_only=True, frozen=True)
+class Carrier:
+    """A graph built in a step and still held at its end, by what and where: if a later
+    step's backward reaches into it, its holder becomes a :class:`Held` record."""
+
+    label: str  # the holder, as :class:`Held` names it
+    file: str  # the line that stores it
+    line: int
+    step: int  # the step that built it
+    name: str  # the holder's name: the attribute, global or closure variable
+    attribute: bool  # ``name`` is an attribute (``obj.name``)
+    numel: int  # numbers in the held tensor
+    container: str  # as in :class:`Held`
+
+
+@dataclass(kw_only=True, frozen=True)
+class SquashSite:
+    """Where a softmax or sigmoid was applied: named when a loss that takes logits is fed its
+    output."""
+
+    file: str
+    line: int
+    module: str  # the module whose forward applied it ("model.4"), "" outside any
+
+
+@dataclass(kw_only=True, frozen=True)
+class AppliedGrad:
+    """The gradient an optimiser step applied to a parameter: a later backward that adds to
+    that same gradient (same tensor, same version) adds to what was already applied."""
+
+    param: Any  # weakref to the parameter
+    grad: Any  # weakref to its ``.grad`` after the step
+    version: int  # that gradient's version counter after the step
+    step: int  # the step that applied it
+
+
+@dataclass(kw_only=True, frozen=True)
+class StaleAdd:
+    """The last backward that added to a gradient an optimiser step had already applied,
+    until a reset or a step clears it."""
+
+    file: str  # the backward's line
+    line: int
+    backward: int  # its index in the watch's list of backward calls
+    applied_at: int  # the step whose optimiser step applied the gradient
+
+
+@dataclass(kw_only=True, frozen=True)
+class SeenForward:
+    """A module's forward of one input tensor in this step: the same input forwarded again
+    after a backward means one forward per loss."""
+
+    tensor: Any  # weakref to the input
+    backwards: int  # backward calls of the step before that forward
+    versions: tuple[int, ...]  # the module's parameters' versions then: changed weights
+    # (sharpness-aware minimisation perturbs them) make it another computation

@@ -16,6 +16,7 @@ import re
 import sys
 import traceback
 from types import FrameType, TracebackType
+from typing import NamedTuple
 
 from mahiax.debug import _is_internal
 
@@ -27,43 +28,72 @@ MACHINERY = frozenset(
 )
 
 
+class Site(NamedTuple):
+    """A line of the user's code: where a call was made, a tensor built or a name stored.
+    A named tuple, since callers unpack it (``file, line = site``), pass it on as arguments
+    (``code_text(*site)``), compare it with other places and keep it in sets."""
+
+    file: str  # "" when no line of the user's was found
+    line: int  # 1-based; 0 with no file
+
+
+NO_SITE = Site("", 0)  # no line of the user's was found
+
+
+class Frame(NamedTuple):
+    """One frame of the user's own code in a chain of calls (from :func:`user_frames`). A
+    named tuple, since callers unpack it in loops over the chain."""
+
+    code: object  # the frame's code object: tells the same function apart in two chains
+    file: str
+    line: int  # the line the frame was running
+
+
+class Store(NamedTuple):
+    """A line that stores into a name (from :func:`class_stores`). A named tuple, since
+    callers unpack it and compare its place with a :class:`Site`."""
+
+    file: str
+    line: int
+    setup: bool  # in a ``def __init__`` or at module top level: setup code, not the step
+
+
 @functools.cache
 def internal(path: str) -> bool:
     """A frame the user did not write: torch, the doctor's machinery, the locator."""
     return _is_internal(path) or os.path.abspath(path) in MACHINERY
 
 
-def user_site(frame: FrameType | None = None) -> tuple[str, int]:
-    """``(file, line)`` of the innermost frame outside torch and the doctor."""
+def user_site(frame: FrameType | None = None) -> Site:
+    """The line of the innermost frame outside torch and the doctor."""
     f = frame if frame is not None else sys._getframe(1)
     while f is not None:
         if not internal(f.f_code.co_filename):
-            return f.f_code.co_filename, f.f_lineno
+            return Site(f.f_code.co_filename, f.f_lineno)
         f = f.f_back
-    return "", 0
+    return NO_SITE
 
 
-def user_frames(frame: FrameType | None = None) -> list[tuple[object, str, int]]:
-    """``(code, file, line)`` of every frame outside torch and the doctor, innermost first:
-    the chain of the user's own calls that led here."""
+def user_frames(frame: FrameType | None = None) -> list[Frame]:
+    """Every frame outside torch and the doctor, innermost first: the chain of the user's
+    own calls that led here."""
     f = frame if frame is not None else sys._getframe(1)
     out = []
     while f is not None:
         if not internal(f.f_code.co_filename):
-            out.append((f.f_code, f.f_code.co_filename, f.f_lineno))
+            out.append(Frame(f.f_code, f.f_code.co_filename, f.f_lineno))
         f = f.f_back
     return out
 
 
-def common_caller(first: list[tuple[object, str, int]],
-                  second: list[tuple[object, str, int]]) -> tuple[str, int] | None:
+def common_caller(first: list[Frame], second: list[Frame]) -> Site | None:
     """The innermost function that both chains of calls (from :func:`user_frames`) run
     through, and its line in ``first``: e.g. the function that called ``model.eval()`` and
     also ran the evaluation's forward."""
-    codes = {code for code, _, _ in second}
-    for code, file, line in first:
-        if code in codes:
-            return file, line
+    codes = {f.code for f in second}
+    for f in first:
+        if f.code in codes:
+            return Site(f.file, f.line)
     return None
 
 
@@ -98,23 +128,23 @@ def _grad_off_in(code: object, line: int) -> int:
     return 0
 
 
-def grad_off_site(frames: list[tuple[object, str, int]]) -> tuple[str, int] | None:
+def grad_off_site(frames: list[Frame]) -> Site | None:
     """Where the user's code turned autograd off around the calls in ``frames`` (from
     :func:`user_frames`): a ``with torch.no_grad()`` / ``inference_mode()`` block or such a
     decorator, innermost first; None when none of them did."""
-    for code, file, line in frames:
-        found = _grad_off_in(code, line)
+    for f in frames:
+        found = _grad_off_in(f.code, f.line)
         if found:
-            return file, found
+            return Site(f.file, found)
     return None
 
 
-def traceback_site(tb: TracebackType | None) -> tuple[str, int]:
+def traceback_site(tb: TracebackType | None) -> Site:
     """The innermost user frame of a traceback: the user's line that raised."""
-    best = ("", 0)
+    best = NO_SITE
     for frame, line in traceback.walk_tb(tb):
         if not internal(frame.f_code.co_filename):
-            best = (frame.f_code.co_filename, line)
+            best = Site(frame.f_code.co_filename, line)
     return best
 
 
@@ -192,28 +222,26 @@ def source_span(obj: object) -> tuple[str, tuple[int, int]] | None:
     return file, (max(start, 1), max(start, 1) + len(lines) - 1)
 
 
-def pick_store(candidates: list[tuple[str, int, bool]], built: tuple[str, int] | None
-               ) -> tuple[str, int] | None:
-    """The line to name among storing lines ``(file, line, in_setup)``: the one where the held
-    tensor was built if it is one of them, else the first outside setup code, else where it
-    was built."""
-    if built is not None and any((f, n) == built for f, n, _ in candidates):
+def pick_store(candidates: list[Store], built: Site | None) -> Site | None:
+    """The line to name among storing lines: the one where the held tensor was built if it
+    is one of them, else the first outside setup code, else where it was built."""
+    if built is not None and any((c.file, c.line) == built for c in candidates):
         return built
     # a line that only makes the empty container (`xs = []`), or that already keeps numbers
     # (`xs.append(loss.item())`, `h = h.detach()`), cannot be what put a graph there
-    candidates = [c for c in candidates if not _EMPTY.search(code_text(c[0], c[1]))
-                  and not _NUMBERS.search(code_text(c[0], c[1]))] or candidates
-    for f, n, setup in candidates:
-        if not setup:
-            return f, n
+    candidates = [c for c in candidates if not _EMPTY.search(code_text(c.file, c.line))
+                  and not _NUMBERS.search(code_text(c.file, c.line))] or candidates
+    for c in candidates:
+        if not c.setup:
+            return Site(c.file, c.line)
     if built is not None:
         return built
-    return (candidates[0][0], candidates[0][1]) if candidates else None
+    return Site(candidates[0].file, candidates[0].line) if candidates else None
 
 
-def class_stores(cls: type, name: str) -> list[tuple[str, int, bool]]:
+def class_stores(cls: type, name: str) -> list[Store]:
     """Storing lines of attribute ``name`` in ``cls`` and its bases outside torch."""
-    found: list[tuple[str, int, bool]] = []
+    found: list[Store] = []
     for klass in cls.__mro__:
         if klass is object or internal(getattr(sys.modules.get(klass.__module__), "__file__",
                                                "") or ""):
@@ -222,19 +250,20 @@ def class_stores(cls: type, name: str) -> list[tuple[str, int, bool]]:
         if where is None:
             continue
         file, span = where
-        found.extend((file, n, setup) for n, setup in storing_lines(file, name, True, span))
+        found.extend(Store(file, n, setup)
+                     for n, setup in storing_lines(file, name, True, span))
     return found
 
 
-def setup_store(cls: type, name: str, avoid: tuple[str, ...] = ()) -> tuple[str, int]:
+def setup_store(cls: type, name: str, avoid: tuple[str, ...] = ()) -> Site:
     """The line of ``cls`` that sets attribute ``name`` up (in ``__init__`` first), skipping
     lines whose code contains one of ``avoid`` (the other branch of an ``if``: the line that
     registers it properly); ``("", 0)`` when none."""
     candidates = class_stores(cls, name)
-    setup = [c for c in candidates if c[2]] or candidates
-    fitting = [c for c in setup if not any(a in code_text(c[0], c[1]) for a in avoid)]
-    best = (fitting or setup)[:1]
-    return (best[0][0], best[0][1]) if best else ("", 0)
+    setup = [c for c in candidates if c.setup] or candidates
+    fitting = [c for c in setup if not any(a in code_text(c.file, c.line) for a in avoid)]
+    best = next(iter(fitting or setup), None)
+    return Site(best.file, best.line) if best is not None else NO_SITE
 
 
 def line_text(file: str, line: int) -> str:
@@ -451,24 +480,24 @@ def _call_in_statement(file: str, start: int, call: str, marker: str) -> list[in
 
 
 def statement_line(files: set[str], name: str, call: str, marker: str = ""
-                   ) -> tuple[str, int] | None:
+                   ) -> Site | None:
     """In the user's ``files``: the line of the statement that stores ``name`` (``clf =
     nn.Sequential(...)``) which contains ``call`` and ``marker``; None unless exactly one."""
-    found = [(f, n) for f in sorted(files) for start, _ in storing_lines(f, name, False)
+    found = [Site(f, n) for f in sorted(files) for start, _ in storing_lines(f, name, False)
              for n in _call_in_statement(f, start, call, marker)]
     return found[0] if len(found) == 1 else None
 
 
 def constructor_line(cls: type, attr: str, class_name: str, marker: str
-                     ) -> tuple[str, int] | None:
+                     ) -> Site | None:
     """The line of ``cls`` that builds the module kept under attribute ``attr`` (directly,
     or inside an ``nn.Sequential(...)`` / ``nn.ModuleList([...])`` spread over several
     lines): the line within that statement that calls ``class_name(`` with ``marker`` in it
     (e.g. ``inplace=True``); None unless exactly one line fits."""
-    for file, start, _ in class_stores(cls, attr):
-        fits = _call_in_statement(file, start, f"{class_name}(", marker)
+    for store in class_stores(cls, attr):
+        fits = _call_in_statement(store.file, store.line, f"{class_name}(", marker)
         if len(fits) == 1:
-            return file, fits[0]
+            return Site(store.file, fits[0])
     return None
 
 

@@ -53,17 +53,27 @@ from mahiax.doctor import sites
 from mahiax.doctor.findings import place
 from mahiax.doctor.holders import HeldScan, _is_leaf_node, _seq
 from mahiax.doctor.records import (
+    AppliedGrad,
     BackwardCall,
+    Built,
+    Carrier,
     ClipCall,
     Cut,
     EvalForward,
+    GradReset,
     GradsKept,
     Held,
+    LoopEvent,
     LossCut,
     ModeCall,
     ProbabilityLoss,
+    Raised,
+    SeenForward,
     SilentWrite,
+    SquashSite,
+    StaleAdd,
 )
+from mahiax.doctor.sites import NO_SITE, Site
 from mahiax.telemetry.categories import grad_fn_of, saved_bytes
 
 _DATA_DESCRIPTOR = torch._C.TensorBase.__dict__["data"]  # ``x.data = y`` calls its __set__
@@ -135,8 +145,10 @@ class _Sites(TorchFunctionMode):
         if name in ("softmax", "sigmoid") and isinstance(out, torch.Tensor) \
                 and out.grad_fn is not None:
             loc = self.watch.loc
-            module = loc._modules[-1][1] if loc is not None and loc._modules else ""
-            self.watch.squash_sites[_seq(out.grad_fn)] = (*sites.user_site(), module)
+            module = loc._modules[-1].path if loc is not None and loc._modules else ""
+            file, line = sites.user_site()
+            self.watch.squash_sites[_seq(out.grad_fn)] = SquashSite(file=file, line=line,
+                                                                    module=module)
         return out
 
 
@@ -195,21 +207,19 @@ class Watch(HeldScan):
         self._order = 0  # counts ordered events (mode calls, eval-mode forwards)
         self._in_train_call = 0
         self.optimizers: dict[int, Any] = {}  # id -> weakref of every optimiser that stepped
-        self._applied: dict[int, tuple[Any, Any, int, int]] = {}  # id(p) -> (weakref p,
-        # weakref of its .grad after the step, that grad's version, the step)
+        self._applied: dict[int, AppliedGrad] = {}  # id(p) -> the gradient a step applied
         self.kept: list[GradsKept] = []
-        # id(p) -> (file, line, index in ``backwards``) of the last backward that added to a
-        # gradient already applied, and the step that applied it; cleared by a reset or a step
-        self._stale: dict[int, tuple[str, int, int, int]] = {}
-        # resets of gradients: (step, file, line, id() of the parameters reset)
-        self.resets: list[tuple[int, str, int, frozenset[int]]] = []
+        # id(p) -> the last backward that added to its gradient already applied; cleared by a
+        # reset or a step
+        self._stale: dict[int, StaleAdd] = {}
+        self.resets: list[GradReset] = []
         # softmax/sigmoid node -> the user's line and the module whose forward applied it
-        self.squash_sites: dict[int, tuple[str, int, str]] = {}
-        self.node_sites: dict[int, tuple[str, int]] = {}  # autograd node -> the user's line
-        self.step_sites: dict[int, tuple[str, int]] = {}  # id(optimizer) -> its step() line
-        self.scale_site: tuple[str, int] = ("", 0)  # the user's scaler.scale(...) line
-        self.scaler_step_site: tuple[str, int] = ("", 0)  # the user's scaler.step(...) line
-        self.unscale_site: tuple[str, int] = ("", 0)  # the user's scaler.unscale_(...) line
+        self.squash_sites: dict[int, SquashSite] = {}
+        self.node_sites: dict[int, Site] = {}  # autograd node -> the user's line
+        self.step_sites: dict[int, Site] = {}  # id(optimizer) -> its step() line
+        self.scale_site: Site = NO_SITE  # the user's scaler.scale(...) line
+        self.scaler_step_site: Site = NO_SITE  # the user's scaler.step(...) line
+        self.unscale_site: Site = NO_SITE  # the user's scaler.unscale_(...) line
         self.cut_from: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> Cut
         self.reached: set[int] = set()  # id() of every leaf a backward reached
         self.stray: dict[int, Any] = {}  # id -> weakref: parameters reached, not the model's
@@ -217,22 +227,22 @@ class Watch(HeldScan):
             else set()
         self.loss_cuts: list[LossCut] = []
         self.probability_losses: list[ProbabilityLoss] = []
-        # optimiser steps and gradient resets, in order with the backward calls: (how many
-        # backward calls had run, "step" or "zero_grad", the user's file and line, the step)
-        self.events: list[tuple[int, str, str, int, int]] = []
-        self.error_info: tuple[str, str, int, str, int] | None = None
+        # optimiser steps and gradient resets, in order with the backward calls
+        self.events: list[LoopEvent] = []
+        self.error_info: Raised | None = None
         self.loc: MutationLocator | None = None
-        self.built: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> (file, line, seq)
+        self.built: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> Built
         self._scaled_roots: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> scaler
         self._scaled_params: set[int] = set()  # id(p) whose .grad a scaler still scales
         self._scaler_ref: Any = None
         self._mutations_seen = 0
-        self.data_sites: set[tuple[str, int]] = set()  # lines that read some tensor's .data
-        # this step's graphs held at its end: grad_fn sequence number -> (label, file, line,
-        # step); a later backward that reaches one of them names its holder
-        self._carriers: dict[int, tuple[str, str, int, int, str, bool, int, str]] = {}
+        self.data_sites: set[Site] = set()  # lines that read some tensor's .data
+        # this step's graphs held at its end, by grad_fn sequence number; a later backward
+        # that reaches one of them names its holder
+        self._carriers: dict[int, Carrier] = {}
         self._in_backward = 0
-        self._forward_seen: dict[tuple, tuple[Any, int, tuple[int, ...]]] = {}
+        # (id(module), the input's data_ptr, shape, dtype, version) -> that forward
+        self._forward_seen: dict[tuple, SeenForward] = {}
         self._backwards_this_step = 0
         self._repeat = False
         self._busy = False
@@ -258,9 +268,9 @@ class Watch(HeldScan):
             return
         seq = _seq(node)
         known = self.built.get(t)
-        if known is None or known[2] != seq:
+        if known is None or known.seq != seq:
             site = sites.user_site()
-            self.built[t] = (*site, seq)
+            self.built[t] = Built(site=site, seq=seq)
             self.node_sites[seq] = site
 
     def begin_step(self, i: int) -> None:
@@ -280,7 +290,8 @@ class Watch(HeldScan):
         """Keep what the loop raised (type, message, step, the user's line), then forget the
         exception's frames, so the step's locals do not look held, and scan."""
         file, line = sites.traceback_site(exc.__traceback__)
-        self.error_info = (type(exc).__name__, str(exc), i, file, line)
+        self.error_info = Raised(type_name=type(exc).__name__, message=str(exc), step=i,
+                                 file=file, line=line)
         traceback.clear_frames(exc.__traceback__)
         exc.__traceback__ = None
         self._after_failure(i)
@@ -288,7 +299,8 @@ class Watch(HeldScan):
     def fail_recorded(self, type_name: str, message: str, i: int) -> None:
         """Keep an error someone else caught and already scanned after (the catalog's
         harness: see :meth:`finish_unfinished`)."""
-        self.error_info = (type_name, message, i, "", 0)
+        self.error_info = Raised(type_name=type_name, message=message, step=i, file="",
+                                 line=0)
 
     def finish_unfinished(self) -> None:
         """A step began and never ended (the loop raised): scan after it, while the model
@@ -410,7 +422,9 @@ class Watch(HeldScan):
         self._optimizer_mark = len(self.loc.mutations) if self.loc is not None else 0
         self._note_stale_step(optimizer)
         self.step_sites.setdefault(id(optimizer), sites.user_site())
-        self.events.append((len(self.backwards), "step", *sites.user_site(), self.step))
+        file, line = sites.user_site()
+        self.events.append(LoopEvent(backwards=len(self.backwards), kind="step", file=file,
+                                     line=line, step=self.step))
 
     def _zero_grad_wrapper(self, original: Callable) -> Callable:
         watch = self
@@ -419,11 +433,12 @@ class Watch(HeldScan):
             if watch._blind:
                 return original(owner, *args, **kwargs)
             file, line = sites.user_site()
-            watch.events.append((len(watch.backwards), "zero_grad", file, line, watch.step))
+            watch.events.append(LoopEvent(backwards=len(watch.backwards), kind="zero_grad",
+                                          file=file, line=line, step=watch.step))
             params = owner.parameters() if isinstance(owner, nn.Module) else \
                 (p for g in owner.param_groups for p in g["params"])
             ids = frozenset(id(p) for p in params)
-            watch.resets.append((watch.step, file, line, ids))
+            watch.resets.append(GradReset(step=watch.step, file=file, line=line, ids=ids))
             for pid in ids & watch._stale.keys():
                 del watch._stale[pid]
             return original(owner, *args, **kwargs)
@@ -479,14 +494,14 @@ class Watch(HeldScan):
         at = self.squash_sites.get(_seq(node)) if node is not None else None
         self.probability_losses.append(ProbabilityLoss(
             step=self.step, loss=name, file=file, line=line, origin=origin,
-            origin_file=at[0] if at else "", origin_line=at[1] if at else 0,
-            origin_module=at[2] if at else ""))
+            origin_file=at.file if at else "", origin_line=at.line if at else 0,
+            origin_module=at.module if at else ""))
 
     def separated(self, earlier: int, later: int) -> bool:
         """Whether an optimiser step or a gradient reset ran between the backward calls at
         indexes ``earlier`` and ``later`` of :attr:`backwards`: passes kept apart on purpose
         (two optimisers, a two-pass optimiser), not one loss split in several."""
-        return any(earlier < at <= later for at, *_ in self.events)
+        return any(earlier < e.backwards <= later for e in self.events)
 
     def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Note the writes into saved tensors that an optimiser's step made (the weights),
@@ -498,8 +513,9 @@ class Watch(HeldScan):
             for p in group["params"]:
                 self._stale.pop(id(p), None)
                 if p.grad is not None:
-                    self._applied[id(p)] = (weakref.ref(p), weakref.ref(p.grad),
-                                            p.grad._version, self.step)
+                    self._applied[id(p)] = AppliedGrad(
+                        param=weakref.ref(p), grad=weakref.ref(p.grad),
+                        version=p.grad._version, step=self.step)
         if self.loc is not None:
             for m in self.loc.mutations[self._optimizer_mark:]:
                 self.optimizer_writes.setdefault(id(m), self.step)
@@ -558,11 +574,13 @@ class Watch(HeldScan):
             # the parameters' versions: a forward of the same batch with weights changed in
             # between (sharpness-aware minimisation perturbs them) is another computation
             versions = tuple(p._version for p in module.parameters())
-            if (seen is not None and seen[0]() is t and seen[1] < self._backwards_this_step
-                    and seen[2] == versions):
+            if (seen is not None and seen.tensor() is t
+                    and seen.backwards < self._backwards_this_step and seen.versions == versions):
                 self._repeat = True
-            elif seen is None or seen[0]() is not t or seen[2] != versions:
-                self._forward_seen[key] = (weakref.ref(t), self._backwards_this_step, versions)
+            elif seen is None or seen.tensor() is not t or seen.versions != versions:
+                self._forward_seen[key] = SeenForward(tensor=weakref.ref(t),
+                                                      backwards=self._backwards_this_step,
+                                                      versions=versions)
         return hook
 
     @staticmethod
@@ -584,7 +602,7 @@ class Watch(HeldScan):
             frames=sites.user_frames(), module_ref=weakref.ref(module),
             model_training=self.model.training if self.model is not None else True))
 
-    def _joins(self, nodes: list[Any]) -> tuple[tuple[str, int], ...]:
+    def _joins(self, nodes: list[Any]) -> tuple[Site, ...]:
         """The user's lines (of ``nodes``, a backward's graph) that built a node after this
         step's last write into weights from a node built before it, in this step."""
         if self.loc is None or not self.step_seqs:
@@ -653,14 +671,16 @@ class Watch(HeldScan):
                 self.trained_in_eval.append(e)
                 seen.add(e.module_id)
         for pid in leaves & self._applied.keys():
-            p_ref, g_ref, version, at = self._applied[pid]
+            applied = self._applied[pid]
+            stale = StaleAdd(file=file, line=line, backward=len(self.backwards),
+                             applied_at=applied.step)
             if pid in self._stale:  # adds more: the step's last such backward is named
-                self._stale[pid] = (file, line, len(self.backwards), at)
+                self._stale[pid] = stale
                 continue
-            p = p_ref()
-            if p is not None and p.grad is not None and p.grad is g_ref() \
-                    and p.grad._version == version:
-                self._stale[pid] = (file, line, len(self.backwards), at)
+            p = applied.param()
+            if p is not None and p.grad is not None and p.grad is applied.grad() \
+                    and p.grad._version == applied.version:
+                self._stale[pid] = stale
 
     def _note_stale_step(self, optimizer: Any) -> None:
         """Before an optimiser steps: which of its gradients hold contributions that an
@@ -670,12 +690,13 @@ class Watch(HeldScan):
             for p in group["params"]:
                 mark = self._stale.get(id(p))
                 applied = self._applied.get(id(p))
-                if mark is not None and applied is not None and p.grad is applied[1]():
+                if mark is not None and applied is not None and p.grad is applied.grad():
                     stale[id(p)] = mark
         if stale and not any(k.step == self.step for k in self.kept):
-            file, line, _, at = max(stale.values(), key=lambda m: m[2])  # the last backward
-            self.kept.append(GradsKept(step=self.step, file=file, line=line, params=len(stale),
-                                       applied_at=at, ids=frozenset(stale)))
+            last = max(stale.values(), key=lambda m: m.backward)  # the last backward
+            self.kept.append(GradsKept(step=self.step, file=last.file, line=last.line,
+                                       params=len(stale), applied_at=last.applied_at,
+                                       ids=frozenset(stale)))
 
     # ---- backward ----------------------------------------------------------------------------
     def _before_backward(self, roots: list[torch.Tensor], retain: Any, create: Any) -> None:
@@ -715,15 +736,14 @@ class Watch(HeldScan):
                 if low >= self.examine_seq else -1
         if earliest < self.step:
             for seq in seqs & self._carriers.keys():
-                label, hfile, hline, built, name, attribute, numel, container = \
-                    self._carriers[seq]
-                record = self.held.get(label)
+                c = self._carriers[seq]
+                record = self.held.get(c.label)
                 if record is None:
-                    record = self.held[label] = Held(label=label, file=hfile, line=hline,
-                                                     first_step=built, built_step=built,
-                                                     last_step=built,
-                                                     name=name, attribute=attribute,
-                                                     numel=numel, container=container)
+                    record = self.held[c.label] = Held(label=c.label, file=c.file, line=c.line,
+                                                       first_step=c.step, built_step=c.step,
+                                                       last_step=c.step,
+                                                       name=c.name, attribute=c.attribute,
+                                                       numel=c.numel, container=c.container)
                 record.read = True
                 record.last_step = self.step
                 record.nodes.append(len(seqs))
@@ -782,7 +802,7 @@ class Watch(HeldScan):
         watch = self
 
         def scale(scaler, outputs):
-            if not watch.scale_site[0]:
+            if not watch.scale_site.file:
                 watch.scale_site = sites.user_site()
             out = original(scaler, outputs)
             if scaler.is_enabled():
@@ -798,11 +818,11 @@ class Watch(HeldScan):
 
         def unscale(scaler, optimizer, *args, **kwargs):
             watch.scaled_optimizers.add(type(optimizer))
-            if original.__name__ == "step" and not watch.scaler_step_site[0]:
+            if original.__name__ == "step" and not watch.scaler_step_site.file:
                 watch.scaler_step_site = sites.user_site()
             # scaler.step() calls unscale_ itself when the loop did not: that is no unscale_
             # line of the loop's own
-            if original.__name__ == "unscale_" and not watch.unscale_site[0] \
+            if original.__name__ == "unscale_" and not watch.unscale_site.file \
                     and not watch._in_scaler_step:
                 watch.unscale_site = sites.user_site()
             stepping = original.__name__ == "step"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import pandas as pd
 import plotly
@@ -22,6 +24,54 @@ def lines(df: pd.DataFrame, title: str, y_title: str = "", log_y: bool = False) 
                                    connectgaps=True))
     fig.update_layout(title=title, xaxis_title=df.index.name or "step", yaxis_title=y_title,
                       **_LAYOUT)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+# One colour per run when runs are compared (Plotly's qualitative "D3"): a run's colour is its
+# place among the runs shown together, so no two of them share one (up to ten runs), and a
+# run keeps its colour on every chart and page as long as the selection is the same.
+RUN_COLOURS = plotly.colors.qualitative.D3
+# one dash per series of a run (the first solid), so a run's colour stays its own on a chart
+# of several series (e.g. each task's loss)
+SERIES_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def run_colours(names: Sequence[str]) -> dict[str, str]:
+    """Each run's colour, by its place in ``names`` (the order the runs are shown in: on
+    the dashboard the picked run first, then the compared runs in the order picked)."""
+    return {name: RUN_COLOURS[i % len(RUN_COLOURS)] for i, name in enumerate(names)}
+
+
+def run_lines(frames: Mapping[str, pd.DataFrame], title: str, y_title: str = "", *,
+              log_y: bool = False, markers: bool = False,
+              colours: Mapping[str, str] | None = None,
+              styles: Mapping[str, dict] | None = None) -> go.Figure:
+    """Several runs' series overlaid on one step axis: ``frames`` maps a run's name to its
+    frame (index step, a column per series), in the order the runs are shown.
+
+    Each run is drawn in its colour (``colours``, else :func:`run_colours` of the frames'
+    order), each series with its own dash, the same for every run; a trace is named after
+    its run, ``run · series`` when the chart has several series, so the legend and the hover
+    name both. Runs of different lengths each draw the steps they have. ``styles``: series ->
+    trace properties to add (e.g. ``{"line": {"width": 1}}`` for a noisy series); a style's
+    colour is ignored, the run's colour is what tells the runs apart."""
+    colours = colours or run_colours(list(frames))
+    series = list(dict.fromkeys(col for df in frames.values() for col in df.columns))
+    fig = go.Figure()
+    for run, df in frames.items():
+        colour = colours.get(run, RUN_COLOURS[0])
+        for col in df.columns:
+            style = dict((styles or {}).get(col, {}))
+            line = {"dash": SERIES_DASHES[series.index(col) % len(SERIES_DASHES)],
+                    **style.pop("line", {}), "color": colour}
+            marker = {**style.pop("marker", {}), "color": colour}
+            name = str(run) if len(series) == 1 else f"{run} · {col}"
+            fig.add_trace(go.Scatter(x=df.index, y=df[col], name=name, connectgaps=True,
+                                     mode="lines+markers" if markers else "lines",
+                                     line=line, marker=marker, **style))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title=y_title, **_LAYOUT)
     if log_y:
         fig.update_yaxes(type="log")
     return fig

@@ -1,7 +1,8 @@
 """MAHIA-X Lab live dashboard: ``streamlit run dashboard`` (or this file).
 
-This script holds only the sidebar (store, run picker, start/stop form, refresh settings)
-and the navigation; the pages live in ``dashboard/views.py``.
+This script holds only the sidebar (store, run picker and the runs compared with it,
+start/stop form, refresh settings) and the navigation; the pages live in
+``dashboard/views.py``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,26 @@ def _run_picker(table: pd.DataFrame) -> None:
         st.session_state[state.RUN_KEY] = names[-1]
     st.selectbox("Run", names, key=state.RUN_KEY,
                  format_func=lambda n: f"{n} · {status.get(n, '?')}")
+    _compare_picker(names)
+
+
+def _compare_picker(names: list[str]) -> None:
+    """Multiselect of the runs every page draws over the picked one, one colour per run (in
+    the order picked). A compared run no longer in the store is dropped with a warning; the
+    picked run is never compared with itself."""
+    main = st.session_state.get(state.RUN_KEY)
+    chosen = list(st.session_state.get(state.COMPARE_KEY) or [])
+    for name in chosen:
+        if name not in names:
+            st.warning(f"Compared run {name!r} is no longer in the store (it was deleted): "
+                       "it is no longer drawn.")
+    kept = [n for n in chosen if n in names and n != main]
+    if kept != chosen:
+        st.session_state[state.COMPARE_KEY] = kept
+    st.multiselect("Compare with", [n for n in names if n != main], key=state.COMPARE_KEY,
+                   placeholder="runs to overlay",
+                   help="Drawn over the picked run on every page's line charts, one colour "
+                        "per run (the legend names it)")
 
 
 def _stop_buttons(path: str) -> None:

@@ -1,11 +1,18 @@
 """The dashboard's pages, one function each. Every page draws inside a live fragment that
-re-reads only new steps; every store fault becomes a message on the page, never a traceback."""
+re-reads only new steps; every store fault becomes a message on the page, never a traceback.
+
+A page draws the run picked in the sidebar and the runs compared with it (``COMPARE_KEY``):
+its line charts overlay every run, one colour per run (``charts.run_lines``); the charts
+that cannot overlay (heatmaps, stacked areas, the PCA of memory nodes) draw the picked run
+and say so."""
 
 from __future__ import annotations
 
+import html
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +21,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import bug_lab, charts, data, processing, runs, watch
-from dashboard.state import INTERVAL_KEY, LIVE_KEY, PAGE_KEY, POINTS_KEY, RUN_KEY, STORE_KEY
+from dashboard.state import (
+    COMPARE_KEY,
+    INTERVAL_KEY,
+    LIVE_KEY,
+    PAGE_KEY,
+    POINTS_KEY,
+    RUN_KEY,
+    STORE_KEY,
+)
 from mahiax import metric_keys as mk
 from mahiax.cadence import Cadence
 from mahiax.store import NotAStoreError, RunNotFoundError, StoreError
@@ -22,7 +37,42 @@ from mahiax.units import MIB
 
 MAX_SNAPSHOTS = 200  # memory-node snapshots drawn at most (a 100,000-step run stores 4,000)
 
-Body = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shown:
+    """The runs a page draws, each as its current row (``data.run_info``): ``main``, the run
+    picked in the sidebar, and ``others``, the runs compared with it in the order picked.
+    That order (``names``) gives each run its colour, the same on every chart and page."""
+
+    path: str  # the run store
+    main: dict
+    others: tuple[dict, ...] = ()
+
+    @property
+    def infos(self) -> tuple[dict, ...]:
+        return (self.main, *self.others)
+
+    @property
+    def names(self) -> list[str]:
+        return [info["name"] for info in self.infos]
+
+    @property
+    def comparing(self) -> bool:
+        return bool(self.others)
+
+    @property
+    def colours(self) -> dict[str, str]:
+        return charts.run_colours(self.names)
+
+    def scalars(self) -> dict[str, pd.DataFrame]:
+        """Every shown run's scalars (``data.live_scalars``: only new steps are read, and only
+        of a run that trains), by run name, in the order shown."""
+        return {info["name"]: data.live_scalars(self.path, info) for info in self.infos}
+
+
+Body = Callable[[Shown], None]
+Pick = Callable[[pd.DataFrame], pd.DataFrame]  # a run's scalars -> the series of one chart
 
 
 def _max_points() -> int:
@@ -37,19 +87,25 @@ def _present(df: pd.DataFrame, keys: list[str]) -> list[str]:
     return [k for k in keys if k in df.columns and df[k].notna().any()]
 
 
-def _chart(build: Callable[[], go.Figure]) -> None:
-    """Draw the figure ``build()`` makes, shared by every session drawing the same run at the
-    same step: building a figure (plotly validates every trace) costs more than sending it,
-    so thirty viewers of a live run build each chart once per new step, not thirty times.
+def _chart(build: Callable[[], go.Figure], *, every_run: bool = False,
+           identity: object = ()) -> None:
+    """Draw the figure ``build()`` makes, shared by every session drawing the same runs at
+    the same step: building a figure (plotly validates every trace) costs more than sending
+    it, so thirty viewers of a live run build each chart once per new step, not thirty times.
 
-    The figure is a function of the data the server holds of the run (``data.held_version``
-    of the run the page's fragment draws, ``_drawing.run``) and of the small values
-    ``build`` closes over (the metric keys, the step picked, log scale ...): those make the
-    key, with where ``build`` is written. A closed-over frame or array is derived from the
-    run's data, so the version stands for it."""
-    drawing = getattr(_drawing, "run", None)
-    key = None if drawing is None else \
-        (data.held_version(*drawing), _max_points(), build.__code__, _closure_key(build))
+    The figure is a function of the data the server holds of the runs it draws
+    (``data.held_version`` of the picked run of the page's fragment, ``_drawing.shown``, and
+    with ``every_run`` of each run compared too, in their order, which sets their colours)
+    and of the small values ``build`` closes over (the metric keys, the step picked, log
+    scale ...) and ``identity`` (e.g. the function that picks a chart's series): those make
+    the key, with where ``build`` is written. A closed-over frame or array is derived from
+    the runs' data, so the versions stand for it."""
+    shown: Shown | None = getattr(_drawing, "shown", None)
+    key = None
+    if shown is not None:
+        drawn = shown.infos if every_run else (shown.main,)
+        key = (tuple(data.held_version(shown.path, info) for info in drawn), _max_points(),
+               build.__code__, _closure_key(build), _plain_key(identity))
     fig = None
     if key is not None:
         with _figures_lock:
@@ -83,41 +139,54 @@ class SharedFigure(go.Figure):
 MAX_FIGURES = 256  # figures kept for the server's sessions; the least recently drawn go first
 _figures: OrderedDict[tuple, go.Figure] = OrderedDict()
 _figures_lock = threading.Lock()
-_drawing = threading.local()  # .run: (store, run info) of the page being drawn
+_drawing = threading.local()  # .shown: the Shown runs of the page being drawn
 
 
-def _closure_key(build: Callable) -> tuple:
-    """The plain values ``build`` closes over or takes as defaults (numbers, strings, and
-    lists of them); other values (frames, arrays) only by their type."""
-    plain = (str, int, float, bool, type(None), np.integer, np.floating)
-    key = []
+def _closure_key(build: Callable, depth: int = 0) -> tuple:
+    """The plain values ``build`` closes over or takes as defaults (see :func:`_plain_key`)."""
     values = [c.cell_contents for c in build.__closure__ or ()] + list(build.__defaults__ or ())
-    for value in values:
-        if isinstance(value, plain):
-            key.append(value)
-        elif isinstance(value, list | tuple) and all(isinstance(v, plain) for v in value):
-            key.append(tuple(value))
-        else:
-            key.append(type(value).__name__)
-    return tuple(key)
+    return tuple(_plain_key(value, depth) for value in values)
+
+
+_PLAIN = (str, int, float, bool, type(None), np.integer, np.floating)
+
+
+def _plain_key(value: object, depth: int = 0) -> object:
+    """``value`` as part of a figure's key: numbers and strings as they are; lists, tuples
+    and dicts of them item by item; a function by its code and what it closes over (a pick
+    of series written once and given different keys makes different charts); anything else
+    (frames, arrays: derived from the runs' data) only by its type."""
+    if isinstance(value, _PLAIN):
+        return value
+    if depth < 4:
+        if isinstance(value, list | tuple):
+            return tuple(_plain_key(v, depth + 1) for v in value)
+        if isinstance(value, Mapping):
+            return tuple((_plain_key(k, depth + 1), _plain_key(v, depth + 1))
+                         for k, v in value.items())
+        if callable(value) and hasattr(value, "__code__"):
+            return value.__code__, _closure_key(value, depth + 1)
+    return type(value).__name__
 
 
 # -- the frame every page shares ------------------------------------------------------------
 
 
 def _page(title: str, body: Body) -> None:
-    """Title, then a fragment with the run's status line and the page's charts.
+    """Title, then a fragment with the runs' status lines and the page's charts.
 
-    Only a live run is redrawn on a timer (every INTERVAL_KEY seconds, the fragment alone).
-    A finished, failed or interrupted run is drawn once: the page then only watches, in a
-    fragment that draws nothing (``dashboard/watch.py``), for the run list or this run's status to
-    change (a resumed run, a new run), and redraws the whole page when one does."""
+    The page is redrawn on a timer (every INTERVAL_KEY seconds, the fragment alone) only
+    while a run it shows trains: the picked run or one compared with it. Runs that are all
+    finished, failed or interrupted are drawn once: the page then only watches, in a
+    fragment that draws nothing (``dashboard/watch.py``), for the run list or a shown run's
+    status to change (a resumed run, a new run), and redraws the whole page when one does."""
     st.title(title)
     path = st.session_state.get(STORE_KEY)
     if path is None:
         st.error("No run store is configured.")
         return
     name = st.session_state.get(RUN_KEY)
+    compared = compared_names() if name is not None else []
     try:
         known = list(data.list_runs(path)["name"])
         status = None if name is None else data.run_info(path, name)["status"]
@@ -126,28 +195,43 @@ def _page(title: str, body: Body) -> None:
     except StoreError as e:
         _store_error(path, e)
         return
-    # live: the run trains, or no run is picked yet and one is starting or waiting for a core
+    try:
+        others, _ = _compared_infos(path, compared)
+    except StoreError as e:
+        _store_error(path, e)
+        return
+    compared = [info["name"] for info in others]
+    statuses = (status, *(info["status"] for info in others))
+    # live: a shown run trains, or no run is picked yet and one is starting or waiting for a
+    # core
     starting = name is None and bool(runs.active_runs(path) or runs.queued_runs(path))
-    live = (status == "running" or starting) and bool(st.session_state.get(LIVE_KEY, True))
+    live = ("running" in statuses or starting) and bool(st.session_state.get(LIVE_KEY, True))
     interval = float(st.session_state.get(INTERVAL_KEY, 2.0))
 
     @st.fragment(run_every=interval if live else None)
     def refresh() -> None:
         try:
             if list(data.list_runs(path)["name"]) != known:
-                st.rerun()  # a run appeared or vanished: the sidebar's picker must change
+                st.rerun()  # a run appeared or vanished: the sidebar's pickers must change
             if name is None:
                 _no_run(path)
                 return
             info = data.run_info(path, name)
-            if info["status"] != status:
+            now, gone = _compared_infos(path, compared)
+            if (info["status"], *(o["status"] for o in now)) != statuses and not gone:
                 st.rerun()  # started or stopped being live: the timer must change
+            for other in gone:
+                st.warning(f"Compared run {other!r} is no longer in the store (it was "
+                           "deleted): the other runs are drawn.")
+            shown = Shown(path=path, main=info, others=tuple(now))
             _status(info, detailed=body is training_body)
-            _drawing.run = (path, info)
+            if shown.comparing:
+                _compared_status(shown)
+            _drawing.shown = shown
             try:
-                body(path, info)
+                body(shown)
             finally:
-                _drawing.run = None
+                _drawing.shown = None
         except RunNotFoundError:
             data.forget_run(path, name)
             st.warning(f"Run {name!r} is no longer in the store (it was deleted). "
@@ -159,15 +243,62 @@ def _page(title: str, body: Body) -> None:
 
     refresh()
     if not live and st.session_state.get(LIVE_KEY, True):
-        watch.watch(lambda: _run_states(path, name), (known, status))
+        watch.watch(lambda: _run_states(path, [name, *compared]), (known, statuses))
 
 
-def _run_states(path: str, name: str | None) -> tuple[list[str], str | None]:
-    """The run names of the store and the status of run ``name`` (None when not there),
-    from the run list all sessions share."""
+def compared_names() -> list[str]:
+    """The runs picked in the sidebar to compare with the picked run, in the order picked
+    (the picked run itself left out)."""
+    main = st.session_state.get(RUN_KEY)
+    return [str(n) for n in st.session_state.get(COMPARE_KEY) or [] if n != main]
+
+
+def _compared_infos(path: str, names: list[str]) -> tuple[list[dict], list[str]]:
+    """The current rows of the compared runs ``names`` that are in the store, and the names
+    of those no longer there (deleted: the server forgets their series)."""
+    infos, gone = [], []
+    for other in names:
+        try:
+            infos.append(data.run_info(path, other))
+        except RunNotFoundError:
+            data.forget_run(path, other)
+            gone.append(other)
+    return infos, gone
+
+
+def _run_states(path: str, names: list[str | None]) -> tuple[list[str], tuple]:
+    """The run names of the store and the status of each run of ``names`` (None when not
+    there), from the run list all sessions share."""
     table = data.list_runs(path)
-    mine = table.loc[table["name"] == name, "status"]
-    return list(table["name"]), (str(mine.iloc[0]) if len(mine) else None)
+    status = dict(zip(table["name"], table["status"], strict=True))
+    return list(table["name"]), tuple(None if n not in status else str(status[n])
+                                      for n in names)
+
+
+def _compared_status(shown: Shown) -> None:
+    """One line naming each shown run in its chart colour, with where each compared run
+    stands; which charts overlay them."""
+    colours = shown.colours
+
+    def swatch(info: dict) -> str:
+        last = info["last_step"]
+        step = "no step yet" if pd.isna(last) else f"last step {int(last)}"
+        where = "" if info is shown.main else f" · {info['status']} · {step}"
+        return (f'<span style="color:{colours[info["name"]]}">■</span> '
+                f"<b>{html.escape(info['name'])}</b>{html.escape(where)}")
+
+    st.caption("Compared: " + " &nbsp; ".join(swatch(i) for i in shown.infos)
+               + ". The line charts overlay every run, one colour per run; the figures above "
+                 "and the charts that cannot overlay are the picked run's.",
+               unsafe_allow_html=True)
+
+
+def _main_only(shown: Shown, what: str) -> None:
+    """While runs are compared, say that ``what`` (a chart that cannot overlay runs) shows
+    the picked run only."""
+    if shown.comparing:
+        st.caption(f"{what}: **{shown.main['name']}** only (comparing draws the line charts "
+                   "of every run).")
 
 
 def _store_error(path: str, e: StoreError) -> None:
@@ -233,13 +364,73 @@ def _short(text: str | None, limit: int = 300) -> str:
 # -- pages ----------------------------------------------------------------------------------
 
 
-def training_body(path: str, info: dict) -> None:
+def _lines(shown: Shown, pick: Pick, title: str, y_title: str = "", *, log_y: bool = False,
+           markers: bool = False, styles: Mapping[str, dict] | None = None) -> bool:
+    """A line chart of the series ``pick`` takes from a run's scalars (a frame, index step,
+    a column per series): the picked run's alone, or while runs are compared every shown
+    run's, overlaid in its colour (``charts.run_lines``). Each run is downsampled on its own
+    (at most the chosen points per chart). A run's series without any value are left out;
+    a chart no shown run has a value for is not drawn (returns False). ``styles``: series ->
+    trace properties (``line``, ``marker``) added to its traces."""
+    frames = {}
+    for run, df in shown.scalars().items():
+        part = pick(df)
+        part = part.loc[:, part.notna().any()]
+        if not part.empty:
+            frames[run] = part
+    if not frames:
+        return False
+    if not shown.comparing:
+        (only,) = frames.values()
+
+        def build() -> go.Figure:
+            shown_df = _ds(only)
+            fig = charts.markers(shown_df, title, y_title) if markers else \
+                charts.lines(shown_df, title, y_title, log_y=log_y)
+            for label, style in (styles or {}).items():
+                fig.update_traces(selector=dict(name=label), **style)
+            return fig
+    else:
+        colours = shown.colours
+
+        def build() -> go.Figure:
+            return charts.run_lines({run: _ds(df) for run, df in frames.items()}, title,
+                                    y_title, log_y=log_y, markers=markers, colours=colours,
+                                    styles=styles)
+    _chart(build, every_run=True, identity=(pick, styles))
+    return True
+
+
+def _keys(*keys: str) -> Pick:
+    """A pick of the scalars ``keys`` (those a run has)."""
+    return lambda df: df[[k for k in keys if k in df.columns]]
+
+
+def _grid(draws: list[Callable[[], object]]) -> None:
+    """Draw the charts ``draws`` two to a row."""
+    for i in range(0, len(draws), 2):
+        for col, draw in zip(st.columns(2), draws[i:i + 2], strict=False):
+            with col:
+                draw()
+
+
+def _task_losses(df: pd.DataFrame) -> pd.DataFrame:
+    """Each task's loss (``loss/<task>``), tasks in name order."""
+    return df[sorted(c for c in df.columns if c.startswith(mk.TASK_LOSS_PREFIX))]
+
+
+def _losses(df: pd.DataFrame) -> pd.DataFrame:
+    """The total loss, then each task's."""
+    return df[[c for c in (mk.LOSS,) if c in df.columns] + list(_task_losses(df).columns)]
+
+
+def training_body(shown: Shown) -> None:
     """Losses, gradient norm, step time and throughput."""
-    df = data.live_scalars(path, info)
-    if df.empty:
+    df = data.live_scalars(shown.path, shown.main)
+    if df.empty and not shown.comparing:
         st.info("No steps stored yet.")
         return
-    last = df.ffill().iloc[-1]
+    last = df.ffill().iloc[-1] if len(df) else pd.Series(dtype=float)
     cols = st.columns(5)
     for col, (label, key, fmt) in zip(cols, (
             ("loss", mk.LOSS, "{:.4f}"), ("grad norm", mk.GRAD_NORM, "{:.3f}"),
@@ -249,30 +440,26 @@ def training_body(path: str, info: dict) -> None:
         value = last.get(key, np.nan)
         col.metric(label, "–" if pd.isna(value) else fmt.format(value))
     log_y = st.toggle("log scale for losses", value=True, key="loss_log")
-    left, right = st.columns(2)
-    with left:
-        loss_keys = _present(df, [mk.LOSS, *sorted(c for c in df
-                                                    if c.startswith(mk.TASK_LOSS_PREFIX))])
-        _chart(lambda: charts.lines(_ds(df[loss_keys]), "Losses (total and per task)", log_y=log_y))
-    with right:
-        if _present(df, [mk.GRAD_NORM]):
-            _chart(lambda: charts.lines(_ds(df[[mk.GRAD_NORM]]),
-                                        "Gradient norm (before clipping)"))
-    left, right = st.columns(2)
-    with left:
-        if _present(df, [mk.STEP_S]):
-            _chart(lambda: charts.lines(_ds(df[[mk.STEP_S]]), "Step time", "seconds"))
-    with right:
-        if _present(df, [mk.SAMPLES_PER_S]):
-            _chart(lambda: charts.lines(_ds(df[[mk.SAMPLES_PER_S]]), "Throughput",
-                                        "samples / s"))
-    shown = (mk.LOSS, mk.TASK_LOSS_PREFIX, mk.GRAD_NORM, mk.TIME_PREFIX, mk.MOE_PREFIX,
-             mk.TASK_WEIGHT_PREFIX, mk.DWA_PREFIX, mk.MEM_PREFIX, mk.AMP_PREFIX, mk.LR)
-    other = [c for c in df.columns if not c.startswith(shown) and df[c].notna().any()]
+    if shown.comparing:  # a chart per figure, as the runs overlay: the total, then each task
+        losses = [lambda: _lines(shown, _keys(mk.LOSS), "Loss (total)", log_y=log_y),
+                  lambda: _lines(shown, _task_losses, "Loss per task", log_y=log_y)]
+    else:
+        losses = [lambda: _lines(shown, _losses, "Losses (total and per task)", log_y=log_y)]
+    _grid([*losses,
+           lambda: _lines(shown, _keys(mk.GRAD_NORM), "Gradient norm (before clipping)"),
+           lambda: _lines(shown, _keys(mk.STEP_S), "Step time", "seconds"),
+           lambda: _lines(shown, _keys(mk.SAMPLES_PER_S), "Throughput", "samples / s")])
+    shown_prefixes = (mk.LOSS, mk.TASK_LOSS_PREFIX, mk.GRAD_NORM, mk.TIME_PREFIX,
+                      mk.MOE_PREFIX, mk.TASK_WEIGHT_PREFIX, mk.DWA_PREFIX, mk.MEM_PREFIX,
+                      mk.AMP_PREFIX, mk.LR)
+    other = list(dict.fromkeys(
+        c for frame in shown.scalars().values() for c in frame.columns
+        if not c.startswith(shown_prefixes) and frame[c].notna().any()))
     if other:
-        with st.expander(f"Other metrics of this run ({len(other)})", expanded=True):
+        with st.expander(f"Other metrics of {'these runs' if shown.comparing else 'this run'} "
+                         f"({len(other)})", expanded=True):
             for key in other:
-                _chart(lambda key=key: charts.lines(_ds(df[[key]]), key))
+                _lines(shown, _keys(key), key)
 
 
 def max_vio_labels(window: int) -> dict[str, str]:
@@ -288,10 +475,13 @@ BALANCE_WORDS = {  # config balance -> why the run has no selection bias to draw
 }
 
 
-def experts_body(path: str, info: dict) -> None:
+def experts_body(shown: Shown) -> None:
     """Expert load balance: MaxVio and balance figures, tokens per expert over steps with the
     selection bias beside it (balance = bias), the loads' percentiles, the share of top-k
-    choices the bias changed, the current load, aux and z losses, dead experts."""
+    choices the bias changed, the current load, aux and z losses, dead experts. Compared
+    runs overlay on the line charts; the heatmap, the bias per expert, the percentile band
+    and the current load are the picked run's."""
+    path, info = shown.path, shown.main
     tokens = data.live_vectors(path, info, mk.TOKENS_PER_EXPERT)
     if tokens.empty:
         st.info(f"This run logged no expert routing (`{mk.TOKENS_PER_EXPERT}`).")
@@ -308,78 +498,87 @@ def experts_body(path: str, info: dict) -> None:
         st.warning(f"Dead at step {int(tokens.index[-1])} (no tokens): {', '.join(dead)}")
     view = st.radio("tokens per expert as", ["heatmap", "stacked area (share)"],
                     horizontal=True, key="expert_view")
-    shown = _ds(tokens)
+    routed = _ds(tokens)
     left, right = st.columns(2) if not bias.empty else (st.container(), None)
     with left:
         if view == "heatmap":
             _chart(lambda: charts.heatmap_over_steps(
-                shown, "Tokens per expert over steps (tokens routed, per step)", "expert",
+                routed, "Tokens per expert over steps (tokens routed, per step)", "expert",
                 "tokens", row_colours=colours))
         else:
             _chart(lambda: charts.coloured_lines(
-                processing.expert_shares(shown), "Share of tokens per expert (per step)",
+                processing.expert_shares(routed), "Share of tokens per expert (per step)",
                 "share of the step's tokens", colours, stacked=True))
+        _main_only(shown, "Tokens per expert")
     if right is not None:
         with right:
             trajectories = _ds(bias.rename(columns=lambda i: f"expert {i}"))
             _chart(lambda: charts.coloured_lines(
                 trajectories, "Selection bias per expert (added to routing scores for top-k "
                 "only)", "bias", colours[: trajectories.shape[1]]))
+            _main_only(shown, "Selection bias per expert")
     else:
         balance = (info.get("config") or {}).get("balance")
         why = BALANCE_WORDS.get(balance, f"logged no selection bias (`{mk.MOE_BIAS}`): it "
                                          "balances with the auxiliary loss or not at all")
         st.caption(f"No bias chart: this run {why}, so there is no selection bias. A run "
                    "with `--balance bias` draws each expert's bias here, beside the heatmap.")
-    left, right = st.columns(2)
-    with left:
-        labels = max_vio_labels(window)
-        max_vio = processing.renamed(df, labels)
-        if not max_vio.empty:
-            batch, windowed = labels.values()
 
-            def max_vio_chart() -> go.Figure:
-                fig = charts.lines(_ds(max_vio), MAX_VIO_TITLE, "MaxVio")
-                # the noisy per-batch figure thin and light, the windowed one bold over it
-                fig.update_traces(selector=dict(name=batch), line=dict(width=1,
-                                                                       color="#9ecae1"))
-                fig.update_traces(selector=dict(name=windowed), line=dict(width=2.5,
-                                                                          color="#d62728"))
-                return fig
-
-            _chart(max_vio_chart)
-    with right:
-        spread = processing.renamed(df, processing.LOAD_PERCENTILES)
-        if not spread.empty:
+    def spread() -> None:
+        band = processing.renamed(df, processing.LOAD_PERCENTILES)
+        if not band.empty:
             _chart(lambda: charts.load_band(
-                _ds(spread), "Expert load percentiles (1 = the mean load)",
-                "load / mean load"))
-    left, right = st.columns(2)
-    with left:
+                _ds(band), "Expert load percentiles (1 = the mean load)", "load / mean load"))
+            _main_only(shown, "Load percentiles")
+
+    def load() -> None:
         _chart(lambda: charts.bars(current, f"Load at step {int(tokens.index[-1])}", "expert",
                                    "tokens", reference=float(current.sum()) / max(1, len(current))))
-    with right:
-        if _present(df, [mk.BIAS_FLIPPED]):
-            _chart(lambda: charts.lines(
-                _ds(df[[mk.BIAS_FLIPPED]] * 100).rename(columns={mk.BIAS_FLIPPED:
-                                                                 "changed by the bias"}),
-                "Top-k choices the bias changed (% of the step's tokens × k)", "%"))
-        else:
-            keys = _present(df, [mk.MOE_CV, mk.MOE_ENTROPY])
-            if keys:
-                _chart(lambda: charts.lines(_ds(df[keys]), "Balance: CV and entropy"))
-    left, right = st.columns(2)
-    with left:
-        keys = _present(df, [mk.MOE_AUX_LOSS, mk.MOE_Z_LOSS])
-        balance = (info.get("config") or {}).get("balance", "aux")
-        title = "Load-balancing (aux) and z losses" if balance == "aux" else \
-            f"Aux loss (measured only: balance = {balance} does not train on it) and z loss"
-        if keys:
-            _chart(lambda: charts.lines(_ds(df[keys]), title))
-    with right:
-        if _present(df, [mk.MOE_DEAD]):
-            _chart(lambda: charts.lines(_ds(df[[mk.MOE_DEAD]]), "Dead experts per step",
-                                        "experts"))
+        _main_only(shown, "Current load")
+
+    scalars = shown.scalars()
+    flipped = any(_present(frame, [mk.BIAS_FLIPPED]) for frame in scalars.values())
+    cv_entropy = [] if flipped and not shown.comparing else \
+        [lambda: _lines(shown, _keys(mk.MOE_CV, mk.MOE_ENTROPY), "Balance: CV and entropy")]
+    balances = {(i.get("config") or {}).get("balance", "aux") for i in shown.infos}
+    balance = balances.pop() if len(balances) == 1 else None
+    aux_title = "Load-balancing (aux) and z losses" if balance == "aux" else \
+        f"Aux loss (measured only: balance = {balance} does not train on it) and z loss" \
+        if balance is not None else \
+        "Aux loss (trained on only by the runs with balance = aux) and z loss"
+    _grid([lambda: _max_vio(shown), spread, load,
+           *([lambda: _lines(shown, _bias_flipped, "Top-k choices the bias changed (% of the "
+                             "step's tokens × k)", "%")] if flipped else []),
+           *cv_entropy,
+           lambda: _lines(shown, _keys(mk.MOE_AUX_LOSS, mk.MOE_Z_LOSS), aux_title),
+           lambda: _lines(shown, _keys(mk.MOE_DEAD), "Dead experts per step", "experts")])
+
+
+def _bias_flipped(df: pd.DataFrame) -> pd.DataFrame:
+    """The share of top-k choices the selection bias changed, in percent."""
+    return (df[[c for c in (mk.BIAS_FLIPPED,) if c in df.columns]] * 100) \
+        .rename(columns={mk.BIAS_FLIPPED: "changed by the bias"})
+
+
+def _max_vio(shown: Shown) -> None:
+    """MaxVio of each step's batch (thin) and over the run's window of steps (bold). Runs
+    compared with different windows share one label for the windowed figure, and a caption
+    gives each run's window."""
+    windows = {i["name"]: Cadence.of_run(i).max_vio_window for i in shown.infos}
+    labels = max_vio_labels(windows[shown.main["name"]])
+    if len(set(windows.values())) > 1:
+        labels = {mk.MAX_VIO: labels[mk.MAX_VIO], mk.MAX_VIO_GLOBAL: "global: the run's window"}
+    batch, windowed = labels.values()
+    # the noisy per-batch figure thin, the windowed one bold over it
+    styles = {batch: {"line": {"width": 1, "dash": "dot"}, "opacity": 0.7},
+              windowed: {"line": {"width": 2.5, "dash": "solid"}}} if shown.comparing else \
+             {batch: {"line": {"width": 1, "color": "#9ecae1"}},
+              windowed: {"line": {"width": 2.5, "color": "#d62728"}}}
+    drawn = _lines(shown, lambda df: processing.renamed(df, labels), MAX_VIO_TITLE, "MaxVio",
+                   styles=styles)
+    if drawn and len(set(windows.values())) > 1:
+        st.caption("Global MaxVio windows: " + ", ".join(
+            f"{name}: last {window} steps" for name, window in windows.items()))
 
 
 def _expert_metrics(df: pd.DataFrame, has_bias: bool, window: int) -> None:
@@ -397,8 +596,11 @@ def _expert_metrics(df: pd.DataFrame, has_bias: bool, window: int) -> None:
         col.metric(label, "–" if pd.isna(value) else fmt.format(value))
 
 
-def memory_nodes_body(path: str, info: dict) -> None:
-    """Graph-memory nodes in one shared 2-D PCA plane, their norms, motion and matrices."""
+def memory_nodes_body(shown: Shown) -> None:
+    """Graph-memory nodes in one shared 2-D PCA plane, their norms, motion and matrices: a
+    line per node, so every chart here is the picked run's, compared runs or not."""
+    path, info = shown.path, shown.main
+    _main_only(shown, "Memory nodes (a line or a point per node on every chart)")
     snaps = data.live_snapshots(path, info, mk.MEMORY_NODES)
     if not snaps:
         st.info(f"This run stored no memory-node snapshots (`{mk.MEMORY_NODES}`).")
@@ -456,35 +658,41 @@ def memory_nodes_body(path: str, info: dict) -> None:
                                      label="slot"))
 
 
-def loss_weights_body(path: str, info: dict) -> None:
-    """Loss weight per task, per-task losses and DWA descent ratios."""
-    df = data.live_scalars(path, info)
-    weights = processing.columns_with_prefix(df, mk.TASK_WEIGHT_PREFIX)
-    losses = processing.columns_with_prefix(df, mk.TASK_LOSS_PREFIX)
-    ratios = processing.columns_with_prefix(df, mk.DWA_RATIO_PREFIX)
-    weighting = (info.get("config") or {}).get("weighting", "unknown")
-    st.caption(f"Weighting: **{weighting}**")
-    if weights.empty and losses.empty:
+def loss_weights_body(shown: Shown) -> None:
+    """Loss weight per task, per-task losses and DWA descent ratios, every shown run's."""
+    weightings = {i["name"]: (i.get("config") or {}).get("weighting", "unknown")
+                  for i in shown.infos}
+    if shown.comparing:
+        st.caption("Weighting: " + ", ".join(f"{name} **{w}**"
+                                             for name, w in weightings.items()))
+    else:
+        st.caption(f"Weighting: **{weightings[shown.main['name']]}**")
+    weights = _prefixed(mk.TASK_WEIGHT_PREFIX)
+    if not any(not p(df).empty for df in shown.scalars().values()
+               for p in (weights, _prefixed(mk.TASK_LOSS_PREFIX))):
         st.info("This run logged no per-task losses or weights.")
         return
     left, right = st.columns(2)
     with left:
-        if not weights.empty:
-            _chart(lambda: charts.lines(_ds(weights), "Loss weight per task"))
-        else:
+        if not _lines(shown, weights, "Loss weight per task"):
             st.info("No loss weights were logged.")
     with right:
-        if not losses.empty:
-            _chart(lambda: charts.lines(_ds(losses), "Loss per task", log_y=True))
-    if not ratios.dropna(how="all").empty:
-        _chart(lambda: charts.lines(_ds(ratios), "DWA descent ratio L(t-1) / L(t-2) per task"))
-    else:
+        _lines(shown, _prefixed(mk.TASK_LOSS_PREFIX), "Loss per task", log_y=True)
+    if not _lines(shown, _prefixed(mk.DWA_RATIO_PREFIX),
+                  "DWA descent ratio L(t-1) / L(t-2) per task"):
         st.info("No DWA ratios: they are logged only with `--weighting dwa`.")
 
 
-def memory_body(path: str, info: dict) -> None:
+def _prefixed(prefix: str) -> Pick:
+    """A pick of the scalars ``<prefix><task>``, named by their task."""
+    return lambda df: processing.columns_with_prefix(df, prefix)
+
+
+def memory_body(shown: Shown) -> None:
     """Memory by category (parameters, gradients, optimizer state, saved for backward, other)
-    stacked over steps, on the device the run measured, with total and peak; then AMP."""
+    stacked over steps, on the device the run measured, with total and peak; then AMP.
+    Compared runs: the stack is the picked run's, their totals overlay below it."""
+    path, info = shown.path, shown.main
     df = data.live_scalars(path, info)
     device = str(info.get("device") or "")
     gpu = device.startswith("cuda")
@@ -497,16 +705,17 @@ def memory_body(path: str, info: dict) -> None:
     if mem.empty:
         st.info(f"{where}. This run logged no memory by category (it was recorded before "
                 "categories were logged): showing the totals it has.")
-        _memory_totals(df, gpu)
+        _memory_totals(shown, gpu)
     else:
-        _memory_categories(df, mem, gpu, where, spikes)
+        _memory_categories(shown, mem, gpu, where, spikes)
     _memory_spikes(df, spikes)
-    _amp(df, info)
+    _amp(shown)
 
 
-def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: bool,
+def _memory_categories(shown: Shown, mem: processing.MemoryByCategory, gpu: bool,
                        where: str, spikes: dict[int, Path]) -> None:
-    """Latest figures, then the stacked chart of the categories with total and peak."""
+    """Latest figures, then the stacked chart of the categories with total and peak (the
+    picked run's); compared runs' totals overlaid on a chart of their own."""
     if gpu:
         st.info(f"{where}, read from the CUDA allocator every step: 'other' is allocated "
                 "minus the known categories; reserved is what the caching allocator holds.")
@@ -523,10 +732,10 @@ def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: 
                    "tensor), so not stacked; the markers are the measured total at those "
                    "steps, and the gap above the stack is what the scan found.")
     last = processing.latest_values(mem.stacked) | processing.latest_values(mem.totals)
-    shown = [*mem.stacked.columns, *(c for c in ("total", "peak", "reserved") if c in last)]
+    figures = [*mem.stacked.columns, *(c for c in ("total", "peak", "reserved") if c in last)]
     newest = max((step for step, _ in last.values()), default=None)
-    cols = st.columns(len(shown))
-    for col, label in zip(cols, shown, strict=True):
+    cols = st.columns(len(figures))
+    for col, label in zip(cols, figures, strict=True):
         step, value = last.get(label, (newest, None))
         older = f" (step {step})" if step != newest else ""
         col.metric(label + older, "–" if value is None else _mib(value))
@@ -537,10 +746,25 @@ def _memory_categories(df: pd.DataFrame, mem: processing.MemoryByCategory, gpu: 
     every = processing.usual_gap(stacked.index)  # of the points drawn (maybe downsampled)
     _chart(lambda: charts.memory_stack(stacked, totals, title, every=every,
                                        marks={s: "spike" for s in spikes}))
-    if not gpu and _present(df, [mk.MEM_RSS]):
-        _chart(lambda: charts.lines(_ds(processing.to_mib(df[[mk.MEM_RSS]])),
-                                    "Process RSS (all memory of the process, not only tensors)",
-                                    "MiB"))
+    if shown.comparing:
+        _main_only(shown, "Memory by category (stacked)")
+        _lines(shown, _memory_totals_mib, "Memory totals (total, peak, reserved)", "MiB",
+               markers=True)
+    if not gpu:
+        _lines(shown, _rss_mib, "Process RSS (all memory of the process, not only tensors)",
+               "MiB")
+
+
+def _rss_mib(df: pd.DataFrame) -> pd.DataFrame:
+    """The process's resident memory in MiB."""
+    return processing.to_mib(df[[k for k in (mk.MEM_RSS,) if k in df.columns]])
+
+
+def _memory_totals_mib(df: pd.DataFrame) -> pd.DataFrame:
+    """The measured total, peak and reserve in MiB, at the steps any was read."""
+    keys = [k for k in processing.MEMORY_TOTALS if k in df.columns]
+    return processing.to_mib(df[keys].dropna(how="all")) \
+        .rename(columns=processing.MEMORY_TOTALS)
 
 
 def _mib(value: float) -> str:
@@ -564,42 +788,35 @@ def _memory_spikes(df: pd.DataFrame, spikes: dict[int, Path]) -> None:
                    "stack that made it.")
 
 
-def _memory_totals(df: pd.DataFrame, gpu: bool) -> None:
-    """What a run recorded before categories has: allocator totals, or tensor bytes and RSS."""
+def _memory_totals(shown: Shown, gpu: bool) -> None:
+    """What a run recorded before categories has: allocator totals, or tensor bytes and RSS
+    (every shown run's)."""
     if gpu:
-        keys = _present(df, [mk.MEM_ALLOCATED, mk.MEM_RESERVED, mk.MEM_PEAK])
-        if keys:
-            _chart(lambda: charts.lines(_ds(processing.to_mib(df[keys])),
-                                        "CUDA allocator", "MiB"))
-        else:
+        if not _lines(shown, lambda df: processing.to_mib(
+                df[[k for k in (mk.MEM_ALLOCATED, mk.MEM_RESERVED, mk.MEM_PEAK) if k in df]]),
+                "CUDA allocator", "MiB"):
             st.info("No CUDA memory readings stored yet.")
         return
     left, right = st.columns(2)
     with left:
-        keys = _present(df, [mk.MEM_TENSOR_BYTES, mk.MEM_PEAK, mk.TENSOR_BYTES])
-        if keys:
-            def tensor_bytes() -> go.Figure:
-                sparse = processing.to_mib(df[keys].dropna(how="all"))
-                fig = charts.markers(_ds(sparse), "Live tensor bytes", "MiB")
-                # the peak so far often equals the reading: dashed, so both stay visible
-                fig.update_traces(selector=dict(name=mk.MEM_PEAK), line=dict(dash="dash"),
-                                  marker=dict(symbol="circle-open", size=9))
-                return fig
-
-            _chart(tensor_bytes)
-        else:
+        tensor_keys = (mk.MEM_TENSOR_BYTES, mk.MEM_PEAK, mk.TENSOR_BYTES)
+        # the peak so far often equals the reading: dashed and open, so both stay visible
+        peak = {mk.MEM_PEAK: {"line": {"dash": "dash"},
+                              "marker": {"symbol": "circle-open", "size": 9}}}
+        if not _lines(shown, lambda df: processing.to_mib(
+                df[[k for k in tensor_keys if k in df]].dropna(how="all")),
+                "Live tensor bytes", "MiB", markers=True, styles=peak):
             st.info("No tensor-bytes reading stored yet.")
     with right:
-        if _present(df, [mk.MEM_RSS]):
-            _chart(lambda: charts.lines(_ds(processing.to_mib(df[[mk.MEM_RSS]])),
-                                        "Process RSS", "MiB"))
-        else:
+        if not _lines(shown, _rss_mib, "Process RSS", "MiB"):
             st.info("No RSS reading stored.")
 
 
-def _amp(df: pd.DataFrame, info: dict) -> None:
-    """The GradScaler's loss scale and skipped steps (nothing for fp32 runs, said why)."""
-    precision = (info.get("config") or {}).get("precision")
+def _amp(shown: Shown) -> None:
+    """The GradScaler's loss scale and skipped steps (nothing for fp32 runs, said why), as
+    the picked run's precision has them; compared runs overlay."""
+    df = data.live_scalars(shown.path, shown.main)
+    precision = (shown.main.get("config") or {}).get("precision")
     if precision == "fp32":
         st.caption("Mixed precision is off for this run (fp32): no loss scaling, no skipped "
                    "steps. Start a run with precision fp16 to watch the GradScaler.")
@@ -612,14 +829,8 @@ def _amp(df: pd.DataFrame, info: dict) -> None:
         return
     total = df[mk.AMP_SKIPPED_TOTAL].dropna() if mk.AMP_SKIPPED_TOTAL in df else pd.Series()
     st.metric("skipped steps (total)", int(total.iloc[-1]) if len(total) else 0)
-    left, right = st.columns(2)
-    with left:
-        _chart(lambda: charts.lines(_ds(df[_present(df, [mk.AMP_SCALE])]), "AMP loss scale",
-                                    log_y=True))
-    with right:
-        if _present(df, [mk.AMP_SKIPPED]):
-            _chart(lambda: charts.lines(_ds(df[[mk.AMP_SKIPPED]]),
-                                        "Skipped steps (1 = skipped)"))
+    _grid([lambda: _lines(shown, _keys(mk.AMP_SCALE), "AMP loss scale", log_y=True),
+           lambda: _lines(shown, _keys(mk.AMP_SKIPPED), "Skipped steps (1 = skipped)")])
 
 
 def training() -> None:

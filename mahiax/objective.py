@@ -100,5 +100,7 @@ def finish_step(
     mean = summed[len(staged):]
     if ranks > 1:
         mean = [t / ranks for t in mean]
-    weighting.update(mean[0])
-    return Shared(losses=mean[0], figures=mean[1] if figures is not None else None)
+    # the losses, then the figures when the caller gave some
+    global_losses, global_figures = mean if figures is not None else (*mean, None)
+    weighting.update(global_losses)
+    return Shared(losses=global_losses, figures=global_figures)

@@ -175,18 +175,18 @@ class Trainer:
         ]))
         assert shared is not None and shared.figures is not None
         self.step_num += 1
-        figures = shared.figures.tolist()  # total, aux, z over the global batch
+        loss, aux_loss, z_loss = shared.figures.tolist()  # over the global batch
         if self.device.type == "cuda":
             torch.cuda.synchronize()  # honest step time
         dt = time.perf_counter() - t0
         lv = shared.losses.cpu().tolist()  # host sync: the record is for people
         return StepRecord(
             step=step,
-            loss=figures[0],
+            loss=loss,
             task_losses=dict(zip(c.tasks, lv, strict=True)),
             weights=dict(zip(c.tasks, weights.cpu().tolist(), strict=True)),
-            aux_loss=figures[1],
-            z_loss=figures[2],
+            aux_loss=aux_loss,
+            z_loss=z_loss,
             grad_norm=grad_norm,
             lr=lr,
             scale=self.precision.scale,

@@ -206,7 +206,7 @@ def _comparison(path: str, entry_id: str) -> None:
         drawn = _signature(path, entry_id)
     except StoreError:
         drawn = None
-    live = enabled and drawn is not None and drawn[1]
+    live = enabled and drawn is not None and drawn.busy
 
     @st.fragment(run_every=interval if live else None)
     def refresh() -> None:
@@ -223,7 +223,7 @@ def _comparison(path: str, entry_id: str) -> None:
             recorded = set(data.list_runs(path)["name"])
             infos = {v: data.run_info(path, latest[v]) for v in VARIANT_LABELS
                      if latest.get(v) in recorded}
-            if live and not _signature(path, entry_id)[1]:
+            if live and not _signature(path, entry_id).busy:
                 st.rerun()  # the last variant ended: drawn once more, then the timer stops
             cols = st.columns(len(VARIANT_LABELS))
             for col, variant in zip(cols, VARIANT_LABELS, strict=True):
@@ -245,7 +245,16 @@ def _comparison(path: str, entry_id: str) -> None:
         watch.watch(lambda: _signature(path, entry_id), drawn)
 
 
-def _signature(path: str, entry_id: str) -> tuple[dict[str, tuple[str, str]], bool]:
+@dataclass(frozen=True, kw_only=True)
+class _Signature:
+    """What the comparison is drawn from: the watch redraws the page once it differs from
+    the one the page was drawn from, and the page is live while ``busy``."""
+
+    newest: dict[str, tuple[str, str]]  # variant -> (its newest recorded run, that run's status)
+    busy: bool  # a variant waits or trains
+
+
+def _signature(path: str, entry_id: str) -> _Signature:
     """What the comparison is drawn from: each variant's newest recorded run with its status
     (from the run table all sessions share), and whether a variant waits or trains."""
     table = data.catalog_runs(path)
@@ -254,7 +263,7 @@ def _signature(path: str, entry_id: str) -> tuple[dict[str, tuple[str, str]], bo
               for v, g in mine.groupby("variant")}
     busy = active_set(path, entry_id) is not None or \
         any(status == "running" for _, status in newest.values())
-    return newest, busy
+    return _Signature(newest=newest, busy=busy)
 
 
 def _pending_card(variant: str, name: str, ongoing: VariantSet | None) -> None:

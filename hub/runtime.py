@@ -62,7 +62,7 @@ def build(python: str, venv: Path) -> str:
                          "e.g. --python /usr/bin/python3")
     if venv.exists():
         shutil.rmtree(venv)
-    ours = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    ours = f"{sys.version_info.major}.{sys.version_info.minor}"
     theirs = version_of(python)
     if theirs == ours:
         subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -62,7 +62,8 @@ def _run_scenario(variant: str, steps: int, anomaly: bool) -> tuple[Outcome, str
 
 def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
     if variant == "buggy":
-        return _run_scenario(variant, steps, anomaly=False)[0]
+        out, _ = _run_scenario(variant, steps, anomaly=False)
+        return out
     if variant in ("fixed", "candidate"):  # the scenario's model and cadence, counted
         loop = (
             detached_loop if variant == "fixed"

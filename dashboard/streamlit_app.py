@@ -73,7 +73,7 @@ def _compare_picker(names: list[str]) -> None:
     if kept != chosen:
         st.session_state[state.COMPARE_KEY] = kept
     st.multiselect("Compare with", [n for n in names if n != main], key=state.COMPARE_KEY,
-                   placeholder="runs to overlay",
+                   placeholder="choose to overlay",
                    help="Drawn over the picked run on every page's line charts, one colour "
                         "per run (the legend names it)")
 

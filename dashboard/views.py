@@ -243,7 +243,15 @@ def _page(title: str, body: Body) -> None:
 
     refresh()
     if not live and st.session_state.get(LIVE_KEY, True):
-        watch.watch(lambda: _run_states(path, [name, *compared]), (known, statuses))
+        # the watch compares the run list with itself: the fresh statuses above can be ahead
+        # of the list (cached for a second), and comparing the two would rerun the page
+        # until the list caught up
+        shown_names = [name, *compared]
+        try:
+            drawn = _run_states(path, shown_names)
+        except StoreError:  # the page said so; the watch redraws once the store reads again
+            drawn = None
+        watch.watch(lambda: _run_states(path, shown_names), drawn)
 
 
 def compared_names() -> list[str]:

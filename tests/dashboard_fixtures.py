@@ -120,3 +120,20 @@ def balance_store(root: Path) -> Path:
     for balance in ("bias", "aux"):
         record_training(tiny().replace(balance=balance), balance, BALANCE_STEPS, store=path)
     return path
+
+
+UNEVEN_STEPS = {"long": 450, "short": 6}
+
+
+def uneven_store(root: Path) -> Path:
+    """Two finished runs of different lengths (``UNEVEN_STEPS``), loss and grad norm every
+    step, for comparing runs on one chart."""
+    path = root / "uneven.sqlite"
+    for name, steps in UNEVEN_STEPS.items():
+        writer = RunWriter(name, tiny().to_dict(), path=path, device="cpu")
+        for step in range(steps):
+            writer.log({"loss": 1.0 / (step + 1) + (0.5 if name == "short" else 0.0),
+                        "optim/grad_norm": 0.1 * (step % 7)}, step)
+        writer.finish("finished")
+        writer.close()
+    return path

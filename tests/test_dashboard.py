@@ -22,7 +22,7 @@ pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dashboard import bug_lab, data, processing, runs, verdict_jobs, verdict_runs  # noqa: E402
-from dashboard.state import PAGE_KEY, RUN_KEY  # noqa: E402
+from dashboard.state import COMPARE_KEY, PAGE_KEY, RUN_KEY  # noqa: E402
 from dashboard.views import BUG_LAB, PAGES  # noqa: E402
 from mahiax.units import MIB  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402
@@ -327,6 +327,164 @@ def test_running_run_reads_new_steps(monkeypatch, tmp_path):
         assert "9 steps stored" in texts(at.success)
     finally:
         writer.close()
+
+
+# -- runs compared --------------------------------------------------------------------------
+
+
+def render_compared(monkeypatch, store: Path, page: str, run: str, compared: list[str],
+                    **state: object) -> AppTest:
+    """``render``, with ``compared`` picked in the sidebar's "Compare with" (and any other
+    session ``state``)."""
+    monkeypatch.setenv("MAHIAX_STORE", str(store))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state[PAGE_KEY] = page
+    at.session_state[RUN_KEY] = run
+    at.session_state[COMPARE_KEY] = compared
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def trace_colours(chart) -> dict[str, str]:
+    """trace name -> its line colour."""
+    return {t["name"]: t["line"]["color"] for t in plotly_spec(chart)["data"]}
+
+
+def test_compared_runs_overlay_one_trace_per_run_in_one_colour_on_every_page(monkeypatch,
+                                                                            stores):
+    """Lesson 11's situation: a bias-balanced and an aux-balanced run on one chart. The
+    Training page's loss chart has one trace per run, named after it, with that run's
+    losses; each run keeps its colour on the other charts and on another page."""
+    from mahiax.store import RunReader
+
+    at = render_compared(monkeypatch, stores["balance"], "training", "bias", ["aux"])
+    assert not at.error
+    picker = at.sidebar.multiselect[0]
+    assert picker.label == "Compare with" and list(picker.options) == ["aux"], \
+        "every run but the picked one can be compared"
+    assert picker.value == ["aux"]
+    reader = RunReader(stores["balance"])
+    loss = chart_titled(at, "Loss (total)")
+    series = chart_series(loss)
+    assert list(series) == ["bias", "aux"], "one trace per run, the picked run first"
+    for run in ("bias", "aux"):
+        np.testing.assert_allclose(series[run], reader.scalars(run, ["loss"])["loss"])
+    colours = trace_colours(loss)
+    assert colours["bias"] != colours["aux"]
+    assert trace_colours(chart_titled(at, "Gradient norm")) == colours
+    tasks = trace_colours(chart_titled(at, "Loss per task"))
+    assert {name.split(" · ")[0] for name in tasks} == {"bias", "aux"}
+    assert all(colour == colours[name.split(" · ")[0]] for name, colour in tasks.items())
+    assert "Compared:" in texts(at.caption)
+
+    experts = render_compared(monkeypatch, stores["balance"], "experts", "bias", ["aux"])
+    assert not experts.error
+    assert trace_colours(chart_titled(experts, "Dead experts per step")) == colours, \
+        "the same run, the same colour, on another page"
+    max_vio = trace_colours(chart_titled(experts, "MaxVio"))
+    assert {c for name, c in max_vio.items() if name.startswith("aux · ")} == {colours["aux"]}
+    # the heatmap cannot overlay two runs: it draws the picked one and says so
+    assert chart_titled(experts, "Tokens per expert over steps")
+    assert "Tokens per expert: **bias** only" in texts(experts.caption)
+
+
+def test_compared_runs_of_different_lengths_share_the_step_axis(monkeypatch, tmp_path):
+    """A 450-step and a 6-step run: each drawn at its own steps; the points per chart apply
+    to each run, so the long one is thinned (its spikes kept) and the short one whole."""
+    from dashboard.state import POINTS_KEY
+    from mahiax.store import RunReader
+
+    store = fx.uneven_store(tmp_path)
+    at = render_compared(monkeypatch, store, "training", "long", ["short"],
+                         **{POINTS_KEY: 200})
+    spec = plotly_spec(chart_titled(at, "Loss (total)"))
+    steps = {t["name"]: chart_x(t) for t in spec["data"]}
+    assert list(steps) == ["long", "short"]
+    assert list(steps["short"]) == list(range(fx.UNEVEN_STEPS["short"]))
+    long = steps["long"]
+    assert 2 < len(long) <= 200 and long[0] == 0 and long[-1] == fx.UNEVEN_STEPS["long"] - 1
+    values = chart_series(chart_titled(at, "Loss (total)"))["long"]
+    assert values.max() == RunReader(store).scalars("long", ["loss"])["loss"].max()
+
+
+def chart_x(trace: dict) -> np.ndarray:
+    """A trace's x values (Plotly sends them base64-packed)."""
+    x = trace["x"]
+    if isinstance(x, dict):
+        x = np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"])
+    return np.asarray(x, dtype=float)
+
+
+def test_a_deleted_compared_run_is_dropped_with_a_warning(monkeypatch, stores):
+    at = render_compared(monkeypatch, stores["balance"], "training", "bias", ["gone", "aux"])
+    assert "Compared run 'gone' is no longer in the store" in texts(at.warning)
+    assert not at.error
+    assert list(chart_series(chart_titled(at, "Loss (total)"))) == ["bias", "aux"], \
+        "the page still draws the picked run and the compared run that is there"
+    assert at.session_state[COMPARE_KEY] == ["aux"], "dropped from the selection"
+    alone = render_compared(monkeypatch, stores["balance"], "experts", "bias", ["gone"])
+    assert "no longer in the store" in texts(alone.warning) and not alone.error
+    assert chart_titled(alone, "Dead experts per step"), "drawn as a single run"
+    assert "Compared:" not in texts(alone.caption)
+
+
+def test_a_page_refreshes_while_a_compared_run_trains(monkeypatch, tmp_path):
+    """A finished run compared with a live one: the page refreshes on its timer and shows
+    the live run's new steps; once no shown run trains, only the watch is left."""
+    import streamlit
+
+    from dashboard import watch
+    from mahiax.store import RunWriter
+
+    timers: list[float | None] = []
+    real = streamlit.fragment
+
+    def recording(func=None, *, run_every=None):
+        timers.append(run_every)
+        return real(func, run_every=run_every) if func is not None else \
+            real(run_every=run_every)
+
+    monkeypatch.setattr(streamlit, "fragment", recording)
+    path, writer = fx.running_writer(tmp_path)
+    done = RunWriter("done", {}, path=path, device="cpu")
+    fx._log_steps(done, range(3))
+    done.finish("finished")
+    done.close()
+    try:
+        at = render_compared(monkeypatch, path, "training", "done", ["live"])
+        assert timers == [2.0], "a timer at the refresh interval, no watch"
+        assert list(chart_x(t)[-1] for t in plotly_spec(
+            chart_titled(at, "Gradient norm"))["data"]) == [2, 4]
+        fx._log_steps(writer, range(5, 9))
+        writer.flush()
+        time.sleep(data.READ_GAP_S)
+        timers.clear()
+        at.run()
+        assert not at.exception
+        assert list(chart_x(t)[-1] for t in plotly_spec(
+            chart_titled(at, "Gradient norm"))["data"]) == [2, 8], "the live run's new steps"
+        writer.finish("finished")
+    finally:
+        writer.close()
+    timers.clear()
+    at.run()
+    assert timers == [None, watch.WATCH_S], "drawn once, then only the watch"
+
+
+def test_run_colours_follow_the_order_the_runs_are_shown():
+    from dashboard import charts
+
+    colours = charts.run_colours(["a", "b", "c"])
+    assert len(set(colours.values())) == 3
+    assert charts.run_colours(["a", "b"]) == {k: colours[k] for k in ("a", "b")}
+    fig = charts.run_lines({"a": pd.DataFrame({"x": [1.0, 2.0]}),
+                            "b": pd.DataFrame({"x": [3.0]}, index=[5])}, "t")
+    assert [(t.name, t.line.color) for t in fig.data] == [("a", colours["a"]),
+                                                          ("b", colours["b"])]
+    assert list(fig.data[1].x) == [5]
 
 
 def test_autostart_starts_demo_in_a_process(monkeypatch, tmp_path):

@@ -422,14 +422,10 @@ def _grid(draws: list[Callable[[], object]]) -> None:
                 draw()
 
 
-def _task_losses(df: pd.DataFrame) -> pd.DataFrame:
-    """Each task's loss (``loss/<task>``), tasks in name order."""
-    return df[sorted(c for c in df.columns if c.startswith(mk.TASK_LOSS_PREFIX))]
-
-
 def _losses(df: pd.DataFrame) -> pd.DataFrame:
-    """The total loss, then each task's."""
-    return df[[c for c in (mk.LOSS,) if c in df.columns] + list(_task_losses(df).columns)]
+    """The total loss, then each task's (``loss/<task>``, tasks in name order)."""
+    tasks = sorted(c for c in df.columns if c.startswith(mk.TASK_LOSS_PREFIX))
+    return df[[c for c in (mk.LOSS,) if c in df.columns] + tasks]
 
 
 def training_body(shown: Shown) -> None:
@@ -450,7 +446,8 @@ def training_body(shown: Shown) -> None:
     log_y = st.toggle("log scale for losses", value=True, key="loss_log")
     if shown.comparing:  # a chart per figure, as the runs overlay: the total, then each task
         losses = [lambda: _lines(shown, _keys(mk.LOSS), "Loss (total)", log_y=log_y),
-                  lambda: _lines(shown, _task_losses, "Loss per task", log_y=log_y)]
+                  lambda: _lines(shown, _prefixed(mk.TASK_LOSS_PREFIX), "Loss per task",
+                                 log_y=log_y)]
     else:
         losses = [lambda: _lines(shown, _losses, "Losses (total and per task)", log_y=log_y)]
     _grid([*losses,

@@ -8,8 +8,9 @@ command line recorded it), checks the Training page's "last step N" grows
 while the live run trains and the Expert load balance page's MaxVio and selection-bias charts
 gain steps, opens the Bug lab on two recorded variants of ``retain-graph`` (their overlays
 and memory by category), and saves a screenshot of every page to
-``test-artifacts/dashboard/``. Every page opens at its own address, and the toolbar has no
-Deploy button.
+``test-artifacts/dashboard/``. A run picked in the sidebar's "Compare with" is drawn beside
+the picked run, both named in the legend. Every page opens at its own address, and the
+toolbar has no Deploy button.
 
 Skipped where ``/usr/bin/chromium`` or the ``playwright`` package is missing (Debian's
 chromium is used; ``playwright install`` is never run).
@@ -307,6 +308,55 @@ def test_dashboard_pages_and_live_refresh(server, page, live_run, store):
         expect(page.locator(".js-plotly-plot .gtitle").filter(has_text=title)).to_be_visible()
     page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / "bug-lab-memory.png"))
+
+
+def test_a_run_picked_in_compare_with_is_drawn_beside_the_picked_run(server, browser):
+    """The sidebar's "Compare with": picking a second run draws both on the Training page's
+    loss chart, each named in the legend, in colours of their own (the 40-step ``done`` and
+    the 8-step ``retain-graph-fixed`` on one step axis); the Loss weights page names both
+    in the same colours."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(30_000)
+        pg.goto(f"{server}/training")
+        expect(pg.get_by_role("heading", name="Training", exact=True)).to_be_visible()
+        _select_run(pg, "done")
+        sidebar = pg.locator('[data-testid="stSidebar"]')
+        sidebar.locator('[data-testid="stMultiSelect"]').filter(
+            has_text="Compare with").locator("input").click()
+        pg.get_by_role("option", name="retain-graph-fixed", exact=True).click()
+        pg.keyboard.press("Escape")
+        loss = pg.locator(".js-plotly-plot").filter(
+            has=pg.locator(".gtitle", has_text="Loss (total)"))
+        legend = loss.locator(".legendtext")
+        expect(legend).to_have_text(["done", "retain-graph-fixed"])
+        found = pg.evaluate(_TRACES_JS, "Loss (total)")
+        assert found and dict(found[-1]) == {"done": 39, "retain-graph-fixed": 7}, found
+        colours = pg.evaluate(_COLOURS_JS, "Loss (total)")[-1]
+        assert len(set(colours.values())) == 2, colours
+        expect(pg.get_by_text("Compared:", exact=False)).to_be_visible()
+        assert pg.locator(EXCEPTION).count() == 0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "compare-training.png"))
+        _open(pg, "Loss weights")  # the selection holds on every page
+        per_task = pg.locator(".js-plotly-plot").filter(
+            has=pg.locator(".gtitle", has_text="Loss per task"))
+        expect(per_task.locator(".legendtext").filter(has_text="retain-graph-fixed · ").first
+               ).to_be_visible()
+        tasks = pg.evaluate(_COLOURS_JS, "Loss per task")[-1]
+        assert {c for name, c in tasks.items() if name.startswith("done · ")} == \
+            {colours["done"]}, "the same run, the same colour, on another page"
+        assert pg.locator(EXCEPTION).count() == 0
+    finally:
+        context.close()
+
+
+# trace name -> line colour of each chart titled like the argument (from Plotly's own data)
+_COLOURS_JS = """(prefix) => Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .filter(el => ((el.layout && el.layout.title && el.layout.title.text) || '')
+                  .replace(/<[^>]*>/g, '').startsWith(prefix))
+    .map(el => Object.fromEntries(el._fullData.map(d => [d.name, d.line.color])))"""
 
 
 def test_every_page_opens_at_its_own_address_and_no_deploy_button(server, browser):

@@ -186,7 +186,7 @@ def _page(title: str, body: Body) -> None:
         st.error("No run store is configured.")
         return
     name = st.session_state.get(RUN_KEY)
-    compared = compared_names() if name is not None else []
+    compared = _compared_names() if name is not None else []
     try:
         known = list(data.list_runs(path)["name"])
         status = None if name is None else data.run_info(path, name)["status"]
@@ -254,7 +254,7 @@ def _page(title: str, body: Body) -> None:
         watch.watch(lambda: _run_states(path, shown_names), drawn)
 
 
-def compared_names() -> list[str]:
+def _compared_names() -> list[str]:
     """The runs picked in the sidebar to compare with the picked run, in the order picked
     (the picked run itself left out)."""
     main = st.session_state.get(RUN_KEY)

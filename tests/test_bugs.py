@@ -360,9 +360,25 @@ def test_checker_grades_each_variant_and_band_aid(eid, name):
     result = bugs.check(eid, bugs.get(eid).candidates()[name])
     if name == "fixed":
         assert result.holds, result.message
+        assert result.reasons == []
     else:
         assert not result.holds, f"{name} passed: {result.message}"
         assert str(result).startswith(f"[NOT YET] {eid}: ")
+        # the short names a class's attempts are grouped by: one at least, no figures in them
+        assert result.reasons and not any(ch.isdigit() for r in result.reasons for ch in r), \
+            result.reasons
+
+
+@pytest.mark.parametrize(("name", "reasons"), [
+    ("buggy", ["one forward per loss"]),
+    ("summary", ["one backward per loss"]),
+    ("band-aid: retain_graph=True, one backward per loss", ["one backward per loss"]),
+    ("band-aid: one backward of the sum with retain_graph=True", ["retain_graph=True"]),
+])
+def test_check_names_the_rule_a_candidate_broke(name, reasons):
+    """What an instructor groups a class's NOT YET by: the rule, the same in every run."""
+    candidate = bugs.get("encode-multi-loss").candidates()[name]
+    assert bugs.check("encode-multi-loss", candidate).reasons == reasons
 
 
 @pytest.mark.parametrize(("eid", "name", "says"), [

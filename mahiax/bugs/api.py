@@ -11,7 +11,7 @@ from mahiax.bugs.catalog import get
 from mahiax.bugs.harness import on_device, watching_mutations
 from mahiax.bugs.outcome import Outcome
 from mahiax.bugs.variants import VARIANTS
-from mahiax.bugs.verdicts import Verdict, decide, judge_candidate
+from mahiax.bugs.verdicts import Verdict, decide, judge_candidate, reasons
 
 
 def _device(device: str | None) -> contextlib.AbstractContextManager:
@@ -50,6 +50,8 @@ class CheckResult:
     holds: bool
     message: str
     outcome: Outcome
+    # why it does not hold, in short stable names (:func:`~mahiax.bugs.verdicts.reasons`)
+    reasons: list[str]
 
     def __str__(self) -> str:
         mark = "PASS" if self.holds else "NOT YET"
@@ -72,7 +74,8 @@ def check(entry_id: str, candidate: object, steps: int | None = None,
     with _device(device):
         out = entry.run("candidate", steps, candidate)
     holds, message = judge_candidate(out)
-    return CheckResult(entry=entry_id, holds=holds, message=message, outcome=out)
+    return CheckResult(entry=entry_id, holds=holds, message=message, outcome=out,
+                       reasons=[] if holds else reasons(out))
 
 
 def locate(entry_id: str, variant: str = "buggy", steps: int | None = None):

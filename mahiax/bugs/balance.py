@@ -42,7 +42,7 @@ import torch
 
 from mahiax.bugs.catalog import BugEntry, register
 from mahiax.bugs.harness import current_device, isolated, trainer_observer
-from mahiax.bugs.outcome import Outcome
+from mahiax.bugs.outcome import Outcome, broken_rule
 from mahiax.config import MahiaConfig
 
 # the collapse setting (see the module docstring): the teaching config with 16 experts (top-2),
@@ -158,33 +158,37 @@ class SelectionCheck:
                 self.repeated = True
         return top_p, ids
 
-    def rules_broken(self) -> list[str]:
-        """What the lesson's rules forbid, in words, from what was measured."""
+    def rules_broken(self) -> list[dict[str, str]]:
+        """What the lesson's rules forbid, from what was measured (:func:`broken_rule`)."""
         broken = []
         if self.repeated:
-            broken.append("a token's ids repeat an expert: top-k chooses k different experts")
+            broken.append(broken_rule(
+                "repeated expert ids",
+                "a token's ids repeat an expert: top-k chooses k different experts"))
         if self.rank_gap > WEIGHT_TOL:
-            broken.append(
+            broken.append(broken_rule(
+                "ids not the top-k of probs + bias",
                 f"the ids are not the top-k of probs + bias: a chosen expert's score lies up "
                 f"to {self.rank_gap:.3g} below the k-th best (the bias is added to the "
-                f"probabilities the top-k reads)"
-            )
+                f"probabilities the top-k reads)"))
         if self.weight_error > WEIGHT_TOL:
-            broken.append(
+            broken.append(broken_rule(
+                "the bias weighs the mix",
                 f"the mixing weights are not the router's probabilities of the chosen experts "
                 f"(off by up to {self.weight_error:.3g}, both renormalised over the K chosen, as "
                 f"the layer mixes them): the bias may choose the experts, never weigh them; "
-                f"return probs.gather(-1, ids) (the router renormalises)"
-            )
+                f"return probs.gather(-1, ids) (the router renormalises)"))
         if self.detached:
-            broken.append("the mixing weights are detached: the router gets no gradient from "
-                          "the task loss")
+            broken.append(broken_rule(
+                "detached mixing weights",
+                "the mixing weights are detached: the router gets no gradient from the task "
+                "loss"))
         elif self.grad_error > GRAD_TOL:
-            broken.append(
+            broken.append(broken_rule(
+                "mixing weights around the gather",
                 f"the mixing weights do not send the router the gradient of "
                 f"probs.gather(-1, ids) (off by up to {self.grad_error:.3g} of its size): "
-                f"their values must come from probs through the gather, not around it"
-            )
+                f"their values must come from probs through the gather, not around it"))
         return broken
 
 

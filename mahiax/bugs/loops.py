@@ -27,7 +27,7 @@ from mahiax.bugs.harness import (
     swap_class,
     train_variant,
 )
-from mahiax.bugs.outcome import Outcome, graph_nodes
+from mahiax.bugs.outcome import Outcome, broken_rule, graph_nodes
 from mahiax.bugs.stateful import BuggyGraphMemory
 from mahiax.model import HybridEfficientModel
 from mahiax.telemetry.categories import saved_names
@@ -141,29 +141,29 @@ def graph_retained(root: torch.Tensor | None) -> bool:
     return False
 
 
-def loop_rules(out: Outcome) -> list[str]:
+def loop_rules(out: Outcome) -> list[dict[str, str]]:
     """What lesson 04 teaches, checked on the counts: one forward and one backward a step,
-    and no graph kept after its backward. Each broken rule, in plain words."""
+    and no graph kept after its backward. Each broken rule as :func:`broken_rule` gives it."""
     broken = []
     f = out.figures.get("forwards_per_step")
     b = out.figures.get("backwards_per_step")
     if isinstance(f, int) and f > 1:
-        broken.append(
+        broken.append(broken_rule(
+            "one forward per loss",
             f"{f} forwards (encode() calls) a step: one forward per loss recomputes the "
-            f"shared features {f} times; call encode() once and feed every head from it"
-        )
+            f"shared features {f} times; call encode() once and feed every head from it"))
     forwards = f if isinstance(f, int) and f > 0 else 1
     if isinstance(b, int) and b > forwards:  # more than one backward pass through a forward
-        broken.append(
+        broken.append(broken_rule(
+            "one backward per loss",
             f"{b} backward passes a step: each one walks the shared graph again, and every "
             f"pass but the last needs retain_graph=True to keep its saved tensors alive; "
-            f"gradients add up, so backpropagate the weighted sum of the losses once"
-        )
+            f"gradients add up, so backpropagate the weighted sum of the losses once"))
     elif out.figures.get("graph_retained"):
-        broken.append(
+        broken.append(broken_rule(
+            "retain_graph=True",
             "it keeps the graph's saved tensors after its backward (retain_graph=True), "
-            "though nothing backpropagates through that graph again: drop retain_graph"
-        )
+            "though nothing backpropagates through that graph again: drop retain_graph"))
     return broken
 
 
@@ -332,18 +332,19 @@ def amp_loop(
     return loop
 
 
-def optimizer_step_rule(out: Outcome) -> list[str]:
+def optimizer_step_rule(out: Outcome) -> list[dict[str, str]]:
     """The optimiser must step exactly once a training step (``figures["optimizer_steps"]``,
-    counted by the harness): each broken count, in plain words."""
+    counted by the harness): each broken count, as :func:`broken_rule` gives it."""
     counts = sorted({c for c in out.figures.get("optimizer_steps") or [] if c != 1})
     if not counts:
         return []
     if counts[0] == 0:
-        return ["the optimiser did not step in a training step: call scaler.step(optimizer)"]
-    return [
+        return [broken_rule("no optimiser step", "the optimiser did not step in a training "
+                            "step: call scaler.step(optimizer)")]
+    return [broken_rule(
+        "optimiser stepped twice",
         f"the optimiser stepped {counts[-1]} times in one training step: scaler.step(optimizer) "
-        "steps it once; set ctx.did_step = True so the harness does not step it again"
-    ]
+        "steps it once; set ctx.did_step = True so the harness does not step it again")]
 
 
 def _amp_run(variant: str, steps: int, candidate: object = None) -> Outcome:

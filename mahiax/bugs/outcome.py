@@ -10,6 +10,14 @@ from typing import Any
 import torch
 
 
+def broken_rule(rule: str, why: str) -> dict[str, str]:
+    """A rule of the lesson a run broke, as ``Outcome.figures["rules_broken"]`` holds it:
+    ``rule``, a short name that stays the same from run to run (what a class's attempts are
+    grouped by, e.g. ``"retain_graph=True"``), and ``why``, the plain words a learner reads
+    (with what was measured). A dict, so the figures stay JSON."""
+    return {"rule": rule, "why": why}
+
+
 @dataclass(kw_only=True)
 class Outcome:
     """The measured result of running one variant of one catalog entry."""

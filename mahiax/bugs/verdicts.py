@@ -145,7 +145,7 @@ def judge_candidate(out: Outcome) -> tuple[bool, str]:
     e.g. one backward pass a step), then what was measured: an error, growth, wrong
     gradients or damaged state.
     """
-    broken = [str(b) for b in out.figures.get("rules_broken") or []]
+    broken = [b["why"] for b in out.figures.get("rules_broken") or []]
     problem = _measured_problem(out)
     if broken:
         return False, "; ".join(broken) + (f" (and {problem})" if problem else "")
@@ -158,6 +158,24 @@ def judge_candidate(out: Outcome) -> tuple[bool, str]:
         f"it holds: {out.steps_run} steps ran, gradients match the clean reference and "
         f"nothing grows{counted}"
     )
+
+
+def reasons(out: Outcome) -> list[str]:
+    """Why a candidate does not hold, in short names that stay the same from run to run (the
+    rules it broke, then what was measured: ``"raises RuntimeError"``, ``"graph grows"``,
+    ``"memory grows"``, ``"wrong gradients"``, ``"state damaged"``); empty when it holds.
+    :func:`judge_candidate` says the same in plain words; a class's attempts are grouped by
+    these."""
+    names = [b["rule"] for b in out.figures.get("rules_broken") or []]
+    if not out.passed:
+        names.append(f"raises {out.error_type}")
+    elif out.grows():
+        names.append("graph grows" if out.graph_growth() else "memory grows")
+    elif out.max_grad_diff is not None and out.max_grad_diff > GRAD_TOL:
+        names.append("wrong gradients")
+    elif _damaged(out):
+        names.append("state damaged")
+    return names
 
 
 def _measured_problem(out: Outcome) -> str | None:

@@ -351,3 +351,58 @@ def dashboard_link(store: str | Path | None = None) -> Markdown:
         text += (f"\n\nOutside JupyterLab, from a terminal at the repository root: "
                  f"`{ENV_VAR}={path} make dashboard`, then open <http://localhost:8501>.")
     return Markdown(text)
+
+
+# ---- the exercises' checks, recorded ----------------------------------------------------------
+
+
+def current_lesson() -> str:
+    """The notebook this kernel runs, by name (``04_retain_graph_and_encode``): Jupyter
+    servers (2.0 and later) tell their kernels its path in ``JPY_SESSION_NAME``; elsewhere
+    (a script, a console) ``"outside a lesson"``."""
+    import os
+
+    session = os.environ.get("JPY_SESSION_NAME", "").strip()
+    return Path(session).stem if session else "outside a lesson"
+
+
+def check(entry_id: str, candidate: object, *, store: str | Path | None = None,
+          **kwargs: Any):
+    """An exercise's check: :func:`mahiax.bugs.check` on your candidate (``kwargs`` go to
+    it), and the attempt recorded in your run store (``store``: by default the one this
+    kernel writes) so that :func:`my_attempts` shows your history. Returns the
+    :class:`~mahiax.bugs.CheckResult`; print it to read PASS or NOT YET and why.
+
+    Recording never costs you the answer: if the store cannot be written, a warning says why
+    and the result is returned all the same."""
+    import warnings
+
+    from mahiax import bugs
+    from mahiax.store import StoreError
+    from mahiax.store.attempts import new_attempt, record_attempt
+
+    result = bugs.check(entry_id, candidate, **kwargs)
+    attempt = new_attempt(lesson=current_lesson(), exercise=entry_id, passed=result.holds,
+                          reasons=result.reasons, message=result.message)
+    try:
+        record_attempt(attempt, store)
+    except (StoreError, OSError) as e:
+        warnings.warn(f"your attempt was not recorded ({e}); the check's answer stands",
+                      stacklevel=2)
+    return result
+
+
+def my_attempts(store: str | Path | None = None) -> pd.DataFrame:
+    """Your recorded attempts, oldest first: when, lesson, exercise, PASS or NOT YET, and
+    why not (the checker's short reasons)."""
+    import datetime as dt
+
+    import pandas as pd
+
+    from mahiax.store.attempts import current_learner, read_attempts
+
+    rows = [{"when": dt.datetime.fromtimestamp(a.at).strftime("%Y-%m-%d %H:%M:%S"),
+             "lesson": a.lesson, "exercise": a.exercise, "verdict": a.verdict,
+             "why not": "; ".join(a.reasons)}
+            for a in read_attempts(store, learner=current_learner())]
+    return pd.DataFrame(rows, columns=["when", "lesson", "exercise", "verdict", "why not"])

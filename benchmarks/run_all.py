@@ -21,6 +21,7 @@ OUT = Path(__file__).parent / "results"
 # name -> module under benchmarks/, in the order they run
 BENCHMARKS: dict[str, str] = {
     "telemetry": "bench_telemetry",
+    "cli": "bench_cli",
     "moe": "bench_moe",
     "moe_matrix": "bench_moe_matrix",
     "train_step": "bench_train_step",

@@ -277,23 +277,24 @@ def cmd_train_bug(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """``runs list`` and ``runs show`` read the store without pandas (nor torch): they
+    answer as fast as Python starts; ``runs export`` writes through pandas."""
     from mahiax.store import RunReader
 
     reader = RunReader(args.store)
     if args.runs_command == "list":
-        df = reader.runs()
+        records = reader.run_records()
         if args.json:
-            print(df.to_json(orient="records", date_format="iso"))
-        elif df.empty:
+            print(json.dumps([_iso_times(r) for r in records]))
+        elif not records:
             print("no runs yet: start one with  python -m mahiax train --run NAME")
         else:
             cols = ["name", "status", "last_step", "error_type", "updated"]
-            print(df[cols].to_string(index=False))
+            print(_table([{c: _iso_times(r)[c] for c in cols} for r in records], cols))
         return 0
     if args.runs_command == "show":
-        info = reader.run(args.name)
-        scal = reader.scalars(args.name)
-        last = scal.iloc[-1].dropna().to_dict() if not scal.empty else {}
+        info = _iso_times(reader.run(args.name, stamps=False))
+        step, last = reader.last_values(args.name)
         if args.json:
             print(json.dumps({"run": info, "last": last}, default=str, indent=2))
             return 0
@@ -302,7 +303,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 print(f"{k:>14}: {v}")
         print(f"{'config':>14}: {json.dumps(info['config'])}")
         if last:
-            print(f"last step {int(scal.index[-1])}:")
+            print(f"last step {step}:")
             for k, v in last.items():
                 print(f"  {k:<28} {v:.6g}")
         return 0
@@ -310,6 +311,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
     reader.export(args.name, out, args.format)
     print(f"wrote {out}")
     return 0
+
+
+def _iso_times(record: dict) -> dict:
+    """A run record with its Unix-second times written as ISO 8601 (UTC)."""
+    import datetime as dt
+
+    return {k: dt.datetime.fromtimestamp(v, dt.UTC).isoformat()
+            if k in ("created", "updated", "heartbeat") and v is not None else v
+            for k, v in record.items()}
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    """Rows as a plain text table, one column per name in ``cols``, left-aligned."""
+    cells = [[str(c) for c in cols]] + [["" if r[c] is None else str(r[c]) for c in cols]
+                                        for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
 
 
 @contextlib.contextmanager

@@ -123,3 +123,25 @@ def test_store_commands_start_without_importing_torch(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("torch imported: False"), done.stdout
     assert out.read_text().startswith("step,")
+
+
+def test_list_and_show_answer_without_pandas(tmp_path):
+    """The two commands a user types to look around read the store with sqlite alone (pandas
+    takes most of a second to import); what they print is the run and its last step."""
+    store = tmp_path / "s.sqlite"
+    _record(store, "r", 3)
+    probe = (
+        "import sys\n"
+        "from mahiax.cli import main\n"
+        f"assert main(['runs', 'list', '--store', {str(store)!r}]) == 0\n"
+        f"assert main(['runs', 'show', 'r', '--store', {str(store)!r}]) == 0\n"
+        "print('pandas imported:', 'pandas' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "pandas imported: False", done.stdout
+    assert lines[0].split() == ["name", "status", "last_step", "error_type", "updated"]
+    assert lines[1].split()[:3] == ["r", "finished", "2"]
+    assert "last step 2:" in lines and any(line.split()[0] == "loss" for line in lines[2:])

@@ -49,8 +49,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
 from mahiax.store.connection import DEFAULT_BUSY_TIMEOUT_S, connect_reader, translate
 from mahiax.store.errors import RunNotFoundError, SnapshotNotFoundError
 from mahiax.store.liveness import STALE_AFTER_S, effective_status
@@ -58,6 +56,7 @@ from mahiax.store.paths import resolve_store_path
 from mahiax.store.schema import CADENCE_NOTE, CATALOG_NOTE
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 T = TypeVar("T")
@@ -206,6 +205,14 @@ class RunReader:
         return [r[0] for r in self._query("SELECT name FROM runs ORDER BY created, id")]
 
     @_one_snapshot
+    def run_records(self) -> list[dict[str, Any]]:
+        """One dict per run, oldest first, keyed as the columns of :meth:`runs`, with times
+        as Unix seconds: what :meth:`runs` holds, without pandas (the CLI's ``runs list``
+        prints it, and starts faster for not importing pandas)."""
+        return [self._record(row, stamps=False)
+                for row in self._query(_RUNS_SQL + "ORDER BY created, id")]
+
+    @_one_snapshot
     def runs(self) -> pd.DataFrame:
         """One row per run, oldest first, with the columns listed in the module docstring."""
         import pandas as pd
@@ -221,12 +228,25 @@ class RunReader:
         return df
 
     @_one_snapshot
-    def run(self, name: str) -> dict[str, Any]:
-        """One run as a dict with the keys of :meth:`runs` (RunNotFoundError if missing)."""
+    def run(self, name: str, *, stamps: bool = True) -> dict[str, Any]:
+        """One run as a dict with the keys of :meth:`runs` (RunNotFoundError if missing);
+        ``stamps=False``: its times as Unix seconds, without pandas."""
         rows = self._query(_RUNS_SQL + "WHERE r.name = ?", (name,))
         if not rows:
             raise RunNotFoundError(name, self.path, self.run_names())
-        return self._record(rows[0])
+        return self._record(rows[0], stamps=stamps)
+
+    @_one_snapshot
+    def last_values(self, name: str) -> tuple[int | None, dict[str, float]]:
+        """The newest step with scalars and its values by key (NaN and ±inf left out), or
+        ``(None, {})``: the last row of :meth:`scalars`, read without pandas."""
+        run_id = self._run_id(name)
+        rows = self._query(
+            "SELECT step, key, value FROM scalars WHERE run_id = :run AND step = "
+            "(SELECT MAX(step) FROM scalars WHERE run_id = :run) ORDER BY key", {"run": run_id})
+        if not rows:
+            return None, {}
+        return int(rows[0][0]), {key: value for _, key, value in rows if value is not None}
 
     def config(self, name: str) -> dict:
         """The configuration run ``name`` was written with."""
@@ -236,9 +256,9 @@ class RunReader:
         config, _ = _config_and_tag(rows[0][0], _notes(rows[0][1]))
         return config
 
-    def _record(self, row: tuple) -> dict[str, Any]:
-        import pandas as pd
-
+    def _record(self, row: tuple, stamps: bool = True) -> dict[str, Any]:
+        """A ``runs`` row as a dict; times as pandas Timestamps (UTC), or with ``stamps=False``
+        as Unix seconds."""
         (run_id, name, status, created, updated, heartbeat, last_step, error_type,
          error_message, error_step, device, world_size, config, pid, notes) = row
         notes_dict = _notes(notes)
@@ -246,8 +266,12 @@ class RunReader:
         status = effective_status(status, heartbeat, pid, notes_dict, self.stale_after_s,
                                   now=time.time())
 
-        def stamp(t: float | None) -> pd.Timestamp | None:
-            return None if t is None else pd.Timestamp(t, unit="s", tz="UTC")
+        def stamp(t: float | None) -> pd.Timestamp | float | None:
+            if t is None or not stamps:
+                return t
+            import pandas as pd
+
+            return pd.Timestamp(t, unit="s", tz="UTC")
 
         return {
             "name": name,
@@ -323,6 +347,7 @@ class RunReader:
         A value that was NaN, infinite or not logged at a step is NaN. With ``since_step``,
         only steps after it: a live view polls with the last step it has.
         """
+        import numpy as np
         import pandas as pd
 
         run = self._run_id(name)
@@ -355,6 +380,7 @@ class RunReader:
     def vectors(self, name: str, key: str, since_step: int | None = None) -> pd.DataFrame:
         """Vector ``key`` of run ``name``: index ``step``, columns ``0 .. n-1`` (float; a
         shorter vector is padded with NaN, as are NaN/inf entries)."""
+        import numpy as np
         import pandas as pd
 
         run = self._run_id(name)
@@ -467,6 +493,8 @@ def _config_and_tag(config_json: str, notes: dict) -> tuple[dict, dict | None]:
 
 def _array(dtype: str, shape: str, data: bytes) -> np.ndarray:
     """Rebuild a stored tensor: little-endian bytes to a native-order array."""
+    import numpy as np
+
     native = np.dtype(dtype)
     flat = np.frombuffer(data, dtype=native.newbyteorder("<"))
     return flat.reshape(json.loads(shape)).astype(native, copy=True)

@@ -20,6 +20,8 @@ import pandas as pd
 import streamlit as st
 
 from mahiax.store import RunReader, resolve_store_path
+from mahiax.store.attempts import Attempt, read_attempts
+from mahiax.store.attempts import attempts_version as read_attempts_version
 
 
 def store_path() -> Path:
@@ -56,6 +58,23 @@ def latest_variant_runs(path: str, entry_id: str) -> dict[str, str]:
     runs = catalog_runs(path)
     mine = runs[runs["bug"] == entry_id]
     return {str(v): str(group.iloc[-1]["name"]) for v, group in mine.groupby("variant")}
+
+
+@st.cache_data(ttl=1.0, show_spinner=False)
+def attempts_version(path: str) -> tuple[int, int]:
+    """What identifies the exercise attempts the store holds now (how many, the newest id):
+    one small query, cached for a second, so the My attempts page of every session watches
+    the store with one query a second at most."""
+    return read_attempts_version(path)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def learner_attempts(path: str, learner: str, version: tuple[int, int]) -> list[Attempt]:
+    """``learner``'s attempts in the store, oldest first, read once per ``version``
+    (:func:`attempts_version`): attempts are only ever appended, so an equal version means
+    the same attempts, and a page redrawn without a new check reads nothing."""
+    del version  # the cache key: read again only when the attempts changed
+    return read_attempts(path, learner=learner)
 
 
 def run_info(path: str, name: str) -> dict:

@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import bug_lab, charts, data, processing, runs, watch
+from dashboard import bug_lab, charts, data, my_attempts, processing, runs, watch
 from dashboard.state import (
     COMPARE_KEY,
     INTERVAL_KEY,
@@ -868,6 +868,7 @@ PAGES: dict[str, tuple[Callable[[], None], str, str]] = {
 
 
 BUG_LAB = "bug-lab"  # url path of the Bug lab page (dashboard/bug_lab.py), after PAGES
+MY_ATTEMPTS = "my-attempts"  # url path of the learner's attempts (dashboard/my_attempts.py)
 ROOT_PAGE = "start"  # the hidden page at the root, which opens the first page
 
 
@@ -877,10 +878,12 @@ def navigate():
     only, so the root is a hidden page, and opening it switches at once, before anything is
     drawn, to the first page: ``st.session_state[PAGE_KEY]``, Training unless set (tests
     set it to open each page). The menu lists the run pages (PAGES), then the Bug lab, which
-    compares catalog runs rather than showing the picked run."""
+    compares catalog runs rather than showing the picked run, then My attempts, the
+    learner's own exercise checks."""
     first = st.session_state.get(PAGE_KEY, "training")
     listed = [*((key, func, title, icon) for key, (func, title, icon) in PAGES.items()),
-              (BUG_LAB, bug_lab.bug_lab, "Bug lab", ":material/bug_report:")]
+              (BUG_LAB, bug_lab.bug_lab, "Bug lab", ":material/bug_report:"),
+              (MY_ATTEMPTS, my_attempts.my_attempts, "My attempts", ":material/checklist:")]
     shown = [st.Page(func, title=title, icon=icon, url_path=key)
              for key, func, title, icon in listed]
     target = next(p for p in shown if p.url_path == first)

@@ -23,7 +23,8 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dashboard import bug_lab, data, processing, runs, verdict_jobs, verdict_runs  # noqa: E402
 from dashboard.state import COMPARE_KEY, PAGE_KEY, RUN_KEY  # noqa: E402
-from dashboard.views import BUG_LAB, PAGES  # noqa: E402
+from dashboard.views import BUG_LAB, MY_ATTEMPTS, PAGES  # noqa: E402
+from mahiax.store.attempts import Attempt, current_learner, record_attempt  # noqa: E402
 from mahiax.units import MIB  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402
 
@@ -846,6 +847,108 @@ def test_a_catalog_run_stored_with_the_old_config_tag_is_still_listed(tmp_path):
     table = data.catalog_runs(str(store))
     assert table[["name", "bug", "variant"]].values.tolist() == [
         ["old-buggy", "dwa-weights", "buggy"]]
+
+
+# -- My attempts ----------------------------------------------------------------------------
+
+
+def _attempt(learner: str, lesson: str, exercise: str, at: float,
+             reasons: tuple[str, ...] = ()) -> Attempt:
+    return Attempt(learner=learner, lesson=lesson, exercise=exercise, passed=not reasons,
+                   reasons=reasons, message=f"{exercise} at {at}", at=at)
+
+
+@pytest.fixture
+def attempts_store(tmp_path) -> Path:
+    """Two learners' attempts, ada's and grace's, interleaved in time (Unix seconds)."""
+    store = tmp_path / "attempts.sqlite"
+    for a in (
+        _attempt("ada", "04_retain_graph_and_encode", "retain-graph", 1_000.0,
+                 ("retain_graph=True", "graph grows")),
+        _attempt("grace", "04_retain_graph_and_encode", "retain-graph", 1_500.0),
+        _attempt("ada", "11_router_collapse", "router-collapse", 2_000.0,
+                 ("raises NotImplementedError",)),
+        _attempt("ada", "04_retain_graph_and_encode", "retain-graph", 3_000.0),
+        _attempt("grace", "03b_controller_and_dwa", "dwa-weights", 4_000.0,
+                 ("wrong gradients",)),
+    ):
+        record_attempt(a, store)
+    return store
+
+
+def _tables(at: AppTest) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The page's per-exercise table and its table of every attempt."""
+    status, every = (d.value for d in at.dataframe)
+    return status, every
+
+
+def test_my_attempts_shows_the_current_learners_only_newest_first(monkeypatch,
+                                                                  attempts_store):
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada")
+    at = render(monkeypatch, attempts_store, MY_ATTEMPTS)
+    assert not at.error and "My attempts" in texts(at.title)
+    assert "**ada**" in texts(at.caption)
+    status, every = _tables(at)
+    assert list(every["exercise"]) == ["retain-graph", "router-collapse", "retain-graph"]
+    assert list(every["verdict"]) == ["PASS", "NOT YET", "NOT YET"]
+    assert list(every["why not"]) == ["", "raises NotImplementedError",
+                                      "retain_graph=True; graph grows"]
+    assert "dwa-weights" not in set(every["exercise"]), "grace's attempts are not ada's"
+    assert every["when"].is_monotonic_decreasing
+    assert status.to_dict("records") == [
+        {"lesson": "04_retain_graph_and_encode", "exercise": "retain-graph",
+         "status": "passed", "tries": 2, "last tried": every["when"][0], "last why not": ""},
+        {"lesson": "11_router_collapse", "exercise": "router-collapse", "status": "trying",
+         "tries": 1, "last tried": every["when"][1],
+         "last why not": "raises NotImplementedError"}]
+    assert {m.label: m.value for m in at.metric}["exercises passed"] == "1 of 2 tried"
+
+
+def test_my_attempts_without_a_hub_user_are_the_os_users(monkeypatch, attempts_store):
+    monkeypatch.delenv("JUPYTERHUB_USER", raising=False)
+    me = current_learner()
+    record_attempt(_attempt(me, "05_memory_meter", "memory-zero-cpu", 5_000.0,
+                            ("wrong reading",)), attempts_store)
+    at = render(monkeypatch, attempts_store, MY_ATTEMPTS)
+    status, every = _tables(at)
+    assert list(every["exercise"]) == ["memory-zero-cpu"] and list(status["status"]) == [
+        "trying"]
+
+
+def test_my_attempts_shows_a_new_check_and_reads_nothing_while_none_comes(monkeypatch,
+                                                                          attempts_store):
+    monkeypatch.setenv("JUPYTERHUB_USER", "grace")
+    at = render(monkeypatch, attempts_store, MY_ATTEMPTS)
+    assert list(_tables(at)[1]["exercise"]) == ["dwa-weights", "retain-graph"]
+    reads = []
+    real = data.read_attempts
+    monkeypatch.setattr(data, "read_attempts",
+                        lambda *a, **k: reads.append(1) or real(*a, **k))
+    time.sleep(1.1)  # the attempts version is cached for a second, for every session
+    at.run()
+    assert not at.exception and reads == [], "no new check: the attempts are not read again"
+    record_attempt(_attempt("grace", "03b_controller_and_dwa", "dwa-weights", 6_000.0),
+                   attempts_store)
+    time.sleep(1.1)
+    at.run()
+    assert not at.exception and reads == [1]
+    status, every = _tables(at)
+    assert list(every["verdict"])[:1] == ["PASS"]
+    assert dict(zip(status["exercise"], status["status"], strict=True)) == {
+        "dwa-weights": "passed", "retain-graph": "passed"}
+
+
+def test_my_attempts_of_an_empty_and_a_corrupt_store(monkeypatch, stores):
+    at = render(monkeypatch, stores["empty"], MY_ATTEMPTS)
+    assert "No attempts recorded yet" in texts(at.info) and not at.error
+    assert not at.dataframe
+    at = render(monkeypatch, stores["corrupt"], MY_ATTEMPTS)
+    assert "Cannot read the run store" in texts(at.error)
+
+
+def test_a_store_of_runs_only_has_no_attempts(monkeypatch, stores):
+    at = render(monkeypatch, stores["finished"], MY_ATTEMPTS)
+    assert "No attempts recorded yet" in texts(at.info) and not at.error
 
 
 # -- pure transforms ------------------------------------------------------------------------

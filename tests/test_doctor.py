@@ -376,6 +376,45 @@ def test_second_exercise_accepts_the_fix_written_another_way():
     assert exercise_eval.check(train_step).holds
 
 
+@pytest.mark.parametrize(("module", "name", "reasons"), [
+    (exercise, "buggy", ["graph-carried-across-steps", "raises RuntimeError"]),
+    (exercise, "band-aid: reset the hidden state every chunk", ["hidden state not carried"]),
+    (exercise, "fixed", []),
+    (exercise_eval, "buggy", ["eval-mode-training", "grads-not-zeroed"]),
+    (exercise_eval, "band-aid: zero_grad() between backward and step", ["weights unmoved"]),
+    (exercise_eval, "band-aid: drop the validation", ["validation dropped"]),
+])
+def test_exercise_check_records_the_attempt_with_the_findings_kinds_as_reasons(
+        module, name, reasons, monkeypatch, tmp_path):
+    # lesson 10's exercise cell: check(..., record=True) records as lessons.check does
+    from mahiax.store.attempts import read_attempts
+
+    store = tmp_path / "mahiax.sqlite"
+    monkeypatch.setenv("MAHIAX_STORE", str(store))
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/ada/notebooks/10_your_own_loop.ipynb")
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada")
+    candidate = module.candidates()[name]
+    assert module.check(candidate).reasons == reasons
+    assert read_attempts(store) == [], "a check without record=True records nothing"
+    result = module.check(candidate, record=True)
+    (attempt,) = read_attempts(store)
+    assert (attempt.learner, attempt.lesson, attempt.exercise) == (
+        "ada", "10_your_own_loop", module.EXERCISE)
+    assert attempt.passed == result.holds == (name == "fixed")
+    assert list(attempt.reasons) == result.reasons == reasons
+    assert attempt.message == result.message
+
+
+def test_exercise_check_that_cannot_record_warns_and_answers(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="your attempt was not recorded") as caught:
+        result = exercise.check(exercise.fixed_step, record=True,
+                                store=blocker / "mahiax.sqlite")
+    assert result.holds
+    assert caught[0].filename == __file__, "the warning points at the caller's line"
+
+
 def test_exercise_bug_is_named_at_the_line_that_stores_the_hidden_state():
     # the state lives on a dataclass (inline attributes): named by its storing line, not
     # at loss.backward() (lesson 10, question 2)

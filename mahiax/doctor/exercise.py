@@ -12,13 +12,18 @@ band-aids lesson 10 warns against: ``retain_graph=True`` (the graph grows every 
 optimiser soon changes weights an old graph saved) and resetting the hidden state every chunk
 (the doctor is quiet, but the model no longer remembers across chunks: it learns something
 else).
+
+``check(train_step, record=True)`` (the lesson's exercise cell) also records the attempt in
+the learner's run store, as :func:`mahiax.lessons.check` does for the catalog's exercises
+(:func:`mahiax.store.attempts.record_check`), under the exercise name :data:`EXERCISE`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +31,12 @@ from torch import nn
 
 from mahiax.doctor.examine import examine
 from mahiax.doctor.report import Report
+from mahiax.store.attempts import record_check
 
 VOCAB, EMB, HID, SEQ, BATCH = 24, 12, 16, 12, 4  # characters, widths, chunk length, streams
 STEPS = 6
 TOLERANCE = 1e-6  # float32, same operations in the same order: equal up to rounding
+EXERCISE = "doctor-hidden-state"  # what a recorded attempt names this exercise
 
 
 class CharGRU(nn.Module):
@@ -130,6 +137,10 @@ class Result:
     holds: bool
     message: str
     report: Report
+    # why it does not hold, in short names that stay the same from run to run (what a
+    # recorded attempt keeps): the kinds of the doctor's findings, then what was measured
+    # ("raises RuntimeError", "weights unmoved", ...); empty when it holds
+    reasons: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"[{'PASS' if self.holds else 'NOT YET'}] {self.message}"
@@ -141,8 +152,19 @@ def not_quiet(report: Report) -> Result:
     first = report.findings[0] if report.findings else None
     said = (f"{first.kind} at {first.where}" if first is not None
             else f"{report.error.type} at step {report.error.step}")
-    return Result(holds=False, report=report,
+    reasons = list(dict.fromkeys(report.kinds()))  # each kind once, in the report's order
+    if report.error is not None:
+        reasons.append(f"raises {report.error.type}")
+    return Result(holds=False, report=report, reasons=reasons,
                   message=f"the doctor is not quiet yet: {said} (print(result.report))")
+
+
+def recorded(exercise: str, result: Result, store: str | Path | None) -> Result:
+    """``result``, once the attempt it answers is recorded in the learner's run store
+    (a store that cannot be written costs a warning, never the answer)."""
+    record_check(exercise, passed=result.holds, reasons=result.reasons,
+                 message=result.message, store=store, stacklevel=3)
+    return result
 
 
 def max_gap(a: nn.Module, b: nn.Module) -> float:
@@ -158,22 +180,33 @@ def unmoved(steps: int, what: str) -> str:
             "gradient to apply, for one).")
 
 
-def _what_differs(s: Stream) -> str:
+def _what_differs(s: Stream) -> tuple[str, str]:
     """What the run measurably did otherwise than truncated backpropagation through time,
-    or, when nothing singles one out, the two things that reference does."""
+    or, when nothing singles one out, the two things that reference does: (its short name,
+    the words)."""
     if s.hidden is None:
-        return ("s.hidden is None after the last chunk: the hidden state must carry its "
-                "values to the next chunk; detach it, do not drop it.")
+        return "hidden state not carried", (
+            "s.hidden is None after the last chunk: the hidden state must carry its values "
+            "to the next chunk; detach it, do not drop it.")
     if max_gap(s.model, make_stream().model) == 0.0:
-        return unmoved(STEPS, "chunks")
-    return ("The reference starts each chunk from the previous chunk's hidden state (values "
-            "carried, graph cut) and applies each chunk's gradient once: zero_grad(), "
-            "backward(), step().")
+        return "weights unmoved", unmoved(STEPS, "chunks")
+    return "wrong weights", (
+        "The reference starts each chunk from the previous chunk's hidden state (values "
+        "carried, graph cut) and applies each chunk's gradient once: zero_grad(), "
+        "backward(), step().")
 
 
-def check(train_step: Callable[[Stream, int], None]) -> Result:
+def check(train_step: Callable[[Stream, int], None], *, record: bool = False,
+          store: str | Path | None = None) -> Result:
     """Run ``train_step(s, i)`` for STEPS chunks under the doctor, then compare what it learned
-    with truncated backpropagation through time from the same start."""
+    with truncated backpropagation through time from the same start. ``record``: also record
+    the attempt in the learner's run store (``store``: by default the one this kernel
+    writes), as the lesson's exercise cell does."""
+    result = _check(train_step)
+    return recorded(EXERCISE, result, store) if record else result
+
+
+def _check(train_step: Callable[[Stream, int], None]) -> Result:
     if not callable(train_step):
         raise TypeError("a candidate is a function train_step(s, i) for one chunk")
     s = make_stream()
@@ -187,9 +220,10 @@ def check(train_step: Callable[[Stream, int], None]) -> Result:
         fixed_step(ref, i)
     diff = max_gap(s.model, ref.model)
     if s.hidden is None or diff > TOLERANCE:
-        return Result(holds=False, message=(
+        reason, why = _what_differs(s)
+        return Result(holds=False, reasons=[reason], message=(
             "the doctor is quiet, but the model did not learn what it should: the weights "
-            f"differ from truncated backpropagation by up to {diff:.3g}. " + _what_differs(s)
+            f"differ from truncated backpropagation by up to {diff:.3g}. " + why
         ), report=report)
     return Result(holds=True,
                   message=f"the doctor is quiet over {STEPS} chunks and the weights match "

@@ -14,6 +14,8 @@ validation still ran. It rejects the bug and the band-aids lesson 10 warns again
 the model in train mode once before the loop (the validation switches it back), resetting the
 gradients once at the start (they add up from step 1), resetting them between backward and
 step (no update changes the weights), and dropping the validation (quiet, but nothing is measured).
+``check(train_step, record=True)`` also records the attempt, as :mod:`mahiax.doctor.exercise`
+does, under the exercise name :data:`EXERCISE`.
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mahiax.doctor.examine import examine
-from mahiax.doctor.exercise import Result, max_gap, not_quiet, unmoved
+from mahiax.doctor.exercise import Result, max_gap, not_quiet, recorded, unmoved
 
 WIDTH, HIDDEN, CLASSES, BATCH = 8, 16, 3, 32
 STEPS = 6
 VALIDATE_EVERY = 2  # the accuracy is measured after steps 1, 3, 5
 TOLERANCE = 1e-6  # float32, same operations in the same order: equal up to rounding
+EXERCISE = "doctor-eval-loop"  # what a recorded attempt names this exercise
 
 
 @dataclass(kw_only=True)
@@ -169,9 +173,17 @@ def _train(train_step: Callable[[Run, int], None], doctor: bool):
     return r, None
 
 
-def check(train_step: Callable[[Run, int], None]) -> Result:
+def check(train_step: Callable[[Run, int], None], *, record: bool = False,
+          store: str | Path | None = None) -> Result:
     """Run ``train_step(r, i)`` for STEPS steps under the doctor, then compare its weights
-    with the right loop from the same start and random numbers, and its validations."""
+    with the right loop from the same start and random numbers, and its validations.
+    ``record``: also record the attempt in the learner's run store (``store``: by default
+    the one this kernel writes), as the lesson's exercise cell does."""
+    result = _check(train_step)
+    return recorded(EXERCISE, result, store) if record else result
+
+
+def _check(train_step: Callable[[Run, int], None]) -> Result:
     if not callable(train_step):
         raise TypeError("a candidate is a function train_step(r, i) for one step")
     r, report = _train(train_step, doctor=True)
@@ -179,16 +191,18 @@ def check(train_step: Callable[[Run, int], None]) -> Result:
         return not_quiet(report)
     want = STEPS // VALIDATE_EVERY
     if len(r.accuracy) != want:
-        return Result(holds=False,
+        return Result(holds=False, reasons=["validation dropped"],
                       message=f"the doctor is quiet, but the loop measured the accuracy "
                              f"{len(r.accuracy)} times, not {want}: keep the validation",
                       report=report)
     ref, _ = _train(fixed_step, doctor=False)
     diff = max_gap(r.model, ref.model)
     if diff > TOLERANCE:
-        why = (unmoved(STEPS, "steps") if max_gap(r.model, make_run().model) == 0.0 else
+        still = max_gap(r.model, make_run().model) == 0.0
+        why = (unmoved(STEPS, "steps") if still else
                "Each update must use this step's gradient only, computed in training mode.")
-        return Result(holds=False, message=(
+        return Result(holds=False, reasons=["weights unmoved" if still else "wrong weights"],
+                      message=(
             "the doctor is quiet, but the model did not learn what it should: its weights "
             f"differ from the right loop's by up to {diff:.3g}. {why}"), report=report)
     return Result(holds=True,

@@ -27,6 +27,7 @@ from mahiax.store.connection import (
     translate,
     write_transaction,
 )
+from mahiax.store.errors import StoreError
 from mahiax.store.paths import resolve_store_path
 
 ATTEMPTS_DDL = """
@@ -103,6 +104,16 @@ def current_learner() -> str:
         return f"uid-{os.getuid()}" if hasattr(os, "getuid") else "learner"
 
 
+def current_lesson() -> str:
+    """The notebook this kernel runs, by name (``04_retain_graph_and_encode``): Jupyter
+    servers (2.0 and later) tell their kernels its path in ``JPY_SESSION_NAME``; elsewhere
+    (a script, a console) ``"outside a lesson"``. As :func:`mahiax.lessons.current_lesson`
+    reads it, for the recordings that do not go through the lessons (lesson 10's doctor
+    exercises, :func:`record_check`)."""
+    session = os.environ.get("JPY_SESSION_NAME", "").strip()
+    return Path(session).stem if session else "outside a lesson"
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"
 
@@ -123,6 +134,30 @@ def record_attempt(attempt: Attempt, path: str | os.PathLike | None = None,
     finally:
         conn.close()
     return store
+
+
+def attempts_version(path: str | os.PathLike | None = None,
+                     busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> tuple[int, int]:
+    """What identifies the attempts the store at ``path`` holds now, in one small query:
+    (how many, the newest row's id); ``(0, 0)`` for none. Rows are only ever appended, so
+    equal versions mean equal attempts: a reader re-reads them only when this changes."""
+    store = resolve_store_path(path)
+    opened = connect_reader(store, busy_timeout_s)
+    if opened is None:
+        return (0, 0)
+    conn, ready = opened
+    try:
+        if not ready:
+            return (0, 0)
+        try:
+            count, last = conn.execute("SELECT count(*), max(id) FROM attempts").fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return (0, 0)
+            raise translate(e, store) from e
+    finally:
+        conn.close()
+    return (int(count), int(last or 0))
 
 
 def read_attempts(path: str | os.PathLike | None = None, *, learner: str | None = None,
@@ -159,3 +194,23 @@ def new_attempt(*, lesson: str, exercise: str, passed: bool, reasons: list[str] 
     return Attempt(learner=learner if learner is not None else current_learner(),
                    lesson=lesson, exercise=exercise, passed=passed, reasons=tuple(reasons),
                    message=message, at=time.time())
+
+
+def record_check(exercise: str, *, passed: bool, reasons: list[str] | tuple[str, ...],
+                 message: str, store: str | os.PathLike | None = None,
+                 stacklevel: int = 2) -> Attempt | None:
+    """Record a lesson's check of the learner's own fix: by :func:`current_learner`, in
+    :func:`current_lesson`, in the store at ``store`` (default: the one this kernel writes).
+    Recording never costs the learner the answer: a store that cannot be written gives a
+    warning (pointing ``stacklevel`` frames up, at the learner's cell) and ``None``."""
+    import warnings
+
+    attempt = new_attempt(lesson=current_lesson(), exercise=exercise, passed=passed,
+                          reasons=reasons, message=message)
+    try:
+        record_attempt(attempt, store)
+    except (StoreError, OSError) as e:
+        warnings.warn(f"your attempt was not recorded ({e}); the check's answer stands",
+                      stacklevel=stacklevel + 1)
+        return None
+    return attempt

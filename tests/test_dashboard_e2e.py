@@ -366,7 +366,7 @@ def test_every_page_opens_at_its_own_address_and_no_deploy_button(server, browse
     try:
         pg = context.new_page()
         pg.set_default_timeout(60_000)
-        for key, title in {**PAGES, "bug-lab": "Bug lab"}.items():
+        for key, title in {**PAGES, "bug-lab": "Bug lab", "my-attempts": "My attempts"}.items():
             pg.goto(f"{server}/{key}")
             expect(pg.get_by_role("heading", name=title, exact=True)).to_be_visible()
             pg.wait_for_timeout(1000)  # a "Page not found" dialog would be up by now

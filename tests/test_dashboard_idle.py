@@ -163,3 +163,38 @@ def test_the_bug_lab_stops_polling_once_its_verdict_is_measured(served):
         time.sleep(WATCH_S + 1)
         assert viewer.charts == charts
         assert not viewer.exceptions and not viewer.not_found
+
+
+@pytest.mark.timeout(180)
+def test_my_attempts_page_is_drawn_once_and_shows_a_new_check(tmp_path):
+    """The My attempts page reads the attempts once, then keeps only its watch (one small
+    query a second for every session: ``data.attempts_version``); a check recorded
+    meanwhile brings the page back, drawn once more."""
+    from mahiax.store.attempts import Attempt, record_attempt
+
+    store = tmp_path / "mahiax.sqlite"
+    server, url = start_dashboard(store, tmp_path / "streamlit.log", JUPYTERHUB_USER="ada")
+    caption = "The exercise checks of **ada**"
+    try:
+        with Viewers(url, "my-attempts", 1) as viewers:
+            viewers.wait_ready(60)
+            viewer = viewers.stats[0]
+            _until(lambda: _shows(viewer, "No attempts recorded yet"), 30, "the page drawn")
+            time.sleep(1.0)
+            assert set(viewer.timers.values()) == {WATCH_S}, \
+                f"an idle My attempts page keeps only its watch, got timers {viewer.timers}"
+            drawn = sum(caption in t for t in viewer.texts)
+            time.sleep(WATCH_S + 1)
+            assert sum(caption in t for t in viewer.texts) == drawn, "redrawn while idle"
+            record_attempt(Attempt(learner="ada", lesson="04_retain_graph_and_encode",
+                                   exercise="retain-graph", passed=False,
+                                   reasons=("retain_graph=True",), message="m",
+                                   at=time.time()), store)
+            _until(lambda: sum(caption in t for t in viewer.texts) > drawn, WATCH_S + 15,
+                   "the page drawn again once a check was recorded")
+            time.sleep(1.0)
+            assert set(viewer.timers.values()) == {WATCH_S}
+            assert not viewer.exceptions and not viewer.not_found
+    finally:
+        stop(server)
+

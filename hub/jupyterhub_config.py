@@ -14,11 +14,17 @@
   project's packages; on first start a learner gets a copy of the lessons in ``~/lessons``;
   ``MAHIAX_STORE`` puts their runs in ``~/runs``, read by their own dashboard (the
   "MAHIA-X dashboard" tile, ``mahiax/jupyter_proxy.py``).
+- The class: each exercise check a learner runs also reaches the class service
+  (``hub/class_service.py``, a hub-managed service on 127.0.0.1) with the learner's own API
+  token; only the instructors (the admins and the hub group ``mahiax-instructors``) read the
+  class summary, export it and delete it.
 
 Settings (environment): ``MAHIAX_HUB_IP`` (127.0.0.1), ``MAHIAX_HUB_PORT`` (8000),
 ``MAHIAX_HUB_API_PORT`` (8081), ``MAHIAX_HUB_PROXY_API_PORT`` (8001), ``MAHIAX_HUB_ADMIN``
 (instructor), ``MAHIAX_HUB_THREADS`` (torch threads per kernel, 1), ``MAHIAX_HUB_RUNTIME``
-(build/hub). The passwords are removed from the hub's environment once read.
+(build/hub), ``MAHIAX_HUB_CLASS_PORT`` (the class service, 8002), ``MAHIAX_HUB_INSTRUCTORS``
+(more instructors: user names, comma- or space-separated). The passwords are removed from the
+hub's environment once read.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ PYTHON = RUNTIME / "venv" / "bin" / "python"  # hub/runtime.py builds it
 CHP = RUNTIME / "node_modules" / ".bin" / "configurable-http-proxy"
 STATE = Path(os.environ.get("MAHIAX_HUB_STATE_DIR", "/var/lib/mahiax-hub"))
 ADMIN = os.environ.get("MAHIAX_HUB_ADMIN", "instructor")
+CLASS_SERVICE = "mahiax-class"  # the service's name: its URL prefix and its scopes say it
+CLASS_PORT = int(os.environ.get("MAHIAX_HUB_CLASS_PORT", "8002"))
+INSTRUCTORS_GROUP = "mahiax-instructors"  # a hub group: its members see the class, as admins
 
 c = get_config()  # noqa: F821  (JupyterHub defines it when it loads this file)
 
@@ -194,4 +203,41 @@ c.Spawner.environment = {
     "OMP_NUM_THREADS": _threads,
     "MKL_NUM_THREADS": _threads,
     "PATH": f"{PYTHON.parent}:/usr/local/bin:/usr/bin:/bin",
+    # where a kernel sends the learner's attempts (mahiax.classroom; the class service below)
+    "MAHIAX_CLASS_URL": f"http://127.0.0.1:{CLASS_PORT}/services/{CLASS_SERVICE}/",
 }
+
+
+# -- the class: attempts reach the instructor through a hub-managed service --------------
+def _instructors(value: str) -> list[str]:
+    """``MAHIAX_HUB_INSTRUCTORS``: user names, comma- or space-separated."""
+    names = value.replace(",", " ").split()
+    bad = [n for n in names if not NAME.fullmatch(n)]
+    if bad:
+        raise SystemExit(f"MAHIAX_HUB_INSTRUCTORS names {bad}, not user names: use 1-32 of "
+                         "a-z, 0-9, '_' and '-', starting with a letter or '_'")
+    return sorted(set(names))
+
+
+_class_access = f"access:services!service={CLASS_SERVICE}"
+c.JupyterHub.services = [{
+    "name": CLASS_SERVICE,
+    "url": f"http://127.0.0.1:{CLASS_PORT}",
+    "command": [sys.executable, str(HUB_DIR / "class_service.py"),
+                "--store", str(STATE / "class-attempts.sqlite"),
+                "--instructors-group", INSTRUCTORS_GROUP, "--learners-group", GROUP],
+    "display": False,  # an API for kernels and the dashboard, not a page to browse
+}]
+c.JupyterHub.load_roles = [
+    # every user may reach the service; what each may do there, the service decides
+    {"name": "user", "scopes": ["self", _class_access]},
+    # the service lists the hub's users (the class, who teaches) and nothing more
+    {"name": "mahiax-class-service", "services": [CLASS_SERVICE],
+     "scopes": ["list:users", "read:users:name", "read:users:groups"]},
+]
+c.JupyterHub.load_groups = {
+    INSTRUCTORS_GROUP: {"users": _instructors(os.environ.get("MAHIAX_HUB_INSTRUCTORS", ""))},
+}
+# a server's own token ($JUPYTERHUB_API_TOKEN, which its kernels inherit): JupyterHub's
+# default ("server" role) plus access to the class service, to send the learner's attempts
+c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", _class_access]

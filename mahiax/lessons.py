@@ -373,11 +373,17 @@ def check(entry_id: str, candidate: object, *, store: str | Path | None = None,
     kernel writes) so that :func:`my_attempts` shows your history. Returns the
     :class:`~mahiax.bugs.CheckResult`; print it to read PASS or NOT YET and why.
 
-    Recording never costs you the answer: if the store cannot be written, a warning says why
-    and the result is returned all the same."""
+    On a JupyterHub with the class service (``MAHIAX_CLASS_URL``), the attempt is also sent
+    to it with your own API token, for the instructor's class page
+    (:func:`mahiax.classroom.send_attempt`).
+
+    Recording never costs you the answer: if the store cannot be written, or the class
+    service does not take the attempt within a few seconds, a warning says why and the
+    result is returned all the same."""
     import warnings
 
     from mahiax import bugs
+    from mahiax.classroom import ClassServiceError, send_attempt
     from mahiax.store import StoreError
     from mahiax.store.attempts import new_attempt, record_attempt
 
@@ -389,6 +395,11 @@ def check(entry_id: str, candidate: object, *, store: str | Path | None = None,
     except (StoreError, OSError) as e:
         warnings.warn(f"your attempt was not recorded ({e}); the check's answer stands",
                       stacklevel=2)
+    try:
+        send_attempt(attempt)
+    except ClassServiceError as e:
+        warnings.warn(f"your attempt did not reach the class page ({e}); the check's answer "
+                      "stands", stacklevel=2)
     return result
 
 

@@ -1,0 +1,215 @@
+"""The class's view of exercise attempts: a summary for the instructor, and how a learner's
+kernel sends its attempts to the hub's class service (``hub/class_service.py``).
+
+On a JupyterHub, each check a learner runs (:func:`mahiax.lessons.check`) is recorded in the
+learner's own store and also sent to the class service with the learner's own API token
+(:func:`send_attempt`); the service keeps the class's attempts and answers the instructor's
+class page with :func:`class_summary`. Off a hub (no ``MAHIAX_CLASS_URL``), nothing is sent.
+
+Light on purpose (no torch, no jupyterhub): the service, the dashboard and the kernels import
+it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mahiax.store.attempts import Attempt
+
+# where a learner's server finds the class service: the hub's config sets it for every
+# learner's server (hub/jupyterhub_config.py), e.g. http://127.0.0.1:8002/services/mahiax-class/
+CLASS_URL_ENV = "MAHIAX_CLASS_URL"
+TOKEN_ENV = "JUPYTERHUB_API_TOKEN"  # the learner's server's token, set by JupyterHub
+SEND_TIMEOUT_S = 3.0  # a check cell waits at most this long for the class service
+ATTEMPTS_PATH = "api/attempts"  # under the service's prefix
+NO_REASON = "(no reason named)"  # a NOT YET whose checker named no reason
+
+
+class ClassServiceError(OSError):
+    """An attempt could not be sent to the class service; the message says why."""
+
+
+# -- the summary --------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class ReasonCount:
+    """One NOT YET reason and the learners whose latest NOT YET on an exercise named it."""
+
+    reason: str
+    learners: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"reason": self.reason, "count": len(self.learners),
+                "learners": list(self.learners)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExerciseSummary:
+    """Where the class stands on one exercise of one lesson."""
+
+    lesson: str
+    exercise: str
+    passed: tuple[str, ...]  # learners with a PASS
+    trying: tuple[str, ...]  # learners with attempts and no PASS
+    not_started: tuple[str, ...]  # learners of the class with no attempt on it
+    reasons: tuple[ReasonCount, ...]  # the trying learners' latest NOT YET, most named first
+
+    def to_dict(self) -> dict[str, object]:
+        return {"lesson": self.lesson, "exercise": self.exercise,
+                "passed": len(self.passed), "trying": len(self.trying),
+                "not_started": len(self.not_started),
+                "passed_learners": list(self.passed), "trying_learners": list(self.trying),
+                "not_started_learners": list(self.not_started),
+                "not_yet_reasons": [r.to_dict() for r in self.reasons]}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnerSummary:
+    """Where one learner is: their latest attempt (None for a learner with none yet)."""
+
+    learner: str
+    attempts: int
+    exercises_passed: int
+    last: Attempt | None
+
+    def to_dict(self) -> dict[str, object]:
+        last = self.last
+        return {"learner": self.learner, "attempts": self.attempts,
+                "exercises_passed": self.exercises_passed,
+                "lesson": last.lesson if last else None,
+                "exercise": last.exercise if last else None,
+                "verdict": last.verdict if last else None,
+                "reasons": list(last.reasons) if last else [],
+                "at": last.at if last else None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassSummary:
+    """The class page's figures: per exercise and per learner."""
+
+    learners: tuple[str, ...]  # the class: the roster and everyone with an attempt
+    exercises: tuple[ExerciseSummary, ...]  # by lesson, then exercise
+    per_learner: tuple[LearnerSummary, ...]  # by name
+    attempts: int  # how many attempts the summary counts
+
+    def to_dict(self) -> dict[str, object]:
+        return {"learners": len(self.learners), "attempts": self.attempts,
+                "exercises": [e.to_dict() for e in self.exercises],
+                "per_learner": [p.to_dict() for p in self.per_learner]}
+
+
+def class_summary(attempts: Iterable[Attempt], roster: Iterable[str] = (), *,
+                  exclude: Iterable[str] = ()) -> ClassSummary:
+    """Summarise a class's ``attempts`` for the instructor.
+
+    The class is ``roster`` (the learners on the hub, with or without attempts) and every
+    learner with an attempt, less ``exclude`` (the instructors: their own tries are not the
+    class's). Per (lesson, exercise) that anyone tried: who passed (a PASS at any time), who
+    is trying (attempts, no PASS) and who has not started (no attempt on it); and the NOT YET
+    reasons of the learners still trying, from each one's latest attempt on that exercise, so
+    a learner counts once per reason however often they retried. Per learner: their latest
+    attempt, how many attempts and how many exercises passed.
+
+    Attempts are taken in time order (ties keep their given order)."""
+    excluded = set(exclude)
+    ordered = sorted((a for a in attempts if a.learner not in excluded), key=lambda a: a.at)
+    learners = sorted(set(roster).union(a.learner for a in ordered) - excluded)
+
+    by_exercise: dict[tuple[str, str], dict[str, list[Attempt]]] = {}
+    by_learner: dict[str, list[Attempt]] = {}
+    for a in ordered:
+        by_exercise.setdefault((a.lesson, a.exercise), {}).setdefault(a.learner, []).append(a)
+        by_learner.setdefault(a.learner, []).append(a)
+
+    exercises = []
+    passed_count: Counter[str] = Counter()
+    for (lesson, exercise), tries in sorted(by_exercise.items()):
+        passed = sorted(n for n, mine in tries.items() if any(a.passed for a in mine))
+        trying = sorted(n for n in tries if n not in passed)
+        passed_count.update(passed)
+        named: dict[str, list[str]] = {}
+        for name in trying:
+            for reason in tries[name][-1].reasons or (NO_REASON,):
+                named.setdefault(reason, []).append(name)
+        reasons = sorted((ReasonCount(reason=r, learners=tuple(n)) for r, n in named.items()),
+                         key=lambda r: (-len(r.learners), r.reason))
+        exercises.append(ExerciseSummary(
+            lesson=lesson, exercise=exercise, passed=tuple(passed), trying=tuple(trying),
+            not_started=tuple(n for n in learners if n not in tries), reasons=tuple(reasons)))
+
+    per_learner = tuple(
+        LearnerSummary(learner=n, attempts=len(by_learner.get(n, [])),
+                       exercises_passed=passed_count[n],
+                       last=by_learner[n][-1] if n in by_learner else None)
+        for n in learners)
+    return ClassSummary(learners=tuple(learners), exercises=tuple(exercises),
+                        per_learner=per_learner, attempts=len(ordered))
+
+
+# -- the learner's side: send an attempt to the class service ---------------------------
+@dataclass(frozen=True, kw_only=True)
+class ClassService:
+    """Where the class service is and the token to reach it with."""
+
+    url: str  # the service's base URL, ending in "/"
+    token: str = field(repr=False)  # the learner's JupyterHub API token
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ClassService | None:
+        """The class service this server was given (``MAHIAX_CLASS_URL`` and
+        ``JUPYTERHUB_API_TOKEN``), or None where there is none (not on a hub).
+        :class:`ClassServiceError` when the URL is set but the token is not."""
+        env = os.environ if environ is None else environ
+        url = env.get(CLASS_URL_ENV, "").strip()
+        if not url:
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ClassServiceError(f"{CLASS_URL_ENV}={url!r} is not an http(s) URL")
+        token = env.get(TOKEN_ENV, "").strip()
+        if not token:
+            raise ClassServiceError(f"{CLASS_URL_ENV} is set but {TOKEN_ENV} is not: only a "
+                                    "server started by JupyterHub can send attempts")
+        return cls(url=url if url.endswith("/") else url + "/", token=token)
+
+
+def send_attempt(attempt: Attempt, service: ClassService | None = None, *,
+                 timeout_s: float = SEND_TIMEOUT_S) -> bool:
+    """Send ``attempt`` to the class service (``service``: by default the one this server
+    was given, :meth:`ClassService.from_env`), authenticated with the learner's own token.
+    Returns False when there is no class service (off a hub), True once the service has it.
+
+    Raises :class:`ClassServiceError` saying why when it cannot be delivered (no answer
+    within ``timeout_s``, refused): the caller decides what a failure costs (a lesson's
+    check warns and keeps its answer)."""
+    service = service if service is not None else ClassService.from_env()
+    if service is None:
+        return False
+    body = {k: v for k, v in attempt.to_dict().items() if k != "at"}  # the service's clock
+    request = urllib.request.Request(
+        service.url + ATTEMPTS_PATH, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"token {service.token}",
+                 "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            response.read()
+    except urllib.error.HTTPError as e:
+        raise ClassServiceError(f"the class service refused it ({e.code}: "
+                                f"{_reason(e)})") from e
+    except (urllib.error.URLError, OSError) as e:  # no answer, timed out, connection refused
+        why = getattr(e, "reason", e)
+        raise ClassServiceError(f"the class service at {service.url} did not answer "
+                                f"({why})") from e
+    return True
+
+
+def _reason(e: urllib.error.HTTPError) -> str:
+    """The service's own words for an error (its JSON ``message``), else the HTTP reason."""
+    try:
+        return str(json.loads(e.read().decode())["message"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return str(e.reason)

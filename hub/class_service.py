@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import pwd
+import signal
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -54,7 +55,11 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from mahiax.classroom import ATTEMPTS_PATH, class_summary
 from mahiax.store.attempts import Attempt, read_attempts, record_attempt
-from mahiax.store.connection import connect_writer, write_transaction
+from mahiax.store.connection import (
+    DEFAULT_BUSY_TIMEOUT_S,
+    connect_writer,
+    write_transaction,
+)
 
 log = logging.getLogger("mahiax.class_service")
 
@@ -161,7 +166,7 @@ class ClassState:
         """Delete every attempt (``learner``: only theirs); returns how many."""
         conn = connect_writer(self.store)
         try:
-            with write_transaction(conn, self.store):
+            with write_transaction(conn, self.store, DEFAULT_BUSY_TIMEOUT_S):
                 try:
                     if learner is None:
                         gone = conn.execute("DELETE FROM attempts").rowcount
@@ -360,7 +365,11 @@ async def serve(args: argparse.Namespace) -> None:
     make_app(state, prefix).listen(port, address=host, xheaders=False)
     log.info("class service on http://%s:%d%s, attempts in %s", host, port, prefix,
              args.store)
-    await asyncio.Event().wait()  # until the hub stops it (SIGTERM)
+    stopped = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the hub stops it with SIGINT, then SIGTERM
+        asyncio.get_running_loop().add_signal_handler(sig, stopped.set)
+    await stopped.wait()
+    log.info("class service stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

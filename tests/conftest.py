@@ -31,6 +31,7 @@ XDIST_GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_bug_lab_e2e.py",
         "tests/test_dashboard_e2e.py",
         "tests/test_dashboard_idle.py",
+        "tests/test_hub_class.py",
         "tests/test_hub_e2e.py",
         "tests/test_jupyter_proxy.py::test_launcher_tile_opens_the_dashboard",
         "tests/test_lab_e2e.py",

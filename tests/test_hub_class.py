@@ -1,0 +1,347 @@
+"""The class service on a real JupyterHub (``hub/jupyterhub_config.py``, ``hub/class_service.py``).
+
+The hub runs as in a workshop (configurable-http-proxy, free 127.0.0.1 ports, its state in a
+root-only temp folder) with three accounts made by ``hub/learners.py`` and removed afterwards:
+two learners and an assistant named in ``MAHIAX_HUB_INSTRUCTORS``; the admin has no system
+account. Tokens come from the hub's REST API: the admin's from its password, the others'
+requested by the admin, scoped as a learner's server token is (access to the class service).
+
+- ``test_attempts_reach_the_class_and_only_instructors_read_them``: what the service accepts
+  and refuses (no token, an unknown token, a token without access to the service, a forged
+  name, a learner reading the class, exporting or deleting it), the class summary grouped by
+  reason, live and answered 304 when nothing changed, CSV and Parquet exports, deletion.
+- ``test_a_learners_kernel_sends_checks_with_its_servers_token``: a learner's server started
+  by the hub; with that server's own environment (its token, ``MAHIAX_CLASS_URL``), as that
+  learner, on the learners' interpreter, ``lessons.check`` records the attempt and the
+  instructor sees it.
+
+Needs root (system users, the hub as root) and ``make hub-setup``; skipped where learners
+cannot enter the checkout, as ``tests/test_hub_e2e.py`` is.
+"""
+
+from __future__ import annotations
+
+import csv
+import grp
+import importlib.util
+import io
+import json
+import os
+import pwd
+import secrets
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.notebook_env import ROOT
+from tests.servers import free_port, stop, unexpected_tracebacks, wait_until_up
+
+if os.geteuid() != 0:
+    pytest.skip("the hub test needs root: it creates system users and runs the hub as root",
+                allow_module_level=True)
+pytest.importorskip("jupyterhub")
+
+RUNTIME = ROOT / "build" / "hub"
+ARTIFACTS = ROOT / "test-artifacts" / "hub"
+SERVICE = "mahiax-class"
+ACCESS = f"access:services!service={SERVICE}"
+LESSON = "04_retain_graph_and_encode"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"hub_{name}", ROOT / "hub" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+learners, runtime = _load("learners"), _load("runtime")
+if runtime.unreachable(ROOT) is not None:
+    pytest.skip(f"learner accounts cannot enter {runtime.unreachable(ROOT)}, so a hub cannot "
+                f"serve the lab from this checkout ({ROOT}); a hub needs a checkout every "
+                "user can read", allow_module_level=True)
+
+
+def _exists(name: str, db=pwd.getpwnam) -> bool:
+    try:
+        db(name)
+        return True
+    except KeyError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def accounts():
+    """Two learners and an assistant (system users of the learners' group), removed
+    afterwards even when a test fails; the group too, if this fixture made it."""
+    tag = secrets.token_hex(3)
+    names = {"ada": f"mxc{tag}a", "bob": f"mxc{tag}b", "assistant": f"mxc{tag}t"}
+    group_was_there = _exists(learners.GROUP, grp.getgrnam)
+    try:
+        learners.add(list(names.values()))
+        yield names
+    finally:
+        for _ in range(40):  # their servers stop with the hub; userdel waits for that
+            try:
+                learners.remove(list(names.values()))
+                break
+            except SystemExit:
+                time.sleep(0.5)
+        left = [n for n in names.values() if _exists(n)]
+        if not group_was_there and _exists(learners.GROUP, grp.getgrnam):
+            subprocess.run(["groupdel", learners.GROUP], check=False)
+        assert not left, f"accounts left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, accounts):
+    """A running hub with the class service: a dict of its URLs, the admin's name and token
+    and its state folder. Stopped afterwards (its servers and the service with it)."""
+    if not (RUNTIME / ".installed").exists():
+        pytest.fail("build/hub is missing: `make hub-setup` (part of `make test`) installs "
+                    "configurable-http-proxy and the learners' interpreter")
+    tmp = tmp_path_factory.mktemp("hub-class")
+    state = tmp / "hub-state"
+    admin, admin_password = f"mxc{secrets.token_hex(3)}i", secrets.token_urlsafe(40)
+    port, class_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "MAHIAX_HUB_STATE_DIR": str(state),
+        "MAHIAX_HUB_PASSWORD": secrets.token_urlsafe(12),
+        "MAHIAX_HUB_ADMIN": admin,
+        "MAHIAX_HUB_ADMIN_PASSWORD": admin_password,
+        "MAHIAX_HUB_INSTRUCTORS": accounts["assistant"],
+        "MAHIAX_HUB_PORT": str(port),
+        "MAHIAX_HUB_API_PORT": str(free_port()),
+        "MAHIAX_HUB_PROXY_API_PORT": str(free_port()),
+        "MAHIAX_HUB_CLASS_PORT": str(class_port),
+    }
+    log = tmp / "hub.log"
+    cmd = [str(Path(sys.executable).parent / "jupyterhub"), "-f",
+           str(ROOT / "hub" / "jupyterhub_config.py")]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{base}/hub/health", proc, 90, "JupyterHub",
+                      lambda: log.read_text()[-4000:])
+        # the admin's token, from the admin's password (JupyterHub's token API)
+        status, body = _call("POST", f"{base}/hub/api/users/{admin}/tokens",
+                             body={"auth": {"username": admin, "password": admin_password},
+                                   "note": "class test"})
+        assert status == 201, (status, body)
+        yield {"base": base, "api": f"{base}/hub/api", "admin": admin,
+               "admin_token": body["token"], "state": state, "log": log,
+               "direct": f"http://127.0.0.1:{class_port}/services/{SERVICE}/",
+               "proxied": f"{base}/services/{SERVICE}/"}
+    finally:
+        stop(proc, timeout_s=60)  # stops every learner's server and the service
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "hub-class.log").write_text(log.read_text())
+    assert not unexpected_tracebacks(log.read_text()), log.read_text()[-4000:]
+
+
+def _call(method: str, url: str, token: str | None = None, body: object = None,
+          headers: dict[str, str] | None = None, raw: bool = False):
+    """(status, JSON body or raw bytes) of one HTTP request; errors are answers too."""
+    data = None if body is None else (body if isinstance(body, bytes)
+                                      else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if token is not None:
+        request.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            status, payload, got = r.status, r.read(), r.headers
+    except urllib.error.HTTPError as e:
+        status, payload, got = e.code, e.read(), e.headers
+    if raw:
+        return status, payload, got
+    return status, (json.loads(payload) if payload.strip() else None)
+
+
+def _token(hub: dict, user: str, scopes: list[str]) -> str:
+    """A token for ``user`` with ``scopes``, requested by the admin (the user is made on
+    the hub first, as their first sign-in would)."""
+    status, _ = _call("POST", f"{hub['api']}/users/{user}", hub["admin_token"])
+    assert status in (201, 409), status  # 409: already a hub user
+    status, body = _call("POST", f"{hub['api']}/users/{user}/tokens", hub["admin_token"],
+                         body={"scopes": scopes, "note": "class test"})
+    assert status == 201, (status, body)
+    return body["token"]
+
+
+def _attempt(exercise: str, *reasons: str, **extra) -> dict:
+    return {"lesson": LESSON, "exercise": exercise, "passed": not reasons,
+            "reasons": list(reasons), "message": "NOT YET" if reasons else "PASS", **extra}
+
+
+def _exercise(summary: dict, exercise: str) -> dict:
+    (found,) = [e for e in summary["exercises"] if e["exercise"] == exercise]
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_attempts_reach_the_class_and_only_instructors_read_them(hub, accounts):
+    ada, bob, assistant = accounts["ada"], accounts["bob"], accounts["assistant"]
+    service, teacher = hub["direct"], hub["admin_token"]
+    attempts, summary = service + "api/attempts", service + "api/summary"
+    ada_t, bob_t = _token(hub, ada, [ACCESS]), _token(hub, bob, [ACCESS])
+    assistant_t = _token(hub, assistant, [ACCESS])
+    no_access_t = _token(hub, bob, [f"read:users:name!user={bob}"])
+
+    # refused: no token, a token the hub does not know, a token without the service's scope
+    for method, url in [("POST", attempts), ("GET", summary),
+                        ("GET", service + "api/attempts.csv"), ("DELETE", attempts)]:
+        status, body = _call(method, url)
+        assert status == 401 and "API token" in body["message"], (method, url, status, body)
+    status, body = _call("POST", attempts, "not-a-token", _attempt("retain-graph", "x"))
+    assert status == 401, (status, body)
+    status, body = _call("POST", attempts, no_access_t, _attempt("retain-graph", "x"))
+    assert status == 403 and ACCESS in body["message"], (status, body)
+
+    # a learner's attempt counts, under the token's user
+    status, body = _call("POST", attempts, ada_t, _attempt("retain-graph", "retain_graph=True"))
+    assert status == 201 and body["recorded"]["learner"] == ada, (status, body)
+    # a name in the body must be the token's: naming someone else is refused
+    status, body = _call("POST", attempts, ada_t,
+                         _attempt("retain-graph", "retain_graph=True", learner=bob))
+    assert status == 403 and f"the body names '{bob}'" in body["message"], (status, body)
+    status, body = _call("POST", attempts, bob_t,
+                         _attempt("retain-graph", "retain_graph=True", learner=bob))
+    assert status == 201 and body["recorded"]["learner"] == bob
+    status, body = _call("POST", attempts, bob_t,
+                         _attempt("encode-multi-loss", "one forward per loss"))
+    assert status == 201
+
+    # a learner reads, exports or deletes nobody's attempts
+    for method, url in [("GET", summary), ("GET", service + "api/attempts.csv"),
+                        ("GET", service + "api/attempts.parquet"), ("DELETE", attempts)]:
+        status, body = _call(method, url, bob_t)
+        assert status == 403 and "not an instructor" in body["message"], (method, url, body)
+
+    # the instructor (the hub's admin) reads the class, grouped by reason
+    status, got = _call("GET", summary, teacher)
+    assert status == 200, got
+    retain = _exercise(got, "retain-graph")
+    assert retain["trying"] == 2 and retain["passed"] == 0
+    assert {ada, bob} == set(retain["trying_learners"])
+    assert [(r["reason"], r["count"]) for r in retain["not_yet_reasons"]] == [
+        ("retain_graph=True", 2)]
+    encode = _exercise(got, "encode-multi-loss")
+    assert encode["trying_learners"] == [bob] and ada in encode["not_started_learners"]
+    assert assistant not in json.dumps(got["per_learner"])  # instructors are not the class
+    assert {ada, bob} <= {p["learner"] for p in got["per_learner"]}
+    # the assistant, in the instructors group, reads it too, also through the hub's proxy
+    status, via_proxy = _call("GET", hub["proxied"] + "api/summary", assistant_t)
+    assert status == 200 and _exercise(via_proxy, "retain-graph")["trying"] == 2
+
+    # live: ada's pass shows on the next read; nothing new answers 304, without a body
+    status, raw, headers = _call("GET", summary, teacher, raw=True)
+    etag = headers["Etag"]
+    status, raw, _ = _call("GET", summary, teacher, headers={"If-None-Match": etag}, raw=True)
+    assert status == 304 and raw == b""
+    assert _call("POST", attempts, ada_t, _attempt("retain-graph"))[0] == 201
+    status, raw, headers = _call("GET", summary, teacher, headers={"If-None-Match": etag},
+                                 raw=True)
+    assert status == 200 and headers["Etag"] != etag
+    retain = _exercise(json.loads(raw), "retain-graph")
+    assert retain["passed_learners"] == [ada] and retain["trying_learners"] == [bob]
+    assert [(r["reason"], r["count"]) for r in retain["not_yet_reasons"]] == [
+        ("retain_graph=True", 1)]
+
+    # export: every attempt, in CSV and Parquet
+    status, raw, headers = _call("GET", service + "api/attempts.csv", teacher, raw=True)
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(raw.decode())))
+    assert [(r["learner"], r["exercise"], r["verdict"], r["reasons"]) for r in rows] == [
+        (ada, "retain-graph", "NOT YET", "retain_graph=True"),
+        (bob, "retain-graph", "NOT YET", "retain_graph=True"),
+        (bob, "encode-multi-loss", "NOT YET", "one forward per loss"),
+        (ada, "retain-graph", "PASS", "")]
+    status, raw, _ = _call("GET", service + "api/attempts.parquet", teacher, raw=True)
+    frame = pd.read_parquet(io.BytesIO(raw))
+    assert status == 200 and list(frame["learner"]) == [r["learner"] for r in rows]
+
+    # the class's attempts live in the hub's root-only state folder
+    store = hub["state"] / "class-attempts.sqlite"
+    assert stat.S_IMODE(hub["state"].stat().st_mode) == 0o700
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+
+    # delete: one learner's, then all
+    status, body = _call("DELETE", attempts + f"?learner={bob}", teacher)
+    assert status == 200 and body == {"deleted": 2}
+    status, body = _call("DELETE", attempts, assistant_t)
+    assert status == 200 and body == {"deleted": 2}
+    status, raw, _ = _call("GET", service + "api/attempts.csv", teacher, raw=True)
+    assert raw.decode().strip().splitlines() == [
+        "learner,lesson,exercise,verdict,reasons,message,at,when"]
+    status, got = _call("GET", summary, teacher)
+    assert got["attempts"] == 0 and got["exercises"] == []
+
+
+def _server_process(uid: int):
+    """The learner's Jupyter server process (``jupyterhub.singleuser``), or None."""
+    import psutil
+
+    for p in psutil.process_iter(["uids", "cmdline"]):
+        if p.info["uids"] and p.info["uids"].real == uid \
+                and "jupyterhub.singleuser" in " ".join(p.info["cmdline"] or []):
+            return p
+    return None
+
+
+@pytest.mark.timeout(300)
+def test_a_learners_kernel_sends_checks_with_its_servers_token(hub, accounts):
+    ada = accounts["ada"]
+    admin = hub["admin_token"]
+    assert _call("DELETE", hub["direct"] + "api/attempts", admin)[0] == 200  # a clean class
+    assert _call("POST", f"{hub['api']}/users/{ada}", admin)[0] in (201, 409)
+    status, body = _call("POST", f"{hub['api']}/users/{ada}/server", admin)
+    assert status in (201, 202), (status, body)
+    deadline = time.monotonic() + 150  # a hang guard: a cold JupyterLab on a busy machine
+    while True:
+        status, user = _call("GET", f"{hub['api']}/users/{ada}", admin)
+        if (user.get("servers") or {}).get("", {}).get("ready"):
+            break
+        assert time.monotonic() < deadline, (user, hub["log"].read_text()[-3000:])
+        time.sleep(1)
+
+    account = pwd.getpwnam(ada)
+    server = _server_process(account.pw_uid)
+    assert server is not None
+    env = server.environ()  # what the server gives its kernels
+    assert env["MAHIAX_CLASS_URL"].endswith(f"/services/{SERVICE}/")
+    check = """
+import json, warnings
+from mahiax import bugs, lessons
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    result = lessons.check("encode-multi-loss", bugs.get("encode-multi-loss").candidates()["buggy"])
+print(json.dumps({"holds": result.holds, "reasons": list(result.reasons),
+                   "warnings": [str(w.message) for w in caught]}))
+"""
+    done = subprocess.run(
+        [str(RUNTIME / "venv" / "bin" / "python"), "-c", check],
+        env={**env, "JPY_SESSION_NAME": f"{account.pw_dir}/lessons/{LESSON}.ipynb"},
+        cwd=account.pw_dir, user=account.pw_uid, group=account.pw_gid,
+        extra_groups=[], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kernel = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not kernel["holds"] and kernel["reasons"] == ["one forward per loss"]
+    assert not [w for w in kernel["warnings"] if "class page" in w], kernel["warnings"]
+
+    status, got = _call("GET", hub["direct"] + "api/summary", admin)
+    encode = _exercise(got, "encode-multi-loss")
+    assert encode["trying_learners"] == [ada]
+    assert [(r["reason"], r["count"]) for r in encode["not_yet_reasons"]] == [
+        ("one forward per loss", 1)]
+    (mine,) = [p for p in got["per_learner"] if p["learner"] == ada]
+    assert (mine["lesson"], mine["exercise"], mine["verdict"]) == (
+        LESSON, "encode-multi-loss", "NOT YET")

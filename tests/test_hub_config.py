@@ -245,3 +245,33 @@ def test_a_learner_name_belongs_to_the_first_browser_until_released(tmp_path, mo
     second.jar = {}
     assert login(second)["name"] == "alice"  # a new browser after the instructor's release
     assert login(first) is None
+
+
+def test_the_class_service_is_hub_managed_on_loopback_and_learners_tokens_reach_it(
+        tmp_path, monkeypatch):
+    cfg = _load(tmp_path, monkeypatch, MAHIAX_HUB_CLASS_PORT="8123",
+                MAHIAX_HUB_INSTRUCTORS="ta1, ta2 ta1")
+    (service,) = cfg.JupyterHub.services
+    assert service["name"] == "mahiax-class" and service["url"] == "http://127.0.0.1:8123"
+    assert service["command"][0] == sys.executable  # the hub's own interpreter, as root
+    assert Path(service["command"][1]).name == "class_service.py"
+    store = Path(service["command"][service["command"].index("--store") + 1])
+    assert store.parent == tmp_path / "state"  # the root-only state folder
+    access = "access:services!service=mahiax-class"
+    roles = {role["name"]: role for role in cfg.JupyterHub.load_roles}
+    assert set(roles["user"]["scopes"]) == {"self", access}
+    assert roles["mahiax-class-service"]["services"] == ["mahiax-class"]
+    assert set(roles["mahiax-class-service"]["scopes"]) == {
+        "list:users", "read:users:name", "read:users:groups"}
+    # a server's token keeps JupyterHub's default scopes and reaches the service
+    assert set(cfg.Spawner.server_token_scopes) == {
+        "users:activity!user", "access:servers!server", access}
+    assert cfg.Spawner.environment["MAHIAX_CLASS_URL"] == \
+        "http://127.0.0.1:8123/services/mahiax-class/"
+    assert cfg.JupyterHub.load_groups == {"mahiax-instructors": {"users": ["ta1", "ta2"]}}
+
+
+def test_an_instructor_list_with_a_name_that_is_not_a_user_name_is_refused(
+        tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match=r"MAHIAX_HUB_INSTRUCTORS names \['Root'\]"):
+        _load(tmp_path, monkeypatch, MAHIAX_HUB_INSTRUCTORS="ta1,Root")

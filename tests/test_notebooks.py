@@ -33,6 +33,8 @@ import nbformat
 import pytest
 
 from mahiax import bugs
+from mahiax.doctor import exercise, exercise_eval
+from mahiax.store.attempts import current_learner, read_attempts
 from tests.lesson_rules import markdown_in_code, predict_giveaways, unbound_figures
 from tests.notebook_env import (
     KERNEL_MAIN,
@@ -335,6 +337,62 @@ def test_figures_rule_finds_a_number_no_cell_prints(prose, unbound):
     assert unbound_figures(cells) == [f"cell 1: {u}" for u in unbound]
 
 
+# ---- the learner's checks, recorded -------------------------------------------------------
+
+# a check that records the learner's attempt: lessons.check("entry-id", ...), or one of
+# lesson 10's doctor exercises checked with record=True; bugs.check records nothing
+_LESSONS_CHECK = re.compile(r"\blessons\.check\(\s*[\"']([a-z0-9-]+)[\"']")
+_DOCTOR_CHECK = re.compile(r"\b(exercise|exercise_eval)\.check\([^)]*\brecord=True")
+_DOCTOR_EXERCISES = {"exercise": exercise.EXERCISE, "exercise_eval": exercise_eval.EXERCISE}
+HISTORY = "lessons.my_attempts()"
+
+
+def recorded_checks(cells: list[dict]) -> list[tuple[int, str]]:
+    """(cell index, exercise) of every check a lesson's code records, in order."""
+    found = []
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        code = _text(cell)
+        calls = [(m.start(), m[1]) for m in _LESSONS_CHECK.finditer(code)]
+        calls += [(m.start(), _DOCTOR_EXERCISES[m[1]]) for m in _DOCTOR_CHECK.finditer(code)]
+        found += [(i, ex) for _, ex in sorted(calls)]
+    return found
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_only_the_learners_own_check_is_recorded_and_the_history_follows(name):
+    """Each lesson's exercise cell records the learner's check (``lessons.check``, or the
+    doctor's ``record=True``); the lesson's demonstrations and its folded solutions use
+    ``bugs.check``, which records nothing; a ``lessons.my_attempts()`` cell after the last
+    recorded check shows the learner's history. The tour records nothing: it only shows."""
+    cells = _load(name)["cells"]
+    checks = recorded_checks(cells)
+    history = [i for i, c in enumerate(cells)
+               if c["cell_type"] == "code" and _text(c).strip() == HISTORY]
+    assert len(history) == 1, f"{name}: {len(history)} '{HISTORY}' cells (want 1)"
+    if name == "00_tour":
+        assert checks == [], f"{name} records checks: {checks}"
+        return
+    assert checks, f"{name}: no exercise cell records the learner's check"
+    for i, exercise_name in checks:
+        cell = cells[i]
+        assert "solution" not in cell.get("metadata", {}).get("tags", []), \
+            f"{name} cell {i}: a folded solution records {exercise_name} as the learner's"
+        assert "TODO" in _text(cell) or "NotImplementedError" in _text(cell), \
+            f"{name} cell {i} records {exercise_name} but is not the learner's attempt"
+    assert history[0] > checks[-1][0], f"{name}: the history comes before the last check"
+
+
+def test_recorded_checks_are_found_and_demonstrations_are_not():
+    cells = [_code('print(lessons.check("retain-graph", my_loop))'),
+             _code('band_aid = bugs.check("retain-graph", loop)'),
+             _code("print(exercise_eval.check(train_step, record=True))\n"
+                   "result = exercise.check(train_step)"),
+             _md('`lessons.check("dwa-weights", ...)` in prose')]
+    assert recorded_checks(cells) == [(0, "retain-graph"), (2, exercise_eval.EXERCISE)]
+
+
 # ---- running every notebook --------------------------------------------------------------
 
 
@@ -457,6 +515,8 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
     for key, value in jupyter_env(tmp_path).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU, as in CI
+    # what a Jupyter server tells its kernel: the lesson an attempt is recorded under
+    monkeypatch.setenv("JPY_SESSION_NAME", str(notebook_path(name)))
     nb = nbformat.read(notebook_path(name), as_version=4)
     before = _files_under(NOTEBOOKS)
     client = LessonClient(
@@ -499,10 +559,28 @@ def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):
         else:
             assert not errors, f"{name} cell {i}: {errors[0].ename}: {errors[0].evalue}"
     assert _files_under(NOTEBOOKS) == before, f"{name} wrote into notebooks/"
+    _assert_recorded_once(name, nb)
     unbound = unbound_figures(nb.cells, also_known=[SUMMARY.read_text()])
     assert not unbound, (
         f"{name}: figures stated in markdown that no cell prints (nor sets in code), so a "
         "change of code would leave the prose behind:\n- " + "\n- ".join(unbound))
+
+
+def _assert_recorded_once(name: str, nb: nbformat.NotebookNode) -> None:
+    """The run recorded exactly the learner's checks, once each, in order, under this lesson
+    and learner (none from a demonstration or a solution); each starting attempt is NOT YET
+    with a reason; the history cell shows them."""
+    attempts = read_attempts(os.environ["MAHIAX_STORE"])
+    expected = [ex for _, ex in recorded_checks(nb.cells)]
+    assert [a.exercise for a in attempts] == expected, (
+        f"{name}: recorded {[a.exercise for a in attempts]}, the learner's cells {expected}")
+    for a in attempts:
+        assert (a.lesson, a.learner) == (name, current_learner()), a
+        assert not a.passed and a.reasons, f"{name}: the starting attempt {a}"
+    (history,) = [c for c in nb.cells if c.cell_type == "code" and c.source.strip() == HISTORY]
+    shown = "".join(o.get("data", {}).get("text/plain", "") for o in history.outputs)
+    for a in attempts:
+        assert a.exercise in shown and "NOT YET" in shown, f"{name}: history shows {shown!r}"
 
 
 # a stand-in kernel: the kernelspec's faulthandler set-up, then a wait in a named function

@@ -319,6 +319,8 @@ lessons.dashboard_link()
 # candidate (a class or a function, the lesson says which) through the same measurement as
 # the catalog's variants and answers `PASS` or `NOT YET` with the reason. Try it on the
 # fabric: first the catalog's buggy fabric, then the package's clean `DynamicNeuroFabric`.
+# In the lessons, the cell where you check *your own* fix calls `lessons.check(entry_id,
+# candidate)` instead: the same check, with your attempt recorded (below).
 
 # %%
 from mahiax.bugs.accumulate import BuggyFabric
@@ -328,6 +330,18 @@ print(bugs.check("fabric-accumulate", BuggyFabric))
 result = bugs.check("fabric-accumulate", DynamicNeuroFabric)
 print(result)
 assert result.holds
+
+# %% [markdown]
+# **What is recorded.** Each exercise check of your own fix records one attempt: your user
+# name, the lesson, the exercise, `PASS` or `NOT YET` with the checker's short reason (such
+# as `retain_graph=True`), and when. It goes to your own run store; on the workshop hub also
+# to the instructor's class page, which only the instructor sees. The checks above are the
+# catalog's own candidates, not yours: `bugs.check` records nothing. To see your history:
+# `lessons.my_attempts()` (empty until your first exercise) or the dashboard's
+# **My attempts** page.
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding
@@ -395,5 +409,6 @@ assert result.holds
 #   measured every time you ask, by one harness: graph size, live tensor bytes, gradient
 #   difference from the clean float64 model, and PyTorch's own error with its step.
 # - The clean model itself is checked against finite differences (gradcheck).
-# - `bugs.check` grades your own fix the same way.
+# - `lessons.check` grades your own fix the same way and records the attempt;
+#   `lessons.my_attempts()` and the dashboard's **My attempts** page show your history.
 # - Next: `01_expert_router_index`, or any lesson: each one explains what it needs.

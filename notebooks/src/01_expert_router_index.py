@@ -274,7 +274,7 @@ assert fixed.passed and fixed.max_grad_diff < 1e-9
 #
 # You cannot change the demo's data source, but you can transform each batch before it
 # reaches the model. Write `fit_ids(tokens, vocab_size) -> tokens` so that training on the
-# demo's data (ids drawn from 10,000) runs. `bugs.check("expert-index", fit_ids)` trains the
+# demo's data (ids drawn from 10,000) runs. `lessons.check("expert-index", fit_ids)` trains the
 # clean model with your function applied to every batch.
 #
 # The attempt below returns the ids unchanged; run it and read the checker's answer, then
@@ -285,7 +285,7 @@ def fit_ids(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return tokens  # TODO: every id must end up in [0, vocab_size)
 
 
-print(bugs.check("expert-index", fit_ids))
+print(lessons.check("expert-index", fit_ids))
 
 # %% tags=["solution"]
 def fit_ids(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -322,6 +322,12 @@ assert clamped.holds
 # fix is upstream: build the vocabulary from the data (or size the embedding to the
 # tokenizer), and keep an input check like `mahiax.validation.check_inputs` so a mismatch
 # fails at once with a clear message.
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

@@ -315,7 +315,7 @@ class MyFabric(DynamicNeuroFabric):
         return output, routing
 
 
-print(bugs.check("fabric-accumulate", MyFabric))
+print(lessons.check("fabric-accumulate", MyFabric))
 
 # %% tags=["solution"]
 class MyFabric(DynamicNeuroFabric):
@@ -351,6 +351,12 @@ importance = silent.outcome.final_state["fabric.controller.importance"]
 print(f"largest gradient difference {silent.outcome.max_grad_diff:.1e}; "
       f"layer importance after training: {importance.tolist()}")
 assert not silent.holds and silent.outcome.max_grad_diff < 1e-9
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

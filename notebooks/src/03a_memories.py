@@ -338,7 +338,7 @@ assert "[1, 16]] is at version 2; expected version 1" in summary.error_message
 # Write a `TinyMemory` whose `forward(x)` reads the buffer, then remembers this batch's
 # summary (`x.detach().mean(dim=0)`) in slot `count % num_slots` and counts the write,
 # without writing into the tensor the read saved. Useful: `self.read(x)` (the attention
-# read), `self.slots` `(S, D)`, `self.count` (writes so far), `self.num_slots`. `bugs.check`
+# read), `self.slots` `(S, D)`, `self.count` (writes so far), `self.num_slots`. `lessons.check`
 # trains the lab's model with your class installed exactly as it trains the `buggy` and
 # `summary` variants, compares every step's gradients with the clean model's, and after every
 # step compares your slots and count with a clean `TinyMemory` told the same summaries. The
@@ -355,7 +355,7 @@ class MyTinyMemory(TinyMemory):
         return out
 
 
-print(bugs.check("tiny-memory-write", MyTinyMemory))
+print(lessons.check("tiny-memory-write", MyTinyMemory))
 
 # %% [markdown]
 # **Predict.** The next class writes the slot through `.data`, which hides the write from
@@ -420,6 +420,12 @@ class MyTinyMemory(TinyMemory):
 result = bugs.check("tiny-memory-write", MyTinyMemory)
 print(result)
 assert result.holds
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

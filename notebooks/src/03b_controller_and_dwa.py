@@ -312,7 +312,7 @@ assert falling_a[0][0] < 1 < falling_a[1]  # right: DWA favours B (stalled), sof
 # Averaging with one-step windows: `combine(losses)` returns the weighted total for this
 # step's single backward; `update(losses)` (called after the optimiser step, with detached
 # losses) computes the next weights; `weights()` reports the weights in force. Before two
-# steps have been seen, the weights are all 1. `bugs.check("dwa-weights", ...)` trains the
+# steps have been seen, the weights are all 1. `lessons.check("dwa-weights", ...)` trains the
 # lab's model with your class exactly as it trains the `buggy` and `summary` variants,
 # compares the gradients with the clean model's at the weights your class reports, and
 # compares those weights with the package's `DynamicWeightAveraging` (one-step windows,
@@ -334,7 +334,7 @@ class MyWeighting(LossWeighting):
         return total
 
 
-print(bugs.check("dwa-weights", MyWeighting))
+print(lessons.check("dwa-weights", MyWeighting))
 
 # %% [markdown]
 # **Predict.** The next class makes the summary's write through `.data`, so that the version
@@ -409,6 +409,12 @@ for la, lb in zip(*cases["A small, falling; B large, stalled"], strict=True):
     ref.update(torch.tensor([la, lb]))
     assert torch.allclose(mine.weights(), ref.weights(), atol=1e-5)
 print("same weights as the package's DWA at every step:", ref.weights().tolist())
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

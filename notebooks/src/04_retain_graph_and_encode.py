@@ -443,7 +443,7 @@ table[["error", "max grad diff", "forwards / step", "backwards / step"]]
 # `mahiax.objective.objective(model, weighting, batch)`: the weighted sum of the task losses
 # plus the router's terms, with the weights and losses it used.
 #
-# `bugs.check("retain-graph", loop)` trains with it **in the summary's setting** (section 3):
+# `lessons.check("retain-graph", loop)` trains with it **in the summary's setting** (section 3):
 # the graph memory carries the graph across steps and the optimiser steps every 4
 # micro-batches (`ctx.zero_grad()` keeps the gradients within a cycle). To cut the carried
 # state, call `ctx.detach_state()` at the start of the step: it detaches every buffer that
@@ -468,7 +468,7 @@ def my_loop(ctx) -> None:
         term.backward()
 
 
-print(bugs.check("retain-graph", my_loop))
+print(lessons.check("retain-graph", my_loop))
 
 # %% [markdown]
 # **Predict.** Three other repairs of the attempt. Which ones pass?
@@ -522,6 +522,12 @@ def my_loop(ctx) -> None:
 result = bugs.check("retain-graph", my_loop)
 print(result)
 assert result.holds
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

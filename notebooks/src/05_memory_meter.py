@@ -285,7 +285,7 @@ else:
 # ## Exercise
 #
 # Write a reader `() -> MiB` that reports the memory held by live tensors during the
-# catalog's training, which runs on this machine's CPU. `bugs.check("memory-zero-cpu",
+# catalog's training, which runs on this machine's CPU. `lessons.check("memory-zero-cpu",
 # reader)` calls it after every step and compares it with the live tensor bytes (within 5%).
 # The attempt below is the summary's profiler.
 
@@ -294,7 +294,7 @@ def my_reader() -> float:
     return torch.cuda.memory_allocated() / 2**20  # TODO
 
 
-print(bugs.check("memory-zero-cpu", my_reader))
+print(lessons.check("memory-zero-cpu", my_reader))
 
 # %% tags=["solution"]
 def my_reader() -> float:
@@ -305,6 +305,12 @@ def my_reader() -> float:
 result = bugs.check("memory-zero-cpu", my_reader)
 print(result)
 assert result.holds
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

@@ -349,7 +349,7 @@ assert mutations[0].op == "aten.copy_"
 # whose `forward(x)` reads the nodes (`self.read(x)`) and, in training mode, updates
 # `self.nodes` toward the batch mean (`(1 - s) * nodes + s * mean(x)`, `s = self.write_rate`)
 # without writing into the tensor the read saved and without carrying the graph.
-# `bugs.check("graph-memory-update", cls)` trains with it, compares every step's gradients
+# `lessons.check("graph-memory-update", cls)` trains with it, compares every step's gradients
 # with the clean model's, and after every step compares the nodes with that update of the
 # nodes the step started with (it also accepts the package memory's own update, which
 # moves each node toward the inputs assigned to it). The attempt below is the summary's
@@ -368,7 +368,7 @@ class MyMemory(GraphDiffusionMemory):
         return out
 
 
-attempt = bugs.check("graph-memory-update", MyMemory)
+attempt = lessons.check("graph-memory-update", MyMemory)
 print(attempt)
 
 # %% [markdown]
@@ -414,7 +414,14 @@ assert result.holds
 # pulls every node toward one batch mean, which lesson 03a, section 4, measured collapsing
 # the nodes; the package memory moves each node toward the inputs assigned to it: see
 # `GraphDiffusionMemory._stage_write`.)
-#
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
+
+# %% [markdown]
 # ## Check your understanding
 #
 # 1. Decode `[torch.FloatTensor [3, 1]], which is output 0 of AsStrided, is at version 2;

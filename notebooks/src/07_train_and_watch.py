@@ -336,7 +336,7 @@ assert ctl_summary.state_diff == ctl_buggy.state_diff > 1e-3 and ctl_fixed.state
 
 # %%
 MyController = BuggyController  # TODO: the per-slot average
-print(bugs.check("controller-importance", MyController))
+print(lessons.check("controller-importance", MyController))
 
 # %% tags=["solution"]
 class MyController(MetaController):
@@ -355,6 +355,12 @@ class MyController(MetaController):
 result = bugs.check("controller-importance", MyController)
 print(result)
 assert result.holds
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## 8. The same run in the dashboard

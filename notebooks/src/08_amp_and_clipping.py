@@ -417,7 +417,7 @@ lessons.source(PrecisionManager.clip, "the package's clip")
 # the trainer's objective (`mahiax.objective.objective`), set `ctx.weights`, `ctx.losses` and
 # `ctx.total` from it, call `ctx.zero_grad()`; and set
 # `ctx.did_step = True` because your loop steps the optimiser itself.
-# `bugs.check("amp-clip-before-unscale", make_loop())` grades it.
+# `lessons.check("amp-clip-before-unscale", make_loop())` grades it.
 
 # %%
 def make_loop():
@@ -436,7 +436,7 @@ def make_loop():
     return loop
 
 
-print(bugs.check("amp-clip-before-unscale", make_loop()))
+print(lessons.check("amp-clip-before-unscale", make_loop()))
 
 # %% [markdown]
 # **Predict.** Two quick repairs: (a) keep the same clip, but call it after
@@ -500,6 +500,12 @@ def make_loop():
 result = bugs.check("amp-clip-before-unscale", make_loop())
 print(result)
 assert result.holds
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

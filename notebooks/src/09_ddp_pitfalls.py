@@ -303,7 +303,7 @@ assert f.figures["rank_spread"] == 0 and f.state_diff < 1e-12 and f.max_grad_dif
 # ## Exercise
 #
 # Write `sync(sums, counts)`: it gets this rank's per-node token sums `(S, D)` and counts
-# `(S,)` and returns the statistics every rank should use. `bugs.check` runs it on two ranks
+# `(S,)` and returns the statistics every rank should use. `lessons.check` runs it on two ranks
 # with the broadcast off and compares with one process on the whole batch. (Hint:
 # `torch.distributed.all_reduce` sums in place, on every rank.)
 
@@ -312,7 +312,7 @@ def sync(sums: torch.Tensor, counts: torch.Tensor):
     return sums, counts  # TODO: every rank keeps its own
 
 
-print(bugs.check("ddp-broadcast-buffers", sync))
+print(lessons.check("ddp-broadcast-buffers", sync))
 
 # %% tags=["solution"]
 def sync(sums: torch.Tensor, counts: torch.Tensor):
@@ -346,6 +346,12 @@ def sync_averaged(sums: torch.Tensor, counts: torch.Tensor):
 result = bugs.check("ddp-broadcast-buffers", sync_averaged)
 print(result)
 assert result.holds
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

@@ -465,6 +465,7 @@ print(doctor.examine(my_step, steps=6, model=my_model, optimizer=my_opt))
 # `retain_graph=True` (step 0's graph stays alive, step 1's backward walks into it after
 # the optimiser changed weights it saved: an in-place error at step 1) and starting each
 # chunk from `None` (quiet doctor, but no memory across chunks).
+# (`record=True` records your attempt, as `lessons.check` does in the other lessons.)
 
 # %%
 lessons.source(exercise.Stream, "what s is")
@@ -480,7 +481,7 @@ def train_step(s, i):
     s.optimizer.step()
 
 
-print(exercise.check(train_step))
+print(exercise.check(train_step, record=True))
 
 # %% tags=["solution"]
 def train_step(s, i):
@@ -534,7 +535,7 @@ def train_step(r, i):
         r.accuracy.append(exercise_eval.evaluate(r))
 
 
-print(exercise_eval.check(train_step))
+print(exercise_eval.check(train_step, record=True))
 
 # %% tags=["solution"]
 def train_step(r, i):
@@ -560,6 +561,12 @@ assert result_2.holds
 for name, candidate in exercise_eval.candidates().items():
     if name.startswith("band-aid"):
         print(f"{name}: {exercise_eval.check(candidate)}")
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

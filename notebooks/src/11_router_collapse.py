@@ -479,7 +479,7 @@ def my_select(probs: torch.Tensor, bias: torch.Tensor, k: int):
     raise NotImplementedError("your rule: let the bias choose the experts")
 
 
-print(bugs.check("router-collapse", my_select))
+print(lessons.check("router-collapse", my_select))
 
 # %% tags=["solution"]
 def my_select(probs: torch.Tensor, bias: torch.Tensor, k: int):
@@ -514,6 +514,12 @@ for name, rule in (("my_select", my_select), ("renormalised", renormalised),
     check(routed, final, K)
     print(f"{name:29} weights off by {check.weight_error:.2g}, gradient off by "
           f"{check.grad_error:.2g}: {len(check.rules_broken())} rule(s) broken")
+
+# %% [markdown]
+# Your attempts so far, oldest first (also on the dashboard's **My attempts** page):
+
+# %%
+lessons.my_attempts()
 
 # %% [markdown]
 # ## Check your understanding

@@ -359,11 +359,12 @@ def dashboard_link(store: str | Path | None = None) -> Markdown:
 def current_lesson() -> str:
     """The notebook this kernel runs, by name (``04_retain_graph_and_encode``): Jupyter
     servers (2.0 and later) tell their kernels its path in ``JPY_SESSION_NAME``; elsewhere
-    (a script, a console) ``"outside a lesson"``."""
-    import os
+    (a script, a console) ``"outside a lesson"``. One definition,
+    :func:`mahiax.store.attempts.current_lesson`, which lesson 10's doctor exercises record
+    with too."""
+    from mahiax.store.attempts import current_lesson as lesson_of_this_kernel
 
-    session = os.environ.get("JPY_SESSION_NAME", "").strip()
-    return Path(session).stem if session else "outside a lesson"
+    return lesson_of_this_kernel()
 
 
 def check(entry_id: str, candidate: object, *, store: str | Path | None = None,

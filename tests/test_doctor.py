@@ -405,6 +405,34 @@ def test_exercise_check_records_the_attempt_with_the_findings_kinds_as_reasons(
     assert attempt.message == result.message
 
 
+def test_exercise_check_on_a_hub_reaches_the_class_service(monkeypatch, tmp_path):
+    # as lessons.check: the learner's own store, and the class service with their token
+    from mahiax.store.attempts import read_attempts
+    from tests.test_classroom import _FakeService
+
+    service = _FakeService()
+    try:
+        monkeypatch.setenv("MAHIAX_STORE", str(tmp_path / "mahiax.sqlite"))
+        monkeypatch.setenv("JPY_SESSION_NAME", "/home/ada/notebooks/10_your_own_loop.ipynb")
+        monkeypatch.setenv("JUPYTERHUB_USER", "ada")
+        monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "adas-token")
+        monkeypatch.setenv("MAHIAX_CLASS_URL", service.url)
+        result = exercise_eval.check(exercise_eval.buggy_step, record=True)
+        (sent,) = service.requests
+        assert sent["auth"] == "token adas-token"
+        assert sent["body"] == {"learner": "ada", "lesson": "10_your_own_loop",
+                                "exercise": exercise_eval.EXERCISE, "passed": False,
+                                "reasons": ["eval-mode-training", "grads-not-zeroed"],
+                                "message": result.message}
+        assert len(read_attempts()) == 1
+    finally:
+        service.close()
+    monkeypatch.setenv("MAHIAX_CLASS_URL", service.url)  # closed: nothing listens
+    with pytest.warns(UserWarning, match="did not reach the class page .*answer stands"):
+        assert exercise.check(exercise.fixed_step, record=True).holds
+    assert [a.passed for a in read_attempts()] == [False, True]
+
+
 def test_exercise_check_that_cannot_record_warns_and_answers(monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -13,9 +13,10 @@ optimiser soon changes weights an old graph saved) and resetting the hidden stat
 (the doctor is quiet, but the model no longer remembers across chunks: it learns something
 else).
 
-``check(train_step, record=True)`` (the lesson's exercise cell) also records the attempt in
-the learner's run store, as :func:`mahiax.lessons.check` does for the catalog's exercises
-(:func:`mahiax.store.attempts.record_check`), under the exercise name :data:`EXERCISE`.
+``check(train_step, record=True)`` (the lesson's exercise cell) also records the attempt, as
+:func:`mahiax.lessons.check` does for the catalog's exercises, under the exercise name
+:data:`EXERCISE`: in the learner's run store (:func:`mahiax.store.attempts.record_check`)
+and, on a hub, sent to the class service (:func:`mahiax.classroom.send_attempt`).
 """
 
 from __future__ import annotations
@@ -160,10 +161,21 @@ def not_quiet(report: Report) -> Result:
 
 
 def recorded(exercise: str, result: Result, store: str | Path | None) -> Result:
-    """``result``, once the attempt it answers is recorded in the learner's run store
-    (a store that cannot be written costs a warning, never the answer)."""
-    record_check(exercise, passed=result.holds, reasons=result.reasons,
-                 message=result.message, store=store, stacklevel=3)
+    """``result``, once the attempt it answers is recorded as :func:`mahiax.lessons.check`
+    records one: in the learner's run store and, on a hub, sent to the class service. A
+    store that cannot be written, or a class service that does not take it, costs a warning
+    (at the learner's cell), never the answer."""
+    import warnings
+
+    from mahiax.classroom import ClassServiceError, send_attempt
+
+    attempt = record_check(exercise, passed=result.holds, reasons=result.reasons,
+                           message=result.message, store=store, stacklevel=3)
+    try:
+        send_attempt(attempt)
+    except ClassServiceError as e:
+        warnings.warn(f"your attempt did not reach the class page ({e}); the check's answer "
+                      "stands", stacklevel=3)
     return result
 
 

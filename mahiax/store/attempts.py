@@ -198,11 +198,13 @@ def new_attempt(*, lesson: str, exercise: str, passed: bool, reasons: list[str] 
 
 def record_check(exercise: str, *, passed: bool, reasons: list[str] | tuple[str, ...],
                  message: str, store: str | os.PathLike | None = None,
-                 stacklevel: int = 2) -> Attempt | None:
+                 stacklevel: int = 2) -> Attempt:
     """Record a lesson's check of the learner's own fix: by :func:`current_learner`, in
-    :func:`current_lesson`, in the store at ``store`` (default: the one this kernel writes).
+    :func:`current_lesson`, in the store at ``store`` (default: the one this kernel writes);
+    returns the attempt (for the class service, :func:`mahiax.classroom.send_attempt`).
     Recording never costs the learner the answer: a store that cannot be written gives a
-    warning (pointing ``stacklevel`` frames up, at the learner's cell) and ``None``."""
+    warning (pointing ``stacklevel`` frames up, at the learner's cell), and the attempt is
+    returned all the same."""
     import warnings
 
     attempt = new_attempt(lesson=current_lesson(), exercise=exercise, passed=passed,
@@ -212,5 +214,4 @@ def record_check(exercise: str, *, passed: bool, reasons: list[str] | tuple[str,
     except (StoreError, OSError) as e:
         warnings.warn(f"your attempt was not recorded ({e}); the check's answer stands",
                       stacklevel=stacklevel + 1)
-        return None
     return attempt

@@ -362,7 +362,8 @@ async def serve(args: argparse.Namespace) -> None:
     state = ClassState(store=args.store, hub_auth=HubAuth(),
                        instructors_group=args.instructors_group,
                        learners_group=args.learners_group or None)
-    make_app(state, prefix).listen(port, address=host, xheaders=False)
+    # bodies far past an attempt's size are cut off before they are read into memory
+    make_app(state, prefix).listen(port, address=host, max_body_size=4 * MAX_BODY)
     log.info("class service on http://%s:%d%s, attempts in %s", host, port, prefix,
              args.store)
     stopped = asyncio.Event()

@@ -217,7 +217,13 @@ def on_a_hub(monkeypatch, tmp_path):
     service.close()
 
 
-def test_a_check_on_a_hub_reaches_the_class_service_with_the_learners_token(on_a_hub):
+def test_a_check_on_a_hub_reaches_the_class_service_with_the_learners_token(
+        on_a_hub, monkeypatch):
+    # an HTTP proxy in the environment (here one nothing answers) never sees the token
+    for var in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     entry = bugs.get("encode-multi-loss")
     result = lessons.check("encode-multi-loss", entry.candidates()["buggy"])
     assert not result.holds

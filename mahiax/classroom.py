@@ -218,3 +218,27 @@ def _reason(e: urllib.error.HTTPError) -> str:
         return str(json.loads(e.read().decode())["message"])
     except (ValueError, KeyError, TypeError, OSError):
         return str(e.reason)
+
+
+def record_learner_check(exercise: str, *, passed: bool, reasons: list[str] | tuple[str, ...],
+                         message: str, store: str | os.PathLike | None = None,
+                         stacklevel: int = 2) -> Attempt:
+    """Record a lesson's check of the learner's own fix, as every exercise does
+    (:func:`mahiax.lessons.check`, the doctor exercises' ``check(..., record=True)``): in the
+    learner's run store (:func:`mahiax.store.attempts.record_check`) and, on a hub, sent to
+    the class service (:func:`send_attempt`). A store that cannot be written, or a class
+    service that does not take the attempt, costs a warning pointing ``stacklevel`` frames up
+    (at the learner's cell), never the check's answer. Returns the attempt."""
+    import warnings
+
+    from mahiax.store.attempts import record_check
+
+    attempt = record_check(exercise, passed=passed, reasons=reasons, message=message,
+                           store=store, stacklevel=stacklevel + 1)
+    try:
+        send_attempt(attempt)
+    except ClassServiceError as e:
+        warnings.warn(f"your attempt did not reach the class page ({e}); the check's answer "
+                      "stands", stacklevel=stacklevel + 1)
+    return attempt
+

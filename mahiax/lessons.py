@@ -381,26 +381,12 @@ def check(entry_id: str, candidate: object, *, store: str | Path | None = None,
     Recording never costs you the answer: if the store cannot be written, or the class
     service does not take the attempt within a few seconds, a warning says why and the
     result is returned all the same."""
-    import warnings
-
     from mahiax import bugs
-    from mahiax.classroom import ClassServiceError, send_attempt
-    from mahiax.store import StoreError
-    from mahiax.store.attempts import new_attempt, record_attempt
+    from mahiax.classroom import record_learner_check
 
     result = bugs.check(entry_id, candidate, **kwargs)
-    attempt = new_attempt(lesson=current_lesson(), exercise=entry_id, passed=result.holds,
-                          reasons=result.reasons, message=result.message)
-    try:
-        record_attempt(attempt, store)
-    except (StoreError, OSError) as e:
-        warnings.warn(f"your attempt was not recorded ({e}); the check's answer stands",
-                      stacklevel=2)
-    try:
-        send_attempt(attempt)
-    except ClassServiceError as e:
-        warnings.warn(f"your attempt did not reach the class page ({e}); the check's answer "
-                      "stands", stacklevel=2)
+    record_learner_check(entry_id, passed=result.holds, reasons=result.reasons,
+                         message=result.message, store=store, stacklevel=2)
     return result
 
 

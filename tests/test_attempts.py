@@ -67,10 +67,11 @@ def test_a_store_that_cannot_be_written_costs_a_warning_not_the_answer(monkeypat
     blocker.write_text("")
     # the store's folder would have to be made where a file already is
     monkeypatch.setenv("MAHIAX_STORE", str(blocker / "mahiax.sqlite"))
-    with pytest.warns(UserWarning, match="your attempt was not recorded"):
+    with pytest.warns(UserWarning, match="your attempt was not recorded") as caught:
         result = lessons.check("encode-multi-loss",
                                bugs.get("encode-multi-loss").candidates()["fixed"])
     assert result.holds
+    assert caught[0].filename == __file__, "the warning points at the learner's line"
 
 
 @pytest.mark.parametrize(("fields", "says"), [

@@ -15,8 +15,8 @@ else).
 
 ``check(train_step, record=True)`` (the lesson's exercise cell) also records the attempt, as
 :func:`mahiax.lessons.check` does for the catalog's exercises, under the exercise name
-:data:`EXERCISE`: in the learner's run store (:func:`mahiax.store.attempts.record_check`)
-and, on a hub, sent to the class service (:func:`mahiax.classroom.send_attempt`).
+:data:`EXERCISE`: in the learner's run store and, on a hub, sent to the class service
+(:func:`mahiax.classroom.record_learner_check`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from torch import nn
 
 from mahiax.doctor.examine import examine
 from mahiax.doctor.report import Report
-from mahiax.store.attempts import record_check
 
 VOCAB, EMB, HID, SEQ, BATCH = 24, 12, 16, 12, 4  # characters, widths, chunk length, streams
 STEPS = 6
@@ -165,17 +164,10 @@ def recorded(exercise: str, result: Result, store: str | Path | None) -> Result:
     records one: in the learner's run store and, on a hub, sent to the class service. A
     store that cannot be written, or a class service that does not take it, costs a warning
     (at the learner's cell), never the answer."""
-    import warnings
+    from mahiax.classroom import record_learner_check
 
-    from mahiax.classroom import ClassServiceError, send_attempt
-
-    attempt = record_check(exercise, passed=result.holds, reasons=result.reasons,
-                           message=result.message, store=store, stacklevel=3)
-    try:
-        send_attempt(attempt)
-    except ClassServiceError as e:
-        warnings.warn(f"your attempt did not reach the class page ({e}); the check's answer "
-                      "stands", stacklevel=3)
+    record_learner_check(exercise, passed=result.holds, reasons=result.reasons,
+                         message=result.message, store=store, stacklevel=3)
     return result
 
 

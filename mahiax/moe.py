@@ -237,12 +237,25 @@ def load_balancing_loss(probs: torch.Tensor, ids: torch.Tensor, num_experts: int
     return torch.dot(counts.to(probs.dtype), probs.sum(dim=0)) * scale
 
 
-def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+def router_z_loss(logits: torch.Tensor, probs: torch.Tensor | None = None,
+                  top: torch.Tensor | None = None) -> torch.Tensor:
     """ST-MoE router z-loss ``mean_n logsumexp(logits_n)^2`` (Zoph et al. 2022, eq. 5).
 
     Keeps router logits small so the float32 softmax stays well conditioned. logits (N, E).
+
+    With the router's softmax ``probs`` (N, E) and each token's most probable expert ``top``
+    (N, 1) int64, the log-sum-exp is read off the softmax instead of computed again:
+    ``p_j = exp(l_j - lse)``, so ``lse = l_j - log p_j`` for any expert j. At the top-1 expert
+    ``p_j >= 1/E``, so the log is well conditioned and the value agrees with
+    ``torch.logsumexp`` to float32 rounding. Its gradient is ``probs`` (the derivative of
+    ``l_j - log p_j`` with respect to the logits), through the softmax's own backward, so no
+    second pass over the (N, E) logits runs in the forward or the backward.
     """
-    lse = torch.logsumexp(at_least_fp32(logits), dim=-1)  # (N,)
+    if probs is None or top is None:
+        lse = torch.logsumexp(at_least_fp32(logits), dim=-1)  # (N,)
+    else:
+        lse = (at_least_fp32(logits).gather(-1, top)
+               - probs.gather(-1, top).log()).squeeze(-1)  # (N, 1) -> (N,)
     return torch.dot(lse, lse) / lse.numel()
 
 
@@ -340,7 +353,11 @@ class MixtureOfExperts(nn.Module):
         counts = torch.bincount(r.ids.reshape(-1), minlength=self.num_experts)  # (E,) int64
         y = self.experts(flat, r.ids, r.weights, counts).to(x.dtype)  # (N, D)
         aux = load_balancing_loss(r.probs, r.ids, self.num_experts, counts)  # this rank's counts
-        z = router_z_loss(r.logits)
+        # the top-1 expert of the unbiased probabilities: topk's first column, or, when a
+        # selection bias chose the ids, the argmax of the probabilities
+        top = r.ids[:, :1] if self.expert_bias is None else r.probs.detach().argmax(
+            -1, keepdim=True)  # (N, 1)
+        z = router_z_loss(r.logits, r.probs, top)
         if self.training:  # counts are integers: no graph to keep out of
             load = counts.to(self.tokens_per_expert.dtype)  # (E,) this process's tokens
             self.tokens_per_expert = load

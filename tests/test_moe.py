@@ -249,6 +249,42 @@ def test_router_z_loss_matches_formula_on_hand_example():
     assert router_z_loss(logits).item() == pytest.approx(2.5 * math.log(2.0) ** 2, abs=1e-6)
 
 
+@pytest.mark.parametrize("scale", [0.1, 1.0, 30.0])
+def test_router_z_loss_read_off_the_softmax_equals_logsumexp(scale):
+    """The z-loss from the softmax at the top-1 expert (``l_j - log p_j``) has the value of the
+    ``torch.logsumexp`` form to float32 rounding, and the same gradient (float64)."""
+    torch.manual_seed(8)
+    logits = torch.randn(512, 8) * scale
+    probs = torch.softmax(logits, dim=-1)
+    top = probs.argmax(dim=-1, keepdim=True)
+
+    torch.testing.assert_close(router_z_loss(logits, probs, top), router_z_loss(logits),
+                               rtol=1e-6, atol=0)
+
+    l64 = logits.double().requires_grad_(True)
+    (g_read,) = torch.autograd.grad(router_z_loss(l64, torch.softmax(l64, -1), top), l64)
+    (g_lse,) = torch.autograd.grad(router_z_loss(l64), l64)
+    torch.testing.assert_close(g_read, g_lse, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("balance", ["aux", "bias"])
+def test_block_z_loss_is_the_logsumexp_z_loss(balance):
+    """The block's z-loss equals :func:`router_z_loss` of its logits (the logsumexp form),
+    also when a selection bias picked ids whose first is not the most probable expert."""
+    torch.manual_seed(9)
+    moe = MixtureOfExperts(d_model=16, num_experts=8, top_k=2, expert_hidden=24,
+                           balance=balance).train()
+    if moe.expert_bias is not None:
+        moe.expert_bias.copy_(torch.linspace(-0.5, 0.5, 8))  # flips some top-1 choices
+
+    out = moe(torch.randn(4, 32, 16))
+
+    if balance == "bias":
+        best = out.router.probs.argmax(dim=-1)
+        assert bool((out.router.ids[:, 0] != best).any())
+    torch.testing.assert_close(out.z_loss, router_z_loss(out.router.logits), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize(
     ("counts", "expected"),
     [

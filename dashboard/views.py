@@ -9,6 +9,7 @@ and say so."""
 from __future__ import annotations
 
 import html
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import bug_lab, charts, data, my_attempts, processing, runs, watch
+from dashboard import bug_lab, charts, class_page, data, my_attempts, processing, runs, watch
 from dashboard.state import (
     COMPARE_KEY,
     INTERVAL_KEY,
@@ -32,6 +33,7 @@ from dashboard.state import (
 )
 from mahiax import metric_keys as mk
 from mahiax.cadence import Cadence
+from mahiax.classroom import CLASS_URL_ENV
 from mahiax.store import NotAStoreError, RunNotFoundError, StoreError
 from mahiax.units import MIB
 
@@ -869,6 +871,7 @@ PAGES: dict[str, tuple[Callable[[], None], str, str]] = {
 
 BUG_LAB = "bug-lab"  # url path of the Bug lab page (dashboard/bug_lab.py), after PAGES
 MY_ATTEMPTS = "my-attempts"  # url path of the learner's attempts (dashboard/my_attempts.py)
+CLASS = "class"  # url path of the instructor's class page (dashboard/class_page.py)
 ROOT_PAGE = "start"  # the hidden page at the root, which opens the first page
 
 
@@ -879,13 +882,18 @@ def navigate():
     drawn, to the first page: ``st.session_state[PAGE_KEY]``, Training unless set (tests
     set it to open each page). The menu lists the run pages (PAGES), then the Bug lab, which
     compares catalog runs rather than showing the picked run, then My attempts, the
-    learner's own exercise checks."""
+    learner's own exercise checks, then the instructor's Class page: listed only on a hub
+    (``MAHIAX_CLASS_URL`` set), at its address everywhere."""
     first = st.session_state.get(PAGE_KEY, "training")
-    listed = [*((key, func, title, icon) for key, (func, title, icon) in PAGES.items()),
-              (BUG_LAB, bug_lab.bug_lab, "Bug lab", ":material/bug_report:"),
-              (MY_ATTEMPTS, my_attempts.my_attempts, "My attempts", ":material/checklist:")]
-    shown = [st.Page(func, title=title, icon=icon, url_path=key)
-             for key, func, title, icon in listed]
+    on_hub = bool(os.environ.get(CLASS_URL_ENV, "").strip())
+    listed = [*((key, func, title, icon, True) for key, (func, title, icon) in PAGES.items()),
+              (BUG_LAB, bug_lab.bug_lab, "Bug lab", ":material/bug_report:", True),
+              (MY_ATTEMPTS, my_attempts.my_attempts, "My attempts", ":material/checklist:",
+               True),
+              (CLASS, class_page.class_page, "Class", ":material/groups:", on_hub)]
+    shown = [st.Page(func, title=title, icon=icon, url_path=key,
+                     visibility="visible" if visible else "hidden")
+             for key, func, title, icon, visible in listed]
     target = next(p for p in shown if p.url_path == first)
     root = st.Page(lambda: st.switch_page(target), title="MAHIA-X Lab", url_path=ROOT_PAGE,
                    default=True, visibility="hidden")

@@ -1,10 +1,13 @@
-"""The class's view of exercise attempts: a summary for the instructor, and how a learner's
-kernel sends its attempts to the hub's class service (``hub/class_service.py``).
+"""The class's view of exercise attempts: a summary for the instructor, how a learner's
+kernel sends its attempts to the hub's class service (``hub/class_service.py``), and how the
+instructor's dashboard reads the class back.
 
 On a JupyterHub, each check a learner runs (:func:`mahiax.lessons.check`) is recorded in the
 learner's own store and also sent to the class service with the learner's own API token
 (:func:`send_attempt`); the service keeps the class's attempts and answers the instructor's
-class page with :func:`class_summary`. Off a hub (no ``MAHIAX_CLASS_URL``), nothing is sent.
+class page (``dashboard/class_page.py``) with :func:`class_summary`, which that page fetches
+with its server's token (:func:`fetch_summary`, :func:`fetch_export`). Off a hub (no
+``MAHIAX_CLASS_URL``), nothing is sent.
 
 Light on purpose (no torch, no jupyterhub): the service, the dashboard and the kernels import
 it.
@@ -20,6 +23,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mahiax.store.attempts import Attempt
 
@@ -28,12 +32,20 @@ from mahiax.store.attempts import Attempt
 CLASS_URL_ENV = "MAHIAX_CLASS_URL"
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"  # the learner's server's token, set by JupyterHub
 SEND_TIMEOUT_S = 3.0  # a check cell waits at most this long for the class service
+FETCH_TIMEOUT_S = 5.0  # the class page waits at most this long for the summary
 ATTEMPTS_PATH = "api/attempts"  # under the service's prefix
+SUMMARY_PATH = "api/summary"  # instructors only
+EXPORT_PATHS = {"csv": "api/attempts.csv", "parquet": "api/attempts.parquet"}
 NO_REASON = "(no reason named)"  # a NOT YET whose checker named no reason
 
 
 class ClassServiceError(OSError):
-    """An attempt could not be sent to the class service; the message says why."""
+    """The class service could not be reached or refused a request; the message says why."""
+
+
+class NotAnInstructor(ClassServiceError):
+    """The class service answered 403 to a read of the class: the token's user is neither
+    a hub admin nor in the instructors' group (a learner opening the class page)."""
 
 
 # -- the summary --------------------------------------------------------------------------
@@ -158,7 +170,7 @@ class ClassService:
     """Where the class service is and the token to reach it with."""
 
     url: str  # the service's base URL, ending in "/"
-    token: str = field(repr=False)  # the learner's JupyterHub API token
+    token: str = field(repr=False)  # the server's JupyterHub API token (its user's)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ClassService | None:
@@ -195,12 +207,8 @@ def send_attempt(attempt: Attempt, service: ClassService | None = None, *,
         service.url + ATTEMPTS_PATH, data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"token {service.token}",
                  "Content-Type": "application/json"})
-    # the request carries the learner's token: to a service on this machine it goes straight
-    # there, never through an HTTP proxy the environment may name
-    local = urllib.parse.urlsplit(service.url).hostname in ("127.0.0.1", "localhost", "::1")
-    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
     try:
-        with opener.open(request, timeout=timeout_s) as response:
+        with _opener(service).open(request, timeout=timeout_s) as response:
             response.read()
     except urllib.error.HTTPError as e:
         raise ClassServiceError(f"the class service refused it ({e.code}: "
@@ -210,6 +218,88 @@ def send_attempt(attempt: Attempt, service: ClassService | None = None, *,
         raise ClassServiceError(f"the class service at {service.url} did not answer "
                                 f"({why})") from e
     return True
+
+
+def _opener(service: ClassService) -> urllib.request.OpenerDirector:
+    """An opener for requests to ``service``. They carry a hub token: to a service on this
+    machine they go straight there, never through an HTTP proxy the environment may name."""
+    local = urllib.parse.urlsplit(service.url).hostname in ("127.0.0.1", "localhost", "::1")
+    return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+
+
+# -- the instructor's side: read the class back -------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class SummaryReply:
+    """The class service's answer to a read of the summary."""
+
+    # the summary's JSON (ClassSummary.to_dict, and the instructors); None when unchanged
+    summary: dict[str, Any] | None
+    etag: str | None  # the service's ETag for it: sent back as If-None-Match next time
+    unchanged: bool  # the service answered 304: the summary is the one of ``etag``
+
+
+def _read_error(service: ClassService, url: str, e: Exception) -> ClassServiceError:
+    """The error to raise for a failed read of ``url``: :class:`NotAnInstructor` for a 403,
+    else a :class:`ClassServiceError` naming the status (or why nothing answered) and the
+    URL tried."""
+    if isinstance(e, urllib.error.HTTPError):
+        if e.code == 403:
+            return NotAnInstructor(_reason(e))
+        if e.code == 401:
+            return ClassServiceError(f"the class service at {url} did not accept this "
+                                     f"server's token (401: {_reason(e)})")
+        return ClassServiceError(f"the class service at {url} answered {e.code}: "
+                                 f"{_reason(e)}")
+    why = getattr(e, "reason", e)
+    return ClassServiceError(f"the class service at {url} did not answer ({why})")
+
+
+def fetch_summary(service: ClassService, *, etag: str | None = None,
+                  timeout_s: float = FETCH_TIMEOUT_S) -> SummaryReply:
+    """Read the class summary (``GET api/summary``) with the token of ``service``.
+
+    ``etag``: the ETag of the summary held already, sent as ``If-None-Match``; the service
+    then answers 304 without a body while the class is unchanged, so polling an idle class
+    costs almost nothing. Raises :class:`NotAnInstructor` when the token's user may not read
+    the class (403), :class:`ClassServiceError` naming the URL when the service refuses
+    otherwise, answers something that is not JSON, or does not answer within ``timeout_s``."""
+    url = service.url + SUMMARY_PATH
+    headers = {"Authorization": f"token {service.token}", "Accept": "application/json"}
+    if etag:
+        headers["If-None-Match"] = etag
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with _opener(service).open(request, timeout=timeout_s) as response:
+            body, got_etag = response.read(), response.headers.get("ETag")
+    except urllib.error.HTTPError as e:
+        if e.code == 304:
+            return SummaryReply(summary=None, etag=e.headers.get("ETag") or etag,
+                                unchanged=True)
+        raise _read_error(service, url, e) from e
+    except (urllib.error.URLError, OSError) as e:
+        raise _read_error(service, url, e) from e
+    try:
+        summary = json.loads(body)
+    except ValueError as e:
+        raise ClassServiceError(f"the class service at {url} answered something that is "
+                                f"not JSON ({e}): {body[:200]!r}") from e
+    if not isinstance(summary, dict) or not isinstance(summary.get("exercises"), list):
+        raise ClassServiceError(f"the class service at {url} answered JSON that is not a "
+                                f"class summary: {body[:200]!r}")
+    return SummaryReply(summary=summary, etag=got_etag, unchanged=False)
+
+
+def fetch_export(service: ClassService, kind: str = "csv", *,
+                 timeout_s: float = FETCH_TIMEOUT_S) -> bytes:
+    """Every attempt of the class as the service exports it (``kind``: ``csv`` or
+    ``parquet``), read with the token of ``service``. Raises as :func:`fetch_summary`."""
+    url = service.url + EXPORT_PATHS[kind]
+    request = urllib.request.Request(url, headers={"Authorization": f"token {service.token}"})
+    try:
+        with _opener(service).open(request, timeout=timeout_s) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError) as e:
+        raise _read_error(service, url, e) from e
 
 
 def _reason(e: urllib.error.HTTPError) -> str:

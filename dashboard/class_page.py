@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -161,8 +162,24 @@ def learner_table(summary: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LEARNER_COLUMNS)
 
 
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def md(text: str) -> str:
+    """``text`` as Markdown that shows it as it is: names, lessons, exercises and reasons
+    come from the learners' attempts, and ``st.table`` cells and ``st.markdown`` would
+    otherwise draw a learner's ``[link](...)``, image or formula on the instructor's page."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its text cells as :func:`md` (for ``st.table``, which reads Markdown)."""
+    return frame.apply(lambda column: column.map(md) if pd.api.types.is_string_dtype(column)
+                       else column)
+
+
 def _names(names: Sequence[str]) -> str:
-    return ", ".join(names) if names else "nobody"
+    return ", ".join(md(n) for n in names) if names else "nobody"
 
 
 # -- the page -----------------------------------------------------------------------------
@@ -244,18 +261,18 @@ def _draw(summary: dict[str, Any]) -> None:
         st.subheader("Per exercise")
         st.caption("NOT YET reasons: each trying learner's latest attempt, counted once per "
                    "reason; the most common first.")
-        st.table(exercise_table(summary).set_index(["lesson", "exercise"]))
+        st.table(_shown(exercise_table(summary)), hide_index=True)
         with st.expander("Who, per exercise"):
             for e in exercises:
-                st.markdown(f"**{e['lesson']} · {e['exercise']}**  \n"
+                st.markdown(f"**{md(e['lesson'])} · {md(e['exercise'])}**  \n"
                             f"passed: {_names(e['passed_learners'])}  \n"
                             f"trying: {_names(e['trying_learners'])}  \n"
                             f"not started: {_names(e['not_started_learners'])}")
                 for r in e["not_yet_reasons"]:
-                    st.markdown(f"- {r['count']}: {r['reason']}: {_names(r['learners'])}")
+                    st.markdown(f"- {r['count']}: {md(r['reason'])}: {_names(r['learners'])}")
     if summary.get("per_learner"):
         st.subheader("Per learner: where they are")
-        st.table(learner_table(summary).set_index("learner"))
+        st.table(_shown(learner_table(summary)), hide_index=True)
 
 
 def _export(service: ClassService) -> None:

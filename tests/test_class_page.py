@@ -14,11 +14,13 @@ service with (``mahiax.classroom.fetch_summary``, ``fetch_export``).
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("streamlit")
@@ -202,6 +204,12 @@ def _texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
+def _plain(frame):
+    """A table as the instructor reads it: its Markdown escapes (``class_page.md``) undone."""
+    return frame.apply(lambda c: c.map(lambda v: re.sub(r"\\(.)", r"\1", v))
+                       if pd.api.types.is_string_dtype(c) else c)
+
+
 def _try(learner: str, exercise: str, at: float, *reasons: str) -> Attempt:
     return Attempt(learner=learner, lesson=LESSON, exercise=exercise, passed=not reasons,
                    reasons=reasons, message="m", at=at)
@@ -219,13 +227,13 @@ def test_off_a_hub_the_class_is_the_local_learner_alone(monkeypatch, tmp_path):
     at = _render(monkeypatch, store)
     assert "Class" in _texts(at.title) and not at.error
     assert "the class is **ada** alone" in _texts(at.caption)
-    exercises, learners = (t.value for t in at.table)
-    assert exercises.reset_index().to_dict("records") == [
+    exercises, learners = (_plain(t.value) for t in at.table)
+    assert exercises.to_dict("records") == [
         {"lesson": LESSON, "exercise": "encode-multi-loss", "passed": 0, "trying": 1,
          "not started": 0, "NOT YET reasons (learners)": "1: retain_graph=True"},
         {"lesson": LESSON, "exercise": "retain-graph", "passed": 1, "trying": 0,
          "not started": 0, "NOT YET reasons (learners)": ""}]
-    (row,) = learners.reset_index().to_dict("records")
+    (row,) = learners.to_dict("records")
     assert (row["learner"], row["exercise"], row["verdict"], row["attempts"],
             row["exercises passed"]) == ("ada", "retain-graph", "PASS", 3, 1)
     assert "grace" not in exercises.to_string() + learners.to_string()
@@ -238,9 +246,26 @@ def test_off_a_hub_with_no_attempts_nothing_fails(monkeypatch, tmp_path):
     monkeypatch.setenv("JUPYTERHUB_USER", "ada")
     at = _render(monkeypatch, tmp_path / "empty" / "mahiax.sqlite")
     assert "No attempts yet" in _texts(at.info) and not at.error
-    (learners,) = (t.value for t in at.table)  # the learner, not started anywhere
-    assert learners.reset_index()[["learner", "verdict", "attempts"]].to_dict("records") == [
+    (learners,) = (_plain(t.value) for t in at.table)  # the learner, not started anywhere
+    assert learners[["learner", "verdict", "attempts"]].to_dict("records") == [
         {"learner": "ada", "verdict": "not started", "attempts": 0}]
+
+
+def test_a_learners_text_is_shown_as_text_not_drawn_as_markdown(monkeypatch, tmp_path):
+    """Lessons, exercises and reasons come from the learners' POSTs: a link or an image in
+    them is shown as typed on the instructor's page, never drawn."""
+    monkeypatch.delenv("MAHIAX_CLASS_URL", raising=False)
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada")
+    store = tmp_path / "mahiax.sqlite"
+    sneaky = "[click](http://example.invalid/) ![x](http://example.invalid/x.png) $x$"
+    record_attempt(_try("ada", sneaky, 1_000.0, "*bold* `code`"), store)
+    at = _render(monkeypatch, store)
+    exercises = at.table[0].value
+    assert class_page.md(sneaky) in set(exercises["exercise"])
+    assert _plain(exercises)["exercise"].tolist() == [sneaky]
+    assert exercises["NOT YET reasons (learners)"].tolist() == [class_page.md("1: *bold* `code`")]
+    assert class_page.md(sneaky) in _texts(at.markdown)  # the names on demand too
+    assert re.sub(r"\\(.)", r"\1", class_page.md(sneaky)) == sneaky
 
 
 def test_a_service_that_does_not_answer_is_named_with_the_url_tried(monkeypatch, tmp_path):

@@ -205,10 +205,10 @@ def _hub_class(service: ClassService) -> None:
         st.warning(f"{INSTRUCTORS_ONLY} The class service shows the class only to the "
                    "hub's admins and the group `mahiax-instructors`. Your own attempts are "
                    "on the **My attempts** page.")
-        st.caption(f"The service said: {view.error}")
+        st.caption(f"The service said: {md(view.error or '')}")
         return
     if view.error is not None:
-        st.error(f"Cannot read the class from the class service: {view.error}. URL tried: "
+        st.error(f"Cannot read the class from the class service: {md(view.error)}. URL tried: "
                  f"`{view.url}` ({CLASS_URL_ENV}={service.url}). The page asks again every "
                  f"{watch.WATCH_S:.0f} s.")
         if view.summary is not None:

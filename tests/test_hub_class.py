@@ -1,8 +1,8 @@
 """The class service on a real JupyterHub (``hub/jupyterhub_config.py``, ``hub/class_service.py``).
 
 The hub runs as in a workshop (configurable-http-proxy, free 127.0.0.1 ports, its state in a
-root-only temp folder) with three accounts made by ``hub/learners.py`` and removed afterwards:
-two learners and an assistant named in ``MAHIAX_HUB_INSTRUCTORS``; the admin has no system
+root-only temp folder) with four accounts made by ``hub/learners.py`` and removed afterwards:
+three learners and an assistant named in ``MAHIAX_HUB_INSTRUCTORS``; the admin has no system
 account. Tokens come from the hub's REST API: the admin's from its password, the others'
 requested by the admin, scoped as a learner's server token is (access to the class service).
 
@@ -14,9 +14,14 @@ requested by the admin, scoped as a learner's server token is (access to the cla
   by the hub; with that server's own environment (its token, ``MAHIAX_CLASS_URL``), as that
   learner, on the learners' interpreter, ``lessons.check`` records the attempt and the
   instructor sees it.
+- ``test_the_instructors_class_page_shows_each_check_and_refuses_a_learner``: the
+  assistant's dashboard (their server's, through the hub) open on the Class page in
+  Chromium while three learners' kernels check an exercise (the fix, a band-aid, the bug):
+  the page shows the class as it changes; a learner opening it is refused.
 
 Needs root (system users, the hub as root) and ``make hub-setup``; skipped where learners
-cannot enter the checkout, as ``tests/test_hub_e2e.py`` is.
+cannot enter the checkout, as ``tests/test_hub_e2e.py`` is. The class page's test also needs
+Debian's chromium (skipped without it).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -79,10 +85,11 @@ def _exists(name: str, db=pwd.getpwnam) -> bool:
 
 @pytest.fixture(scope="module")
 def accounts():
-    """Two learners and an assistant (system users of the learners' group), removed
+    """Three learners and an assistant (system users of the learners' group), removed
     afterwards even when a test fails; the group too, if this fixture made it."""
     tag = secrets.token_hex(3)
-    names = {"ada": f"mxc{tag}a", "bob": f"mxc{tag}b", "assistant": f"mxc{tag}t"}
+    names = {"ada": f"mxc{tag}a", "bob": f"mxc{tag}b", "cy": f"mxc{tag}c",
+             "assistant": f"mxc{tag}t"}
     group_was_there = _exists(learners.GROUP, grp.getgrnam)
     try:
         learners.add(list(names.values()))
@@ -110,11 +117,12 @@ def hub(tmp_path_factory, accounts):
     tmp = tmp_path_factory.mktemp("hub-class")
     state = tmp / "hub-state"
     admin, admin_password = f"mxc{secrets.token_hex(3)}i", secrets.token_urlsafe(40)
+    password = secrets.token_urlsafe(12)  # the workshop's, for sign-ins in Chromium
     port, class_port = free_port(), free_port()
     env = {
         **os.environ,
         "MAHIAX_HUB_STATE_DIR": str(state),
-        "MAHIAX_HUB_PASSWORD": secrets.token_urlsafe(12),
+        "MAHIAX_HUB_PASSWORD": password,
         "MAHIAX_HUB_ADMIN": admin,
         "MAHIAX_HUB_ADMIN_PASSWORD": admin_password,
         "MAHIAX_HUB_INSTRUCTORS": accounts["assistant"],
@@ -138,7 +146,7 @@ def hub(tmp_path_factory, accounts):
                                    "note": "class test"})
         assert status == 201, (status, body)
         yield {"base": base, "api": f"{base}/hub/api", "admin": admin,
-               "admin_token": body["token"], "state": state, "log": log,
+               "admin_token": body["token"], "state": state, "log": log, "password": password,
                "direct": f"http://127.0.0.1:{class_port}/services/{SERVICE}/",
                "proxied": f"{base}/services/{SERVICE}/"}
     finally:
@@ -297,43 +305,69 @@ def _server_process(uid: int):
     return None
 
 
+# a learner's exercise cell: lessons.check on one of the entry's candidates
+CHECK = """
+import json, sys, warnings
+from mahiax import bugs, lessons
+entry, candidate = sys.argv[1], sys.argv[2]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    result = lessons.check(entry, bugs.get(entry).candidates()[candidate])
+print(json.dumps({"holds": result.holds, "reasons": list(result.reasons),
+                   "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def _kernel_check(name: str, candidate: str, entry: str = "encode-multi-loss"):
+    """``lessons.check(entry, <candidate>)`` as ``name``'s kernel runs it: as that user, on
+    the learners' interpreter, in the environment their running server gives its kernels
+    (the server's own token, ``MAHIAX_CLASS_URL``), in ``LESSON``. Returns the process
+    (:func:`_kernel_result` reads its answer)."""
+    account = pwd.getpwnam(name)
+    server = _server_process(account.pw_uid)
+    assert server is not None, f"{name}'s server is not running"
+    env = server.environ()  # what the server gives its kernels
+    assert env["MAHIAX_CLASS_URL"].endswith(f"/services/{SERVICE}/")
+    return subprocess.Popen(
+        [str(RUNTIME / "venv" / "bin" / "python"), "-c", CHECK, entry, candidate],
+        env={**env, "JPY_SESSION_NAME": f"{account.pw_dir}/lessons/{LESSON}.ipynb"},
+        cwd=account.pw_dir, user=account.pw_uid, group=account.pw_gid, extra_groups=[],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kernel_result(proc: subprocess.Popen) -> dict:
+    """What a :func:`_kernel_check` printed: holds, reasons, warnings."""
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _start_servers(hub: dict, names: list[str]) -> None:
+    """Start the hub servers of ``names`` (as their sign-in would; a running one is kept)
+    and wait until each is ready."""
+    admin = hub["admin_token"]
+    for name in names:
+        assert _call("POST", f"{hub['api']}/users/{name}", admin)[0] in (201, 409)
+        status, body = _call("POST", f"{hub['api']}/users/{name}/server", admin)
+        assert status in (201, 202) or (status == 400 and "already running" in str(body)), \
+            (name, status, body)
+    deadline = time.monotonic() + 150 + 30 * len(names)  # a hang guard: cold JupyterLabs
+    for name in names:
+        while True:
+            status, user = _call("GET", f"{hub['api']}/users/{name}", admin)
+            if (user.get("servers") or {}).get("", {}).get("ready"):
+                break
+            assert time.monotonic() < deadline, (user, hub["log"].read_text()[-3000:])
+            time.sleep(1)
+
+
 @pytest.mark.timeout(300)
 def test_a_learners_kernel_sends_checks_with_its_servers_token(hub, accounts):
     ada = accounts["ada"]
     admin = hub["admin_token"]
     assert _call("DELETE", hub["direct"] + "api/attempts", admin)[0] == 200  # a clean class
-    assert _call("POST", f"{hub['api']}/users/{ada}", admin)[0] in (201, 409)
-    status, body = _call("POST", f"{hub['api']}/users/{ada}/server", admin)
-    assert status in (201, 202), (status, body)
-    deadline = time.monotonic() + 150  # a hang guard: a cold JupyterLab on a busy machine
-    while True:
-        status, user = _call("GET", f"{hub['api']}/users/{ada}", admin)
-        if (user.get("servers") or {}).get("", {}).get("ready"):
-            break
-        assert time.monotonic() < deadline, (user, hub["log"].read_text()[-3000:])
-        time.sleep(1)
-
-    account = pwd.getpwnam(ada)
-    server = _server_process(account.pw_uid)
-    assert server is not None
-    env = server.environ()  # what the server gives its kernels
-    assert env["MAHIAX_CLASS_URL"].endswith(f"/services/{SERVICE}/")
-    check = """
-import json, warnings
-from mahiax import bugs, lessons
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    result = lessons.check("encode-multi-loss", bugs.get("encode-multi-loss").candidates()["buggy"])
-print(json.dumps({"holds": result.holds, "reasons": list(result.reasons),
-                   "warnings": [str(w.message) for w in caught]}))
-"""
-    done = subprocess.run(
-        [str(RUNTIME / "venv" / "bin" / "python"), "-c", check],
-        env={**env, "JPY_SESSION_NAME": f"{account.pw_dir}/lessons/{LESSON}.ipynb"},
-        cwd=account.pw_dir, user=account.pw_uid, group=account.pw_gid,
-        extra_groups=[], capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    kernel = json.loads(done.stdout.strip().splitlines()[-1])
+    _start_servers(hub, [ada])
+    kernel = _kernel_result(_kernel_check(ada, "buggy"))
     assert not kernel["holds"] and kernel["reasons"] == ["one forward per loss"]
     assert not [w for w in kernel["warnings"] if "class page" in w], kernel["warnings"]
 
@@ -345,3 +379,120 @@ print(json.dumps({"holds": result.holds, "reasons": list(result.reasons),
     (mine,) = [p for p in got["per_learner"] if p["learner"] == ada]
     assert (mine["lesson"], mine["exercise"], mine["verdict"]) == (
         LESSON, "encode-multi-loss", "NOT YET")
+
+
+BAND_AID = "band-aid: one backward of the sum with retain_graph=True"
+# the page's st.table tables as drawn: per table, its rows of cell texts (the heading first)
+TABLES = """() => [...document.querySelectorAll('[data-testid="stTable"] table')].map(t =>
+  [...t.querySelectorAll('tr')].map(r => [...r.querySelectorAll('th, td')]
+    .map(c => c.innerText.trim())))"""
+
+
+def _tables(page) -> list[list[dict[str, str]]]:
+    """The page's tables as the instructor reads them: one dict per row, by heading."""
+    tables = []
+    for head, *rows in page.evaluate(TABLES):
+        tables.append([dict(zip(head, row, strict=True)) for row in rows])
+    return tables
+
+
+def _class_page(browser, hub: dict, name: str):
+    """Sign in to the hub as ``name`` (the workshop password) straight onto the Class page
+    of their dashboard (the "MAHIA-X dashboard" tile's address, served by their running
+    server through the hub), and wait for its title; returns (context, page). JupyterLab is
+    never opened, so no request of its own is cut off when the test moves on."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    page.goto(f"{hub['base']}/hub/login?" + urllib.parse.urlencode(
+        {"next": f"/user/{name}/mahiax-dashboard/class"}))
+    page.fill("#username_input", name)
+    page.fill("#password_input", hub["password"])
+    page.click("#login_submit")
+    page.wait_for_url(f"**/user/{name}/mahiax-dashboard/class**", timeout=150_000)
+    page.get_by_role("heading", name="Class", exact=True).wait_for(timeout=150_000)
+    return ctx, page
+
+
+@pytest.mark.timeout(600)
+def test_the_instructors_class_page_shows_each_check_and_refuses_a_learner(hub, accounts):
+    """Three learners check encode-multi-loss in their own kernels (the fix, the band-aid,
+    the bug) while the instructor's Class page is open in Chromium: it shows, without a
+    reload, 1 passed and 2 trying, the two NOT YET reasons with their counts, and where each
+    learner is. A learner opening the page is told it is for the instructors and sees no
+    one's attempts."""
+    from tests.servers import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"the class page test needs Debian's chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ada, bob, cy, assistant = (accounts[k] for k in ("ada", "bob", "cy", "assistant"))
+    assert _call("DELETE", hub["direct"] + "api/attempts", hub["admin_token"])[0] == 200
+    _start_servers(hub, [ada, bob, cy, assistant])
+    shots = ARTIFACTS / "class-page"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=CHROMIUM_ARGS)
+        try:
+            ctx, teacher = _class_page(browser, hub, assistant)
+            teacher.get_by_text("No attempts yet").wait_for(timeout=60_000)
+            teacher.locator('[data-testid="stTable"]').first.wait_for(timeout=60_000)
+            (before,) = _tables(teacher)  # only the learners: no exercise tried yet
+            where = {r["learner"]: r["verdict"] for r in before}
+            assert {where.get(n) for n in (ada, bob, cy)} == {"not started"}, where
+            assert assistant not in where, "an instructor is not the class"
+            # the page is in the dashboard's menu on the hub
+            assert teacher.locator('[data-testid="stSidebarNav"]').get_by_text(
+                "Class", exact=True).count() == 1
+
+            # each learner checks in their own kernel, with their own server's token
+            kernels = {ada: _kernel_check(ada, "fixed"), bob: _kernel_check(bob, BAND_AID),
+                       cy: _kernel_check(cy, "buggy")}
+            answers = {n: _kernel_result(k) for n, k in kernels.items()}
+            assert [(answers[n]["holds"], answers[n]["reasons"]) for n in (ada, bob, cy)] == [
+                (True, []), (False, ["retain_graph=True"]), (False, ["one forward per loss"])]
+            for n, answer in answers.items():
+                assert not [w for w in answer["warnings"] if "class page" in w], (n, answer)
+
+            # the open page shows them within a few seconds (its watch asks every 3 s)
+            deadline = time.monotonic() + 45  # a hang guard, not a speed check
+            while True:
+                tables = _tables(teacher)
+                rows = [r for r in (tables[0] if len(tables) == 2 else [])
+                        if r["exercise"] == "encode-multi-loss"]
+                if rows and (rows[0]["passed"], rows[0]["trying"]) == ("1", "2"):
+                    break
+                assert time.monotonic() < deadline, (tables, teacher.locator("body")
+                                                     .inner_text()[-2000:])
+                time.sleep(0.5)
+            teacher.screenshot(path=str(shots / "instructor.png"), full_page=True)
+            exercises, learners_ = tables
+            (encode,) = rows
+            assert (encode["lesson"], encode["passed"], encode["trying"],
+                    encode["not started"]) == (LESSON, "1", "2", "0"), encode
+            assert encode["NOT YET reasons (learners)"] == (
+                "1: one forward per loss · 1: retain_graph=True"), encode
+            place = {r["learner"]: r for r in learners_}
+            assert assistant not in place
+            for name, verdict, why in [(ada, "PASS", ""), (bob, "NOT YET", "retain_graph=True"),
+                                       (cy, "NOT YET", "one forward per loss")]:
+                row = place[name]
+                assert (row["lesson"], row["exercise"], row["verdict"], row["why not"],
+                        row["attempts"]) == (LESSON, "encode-multi-loss", verdict, why, "1"), row
+                assert row["when"], row
+            assert teacher.get_by_role("button", name="Export every attempt (CSV)").count() == 1
+            ctx.close()
+
+            # a learner opening the page: the message, no one's attempts
+            ctx, learner = _class_page(browser, hub, bob)
+            learner.get_by_text("This page is for the workshop's instructors.").wait_for(
+                timeout=60_000)
+            learner.wait_for_timeout(2000)  # anything else the page would draw is drawn by now
+            learner.screenshot(path=str(shots / "learner.png"), full_page=True)
+            text = learner.locator('[data-testid="stMain"]').inner_text()
+            for other in (ada, cy, "encode-multi-loss", "retain_graph=True", "Per learner"):
+                assert other not in text, (other, text)
+            assert learner.locator('[data-testid="stTable"]').count() == 0
+            ctx.close()
+        finally:
+            browser.close()

@@ -25,7 +25,6 @@ Needs root (it creates system users and runs the hub as root) and Debian's chrom
 from __future__ import annotations
 
 import grp
-import importlib.util
 import json
 import os
 import pwd
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hub_env import learners, skip_unless_learners_can_enter_the_checkout
 from tests.notebook_env import ROOT
 from tests.servers import (
     CHROMIUM,
@@ -63,18 +63,7 @@ TILE = "MAHIA-X dashboard"
 
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"hub_{name}", ROOT / "hub" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-learners, runtime = _load("learners"), _load("runtime")
-if runtime.unreachable(ROOT) is not None:
-    pytest.skip(f"learner accounts cannot enter {runtime.unreachable(ROOT)}, so a hub cannot "
-                f"serve the lab from this checkout ({ROOT}); a hub needs a checkout every "
-                "user can read", allow_module_level=True)
+skip_unless_learners_can_enter_the_checkout()
 
 # runs code in the open notebook's kernel; returns its reply status and printed text
 EXECUTE = """async (code) => {

@@ -5,14 +5,17 @@ On a JupyterHub the dashboard's server has ``MAHIAX_CLASS_URL`` (the class servi
 summary from the service with that token (:func:`mahiax.classroom.fetch_summary`). Per
 lesson and exercise: how many learners passed, are trying, have not started (names on
 demand), and the NOT YET reasons of those trying, grouped with their counts, most common
-first; per learner: their latest attempt (lesson, exercise, verdict, reasons, when); and an
-export of every attempt as CSV. The service answers only the hub's admins and the
-``mahiax-instructors`` group: a learner opening the page is told it is for the instructors
-(403), and sees nothing of the class.
+first; per learner: their latest attempt (lesson, exercise, verdict, reasons, when); the
+class's runs overlaid, one colour per learner (what each learner's latest check of an
+exercise measured per step: MaxVio for router-collapse, graph nodes and memory for the
+memory entries); and an export of every attempt as CSV. The service answers only the hub's
+admins and the ``mahiax-instructors`` group: a learner opening the page is told it is for
+the instructors (403), and sees nothing of the class.
 
 Cost: every session of the server shares one read of the summary (:func:`class_view`: at
 most one request per SHARE_S, whoever asks), sent with the ETag of the summary held, so an
-unchanged class costs a 304 without a body. While the page is open, its watch
+unchanged class costs a 304 without a body; the measured series are read only when the
+summary changed (a new attempt). While the page is open, its watch
 (``dashboard/watch.py``) asks every WATCH_S and redraws the page only when the summary (its
 ETag) or the service's state changed; a closed page asks nothing.
 
@@ -35,17 +38,20 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, watch
+from dashboard import charts, data, watch
 from dashboard.state import LIVE_KEY, STORE_KEY
 from mahiax.classroom import (
     CLASS_URL_ENV,
     SUMMARY_PATH,
     ClassService,
     ClassServiceError,
+    LearnerSeries,
     NotAnInstructor,
     class_summary,
     fetch_export,
+    fetch_series,
     fetch_summary,
+    latest_series,
 )
 from mahiax.store import NotAStoreError, StoreError
 from mahiax.store.attempts import current_learner
@@ -56,6 +62,7 @@ EXERCISE_COLUMNS = ["lesson", "exercise", "passed", "trying", "not started",
 LEARNER_COLUMNS = ["learner", "lesson", "exercise", "verdict", "why not", "when", "attempts",
                    "exercises passed"]
 INSTRUCTORS_ONLY = "This page is for the workshop's instructors."
+SERIES_KEY = "class_series_exercise"  # the exercise whose runs are overlaid
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +75,9 @@ class ClassView:
     read_at: float | None  # when the summary was read or confirmed unchanged (Unix s)
     error: str | None = None  # why the last read failed (the summary is then the last one)
     not_instructor: bool = False  # 403: the server's user may not read the class
+    # each learner's latest measured series per exercise, read with the summary
+    series: tuple[LearnerSeries, ...] = ()
+    series_error: str | None = None  # why they could not be read (the summary still shows)
 
     @property
     def signature(self) -> tuple[str | None, str | None, bool]:
@@ -114,16 +124,23 @@ def class_view(service: ClassService, *, share_s: float = SHARE_S) -> ClassView:
                              not_instructor=True)
         except ClassServiceError as e:
             view = ClassView(url=url, summary=held.summary if held else None,
-                             etag=etag, read_at=held.read_at if held else None, error=str(e))
+                             etag=etag, read_at=held.read_at if held else None, error=str(e),
+                             series=held.series if held else ())
         else:
             if reply.unchanged and held is not None and held.error is None:
                 view = held  # the same summary: the page keeps what it drew
             elif reply.unchanged and held is not None:
                 view = ClassView(url=url, summary=held.summary, etag=held.etag,
-                                 read_at=time.time())
-            else:
+                                 read_at=time.time(), series=held.series,
+                                 series_error=held.series_error)
+            else:  # a new summary: someone checked, so the series may have moved too
+                series, series_error = (), None
+                try:
+                    series = fetch_series(service)
+                except ClassServiceError as e:
+                    series_error = str(e)
                 view = ClassView(url=url, summary=reply.summary, etag=reply.etag,
-                                 read_at=time.time())
+                                 read_at=time.time(), series=series, series_error=series_error)
         feed.view, feed.asked_at = view, time.monotonic()
         return view
 
@@ -218,6 +235,9 @@ def _hub_class(service: ClassService) -> None:
                    f"{_when(view.read_at)}. While this page is open it asks again every "
                    f"{watch.WATCH_S:.0f} s and redraws when the class changed.")
         _draw(view.summary)
+        if view.series_error is not None:
+            st.warning(f"The class's measured runs could not be read: {md(view.series_error)}")
+        _overlay(view.series)
         _export(service)
     if st.session_state.get(LIVE_KEY, True):
         watch.watch(lambda: class_view(service).signature, view.signature)
@@ -235,7 +255,7 @@ def _local_class() -> None:
     version = None
     try:
         version = data.attempts_version(path)
-        attempts = data.learner_attempts(path, learner, version)
+        attempts = data.learner_attempts(path, learner, version, series=True)
     except StoreError as e:
         if isinstance(e, NotAStoreError):
             st.error(f"Cannot read the run store at `{path}`: {e}. Point `MAHIAX_STORE` at a "
@@ -244,6 +264,7 @@ def _local_class() -> None:
             st.error(f"Cannot read the run store at `{path}`: {e}")
     else:
         _draw(class_summary(attempts, [learner]).to_dict())
+        _overlay(latest_series(attempts))
     if st.session_state.get(LIVE_KEY, True):
         watch.watch(lambda: data.attempts_version(path), version)
 
@@ -273,6 +294,42 @@ def _draw(summary: dict[str, Any]) -> None:
     if summary.get("per_learner"):
         st.subheader("Per learner: where they are")
         st.table(_shown(learner_table(summary)), hide_index=True)
+
+
+def series_frames(series: Sequence[LearnerSeries], lesson: str, exercise: str,
+                  name: str) -> dict[str, pd.DataFrame]:
+    """Series ``name`` of each learner's latest measured check of (``lesson``,
+    ``exercise``), as :func:`charts.run_lines` overlays runs: learner (and verdict) -> frame
+    (index step, one column ``name``), by learner."""
+    frames = {}
+    for s in series:
+        if (s.lesson, s.exercise) == (lesson, exercise) and name in s.series:
+            points = s.series[name]
+            frames[f"{s.learner} ({'PASS' if s.passed else 'NOT YET'})"] = pd.DataFrame(
+                {name: [v for _, v in points]},
+                index=pd.Index([step for step, _ in points], name="step"))
+    return frames
+
+
+def _overlay(series: Sequence[LearnerSeries]) -> None:
+    """The class's runs of one exercise overlaid, one colour per learner: each learner's
+    latest check that measured something per step; the exercise picked, by default the one
+    last checked."""
+    if not series:
+        return
+    st.subheader("The class's runs, overlaid")
+    exercises = sorted({(s.lesson, s.exercise) for s in series})
+    newest = max(series, key=lambda s: s.at)
+    lesson, exercise = st.selectbox(
+        "exercise", exercises, index=exercises.index((newest.lesson, newest.exercise)),
+        format_func=lambda e: f"{e[0]} · {e[1]}", key=SERIES_KEY,
+        help="What each learner's latest check of this exercise measured per step")
+    names = list(dict.fromkeys(n for s in series if (s.lesson, s.exercise) == (lesson, exercise)
+                               for n in s.series))
+    for name in names:
+        frames = series_frames(series, lesson, exercise, name)
+        st.plotly_chart(charts.run_lines(frames, f"{exercise}: {name}", name),
+                        width="stretch", key=f"class_series_{lesson}_{exercise}_{name}")
 
 
 def _export(service: ClassService) -> None:

@@ -69,12 +69,14 @@ def attempts_version(path: str) -> tuple[int, int]:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def learner_attempts(path: str, learner: str, version: tuple[int, int]) -> list[Attempt]:
-    """``learner``'s attempts in the store, oldest first, read once per ``version``
-    (:func:`attempts_version`): attempts are only ever appended, so an equal version means
-    the same attempts, and a page redrawn without a new check reads nothing."""
+def learner_attempts(path: str, learner: str, version: tuple[int, int],
+                     series: bool = False) -> list[Attempt]:
+    """``learner``'s attempts in the store, oldest first (``series``: with what each check
+    measured per step), read once per ``version`` (:func:`attempts_version`): attempts are
+    only ever appended, so an equal version means the same attempts, and a page redrawn
+    without a new check reads nothing."""
     del version  # the cache key: read again only when the attempts changed
-    return read_attempts(path, learner=learner)
+    return read_attempts(path, learner=learner, series=series)
 
 
 def run_info(path: str, name: str) -> dict:

@@ -16,6 +16,9 @@ user and to learners' server tokens). Without a token, or with one the hub does 
                                  naming anyone else is refused, 403). 201.
 ``GET    api/summary``           the class summary (:func:`mahiax.classroom.class_summary`),
                                  JSON. Instructors only.
+``GET    api/series``            per exercise, each learner's latest attempt that carries what
+                                 its check measured per step (:func:`mahiax.classroom.
+                                 latest_series`), JSON. Instructors only.
 ``GET    api/attempts.csv``      every attempt, CSV. Instructors only.
 ``GET    api/attempts.parquet``  the same, Parquet. Instructors only.
 ``DELETE api/attempts``          delete every attempt (``?learner=NAME``: only theirs).
@@ -42,7 +45,6 @@ import logging
 import os
 import pwd
 import signal
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,23 +55,20 @@ from jupyterhub.services.auth import HubAuth, HubAuthenticated, UserNotAllowed
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from mahiax.classroom import ATTEMPTS_PATH, class_summary
-from mahiax.store.attempts import Attempt, read_attempts, record_attempt
-from mahiax.store.connection import (
-    DEFAULT_BUSY_TIMEOUT_S,
-    connect_writer,
-    write_transaction,
-)
+from mahiax.classroom import ATTEMPTS_PATH, SERIES_PATH, class_summary, latest_series
+from mahiax.store.attempts import Attempt, delete_attempts, read_attempts, record_attempt
 
 log = logging.getLogger("mahiax.class_service")
 
 INSTRUCTORS_GROUP = "mahiax-instructors"
 LEARNERS_GROUP = "mahiax-learners"
-MAX_BODY = 64 * 1024  # an attempt is a few hundred bytes; anything this large is not one
+# an attempt is a few hundred bytes, a few KB with its series (at most 4 x 200 points);
+# anything this large is not one
+MAX_BODY = 64 * 1024
 MAX_REASONS = 32
 ROSTER_TTL_S = 15.0  # how long the list of the hub's users is reused
 # what a POST body may hold; the learner is the token's user and the time the service's
-FIELDS = {"learner", "lesson", "exercise", "passed", "reasons", "message"}
+FIELDS = {"learner", "lesson", "exercise", "passed", "reasons", "message", "series"}
 REQUIRED = ("lesson", "exercise", "passed")
 CSV_COLUMNS = ["learner", "lesson", "exercise", "verdict", "reasons", "message", "at", "when"]
 
@@ -93,6 +92,7 @@ class ClassState:
     version: int = 0  # bumped by every write: the summary is recomputed only when it moves
     _roster: tuple[float, tuple[str, ...], tuple[str, ...]] | None = None  # at, class, teach
     _summary: tuple[object, bytes] | None = None  # (key, JSON)
+    _series: tuple[object, bytes] | None = None  # (key, JSON)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def is_instructor(self, model: dict[str, Any]) -> bool:
@@ -158,27 +158,27 @@ class ClassState:
                 self._summary = (key, json.dumps(body).encode())
             return self._summary[1]
 
+    async def series_json(self) -> bytes:
+        """Each learner's latest measured series per exercise as JSON, recomputed only when
+        an attempt or the roster changed."""
+        async with self._lock:
+            _, teach = await self.roster()
+            key = (self.version, teach)
+            if self._series is None or self._series[0] != key:
+                attempts = read_attempts(self.store, series=True)
+                body = {"series": [s.to_dict() for s in latest_series(attempts, exclude=teach)],
+                        "version": self.version}
+                self._series = (key, json.dumps(body).encode())
+            return self._series[1]
+
     def record(self, attempt: Attempt) -> None:
         record_attempt(attempt, self.store)
         self.version += 1
 
     def delete(self, learner: str | None = None) -> int:
-        """Delete every attempt (``learner``: only theirs); returns how many."""
-        conn = connect_writer(self.store)
-        try:
-            with write_transaction(conn, self.store, DEFAULT_BUSY_TIMEOUT_S):
-                try:
-                    if learner is None:
-                        gone = conn.execute("DELETE FROM attempts").rowcount
-                    else:
-                        gone = conn.execute("DELETE FROM attempts WHERE learner = ?",
-                                            (learner,)).rowcount
-                except sqlite3.OperationalError as e:
-                    if "no such table" not in str(e):
-                        raise
-                    gone = 0
-        finally:
-            conn.close()
+        """Delete every attempt (``learner``: only theirs), with its series; returns how
+        many."""
+        gone = delete_attempts(self.store, learner)
         self.version += 1
         return gone
 
@@ -250,6 +250,16 @@ class SummaryHandler(_Handler):
         self.finish(await self.state.summary_json())
 
 
+class SeriesHandler(_Handler):
+    async def get(self) -> None:
+        """What the learners' latest checks measured per step, for the class page to
+        overlay; 304 to an unchanged ``If-None-Match``, as the summary."""
+        self.instructor_only()
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-cache, private")
+        self.finish(await self.state.series_json())
+
+
 class ExportHandler(_Handler):
     async def get(self, kind: str) -> None:
         """Every attempt, as CSV or Parquet, for the instructor to keep or hand on."""
@@ -307,7 +317,7 @@ def parse_attempt(body: bytes, learner: str) -> Attempt:
     try:
         return Attempt(learner=learner, lesson=data["lesson"], exercise=data["exercise"],
                        passed=data["passed"], reasons=tuple(reasons), message=message,
-                       at=time.time())
+                       at=time.time(), series=data.get("series") or {})
     except ValueError as e:
         raise Refused(400, str(e)) from None
 
@@ -342,6 +352,7 @@ def make_app(state: ClassState, prefix: str) -> web.Application:
         (prefix + ATTEMPTS_PATH, AttemptsHandler),
         (prefix + r"api/attempts\.(csv|parquet)", ExportHandler),
         (prefix + "api/summary", SummaryHandler),
+        (prefix + SERIES_PATH, SeriesHandler),
     ]
     return web.Application([(path, handler, {"state": state}) for path, handler in routes])
 

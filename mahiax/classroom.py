@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mahiax.store.attempts import Attempt
+from mahiax.store.attempts import MAX_SERIES, Attempt, Series, series_json, thin_series
 
 # where a learner's server finds the class service: the hub's config sets it for every
 # learner's server (hub/jupyterhub_config.py), e.g. http://127.0.0.1:8002/services/mahiax-class/
@@ -35,6 +35,7 @@ SEND_TIMEOUT_S = 3.0  # a check cell waits at most this long for the class servi
 FETCH_TIMEOUT_S = 5.0  # the class page waits at most this long for the summary
 ATTEMPTS_PATH = "api/attempts"  # under the service's prefix
 SUMMARY_PATH = "api/summary"  # instructors only
+SERIES_PATH = "api/series"  # instructors only
 EXPORT_PATHS = {"csv": "api/attempts.csv", "parquet": "api/attempts.parquet"}
 NO_REASON = "(no reason named)"  # a NOT YET whose checker named no reason
 
@@ -164,6 +165,79 @@ def class_summary(attempts: Iterable[Attempt], roster: Iterable[str] = (), *,
                         per_learner=per_learner, attempts=len(ordered))
 
 
+# -- what the checks measured, per step -------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class LearnerSeries:
+    """One learner's latest attempt on one exercise that carries series, for the class
+    page's overlay of the class's runs."""
+
+    learner: str
+    lesson: str
+    exercise: str
+    passed: bool
+    at: float
+    series: dict[str, Series]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"learner": self.learner, "lesson": self.lesson, "exercise": self.exercise,
+                "verdict": "PASS" if self.passed else "NOT YET", "at": self.at,
+                "series": series_json(self.series)}
+
+
+def latest_series(attempts: Iterable[Attempt], *,
+                  exclude: Iterable[str] = ()) -> tuple[LearnerSeries, ...]:
+    """Per (lesson, exercise) and learner (less ``exclude``, the instructors), the latest
+    attempt that carries series; by lesson, exercise, then learner."""
+    excluded = set(exclude)
+    latest: dict[tuple[str, str, str], Attempt] = {}
+    for a in sorted(attempts, key=lambda a: a.at):
+        if a.series and a.learner not in excluded:
+            latest[(a.lesson, a.exercise, a.learner)] = a
+    return tuple(LearnerSeries(learner=a.learner, lesson=a.lesson, exercise=a.exercise,
+                               passed=a.passed, at=a.at, series=a.series)
+                 for _, a in sorted(latest.items()))
+
+
+def _points(values: Iterable[object], every: int = 1, first: int = 0,
+            ) -> list[tuple[int, float | None]]:
+    """(step, value) pairs of per-step readings (every ``every`` steps from ``first``),
+    thinned to what an attempt keeps."""
+    points = []
+    for i, v in enumerate(values):
+        value = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+        points.append((first + i * every, value))
+    return thin_series(points)
+
+
+def outcome_series(outcome: object) -> dict[str, Series]:
+    """What a check's run measured per step, as an attempt carries it (at most MAX_SERIES
+    series, thinned): for router-collapse its MaxVio and task loss; for the other entries
+    the autograd graph's nodes, the live tensor memory (KiB) and the memory saved for
+    backward (KiB), where the run measured them over two steps or more. ``outcome`` is a
+    :class:`mahiax.bugs.Outcome`, read by its attributes (this module imports no torch)."""
+    found: dict[str, list[tuple[int, float | None]]] = {}
+    figures = getattr(outcome, "figures", None) or {}
+    per_step = figures.get("series") if isinstance(figures.get("series"), dict) else {}
+    for key, name in (("max_vio", "MaxVio"), ("task_loss", "task loss")):
+        values = per_step.get(key) or []
+        if len(values) >= 2 and all(isinstance(v, int | float) for v in values):
+            found[name] = _points(values)
+    nodes = list(getattr(outcome, "graph_nodes", None) or [])
+    if len(nodes) >= 2:
+        found["graph nodes"] = _points(nodes)
+    live = list(getattr(outcome, "tensor_bytes", None) or [])
+    if len(live) >= 2:
+        every = max(1, int(getattr(outcome, "memory_every", 1) or 1))
+        found["live tensors (KiB)"] = _points((b / 1024 for b in live), every)
+    saved = [(c.get("step"), c.get("saved")) for c in
+             (getattr(outcome, "memory_categories", None) or []) if isinstance(c, dict)]
+    saved = [(int(step), float(v) / 1024) for step, v in saved
+             if isinstance(step, int) and isinstance(v, int | float)]
+    if len(saved) >= 2:
+        found["saved for backward (KiB)"] = thin_series(saved)
+    return {name: tuple(points) for name, points in list(found.items())[:MAX_SERIES]}
+
+
 # -- the learner's side: send an attempt to the class service ---------------------------
 @dataclass(frozen=True, kw_only=True)
 class ClassService:
@@ -289,6 +363,29 @@ def fetch_summary(service: ClassService, *, etag: str | None = None,
     return SummaryReply(summary=summary, etag=got_etag, unchanged=False)
 
 
+def fetch_series(service: ClassService, *,
+                 timeout_s: float = FETCH_TIMEOUT_S) -> tuple[LearnerSeries, ...]:
+    """Each learner's latest measured series per exercise (``GET api/series``), read with
+    the token of ``service``. Raises as :func:`fetch_summary`."""
+    url = service.url + SERIES_PATH
+    request = urllib.request.Request(url, headers={"Authorization": f"token {service.token}",
+                                                   "Accept": "application/json"})
+    try:
+        with _opener(service).open(request, timeout=timeout_s) as response:
+            body = json.loads(response.read())
+        return tuple(LearnerSeries(learner=d["learner"], lesson=d["lesson"],
+                                   exercise=d["exercise"], passed=d["verdict"] == "PASS",
+                                   at=float(d["at"]),
+                                   series={k: tuple((int(p[0]), p[1]) for p in v)
+                                           for k, v in d["series"].items()})
+                     for d in body["series"])
+    except (urllib.error.URLError, OSError) as e:
+        raise _read_error(service, url, e) from e
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ClassServiceError(f"the class service at {url} answered JSON that is not the "
+                                f"class's series ({e})") from e
+
+
 def fetch_export(service: ClassService, kind: str = "csv", *,
                  timeout_s: float = FETCH_TIMEOUT_S) -> bytes:
     """Every attempt of the class as the service exports it (``kind``: ``csv`` or
@@ -312,19 +409,21 @@ def _reason(e: urllib.error.HTTPError) -> str:
 
 def record_learner_check(exercise: str, *, passed: bool, reasons: list[str] | tuple[str, ...],
                          message: str, store: str | os.PathLike | None = None,
+                         series: dict[str, Series] | None = None,
                          stacklevel: int = 2) -> Attempt:
     """Record a lesson's check of the learner's own fix, as every exercise does
     (:func:`mahiax.lessons.check`, the doctor exercises' ``check(..., record=True)``): in the
     learner's run store (:func:`mahiax.store.attempts.record_check`) and, on a hub, sent to
     the class service (:func:`send_attempt`). A store that cannot be written, or a class
     service that does not take the attempt, costs a warning pointing ``stacklevel`` frames up
-    (at the learner's cell), never the check's answer. Returns the attempt."""
+    (at the learner's cell), never the check's answer. ``series``: what the check measured
+    per step (:func:`outcome_series`), for the class page's overlay. Returns the attempt."""
     import warnings
 
     from mahiax.store.attempts import record_check
 
     attempt = record_check(exercise, passed=passed, reasons=reasons, message=message,
-                           store=store, stacklevel=stacklevel + 1)
+                           store=store, series=series, stacklevel=stacklevel + 1)
     try:
         send_attempt(attempt)
     except ClassServiceError as e:

@@ -371,7 +371,9 @@ def check(entry_id: str, candidate: object, *, store: str | Path | None = None,
           **kwargs: Any):
     """An exercise's check: :func:`mahiax.bugs.check` on your candidate (``kwargs`` go to
     it), and the attempt recorded in your run store (``store``: by default the one this
-    kernel writes) so that :func:`my_attempts` shows your history. Returns the
+    kernel writes), with what the check measured per step for the class page
+    (:func:`mahiax.classroom.outcome_series`), so that :func:`my_attempts` shows your
+    history. Returns the
     :class:`~mahiax.bugs.CheckResult`; print it to read PASS or NOT YET and why.
 
     On a JupyterHub with the class service (``MAHIAX_CLASS_URL``), the attempt is also sent
@@ -382,11 +384,12 @@ def check(entry_id: str, candidate: object, *, store: str | Path | None = None,
     service does not take the attempt within a few seconds, a warning says why and the
     result is returned all the same."""
     from mahiax import bugs
-    from mahiax.classroom import record_learner_check
+    from mahiax.classroom import outcome_series, record_learner_check
 
     result = bugs.check(entry_id, candidate, **kwargs)
     record_learner_check(entry_id, passed=result.holds, reasons=result.reasons,
-                         message=result.message, store=store, stacklevel=2)
+                         message=result.message, store=store,
+                         series=outcome_series(result.outcome), stacklevel=2)
     return result
 
 

@@ -13,6 +13,7 @@ service with (``mahiax.classroom.fetch_summary``, ``fetch_export``).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -51,7 +53,11 @@ class _Answers(ThreadingHTTPServer):
 
     summary: dict
     etag: str
+    series: list[dict]
     requests: list[dict[str, str]]
+
+    def reads(self, what: str = "api/summary") -> list[dict[str, str]]:
+        return [r for r in self.requests if r["path"].endswith(what)]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -82,6 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, json.dumps(self.server.summary).encode(), ETag=self.server.etag,
                            Content_Type="application/json")
+        elif self.path == PREFIX + "api/series":
+            self._send(200, json.dumps({"series": self.server.series}).encode(),
+                       Content_Type="application/json")
         elif self.path == PREFIX + "api/attempts.csv":
             self._send(200, b"learner,lesson\nada,04\n", Content_Type="text/csv")
         elif self.path == PREFIX + "broken/api/summary":
@@ -100,7 +109,7 @@ def _summary(passed: int) -> dict:
 @pytest.fixture
 def stand_in() -> Iterator[_Answers]:
     server = _Answers(("127.0.0.1", free_port()), _Handler)
-    server.summary, server.etag, server.requests = _summary(0), '"v1"', []
+    server.summary, server.etag, server.series, server.requests = _summary(0), '"v1"', [], []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -162,13 +171,20 @@ def test_sessions_share_one_read_and_an_unchanged_class_keeps_its_view(stand_in)
     service = _service(stand_in)
     first = class_page.class_view(service, share_s=60)
     assert class_page.class_view(service, share_s=60) is first
-    assert len(stand_in.requests) == 1, "a second session within share_s reads nothing"
+    assert len(stand_in.reads()) == 1, "a second session within share_s reads nothing"
+    assert len(stand_in.reads("api/series")) == 1, "the series read with a new summary"
     unchanged = class_page.class_view(service, share_s=0)
-    assert unchanged is first and stand_in.requests[-1]["If-None-Match"] == '"v1"'
+    assert unchanged is first and stand_in.reads()[-1]["If-None-Match"] == '"v1"'
+    assert len(stand_in.reads("api/series")) == 1, "an unchanged class: the series not read"
     stand_in.summary, stand_in.etag = _summary(2), '"v2"'
+    stand_in.series = [{"learner": "ada", "lesson": LESSON, "exercise": "router-collapse",
+                        "verdict": "PASS", "at": 5.0, "series": {"MaxVio": [[0, 4.0], [1, 2.5]]}}]
     changed = class_page.class_view(service, share_s=0)
     assert changed.signature != first.signature
     assert changed.summary["exercises"][0]["passed"] == 2
+    (ada,) = changed.series
+    assert (ada.learner, ada.exercise, ada.passed, ada.series) == (
+        "ada", "router-collapse", True, {"MaxVio": ((0, 4.0), (1, 2.5))})
 
     # the service stops answering: the error and the URL, over the last summary read
     stand_in.shutdown()
@@ -283,3 +299,115 @@ def test_a_class_url_without_a_token_says_so(monkeypatch, tmp_path):
     monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
     at = _render(monkeypatch, tmp_path / "mahiax.sqlite")
     assert "JUPYTERHUB_API_TOKEN is not" in _texts(at.error) and not at.table
+
+
+# -- the class's runs: what each check measured per step ----------------------------------
+
+
+def _measured(learner: str, exercise: str, at: float, values: list[float],
+              *reasons: str) -> Attempt:
+    return Attempt(learner=learner, lesson=LESSON, exercise=exercise, passed=not reasons,
+                   reasons=reasons, message="m", at=at,
+                   series={"MaxVio": [[i, v] for i, v in enumerate(values)]})
+
+
+def test_an_attempts_series_is_kept_in_a_side_table_and_read_only_when_asked(tmp_path):
+    import sqlite3
+
+    from mahiax.store.attempts import delete_attempts, read_attempts
+
+    store = tmp_path / "mahiax.sqlite"
+    record_attempt(_try("ada", "retain-graph", 1.0, "retain_graph=True"), store)
+    assert read_attempts(store, series=True)[0].series == {}, "no series yet: no side table"
+    tables = {r[0] for r in sqlite3.connect(store).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "attempt_series" not in tables, "a store of attempts without series is as before"
+    record_attempt(_measured("ada", "router-collapse", 2.0, [4.0, float("nan"), 0.5]), store)
+    plain, measured = read_attempts(store), read_attempts(store, series=True)
+    assert [a.series for a in plain] == [{}, {}], "not asked: the side table is not read"
+    assert measured[1].series == {"MaxVio": ((0, 4.0), (1, None), (2, 0.5))}
+    assert measured[1].to_dict()["series"] == {"MaxVio": [[0, 4.0], [1, None], [2, 0.5]]}
+    assert "series" not in measured[0].to_dict()
+    assert delete_attempts(store, "ada") == 2
+    assert sqlite3.connect(store).execute("SELECT count(*) FROM attempt_series").fetchone() \
+        == (0,)
+
+
+def test_a_series_is_bounded_and_thinned_to_its_ends_and_evenly_between():
+    from mahiax.store.attempts import MAX_POINTS, checked_series, thin_series
+
+    points = [(i, float(i)) for i in range(1000)]
+    kept = thin_series(points)
+    assert len(kept) == MAX_POINTS and kept[0] == (0, 0.0) and kept[-1] == (999, 999.0)
+    gaps = {b[0] - a[0] for a, b in zip(kept, kept[1:], strict=False)}
+    assert gaps <= {5, 6}, gaps
+    for bad, words in [({f"s{i}": [] for i in range(5)}, "at most 4 series"),
+                       ({"MaxVio": [[0, 1.0]] * (MAX_POINTS + 1)}, "at most 200"),
+                       ({"MaxVio": [[0.5, 1.0]]}, "a step is an integer"),
+                       ({"MaxVio": [[0, "x"]]}, "a value is a number"),
+                       ({"": [[0, 1.0]]}, "a series name"), ([1], "must be a dict")]:
+        with pytest.raises(ValueError, match=words):
+            checked_series(bad)
+
+
+def test_a_check_carries_what_it_measured_per_step():
+    from mahiax import bugs
+    from mahiax.classroom import outcome_series
+
+    collapse = bugs.check("router-collapse", bugs.get("router-collapse").candidates()["buggy"],
+                          steps=12)  # a short run: its steps, one point each
+    got = outcome_series(collapse.outcome)
+    per_step = collapse.outcome.figures["series"]
+    assert [v for _, v in got["MaxVio"]] == per_step["max_vio"]
+    assert [v for _, v in got["task loss"]] == pytest.approx(per_step["task_loss"])
+    assert [s for s, _ in got["MaxVio"]] == list(range(len(per_step["max_vio"])))
+    encode = bugs.check("encode-multi-loss", bugs.get("encode-multi-loss").candidates()["fixed"])
+    got = outcome_series(encode.outcome)
+    assert [v for _, v in got["graph nodes"]] == encode.outcome.graph_nodes
+    assert set(got) == {"graph nodes", "live tensors (KiB)", "saved for backward (KiB)"}
+
+
+def test_each_learners_latest_measured_check_per_exercise():
+    from mahiax.classroom import latest_series
+
+    got = latest_series([
+        _measured("ada", "router-collapse", 1.0, [4.0, 3.0], "MaxVio stays high"),
+        _measured("ada", "router-collapse", 3.0, [4.0, 0.2]),
+        _try("ada", "router-collapse", 4.0, "raises NotImplementedError"),  # measured nothing
+        _measured("bob", "router-collapse", 2.0, [4.0, 4.5], "MaxVio stays high"),
+        _measured("teach", "router-collapse", 2.0, [1.0, 1.0]),
+    ], exclude=["teach"])
+    assert [(s.learner, s.passed, s.series["MaxVio"][-1][1]) for s in got] == [
+        ("ada", True, 0.2), ("bob", False, 4.5)]
+
+
+def test_the_service_takes_an_attempts_series_within_its_limits():
+    from tests.test_classroom import _service_module
+
+    svc = _service_module()
+    body = {"lesson": LESSON, "exercise": "router-collapse", "passed": True, "reasons": [],
+            "message": "PASS", "series": {"MaxVio": [[0, 4.0], [1, 0.5]]}}
+    got = svc.parse_attempt(json.dumps(body).encode(), "ada")
+    assert got.series == {"MaxVio": ((0, 4.0), (1, 0.5))}
+    for series in ({"MaxVio": [[0, 1.0]] * 201}, {"MaxVio": "x"}, [1, 2]):
+        with pytest.raises(svc.Refused) as e:
+            svc.parse_attempt(json.dumps({**body, "series": series}).encode(), "ada")
+        assert e.value.status_code == 400, e.value.message
+    big = {f"s{i}": [[j, 1.0e-300 * j] for j in range(200)] for i in range(4)}
+    assert len(json.dumps({**body, "series": big})) < svc.MAX_BODY, "the largest series fit"
+
+
+def test_off_a_hub_the_page_overlays_the_learners_measured_runs(monkeypatch, tmp_path):
+    monkeypatch.delenv("MAHIAX_CLASS_URL", raising=False)
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada")
+    store = tmp_path / "mahiax.sqlite"
+    record_attempt(_measured("ada", "router-collapse", 1.0, [4.0, 3.9, 4.1], "MaxVio"), store)
+    record_attempt(_measured("ada", "router-collapse", 2.0, [4.0, 1.0, 0.3]), store)
+    at = _render(monkeypatch, store)
+    assert "The class's runs, overlaid" in _texts(at.subheader)
+    (chart,) = at.get("plotly_chart")
+    figure = json.loads(chart.proto.spec)
+    (trace,) = figure["data"]
+    y = trace["y"]  # plotly packs arrays: {"dtype": ..., "bdata": base64}
+    values = np.frombuffer(base64.b64decode(y["bdata"]), y["dtype"]) if "bdata" in y else y
+    assert trace["name"] == "ada (PASS)" and list(values) == [4.0, 1.0, 0.3]

@@ -230,9 +230,11 @@ def test_a_check_on_a_hub_reaches_the_class_service_with_the_learners_token(
     (sent,) = on_a_hub.requests
     assert sent["path"] == "/services/mahiax-class/api/attempts"
     assert sent["auth"] == "token adas-token"
+    series = sent["body"].pop("series")  # what the check measured per step (the graph ...)
     assert sent["body"] == {"learner": "ada", "lesson": LESSON, "exercise": "encode-multi-loss",
                             "passed": False, "reasons": ["one forward per loss"],
                             "message": result.message}
+    assert [v for _, v in series["graph nodes"]] == result.outcome.graph_nodes
     assert len(read_attempts()) == 1  # and in the learner's own store, as off a hub
 
 

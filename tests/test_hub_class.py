@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import grp
-import importlib.util
 import io
 import json
 import os
@@ -46,6 +45,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.hub_env import learners, skip_unless_learners_can_enter_the_checkout
 from tests.notebook_env import ROOT
 from tests.servers import free_port, stop, unexpected_tracebacks, wait_until_up
 
@@ -61,18 +61,7 @@ ACCESS = f"access:services!service={SERVICE}"
 LESSON = "04_retain_graph_and_encode"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"hub_{name}", ROOT / "hub" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-learners, runtime = _load("learners"), _load("runtime")
-if runtime.unreachable(ROOT) is not None:
-    pytest.skip(f"learner accounts cannot enter {runtime.unreachable(ROOT)}, so a hub cannot "
-                f"serve the lab from this checkout ({ROOT}); a hub needs a checkout every "
-                "user can read", allow_module_level=True)
+skip_unless_learners_can_enter_the_checkout()
 
 
 def _exists(name: str, db=pwd.getpwnam) -> bool:
@@ -417,9 +406,9 @@ def _class_page(browser, hub: dict, name: str):
 def test_the_instructors_class_page_shows_each_check_and_refuses_a_learner(hub, accounts):
     """Three learners check encode-multi-loss in their own kernels (the fix, the band-aid,
     the bug) while the instructor's Class page is open in Chromium: it shows, without a
-    reload, 1 passed and 2 trying, the two NOT YET reasons with their counts, and where each
-    learner is. A learner opening the page is told it is for the instructors and sees no
-    one's attempts."""
+    reload, 1 passed and 2 trying, the two NOT YET reasons with their counts, where each
+    learner is, and their checks' measured runs overlaid. A learner opening the page is told
+    it is for the instructors and sees no one's attempts."""
     from tests.servers import CHROMIUM, CHROMIUM_ARGS
 
     if not CHROMIUM.exists():
@@ -453,6 +442,13 @@ def test_the_instructors_class_page_shows_each_check_and_refuses_a_learner(hub, 
                 (True, []), (False, ["retain_graph=True"]), (False, ["one forward per loss"])]
             for n, answer in answers.items():
                 assert not [w for w in answer["warnings"] if "class page" in w], (n, answer)
+            # with what each check measured per step: instructors only
+            status, got = _call("GET", hub["direct"] + "api/series", hub["admin_token"])
+            assert status == 200 and {(s["learner"], s["exercise"]) for s in got["series"]} \
+                == {(n, "encode-multi-loss") for n in (ada, bob, cy)}, got
+            assert all("graph nodes" in s["series"] for s in got["series"]), got
+            status, got = _call("GET", hub["direct"] + "api/series", _token(hub, bob, [ACCESS]))
+            assert status == 403 and "not an instructor" in got["message"], got
 
             # the open page shows them within a few seconds (its watch asks every 3 s)
             deadline = time.monotonic() + 45  # a hang guard, not a speed check
@@ -481,6 +477,12 @@ def test_the_instructors_class_page_shows_each_check_and_refuses_a_learner(hub, 
                         row["attempts"]) == (LESSON, "encode-multi-loss", verdict, why, "1"), row
                 assert row["when"], row
             assert teacher.get_by_role("button", name="Export every attempt (CSV)").count() == 1
+            # the class's runs overlaid: one trace per learner, named with their verdict
+            chart = teacher.locator(".js-plotly-plot").first
+            chart.wait_for(timeout=30_000)
+            legend = set(chart.locator(".legendtext").evaluate_all(
+                "texts => texts.map(t => t.textContent)"))  # SVG text: no innerText
+            assert legend == {f"{ada} (PASS)", f"{bob} (NOT YET)", f"{cy} (NOT YET)"}, legend
             ctx.close()
 
             # a learner opening the page: the message, no one's attempts

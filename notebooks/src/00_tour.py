@@ -334,8 +334,10 @@ assert result.holds
 # %% [markdown]
 # **What is recorded.** Each exercise check of your own fix records one attempt: your user
 # name, the lesson, the exercise, `PASS` or `NOT YET` with the checker's short reason (such
-# as `retain_graph=True`), and when. It goes to your own run store; on the workshop hub also
-# to the instructor's class page, which only the instructor sees. The checks above are the
+# as `retain_graph=True`), when, and a few figures the check measured per step (graph
+# nodes, memory, MaxVio: the instructor overlays the class's runs). It goes to your own run
+# store; on the workshop hub also to the instructor's class page, which only the instructor
+# sees. The checks above are the
 # catalog's own candidates, not yours: `bugs.check` records nothing. To see your history:
 # `lessons.my_attempts()` (empty until your first exercise) or the dashboard's
 # **My attempts** page.

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mahiax import metric_keys as mk
 from mahiax.config import tiny
 from mahiax.store import RunWriter
 
@@ -28,7 +29,7 @@ def _store(path: Path) -> None:
     for r in range(RUNS):
         with RunWriter(f"run-{r:02d}", tiny().to_dict(), path=path) as w:
             for s in range(STEPS):
-                w.log({"loss": 1.0 / (s + 1), "optim/grad_norm": 0.5, "mem/rss": 1e8}, s)
+                w.log({mk.LOSS: 1.0 / (s + 1), mk.GRAD_NORM: 0.5, mk.MEM_RSS: 1e8}, s)
 
 
 def run(rounds: int = 7) -> dict:

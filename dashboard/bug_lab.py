@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data, processing, runs, slots, verdict_jobs, verdict_runs, watch
-from dashboard.state import INTERVAL_KEY, LIVE_KEY, STORE_KEY
+from dashboard.state import INTERVAL_KEY, LIVE_KEY
 from mahiax import metric_keys as mk
 from mahiax.store import StoreError
 
@@ -95,9 +95,8 @@ def request_variants(path: str, entry_id: str, steps: int,
 def bug_lab() -> None:
     """The page: pick an entry, read what it is about, run its variants, compare them."""
     st.title("Bug lab")
-    path = st.session_state.get(STORE_KEY)
+    path = data.session_store()
     if path is None:
-        st.error("No run store is configured.")
         return
     catalog = _catalog()
     ids = list(catalog)

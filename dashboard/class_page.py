@@ -39,7 +39,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data, watch
-from dashboard.state import LIVE_KEY, STORE_KEY
+from dashboard.state import LIVE_KEY
 from mahiax.classroom import (
     CLASS_URL_ENV,
     SUMMARY_PATH,
@@ -244,9 +244,8 @@ def _hub_class(service: ClassService) -> None:
 
 
 def _local_class() -> None:
-    path = st.session_state.get(STORE_KEY)
+    path = data.session_store()
     if path is None:
-        st.error("No run store is configured.")
         return
     learner = current_learner()
     st.caption(f"Not on a JupyterHub (no `{CLASS_URL_ENV}`): the class is **{learner}** "

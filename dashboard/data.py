@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dashboard.state import STORE_KEY
 from mahiax.store import RunReader, resolve_store_path
 from mahiax.store.attempts import Attempt, read_attempts
 from mahiax.store.attempts import attempts_version as read_attempts_version
@@ -235,3 +236,13 @@ def forget_run(path: str, name: str) -> None:
     """Drop the server's series of a run (it was deleted)."""
     with _series_lock:
         _series.pop((path, name), None)
+
+
+def session_store() -> str | None:
+    """The run store this session reads (the sidebar's choice); None, after saying so on the
+    page, when there is none. Every page starts from it."""
+    path = st.session_state.get(STORE_KEY)
+    if path is None:
+        st.error("No run store is configured.")
+    return path
+

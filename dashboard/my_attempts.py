@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data, watch
-from dashboard.state import LIVE_KEY, STORE_KEY
+from dashboard.state import LIVE_KEY
 from mahiax.store import NotAStoreError, StoreError
 from mahiax.store.attempts import Attempt, current_learner
 
@@ -71,9 +71,8 @@ def _store_error(path: str, e: StoreError) -> None:
 def my_attempts() -> None:
     """The page: the current learner's attempts and where each exercise stands."""
     st.title("My attempts")
-    path = st.session_state.get(STORE_KEY)
+    path = data.session_store()
     if path is None:
-        st.error("No run store is configured.")
         return
     learner = current_learner()
     st.caption(f"The exercise checks of **{learner}**, as the lessons recorded them in this "

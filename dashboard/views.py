@@ -29,7 +29,6 @@ from dashboard.state import (
     PAGE_KEY,
     POINTS_KEY,
     RUN_KEY,
-    STORE_KEY,
 )
 from mahiax import metric_keys as mk
 from mahiax.cadence import Cadence
@@ -183,9 +182,8 @@ def _page(title: str, body: Body) -> None:
     fragment that draws nothing (``dashboard/watch.py``), for the run list or a shown run's
     status to change (a resumed run, a new run), and redraws the whole page when one does."""
     st.title(title)
-    path = st.session_state.get(STORE_KEY)
+    path = data.session_store()
     if path is None:
-        st.error("No run store is configured.")
         return
     name = st.session_state.get(RUN_KEY)
     compared = _compared_names() if name is not None else []

@@ -44,3 +44,13 @@ def test_repo2docker_runs_the_start_script_that_sets_one_store_per_user(dockerfi
     out = subprocess.run([str(start), "sh", "-c", "echo $MAHIAX_STORE"], env=env,
                          capture_output=True, text=True, check=True, timeout=30).stdout
     assert out.strip() == f"{tmp_path}/runs/mahiax.sqlite"
+
+
+def test_binder_installs_pytorchs_cpu_build():
+    """A Binder session has no GPU: the pip section reads PyTorch's CPU wheel index before
+    PyPI, so torch==2.13.0 is its CPU build and none of the CUDA wheels are downloaded."""
+    env = [ln.strip() for ln in (ROOT / "environment.yml").read_text().splitlines()]
+    index = env.index("- --index-url https://download.pytorch.org/whl/cpu")
+    assert env.index("- --extra-index-url https://pypi.org/simple") > index
+    assert index < env.index("- torch==2.13.0")
+

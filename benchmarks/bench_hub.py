@@ -98,6 +98,7 @@ def class_page_costs(window_s: float = 12.0, reruns: int = 5) -> dict:
 
     from benchmarks.viewers import Viewers
     from dashboard.state import PAGE_KEY
+    from tests.notebook_env import environ_set
     from tests.servers import free_port, start_dashboard, stop, wait_until_up
 
     access = f"access:services!service={SERVICE}"
@@ -153,9 +154,7 @@ def class_page_costs(window_s: float = 12.0, reruns: int = 5) -> dict:
                         "MAHIAX_DASHBOARD_AUTOSTART": "0", "MAHIAX_STORE": str(tmp / "m.sqlite")}
 
             # the page's rerun, in this process (AppTest): a changed class, then an unchanged
-            saved = {k: os.environ.get(k) for k in page_env}
-            os.environ.update(page_env)
-            try:
+            with environ_set(page_env):
                 at = AppTest.from_file(str(ROOT / "dashboard" / "streamlit_app.py"),
                                        default_timeout=120)
                 at.session_state[PAGE_KEY] = "class"
@@ -173,12 +172,6 @@ def class_page_costs(window_s: float = 12.0, reruns: int = 5) -> dict:
                     unchanged.append(time.perf_counter() - t0)
                     assert not at.exception, [e.value for e in at.exception]
                 assert at.table, "the class page drew no table"
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
 
             # idle instructor views of the served page
             dashboard, url = start_dashboard(tmp / "m.sqlite", tmp / "streamlit.log",

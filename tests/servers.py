@@ -163,15 +163,21 @@ NOTEBOOK_STATE = """() => {
 }"""
 
 
+def wait_for_idle_kernel(page: Any, *, timeout_ms: float) -> None:
+    """Wait until the notebook open in ``page`` shows its code cells and its kernel is idle
+    (started, nothing running). The timeout is a hang guard."""
+    page.wait_for_function(
+        f"(() => {{ const s = ({NOTEBOOK_STATE})(); "
+        f"return s && s.code > 0 && s.kernel === 'idle'; }})", timeout=timeout_ms)
+
+
 def run_all_cells(page: Any, *, ready_timeout_ms: float, run_timeout_ms: float,
                   what: str = "the notebook") -> dict:
     """In the notebook open in ``page`` (a Playwright page on JupyterLab): wait for its kernel
     to be idle, "Run All Cells", wait until every code cell has run or one raised, and
     assert that every cell ran and none raised. Returns the notebook's state
     (:data:`NOTEBOOK_STATE`). The timeouts are hang guards."""
-    page.wait_for_function(
-        f"(() => {{ const s = ({NOTEBOOK_STATE})(); "
-        f"return s && s.code > 0 && s.kernel === 'idle'; }})", timeout=ready_timeout_ms)
+    wait_for_idle_kernel(page, timeout_ms=ready_timeout_ms)
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     page.wait_for_function(
         f"(() => {{ const s = ({NOTEBOOK_STATE})(); "
@@ -181,6 +187,58 @@ def run_all_cells(page: Any, *, ready_timeout_ms: float, run_timeout_ms: float,
     assert state["errors"] == [], (what, state["errors"])
     assert state["ran"] == state["code"], (what, state)
     return state
+
+
+# In the open notebook: cell ``i``'s source replaced by ``source`` (when given, as the
+# learner's typing leaves it), then that cell made the active one and run with JupyterLab's
+# own "Run Selected Cell" command.
+RUN_CELL = """async ([i, source]) => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const cell = panel.content.widgets[i];
+  if (source !== null) cell.model.sharedModel.setSource(source);
+  panel.content.activeCellIndex = i;
+  panel.content.deselectAll();
+  await window.jupyterapp.commands.execute('notebook:run-cell');
+}"""
+
+# Cell ``i`` of the open notebook once it has run and the kernel is idle again: its
+# execution count, source and outputs (stream text, results' plain text, errors).
+CELL_DONE = """([i, before]) => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const cell = panel.content.widgets[i];
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  const count = cell.model.executionCount;
+  if (!count || count === before || !kernel || kernel.status !== 'idle') return null;
+  const out = [];
+  for (const o of cell.model.outputs.toJSON()) {
+    if (o.output_type === 'stream') out.push([].concat(o.text).join(''));
+    if (o.output_type === 'error') out.push(o.ename + ': ' + o.evalue);
+    if (o.data && o.data['text/plain']) out.push([].concat(o.data['text/plain']).join(''));
+  }
+  return {count, source: cell.model.sharedModel.getSource(), out: out.join('')};
+}"""
+
+
+def cell_sources(page: Any) -> list[str]:
+    """The sources of every cell of the notebook open in ``page`` (markdown cells too, so an
+    index is the notebook's own)."""
+    return page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets"
+                         ".map(c => c.model.sharedModel.getSource())")
+
+
+def run_cell(page: Any, i: int, *, source: str | None = None, timeout_ms: float) -> dict:
+    """Run cell ``i`` of the notebook open in ``page`` (a JupyterLab started with
+    ``--LabApp.expose_app_in_browser=True``) as a learner does: its text replaced by
+    ``source`` if given, then "Run Selected Cell". Waits until it has run and the kernel is
+    idle; returns :data:`CELL_DONE`'s record (``out``: what the cell printed or raised). The
+    timeout is a hang guard."""
+    before = page.evaluate(
+        "(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].model.executionCount",
+        i)
+    page.evaluate(RUN_CELL, [i, source])
+    handle = page.wait_for_function(CELL_DONE, arg=[i, before], timeout=timeout_ms,
+                                    polling=250)
+    return handle.json_value()
 
 
 def open_launcher_tile(page: Any, title: str, *, timeout_ms: float,

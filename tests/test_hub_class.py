@@ -16,8 +16,9 @@ requested by the admin, scoped as a learner's server token is (access to the cla
   instructor sees it.
 - ``test_the_instructors_class_page_shows_each_check_and_refuses_a_learner``: the
   assistant's dashboard (their server's, through the hub) open on the Class page in
-  Chromium while three learners' kernels check an exercise (the fix, a band-aid, the bug):
-  the page shows the class as it changes; a learner opening it is refused.
+  Chromium while three learners, each signed in to their own JupyterLab in Chromium, run
+  lesson 04's exercise cell (the fix, a band-aid, the cell as given: the bug): the page
+  shows the class as it changes; a learner opening it is refused.
 
 Needs root (system users, the hub as root) and ``make hub-setup``; skipped where learners
 cannot enter the checkout, as ``tests/test_hub_e2e.py`` is. The class page's test also needs
@@ -59,6 +60,7 @@ ARTIFACTS = ROOT / "test-artifacts" / "hub"
 SERVICE = "mahiax-class"
 ACCESS = f"access:services!service={SERVICE}"
 LESSON = "04_retain_graph_and_encode"
+EXERCISE = "retain-graph"  # lesson 04's exercise
 
 
 skip_unless_learners_can_enter_the_checkout()
@@ -122,7 +124,9 @@ def hub(tmp_path_factory, accounts):
     }
     log = tmp / "hub.log"
     cmd = [str(Path(sys.executable).parent / "jupyterhub"), "-f",
-           str(ROOT / "hub" / "jupyterhub_config.py")]
+           str(ROOT / "hub" / "jupyterhub_config.py"),
+           # lets the test run a notebook's cells from the page, as test_hub_e2e does
+           "--Spawner.args=--LabApp.expose_app_in_browser=True"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -370,7 +374,6 @@ def test_a_learners_kernel_sends_checks_with_its_servers_token(hub, accounts):
         LESSON, "encode-multi-loss", "NOT YET")
 
 
-BAND_AID = "band-aid: one backward of the sum with retain_graph=True"
 # the page's st.table tables as drawn: per table, its rows of cell texts (the heading first)
 TABLES = """() => [...document.querySelectorAll('[data-testid="stTable"] table')].map(t =>
   [...t.querySelectorAll('tr')].map(r => [...r.querySelectorAll('th, td')]
@@ -385,6 +388,70 @@ def _tables(page) -> list[list[dict[str, str]]]:
     return tables
 
 
+# lesson 04's exercise: the cell that ends with this line, as the learner gets it (the
+# original loop: one backward per loss)
+EXERCISE_CALL = 'print(lessons.check("retain-graph", my_loop))'
+
+
+def _band_aid(cell: str) -> str:
+    """The exercise cell with the repair the lesson's (a) warns against: the carried state
+    cut and ``retain_graph=True`` on each backward."""
+    edited = cell.replace("term.backward()", "term.backward(retain_graph=True)").replace(
+        "def my_loop(ctx) -> None:\n", "def my_loop(ctx) -> None:\n    ctx.detach_state()\n")
+    assert edited.count("retain_graph=True") == 1 and "detach_state" in edited, cell
+    return edited
+
+
+def _solved(cell: str) -> str:
+    """The exercise cell rewritten as the lesson's folded solution does it: the carried state
+    cut, one forward (the objective), one backward."""
+    return (
+        "def my_loop(ctx) -> None:\n"
+        "    ctx.detach_state()\n"
+        "    obj = objective(ctx.model, ctx.weighting, ctx.batch)\n"
+        "    ctx.weights, ctx.losses, ctx.total = obj.weights, obj.losses, obj.total\n"
+        "    ctx.zero_grad()\n"
+        "    ctx.total.backward()\n\n\n"
+        f"{EXERCISE_CALL}\n")
+
+
+def _sign_in_to(page, hub: dict, name: str, path: str) -> None:
+    """Sign in to the hub as ``name`` with the workshop password, sent on to ``path``."""
+    page.goto(f"{hub['base']}/hub/login?" + urllib.parse.urlencode({"next": path}))
+    page.fill("#username_input", name)
+    page.fill("#password_input", hub["password"])
+    page.click("#login_submit")
+    page.wait_for_url(f"**{path}**", timeout=150_000)
+
+
+def _learner_runs_the_exercise(ctx, hub: dict, name: str, edit, shot: Path) -> str:
+    """``name`` signs in in ``ctx`` (a Chromium context of their own), opens lesson 04 in
+    their JupyterLab, runs its first code cell (the imports), edits the exercise cell with
+    ``edit`` (None: as given) and runs it. The notebook's tab is closed afterwards; the
+    context keeps the sign-in (the hub holds a learner's name for the browser that signed in
+    with it). Returns the cell's last printed line: the check's verdict."""
+    from tests.servers import cell_sources, run_cell, wait_for_idle_kernel
+
+    page = ctx.new_page()
+    try:
+        _sign_in_to(page, hub, name, f"/user/{name}/lab/tree/lessons/{LESSON}.ipynb")
+        wait_for_idle_kernel(page, timeout_ms=150_000)
+        sources = cell_sources(page)
+        first = next(i for i, c in enumerate(sources) if "from mahiax import" in c)
+        done = run_cell(page, first, timeout_ms=120_000)
+        assert "Error" not in done["out"], (name, done["out"])
+        (ex,) = [i for i, c in enumerate(sources) if c.rstrip().endswith(EXERCISE_CALL)]
+        done = run_cell(page, ex, source=edit(sources[ex]) if edit else None,
+                        timeout_ms=180_000)
+        page.screenshot(path=str(shot))
+        return done["out"].strip().splitlines()[-1]
+    except Exception:
+        page.screenshot(path=str(shot.with_name("failed-" + shot.name)))
+        raise
+    finally:
+        page.close()
+
+
 def _class_page(browser, hub: dict, name: str):
     """Sign in to the hub as ``name`` (the workshop password) straight onto the Class page
     of their dashboard (the "MAHIA-X dashboard" tile's address, served by their running
@@ -392,23 +459,19 @@ def _class_page(browser, hub: dict, name: str):
     never opened, so no request of its own is cut off when the test moves on."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
-    page.goto(f"{hub['base']}/hub/login?" + urllib.parse.urlencode(
-        {"next": f"/user/{name}/mahiax-dashboard/class"}))
-    page.fill("#username_input", name)
-    page.fill("#password_input", hub["password"])
-    page.click("#login_submit")
-    page.wait_for_url(f"**/user/{name}/mahiax-dashboard/class**", timeout=150_000)
+    _sign_in_to(page, hub, name, f"/user/{name}/mahiax-dashboard/class")
     page.get_by_role("heading", name="Class", exact=True).wait_for(timeout=150_000)
     return ctx, page
 
 
 @pytest.mark.timeout(600)
 def test_the_instructors_class_page_shows_each_check_and_refuses_a_learner(hub, accounts):
-    """Three learners check encode-multi-loss in their own kernels (the fix, the band-aid,
-    the bug) while the instructor's Class page is open in Chromium: it shows, without a
-    reload, 1 passed and 2 trying, the two NOT YET reasons with their counts, where each
-    learner is, and their checks' measured runs overlaid. A learner opening the page is told
-    it is for the instructors and sees no one's attempts."""
+    """Three learners sign in to their own JupyterLab in Chromium and run lesson 04's
+    exercise cell (rewritten as the fix, edited into the retain_graph band-aid, as given: the
+    bug) while the instructor's Class page is open in Chromium: it shows, without a reload, 1
+    passed and 2 trying, the two NOT YET reasons with their counts, where each learner is,
+    and their checks' measured runs overlaid. A learner opening the page is told it is for
+    the instructors and sees no one's attempts."""
     from tests.servers import CHROMIUM, CHROMIUM_ARGS
 
     if not CHROMIUM.exists():
@@ -434,19 +497,27 @@ def test_the_instructors_class_page_shows_each_check_and_refuses_a_learner(hub, 
             assert teacher.locator('[data-testid="stSidebarNav"]').get_by_text(
                 "Class", exact=True).count() == 1
 
-            # each learner checks in their own kernel, with their own server's token
-            kernels = {ada: _kernel_check(ada, "fixed"), bob: _kernel_check(bob, BAND_AID),
-                       cy: _kernel_check(cy, "buggy")}
-            answers = {n: _kernel_result(k) for n, k in kernels.items()}
-            assert [(answers[n]["holds"], answers[n]["reasons"]) for n in (ada, bob, cy)] == [
-                (True, []), (False, ["retain_graph=True"]), (False, ["one forward per loss"])]
-            for n, answer in answers.items():
-                assert not [w for w in answer["warnings"] if "class page" in w], (n, answer)
-            # with what each check measured per step: instructors only
+            # each learner runs lesson 04's exercise in their own JupyterLab, in Chromium:
+            # the fix, the retain_graph band-aid, the cell as given (the bug)
+            browsers = {n: browser.new_context(viewport={"width": 1400, "height": 1000})
+                        for n in (ada, bob, cy)}
+            printed = {n: _learner_runs_the_exercise(browsers[n], hub, n, edit,
+                                                     shots / f"learner-{i}.png")
+                       for i, (n, edit) in enumerate(((ada, _solved), (bob, _band_aid),
+                                                      (cy, None)))}
+            assert printed[ada].startswith("[PASS] retain-graph"), printed[ada]
+            assert printed[bob].startswith("[NOT YET] retain-graph: 3 backward passes"), \
+                printed[bob]
+            assert printed[cy].startswith("[NOT YET] retain-graph: it raised RuntimeError"), \
+                printed[cy]
+            for n, text in printed.items():
+                assert "class page" not in text, (n, text)  # no warning: the class got it
+            # with what each check measured per step (instructors only): the bug raised at
+            # step 0, so only the fix and the band-aid measured steps
             status, got = _call("GET", hub["direct"] + "api/series", hub["admin_token"])
             assert status == 200 and {(s["learner"], s["exercise"]) for s in got["series"]} \
-                == {(n, "encode-multi-loss") for n in (ada, bob, cy)}, got
-            assert all("graph nodes" in s["series"] for s in got["series"]), got
+                == {(n, EXERCISE) for n in (ada, bob)}, got
+            assert all(s["series"] for s in got["series"]), got
             status, got = _call("GET", hub["direct"] + "api/series", _token(hub, bob, [ACCESS]))
             assert status == 403 and "not an instructor" in got["message"], got
 
@@ -455,8 +526,12 @@ def test_the_instructors_class_page_shows_each_check_and_refuses_a_learner(hub, 
             while True:
                 tables = _tables(teacher)
                 rows = [r for r in (tables[0] if len(tables) == 2 else [])
-                        if r["exercise"] == "encode-multi-loss"]
-                if rows and (rows[0]["passed"], rows[0]["trying"]) == ("1", "2"):
+                        if r["exercise"] == EXERCISE]
+                # both tables redrawn (a rerun replaces the page's elements one by one)
+                tried = {r["learner"] for r in (tables[1] if len(tables) == 2 else [])
+                         if r["attempts"] != "0"}
+                if rows and (rows[0]["passed"], rows[0]["trying"]) == ("1", "2") \
+                        and tried == {ada, bob, cy}:
                     break
                 assert time.monotonic() < deadline, (tables, teacher.locator("body")
                                                      .inner_text()[-2000:])
@@ -467,14 +542,14 @@ def test_the_instructors_class_page_shows_each_check_and_refuses_a_learner(hub, 
             assert (encode["lesson"], encode["passed"], encode["trying"],
                     encode["not started"]) == (LESSON, "1", "2", "0"), encode
             assert encode["NOT YET reasons (learners)"] == (
-                "1: one forward per loss · 1: retain_graph=True"), encode
+                "1: one backward per loss · 1: raises RuntimeError"), encode
             place = {r["learner"]: r for r in learners_}
             assert assistant not in place
-            for name, verdict, why in [(ada, "PASS", ""), (bob, "NOT YET", "retain_graph=True"),
-                                       (cy, "NOT YET", "one forward per loss")]:
+            for name, verdict, why in [(ada, "PASS", ""), (bob, "NOT YET", "one backward per loss"),
+                                       (cy, "NOT YET", "raises RuntimeError")]:
                 row = place[name]
                 assert (row["lesson"], row["exercise"], row["verdict"], row["why not"],
-                        row["attempts"]) == (LESSON, "encode-multi-loss", verdict, why, "1"), row
+                        row["attempts"]) == (LESSON, EXERCISE, verdict, why, "1"), row
                 assert row["when"], row
             assert teacher.get_by_role("button", name="Export every attempt (CSV)").count() == 1
             # the class's runs overlaid: one trace per learner, named with their verdict
@@ -482,19 +557,22 @@ def test_the_instructors_class_page_shows_each_check_and_refuses_a_learner(hub, 
             chart.wait_for(timeout=30_000)
             legend = set(chart.locator(".legendtext").evaluate_all(
                 "texts => texts.map(t => t.textContent)"))  # SVG text: no innerText
-            assert legend == {f"{ada} (PASS)", f"{bob} (NOT YET)", f"{cy} (NOT YET)"}, legend
+            assert legend == {f"{ada} (PASS)", f"{bob} (NOT YET)"}, legend
             ctx.close()
 
             # a learner opening the page: the message, no one's attempts
-            ctx, learner = _class_page(browser, hub, bob)
+            # in the browser bob signed in with
+            learner = browsers[bob].new_page()
+            learner.goto(f"{hub['base']}/user/{bob}/mahiax-dashboard/class")
             learner.get_by_text("This page is for the workshop's instructors.").wait_for(
                 timeout=60_000)
             learner.wait_for_timeout(2000)  # anything else the page would draw is drawn by now
             learner.screenshot(path=str(shots / "learner.png"), full_page=True)
             text = learner.locator('[data-testid="stMain"]').inner_text()
-            for other in (ada, cy, "encode-multi-loss", "retain_graph=True", "Per learner"):
+            for other in (ada, cy, EXERCISE, "raises RuntimeError", "Per learner"):
                 assert other not in text, (other, text)
             assert learner.locator('[data-testid="stTable"]').count() == 0
-            ctx.close()
+            for learner_browser in browsers.values():
+                learner_browser.close()
         finally:
             browser.close()

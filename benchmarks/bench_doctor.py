@@ -26,7 +26,7 @@ from torch import nn
 
 from mahiax import doctor
 from mahiax.config import tiny
-from mahiax.train import Trainer
+from mahiax.training.trainer import Trainer
 from tests.doctor_corpus.common import cases, expected
 
 Setup = Callable[[], tuple[Callable[[int], object], nn.Module, torch.optim.Optimizer]]

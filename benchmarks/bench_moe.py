@@ -11,7 +11,7 @@ cotangent, and computes the output and the gradients of the input and of every w
   ``experts[id]`` once per token and slot (ids made Python ints, the smallest change that
   lets ``experts[idx]`` run; the original's tensor ``idx`` raises ``TypeError``);
 - ``summary fix``: ``torch.unique`` + ``int(u.item())``, the catalog's ``SummaryExpertRouter``;
-- ``ours``: :class:`mahiax.moe.MixtureOfExperts` (sort once; float32 below 1024 assignments
+- ``ours``: :class:`mahiax.model.moe.MixtureOfExperts` (sort once; float32 below 1024 assignments
   per expert on the CPU: one ``F.grouped_mm`` over all experts per matmul, else one
   contiguous matmul per expert);
 - ``mixtral eager``: ``transformers``' ``MixtralSparseMoeBlock`` as built directly (its
@@ -47,7 +47,7 @@ from torch import nn
 
 from mahiax.bugs.expert_index import SummaryExpertRouter, _OriginalRouter
 from mahiax.config import MahiaConfig, medium, teaching
-from mahiax.moe import MixtureOfExperts, SwiGLUExperts
+from mahiax.model.moe import MixtureOfExperts, SwiGLUExperts
 
 FLOOR = "floor"
 OURS = "ours"

@@ -12,7 +12,7 @@ which is close to uniform; a trained router is skewed, and skew is what a groupe
 for every arm, and measures forward + backward (output, gradients of the input and of every
 weight, float32, train mode) of
 
-- ``ours``: :class:`mahiax.moe.MixtureOfExperts`, its whole forward;
+- ``ours``: :class:`mahiax.model.moe.MixtureOfExperts`, its whole forward;
 - ``mixtral eager`` and ``mixtral grouped_mm``: ``transformers``' ``MixtralSparseMoeBlock``
   with the same weights (:func:`benchmarks.bench_moe.mixtral_block`);
 - ``floor``: one dense SwiGLU over K*N rows (:class:`benchmarks.bench_moe.DenseSwiGLU`), the
@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import bench_moe as bm
-from mahiax.moe import MixtureOfExperts, RouterOutput, load_percentiles
+from mahiax.model.moe import MixtureOfExperts, RouterOutput, load_percentiles
 
 ROUTINGS = ("uniform", "zipf", "one-hot", "rotating")
 ZIPF_S = 1.2  # expert popularity ~ 1 / rank**ZIPF_S
@@ -166,7 +166,7 @@ class ForcedRouter(nn.Module):
 
     ``weight`` is the arm's own router weight (E, D) (the same Parameter, so it still gets a
     gradient); ``mixtral`` selects the output of ``MixtralTopKRouter`` (logits, weights, ids)
-    instead of ours (:class:`mahiax.moe.RouterOutput`).
+    instead of ours (:class:`mahiax.model.moe.RouterOutput`).
     """
 
     def __init__(self, weight: nn.Parameter, target: torch.Tensor, top_k: int, mixtral: bool):

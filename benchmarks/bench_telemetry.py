@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from mahiax import metric_keys as mk
-from mahiax.cadence import Cadence
 from mahiax.config import MahiaConfig
 from mahiax.store import RunReader, RunWriter
+from mahiax.telemetry.cadence import Cadence
 from mahiax.telemetry.probes import TrainingProbe
-from mahiax.train import Trainer
+from mahiax.training.trainer import Trainer
 
 
 class _Arm:

@@ -8,11 +8,11 @@ with its own model and optimiser:
 - ``summary: 1 forward, K backwards``: the summary's band-aid after its own ``encode()``
   refactor: one forward, then ``backward(retain_graph=True)`` per loss (the catalog's loop);
 - ``one backward``: ``encode()`` once, one backward of the weighted sum (the catalog's clean
-  loop, the one ``mahiax.train.Trainer`` runs).
+  loop, the one ``mahiax.training.trainer.Trainer`` runs).
 
 Every step then ends the same way (``StepContext.finish``: the AdamW step, then
-``mahiax.objective.finish_step``'s state commit and loss-weighting update; no LR schedule, no
-clipping: equal in all arms, so left out). The batch is made before the clock
+``mahiax.training.objective.finish_step``'s state commit and loss-weighting update; no LR schedule,
+no clipping: equal in all arms, so left out). The batch is made before the clock
 starts.
 
 Time: the arms advance in alternating blocks of steps (A, B, C, A, B, C, ...), so machine noise
@@ -46,7 +46,7 @@ from mahiax.bugs.outcome import graph_size
 from mahiax.bugs.stateful import BuggyGraphMemory
 from mahiax.config import MahiaConfig, teaching
 from mahiax.telemetry import MemoryMeter
-from mahiax.train import Trainer
+from mahiax.training.trainer import Trainer
 from mahiax.units import format_bytes
 
 Loop = Callable[[StepContext], None]

@@ -230,10 +230,10 @@ def environment(ctx: Context) -> dict:
 
 
 def amp_section(ctx: Context, s: Section) -> None:
-    from mahiax.cadence import Cadence
     from mahiax.config import teaching
     from mahiax.recording import record_training
     from mahiax.store import RunReader
+    from mahiax.telemetry.cadence import Cadence
 
     steps = 20 if ctx.quick else 300
     ctx.store.parent.mkdir(parents=True, exist_ok=True)
@@ -305,10 +305,10 @@ SPIKE_AT = 8
 def spike_section(ctx: Context, s: Section) -> None:
     import pickle
 
-    from mahiax.cadence import Cadence
     from mahiax.config import teaching
     from mahiax.recording import record_training
     from mahiax.store import RunReader
+    from mahiax.telemetry.cadence import Cadence
     from mahiax.telemetry.spikes import SPIKE_KEY, spike_snapshots
 
     name = "gpu-spike" if ctx.cuda else "dry-spike"
@@ -413,7 +413,7 @@ def _check_adds_up(s: Section, prefix: str, cats, allocated: int | None) -> None
 def meter_section(ctx: Context, s: Section) -> None:
     from mahiax.config import medium, teaching
     from mahiax.telemetry import MemoryMeter
-    from mahiax.train import Trainer
+    from mahiax.training.trainer import Trainer
 
     # medium: big enough that what the allocator holds besides the model is small beside it
     config = (teaching() if ctx.quick else medium()).replace(device=ctx.device.type, seed=0)

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, processing, runs, slots, verdict_jobs, verdict_runs, watch
+from dashboard import charts, data, processing, runs, slots, verdict_jobs, verdict_runs
+from dashboard import page_watch as watch
 from dashboard.state import INTERVAL_KEY, LIVE_KEY
 from mahiax import metric_keys as mk
 from mahiax.store import StoreError
@@ -197,7 +198,7 @@ def _show_verdict(job: verdict_jobs.VerdictJob, steps: int) -> None:
 def _comparison(path: str, entry_id: str) -> None:
     """A fragment: the newest run of each variant (or the set this server runs or queues),
     side by side, and overlays. Redrawn on a timer only while a variant waits or trains;
-    otherwise a watch (``dashboard/watch.py``) redraws the page when new runs of the entry
+    otherwise a watch (``dashboard/page_watch.py``) redraws the page when new runs of the entry
     appear."""
     enabled = bool(st.session_state.get(LIVE_KEY, True))
     interval = float(st.session_state.get(INTERVAL_KEY, 2.0))

@@ -2,7 +2,7 @@
 
 On a JupyterHub the dashboard's server has ``MAHIAX_CLASS_URL`` (the class service,
 ``hub/class_service.py``) and its own ``JUPYTERHUB_API_TOKEN``; the page reads the class
-summary from the service with that token (:func:`mahiax.classroom.fetch_summary`). Per
+summary from the service with that token (:func:`mahiax.classroom.class_view.fetch_summary`). Per
 lesson and exercise: how many learners passed, are trying, have not started (names on
 demand), and the NOT YET reasons of those trying, grouped with their counts, most common
 first; per learner: their latest attempt (lesson, exercise, verdict, reasons, when); the
@@ -16,7 +16,7 @@ Cost: every session of the server shares one read of the summary (:func:`class_v
 most one request per SHARE_S, whoever asks), sent with the ETag of the summary held, so an
 unchanged class costs a 304 without a body; the measured series are read only when the
 summary changed (a new attempt). While the page is open, its watch
-(``dashboard/watch.py``) asks every WATCH_S and redraws the page only when the summary (its
+(``dashboard/page_watch.py``) asks every WATCH_S and redraws the page only when the summary (its
 ETag) or the service's state changed; a closed page asks nothing.
 
 Off a hub (no ``MAHIAX_CLASS_URL``) the page shows the local learner's own attempts, read
@@ -38,9 +38,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, watch
+from dashboard import charts, data
+from dashboard import page_watch as watch
 from dashboard.state import LIVE_KEY
-from mahiax.classroom import (
+from mahiax.classroom.class_view import (
     CLASS_URL_ENV,
     SUMMARY_PATH,
     ClassService,

@@ -5,7 +5,7 @@ still trying).
 
 Only the current learner's attempts are listed (``current_learner``: the hub's user, else
 the account the server runs under), as ``lessons.my_attempts()`` lists them in a notebook.
-The page reads the attempts once and then only watches (``dashboard/watch.py``) the store's
+The page reads the attempts once and then only watches (``dashboard/page_watch.py``) the store's
 attempts version, one small query a second for all sessions (``data.attempts_version``):
 it redraws when a check is recorded, and costs one fragment run every WATCH_S when idle."""
 
@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
-from dashboard import data, watch
+from dashboard import data
+from dashboard import page_watch as watch
 from dashboard.state import LIVE_KEY
 from mahiax.store import NotAStoreError, StoreError
 from mahiax.store.attempts import Attempt, current_learner

@@ -21,7 +21,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import bug_lab, charts, class_page, data, my_attempts, processing, runs, watch
+from dashboard import bug_lab, charts, class_page, data, my_attempts, processing, runs
+from dashboard import page_watch as watch
 from dashboard.state import (
     COMPARE_KEY,
     INTERVAL_KEY,
@@ -31,9 +32,9 @@ from dashboard.state import (
     RUN_KEY,
 )
 from mahiax import metric_keys as mk
-from mahiax.cadence import Cadence
-from mahiax.classroom import CLASS_URL_ENV
+from mahiax.classroom.class_view import CLASS_URL_ENV
 from mahiax.store import NotAStoreError, RunNotFoundError, StoreError
+from mahiax.telemetry.cadence import Cadence
 from mahiax.units import MIB
 
 MAX_SNAPSHOTS = 200  # memory-node snapshots drawn at most (a 100,000-step run stores 4,000)
@@ -179,7 +180,7 @@ def _page(title: str, body: Body) -> None:
     The page is redrawn on a timer (every INTERVAL_KEY seconds, the fragment alone) only
     while a run it shows trains: the picked run or one compared with it. Runs that are all
     finished, failed or interrupted are drawn once: the page then only watches, in a
-    fragment that draws nothing (``dashboard/watch.py``), for the run list or a shown run's
+    fragment that draws nothing (``dashboard/page_watch.py``), for the run list or a shown run's
     status to change (a resumed run, a new run), and redraws the whole page when one does."""
     st.title(title)
     path = data.session_store()

@@ -14,11 +14,13 @@ user and to learners' server tokens). Without a token, or with one the hub does 
 
 ``POST   api/attempts``          a learner's attempt, recorded under the token's user (a body
                                  naming anyone else is refused, 403). 201.
-``GET    api/summary``           the class summary (:func:`mahiax.classroom.class_summary`),
-                                 JSON. Instructors only.
+``GET    api/summary``           the class summary
+                                 (:func:`mahiax.classroom.class_view.class_summary`), JSON.
+                                 Instructors only.
 ``GET    api/series``            per exercise, each learner's latest attempt that carries what
-                                 its check measured per step (:func:`mahiax.classroom.
-                                 latest_series`), JSON. Instructors only.
+                                 its check measured per step
+                                 (:func:`mahiax.classroom.class_view.latest_series`), JSON.
+                                 Instructors only.
 ``GET    api/attempts.csv``      every attempt, CSV. Instructors only.
 ``GET    api/attempts.parquet``  the same, Parquet. Instructors only.
 ``DELETE api/attempts``          delete every attempt (``?learner=NAME``: only theirs).
@@ -55,7 +57,7 @@ from jupyterhub.services.auth import HubAuth, HubAuthenticated, UserNotAllowed
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from mahiax.classroom import ATTEMPTS_PATH, SERIES_PATH, class_summary, latest_series
+from mahiax.classroom.class_view import ATTEMPTS_PATH, SERIES_PATH, class_summary, latest_series
 from mahiax.store.attempts import Attempt, delete_attempts, read_attempts, record_attempt
 
 log = logging.getLogger("mahiax.class_service")

@@ -13,7 +13,7 @@
 - The lab for all: learners' servers run ``build/hub/venv`` (``hub/runtime.py``), the
   project's packages; on first start a learner gets a copy of the lessons in ``~/lessons``;
   ``MAHIAX_STORE`` puts their runs in ``~/runs``, read by their own dashboard (the
-  "MAHIA-X dashboard" tile, ``mahiax/jupyter_proxy.py``).
+  "MAHIA-X dashboard" tile, ``mahiax/classroom/jupyter_proxy.py``).
 - The class: each exercise check a learner runs also reaches the class service
   (``hub/class_service.py``, a hub-managed service on 127.0.0.1) with the learner's own API
   token; only the instructors (the admins and the hub group ``mahiax-instructors``) read the
@@ -203,7 +203,8 @@ c.Spawner.environment = {
     "OMP_NUM_THREADS": _threads,
     "MKL_NUM_THREADS": _threads,
     "PATH": f"{PYTHON.parent}:/usr/local/bin:/usr/bin:/bin",
-    # where a kernel sends the learner's attempts (mahiax.classroom; the class service below)
+    # where a kernel sends the learner's attempts (mahiax.classroom.class_view; the class service
+    # below)
     "MAHIAX_CLASS_URL": f"http://127.0.0.1:{CLASS_PORT}/services/{CLASS_SERVICE}/",
 }
 

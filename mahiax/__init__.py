@@ -14,12 +14,12 @@ import importlib
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "Batch": "mahiax.data",
-    "HybridEfficientModel": "mahiax.model",
+    "Batch": "mahiax.model.data",
+    "HybridEfficientModel": "mahiax.model.hybrid",
     "MahiaConfig": "mahiax.config",
-    "StepRecord": "mahiax.train",
-    "SyntheticMultiTask": "mahiax.data",
-    "Trainer": "mahiax.train",
+    "StepRecord": "mahiax.training.trainer",
+    "SyntheticMultiTask": "mahiax.model.data",
+    "Trainer": "mahiax.training.trainer",
     "preset": "mahiax.config",
 }
 

@@ -26,7 +26,6 @@ import threading
 import traceback
 from collections.abc import Iterator, Sequence
 
-from mahiax import cadence
 from mahiax.bugs.variants import VARIANTS
 from mahiax.config import (
     BALANCES,
@@ -39,6 +38,7 @@ from mahiax.config import (
     preset,
 )
 from mahiax.errors import BadInput, shown
+from mahiax.telemetry import cadence
 
 DEFAULT_STEPS, DEFAULT_PRESET = 300, "teaching"
 DOCTOR_STEPS = 6  # steps of the user's loop the doctor runs unless told
@@ -164,7 +164,7 @@ def _resume_config(args: argparse.Namespace) -> MahiaConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mahiax import distributed
+    from mahiax.training import distributed
 
     if (args.bug is None) != (args.variant is None):
         raise BadInput("--bug and --variant go together: --bug ID --variant buggy|summary|fixed")
@@ -184,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         validate_run_name(args.run)  # before any work: a bad name costs nothing
     config = _resume_config(args) if args.resume else _config_from(args)
-    from mahiax.train import resolve_device
+    from mahiax.training.trainer import resolve_device
 
     if distributed.env_world_size() > 1:  # started by torchrun: one process per rank
         distributed.shard_bounds(config.batch_size, 0, distributed.env_world_size())
@@ -201,7 +201,7 @@ def _train(args: argparse.Namespace, config: MahiaConfig, quiet: bool) -> int:
     rank 0) print nothing."""
     from tqdm import tqdm
 
-    from mahiax.train import Trainer
+    from mahiax.training.trainer import Trainer
 
     steps = config.max_steps
     trainer = None if args.run else Trainer(config)

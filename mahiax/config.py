@@ -39,7 +39,7 @@ from mahiax.tasks import TASKS
 PRECISIONS = ("fp32", "bf16", "fp16")
 WEIGHTINGS = ("dwa", "equal", "uncertainty")
 DEVICES = ("cpu", "cuda", "auto")
-BALANCES = ("aux", "bias", "none")  # see mahiax.moe.MixtureOfExperts
+BALANCES = ("aux", "bias", "none")  # see mahiax.model.moe.MixtureOfExperts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,8 +202,8 @@ def validate_config(c: MahiaConfig) -> None:
 # --- resuming a run ---
 
 # Fields a resumed run may change. ``max_steps`` is the length of the cosine schedule: asking
-# a run to train to step N stretches its schedule to N (see ``mahiax.train.lr_at``). Any other
-# change would make the resumed run a different run than the one its checkpoint continues.
+# a run to train to step N stretches its schedule to N (see ``mahiax.training.trainer.lr_at``). Any
+# other change would make the resumed run a different run than the one its checkpoint continues.
 RESUME_MAY_CHANGE = ("max_steps",)
 
 

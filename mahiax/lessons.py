@@ -325,8 +325,8 @@ def dashboard_link(store: str | Path | None = None) -> Markdown:
     """Where to open the live dashboard from this notebook, on a hub and locally alike.
 
     Inside JupyterLab the dashboard is the "MAHIA-X dashboard" launcher tile, served by
-    jupyter-server-proxy under the server's own address (``mahiax/jupyter_proxy.py``): on a
-    JupyterHub that is ``$JUPYTERHUB_SERVICE_PREFIX`` (``/user/<name>/``), in a local
+    jupyter-server-proxy under the server's own address (``mahiax/classroom/jupyter_proxy.py``): on
+    a JupyterHub that is ``$JUPYTERHUB_SERVICE_PREFIX`` (``/user/<name>/``), in a local
     JupyterLab the server's root. Outside JupyterLab, ``make dashboard`` serves it on
     http://localhost:8501. The link is root-relative, so it works from whatever host the
     browser reached the server on.
@@ -338,7 +338,7 @@ def dashboard_link(store: str | Path | None = None) -> Markdown:
     """
     import os
 
-    from mahiax.jupyter_proxy import NAME
+    from mahiax.classroom.jupyter_proxy import NAME
     from mahiax.store.paths import ENV_VAR, resolve_store_path
 
     path = resolve_store_path(store)
@@ -372,19 +372,19 @@ def check(entry_id: str, candidate: object, *, store: str | Path | None = None,
     """An exercise's check: :func:`mahiax.bugs.check` on your candidate (``kwargs`` go to
     it), and the attempt recorded in your run store (``store``: by default the one this
     kernel writes), with what the check measured per step for the class page
-    (:func:`mahiax.classroom.outcome_series`), so that :func:`my_attempts` shows your
+    (:func:`mahiax.classroom.class_view.outcome_series`), so that :func:`my_attempts` shows your
     history. Returns the
     :class:`~mahiax.bugs.CheckResult`; print it to read PASS or NOT YET and why.
 
     On a JupyterHub with the class service (``MAHIAX_CLASS_URL``), the attempt is also sent
     to it with your own API token, for the instructor's class page
-    (:func:`mahiax.classroom.send_attempt`).
+    (:func:`mahiax.classroom.class_view.send_attempt`).
 
     Recording never costs you the answer: if the store cannot be written, or the class
     service does not take the attempt within a few seconds, a warning says why and the
     result is returned all the same."""
     from mahiax import bugs
-    from mahiax.classroom import outcome_series, record_learner_check
+    from mahiax.classroom.class_view import outcome_series, record_learner_check
 
     result = bugs.check(entry_id, candidate, **kwargs)
     record_learner_check(entry_id, passed=result.holds, reasons=result.reasons,

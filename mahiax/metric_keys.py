@@ -178,7 +178,7 @@ MEMORY_FIELDS = {
 SCALAR, VECTOR, SNAPSHOT = "scalar", "vector", "snapshot"
 KINDS = (SCALAR, VECTOR, SNAPSHOT)
 
-# When a key is written: every step, or at the steps a :class:`mahiax.cadence.Cadence`
+# When a key is written: every step, or at the steps a :class:`mahiax.telemetry.cadence.Cadence`
 # setting names (the value is the setting's field name), or at a memory spike.
 EVERY_STEP = "every step"
 EVERY_CATEGORIES = "categories_every"  # every categories_every steps, and with every full reading
@@ -327,7 +327,7 @@ def keys_written(config: Mapping[str, object], device: str = "cpu", *,
 def steps_written(when: str, cadence: object, steps: int) -> list[int]:
     """The steps of a run of ``steps`` steps (from 0), recorded by
     :func:`mahiax.recording.record_training`, at which a key written ``when`` is written under
-    ``cadence`` (a :class:`mahiax.cadence.Cadence`): snapshots and the full memory reading
+    ``cadence`` (a :class:`mahiax.telemetry.cadence.Cadence`): snapshots and the full memory reading
     (with the categories it includes) also at the last step. Not for :data:`AT_SPIKE`."""
     every = range(steps)
     last = {steps - 1} if steps else set()

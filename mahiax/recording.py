@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mahiax.cadence import Cadence
-from mahiax.checkpoint import load_checkpoint, save_checkpoint
 from mahiax.config import MahiaConfig, config_differences
 from mahiax.errors import BadInput, ResumeConflict
 from mahiax.store import RunReader, RunWriter, resolve_store_path
+from mahiax.telemetry.cadence import Cadence
 from mahiax.telemetry.probes import TrainingProbe
-from mahiax.train import StepRecord, Trainer
+from mahiax.training.checkpoint import load_checkpoint, save_checkpoint
+from mahiax.training.trainer import StepRecord, Trainer
 
 
 def checkpoint_path(store: str | Path | None, name: str) -> Path:

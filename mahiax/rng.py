@@ -2,7 +2,7 @@
 
 Only torch's global generators draw during training: dropout in the fabric's blocks on the CPU
 generator, or on the device's generator for CUDA. Batches use a private
-``torch.Generator`` seeded from ``(seed, step)`` (:mod:`mahiax.data`), so they need no saved
+``torch.Generator`` seeded from ``(seed, step)`` (:mod:`mahiax.model.data`), so they need no saved
 state; Python's ``random`` and NumPy are not used by a step, so they are not saved either.
 With this state in the checkpoint a resumed run with ``dropout > 0`` draws the same masks as
 the uninterrupted run.

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mahiax.cadence import Cadence
 from mahiax.config import tiny
 from mahiax.recording import record_training
 from mahiax.store import RunWriter
+from mahiax.telemetry.cadence import Cadence
 from mahiax.units import MIB
 
 FAILED_MESSAGE = "one of the variables needed for gradient computation has been modified"

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from mahiax import distributed
 from mahiax.config import tiny
-from mahiax.model import HybridEfficientModel
-from mahiax.train import Trainer
+from mahiax.model.hybrid import HybridEfficientModel
+from mahiax.training import distributed
+from mahiax.training.trainer import Trainer
 
 # the collectives of torch.distributed's Python API (DDP's own gradient all-reduce runs in its
 # C++ reducer and is not among them): every call the package makes goes through one of these

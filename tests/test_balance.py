@@ -15,13 +15,13 @@ import torch
 from mahiax.cli import main
 from mahiax.config import MahiaConfig, tiny
 from mahiax.errors import BadInput
-from mahiax.model import HybridEfficientModel
-from mahiax.moe import MixtureOfExperts, bias_update, flipped_choices, load_percentiles
-from mahiax.objective import objective
+from mahiax.model.hybrid import HybridEfficientModel
+from mahiax.model.moe import MixtureOfExperts, bias_update, flipped_choices, load_percentiles
+from mahiax.model.weighting import make_weighting
 from mahiax.recording import record_training
 from mahiax.store import RunReader
-from mahiax.train import Trainer
-from mahiax.weighting import make_weighting
+from mahiax.training.objective import objective
+from mahiax.training.trainer import Trainer
 
 
 def _fixed_router_moe(rate: float) -> MixtureOfExperts:

@@ -21,7 +21,7 @@ from benchmarks import (
 )
 from benchmarks.bench_moe import FLOOR, OURS, PER_TOKEN, Size
 from mahiax.config import tiny
-from mahiax.moe import ExpertRouter
+from mahiax.model.moe import ExpertRouter
 
 # both goal-bearing size names, at shapes that run in milliseconds
 TINY_SIZES = {

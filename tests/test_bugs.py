@@ -18,11 +18,11 @@ from mahiax import bugs
 from mahiax.bugs import accumulate, balance, ddp, harness, loops, stateful
 from mahiax.bugs.cli import describe
 from mahiax.bugs.profiling import meter_mb
-from mahiax.fabric import DynamicNeuroFabric, MetaController
-from mahiax.memory import GraphDiffusionMemory, TinyMemory
-from mahiax.moe import SwiGLUExperts
-from mahiax.objective import objective
+from mahiax.model.fabric import DynamicNeuroFabric, MetaController
+from mahiax.model.memories import GraphDiffusionMemory, TinyMemory
+from mahiax.model.moe import SwiGLUExperts
 from mahiax.telemetry import legacy_cuda_reading
+from mahiax.training.objective import objective
 
 INPLACE = "one of the variables needed for gradient computation has been modified by an inplace"
 TWICE = "Trying to backward through the graph a second time"

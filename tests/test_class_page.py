@@ -1,5 +1,5 @@
 """The instructor's Class page (``dashboard/class_page.py``) and the client it reads the class
-service with (``mahiax.classroom.fetch_summary``, ``fetch_export``).
+service with (``mahiax.classroom.class_view.fetch_summary``, ``fetch_export``).
 
 - The client's protocol: against a small real HTTP server in this file, standing in for the
   class service's answers only (the token sent, ETag and If-None-Match, 304 without a body,
@@ -32,7 +32,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from dashboard import class_page, runs  # noqa: E402
 from dashboard.state import PAGE_KEY  # noqa: E402
 from dashboard.views import CLASS  # noqa: E402
-from mahiax.classroom import (  # noqa: E402
+from mahiax.classroom.class_view import (  # noqa: E402
     ClassService,
     ClassServiceError,
     NotAnInstructor,
@@ -352,7 +352,7 @@ def test_a_series_is_bounded_and_thinned_to_its_ends_and_evenly_between():
 
 def test_a_check_carries_what_it_measured_per_step():
     from mahiax import bugs
-    from mahiax.classroom import outcome_series
+    from mahiax.classroom.class_view import outcome_series
 
     collapse = bugs.check("router-collapse", bugs.get("router-collapse").candidates()["buggy"],
                           steps=12)  # a short run: its steps, one point each
@@ -368,7 +368,7 @@ def test_a_check_carries_what_it_measured_per_step():
 
 
 def test_each_learners_latest_measured_check_per_exercise():
-    from mahiax.classroom import latest_series
+    from mahiax.classroom.class_view import latest_series
 
     got = latest_series([
         _measured("ada", "router-collapse", 1.0, [4.0, 3.0], "MaxVio stays high"),

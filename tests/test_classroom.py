@@ -1,5 +1,5 @@
-"""The class's view of attempts (``mahiax.classroom``): the instructor's summary computed from
-attempts, what the class service accepts in a POST and exports, and a learner's kernel
+"""The class's view of attempts (``mahiax.classroom.class_view``): the instructor's summary
+computed from attempts, what the class service accepts in a POST and exports, and a learner's kernel
 sending its attempts (to a local HTTP server standing in for the service). The real service
 behind a real JupyterHub: ``tests/test_hub_class.py``."""
 
@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mahiax import bugs, lessons
-from mahiax.classroom import (
+from mahiax.classroom.class_view import (
     NO_REASON,
     ClassService,
     ClassServiceError,

@@ -181,8 +181,8 @@ def test_experts_page_draws_max_vio_percentiles_and_the_bias(monkeypatch, stores
     """A real balance = bias run: MaxVio of the batch and of the run's window of steps, the
     loads' percentiles, each expert's bias beside the heatmap in the heatmap's colours, the
     share of choices the bias changed, all equal to what the run logged."""
-    from mahiax.cadence import Cadence
     from mahiax.store import RunReader
+    from mahiax.telemetry.cadence import Cadence
 
     at = render(monkeypatch, stores["balance"], "experts", run="bias")
     assert not at.error
@@ -240,8 +240,8 @@ def test_experts_page_shows_the_max_vio_window_the_run_was_recorded_with(monkeyp
     import subprocess
     import sys
 
-    from mahiax.cadence import MAX_VIO_WINDOW
     from mahiax.store import RunReader
+    from mahiax.telemetry.cadence import MAX_VIO_WINDOW
 
     store = tmp_path / "mahiax.sqlite"
     subprocess.run(
@@ -437,7 +437,7 @@ def test_a_page_refreshes_while_a_compared_run_trains(monkeypatch, tmp_path):
     the live run's new steps; once no shown run trains, only the watch is left."""
     import streamlit
 
-    from dashboard import watch
+    from dashboard import page_watch as watch
     from mahiax.store import RunWriter
 
     timers: list[float | None] = []

@@ -40,10 +40,10 @@ pytest.importorskip("plotly")
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from dashboard import data  # noqa: E402
-from mahiax.cadence import Cadence  # noqa: E402
 from mahiax.config import tiny  # noqa: E402
 from mahiax.recording import record_bug, record_training  # noqa: E402
 from mahiax.store import RunReader  # noqa: E402
+from mahiax.telemetry.cadence import Cadence  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"

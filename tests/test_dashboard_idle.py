@@ -20,7 +20,7 @@ pytest.importorskip("websockets")
 
 from benchmarks.viewers import Viewers  # noqa: E402
 from dashboard import data  # noqa: E402
-from dashboard.watch import WATCH_S  # noqa: E402
+from dashboard.page_watch import WATCH_S  # noqa: E402
 from mahiax.config import tiny  # noqa: E402
 from mahiax.store import RunReader, RunWriter  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402

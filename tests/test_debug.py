@@ -17,7 +17,7 @@ from inplace_examples import EXAMPLES, FILE, CleanNet, exp_then_add, line_of, ti
 from torch.nn.modules import module as nn_module
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from mahiax.debug import VERSION_ERROR, anomaly_says, locate_mutations
+from mahiax.telemetry.locator import VERSION_ERROR, anomaly_says, locate_mutations
 
 NAMES = sorted(EXAMPLES)
 

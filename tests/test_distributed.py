@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from mahiax import distributed
 from mahiax.errors import BadInput
 from mahiax.store import RunReader
+from mahiax.training import distributed
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ from mahiax import bugs, doctor
 from mahiax.bugs import accumulate, harness, loops, stateful
 from mahiax.cli import main
 from mahiax.doctor import exercise, exercise_eval
-from mahiax.doctor.catalog import examine_entry
+from mahiax.doctor.on_catalog import examine_entry
 from mahiax.errors import BadInput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_correct_loops_get_no_finding(name):
 
 def test_the_trainer_step_gets_no_finding():
     from mahiax.config import tiny
-    from mahiax.train import Trainer
+    from mahiax.training.trainer import Trainer
 
     trainer = Trainer(tiny())
     report = doctor.examine(lambda i: trainer.step(), 6, model=trainer.model,

@@ -31,11 +31,11 @@ from torch.overrides import TorchFunctionMode
 
 import mahiax
 from mahiax.config import tiny
-from mahiax.fabric import DynamicLayerRouter, DynamicNeuroFabric, FabricBlock
-from mahiax.memory import GraphDiffusionMemory, TinyMemory
-from mahiax.model import HybridEfficientModel, TaskHead
-from mahiax.moe import MixtureOfExperts, SwiGLUExperts
-from mahiax.weighting import DynamicWeightAveraging, UncertaintyWeighting
+from mahiax.model.fabric import DynamicLayerRouter, DynamicNeuroFabric, FabricBlock
+from mahiax.model.hybrid import HybridEfficientModel, TaskHead
+from mahiax.model.memories import GraphDiffusionMemory, TinyMemory
+from mahiax.model.moe import MixtureOfExperts, SwiGLUExperts
+from mahiax.model.weighting import DynamicWeightAveraging, UncertaintyWeighting
 
 F64 = torch.float64
 MARGIN = 1e-3  # k-th minus (k+1)-th probability; a 1e-6 step moves a probability far less

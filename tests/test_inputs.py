@@ -16,10 +16,10 @@ from torch import nn
 
 from mahiax.cli import main
 from mahiax.config import MahiaConfig, field_names, preset, tiny
-from mahiax.data import SyntheticMultiTask
 from mahiax.errors import BadInput
-from mahiax.model import HybridEfficientModel
-from mahiax.train import Trainer
+from mahiax.model.data import SyntheticMultiTask
+from mahiax.model.hybrid import HybridEfficientModel
+from mahiax.training.trainer import Trainer
 
 
 def field_error(name: str, value: object, allowed: str) -> str:

@@ -1,4 +1,5 @@
-"""The dashboard inside JupyterLab, through jupyter-server-proxy (``mahiax/jupyter_proxy.py``).
+"""The dashboard inside JupyterLab, through jupyter-server-proxy
+(``mahiax/classroom/jupyter_proxy.py``).
 
 The unit tests check what the package declares to the proxy; the end-to-end test starts a
 real JupyterLab on a free 127.0.0.1 port with a token, its store holding one recorded run,
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mahiax import jupyter_proxy
+from mahiax.classroom.class_view import jupyter_proxy
 from tests.notebook_env import ROOT, jupyter_env
 from tests.servers import (
     CHROMIUM,

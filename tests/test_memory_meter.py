@@ -279,7 +279,7 @@ def test_categories_add_up_to_the_live_tensor_total_on_cpu():
 def test_categories_add_up_on_the_training_model():
     """The trainer's model and weighting, read after a forward as the probes do."""
     from mahiax.config import tiny
-    from mahiax.train import Trainer
+    from mahiax.training.trainer import Trainer
 
     trainer = Trainer(tiny())
     trainer.fit(2)

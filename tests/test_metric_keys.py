@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from mahiax import metric_keys as mk
-from mahiax.cadence import Cadence
 from mahiax.config import tiny
 from mahiax.recording import record_training
 from mahiax.store import RunReader
+from mahiax.telemetry.cadence import Cadence
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 30

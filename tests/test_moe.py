@@ -11,7 +11,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
 from benchmarks.bench_moe import mixtral_block
-from mahiax.moe import (
+from mahiax.model.moe import (
     CPU_LOOP_ROWS,
     MixtureOfExperts,
     load_balancing_loss,

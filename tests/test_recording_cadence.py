@@ -2,7 +2,7 @@
 ``python -m mahiax train --run NAME`` and the dashboard's run launcher (which runs that
 command). The store is read back; nothing is mocked.
 
-The cadence's flags are made from :class:`mahiax.cadence.Cadence`'s fields, so each flag
+The cadence's flags are made from :class:`mahiax.telemetry.cadence.Cadence`'s fields, so each flag
 fills the setting of its name (a positional ``Cadence(snapshot_every, memory_every)`` once
 put ``--memory-every`` into ``categories_every``: memory by category reached the store on
 2 of 300 steps).
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from mahiax.cadence import Cadence
 from mahiax.cli import build_parser
 from mahiax.store import RunReader
+from mahiax.telemetry.cadence import Cadence
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ["mem/params", "mem/grads", "mem/optimizer", "mem/saved"]

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from mahiax.checkpoint import load_checkpoint, save_checkpoint
 from mahiax.cli import main
 from mahiax.config import tiny
 from mahiax.recording import checkpoint_path, record_training
 from mahiax.store import RunReader
-from mahiax.train import Trainer, lr_at
+from mahiax.training.checkpoint import load_checkpoint, save_checkpoint
+from mahiax.training.trainer import Trainer, lr_at
 
 
 def _train(store, name: str, *extra: str) -> int:

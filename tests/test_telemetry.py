@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-from mahiax.cadence import MAX_VIO_WINDOW, Cadence
-from mahiax.checkpoint import load_checkpoint, save_checkpoint
 from mahiax.cli import main
 from mahiax.config import tiny
 from mahiax.recording import checkpoint_path, record_bug, record_training
 from mahiax.store import RunReader, RunWriter
+from mahiax.telemetry.cadence import MAX_VIO_WINDOW, Cadence
 from mahiax.telemetry.probes import LoadWindow, TrainingProbe
-from mahiax.train import Trainer
+from mahiax.training.checkpoint import load_checkpoint, save_checkpoint
+from mahiax.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,15 +30,15 @@ from torch import nn
 from mahiax import MahiaConfig, SyntheticMultiTask, Trainer
 from mahiax.cli import main
 from mahiax.config import tiny
-from mahiax.model import HybridEfficientModel
-from mahiax.precision import PrecisionManager
-from mahiax.train import lr_at
-from mahiax.weighting import (
+from mahiax.model.hybrid import HybridEfficientModel
+from mahiax.model.weighting import (
     DynamicWeightAveraging,
     EqualWeighting,
     UncertaintyWeighting,
     make_weighting,
 )
+from mahiax.training.precision import PrecisionManager
+from mahiax.training.trainer import lr_at
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mahiax"
 
@@ -325,7 +325,7 @@ def test_catalog_reference_computes_the_trainers_loss_and_gradients():
 def test_two_half_batches_commit_the_whole_batchs_update():
     """The stateful modules stage sums over their samples; summed over two halves (what the
     trainer's all-reduce does over two ranks) they commit the update of the whole batch."""
-    from mahiax.objective import finish_step
+    from mahiax.training.objective import finish_step
 
     config = tiny()
     torch.manual_seed(0)

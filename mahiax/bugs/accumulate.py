@@ -14,7 +14,7 @@ from torch import nn
 from mahiax.bugs.catalog import BugEntry, register
 from mahiax.bugs.harness import swap_class, train_variant
 from mahiax.bugs.outcome import Outcome
-from mahiax.fabric import DynamicLayerRouter, DynamicNeuroFabric, LayerRouting, MetaController
+from mahiax.model.fabric import DynamicLayerRouter, DynamicNeuroFabric, LayerRouting, MetaController
 
 
 def _per_sample_inplace(
@@ -148,7 +148,7 @@ register(BugEntry(
         {"buggy": BuggyFabric, "summary": SummaryFabric, "fixed": None}, DynamicNeuroFabric,
     ),
     candidate_kind=(
-        "a subclass of mahiax.fabric.DynamicNeuroFabric overriding forward(x) -> (output, "
+        "a subclass of mahiax.model.fabric.DynamicNeuroFabric overriding forward(x) -> (output, "
         "routing), calling self.controller.observe(routing) in training mode; after every "
         "step the controller's importance is compared with a clean MetaController's"
     ),
@@ -177,7 +177,7 @@ register(BugEntry(
         DynamicLayerRouter,
     ),
     candidate_kind=(
-        "a subclass of mahiax.fabric.DynamicLayerRouter overriding mix(x, blocks, routing)"
+        "a subclass of mahiax.model.fabric.DynamicLayerRouter overriding mix(x, blocks, routing)"
     ),
     candidates=lambda: {
         "buggy": BuggyLayerRouter, "summary": SummaryLayerRouter, "fixed": DynamicLayerRouter,

@@ -7,11 +7,11 @@ and data, and differ only in ``MahiaConfig.balance``:
 - ``summary``: ``balance="aux"``: the Switch/Mixtral load-balancing loss the model uses by
   default (the usual cure; the summary's ExpertRouter section says nothing about balance);
 - ``fixed``: ``balance="bias"``: DeepSeek-V3's auxiliary-loss-free bias on the top-k
-  selection (:func:`mahiax.moe.biased_top_k`, :func:`mahiax.moe.bias_update`).
+  selection (:func:`mahiax.model.moe.biased_top_k`, :func:`mahiax.model.moe.bias_update`).
 
-Each run is a real :class:`~mahiax.train.Trainer` run (the trainer's own step and objective),
-measured every step: MaxVio (``max load / mean load - 1``, Wang et al. 2024), dead experts,
-task loss, the tokens per expert, the bias, and the step time. The damage the verdict reads
+Each run is a real :class:`~mahiax.training.trainer.Trainer` run (the trainer's own step and
+objective), measured every step: MaxVio (``max load / mean load - 1``, Wang et al. 2024), dead
+experts, task loss, the tokens per expert, the bias, and the step time. The damage the verdict reads
 is the mean MaxVio over the last :data:`TAIL` steps; at most :data:`MAXVIO_TOL` counts as
 balanced. Both cures are judged, and the verdict's reason compares them.
 
@@ -30,7 +30,7 @@ more rapidly and thus are selected even more by the gating network").
 
 A learner's candidate (``check``) is the selection rule: a function
 ``select(probs, bias, k) -> (top-k probabilities (N, K), expert ids (N, K))`` that the router
-calls in place of :func:`~mahiax.moe.biased_top_k`, trained with ``balance="bias"``.
+calls in place of :func:`~mahiax.model.moe.biased_top_k`, trained with ``balance="bias"``.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def add_shared_direction(model: torch.nn.Module, config: MahiaConfig,
 
 def mixing_weights(top_p: torch.Tensor) -> torch.Tensor:
     """What the layer mixes the K chosen experts' outputs with: the values ``select``
-    returns, renormalised over the K (as :class:`mahiax.moe.TopKRouter` does). (N, K) ->
+    returns, renormalised over the K (as :class:`mahiax.model.moe.TopKRouter` does). (N, K) ->
     (N, K). So ``probs.gather(-1, ids)`` and the same renormalised are one layer."""
     return top_p / top_p.sum(dim=-1, keepdim=True)
 
@@ -211,7 +211,7 @@ def _vjp_gap(probs: torch.Tensor, top_p: torch.Tensor, ids: torch.Tensor) -> flo
 
 def _run(variant: str, steps: int, candidate: object) -> Outcome:
     """Train one variant of the collapse setting and measure its load every step."""
-    from mahiax.train import Trainer  # late: the trainer imports the whole model
+    from mahiax.training.trainer import Trainer  # late: the trainer imports the whole model
 
     out = Outcome(entry="router-collapse", variant=variant, steps_requested=steps)
     config = collapse_config(BALANCE_OF[variant], steps)
@@ -300,7 +300,7 @@ def selection_without_gradient(probs: torch.Tensor, bias: torch.Tensor,
 
 
 def _candidates() -> dict[str, object]:
-    from mahiax.moe import biased_top_k
+    from mahiax.model.moe import biased_top_k
 
     return {
         "buggy": plain_top_k,
@@ -337,7 +337,7 @@ register(BugEntry(
     steps=STEPS,
     candidate_kind=(
         "a selection function select(probs, bias, k) -> (top-k probabilities (N, K), expert "
-        "ids (N, K) int64), called by the router in place of mahiax.moe.biased_top_k and "
+        "ids (N, K) int64), called by the router in place of mahiax.model.moe.biased_top_k and "
         "trained with balance='bias'"
     ),
     candidates=_candidates,

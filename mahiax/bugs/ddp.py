@@ -47,12 +47,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mahiax import distributed
 from mahiax import metric_keys as mk
 from mahiax.bugs.catalog import BugEntry, register
 from mahiax.bugs.harness import _OBSERVER, SEED, isolated, max_grad_diff
 from mahiax.bugs.outcome import Outcome, graph_size
-from mahiax.moe import SwiGLUExperts, TopKRouter
+from mahiax.model.moe import SwiGLUExperts, TopKRouter
+from mahiax.training import distributed
 
 D_MODEL, NUM_EXPERTS, TOP_K, HIDDEN = 8, 8, 2, 16
 TOKENS = 3  # tokens per rank and step: 3 * top-2 = 6 assignments for 8 experts, so >= 2 idle
@@ -376,8 +376,8 @@ register(BugEntry(
             "model = DistributedDataParallel(model)",
     summary_fix="DistributedDataParallel(model, find_unused_parameters=True)  # the usual first "
                 "fix: the summary has no DDP section",
-    right_fix="stacked expert weights (mahiax.moe.SwiGLUExperts): every expert parameter takes "
-              "part in every step's graph, an idle expert's gradient is a zero slice",
+    right_fix="stacked expert weights (mahiax.model.moe.SwiGLUExperts): every expert parameter "
+              "takes part in every step's graph, an idle expert's gradient is a zero slice",
     explanation=(
         "DDP's reducer expects a gradient for every parameter in every backward. An expert "
         "skipped for having no tokens contributes none, the reduction never finishes, and the "
@@ -464,7 +464,7 @@ def all_reduce_statistics(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The right fix: add every rank's statistics up, so every rank applies one update.
 
-    One all-reduce for both, the package's :func:`mahiax.distributed.sum_over_ranks`: the
+    One all-reduce for both, the package's :func:`mahiax.training.distributed.sum_over_ranks`: the
     trainer sums every statistic the clean model's memories staged the same way, in one call.
     """
     sums, counts = distributed.sum_over_ranks([sums, counts])  # (S, D), (S,) over ranks
@@ -624,7 +624,8 @@ register(BugEntry(
                 "fix: the summary has no DDP section",
     right_fix="broadcast_buffers=False and all-reduce the update's statistics, so every rank "
               "applies the same update (the package's trainer sums every staged statistic in "
-              "one all-reduce: mahiax.distributed.sum_over_ranks); one forward per backward",
+              "one all-reduce: mahiax.training.distributed.sum_over_ranks); one forward per "
+              "backward",
     explanation=(
         "With broadcast_buffers=True DDP copies rank 0's buffers into every rank's at the start "
         "of every forward, in place. Older PyTorch bumped the version counter there, so two "

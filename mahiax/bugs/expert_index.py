@@ -1,6 +1,6 @@
 """Summary section 1: "index out of range in self" in the ExpertRouter.
 
-(The summary's ``ExpertRouter`` is the whole MoE block, :class:`mahiax.moe.MixtureOfExperts`;
+(The summary's ``ExpertRouter`` is the whole MoE block, :class:`mahiax.model.moe.MixtureOfExperts`;
 its router alone is ``.router``.)
 
 Two different errors hide behind the summary's one:
@@ -15,7 +15,7 @@ Two different errors hide behind the summary's one:
   summary's fix (``torch.unique`` + ``int(u.item())``) actually removes.
 
 So the fix answers a different error and the reported one stays. The right fix is at the
-data: ids must lie in ``[0, vocab_size)`` (``mahiax.validation`` says so before the embedding)
+data: ids must lie in ``[0, vocab_size)`` (``mahiax.model.validation`` says so before the embedding)
 and the vocabulary must cover the data.
 """
 
@@ -27,8 +27,8 @@ from torch import nn
 from mahiax.bugs.catalog import BugEntry, register
 from mahiax.bugs.harness import harness_config, swap_class, train_variant
 from mahiax.bugs.outcome import Outcome
-from mahiax.data import Batch
-from mahiax.moe import MixtureOfExperts, MoEOutput, load_balancing_loss, router_z_loss
+from mahiax.model.data import Batch
+from mahiax.model.moe import MixtureOfExperts, MoEOutput, load_balancing_loss, router_z_loss
 
 DEMO_DATA_VOCAB = 10_000  # the demo drew token ids from this range
 

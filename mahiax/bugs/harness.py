@@ -23,11 +23,11 @@ import torch
 from mahiax import metric_keys as mk
 from mahiax.bugs.outcome import Outcome, graph_size
 from mahiax.config import MahiaConfig, tiny
-from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.errors import BadInput
-from mahiax.model import HybridEfficientModel
-from mahiax.objective import Objective, finish_step, make_optimizer, objective
-from mahiax.weighting import FixedWeighting, LossWeighting, make_weighting
+from mahiax.model.data import Batch, SyntheticMultiTask
+from mahiax.model.hybrid import HybridEfficientModel
+from mahiax.model.weighting import FixedWeighting, LossWeighting, make_weighting
+from mahiax.training.objective import Objective, finish_step, make_optimizer, objective
 
 if TYPE_CHECKING:
     from mahiax.telemetry import MemoryMeter
@@ -64,7 +64,7 @@ class StepContext:
 
     def finish(self) -> None:
         """The step's tail, as the trainer ends its steps: the optimiser step (unless the loop
-        took it), then :func:`mahiax.objective.finish_step` (commit, weighting update)."""
+        took it), then :func:`mahiax.training.objective.finish_step` (commit, weighting update)."""
         if not self.did_step:
             self.optimizer.step()
         finish_step(self.model, self.weighting, self.losses)
@@ -86,7 +86,7 @@ class StepContext:
 
 
 def forward_losses(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trainer's objective (:func:`mahiax.objective.objective`): one encode(), every
+    """The trainer's objective (:func:`mahiax.training.objective.objective`): one encode(), every
     head, the weighted total with the router's terms; sets ``ctx.weights``."""
     obj = objective(ctx.model, ctx.weighting, ctx.batch)
     ctx.weights = obj.weights
@@ -104,7 +104,7 @@ def clean_loop(ctx: StepContext) -> None:
 class Reference:
     """The clean package model, loaded with a variant's weights and state, one step at a time.
 
-    Its loss is the trainer's objective (:func:`mahiax.objective.objective`) with the loss
+    Its loss is the trainer's objective (:func:`mahiax.training.objective.objective`) with the loss
     weights the variant had in force. Built once per run and reloaded every step (building a
     model per step would cost more than the step). It runs with anomaly mode off: it is the
     yardstick, not the suspect.
@@ -236,7 +236,8 @@ def observing(callback: Callable[[dict], None]) -> Iterator[None]:
 
 
 # a callback that sees the trainer and the record of every step of catalog runs that train
-# with mahiax.train.Trainer itself (router-collapse), started inside `observing_trainer(...)`
+# with mahiax.training.trainer.Trainer itself (router-collapse), started inside
+# `observing_trainer(...)`
 _TRAINER_OBSERVER: ContextVar[Callable[[object, object], None] | None] = ContextVar(
     "mahiax_bugs_trainer_observer", default=None
 )
@@ -245,7 +246,7 @@ _TRAINER_OBSERVER: ContextVar[Callable[[object, object], None] | None] = Context
 @contextlib.contextmanager
 def observing_trainer(callback: Callable[[object, object], None]) -> Iterator[None]:
     """Call ``callback(trainer, record)`` after every step of the catalog runs started inside
-    that train with :class:`mahiax.train.Trainer`: a recording hands them to the training
+    that train with :class:`mahiax.training.trainer.Trainer`: a recording hands them to the training
     probe, so the store gets the full telemetry (expert load, bias, memory) of a normal run."""
     token = _TRAINER_OBSERVER.set(callback)
     try:
@@ -261,11 +262,11 @@ def trainer_observer() -> Callable[[object, object], None] | None:
 
 @contextlib.contextmanager
 def watching_mutations() -> Iterator[list]:
-    """Run every catalog run started inside under :func:`mahiax.debug.locate_mutations`.
+    """Run every catalog run started inside under :func:`mahiax.telemetry.locator.locate_mutations`.
 
     Yields the list of locators, one per training run, filled as runs happen.
     """
-    from mahiax.debug import locate_mutations
+    from mahiax.telemetry.locator import locate_mutations
 
     locators: list = []
 

@@ -29,9 +29,9 @@ from mahiax.bugs.harness import (
 )
 from mahiax.bugs.outcome import Outcome, broken_rule, graph_nodes
 from mahiax.bugs.stateful import BuggyGraphMemory
-from mahiax.model import HybridEfficientModel
+from mahiax.model.hybrid import HybridEfficientModel
+from mahiax.model.weighting import LossWeighting
 from mahiax.telemetry.categories import saved_names
-from mahiax.weighting import LossWeighting
 
 # a reconstruction: the summary never says how often the original stepped; with an optimiser
 # step every few micro-batches the retained graphs live long enough to show the in-place error

@@ -5,7 +5,7 @@ step. Step t+1's backward then runs through step t's graph, which saved paramete
 ``optimizer.step()`` has since updated in place: an in-place error with no in-place
 operation in sight. The summary recommends anomaly mode, which prints the forward line that
 *saved* the tensor (a Linear deep in the model); the operation that *mutated* it was the
-optimiser step. :func:`mahiax.debug.locate_mutations` names that one.
+optimiser step. :func:`mahiax.telemetry.locator.locate_mutations` names that one.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
         "why": (
             f"anomaly mode points at {said} (the forward line that saved the tensor), but the "
             f"tensor was changed by {out.figures['mutating_op']} at {mutated_at} "
-            f"(found by mahiax.debug.locate_mutations): the error is still there and anomaly "
-            f"mode names the wrong line"
+            f"(found by mahiax.telemetry.locator.locate_mutations): the error is still there "
+            f"and anomaly mode names the wrong line"
         ),
     }
     return out
@@ -103,8 +103,8 @@ register(BugEntry(
     pattern="loss.backward(retain_graph=True) with state carried across steps; "
             "optimizer.step() between",
     summary_fix="torch.autograd.set_detect_anomaly(True) to find the in-place operation",
-    right_fix="find the mutation with mahiax.debug.locate_mutations; then detach carried "
-              "state and drop retain_graph",
+    right_fix="find the mutation with mahiax.telemetry.locator.locate_mutations; then detach "
+              "carried state and drop retain_graph",
     explanation=(
         "The error says a saved tensor changed. Anomaly mode shows where that tensor was "
         "saved, in the forward, not what changed it. Here the change is optimizer.step() "

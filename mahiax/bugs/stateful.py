@@ -21,9 +21,9 @@ from mahiax.bugs.catalog import BugEntry, register
 from mahiax.bugs.harness import StepContext, swap_class, train_variant
 from mahiax.bugs.outcome import Outcome
 from mahiax.bugs.verdicts import GRAD_TOL
-from mahiax.fabric import LayerRouting, MetaController
-from mahiax.memory import GraphDiffusionMemory, TinyMemory
-from mahiax.weighting import DynamicWeightAveraging, LossWeighting
+from mahiax.model.fabric import LayerRouting, MetaController
+from mahiax.model.memories import GraphDiffusionMemory, TinyMemory
+from mahiax.model.weighting import DynamicWeightAveraging, LossWeighting
 
 # --- GraphDiffusionMemory ---------------------------------------------------------------
 
@@ -561,7 +561,7 @@ register(BugEntry(
         GraphDiffusionMemory, _graph_watch,
     ),
     candidate_kind=(
-        "a subclass of mahiax.memory.GraphDiffusionMemory whose training forward reads the "
+        "a subclass of mahiax.model.memories.GraphDiffusionMemory whose training forward reads the "
         "nodes and moves them toward the batch (by s = write_rate toward the batch mean, or "
         "as the package memory does); after every step its nodes are compared with that "
         "update of the nodes the step started with"
@@ -594,7 +594,7 @@ register(BugEntry(
         "layer 0 is the mean probability of whichever layer ranked first."
     ),
     runner=_controller_run,
-    candidate_kind="a subclass of mahiax.fabric.MetaController",
+    candidate_kind="a subclass of mahiax.model.fabric.MetaController",
     candidates=lambda: {
         "buggy": BuggyController, "summary": SummaryController, "fixed": MetaController,
     },
@@ -619,7 +619,7 @@ register(BugEntry(
         _tiny_watch,
     ),
     candidate_kind=(
-        "a subclass of mahiax.memory.TinyMemory whose training forward reads the ring and "
+        "a subclass of mahiax.model.memories.TinyMemory whose training forward reads the ring and "
         "remembers the batch summary x.detach().mean(dim=0) in slot count % num_slots, "
         "count + 1; after every step its slots and count are compared with a clean "
         "TinyMemory's"
@@ -649,10 +649,10 @@ register(BugEntry(
     ),
     runner=_dwa_run,
     candidate_kind=(
-        "a subclass of mahiax.weighting.LossWeighting, built as cls(num_tasks): Dynamic Weight "
-        "Averaging with one-step windows and T = 2 (weights all 1 until two steps were seen); "
-        "its weights() are compared with mahiax.weighting.DynamicWeightAveraging fed the same "
-        "losses"
+        "a subclass of mahiax.model.weighting.LossWeighting, built as cls(num_tasks): Dynamic "
+        "Weight Averaging with one-step windows and T = 2 (weights all 1 until two steps were "
+        "seen); its weights() are compared with "
+        "mahiax.model.weighting.DynamicWeightAveraging fed the same losses"
     ),
     candidates=lambda: {
         "buggy": BuggyDWA, "summary": SummaryDWA, "fixed": OneStepDWA,

@@ -1,6 +1,6 @@
 """From what the watchers recorded to findings: one finding per line to change.
 
-Each rule reads the :class:`~mahiax.doctor.watch.Watch` records after the loop ran and says
+Each rule reads the :class:`~mahiax.doctor.watchers.Watch` records after the loop ran and says
 what happened, with the numbers that show it. Where two rules see one cause, one finding
 carries both pieces of evidence: a graph that grows because a held tensor carries it is one
 ``graph-carried-across-steps`` finding with the growth in its message; ``retain_graph=True``
@@ -13,12 +13,12 @@ import statistics
 
 from torch import nn
 
-from mahiax.debug import VERSION_ERROR
 from mahiax.doctor import sites
 from mahiax.doctor.explain import explain_common
 from mahiax.doctor.findings import KINDS, Finding, LoopError, compose, place
 from mahiax.doctor.records import BackwardCall, ClipCall, Held
-from mahiax.doctor.watch import Watch
+from mahiax.doctor.watchers import Watch
+from mahiax.telemetry.locator import VERSION_ERROR
 from mahiax.units import format_bytes
 
 MIN_STEPS_FOR_GROWTH = 3  # steps of strictly growing graphs before growth is called a trend

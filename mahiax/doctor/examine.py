@@ -10,7 +10,7 @@ from torch import nn
 
 from mahiax.doctor.analysis import findings_of, loop_error
 from mahiax.doctor.report import Report
-from mahiax.doctor.watch import Watch
+from mahiax.doctor.watchers import Watch
 from mahiax.errors import BadInput
 
 

@@ -16,7 +16,7 @@ else).
 ``check(train_step, record=True)`` (the lesson's exercise cell) also records the attempt, as
 :func:`mahiax.lessons.check` does for the catalog's exercises, under the exercise name
 :data:`EXERCISE`: in the learner's run store and, on a hub, sent to the class service
-(:func:`mahiax.classroom.record_learner_check`).
+(:func:`mahiax.classroom.class_view.record_learner_check`).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def recorded(exercise: str, result: Result, store: str | Path | None) -> Result:
     records one: in the learner's run store and, on a hub, sent to the class service. A
     store that cannot be written, or a class service that does not take it, costs a warning
     (at the learner's cell), never the answer."""
-    from mahiax.classroom import record_learner_check
+    from mahiax.classroom.class_view import record_learner_check
 
     record_learner_check(exercise, passed=result.holds, reasons=result.reasons,
                          message=result.message, store=store, stacklevel=3)

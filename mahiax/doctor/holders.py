@@ -1,6 +1,6 @@
 """The end-of-step scan for graphs that outlive their step, and who holds them.
 
-:class:`HeldScan` is the part of :class:`~mahiax.doctor.watch.Watch` that, after each step,
+:class:`HeldScan` is the part of :class:`~mahiax.doctor.watchers.Watch` that, after each step,
 finds the live tensors whose graph reaches an earlier step (or was built in this one and may
 be carried into the next), and names what holds each: a global, an attribute or buffer, a
 closure variable, a dict entry or a list, as far as two containers out. It reads the heap
@@ -20,12 +20,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from mahiax.debug import _Packed
 from mahiax.doctor import sites
 from mahiax.doctor.findings import in_notebook
 from mahiax.doctor.records import Carrier, Held, Holder
 from mahiax.doctor.sites import NO_SITE, Site, Store
 from mahiax.telemetry.categories import grad_fn_of, saved_bytes
+from mahiax.telemetry.locator import _Packed
 from mahiax.telemetry.memory_meter import _tensor_types
 
 MAX_CONTAINER_DEPTH = 2  # a held tensor is named through at most two containers
@@ -70,7 +70,7 @@ def _attribute_of(obj: Any, value: Any) -> str | None:
 
 
 class HeldScan:
-    """The held-graph scan of a :class:`~mahiax.doctor.watch.Watch` (a mixin: it reads the
+    """The held-graph scan of a :class:`~mahiax.doctor.watchers.Watch` (a mixin: it reads the
     watch's steps, model, records and ignore list)."""
 
     def _scan_held(self, step: int) -> None:

@@ -1,6 +1,6 @@
 """What the doctor's watchers record while a loop runs: one dataclass per kind of event.
 
-:class:`~mahiax.doctor.watch.Watch` fills them in; :mod:`mahiax.doctor.analysis` turns them
+:class:`~mahiax.doctor.watchers.Watch` fills them in; :mod:`mahiax.doctor.analysis` turns them
 into findings. They keep numbers, names, places and weak references, never the user's tensors.
 """
 

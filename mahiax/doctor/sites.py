@@ -18,7 +18,7 @@ import traceback
 from types import FrameType, TracebackType
 from typing import NamedTuple
 
-from mahiax.debug import _is_internal
+from mahiax.telemetry.locator import _is_internal
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # the doctor's own machinery; lesson 10's exercises (loops a learner would write) are not

@@ -322,7 +322,7 @@ def record_check(exercise: str, *, passed: bool, reasons: list[str] | tuple[str,
                  series: dict[str, Series] | None = None, stacklevel: int = 2) -> Attempt:
     """Record a lesson's check of the learner's own fix: by :func:`current_learner`, in
     :func:`current_lesson`, in the store at ``store`` (default: the one this kernel writes);
-    returns the attempt (for the class service, :func:`mahiax.classroom.send_attempt`).
+    returns the attempt (for the class service, :func:`mahiax.classroom.class_view.send_attempt`).
     Recording never costs the learner the answer: a store that cannot be written gives a
     warning (pointing ``stacklevel`` frames up, at the learner's cell), and the attempt is
     returned all the same."""

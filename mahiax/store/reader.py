@@ -26,7 +26,7 @@ Columns of :meth:`RunReader.runs` (one row per run, oldest first), also the keys
 ``bug``            a bug-catalog run's entry id (``mahiax train --bug``); missing for others
 ``variant``        its variant: ``buggy``, ``summary`` or ``fixed``; missing for others
 ``cadence``        how often the run took each reading (dict of the
-                   :class:`mahiax.cadence.Cadence` settings: ``max_vio_window`` ...);
+                   :class:`mahiax.telemetry.cadence.Cadence` settings: ``max_vio_window`` ...);
                    missing for a run stored without one (recorded before runs kept it)
 =================  =========================================================================
 

@@ -17,7 +17,7 @@ STATUSES = ("running", "finished", "failed", "interrupted")
 CATALOG_NOTE = "catalog"
 
 # the key of ``runs.notes`` that holds the cadence a training run was recorded with (the
-# fields of :class:`mahiax.cadence.Cadence`: snapshot_every, max_vio_window ...); runs
+# fields of :class:`mahiax.telemetry.cadence.Cadence`: snapshot_every, max_vio_window ...); runs
 # recorded before the cadence was kept have none
 CADENCE_NOTE = "cadence"
 

@@ -118,7 +118,7 @@ class RunWriter:
     stored in ``notes``, read back as the ``bug`` and ``variant`` columns, kept on resume.
 
     ``cadence`` (a mapping of setting -> steps, e.g. ``Cadence.to_dict()`` of a
-    :class:`mahiax.cadence.Cadence`) is how often the run's readings are taken: stored in
+    :class:`mahiax.telemetry.cadence.Cadence`) is how often the run's readings are taken: stored in
     ``notes``, read back as the ``cadence`` column (the dashboard reads MaxVio's window
     from it); a resume without one keeps the stored one.
     """

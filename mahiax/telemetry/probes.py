@@ -20,8 +20,8 @@ from typing import Protocol
 import torch
 
 from mahiax import metric_keys as mk
-from mahiax.cadence import MAX_VIO_WINDOW, Cadence
-from mahiax.model import ModelState
+from mahiax.model.hybrid import ModelState
+from mahiax.telemetry.cadence import MAX_VIO_WINDOW, Cadence
 from mahiax.telemetry.categories import MemoryCategories
 from mahiax.telemetry.memory_meter import MemoryMeter, ProcessRSS
 from mahiax.telemetry.spikes import SPIKE_KEY, SPIKE_SNAPSHOT_KEY, SpikeCapture, encode_path
@@ -74,7 +74,7 @@ class LoadWindow:
 
 
 class TrainingProbe:
-    """Turns each :class:`~mahiax.train.StepRecord` plus the model's state into log rows.
+    """Turns each :class:`~mahiax.training.trainer.StepRecord` plus the model's state into log rows.
 
     Memory is measured on the trainer's device. Given the trainer (here or by
     :meth:`attach`), the probe reads memory by category right after each forward, while the

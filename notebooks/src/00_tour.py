@@ -20,8 +20,8 @@ import torch
 
 from mahiax import bugs, lessons
 from mahiax.config import teaching, tiny
-from mahiax.data import SyntheticMultiTask
-from mahiax.model import HybridEfficientModel
+from mahiax.model.data import SyntheticMultiTask
+from mahiax.model.hybrid import HybridEfficientModel
 
 torch.manual_seed(0)
 print("torch", torch.__version__, "| GPU found:", torch.cuda.is_available())
@@ -226,7 +226,7 @@ assert no_grad and all(n.startswith("tiny_memory.") for n in no_grad)
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
-from mahiax.fabric import FabricBlock
+from mahiax.model.fabric import FabricBlock
 
 torch.manual_seed(2)
 block = FabricBlock(d_model=6).double()  # LayerNorm, Linear, GELU, Linear
@@ -294,7 +294,7 @@ assert not passed32
 # |---|---|
 # | `mahiax/` | the clean model (`model.py`, `moe.py`, `fabric.py`, `memory.py`, `weighting.py`, `precision.py`, `train.py`) |
 # | `mahiax/bugs/` | the catalog: buggy and summary variants beside it, never inside the clean code |
-# | `mahiax/debug.py` | the mutation locator (lesson 06) |
+# | `mahiax/telemetry/locator.py` | the mutation locator (lesson 06) |
 # | `mahiax/telemetry/` | `MemoryMeter` (lesson 05) and the probes that feed the run store |
 # | `mahiax/store/` | the run store: SQLite, read with pandas (lesson 07) |
 # | `notebooks/` | these lessons; their sources are `notebooks/src/*.py` |
@@ -324,7 +324,7 @@ lessons.dashboard_link()
 
 # %%
 from mahiax.bugs.accumulate import BuggyFabric
-from mahiax.fabric import DynamicNeuroFabric
+from mahiax.model.fabric import DynamicNeuroFabric
 
 print(bugs.check("fabric-accumulate", BuggyFabric))
 result = bugs.check("fabric-accumulate", DynamicNeuroFabric)

@@ -8,7 +8,7 @@
 #
 # **Context (read cold).** MAHIA-X routes every token to its top-2 of several small
 # feed-forward *experts* (a mixture of experts, the summary's `ExpertRouter`: in the lab's
-# package the whole block is `mahiax.moe.MixtureOfExperts`, `ExpertRouter` its alias; its
+# package the whole block is `mahiax.model.moe.MixtureOfExperts`, `ExpertRouter` its alias; its
 # `.router` picks each token's experts and its `.experts` hold their weights). The summary,
 # section 1:
 #
@@ -27,8 +27,8 @@ from torch import nn
 from mahiax import bugs, lessons
 from mahiax.bugs.expert_index import DEMO_DATA_VOCAB, BuggyExpertRouter, SummaryExpertRouter
 from mahiax.config import teaching
-from mahiax.data import SyntheticMultiTask
-from mahiax.model import HybridEfficientModel
+from mahiax.model.data import SyntheticMultiTask
+from mahiax.model.hybrid import HybridEfficientModel
 
 torch.manual_seed(0)
 
@@ -184,7 +184,7 @@ assert share > 0.5 and planted.any(dim=1).all()
 
 # %% [markdown]
 # The clean model checks its inputs before the embedding, so the same batch gets a clear
-# error naming the cause (this check is the lab's, in `mahiax/validation.py`):
+# error naming the cause (this check is the lab's, in `mahiax/model/validation.py`):
 
 # %%
 with lessons.expect_error(ValueError, "vocab"):
@@ -258,7 +258,7 @@ lessons.variant_switch(v.outcomes)
 # %%
 from IPython.display import display
 
-from mahiax.moe import SwiGLUExperts, TopKRouter
+from mahiax.model.moe import SwiGLUExperts, TopKRouter
 
 display(lessons.source(TopKRouter.forward, "the clean router: top-k over the experts"),
         lessons.source(SwiGLUExperts.forward, "the clean dispatch: grouped by expert"))
@@ -320,7 +320,7 @@ assert clamped.holds
 # Folding ids with `%` or clamping them passes, but different words now share a row: the
 # checker cannot judge what a mapping does to the ids that were out of range. In a real project the
 # fix is upstream: build the vocabulary from the data (or size the embedding to the
-# tokenizer), and keep an input check like `mahiax.validation.check_inputs` so a mismatch
+# tokenizer), and keep an input check like `mahiax.model.validation.check_inputs` so a mismatch
 # fails at once with a clear message.
 
 # %% [markdown]

@@ -24,7 +24,7 @@ from torch import nn
 from mahiax import bugs, lessons
 from mahiax.bugs.accumulate import _per_sample_inplace, _per_sample_out_of_place
 from mahiax.bugs.harness import harness_config
-from mahiax.fabric import DynamicLayerRouter, DynamicNeuroFabric
+from mahiax.model.fabric import DynamicLayerRouter, DynamicNeuroFabric
 
 torch.manual_seed(0)
 

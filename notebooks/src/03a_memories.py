@@ -38,7 +38,7 @@ from mahiax.bugs import stateful
 from mahiax.bugs.harness import harness_config, observing
 from mahiax.bugs.outcome import graph_nodes
 from mahiax.bugs.verdicts import GRAD_TOL
-from mahiax.memory import GraphDiffusionMemory, TinyMemory
+from mahiax.model.memories import GraphDiffusionMemory, TinyMemory
 
 torch.manual_seed(0)
 

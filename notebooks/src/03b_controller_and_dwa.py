@@ -40,10 +40,10 @@ from mahiax import bugs, lessons
 from mahiax.bugs import stateful
 from mahiax.bugs.harness import harness_config
 from mahiax.bugs.verdicts import GRAD_TOL
-from mahiax.data import SyntheticMultiTask
-from mahiax.fabric import LayerRouting, MetaController
-from mahiax.model import HybridEfficientModel
-from mahiax.weighting import DynamicWeightAveraging, LossWeighting
+from mahiax.model.data import SyntheticMultiTask
+from mahiax.model.fabric import LayerRouting, MetaController
+from mahiax.model.hybrid import HybridEfficientModel
+from mahiax.model.weighting import DynamicWeightAveraging, LossWeighting
 
 torch.manual_seed(0)
 

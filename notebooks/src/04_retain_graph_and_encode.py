@@ -50,9 +50,9 @@ from mahiax.bugs.loops import (
     install_carried_state,
 )
 from mahiax.config import tiny
-from mahiax.data import Batch, SyntheticMultiTask
-from mahiax.model import HybridEfficientModel
-from mahiax.objective import objective
+from mahiax.model.data import Batch, SyntheticMultiTask
+from mahiax.model.hybrid import HybridEfficientModel
+from mahiax.training.objective import objective
 from mahiax.telemetry import MemoryMeter
 from mahiax.units import MIB  # 2**20 bytes: the lab's unit for memory
 
@@ -440,7 +440,7 @@ table[["error", "max grad diff", "forwards / step", "backwards / step"]]
 # then backward. Include the router's two auxiliary losses, `enc.router_loss(ctx.config)`
 # (`aux_loss_coef * enc.aux_loss + z_loss_coef * enc.z_loss`). The whole objective, as the
 # trainer and the catalog's reference compute it, is one function,
-# `mahiax.objective.objective(model, weighting, batch)`: the weighted sum of the task losses
+# `mahiax.training.objective.objective(model, weighting, batch)`: the weighted sum of the task losses
 # plus the router's terms, with the weights and losses it used.
 #
 # `lessons.check("retain-graph", loop)` trains with it **in the summary's setting** (section 3):

@@ -170,8 +170,8 @@ widgets.VBox([size, shown])
 
 # %%
 from mahiax.config import tiny  # noqa: E402
-from mahiax.data import SyntheticMultiTask  # noqa: E402
-from mahiax.model import HybridEfficientModel  # noqa: E402
+from mahiax.model.data import SyntheticMultiTask  # noqa: E402
+from mahiax.model.hybrid import HybridEfficientModel  # noqa: E402
 
 torch.manual_seed(0)
 cfg = tiny()

@@ -45,9 +45,9 @@ from torch import nn
 import mahiax
 from mahiax import bugs, lessons
 from mahiax.bugs.harness import harness_config
-from mahiax.debug import anomaly_says, locate_mutations
-from mahiax.memory import GraphDiffusionMemory
-from mahiax.objective import make_optimizer
+from mahiax.telemetry.locator import anomaly_says, locate_mutations
+from mahiax.model.memories import GraphDiffusionMemory
+from mahiax.training.objective import make_optimizer
 
 _ = torch.manual_seed(0)
 
@@ -163,7 +163,7 @@ assert list(saved.shape) == [3, 1] and net.l2.weight._version == 2
 # **Anomaly mode** (`torch.autograd.set_detect_anomaly(True)` or the context manager
 # `torch.autograd.detect_anomaly()`) records, during the forward, the Python traceback that
 # created each backward node. When a backward node fails, it prints the traceback it
-# recorded for that node. `mahiax.debug.anomaly_says` runs
+# recorded for that node. `mahiax.telemetry.locator.anomaly_says` runs
 # a function under anomaly mode and collects that text.
 #
 # **Predict.** Which line will anomaly mode point at: `opt.step()`, or a line of `forward`?
@@ -194,7 +194,7 @@ assert "anywhere later" in hint
 # %% [markdown]
 # ## 4. What the mutation locator says
 #
-# `mahiax.debug.locate_mutations(model)` watches both ends. It notes every tensor autograd
+# `mahiax.telemetry.locator.locate_mutations(model)` watches both ends. It notes every tensor autograd
 # saves (op, module, file and line), and it sees every **ATen** op (PyTorch's C++ operator
 # library: `aten.addmm`, `aten.add_`, ...) through a `TorchDispatchMode` (a Python hook that
 # every op passes through), noting each in-place write to the storage of a saved tensor.
@@ -262,7 +262,7 @@ assert package_line(figures["mutation_at"]) == "self.optimizer.step()"
 # %% [markdown]
 # The locator names the op printed above, at the catalog harness's `optimizer.step()`: not
 # SGD's `add_` of section 4, but a `_foreach_` op, one call over a whole list of tensors.
-# The harness trains with `torch.optim.AdamW` built by `mahiax.objective.make_optimizer`
+# The harness trains with `torch.optim.AdamW` built by `mahiax.training.objective.make_optimizer`
 # with `foreach=True`, so AdamW runs its multi-tensor loop, `_multi_tensor_adam`. Its
 # *decoupled weight decay* first multiplies every parameter in place by
 # `1 - lr * weight_decay`, with one `torch._foreach_mul_`, before the Adam update (a second
@@ -471,6 +471,6 @@ lessons.my_attempts()
 #   `AsStrided` (a view whose base was changed).
 # - Anomaly mode shows where it was **saved**; the fix is where it was **modified**: here
 #   the optimiser step under a retained graph (a **wrong diagnosis**, measured).
-# - `mahiax.debug.locate_mutations(model)` names the mutating op, module and line; use it
+# - `mahiax.telemetry.locator.locate_mutations(model)` names the mutating op, module and line; use it
 #   around the failing step only: it records every saved tensor and sees every op.
 # - Then remove the cause: detach carried state, one backward per step, no `retain_graph`.

@@ -35,7 +35,7 @@ from IPython.display import display
 from mahiax import bugs, lessons
 from mahiax.bugs.stateful import BuggyController
 from mahiax.config import teaching
-from mahiax.fabric import MetaController
+from mahiax.model.fabric import MetaController
 from mahiax.metric_keys import (  # the run store's keys, each defined once
     FABRIC_IMPORTANCE,
     MEM_GRADS,
@@ -232,7 +232,7 @@ print(f"RSS: {mem[MEM_RSS].iloc[0]:.0f} MiB at step 0, {mem[MEM_RSS].iloc[-1]:.0
 # AdamW creates its two moment buffers per parameter (`exp_avg` and `exp_avg_sq`, each the
 # parameter's size) at its first `step()`. At every later reading both are there: the
 # gradients (the previous step's: the trainer clears them with `set_to_none=True` just
-# before each backward, `mahiax/train.py`) and the moments, twice the parameters' bytes. The
+# before each backward, `mahiax/training/trainer.py`) and the moments, twice the parameters' bytes. The
 # next cell prints the readings by category.
 #
 # The RSS moves on its own (printed above): it counts everything the process holds, not

@@ -34,8 +34,8 @@ from torch import nn
 from mahiax import bugs, lessons
 from mahiax.bugs.harness import harness_config
 from mahiax.bugs.loops import amp_loop
-from mahiax.objective import make_optimizer, objective
-from mahiax.precision import PrecisionManager
+from mahiax.training.objective import make_optimizer, objective
+from mahiax.training.precision import PrecisionManager
 
 torch.manual_seed(0)
 print("torch", torch.__version__)
@@ -74,7 +74,7 @@ print(f"under autocast: output {out.dtype}; weight {lin.weight.dtype}, "
 # value is representable, and dividing it back in `float32` recovers about 1e-8. Under
 # autocast the layer's output is `float16`, but the parameter and its `.grad` stay `float32`:
 # that is where the scaler unscales. `bfloat16` keeps `float32`'s exponent range, so 1e-8
-# survives there: bfloat16 needs no scaler (`mahiax.precision` uses none for it). That is
+# survives there: bfloat16 needs no scaler (`mahiax.training.precision` uses none for it). That is
 # all a scaler is for.
 
 # %%
@@ -414,7 +414,7 @@ lessons.source(PrecisionManager.clip, "the package's clip")
 # Write the training step as a loop `loop(ctx)` with a `GradScaler`: forward, scaled
 # backward, clip to `max_norm=1.0`, `scaler.step`, `scaler.update`. The scaler must live
 # across steps, so `make_loop()` creates it and returns the loop. As in lesson 04, compute
-# the trainer's objective (`mahiax.objective.objective`), set `ctx.weights`, `ctx.losses` and
+# the trainer's objective (`mahiax.training.objective.objective`), set `ctx.weights`, `ctx.losses` and
 # `ctx.total` from it, call `ctx.zero_grad()`; and set
 # `ctx.did_step = True` because your loop steps the optimiser itself.
 # `lessons.check("amp-clip-before-unscale", make_loop())` grades it.
@@ -518,7 +518,7 @@ lessons.my_attempts()
 #    `float16` underflows below about 6e-8 (section 1: `1e-8` becomes 0), so small gradients
 #    vanish; scaling the loss lifts them into range. `bfloat16` has `float32`'s exponent
 #    range (it trades mantissa bits instead), so its small values do not underflow and
-#    `mahiax.precision` uses no scaler for it.
+#    `mahiax.training.precision` uses no scaler for it.
 #
 #    </details>
 #

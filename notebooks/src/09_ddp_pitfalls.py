@@ -43,9 +43,11 @@ import plotly.graph_objects as go
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from mahiax import bugs, distributed, lessons
+from mahiax import bugs, lessons
+
+from mahiax.training import distributed
 from mahiax.bugs import ddp
-from mahiax.moe import SwiGLUExperts
+from mahiax.model.moe import SwiGLUExperts
 
 print("torch", torch.__version__)  # what DDP does with buffers depends on it (section 3)
 
@@ -111,7 +113,7 @@ for r in ddp.per_rank_idle_experts(steps=2):
 #   not reach as ready. The DDP notes warn that "traversing the autograd graph introduces
 #   extra overheads", so it should be set "only ... when necessary". (We do not time it
 #   here: on a tiny model and a shared 2-core machine the difference is below the noise.)
-# - the right fix: stacked expert weights (`mahiax.moe.SwiGLUExperts`, the clean package's
+# - the right fix: stacked expert weights (`mahiax.model.moe.SwiGLUExperts`, the clean package's
 #   layout): one `(E, D, H)` weight per projection (`E` experts, model width `D`, hidden
 #   width `H`). An idle expert is still skipped, but its
 #   slice belongs to a weight that *is* in the graph, so every parameter gets a gradient, an

@@ -43,7 +43,7 @@ from mahiax.bugs import loops  # the catalog's training loops
 from mahiax.bugs.harness import harness_config
 from mahiax.bugs.outcome import graph_size  # nodes reachable from a tensor's grad_fn
 from mahiax.doctor import exercise, exercise_eval
-from mahiax.doctor.catalog import examine_entry
+from mahiax.doctor.on_catalog import examine_entry
 
 torch.manual_seed(0)
 print("finding kinds:", ", ".join(doctor.KINDS))

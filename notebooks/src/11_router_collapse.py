@@ -54,8 +54,8 @@ from mahiax import bugs, lessons
 from mahiax.bugs import balance
 from mahiax.bugs.balance import SelectionCheck, mixing_weights
 from mahiax.bugs.harness import isolated  # the catalog's seed, restored afterwards
-from mahiax.cadence import MAX_VIO_WINDOW
-from mahiax.moe import (
+from mahiax.telemetry.cadence import MAX_VIO_WINDOW
+from mahiax.model.moe import (
     bias_update,
     biased_top_k,
     flipped_choices,
@@ -64,7 +64,7 @@ from mahiax.moe import (
     load_statistics,
 )
 from mahiax.store.paths import ENV_VAR, resolve_store_path
-from mahiax.train import Trainer
+from mahiax.training.trainer import Trainer
 
 store = resolve_store_path()  # $MAHIAX_STORE, else runs/mahiax.sqlite here
 STAMP = time.strftime("%Y%m%d-%H%M%S")  # new run names each time the lesson runs
@@ -326,7 +326,7 @@ print("gradient on the router's scores:", logits.grad is not None, "| on the bia
 # %%
 assert int((ids == busiest).sum()) == 0 and bias.grad is None and logits.grad is not None
 assert torch.equal(top_p, probs.gather(-1, ids))
-lessons.source(biased_top_k, "the selection rule (mahiax.moe)")
+lessons.source(biased_top_k, "the selection rule (mahiax.model.moe)")
 
 # %% [markdown]
 # The bias run of the verdict measured in section 2 (the catalog's `fixed` variant) kept its

@@ -4,15 +4,15 @@ A step reads top to bottom:
 
 1. forward: ``encode()`` once under autocast, every task head on the same features;
 2. losses: per-task losses (float32) combined by the weighting, plus the MoE aux and z losses
-   (1 and 2 are :func:`mahiax.objective.objective`, the one definition of the objective);
+   (1 and 2 are :func:`mahiax.training.objective.objective`, the one definition of the objective);
 3. backward: **once**, through the scaler when fp16 (no ``retain_graph``: nothing needs the
    graph afterwards, so autograd frees it);
 4. unscale, clip, optimiser step (skipped by the scaler on overflow);
-5. :func:`mahiax.objective.finish_step`: one all-reduce of the stateful modules' staged
+5. :func:`mahiax.training.objective.finish_step`: one all-reduce of the stateful modules' staged
    statistics and this step's figures, then memories, layer importance and DWA take their
    detached updates.
 
-Under ``torchrun`` (see :mod:`mahiax.distributed`) each rank trains on its shard of the
+Under ``torchrun`` (see :mod:`mahiax.training.distributed`) each rank trains on its shard of the
 global batch of ``config.batch_size`` samples; the loss module is wrapped in
 DistributedDataParallel, which averages the gradients, and every reported figure is the
 mean (or, for expert load, the sum) over ranks: what one process would see on the global
@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mahiax import distributed
 from mahiax.config import MahiaConfig, config_differences
-from mahiax.data import Batch, SyntheticMultiTask
 from mahiax.errors import BadInput
-from mahiax.model import HybridEfficientModel
-from mahiax.objective import Objective, finish_step, make_optimizer, objective
-from mahiax.precision import PrecisionManager
+from mahiax.model.data import Batch, SyntheticMultiTask
+from mahiax.model.hybrid import HybridEfficientModel
+from mahiax.model.weighting import LossWeighting, make_weighting
 from mahiax.rng import rng_state, set_rng_state
-from mahiax.weighting import LossWeighting, make_weighting
+from mahiax.training import distributed
+from mahiax.training.objective import Objective, finish_step, make_optimizer, objective
+from mahiax.training.precision import PrecisionManager
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int, floor: float = 0.1) -> float:

@@ -3,8 +3,8 @@
 :class:`Watch` installs, for the duration of an examination only (everything is removed in a
 ``finally``, also when the loop raises):
 
-- the lab's mutation locator (:func:`mahiax.debug.locate_mutations`): in-place writes into
-  tensors a live graph saved, and writes that bypassed the version counter. The locator keeps
+- the lab's mutation locator (:func:`mahiax.telemetry.locator.locate_mutations`): in-place writes
+  into tensors a live graph saved, and writes that bypassed the version counter. The locator keeps
   PyTorch's own version check working: it re-raises PyTorch's error word for word;
 - a ``TorchFunctionMode`` that notes the user's line that built each tensor with a
   ``grad_fn`` (to name where a carried graph was made) and sees ``x.data = y`` (a swap of a
@@ -47,8 +47,6 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from mahiax import debug
-from mahiax.debug import MutationLocator, _storage_key, locate_mutations
 from mahiax.doctor import sites
 from mahiax.doctor.findings import place
 from mahiax.doctor.holders import HeldScan, _is_leaf_node, _seq
@@ -74,7 +72,9 @@ from mahiax.doctor.records import (
     StaleAdd,
 )
 from mahiax.doctor.sites import NO_SITE, Site
+from mahiax.telemetry import locator as debug
 from mahiax.telemetry.categories import grad_fn_of, saved_bytes
+from mahiax.telemetry.locator import MutationLocator, _storage_key, locate_mutations
 
 _DATA_DESCRIPTOR = torch._C.TensorBase.__dict__["data"]  # ``x.data = y`` calls its __set__
 

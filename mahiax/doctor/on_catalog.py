@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from mahiax.doctor.examine import build_report
 from mahiax.doctor.report import Report
-from mahiax.doctor.watch import Watch
+from mahiax.doctor.watchers import Watch
 
 
 def examine_entry(entry_id: str, variant: str = "buggy", steps: int | None = None,

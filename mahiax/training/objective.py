@@ -1,6 +1,6 @@
 """The training objective and the tail of a step: one definition, used by every loop.
 
-:class:`mahiax.train.Trainer`, the bug catalog's clean loop and reference
+:class:`mahiax.training.trainer.Trainer`, the bug catalog's clean loop and reference
 (:mod:`mahiax.bugs.harness`), the benchmarks and the lessons all compute the loss with
 :func:`objective` and end a step with :func:`finish_step`, so the yardstick of every verdict is
 what the trainer optimises (``tests/test_training.py`` checks that they agree on one batch).
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from mahiax import distributed
 from mahiax.config import MahiaConfig
-from mahiax.data import Batch
-from mahiax.model import Encoded, HybridEfficientModel
-from mahiax.weighting import LossWeighting
+from mahiax.model.data import Batch
+from mahiax.model.hybrid import Encoded, HybridEfficientModel
+from mahiax.model.weighting import LossWeighting
+from mahiax.training import distributed
 
 
 def make_optimizer(params: list[torch.nn.Parameter], config: MahiaConfig) -> torch.optim.AdamW:
@@ -76,7 +76,7 @@ def finish_step(
 ) -> Shared | None:
     """The tail of a step, after the optimiser step: reduce, commit, update the weighting.
 
-    1. One ``all_reduce`` (:func:`mahiax.distributed.sum_over_ranks`) sums, over the ranks,
+    1. One ``all_reduce`` (:func:`mahiax.training.distributed.sum_over_ranks`) sums, over the ranks,
        every statistic the model's stateful modules staged in this step's forward, the task
        ``losses`` (K,) and the caller's ``figures`` (any shape): one collective a step, none
        when training alone.

@@ -16,7 +16,7 @@ order of ``commit()`` and ``backward()``; and because the statistics were comput
 detached inputs, no graph is carried to the next step. Hence no ``retain_graph`` anywhere.
 
 Sums, not means, because sums add up over processes: under data parallelism the trainer sums
-every rank's staged statistics (one all-reduce, :func:`mahiax.distributed.sum_over_ranks`)
+every rank's staged statistics (one all-reduce, :func:`mahiax.training.distributed.sum_over_ranks`)
 before ``commit()``, which then makes the global batch's update on every rank. No collective
 runs inside these modules, so a memory runs on its own under any process group or none.
 """

@@ -314,7 +314,7 @@ class MixtureOfExperts(nn.Module):
     statistic, in one all-reduce) and :meth:`commit` then writes the global load.
 
     ``balance`` says how the load is balanced: ``"aux"`` (the objective adds the aux loss,
-    :meth:`mahiax.model.Encoded.router_loss`), ``"none"``, or ``"bias"``: a per-expert bias
+    :meth:`mahiax.model.hybrid.Encoded.router_loss`), ``"none"``, or ``"bias"``: a per-expert bias
     ``expert_bias`` (E,) float32, a persistent buffer (checkpointed, not a parameter), is added
     to the routing scores for the top-k selection only (:func:`biased_top_k`) and moved by
     :func:`bias_update` with ``bias_update_rate`` in :meth:`commit`, from the load of the

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mahiax.config import MahiaConfig
-from mahiax.data import Batch
 from mahiax.dtypes import at_least_fp32
-from mahiax.fabric import DynamicNeuroFabric, LayerRouting
-from mahiax.memory import GraphDiffusionMemory, TinyMemory
-from mahiax.moe import MixtureOfExperts, RouterOutput
+from mahiax.model.data import Batch
+from mahiax.model.fabric import DynamicNeuroFabric, LayerRouting
+from mahiax.model.memories import GraphDiffusionMemory, TinyMemory
+from mahiax.model.moe import MixtureOfExperts, RouterOutput
+from mahiax.model.validation import check_inputs, check_targets
 from mahiax.tasks import TASKS
-from mahiax.validation import check_inputs, check_targets
 
 
 @dataclass(kw_only=True)
@@ -182,7 +182,8 @@ class HybridEfficientModel(nn.Module):
 
         The forward runs under ``autocast()`` (the trainer's mixed precision, if any); the
         losses are computed outside it, in float32. The training objective adds the router's
-        terms (:meth:`Encoded.router_loss`) to their weighted sum: see :mod:`mahiax.objective`.
+        terms (:meth:`Encoded.router_loss`) to their weighted sum: see
+        :mod:`mahiax.training.objective`.
         """
         with autocast():
             enc = self.encode(batch)  # once, for every task
@@ -194,8 +195,8 @@ class HybridEfficientModel(nn.Module):
         ``"<module path>/<name>"``: sums over this process's samples, no graph.
 
         Sums add up over processes: under data parallelism the trainer sums each one over the
-        ranks (:func:`mahiax.objective.finish_step`, one all-reduce for all of them) and hands
-        the result to :meth:`commit`. The model itself never communicates, so it runs on its
+        ranks (:func:`mahiax.training.objective.finish_step`, one all-reduce for all of them) and
+        hands the result to :meth:`commit`. The model itself never communicates, so it runs on its
         own (a training forward, then ``commit()``) under any process group or none.
         """
         return {f"{path}/{name}": t for path, module in self.named_modules()

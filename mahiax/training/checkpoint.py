@@ -1,5 +1,5 @@
-"""Checkpoints: a trainer's :meth:`~mahiax.train.Trainer.state_dict`, written atomically and
-loaded with ``weights_only=True``.
+"""Checkpoints: a trainer's :meth:`~mahiax.training.trainer.Trainer.state_dict`, written atomically
+and loaded with ``weights_only=True``.
 
 What a checkpoint holds is the trainer's business (its components' own state dicts, the step
 and the RNG states); this module only stores it safely. Writing goes to a temporary file in

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mahiax.classroom.class_view import jupyter_proxy
+from mahiax.classroom import jupyter_proxy
 from tests.notebook_env import ROOT, jupyter_env
 from tests.servers import (
     CHROMIUM,

@@ -24,10 +24,10 @@ def examine(step: Callable[[int], Any], steps: int = 6, model: nn.Module | None 
     accepted for symmetry (every ``GradScaler`` is watched). An exception raised by the loop
     ends the examination and is kept in ``report.error`` with its step, explained.
 
-    The watchers slow a step down many times (``benchmarks/bench_doctor.py``: 10-16x on
-    the lab's tiny Trainer step, more on tiny loops whose own step takes under a millisecond,
-    where the end-of-step scan of live objects dominates); a few steps are enough: most
-    findings show at step 0 or 1, growth needs 3.
+    The watchers slow a step down many times, and tiny loops the most: the end-of-step scan
+    of live objects is a fixed cost per step, whatever the loop's own step takes (the
+    slowdown on the lab's tiny Trainer step and on a small MLP: ``make bench``, row
+    ``doctor``). A few steps are enough: most findings show at step 0 or 1, growth needs 3.
 
     Limits: writes that never reach PyTorch's dispatcher (through ``t.numpy()``) and writes
     from other threads are not seen; a clip function is watched under its torch names and

@@ -14,16 +14,15 @@ attributes only unpacks what autograd already holds: the version check stays on 
 modified since it was saved raises when read, and is skipped here).
 
 Cost: the attribute names of each node type are learned once and only the tensor-valued ones
-are read after that; a storage key is three C calls. Measured on the default model's step
-(~280 nodes, ~250 saved tensors, 72 parameters), read after the forward on this lab's shared
-2-core CPU: one reading takes 0.65-0.95 ms (median per run), 3.5-5% of an ~18 ms step.
-Timed phase by phase (medians): reaching the nodes ~190 µs (PyTorch builds a Python object
-for each node through ``next_functions``; the graph was just written, so it is read from
-cold caches: a second walk takes ~80 µs), reading the saved tensors ~140 µs (a new Python
-tensor each), their storage keys ~100 µs, the gradients and optimizer state ~150 µs.
-Python-level tuning does not move it: skipping the ``AccumulateGrad`` nodes, looking at each
-saved tensor once by ``id`` and an inlined gradient loop measured the same (651 µs against
-651 µs, 400 steps alternating the two).
+are read after that; a storage key is three C calls. What remains is PyTorch's own work, one
+Python object per step of the walk: reaching the nodes (PyTorch builds a Python object for each
+node through ``next_functions``, and the graph was just written, so it is read from cold
+caches), reading the saved tensors (a new Python tensor each), their storage keys, then the
+gradients and optimizer state. Python-level tuning does not move it: skipping the
+``AccumulateGrad`` nodes, looking at each saved tensor once by ``id`` and an inlined gradient
+loop were timed against this code and came out the same. That is why training runs read the
+categories every ``categories_every`` steps, not at every step (one reading's time and its
+share of a step: ``make bench``, row ``telemetry``).
 """
 
 from __future__ import annotations
@@ -148,7 +147,7 @@ def saved_names(node: Any) -> tuple[str, ...]:
     if names is not None:
         return names
     candidates = _CANDIDATES.get(kind)
-    if candidates is None:  # dir() is slow (~30 µs): once per type
+    if candidates is None:  # dir() builds and sorts every name: once per type
         candidates = [a for a in dir(node) if a.startswith("_saved_")]
         if has_attribute(node, "saved_tensors"):
             candidates.append("saved_tensors")

@@ -27,9 +27,10 @@ loses its ", which is output 0 of Exp" clause). The probe costs one extra, empty
 node per saved tensor. Foreach ops (``optimizer.step()`` with ``foreach=True``) need the same care:
 see :class:`_WriteWatcher`.
 
-Cost: every aten op makes a round trip through Python; a training step of the lab's tiny
-config ran ~5-10x slower under the locator (noisy 2-core CPU). A debugging tool: turn it on
-around the step that fails, not for a whole run.
+Cost: every aten op makes a round trip through Python, so a training step runs several
+times slower under the locator (the doctor, which installs it, is timed against the plain
+step by ``make bench``, row ``doctor``). A debugging tool: turn it on around the step that
+fails, not for a whole run.
 
 Limits: it relies on three private torch functions (``_get_sequence_nr`` to tell which op a
 save belongs to, ``_pop/_push_saved_tensors_default_hooks`` to build probes without recursion),

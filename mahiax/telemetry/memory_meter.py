@@ -31,10 +31,11 @@ How CPU tensor bytes are found, and why both sources are needed:
   summary's retain-graph band-aid.
 
 Storages are counted once: views and aliases share a storage, keyed by its data pointer and
-size. Cost of the scan: it visits every object the garbage collector tracks. Measured in a
-training process of the default model (~290,000 tracked objects, ~360 tensors) on this lab's
-shared 2-core CPU: 27-31 ms a scan, of which ``gc.get_objects()`` takes 15-20 ms and picking
-the tensors out 9-11 ms (a list comprehension took 20-27 ms for the same).
+size. Cost of the scan: it visits every object the garbage collector tracks, and a training
+process holds hundreds of thousands of them (``torch.optim`` imports its compiler stack) for a
+few hundred tensors; ``gc.get_objects()`` and picking the tensors out take most of it, which
+is why the tensors are picked by type with C-level iterators and why recorded runs take this
+reading only every ``memory_every`` steps (one scan's time: ``make bench``, row ``telemetry``).
 """
 
 from __future__ import annotations
@@ -243,7 +244,8 @@ class MemoryMeter:
         read it after a backward to see what stays retained (a graph kept on purpose, or older
         graphs reached through state that was never detached). On a GPU the allocator gives
         "other" (allocated minus the four categories), reserved and peak every time; on a CPU
-        "other" and the total need ``full=True``, a scan of every live object (~30 ms).
+        "other" and the total need ``full=True``, a scan of every live object (its time:
+        ``make bench``, row ``telemetry``).
         """
         on = self._on_device
         params = self._parameters(model, refresh=full)
@@ -338,8 +340,8 @@ def live_storages() -> Storages:
     stack: list[Any] = []
     kinds = _tensor_types()
     objects = gc.get_objects()
-    # the tensors among them, filtered by C-level iterators (~35% faster than a list
-    # comprehension over ~290,000 objects)
+    # the tensors among them, filtered by C-level iterators (faster than a list comprehension:
+    # no Python-level step per object, and there are hundreds of thousands of objects)
     tensors = list(compress(objects, map(kinds.__contains__, map(type, objects))))
     del objects
     for t in tensors:
@@ -374,7 +376,8 @@ def live_storages() -> Storages:
 
 
 def _tensor_types() -> set[type]:
-    """torch.Tensor and its subclasses: a set lookup is ~5x faster than isinstance per object.
+    """torch.Tensor and its subclasses: a set lookup per object is cheaper than ``isinstance``,
+    which walks the type's bases.
 
     (isinstance would also trigger deprecation warnings on lazy module attributes.)
     """

@@ -21,8 +21,8 @@ CATEGORIES_EVERY = 10
 
 # Steps between two full memory readings on a CPU, which also take one at a recorded run's
 # last step. The reading scans every object Python's garbage collector tracks (a training
-# process holds some 290,000 once ``torch.optim`` has imported its compiler stack), tens of
-# milliseconds each: :mod:`mahiax.telemetry.memory_meter`; ``make bench`` measures the cost.
+# process holds hundreds of thousands once ``torch.optim`` has imported its compiler stack):
+# :mod:`mahiax.telemetry.memory_meter`; one scan's time: ``make bench``, row ``telemetry``.
 # Between two of them, ``mem/rss`` (every step) and the categories show a leak's growth.
 MEMORY_EVERY = 1000
 

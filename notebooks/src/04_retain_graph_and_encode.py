@@ -52,8 +52,8 @@ from mahiax.bugs.loops import (
 from mahiax.config import tiny
 from mahiax.model.data import Batch, SyntheticMultiTask
 from mahiax.model.hybrid import HybridEfficientModel
-from mahiax.training.objective import objective
 from mahiax.telemetry import MemoryMeter
+from mahiax.training.objective import objective
 from mahiax.units import MIB  # 2**20 bytes: the lab's unit for memory
 
 torch.manual_seed(0)

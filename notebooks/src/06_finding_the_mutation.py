@@ -45,8 +45,8 @@ from torch import nn
 import mahiax
 from mahiax import bugs, lessons
 from mahiax.bugs.harness import harness_config
-from mahiax.telemetry.locator import anomaly_says, locate_mutations
 from mahiax.model.memories import GraphDiffusionMemory
+from mahiax.telemetry.locator import anomaly_says, locate_mutations
 from mahiax.training.objective import make_optimizer
 
 _ = torch.manual_seed(0)

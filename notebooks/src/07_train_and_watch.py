@@ -35,7 +35,6 @@ from IPython.display import display
 from mahiax import bugs, lessons
 from mahiax.bugs.stateful import BuggyController
 from mahiax.config import teaching
-from mahiax.model.fabric import MetaController
 from mahiax.metric_keys import (  # the run store's keys, each defined once
     FABRIC_IMPORTANCE,
     MEM_GRADS,
@@ -52,6 +51,7 @@ from mahiax.metric_keys import (  # the run store's keys, each defined once
     task_loss,
     task_weight,
 )
+from mahiax.model.fabric import MetaController
 from mahiax.recording import record_training
 from mahiax.store import RunReader
 from mahiax.store.paths import ENV_VAR, resolve_store_path

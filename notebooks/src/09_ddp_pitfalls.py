@@ -44,10 +44,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from mahiax import bugs, lessons
-
-from mahiax.training import distributed
 from mahiax.bugs import ddp
 from mahiax.model.moe import SwiGLUExperts
+from mahiax.training import distributed
 
 print("torch", torch.__version__)  # what DDP does with buffers depends on it (section 3)
 

@@ -54,7 +54,6 @@ from mahiax import bugs, lessons
 from mahiax.bugs import balance
 from mahiax.bugs.balance import SelectionCheck, mixing_weights
 from mahiax.bugs.harness import isolated  # the catalog's seed, restored afterwards
-from mahiax.telemetry.cadence import MAX_VIO_WINDOW
 from mahiax.model.moe import (
     bias_update,
     biased_top_k,
@@ -64,6 +63,7 @@ from mahiax.model.moe import (
     load_statistics,
 )
 from mahiax.store.paths import ENV_VAR, resolve_store_path
+from mahiax.telemetry.cadence import MAX_VIO_WINDOW
 from mahiax.training.trainer import Trainer
 
 store = resolve_store_path()  # $MAHIAX_STORE, else runs/mahiax.sqlite here

@@ -1,6 +1,6 @@
-"""The session-state keys the sidebar (``streamlit_app``) and the pages (``views``,
-``bug_lab``) share: one definition, in a module that imports nothing of the dashboard, so
-that no two dashboard modules need to import each other."""
+"""The session-state keys the sidebar (``streamlit_app``), the navigation and the pages
+share: one definition, in a module that imports nothing of the dashboard, so that no two
+dashboard modules need to import each other."""
 
 from __future__ import annotations
 

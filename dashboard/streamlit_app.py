@@ -1,8 +1,8 @@
 """MAHIA-X Lab live dashboard: ``streamlit run dashboard`` (or this file).
 
 This script holds only the sidebar (store, run picker and the runs compared with it,
-start/stop form, refresh settings) and the navigation; the pages live in
-``dashboard/views.py``.
+start/stop form, refresh settings) and runs the page ``dashboard/navigation.py`` picks; each
+page lives in a module of its own (``training_page``, ``bug_lab`` ...).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ if str(_ROOT) not in sys.path:  # `streamlit run dashboard` puts only dashboard/
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dashboard import data, runs, state, views  # noqa: E402
+from dashboard import data, navigation, runs, state  # noqa: E402
 from mahiax.config import PRECISIONS, WEIGHTINGS  # noqa: E402
 from mahiax.store import StoreError, validate_run_name  # noqa: E402
 
@@ -144,7 +144,7 @@ def _settings() -> None:
 def main() -> None:
     st.set_page_config(page_title="MAHIA-X Lab", page_icon=":material/monitoring:",
                        layout="wide")
-    page = views.navigate()
+    page = navigation.navigate()
     path = str(data.store_path())
     st.session_state[state.STORE_KEY] = path
     table, error = _load_runs(path)

@@ -30,8 +30,8 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dashboard import class_page, runs  # noqa: E402
+from dashboard.navigation import CLASS  # noqa: E402
 from dashboard.state import PAGE_KEY  # noqa: E402
-from dashboard.views import CLASS  # noqa: E402
 from mahiax.classroom.class_view import (  # noqa: E402
     ClassService,
     ClassServiceError,

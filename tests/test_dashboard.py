@@ -22,8 +22,8 @@ pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dashboard import bug_lab, data, processing, runs, verdict_jobs, verdict_runs  # noqa: E402
+from dashboard.navigation import BUG_LAB, MY_ATTEMPTS, PAGES  # noqa: E402
 from dashboard.state import COMPARE_KEY, PAGE_KEY, RUN_KEY  # noqa: E402
-from dashboard.views import BUG_LAB, MY_ATTEMPTS, PAGES  # noqa: E402
 from mahiax.store.attempts import Attempt, current_learner, record_attempt  # noqa: E402
 from mahiax.units import MIB  # noqa: E402
 from tests import dashboard_fixtures as fx  # noqa: E402

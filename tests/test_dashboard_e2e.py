@@ -47,7 +47,7 @@ from mahiax.telemetry.cadence import Cadence  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
-# url path -> page title, in menu order (dashboard/views.py PAGES)
+# url path -> page title, in menu order (dashboard/navigation.py PAGES)
 PAGES = {
     "training": "Training",
     "experts": "Expert load balance",

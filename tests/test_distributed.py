@@ -139,7 +139,7 @@ def test_torchrun_cli_records_one_run_from_rank_0(tmp_path, monkeypatch):
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    from dashboard.views import PAGE_KEY
+    from dashboard.state import PAGE_KEY
 
     monkeypatch.setenv("MAHIAX_STORE", str(store))
     monkeypatch.setenv("MAHIAX_DASHBOARD_AUTOSTART", "0")

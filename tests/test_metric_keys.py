@@ -126,7 +126,9 @@ def test_the_module_is_light():
 USERS = [
     "mahiax/telemetry/probes.py", "mahiax/telemetry/categories.py",
     "mahiax/telemetry/spikes.py", "mahiax/bugs/harness.py", "dashboard/processing.py",
-    "dashboard/views.py", "dashboard/bug_lab.py", "notebooks/src/07_train_and_watch.py",
+    "dashboard/training_page.py", "dashboard/expert_load_page.py",
+    "dashboard/memory_nodes_page.py", "dashboard/loss_weights_page.py", "dashboard/memory_page.py",
+    "dashboard/page_charts.py", "dashboard/bug_lab.py", "notebooks/src/07_train_and_watch.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.py")),
 ]
 PREFIXES = (mk.TASK_LOSS_PREFIX, mk.TASK_WEIGHT_PREFIX, mk.DWA_RATIO_PREFIX, mk.MOE_PREFIX,

@@ -131,9 +131,24 @@ def test_the_cycle_finder_finds_a_cycle_and_accepts_a_tree():
 def test_no_import_circle_among_dashboard_modules():
     modules = {p.stem: p for p in (ROOT / "dashboard").glob("*.py") if p.stem != "__init__"}
     graph = {name: _dashboard_imports(path) & set(modules) for name, path in modules.items()}
-    assert graph["views"], "the scan sees the dashboard's imports (views imports charts ...)"
+    assert graph["navigation"], "the scan sees the dashboard's imports (navigation imports "\
+        "the pages ...)"
     cycle = import_cycle(graph)
     assert cycle is None, "dashboard modules import each other: " + " -> ".join(cycle or [])
+
+
+def test_the_pages_import_the_frame_and_the_frame_no_page():
+    """Imports run one way: the run pages stand on the frame, the page charts, the figure
+    cache and the shown runs, which import no page; only the navigation imports the pages."""
+    modules = {p.stem: p for p in (ROOT / "dashboard").glob("*.py") if p.stem != "__init__"}
+    graph = {name: _dashboard_imports(path) & set(modules) for name, path in modules.items()}
+    pages = {name for name in modules if name.endswith("_page")} | {"bug_lab", "my_attempts"}
+    shared = {"frame", "page_charts", "figure_cache", "shown"}
+    assert {"frame", "page_charts"} <= graph["training_page"]
+    for name in shared:
+        assert not graph[name] & pages, f"{name} imports a page: {graph[name] & pages}"
+    importers = {name for name, imported in graph.items() if imported & pages}
+    assert importers == {"navigation"}, importers
 
 
 def _modules_after(statement: str) -> set[str]:

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint browser dashboard lab bench gpu-check clean hub hub-setup hub-learners
+.PHONY: setup test test-fast lint browser dashboard lab bench gpu-check clean hub hub-setup hub-learners
 
 setup: $(STAMP)
 
@@ -26,10 +26,16 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	} || echo "could not install chromium: the browser tests will be skipped"
 
-# Two workers; the tests that start servers, kernels or browsers run in the two groups of
-# tests/conftest.py (XDIST_GROUPS). The 25 slowest tests are listed, to keep them balanced.
+# Every test (docs/tests.md), on two workers; the tests that start servers, kernels or
+# browsers run in the groups their markers name (tests/conftest.py, GROUPS). The 25 slowest
+# tests are listed, to keep them balanced.
 test: lint browser hub-setup
 	$(PY) -m pytest -n 2 --dist loadgroup --durations=25
+
+# The unit tests: every test but those marked integration (servers, kernels, browsers,
+# several processes, whole notebooks, the hub). No browser or hub install needed.
+test-fast: setup
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not integration" --durations=15
 
 # Opens on localhost (.streamlit/config.toml); with an empty store it starts a demo run.
 # STREAMLIT_ARGS passes options through, e.g. STREAMLIT_ARGS="--server.port 8600".

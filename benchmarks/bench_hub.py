@@ -1,6 +1,6 @@
 """Memory per learner on the workshop hub: what one more learner costs the machine.
 
-The measurement is the hub's end-to-end test (``tests/test_hub_e2e.py``), run as it is: a
+The measurement is the hub's end-to-end test (``tests/hub/test_hub_e2e.py``), run as it is: a
 real JupyterHub on 127.0.0.1 with three learners who sign in through headless Chromium, run
 lesson 00, record a 3-step run and open the dashboard tile. After each learner's session the
 test reads, with psutil, the RSS, PSS and USS of that learner's processes by kind (Jupyter
@@ -221,7 +221,7 @@ def memory_per_learner() -> dict:
     RESULT.unlink(missing_ok=True)
     test = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:xdist", "-q", "-p", "no:cacheprovider",
-         "tests/test_hub_e2e.py"],
+         "tests/hub/test_hub_e2e.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     if test.returncode != 0 or not RESULT.exists():
@@ -283,7 +283,7 @@ def memory_markdown(r: dict) -> str:
     if "skipped" in r:
         return "\n".join([*lines, f"Not measured: {r['skipped']}"])
     lines += [
-        f"`tests/test_hub_e2e.py` run as it is: {r['learners']} learners sign in through "
+        f"`tests/hub/test_hub_e2e.py` run as it is: {r['learners']} learners sign in through "
         "headless Chromium, run lesson 00, record a 3-step run and open the dashboard tile; "
         "psutil reads each learner's processes afterwards (median over the learners, MiB). "
         "PSS counts shared pages once across learners: it is what one more learner adds.",

@@ -10,7 +10,7 @@ building twice gives the same bytes.
     .venv/bin/python notebooks/build.py          # rebuild every notebook
     .venv/bin/python notebooks/build.py --check  # exit 1 if a notebook is out of date
 
-Edit the source, not the ``.ipynb``: ``tests/test_notebooks.py`` fails when they disagree.
+Edit the source, not the ``.ipynb``: ``tests/lessons/test_notebooks.py`` fails when they disagree.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ STATED_VERDICT = re.compile(
 # What the kernelspec runs: what ``python -m ipykernel_launcher`` runs (the working directory
 # off the path while ipykernel loads), and where ``KERNEL_STACKS`` names a file, Python's
 # faulthandler writing every thread's stack there on SIGUSR1, so a test that sees a kernel
-# stall can ask it where it waits (``tests/test_notebooks.py``).
+# stall can ask it where it waits (``tests/lessons/test_notebooks.py``).
 KERNEL_STACKS = "MAHIAX_KERNEL_STACKS"
 KERNEL_MAIN = (
     "import faulthandler, os, signal, sys\n"

@@ -34,7 +34,7 @@ def examine(step: Callable[[int], Any], steps: int = 6, model: nn.Module | None 
     under names in ``step``'s own module; gradients computed with ``torch.autograd.grad``
     are not counted as backward passes. The mutation locator it uses installs
     saved-tensor hooks, and keeps PyTorch's own version check working through them (it
-    re-raises PyTorch's error word for word: ``tests/test_debug.py``).
+    re-raises PyTorch's error word for word: ``tests/telemetry/test_locator.py``).
     """
     if not callable(step):
         raise BadInput(f"step must be a function step(i) that runs one training step, got "

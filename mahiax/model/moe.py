@@ -6,7 +6,7 @@ H ``expert_hidden``.
 
 The block computes what the Mixtral sparse MoE block of Hugging Face ``transformers``
 computes (softmax in float32 over all experts, top-k, weights renormalised to sum to 1,
-``down(silu(gate(x)) * up(x))`` per expert); ``tests/test_moe.py`` loads identical weights into
+``down(silu(gate(x)) * up(x))`` per expert); ``tests/model/test_moe.py`` loads identical weights into
 both and compares. Tokens are dispatched grouped by expert: one sort of the N*K assignments,
 then one contiguous matmul per expert that received tokens. There is no Python loop over
 tokens and no ``experts[idx]`` with a tensor ``idx`` (the summary's bug 1). Every token is
@@ -136,7 +136,7 @@ class SwiGLUExperts(nn.Module):
       :data:`CPU_LOOP_ROWS` assignments per expert on): a Python loop over the experts that
       received tokens, one contiguous matmul each (it needs the counts on the host).
 
-    Both run the same matmuls on the same rows; ``tests/test_moe.py`` checks that they agree,
+    Both run the same matmuls on the same rows; ``tests/model/test_moe.py`` checks that they agree,
     and the float64 gradient checks go through the looped kernel.
     """
 

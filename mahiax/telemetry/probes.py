@@ -2,7 +2,7 @@
 
 "The model counts, the loop writes": the model keeps its routing counts and state in
 buffers; after each step the probes *read* them (under ``no_grad``, copies only) and the
-logger writes them. Nothing here changes what the model computes; ``tests/test_telemetry.py``
+logger writes them. Nothing here changes what the model computes; ``tests/telemetry/test_telemetry.py``
 trains with and without probes and compares the losses bit for bit.
 
 The keys written, their kinds and when each is written are defined, documented and checked

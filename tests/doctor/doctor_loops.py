@@ -1,4 +1,4 @@
-"""Plain-PyTorch training loops for ``tests/test_doctor.py``: the bugs learners write, and
+"""Plain-PyTorch training loops for ``tests/doctor/test_doctor.py``: the bugs learners write, and
 textbook loops that are right.
 
 Written for the doctor's tests, not taken from the catalog. Each factory builds a fresh,

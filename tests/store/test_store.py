@@ -40,7 +40,7 @@ from mahiax.store import (
     validate_run_name,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("store_writer_child.py")
 # the documented columns of RunReader.runs(), restated here so that a change to them is seen
 RUN_COLUMNS = [

@@ -74,6 +74,7 @@ def _get(url: str) -> tuple[int, str]:
         return r.status, r.read().decode()
 
 
+@pytest.mark.servers
 @pytest.mark.timeout(420)
 def test_launcher_tile_opens_the_dashboard_with_the_servers_own_store(tmp_path):
     if not CHROMIUM.exists():

@@ -22,7 +22,7 @@ from mahiax.cli import build_parser
 from mahiax.store import RunReader
 from mahiax.telemetry.cadence import Cadence
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CATEGORIES = ["mem/params", "mem/grads", "mem/optimizer", "mem/saved"]
 
 

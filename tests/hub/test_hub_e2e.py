@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_env import learners, skip_unless_learners_can_enter_the_checkout
+from tests.hub.hub_env import learners, skip_unless_learners_can_enter_the_checkout
 from tests.notebook_env import ROOT
 from tests.servers import (
     CHROMIUM,
@@ -48,6 +48,8 @@ from tests.servers import (
     unexpected_tracebacks,
     wait_until_up,
 )
+
+pytestmark = pytest.mark.servers  # a real JupyterHub, driven by Chromium: one at a time (docs/tests.md)
 
 if os.geteuid() != 0:
     pytest.skip("the hub test needs root: it creates system users and runs the hub as root",

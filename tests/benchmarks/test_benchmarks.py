@@ -211,6 +211,7 @@ def test_lessons_benchmark_is_registered():
     assert run_all.BENCHMARKS["lessons"] == "bench_lessons"
 
 
+@pytest.mark.kernels
 def test_lessons_benchmark_times_every_code_cell_and_judges_the_goal(lesson_result):
     ok = lesson_result["lessons"]["ok"]
     assert ok["error"] is None  # the tagged cell's error is expected, as in a lesson
@@ -220,6 +221,7 @@ def test_lessons_benchmark_times_every_code_cell_and_judges_the_goal(lesson_resu
     assert lesson_result["met"] == all(r["met"] for r in lesson_result["lessons"].values())
 
 
+@pytest.mark.kernels
 def test_lessons_benchmark_reports_a_lesson_that_raises_as_not_met(lesson_result):
     broken = lesson_result["lessons"]["broken"]
     assert broken["error"]["cell"] == 1 and "KeyError" in broken["error"]["message"]
@@ -229,6 +231,7 @@ def test_lessons_benchmark_reports_a_lesson_that_raises_as_not_met(lesson_result
     assert "| broken |" in text and "stopped at cell 1" in text and "| NO |" in text
 
 
+@pytest.mark.kernels
 def test_lessons_benchmark_refuses_an_unknown_lesson(tmp_path):
     with pytest.raises(ValueError, match="no notebook for 99_nothing"):
         bench_lessons.run(["99_nothing"], notebooks=tmp_path, warm_up=False)

@@ -18,11 +18,11 @@ import textwrap
 import weakref
 from pathlib import Path
 
-import doctor_loops
+from tests.doctor import doctor_loops
 import pytest
 import torch
 import torch.nn.functional as F
-from doctor_loops import BUGGY, CORRECT, FILE, expected
+from tests.doctor.doctor_loops import BUGGY, CORRECT, FILE, expected
 from torch import nn
 from torch.nn.modules import module as nn_module
 from torch.overrides import _get_current_function_mode_stack
@@ -35,7 +35,7 @@ from mahiax.doctor import exercise, exercise_eval
 from mahiax.doctor.on_catalog import examine_entry
 from mahiax.errors import BadInput
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _examine(make, steps: int = 6) -> doctor.Report:
@@ -408,7 +408,7 @@ def test_exercise_check_records_the_attempt_with_the_findings_kinds_as_reasons(
 def test_exercise_check_on_a_hub_reaches_the_class_service(monkeypatch, tmp_path):
     # as lessons.check: the learner's own store, and the class service with their token
     from mahiax.store.attempts import read_attempts
-    from tests.test_classroom import _FakeService
+    from tests.classroom.test_classroom import _FakeService
 
     service = _FakeService()
     try:

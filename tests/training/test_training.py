@@ -40,7 +40,7 @@ from mahiax.model.weighting import (
 from mahiax.training.precision import PrecisionManager
 from mahiax.training.trainer import lr_at
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mahiax"
+PACKAGE = Path(__file__).resolve().parents[2] / "mahiax"
 
 # --------------------------------------------------------------------------- 300 default steps
 
@@ -64,6 +64,7 @@ def default_run():
     return trainer, records, nodes0
 
 
+@pytest.mark.default_run
 def test_default_config_runs_300_steps_under_anomaly_detection(default_run):
     trainer, records, _ = default_run
     assert [r.step for r in records] == list(range(300))
@@ -71,6 +72,7 @@ def test_default_config_runs_300_steps_under_anomaly_detection(default_run):
     assert not any(r.skipped for r in records)
 
 
+@pytest.mark.default_run
 @pytest.mark.parametrize("task", MahiaConfig().tasks)
 def test_every_task_loss_falls_clearly(default_run, task):
     _, records, _ = default_run
@@ -79,6 +81,7 @@ def test_every_task_loss_falls_clearly(default_run, task):
     assert last < 0.7 * first, f"{task}: first-10 mean {first:.4f}, last-30 mean {last:.4f}"
 
 
+@pytest.mark.default_run
 def test_memory_nodes_stay_distinct(default_run):
     trainer, _, _ = default_run
     nodes = trainer.model.graph_memory.nodes
@@ -90,12 +93,14 @@ def test_memory_nodes_stay_distinct(default_run):
     assert torch.linalg.matrix_rank(nodes, rtol=1e-3) == trainer.config.memory_nodes
 
 
+@pytest.mark.default_run
 def test_memory_nodes_move_from_their_initial_values(default_run):
     trainer, _, nodes0 = default_run
     displacement = (trainer.model.graph_memory.nodes - nodes0).norm(dim=1).mean()
     assert displacement > 0.25 * nodes0.norm(dim=1).mean()  # observed: ~1.2x
 
 
+@pytest.mark.default_run
 def test_layer_importance_stays_finite_and_moves_from_uniform(default_run):
     trainer, _, _ = default_run
     imp = trainer.model.fabric.controller.importance
@@ -105,11 +110,13 @@ def test_layer_importance_stays_finite_and_moves_from_uniform(default_run):
     assert (imp - 1.0 / n_layers).abs().max() > 0.05  # observed: ~0.25
 
 
+@pytest.mark.default_run
 def test_tiny_memory_counts_every_step(default_run):
     trainer, _, _ = default_run
     assert int(trainer.model.tiny_memory.count) == 300
 
 
+@pytest.mark.default_run
 def test_held_out_metrics_beat_chance(default_run):
     trainer, _, _ = default_run
     m = trainer.evaluate()

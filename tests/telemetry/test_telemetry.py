@@ -22,7 +22,7 @@ from mahiax.telemetry.probes import LoadWindow, TrainingProbe
 from mahiax.training.checkpoint import load_checkpoint, save_checkpoint
 from mahiax.training.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_probes_do_not_change_what_the_model_computes(tmp_path):

@@ -16,7 +16,7 @@ import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("mahiax", "dashboard", "hub")
 
 # a duration (12 ms, 0.8 µs, 30 us, 5 ns), a speed ratio said as one ("5x faster", "3 times

@@ -61,7 +61,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 def test_every_module_has_a_layer():
     missing = [_module_name(p) for p in sorted((ROOT / "mahiax").rglob("*.py"))
                if _module_name(p) != "mahiax" and _layer(_module_name(p)) is None]
-    assert not missing, f"modules in no layer of tests/test_layers.py LAYERS: {missing}"
+    assert not missing, f"modules in no layer of tests/project/test_layers.py LAYERS: {missing}"
 
 
 def upward_imports(files: dict[str, Path]) -> list[str]:

@@ -35,7 +35,7 @@ import pytest
 from mahiax import bugs
 from mahiax.doctor import exercise, exercise_eval
 from mahiax.store.attempts import current_learner, read_attempts
-from tests.lesson_rules import markdown_in_code, predict_giveaways, unbound_figures
+from tests.lessons.lesson_rules import markdown_in_code, predict_giveaways, unbound_figures
 from tests.notebook_env import (
     KERNEL_MAIN,
     KERNEL_NAME,
@@ -503,6 +503,7 @@ def _write_timing(name: str, kernel_start_s: float, cells: list[tuple[int, float
             + f" (over {STALL_S} s): both sides' stacks in {kept}", stacklevel=2)
 
 
+@pytest.mark.kernels
 @pytest.mark.timeout(HANG_GUARD_S)
 @pytest.mark.parametrize("name", LESSONS)
 def test_notebook_runs_top_to_bottom_on_cpu(name, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ requested by the admin, scoped as a learner's server token is (access to the cla
   shows the class as it changes; a learner opening it is refused.
 
 Needs root (system users, the hub as root) and ``make hub-setup``; skipped where learners
-cannot enter the checkout, as ``tests/test_hub_e2e.py`` is. The class page's test also needs
+cannot enter the checkout, as ``tests/hub/test_hub_e2e.py`` is. The class page's test also needs
 Debian's chromium (skipped without it).
 """
 
@@ -46,9 +46,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.hub_env import learners, skip_unless_learners_can_enter_the_checkout
+from tests.hub.hub_env import learners, skip_unless_learners_can_enter_the_checkout
 from tests.notebook_env import ROOT
 from tests.servers import free_port, stop, unexpected_tracebacks, wait_until_up
+
+pytestmark = pytest.mark.servers  # a real JupyterHub, driven by Chromium: one at a time (docs/tests.md)
 
 if os.geteuid() != 0:
     pytest.skip("the hub test needs root: it creates system users and runs the hub as root",

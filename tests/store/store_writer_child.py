@@ -5,7 +5,7 @@ Every step is logged in three calls (two halves of the scalars, then a vector) a
 Values are a pure function of (step, key), so a reader can check each one exactly.
 Prints ``ready <pid>`` once the run exists and its first step is committed.
 
-    python tests/store_writer_child.py STORE NAME --steps 2000 --keys 20
+    python tests/store/store_writer_child.py STORE NAME --steps 2000 --keys 20
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 # Import mahiax.store without running mahiax/__init__.py, which imports torch: seconds of
 # start-up per child process, and the store needs only numpy and psutil.
-_PKG = Path(__file__).resolve().parents[1] / "mahiax"
+_PKG = Path(__file__).resolve().parents[2] / "mahiax"
 if "mahiax" not in sys.modules:
     _stub = types.ModuleType("mahiax")
     _stub.__path__ = [str(_PKG)]

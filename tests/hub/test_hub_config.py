@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("jupyterhub")
 from traitlets.config.loader import PyFileConfigLoader  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HUB = ROOT / "hub"
 WORKSHOP, ADMIN = "workshop-pass-1", "an-admin-password-of-more-than-32-chars"
 

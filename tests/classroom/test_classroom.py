@@ -1,7 +1,7 @@
 """The class's view of attempts (``mahiax.classroom.class_view``): the instructor's summary
 computed from attempts, what the class service accepts in a POST and exports, and a learner's kernel
 sending its attempts (to a local HTTP server standing in for the service). The real service
-behind a real JupyterHub: ``tests/test_hub_class.py``."""
+behind a real JupyterHub: ``tests/hub/test_hub_class.py``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Small in-place bugs from the summary, for ``tests/test_debug.py``.
+"""Small in-place bugs from the summary, for ``tests/telemetry/test_locator.py``.
 
 Lines the tests look for end with a marker comment: ``# MUTATION <name>`` on the write that
 breaks backward, ``# SAVED <name>`` on the forward line that saved the tensor (the one anomaly

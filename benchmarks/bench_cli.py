@@ -1,10 +1,11 @@
 """How long the store commands take to answer: ``mahiax runs list``, ``runs show NAME`` and
 ``runs export NAME``, each a fresh process, as a user types them.
 
-They only read the store, so they must not pay for torch (``tests/telemetry/test_recording_cadence.py``
-checks that none imports it); this row measures what they do cost, beside a bare
-interpreter and ``import torch`` in the same rounds. Each round runs every command once, in
-a rotated order; medians and min-max over rounds.
+They only read the store, so they must not pay for torch
+(``tests/telemetry/test_recording_cadence.py`` checks that none imports it); this row
+measures what they do cost, beside a bare interpreter and ``import torch`` in the same
+rounds. Each round runs every command once, in a rotated order; medians and min-max over
+rounds.
 """
 
 from __future__ import annotations

@@ -163,9 +163,9 @@ def original_style(cls: type[_OriginalLayout], moe: MixtureOfExperts) -> _Origin
 def mixtral_block(moe: MixtureOfExperts, implementation: str = "eager") -> nn.Module:
     """A ``transformers`` Mixtral sparse MoE block holding ``moe``'s weights.
 
-    The mapping (``tests/model/test_moe.py`` checks it): the router ``(E, D)`` is ``gate.weight`` as is;
-    ``gate_up_proj`` (E, 2H, D) stacks the transposed gate and up weights; ``down_proj``
-    (E, D, H) is the transposed down weight.
+    The mapping (``tests/model/test_moe.py`` checks it): the router ``(E, D)`` is
+    ``gate.weight`` as is; ``gate_up_proj`` (E, 2H, D) stacks the transposed gate and up
+    weights; ``down_proj`` (E, D, H) is the transposed down weight.
     """
     from transformers import MixtralConfig
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock

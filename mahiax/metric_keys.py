@@ -7,7 +7,7 @@ for the per-task keys, a builder (``task_loss("tabular")`` is ``"loss/tabular"``
 names the constant, never the string. :data:`TRAINING_KEYS` holds, for each key a training
 run (``mahiax train --run``, :func:`mahiax.recording.record_training`) writes, its kind and
 when it is written, as data: :func:`keys_written` says which keys a run of a given config
-and device holds, and ``tests/test_metric_keys.py`` records a run and checks the store
+and device holds, and ``tests/foundations/test_metric_keys.py`` records a run and checks the store
 against it. :data:`CATALOG_KEYS` are the keys a bug-catalog run of the harness writes
 (:mod:`mahiax.bugs.harness`).
 

@@ -96,8 +96,8 @@ def start_dashboard(store: Path, log: Path, **env: str) -> tuple[subprocess.Pope
     demo run and one thread (``env`` adds variables); returns the process and its URL once
     it answers. It starts in ``log``'s folder, outside the checkout, as the JupyterLab tile
     and the hub start it (the dashboard's settings must hold there too: ``make dashboard``
-    from the checkout is tested in ``tests/test_dashboard_e2e.py``). Output goes to ``log``.
-    The caller stops it with :func:`stop`; if it never answers, it is stopped here and the
+    from the checkout is tested in ``tests/dashboard/test_dashboard_e2e.py``). Output goes to
+    ``log``. The caller stops it with :func:`stop`; if it never answers, it is stopped here and the
     AssertionError shows the end of its log."""
     port = free_port()
     environ = {**os.environ, "MAHIAX_STORE": str(store), "MAHIAX_DASHBOARD_AUTOSTART": "0",

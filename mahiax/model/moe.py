@@ -6,11 +6,11 @@ H ``expert_hidden``.
 
 The block computes what the Mixtral sparse MoE block of Hugging Face ``transformers``
 computes (softmax in float32 over all experts, top-k, weights renormalised to sum to 1,
-``down(silu(gate(x)) * up(x))`` per expert); ``tests/model/test_moe.py`` loads identical weights into
-both and compares. Tokens are dispatched grouped by expert: one sort of the N*K assignments,
-then one contiguous matmul per expert that received tokens. There is no Python loop over
-tokens and no ``experts[idx]`` with a tensor ``idx`` (the summary's bug 1). Every token is
-processed by its K experts: no capacity limit, no dropped tokens.
+``down(silu(gate(x)) * up(x))`` per expert); ``tests/model/test_moe.py`` loads identical
+weights into both and compares. Tokens are dispatched grouped by expert: one sort of the N*K
+assignments, then one contiguous matmul per expert that received tokens. There is no Python
+loop over tokens and no ``experts[idx]`` with a tensor ``idx`` (the summary's bug 1). Every
+token is processed by its K experts: no capacity limit, no dropped tokens.
 
 Load balance is a choice (``MahiaConfig.balance``): ``"aux"`` adds the Switch load-balancing
 loss to the objective (the model's default), ``"bias"`` moves a per-expert selection bias

@@ -2,8 +2,9 @@
 
 "The model counts, the loop writes": the model keeps its routing counts and state in
 buffers; after each step the probes *read* them (under ``no_grad``, copies only) and the
-logger writes them. Nothing here changes what the model computes; ``tests/telemetry/test_telemetry.py``
-trains with and without probes and compares the losses bit for bit.
+logger writes them. Nothing here changes what the model computes;
+``tests/telemetry/test_telemetry.py`` trains with and without probes and compares the
+losses bit for bit.
 
 The keys written, their kinds and when each is written are defined, documented and checked
 in one place, :mod:`mahiax.metric_keys` (its docstring has the table of every key); the probes

@@ -3,7 +3,8 @@
 :class:`mahiax.training.trainer.Trainer`, the bug catalog's clean loop and reference
 (:mod:`mahiax.bugs.harness`), the benchmarks and the lessons all compute the loss with
 :func:`objective` and end a step with :func:`finish_step`, so the yardstick of every verdict is
-what the trainer optimises (``tests/training/test_training.py`` checks that they agree on one batch).
+what the trainer optimises (``tests/training/test_training.py`` checks that they agree on one
+batch).
 The Trainer and the catalog's harness build their optimiser with :func:`make_optimizer`.
 
 A step is: ``objective()`` (one ``encode()``, every head, the weighted total), one

@@ -262,7 +262,7 @@ lessons.source(ddp.all_reduce_statistics, "the right fix")
 # adds up over ranks, a mean does not), and the trainer, after the optimiser step, sums all
 # of them over the ranks, together with the task losses, in **one** flat all-reduce, then
 # calls `commit()`, which builds every buffer's update from the global sums. One collective
-# call a step besides DDP's gradients (`tests/test_distributed.py` counts them on two ranks),
+# call a step besides DDP's gradients (`tests/training/test_distributed.py` counts them on two ranks),
 # and a model that runs alone under any process group (none of its forwards waits for
 # another rank):
 

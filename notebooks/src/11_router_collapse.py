@@ -574,7 +574,7 @@ lessons.my_attempts()
 #    Each rank would otherwise move its bias from its own tokens, and the ranks' biases would
 #    drift apart: the same token would go to different experts on different ranks. The
 #    model sums the load over ranks before the update, so every rank applies the same one
-#    (`tests/test_distributed.py` checks it on two ranks).
+#    (`tests/training/test_distributed.py` checks it on two ranks).
 #
 #    </details>
 

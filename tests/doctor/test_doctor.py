@@ -18,11 +18,9 @@ import textwrap
 import weakref
 from pathlib import Path
 
-from tests.doctor import doctor_loops
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.doctor.doctor_loops import BUGGY, CORRECT, FILE, expected
 from torch import nn
 from torch.nn.modules import module as nn_module
 from torch.overrides import _get_current_function_mode_stack
@@ -34,6 +32,8 @@ from mahiax.cli import main
 from mahiax.doctor import exercise, exercise_eval
 from mahiax.doctor.on_catalog import examine_entry
 from mahiax.errors import BadInput
+from tests.doctor import doctor_loops
+from tests.doctor.doctor_loops import BUGGY, CORRECT, FILE, expected
 
 ROOT = Path(__file__).resolve().parents[2]
 

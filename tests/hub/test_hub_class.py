@@ -50,7 +50,7 @@ from tests.hub.hub_env import learners, skip_unless_learners_can_enter_the_check
 from tests.notebook_env import ROOT
 from tests.servers import free_port, stop, unexpected_tracebacks, wait_until_up
 
-pytestmark = pytest.mark.servers  # a real JupyterHub, driven by Chromium: one at a time (docs/tests.md)
+pytestmark = pytest.mark.servers  # a real JupyterHub driven by Chromium (docs/tests.md)
 
 if os.geteuid() != 0:
     pytest.skip("the hub test needs root: it creates system users and runs the hub as root",

@@ -49,7 +49,7 @@ from tests.servers import (
     wait_until_up,
 )
 
-pytestmark = pytest.mark.servers  # a real JupyterHub, driven by Chromium: one at a time (docs/tests.md)
+pytestmark = pytest.mark.servers  # a real JupyterHub driven by Chromium (docs/tests.md)
 
 if os.geteuid() != 0:
     pytest.skip("the hub test needs root: it creates system users and runs the hub as root",

@@ -23,7 +23,7 @@ import pytest
 from tests.notebook_env import ROOT, jupyter_env, notebook_path
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, run_all_cells, start_jupyterlab, stop
 
-pytestmark = pytest.mark.servers  # a real JupyterLab, driven by Chromium: one at a time (docs/tests.md)
+pytestmark = pytest.mark.servers  # a real JupyterLab driven by Chromium (docs/tests.md)
 
 if not CHROMIUM.exists():
     pytest.skip(f"the JupyterLab end-to-end test needs Debian's chromium at {CHROMIUM}",

@@ -3,8 +3,8 @@
 The bias of DeepSeek-V3's auxiliary-loss-free balancing (Wang et al. 2024) moves by the
 published sign rule, steers the top-k selection and nothing else (no gradient, not the mixing
 weights), replaces the aux loss in the objective, is checkpointed, and is logged. The DDP test
-(both ranks hold the same bias) is in ``tests/test_distributed.py``; ``balance="aux"`` is the
-model every other test trains, unchanged.
+(both ranks hold the same bias) is in ``tests/training/test_distributed.py``; ``balance="aux"``
+is the model every other test trains, unchanged.
 """
 
 from __future__ import annotations

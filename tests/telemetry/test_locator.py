@@ -13,11 +13,18 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.telemetry.inplace_examples import EXAMPLES, FILE, CleanNet, exp_then_add, line_of, tiny_memory
 from torch.nn.modules import module as nn_module
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from mahiax.telemetry.locator import VERSION_ERROR, anomaly_says, locate_mutations
+from tests.telemetry.inplace_examples import (
+    EXAMPLES,
+    FILE,
+    CleanNet,
+    exp_then_add,
+    line_of,
+    tiny_memory,
+)
 
 NAMES = sorted(EXAMPLES)
 

@@ -1,13 +1,7 @@
-"""Probes, recorded runs, checkpoints and resume, and the `train --run` / `runs` commands."""
+"""Probes, recorded runs, and the `train --run` / `runs` commands. (Checkpoints and resume:
+``tests/training/test_resume.py``.)"""
 
 from __future__ import annotations
-
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,14 +9,11 @@ import torch
 
 from mahiax.cli import main
 from mahiax.config import tiny
-from mahiax.recording import checkpoint_path, record_bug, record_training
+from mahiax.recording import record_bug, record_training
 from mahiax.store import RunReader, RunWriter
 from mahiax.telemetry.cadence import MAX_VIO_WINDOW, Cadence
 from mahiax.telemetry.probes import LoadWindow, TrainingProbe
-from mahiax.training.checkpoint import load_checkpoint, save_checkpoint
 from mahiax.training.trainer import Trainer
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_probes_do_not_change_what_the_model_computes(tmp_path):
@@ -154,67 +145,6 @@ def test_probe_cadence_validates_spike_settings():
     with pytest.raises(ValueError, match=r"spike_bytes=0 must be a positive integer or None"):
         Cadence(spike_bytes=0)
     assert Cadence(spike_bytes=None).spike_bytes is None
-
-
-def test_resumed_run_reproduces_the_uninterrupted_losses_exactly(tmp_path):
-    c = tiny().replace(max_steps=40)
-    store = tmp_path / "r.sqlite"
-    full = [r.loss for r in Trainer(c).fit(40)]
-    record_training(c, "split", 20, store=store, checkpoint_every=10)
-    record_training(c, "split", 40, store=store, resume=True, checkpoint_every=10)
-    scal = RunReader(store).scalars("split", ["loss"])
-    assert list(scal.index) == list(range(40))
-    assert scal["loss"].tolist() == full
-
-
-def _train_cmd(store: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mahiax", "train", "--preset", "tiny", "--steps", "120",
-            "--run", name, "--store", str(store), "--checkpoint-every", "10", "--no-progress",
-            *extra]
-
-
-def test_killed_training_resumes_to_the_same_losses(tmp_path):
-    """SIGKILL mid-run, then --resume: the store opens, shows the run interrupted, and the
-    finished run's losses equal an uninterrupted run's, step for step.
-
-    Every run is a separate process with one thread: float sums are only bit-identical
-    between runs that use the same number of threads.
-    """
-    store = tmp_path / "k.sqlite"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = dict(cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    subprocess.run(_train_cmd(store, "whole"), check=True, timeout=300, **run)
-    proc = subprocess.Popen(_train_cmd(store, "killed"), **run)
-    ckpt = checkpoint_path(store, "killed")
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    reader = RunReader(store)
-    assert reader.runs().set_index("name").loc["killed", "status"] == "interrupted"
-    assert reader.run("killed")["last_step"] < 119  # it really was cut short
-    subprocess.run(_train_cmd(store, "killed", "--resume"), check=True, timeout=300, **run)
-    whole = reader.scalars("whole", ["loss"])
-    resumed = reader.scalars("killed", ["loss"])
-    assert list(resumed.index) == list(range(120))
-    assert resumed["loss"].tolist() == whole["loss"].tolist()
-    assert reader.runs().set_index("name").loc["killed", "status"] == "finished"
-
-
-def test_checkpoint_is_written_atomically_and_checked_on_load(tmp_path):
-    trainer = Trainer(tiny())
-    trainer.fit(2)
-    path = save_checkpoint(trainer.state_dict(), tmp_path / "c.pt")
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
-    state = load_checkpoint(path)
-    assert state["step"] == 2
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"junk.pt is not a readable MAHIA-X checkpoint"):
-        load_checkpoint(tmp_path / "junk.pt")
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint at"):
-        load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_bug_run_records_its_failure_and_growth_live(tmp_path):

@@ -4,7 +4,7 @@ service with (``mahiax.classroom.class_view.fetch_summary``, ``fetch_export``).
 - The client's protocol: against a small real HTTP server in this file, standing in for the
   class service's answers only (the token sent, ETag and If-None-Match, 304 without a body,
   403, a closed port, a body that is not a summary). The real service, behind a real
-  JupyterHub, answering the page in Chromium: ``tests/test_hub_class.py``.
+  JupyterHub, answering the page in Chromium: ``tests/hub/test_hub_class.py``.
 - The server's one read shared by its sessions (``class_page.class_view``).
 - The page in AppTest off a hub (the local learner as a one-learner class, from a real
   store), and on a "hub" whose service does not answer (a closed port) or whose token is
@@ -42,7 +42,7 @@ from mahiax.classroom.class_view import (  # noqa: E402
 from mahiax.store.attempts import Attempt, record_attempt  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py")
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py")
 LESSON = "04_retain_graph_and_encode"
 PREFIX = "/services/mahiax-class/"
 TEACHER, LEARNER = "teacher-token", "learner-token"
@@ -382,7 +382,7 @@ def test_each_learners_latest_measured_check_per_exercise():
 
 
 def test_the_service_takes_an_attempts_series_within_its_limits():
-    from tests.test_classroom import _service_module
+    from tests.classroom.test_classroom import _service_module
 
     svc = _service_module()
     body = {"lesson": LESSON, "exercise": "router-collapse", "passed": True, "reasons": [],

@@ -18,7 +18,7 @@ from mahiax.recording import record_training
 from mahiax.store import RunReader
 from mahiax.telemetry.cadence import Cadence
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 30
 CLI_CADENCE = Cadence(categories_every=1, memory_every=10, snapshot_every=10)
 TABLES = {mk.SCALAR: "scalars", mk.VECTOR: "vectors", mk.SNAPSHOT: "snapshots"}

@@ -4,8 +4,10 @@ Trains the tiny preset for ``steps`` steps, then saves its parameters, every buf
 weighting's state, the per-step figures and the collective calls of each step to
 ``<out>/rank<R>.pt``.
 
-    python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py OUT STEPS WEIGHTING
-    python tests/ddp_worker.py OUT STEPS WEIGHTING        # one process, the same global batch
+    python -m torch.distributed.run --nproc-per-node 2 tests/training/ddp_worker.py OUT STEPS W
+    python tests/training/ddp_worker.py OUT STEPS W    # one process, the same global batch
+
+(``W``: the loss weighting.)
 
 An optional fifth argument sets ``balance`` (aux | bias | none; default aux).
 """

@@ -11,7 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def lock_pins() -> list[str]:
@@ -164,26 +164,3 @@ def test_importing_the_store_and_the_config_loads_no_torch():
     assert "mahiax" in loaded and "torch" not in loaded
     assert "torch" in _modules_after("import mahiax; mahiax.Trainer"), \
         "the package still offers the model on first use"
-
-
-
-def test_tests_reading_a_costly_fixture_share_one_worker_and_a_stray_one_is_refused():
-    from types import SimpleNamespace
-
-    from tests.conftest import fixture_group_problems, xdist_group_of
-
-    assert xdist_group_of("tests/test_bugs.py::test_summary_verdict_is_the_measured_one[x]") \
-        == "verdicts"
-    assert xdist_group_of("tests/test_training.py::test_every_task_loss_falls_clearly[mixed]") \
-        == "default-run"
-    assert xdist_group_of("tests/test_notebooks.py::test_notebook_runs_top_to_bottom_on_cpu[a]") \
-        == "kernels"
-    assert xdist_group_of("tests/test_bugs.py::test_catalog_lists_every_claim") is None
-    grouped = SimpleNamespace(nodeid="tests/test_bugs.py::test_retain_graph_variants_share_one",
-                              fixturenames=["verdicts", "tmp_path"])
-    stray = SimpleNamespace(nodeid="tests/test_bugs.py::test_a_new_test_of_verdicts",
-                            fixturenames=["verdicts"])
-    assert fixture_group_problems([grouped]) == []
-    (problem,) = fixture_group_problems([grouped, stray])
-    assert problem.startswith("tests/test_bugs.py::test_a_new_test_of_verdicts uses the fixture")
-    assert "'verdicts' of XDIST_GROUPS" in problem

@@ -19,6 +19,8 @@ import pytest
 
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, TreeWatch, start_dashboard, stop
 
+pytestmark = pytest.mark.servers  # the real dashboard in Chromium: one at a time (docs/tests.md)
+
 if not CHROMIUM.exists():
     pytest.skip(f"the Bug lab end-to-end test needs Debian's chromium at {CHROMIUM}",
                 allow_module_level=True)

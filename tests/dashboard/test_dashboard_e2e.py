@@ -29,6 +29,8 @@ import pytest
 
 from tests.servers import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_until_up
 
+pytestmark = pytest.mark.servers  # the real dashboard in Chromium: one at a time (docs/tests.md)
+
 if not CHROMIUM.exists():
     pytest.skip(f"end-to-end dashboard test needs Debian's chromium at {CHROMIUM}",
                 allow_module_level=True)
@@ -45,7 +47,7 @@ from mahiax.recording import record_bug, record_training  # noqa: E402
 from mahiax.store import RunReader  # noqa: E402
 from mahiax.telemetry.cadence import Cadence  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 # url path -> page title, in menu order (dashboard/navigation.py PAGES)
 PAGES = {

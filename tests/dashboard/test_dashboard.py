@@ -26,9 +26,9 @@ from dashboard.navigation import BUG_LAB, MY_ATTEMPTS, PAGES  # noqa: E402
 from dashboard.state import COMPARE_KEY, PAGE_KEY, RUN_KEY  # noqa: E402
 from mahiax.store.attempts import Attempt, current_learner, record_attempt  # noqa: E402
 from mahiax.units import MIB  # noqa: E402
-from tests import dashboard_fixtures as fx  # noqa: E402
+from tests.dashboard import dashboard_fixtures as fx  # noqa: E402
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py")
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py")
 ALL_PAGES = list(PAGES)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.servers  # the real dashboard server: one at a time (docs/tests.md)
+
 pytest.importorskip("streamlit")
 pytest.importorskip("websockets")
 
@@ -23,10 +25,10 @@ from dashboard import data  # noqa: E402
 from dashboard.page_watch import WATCH_S  # noqa: E402
 from mahiax.config import tiny  # noqa: E402
 from mahiax.store import RunReader, RunWriter  # noqa: E402
-from tests import dashboard_fixtures as fx  # noqa: E402
+from tests.dashboard import dashboard_fixtures as fx  # noqa: E402
 from tests.servers import start_dashboard, stop  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REFRESH_S = 2.0  # the dashboard's default refresh interval
 
 

@@ -17,8 +17,10 @@ from mahiax.store import RunReader
 from mahiax.training import distributed
 from tests.servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKER = ROOT / "tests" / "ddp_worker.py"
+pytestmark = pytest.mark.kernels  # torchrun process groups: one at a time (docs/tests.md)
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = ROOT / "tests" / "training" / "ddp_worker.py"
 STEPS = 50
 
 

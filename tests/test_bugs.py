@@ -7,15 +7,18 @@ behaviour shows up here as a failure instead of as a stale lesson.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
+import pkgutil
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from mahiax import bugs
-from mahiax.bugs import accumulate, balance, ddp, harness, loops, stateful
+from mahiax.bugs import accumulate, balance, catalog, ddp, harness, loops, profiling, stateful
 from mahiax.bugs.cli import describe
 from mahiax.bugs.profiling import meter_mb
 from mahiax.model.fabric import DynamicNeuroFabric, MetaController
@@ -28,12 +31,8 @@ INPLACE = "one of the variables needed for gradient computation has been modifie
 TWICE = "Trying to backward through the graph a second time"
 UNREDUCED = "Expected to have finished reduction in the prior iteration before starting a new one"
 
-IDS = [
-    "expert-index", "fabric-accumulate", "layer-router-accumulate", "graph-memory-update",
-    "controller-importance", "tiny-memory-write", "dwa-weights", "retain-graph",
-    "encode-multi-loss", "memory-zero-cpu", "persistent-inplace", "amp-clip-before-unscale",
-    "ddp-unused-experts", "ddp-broadcast-buffers", "router-collapse",
-]
+# every entry, in the catalog's order (mahiax/bugs/catalog.py's CATALOG)
+IDS = [e.id for e in bugs.entries()]
 
 # buggy variants that raise: (exception type, PyTorch's message starts with, step)
 RAISES = {
@@ -48,7 +47,7 @@ RAISES = {
     "ddp-unused-experts": ("RuntimeError", UNREDUCED, 1),
 }
 
-# the summary's fixes, as measured on torch 2.13
+# the summary's fixes, as measured on torch 2.13 (a new entry pins its own here)
 SUMMARY_VERDICTS = {
     "expert-index": "wrong-diagnosis",
     "fabric-accumulate": "holds",
@@ -74,15 +73,66 @@ def verdicts() -> dict[str, bugs.Verdict]:
     return {eid: bugs.verdict(eid) for eid in IDS}
 
 
-def test_catalog_lists_every_claim_of_the_summary_in_order():
-    """Learners find one entry per row of the design table, plus the AMP and DDP entries."""
-    assert [e.id for e in bugs.entries()] == IDS
-    for e in bugs.entries():
+def test_catalog_lists_its_entries_in_the_summarys_order_each_complete():
+    """Learners meet the entries in the summary's order, a section's claims together and the
+    summary's own claims before the others; every entry says what it is and where it is
+    taught."""
+    entries = bugs.entries()
+    assert IDS[0] == "expert-index"  # section 1 of the summary
+    assert len(set(IDS)) == len(IDS)
+    sections = [e.section for e in entries]
+    runs = [s for i, s in enumerate(sections) if i == 0 or s != sections[i - 1]]
+    assert len(runs) == len(set(runs)), f"a section's entries are not together: {runs}"
+    in_summary = ["not in the summary" not in s for s in sections]
+    assert in_summary == sorted(in_summary, reverse=True), sections
+    lessons = Path(catalog.__file__).resolve().parents[2] / "notebooks" / "src"
+    for e in entries:
         assert e.section and e.component and e.explanation and e.summary_fix and e.right_fix
+        for lesson in e.lessons:
+            assert (lessons / f"{lesson}.py").is_file(), f"{e.id}: no lesson {lesson}"
+
+
+def test_every_entry_an_entry_module_defines_has_its_line_in_the_catalog():
+    """An entry defined in mahiax/bugs but forgotten in CATALOG would never be listed, run or
+    taught: each one found must be an entry of the catalog."""
+    listed = {id(e) for e in bugs.entries()}
+    forgotten = []
+    for info in pkgutil.iter_modules(bugs.__path__):
+        module = importlib.import_module(f"mahiax.bugs.{info.name}")
+        for name, value in vars(module).items():
+            if isinstance(value, catalog.BugEntry) and id(value) not in listed:
+                forgotten.append(f'("{info.name}", "{name}")  # id {value.id!r}')
+    assert not forgotten, (
+        "entries defined in mahiax/bugs but missing from CATALOG in mahiax/bugs/catalog.py; "
+        "add these lines where they are taught:\n    " + "\n    ".join(forgotten)
+    )
+
+
+def test_a_catalog_line_that_names_no_entry_or_repeats_an_id_is_an_error(monkeypatch):
+    """Nothing in the list is skipped or overwritten silently."""
+    monkeypatch.setattr(catalog, "CATALOG", (*catalog.CATALOG, ("loops", "RETAIN_GRAF")))
+    with pytest.raises(LookupError, match=r"\('loops', 'RETAIN_GRAF'\): mahiax/bugs/loops.py "
+                       r"has no BugEntry called RETAIN_GRAF \(its entries: .*RETAIN_GRAPH"):
+        bugs.entries()
+    monkeypatch.setattr(catalog, "CATALOG", (*catalog.CATALOG[:-1], ("loops", "RETAIN_GRAPH")))
+    with pytest.raises(ValueError, match=r"catalog id 'retain-graph' is given twice"):
+        bugs.get("dwa-weights")
+
+
+def test_reloading_an_entry_module_leaves_the_reloaded_entry_once():
+    """A lesson's ``%autoreload`` re-imports an edited entry module: the catalog then lists
+    the reloaded entry, once, in its place, and runs it."""
+    before = bugs.get("memory-zero-cpu")
+    importlib.reload(profiling)
+    after = bugs.get("memory-zero-cpu")
+    assert after is profiling.MEMORY_ZERO_CPU and after is not before
+    assert [e.id for e in bugs.entries()] == IDS
+    assert bugs.run("memory-zero-cpu", "buggy", steps=1).steps_run == 1
 
 
 def test_unknown_entry_and_variant_get_clear_errors():
-    with pytest.raises(ValueError, match=r"unknown bug id 'nope'; allowed: expert-index, "):
+    allowed = f"unknown bug id 'nope'; allowed: {', '.join(IDS)}"
+    with pytest.raises(ValueError, match=re.escape(allowed)):
         bugs.get("nope")
     with pytest.raises(ValueError, match=r"unknown variant 'best' .* buggy \| summary \| fixed"):
         bugs.run("dwa-weights", "best")
@@ -162,6 +212,7 @@ def test_router_collapse_records_the_full_telemetry(tmp_path):
 def test_summary_verdict_is_the_measured_one(verdicts, eid):
     """The verdict on the summary's fix, derived from fresh runs, is what torch 2.13 gives."""
     v = verdicts[eid]
+    assert eid in SUMMARY_VERDICTS, f"pin {eid}'s measured verdict {v.label!r} in SUMMARY_VERDICTS"
     assert v.label == SUMMARY_VERDICTS[eid], v.reason
     assert v.reason
 
@@ -231,9 +282,9 @@ def test_retain_graph_alone_keeps_memory_flat_without_carried_state(verdicts):
     assert "backpropagate the weighted sum of the losses once" in result.message
 
 
-# router-collapse trains the trainer's own model: its fixed variant is the clean code, whose
-# gradients tests/test_balance.py checks (the bias never reaches them)
-LONG_RUNS = [eid for eid in IDS if eid != "router-collapse"]
+# an entry the Trainer trains (router-collapse) trains the trainer's own model: its fixed
+# variant is the clean code, whose gradients tests/test_balance.py checks
+LONG_RUNS = [e.id for e in bugs.entries() if e.trained_by != "trainer"]
 
 
 @pytest.mark.parametrize("eid", LONG_RUNS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mahiax.bugs.catalog import BugEntry, register
+from mahiax.bugs.catalog import BugEntry
 from mahiax.bugs.harness import swap_class, train_variant
 from mahiax.bugs.outcome import Outcome
 from mahiax.model.fabric import DynamicLayerRouter, DynamicNeuroFabric, LayerRouting, MetaController
@@ -130,9 +130,10 @@ def _module_runner(entry_id: str, attr: str, classes: dict[str, type | None], ba
     return run
 
 
-register(BugEntry(
+FABRIC_ACCUMULATE = BugEntry(
     id="fabric-accumulate",
     section="2",
+    lessons=("02_inplace_accumulation",),
     component="DynamicNeuroFabric",
     title="In-place accumulation of block outputs in the fabric",
     pattern="output = x\nfor batch_idx ...: output[batch_idx] += layer_weight * layer_output",
@@ -156,11 +157,12 @@ register(BugEntry(
         "buggy": BuggyFabric, "summary": SummaryFabric, "fixed": DynamicNeuroFabric,
         "wrong: the controller never observes": SilentFabric,
     },
-))
+)
 
-register(BugEntry(
+LAYER_ROUTER_ACCUMULATE = BugEntry(
     id="layer-router-accumulate",
     section="2",
+    lessons=("02_inplace_accumulation",),
     component="DynamicLayerRouter",
     title="In-place accumulation of layer outputs in the layer router",
     pattern="output = x\nfor batch_idx ...: output[batch_idx] += layer_weight * layer_output",
@@ -182,4 +184,4 @@ register(BugEntry(
     candidates=lambda: {
         "buggy": BuggyLayerRouter, "summary": SummaryLayerRouter, "fixed": DynamicLayerRouter,
     },
-))
+)

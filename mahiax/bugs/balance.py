@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import torch
 
-from mahiax.bugs.catalog import BugEntry, register
+from mahiax.bugs.catalog import BugEntry
 from mahiax.bugs.harness import current_device, isolated, trainer_observer
 from mahiax.bugs.outcome import Outcome, broken_rule
 from mahiax.config import MahiaConfig
@@ -313,9 +313,11 @@ def _candidates() -> dict[str, object]:
     }
 
 
-register(BugEntry(
+ROUTER_COLLAPSE = BugEntry(
     id="router-collapse",
     section="MoE (not in the summary)",
+    lessons=("11_router_collapse",),
+    trained_by="trainer",
     component="MixtureOfExperts router (the summary's ExpertRouter)",
     title="Routing collapse: a few experts take every token",
     pattern="ids = torch.topk(probs, k).indices  # and nothing balances the load",
@@ -343,4 +345,4 @@ register(BugEntry(
     candidates=_candidates,
     compare=compare_cures,
     run_config=lambda variant, steps: collapse_config(BALANCE_OF[variant], steps),
-))
+)

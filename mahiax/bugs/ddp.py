@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mahiax import metric_keys as mk
-from mahiax.bugs.catalog import BugEntry, register
+from mahiax.bugs.catalog import BugEntry
 from mahiax.bugs.harness import _OBSERVER, SEED, isolated, max_grad_diff
 from mahiax.bugs.outcome import Outcome, graph_size
 from mahiax.model.moe import SwiGLUExperts, TopKRouter
@@ -364,11 +364,13 @@ DDP_DEVICE_NOTE = (
 )
 
 
-register(BugEntry(
+DDP_UNUSED_EXPERTS = BugEntry(
     id="ddp-unused-experts",
     devices=("cpu",),
     device_note=DDP_DEVICE_NOTE,
     section="DDP (not in the summary)",
+    lessons=("09_ddp_pitfalls",),
+    trained_by="ddp",
     component="mixture of experts (the summary's ExpertRouter) under DistributedDataParallel",
     title="Experts with no tokens on a rank: parameters DDP waits for",
     pattern="for e, expert in enumerate(self.experts):  # a ModuleList\n"
@@ -398,7 +400,7 @@ register(BugEntry(
         "summary": ExpertList,  # find_unused_parameters is DDP's flag, not the experts'
         "fixed": SwiGLUExperts,
     },
-))
+)
 
 
 # ---- ddp-broadcast-buffers ------------------------------------------------------------------
@@ -610,11 +612,13 @@ def _buffer_run(variant: str, steps: int, candidate: object = None) -> Outcome:
     return out
 
 
-register(BugEntry(
+DDP_BROADCAST_BUFFERS = BugEntry(
     id="ddp-broadcast-buffers",
     devices=("cpu",),
     device_note=DDP_DEVICE_NOTE,
     section="DDP (not in the summary)",
+    lessons=("09_ddp_pitfalls",),
+    trained_by="ddp",
     component="stateful buffers under DistributedDataParallel",
     title="Buffers DDP broadcasts: rank 0's state written over every rank's",
     pattern="model = DistributedDataParallel(model)  # broadcast_buffers=True by default\n"
@@ -643,4 +647,4 @@ register(BugEntry(
     candidates=lambda: {
         "buggy": own_statistics, "summary": own_statistics, "fixed": all_reduce_statistics,
     },
-))
+)

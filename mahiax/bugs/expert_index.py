@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mahiax.bugs.catalog import BugEntry, register
+from mahiax.bugs.catalog import BugEntry
 from mahiax.bugs.harness import harness_config, swap_class, train_variant
 from mahiax.bugs.outcome import Outcome
 from mahiax.model.data import Batch
@@ -205,9 +205,10 @@ def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
     return out
 
 
-register(BugEntry(
+EXPERT_INDEX = BugEntry(
     id="expert-index",
     section="1",
+    lessons=("01_expert_router_index",),
     component="ExpertRouter / token embedding",
     title="Index out of range in ExpertRouter",
     pattern="expert_out = self.experts[idx](x)  # idx: a tensor of expert ids\n"
@@ -240,4 +241,4 @@ register(BugEntry(
         "band-aid: every id to 0": every_id_to_zero,
         "wrong: zero a batch with any bad id": zero_a_batch_with_a_bad_id,
     },
-))
+)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from mahiax.bugs.catalog import BugEntry, register
+from mahiax.bugs.catalog import BugEntry
 from mahiax.bugs.harness import (
     Installer,
     StepContext,
@@ -389,9 +389,10 @@ LOOP_KIND = (
     "backward; counted: one encode() and one backward pass a step, no retained graph"
 )
 
-register(BugEntry(
+RETAIN_GRAPH = BugEntry(
     id="retain-graph",
     section="3",
+    lessons=("04_retain_graph_and_encode",),
     component="training loop",
     title="retain_graph=True as the cure for 'backward through the graph a second time'",
     pattern="for loss in losses: loss.backward()",
@@ -415,11 +416,12 @@ register(BugEntry(
         "micro-batches (ctx.zero_grad() keeps the gradients within a cycle)"
     ),
     candidates=_retain_graph_candidates,
-))
+)
 
-register(BugEntry(
+ENCODE_MULTI_LOSS = BugEntry(
     id="encode-multi-loss",
     section="3",
+    lessons=("04_retain_graph_and_encode",),
     component="HybridEfficientModel",
     title="One forward per loss",
     pattern="for task in tasks: loss = loss_fn(model(batch)[task]); loss.backward()",
@@ -436,11 +438,12 @@ register(BugEntry(
     steps=4,
     candidate_kind=LOOP_KIND,
     candidates=_encode_candidates,
-))
+)
 
-register(BugEntry(
+AMP_CLIP_BEFORE_UNSCALE = BugEntry(
     id="amp-clip-before-unscale",
     section="AMP (not in the summary)",
+    lessons=("08_amp_and_clipping",),
     component="PrecisionManager",
     title="Gradient clipping before scaler.unscale_",
     pattern="scaler.scale(loss).backward(); clip_grad_norm_(params, 1.0); scaler.step(opt)",
@@ -465,4 +468,4 @@ register(BugEntry(
         "(a clip after the step comes too late)"
     ),
     candidates=_amp_candidates,
-))
+)

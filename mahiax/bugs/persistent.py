@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import warnings
 
-from mahiax.bugs.catalog import BugEntry, register
+from mahiax.bugs.catalog import BugEntry
 from mahiax.bugs.harness import StepContext, clean_loop, train_variant, watching_mutations
 from mahiax.bugs.loops import (
     after_detach,
@@ -95,9 +95,10 @@ def _runner(variant: str, steps: int, candidate: object = None) -> Outcome:
     return out
 
 
-register(BugEntry(
+PERSISTENT_INPLACE = BugEntry(
     id="persistent-inplace",
     section="remaining 2",
+    lessons=("06_finding_the_mutation",),
     component="whole model",
     title="The persistent in-place error, and anomaly mode",
     pattern="loss.backward(retain_graph=True) with state carried across steps; "
@@ -128,4 +129,4 @@ register(BugEntry(
         ),
         "band-aid: one backward of the sum, carried state kept": clean_loop,
     },
-))
+)

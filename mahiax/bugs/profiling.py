@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from mahiax.bugs.catalog import BugEntry, register
+from mahiax.bugs.catalog import BugEntry
 from mahiax.bugs.harness import StepContext, current_device, train_variant
 from mahiax.bugs.outcome import Outcome
 from mahiax.telemetry import MemoryMeter
@@ -70,9 +70,10 @@ def _run(variant: str, steps: int, candidate: object = None) -> Outcome:
     return out
 
 
-register(BugEntry(
+MEMORY_ZERO_CPU = BugEntry(
     id="memory-zero-cpu",
     section="remaining 1",
+    lessons=("05_memory_meter",),
     component="memory profiler",
     title="Memory profiling shows 0 MB",
     pattern="mem_mb = torch.cuda.memory_allocated() / 2**20",
@@ -95,4 +96,4 @@ register(BugEntry(
         "buggy": summary_profiler_mb, "summary": summary_profiler_mb, "fixed": meter_mb,
         "band-aid: the process RSS": process_rss_mb,
     },
-))
+)

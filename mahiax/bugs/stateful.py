@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mahiax.bugs.catalog import BugEntry, register
+from mahiax.bugs.catalog import BugEntry
 from mahiax.bugs.harness import StepContext, swap_class, train_variant
 from mahiax.bugs.outcome import Outcome
 from mahiax.bugs.verdicts import GRAD_TOL
@@ -537,9 +537,10 @@ def _dwa_run(variant: str, steps: int, candidate: object = None) -> Outcome:
     return out
 
 
-register(BugEntry(
+GRAPH_MEMORY_UPDATE = BugEntry(
     id="graph-memory-update",
     section="2",
+    lessons=("03a_memories",),
     component="GraphDiffusionMemory",
     title="Memory nodes updated from live activations",
     pattern=(
@@ -573,11 +574,12 @@ register(BugEntry(
         "wrong: the nodes never move": FrozenGraphMemory,
         "wrong: random nodes every step": RandomNodesGraphMemory,
     },
-))
+)
 
-register(BugEntry(
+CONTROLLER_IMPORTANCE = BugEntry(
     id="controller-importance",
     section="2",
+    lessons=("03b_controller_and_dwa", "07_train_and_watch"),
     component="MetaController",
     title="Layer importance EMA written through .data",
     pattern="self.layer_importance.data = 0.9 * self.layer_importance.data "
@@ -598,11 +600,12 @@ register(BugEntry(
     candidates=lambda: {
         "buggy": BuggyController, "summary": SummaryController, "fixed": MetaController,
     },
-))
+)
 
-register(BugEntry(
+TINY_MEMORY_WRITE = BugEntry(
     id="tiny-memory-write",
     section="2",
+    lessons=("03a_memories",),
     component="TinyMemory",
     title="Ring buffer written in place after it was read",
     pattern="self.memory[self.ptr % self.size] = avg.mean(dim=0).detach()",
@@ -631,11 +634,12 @@ register(BugEntry(
         "wrong: a memory that never writes": ForgetfulTinyMemory,
         "wrong: every summary into slot 0": SlotZeroTinyMemory,
     },
-))
+)
 
-register(BugEntry(
+DWA_WEIGHTS = BugEntry(
     id="dwa-weights",
     section="2",
+    lessons=("03b_controller_and_dwa",),
     component="DynamicWeightAveraging",
     title="Loss weights computed from live losses (and not DWA)",
     pattern="self.weights = F.softmax(-loss_tensor, dim=0)",
@@ -659,7 +663,7 @@ register(BugEntry(
         "band-aid: the summary's copy_ through .data": DataWriteDWA,
         "band-aid: softmax(-L) from detached losses": DetachedSoftmaxWeighting,
     },
-))
+)
 
 __all__ = [
     "BuggyController", "BuggyDWA", "BuggyGraphMemory", "BuggyTinyMemory",

@@ -91,36 +91,18 @@ assert enc.features.shape == (config.batch_size, config.d_model)
 # %%
 import ipywidgets as widgets
 
-LESSON = {
-    "expert-index": "01_expert_router_index",
-    "fabric-accumulate": "02_inplace_accumulation",
-    "layer-router-accumulate": "02_inplace_accumulation",
-    "graph-memory-update": "03a_memories",
-    "tiny-memory-write": "03a_memories",
-    "controller-importance": "03b_controller_and_dwa (and 07_train_and_watch)",
-    "dwa-weights": "03b_controller_and_dwa",
-    "retain-graph": "04_retain_graph_and_encode",
-    "encode-multi-loss": "04_retain_graph_and_encode",
-    "memory-zero-cpu": "05_memory_meter",
-    "persistent-inplace": "06_finding_the_mutation",
-    "amp-clip-before-unscale": "08_amp_and_clipping",
-    "ddp-unused-experts": "09_ddp_pitfalls",
-    "ddp-broadcast-buffers": "09_ddp_pitfalls",
-    "router-collapse": "11_router_collapse",
-}
-assert set(LESSON) == {e.id for e in bugs.entries()}, "every catalog entry has a lesson"
-
 picker = widgets.Dropdown(options=[e.id for e in bugs.entries()], description="entry")
 card = widgets.HTML()
 
 
 def show_entry(change=None):
     entry = bugs.get(picker.value)
+    lessons = ", then ".join(entry.lessons)  # the one that tells its story first
     card.value = (
         f"<b>{entry.title}</b> (summary section {entry.section}, {entry.component})<br>"
         f"<code>{entry.pattern.splitlines()[0]}</code><br>"
         f"the summary's fix: <code>{entry.summary_fix}</code><br>"
-        f"the right fix: {entry.right_fix}<br><i>lesson: {LESSON[entry.id]}</i>"
+        f"the right fix: {entry.right_fix}<br><i>lesson: {lessons}</i>"
     )
 
 

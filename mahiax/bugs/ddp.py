@@ -14,7 +14,7 @@ measure DDP, whatever the clean model's own distributed code does):
   buffers over every other rank's at the start of every forward. It runs in two forked
   processes, because what goes wrong needs a rank 1 whose buffer differs from rank 0's.
 
-What torch 2.13 does (measured by the entries, pinned by ``tests/test_bugs.py``): DDP's
+What torch 2.13 does (measured by the entries, pinned by ``tests/bugs/test_bugs.py``): DDP's
 per-forward buffer broadcast runs under ``torch.autograd._unsafe_preserve_version_counter``,
 so it no longer bumps the version counter (older releases raised "modified by an inplace
 operation ... is at version N" when a module with a buffer ran twice before one backward:

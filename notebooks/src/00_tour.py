@@ -197,7 +197,7 @@ assert no_grad and all(n.startswith("tiny_memory.") for n in no_grad)
 # ### Why trust the clean model? An independent check
 #
 # The yardstick above is the clean model's own gradients, so the clean model must be right.
-# `tests/test_gradients.py` checks that with `torch.autograd.gradcheck`, which compares the
+# `tests/model/test_gradients.py` checks that with `torch.autograd.gradcheck`, which compares the
 # gradients autograd computes with finite differences (nudge each input by a tiny step and
 # watch the output), in float64, for every component and for the whole `encode()`. One such
 # check, done the same way: a fabric block, differentiated with respect to its input *and* all
@@ -358,7 +358,7 @@ lessons.my_attempts()
 #    <details><summary>Answer</summary>
 #
 #    `torch.autograd.gradcheck`: it compares autograd's gradients with finite differences,
-#    for the inputs and the parameters (`tests/test_gradients.py` does it for every component
+#    for the inputs and the parameters (`tests/model/test_gradients.py` does it for every component
 #    and for `encode()`). The `x * x.detach()` cell shows that the check does fail on a wrong
 #    gradient.
 #

@@ -31,7 +31,7 @@ pytest.importorskip("streamlit")
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 EXCEPTION = '[data-testid="stException"]'
-# entry -> the label tests/test_bugs.py pins for it (measured, never stored by the app)
+# entry -> the label tests/bugs/test_bugs.py pins for it (measured, never stored by the app)
 ASKED = {"ddp-broadcast-buffers": "hides-the-error", "expert-index": "wrong-diagnosis"}
 DDP_ENTRY = "ddp-broadcast-buffers"
 

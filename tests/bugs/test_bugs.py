@@ -140,6 +140,7 @@ def test_unknown_entry_and_variant_get_clear_errors():
         bugs.run("dwa-weights", "buggy", steps=0)
 
 
+@pytest.mark.verdicts
 @pytest.mark.parametrize("eid", sorted(RAISES))
 def test_buggy_variant_raises_pytorchs_own_error(verdicts, eid):
     """The buggy pattern reproduces the summary's error: its type, message and step."""
@@ -149,6 +150,7 @@ def test_buggy_variant_raises_pytorchs_own_error(verdicts, eid):
     assert out.error_message.startswith(message)
 
 
+@pytest.mark.verdicts
 def test_silent_bugs_show_their_measured_damage(verdicts):
     """Bugs that raise nothing still show what they break, in numbers."""
     ctl = verdicts["controller-importance"].outcomes["buggy"]
@@ -167,6 +169,7 @@ def test_silent_bugs_show_their_measured_damage(verdicts):
     assert amp.passed and amp.state_diff > 1e-3  # the applied gradient is far off
 
 
+@pytest.mark.verdicts
 def test_router_collapse_collapses_unbalanced_and_each_cure_balances(verdicts):
     """No balancing: the load collapses over the steps (MaxVio climbs toward its ceiling and
     an expert dies); the aux loss and the bias update each keep it balanced, measured."""
@@ -208,6 +211,7 @@ def test_router_collapse_records_the_full_telemetry(tmp_path):
     assert len(reader.vectors("rc", "moe/bias")) == out.steps_run
 
 
+@pytest.mark.verdicts
 @pytest.mark.parametrize("eid", IDS)
 def test_summary_verdict_is_the_measured_one(verdicts, eid):
     """The verdict on the summary's fix, derived from fresh runs, is what torch 2.13 gives."""
@@ -217,6 +221,7 @@ def test_summary_verdict_is_the_measured_one(verdicts, eid):
     assert v.reason
 
 
+@pytest.mark.verdicts
 def test_wrong_diagnosis_of_bug_1_names_both_errors(verdicts):
     d = verdicts["expert-index"].outcomes["summary"].figures["diagnosis"]
     assert d["reported_error"] == "IndexError: index out of range in self"
@@ -225,6 +230,7 @@ def test_wrong_diagnosis_of_bug_1_names_both_errors(verdicts):
     )
 
 
+@pytest.mark.verdicts
 def test_anomaly_mode_points_away_from_the_mutation(verdicts):
     """Anomaly mode names the forward line that saved the tensor, not optimizer.step()."""
     f = verdicts["persistent-inplace"].outcomes["summary"].figures
@@ -234,6 +240,7 @@ def test_anomaly_mode_points_away_from_the_mutation(verdicts):
     assert f["mutating_op"].startswith("aten.")
 
 
+@pytest.mark.verdicts
 def test_retain_graph_grows_every_step_then_fails_after_the_optimizer_step(verdicts):
     """retain_graph=True: graph and memory grow each step, the in-place error returns once
     optimizer.step() has changed a weight an old graph saved; the fixed loop stays flat."""
@@ -248,6 +255,7 @@ def test_retain_graph_grows_every_step_then_fails_after_the_optimizer_step(verdi
     assert f.max_grad_diff is not None and f.max_grad_diff <= 1e-6  # accumulated, as the ref
 
 
+@pytest.mark.verdicts
 def test_retain_graph_variants_share_one_setting(verdicts):
     """buggy, summary and fixed all run the original's graph-carrying memory with an optimiser
     step every ACCUMULATE micro-batches, and all are compared with the same reference (so
@@ -270,6 +278,7 @@ def test_graph_retained_tells_a_kept_graph_from_a_freed_one():
     assert loops.graph_retained(kept)
 
 
+@pytest.mark.verdicts
 def test_retain_graph_alone_keeps_memory_flat_without_carried_state(verdicts):
     """retain_graph=True on every backward, no carried state: the graph dies with the step,
     nothing grows (lesson 04); only the counted rule rejects it."""
@@ -283,16 +292,17 @@ def test_retain_graph_alone_keeps_memory_flat_without_carried_state(verdicts):
 
 
 # an entry the Trainer trains (router-collapse) trains the trainer's own model: its fixed
-# variant is the clean code, whose gradients tests/test_balance.py checks
+# variant is the clean code, whose gradients tests/model/test_balance.py checks
 LONG_RUNS = [e.id for e in bugs.entries() if e.trained_by != "trainer"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eid", LONG_RUNS)
 def test_fixed_variant_runs_200_steps(eid):
     """The right fix: 200 steps, gradients equal to the clean reference in float64, autograd
     graph and memory flat. (Anomaly mode would add nothing here: with check_nan=False it only
-    records forward tracebacks, and it doubles the time; tests/test_training.py trains under
-    it.)"""
+    records forward tracebacks, and it doubles the time; tests/training/test_training.py
+    trains under it.)"""
     out = bugs.run(eid, "fixed", steps=200)
     assert out.passed, f"{out.error_type}: {out.error_message}"
     assert out.steps_run == 200
@@ -337,6 +347,7 @@ def test_locator_names_the_line_that_mutated_the_saved_tensor(eid, variant, wher
     assert first.line == _line_of(where, text)
 
 
+@pytest.mark.slow
 def test_check_accepts_the_right_fixes():
     for eid, candidate in [
         ("tiny-memory-write", TinyMemory),
@@ -698,6 +709,7 @@ def test_check_says_what_kind_of_candidate_it_needs():
 # ---- DistributedDataParallel entries ---------------------------------------------------------
 
 
+@pytest.mark.verdicts
 def test_ddp_unused_experts_error_names_the_idle_experts_parameters(verdicts):
     """DDP's message lists parameter indices; they are exactly the idle experts' weights."""
     buggy = verdicts["ddp-unused-experts"].outcomes["buggy"]
@@ -707,6 +719,7 @@ def test_ddp_unused_experts_error_names_the_idle_experts_parameters(verdicts):
     assert named == [f"experts.experts.{e}.{w}" for e in idle for w in ("w_gate", "w_up", "w_down")]
 
 
+@pytest.mark.verdicts
 def test_ddp_find_unused_parameters_and_stacked_experts_both_train_with_idle_experts(verdicts):
     """The usual fix and the right one both run with idle experts at every step, gradients
     equal to the same model without DDP."""
@@ -730,6 +743,7 @@ def test_ddp_on_two_ranks_idle_experts_differ_and_every_rank_raises():
         assert r["error_step"] == 1
 
 
+@pytest.mark.verdicts
 def test_ddp_buffer_broadcast_bumps_no_version_but_overwrites_rank_1(verdicts):
     """torch 2.13: the per-forward broadcast keeps the version counter (two forwards before one
     backward raise nothing) and silently writes rank 0's nodes over rank 1's own update."""

@@ -1,0 +1,1 @@
+"""Tests: see docs/tests.md for what goes here."""

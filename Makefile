@@ -33,9 +33,10 @@ test: lint browser hub-setup
 	$(PY) -m pytest -n 2 --dist loadgroup --durations=25
 
 # The unit tests: every test but those marked integration (servers, kernels, browsers,
-# several processes, whole notebooks, the hub). No browser or hub install needed.
+# several processes, whole notebooks, the hub) or slow (long measurements). No browser or
+# hub install needed (docs/tests.md).
 test-fast: setup
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not integration" --durations=15
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not integration and not slow" --durations=15
 
 # Opens on localhost (.streamlit/config.toml); with an empty store it starts a demo run.
 # STREAMLIT_ARGS passes options through, e.g. STREAMLIT_ARGS="--server.port 8600".

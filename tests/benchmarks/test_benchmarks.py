@@ -59,6 +59,7 @@ def test_both_benchmarks_are_registered():
     assert run_all.BENCHMARKS["hub"] == "bench_hub"
 
 
+@pytest.mark.slow
 def test_doctor_benchmark_reports_each_loop_plain_and_examined():
     result = bench_doctor.run(rounds=2, steps=2)
     assert set(result["arms"]) == set(bench_doctor.LOOPS) and result["met"]

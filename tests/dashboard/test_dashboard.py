@@ -232,6 +232,7 @@ def test_experts_page_draws_max_vio_percentiles_and_the_bias(monkeypatch, stores
     assert chart_titled(at, "Aux loss (measured only: balance = bias does not train on it)")
 
 
+@pytest.mark.slow
 def test_experts_page_shows_the_max_vio_window_the_run_was_recorded_with(monkeypatch,
                                                                          tmp_path):
     """``--max-vio-window 20``: the run's global MaxVio sums 20 steps, and the Experts page
@@ -600,6 +601,7 @@ def plotly_array(value) -> np.ndarray:
     return np.asarray(value, dtype=float)
 
 
+@pytest.mark.integration
 def test_bug_lab_shows_the_router_collapse_runs_side_by_side(monkeypatch, tmp_path):
     """router-collapse's verdict measured for real, in its own process as the page does:
     the three runs (balance none / aux / bias) side by side, each with its tail figures and
@@ -718,6 +720,7 @@ def test_bug_lab_says_why_a_verdict_failed_and_measures_again(monkeypatch, tmp_p
     assert "Verdict on the summary's fix: holds" in texts(at.success)
 
 
+@pytest.mark.integration
 def test_bug_lab_button_runs_three_variants(monkeypatch, tmp_path):
     store = tmp_path / "mahiax.sqlite"
     at = render_lab(monkeypatch, store, entry="tiny-memory-write")
@@ -779,6 +782,7 @@ def _sample_until_ended(entry: str, store: Path, seen: dict, most: list[int],
         time.sleep(0.05)
 
 
+@pytest.mark.integration
 def test_two_sessions_asking_for_the_same_entry_start_three_processes(monkeypatch, tmp_path):
     store, entry = tmp_path / "mahiax.sqlite", "tiny-memory-write"
     first = render_lab(monkeypatch, store, entry=entry)
@@ -801,6 +805,7 @@ def test_two_sessions_asking_for_the_same_entry_start_three_processes(monkeypatc
         assert "No error · `tiny-memory-write-fixed` · 20 steps ran" in texts(at.success)
 
 
+@pytest.mark.integration
 def test_at_most_one_training_process_per_core_the_rest_wait_in_line(monkeypatch, tmp_path):
     from dashboard import slots
 

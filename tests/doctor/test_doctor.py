@@ -44,6 +44,7 @@ def _examine(make, steps: int = 6) -> doctor.Report:
                           scaler=loop.scaler)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BUGGY))
 def test_each_buggy_loop_gets_exactly_its_finding_at_its_line(name):
     report = _examine(BUGGY[name])
@@ -301,6 +302,7 @@ def step(i):
 """
 
 
+@pytest.mark.integration
 def test_cli_on_a_file_in_a_temp_dir_json_and_exit_codes(tmp_path):
     bad, good = tmp_path / "bad_loop.py", tmp_path / "good_loop.py"
     bad.write_text(textwrap.dedent(LOOP_FILE.format(keep="loss")))
@@ -594,6 +596,7 @@ def test_unused_parameters_says_what_ddp_does_and_counts_in_words():
     assert "model.temperature (1 parameter tensor, 1 number)" in temp.message
 
 
+@pytest.mark.slow
 def test_carried_graph_fix_is_written_in_the_loops_own_expressions():
     # state the next step reads: detach once where it starts reading, not in the time loop
     (state,) = _examine(BUGGY["time-loop"]).findings
@@ -612,6 +615,7 @@ def test_carried_graph_fix_is_written_in_the_loops_own_expressions():
     assert "`history.append(loss.item())`" in hist.message
 
 
+@pytest.mark.slow
 def test_a_validation_loop_without_no_grad_is_told_to_use_it_with_the_growth():
     (val,) = _examine(BUGGY["val-with-grad"]).findings
     assert "holds 6 tensors" in val.message

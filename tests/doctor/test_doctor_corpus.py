@@ -16,6 +16,8 @@ import pytest
 from mahiax import doctor
 from tests.doctor_corpus.common import ARCHS, STATES, cases, expected, run
 
+pytestmark = pytest.mark.slow  # every report's loops trained, buggy and fixed (docs/tests.md)
+
 CASES = cases()
 
 # case -> what the doctor lacks for it (each one a part of the work still open)

@@ -52,6 +52,7 @@ def cli_run(tmp_path_factory) -> Path:
     return store
 
 
+@pytest.mark.integration
 def test_a_cli_run_holds_exactly_the_keys_the_module_says_at_their_steps(cli_run):
     run = RunReader(cli_run).run("r")
     config = run["config"]

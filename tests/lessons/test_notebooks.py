@@ -143,6 +143,7 @@ def _measured(entry_id: str) -> bugs.Verdict:
     return bugs.verdict(entry_id)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "entry_id", "stated"), STATED, ids=[f"{n}:{e}" for n, e, _ in STATED]
 )

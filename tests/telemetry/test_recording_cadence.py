@@ -22,6 +22,8 @@ from mahiax.cli import build_parser
 from mahiax.store import RunReader
 from mahiax.telemetry.cadence import Cadence
 
+pytestmark = pytest.mark.integration  # runs recorded by mahiax processes (docs/tests.md)
+
 ROOT = Path(__file__).resolve().parents[2]
 CATEGORIES = ["mem/params", "mem/grads", "mem/optimizer", "mem/saved"]
 

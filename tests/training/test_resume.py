@@ -151,6 +151,7 @@ def _train_cmd(store: Path, name: str, *extra: str) -> list[str]:
             *extra]
 
 
+@pytest.mark.integration
 def test_killed_training_resumes_to_the_same_losses(tmp_path):
     """SIGKILL mid-run, then --resume: the store opens, shows the run interrupted, and the
     finished run's losses equal an uninterrupted run's, step for step.

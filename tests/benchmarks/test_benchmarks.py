@@ -153,6 +153,7 @@ def test_training_loops_compute_the_same_gradients():
             torch.testing.assert_close(g[k], ref[k], atol=1e-5, rtol=1e-5, msg=f"{name} {k}")
 
 
+@pytest.mark.slow
 def test_train_step_result_structure_and_goals(train_result):
     arms = train_result["arms"]
     assert set(arms) == set(bench_train_step.LOOPS)
@@ -164,6 +165,7 @@ def test_train_step_result_structure_and_goals(train_result):
     assert train_result["met"] == all(g["met"] for g in train_result["goals"].values())
 
 
+@pytest.mark.slow
 def test_one_backward_keeps_live_tensor_bytes_flat(train_result):
     """A memory figure, not a timing: nothing carries graph from step to step."""
     assert train_result["arms"][bench_train_step.ONE_BACKWARD]["bytes_growth_per_step"] == 0

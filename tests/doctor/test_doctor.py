@@ -126,6 +126,7 @@ def test_every_catalog_entry_is_covered_or_excluded_with_a_reason():
     assert not set(CATALOG) & set(NOT_A_LOOP_BUG)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eid", sorted(CATALOG))
 def test_catalog_buggy_variant_found_at_the_buggy_line(eid):
     kind, where, text = CATALOG[eid]
@@ -135,6 +136,7 @@ def test_catalog_buggy_variant_found_at_the_buggy_line(eid):
     assert [(Path(f.file), f.line) for f in hits] == [(Path(file), line)], str(report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eid", sorted(set(CATALOG) | {"expert-index", "controller-importance",
                                                        "memory-zero-cpu"}))
 def test_catalog_fixed_variant_gets_no_finding(eid):
@@ -153,6 +155,7 @@ DATA_BAND_AIDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("eid", "name", "where", "text"), DATA_BAND_AIDS)
 def test_catalog_data_band_aids_are_silent_writes_at_their_line(eid, name, where, text):
     report = examine_entry(eid, "candidate", candidate=bugs.get(eid).candidates()[name])
@@ -386,6 +389,7 @@ def test_second_exercise_accepts_the_fix_written_another_way():
     (exercise_eval, "band-aid: zero_grad() between backward and step", ["weights unmoved"]),
     (exercise_eval, "band-aid: drop the validation", ["validation dropped"]),
 ])
+@pytest.mark.slow
 def test_exercise_check_records_the_attempt_with_the_findings_kinds_as_reasons(
         module, name, reasons, monkeypatch, tmp_path):
     # lesson 10's exercise cell: check(..., record=True) records as lessons.check does

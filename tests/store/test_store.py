@@ -338,6 +338,7 @@ def test_bad_values_are_refused_when_logged(tmp_path):
 # -- live reading and kills -----------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_reader_polling_while_a_process_writes_is_never_locked_out(tmp_path):
     store = tmp_path / "live.sqlite"
     child = start_child(store, "live", "--steps", "2000", "--keys", "20", "--sleep", "0.001",
@@ -369,6 +370,7 @@ def test_a_reader_polling_while_a_process_writes_is_never_locked_out(tmp_path):
     check_child_rows(reader, "live", 1999)
 
 
+@pytest.mark.integration
 def test_sigkill_at_random_moments_leaves_an_intact_store(tmp_path):
     store = tmp_path / "killed.sqlite"
     last = -1

@@ -355,6 +355,7 @@ def _error(out):
     return out.error_type, out.error_message, out.error_step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eid", _harness_ids())
 def test_accounting_leaves_every_catalog_error_unchanged(monkeypatch, eid):
     """The buggy and summary variants that raise, raise exactly the same error, message and
@@ -393,6 +394,7 @@ def test_retain_graph_summary_shows_saved_for_backward_growing_while_parameters_
     assert [r["params"] for r in fixed] == [rows[0]["params"]] * 4
 
 
+@pytest.mark.slow
 def test_memory_zero_cpu_verdict_holds_on_a_gpu_machine(monkeypatch):
     """With a GPU present, the catalog still trains on the CPU and reads the CPU: the summary's
     profiler still says 0 MB there, and the verdict is the same as on a CPU-only machine."""

@@ -16,6 +16,7 @@ from mahiax.telemetry.probes import LoadWindow, TrainingProbe
 from mahiax.training.trainer import Trainer
 
 
+@pytest.mark.slow
 def test_probes_do_not_change_what_the_model_computes(tmp_path):
     """Training with every probe writing gives bit-identical losses to training without:
     memory by category walks each step's graph between the forward and the backward, and

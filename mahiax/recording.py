@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mahiax.config import MahiaConfig, config_differences
 from mahiax.errors import BadInput, ResumeConflict
-from mahiax.store import RunReader, RunWriter, resolve_store_path
+from mahiax.store import RunReader, RunWriter, paths, resolve_store_path
 from mahiax.telemetry.cadence import Cadence
 from mahiax.telemetry.probes import TrainingProbe
 from mahiax.training.checkpoint import load_checkpoint, save_checkpoint
@@ -23,7 +23,7 @@ from mahiax.training.trainer import StepRecord, Trainer
 
 def checkpoint_path(store: str | Path | None, name: str) -> Path:
     """Where run ``name``'s checkpoint lives: ``<store dir>/checkpoints/<name>.pt``."""
-    return resolve_store_path(store).parent / "checkpoints" / f"{name}.pt"
+    return paths.checkpoint_path(resolve_store_path(store), name)
 
 
 class TrainingFailed(RuntimeError):

@@ -64,3 +64,21 @@ def validate_run_name(name: object) -> str:
         other = next(c for c in name if not _NAME.fullmatch(c))
         raise BadRunNameError(name, f"it contains {other!r}")
     return name
+
+
+# Beside the store's file, per run: its checkpoint (mahiax/recording.py writes and resumes it)
+# and the allocator snapshots of its memory spikes (the training probe writes them).
+CHECKPOINT_DIR = "checkpoints"
+SNAPSHOT_DIR = "memory_snapshots"
+
+
+def checkpoint_path(store_file: Path, name: str) -> Path:
+    """Run ``name``'s checkpoint: ``<store dir>/checkpoints/<name>.pt``, for the store whose
+    SQLite file is ``store_file``."""
+    return Path(store_file).parent / CHECKPOINT_DIR / f"{name}.pt"
+
+
+def snapshot_dir(store_file: Path, name: str) -> Path:
+    """Where run ``name``'s memory-spike snapshots go: ``<store dir>/memory_snapshots/<name>``,
+    for the store whose SQLite file is ``store_file``."""
+    return Path(store_file).parent / SNAPSHOT_DIR / str(name)

@@ -22,6 +22,7 @@ import torch
 
 from mahiax import metric_keys as mk
 from mahiax.model.hybrid import ModelState
+from mahiax.store.paths import snapshot_dir
 from mahiax.telemetry.cadence import MAX_VIO_WINDOW, Cadence
 from mahiax.telemetry.categories import MemoryCategories
 from mahiax.telemetry.memory_meter import MemoryMeter, ProcessRSS
@@ -129,7 +130,7 @@ class TrainingProbe:
         path, name = getattr(self.logger, "path", None), getattr(self.logger, "name", None)
         if path is None or name is None:
             return None
-        return Path(path).parent / "memory_snapshots" / str(name)
+        return snapshot_dir(Path(path), str(name))
 
     def _categories(self, trainer, graph: torch.Tensor | None, step: int) -> MemoryCategories:
         assert self.meter is not None

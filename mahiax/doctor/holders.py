@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from collections.abc import Iterable
 from itertools import compress
 from types import FrameType
 from typing import Any, NamedTuple
@@ -46,6 +47,22 @@ def _seq(node: Any) -> int:
 
 def _is_leaf_node(node: Any) -> bool:
     return type(node).__name__ == "AccumulateGrad"
+
+
+def graph_nodes(roots: Iterable[Any]) -> list[Any]:
+    """Every autograd node reachable from the ``grad_fn`` of each tensor in ``roots``, once
+    each (depth first). The list holds the nodes, so their ids stay unique while it lives."""
+    stack = [grad_fn_of(r) for r in roots if isinstance(r, torch.Tensor)]
+    seen: set[int] = set()
+    nodes: list[Any] = []
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        stack.extend(n for n, _ in node.next_functions)  # a leaf's AccumulateGrad has none
+    return nodes
 
 
 def _attribute_of(obj: Any, value: Any) -> str | None:
@@ -325,17 +342,8 @@ class HeldScan:
         record.backwarded = record.backwarded or backwarded
 
     def _nodes(self, t: torch.Tensor) -> set[int]:
-        seen: set[int] = set()
-        alive: list[Any] = []
-        stack = [grad_fn_of(t)]
-        while stack:
-            node = stack.pop()
-            if node is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            alive.append(node)
-            stack.extend(n for n, _ in node.next_functions)
-        return seen
+        alive = graph_nodes([t])
+        return {id(node) for node in alive}
 
     def _store_line(self, h: Holder, t: torch.Tensor) -> Site:
         """The user's line that stores the held tensor (or, failing that, that built it)."""

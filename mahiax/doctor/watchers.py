@@ -49,7 +49,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from mahiax.doctor import sites
 from mahiax.doctor.findings import place
-from mahiax.doctor.holders import HeldScan, _is_leaf_node, _seq
+from mahiax.doctor.holders import HeldScan, _is_leaf_node, _seq, graph_nodes
 from mahiax.doctor.records import (
     AppliedGrad,
     BackwardCall,
@@ -704,22 +704,14 @@ class Watch(HeldScan):
         self._collect_silent()
         seqs: set[int] = set()
         leaves: set[int] = set()
-        stack = [grad_fn_of(r) for r in roots if isinstance(r, torch.Tensor)]
-        seen: set[int] = set()
-        alive: list[Any] = []
+        alive = graph_nodes(roots)
         alive_leaves: list[Any] = []
-        while stack:
-            node = stack.pop()
-            if node is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            alive.append(node)
+        for node in alive:
             if _is_leaf_node(node):
                 leaves.add(id(node.variable))
                 alive_leaves.append(node)
-                continue
-            seqs.add(_seq(node))
-            stack.extend(n for n, _ in node.next_functions)
+            else:
+                seqs.add(_seq(node))
         joins = self._joins(alive)
         del alive
         params = [] if self.model is None else list(self.model.parameters())
